@@ -1,0 +1,18 @@
+"""steepest: steepest descent under matrix norms (SpecGD, Muon, sign descent, Schatten-p, GD) for PyTorch,
+with per-layer diagnostics of which geometry helps each layer.
+
+>>> import torch, steepest
+>>> D = steepest.polar(torch.randn(8, 4), method="svd")
+"""
+
+from steepest.linalg import polar, polar_express_coefficients
+from steepest.norms import NORMS, dual_norm, dualize, matrix_norm
+from steepest.optim import (
+    GD, Muon, NonFiniteGradientError, SchattenDescent, SignSGD, SpecGD, SteepestDescent, describe, param_groups,
+)
+
+__version__ = "0.1.0"
+
+__all__ = ["polar", "polar_express_coefficients", "dualize", "dual_norm", "matrix_norm", "NORMS", "SteepestDescent",
+           "Muon", "SpecGD", "SignSGD", "SchattenDescent", "GD", "param_groups", "describe",
+           "NonFiniteGradientError", "__version__"]

@@ -1,0 +1,148 @@
+"""Coefficient tables for odd-polynomial polar iterations.
+
+Each iteration step maps ``X -> a X + b (X X^T) X + c (X X^T)^2 X``, i.e. it applies the odd quintic
+``p(s) = a s + b s^3 + c s^5`` to every singular value ``s`` of ``X`` while keeping the singular
+vectors. A table is a tuple of ``(a, b, c)`` triples, one per step; when more steps are asked for than
+the table holds, the last triple repeats.
+
+Sources are cited next to each table. :func:`polar_express_coefficients` regenerates Polar Express
+tables for other lower bounds ``l`` and step counts (minimax odd quintics by a Remez exchange).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+Triple = tuple[float, float, float]
+
+#: Muon's quintic (KellerJordan/Muon; default of ``torch.optim.Muon``). The coefficients maximise the
+#: slope at zero (a = 3.4445) at the price of not converging: the fixed-point band of the iteration is
+#: about [0.68, 1.13], so singular values end up *near* one, never at one. That overshoot is deliberate:
+#: it moves tiny singular values up fast in 5 steps, which matters more for training than exactness.
+MUON_QUINTIC: Triple = (3.4445, -4.7750, 2.0315)
+
+#: "You" 5-step schedule (used by microsoft/dion, HeavyBall, Dao-AILab gram-newton-schulz).
+YOU_5STEP: tuple[Triple, ...] = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+
+#: Polar Express, Algorithm 1 with l = 1e-3 (Amsel, Persson, Musco, Gower, arXiv 2505.16932).
+#: Step t is the minimax-optimal odd quintic on the current interval [l_t, u_t]; the last triple
+#: (15/8, -5/4, 3/8) is the classical Newton-Schulz quintic and repeats for later steps.
+POLAR_EXPRESS_L1E3: tuple[Triple, ...] = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+
+#: Safety factor of Polar Express for low precision (paper, section on finite precision): every step but
+#: the last applies p(x / 1.01), and the input is normalised by 1.01 * its norm estimate.
+POLAR_EXPRESS_SAFETY = 1.01
+
+
+def schedule(table: tuple[Triple, ...] | Triple, steps: int) -> list[Triple]:
+    """Return ``steps`` triples from ``table``, repeating its last triple when it is too short.
+
+    >>> schedule(MUON_QUINTIC, 2)
+    [(3.4445, -4.775, 2.0315), (3.4445, -4.775, 2.0315)]
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if len(table) == 3 and all(isinstance(v, (int, float)) for v in table):
+        table = (tuple(float(v) for v in table),)  # a single triple
+    out = []
+    for i in range(steps):
+        a, b, c = table[min(i, len(table) - 1)]
+        out.append((float(a), float(b), float(c)))
+    return out
+
+
+def with_safety(table: list[Triple], safety: float = POLAR_EXPRESS_SAFETY) -> list[Triple]:
+    """Apply Polar Express's safety factor: p(x/s) for every step except the last.
+
+    p(x/s) = (a/s) x + (b/s^3) x^3 + (c/s^5) x^5.
+    """
+    out = [(a / safety, b / safety**3, c / safety**5) for a, b, c in table[:-1]]
+    return out + list(table[-1:])
+
+
+def _quintic(coef: np.ndarray, x: np.ndarray) -> np.ndarray:
+    a, b, c = coef
+    return a * x + b * x**3 + c * x**5
+
+
+def _minimax_quintic(lo: float, hi: float, iters: int = 100) -> tuple[Triple, float]:
+    """Minimax odd quintic p minimising max_{x in [lo, hi]} |1 - p(x)| (Remez exchange, 4 points).
+
+    Returns the coefficients and the levelled error E. The equioscillation set has four points:
+    the two interval ends and the two interior extrema of the error.
+    """
+    # Initial reference: Chebyshev-like points on [lo, hi].
+    ref = lo + (hi - lo) * (1 - np.cos(np.pi * np.arange(4) / 3)) / 2
+    coef = np.zeros(3)
+    err = 0.0
+    for _ in range(iters):
+        # Solve p(x_i) + (-1)^i E = 1 for (a, b, c, E).
+        mat = np.stack([ref, ref**3, ref**5, (-1.0) ** np.arange(4)], axis=1)
+        sol = np.linalg.solve(mat, np.ones(4))
+        coef, err = sol[:3], sol[3]
+        # New interior extrema of e(x) = 1 - p(x): roots of p'(x) = a + 3b x^2 + 5c x^4.
+        roots = np.roots([5 * coef[2], 0.0, 3 * coef[1], 0.0, coef[0]])
+        roots = np.sort(roots[(np.abs(roots.imag) < 1e-12) & (roots.real > lo) & (roots.real < hi)].real)
+        if len(roots) != 2:
+            break
+        new_ref = np.array([lo, roots[0], roots[1], hi])
+        if np.allclose(new_ref, ref, rtol=0, atol=1e-15 * hi):
+            break
+        ref = new_ref
+    return (float(coef[0]), float(coef[1]), float(coef[2])), abs(float(err))
+
+
+@functools.lru_cache(maxsize=64)
+def polar_express_coefficients(l: float = 1e-3, steps: int = 8, cushion: float = 0.02407327424182761) -> tuple[Triple, ...]:
+    """Generate a Polar Express table: greedy minimax odd quintics on shrinking intervals.
+
+    Formula (arXiv 2505.16932, Algorithm 1): start from [l_0, u_0] = [l, 1]; at step t take the odd
+    quintic p_t minimising max |1 - p(x)| on [max(l_t, cushion * u_t), u_t] (the cushion keeps the
+    polynomial from becoming too steep when l_t is tiny), rescale it so that it is centred about one
+    on [l_t, u_t], and move to [p_t(l_t), 2 - p_t(l_t)]. Once l_t is close to 1 the optimal quintic
+    is Newton-Schulz's (15/8, -5/4, 3/8). The safety factor is applied separately (:func:`with_safety`).
+
+    Example:
+        >>> table = polar_express_coefficients(1e-3, 8)
+        >>> len(table)
+        8
+    """
+    if not 0 < l < 1:
+        raise ValueError(f"l must be in (0, 1), got {l}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    lo, hi = float(l), 1.0
+    table = []
+    for _ in range(steps):
+        if hi - lo < 1e-6:
+            # Interval collapsed onto 1: the minimax quintic tends to the Newton-Schulz quintic
+            # (p(1) = 1, p'(1) = p''(1) = 0), and a Remez solve would be singular.
+            table.append((1.875, -1.25, 0.375))
+            continue
+        coef = np.array(_minimax_quintic(max(lo, cushion * hi), hi)[0])
+        # With the cushion the quintic is levelled on [cushion*u, u], not [l, u]: rescale it so that
+        # 1 - p(l) = p(u) - 1, i.e. centred about one on the real interval.
+        p_lo, p_hi = float(_quintic(coef, np.array(lo))), float(_quintic(coef, np.array(hi)))
+        coef = coef * (2.0 / (p_lo + p_hi))
+        table.append(tuple(float(v) for v in coef))
+        lo = float(_quintic(coef, np.array(lo)))
+        hi = 2.0 - lo
+    return tuple(table)

@@ -1,0 +1,197 @@
+"""The polar factor polar(G) = U V^T of a (batch of) matrices, exactly or by polynomial iteration.
+
+For G = U diag(s) V^T (compact SVD, zero singular values dropped) the polar factor U V^T is the
+maximiser of <G, D> over the operator-norm ball (seed 000, section 2): <G, polar(G)> = ||G||_* and
+||polar(G)||_op = 1 for G != 0; polar(0) = 0 by convention.
+
+Three methods share one signature:
+
+* ``"svd"``: exact, via ``torch.linalg.svd``; singular values below ``max(m, n) * eps * s_max`` count
+  as zero (the pseudo-inverse convention), so rank-deficient inputs give the compact U V^T.
+* ``"newton_schulz"``: Muon's quintic iteration (or any coefficient table). Cheap and accurate only
+  to a band: singular values land in about [0.68, 1.13] (REFERENCE.md section 1).
+* ``"polar_express"``: the Polar Express schedule (arXiv 2505.16932) that converges to U V^T.
+
+Every method works on a copy oriented so that the Gram matrix X X^T is the small side (a wide X), runs
+in ``dtype`` (float32 default; bfloat16 and float64 allowed) and returns the input's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from steepest.linalg import coefficients as C
+
+METHODS = ("svd", "newton_schulz", "polar_express")
+DTYPES = (torch.float32, torch.bfloat16, torch.float64, torch.float16)
+NORMALIZATIONS = ("frobenius", "schatten8")
+
+DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 8}
+
+
+def _check_matrix(G: torch.Tensor, name: str = "G") -> None:
+    if not isinstance(G, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(G).__name__}")
+    if G.ndim < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (..., m, n), got shape {tuple(G.shape)}; "
+            "reshape vectors to (1, n) or route them to an entrywise norm"
+        )
+    if G.is_complex():
+        raise TypeError(f"{name} is complex ({G.dtype}); only real matrices are supported")
+    if G.is_sparse:
+        raise TypeError(f"{name} is sparse; call .to_dense() first")
+    if not G.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {G.dtype}")
+
+
+def prescale(G: torch.Tensor) -> torch.Tensor:
+    """Divide each matrix by its largest absolute entry (zero matrices are left at zero).
+
+    The polar factor is scale-invariant, and this keeps every later norm finite: a float32 matrix
+    with entries of 1e30 would overflow ||G||_F^2 and one with entries of 1e-30 would underflow it.
+    """
+    amax = G.abs().amax(dim=(-2, -1), keepdim=True)
+    return G / torch.where(amax > 0, amax, torch.ones_like(amax))
+
+
+#: Largest-entry range in which the Frobenius norm of a float32/bfloat16 matrix can neither overflow nor
+#: underflow (N * amax^2 stays within float32's range for N up to 1e14 entries): inside it the iterative
+#: methods skip the prescale, so their arithmetic is bit-for-bit that of torch.optim.Muon.
+_SAFE_AMAX = (1e-12, 1e12)
+
+
+def _prescale_if_needed(G: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """G itself when its largest entry is in the safe range, else :func:`prescale` (no sync: a where)."""
+    if dtype == torch.float16:
+        return prescale(G)
+    amax = G.abs().amax(dim=(-2, -1), keepdim=True)
+    ok = (amax >= _SAFE_AMAX[0]) & (amax <= _SAFE_AMAX[1])
+    factor = torch.where(ok | (amax == 0), torch.ones_like(amax), 1.0 / torch.where(amax > 0, amax, torch.ones_like(amax)))
+    return G * factor
+
+
+def polar(
+    G: torch.Tensor,
+    method: str = "svd",
+    steps: int | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    coefficients: tuple | None = None,
+    normalization: str | None = None,
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    """Polar factor U V^T of ``G`` (shape ``(..., m, n)``), by ``method``.
+
+    Args:
+        G: real matrix or batch of matrices.
+        method: ``"svd"`` (exact), ``"newton_schulz"`` or ``"polar_express"``.
+        steps: iterations for the polynomial methods (defaults: 5 for Newton-Schulz, 8 for Polar
+            Express); must be ``None`` for ``"svd"``.
+        dtype: dtype of the computation (float32 default). The result has G's dtype.
+        coefficients: a table of ``(a, b, c)`` triples (or one triple) for the polynomial methods;
+            defaults to Muon's quintic for Newton-Schulz and the published l = 1e-3 table (with the
+            1.01 safety factor) for Polar Express.
+        normalization: how the iteration's input is scaled into the unit interval. ``"frobenius"``
+            divides by ||G||_F (Muon's choice; it shrinks the spectrum by up to sqrt(rank), pushing
+            small singular values below the table's l). ``"schatten8"`` divides by the Schatten-8
+            norm ||s||_8 = ||(G G^T)^2||_F^(1/8) >= s_max, which the first iteration computes anyway,
+            so it costs no extra matmul and shrinks the spectrum by at most rank^(1/8). Defaults:
+            frobenius for Newton-Schulz (as Muon), schatten8 for Polar Express.
+        eps: floor of the normalizing norm (Muon's 1e-7), so zero inputs stay zero.
+
+    Formula: X_0 = G / max(c * norm(G), eps), X_{k+1} = a_k X_k + b_k (X_k X_k^T) X_k + c_k (X_k X_k^T)^2 X_k
+    (c = 1.01 for Polar Express). Source: seed 000 (definition), KellerJordan/Muon (quintic),
+    Amsel et al. 2025, arXiv 2505.16932 (Polar Express).
+
+    Example:
+        >>> G = torch.randn(64, 32)
+        >>> Q = polar(G, "svd")
+        >>> torch.allclose(Q.T @ Q, torch.eye(32), atol=1e-5)
+        True
+    """
+    _check_matrix(G)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
+    if method == "svd":
+        if steps is not None or coefficients is not None:
+            raise ValueError("steps and coefficients apply only to the iterative methods, not 'svd'")
+        return polar_svd(G, dtype=dtype)[0]
+    if steps is None:
+        steps = DEFAULT_STEPS[method]
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if normalization is None:
+        normalization = "frobenius" if method == "newton_schulz" else "schatten8"
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if method == "newton_schulz":
+        table = C.schedule(coefficients if coefficients is not None else C.MUON_QUINTIC, steps)
+        safety = 1.0
+    else:
+        table = C.schedule(coefficients if coefficients is not None else C.POLAR_EXPRESS_L1E3, steps)
+        table = C.with_safety(table)
+        safety = C.POLAR_EXPRESS_SAFETY
+    return _iterate(G, table, dtype=dtype, normalization=normalization, safety=safety, eps=eps)
+
+
+def polar_svd(G: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact polar factor and the singular values, from one SVD: ``(U V^T, s)``.
+
+    Singular values at or below ``max(m, n) * finfo(dtype).eps * s_max`` are treated as zero and
+    their singular vectors dropped (compact SVD), so ``polar(0) = 0`` and rank-deficient inputs get
+    the polar factor of their range. Returned ``s`` has those values zeroed too.
+    """
+    _check_matrix(G)
+    X = prescale(G).to(dtype if dtype != torch.bfloat16 and dtype != torch.float16 else torch.float32)
+    U, s, Vh = torch.linalg.svd(X, full_matrices=False)
+    tol = max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s[..., :1]
+    keep = (s > tol).to(X.dtype)
+    Q = (U * keep.unsqueeze(-2)) @ Vh
+    amax = G.abs().amax(dim=(-2, -1)).to(s.dtype)
+    return Q.to(G.dtype), (s * keep) * amax.unsqueeze(-1)
+
+
+def _iterate(
+    G: torch.Tensor, table: list, *, dtype: torch.dtype, normalization: str, safety: float, eps: float
+) -> torch.Tensor:
+    """Run the odd-quintic iteration ``table`` on G, oriented wide, in ``dtype``."""
+    tall = G.shape[-2] > G.shape[-1]
+    X = _prescale_if_needed(G, dtype)
+    if tall:
+        X = X.mT
+    X = X.to(dtype)
+    # Scale into the unit ball by the Frobenius norm, exactly as torch.optim.Muon does
+    # (X / max(||X||_F, eps), the norm taken in the iteration dtype).
+    fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    X = X / (fro * safety).clamp(min=eps) if safety != 1.0 else X / fro.clamp(min=eps)
+    if not table:
+        return (X.mT if tall else X).to(G.dtype)
+    AA = None
+    if normalization == "schatten8":
+        # ||s||_8^8 = ||(X X^T)^2||_F^2: the first iteration needs A and A^2 anyway, so rescaling
+        # X, A, A^2 by the ratio costs no matmul.
+        A = X @ X.mT
+        AA = A @ A
+        s8 = torch.linalg.vector_norm(AA.float(), dim=(-2, -1), keepdim=True).sqrt().sqrt().to(dtype)
+        r = torch.where(s8 > 0, 1.0 / (s8 * safety), torch.ones_like(s8))
+        X, A, AA = X * r, A * (r * r), AA * (r**4)
+    for k, (a, b, c) in enumerate(table):
+        if AA is not None and k == 0:
+            B = b * A + c * AA
+        else:
+            A = X @ X.mT
+            B = _addmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+        X = _addmm(X, B, X, beta=a, alpha=1.0)  # a X + B X
+    return (X.mT if tall else X).to(G.dtype)
+
+
+def _addmm(inp: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, *, beta: float, alpha: float) -> torch.Tensor:
+    """beta * inp + alpha * m1 @ m2 with one fused kernel for 2-D and 3-D inputs."""
+    if inp.ndim == 2:
+        return torch.addmm(inp, m1, m2, beta=beta, alpha=alpha)
+    if inp.ndim == 3:
+        return torch.baddbmm(inp, m1, m2, beta=beta, alpha=alpha)
+    return beta * inp + alpha * (m1 @ m2)

@@ -1,0 +1,8 @@
+"""torch.optim optimizers for steepest descent under matrix norms, and whole-model routing."""
+
+from steepest.optim.recipes import GD, Muon, SchattenDescent, SignSGD, SpecGD
+from steepest.optim.routing import describe, param_groups
+from steepest.optim.steepest import NonFiniteGradientError, SteepestDescent
+
+__all__ = ["SteepestDescent", "Muon", "SpecGD", "SignSGD", "SchattenDescent", "GD", "param_groups", "describe",
+           "NonFiniteGradientError"]
