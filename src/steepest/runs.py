@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def _coerce(value: str, typ) -> Any:
         parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
         items = [(_coerce(str(v), inner) if inner is not Ellipsis else v) for v in parsed]
         return tuple(items) if (origin is tuple or typ is tuple) else items
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value.lower() in ("none", "null"):
             return None

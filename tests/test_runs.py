@@ -1,0 +1,83 @@
+"""Run-directory I/O: atomic writes, torn JSONL lines, configs with overrides, environment, HTML report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from steepest import runs
+from steepest.report import Section, write_report
+
+
+@dataclasses.dataclass
+class Cfg:
+    steps: int = 10
+    lr: float = 0.1
+    name: str = "a"
+    quick: bool = False
+    widths: tuple[int, ...] = (8, 16)
+    p: float | None = None
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "out" / "results.json"
+    runs.atomic_write_json(path, {"a": 1.0, "nan": float("nan")})
+    assert json.loads(path.read_text()) == {"a": 1.0, "nan": "nan"}  # strict JSON, NaN as a string
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        runs.atomic_write_json(path, {"a": 2.0})
+    assert json.loads(path.read_text()) == {"a": 1.0, "nan": "nan"}  # old content intact
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # temp file cleaned up
+
+
+def test_jsonl_skips_torn_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    runs.append_jsonl(path, {"step": 1})
+    runs.append_jsonl(path, {"step": 2})
+    with open(path, "a") as f:
+        f.write('{"step": 3, "lo')  # a crash mid-write
+    assert runs.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+
+
+def test_overrides_are_typed_and_bad_keys_are_clear():
+    cfg = runs.apply_overrides(Cfg(), ["steps=5", "lr=1e-3", "quick=true", "widths=[4,8]", "p=none"])
+    assert cfg == Cfg(steps=5, lr=1e-3, quick=True, widths=(4, 8), p=None)
+    assert runs.apply_overrides(Cfg(), {"p": "2.5"}).p == 2.5
+    with pytest.raises(runs.ConfigError, match="unknown config key 'step'.*valid keys: lr, name, p, quick, steps"):
+        runs.apply_overrides(Cfg(), ["step=5"])
+    with pytest.raises(runs.ConfigError, match="expected int"):
+        runs.apply_overrides(Cfg(), ["steps=five"])
+    with pytest.raises(runs.ConfigError, match="key=value"):
+        runs.apply_overrides(Cfg(), ["steps"])
+
+
+def test_load_config_from_yaml_and_toml(tmp_path):
+    (tmp_path / "c.yaml").write_text("steps: 7\nname: b\n")
+    (tmp_path / "c.toml").write_text('steps = 9\nname = "c"\n')
+    assert runs.load_config(Cfg, tmp_path / "c.yaml", ["lr=0.5"]) == Cfg(steps=7, name="b", lr=0.5)
+    assert runs.load_config(Cfg, tmp_path / "c.toml").steps == 9
+    with pytest.raises(runs.ConfigError, match="does not exist"):
+        runs.load_config(Cfg, tmp_path / "missing.yaml")
+
+
+def test_environment_names_versions():
+    env = runs.environment()
+    assert env["torch"].startswith("2.") and env["threads"] >= 1 and env["steepest"]
+
+
+def test_report_renders_tables_and_relative_figures(tmp_path):
+    (tmp_path / "fig.png").write_bytes(b"\x89PNG")
+    out = write_report(tmp_path / "report.html", "T", [
+        Section("Claims", text=["x < y"], tables=[(["claim", "verdict"], [["a", "holds"], ["b", "fails"]])],
+                figures=[str(tmp_path / "fig.png")]),
+    ])
+    html = out.read_text()
+    assert "<td class=\"holds\">holds</td>" in html and "<td class=\"fails\">fails</td>" in html
+    assert "src='fig.png'" in html and "x &lt; y" in html
