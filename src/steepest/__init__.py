@@ -10,9 +10,10 @@ from steepest.norms import NORMS, dual_norm, dualize, matrix_norm
 from steepest.optim import (
     GD, Muon, NonFiniteGradientError, SchattenDescent, SignSGD, SpecGD, SteepestDescent, describe, param_groups,
 )
+from steepest.optim import DistributedSteepest, distributed
 
 __version__ = "0.1.0"
 
 __all__ = ["polar", "polar_express_coefficients", "dualize", "dual_norm", "matrix_norm", "NORMS", "SteepestDescent",
            "Muon", "SpecGD", "SignSGD", "SchattenDescent", "GD", "param_groups", "describe",
-           "NonFiniteGradientError", "__version__"]
+           "NonFiniteGradientError", "DistributedSteepest", "distributed", "__version__"]

@@ -1,0 +1,347 @@
+"""steepest.optim.sharded and steepest.distributed_launch on 2 and 3 gloo processes over loopback.
+
+Each spawned run does several scenarios (process start-up dominates the cost). Every comparison with
+a one-process reference is computed inside rank 0, so both sides use the same BLAS threading.
+Bounded time: init_process_group gets a 30 s timeout and launch() kills the ranks after 120 s, so a
+hung collective fails the test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import steepest
+from steepest.distributed_launch import (
+    init_from_env, launch, load_checkpoint, save_checkpoint, shard_batch,
+)
+from steepest.optim.sharded import DistributedSteepest, assign_owners, distributed, dualize_cost, shard_sizes
+
+# Float64 end to end: the distributed and one-process runs differ only in how the gradient of the
+# global batch is summed (DDP: mean of per-rank means; reference: one mean), ~1e-16 relative. The
+# polar factor amplifies a perturbation of M by at most ~ ||M|| / s_min(M) (< 1e3 for these random
+# Gaussian layers), and we take 3 steps, so agreement is ~1e-12; 1e-9 leaves room for that while an
+# actual bug (a lost, doubled or misplaced update) moves weights by ~lr = 1e-2.
+TOL = 1e-9
+DT = torch.float64
+STEPS = 3
+
+
+# ----------------------------------------------------------------------------------- fixtures shared
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    # 2 x 5 head: shards [1, 1, 0] on 3 ranks (an empty shard); 7 x 10: uneven [3, 3, 1].
+    return torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 7), torch.nn.Tanh(),
+                               torch.nn.Linear(7, 5, bias=False), torch.nn.Tanh(),
+                               torch.nn.Linear(5, 2, bias=False)).to(DT)
+
+
+def make_groups(model: torch.nn.Module) -> list[dict]:
+    """Spectral matrices (owner path), one sign-descent matrix (local entrywise path), AdamW vectors."""
+    mats = [model[0].weight, model[2].weight, model[6].weight]
+    return [{"params": mats},
+            {"params": [model[4].weight], "norm": "linf", "lr": 1e-3, "nesterov": False},
+            {"params": [model[0].bias, model[2].bias], "algorithm": "adamw", "lr": 1e-2}]
+
+
+def make_opt(model, cls=steepest.Muon, **kw) -> steepest.SteepestDescent:
+    kw = {"lr": 0.02, "dtype": DT, "weight_decay": 0.1, **kw}
+    return cls(make_groups(model), **kw)
+
+
+def batch(step: int, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(n, 6, generator=g, dtype=DT), torch.randn(n, 2, generator=g, dtype=DT)
+
+
+def loss_fn(model, x, y) -> torch.Tensor:
+    return (model(x) - y).square().mean()
+
+
+def reference(steps: range, model=None, opt=None) -> tuple[torch.nn.Module, list]:
+    """One process, full global batch: the run every distributed run must reproduce."""
+    model = model or make_model()
+    opt = opt or make_opt(model)
+    out = []
+    for s in steps:
+        x, y = batch(s)
+        loss_fn(model, x, y).backward()
+        opt.step()
+        opt.zero_grad()
+        out.append([p.detach().clone() for p in model.parameters()])
+    return model, out
+
+
+def full(p: torch.Tensor) -> torch.Tensor:
+    return p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone()
+
+
+def max_diff(a: list, b: list) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+# ----------------------------------------------------------------------------------- pure unit tests
+def test_assign_owners_covers_every_matrix_once_and_balances():
+    shapes = [(384, 1152), (384, 384), (1536, 384), (384, 1536)] * 4 + [(7, 10), (2, 5), (1, 1)]
+    costs = [dualize_cost(s) for s in shapes]
+    for world in (1, 2, 3, 8, 64):
+        owners = assign_owners(costs, world)
+        assert len(owners) == len(costs) and all(0 <= o < world for o in owners)  # each item exactly one owner
+        loads = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(world)]
+        best = max(sum(costs) / world, max(costs))  # lower bound on any schedule's makespan
+        assert max(loads) <= (4 / 3) * best  # Graham's LPT bound
+        assert owners == assign_owners(list(costs), world)  # deterministic: every rank agrees
+    assert assign_owners([4, 3, 3, 2], 2) == [0, 1, 1, 0]
+    with pytest.raises(ValueError, match="world_size"):
+        assign_owners([1.0], 0)
+
+
+def test_dualize_cost_and_shard_sizes():
+    assert dualize_cost((384, 1536)) == 384 * 1536 * 384
+    assert dualize_cost((16, 3, 3, 3)) == 16 * 27 * 16  # conv kernel flattened to 16 x 27
+    assert dualize_cost((4, 8, 2), tensor_mode="batch") == 4 * 8 * 2 * 2
+    assert dualize_cost((8, 8), norm="linf") == 64
+    for n in range(0, 12):
+        for w in (1, 2, 3, 5):
+            sizes = shard_sizes(n, w)
+            assert sizes == [len(c) for c in torch.arange(n).chunk(w)] + [0] * (w - len(torch.arange(n).chunk(w)))
+
+
+def test_single_process_fallback_equals_base_optimizer():
+    """Without a process group the distributed optimizer is exactly the wrapped one."""
+    a, b = make_model(), make_model()
+    oa, ob = make_opt(a), distributed(make_opt(b))
+    assert type(ob).__name__ == "DistributedMuon" and isinstance(ob, steepest.Muon)
+    sched = torch.optim.lr_scheduler.StepLR(ob, 1, gamma=0.5)  # schedulers accept the wrapped optimizer
+    for s in range(2):
+        for m, o in ((a, oa), (b, ob)):
+            loss_fn(m, *batch(s)).backward()
+            o.step()
+            o.zero_grad()
+        sched.step()
+        oa.param_groups[0]["lr"] *= 0.5
+        oa.param_groups[1]["lr"] *= 0.5
+        oa.param_groups[2]["lr"] *= 0.5
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    with pytest.raises(TypeError, match="steepest optimizer"):
+        distributed(torch.optim.SGD(a.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="partial_grads"):
+        DistributedSteepest([a[0].weight], partial_grads="maybe")
+
+
+# ----------------------------------------------------------------------------------- workers
+def _ddp_run(info, steps, ddp=None, opt=None):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ddp = ddp or DDP(make_model())
+    model = ddp.module
+    opt = opt or distributed(make_opt(model))
+    out = []
+    for s in steps:
+        x, y = batch(s)
+        loss_fn(ddp, shard_batch(x, info), shard_batch(y, info)).backward()
+        opt.step()
+        opt.zero_grad()
+        out.append([p.detach().clone() for p in model.parameters()])
+    return model, ddp, opt, out
+
+
+def _fsdp_model(seed: int = 0):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model(seed)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for i in (0, 2, 4, 6):
+        fully_shard(model[i], mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _fsdp_run(info, steps, model=None, opt=None):
+    model = model or _fsdp_model()
+    opt = opt or distributed(make_opt(model))
+    out = []
+    for s in steps:
+        x, y = batch(s)
+        loss_fn(model, shard_batch(x, info), shard_batch(y, info)).backward()
+        opt.step()
+        opt.zero_grad()
+        out.append([full(p) for p in model.parameters()])
+    return model, opt, out
+
+
+def _same_grads_step(model, opt, s, drop=()):
+    """Every rank computes the full-batch gradient (identical bits), then optionally drops some."""
+    loss_fn(model, *batch(s)).backward()
+    for p in drop:
+        p.grad = None
+    opt.step()
+    opt.zero_grad()
+
+
+def worker(ckpt_dir: str, phase: str) -> dict:
+    info = init_from_env(timeout_s=30)
+    rank, world = info.rank, info.world_size
+    res = {"world": world}
+    if phase == "save":
+        # 1. identical gradients everywhere: the distributed step is bit-identical to the local one
+        model, ref_model = make_model(), make_model()
+        opt, ref = distributed(make_opt(model, momentum=0.9)), make_opt(ref_model, momentum=0.9)
+        for s in range(STEPS):
+            _same_grads_step(model, opt, s)
+            _same_grads_step(ref_model, ref, s)
+        res["exact"] = all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+        res["owners"] = opt.last_owners
+        res["stats"] = opt.step_stats
+        # 2. a gradient that is None on rank 1 only: averaged with zeros (default), skipped, or raised
+        for policy in ("average", "skip", "raise"):
+            m = make_model(1)
+            o = distributed(make_opt(m), partial_grads=policy)
+            r_m = make_model(1)
+            r_o = make_opt(r_m)
+            try:
+                _same_grads_step(m, o, 0, drop=[m[2].weight] if rank == 1 else [])
+                res[f"partial_{policy}"] = "stepped"
+            except ValueError as e:
+                res[f"partial_{policy}"] = "raised" if "some ranks only" in str(e) else repr(e)
+            loss_fn(r_m, *batch(0)).backward()
+            if policy == "average":
+                r_m[2].weight.grad *= 1 - 1 / world  # one rank of `world` contributed zeros
+            elif policy == "skip":
+                r_m[2].weight.grad = None
+            if policy != "raise":
+                r_o.step()
+            res[f"partial_{policy}_match"] = all(torch.equal(a, b) for a, b in zip(m.parameters(), r_m.parameters()))
+        # 3. a NaN on rank 0 only: every rank raises (raise) or every rank skips that matrix (skip)
+        for policy in ("raise", "skip"):
+            m = make_model(2)
+            o = distributed(make_opt(m, nonfinite=policy))
+            before = [p.detach().clone() for p in m.parameters()]
+            loss_fn(m, *batch(0)).backward()
+            if rank == 0:
+                m[0].weight.grad[0, 0] = float("nan")
+            try:
+                o.step()
+                res[f"nan_{policy}"] = "stepped"
+            except steepest.NonFiniteGradientError:
+                res[f"nan_{policy}"] = "raised"
+            changed = [not torch.equal(a, b) for a, b in zip(m.parameters(), before)]
+            res[f"nan_{policy}_changed"] = changed
+        # 4. a parameter with no gradient on any rank is left alone (no collective waits for it)
+        m = make_model(3)
+        o = distributed(make_opt(m, momentum=0.9))
+        _same_grads_step(m, o, 0, drop=[m[6].weight])
+        res["none_everywhere_state"] = len(o.state[m[6].weight])
+    # 5. DDP on split batches vs the one-process full batch; checkpoint after 2 steps, resume
+    if phase == "save":
+        model, ddp, opt, out = _ddp_run(info, range(2))
+        save_checkpoint(f"{ckpt_dir}/ddp", ddp, opt, extra={"step": 2})
+        _, _, _, out2 = _ddp_run(info, range(2, 4), ddp=ddp, opt=opt)
+        model_b = make_model(seed=7)  # different init: everything must come from the checkpoint
+        ddp_b = torch.nn.parallel.DistributedDataParallel(model_b)
+        opt_b = distributed(make_opt(model_b))
+        extra = load_checkpoint(f"{ckpt_dir}/ddp", ddp_b, opt_b)
+        _, _, _, out_b = _ddp_run(info, range(2, 4), ddp=ddp_b, opt=opt_b)
+        res["ddp"], res["ddp_resumed_same_world"] = out + out2, out_b
+        res["ddp_extra"] = extra
+        res["ddp_resume_equal"] = all(torch.equal(a, b) for a, b in zip(out2[-1], out_b[-1]))
+    else:  # resume on a different world size
+        model_b = make_model(seed=7)
+        ddp_b = torch.nn.parallel.DistributedDataParallel(model_b)
+        opt_b = distributed(make_opt(model_b))
+        res["ddp_extra"] = load_checkpoint(f"{ckpt_dir}/ddp", ddp_b, opt_b)
+        _, _, _, out_b = _ddp_run(info, range(2, 4), ddp=ddp_b, opt=opt_b)
+        res["ddp_resumed_other_world"] = out_b
+    # 6. FSDP2 (fully_shard, DTensor Shard(0) with uneven and empty shards)
+    if phase == "save":
+        model, opt, out = _fsdp_run(info, range(2))
+        save_checkpoint(f"{ckpt_dir}/fsdp", model, opt)
+        _, _, out2 = _fsdp_run(info, range(2, 4), model=model, opt=opt)
+        res["fsdp"] = out + out2
+        res["fsdp_local_shapes"] = [tuple(p.to_local().shape) for p in model.parameters()]
+    else:
+        model_b = _fsdp_model(seed=7)
+        opt_b = distributed(make_opt(model_b))
+        load_checkpoint(f"{ckpt_dir}/fsdp", model_b, opt_b)
+        _, _, out_b = _fsdp_run(info, range(2, 4), model=model_b, opt=opt_b)
+        res["fsdp_resumed_other_world"] = out_b
+        res["fsdp_local_shapes"] = [tuple(p.to_local().shape) for p in model_b.parameters()]
+        res["fsdp_momentum_is_dtensor"] = all(type(v["momentum_buffer"]).__name__ == "DTensor"
+                                              for v in opt_b.state.values() if "momentum_buffer" in v)
+    return res
+
+
+# ----------------------------------------------------------------------------------- distributed tests
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    ckpt = str(tmp_path_factory.mktemp("ckpt"))
+    two = launch(worker, 2, (ckpt, "save"), timeout_s=120)
+    three = launch(worker, 3, (ckpt, "load"), timeout_s=120)
+    return two, three
+
+
+@pytest.mark.distributed
+def test_identical_grads_give_bit_identical_step_and_owner_cover(runs):
+    two, _ = runs
+    for r in two:
+        assert r["exact"]  # same inputs, same compute_update call on the owner: the same bits
+        names = r["owners"]
+        assert len(names) == 3 and set(names.values()) == {0, 1}  # 3 spectral matrices, both ranks own work
+        assert r["stats"]["matrices"] == 3
+    assert two[0]["owners"] == two[1]["owners"]
+    assert sum(r["stats"]["owned"] for r in two) == 3  # every matrix dualized exactly once
+
+
+@pytest.mark.distributed
+def test_partial_and_missing_gradients_do_not_hang(runs):
+    two, _ = runs
+    for r in two:
+        assert r["partial_average"] == "stepped" and r["partial_average_match"]
+        assert r["partial_skip"] == "stepped" and r["partial_skip_match"]
+        assert r["partial_raise"] == "raised" and r["partial_raise_match"]  # raised on every rank, nothing changed
+        assert r["none_everywhere_state"] == 0
+
+
+@pytest.mark.distributed
+def test_nonfinite_policy_is_global(runs):
+    two, _ = runs
+    for r in two:  # the NaN is on rank 0 only, yet both ranks take the same decision
+        assert r["nan_raise"] == "raised" and not any(r["nan_raise_changed"])
+        assert r["nan_skip"] == "stepped"
+        assert r["nan_skip_changed"] == [False, True, True, True, True, True]  # only model[0].weight skipped
+
+
+@pytest.mark.distributed
+def test_ddp_matches_single_process_and_replicas_identical(runs):
+    two, three = runs
+    _, ref = reference(range(4))
+    for step in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(two[0]["ddp"][step], two[1]["ddp"][step]))
+        assert max_diff(two[0]["ddp"][step], ref[step]) < TOL
+    for step in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(three[0]["ddp_resumed_other_world"][step],
+                                                     three[2]["ddp_resumed_other_world"][step]))
+        assert max_diff(three[0]["ddp_resumed_other_world"][step], ref[2 + step]) < TOL
+        assert max_diff(two[0]["ddp_resumed_same_world"][step], ref[2 + step]) < TOL
+    assert all(r["ddp_resume_equal"] for r in two)  # same world, same data: same bits as never stopping
+    assert two[0]["ddp_extra"] == {"step": 2} and three[1]["ddp_extra"] == {"step": 2}
+
+
+@pytest.mark.distributed
+def test_fsdp2_matches_single_process_with_uneven_and_empty_shards(runs):
+    two, three = runs
+    _, ref = reference(range(4))
+    for step in range(4):
+        for r in two:
+            assert max_diff(r["fsdp"][step], ref[step]) < TOL
+    for step in range(2):
+        for r in three:
+            assert max_diff(r["fsdp_resumed_other_world"][step], ref[2 + step]) < TOL
+    # model[6].weight (2 x 5) on 3 ranks: shards of 1, 1 and 0 rows
+    assert [r["fsdp_local_shapes"][5] for r in three] == [(1, 5), (1, 5), (0, 5)]
+    assert [r["fsdp_local_shapes"][2] for r in three] == [(3, 10), (3, 10), (1, 10)]
+    assert all(r["fsdp_momentum_is_dtensor"] for r in three)
