@@ -30,11 +30,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from steepest.compare_optimizers import DEFAULT_OPTIMIZERS, OPTIMIZERS, check_optimizers
+from steepest.compare_optimizers import DEFAULT_OPTIMIZERS, OPTIMIZERS, check_optimizers, default_optimizers
 from steepest.runs import ConfigError, atomic_write_json, atomic_write_text, environment
 from steepest.tasks import Task, TaskError, get_task
 
 TUNED_PATH = Path(__file__).with_name("tuned.json")
+
+#: Default torch thread count. One thread keeps CPU results bit-for-bit reproducible across machines
+#: (``--resume`` relies on it) and avoids the 5-10x slowdown of OpenMP spin-waiting when the cores are
+#: shared with other work; pass ``threads=`` / ``--threads`` to use more.
+DEFAULT_THREADS = 1
 
 
 @dataclasses.dataclass
@@ -50,7 +55,7 @@ class CompareConfig:
     lrs: dict = dataclasses.field(default_factory=dict)
     warmup: float = 0.05
     cooldown: float = 0.3
-    threads: int | None = None
+    threads: int = 1
     monitor_every: int | None = None
     task_options: dict = dataclasses.field(default_factory=dict)
 
@@ -120,7 +125,8 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
         optimizers: names from :data:`steepest.compare_optimizers.OPTIMIZERS` (default: all but ``sgd``).
         steps, eval_every: override the task's defaults. seed: model init and data order.
         lrs: ``{optimizer: lr}`` overriding the tuned table (``adamw``'s lr also drives the hybrids'
-            AdamW part). size: task size (``"quick"`` for tests). threads: ``torch.set_num_threads``.
+            AdamW part). size: task size (``"quick"`` for tests). threads: ``torch.set_num_threads``
+            (default :data:`DEFAULT_THREADS`).
         run_dir: where results go (default ``runs/compare-<task>-<time>``); resume: continue it.
         warmup, cooldown: fractions of the trapezoid lr schedule (:func:`steepest.compare_loop.lr_factor`).
         monitor_every: LayerMonitor interval (default ``eval_every``; 0 switches it off).
@@ -138,7 +144,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
 
     from steepest.compare_runner import run_optimizer
 
-    names = check_optimizers(optimizers if optimizers is not None else DEFAULT_OPTIMIZERS)
+    names = check_optimizers(optimizers if optimizers is not None else default_optimizers())
     task_options = dict(task_options or {})
     if isinstance(task, Task):
         task_obj, task_name = task, task.name
@@ -154,10 +160,10 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
         raise ConfigError(f"steps and eval_every must be positive integers, got {steps} and {eval_every}")
     if not (0 <= warmup < 1 and 0 <= cooldown <= 1):
         raise ConfigError(f"warmup must be in [0, 1) and cooldown in [0, 1], got {warmup} and {cooldown}")
-    if threads is not None:
-        if int(threads) < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(int(threads))
+    threads = DEFAULT_THREADS if threads is None else threads
+    if int(threads) < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
     lr_table = resolve_lrs(task_obj.name, size, names, lrs)
     cfg = CompareConfig(task=task_name, size=size, optimizers=names, steps=steps, eval_every=eval_every, seed=seed,

@@ -157,6 +157,11 @@ def available_optimizers() -> tuple[str, ...]:
     return tuple(n for n in OPTIMIZERS if n != "adaptive" or hasattr(steepest, "Adaptive"))
 
 
+def default_optimizers() -> tuple[str, ...]:
+    """:data:`DEFAULT_OPTIMIZERS` that this installation can build."""
+    return tuple(n for n in DEFAULT_OPTIMIZERS if n in available_optimizers())
+
+
 def check_optimizers(names) -> tuple[str, ...]:
     """Validate optimizer names; ValueError lists the valid ones."""
     names = tuple(names)
