@@ -11,6 +11,7 @@ from steepest.linalg.coefficients import MUON_QUINTIC
 from steepest.linalg.polar import METHODS, NORMALIZATIONS
 from steepest.norms import ENTRYWISE, check_norm
 from steepest.optim import functional as F
+from steepest.optim.batched import batched_step
 
 ALGORITHMS = ("steepest", "adamw")
 NONFINITE = ("raise", "skip")
@@ -86,6 +87,10 @@ class SteepestDescent(torch.optim.Optimizer):
         >>> opt = SteepestDescent(model.parameters(), lr=0.1, norm="spectral")
         >>> model(torch.randn(2, 8)).square().sum().backward(); opt.step()
     """
+
+    #: Step same-shape spectral matrices with one batched polar call (:mod:`steepest.optim.batched`);
+    #: set to False on an instance to force the per-parameter path.
+    batch_matrices: bool = True
 
     def __init__(
         self,
@@ -220,6 +225,9 @@ class SteepestDescent(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         skip = self._check_grads()
+        if self.batch_matrices:
+            # Same-shape spectral matrices: one batched polar call per bucket (optim/batched.py).
+            skip = skip | batched_step(self, skip)
         for group in self.param_groups:
             lr = float(group["lr"])
             for p in group["params"]:

@@ -1,0 +1,107 @@
+"""Helpers shared by benchmarks/polar.py and benchmarks/step.py: timing, machine facts, tables.
+
+Timing on a shared 2-core machine is noisy (other processes preempt a thread for a scheduler quantum,
+~20 ms), so every timed callable is measured in interleaved rounds and reported as median and minimum;
+ratios are taken per round (paired) and then the median, which cancels slow drifts in machine load.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+from steepest.runs import environment  # noqa: E402
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued kernels (a no-op on CPU) so wall-clock time covers the work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_once(fn: Callable[[], object], device="cpu") -> float:
+    """Seconds for one call of ``fn`` (synchronised before and after)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, device="cpu",
+                     progress: bool = False) -> dict[str, list[float]]:
+    """Time every callable once per round, rotating the order each round; return seconds per name."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    rng = range(rounds)
+    if progress:
+        from tqdm import tqdm
+
+        rng = tqdm(rng, desc="rounds", disable=not sys.stderr.isatty())
+    for r in rng:
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(time_once(fns[name], device))
+    return times
+
+
+def summarize(ts: list[float]) -> dict:
+    """Median, minimum and count of a list of seconds, in milliseconds."""
+    return {"median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts), "n": len(ts)}
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median over rounds of num[r] / den[r] (both measured in the same round)."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def machine() -> dict:
+    """The environment of :func:`steepest.runs.environment` plus the CPU model and core count."""
+    env = environment()
+    model = platform.processor() or ""
+    flags = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("Flags:"):
+                flags = line
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import os
+
+    env["cpu_model"] = model
+    env["cpu_count"] = os.cpu_count()
+    env["avx512_bf16"] = "avx512_bf16" in flags
+    env["amx_bf16"] = "amx_bf16" in flags
+    env["load_average_1_5_15min"] = list(os.getloadavg())  # other processes share these cores
+    return env
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A Markdown table: ``columns`` are (key, header, format) with format like ``"{:.3g}"``."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [head, sep]
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            v = row.get(key)
+            cells.append("-" if v is None else fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Optimizer step time on a GPT-like parameter set: steepest.Muon vs torch.optim.Muon vs AdamW.
+
+Every optimizer owns a copy of the same parameters (``--blocks`` blocks of 384x1152, 384x384,
+1536x384, 384x1536) with the same fixed gradients, and all run side by side in one process: each
+round calls every ``step()`` once in rotated order, so machine-load drift hits them alike. Reported:
+median and minimum step time and the paired ratio to torch.optim.Muon (median over rounds of
+t_opt / t_torch_muon in the same round). Same settings for both Muons: 5 Newton-Schulz steps with
+Muon's quintic, momentum 0.95, Nesterov, weight decay 0.1, lr 0.02, "original" lr adjustment;
+Newton-Schulz dtype bfloat16 (torch's forced choice) and float32 for steepest.
+
+Accuracy: from one common state, the first update of each Muon is compared with the float64
+Newton-Schulz update (relative Frobenius error of the whole update), so speed does not hide a loss
+of accuracy.
+
+Usage::
+
+    .venv/bin/python benchmarks/step.py            # ~1-2 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/step.py --quick    # a few rounds, a smoke test
+    .venv/bin/python benchmarks/step.py --device cuda --out benchmarks/results/step_cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+
+import torch
+
+import _util  # noqa: F401  (puts src/ on sys.path)
+from _util import machine, paired_ratio, summarize, table, time_interleaved
+
+import steepest
+from steepest.linalg.coefficients import MUON_QUINTIC
+from steepest.runs import atomic_write_json
+
+SHAPES = ((384, 1152), (384, 384), (1536, 384), (384, 1536))
+LR, WD, MOMENTUM = 0.02, 0.1, 0.95
+
+
+def make_params(blocks: int, device, seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    ps = []
+    for _ in range(blocks):
+        for m, n in SHAPES:
+            w = torch.randn(m, n, generator=g) / math.sqrt(n)
+            p = torch.nn.Parameter(w.to(device))
+            p.grad = (torch.randn(m, n, generator=g) * 1e-2).to(device)
+            ps.append(p)
+    return ps
+
+
+def optimizers(base: list[torch.nn.Parameter], include_fp32: bool) -> dict[str, tuple[torch.optim.Optimizer, list]]:
+    """name -> (optimizer, its own parameter copies with the same gradients)."""
+
+    def clone():
+        out = []
+        for p in base:
+            q = torch.nn.Parameter(p.detach().clone())
+            q.grad = p.grad.clone()
+            out.append(q)
+        return out
+
+    def steepest_muon(dtype, batched):
+        ps = clone()
+        opt = steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5, weight_decay=WD, dtype=dtype)
+        opt.batch_matrices = batched
+        return opt, ps
+
+    opts = {}
+    ps = clone()
+    opts["torch.optim.Muon (bf16)"] = (torch.optim.Muon(ps, lr=LR, weight_decay=WD, momentum=MOMENTUM, nesterov=True,
+                                                        ns_coefficients=MUON_QUINTIC, ns_steps=5), ps)
+    opts["steepest.Muon bf16 batched"] = steepest_muon(torch.bfloat16, True)
+    opts["steepest.Muon bf16 per-param"] = steepest_muon(torch.bfloat16, False)
+    if include_fp32:
+        opts["steepest.Muon fp32 batched"] = steepest_muon(torch.float32, True)
+        opts["steepest.Muon fp32 per-param"] = steepest_muon(torch.float32, False)
+    ps = clone()
+    opts["AdamW fused"] = (torch.optim.AdamW(ps, lr=1e-3, weight_decay=WD, fused=True), ps)
+    ps = clone()
+    opts["AdamW default"] = (torch.optim.AdamW(ps, lr=1e-3, weight_decay=WD), ps)
+    return opts
+
+
+def accuracy(base: list[torch.nn.Parameter], opts: dict) -> dict[str, float]:
+    """Relative Frobenius error of each Muon's first update against the float64 Newton-Schulz update.
+
+    Reference: W' = (1 - lr wd) W - lr sqrt(max(1, m/n)) NS5_float64(M), M = (1 - mu)^2 G + mu (1 - mu) G
+    for the first Nesterov step from a zero buffer (B = (1 - mu) G, M = G.lerp(B, mu)).
+    """
+    ref_updates, out = [], {}
+    for p in base:
+        g = p.grad.double()
+        M = g.lerp((1 - MOMENTUM) * g, MOMENTUM)
+        m, n = p.shape
+        D = steepest.polar(M, "newton_schulz", 5, dtype=torch.float64)
+        ref_updates.append(-LR * WD * p.detach().double() - LR * math.sqrt(max(1.0, m / n)) * D)
+    ref = torch.cat([u.flatten() for u in ref_updates])
+    for name, (opt, ps) in opts.items():
+        if "Muon" not in name:
+            continue
+        fresh = copy.deepcopy(opt.state_dict())
+        before = [q.detach().clone() for q in ps]
+        opt.step()
+        upd = torch.cat([(q.detach().double() - b.double()).flatten() for q, b in zip(ps, before)])
+        out[name] = float((upd - ref).norm() / ref.norm())
+        with torch.no_grad():  # restore, so the timed runs start from the same state
+            for q, b in zip(ps, before):
+                q.copy_(b)
+        opt.load_state_dict(fresh)
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="5 rounds, no float32 per-param run")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 25; --quick 5)")
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(_util.ROOT / "benchmarks" / "results" / "step.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = args.rounds or (5 if args.quick else 25)
+    device = torch.device(args.device)
+
+    base = make_params(args.blocks, device)
+    opts = optimizers(base, include_fp32=True)
+    if args.quick:
+        opts.pop("steepest.Muon fp32 per-param")
+    acc = accuracy(base, opts)
+    times = time_interleaved({k: opt.step for k, (opt, _) in opts.items()}, rounds, warmup=2, device=device,
+                             progress=True)
+    ref = times["torch.optim.Muon (bf16)"]
+    rows = []
+    for name, ts in times.items():
+        row = {"optimizer": name, **summarize(ts), "ratio_vs_torch_muon": paired_ratio(ts, ref),
+               "ratio_of_min": min(ts) / min(ref), "rel_err_vs_fp64_ns5": acc.get(name)}
+        rows.append(row)
+    cols = [("optimizer", "optimizer", "{}"), ("median_ms", "median ms", "{:.1f}"), ("min_ms", "min ms", "{:.1f}"),
+            ("ratio_vs_torch_muon", "ratio (paired median)", "{:.2f}x"), ("ratio_of_min", "ratio of mins", "{:.2f}x"),
+            ("rel_err_vs_fp64_ns5", "update rel. err vs fp64 NS5", "{:.2e}")]
+    n_params = sum(p.numel() for p in base)
+    print(f"\n{len(base)} matrices ({args.blocks} blocks of {', '.join(f'{m}x{n}' for m, n in SHAPES)}), "
+          f"{n_params / 1e6:.2f} M parameters, {rounds} rounds, device {device}, threads {torch.get_num_threads()}\n")
+    print(table(rows, cols))
+    result = {"machine": machine(), "command": "benchmarks/step.py " + " ".join(argv or []),
+              "settings": {"blocks": args.blocks, "shapes": SHAPES, "rounds": rounds, "lr": LR,
+                           "weight_decay": WD, "momentum": MOMENTUM, "ns_steps": 5, "device": str(device),
+                           "threads": torch.get_num_threads()},
+              "rows": rows, "times_s": times}
+    atomic_write_json(args.out, result)
+    print(f"\nwrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,200 @@
+"""The batched spectral step (steepest.optim.batched) against the per-parameter path and float64 references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import steepest
+from steepest.optim import batched as B
+
+
+def _model_params(seed: int = 0, dtype=torch.float32):
+    """Mixed shapes: two same-shape pairs (tall, wide), a square trio, a conv kernel that flattens to
+    the square shape, a batch-mode 3-D tensor, a lone shape, and a parameter that never gets a grad."""
+    g = torch.Generator().manual_seed(seed)
+
+    def P(*shape):
+        return torch.nn.Parameter(torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype))
+
+    flat = [P(24, 12), P(24, 12), P(12, 24), P(12, 24), P(16, 16), P(16, 16), P(16, 16), P(16, 4, 2, 2), P(9, 5)]
+    nograd = P(24, 12)
+    batch3d = [P(3, 16, 16)]
+    return flat, nograd, batch3d
+
+
+def _groups(flat, nograd, batch3d, **extra):
+    return [dict(params=flat + [nograd], **extra), dict(params=batch3d, tensor_mode="batch", **extra)]
+
+
+def _run(make_opt, batched: bool, steps: int = 3, dtype=torch.float32, nan_at=None):
+    """Run ``steps`` steps from a fixed start with fixed random gradients; return params and optimizer."""
+    flat, nograd, batch3d = _model_params(dtype=dtype)
+    opt = make_opt(_groups(flat, nograd, batch3d))
+    opt.batch_matrices = batched
+    g = torch.Generator().manual_seed(1)
+    params = flat + batch3d
+    for k in range(steps):
+        for i, p in enumerate(params):
+            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(dtype)
+            if nan_at is not None and (k, i) == nan_at:
+                p.grad[0, 0] = float("nan")
+        opt.step()
+    return params + [nograd], opt
+
+
+CASES = {
+    # Same kernels per matrix on CPU make the paths agree bit for bit in practice; the tolerances allow
+    # a backend whose batched GEMM blocks differently: one rounding difference per matmul, amplified by
+    # the Newton-Schulz steps (slope a = 3.4 per step) stays below ~1e-4 relative in float32, and below
+    # a few bf16 ulps (eps 7.8e-3) in bfloat16.
+    "muon_bf16": (lambda gs: steepest.Muon(gs, lr=0.02, weight_decay=0.1), 3e-2),
+    "muon_fp32": (lambda gs: steepest.Muon(gs, lr=0.02, weight_decay=0.1, dtype=torch.float32), 1e-4),
+    "muon_polar_express": (lambda gs: steepest.Muon(gs, lr=0.02, method="polar_express", dtype=torch.float32), 1e-4),
+    # Exact SVD: batched LAPACK calls run the same per-matrix routine; float32 rounding only.
+    "specgd": (lambda gs: steepest.SpecGD(gs, lr=0.05), 1e-5),
+    "specgd_dual_momentum": (lambda gs: steepest.SpecGD(gs, lr=1e-3, step_size="dual", momentum=0.9, nesterov=True), 1e-5),
+    "schatten_inf": (lambda gs: steepest.SchattenDescent(gs, lr=0.05, p=math.inf), 1e-5),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_batched_matches_per_parameter(case):
+    make_opt, tol = CASES[case]
+    flat0, nograd0, batch3d0 = _model_params()
+    starts = flat0 + batch3d0 + [nograd0]  # _run's order
+    a, _ = _run(make_opt, batched=True)
+    b, _ = _run(make_opt, batched=False)
+    for pa, pb, p0 in zip(a, b, starts):
+        moved = (pb.detach() - p0.detach()).norm()
+        diff = (pa.detach() - pb.detach()).norm()
+        assert diff <= tol * max(float(moved), 1e-12), (case, tuple(pa.shape), float(diff), float(moved))
+    # The parameter without a gradient was never touched.
+    assert torch.equal(a[-1], starts[-1]) and torch.equal(b[-1], starts[-1])
+
+
+def test_buckets_group_same_shape_and_settings():
+    flat, nograd, batch3d = _model_params()
+    adam_mat = torch.nn.Parameter(torch.randn(16, 16))
+    bias = torch.nn.Parameter(torch.randn(16))
+    groups = _groups(flat, nograd, batch3d) + [dict(params=[adam_mat, bias], algorithm="adamw")]
+    opt = steepest.Muon(groups, lr=0.02)
+    for p in flat + batch3d + [adam_mat, bias]:
+        p.grad = torch.ones_like(p)
+    found = {tuple(tuple(p.shape) for p, _ in members) for members in B.buckets(opt, skip=set())}
+    # (16,16) x3 and the (16,4,2,2) conv flatten to 16x16 and share the group's settings; the 3-D
+    # batch-mode tensor is in a different group (tensor_mode differs) and alone, the AdamW matrix is not
+    # spectral, (9,5) is alone, and the (24,12) parameter without a gradient is left out.
+    assert found == {
+        ((24, 12), (24, 12)),
+        ((12, 24), (12, 24)),
+        ((16, 16), (16, 16), (16, 16), (16, 4, 2, 2)),
+    }
+    # Parameters being skipped (non-finite gradient) leave their bucket; a bucket of one is dropped.
+    skip = {id(flat[0])}
+    found = {tuple(tuple(p.shape) for p, _ in members) for members in B.buckets(opt, skip=skip)}
+    assert ((24, 12), (24, 12)) not in found and ((24, 12),) not in found
+
+
+def test_different_lr_groups_share_a_bucket_and_keep_their_lr():
+    torch.manual_seed(0)
+    p1, p2 = torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(8, 4))
+    q1, q2 = p1.detach().clone(), p2.detach().clone()
+    opt = steepest.SpecGD([dict(params=[p1], lr=0.1), dict(params=[p2], lr=0.3, weight_decay=0.5)])
+    assert len(B.buckets(opt, set())) == 0  # no grads yet
+    p1.grad, p2.grad = torch.randn(8, 4), torch.randn(8, 4)
+    assert [len(b) for b in B.buckets(opt, set())] == [2]
+    opt.step()
+    # Exact float64 reference: W <- (1 - lr wd) W - lr U V^T.
+    for p, q, lr, wd in ((p1, q1, 0.1, 0.0), (p2, q2, 0.3, 0.5)):
+        U, _, Vh = torch.linalg.svd(p.grad.double(), full_matrices=False)
+        ref = (1 - lr * wd) * q.double() - lr * U @ Vh
+        # float32 SVD of a well-conditioned 8x4 matrix: polar factor accurate to ~1e-6.
+        torch.testing.assert_close(p.detach().double(), ref, atol=1e-5, rtol=0)
+
+
+def _ns5_float64(M: torch.Tensor) -> torch.Tensor:
+    """Muon's Newton-Schulz quintic written out in float64 (the slow reference)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = M.double()
+    tall = X.shape[0] > X.shape[1]
+    if tall:
+        X = X.T
+    X = X / X.norm().clamp(min=1e-7)  # torch.optim.Muon: clamp, not + eps
+    for _ in range(5):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tall else X
+
+
+def test_batched_muon_float64_matches_written_out_reference():
+    """Batched Muon in float64 vs momentum + Nesterov + NS5 + shape scale + weight decay by hand."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(24, 12), (24, 12), (12, 24), (12, 24)]
+    ps = [torch.nn.Parameter(torch.randn(*s, generator=g, dtype=torch.float64)) for s in shapes]
+    ref = [p.detach().clone() for p in ps]
+    bufs = [torch.zeros_like(p) for p in ps]
+    lr, wd, mu = 0.02, 0.1, 0.95
+    opt = steepest.Muon(ps, lr=lr, weight_decay=wd, momentum=mu, dtype=torch.float64)
+    assert [len(b) for b in B.buckets(opt, set())] == []  # no grads yet
+    for _ in range(3):
+        grads = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+        for p, gr in zip(ps, grads):
+            p.grad = gr.clone()
+        assert sorted(len(b) for b in B.buckets(opt, set())) == [2, 2]
+        opt.step()
+        for i, gr in enumerate(grads):
+            bufs[i] = mu * bufs[i] + (1 - mu) * gr
+            M = (1 - mu) * gr + mu * bufs[i]
+            m, n = shapes[i]
+            ref[i] = (1 - lr * wd) * ref[i] - lr * math.sqrt(max(1, m / n)) * _ns5_float64(M)
+    for p, r in zip(ps, ref):
+        # float64 throughout; only summation order differs (lerp vs the written-out EMA): ~1e-15 per
+        # entry, amplified by at most a^5 ~ 500 through Newton-Schulz.
+        torch.testing.assert_close(p.detach(), r, atol=1e-11, rtol=0)
+
+
+def test_nonfinite_skip_in_a_bucket():
+    make = lambda gs: steepest.Muon(gs, lr=0.02, dtype=torch.float32, nonfinite="skip")  # noqa: E731
+    # Step 1 (k=1): the first (24, 12) parameter gets a NaN gradient; its bucket partner still steps.
+    a, opt_a = _run(make, batched=True, nan_at=(1, 0))
+    b, opt_b = _run(make, batched=False, nan_at=(1, 0))
+    assert opt_a.nonfinite_skipped == opt_b.nonfinite_skipped == 1
+    assert opt_a.state[a[0]]["nonfinite_skips"] == 1
+    for pa, pb in zip(a, b):
+        assert torch.isfinite(pa).all()
+        # float32 Newton-Schulz, same kernels: see CASES for the 1e-4 tolerance.
+        assert (pa.detach() - pb.detach()).norm() <= 1e-4 * pb.detach().norm()
+    # The momentum buffer of the skipped parameter saw only the finite gradients.
+    assert torch.isfinite(opt_a.state[a[0]]["momentum_buffer"]).all()
+
+
+def test_nonfinite_raise_changes_nothing_with_batching():
+    flat, nograd, batch3d = _model_params()
+    opt = steepest.Muon(_groups(flat, nograd, batch3d), lr=0.02)
+    before = [p.detach().clone() for p in flat + batch3d]
+    for p in flat + batch3d:
+        p.grad = torch.randn_like(p)
+    flat[3].grad[1, 1] = float("inf")
+    with pytest.raises(steepest.NonFiniteGradientError, match=r"\(shape \(12, 24\)\)"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(flat + batch3d, before))
+    assert len(opt.state) == 0  # no momentum buffer was created either
+
+
+def test_dual_step_overflow_skips_only_that_member():
+    """float16 nuclear norm overflows for one member of a bucket: that member is skipped and counted."""
+    big = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.float16))
+    small = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.float16))
+    opt = steepest.SpecGD([big, small], lr=1e-4, step_size="dual")
+    assert opt.batch_matrices
+    big.grad = torch.full((8, 8), 3e4, dtype=torch.float16) + torch.eye(8, dtype=torch.float16) * 3e4  # ||.||_* ~ 2.6e5 > 65504
+    small.grad = torch.eye(8, dtype=torch.float16)
+    assert [len(b) for b in B.buckets(opt, set())] == [2]
+    opt.step()
+    assert torch.equal(big.detach(), torch.zeros(8, 8, dtype=torch.float16))
+    assert opt.nonfinite_skipped == 1 and opt.state[big]["nonfinite_skips"] == 1
+    # small: W = -lr * ||I||_* * I = -8e-4 I (float16 resolves 8e-4 to 0.05%).
+    torch.testing.assert_close(small.detach().float(), -8e-4 * torch.eye(8), atol=0, rtol=1e-3)
