@@ -217,6 +217,12 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
     elif resume:
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
     run_dir.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    from steepest.compare_optimizers import routing_table
+
+    torch.manual_seed(cfg.seed)
+    atomic_write_text(run_dir / "routing.txt", routing_table(task.make_model(), task.routing) + "\n")
     atomic_write_json(cfg_path, {"config": mine, "task_info": task.info,
                                  "optimizer_labels": {n: OPTIMIZERS[n].label for n in cfg.optimizers}})
     atomic_write_json(run_dir / "environment.json", environment())
