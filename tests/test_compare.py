@@ -13,7 +13,7 @@ from steepest.compare import TABLE_COLUMNS, compare, load_tuned, resolve_lrs, st
 from steepest.compare_loop import lr_factor
 from steepest.compare_optimizers import DEFAULT_OPTIMIZERS
 from steepest.compare_sweep import sweep
-from steepest.runs import read_jsonl
+from steepest.runs import ConfigError, read_jsonl
 
 QUICK = dict(size="quick", progress=False, log=None)
 
@@ -87,9 +87,9 @@ def test_resume_after_interrupt_gives_identical_numbers(tmp_path):
         assert _evals(tmp_path / "full", a["optimizer"]) == _evals(tmp_path / "cut", b["optimizer"])
     train = [x["step"] for x in read_jsonl(tmp_path / "cut" / "metrics" / "muon.jsonl") if x["kind"] == "train"]
     assert train == list(range(20))  # steps after the checkpoint were dropped and redone, none twice
-    with pytest.raises(steepest.compare.ConfigError, match="differs in steps"):
+    with pytest.raises(ConfigError, match="differs in steps"):
         compare("mnist", names, run_dir=tmp_path / "cut", resume=True, **dict(kw, steps=25))
-    with pytest.raises(steepest.compare.ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         compare("mnist", names, run_dir=tmp_path / "cut", **kw)
 
 

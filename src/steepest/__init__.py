@@ -17,3 +17,9 @@ __version__ = "0.1.0"
 __all__ = ["polar", "polar_express_coefficients", "dualize", "dual_norm", "matrix_norm", "NORMS", "SteepestDescent",
            "Muon", "SpecGD", "SignSGD", "SchattenDescent", "GD", "param_groups", "describe",
            "NonFiniteGradientError", "DistributedSteepest", "distributed", "__version__"]
+
+# The main job, steepest.compare(task, optimizers=..., steps=...); the function shadows its module's name
+# on the package (import helpers with ``from steepest.compare import ...``).
+from steepest.compare import compare  # noqa: E402
+
+__all__ += ["compare"]
