@@ -345,3 +345,21 @@ def test_fsdp2_matches_single_process_with_uneven_and_empty_shards(runs):
     assert [r["fsdp_local_shapes"][5] for r in three] == [(1, 5), (1, 5), (0, 5)]
     assert [r["fsdp_local_shapes"][2] for r in three] == [(3, 10), (3, 10), (1, 10)]
     assert all(r["fsdp_momentum_is_dtensor"] for r in three)
+
+
+def hang_worker() -> None:
+    """Rank 0 enters a collective that rank 1 never joins: the hang the optimizer must never cause."""
+    import time
+
+    info = init_from_env(timeout_s=60)
+    if info.rank == 0:
+        dist.barrier()
+    else:
+        time.sleep(60)
+
+
+@pytest.mark.distributed
+def test_launch_turns_a_hang_into_a_timeout():
+    """The harness the tests above rely on: a hung collective fails within the deadline, it does not hang."""
+    with pytest.raises(TimeoutError, match="did not finish"):
+        launch(hang_worker, 2, timeout_s=8)

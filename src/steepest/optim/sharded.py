@@ -205,8 +205,8 @@ class _DistributedStep:
         owners = assign_owners([dualize_cost(tuple(e[3].shape), e[2]["norm"], e[2]["tensor_mode"]) for e in owned],
                                world)
         self.last_owners = {self._name(gi, j): o for (gi, j, *_), o in zip(owned, owners)}
-        self.step_stats = dict(local_s=time.perf_counter() - t0, compute_s=0.0, comm_s=0.0, sent_bytes=0,
-                               received_bytes=0, owned=owners.count(rank), matrices=len(owned))
+        self.step_stats = dict(local_s=time.perf_counter() - t0, compute_s=0.0, compute_cpu_s=0.0, comm_s=0.0,
+                               sent_bytes=0, received_bytes=0, owned=owners.count(rank), matrices=len(owned))
         for dtype in sorted({e[3].dtype for e in owned}, key=str):
             items = [(e, o) for e, o in zip(owned, owners) if e[3].dtype == dtype]
             self._replicated([x for x in items if not _is_dtensor(x[0][3])], world, rank, dtype)
@@ -231,10 +231,11 @@ class _DistributedStep:
         F.apply_update(p, U, float(group["lr"]), group["weight_decay"])
 
     def _compute(self, group: dict, M: torch.Tensor, dtype) -> tuple[torch.Tensor, bool]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         U = F.compute_update(M, **update_kwargs(group))
         ok = group["step_size"] != "dual" or bool(torch.isfinite(U).all())
         self.step_stats["compute_s"] += time.perf_counter() - t0
+        self.step_stats["compute_cpu_s"] += time.thread_time() - c0  # robust to a busy machine
         return U.to(dtype), ok
 
     def _replicated(self, items: list, world: int, rank: int, dtype) -> None:
@@ -329,7 +330,10 @@ class DistributedSteepest(_DistributedStep, SteepestDescent):
     and ``partial_grads``: what to do with a parameter that has a gradient on some ranks only
     (``"average"``: the DDP mean with zeros for the missing ranks (zero shards when sharded);
     ``"skip"``: no rank steps it, counted in ``partial_skipped``; ``"raise"``: ValueError on every rank).
-    ``step()`` is a collective. See the module docstring for the algorithm.
+    ``step()`` is a collective. After each step, ``last_owners`` maps each owner-path matrix to its
+    rank and ``step_stats`` holds this rank's dualization time (``compute_s``, wall; ``compute_cpu_s``,
+    thread CPU), communication time and bytes, and the number of matrices it owned.
+    See the module docstring for the algorithm.
 
     Example:
         >>> model = torch.nn.Linear(8, 4, bias=False)   # DDP(model) after init_process_group
