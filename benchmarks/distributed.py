@@ -203,6 +203,8 @@ def render(res: dict) -> str:
             lines.append(f"| {name} | {r['rank']} | {r['owned']:.0f} | {r['step_s']:.3f} | {r['step_cpu_s']:.3f} | "
                          f"{r['compute_s']:.3f} | {r['compute_cpu_s']:.3f} | {r['comm_s']:.3f} | "
                          f"{r['sent_bytes'] / 2**20:.1f} | {r['received_bytes'] / 2**20:.1f} |")
+    lines += ["", "Bytes count a rank's whole buffers, its own part included (sharded: half of each all_to_all "
+              "stays on the rank at W = 2; replicated: the padded all_gather slot, one flag per matrix included)."]
     lines += ["", "Ratios against W = 1 (slowest rank; the ideal dualization ratio is 1/W = 0.5):", "",
               "| run | dualization CPU ratio | dualization wall ratio | step wall ratio | communication wall (s) "
               "| communication / step |", "|---|---|---|---|---|---|"]
