@@ -1,0 +1,276 @@
+"""Which geometry should a layer step in? Davis-Drusvyatskiy's test and the Spec-Sign Advantage Index.
+
+**Davis-Drusvyatskiy** (seed 000 section 7, seed 001): with lr = 1/L the guaranteed one-step decrease
+is ||G||_*^2 / (2 L_*) for spectral descent and ||G||_F^2 / (2 L_F) for gradient descent; for a layer
+with incoming activations A (rows = samples), L_* ∝ ||A||_F^2 and L_F ∝ ||A||_op^2, so spectral wins
+iff nr(G) >= st(A).
+
+**Spec-Sign Advantage Index** (seed 002): for a geometry g with dual norm ||.||_g (l1 for sign,
+nuclear for spectral, Frobenius for normalised GD), direction D_g = dualize(G_hat, g) and curvature
+H_g = <D_g, H D_g>, the quadratic model's best expected decrease is
+
+    Delta_g = S_g^2 / (2 H_g),    S_g = ||G||_g - 2 c_g / sqrt(B)    (lower bound on E<G, D_g>)
+
+and I = Delta_spec / Delta_sign = ((||G||_nuc - 2c_*/sqrt(B)) / (||G||_1 - 2c_1/sqrt(B)))^2 H_sign/H_spec,
+with the rule I > 1 -> spectral. Degenerate cases (documented behaviour, not a meaningless ratio):
+
+* S_g <= 0: the bound guarantees no decrease for g (noise-dominated), Delta_g := 0;
+* exactly one S_g <= 0: the other geometry wins (I = 0 or I = inf);
+* every S_g <= 0 (regime ``"noise-dominated"``): I = NaN and the winner is the geometry with the
+  larger signal-to-noise ratio ||G||_g / c_g (seed 002's abstract: "SpecGD is preferred ... when the
+  nuclear-norm signal-to-noise ratio exceeds the l1-norm signal-to-noise ratio");
+* H_g <= 0 with S_g > 0 (negative curvature): the quadratic model is unbounded below, Delta_g := inf;
+* G = 0: I = NaN, winner ``"none"`` (regime ``"zero-gradient"``).
+
+**Noise scales** from K >= 2 equal, disjoint microbatch gradients G_1..G_K of b samples each
+(:func:`noise_scales`): c_g = sqrt(b) sqrt(K/(K-1)) mean_k ||G_k - mean_j G_j||_g. For Gaussian noise
+G_k - mean = (1 - 1/K)^(1/2) x (a b-sample noise draw) in distribution and every norm is
+1-homogeneous, so the factor sqrt(K/(K-1)) makes the estimator *unbiased* for c_g; for other noise it
+is unbiased up to the CLT error O(1/b). Its spread falls like 1/sqrt(K). The plug-in G_hat = mean_k G_k
+for G overestimates ||G||_g by at most c_g / sqrt(K b) (triangle inequality), so S_g is biased up by
+at most that much.
+
+Example:
+    >>> G = torch.randn(16, 16)
+    >>> davis_drusvyatskiy(G, torch.randn(64, 16))["winner"] in ("spectral", "frobenius")
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from steepest.diagnostics.metrics import nuclear_rank, stable_rank
+from steepest.norms import dual_norm, dualize
+from steepest.optim.functional import matrix_view
+
+GEOMETRIES = ("spectral", "linf", "frobenius")
+
+
+def davis_drusvyatskiy(G: torch.Tensor, A: torch.Tensor, method: str = "exact",
+                       generator: torch.Generator | None = None) -> dict:
+    """The Davis-Drusvyatskiy test: spectral when nr(G) >= st(A), else frobenius (Euclidean GD).
+
+    Returns ``{"nr": nr(G), "st": st(A), "ratio": nr/st, "winner": ...}`` (floats). G = 0 gives
+    winner ``"none"`` (nothing to step); A = 0 gives st = 0 and ratio inf. Seed 000 section 7, seed 001.
+
+    Example:
+        >>> davis_drusvyatskiy(torch.eye(8), torch.ones(32, 8))["winner"]    # nr = 8 >= st = 1
+        'spectral'
+    """
+    nr = float(nuclear_rank(matrix_view(G), method, generator))
+    st = float(stable_rank(A, method, generator))
+    if math.isnan(nr) or math.isnan(st):
+        return {"nr": nr, "st": st, "ratio": float("nan"), "winner": "none"}
+    ratio = nr / st if st > 0 else (float("inf") if nr > 0 else float("nan"))
+    winner = "none" if nr == 0 else ("spectral" if nr >= st else "frobenius")
+    return {"nr": nr, "st": st, "ratio": ratio, "winner": winner}
+
+
+def _stack(grads) -> torch.Tensor:
+    if isinstance(grads, torch.Tensor):
+        return grads
+    if not isinstance(grads, (list, tuple)) or not grads:
+        raise TypeError("grads must be a tensor of shape (K, m, n) or a non-empty list of K gradients")
+    return torch.stack([torch.as_tensor(g) for g in grads])
+
+
+def noise_scales(grads, microbatch_size: int, geometries: Sequence[str] = GEOMETRIES) -> dict[str, float]:
+    """c_g = sqrt(b) sqrt(K/(K-1)) mean_k ||G_k - mean_j G_j||_g from K >= 2 microbatch gradients.
+
+    ``grads``: tensor (K, m, n) (or (K, *param_shape), flattened to matrices) or a list of K tensors,
+    each the mean-loss gradient of b = ``microbatch_size`` disjoint samples. ``||.||_g`` is the dual
+    norm of geometry g: l1 (``"linf"``, c_1), nuclear (``"spectral"``, c_*), Frobenius. See the module
+    docstring for the estimator's bias. Seed 002, Definition 1.
+
+    Example:
+        >>> c = noise_scales(torch.randn(4, 8, 8), microbatch_size=1)
+        >>> sorted(c)
+        ['frobenius', 'linf', 'spectral']
+    """
+    X = _stack(grads)
+    if X.ndim < 2 or X.shape[0] < 2:
+        raise ValueError(f"noise scales need K >= 2 microbatch gradients (got shape {tuple(X.shape)}); "
+                         "split the batch into at least 2 equal, disjoint microbatches")
+    if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, int) or microbatch_size < 1:
+        raise ValueError(f"microbatch_size must be a positive int, got {microbatch_size!r}")
+    K = X.shape[0]
+    X = X.double().reshape(K, X.shape[1], -1) if X.ndim >= 3 else X.double().unsqueeze(1)
+    E = X - X.mean(dim=0, keepdim=True)
+    factor = math.sqrt(microbatch_size) * math.sqrt(K / (K - 1))
+    return {g: factor * float(dual_norm(E, g).mean()) for g in geometries}
+
+
+def predicted_decrease(signal: float, curvature: float) -> float:
+    """Delta = S^2 / (2 H): the quadratic model's best decrease along a direction (seed 002, eq. 2).
+
+    S <= 0 (no guaranteed alignment) gives 0; H <= 0 with S > 0 gives inf (model unbounded below).
+    """
+    if not (signal > 0):
+        return 0.0
+    if not (curvature > 0):
+        return float("inf")
+    return signal * signal / (2.0 * curvature)
+
+
+@dataclass
+class GeometryScores:
+    """Per-geometry signal S_g, curvature H_g, decrease Delta_g and SNR, plus the winner and regime."""
+
+    signal: dict = field(default_factory=dict)
+    curvature: dict = field(default_factory=dict)
+    decrease: dict = field(default_factory=dict)
+    snr: dict = field(default_factory=dict)
+    winner: str = "none"
+    regime: str = "signal"
+
+    def as_dict(self) -> dict:
+        return {"signal": dict(self.signal), "curvature": dict(self.curvature), "decrease": dict(self.decrease),
+                "snr": dict(self.snr), "winner": self.winner, "regime": self.regime}
+
+
+def score_geometries(dual_norms: dict, noise: dict | None, batch_size: int | None, curvature: dict) -> GeometryScores:
+    """Rank geometries by Delta_g = (||G||_g - 2 c_g / sqrt(B))^2 / (2 H_g), with the module's rules.
+
+    ``dual_norms[g]`` = ||G||_g, ``noise[g]`` = c_g (``None``: deterministic, c = 0), ``curvature[g]``
+    = H_g. Ties go to the earlier geometry in ``dual_norms``' order.
+
+    Example:
+        >>> score_geometries({"spectral": 3.0, "linf": 4.0}, None, None, {"spectral": 3.0, "linf": 9.0}).winner
+        'spectral'
+    """
+    out = GeometryScores()
+    names = list(dual_norms)
+    if not names:
+        raise ValueError("score_geometries needs at least one geometry")
+    if noise is not None and (batch_size is None or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int when noise scales are given, got {batch_size!r}")
+    if all(not (float(dual_norms[g]) > 0) for g in names):
+        out.signal = {g: 0.0 for g in names}
+        out.regime = "zero-gradient"
+        return out
+    for g in names:
+        c = 0.0 if noise is None else float(noise[g]) / math.sqrt(batch_size)
+        out.signal[g] = float(dual_norms[g]) - 2.0 * c
+        out.curvature[g] = float(curvature[g])
+        out.decrease[g] = predicted_decrease(out.signal[g], out.curvature[g])
+        out.snr[g] = float(dual_norms[g]) / c if c > 0 else float("inf")
+    if all(out.decrease[g] == 0.0 for g in names):
+        out.regime = "noise-dominated"
+        out.winner = max(names, key=lambda g: out.snr[g])
+    else:
+        out.regime = "signal" if all(out.signal[g] > 0 for g in names) else "partly-vacuous"
+        out.winner = max(names, key=lambda g: out.decrease[g])
+    return out
+
+
+@dataclass
+class SpecSignIndex:
+    """The Spec-Sign Advantage Index I and its parts (seed 002, Definition 2)."""
+
+    index: float
+    winner: str
+    regime: str
+    signal_spec: float
+    signal_sign: float
+    H_spec: float
+    H_sign: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def spec_sign_index(G: torch.Tensor, c_star: float, c_1: float, batch_size: int | None,
+                    H_sign: float, H_spec: float) -> SpecSignIndex:
+    """I = ((||G||_nuc - 2c_*/sqrt(B)) / (||G||_1 - 2c_1/sqrt(B)))^2 * H_sign / H_spec; I > 1 -> spectral.
+
+    ``batch_size=None`` means the deterministic limit (c terms dropped), where the rule compares
+    ||G||_nuc^2 / H_spec with ||G||_1^2 / H_sign. Degenerate cases follow the module docstring.
+    Seed 002, eq. (7).
+
+    Example:
+        >>> r = spec_sign_index(torch.eye(4), 0.0, 0.0, None, H_sign=4.0, H_spec=4.0)
+        >>> r.index, r.winner      # ||I||_nuc = ||I||_1 = 4, equal curvature: a tie goes to sign
+        (1.0, 'linf')
+    """
+    X = matrix_view(G).double()
+    norms = {"spectral": float(dual_norm(X, "spectral")), "linf": float(dual_norm(X, "linf"))}
+    noise = None if batch_size is None else {"spectral": c_star, "linf": c_1}
+    s = score_geometries(norms, noise, batch_size, {"spectral": H_spec, "linf": H_sign})
+    if s.regime == "zero-gradient":
+        return SpecSignIndex(float("nan"), "none", s.regime, 0.0, 0.0, float(H_spec), float(H_sign))
+    d_spec, d_sign = s.decrease["spectral"], s.decrease["linf"]
+    if s.regime == "noise-dominated":
+        index = float("nan")
+    elif d_sign == 0.0 or math.isinf(d_spec) and not math.isinf(d_sign):
+        index = float("inf")
+    elif math.isinf(d_sign) and not math.isinf(d_spec) or d_spec == 0.0:
+        index = 0.0
+    elif math.isinf(d_spec) and math.isinf(d_sign):
+        index = (s.signal["spectral"] / s.signal["linf"]) ** 2  # both unbounded: compare signals
+    else:
+        index = d_spec / d_sign
+    winner = s.winner if math.isnan(index) else ("spectral" if index > 1 else "linf")
+    return SpecSignIndex(index, winner, s.regime, s.signal["spectral"], s.signal["linf"], float(H_spec), float(H_sign))
+
+
+# ------------------------------------------------------------------------------------- curvature
+def directional_curvatures(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor,
+                           directions: Sequence[torch.Tensor]) -> list[float]:
+    """<D, H D> for each D, H the Hessian of ``loss_fn()`` restricted to ``param`` (double backward).
+
+    ``loss_fn`` recomputes the loss with autograd enabled; other parameters are held fixed (the
+    layer's diagonal Hessian block). ``param.grad`` is not touched. Pearlmutter (1994) HVPs.
+
+    Example:
+        >>> W = torch.zeros(2, 2, requires_grad=True)
+        >>> directional_curvatures(lambda: 0.5 * (3 * W).square().sum(), W, [torch.ones(2, 2)])
+        [36.0]
+    """
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(loss_fn(), param, create_graph=True)
+        out = []
+        for i, D in enumerate(directions):
+            D = D.reshape(param.shape).to(g.dtype)
+            (hd,) = torch.autograd.grad(g, param, grad_outputs=D, retain_graph=i < len(directions) - 1)
+            out.append(float((D * hd).sum()))
+    return out
+
+
+def layer_curvatures(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, G_hat: torch.Tensor,
+                     geometries: Sequence[str] = ("linf", "spectral")) -> dict[str, float]:
+    """H_g = <D_g, H D_g> with D_g = dualize(G_hat, g), from exact layer-restricted HVPs.
+
+    With the default geometries this returns seed 002's ``{"linf": H_sign, "spectral": H_spec}``.
+    """
+    X = matrix_view(G_hat.detach())
+    dirs = [dualize(X, g).reshape(param.shape) for g in geometries]
+    return dict(zip(geometries, directional_curvatures(loss_fn, param, dirs)))
+
+
+def kfac_curvature(D: torch.Tensor, A: torch.Tensor) -> float:
+    """<D, D C>, C = A^T A / N: the curvature of a linear layer under a unit-curvature output loss.
+
+    Exact for f(W) = 1/(2N) ||A W^T - Y||_F^2 (seed 000's quadratic with the data A); for other
+    losses it is K-FAC's input factor with the output factor replaced by the identity (Martens &
+    Grosse 2015), a proxy whose unknown output scale cancels in ratios between geometries.
+    Equals ||A D^T||_F^2 / N. ``D`` is (out, in) and ``A`` is (N, in).
+
+    Example:
+        >>> kfac_curvature(torch.eye(2), torch.eye(2))   # C = I/2: <I, I/2> = 1
+        1.0
+    """
+    N = A.shape[0]
+    if N == 0:
+        return 0.0
+    P = A.double() @ matrix_view(D).double().mT
+    return float(P.square().sum() / N)
+
+
+__all__ = ["davis_drusvyatskiy", "noise_scales", "predicted_decrease", "score_geometries", "GeometryScores",
+           "spec_sign_index", "SpecSignIndex", "directional_curvatures", "layer_curvatures", "kfac_curvature",
+           "GEOMETRIES"]
