@@ -4,6 +4,7 @@ from steepest.optim.recipes import GD, Muon, SchattenDescent, SignSGD, SpecGD
 from steepest.optim.routing import describe, param_groups
 from steepest.optim.steepest import NonFiniteGradientError, SteepestDescent
 from steepest.optim.sharded import DistributedSteepest, distributed
+from steepest.optim.adaptive import Adaptive
 
 __all__ = ["SteepestDescent", "Muon", "SpecGD", "SignSGD", "SchattenDescent", "GD", "param_groups", "describe",
-           "NonFiniteGradientError", "DistributedSteepest", "distributed"]
+           "NonFiniteGradientError", "DistributedSteepest", "distributed", "Adaptive"]

@@ -1,0 +1,266 @@
+"""Adaptive: steepest descent that picks each layer's geometry (spectral, linf, frobenius) as it trains.
+
+Seed 002's future work ("an adaptive optimizer that switches geometries per-layer"). Every ``every``
+steps, for each matrix parameter with gradient G, each candidate geometry g gets the quadratic model's
+predicted decrease (seed 002, eq. 2; :func:`steepest.diagnostics.criteria.score_geometries`)
+
+    Delta_g = (||G||_g - 2 c_g / sqrt(B))^2 / (2 H_g),   H_g = <D_g, H D_g>,  D_g = dualize(G, g)
+
+and the layer steps with the winner, subject to hysteresis. Where the numbers come from:
+
+* ``model=`` given (activations hooked on the decision steps only, like LayerMonitor):
+  ``criterion="spec_sign"`` (default): noise scales c_g from K = ``microbatches`` disjoint chunks of the
+  batch (exact per-chunk gradients from the hooked activations and output gradients) and the K-FAC
+  input-factor curvature H_g = ||A D_g^T||_F^2 / N; ``criterion="dd"``: the Davis-Drusvyatskiy test,
+  Delta_spec = ||G||_*^2 / ||A||_F^2 vs Delta_F = ||G||_F^2 / ||A||_op^2 (worst-case L_g of seed 000;
+  spectral wins iff nr(G) >= st(A)); candidates must then be spectral and frobenius.
+* no model (or a layer that is not an ``nn.Linear``/``nn.Conv2d``): the gradient-only proxy. The noise
+  E||G_hat - G||_g is estimated by ||G_t - G_{t-1}||_g / sqrt(2) (two consecutive minibatch gradients
+  differ by two independent noise draws plus the drift, so this overestimates by at most the drift),
+  and the curvature uses the rows of [G_t; G_{t-1}] in place of A (Shampoo's right factor: when output
+  gradients are white, E[G^T G] is proportional to A^T A). Under this proxy spectral always beats
+  frobenius in the deterministic limit (by log-convexity of singular-value moments), so the proxy
+  really decides spectral vs linf through noise; give ``model=`` for a frobenius verdict.
+
+Hysteresis: the first decision is taken as is; later, a challenger replaces the current geometry only
+after winning ``patience`` consecutive decisions by a factor ``1 + margin`` in Delta (or in
+signal-to-noise ratio when every bound is vacuous). Every decision is appended to ``history`` and
+saved in ``state_dict()``; ``state[p]["geometry"]`` holds the current choice.
+
+Learning rates: one ``lr`` cannot fit sign and spectral steps (||sign(G)||_F = sqrt(mn) while
+||polar(G)||_F = sqrt(rank)). With ``rms_match=True`` (default, ``step_size="fixed"``) each direction is
+scaled to unit RMS for a full-rank block (spectral x sqrt(max(m, n)), linf x 1, frobenius x sqrt(mn)),
+so ``lr`` is the per-entry update size in every geometry; ``lr_multipliers`` (a dict geometry -> float)
+rescale each geometry on top (e.g. 1/L_g with ``step_size="dual"`` for seed 000's steps).
+
+Groups with ``algorithm="adamw"`` (embeddings, heads, vectors from :func:`steepest.param_groups`) keep
+their AdamW route. Momentum is shared: the geometry only changes the dualization of M.
+
+Example:
+    >>> opt = Adaptive(steepest.param_groups(model), lr=0.02)                # gradient-only proxy
+    >>> opt = Adaptive(steepest.param_groups(model), lr=0.02, model=model)   # activation-based criterion
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from steepest.diagnostics import criteria as C
+from steepest.diagnostics.probe import ActivationCapture, activation_matrix, microbatch_grads
+from steepest.norms import dual_norm, dualize, matrix_norm
+from steepest.optim import functional as F
+from steepest.optim.steepest import SteepestDescent, update_kwargs
+
+CRITERIA = ("spec_sign", "dd")
+
+
+def rms_factor(shape: tuple[int, ...], geometry: str) -> float:
+    """Scale that gives a full-rank direction of ``geometry`` unit RMS on an (m, n) block."""
+    m, n = shape[-2], shape[-1]
+    return {"spectral": math.sqrt(max(m, n)), "linf": 1.0, "frobenius": math.sqrt(m * n)}[geometry]
+
+
+class Adaptive(SteepestDescent):
+    """Per-layer geometry choice among ``candidates`` by the Spec-Sign / Davis-Drusvyatskiy criteria.
+
+    Args (beyond :class:`steepest.SteepestDescent`'s, which apply to the matrix groups):
+        candidates: geometries to choose from, a subset of ("spectral", "linf", "frobenius").
+        every: decide every ``every`` steps (steps 0, every, ...). initial: geometry before step 0's
+            decision is known (only used if a decision cannot be made).
+        model: optional nn.Module whose Linear/Conv2d layers are hooked for the activation criterion.
+        criterion: "spec_sign" or "dd" (the latter needs ``model``; see the module docstring).
+        microbatches: K >= 2 chunks for the noise scales. margin, patience: hysteresis.
+        lr_multipliers: dict geometry -> multiplier. rms_match: unit-RMS scaling per geometry.
+
+    See the module docstring for the formulas. Example:
+        >>> W = torch.nn.Parameter(torch.randn(8, 4))
+        >>> opt = Adaptive([W], lr=0.01, every=5)
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.02, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10,
+                 model: nn.Module | None = None, criterion: str = "spec_sign", microbatches: int = 4,
+                 margin: float = 0.1, patience: int = 2, lr_multipliers: dict | None = None,
+                 rms_match: bool = True, initial: str = "spectral", **kwargs) -> None:
+        candidates = tuple(candidates)
+        if not candidates or any(g not in C.GEOMETRIES for g in candidates) or len(set(candidates)) != len(candidates):
+            raise ValueError(f"candidates must be distinct names from {C.GEOMETRIES}, got {candidates!r}")
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+        if criterion == "dd" and (model is None or set(candidates) - {"spectral", "frobenius"}):
+            raise ValueError("criterion='dd' compares spectral with frobenius from activations: pass model= and "
+                             "candidates=('spectral', 'frobenius')")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 2:
+            raise ValueError(f"microbatches must be an int >= 2, got {microbatches!r}")
+        if not (isinstance(margin, (int, float)) and margin >= 0):
+            raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be a positive int, got {patience!r}")
+        if initial not in candidates:
+            raise ValueError(f"initial must be one of the candidates {candidates}, got {initial!r}")
+        mult = {g: 1.0 for g in candidates}
+        for g, v in (lr_multipliers or {}).items():
+            if g not in candidates or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"lr_multipliers must map candidate geometries to numbers >= 0, got {g!r}: {v!r}")
+            mult[g] = float(v)
+        kwargs.setdefault("norm", initial)
+        super().__init__(params, lr=lr, **kwargs)
+        self.candidates, self.every, self.criterion, self.microbatches = candidates, every, criterion, microbatches
+        self.margin, self.patience, self.lr_multipliers, self.rms_match = float(margin), patience, mult, rms_match
+        self.initial = initial
+        self.history: list[dict] = []
+        self._t = 0
+        self._names = {}
+        for gi, group in enumerate(self.param_groups):
+            names = group.get("names")
+            for j, p in enumerate(group["params"]):
+                self._names[id(p)] = names[j] if names and j < len(names) else f"group{gi}.{j}"
+        self._capture, self._module_of = None, {}
+        if model is not None:
+            wanted = {id(p) for g in self.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
+            mods = {n: m for n, m in model.named_modules() if getattr(m, "weight", None) is not None
+                    and id(m.weight) in wanted}
+            try:
+                self._capture = ActivationCapture(model, self._deciding, grads=criterion == "spec_sign", names=mods)
+            except ValueError:
+                if criterion == "dd":
+                    raise
+                self._capture = None  # no supported layer: every parameter uses the gradient-only proxy
+            if self._capture is not None:
+                self._module_of = {id(m.weight): n for n, m in self._capture.layers.items()}
+
+    def _deciding(self) -> bool:
+        return self._t % self.every == 0
+
+    # ------------------------------------------------------------------------------- decisions
+    def _scores(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> tuple[C.GeometryScores, str]:
+        Gm = F.matrix_view(G).double()
+        norms = {g: float(dual_norm(Gm, "spectral" if g == "spectral" else g)) for g in self.candidates}
+        name = self._module_of.get(id(p))
+        calls = self._capture.rows(name) if (self._capture is not None and name is not None) else []
+        A = activation_matrix(calls).double() if calls else None
+        if A is not None and A.numel() and bool(torch.isfinite(A).all()):
+            if self.criterion == "dd":
+                N = A.shape[0]
+                L = {"spectral": float(matrix_norm(A, "frobenius")) ** 2 / N,
+                     "frobenius": float(matrix_norm(A, "spectral")) ** 2 / N}
+                return C.score_geometries(norms, None, None, L), "dd"
+            H = {g: C.kfac_curvature(dualize(Gm, g), A) for g in self.candidates}
+            mb = microbatch_grads(calls, self.microbatches)
+            if mb is None:
+                return C.score_geometries(norms, None, None, H), "activations"
+            grads, b = mb
+            noise = C.noise_scales(grads, b, self.candidates)
+            return C.score_geometries(norms, noise, b * self.microbatches, H), "spec_sign"
+        prev = state.get("prev_grad")
+        rows = Gm if prev is None else torch.cat([Gm, F.matrix_view(prev).double()])
+        H = {g: C.kfac_curvature(dualize(Gm, g), rows) for g in self.candidates}
+        noise = None
+        if prev is not None:
+            diff = Gm - F.matrix_view(prev).double()
+            noise = {g: float(dual_norm(diff, g)) / math.sqrt(2.0) for g in self.candidates}
+        return C.score_geometries(norms, noise, 1 if noise else None, H), "gradient-proxy"
+
+    @staticmethod
+    def _advantage(s: C.GeometryScores, new: str, old: str) -> float:
+        a, b = (s.snr[new], s.snr[old]) if s.regime == "noise-dominated" else (s.decrease[new], s.decrease[old])
+        if b == 0:
+            return math.inf if a > 0 else 1.0
+        if math.isinf(a) and math.isinf(b):
+            return 1.0
+        return a / b
+
+    def _decide(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> None:
+        if not bool(torch.isfinite(G).all()):
+            return
+        s, source = self._scores(p, G, state)
+        current = state.get("geometry")
+        target, switched = s.winner, False
+        if target == "none":
+            target = current or self.initial
+        if current is None:
+            state["geometry"], switched = target, True
+        elif target != current and self._advantage(s, target, current) > 1.0 + self.margin:
+            state["streak"] = state.get("streak", 0) + 1 if state.get("challenger") == target else 1
+            state["challenger"] = target
+            if state["streak"] >= self.patience:
+                state["geometry"], switched = target, True
+                state["challenger"], state["streak"] = None, 0
+        else:
+            state["challenger"], state["streak"] = None, 0
+        self.history.append({"step": self._t, "param": self._names.get(id(p), "?"), "geometry": state["geometry"],
+                             "winner": s.winner, "switched": switched, "regime": s.regime, "source": source,
+                             "decrease": {g: float(v) for g, v in s.decrease.items()}})
+
+    # ------------------------------------------------------------------------------- stepping
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        skip = self._check_grads()
+        deciding = self._deciding()
+        keep_prev = (self._t + 1) % self.every == 0
+        for group in self.param_groups:
+            lr = float(group["lr"])
+            for p in group["params"]:
+                if p.grad is None or id(p) in skip:
+                    continue
+                state = self.state[p]
+                if group["algorithm"] == "adamw":
+                    self._param_step(p, p.grad, state, group, lr)
+                    continue
+                if deciding:
+                    self._decide(p, p.grad, state)
+                    state.pop("prev_grad", None)
+                if keep_prev and id(p) not in self._module_of:
+                    state["prev_grad"] = p.grad.detach().clone()
+                g = state.get("geometry") or self.initial
+                M = F.direction_source(p.grad, state, group["momentum"], group["nesterov"])
+                update = F.compute_update(M, **update_kwargs(group, norm=g))
+                scale = self.lr_multipliers[g]
+                if self.rms_match and group["step_size"] == "fixed":
+                    scale *= rms_factor(tuple(F.matrix_view(p).shape), g)
+                if not bool(torch.isfinite(update).all()):
+                    state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
+                    self.nonfinite_skipped += 1
+                    continue
+                F.apply_update(p, update, lr * scale, group["weight_decay"])
+        if self._capture is not None:
+            self._capture.clear()
+        self._t += 1
+        return loss
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["adaptive"] = {"t": self._t, "history": [dict(h, decrease=dict(h["decrease"])) for h in self.history]}
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("adaptive", None)
+        super().load_state_dict(state_dict)
+        if extra is not None:
+            self._t = int(extra["t"])
+            self.history = [dict(h, decrease=dict(h["decrease"])) for h in extra["history"]]
+
+    def geometries(self) -> dict[str, str]:
+        """Current geometry per matrix parameter name."""
+        return {self._names[id(p)]: self.state[p].get("geometry", self.initial)
+                for g in self.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
+
+    def remove_hooks(self) -> None:
+        """Remove the activation hooks placed on ``model`` (the optimizer then uses the gradient-only proxy)."""
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture, self._module_of = None, {}
+
+
+__all__ = ["Adaptive", "rms_factor", "CRITERIA"]
