@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); with 'all' prefix it: quadratic.steps=50")
     p.add_argument("--config", default=None, help="YAML/TOML file with config fields")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: the experiments are many small matrix operations)")
     p.set_defaults(func=main)
 
 
@@ -117,6 +119,9 @@ def main(args) -> int:
         print(f"steepest reproduce: unknown experiment {args.name!r}; choose one of "
               f"{', '.join(base.REGISTRY)} or all", file=sys.stderr)
         return 2
+    if args.threads < 1:
+        print("steepest reproduce: --threads must be >= 1", file=sys.stderr)
+        return 2
     names = list(base.REGISTRY) if args.name == "all" else [args.name]
     try:
         configs = build_configs(names, args.quick, args.overrides, args.config)
@@ -129,7 +134,7 @@ def main(args) -> int:
     for name in names:
         run_dir = root / name if args.name == "all" else root
         try:
-            outcome = base.run_experiment(name, configs[name], run_dir)
+            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
         except ConfigError as e:
             print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
             return 2
