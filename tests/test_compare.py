@@ -49,9 +49,9 @@ def test_quick_mnist_end_to_end_writes_files_and_table(tmp_path):
     assert "val_loss.png" in html and "Routing of parameters" in html
 
 
-def test_quick_charlm_and_cnn_all_fixed_geometries(tmp_path):
-    names = ["adamw", "torch-muon", "muon", "specgd", "schatten"]
-    r = compare("charlm", names, steps=12, eval_every=6, run_dir=tmp_path / "lm", report=False, **QUICK)
+def test_quick_charlm_and_cnn_every_geometry(tmp_path):
+    names = ["adamw", "torch-muon", "muon", "specgd", "schatten", "adaptive"]
+    r = compare("charlm", names, steps=12, eval_every=6, run_dir=tmp_path / "lm", **QUICK)
     for row in r.rows:
         assert row["diverged_at"] is None and math.isfinite(row["final_val"])
         ev = _evals(tmp_path / "lm", row["optimizer"])
@@ -59,6 +59,15 @@ def test_quick_charlm_and_cnn_all_fixed_geometries(tmp_path):
     # torch.optim.Muon and steepest.Muon share semantics (bf16 NS5, Nesterov 0.95, same routing); their
     # trajectories differ only by float rounding order, so 12 steps agree to 1e-3 nats.
     assert r.row("torch-muon")["final_val"] == pytest.approx(r.row("muon")["final_val"], abs=1e-3)
+    # The adaptive run is monitored: per-layer nr(G)/st(A) records at steps 0 and 6 for the 5 Linear layers,
+    # each with the geometry the optimizer used, and the report shows the heatmap and the choice map.
+    diag = read_jsonl(tmp_path / "lm" / "diagnostics" / "adaptive.jsonl")
+    assert sorted({d["step"] for d in diag}) == [0, 6] and len(diag) == 10
+    assert all(d["choice"] in ("spectral", "linf", "frobenius") for d in diag if d["layer"] != "lm_head")
+    assert all(d["nr_G"] > 0 and d["st_A"] > 0 for d in diag)
+    html = (tmp_path / "lm" / "report.html").read_text()
+    assert "choices_adaptive.png" in html and "diag_ratio_adaptive.png" in html
+    assert not (tmp_path / "lm" / "diagnostics" / "torch-muon.jsonl").exists()  # a pair is not monitored
     c = compare("mnist-cnn", ["adamw", "muon"], steps=10, eval_every=5, run_dir=tmp_path / "cnn", report=False,
                 **QUICK)
     assert all(math.isfinite(row["final_val"]) for row in c.rows)
@@ -85,6 +94,9 @@ def test_resume_after_interrupt_gives_identical_numbers(tmp_path):
         # CPU thread: the continued run must match bit for bit, so equality is exact.
         assert a["final_val"] == b["final_val"] and a["best_val"] == b["best_val"]
         assert _evals(tmp_path / "full", a["optimizer"]) == _evals(tmp_path / "cut", b["optimizer"])
+    # The monitor's records (muon is monitored) are also those of the uninterrupted run.
+    assert read_jsonl(tmp_path / "cut" / "diagnostics" / "muon.jsonl") == \
+        read_jsonl(tmp_path / "full" / "diagnostics" / "muon.jsonl")
     train = [x["step"] for x in read_jsonl(tmp_path / "cut" / "metrics" / "muon.jsonl") if x["kind"] == "train"]
     assert train == list(range(20))  # steps after the checkpoint were dropped and redone, none twice
     with pytest.raises(ConfigError, match="differs in steps"):

@@ -41,6 +41,9 @@ TUNED_PATH = Path(__file__).with_name("tuned.json")
 #: shared with other work; pass ``threads=`` / ``--threads`` to use more.
 DEFAULT_THREADS = 1
 
+#: Optimizers whose runs get a per-layer LayerMonitor by default (the baseline, Muon and the adaptive one).
+MONITORED = ("adamw", "muon", "adaptive")
+
 
 @dataclasses.dataclass
 class CompareConfig:
@@ -57,6 +60,7 @@ class CompareConfig:
     cooldown: float = 0.3
     threads: int = 1
     monitor_every: int | None = None
+    monitored: tuple[str, ...] = MONITORED
     task_options: dict = dataclasses.field(default_factory=dict)
 
 
@@ -114,6 +118,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
             lrs: dict | None = None, size: str = "default", eval_every: int | None = None,
             run_dir: str | Path | None = None, resume: bool = False, threads: int | None = None,
             warmup: float = 0.05, cooldown: float = 0.3, monitor_every: int | None = None,
+            monitored=MONITORED,
             progress: bool = True, report: bool = True, task_options: dict | None = None,
             on_step: Callable[[str, int, float], None] | None = None, log: Callable[[str], None] | None = print,
             ) -> CompareResult:
@@ -129,7 +134,8 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
             (default :data:`DEFAULT_THREADS`).
         run_dir: where results go (default ``runs/compare-<task>-<time>``); resume: continue it.
         warmup, cooldown: fractions of the trapezoid lr schedule (:func:`steepest.compare_loop.lr_factor`).
-        monitor_every: LayerMonitor interval (default ``eval_every``; 0 switches it off).
+        monitor_every: LayerMonitor interval (default ``eval_every``; 0 switches it off); monitored: the
+            optimizers that get one (default :data:`MONITORED`; the monitor never changes training).
         on_step: ``(optimizer, step, loss)`` after each step (may raise to interrupt; resume continues).
 
     The table (``result.rows``) per optimizer: final and best validation loss, steps to reach the
@@ -168,7 +174,8 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     lr_table = resolve_lrs(task_obj.name, size, names, lrs)
     cfg = CompareConfig(task=task_name, size=size, optimizers=names, steps=steps, eval_every=eval_every, seed=seed,
                         lrs={k: v[0] for k, v in lr_table.items()}, warmup=warmup, cooldown=cooldown,
-                        threads=threads, monitor_every=monitor_every, task_options=task_options)
+                        threads=threads, monitor_every=monitor_every,
+                        monitored=tuple(n for n in monitored if n in names), task_options=task_options)
     run_dir = _prepare_run_dir(cfg, task_obj, run_dir, resume)
     say = log or (lambda s: None)
     say(f"steepest compare: task {task_obj.name} ({size}), {steps} steps, seed {seed}, run dir {run_dir}")

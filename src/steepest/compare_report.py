@@ -1,8 +1,8 @@
 """``report.html`` of a ``steepest compare`` run, built from the run directory's files only.
 
 Reads ``config.json``, ``environment.json``, ``summary.json``, ``routing.txt``, ``metrics/*.jsonl`` and
-``diagnostics/*.jsonl`` (records ``{"step", "layer", "nr_G", "st_A", "ratio", "choice"}`` written by
-:mod:`steepest.compare_monitor`), draws the figures into ``figures/`` and writes the page with
+``diagnostics/*.jsonl`` (LayerMonitor records ``{"step", "layer", "nr_G", "st_A", "nr_st_ratio", ...}``
+plus ``"choice"`` for the adaptive optimizer, written by :mod:`steepest.compare_monitor`), draws the figures into ``figures/`` and writes the page with
 :func:`steepest.report.html.write_report`. Rebuild it any time with ``write_compare_report(run_dir)``.
 """
 
@@ -40,7 +40,7 @@ def _diagnostics_sections(run_dir: Path, names: list[str]) -> list[Section]:
         records = read_jsonl(run_dir / "diagnostics" / f"{name}.jsonl")
         if not records:
             continue
-        layers, steps, ratio = _grid(records, "ratio")
+        layers, steps, ratio = _grid(records, "nr_st_ratio")
         ratio = [[math.log10(_num(v)) if _num(v) > 0 else math.nan for v in row] for row in ratio]
         figs = [str(layer_heatmap(ratio, layers, steps, fig_dir / f"diag_ratio_{name}.png",
                                   title=f"{name}: log10 nr(G)/st(A) per layer (> 0: spectral geometry favoured)"))]

@@ -55,27 +55,14 @@ def load_checkpoint(path: Path, model, optimizer) -> LoopState:
     return LoopState(**payload["loop"])
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records a checkpoint at ``step`` has already seen (train steps < step, evals <= step)."""
+def _truncate_metrics(path: Path, step: int, diagnostics: bool = False) -> None:
+    """Keep the records a checkpoint at ``step`` has already seen (train steps and diagnostics < step,
+    evaluations <= step)."""
     keep = [r for r in read_jsonl(path)
-            if (r["kind"] == "train" and r["step"] < step) or (r["kind"] != "train" and r["step"] <= step)]
+            if r["step"] < step or (not diagnostics and r["kind"] == "eval" and r["step"] == step)]
     import json
 
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
-def _attach_monitor(model, optimizer, path: Path, every: int):
-    """A :class:`steepest.diagnostics.LayerMonitor` writing per-layer nr(G)/st(A) to ``path`` (None if off)."""
-    if every <= 0:
-        return None
-    try:
-        from steepest.compare_monitor import attach_monitor
-    except ModuleNotFoundError as e:
-        if e.name != "steepest.compare_monitor":
-            raise
-        return None
-
-    return attach_monitor(model, optimizer, path, every)
 
 
 def load_result(path: Path) -> dict:
@@ -117,13 +104,16 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, model, optimizer)
         _truncate_metrics(metrics, state.step)
-        _truncate_metrics(diag, state.step)
+        _truncate_metrics(diag, state.step, diagnostics=True)
         log(f"{name}: resuming from step {state.step}")
     else:
         for p in (metrics, diag, ckpt):
             if p.exists():
                 p.unlink()
-    monitor = _attach_monitor(model, optimizer, diag, cfg.monitor_every)
+    from steepest.compare_monitor import attach_monitor
+
+    every = cfg.monitor_every if name in cfg.monitored else 0
+    monitor = attach_monitor(model, optimizer, diag, every, state.step)
 
     bar = None
     if progress:
@@ -168,8 +158,6 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
         ms_per_step=1000.0 * (state.wall - state.eval_wall) / train_steps,
         state_mb=state_bytes(optimizer) / 2**20, peak_mb=peak_mb(), peak_kind=PEAK_KIND,
     )
-    if monitor is not None and hasattr(monitor, "summary"):
-        result["monitor"] = monitor.summary()
     atomic_write_json(result_path, result)
     status = "ok" if state.diverged_at is None else f"DIVERGED at step {state.diverged_at} ({state.diverged_reason})"
     log(f"{name}: final val {result['final_val']:.4f}, best {result['best_val']:.4f}, {state.wall:.1f}s, {status}")

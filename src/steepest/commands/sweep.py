@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     add_common(p)
     p.add_argument("--grid", action="append", metavar="NAME=LR1,LR2,...", help="explicit grid for one optimizer")
     p.add_argument("--cache", default="runs/sweep-cache.json", help="result cache (default runs/sweep-cache.json)")
+    p.add_argument("--max-extend", type=int, default=2,
+                   help="extra grid points (factor 2) allowed each way while the best lr is on the edge (default 2)")
     p.add_argument("--write-tuned", action="store_true", help="merge the winners into src/steepest/tuned.json")
     p.set_defaults(func=run)
 
@@ -43,10 +45,13 @@ def run(args) -> int:
                 grid[k.strip()] = [float(x) for x in v.split(",") if x.strip()]
             except ValueError as e:
                 raise ConfigError(f"--grid {k}: learning rates must be numbers, got {v!r}") from e
+        if args.max_extend < 0:
+            raise ConfigError(f"--max-extend must be >= 0, got {args.max_extend}")
         if args.task_opt:
             raise ConfigError("sweep tunes the task at a named --size; --task-opt is not supported here")
         best = sweep(args.task, size=size, optimizers=split_names(args.optimizers), steps=args.steps,
                      seed=args.seed, cache=args.cache, grid=grid or None, threads=args.threads,
+                     max_extend=args.max_extend,
                      write_tuned=args.write_tuned, command="steepest " + shlex.join(sys.argv[1:]))
     except (TaskError, ConfigError, ValueError) as e:
         print(f"steepest sweep: error: {e}", file=sys.stderr)
