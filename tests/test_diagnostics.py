@@ -1,0 +1,141 @@
+"""Metrics and the LayerMonitor probe: exact values, zero matrices, batching, hooks that never change training."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from steepest.diagnostics import (CSVSink, JSONLSink, LayerMonitor, MemorySink, TensorBoardSink, nuclear_rank,
+                                  stable_rank)
+from steepest.diagnostics.sinks import tensorboard_available
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _ref(X):
+    s = torch.linalg.svdvals(X.double())
+    return float((s**2).sum() / s[0] ** 2), float(s.sum() ** 2 / (s**2).sum())
+
+
+def test_ranks_match_float64_reference_and_batch():
+    X = torch.randn(3, 20, 12, generator=_gen(0))
+    st, nr = stable_rank(X), nuclear_rank(X)
+    for i in range(3):
+        rs, rn = _ref(X[i])
+        # float32 SVD vs float64 SVD: relative error ~1e-6, 1e-4 is a comfortable bound
+        assert float(st[i]) == pytest.approx(rs, rel=1e-4)
+        assert float(nr[i]) == pytest.approx(rn, rel=1e-4)
+    assert float(stable_rank(torch.eye(5))) == pytest.approx(5.0)
+    assert float(nuclear_rank(torch.diag(torch.tensor([1.0, 0.0, 0.0])))) == pytest.approx(1.0)
+
+
+def test_estimate_method_close_to_exact():
+    X = torch.randn(300, 200, generator=_gen(1))
+    # the estimate path's 5% norm accuracy gives at most ~10% on a squared ratio; measured ~2% here
+    assert float(stable_rank(X, "estimate", _gen(2))) == pytest.approx(float(stable_rank(X)), rel=0.1)
+    assert float(nuclear_rank(X, "estimate", _gen(2))) == pytest.approx(float(nuclear_rank(X)), rel=0.1)
+
+
+def test_zero_matrices_are_defined():
+    Z = torch.zeros(2, 4, 3)
+    for method in ("exact", "estimate"):
+        assert torch.equal(stable_rank(Z, method), torch.zeros(2))  # documented: rank of 0 is 0
+        assert torch.equal(nuclear_rank(Z, method), torch.zeros(2))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 8)
+        self.frozen = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 2)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).flatten(1)
+        return self.out(torch.tanh(self.frozen(torch.relu(self.fc(h)))))
+
+
+def _train(monitor_sinks=None, steps=6, every=2, bad_step=None, **kw):
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    mon = LayerMonitor(model, every=every, sinks=monitor_sinks, **kw).attach(opt) if monitor_sinks is not None else None
+    gen = _gen(1)
+    captured = []
+    for t in range(steps):
+        x = torch.randn(8, 2, 4, 4, generator=gen)
+        if t == bad_step:
+            x[0, 0, 0, 0] = float("nan")
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        if mon is not None:
+            captured.append(bool(mon.capture.data))
+        opt.step()
+    return model, mon, captured
+
+
+def test_monitor_never_changes_training_and_records(tmp_path):
+    plain, _, _ = _train()
+    sink = MemorySink()
+    with pytest.warns(UserWarning, match="frozen"):
+        watched, mon, captured = _train([sink, JSONLSink(tmp_path / "d.jsonl"), CSVSink(tmp_path / "d.csv")])
+    for a, b in zip(plain.parameters(), watched.parameters()):
+        assert torch.equal(a, b)  # bit-identical trajectory
+    # activations are kept only on recorded steps (0, 2, 4)
+    assert captured == [True, False, True, False, True, False]
+    recs = sink.records
+    assert {r["step"] for r in recs} == {0, 2, 4}
+    assert {r["layer"] for r in recs} == {"conv", "fc", "out"}
+    assert mon.skipped == {"frozen": "no gradient (frozen or unused)"}  # listed once
+    r = next(r for r in recs if r["layer"] == "conv")
+    assert r["rows"] == 8 * 16 and r["shape"] == [3, 2, 3, 3]  # unfolded: N * H * W rows
+    for key in LayerMonitor.FIELDS:
+        assert key in r
+    assert r["dd_winner"] == ("spectral" if r["nr_G"] >= r["st_A"] else "frobenius")
+    assert r["update_fro"] > 0 and r["weight_fro"] > 0 and r["spec_sign_winner"] in ("spectral", "linf")
+    lines = (tmp_path / "d.jsonl").read_text().splitlines()
+    assert len(lines) == len(recs) and json.loads(lines[0])["layer"] == recs[0]["layer"]
+    csv_lines = (tmp_path / "d.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("step,layer,kind,shape") and len(csv_lines) == len(recs) + 1
+    mon.detach()
+    assert not any(m._forward_hooks for m in watched.modules())
+
+
+def test_conv_rows_match_manual_unfold():
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(4, 2, 5, 5, generator=_gen(3))
+    opt = torch.optim.SGD(conv.parameters(), lr=0.0)
+    sink = MemorySink()
+    LayerMonitor(conv, every=1, sinks=[sink], microbatches=0).attach(opt)
+    conv(x).sum().backward()
+    opt.step()
+    A = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 18)
+    assert sink.records[0]["st_A"] == pytest.approx(_ref(A)[0], rel=1e-4)  # float32 vs float64 SVD
+
+
+def test_nonfinite_is_flagged_not_raised():
+    sink = MemorySink()
+    with pytest.warns(UserWarning):
+        _train([sink], steps=1, every=1, bad_step=0)
+    assert any(r["nonfinite_activation"] or r["nonfinite_grad"] for r in sink.records)
+    assert all(r["nr_G"] is None for r in sink.records if r["nonfinite_grad"])
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="no supported layer"):
+        LayerMonitor(nn.Sequential(nn.ReLU()), every=1)
+    with pytest.raises(ValueError):
+        LayerMonitor(nn.Linear(2, 2), every=0)
+    with pytest.raises(ValueError):
+        LayerMonitor(nn.Linear(2, 2), microbatches=1)
+    if not tensorboard_available():
+        with pytest.raises(ImportError, match="tensorboard"):
+            TensorBoardSink("tb")
+    assert math.isfinite(float(stable_rank(torch.ones(3, 3))))
