@@ -189,3 +189,28 @@ def test_sweep_is_cached_and_resumable(tmp_path, monkeypatch):
 
     monkeypatch.setattr("steepest.compare_sweep.compare", no_training)
     assert sweep("mnist", **kw) == best
+
+
+def test_user_task_from_the_command_line_and_as_an_object(tmp_path, monkeypatch, capsys):
+    (tmp_path / "user_tasks.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "from steepest.tasks import Task\n\n"
+        "def make():\n"
+        "    X = torch.randn(128, 6, generator=torch.Generator().manual_seed(0))\n"
+        "    y = X @ torch.ones(6, 2)\n"
+        "    mse = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])\n"
+        "    return Task(name='toy', make_model=lambda: nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2)),\n"
+        "                batch=lambda seed, step: (X[(step * 16) % 128:][:16], y[(step * 16) % 128:][:16]),\n"
+        "                loss=mse, evaluate=lambda m: float(mse(m, (X, y))), steps=20, eval_every=5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "--task", "user_tasks:make", "--optimizers", "adamw,muon", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "task toy" in out and "muon" in out
+    assert len(list((tmp_path / "runs").glob("compare-toy-*/report.html"))) == 1
+    import user_tasks
+
+    r = compare(user_tasks.make(), ["adamw", "signum"], run_dir=tmp_path / "obj", progress=False, log=None,
+                report=False)
+    assert r.rows[0]["steps_done"] == 20 and all(math.isfinite(x["final_val"]) for x in r.rows)

@@ -261,7 +261,8 @@ def summarize(results: dict[str, dict], names) -> tuple[list[dict], float | None
             optimizer=name, label=r["label"], lr=r["lr"], lr_source=r["lr_source"], final_val=r["final_val"],
             best_val=r["best_val"], steps_to_target=s,
             ratio_to_reference=(s / ref_steps) if (s is not None and ref_steps) else None,
-            wall_s=r["wall_s"], ms_per_step=r["ms_per_step"], state_mb=r["state_mb"], peak_mb=r["peak_mb"],
+            wall_s=r["wall_s"], cpu_s=r.get("cpu_s"), ms_per_step=r["ms_per_step"], state_mb=r["state_mb"],
+            peak_mb=r["peak_mb"],
             peak_kind=r["peak_kind"], steps_done=r["steps_done"], diverged_at=r["diverged_at"],
             diverged_reason=r["diverged_reason"]))
     return rows, target
@@ -275,7 +276,7 @@ def _fmt(v: Any, spec: str) -> str:
     return format(v, spec)
 
 
-TABLE_COLUMNS = ("optimizer", "lr", "final val", "best val", "steps to target", "x ref", "wall s", "ms/step",
+TABLE_COLUMNS = ("optimizer", "lr", "final val", "best val", "steps to target", "x ref", "wall s", "CPU s", "ms/step",
                  "state MB", "peak MB", "status")
 
 
@@ -286,7 +287,8 @@ def format_table(rows: list[dict], target: float | None, reference: str) -> str:
         status = "ok" if r["diverged_at"] is None else f"diverged at step {r['diverged_at']}"
         body.append((r["optimizer"], _fmt(r["lr"], ".3g"), _fmt(r["final_val"], ".4f"), _fmt(r["best_val"], ".4f"),
                      _fmt(r["steps_to_target"], "d"), _fmt(r["ratio_to_reference"], ".2f"), _fmt(r["wall_s"], ".1f"),
-                     _fmt(r["ms_per_step"], ".1f"), _fmt(r["state_mb"], ".2f"), _fmt(r["peak_mb"], ".0f"), status))
+                     _fmt(r["cpu_s"], ".1f"), _fmt(r["ms_per_step"], ".1f"), _fmt(r["state_mb"], ".2f"),
+                     _fmt(r["peak_mb"], ".0f"), status))
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(TABLE_COLUMNS)]
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(TABLE_COLUMNS, widths)))]
     lines.append("  ".join("-" * w for w in widths))
@@ -296,7 +298,7 @@ def format_table(rows: list[dict], target: float | None, reference: str) -> str:
     tgt = "none (reference diverged)" if target is None else f"{target:.4f}"
     peak = rows[0]["peak_kind"] if rows else ""
     lines.append(f"target = {ref_row['optimizer']}'s final validation loss {tgt}; steps counted at evaluations. "
-                 f"peak MB: {peak}. state MB: optimizer state tensors.")
+                 f"peak MB: {peak}. state MB: optimizer state tensors. CPU s: process CPU time (what idle cores would take).")
     return "\n".join(lines)
 
 

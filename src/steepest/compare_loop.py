@@ -36,11 +36,16 @@ def lr_factor(step: int, total: int, warmup: float = 0.05, cooldown: float = 0.3
 
 @dataclasses.dataclass
 class LoopState:
-    """Where a run stands: the next step to take, wall seconds so far (of which evaluation), divergence."""
+    """Where a run stands: the next step, wall seconds so far (of which evaluation), CPU seconds, divergence.
+
+    ``cpu`` is this process's CPU time (``time.process_time``) spent in training and evaluation: on a
+    shared machine it is what the run would take on idle cores (with one thread).
+    """
 
     step: int = 0
     wall: float = 0.0
     eval_wall: float = 0.0
+    cpu: float = 0.0
     diverged_at: int | None = None
     diverged_reason: str | None = None
 
@@ -89,8 +94,9 @@ def train_loop(
     model.train()
 
     def run_eval(done: int) -> bool:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         val = evaluate(model, evaluate_fn)
+        state.cpu += time.process_time() - c0
         spent = time.perf_counter() - t0
         state.wall += spent
         state.eval_wall += spent
@@ -104,7 +110,7 @@ def train_loop(
         return state
     while state.step < steps:
         t = state.step
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         factor = lr_factor(t, steps, warmup, cooldown)
         for g, base in zip(groups, base_lrs):
             g["lr"] = base * factor
@@ -122,6 +128,7 @@ def train_loop(
             return state
         state.step = t + 1
         state.wall += time.perf_counter() - t0
+        state.cpu += time.process_time() - c0
         if on_step is not None:
             on_step(t, value, factor)
         if (state.step % eval_every == 0 or state.step == steps) and not run_eval(state.step):

@@ -154,7 +154,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
         optimizer=name, label=OPTIMIZERS[name].label, lr=lr, lr_source=lr_source, aux_lr=aux_lr,
         evals=evals, final_val=evals[-1][1] if evals and state.diverged_at is None else float("nan"),
         best_val=min(finite) if finite else float("nan"), steps_done=state.step,
-        diverged_at=state.diverged_at, diverged_reason=state.diverged_reason, wall_s=state.wall,
+        diverged_at=state.diverged_at, diverged_reason=state.diverged_reason, wall_s=state.wall, cpu_s=state.cpu,
         ms_per_step=1000.0 * (state.wall - state.eval_wall) / train_steps,
         state_mb=state_bytes(optimizer) / 2**20, peak_mb=peak_mb(), peak_kind=PEAK_KIND,
     )
