@@ -128,11 +128,13 @@ def fit_exponent(ps: list, var: list, min_p: float) -> dict:
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
     params = dataclasses.asdict(cfg)
+    # a cell depends on what it computes, not on the sweep size or the claim thresholds
+    cell_params = {k: params[k] for k in ("m", "n", "ps", "lowrank_decay", "ns_steps", "match_grid", "seed")}
     out = {"ps": [float(p) for p in cfg.ps], "kinds": {}}
     jobs = [(k, t) for k in KINDS for t in range(cfg.trials)]
     raw = {k: [] for k in KINDS}
     for kind, t in progress(jobs, "schatten"):
-        raw[kind].append(cells.get(f"schatten-{kind}-{t}", {**params, "kind": kind, "trial": t},
+        raw[kind].append(cells.get(f"schatten-{kind}-{t}", {**cell_params, "kind": kind, "trial": t},
                                    lambda kind=kind, t=t: run_cell(cfg, kind, t)))
     for kind, rows in raw.items():
         agg = {key: [float(np.mean([r["per_p"][str(p)][key] for r in rows])) for p in cfg.ps]
