@@ -25,7 +25,7 @@ and the layer steps with the winner, subject to hysteresis. Where the numbers co
 Hysteresis: the first decision is taken as is; later, a challenger replaces the current geometry only
 after winning ``patience`` consecutive decisions by a factor ``1 + margin`` in Delta (or in
 signal-to-noise ratio when every bound is vacuous). Every decision is appended to ``history`` and
-saved in ``state_dict()``; ``state[p]["geometry"]`` holds the current choice.
+saved in ``state_dict()``; :meth:`Adaptive.geometries` gives the current choice per parameter.
 
 Learning rates: one ``lr`` cannot fit sign and spectral steps (||sign(G)||_F = sqrt(mn) while
 ||polar(G)||_F = sqrt(rank)). With ``rms_match=True`` (default, ``step_size="fixed"``) each direction is
@@ -62,6 +62,13 @@ def rms_factor(shape: tuple[int, ...], geometry: str) -> float:
     """Scale that gives a full-rank direction of ``geometry`` unit RMS on an (m, n) block."""
     m, n = shape[-2], shape[-1]
     return {"spectral": math.sqrt(max(m, n)), "linf": 1.0, "frobenius": math.sqrt(m * n)}[geometry]
+
+
+def _geometry(state: dict) -> str | None:
+    """The layer's current geometry; stored as an index into GEOMETRIES so state_dict holds plain ints
+    (torch's load_state_dict would mangle strings inside per-parameter state)."""
+    code = state.get("geometry")
+    return None if code is None else C.GEOMETRIES[int(code)]
 
 
 class Adaptive(SteepestDescent):
@@ -179,21 +186,24 @@ class Adaptive(SteepestDescent):
         if not bool(torch.isfinite(G).all()):
             return
         s, source = self._scores(p, G, state)
-        current = state.get("geometry")
+        current = _geometry(state)
         target, switched = s.winner, False
         if target == "none":
             target = current or self.initial
         if current is None:
-            state["geometry"], switched = target, True
+            current, switched = target, True
+            state["streak"] = 0
         elif target != current and self._advantage(s, target, current) > 1.0 + self.margin:
-            state["streak"] = state.get("streak", 0) + 1 if state.get("challenger") == target else 1
-            state["challenger"] = target
+            same = state.get("challenger", -1) == C.GEOMETRIES.index(target)
+            state["streak"] = state.get("streak", 0) + 1 if same else 1
+            state["challenger"] = C.GEOMETRIES.index(target)
             if state["streak"] >= self.patience:
-                state["geometry"], switched = target, True
-                state["challenger"], state["streak"] = None, 0
+                current, switched = target, True
+                state["challenger"], state["streak"] = -1, 0
         else:
-            state["challenger"], state["streak"] = None, 0
-        self.history.append({"step": self._t, "param": self._names.get(id(p), "?"), "geometry": state["geometry"],
+            state["challenger"], state["streak"] = -1, 0
+        state["geometry"] = C.GEOMETRIES.index(current)
+        self.history.append({"step": self._t, "param": self._names.get(id(p), "?"), "geometry": current,
                              "winner": s.winner, "switched": switched, "regime": s.regime, "source": source,
                              "decrease": {g: float(v) for g, v in s.decrease.items()}})
 
@@ -221,7 +231,7 @@ class Adaptive(SteepestDescent):
                     state.pop("prev_grad", None)
                 if keep_prev and id(p) not in self._module_of:
                     state["prev_grad"] = p.grad.detach().clone()
-                g = state.get("geometry") or self.initial
+                g = _geometry(state) or self.initial
                 M = F.direction_source(p.grad, state, group["momentum"], group["nesterov"])
                 update = F.compute_update(M, **update_kwargs(group, norm=g))
                 scale = self.lr_multipliers[g]
@@ -253,7 +263,7 @@ class Adaptive(SteepestDescent):
 
     def geometries(self) -> dict[str, str]:
         """Current geometry per matrix parameter name."""
-        return {self._names[id(p)]: self.state[p].get("geometry", self.initial)
+        return {self._names[id(p)]: _geometry(self.state[p]) or self.initial
                 for g in self.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
 
     def remove_hooks(self) -> None:
