@@ -64,6 +64,7 @@ def test_quick_charlm_and_cnn_every_geometry(tmp_path):
     diag = read_jsonl(tmp_path / "lm" / "diagnostics" / "adaptive.jsonl")
     assert sorted({d["step"] for d in diag}) == [0, 6] and len(diag) == 10
     assert all(d["choice"] in ("spectral", "linf", "frobenius") for d in diag if d["layer"] != "lm_head")
+    assert {d["choice"] for d in diag if d["layer"] == "lm_head"} == {"adamw"}
     assert all(d["nr_G"] > 0 and d["st_A"] > 0 for d in diag)
     html = (tmp_path / "lm" / "report.html").read_text()
     assert "choices_adaptive.png" in html and "diag_ratio_adaptive.png" in html

@@ -33,7 +33,7 @@ class _ChoiceSink:
     def write(self, record: dict) -> None:
         rec = dict(record)
         if self.choices is not None:
-            rec["choice"] = self.choices().get(rec["layer"])
+            rec["choice"] = self.choices().get(rec["layer"], "adamw")  # not a matrix group: AdamW-routed
         append_jsonl(self.path, rec)
 
     def close(self) -> None:

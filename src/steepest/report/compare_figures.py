@@ -61,8 +61,10 @@ def choice_map(choices: Sequence[Sequence[str]], layers: Sequence[str], steps: S
     """Categorical layers x steps map of the adaptive optimizer's geometry (legend names each colour)."""
     import matplotlib.patches as mpatches
 
-    kinds = sorted({c for row in choices for c in row if c})
-    index = {k: i for i, k in enumerate(kinds)}
+    fixed = ["spectral", "linf", "frobenius", "adamw"]  # the same colour for a geometry in every report
+    seen = {c for row in choices for c in row if c}
+    kinds = [k for k in fixed if k in seen] + sorted(seen - set(fixed))
+    index = {k: (fixed.index(k) if k in fixed else len(fixed) + i) for i, k in enumerate(kinds)}
     arr = np.array([[index.get(c, np.nan) if c else np.nan for c in row] for row in choices], dtype=float)
     height = max(3.0, 0.32 * len(layers) + 1.5)
     fig, axes = subplots(1, 1, width=max(7.0, 0.45 * len(steps) + 4), height=height)
