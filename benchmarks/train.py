@@ -72,13 +72,15 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--optimizers", help="comma-separated subset (to build a run up piece by piece with --resume)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     args = ap.parse_args(argv)
     size = "quick" if args.quick else "default"
     run_dir = Path(args.run_dir or f"runs/bench-train{'-quick' if args.quick else ''}")
-    names = default_optimizers()
+    names = tuple(args.optimizers.split(",")) if args.optimizers else default_optimizers()
+    # Diagnostics at the default run's interval (25 steps) so the trajectories and costs are the default run's.
     res = compare("charlm", names, size=size, eval_every=2 if args.quick else args.eval_every, run_dir=run_dir,
-                  resume=args.resume, threads=args.threads)
+                  resume=args.resume, threads=args.threads, monitor_every=None if args.quick else 25)
     rows = {r["optimizer"]: r for r in res.rows}
     verdicts = goals(rows)
     print()

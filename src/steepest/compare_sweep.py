@@ -111,8 +111,10 @@ def sweep(task: str = "charlm", *, size: str = "default", optimizers=None, steps
         table = data.setdefault("tables", {}).setdefault(key, {})
         table.update({n: float(f"{v:.6g}") for n, v in best.items()})
         entry = data.setdefault("sweeps", {}).setdefault(key, {})
+        command = command or f"steepest sweep --task {task} --size {size} --write-tuned"
+        entry.setdefault("commands", {}).update({n: command for n in best})
         entry.update({
-            "command": command or f"steepest sweep --task {task} --size {size} --write-tuned",
+            "command": command,
             "criterion": "final validation loss after the full run (diverged = inf)",
             "steps": steps, "seed": seed, "date": time.strftime("%Y-%m-%d"),
         })
