@@ -30,18 +30,27 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def time_once(fn: Callable[[], object], device="cpu") -> float:
-    """Seconds for one call of ``fn`` (synchronised before and after)."""
+def time_once(fn: Callable[[], object], device="cpu") -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for one call of ``fn`` (synchronised before and after).
+
+    CPU time is less sensitive than wall time to other processes taking the cores (with one thread it
+    excludes the time this process waited to be scheduled); with several threads it also counts
+    OpenMP spin-waiting, so it is a cross-check, not the headline number.
+    """
     sync(device)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
     sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, device="cpu",
-                     progress: bool = False) -> dict[str, list[float]]:
-    """Time every callable once per round, rotating the order each round; return seconds per name."""
+                     progress: bool = False, cpu_times: dict[str, list[float]] | None = None
+                     ) -> dict[str, list[float]]:
+    """Time every callable once per round, rotating the order each round; return wall seconds per name.
+
+    Pass a dict as ``cpu_times`` to also receive the process CPU seconds per name.
+    """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -55,7 +64,10 @@ def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: 
     for r in rng:
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            times[name].append(time_once(fns[name], device))
+            wall, cpu = time_once(fns[name], device)
+            times[name].append(wall)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(cpu)
     return times
 
 

@@ -81,6 +81,11 @@ def test_buckets_group_same_shape_and_settings():
     bias = torch.nn.Parameter(torch.randn(16))
     groups = _groups(flat, nograd, batch3d) + [dict(params=[adam_mat, bias], algorithm="adamw")]
     opt = steepest.Muon(groups, lr=0.02)
+    # Default (None) batches on accelerators only: CPU parameters form no bucket.
+    for p in flat + batch3d + [adam_mat, bias]:
+        p.grad = torch.ones_like(p)
+    assert opt.batch_matrices is None and B.buckets(opt, skip=set()) == []
+    opt.batch_matrices = True
     for p in flat + batch3d + [adam_mat, bias]:
         p.grad = torch.ones_like(p)
     found = {tuple(tuple(p.shape) for p, _ in members) for members in B.buckets(opt, skip=set())}
@@ -103,6 +108,7 @@ def test_different_lr_groups_share_a_bucket_and_keep_their_lr():
     p1, p2 = torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(8, 4))
     q1, q2 = p1.detach().clone(), p2.detach().clone()
     opt = steepest.SpecGD([dict(params=[p1], lr=0.1), dict(params=[p2], lr=0.3, weight_decay=0.5)])
+    opt.batch_matrices = True
     assert len(B.buckets(opt, set())) == 0  # no grads yet
     p1.grad, p2.grad = torch.randn(8, 4), torch.randn(8, 4)
     assert [len(b) for b in B.buckets(opt, set())] == [2]
@@ -138,6 +144,7 @@ def test_batched_muon_float64_matches_written_out_reference():
     bufs = [torch.zeros_like(p) for p in ps]
     lr, wd, mu = 0.02, 0.1, 0.95
     opt = steepest.Muon(ps, lr=lr, weight_decay=wd, momentum=mu, dtype=torch.float64)
+    opt.batch_matrices = True
     assert [len(b) for b in B.buckets(opt, set())] == []  # no grads yet
     for _ in range(3):
         grads = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
@@ -174,6 +181,7 @@ def test_nonfinite_skip_in_a_bucket():
 def test_nonfinite_raise_changes_nothing_with_batching():
     flat, nograd, batch3d = _model_params()
     opt = steepest.Muon(_groups(flat, nograd, batch3d), lr=0.02)
+    opt.batch_matrices = True
     before = [p.detach().clone() for p in flat + batch3d]
     for p in flat + batch3d:
         p.grad = torch.randn_like(p)
@@ -189,7 +197,7 @@ def test_dual_step_overflow_skips_only_that_member():
     big = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.float16))
     small = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.float16))
     opt = steepest.SpecGD([big, small], lr=1e-4, step_size="dual")
-    assert opt.batch_matrices
+    opt.batch_matrices = True
     big.grad = torch.full((8, 8), 3e4, dtype=torch.float16) + torch.eye(8, dtype=torch.float16) * 3e4  # ||.||_* ~ 2.6e5 > 65504
     small.grad = torch.eye(8, dtype=torch.float16)
     assert [len(b) for b in B.buckets(opt, set())] == [2]

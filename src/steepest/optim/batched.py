@@ -23,6 +23,7 @@ Example:
     >>> import torch, steepest
     >>> ps = [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)]
     >>> opt = steepest.Muon(ps, lr=0.02)
+    >>> opt.batch_matrices = True   # default None batches on accelerators only
     >>> for p in ps: p.grad = torch.randn_like(p)
     >>> opt.step()   # one batched Newton-Schulz call for the three 8x4 matrices
 """
@@ -56,7 +57,8 @@ def _matrix_shape(p: torch.Tensor, tensor_mode: str) -> tuple[int, int] | None:
 def buckets(opt, skip: set[int]) -> list[list[tuple[torch.Tensor, dict]]]:
     """Lists of ``(param, group)`` whose updates can be computed by one batched call (>= 2 each).
 
-    Parameters without a gradient and those in ``skip`` (ids of non-finite gradients) are left out.
+    Parameters without a gradient and those in ``skip`` (ids of non-finite gradients) are left out,
+    and so are CPU parameters when ``opt.batch_matrices`` is None (auto: accelerators only).
     Two parameters share a bucket when their matrix shape, parameter and gradient dtype, device and
     every setting of ``compute_update`` agree (learning rate and weight decay may differ: they only
     enter ``apply_update``).
@@ -71,6 +73,8 @@ def buckets(opt, skip: set[int]) -> list[list[tuple[torch.Tensor, dict]]]:
         for p in group["params"]:
             if p.grad is None or id(p) in skip:
                 continue
+            if p.device.type == "cpu" and getattr(opt, "batch_matrices", True) is None:
+                continue  # auto mode: batch on accelerators only (no gain measured on CPU)
             shape = _matrix_shape(p, group["tensor_mode"])
             if shape is None:
                 continue
