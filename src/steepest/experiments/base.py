@@ -3,7 +3,8 @@ resumable sweep cells.
 
 An experiment is a module ``steepest.experiments.<name>`` that defines
 
-* ``SEED`` (the seed file it reproduces) and ``TITLE``;
+* ``SEED`` (the seed file it reproduces), ``TITLE`` and ``VERSION`` (bumped when a cell's computation
+  changes, so cached cells of older code are not reused);
 * ``Config``, a dataclass (loadable with :func:`steepest.runs.load_config`), and ``quick() -> Config``;
 * ``run(cfg, out_dir) -> dict``: the measured numbers (JSON-able), using :class:`Cells` for sweeps;
 * ``claims(results) -> list[Claim]``: each verdict computed from the measured numbers;
@@ -105,12 +106,15 @@ class Cells:
     Pass ``directory=None`` for no caching (library use without a run directory).
     """
 
-    def __init__(self, directory: str | Path | None) -> None:
+    def __init__(self, directory: str | Path | None, version: int | str | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
+        self.version = version
         self.hits = 0
         self.misses = 0
 
     def get(self, name: str, params: dict, compute: Callable[[], Any]) -> Any:
+        if self.version is not None:  # an experiment bumps VERSION when a cell's computation changes
+            params = {**params, "_version": self.version}
         if self.directory is None:
             self.misses += 1
             return compute()
@@ -185,7 +189,7 @@ def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = 
     atomic_write_json(run_dir / "config.json", {"experiment": name, "seed_file": mod.SEED,
                                                 "config": dataclasses.asdict(cfg)})
     atomic_write_json(run_dir / "environment.json", environment())
-    cells = Cells(run_dir / "cells")
+    cells = Cells(run_dir / "cells", version=getattr(mod, "VERSION", None))
     torch.manual_seed(getattr(cfg, "seed", 0))
     results = mod.run(cfg, run_dir, cells=cells)
     atomic_write_json(run_dir / "results.json", results)

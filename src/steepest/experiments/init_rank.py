@@ -16,7 +16,9 @@ Measured here, over widths w (n = samples_per_width * w Gaussian inputs of dimen
 * a pre-LayerNorm transformer block (multi-head softmax attention with a residual, then the MLP with
   hidden size 4w): st of the MLP post-activation.
 
-Weights are N(0, gain^2/fan_in) with gain sqrt(2) for ReLU/GELU and 1 for tanh/SwiGLU. Ranks come
+Weights are N(0, gain^2/fan_in) with gain sqrt(2) for ReLU/GELU and 1 for tanh/SwiGLU, and each dense
+layer's pre-activations are rescaled by one scalar to variance gain^2 (LSUV-style data-dependent
+init, so deep SwiGLU stacks do not underflow; a scalar changes no stable rank). Ranks come
 from :mod:`steepest.diagnostics.metrics` (exact, SVD).
 
 Example:
@@ -38,6 +40,7 @@ from steepest.runs import ConfigError
 
 SEED = "001_6ed5412246210651.txt"
 TITLE = "stable rank of post-activations at Gaussian initialisation"
+VERSION = 2
 ACTIVATIONS = ("relu", "gelu", "tanh", "swiglu")
 RELU_FAMILY = ("relu", "gelu")
 ZERO_MEAN_OR_GATED = ("tanh", "swiglu")
@@ -80,7 +83,7 @@ def layer(h: torch.Tensor, act: str, width: int, gen: torch.Generator, params: l
     """One dense layer s(h W^T) (SwiGLU: silu(h W1^T) * (h W3^T)); its weights are appended to ``params``."""
     W = _weight(width, h.shape[1], GAIN[act], gen).requires_grad_()
     params.append(W)
-    z = h @ W.T
+    z = _unit(h @ W.T, act)
     if act == "relu":
         return torch.relu(z)
     if act == "gelu":
@@ -89,7 +92,14 @@ def layer(h: torch.Tensor, act: str, width: int, gen: torch.Generator, params: l
         return torch.tanh(z)
     W3 = _weight(width, h.shape[1], GAIN[act], gen).requires_grad_()
     params.append(W3)
-    return Fn.silu(z) * (h @ W3.T)
+    return Fn.silu(z) * _unit(h @ W3.T, act)
+
+
+def _unit(z: torch.Tensor, act: str) -> torch.Tensor:
+    """Rescale the pre-activation by one scalar so its entries have variance GAIN^2 (LSUV-style init,
+    Mishkin & Matas 2016). A scalar leaves every stable rank unchanged; without it a deep SwiGLU MLP
+    squares its scale each layer (silu(z) z' ~ z z'/2 for small z) and underflows to zero by layer 8."""
+    return z * (GAIN[act] / z.detach().std().clamp(min=1e-30))
 
 
 def _teacher_loss(out: torch.Tensor, X: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

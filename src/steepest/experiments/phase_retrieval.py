@@ -37,6 +37,7 @@ from steepest.runs import ConfigError
 
 SEED = "004_430a6af795ab69c8.txt"
 TITLE = "phase retrieval with a spiked covariance: SpecGD vs GD"
+VERSION = 1
 METHODS = ("specgd", "gd")
 #: A run counts as diverged when the loss is not finite or exceeds this (the loss starts near 3).
 DIVERGED_LOSS = 1e8

@@ -30,6 +30,7 @@ from steepest.runs import ConfigError
 
 SEED = "003_37ec735fc92e01e6.txt"
 TITLE = "Schatten-p dualizers: singular-value spread vs p, and Muon's Newton-Schulz"
+VERSION = 1
 KINDS = ("gaussian", "low_stable_rank")
 
 

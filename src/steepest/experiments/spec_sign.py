@@ -36,6 +36,7 @@ from steepest.runs import ConfigError
 
 SEED = "002_4bd6ed1d7510dbee.txt"
 TITLE = "Spec-Sign Advantage Index vs measured one-step improvement"
+VERSION = 1
 MAGNITUDES = ("gaussian", "equal")
 #: Relative gap below which the two measured gains count as a tie (the line search resolves eta to a
 #: factor 10^(1/12) ~ 1.2, which changes a quadratic's best value by < 1%; 2% leaves margin).
