@@ -187,8 +187,9 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
             name, task_obj, cfg, run_dir, lr=lr, lr_source=src, aux_lr=lr_table["adamw"][0], resume=resume,
             progress=progress, on_step=on_step, log=say)
     rows, target = summarize(results, names)
-    table = format_table(rows, target, names[0])
-    atomic_write_json(run_dir / "summary.json", {"target": target, "reference": names[0], "rows": rows})
+    reference = "adamw" if "adamw" in names else names[0]
+    table = format_table(rows, target, reference)
+    atomic_write_json(run_dir / "summary.json", {"target": target, "reference": reference, "rows": rows})
     atomic_write_text(run_dir / "table.txt", table + "\n")
     say(table)
     if report:
@@ -216,7 +217,7 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
         old = json.loads(cfg_path.read_text(encoding="utf-8"))
         old_cfg = old.get("config", old)
-        diff = [k for k in mine if k not in ("optimizers", "lrs") and old_cfg.get(k) != mine[k]]
+        diff = [k for k in mine if k not in ("optimizers", "lrs", "monitored") and old_cfg.get(k) != mine[k]]
         diff += [f"lrs[{n}]" for n in mine["lrs"] if n in old_cfg.get("lrs", {}) and old_cfg["lrs"][n] != mine["lrs"][n]]
         if diff:
             raise ConfigError(f"cannot resume {run_dir}: its config differs in {', '.join(diff)}; "
