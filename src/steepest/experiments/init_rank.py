@@ -224,12 +224,18 @@ def claims(results: dict) -> list[Claim]:
     out.append(Claim(SEED, "ReLU-family post-activations (ReLU, GELU) have O(1) stable rank, independent of width",
                      "; ".join(f"{a}/{arch}: st {fmt(A[a][arch][0])} -> {fmt(A[a][arch][-1])}" for (a, arch) in flat),
                      verdict(all(r <= st["flat_ratio"] for r in flat.values()) if flat else None),
-                     f"holds if st(w={w1})/st(w={w0}) <= {st['flat_ratio']} in every architecture (MLP: last layer)"))
+                     f"holds if st(w={w1})/st(w={w0}) <= {st['flat_ratio']} in every architecture (MLP: last layer); above it: "
+                     + (", ".join(f"{a}/{arch} (x{fmt(r)})" for (a, arch), r in flat.items() if r > st["flat_ratio"]) or "none")))
     grow = ratios(ZERO_MEAN_OR_GATED)
     out.append(Claim(SEED, "zero-mean (tanh) and gated (SwiGLU) post-activations have stable rank growing with width",
                      "; ".join(f"{a}/{arch}: st {fmt(A[a][arch][0])} -> {fmt(A[a][arch][-1])}" for (a, arch) in grow),
                      verdict(all(r >= st["growth_ratio"] for r in grow.values()) if grow else None),
-                     f"holds if st(w={w1})/st(w={w0}) >= {st['growth_ratio']} in every architecture"))
+                     f"holds if st(w={w1})/st(w={w0}) >= {st['growth_ratio']} in every architecture (MLP: last of "
+                     f"{results['depth']} layers); below it: "
+                     + (", ".join(f"{a}/{arch} (x{fmt(r)})" for (a, arch), r in grow.items() if r < st["growth_ratio"])
+                        or "none")
+                     + (". The st-vs-depth figure shows the deep plain (no residual) SwiGLU stack collapsing towards "
+                        "st = 1 layer by layer" if grow.get(("swiglu", "mlp"), math.inf) < st["growth_ratio"] else "")))
     lim = {a: (A[a]["random_features"][-1], A[a]["limit"]) for a in RELU_FAMILY if a in A}
     out.append(Claim("REFERENCE.md section 6 (seed 001)", "random-features st(A) tends to E[s(g)^2]/E[s(g)]^2 for non-zero-mean s",
                      "; ".join(f"{a}: st {fmt(v)} vs limit {fmt(L)}" for a, (v, L) in lim.items()),
