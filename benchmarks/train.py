@@ -60,8 +60,8 @@ def goals(rows: dict[str, dict]) -> list[dict]:
         out.append(dict(goal="adaptive no worse than the best fixed geometry", value=[steps("adaptive"), best, steps(best)],
                         verdict="holds" if ok else "fails"))
     else:
-        out.append(dict(goal="adaptive no worse than the best fixed geometry", value=None,
-                        verdict="n/a (steepest.Adaptive not available)"))
+        why = "not run" if hasattr(steepest, "Adaptive") else "steepest.Adaptive not available"
+        out.append(dict(goal="adaptive no worse than the best fixed geometry", value=None, verdict=f"n/a ({why})"))
     return out
 
 
