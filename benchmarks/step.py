@@ -115,6 +115,59 @@ def accuracy(base: list[torch.nn.Parameter], opts: dict) -> dict[str, float]:
     return out
 
 
+def gram_newton_schulz(G: torch.Tensor, dtype=torch.bfloat16, restart_at: int | None = 3) -> torch.Tensor:
+    """EXPERIMENT (not library code): Muon's NS5 in Gram form, to see whether it buys speed on CPU.
+
+    For a wide X_0 (m <= n) every iterate is X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so the
+    iteration runs on m x m matrices: P = a I + b R + c R^2, Q <- P Q, R <- P R P, and one m x n product at
+    the end (Dao-AILab gram-newton-schulz; restarting X <- Q X_0, R <- X X^T at step ``restart_at`` keeps
+    bf16 rounding in Q from blowing up: without it low-rank inputs diverge).
+    """
+    a, b, c = MUON_QUINTIC
+    X = G.to(dtype)
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:
+        X = X.mT
+    X = X / torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True).clamp(min=1e-7)
+    R = X @ X.mT
+    eye = torch.eye(R.shape[-1], dtype=dtype, device=G.device)
+    Q = None
+    for k in range(5):
+        if k == restart_at and Q is not None:
+            X, Q = Q @ X, None
+            R = X @ X.mT
+        P = torch.addmm(R, R, R, beta=b, alpha=c) + a * eye
+        Q = P if Q is None else P @ Q
+        if k < 4 and k + 1 != restart_at:
+            R = P @ (R @ P)
+    X = Q @ X
+    return (X.mT if tall else X).to(G.dtype)
+
+
+def gram_study(repeats: int = 5) -> list[dict]:
+    """CPU time and accuracy (vs float64 NS5) of standard bf16 NS5 and the Gram form, per shape."""
+    from _util import time_once
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for m, n in SHAPES:
+        for kind in ("gaussian", "spike+noise"):
+            G = torch.randn(m, n, generator=g)
+            if kind == "spike+noise":
+                G = torch.randn(m, 1, generator=g) @ torch.randn(1, n, generator=g) + 1e-2 * G
+            ref = steepest.polar(G.double(), "newton_schulz", 5, dtype=torch.float64)
+            fns = {"standard": lambda: steepest.polar(G, "newton_schulz", 5, dtype=torch.bfloat16),
+                   "gram, restart at 3": lambda: gram_newton_schulz(G),
+                   "gram, no restart": lambda: gram_newton_schulz(G, restart_at=None)}
+            row = {"shape": f"{m}x{n}", "input": kind}
+            for name, fn in fns.items():
+                row[f"err {name}"] = float((fn().double() - ref).norm() / ref.norm())
+                if kind == "gaussian":
+                    row[f"cpu ms {name}"] = 1e3 * statistics.median(time_once(fn)[1] for _ in range(repeats))
+            rows.append(row)
+    return rows
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 rounds, no float32 batched run")
@@ -123,6 +176,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(_util.ROOT / "benchmarks" / "results" / "step.json"))
+    ap.add_argument("--gram-study", action="store_true", help="also time/check the Gram-form NS5 experiment")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,11 +206,20 @@ def main(argv=None) -> dict:
     print(f"\n{len(base)} matrices ({args.blocks} blocks of {', '.join(f'{m}x{n}' for m, n in SHAPES)}), "
           f"{n_params / 1e6:.2f} M parameters, {rounds} rounds, device {device}, threads {torch.get_num_threads()}\n")
     print(table(rows, cols))
+    gram = None
+    if args.gram_study:
+        gram = gram_study()
+        names = ("standard", "gram, restart at 3", "gram, no restart")
+        print("\nGram-form Newton-Schulz experiment (bf16, CPU time ms and rel. error vs float64 NS5):\n")
+        print(table(gram, [("shape", "shape", "{}"), ("input", "input", "{}")]
+                    + [(f"cpu ms {k}", f"ms {k}", "{:.1f}") for k in names]
+                    + [(f"err {k}", f"err {k}", "{:.2e}") for k in names]))
     result = {"machine": machine(), "command": "benchmarks/step.py " + " ".join(argv or []),
               "settings": {"blocks": args.blocks, "shapes": SHAPES, "rounds": rounds, "lr": LR,
                            "weight_decay": WD, "momentum": MOMENTUM, "ns_steps": 5, "device": str(device),
                            "threads": torch.get_num_threads()},
-              "rows": rows, "times_s": times, "cpu_times_s": cpu}
+              "rows": rows, "times_s": times, "cpu_times_s": cpu,
+              "gram_study": gram}
     atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return result
