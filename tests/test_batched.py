@@ -11,6 +11,16 @@ import steepest
 from steepest.optim import batched as B
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run on one intra-op thread (restored afterwards): these are many tiny matmuls, and on the shared
+    2-core machine every OpenMP parallel region waits for a preempted thread (5x slower under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model_params(seed: int = 0, dtype=torch.float32):
     """Mixed shapes: two same-shape pairs (tall, wide), a square trio, a conv kernel that flattens to
     the square shape, a batch-mode 3-D tensor, a lone shape, and a parameter that never gets a grad."""
