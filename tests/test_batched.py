@@ -216,3 +216,40 @@ def test_dual_step_overflow_skips_only_that_member():
     assert opt.nonfinite_skipped == 1 and opt.state[big]["nonfinite_skips"] == 1
     # small: W = -lr * ||I||_* * I = -8e-4 I (float16 resolves 8e-4 to 0.05%).
     torch.testing.assert_close(small.detach().float(), -8e-4 * torch.eye(8), atol=0, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- the two fast paths edited for speed
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None])
+def test_nonfinite_check_flags_exactly_the_nonfinite(dtype, bad):
+    """_check_grads' min/max reduction against the obvious reference, isfinite(g).all()."""
+    ps = [torch.nn.Parameter(torch.zeros(4, 3, dtype=dtype)) for _ in range(3)]
+    opt = steepest.SpecGD(ps, lr=0.1, nonfinite="skip")
+    big = torch.finfo(dtype).max / 2  # huge but finite: must not be flagged
+    for i, p in enumerate(ps):
+        p.grad = torch.full((4, 3), big if i == 0 else 1.0, dtype=dtype)
+    if bad is not None:
+        ps[1].grad[2, 1] = bad
+    expected = {id(p) for p in ps if not torch.isfinite(p.grad).all()}
+    assert opt._check_grads() == expected
+
+
+def test_iterative_polar_on_cpu_is_torch_muon_bit_for_bit_and_leaves_input_alone():
+    """The CPU shortcut (no multiply by 1) keeps bf16 Newton-Schulz op-for-op equal to torch.optim.Muon's."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    g = torch.Generator().manual_seed(5)
+    for shape in ((24, 12), (12, 24), (16, 16)):
+        G = torch.randn(*shape, generator=g)
+        G0 = G.clone()
+        ours = steepest.polar(G, "newton_schulz", 5, dtype=torch.bfloat16)
+        theirs = _zeropower_via_newtonschulz(G, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+        assert torch.equal(ours, theirs.to(ours.dtype))  # same kernels, same order: exact
+        assert torch.equal(G, G0)
+    # Outside the safe range the prescale still runs: a 1e-30 gradient gives the rescaled direction.
+    G = torch.randn(16, 8, generator=g)
+    a = steepest.polar(G * 1e-30, "polar_express")
+    b = steepest.polar(G, "polar_express")
+    # float32 Polar Express on a rescaled input: the rescale rounds each entry once (~6e-8 relative);
+    # 8 steps keep the result within ~1e-5 of the unscaled one.
+    assert torch.isfinite(a).all() and (a - b).abs().max() < 1e-4
