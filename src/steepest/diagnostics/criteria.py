@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from steepest.diagnostics.metrics import nuclear_rank, stable_rank
+from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
 from steepest.norms import dual_norm, dualize
 from steepest.optim.functional import matrix_view
 
@@ -79,7 +79,8 @@ def _stack(grads) -> torch.Tensor:
     return torch.stack([torch.as_tensor(g) for g in grads])
 
 
-def noise_scales(grads, microbatch_size: int, geometries: Sequence[str] = GEOMETRIES) -> dict[str, float]:
+def noise_scales(grads, microbatch_size: int, geometries: Sequence[str] = GEOMETRIES,
+                 method: str = "exact") -> dict[str, float]:
     """c_g = sqrt(b) sqrt(K/(K-1)) mean_k ||G_k - mean_j G_j||_g from K >= 2 microbatch gradients.
 
     ``grads``: tensor (K, m, n) (or (K, *param_shape), flattened to matrices) or a list of K tensors,
@@ -98,11 +99,18 @@ def noise_scales(grads, microbatch_size: int, geometries: Sequence[str] = GEOMET
                          "split the batch into at least 2 equal, disjoint microbatches")
     if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, int) or microbatch_size < 1:
         raise ValueError(f"microbatch_size must be a positive int, got {microbatch_size!r}")
+    if method not in ("exact", "gram"):
+        raise ValueError(f"method must be 'exact' or 'gram', got {method!r}")
     K = X.shape[0]
     X = X.double().reshape(K, X.shape[1], -1) if X.ndim >= 3 else X.double().unsqueeze(1)
     E = X - X.mean(dim=0, keepdim=True)
     factor = math.sqrt(microbatch_size) * math.sqrt(K / (K - 1))
-    return {g: factor * float(dual_norm(E, g).mean()) for g in geometries}
+
+    def norm(g):
+        if g == "spectral" and method == "gram":
+            return gram_singular_values(E).sum(dim=-1)
+        return dual_norm(E, g)
+    return {g: factor * float(norm(g).mean()) for g in geometries}
 
 
 def predicted_decrease(signal: float, curvature: float) -> float:
@@ -185,12 +193,12 @@ class SpecSignIndex:
 
 
 def spec_sign_index(G: torch.Tensor, c_star: float, c_1: float, batch_size: int | None,
-                    H_sign: float, H_spec: float) -> SpecSignIndex:
+                    H_sign: float, H_spec: float, nuclear: float | None = None) -> SpecSignIndex:
     """I = ((||G||_nuc - 2c_*/sqrt(B)) / (||G||_1 - 2c_1/sqrt(B)))^2 * H_sign / H_spec; I > 1 -> spectral.
 
     ``batch_size=None`` means the deterministic limit (c terms dropped), where the rule compares
     ||G||_nuc^2 / H_spec with ||G||_1^2 / H_sign. Degenerate cases follow the module docstring.
-    Seed 002, eq. (7).
+    ``nuclear``: ||G||_* when the caller already has it (skips an SVD). Seed 002, eq. (7).
 
     Example:
         >>> r = spec_sign_index(torch.eye(4), 0.0, 0.0, None, H_sign=4.0, H_spec=4.0)
@@ -198,7 +206,8 @@ def spec_sign_index(G: torch.Tensor, c_star: float, c_1: float, batch_size: int 
         (1.0, 'linf')
     """
     X = matrix_view(G).double()
-    norms = {"spectral": float(dual_norm(X, "spectral")), "linf": float(dual_norm(X, "linf"))}
+    nuc = float(dual_norm(X, "spectral")) if nuclear is None else float(nuclear)
+    norms = {"spectral": nuc, "linf": float(dual_norm(X, "linf"))}
     noise = None if batch_size is None else {"spectral": c_star, "linf": c_1}
     s = score_geometries(norms, noise, batch_size, {"spectral": H_spec, "linf": H_sign})
     if s.regime == "zero-gradient":
@@ -271,6 +280,36 @@ def kfac_curvature(D: torch.Tensor, A: torch.Tensor) -> float:
     return float(P.square().sum() / N)
 
 
-__all__ = ["davis_drusvyatskiy", "noise_scales", "predicted_decrease", "score_geometries", "GeometryScores",
+def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor) -> float:
+    """H_spec = kfac_curvature(polar(G), A) = ||A V||_F^2 / N without forming polar(G).
+
+    With G = U S V^T (compact: only s_i > max(m, n) eps_32 s_1 kept, as :func:`steepest.linalg.polar.polar_svd`
+    does for ``dualize``'s default float32) the polar factor P = U V^T has P^T P = V V^T, so ||A P^T||_F^2 = tr(A V V^T A^T) = ||A V||_F^2.
+    V comes from the float64 eigendecomposition of the small Gram matrix: G^T G = V S^2 V^T when
+    in <= out, else G G^T = U S^2 U^T and V = G^T U S^-1. When G has full column rank (in <= out)
+    this is ||A||_F^2 / N. Costs one (N in r) product and a min(m, n) eigendecomposition instead of an
+    SVD plus an (N in out) product. Agrees with ``kfac_curvature(dualize(G, "spectral"), A)`` to ~1e-6
+    (tests/test_diagnostics.py).
+
+    Example:
+        >>> round(kfac_polar_curvature(torch.diag(torch.tensor([2.0, 1.0])), torch.eye(2)), 6)   # P = I: <I, I/2>
+        1.0
+    """
+    N = A.shape[0]
+    X = matrix_view(G).double()
+    if N == 0 or not bool(X.abs().amax() > 0):
+        return 0.0
+    m, n = X.shape[-2:]
+    M = X.mT @ X if n <= m else X @ X.mT
+    lam, W = torch.linalg.eigh(M)
+    keep = lam > (max(m, n) * torch.finfo(torch.float32).eps * lam[-1].sqrt()) ** 2  # dualize's float32 cut
+    if n <= m:
+        V = W[:, keep]
+    else:
+        V = (X.mT @ W[:, keep]) / lam[keep].sqrt()
+    return float((A.double() @ V).square().sum() / N)
+
+
+__all__ = ["kfac_polar_curvature", "davis_drusvyatskiy", "noise_scales", "predicted_decrease", "score_geometries", "GeometryScores",
            "spec_sign_index", "SpecSignIndex", "directional_curvatures", "layer_curvatures", "kfac_curvature",
            "GEOMETRIES"]

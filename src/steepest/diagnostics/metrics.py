@@ -11,7 +11,9 @@ Zero matrices: both ranks are defined as 0 (the rank of the zero matrix) instead
 non-zero matrix has rank >= 1, so 0 marks "no signal" unambiguously. Non-finite inputs give NaN.
 
 All functions reduce over the last two dims (batch-aware: ``(..., m, n) -> (...)``). ``method="exact"``
-uses the SVD through :mod:`steepest.norms`; ``method="estimate"`` uses the sketches of
+uses the SVD through :mod:`steepest.norms`; ``method="gram"`` is exact too, through the eigenvalues of
+the small Gram matrix in float64 (:func:`gram_singular_values`; several times cheaper than the SVD on
+CPU, what :class:`~steepest.diagnostics.LayerMonitor` uses); ``method="estimate"`` uses the sketches of
 :mod:`steepest.linalg.estimate` (block Krylov for ||.||_op, deflated Lanczos quadrature for ||.||_*),
 seeded by ``generator`` for reproducibility.
 
@@ -30,7 +32,7 @@ from steepest.linalg.estimate import nuclear_norm_estimate, spectral_norm_estima
 from steepest.linalg.polar import _check_matrix
 from steepest.norms import dual_norm, matrix_norm
 
-METHODS = ("exact", "estimate")
+METHODS = ("exact", "gram", "estimate")
 
 
 def _float(X: torch.Tensor) -> torch.Tensor:
@@ -48,19 +50,47 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / safe, torch.zeros_like(num))
 
 
+def gram_singular_values(X: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Singular values of X (descending, ``(..., min(m, n))``) from the eigenvalues of its small Gram matrix.
+
+    s_i(X) = sqrt(lambda_i(M)), M = X X^T if m <= n else X^T X, computed in ``dtype`` (float64 by
+    default). One (m n min(m, n)) product plus a symmetric eigensolve of size min(m, n), which on CPU
+    costs a fraction of ``torch.linalg.svdvals``. Accuracy: |lambda_i error| <= c eps ||X||_op^2 (Weyl),
+    so s_1 is relatively accurate to ~eps and the smallest values to ~sqrt(eps) s_1 absolutely
+    (1.5e-8 s_1 in float64): sums such as ||X||_* are exact to ~min(m, n) 1e-8 relative. Non-finite
+    matrices (or a Gram matrix that overflows ``dtype``) give NaN values. Golub & Van Loan, Matrix Computations, section 8.6.
+
+    Example:
+        >>> gram_singular_values(torch.tensor([[3.0, 0.0, 0.0], [0.0, 4.0, 0.0]]))
+        tensor([4., 3.], dtype=torch.float64)
+    """
+    _check_matrix(X, "X")
+    Y = X.to(dtype)
+    M = Y @ Y.mT if Y.shape[-2] <= Y.shape[-1] else Y.mT @ Y
+    # a non-finite entry (or float overflow) makes its row's diagonal entry of M inf/NaN: checked on M, small
+    ok = torch.isfinite(M.diagonal(dim1=-2, dim2=-1)).all(dim=-1)
+    M = torch.where(ok[..., None, None], M, torch.zeros((), dtype=dtype, device=M.device))
+    s = torch.linalg.eigvalsh(M).flip(-1).clamp(min=0).sqrt()
+    return torch.where(ok[..., None], s, torch.full_like(s, float("nan")))
+
+
 def operator_norm(A: torch.Tensor, method: str = "exact", generator: torch.Generator | None = None) -> torch.Tensor:
-    """||A||_op = s_1(A), exactly (``matrix_norm(A, "spectral")``) or by :func:`spectral_norm_estimate`."""
+    """||A||_op = s_1(A): exact (``matrix_norm(A, "spectral")``), ``"gram"`` or :func:`spectral_norm_estimate`."""
     _check_method(method)
     _check_matrix(A, "A")
     X = _float(A)
+    if method == "gram":
+        return gram_singular_values(X)[..., 0].to(X.dtype)
     return matrix_norm(X, "spectral") if method == "exact" else spectral_norm_estimate(X, generator=generator)
 
 
 def nuclear_norm(G: torch.Tensor, method: str = "exact", generator: torch.Generator | None = None) -> torch.Tensor:
-    """||G||_* = sum_i s_i(G), exactly (``dual_norm(G, "spectral")``) or by :func:`nuclear_norm_estimate`."""
+    """||G||_* = sum_i s_i(G): exact (``dual_norm(G, "spectral")``), ``"gram"`` or :func:`nuclear_norm_estimate`."""
     _check_method(method)
     _check_matrix(G, "G")
     X = _float(G)
+    if method == "gram":
+        return gram_singular_values(X).sum(dim=-1).to(X.dtype)
     return dual_norm(X, "spectral") if method == "exact" else nuclear_norm_estimate(X, generator=generator)
 
 
@@ -106,4 +136,4 @@ def block_norms(W: torch.Tensor, method: str = "exact", generator: torch.Generat
     }
 
 
-__all__ = ["stable_rank", "nuclear_rank", "operator_norm", "nuclear_norm", "block_norms", "METHODS"]
+__all__ = ["gram_singular_values", "stable_rank", "nuclear_rank", "operator_norm", "nuclear_norm", "block_norms", "METHODS"]

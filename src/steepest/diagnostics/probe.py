@@ -20,7 +20,8 @@ for a squared loss on the layer); for exact layer-restricted HVPs use
 :func:`criteria.layer_curvatures` with a loss closure.
 
 It never changes training: hooks return ``None``, nothing is written into tensors autograd or the
-optimizer use, no random numbers are drawn, and metrics run under ``torch.no_grad()``.
+optimizer use, random sketches (wide layers' ||A||_op) use a private generator seeded by the step (the
+global RNG is untouched), and metrics run under ``torch.no_grad()``.
 
 Example:
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
@@ -40,11 +41,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from steepest.diagnostics import criteria as C
-from steepest.diagnostics.metrics import nuclear_rank, stable_rank
-from steepest.norms import dual_norm, dualize, matrix_norm
+from steepest.diagnostics.metrics import gram_singular_values, nuclear_norm, stable_rank
+from steepest.linalg.estimate import spectral_norm_estimate
+from steepest.norms import dualize, matrix_norm
 from steepest.optim.functional import matrix_view
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
+#: st(A) is exact (Gram eigenvalues) up to this many columns; wider A use the block-Krylov ||A||_op.
+GRAM_MAX_COLS = 256
+#: Rows (evenly strided) of A used for the K-FAC curvatures of the Spec-Sign index.
+CURVATURE_ROWS = 512
+#: LayerMonitor's ``method`` values (see its docstring).
+MONITOR_METHODS = ("fast", "exact", "estimate")
+
+
+def _finite(X: torch.Tensor) -> bool:
+    """All entries finite, in one reduction pass (max and min propagate NaN; +-inf shows in them)."""
+    if X.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(X)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def _unsupported_reason(module: nn.Module) -> str | None:
@@ -150,18 +166,24 @@ class ActivationCapture:
 
 def activation_matrix(calls, max_rows: int | None = None) -> torch.Tensor:
     """All calls' rows stacked into A (rows, in); ``max_rows`` keeps an evenly strided subset."""
-    A = torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in calls]) if calls else torch.zeros(0, 0)
+    if not calls:
+        A = torch.zeros(0, 0)
+    elif len(calls) == 1:  # a view, no copy
+        A = calls[0][0].reshape(-1, calls[0][0].shape[-1])
+    else:
+        A = torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in calls])
     if max_rows is not None and A.shape[0] > max_rows:
         A = A[:: math.ceil(A.shape[0] / max_rows)]
     return A
 
 
-def microbatch_grads(calls, K: int) -> tuple[torch.Tensor, int] | None:
+def microbatch_grads(calls, K: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, int] | None:
     """K equal, disjoint microbatch gradients (K, out, in) and the samples b per microbatch.
 
     Each call's samples (dim 0) are split into K chunks of floor(N/K) (a remainder is dropped);
     G_k = K * sum over the chunk of dY^T A. ``None`` when an output gradient is missing or a call
-    has fewer than K samples.
+    has fewer than K samples. ``dtype``: the products' precision (LayerMonitor uses float32, 2x
+    cheaper; the noise scales are differences of O(1)-relative size, far above float32 round-off).
     """
     if not calls or any(d is None for _, d in calls):
         return None
@@ -170,8 +192,8 @@ def microbatch_grads(calls, K: int) -> tuple[torch.Tensor, int] | None:
         s = A.shape[0] // K
         if s == 0:
             return None
-        A_k = A[: s * K].double().reshape(K, -1, A.shape[-1])
-        D_k = D[: s * K].double().reshape(K, -1, D.shape[-1])
+        A_k = A[: s * K].to(dtype).reshape(K, -1, A.shape[-1])
+        D_k = D[: s * K].to(dtype).reshape(K, -1, D.shape[-1])
         g = K * (D_k.mT @ A_k)
         total = g if total is None else total + g
         b += s
@@ -188,9 +210,23 @@ class LayerMonitor:
         sinks: objects with ``write(record)`` / ``close()`` (see :mod:`steepest.diagnostics.sinks`).
         optimizer: attach at once (else call :meth:`attach`).
         microbatches: K >= 2 chunks of the batch for the Spec-Sign noise scales (0 disables the index).
-        method: ``"exact"`` (SVD) or ``"estimate"`` (sketches) for nr(G) and st(A).
-        max_rows: cap on the activation rows used for st(A) and the curvature (strided subset).
+        method: ``"fast"`` (default): nr(G), ||G||_*, ||W||_op, ||dW||_op from the eigenvalues of the small
+            Gram matrices (:func:`~steepest.diagnostics.metrics.gram_singular_values`; exact up to ~1e-8
+            relative in float64 for G, ~1e-6 in float32 for the operator norms), st(A) exact from the
+            float32 Gram of A when A has <= ``GRAM_MAX_COLS`` (256) columns, else ||A||_F^2 exactly over
+            the block-Krylov estimate of ||A||_op^2 (:func:`~steepest.linalg.estimate.spectral_norm_estimate`,
+            never above the exact value, so st is never below it; < 0.1% off on activations, which have a
+            dominant direction; benchmarks/RESULTS_estimate.md). ``"exact"``: every norm by an SVD (the slow
+            reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers).
+        max_rows: cap on the activation rows used for st(A) (an evenly strided subset; ``None``: all rows).
+            A row subset biases st(A) low (the subset's top eigenvalue is inflated, Marchenko-Pastur):
+            -21% with 512 of 2048 token rows on the charlm model, so the default uses every row.
         layers: optional iterable of module names to restrict monitoring.
+        spec_sign_every: compute the Spec-Sign index on every ``spec_sign_every``-th recorded step (default
+            5: each 50 optimizer steps with ``every=10``). It needs K microbatch gradients per layer (as
+            many flops as the layer's weight gradient) and K nuclear norms, about 2/3 of a training step
+            on the charlm model: on every record it alone would add ~7% (benchmarks/RESULTS_estimate.md).
+            Its curvatures use <= ``CURVATURE_ROWS`` (512) strided rows of A (H_g is linear in A^T A / N).
 
     Each record: step, layer, kind, shape, rows, nonfinite_activation, nonfinite_grad, nr_G, st_A,
     nr_st_ratio, dd_winner, grad_fro, grad_nuclear, grad_l1, weight_fro, weight_op, update_fro,
@@ -205,17 +241,21 @@ class LayerMonitor:
               "spec_sign_winner", "spec_sign_regime", "microbatch_size")
 
     def __init__(self, model: nn.Module, every: int = 10, sinks: Iterable = (), optimizer=None,
-                 microbatches: int = 4, method: str = "exact", max_rows: int | None = None,
-                 layers: Iterable[str] | None = None) -> None:
+                 microbatches: int = 4, method: str = "fast", max_rows: int | None = None,
+                 layers: Iterable[str] | None = None, spec_sign_every: int = 5) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches == 1 or microbatches < 0:
             raise ValueError(f"microbatches must be 0 (no Spec-Sign index) or an int >= 2, got {microbatches!r}")
-        if method not in ("exact", "estimate"):
-            raise ValueError(f"method must be 'exact' or 'estimate', got {method!r}")
+        if method not in MONITOR_METHODS:
+            raise ValueError(f"method must be one of {MONITOR_METHODS}, got {method!r}")
+        if isinstance(spec_sign_every, bool) or not isinstance(spec_sign_every, int) or spec_sign_every < 1:
+            raise ValueError(f"spec_sign_every must be a positive int (records between Spec-Sign indices), "
+                             f"got {spec_sign_every!r}")
         if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
             raise ValueError(f"max_rows must be a positive int or None, got {max_rows!r}")
         self.every, self.microbatches, self.method, self.max_rows = every, microbatches, method, max_rows
+        self.spec_sign_every = spec_sign_every
         self.sinks = list(sinks)
         self.step = 0
         self.skipped: dict[str, str] = {}
@@ -276,35 +316,64 @@ class LayerMonitor:
             self._pending[name] = self._grad_metrics(name, m)
             self._before[name] = W.detach().clone()
 
+    def _spec_sign_due(self) -> bool:
+        return bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
+
     def _grad_metrics(self, name: str, m: nn.Module) -> dict:
         G = matrix_view(m.weight.grad.detach()).float()
         calls = self.capture.rows(name)
         A = activation_matrix(calls, self.max_rows).float()
         rec = dict.fromkeys(self.FIELDS)
         rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(m.weight.shape), rows=int(A.shape[0]))
-        bad_a = bool(A.numel()) and not bool(torch.isfinite(A).all())
-        bad_g = not bool(torch.isfinite(G).all())
+        bad_a = bool(A.numel()) and not _finite(A)
+        bad_g = not _finite(G)
         rec.update(nonfinite_activation=bad_a, nonfinite_grad=bad_g)
+        nuc = None
         if not bad_g:
-            rec.update(nr_G=float(nuclear_rank(G, self.method)), grad_fro=float(matrix_norm(G, "frobenius")),
-                       grad_nuclear=float(dual_norm(G, "spectral")), grad_l1=float(dual_norm(G, "linf")))
+            if self.method != "fast":  # "exact": SVD; "estimate": deflated Lanczos sketch (metrics.nuclear_norm)
+                nuc_t, fro_t = nuclear_norm(G, self.method, self._generator(G.device)), matrix_norm(G, "frobenius")
+            else:  # float64 Gram eigenvalues: exact up to ~1e-8 (metrics.gram_singular_values)
+                sv = gram_singular_values(G)
+                nuc_t, fro_t = sv.sum(), sv.square().sum().sqrt()
+            nuc, fro = float(nuc_t), float(fro_t)
+            rec.update(nr_G=nuc * nuc / (fro * fro) if fro > 0 else 0.0, grad_fro=fro, grad_nuclear=nuc,
+                       grad_l1=float(G.abs().sum()))
         if A.numel() and not bad_a:
-            rec["st_A"] = float(stable_rank(A, self.method))
+            rec["st_A"] = self._stable_rank(A)
             if rec["nr_G"] is not None:
                 nr, st = rec["nr_G"], rec["st_A"]
                 rec["nr_st_ratio"] = nr / st if st > 0 else None
                 rec["dd_winner"] = "none" if nr == 0 else ("spectral" if nr >= st else "frobenius")
-        if self.microbatches and not (bad_a or bad_g) and A.numel():
-            mb = microbatch_grads(calls, self.microbatches)
-            if mb is not None and bool(torch.isfinite(mb[0]).all()):
+        if self._spec_sign_due() and not (bad_a or bad_g) and A.numel():
+            exact = self.method == "exact"  # the slow reference: float64 microbatches, SVD norms, polar by SVD
+            mb = microbatch_grads(calls, self.microbatches, dtype=torch.float64 if exact else torch.float32)
+            if mb is not None and _finite(mb[0]):
                 grads, b = mb
-                c = C.noise_scales(grads, b, ("linf", "spectral"))
-                H = {g: C.kfac_curvature(dualize(G, g), A) for g in ("linf", "spectral")}
-                r = C.spec_sign_index(G, c["spectral"], c["linf"], b * self.microbatches, H["linf"], H["spectral"])
+                c = C.noise_scales(grads, b, ("linf", "spectral"), method="exact" if exact else "gram")
+                S = A if A.shape[0] <= CURVATURE_ROWS else A[:: math.ceil(A.shape[0] / CURVATURE_ROWS)]
+                H = {"linf": C.kfac_curvature(torch.sign(G), S),
+                     "spectral": C.kfac_curvature(dualize(G, "spectral"), S) if exact else C.kfac_polar_curvature(G, S)}
+                r = C.spec_sign_index(G, c["spectral"], c["linf"], b * self.microbatches, H["linf"], H["spectral"],
+                                      nuclear=nuc)
                 rec.update(c_1=c["linf"], c_star=c["spectral"], H_sign=H["linf"], H_spec=H["spectral"],
                            spec_sign_index=r.index, spec_sign_winner=r.winner, spec_sign_regime=r.regime,
                            microbatch_size=b)
         return rec
+
+    def _generator(self, device=None) -> torch.Generator:
+        """A private generator seeded by the step: reproducible sketches, global RNG untouched."""
+        return torch.Generator(device=device if device is not None else "cpu").manual_seed(self.step)
+
+    def _stable_rank(self, A: torch.Tensor) -> float:
+        """st(A): exact (float32 Gram eigenvalues) when in <= GRAM_MAX_COLS, else ||A||_F^2 / block-Krylov ||A||_op^2."""
+        if self.method == "exact":
+            return float(stable_rank(A))
+        if self.method == "estimate" or A.shape[-1] > GRAM_MAX_COLS:
+            fro2 = float(A.double().square().sum()) if A.numel() < 2**16 else float(torch.linalg.vector_norm(A)) ** 2
+            op = float(spectral_norm_estimate(A, generator=self._generator(A.device)))
+            return fro2 / (op * op) if op > 0 else 0.0
+        sv2 = gram_singular_values(A, torch.float32).double().square()
+        return float(sv2.sum() / sv2[0]) if float(sv2[0]) > 0 else 0.0
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
@@ -313,11 +382,18 @@ class LayerMonitor:
                 for name, rec in self._pending.items():
                     W = self.capture.layers[name].weight.detach()
                     Wm, dW = matrix_view(W).float(), matrix_view(W - self._before[name]).float()
-                    if bool(torch.isfinite(Wm).all()):
-                        rec.update(weight_fro=float(matrix_norm(Wm, "frobenius")), weight_op=float(matrix_norm(Wm, "spectral")))
-                    if bool(torch.isfinite(dW).all()):
-                        rec.update(update_fro=float(matrix_norm(dW, "frobenius")),
-                                   update_op=float(matrix_norm(dW, "spectral")), update_max=float(dW.abs().max()))
+                    ok = [_finite(Wm), _finite(dW)]
+                    if self.method == "exact":
+                        op = [float(matrix_norm(X, "spectral")) if f else None for X, f in ((Wm, ok[0]), (dW, ok[1]))]
+                    else:  # top eigenvalue of the float32 Gram: relative error ~eps_32 (Weyl), one batched call
+                        sv = gram_singular_values(torch.stack([Wm if ok[0] else torch.zeros_like(Wm),
+                                                               dW if ok[1] else torch.zeros_like(dW)]), torch.float32)
+                        op = [float(sv[0, 0]), float(sv[1, 0])]
+                    if ok[0]:
+                        rec.update(weight_fro=float(matrix_norm(Wm, "frobenius")), weight_op=op[0])
+                    if ok[1]:
+                        rec.update(update_fro=float(matrix_norm(dW, "frobenius")), update_op=op[1],
+                                   update_max=float(dW.abs().max()))
                     for s in self.sinks:
                         s.write(rec)
         finally:

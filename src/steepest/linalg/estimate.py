@@ -44,6 +44,17 @@ def _work(A: torch.Tensor) -> torch.Tensor:
     return X.mT if X.shape[-2] < X.shape[-1] else X
 
 
+def _mul(X: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """X @ Q for a thin Q, computed as (Q^T X^T)^T: same numbers, but on CPU MKL's single-thread
+    kernels are 4-7x faster in this orientation for a 2048 x 512 X and 4-8 columns (measured)."""
+    return (Q.mT @ X.mT).mT
+
+
+def _tmul(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """X^T @ P for a thin P, computed as (P^T X)^T (see :func:`_mul`)."""
+    return (P.mT @ X).mT
+
+
 def _gaussian(shape, X: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(*shape, dtype=X.dtype, device=X.device, generator=generator)
 
@@ -51,10 +62,10 @@ def _gaussian(shape, X: torch.Tensor, generator) -> torch.Tensor:
 def _range_finder(X: torch.Tensor, cols: int, power_iters: int, generator) -> torch.Tensor:
     """Orthonormal Q (..., m, cols) approximating the top left singular subspace of tall X (..., m, n)."""
     n = X.shape[-1]
-    Y = X @ _gaussian((*X.shape[:-2], n, cols), X, generator)
+    Y = _mul(X, _gaussian((*X.shape[:-2], n, cols), X, generator))
     Q = torch.linalg.qr(Y).Q
     for _ in range(power_iters):  # re-orthonormalise between products (HMT Algorithm 4.4)
-        Q = torch.linalg.qr(X @ torch.linalg.qr(X.mT @ Q).Q).Q
+        Q = torch.linalg.qr(_mul(X, torch.linalg.qr(_tmul(X, Q)).Q)).Q
     return Q
 
 
@@ -80,16 +91,16 @@ def spectral_norm_estimate(
     _check_int("block", block, 1)
     X = _work(A)
     cols = min(block, X.shape[-1])
-    Qi = torch.linalg.qr(X @ _gaussian((*X.shape[:-2], X.shape[-1], cols), X, generator)).Q
+    Qi = torch.linalg.qr(_mul(X, _gaussian((*X.shape[:-2], X.shape[-1], cols), X, generator))).Q
     blocks = [Qi]
     for _ in range(iters):  # each block re-orthonormalised so high powers do not lose precision
-        Qi = torch.linalg.qr(X @ (X.mT @ Qi)).Q
+        Qi = torch.linalg.qr(_mul(X, _tmul(X, Qi))).Q
         blocks.append(Qi)
     K = torch.cat(blocks, dim=-1)
     if K.shape[-1] > X.shape[-2]:
         K = K[..., : X.shape[-2]]
     Q = torch.linalg.qr(K).Q
-    s = torch.linalg.svdvals(Q.mT @ X)[..., 0]
+    s = torch.linalg.svdvals(_tmul(X, Q).mT)[..., 0]
     return s.to(A.dtype)
 
 
@@ -115,8 +126,8 @@ def _slq_sqrt_trace(X: torch.Tensor, Q: torch.Tensor, H: torch.Tensor, probes: i
     tiny = (scale * (n * torch.finfo(X.dtype).eps)).unsqueeze(-1)  # breakdown threshold, per matrix
     for j in range(k):
         V[..., j, :, :] = v
-        Rv = X @ v - Q @ (H @ v)
-        w = X.mT @ Rv - H.mT @ (Q.mT @ Rv)
+        Rv = _mul(X, v) - Q @ (H @ v)
+        w = _tmul(X, Rv) - H.mT @ (Q.mT @ Rv)
         a = (v * w).sum(dim=-2)
         alpha[..., j, :] = a
         # full reorthogonalization against every previous Lanczos vector (k is small)
@@ -167,7 +178,7 @@ def nuclear_norm_estimate(
     if cols >= n:
         return torch.linalg.svdvals(X).sum(dim=-1).to(G.dtype)
     Q = _range_finder(X, cols, power_iters, generator)
-    H = Q.mT @ X
+    H = _tmul(X, Q).mT
     head = torch.linalg.svdvals(H).sum(dim=-1)
     tail = _slq_sqrt_trace(X, Q, H, probes, lanczos_steps, generator)
     return (head + tail).to(G.dtype)
