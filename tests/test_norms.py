@@ -136,3 +136,18 @@ def test_bad_arguments():
         steepest.dual_norm(G, "schatten")
     with pytest.raises(ValueError, match="only used with norm='schatten'"):
         steepest.matrix_norm(G, "spectral", p=3)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_empty_matrices(geometry):
+    """An empty matrix (e.g. an empty FSDP shard) has zero norms and an empty dualizer, not an error."""
+    norm, p = geometry
+    E = torch.zeros(2, 0, 5)
+    assert steepest.dualize(E, norm, p).shape == E.shape
+    assert torch.equal(steepest.dual_norm(E, norm, p), torch.zeros(2))
+    assert torch.equal(steepest.matrix_norm(E, norm, p), torch.zeros(2))
+    for method in ("svd", "newton_schulz", "polar_express"):
+        assert steepest.polar(E, method).shape == E.shape
+    W = torch.nn.Parameter(torch.zeros(0, 4))
+    W.grad = torch.zeros(0, 4)
+    steepest.SteepestDescent([W], norm=norm, p=p, step_size="dual").step()  # no crash, nothing to change

@@ -48,7 +48,13 @@ def _as_matrix(X: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def _svdvals(X: torch.Tensor) -> torch.Tensor:
+    if X.numel() == 0:  # every norm of an empty matrix is 0: one zero "singular value" keeps [..., 0] valid
+        return X.new_zeros(X.shape[:-2] + (1,), dtype=X.dtype if X.dtype == torch.float64 else torch.float32)
     return torch.linalg.svdvals(X if X.dtype in (torch.float32, torch.float64) else X.float())
+
+
+def _amax(X: torch.Tensor) -> torch.Tensor:
+    return X.abs().amax(dim=(-2, -1)) if X.numel() else X.new_zeros(X.shape[:-2])
 
 
 def matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> torch.Tensor:
@@ -59,7 +65,7 @@ def matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> torch.Ten
     if norm == "frobenius":
         out = torch.linalg.matrix_norm(X, "fro")
     elif norm == "linf":
-        out = X.abs().amax(dim=(-2, -1))
+        out = _amax(X)
     elif norm == "spectral":
         out = _svdvals(X)[..., 0].to(X.dtype)
     else:

@@ -51,6 +51,8 @@ def prescale(G: torch.Tensor) -> torch.Tensor:
     The polar factor is scale-invariant, and this keeps every later norm finite: a float32 matrix
     with entries of 1e30 would overflow ||G||_F^2 and one with entries of 1e-30 would underflow it.
     """
+    if G.numel() == 0:
+        return G.clone()
     amax = G.abs().amax(dim=(-2, -1), keepdim=True)
     return G / torch.where(amax > 0, amax, torch.ones_like(amax))
 
@@ -122,6 +124,8 @@ def polar(
         if steps is not None or coefficients is not None:
             raise ValueError("steps and coefficients apply only to the iterative methods, not 'svd'")
         return polar_svd(G, dtype=dtype)[0]
+    if G.numel() == 0:
+        return G.clone()  # an empty matrix (e.g. an empty shard) has the empty polar factor
     if steps is None:
         steps = DEFAULT_STEPS[method]
     if not isinstance(steps, int) or steps < 0:
@@ -148,6 +152,8 @@ def polar_svd(G: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torc
     the polar factor of their range. Returned ``s`` has those values zeroed too.
     """
     _check_matrix(G)
+    if G.numel() == 0:
+        return G.clone(), G.new_zeros(G.shape[:-2] + (min(G.shape[-2:]),))
     X = prescale(G).to(dtype if dtype != torch.bfloat16 and dtype != torch.float16 else torch.float32)
     U, s, Vh = torch.linalg.svd(X, full_matrices=False)
     tol = max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s[..., :1]

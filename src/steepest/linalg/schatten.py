@@ -69,7 +69,7 @@ def schatten_dualize(G: torch.Tensor, p: float, dtype: torch.dtype = torch.float
     """
     _check_matrix(G)
     check_p(p)
-    if math.isinf(p):
+    if math.isinf(p) or G.numel() == 0:
         return polar_svd(G, dtype=dtype)[0]
     X = prescale(G).to(dtype)
     U, s, Vh = torch.linalg.svd(X, full_matrices=False)
