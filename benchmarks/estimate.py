@@ -35,17 +35,19 @@ def make(m, n, kind, seed=0):
 
 
 def median_time(f, reps):
+    """(result, median CPU seconds) over ``reps`` calls after one warm-up; CPU time (time.process_time)
+    because the box is shared: wall time swings several-fold with other jobs, CPU time much less."""
     f()
     ts = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t = time.process_time()
         out = f()
-        ts.append(time.perf_counter() - t)
+        ts.append(time.process_time() - t)
     return out, statistics.median(ts)
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     rows = []
     for shape in [(2048, 2048), (768, 3072)]:
         for kind in ("spike", "power", "gauss"):

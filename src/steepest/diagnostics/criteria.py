@@ -261,13 +261,14 @@ def layer_curvatures(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, G
     return dict(zip(geometries, directional_curvatures(loss_fn, param, dirs)))
 
 
-def kfac_curvature(D: torch.Tensor, A: torch.Tensor) -> float:
+def kfac_curvature(D: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.float64) -> float:
     """<D, D C>, C = A^T A / N: the curvature of a linear layer under a unit-curvature output loss.
 
     Exact for f(W) = 1/(2N) ||A W^T - Y||_F^2 (seed 000's quadratic with the data A); for other
     losses it is K-FAC's input factor with the output factor replaced by the identity (Martens &
     Grosse 2015), a proxy whose unknown output scale cancels in ratios between geometries.
-    Equals ||A D^T||_F^2 / N. ``D`` is (out, in) and ``A`` is (N, in).
+    Equals ||A D^T||_F^2 / N. ``D`` is (out, in) and ``A`` is (N, in). ``dtype``: the product's
+    precision (float32 halves the cost; a sum of squares, so only ~1e-6 relative round-off).
 
     Example:
         >>> kfac_curvature(torch.eye(2), torch.eye(2))   # C = I/2: <I, I/2> = 1
@@ -276,11 +277,11 @@ def kfac_curvature(D: torch.Tensor, A: torch.Tensor) -> float:
     N = A.shape[0]
     if N == 0:
         return 0.0
-    P = A.double() @ matrix_view(D).double().mT
-    return float(P.square().sum() / N)
+    P = A.to(dtype) @ matrix_view(D).to(dtype).mT
+    return float(P.square().sum(dtype=torch.float64) / N)
 
 
-def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor) -> float:
+def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.float64) -> float:
     """H_spec = kfac_curvature(polar(G), A) = ||A V||_F^2 / N without forming polar(G).
 
     With G = U S V^T (compact: only s_i > max(m, n) eps_32 s_1 kept, as :func:`steepest.linalg.polar.polar_svd`
@@ -288,7 +289,8 @@ def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor) -> float:
     V comes from the float64 eigendecomposition of the small Gram matrix: G^T G = V S^2 V^T when
     in <= out, else G G^T = U S^2 U^T and V = G^T U S^-1. When G has full column rank (in <= out)
     this is ||A||_F^2 / N. Costs one (N in r) product and a min(m, n) eigendecomposition instead of an
-    SVD plus an (N in out) product. Agrees with ``kfac_curvature(dualize(G, "spectral"), A)`` to ~1e-6
+    SVD plus an (N in out) product; ``dtype`` is the precision of that product (V is always computed
+    in float64). Agrees with ``kfac_curvature(dualize(G, "spectral"), A)`` to ~1e-6
     (tests/test_diagnostics.py).
 
     Example:
@@ -307,7 +309,7 @@ def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor) -> float:
         V = W[:, keep]
     else:
         V = (X.mT @ W[:, keep]) / lam[keep].sqrt()
-    return float((A.double() @ V).square().sum() / N)
+    return float((A.to(dtype) @ V.to(dtype)).square().sum(dtype=torch.float64) / N)
 
 
 __all__ = ["kfac_polar_curvature", "davis_drusvyatskiy", "noise_scales", "predicted_decrease", "score_geometries", "GeometryScores",

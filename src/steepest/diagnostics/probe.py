@@ -242,7 +242,7 @@ class LayerMonitor:
 
     def __init__(self, model: nn.Module, every: int = 10, sinks: Iterable = (), optimizer=None,
                  microbatches: int = 4, method: str = "fast", max_rows: int | None = None,
-                 layers: Iterable[str] | None = None, spec_sign_every: int = 5) -> None:
+                 layers: Iterable[str] | None = None, spec_sign_every: int = 10) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches == 1 or microbatches < 0:
@@ -351,8 +351,11 @@ class LayerMonitor:
                 grads, b = mb
                 c = C.noise_scales(grads, b, ("linf", "spectral"), method="exact" if exact else "gram")
                 S = A if A.shape[0] <= CURVATURE_ROWS else A[:: math.ceil(A.shape[0] / CURVATURE_ROWS)]
-                H = {"linf": C.kfac_curvature(torch.sign(G), S),
-                     "spectral": C.kfac_curvature(dualize(G, "spectral"), S) if exact else C.kfac_polar_curvature(G, S)}
+                if exact:
+                    H = {"linf": C.kfac_curvature(torch.sign(G), S), "spectral": C.kfac_curvature(dualize(G, "spectral"), S)}
+                else:  # float32 products (sums of squares: ~1e-6 relative), polar curvature without the polar factor
+                    H = {"linf": C.kfac_curvature(torch.sign(G), S, torch.float32),
+                         "spectral": C.kfac_polar_curvature(G, S, torch.float32)}
                 r = C.spec_sign_index(G, c["spectral"], c["linf"], b * self.microbatches, H["linf"], H["spectral"],
                                       nuclear=nuc)
                 rec.update(c_1=c["linf"], c_star=c["spectral"], H_sign=H["linf"], H_spec=H["spectral"],
