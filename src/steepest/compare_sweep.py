@@ -118,7 +118,8 @@ def sweep(task: str = "charlm", *, size: str = "default", optimizers=None, steps
             "criterion": "final validation loss after the full run (diverged = inf)",
             "steps": steps, "seed": seed, "date": time.strftime("%Y-%m-%d"),
         })
-        entry.setdefault("tried", {}).update({n: tried.get(n, {}) for n in best})
+        for n in best:  # keep every point ever tried for n (earlier sweeps may have used other grids)
+            entry.setdefault("tried", {}).setdefault(n, {}).update(tried.get(n, {}))
         atomic_write_json(tuned_path, data)
         say(f"wrote tuned learning rates for {key} to {tuned_path}")
     return best
