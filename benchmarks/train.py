@@ -84,11 +84,11 @@ def main(argv=None) -> int:
     rows = {r["optimizer"]: r for r in res.rows}
     verdicts = goals(rows)
     print()
-    print(f"{'optimizer':<11}{'steps to AdamW final':>22}{'ratio':>8}{'final val':>11}{'ms/step':>9}")
+    print(f"{'optimizer':<11}{'steps to AdamW final':>22}{'ratio':>8}{'final val':>11}{'CPU s':>8}{'wall s':>8}")
     for r in res.rows:
         s = "-" if r["steps_to_target"] is None else str(r["steps_to_target"])
         q = "-" if r["ratio_to_reference"] is None else f"{r['ratio_to_reference']:.2f}"
-        print(f"{r['optimizer']:<11}{s:>22}{q:>8}{r['final_val']:>11.4f}{r['ms_per_step']:>9.1f}")
+        print(f"{r['optimizer']:<11}{s:>22}{q:>8}{r['final_val']:>11.4f}{r['cpu_s']:>8.1f}{r['wall_s']:>8.1f}")
     for g in verdicts:
         print(f"goal: {g['goal']}: {g['verdict']} ({g['value']})")
     if not args.quick:
