@@ -7,6 +7,7 @@ also the data position because batches are a pure function of (seed, step)) and 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -60,15 +61,11 @@ def _truncate_metrics(path: Path, step: int, diagnostics: bool = False) -> None:
     evaluations <= step)."""
     keep = [r for r in read_jsonl(path)
             if r["step"] < step or (not diagnostics and r["kind"] == "eval" and r["step"] == step)]
-    import json
-
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def load_result(path: Path) -> dict:
     """Read ``results/<name>.json`` back, turning the strings "nan"/"inf" of strict JSON into floats."""
-    import json
-
     r = json.loads(Path(path).read_text(encoding="utf-8"))
     for key in ("final_val", "best_val"):
         r[key] = float(r[key])
@@ -91,8 +88,6 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     metrics = run_dir / "metrics" / f"{name}.jsonl"
     diag = run_dir / "diagnostics" / f"{name}.jsonl"
     if resume and result_path.exists():
-        import json
-
         log(f"{name}: finished earlier, kept ({result_path})")
         return load_result(result_path)
 
