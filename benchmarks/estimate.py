@@ -74,7 +74,7 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "estimate.json"
     atomic_write_json(out, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "environment": environment(),
                             "defaults": {"spectral": "iters=4, block=4", "nuclear": "rank=16, oversample=8, "
-                                         "power_iters=1, probes=4, lanczos_steps=6"}, "rows": rows})
+                                         "power_iters=1, probes=4, lanczos_steps=12"}, "rows": rows})
     print(f"wrote {out}")
 
 
