@@ -62,6 +62,7 @@ class CompareConfig:
     monitor_every: int | None = None
     monitored: tuple[str, ...] = MONITORED
     task_options: dict = dataclasses.field(default_factory=dict)
+    nproc: int = 1
 
 
 @dataclasses.dataclass
@@ -121,6 +122,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
             monitored=MONITORED,
             progress: bool = True, report: bool = True, task_options: dict | None = None,
             on_step: Callable[[str, int, float], None] | None = None, log: Callable[[str], None] | None = print,
+            nproc: int = 1, dist_timeout_s: float | None = None,
             ) -> CompareResult:
     """Train ``task`` with each optimizer in ``optimizers`` and return the comparison table.
 
@@ -137,6 +139,10 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
         monitor_every: LayerMonitor interval (default ``eval_every``; 0 switches it off); monitored: the
             optimizers that get one (default :data:`MONITORED`; the monitor never changes training).
         on_step: ``(optimizer, step, loss)`` after each step (may raise to interrupt; resume continues).
+        nproc: data-parallel processes per optimizer run (DDP over gloo on 127.0.0.1, the global batch
+            split evenly, rank 0 writes every file; :mod:`steepest.compare_distributed`). The task must
+            be named (not a Task object), its batch size divisible by ``nproc``, and ``on_step`` picklable
+            (it runs on every rank). dist_timeout_s: bound on the whole distributed job (default 7 days).
 
     The table (``result.rows``) per optimizer: final and best validation loss, steps to reach the
     first optimizer's (AdamW's when present) final validation loss and the ratio to its steps, wall
@@ -172,20 +178,35 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
     lr_table = resolve_lrs(task_obj.name, size, names, lrs)
+    from steepest.compare_distributed import check_nproc
+
+    check_nproc(task_obj, seed, nproc)
+    if nproc > 1 and isinstance(task, Task):
+        raise ConfigError("nproc > 1 rebuilds the task in every process: give it by name (e.g. 'mnist' or "
+                          "'package.module:factory'), not as a Task object")
     cfg = CompareConfig(task=task_name, size=size, optimizers=names, steps=steps, eval_every=eval_every, seed=seed,
                         lrs={k: v[0] for k, v in lr_table.items()}, warmup=warmup, cooldown=cooldown,
                         threads=threads, monitor_every=monitor_every,
-                        monitored=tuple(n for n in monitored if n in names), task_options=task_options)
+                        monitored=tuple(n for n in monitored if n in names), task_options=task_options,
+                        nproc=nproc)
     run_dir = _prepare_run_dir(cfg, task_obj, run_dir, resume)
     say = log or (lambda s: None)
     say(f"steepest compare: task {task_obj.name} ({size}), {steps} steps, seed {seed}, run dir {run_dir}")
 
     results = {}
-    for name in names:
-        lr, src = lr_table[name]
-        results[name] = run_optimizer(
-            name, task_obj, cfg, run_dir, lr=lr, lr_source=src, aux_lr=lr_table["adamw"][0], resume=resume,
-            progress=progress, on_step=on_step, log=say)
+    if nproc > 1:
+        from steepest.compare_distributed import run_distributed
+
+        say(f"steepest compare: {nproc} data-parallel processes (gloo), global batch split evenly")
+        results = run_distributed(task_name, {"size": size, **task_options} if builtin else task_options, cfg,
+                                  run_dir, lr_table, resume=resume, progress=progress, on_step=on_step,
+                                  log=log is not None, timeout_s=dist_timeout_s)
+    else:
+        for name in names:
+            lr, src = lr_table[name]
+            results[name] = run_optimizer(
+                name, task_obj, cfg, run_dir, lr=lr, lr_source=src, aux_lr=lr_table["adamw"][0], resume=resume,
+                progress=progress, on_step=on_step, log=say)
     rows, target = summarize(results, names)
     reference = "adamw" if "adamw" in names else names[0]
     table = format_table(rows, target, reference)
@@ -217,7 +238,9 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
         old = json.loads(cfg_path.read_text(encoding="utf-8"))
         old_cfg = old.get("config", old)
-        diff = [k for k in mine if k not in ("optimizers", "lrs", "monitored") and old_cfg.get(k) != mine[k]]
+        # nproc may change on resume: checkpoints hold plain state dicts, and the data-parallel step equals
+        # the one-process step up to float summation order (steepest.compare_distributed).
+        diff = [k for k in mine if k not in ("optimizers", "lrs", "monitored", "nproc") and old_cfg.get(k) != mine[k]]
         diff += [f"lrs[{n}]" for n in mine["lrs"] if n in old_cfg.get("lrs", {}) and old_cfg["lrs"][n] != mine["lrs"][n]]
         if diff:
             raise ConfigError(f"cannot resume {run_dir}: its config differs in {', '.join(diff)}; "

@@ -75,6 +75,7 @@ def train_loop(
     cooldown: float = 0.3,
     on_step: Callable[[int, float, float], None] | None = None,
     on_eval: Callable[[int, float, LoopState], None] | None = None,
+    reduce_loss: Callable[[torch.Tensor], float] | None = None,
 ) -> LoopState:
     """Train from ``state.step`` to ``steps``; evaluate at step 0, every ``eval_every`` steps and at the end.
 
@@ -83,6 +84,9 @@ def train_loop(
     :class:`steepest.NonFiniteGradientError`) marks the run diverged at that step and stops it.
     ``on_step(t, loss, lr_factor)`` runs after each step (it may raise, e.g. KeyboardInterrupt, to stop);
     ``on_eval(step, val_loss, state)`` runs after each evaluation, ``step`` counting the steps done.
+    ``reduce_loss(loss) -> float`` turns the step's loss tensor into the recorded value (default
+    ``float(loss)``; data-parallel runs pass the all-reduced global mean, so every rank takes the same
+    divergence decision).
 
     Returns the final :class:`LoopState`; wall time counts only training and evaluation.
     """
@@ -115,7 +119,7 @@ def train_loop(
         for g, base in zip(groups, base_lrs):
             g["lr"] = base * factor
         loss = loss_fn(model, batch_fn(t))
-        value = float(loss.detach())
+        value = float(loss.detach()) if reduce_loss is None else float(reduce_loss(loss.detach()))
         if not math.isfinite(value):
             state.diverged_at, state.diverged_reason = t, f"training loss {value}"
             return state

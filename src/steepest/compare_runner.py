@@ -81,8 +81,14 @@ def peak_mb() -> float:
 
 def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: str, aux_lr: float,
                   resume: bool, progress: bool = True, on_step: Callable | None = None,
-                  log: Callable[[str], None] = print) -> dict:
-    """Train ``task`` with optimizer ``name`` and return its result dict (also ``results/<name>.json``)."""
+                  log: Callable[[str], None] = print, dp=None) -> dict:
+    """Train ``task`` with optimizer ``name`` and return its result dict (also ``results/<name>.json``).
+
+    ``dp``: a :class:`steepest.compare_distributed.DataParallel` when this process is one rank of a
+    data-parallel run (``--nproc``): every rank trains its shard of each batch, rank 0 alone writes
+    files and returns the result (the other ranks return ``{}``).
+    """
+    main = dp is None or dp.is_main
     result_path = run_dir / "results" / f"{name}.json"
     ckpt = run_dir / "checkpoints" / f"{name}.pt"
     metrics = run_dir / "metrics" / f"{name}.jsonl"
@@ -98,27 +104,33 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     state = LoopState()
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, model, optimizer)
-        _truncate_metrics(metrics, state.step)
-        _truncate_metrics(diag, state.step, diagnostics=True)
-        log(f"{name}: resuming from step {state.step}")
-    else:
+        if main:
+            _truncate_metrics(metrics, state.step)
+            _truncate_metrics(diag, state.step, diagnostics=True)
+            log(f"{name}: resuming from step {state.step}")
+    elif main:
         for p in (metrics, diag, ckpt):
             if p.exists():
                 p.unlink()
+    train_model, batch_fn, evaluate_fn, reduce_loss = model, (lambda t: task.batch(cfg.seed, t)), task.evaluate, None
+    if dp is not None:  # a collective: every rank has checked the files above before rank 0 writes any
+        train_model, optimizer = dp.wrap(model, optimizer)
+        batch_fn, evaluate_fn, reduce_loss = dp.batch_fn(batch_fn), dp.evaluate_fn(evaluate_fn), dp.reduce_loss
     from steepest.compare_monitor import attach_monitor
 
-    every = cfg.monitor_every if name in cfg.monitored else 0
+    every = cfg.monitor_every if (name in cfg.monitored and main) else 0
     monitor = attach_monitor(model, optimizer, diag, every, state.step)
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=state.step, desc=f"{name:>10}", leave=True, dynamic_ncols=True,
                    disable=None)
 
     def step_cb(t: int, loss: float, factor: float) -> None:
-        append_jsonl(metrics, {"kind": "train", "step": t, "loss": loss, "lr_factor": factor})
+        if main:
+            append_jsonl(metrics, {"kind": "train", "step": t, "loss": loss, "lr_factor": factor})
         if monitor is not None:
             monitor.after_step(t)
         if bar is not None:
@@ -128,19 +140,24 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
             on_step(name, t, loss)
 
     def eval_cb(step: int, val: float, st: LoopState) -> None:
+        if not main:
+            return
         append_jsonl(metrics, {"kind": "eval", "step": step, "val_loss": val, "wall": st.wall})
         if st.diverged_at is None:
             save_checkpoint(ckpt, model, optimizer, st)
 
     try:
-        state = train_loop(model, optimizer, lambda t: task.batch(cfg.seed, t), task.loss, task.evaluate,
+        state = train_loop(train_model, optimizer, batch_fn, task.loss, evaluate_fn,
                            steps=cfg.steps, eval_every=cfg.eval_every, state=state, base_lrs=base_lrs,
-                           warmup=cfg.warmup, cooldown=cfg.cooldown, on_step=step_cb, on_eval=eval_cb)
+                           warmup=cfg.warmup, cooldown=cfg.cooldown, on_step=step_cb, on_eval=eval_cb,
+                           reduce_loss=reduce_loss)
     finally:
         if bar is not None:
             bar.close()
         if monitor is not None:
             monitor.close()
+    if not main:
+        return {}
 
     evals = [(r["step"], float(r["val_loss"])) for r in read_jsonl(metrics) if r["kind"] == "eval"]
     finite = [v for _, v in evals if math.isfinite(v)]

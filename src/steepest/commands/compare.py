@@ -6,6 +6,7 @@
     steepest compare --task mypkg.tasks:make_task      # your own Task (see steepest.tasks)
     steepest compare --resume --run-dir runs/X         # continue an interrupted run
     steepest compare --tune                            # sweep lrs first (cached), then compare
+    steepest compare --nproc 2                         # each run data-parallel on 2 processes (DDP, gloo)
 
 Exit codes: 0 success, 2 bad task name, option or configuration.
 """
@@ -68,6 +69,9 @@ def register(subparsers) -> None:
     p.add_argument("--monitor-every", type=int, help="per-layer diagnostics interval (0: off)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes per run (DDP on gloo, 127.0.0.1; the batch size must divide by it; "
+                        "rank 0 writes the files; default 1)")
     p.set_defaults(func=run)
 
 
@@ -89,7 +93,8 @@ def run(args) -> int:
             lrs = {**tuned, **lrs}
         compare(args.task, names, args.steps, seed=args.seed, lrs=lrs, size=size, eval_every=args.eval_every,
                 run_dir=args.run_dir, resume=args.resume, threads=args.threads, monitor_every=args.monitor_every,
-                progress=not args.no_progress, report=not args.no_report, task_options=task_options)
+                progress=not args.no_progress, report=not args.no_report, task_options=task_options,
+                nproc=args.nproc)
     except (TaskError, ConfigError, ValueError) as e:
         print(f"steepest compare: error: {e}", file=sys.stderr)
         return 2
