@@ -13,7 +13,7 @@ all_gather latency a and bandwidth B: all_gather (ring) ~ (W-1) (a + L/B) with L
 per-rank payload; all_to_all pair (sharded) ~ 2 (W-1) a + 2 S/B with S ~ the bytes a rank sends.
 
 Run: ``.venv/bin/python benchmarks/distributed.py`` (writes benchmarks/results/distributed.json and
-benchmarks/RESULTS_distributed.md; ``--steps`` timed steps per run, ``--quick`` for a smoke run).
+benchmarks/results/distributed.md, copied into benchmarks/RESULTS.md; ``--steps`` timed steps per run, ``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per run (after one warm-up step)")
     ap.add_argument("--quick", action="store_true", help="2 timed steps, for a smoke run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distributed.json"))
-    ap.add_argument("--md", default=str(ROOT / "benchmarks" / "RESULTS_distributed.md"))
+    ap.add_argument("--md", default=str(ROOT / "benchmarks" / "results" / "distributed.md"))
     args = ap.parse_args(argv)
     steps = 2 if args.quick else args.steps
     load_before = os.getloadavg()

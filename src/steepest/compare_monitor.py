@@ -6,8 +6,10 @@ winner, norms of the weight and the update; seed 001). For the adaptive optimize
 gets ``choice``, the geometry that optimizer used for the layer at that step. The monitor never changes
 training (hooks only read), so monitored and unmonitored runs give the same numbers.
 
-The Spec-Sign index is switched off here (``microbatches=0``) and activations are capped at
-:data:`MAX_ROWS` rows to keep the overhead small; ``steepest.diagnostics`` computes it on request.
+The Spec-Sign index is switched off here (``microbatches=0``) to keep the overhead small;
+``steepest.diagnostics`` computes it on request. st(A) uses every activation row: the monitor's
+``method="fast"`` works on the small Gram matrix A^T A, and a row subset would bias st(A) low
+(benchmarks/RESULTS.md, LayerMonitor overhead).
 Optimizers that are not one ``torch.optim.Optimizer`` (torch.optim.Muon + AdamW stepped as a pair)
 are not monitored: the monitor's before/after-step hooks need a single step.
 """
@@ -20,8 +22,6 @@ import torch
 
 from steepest.runs import append_jsonl
 
-#: Rows of each layer's activation matrix used for st(A) (an evenly strided subset beyond this).
-MAX_ROWS = 1024
 
 
 class _ChoiceSink:
@@ -66,7 +66,7 @@ class CompareMonitor:
         from steepest.diagnostics import LayerMonitor
 
         self.monitor = LayerMonitor(model, every=every, sinks=[_ChoiceSink(path, layer_choices(optimizer, model))],
-                                    microbatches=0, method="exact", max_rows=MAX_ROWS)
+                                    microbatches=0, method="fast")
         self.monitor.step = start_step
         self.monitor.attach(optimizer)
 

@@ -113,14 +113,22 @@ def _build_schatten(model, lr, aux_lr, routing):
 
 
 def _build_adaptive(model, lr, aux_lr, routing):
-    """steepest.Adaptive with activation hooks on ``model`` (Spec-Sign criterion every 10 steps), Nesterov
-    momentum 0.95 and Muon's NS5 in bf16 for its spectral steps; ``lr`` is the per-entry RMS step."""
+    """steepest.Adaptive with activation hooks on ``model``: the Davis-Drusvyatskiy test (seed 001: spectral
+    when nr(G) >= st(A), else Frobenius) every 10 steps per layer, Nesterov momentum 0.95 and Muon's NS5
+    in bf16 for its spectral steps; ``lr`` is the per-entry RMS step (``rms_match``).
+
+    Why not the Spec-Sign index here: on charlm its quadratic-model score (K-FAC curvature of each
+    direction) prefers the Frobenius direction for most layers, and that run ended well behind every
+    spectral optimizer (benchmarks/RESULTS.md, "train"); the index remains available as
+    ``steepest.Adaptive(..., criterion="spec_sign")``.
+    """
     Adaptive = getattr(steepest, "Adaptive", None)
     if Adaptive is None:
         raise RuntimeError("steepest.Adaptive is not available in this build")
     from steepest.linalg.coefficients import MUON_QUINTIC
 
-    return Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, momentum=0.95, nesterov=True,
+    return Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="dd",
+                    candidates=("spectral", "frobenius"), momentum=0.95, nesterov=True,
                     method="newton_schulz", steps=5, coefficients=MUON_QUINTIC, dtype=torch.bfloat16)
 
 
@@ -149,7 +157,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "specgd": OptimizerSpec("SpecGD (Polar Express 8 steps, not exact SVD; Nesterov 0.95)", _build_specgd, 0.02),
     "signum": OptimizerSpec("Signum (steepest.SignSGD, momentum 0.9)", _build_signum, 1e-3),
     "schatten": OptimizerSpec(f"SchattenDescent p={SCHATTEN_P:g} (SVD; Nesterov 0.95)", _build_schatten, 0.02),
-    "adaptive": OptimizerSpec("steepest.Adaptive (spectral/linf/frobenius per layer, Spec-Sign criterion every 10 "
+    "adaptive": OptimizerSpec("steepest.Adaptive (spectral/frobenius per layer by nr(G) vs st(A) every 10 "
                               "steps, RMS-matched lr; Nesterov 0.95)", _build_adaptive, 2e-3),
     "sgd": OptimizerSpec("SGD momentum 0.9 (torch.optim.SGD)", _build_sgd, 0.1, hybrid=False),
 }

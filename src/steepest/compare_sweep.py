@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -26,14 +27,18 @@ from pathlib import Path
 from typing import Callable
 
 from steepest.compare import TUNED_PATH, compare, load_tuned, resolve_lrs
-from steepest.compare_optimizers import check_optimizers, default_optimizers
+from steepest.compare_optimizers import OPTIMIZERS, check_optimizers, default_optimizers
 from steepest.runs import atomic_write_json
 
 DEFAULT_CACHE = Path("runs") / "sweep-cache.json"
 
 
 def _key(task: str, size: str, steps: int | None, seed: int, name: str, lr: float, aux_lr: float) -> str:
-    return f"{task}/{size}/steps={steps}/seed={seed}/{name}/lr={lr:.6g}/aux={aux_lr:.6g}"
+    # The optimizer's label describes its construction (criterion, momentum, method...): a changed
+    # recipe gets new cache entries instead of silently reusing results of the old one.
+    spec = OPTIMIZERS.get(name)
+    recipe = hashlib.sha1(spec.label.encode()).hexdigest()[:8] if spec is not None else "custom"
+    return f"{task}/{size}/steps={steps}/seed={seed}/{name}@{recipe}/lr={lr:.6g}/aux={aux_lr:.6g}"
 
 
 def _load_cache(path: Path) -> dict:

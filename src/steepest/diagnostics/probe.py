@@ -216,16 +216,16 @@ class LayerMonitor:
             float32 Gram of A when A has <= ``GRAM_MAX_COLS`` (256) columns, else ||A||_F^2 exactly over
             the block-Krylov estimate of ||A||_op^2 (:func:`~steepest.linalg.estimate.spectral_norm_estimate`,
             never above the exact value, so st is never below it; < 0.1% off on activations, which have a
-            dominant direction; benchmarks/RESULTS_estimate.md). ``"exact"``: every norm by an SVD (the slow
+            dominant direction; benchmarks/RESULTS.md, "Estimates"). ``"exact"``: every norm by an SVD (the slow
             reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers).
         max_rows: cap on the activation rows used for st(A) (an evenly strided subset; ``None``: all rows).
             A row subset biases st(A) low (the subset's top eigenvalue is inflated, Marchenko-Pastur):
             -21% with 512 of 2048 token rows on the charlm model, so the default uses every row.
         layers: optional iterable of module names to restrict monitoring.
         spec_sign_every: compute the Spec-Sign index on every ``spec_sign_every``-th recorded step (default
-            5: each 50 optimizer steps with ``every=10``). It needs K microbatch gradients per layer (as
+            10: each 100 optimizer steps with ``every=10``). It needs K microbatch gradients per layer (as
             many flops as the layer's weight gradient) and K nuclear norms, about 2/3 of a training step
-            on the charlm model: on every record it alone would add ~7% (benchmarks/RESULTS_estimate.md).
+            on the charlm model: on every record it alone would add ~7% (benchmarks/RESULTS.md, "Estimates").
             Its curvatures use <= ``CURVATURE_ROWS`` (512) strided rows of A (H_g is linear in A^T A / N).
 
     Each record: step, layer, kind, shape, rows, nonfinite_activation, nonfinite_grad, nr_G, st_A,

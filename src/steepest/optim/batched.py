@@ -22,7 +22,7 @@ matrices; everything else stays on the per-parameter path.
 When it runs: ``SteepestDescent.batch_matrices`` is None by default, which batches parameters on
 accelerators only (one kernel launch per bucket instead of per matrix). On CPU, stacking measured
 slower than the per-parameter loop (1.11x vs 1.02x torch.optim.Muon's step, GPT-like set,
-benchmarks/RESULTS_core.md): CPU GEMMs are already efficient at these sizes and the stack leaves
+benchmarks/RESULTS.md, "Core"): CPU GEMMs are already efficient at these sizes and the stack leaves
 cache. ``True`` batches on every device, ``False`` never.
 
 Example:

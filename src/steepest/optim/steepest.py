@@ -90,7 +90,7 @@ class SteepestDescent(torch.optim.Optimizer):
 
     #: Step same-shape spectral matrices with one batched polar call (:mod:`steepest.optim.batched`):
     #: None (default) batches parameters on accelerators only (on CPU it measured no faster,
-    #: benchmarks/RESULTS_core.md); True batches on every device; False never batches.
+    #: benchmarks/RESULTS.md, "Core"); True batches on every device; False never batches.
     batch_matrices: bool | None = None
 
     def __init__(
@@ -203,7 +203,7 @@ class SteepestDescent(torch.optim.Optimizer):
         if not found:
             return set()
         # min and max of g are finite iff every entry is (both propagate NaN); one read-only reduction
-        # per gradient is ~15x faster on CPU than isfinite(g).all() (benchmarks/RESULTS_core.md).
+        # per gradient is ~15x faster on CPU than isfinite(g).all() (benchmarks/RESULTS.md, "Core").
         flags = torch.isfinite(torch.stack([
             torch.stack(tuple(torch.aminmax(p.grad))) if p.grad.numel() else p.grad.new_zeros(2)
             for _, _, p in found
