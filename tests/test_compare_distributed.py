@@ -89,6 +89,17 @@ def test_two_processes_match_one_and_write_each_file_once(runs):
     assert [(r["step"], r["layer"]) for r in diag] == [(r["step"], r["layer"]) for r in ref_diag]
 
 
+def test_charlm_two_processes_match_one(tmp_path):
+    """The transformer task (its batch is a tuple of (8, 32) token tensors, split 4 + 4)."""
+    names = ["adamw", "muon"]
+    one = compare("charlm", names, run_dir=tmp_path / "one", **QUICK)
+    two = compare("charlm", names, run_dir=tmp_path / "two", nproc=2, dist_timeout_s=TIMEOUT_S, **QUICK)
+    for name in names:
+        assert two.row(name)["diverged_at"] is None and math.isfinite(two.row(name)["final_val"])
+        assert abs(two.row(name)["final_val"] - one.row(name)["final_val"]) < TOL[name]
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
 def _interrupt(name: str, step: int, loss: float) -> None:
     """on_step for the resume test: stops every rank at the same step (module level: it is pickled)."""
     if name == "muon" and step == 14:
@@ -114,7 +125,8 @@ def test_resume_with_nproc_gives_the_uninterrupted_numbers(runs):
 
 
 def _replicas(names: tuple[str, ...], steps: int) -> dict:
-    """Rank worker: train each optimizer ``steps`` steps as compare does; return this rank's weights."""
+    """Rank worker: train each optimizer ``steps`` steps as compare does; return this rank's weights (and, for
+    Adaptive, the weights and choices after a sync from a deliberately disagreeing rank 1)."""
     from steepest.compare_optimizers import build_optimizer
 
     info = init_from_env(timeout_s=TIMEOUT_S)
@@ -131,18 +143,34 @@ def _replicas(names: tuple[str, ...], steps: int) -> dict:
             task.loss(ddp, batches(t)).backward()
             opt.step()
         out[name] = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+        if name == "adaptive":  # make rank 1 disagree with rank 0, then sync as after a deciding step
+            from steepest.compare_distributed import _sync_adaptive
+
+            mats = [p for g in opt.param_groups if g["algorithm"] == "steepest" for p in g["params"]]
+            if info.rank == 1:
+                with torch.no_grad():
+                    mats[0].add_(1.0)
+                for p in mats:
+                    opt.state[p]["geometry"] = (opt.state[p]["geometry"] + 1) % 3
+            assert (opt._t - 1) % opt.every == 0  # the last step was a deciding one
+            _sync_adaptive(opt, (), {})
+            out["synced"] = (torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()]),
+                             [opt.state[p]["geometry"] for p in mats])
     return out
 
 
 def test_replicas_stay_bit_identical():
     """Rank 0 alone checkpoints, so every rank must hold rank 0's weights: including Adaptive, whose
-    per-layer choice is made on each rank's own activations and then taken from rank 0 (12 steps span
-    two of its decisions, at steps 0 and 10)."""
+    per-layer choice is made on each rank's own activations and then taken from rank 0 (11 steps span
+    two of its decisions, at steps 0 and 10). The ranks' choices happen to agree on this task, so the
+    sync is also tested directly: a rank 1 that disagrees in weights and choices is overwritten."""
     names = ("adamw", "muon", "torch-muon", "adaptive")
-    r0, r1 = launch(_replicas, 2, (names, 12), timeout_s=TIMEOUT_S)
+    r0, r1 = launch(_replicas, 2, (names, 11), timeout_s=TIMEOUT_S)
     for name in names:
         assert torch.equal(r0[name], r1[name]), name
         assert torch.isfinite(r0[name]).all()
+    assert torch.equal(r0["synced"][0], r0["adaptive"])  # rank 0 decides: its weights are unchanged
+    assert torch.equal(r1["synced"][0], r0["adaptive"]) and r1["synced"][1] == r0["synced"][1]
 
 
 # ------------------------------------------------------------------------------------- no processes spawned
