@@ -363,3 +363,16 @@ def test_launch_turns_a_hang_into_a_timeout():
     """The harness the tests above rely on: a hung collective fails within the deadline, it does not hang."""
     with pytest.raises(TimeoutError, match="did not finish"):
         launch(hang_worker, 2, timeout_s=8)
+
+
+def test_distributed_refuses_optimizers_with_their_own_step():
+    """steepest.Adaptive replaces step() (per-layer geometry); wrapping it would silently drop that, so
+    distributed() refuses and wrap_optimizer leaves it to DDP's averaged gradients."""
+    from steepest.distributed_launch import DistInfo, wrap_optimizer
+
+    W = torch.nn.Parameter(torch.randn(4, 4))
+    with pytest.raises(TypeError, match="defines its own step"):
+        steepest.distributed(steepest.Adaptive([W]))
+    assert type(steepest.distributed(steepest.Muon([W]))).__name__ == "DistributedMuon"
+    ada = steepest.Adaptive([W])
+    assert wrap_optimizer(ada, DistInfo(rank=0, world_size=2)) is ada

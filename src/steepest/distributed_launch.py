@@ -109,11 +109,14 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, **ddp_kwargs) -> torch.nn
 
 def wrap_optimizer(optimizer: torch.optim.Optimizer, info: DistInfo, process_group=None):
     """:func:`steepest.distributed` for steepest optimizers when ``world_size > 1``; other optimizers
-    (torch.optim.AdamW, ...) are returned unchanged (DDP already keeps them in step)."""
-    from steepest.optim.sharded import distributed
+    (torch.optim.AdamW, ...) and steepest optimizers with their own ``step`` (``steepest.Adaptive``) are
+    returned unchanged: DDP's averaged gradients already keep their replicas in step, each rank
+    computing every update itself."""
+    from steepest.optim.sharded import defines_own_step, distributed
     from steepest.optim.steepest import SteepestDescent
 
-    if info.world_size == 1 or not isinstance(optimizer, SteepestDescent):
+    if (info.world_size == 1 or not isinstance(optimizer, SteepestDescent)
+            or defines_own_step(type(optimizer))):
         return optimizer
     return distributed(optimizer, process_group=process_group)
 

@@ -350,6 +350,19 @@ class DistributedSteepest(_DistributedStep, SteepestDescent):
 _CLASSES: dict[type, type] = {}
 
 
+def _unwrap(fn):
+    while hasattr(fn, "__wrapped__"):  # torch.optim wraps each class's step for its hooks
+        fn = fn.__wrapped__
+    return fn
+
+
+def defines_own_step(cls: type) -> bool:
+    """True when a SteepestDescent subclass replaces SteepestDescent.step (e.g. steepest.Adaptive)."""
+    base = _unwrap(vars(SteepestDescent)["step"])
+    return any("step" in vars(c) and _unwrap(vars(c)["step"]) is not base
+               for c in cls.__mro__ if isinstance(c, type) and issubclass(c, SteepestDescent))
+
+
 def distributed(optimizer: SteepestDescent, process_group=None, partial_grads: str = "average") -> SteepestDescent:
     """Return a distributed version of ``optimizer`` (any :class:`SteepestDescent`, e.g. Muon, SpecGD).
 
@@ -366,6 +379,13 @@ def distributed(optimizer: SteepestDescent, process_group=None, partial_grads: s
     if isinstance(optimizer, _DistributedStep):
         raise ValueError("this optimizer is already distributed")
     base = type(optimizer)
+    if defines_own_step(base):
+        # A subclass with its own step (e.g. steepest.Adaptive's per-layer geometry) would silently lose
+        # that logic under the owner-computes step below: refuse instead of changing its semantics.
+        raise TypeError(f"distributed() cannot wrap {base.__name__}: it defines its own step(), which the "
+                        "owner-computes step would replace. Run it without distributed() under DDP (every rank "
+                        "then dualizes every matrix itself and replicas stay in step).")
+    cls = _CLASSES.get(base)
     cls = _CLASSES.get(base)
     if cls is None:
         cls = _CLASSES[base] = type(f"Distributed{base.__name__}", (_DistributedStep, base),
