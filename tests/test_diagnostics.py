@@ -227,3 +227,33 @@ def test_fast_monitor_matches_exact_monitor(model_fn, shape):
         assert f["dd_winner"] == e["dd_winner"] and f["spec_sign_winner"] == e["spec_sign_winner"]
     # the Spec-Sign index runs on every spec_sign_every-th record only (steps 0 and 2 here)
     assert {r["step"] for r in recs["fast"] if r["spec_sign_index"] is not None} == {0, 2}
+
+
+def test_grouped_eigensolves_match_per_matrix_and_svd():
+    from steepest.diagnostics._batched_metrics import gram, grouped_eigvalsh, singular_values
+    Xs = {"a": torch.randn(30, 12, generator=_gen(20)), "b": torch.randn(12, 40, generator=_gen(21)),
+          "c": torch.randn(50, 12, generator=_gen(22)), "d": torch.randn(7, 9, generator=_gen(23))}
+    bad = Xs["c"].clone()
+    bad[3, 4] = float("inf")
+    mats = {k: gram(X, torch.float64) for k, X in Xs.items()}
+    mats["bad"] = gram(bad, torch.float64)
+    mats["f32"] = gram(Xs["a"], torch.float32)  # same size, other dtype: its own group
+    out = grouped_eigvalsh(mats, vectors=["a"])
+    assert torch.isnan(out["bad"][0]).all() and out["bad"][1] is None  # documented: NaN for that matrix only
+    for k, X in Xs.items():
+        lam, V = out[k]
+        # batched and single LAPACK calls run the same routine per matrix: equal up to float64 rounding
+        assert torch.allclose(lam, torch.linalg.eigvalsh(mats[k]), rtol=1e-12, atol=1e-12 * float(lam.abs().max()))
+        ref = torch.linalg.svdvals(X.double())
+        s = singular_values(lam)[: ref.numel()]
+        # float64 Gram: top values relative ~eps, all within sqrt(eps) s_1 ~ 1.5e-8 s_1 (Weyl); 1e-7 slack
+        assert torch.allclose(s, ref, rtol=1e-10, atol=1e-7 * float(ref[0]))
+        assert (V is not None) == (k == "a")
+    lam, V = out["a"]
+    assert torch.allclose(mats["a"] @ V, V * lam, atol=1e-10 * float(lam[-1]))  # eigenpairs, float64 rounding
+    # float32 Gram: the top singular value keeps ~eps_32 relative accuracy (what the operator norms use)
+    assert float(singular_values(out["f32"][0])[0]) == pytest.approx(float(torch.linalg.svdvals(Xs["a"].double())[0]),
+                                                                     rel=1e-5)
+    # the polar curvature fed with these eigenvectors equals its own eigendecomposition (same float64 Gram)
+    A = torch.randn(64, 12, generator=_gen(24), dtype=torch.float64)
+    assert kfac_polar_curvature(Xs["a"], A, eig=out["a"]) == pytest.approx(kfac_polar_curvature(Xs["a"], A), rel=1e-12)

@@ -281,7 +281,8 @@ def kfac_curvature(D: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.
     return float(P.square().sum(dtype=torch.float64) / N)
 
 
-def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.float64) -> float:
+def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.float64,
+                         eig: tuple | None = None) -> float:
     """H_spec = kfac_curvature(polar(G), A) = ||A V||_F^2 / N without forming polar(G).
 
     With G = U S V^T (compact: only s_i > max(m, n) eps_32 s_1 kept, as :func:`steepest.linalg.polar.polar_svd`
@@ -291,7 +292,8 @@ def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = 
     this is ||A||_F^2 / N. Costs one (N in r) product and a min(m, n) eigendecomposition instead of an
     SVD plus an (N in out) product; ``dtype`` is the precision of that product (V is always computed
     in float64). Agrees with ``kfac_curvature(dualize(G, "spectral"), A)`` to ~1e-6
-    (tests/test_diagnostics.py).
+    (tests/test_diagnostics.py). ``eig``: optional (eigenvalues ascending, eigenvectors) of that float64
+    Gram matrix (G^T G if in <= out else G G^T), when the caller already has them (LayerMonitor).
 
     Example:
         >>> round(kfac_polar_curvature(torch.diag(torch.tensor([2.0, 1.0])), torch.eye(2)), 6)   # P = I: <I, I/2>
@@ -302,8 +304,7 @@ def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = 
     if N == 0 or not bool(X.abs().amax() > 0):
         return 0.0
     m, n = X.shape[-2:]
-    M = X.mT @ X if n <= m else X @ X.mT
-    lam, W = torch.linalg.eigh(M)
+    lam, W = eig if eig is not None else torch.linalg.eigh(X.mT @ X if n <= m else X @ X.mT)
     keep = lam > (max(m, n) * torch.finfo(torch.float32).eps * lam[-1].sqrt()) ** 2  # dualize's float32 cut
     if n <= m:
         V = W[:, keep]

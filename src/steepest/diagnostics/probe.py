@@ -41,7 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from steepest.diagnostics import criteria as C
-from steepest.diagnostics.metrics import gram_singular_values, nuclear_norm, stable_rank
+from steepest.diagnostics._batched_metrics import activation_matrix, microbatch_grads  # noqa: F401 (public here)
+from steepest.diagnostics._batched_metrics import gram as _gram, grouped_eigvalsh, singular_values
+from steepest.diagnostics.metrics import nuclear_norm, stable_rank
 from steepest.linalg.estimate import spectral_norm_estimate
 from steepest.norms import dualize, matrix_norm
 from steepest.optim.functional import matrix_view
@@ -164,42 +166,6 @@ class ActivationCapture:
         self.clear()
 
 
-def activation_matrix(calls, max_rows: int | None = None) -> torch.Tensor:
-    """All calls' rows stacked into A (rows, in); ``max_rows`` keeps an evenly strided subset."""
-    if not calls:
-        A = torch.zeros(0, 0)
-    elif len(calls) == 1:  # a view, no copy
-        A = calls[0][0].reshape(-1, calls[0][0].shape[-1])
-    else:
-        A = torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in calls])
-    if max_rows is not None and A.shape[0] > max_rows:
-        A = A[:: math.ceil(A.shape[0] / max_rows)]
-    return A
-
-
-def microbatch_grads(calls, K: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, int] | None:
-    """K equal, disjoint microbatch gradients (K, out, in) and the samples b per microbatch.
-
-    Each call's samples (dim 0) are split into K chunks of floor(N/K) (a remainder is dropped);
-    G_k = K * sum over the chunk of dY^T A. ``None`` when an output gradient is missing or a call
-    has fewer than K samples. ``dtype``: the products' precision (LayerMonitor uses float32, 2x
-    cheaper; the noise scales are differences of O(1)-relative size, far above float32 round-off).
-    """
-    if not calls or any(d is None for _, d in calls):
-        return None
-    total, b = None, 0
-    for A, D in calls:
-        s = A.shape[0] // K
-        if s == 0:
-            return None
-        A_k = A[: s * K].to(dtype).reshape(K, -1, A.shape[-1])
-        D_k = D[: s * K].to(dtype).reshape(K, -1, D.shape[-1])
-        g = K * (D_k.mT @ A_k)
-        total = g if total is None else total + g
-        b += s
-    return total, b
-
-
 class LayerMonitor:
     """Per-layer geometry diagnostics on a real model; attach to any optimizer, never changes training.
 
@@ -211,8 +177,9 @@ class LayerMonitor:
         optimizer: attach at once (else call :meth:`attach`).
         microbatches: K >= 2 chunks of the batch for the Spec-Sign noise scales (0 disables the index).
         method: ``"fast"`` (default): nr(G), ||G||_*, ||W||_op, ||dW||_op from the eigenvalues of the small
-            Gram matrices (:func:`~steepest.diagnostics.metrics.gram_singular_values`; exact up to ~1e-8
-            relative in float64 for G, ~1e-6 in float32 for the operator norms), st(A) exact from the
+            Gram matrices (as :func:`~steepest.diagnostics.metrics.gram_singular_values`; exact up to ~1e-8
+            relative in float64 for G, ~1e-6 in float32 for the operator norms; all layers' Grams are
+            solved in one batched call per size and dtype, ``_batched_metrics``), st(A) exact from the
             float32 Gram of A when A has <= ``GRAM_MAX_COLS`` (256) columns, else ||A||_F^2 exactly over
             the block-Krylov estimate of ||A||_op^2 (:func:`~steepest.linalg.estimate.spectral_norm_estimate`,
             never above the exact value, so st is never below it; < 0.1% off on activations, which have a
@@ -306,6 +273,7 @@ class LayerMonitor:
         if not self.recording():
             return
         self._pending, self._before = {}, {}
+        work = {}
         for name, m in self.capture.layers.items():
             if name in self.skipped:
                 continue
@@ -313,33 +281,57 @@ class LayerMonitor:
             if W.grad is None:
                 self._skip(name, "no gradient (frozen or unused)")
                 continue
-            self._pending[name] = self._grad_metrics(name, m)
+            work[name] = self._grad_inputs(name, m)
             self._before[name] = W.detach().clone()
+        fast, spec = self.method == "fast", self._spec_sign_due()
+        eig = {}
+        if fast:  # every layer's Gram matrix first, then one batched eigensolve per (size, dtype)
+            mats, vecs = {}, []
+            for name, (rec, G, A, calls, MA) in work.items():
+                if not rec["nonfinite_grad"]:
+                    mats[("G", name)] = _gram(G, torch.float64)
+                    if spec and A.numel() and not rec["nonfinite_activation"]:
+                        vecs.append(("G", name))  # eigenvectors reused by the polar curvature
+                if MA is not None and not rec["nonfinite_activation"]:
+                    mats[("A", name)] = MA
+            eig = grouped_eigvalsh(mats, vecs)
+        for name, (rec, G, A, calls, _) in work.items():
+            self._pending[name] = self._grad_metrics(rec, G, A, calls, eig.get(("G", name)), eig.get(("A", name)))
 
     def _spec_sign_due(self) -> bool:
         return bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
 
-    def _grad_metrics(self, name: str, m: nn.Module) -> dict:
+    def _grad_inputs(self, name: str, m: nn.Module) -> tuple:
         G = matrix_view(m.weight.grad.detach()).float()
         calls = self.capture.rows(name)
         A = activation_matrix(calls, self.max_rows).float()
         rec = dict.fromkeys(self.FIELDS)
-        rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(m.weight.shape), rows=int(A.shape[0]))
-        bad_a = bool(A.numel()) and not _finite(A)
-        bad_g = not _finite(G)
-        rec.update(nonfinite_activation=bad_a, nonfinite_grad=bad_g)
+        MA = None
+        if self.method == "fast" and A.numel() and A.shape[-1] <= GRAM_MAX_COLS:
+            MA = _gram(A, torch.float32)  # a non-finite entry of A makes its diagonal entry inf/NaN: checked on MA
+            bad_a = not bool(torch.isfinite(MA.diagonal()).all()) and not _finite(A)  # (or the Gram overflowed)
+        else:
+            bad_a = bool(A.numel()) and not _finite(A)
+        rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(m.weight.shape), rows=int(A.shape[0]),
+                   nonfinite_activation=bad_a, nonfinite_grad=not _finite(G))
+        return rec, G, A, calls, MA
+
+    def _grad_metrics(self, rec: dict, G: torch.Tensor, A: torch.Tensor, calls, eig_G=None, eig_A=None) -> dict:
+        """Fill the gradient/activation fields; ``eig_G`` / ``eig_A``: (eigenvalues, vectors) of the float64
+        Gram of G / float32 Gram of A from the batched solve (fast method)."""
+        bad_a, bad_g = rec["nonfinite_activation"], rec["nonfinite_grad"]
         nuc = None
         if not bad_g:
             if self.method != "fast":  # "exact": SVD; "estimate": deflated Lanczos sketch (metrics.nuclear_norm)
                 nuc_t, fro_t = nuclear_norm(G, self.method, self._generator(G.device)), matrix_norm(G, "frobenius")
             else:  # float64 Gram eigenvalues: exact up to ~1e-8 (metrics.gram_singular_values)
-                sv = gram_singular_values(G)
+                sv = singular_values(eig_G[0])
                 nuc_t, fro_t = sv.sum(), sv.square().sum().sqrt()
             nuc, fro = float(nuc_t), float(fro_t)
             rec.update(nr_G=nuc * nuc / (fro * fro) if fro > 0 else 0.0, grad_fro=fro, grad_nuclear=nuc,
                        grad_l1=float(G.abs().sum()))
         if A.numel() and not bad_a:
-            rec["st_A"] = self._stable_rank(A)
+            rec["st_A"] = self._stable_rank(A, eig_A)
             if rec["nr_G"] is not None:
                 nr, st = rec["nr_G"], rec["st_A"]
                 rec["nr_st_ratio"] = nr / st if st > 0 else None
@@ -354,8 +346,9 @@ class LayerMonitor:
                 if exact:
                     H = {"linf": C.kfac_curvature(torch.sign(G), S), "spectral": C.kfac_curvature(dualize(G, "spectral"), S)}
                 else:  # float32 products (sums of squares: ~1e-6 relative), polar curvature without the polar factor
+                    vec = eig_G if eig_G is not None and eig_G[1] is not None else None  # G's Gram, solved above
                     H = {"linf": C.kfac_curvature(torch.sign(G), S, torch.float32),
-                         "spectral": C.kfac_polar_curvature(G, S, torch.float32)}
+                         "spectral": C.kfac_polar_curvature(G, S, torch.float32, eig=vec)}
                 r = C.spec_sign_index(G, c["spectral"], c["linf"], b * self.microbatches, H["linf"], H["spectral"],
                                       nuclear=nuc)
                 rec.update(c_1=c["linf"], c_star=c["spectral"], H_sign=H["linf"], H_spec=H["spectral"],
@@ -367,7 +360,7 @@ class LayerMonitor:
         """A private generator seeded by the step: reproducible sketches, global RNG untouched."""
         return torch.Generator(device=device if device is not None else "cpu").manual_seed(self.step)
 
-    def _stable_rank(self, A: torch.Tensor) -> float:
+    def _stable_rank(self, A: torch.Tensor, eig_A=None) -> float:
         """st(A): exact (float32 Gram eigenvalues) when in <= GRAM_MAX_COLS, else ||A||_F^2 / block-Krylov ||A||_op^2."""
         if self.method == "exact":
             return float(stable_rank(A))
@@ -375,26 +368,32 @@ class LayerMonitor:
             fro2 = float(A.double().square().sum()) if A.numel() < 2**16 else float(torch.linalg.vector_norm(A)) ** 2
             op = float(spectral_norm_estimate(A, generator=self._generator(A.device)))
             return fro2 / (op * op) if op > 0 else 0.0
-        sv2 = gram_singular_values(A, torch.float32).double().square()
+        lam = eig_A[0] if eig_A is not None else grouped_eigvalsh({0: _gram(A, torch.float32)})[0][0]
+        sv2 = singular_values(lam).double().square()
         return float(sv2.sum() / sv2[0]) if float(sv2[0]) > 0 else 0.0
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
         try:
             if self.recording():
-                for name, rec in self._pending.items():
+                mats, mW = {}, {}
+                for name in self._pending:
                     W = self.capture.layers[name].weight.detach()
                     Wm, dW = matrix_view(W).float(), matrix_view(W - self._before[name]).float()
-                    ok = [_finite(Wm), _finite(dW)]
+                    mW[name] = (Wm, dW, _finite(Wm), _finite(dW))
+                    if self.method != "exact":  # every layer's float32 Gram first, then batched eigensolves
+                        mats.update({(i, name): _gram(X, torch.float32) for i, X in ((0, Wm), (1, dW)) if mW[name][2 + i]})
+                # top eigenvalue of the float32 Gram: relative error ~eps_32 (Weyl)
+                eig = grouped_eigvalsh(mats)
+                for name, rec in self._pending.items():
+                    Wm, dW, ok_w, ok_d = mW[name]
                     if self.method == "exact":
-                        op = [float(matrix_norm(X, "spectral")) if f else None for X, f in ((Wm, ok[0]), (dW, ok[1]))]
-                    else:  # top eigenvalue of the float32 Gram: relative error ~eps_32 (Weyl), one batched call
-                        sv = gram_singular_values(torch.stack([Wm if ok[0] else torch.zeros_like(Wm),
-                                                               dW if ok[1] else torch.zeros_like(dW)]), torch.float32)
-                        op = [float(sv[0, 0]), float(sv[1, 0])]
-                    if ok[0]:
+                        op = [float(matrix_norm(X, "spectral")) if f else None for X, f in ((Wm, ok_w), (dW, ok_d))]
+                    else:
+                        op = [float(singular_values(eig[(i, name)][0])[0]) if (i, name) in eig else None for i in (0, 1)]
+                    if ok_w:
                         rec.update(weight_fro=float(matrix_norm(Wm, "frobenius")), weight_op=op[0])
-                    if ok[1]:
+                    if ok_d:
                         rec.update(update_fro=float(matrix_norm(dW, "frobenius")), update_op=op[1],
                                    update_max=float(dW.abs().max()))
                     for s in self.sinks:

@@ -1,0 +1,111 @@
+"""LayerMonitor helpers: the activation and microbatch-gradient matrices of the captured calls, and
+grouped Gram eigensolves (every layer's small Gram matrix first, then one batched
+``torch.linalg.eigvalsh`` / ``eigh`` call per (size, dtype)).
+
+The monitor needs, per record, the eigenvalues of ~50 Gram matrices of size <= 128 (nr(G) and
+||G||_* from G's float64 Gram; st(A) from A's float32 Gram; ||W||_op and ||dW||_op from float32 Grams).
+Solving them per layer costs one Python round trip of ~10 small tensor ops each; here they are
+stacked by (size, dtype) and solved together, and the results are bit-identical to solving them one
+by one up to rounding (a batched LAPACK call solves each matrix with the same routine). On spec-sign
+records the eigenvectors of G's float64 Gram are kept and reused by the polar-factor curvature
+(:func:`steepest.diagnostics.criteria.kfac_polar_curvature`, ``eig=``) instead of a second eigh. Singular values follow as
+s_i = sqrt(lambda_i) (:func:`steepest.diagnostics.metrics.gram_singular_values` documents the accuracy:
+relative ~eps for s_1, ~sqrt(eps) s_1 absolute for the smallest values).
+
+(Measured and rejected: a batched Lanczos for the top eigenvalue only, 40 steps with full
+reorthogonalization, took 19 ms for 36 matrices of size 128 against 13 ms for LAPACK's eigvalsh on
+this CPU: the batched matrix-vector products are memory bound.)
+
+Example:
+    >>> X = torch.randn(5, 3)
+    >>> lam = grouped_eigvalsh({"x": gram(X, torch.float64)})["x"][0]   # ascending eigenvalues of X^T X
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def activation_matrix(calls, max_rows: int | None = None) -> torch.Tensor:
+    """All calls' rows stacked into A (rows, in); ``max_rows`` keeps an evenly strided subset."""
+    if not calls:
+        A = torch.zeros(0, 0)
+    elif len(calls) == 1:  # a view, no copy
+        A = calls[0][0].reshape(-1, calls[0][0].shape[-1])
+    else:
+        A = torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in calls])
+    if max_rows is not None and A.shape[0] > max_rows:
+        A = A[:: math.ceil(A.shape[0] / max_rows)]
+    return A
+
+
+def microbatch_grads(calls, K: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, int] | None:
+    """K equal, disjoint microbatch gradients (K, out, in) and the samples b per microbatch.
+
+    Each call's samples (dim 0) are split into K chunks of floor(N/K) (a remainder is dropped);
+    G_k = K * sum over the chunk of dY^T A. ``None`` when an output gradient is missing or a call
+    has fewer than K samples. ``dtype``: the products' precision (LayerMonitor uses float32, 2x
+    cheaper; the noise scales are differences of O(1)-relative size, far above float32 round-off).
+    """
+    if not calls or any(d is None for _, d in calls):
+        return None
+    total, b = None, 0
+    for A, D in calls:
+        s = A.shape[0] // K
+        if s == 0:
+            return None
+        A_k = A[: s * K].to(dtype).reshape(K, -1, A.shape[-1])
+        D_k = D[: s * K].to(dtype).reshape(K, -1, D.shape[-1])
+        g = K * (D_k.mT @ A_k)
+        total = g if total is None else total + g
+        b += s
+    return total, b
+
+
+def gram(X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The small Gram matrix of X (m, n) in ``dtype``: X^T X if n <= m else X X^T.
+
+    The orientation of :func:`steepest.diagnostics.criteria.kfac_polar_curvature`, so that its
+    eigenvectors can be passed to it (``eig=``).
+    """
+    Y = X.to(dtype)
+    return Y.mT @ Y if Y.shape[-1] <= Y.shape[-2] else Y @ Y.mT
+
+
+def grouped_eigvalsh(mats: dict, vectors=()) -> dict:
+    """Eigen-decompose many symmetric matrices, one batched call per (size, dtype).
+
+    ``mats``: key -> (n, n) symmetric matrix; ``vectors``: keys whose eigenvectors are wanted (their
+    group is solved with ``eigh`` instead of ``eigvalsh``). Returns key -> (eigenvalues ascending,
+    eigenvectors or None). A matrix with a non-finite diagonal entry (a Gram matrix of a non-finite or
+    overflowing input) gets NaN eigenvalues (and None vectors); the others are unaffected.
+
+    Example:
+        >>> grouped_eigvalsh({"a": torch.eye(2), "b": 2 * torch.eye(2)})["b"][0]
+        tensor([2., 2.])
+    """
+    want = set(vectors)
+    groups: dict = {}
+    for key, M in mats.items():
+        groups.setdefault((tuple(M.shape), M.dtype, M.device, key in want), []).append(key)
+    out = {}
+    for (_, _, _, vec), keys in groups.items():
+        S = torch.stack([mats[k] for k in keys])
+        ok = torch.isfinite(S.diagonal(dim1=-2, dim2=-1)).all(dim=-1)
+        S = torch.where(ok[:, None, None], S, torch.zeros((), dtype=S.dtype, device=S.device))
+        lam, V = torch.linalg.eigh(S) if vec else (torch.linalg.eigvalsh(S), None)
+        lam = torch.where(ok[:, None], lam, torch.full_like(lam, float("nan")))
+        good = ok.tolist()
+        for i, k in enumerate(keys):
+            out[k] = (lam[i], V[i] if V is not None and good[i] else None)
+    return out
+
+
+def singular_values(lam: torch.Tensor) -> torch.Tensor:
+    """Descending singular values sqrt(lambda) from a Gram matrix's ascending eigenvalues (NaN stays NaN)."""
+    return lam.flip(-1).clamp(min=0).sqrt()
+
+
+__all__ = ["gram", "grouped_eigvalsh", "singular_values", "activation_matrix", "microbatch_grads"]
