@@ -257,3 +257,20 @@ def test_grouped_eigensolves_match_per_matrix_and_svd():
     # the polar curvature fed with these eigenvectors equals its own eigendecomposition (same float64 Gram)
     A = torch.randn(64, 12, generator=_gen(24), dtype=torch.float64)
     assert kfac_polar_curvature(Xs["a"], A, eig=out["a"]) == pytest.approx(kfac_polar_curvature(Xs["a"], A), rel=1e-12)
+
+
+def test_wide_layer_nonfinite_activation_flagged_by_its_norm():
+    # > GRAM_MAX_COLS inputs and >= 2**16 entries: the fast path flags A from ||A||_F (no separate scan)
+    fc = nn.Linear(300, 4)
+    opt = torch.optim.SGD(fc.parameters(), lr=0.0)
+    sink = MemorySink()
+    LayerMonitor(fc, every=1, sinks=[sink], microbatches=0).attach(opt)
+    for bad in (False, True):
+        x = torch.randn(256, 300, generator=_gen(30))
+        if bad:
+            x[5, 7] = float("inf")
+        opt.zero_grad()
+        fc(x).nan_to_num(posinf=0.0, neginf=0.0).sum().backward()
+        opt.step()
+    ok, nan = sink.records
+    assert not ok["nonfinite_activation"] and ok["st_A"] > 1 and nan["nonfinite_activation"] and nan["st_A"] is None

@@ -292,11 +292,12 @@ class LayerMonitor:
                     mats[("G", name)] = _gram(G, torch.float64)
                     if spec and A.numel() and not rec["nonfinite_activation"]:
                         vecs.append(("G", name))  # eigenvectors reused by the polar curvature
-                if MA is not None and not rec["nonfinite_activation"]:
+                if isinstance(MA, torch.Tensor) and not rec["nonfinite_activation"]:
                     mats[("A", name)] = MA
             eig = grouped_eigvalsh(mats, vecs)
-        for name, (rec, G, A, calls, _) in work.items():
-            self._pending[name] = self._grad_metrics(rec, G, A, calls, eig.get(("G", name)), eig.get(("A", name)))
+        for name, (rec, G, A, calls, MA) in work.items():
+            self._pending[name] = self._grad_metrics(rec, G, A, calls, eig.get(("G", name)), eig.get(("A", name)),
+                                                     MA if isinstance(MA, float) else None)
 
     def _spec_sign_due(self) -> bool:
         return bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
@@ -310,15 +311,19 @@ class LayerMonitor:
         if self.method == "fast" and A.numel() and A.shape[-1] <= GRAM_MAX_COLS:
             MA = _gram(A, torch.float32)  # a non-finite entry of A makes its diagonal entry inf/NaN: checked on MA
             bad_a = not bool(torch.isfinite(MA.diagonal()).all()) and not _finite(A)  # (or the Gram overflowed)
+        elif self.method == "fast" and A.numel() >= 2**16:  # block-Krylov st(A): ||A||_F is needed anyway
+            MA = float(torch.linalg.vector_norm(A)) ** 2  # finite iff A is (or it overflowed: then scan A)
+            bad_a = not math.isfinite(MA) and not _finite(A)
         else:
             bad_a = bool(A.numel()) and not _finite(A)
         rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(m.weight.shape), rows=int(A.shape[0]),
                    nonfinite_activation=bad_a, nonfinite_grad=not _finite(G))
         return rec, G, A, calls, MA
 
-    def _grad_metrics(self, rec: dict, G: torch.Tensor, A: torch.Tensor, calls, eig_G=None, eig_A=None) -> dict:
+    def _grad_metrics(self, rec: dict, G: torch.Tensor, A: torch.Tensor, calls, eig_G=None, eig_A=None,
+                      fro2_A=None) -> dict:
         """Fill the gradient/activation fields; ``eig_G`` / ``eig_A``: (eigenvalues, vectors) of the float64
-        Gram of G / float32 Gram of A from the batched solve (fast method)."""
+        Gram of G / float32 Gram of A from the batched solve (fast method); ``fro2_A``: ||A||_F^2 if known."""
         bad_a, bad_g = rec["nonfinite_activation"], rec["nonfinite_grad"]
         nuc = None
         if not bad_g:
@@ -331,7 +336,7 @@ class LayerMonitor:
             rec.update(nr_G=nuc * nuc / (fro * fro) if fro > 0 else 0.0, grad_fro=fro, grad_nuclear=nuc,
                        grad_l1=float(G.abs().sum()))
         if A.numel() and not bad_a:
-            rec["st_A"] = self._stable_rank(A, eig_A)
+            rec["st_A"] = self._stable_rank(A, eig_A, fro2_A)
             if rec["nr_G"] is not None:
                 nr, st = rec["nr_G"], rec["st_A"]
                 rec["nr_st_ratio"] = nr / st if st > 0 else None
@@ -360,12 +365,13 @@ class LayerMonitor:
         """A private generator seeded by the step: reproducible sketches, global RNG untouched."""
         return torch.Generator(device=device if device is not None else "cpu").manual_seed(self.step)
 
-    def _stable_rank(self, A: torch.Tensor, eig_A=None) -> float:
+    def _stable_rank(self, A: torch.Tensor, eig_A=None, fro2=None) -> float:
         """st(A): exact (float32 Gram eigenvalues) when in <= GRAM_MAX_COLS, else ||A||_F^2 / block-Krylov ||A||_op^2."""
         if self.method == "exact":
             return float(stable_rank(A))
         if self.method == "estimate" or A.shape[-1] > GRAM_MAX_COLS:
-            fro2 = float(A.double().square().sum()) if A.numel() < 2**16 else float(torch.linalg.vector_norm(A)) ** 2
+            if fro2 is None:
+                fro2 = float(A.double().square().sum()) if A.numel() < 2**16 else float(torch.linalg.vector_norm(A)) ** 2
             op = float(spectral_norm_estimate(A, generator=self._generator(A.device)))
             return fro2 / (op * op) if op > 0 else 0.0
         lam = eig_A[0] if eig_A is not None else grouped_eigvalsh({0: _gram(A, torch.float32)})[0][0]
