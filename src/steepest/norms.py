@@ -24,7 +24,7 @@ import math
 import torch
 
 from steepest.linalg.polar import _check_matrix, polar, polar_svd, prescale
-from steepest.linalg.schatten import check_p, conjugate_exponent, schatten_dualize, vector_pnorm
+from steepest.linalg.schatten import check_p, conjugate_exponent, schatten_dualize_and_singular_values, vector_pnorm
 
 NORMS = ("frobenius", "spectral", "linf", "schatten")
 ENTRYWISE = ("frobenius", "linf")
@@ -162,8 +162,9 @@ def dualize_with_dual_norm(
                 G, "spectral", None, method=method, steps=steps, dtype=dtype,
                 coefficients=coefficients, normalization=normalization, need_dual_norm=need_dual_norm,
             )
-        D = schatten_dualize(G, p)
-        dn = dual_norm(G, "schatten", p) if need_dual_norm else None
+        D, s = schatten_dualize_and_singular_values(G, p)
+        if need_dual_norm:  # an empty matrix has no singular values and dual norm 0
+            dn = vector_pnorm(s, conjugate_exponent(p)).to(G.dtype) if s.shape[-1] else G.new_zeros(G.shape[:-2])
     if squeeze:
         D = D.squeeze(0)
         dn = dn.squeeze(0) if dn is not None else None

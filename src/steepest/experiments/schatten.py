@@ -87,7 +87,7 @@ def spread(T: torch.Tensor) -> dict:
 
 
 def dualizer(G: torch.Tensor, p: float) -> torch.Tensor:
-    return steepest.dualize(G, "spectral", dtype=torch.float64) if math.isinf(p) else steepest.dualize(G, "schatten", p)
+    return steepest.dualize(G, "schatten", p, dtype=torch.float64)  # p = inf is the exact polar factor
 
 
 def run_cell(cfg: Config, kind: str, trial: int) -> dict:

@@ -67,10 +67,20 @@ def schatten_dualize(G: torch.Tensor, p: float, dtype: torch.dtype = torch.float
         >>> torch.allclose(T, G / G.norm())
         True
     """
+    return schatten_dualize_and_singular_values(G, p, dtype)[0]
+
+
+def schatten_dualize_and_singular_values(
+    G: torch.Tensor, p: float, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(schatten_dualize(G, p), s)`` with ``s`` the singular values of G, from the same single SVD.
+
+    Lets a caller that also needs the dual norm ||s||_q (``step_size="dual"``) skip a second SVD.
+    """
     _check_matrix(G)
     check_p(p)
     if math.isinf(p) or G.numel() == 0:
-        return polar_svd(G, dtype=dtype)[0]
+        return polar_svd(G, dtype=dtype)
     X = prescale(G).to(dtype)
     U, s, Vh = torch.linalg.svd(X, full_matrices=False)
     smax = s[..., :1]
@@ -86,4 +96,5 @@ def schatten_dualize(G: torch.Tensor, p: float, dtype: torch.dtype = torch.float
         num = r ** (q - 1)
         den = vector_pnorm(r, q).unsqueeze(-1) ** (q - 1)
         t = num / torch.where(den > 0, den, torch.ones_like(den))
-    return ((U * t.unsqueeze(-2)) @ Vh).to(G.dtype)
+    amax = G.abs().amax(dim=(-2, -1)).to(dtype)  # undo the prescale for the singular values
+    return ((U * t.unsqueeze(-2)) @ Vh).to(G.dtype), s * amax.unsqueeze(-1)

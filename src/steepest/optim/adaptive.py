@@ -147,7 +147,7 @@ class Adaptive(SteepestDescent):
     # ------------------------------------------------------------------------------- decisions
     def _scores(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> tuple[C.GeometryScores, str]:
         Gm = F.matrix_view(G).double()
-        norms = {g: float(dual_norm(Gm, "spectral" if g == "spectral" else g)) for g in self.candidates}
+        norms = {g: float(dual_norm(Gm, g)) for g in self.candidates}
         name = self._module_of.get(id(p))
         calls = self._capture.rows(name) if (self._capture is not None and name is not None) else []
         A = activation_matrix(calls).double() if calls else None
