@@ -35,8 +35,8 @@ if str(ROOT / "src") not in sys.path:
 import steepest  # noqa: E402
 from steepest.distributed_launch import init_from_env, launch  # noqa: E402
 from steepest.optim import functional as F  # noqa: E402
-from steepest.optim.sharded import assign_owners, dualize_cost, shard_sizes  # noqa: E402
-from steepest.optim.steepest import update_kwargs  # noqa: E402
+from steepest.geometry import dualize_cost  # noqa: E402
+from steepest.optim.sharded import assign_owners, shard_sizes  # noqa: E402
 from steepest.runs import atomic_write_json, atomic_write_text, environment  # noqa: E402
 
 BLOCK = [(384, 1152), (384, 384), (1536, 384), (384, 1536)]
@@ -108,7 +108,8 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
         out["allgather_16MiB_s"] = _time_collective(lambda: _ag(
             torch.empty(world * big.numel()), big), reps=3)
     else:  # per-matrix compute times (the owners' unit of work)
-        kw = update_kwargs(opt.param_groups[0])
+        group = opt.param_groups[0]
+        kw = F.Block(group["params"][0], None, {}, group, "w").settings()  # the kernel's own settings
         out["matrix_s"] = {}
         for shape in BLOCK:
             M = torch.randn(shape)

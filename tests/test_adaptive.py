@@ -9,7 +9,7 @@ from torch import nn
 
 import steepest
 from steepest.diagnostics import criteria as C
-from steepest.norms import dual_norm, dualize
+from steepest.geometry import dual_norm, dualize
 
 
 def _gen(seed):

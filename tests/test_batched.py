@@ -9,6 +9,7 @@ import torch
 
 import steepest
 from steepest.optim import batched as B
+from steepest.optim import functional as F
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +86,15 @@ def test_batched_matches_per_parameter(case):
     assert torch.equal(a[-1], starts[-1]) and torch.equal(b[-1], starts[-1])
 
 
+def _bucket_shapes(opt, skip=frozenset()):
+    """Shapes in each bucket the batched dualizer would form from the optimizer's current gradients
+    (what the step kernel hands it: steepest blocks with a gradient, not skipped, M = G at momentum 0)."""
+    blocks = [b for b in opt._blocks() if not b.adamw and id(b.param) not in skip]
+    for b in blocks:
+        b.M = b.grad
+    return [tuple(tuple(blocks[i].param.shape) for i in idx) for idx in B.buckets(blocks, cpu=opt.batch_matrices is True)]
+
+
 def test_buckets_group_same_shape_and_settings():
     flat, nograd, batch3d = _model_params()
     adam_mat = torch.nn.Parameter(torch.randn(16, 16))
@@ -94,11 +104,11 @@ def test_buckets_group_same_shape_and_settings():
     # Default (None) batches on accelerators only: CPU parameters form no bucket.
     for p in flat + batch3d + [adam_mat, bias]:
         p.grad = torch.ones_like(p)
-    assert opt.batch_matrices is None and B.buckets(opt, skip=set()) == []
+    assert opt.batch_matrices is None and _bucket_shapes(opt) == []
     opt.batch_matrices = True
     for p in flat + batch3d + [adam_mat, bias]:
         p.grad = torch.ones_like(p)
-    found = {tuple(tuple(p.shape) for p, _ in members) for members in B.buckets(opt, skip=set())}
+    found = set(_bucket_shapes(opt))
     # (16,16) x3 and the (16,4,2,2) conv flatten to 16x16 and share the group's settings; the 3-D
     # batch-mode tensor is in a different group (tensor_mode differs) and alone, the AdamW matrix is not
     # spectral, (9,5) is alone, and the (24,12) parameter without a gradient is left out.
@@ -109,7 +119,7 @@ def test_buckets_group_same_shape_and_settings():
     }
     # Parameters being skipped (non-finite gradient) leave their bucket; a bucket of one is dropped.
     skip = {id(flat[0])}
-    found = {tuple(tuple(p.shape) for p, _ in members) for members in B.buckets(opt, skip=skip)}
+    found = set(_bucket_shapes(opt, skip))
     assert ((24, 12), (24, 12)) not in found and ((24, 12),) not in found
 
 
@@ -119,9 +129,9 @@ def test_different_lr_groups_share_a_bucket_and_keep_their_lr():
     q1, q2 = p1.detach().clone(), p2.detach().clone()
     opt = steepest.SpecGD([dict(params=[p1], lr=0.1), dict(params=[p2], lr=0.3, weight_decay=0.5)])
     opt.batch_matrices = True
-    assert len(B.buckets(opt, set())) == 0  # no grads yet
+    assert len(_bucket_shapes(opt)) == 0  # no grads yet
     p1.grad, p2.grad = torch.randn(8, 4), torch.randn(8, 4)
-    assert [len(b) for b in B.buckets(opt, set())] == [2]
+    assert [len(b) for b in _bucket_shapes(opt)] == [2]
     opt.step()
     # Exact float64 reference: W <- (1 - lr wd) W - lr U V^T.
     for p, q, lr, wd in ((p1, q1, 0.1, 0.0), (p2, q2, 0.3, 0.5)):
@@ -155,12 +165,12 @@ def test_batched_muon_float64_matches_written_out_reference():
     lr, wd, mu = 0.02, 0.1, 0.95
     opt = steepest.Muon(ps, lr=lr, weight_decay=wd, momentum=mu, dtype=torch.float64)
     opt.batch_matrices = True
-    assert [len(b) for b in B.buckets(opt, set())] == []  # no grads yet
+    assert [len(b) for b in _bucket_shapes(opt)] == []  # no grads yet
     for _ in range(3):
         grads = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
         for p, gr in zip(ps, grads):
             p.grad = gr.clone()
-        assert sorted(len(b) for b in B.buckets(opt, set())) == [2, 2]
+        assert sorted(len(b) for b in _bucket_shapes(opt)) == [2, 2]
         opt.step()
         for i, gr in enumerate(grads):
             bufs[i] = mu * bufs[i] + (1 - mu) * gr
@@ -210,7 +220,7 @@ def test_dual_step_overflow_skips_only_that_member():
     opt.batch_matrices = True
     big.grad = torch.full((8, 8), 3e4, dtype=torch.float16) + torch.eye(8, dtype=torch.float16) * 3e4  # ||.||_* ~ 2.6e5 > 65504
     small.grad = torch.eye(8, dtype=torch.float16)
-    assert [len(b) for b in B.buckets(opt, set())] == [2]
+    assert [len(b) for b in _bucket_shapes(opt)] == [2]
     opt.step()
     assert torch.equal(big.detach(), torch.zeros(8, 8, dtype=torch.float16))
     assert opt.nonfinite_skipped == 1 and opt.state[big]["nonfinite_skips"] == 1
@@ -222,7 +232,7 @@ def test_dual_step_overflow_skips_only_that_member():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None])
 def test_nonfinite_check_flags_exactly_the_nonfinite(dtype, bad):
-    """_check_grads' min/max reduction against the obvious reference, isfinite(g).all()."""
+    """The kernel's min/max reduction (finite_flags) against the obvious reference, isfinite(g).all()."""
     ps = [torch.nn.Parameter(torch.zeros(4, 3, dtype=dtype)) for _ in range(3)]
     opt = steepest.SpecGD(ps, lr=0.1, nonfinite="skip")
     big = torch.finfo(dtype).max / 2  # huge but finite: must not be flagged
@@ -231,7 +241,8 @@ def test_nonfinite_check_flags_exactly_the_nonfinite(dtype, bad):
     if bad is not None:
         ps[1].grad[2, 1] = bad
     expected = {id(p) for p in ps if not torch.isfinite(p.grad).all()}
-    assert opt._check_grads() == expected
+    flags = F.finite_flags([p.grad for p in ps])
+    assert {id(p) for p, ok in zip(ps, flags) if not ok} == expected
 
 
 def test_iterative_polar_on_cpu_is_torch_muon_bit_for_bit_and_leaves_input_alone():

@@ -8,7 +8,7 @@ import torch
 
 from steepest.diagnostics import criteria as C
 from steepest.diagnostics.probe import microbatch_grads
-from steepest.norms import dual_norm, dualize
+from steepest.geometry import dual_norm, dualize
 
 
 def _gen(seed):

@@ -145,7 +145,7 @@ def test_bad_input():
 # ------------------------------------------------------------------ fast paths against float64 references
 from steepest.diagnostics.criteria import kfac_curvature, kfac_polar_curvature, noise_scales  # noqa: E402
 from steepest.diagnostics.metrics import gram_singular_values  # noqa: E402
-from steepest.norms import dualize  # noqa: E402
+from steepest.geometry import dualize  # noqa: E402
 
 
 def test_gram_singular_values_match_float64_svd():

@@ -18,7 +18,8 @@ import steepest
 from steepest.distributed_launch import (
     init_from_env, launch, load_checkpoint, save_checkpoint, shard_batch,
 )
-from steepest.optim.sharded import DistributedSteepest, assign_owners, distributed, dualize_cost, shard_sizes
+from steepest.geometry import dualize_cost
+from steepest.optim.sharded import DistributedSteepest, assign_owners, distributed, shard_sizes
 
 # Float64 end to end: the distributed and one-process runs differ only in how the gradient of the
 # global batch is summed (DDP: mean of per-rank means; reference: one mean), ~1e-16 relative. The
@@ -365,14 +366,16 @@ def test_launch_turns_a_hang_into_a_timeout():
         launch(hang_worker, 2, timeout_s=8)
 
 
-def test_distributed_refuses_optimizers_with_their_own_step():
-    """steepest.Adaptive replaces step() (per-layer geometry); wrapping it would silently drop that, so
-    distributed() refuses and wrap_optimizer leaves it to DDP's averaged gradients."""
-    from steepest.distributed_launch import DistInfo, wrap_optimizer
-
+def test_distributed_wraps_adaptive_and_refuses_optimizers_with_their_own_step():
+    """steepest.Adaptive only chooses geometries through the kernel's hooks, so distributed() wraps it;
+    a subclass that replaces step() would bypass the hooks and silently lose the distribution: refused."""
     W = torch.nn.Parameter(torch.randn(4, 4))
-    with pytest.raises(TypeError, match="defines its own step"):
-        steepest.distributed(steepest.Adaptive([W]))
+    assert type(steepest.distributed(steepest.Adaptive([W]))).__name__ == "DistributedAdaptive"
     assert type(steepest.distributed(steepest.Muon([W]))).__name__ == "DistributedMuon"
-    ada = steepest.Adaptive([W])
-    assert wrap_optimizer(ada, DistInfo(rank=0, world_size=2)) is ada
+
+    class OwnStep(steepest.SpecGD):
+        def step(self, closure=None):
+            return None
+
+    with pytest.raises(TypeError, match="defines its own step"):
+        steepest.distributed(OwnStep([W]))

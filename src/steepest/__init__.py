@@ -6,7 +6,7 @@ with per-layer diagnostics of which geometry helps each layer.
 """
 
 from steepest.linalg import polar, polar_express_coefficients
-from steepest.norms import NORMS, dual_norm, dualize, matrix_norm
+from steepest.geometry import NORMS, dual_norm, dualize, matrix_norm
 from steepest.optim import (
     GD, Muon, NonFiniteGradientError, SchattenDescent, SignSGD, SpecGD, SteepestDescent, describe, param_groups,
 )

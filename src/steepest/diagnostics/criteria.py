@@ -45,8 +45,8 @@ from typing import Callable, Sequence
 import torch
 
 from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
-from steepest.norms import dual_norm, dualize
-from steepest.optim.functional import matrix_view
+from steepest.geometry import dual_norm, dualize
+from steepest.geometry import matrix_view
 
 GEOMETRIES = ("spectral", "linf", "frobenius")
 

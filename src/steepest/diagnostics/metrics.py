@@ -30,7 +30,7 @@ import torch
 
 from steepest.linalg.estimate import nuclear_norm_estimate, spectral_norm_estimate
 from steepest.linalg.polar import _check_matrix
-from steepest.norms import dual_norm, matrix_norm
+from steepest.geometry import dual_norm, matrix_norm
 
 METHODS = ("exact", "gram", "estimate")
 

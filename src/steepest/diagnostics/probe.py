@@ -45,8 +45,8 @@ from steepest.diagnostics._batched_metrics import activation_matrix, microbatch_
 from steepest.diagnostics._batched_metrics import gram as _gram, grouped_eigvalsh, singular_values
 from steepest.diagnostics.metrics import nuclear_norm, stable_rank
 from steepest.linalg.estimate import spectral_norm_estimate
-from steepest.norms import dualize, matrix_norm
-from steepest.optim.functional import matrix_view
+from steepest.geometry import dualize, matrix_norm
+from steepest.geometry import matrix_view
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 #: st(A) is exact (Gram eigenvalues) up to this many columns; wider A use the block-Krylov ||A||_op.

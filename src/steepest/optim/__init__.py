@@ -2,7 +2,8 @@
 
 from steepest.optim.recipes import GD, Muon, SchattenDescent, SignSGD, SpecGD
 from steepest.optim.routing import describe, param_groups
-from steepest.optim.steepest import NonFiniteGradientError, SteepestDescent
+from steepest.optim.functional import NonFiniteGradientError
+from steepest.optim.steepest import SteepestDescent
 from steepest.optim.sharded import DistributedSteepest, distributed
 from steepest.optim.adaptive import Adaptive
 

@@ -49,19 +49,13 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from steepest import geometry as geo
 from steepest.diagnostics import criteria as C
 from steepest.diagnostics.probe import ActivationCapture, activation_matrix, microbatch_grads
-from steepest.norms import dual_norm, dualize, matrix_norm
-from steepest.optim import functional as F
-from steepest.optim.steepest import SteepestDescent, update_kwargs
+from steepest.geometry import dual_norm, dualize, matrix_norm
+from steepest.optim.steepest import SteepestDescent
 
 CRITERIA = ("spec_sign", "dd")
-
-
-def rms_factor(shape: tuple[int, ...], geometry: str) -> float:
-    """Scale that gives a full-rank direction of ``geometry`` unit RMS on an (m, n) block."""
-    m, n = shape[-2], shape[-1]
-    return {"spectral": math.sqrt(max(m, n)), "linf": 1.0, "frobenius": math.sqrt(m * n)}[geometry]
 
 
 def _geometry(state: dict) -> str | None:
@@ -116,7 +110,9 @@ class Adaptive(SteepestDescent):
                 raise ValueError(f"lr_multipliers must map candidate geometries to numbers >= 0, got {g!r}: {v!r}")
             mult[g] = float(v)
         kwargs.setdefault("norm", initial)
+        self._candidates_pending = candidates
         super().__init__(params, lr=lr, **kwargs)
+        del self._candidates_pending
         self.candidates, self.every, self.criterion, self.microbatches = candidates, every, criterion, microbatches
         self.margin, self.patience, self.lr_multipliers, self.rms_match = float(margin), patience, mult, rms_match
         self.initial = initial
@@ -141,12 +137,39 @@ class Adaptive(SteepestDescent):
             if self._capture is not None:
                 self._module_of = {id(m.weight): n for n, m in self._capture.layers.items()}
 
+    _copied_attributes = SteepestDescent._copied_attributes + (
+        "candidates", "every", "criterion", "microbatches", "margin", "patience", "lr_multipliers", "rms_match",
+        "initial", "history", "_t", "_names")
+
+    def __getstate__(self) -> dict:
+        # the activation hooks belong to the original model: a copy uses the gradient-only proxy
+        state = super().__getstate__()
+        state.update(_capture=None, _module_of={})
+        return state
+
+    def _check_defaults(self, defaults: dict) -> None:
+        """Dualizer settings must apply to at least one candidate geometry (they are used for those only)."""
+        for g in getattr(self, "_candidates_pending", (defaults["norm"],)):
+            try:
+                geo.check_settings(g, None, **{k: defaults[k] for k in ("method", "steps", "coefficients",
+                                                                         "normalization", "dtype")})
+                return
+            except ValueError as e:
+                err = e
+        raise err
+
+    def _check_group_settings(self, group: dict, given: dict) -> None:
+        pending = getattr(self, "_candidates_pending", None) or getattr(self, "candidates", (group["norm"],))
+        if "spectral" in pending:
+            geo.check_settings("spectral", None, **{k: group[k] for k in ("method", "steps", "coefficients",
+                                                                          "normalization", "dtype")})
+
     def _deciding(self) -> bool:
         return self._t % self.every == 0
 
     # ------------------------------------------------------------------------------- decisions
     def _scores(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> tuple[C.GeometryScores, str]:
-        Gm = F.matrix_view(G).double()
+        Gm = geo.matrix_view(G).double()
         norms = {g: float(dual_norm(Gm, g)) for g in self.candidates}
         name = self._module_of.get(id(p))
         calls = self._capture.rows(name) if (self._capture is not None and name is not None) else []
@@ -165,11 +188,11 @@ class Adaptive(SteepestDescent):
             noise = C.noise_scales(grads, b, self.candidates)
             return C.score_geometries(norms, noise, b * self.microbatches, H), "spec_sign"
         prev = state.get("prev_grad")
-        rows = Gm if prev is None else torch.cat([Gm, F.matrix_view(prev).double()])
+        rows = Gm if prev is None else torch.cat([Gm, geo.matrix_view(prev).double()])
         H = {g: C.kfac_curvature(dualize(Gm, g), rows) for g in self.candidates}
         noise = None
         if prev is not None:
-            diff = Gm - F.matrix_view(prev).double()
+            diff = Gm - geo.matrix_view(prev).double()
             noise = {g: float(dual_norm(diff, g)) / math.sqrt(2.0) for g in self.candidates}
         return C.score_geometries(norms, noise, 1 if noise else None, H), "gradient-proxy"
 
@@ -183,8 +206,6 @@ class Adaptive(SteepestDescent):
         return a / b
 
     def _decide(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> None:
-        if not bool(torch.isfinite(G).all()):
-            return
         s, source = self._scores(p, G, state)
         current = _geometry(state)
         target, switched = s.winner, False
@@ -208,44 +229,43 @@ class Adaptive(SteepestDescent):
                              "decrease": {g: float(v) for g, v in s.decrease.items()}})
 
     # ------------------------------------------------------------------------------- stepping
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        skip = self._check_grads()
+    def _agree(self, codes: torch.Tensor) -> torch.Tensor:
+        """Make every rank take the same choices (the distributed version broadcasts rank 0's)."""
+        return codes
+
+    def _choose(self, blocks: list) -> None:
+        """The kernel's ``choose`` stage: each block's geometry and lr multiplier, nothing else."""
         deciding = self._deciding()
+        if deciding:
+            start = len(self.history)
+            for b in blocks:
+                self._decide(b.param, b.grad, b.state)
+                b.state.pop("prev_grad", None)
+            codes = torch.tensor([int(b.state.get("geometry", C.GEOMETRIES.index(self.initial))) for b in blocks],
+                                 dtype=torch.int64)
+            agreed = self._agree(codes)
+            if not torch.equal(agreed, codes):
+                for b, code in zip(blocks, agreed.tolist()):
+                    b.state["geometry"] = code
+                names = {self._names.get(id(b.param)): C.GEOMETRIES[c] for b, c in zip(blocks, agreed.tolist())}
+                for h in self.history[start:]:
+                    h["geometry"] = names.get(h["param"], h["geometry"])
         keep_prev = (self._t + 1) % self.every == 0
-        for group in self.param_groups:
-            lr = float(group["lr"])
-            for p in group["params"]:
-                if p.grad is None or id(p) in skip:
-                    continue
-                state = self.state[p]
-                if group["algorithm"] == "adamw":
-                    self._param_step(p, p.grad, state, group, lr)
-                    continue
-                if deciding:
-                    self._decide(p, p.grad, state)
-                    state.pop("prev_grad", None)
-                if keep_prev and id(p) not in self._module_of:
-                    state["prev_grad"] = p.grad.detach().clone()
-                g = _geometry(state) or self.initial
-                M = F.direction_source(p.grad, state, group["momentum"], group["nesterov"])
-                update = F.compute_update(M, **update_kwargs(group, norm=g))
-                scale = self.lr_multipliers[g]
-                if self.rms_match and group["step_size"] == "fixed":
-                    scale *= rms_factor(tuple(F.matrix_view(p).shape), g)
-                if not bool(torch.isfinite(update).all()):
-                    state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
-                    self.nonfinite_skipped += 1
-                    continue
-                F.apply_update(p, update, lr * scale, group["weight_decay"])
+        for b in blocks:
+            if keep_prev and id(b.param) not in self._module_of:
+                b.state["prev_grad"] = b.grad.detach().clone()
+            g = _geometry(b.state) or self.initial
+            b.norm, b.p = g, None
+            scale = self.lr_multipliers[g]
+            if self.rms_match and b.group["step_size"] == "fixed":
+                scale *= geo.rms_factor(geo.matrix_shape(tuple(b.param.shape), b.group["tensor_mode"],
+                                                         bool(b.group.get("transposed", False))), g)
+            b.lr_scale = scale
+
+    def _after_step(self) -> None:
         if self._capture is not None:
             self._capture.clear()
         self._t += 1
-        return loss
 
     # ------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -273,4 +293,4 @@ class Adaptive(SteepestDescent):
             self._capture, self._module_of = None, {}
 
 
-__all__ = ["Adaptive", "rms_factor", "CRITERIA"]
+__all__ = ["Adaptive", "CRITERIA"]

@@ -39,9 +39,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from steepest.norms import ENTRYWISE
+from steepest import geometry as geo
 from steepest.optim import functional as F
-from steepest.optim.steepest import NonFiniteGradientError, SteepestDescent, update_kwargs
+from steepest.optim.steepest import SteepestDescent
 
 try:  # torch.distributed.tensor is part of torch >= 2.4; keep the module importable without it
     from torch.distributed.tensor import DTensor, Shard
@@ -49,22 +49,6 @@ except ImportError:  # pragma: no cover
     DTensor, Shard = (), ()
 
 PARTIAL_GRADS = ("average", "skip", "raise")
-
-
-def dualize_cost(shape: tuple[int, ...], norm: str = "spectral", tensor_mode: str = "flatten") -> float:
-    """Work of one dualization, up to a constant: b m n min(m, n) for a (b x) m x n matrix view.
-
-    This is the flop count of an SVD or of Newton-Schulz on the smaller Gram matrix; entrywise norms
-    cost m n. Example: ``dualize_cost((384, 1536))`` is 384 * 1536 * 384.
-    """
-    numel = math.prod(shape)
-    if norm in ENTRYWISE or len(shape) < 2:
-        return float(numel)
-    if len(shape) > 2 and tensor_mode == "batch":
-        m, n = shape[-2], shape[-1]
-    else:
-        m, n = shape[0], numel // max(shape[0], 1)
-    return float(numel * min(m, n))
 
 
 def assign_owners(costs: list[float], world_size: int) -> list[int]:
@@ -123,143 +107,136 @@ class _DistributedStep:
             return 1, 0
         return dist.get_world_size(self.process_group), dist.get_rank(self.process_group)
 
-    # ------------------------------------------------------------------ global decisions
-    def _decide(self, entries: list, world: int) -> list:
-        """One all-reduce of per-parameter counts -> the gradient each parameter steps with (or None)."""
-        flags = torch.zeros(3, len(entries), dtype=torch.int64)  # has grad, non-finite, invalid
+    # ------------------------------------------------------------------ the kernel's hooks
+    def _blocks(self, with_missing: bool = False):
+        # every rank lists every parameter, so that the decisions below are taken over the same list
+        return super()._blocks(with_missing=with_missing or self._world()[0] > 1)
+
+    def _check(self, blocks: list) -> list[bool]:
+        """One all-reduce of per-parameter counts (has a gradient, non-finite, invalid): every rank
+        takes the same decisions, so no rank ever waits in a collective alone."""
+        world, _ = self._world()
+        if world == 1:
+            return super()._check(blocks)
+        flags = torch.zeros(3, len(blocks), dtype=torch.int64)
         local = []
-        for i, (_, _, _, p) in enumerate(entries):
-            if p.grad is None:
+        for i, b in enumerate(blocks):
+            if b.grad is None:
                 continue
             flags[0, i] = 1
-            if p.grad.is_sparse or p.grad.is_complex():
+            if b.grad.is_sparse or b.grad.is_complex():
                 flags[2, i] = 1
             else:
-                local.append((i, _local(p.grad)))
-        if local:
-            flags[1, [i for i, _ in local]] = (~torch.stack([torch.isfinite(g).all() for _, g in local])).long()
+                local.append(i)
+        finite = F.finite_flags([_local(blocks[i].grad) for i in local])
+        flags[1, local] = torch.tensor([0 if ok else 1 for ok in finite], dtype=torch.int64)
         dist.all_reduce(flags, group=self.process_group)
-        names = lambda idx: ", ".join(self._name(entries[i][0], entries[i][1]) for i in idx)  # noqa: E731
+        names = lambda idx: ", ".join(blocks[i].name for i in idx)  # noqa: E731
         invalid = flags[2].nonzero().flatten().tolist()
         if invalid:
             raise ValueError(f"sparse or complex gradient for {names(invalid)} on some rank: steepest needs "
                              "dense real gradients")
-        bad = flags[1].nonzero().flatten().tolist()
-        if bad and self.nonfinite == "raise":
-            raise NonFiniteGradientError(
-                f"non-finite gradient (NaN or Inf) in {names(bad)} on some rank; no parameter was changed. "
-                "Lower the learning rate, clip gradients, or pass nonfinite='skip' to skip such steps.")
-        partial = [i for i in range(len(entries)) if 0 < flags[0, i] < world and i not in bad]
+        bad = set(flags[1].nonzero().flatten().tolist())
+        partial = [i for i in range(len(blocks)) if 0 < flags[0, i] < world and i not in bad]
         if partial and self.partial_grads == "raise":
             raise ValueError(f"{names(partial)} have a gradient on some ranks only; synchronise gradients (DDP "
                              "with find_unused_parameters=True) or pass partial_grads='average' or 'skip'")
-        for i in bad:
-            st = self.state[entries[i][3]]
-            st["nonfinite_skips"] = st.get("nonfinite_skips", 0) + 1
-        self.nonfinite_skipped += len(bad)
-        grads = [p.grad if flags[0, i] == world and i not in bad else None for i, (*_, p) in enumerate(entries)]
+        for i, b in enumerate(blocks):
+            if flags[0, i] == 0 or (i in partial and self.partial_grads == "skip"):
+                b.grad = None
+            elif i in bad and b.grad is None:
+                b.grad = torch.zeros_like(b.param)  # counted as skipped on every rank, never applied
         if partial and self.partial_grads == "skip":
             self.partial_skipped += len(partial)
         elif partial:  # "average": what DDP(find_unused_parameters=True) computes; zero shards when sharded
-            rep = [i for i in partial if not _is_dtensor(entries[i][3])]
             for i in partial:
-                p = entries[i][3]
-                grads[i] = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                b = blocks[i]
+                b.grad = b.grad.clone() if b.grad is not None else torch.zeros_like(b.param)
+            rep = [i for i in partial if not _is_dtensor(blocks[i].param)]
             if rep:
-                flat = torch.cat([grads[i].reshape(-1).double() for i in rep])
+                flat = torch.cat([blocks[i].grad.reshape(-1).double() for i in rep])
                 dist.all_reduce(flat, group=self.process_group)
                 flat /= world
-                for i, g in zip(rep, flat.split([grads[i].numel() for i in rep])):
-                    grads[i] = g.view_as(grads[i]).to(grads[i].dtype)
-        return grads
+                for i, g in zip(rep, flat.split([blocks[i].grad.numel() for i in rep])):
+                    blocks[i].grad = g.view_as(blocks[i].grad).to(blocks[i].grad.dtype)
+        return [i not in bad for i in range(len(blocks))]
 
-    # ------------------------------------------------------------------ stepping
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Take one step on every rank (a collective: every rank of the group must call it)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _agree(self, codes: torch.Tensor) -> torch.Tensor:
+        """Every rank takes rank 0's per-layer choices (steepest.Adaptive): one broadcast."""
+        world, _ = self._world()
+        if world == 1:
+            return codes
+        codes = codes.clone()
+        dist.broadcast(codes, src=dist.get_global_rank(self.process_group or dist.group.WORLD, 0),
+                       group=self.process_group)
+        return codes
+
+    def _dualizer(self, blocks: list) -> list:
+        """Entrywise updates of replicated parameters locally; every other one on its owner rank."""
         world, rank = self._world()
-        if world == 1:  # exactly the wrapped optimizer's step (without running its step hooks twice)
-            base = super().step
-            base = getattr(base, "__func__", base)
-            base = base.__wrapped__ if getattr(base, "hooked", False) else base
-            base(self)  # the closure ran above
-            return loss
-        entries = [(gi, j, g, p) for gi, g in enumerate(self.param_groups) for j, p in enumerate(g["params"])]
-        grads = self._decide(entries, world)
-        owned, t0 = [], time.perf_counter()
-        for i, (gi, j, group, p) in enumerate(entries):
-            if grads[i] is None:
-                continue
-            sharded = _is_dtensor(p)
-            if group["algorithm"] == "adamw" or (group["norm"] in ENTRYWISE and not sharded):
-                self._param_step(p, grads[i], self.state[p], group, float(group["lr"]))
-                continue
-            if sharded:
-                self._check_mesh(p, gi, j)
-            M = F.direction_source(grads[i], self.state[p], group["momentum"], group["nesterov"])
-            owned.append((gi, j, group, p, M))
-        owners = assign_owners([dualize_cost(tuple(e[3].shape), e[2]["norm"], e[2]["tensor_mode"]) for e in owned],
-                               world)
-        self.last_owners = {self._name(gi, j): o for (gi, j, *_), o in zip(owned, owners)}
+        if world == 1:
+            return super()._dualizer(blocks)
+        t0 = time.perf_counter()
+        out: list = [None] * len(blocks)
+        owned = []
+        for i, b in enumerate(blocks):
+            if geo.is_entrywise(b.norm) and not _is_dtensor(b.param):
+                out[i] = F.dualize_each([b])[0]
+            else:
+                if _is_dtensor(b.param):
+                    self._check_mesh(b)
+                owned.append(i)
+        owners = assign_owners([geo.dualize_cost(tuple(blocks[i].param.shape), blocks[i].norm,
+                                                 blocks[i].group["tensor_mode"]) for i in owned], world)
+        self.last_owners = {blocks[i].name.split(" (shape")[0]: o for i, o in zip(owned, owners)}
         self.step_stats = dict(local_s=time.perf_counter() - t0, compute_s=0.0, compute_cpu_s=0.0, comm_s=0.0,
                                sent_bytes=0, received_bytes=0, owned=owners.count(rank), matrices=len(owned))
-        for dtype in sorted({e[3].dtype for e in owned}, key=str):
-            items = [(e, o) for e, o in zip(owned, owners) if e[3].dtype == dtype]
-            self._replicated([x for x in items if not _is_dtensor(x[0][3])], world, rank, dtype)
-            self._sharded([x for x in items if _is_dtensor(x[0][3])], world, rank, dtype)
-        return loss
+        for dtype in sorted({blocks[i].param.dtype for i in owned}, key=str):
+            items = [(i, o) for i, o in zip(owned, owners) if blocks[i].param.dtype == dtype]
+            self._replicated(blocks, [x for x in items if not _is_dtensor(blocks[x[0]].param)], rank, out, dtype)
+            self._sharded(blocks, [x for x in items if _is_dtensor(blocks[x[0]].param)], world, rank, out, dtype)
+        return out
 
-    def _check_mesh(self, p, gi: int, j: int) -> None:
-        mesh, pl = p.device_mesh, p.placements
+    def _check_mesh(self, b) -> None:
+        mesh, pl = b.param.device_mesh, b.param.placements
         ranks = dist.get_process_group_ranks(self.process_group or dist.group.WORLD)
         if mesh.ndim != 1 or len(pl) != 1 or not isinstance(pl[0], Shard) or mesh.mesh.tolist() != ranks:
             raise ValueError(
-                f"{self._name(gi, j)} is a DTensor with placements {pl} on mesh {mesh.mesh.tolist()}: the sharded "
+                f"{b.name} is a DTensor with placements {pl} on mesh {mesh.mesh.tolist()}: the sharded "
                 f"path supports Shard(d) on a 1-D mesh over the optimizer's process group (ranks {ranks}). "
                 "Pass process_group=mesh.get_group(), or route the parameter to AdamW.")
 
-    def _apply(self, p, U: torch.Tensor, group: dict, ok: bool) -> None:
-        if not ok:  # the dual norm overflowed on the owner: skipped on every rank, like the local step
-            st = self.state[p]
-            st["nonfinite_skips"] = st.get("nonfinite_skips", 0) + 1
-            self.nonfinite_skipped += 1
-            return
-        F.apply_update(p, U, float(group["lr"]), group["weight_decay"])
-
-    def _compute(self, group: dict, M: torch.Tensor, dtype) -> tuple[torch.Tensor, bool]:
+    def _compute(self, b, M: torch.Tensor, dtype) -> tuple[torch.Tensor, bool]:
         t0, c0 = time.perf_counter(), time.thread_time()
-        U = F.compute_update(M, **update_kwargs(group))
-        ok = group["step_size"] != "dual" or bool(torch.isfinite(U).all())
+        U, ok = F.with_ok([b], [F.compute_update(M, **b.settings())])[0]
         self.step_stats["compute_s"] += time.perf_counter() - t0
         self.step_stats["compute_cpu_s"] += time.thread_time() - c0  # robust to a busy machine
         return U.to(dtype), ok
 
-    def _replicated(self, items: list, world: int, rank: int, dtype) -> None:
+    def _replicated(self, blocks: list, items: list, rank: int, out: list, dtype) -> None:
         """Owners compute, one padded all_gather shares; every rank applies the same bytes."""
         if not items:
             return
-        loads = [sum(e[3].numel() + 1 for e, o in items if o == r) for r in range(world)]
+        world = self._world()[0]
+        loads = [sum(blocks[i].param.numel() + 1 for i, o in items if o == r) for r in range(world)]
         width = max(loads)
         send = torch.zeros(width, dtype=dtype)
         off = 0
-        for (gi, j, group, p, M), o in items:
+        for i, o in items:
             if o == rank:
-                U, ok = self._compute(group, M, dtype)
-                send[off:off + p.numel()] = U.reshape(-1)
-                send[off + p.numel()] = 1.0 if ok else 0.0  # one flag per matrix: apply or skip
-                off += p.numel() + 1
+                n = blocks[i].param.numel()
+                U, ok = self._compute(blocks[i], blocks[i].M, dtype)
+                send[off:off + n] = U.reshape(-1)
+                send[off + n] = 1.0 if ok else 0.0  # one flag per matrix: apply or skip
+                off += n + 1
         recv = torch.empty(world * width, dtype=dtype)
         t0 = time.perf_counter()
         _all_gather(recv, send, self.process_group)
         self._comm(t0, width * dtype.itemsize, (world - 1) * width * dtype.itemsize)
         offs = [r * width for r in range(world)]
-        for (gi, j, group, p, M), o in items:
-            U = recv[offs[o]:offs[o] + p.numel()].view(p.shape)
-            self._apply(p, U, group, bool(recv[offs[o] + p.numel()] != 0))
+        for i, o in items:
+            p = blocks[i].param
+            out[i] = (recv[offs[o]:offs[o] + p.numel()].view(p.shape), bool(recv[offs[o] + p.numel()] != 0))
             offs[o] += p.numel() + 1
 
     def _comm(self, t0: float, sent: int, received: int) -> None:
@@ -267,39 +244,40 @@ class _DistributedStep:
         self.step_stats["sent_bytes"] += sent
         self.step_stats["received_bytes"] += received
 
-    def _sharded(self, items: list, world: int, rank: int, dtype) -> None:
+    def _sharded(self, blocks: list, items: list, world: int, rank: int, out: list, dtype) -> None:
         """all_to_all shards of M to owners, owners dualize full matrices, all_to_all shards of U back."""
         if not items:
             return
-        geo = []  # per item: shard dim, rows of every rank's shard, numel of one row slice
-        for (gi, j, group, p, M), o in items:
+        geom = []  # per item: shard dim, rows of every rank's shard, numel of one row slice
+        for i, o in items:
+            p = blocks[i].param
             d = p.placements[0].dim
             sizes = shard_sizes(p.shape[d], world)
             if sizes[rank] != p.to_local().shape[d]:
-                raise ValueError(f"{self._name(gi, j)}: local shard has {p.to_local().shape[d]} rows on dim {d}, "
+                raise ValueError(f"{blocks[i].name}: local shard has {p.to_local().shape[d]} rows on dim {d}, "
                                  f"expected torch.chunk's {sizes[rank]}; only even-chunk Shard layouts are supported")
-            geo.append((d, sizes, p.numel() // max(p.shape[d], 1)))
+            geom.append((d, sizes, p.numel() // max(p.shape[d], 1)))
         mine = [k for k, (_, o) in enumerate(items) if o == rank]
         # forward: my shard of every M to its owner
         send = [[] for _ in range(world)]
-        for k, ((gi, j, group, p, M), o) in enumerate(items):
-            send[o].append(_local(M).reshape(-1).to(dtype))
+        for i, o in items:
+            send[o].append(_local(blocks[i].M).reshape(-1).to(dtype))
         in_splits = [sum(x.numel() for x in s) for s in send]
-        out_splits = [sum(geo[k][1][s] * geo[k][2] for k in mine) for s in range(world)]
+        out_splits = [sum(geom[k][1][s] * geom[k][2] for k in mine) for s in range(world)]
         recv = torch.empty(sum(out_splits), dtype=dtype)
         t0 = time.perf_counter()
         dist.all_to_all_single(recv, torch.cat([x for s in send for x in s]) if any(in_splits) else
                                torch.empty(0, dtype=dtype), out_splits, in_splits, group=self.process_group)
         self._comm(t0, sum(in_splits) * dtype.itemsize, sum(out_splits) * dtype.itemsize)
-        pieces = [list(c.split([geo[k][1][s] * geo[k][2] for k in mine])) for s, c in enumerate(recv.split(out_splits))]
+        pieces = [list(c.split([geom[k][1][s] * geom[k][2] for k in mine])) for s, c in enumerate(recv.split(out_splits))]
         back = [[] for _ in range(world)]
         flags = []
         for n, k in enumerate(mine):
-            (gi, j, group, p, M), _ = items[k]
-            d, sizes, _row = geo[k]
-            shape = lambda s: p.shape[:d] + (sizes[s],) + p.shape[d + 1:]  # noqa: E731
+            b = blocks[items[k][0]]
+            d, sizes, _row = geom[k]
+            shape = lambda s: b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1:]  # noqa: E731
             full = torch.cat([pieces[s][n].view(shape(s)) for s in range(world)], dim=d)
-            U, ok = self._compute(group, full.to(M.dtype), dtype)
+            U, ok = self._compute(b, full.to(b.M.dtype), dtype)
             flags.append(1.0 if ok else 0.0)
             for s, part in enumerate(U.split(sizes, dim=d)):
                 back[s].append(part.reshape(-1))
@@ -307,7 +285,7 @@ class _DistributedStep:
             back[s].append(torch.tensor(flags, dtype=dtype))
         # backward: every rank's shard of every U (then one flag per owned matrix) from its owner
         in2 = [sum(x.numel() for x in b) for b in back]
-        out2 = [sum(geo[k][1][rank] * geo[k][2] + 1 for k, (_, o) in enumerate(items) if o == r) for r in range(world)]
+        out2 = [sum(geom[k][1][rank] * geom[k][2] + 1 for k, (_, o) in enumerate(items) if o == r) for r in range(world)]
         recv2 = torch.empty(sum(out2), dtype=dtype)
         t0 = time.perf_counter()
         dist.all_to_all_single(recv2, torch.cat([x for b in back for x in b]), out2, in2, group=self.process_group)
@@ -315,12 +293,12 @@ class _DistributedStep:
         chunks = recv2.split(out2)
         for r in range(world):
             ks = [k for k, (_, o) in enumerate(items) if o == r]
-            parts = chunks[r].split([geo[k][1][rank] * geo[k][2] for k in ks] + [len(ks)])
+            parts = chunks[r].split([geom[k][1][rank] * geom[k][2] for k in ks] + [len(ks)])
             for n, k in enumerate(ks):
-                (gi, j, group, p, M), _ = items[k]
+                p = blocks[items[k][0]].param
                 local = parts[n].view(p.to_local().shape)
                 U = DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-                self._apply(p, U, group, bool(parts[-1][n] != 0))
+                out[items[k][0]] = (U, bool(parts[-1][n] != 0))
 
 
 class DistributedSteepest(_DistributedStep, SteepestDescent):
@@ -380,12 +358,9 @@ def distributed(optimizer: SteepestDescent, process_group=None, partial_grads: s
         raise ValueError("this optimizer is already distributed")
     base = type(optimizer)
     if defines_own_step(base):
-        # A subclass with its own step (e.g. steepest.Adaptive's per-layer geometry) would silently lose
-        # that logic under the owner-computes step below: refuse instead of changing its semantics.
-        raise TypeError(f"distributed() cannot wrap {base.__name__}: it defines its own step(), which the "
-                        "owner-computes step would replace. Run it without distributed() under DDP (every rank "
-                        "then dualizes every matrix itself and replicas stay in step).")
-    cls = _CLASSES.get(base)
+        # A subclass that replaces step() bypasses the kernel hooks the distributed version overrides.
+        raise TypeError(f"distributed() cannot wrap {base.__name__}: it defines its own step(), which bypasses "
+                        "the step kernel's hooks (_check, _choose, _dualizer). Override those instead of step().")
     cls = _CLASSES.get(base)
     if cls is None:
         cls = _CLASSES[base] = type(f"Distributed{base.__name__}", (_DistributedStep, base),
@@ -397,4 +372,4 @@ def distributed(optimizer: SteepestDescent, process_group=None, partial_grads: s
     return new
 
 
-__all__ = ["DistributedSteepest", "distributed", "assign_owners", "dualize_cost", "shard_sizes", "PARTIAL_GRADS"]
+__all__ = ["DistributedSteepest", "distributed", "assign_owners", "shard_sizes", "PARTIAL_GRADS", "defines_own_step"]

@@ -1,4 +1,8 @@
-"""SteepestDescent: one torch.optim.Optimizer for every norm, plus an AdamW route for the rest."""
+"""SteepestDescent: one torch.optim.Optimizer for every norm, plus an AdamW route for the rest.
+
+The class only collects tensors and settings; the math of a step is :func:`steepest.optim.functional.
+steepest_step` (the one step kernel), and everything about a norm is in :mod:`steepest.geometry`.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +11,18 @@ from typing import Callable, Iterable
 
 import torch
 
+from steepest import geometry as geo
 from steepest.linalg.coefficients import MUON_QUINTIC
-from steepest.linalg.polar import METHODS, NORMALIZATIONS
-from steepest.norms import ENTRYWISE, check_norm
+from steepest.optim import batched
 from steepest.optim import functional as F
-from steepest.optim.batched import batched_step
+from steepest.optim.functional import NonFiniteGradientError
 
 ALGORITHMS = ("steepest", "adamw")
 NONFINITE = ("raise", "skip")
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64, "float16": torch.float16}
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """Raised by ``step()`` when a gradient holds NaN or Inf (nothing has been changed)."""
-
-
-def _dtype_name(dtype) -> str:
-    if isinstance(dtype, str):
-        if dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {dtype!r}")
-        return dtype
-    for name, d in DTYPE_NAMES.items():
-        if d == dtype:
-            return name
-    raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {dtype!r}")
+#: Group keys that configure the dualizer; checked against the group's norm when a group sets them.
+_DUALIZER_KEYS = geo.POLAR_SETTINGS + ("dtype",)
+#: Roles from steepest.param_groups whose default weight decay is 0 (norm gains and biases).
+NO_DECAY_ROLES = ("vector",)
 
 
 def _check_number(name: str, value, lo: float, hi: float = math.inf, hi_open: bool = False) -> None:
@@ -48,7 +40,8 @@ def _check_number(name: str, value, lo: float, hi: float = math.inf, hi_open: bo
 class SteepestDescent(torch.optim.Optimizer):
     r"""Steepest descent under a matrix norm, with momentum, weight decay and a step-size rule.
 
-    Per parameter block W (gradient G), each step computes (DESIGN.md "One idea"; seed 000, seed 003)::
+    Per parameter block W (gradient G), each step computes (lecture notes on spectral descent;
+    "Steepest descent under Schatten-p norms")::
 
         M = G | EMA momentum B <- mu B + (1-mu) G, M = B | Nesterov M = (1-mu) G + mu B
         D = argmax_{||D|| <= 1} <M, D>                 (steepest.dualize under the group's norm)
@@ -56,27 +49,32 @@ class SteepestDescent(torch.optim.Optimizer):
 
     with ``scale = shape_scale(W, scale_rule)`` for ``step_size="fixed"`` and
     ``scale = shape_scale(W, scale_rule) * ||M||^dagger`` for ``step_size="dual"``. With
-    ``norm="spectral", step_size="dual", lr=1/L_*`` this is exactly seed 000's
+    ``norm="spectral", step_size="dual", lr=1/L_*`` this is exactly the lecture notes'
     ``X <- X - (||G||_*/L_*) polar(G)``; with ``norm="frobenius", step_size="dual"`` it is gradient
     descent ``X <- X - lr G``.
 
     Parameter groups may set ``algorithm="adamw"`` (with ``lr``, ``betas``, ``eps``, ``weight_decay``)
-    so one optimizer trains a whole model: see :func:`steepest.param_groups`.
+    so one optimizer trains a whole model: see :func:`steepest.param_groups`. Constructor arguments
+    are the defaults of every group that does not set its own (AdamW groups take ``adamw_lr``);
+    groups with ``role="vector"`` (norm gains, biases) default to ``weight_decay=0``.
 
     Args:
         params: parameters or parameter groups (dicts; any argument below can be set per group).
-        lr: learning rate (>= 0).
+        lr: learning rate (finite, >= 0).
         norm: ``"spectral"``, ``"frobenius"``, ``"linf"`` or ``"schatten"`` (needs ``p``).
-        p: Schatten exponent in [1, inf] (only with ``norm="schatten"``).
+        p: Schatten exponent in [1, inf] (only with ``norm="schatten"``; p = inf is spectral).
         momentum: EMA momentum in [0, 1). nesterov: Nesterov variant (needs momentum > 0).
-        weight_decay: decoupled weight decay (>= 0), applied as W *= 1 - lr * weight_decay.
+        weight_decay: decoupled weight decay (finite, >= 0), applied as W *= 1 - lr * weight_decay.
         step_size: ``"fixed"`` or ``"dual"`` (see above).
         scale_rule: ``"none"``, ``"muon"`` sqrt(max(1, m/n)), ``"rms"`` 0.2 sqrt(max(m, n)) or
-            ``"spectral"`` sqrt(fan_out / fan_in).
-        method, steps, dtype, coefficients, normalization: how the polar factor is computed (see
-            :func:`steepest.polar`); ``dtype`` may be a torch dtype or its name.
+            ``"spectral"`` sqrt(fan_out / fan_in), on the (fan_out, fan_in) matrix view.
+        method, steps, coefficients, normalization: how the polar factor is computed (spectral only;
+            see :func:`steepest.polar`); setting one for another norm is a ValueError.
+        dtype: the dualizer's compute dtype (a torch dtype or its name); None (default) computes in
+            the parameter's dtype promoted to at least float32, so float64 stays float64-accurate.
         tensor_mode: ``"flatten"`` (conv kernels -> (out, in*kh*kw)) or ``"batch"`` (>= 3-D tensors
-            as batches of matrices over their last two dims).
+            as batches of matrices over their last two dims). A group may set ``transposed=True``
+            for weights stored as (in, out) (GPT-2's Conv1D).
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteGradientError` naming the parameter
             before any weight changes; ``"skip"`` skips that parameter's step and counts it in
             ``optimizer.nonfinite_skipped`` and ``state[p]["nonfinite_skips"]``.
@@ -93,6 +91,9 @@ class SteepestDescent(torch.optim.Optimizer):
     #: benchmarks/RESULTS.md, "Core"); True batches on every device; False never batches.
     batch_matrices: bool | None = None
 
+    #: Attributes beyond torch's (defaults, state, param_groups) that copy.deepcopy and pickle keep.
+    _copied_attributes = ("nonfinite", "nonfinite_skipped", "_adamw_lr", "batch_matrices")
+
     def __init__(
         self,
         params: Iterable,
@@ -104,9 +105,9 @@ class SteepestDescent(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         step_size: str = "fixed",
         scale_rule: str = "none",
-        method: str = "svd",
+        method: str | None = None,
         steps: int | None = None,
-        dtype: torch.dtype | str = torch.float32,
+        dtype: torch.dtype | str | None = None,
         coefficients: tuple | None = None,
         normalization: str | None = None,
         tensor_mode: str = "flatten",
@@ -117,32 +118,50 @@ class SteepestDescent(torch.optim.Optimizer):
     ) -> None:
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
-        _check_number("adamw_lr", adamw_lr, 0.0)
+        _check_number("adamw_lr", adamw_lr, 0.0, math.inf, hi_open=True)
         defaults = dict(
             algorithm="steepest", lr=lr, norm=norm, p=p, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, step_size=step_size, scale_rule=scale_rule, method=method,
-            steps=steps, dtype=_dtype_name(dtype), coefficients=coefficients, normalization=normalization,
-            tensor_mode=tensor_mode, betas=tuple(betas), eps=eps,
+            steps=steps, dtype=geo.dtype_name(dtype), coefficients=coefficients, normalization=normalization,
+            tensor_mode=tensor_mode, transposed=False, betas=tuple(betas), eps=eps,
         )
+        self._check_defaults(defaults)
         self.nonfinite = nonfinite
         self.nonfinite_skipped = 0
         self._adamw_lr = adamw_lr
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ validation
-    def add_param_group(self, param_group: dict) -> None:
-        if param_group.get("algorithm") == "adamw" and "lr" not in param_group:
-            param_group = dict(param_group, lr=self._adamw_lr)
-        if "dtype" in param_group:
-            param_group = dict(param_group, dtype=_dtype_name(param_group["dtype"]))
-        super().add_param_group(param_group)
-        self._validate_group(self.param_groups[-1], len(self.param_groups) - 1)
+    def _check_defaults(self, defaults: dict) -> None:
+        """The constructor's own settings must fit its norm (a recipe's preset, or the user's)."""
+        geo.check_norm(defaults["norm"], defaults["p"])
+        geo.check_settings(defaults["norm"], defaults["p"], **{k: defaults[k] for k in _DUALIZER_KEYS})
 
-    def _validate_group(self, group: dict, index: int) -> None:
+    def add_param_group(self, param_group: dict) -> None:
+        """torch.optim's add_param_group, validated; a rejected group leaves the optimizer unchanged."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
+        given = dict(param_group)
+        group = dict(param_group)
+        if group.get("algorithm") == "adamw" and "lr" not in group:
+            group["lr"] = self._adamw_lr
+        if group.get("role") in NO_DECAY_ROLES and "weight_decay" not in group:
+            group["weight_decay"] = 0.0
+        if "dtype" in group:
+            group["dtype"] = geo.dtype_name(group["dtype"])
+        n = len(self.param_groups)
+        super().add_param_group(group)
+        try:
+            self._validate_group(self.param_groups[-1], n, given)
+        except Exception:
+            del self.param_groups[n:]  # atomic: a rejected group is not kept
+            raise
+
+    def _validate_group(self, group: dict, index: int, given: dict) -> None:
         if group["algorithm"] not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {group['algorithm']!r}")
-        _check_number("lr", group["lr"], 0.0)
-        _check_number("weight_decay", group["weight_decay"], 0.0)
+        _check_number("lr", group["lr"], 0.0, math.inf, hi_open=True)
+        _check_number("weight_decay", group["weight_decay"], 0.0, math.inf, hi_open=True)
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError(f"complex parameters are not supported (shape {tuple(p.shape)}, {p.dtype})")
@@ -150,27 +169,22 @@ class SteepestDescent(torch.optim.Optimizer):
             b1, b2 = group["betas"]
             _check_number("betas[0]", b1, 0.0, 1.0, hi_open=True)
             _check_number("betas[1]", b2, 0.0, 1.0, hi_open=True)
-            _check_number("eps", group["eps"], 0.0)
+            _check_number("eps", group["eps"], 0.0, math.inf, hi_open=True)
             return
-        check_norm(group["norm"], group["p"])
+        geo.check_norm(group["norm"], group["p"])
+        self._check_group_settings(group, given)
         _check_number("momentum", group["momentum"], 0.0, 1.0, hi_open=True)
         if group["nesterov"] and group["momentum"] <= 0:
             raise ValueError("nesterov=True needs momentum > 0")
         if group["step_size"] not in F.STEP_SIZES:
             raise ValueError(f"step_size must be one of {F.STEP_SIZES}, got {group['step_size']!r}")
-        if group["scale_rule"] not in F.SCALE_RULES:
-            raise ValueError(f"scale_rule must be one of {F.SCALE_RULES}, got {group['scale_rule']!r}")
-        if group["method"] not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {group['method']!r}")
-        if group["normalization"] is not None and group["normalization"] not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS} or None, got {group['normalization']!r}")
-        if group["steps"] is not None and (not isinstance(group["steps"], int) or group["steps"] < 0):
-            raise ValueError(f"steps must be a non-negative int or None, got {group['steps']!r}")
-        if group["method"] == "svd" and (group["steps"] is not None or group["coefficients"] is not None):
-            raise ValueError("steps/coefficients need method='newton_schulz' or 'polar_express', not 'svd'")
-        if group["tensor_mode"] not in F.TENSOR_MODES:
-            raise ValueError(f"tensor_mode must be one of {F.TENSOR_MODES}, got {group['tensor_mode']!r}")
-        if group["norm"] not in ENTRYWISE:
+        if group["scale_rule"] not in geo.SCALE_RULES:
+            raise ValueError(f"scale_rule must be one of {geo.SCALE_RULES}, got {group['scale_rule']!r}")
+        if group["tensor_mode"] not in geo.TENSOR_MODES:
+            raise ValueError(f"tensor_mode must be one of {geo.TENSOR_MODES}, got {group['tensor_mode']!r}")
+        if not isinstance(group["transposed"], bool):
+            raise ValueError(f"transposed must be a bool, got {group['transposed']!r}")
+        if self._needs_matrices(group):
             names = group.get("names")
             for j, p in enumerate(group["params"]):
                 if p.ndim < 2:
@@ -178,8 +192,23 @@ class SteepestDescent(torch.optim.Optimizer):
                     raise ValueError(
                         f"parameter {who} has shape {tuple(p.shape)}, but norm={group['norm']!r} needs a "
                         "matrix (>= 2-D). Route vectors (biases, norm gains) to AdamW with "
-                        "steepest.param_groups(model), or use an entrywise norm ('frobenius', 'linf') for them."
-                    )
+                        "steepest.param_groups(model), or use an entrywise norm ('frobenius', 'linf') for them.")
+
+    def _check_group_settings(self, group: dict, given: dict) -> None:
+        """Dualizer settings must apply to the group's norm: all of them for a spectral group, those the
+        group sets itself otherwise (settings inherited from the constructor are then unused)."""
+        spectral = geo.resolve(group["norm"], group["p"])[0] == "spectral"
+        keys = [k for k in _DUALIZER_KEYS if spectral or k in given]
+        geo.check_settings(group["norm"], group["p"], **{k: group[k] for k in keys})
+
+    def _needs_matrices(self, group: dict) -> bool:
+        return not geo.is_entrywise(group["norm"])
+
+    # ------------------------------------------------------------------ copies
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._copied_attributes if k in self.__dict__})
+        return state
 
     # ------------------------------------------------------------------ stepping
     def _name(self, gi: int, j: int) -> str:
@@ -188,40 +217,31 @@ class SteepestDescent(torch.optim.Optimizer):
         who = names[j] if names and j < len(names) else f"param_groups[{gi}]['params'][{j}]"
         return f"{who} (shape {tuple(p.shape)})"
 
-    def _check_grads(self) -> set[int]:
-        """Check every gradient before anything changes; return ids of parameters to skip."""
-        found = []
+    def _blocks(self, with_missing: bool = False) -> list[F.Block]:
+        """One :class:`~steepest.optim.functional.Block` per parameter with a gradient (or every one)."""
         for gi, group in enumerate(self.param_groups):
-            for j, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError(f"sparse gradient for {self._name(gi, j)}: steepest needs dense gradients")
-                if p.grad.is_complex():
-                    raise ValueError(f"complex gradient for {self._name(gi, j)} is not supported")
-                found.append((gi, j, p))
-        if not found:
-            return set()
-        # min and max of g are finite iff every entry is (both propagate NaN); one read-only reduction
-        # per gradient is ~15x faster on CPU than isfinite(g).all() (benchmarks/RESULTS.md, "Core").
-        flags = torch.isfinite(torch.stack([
-            torch.stack(tuple(torch.aminmax(p.grad))) if p.grad.numel() else p.grad.new_zeros(2)
-            for _, _, p in found
-        ])).all(dim=-1)
-        if bool(flags.all()):
-            return set()
-        bad = [(gi, j, p) for (gi, j, p), ok in zip(found, flags.tolist()) if not ok]
-        if self.nonfinite == "raise":
-            names = ", ".join(self._name(gi, j) for gi, j, _ in bad)
-            raise NonFiniteGradientError(
-                f"non-finite gradient (NaN or Inf) in {names}; no parameter was changed. Lower the "
-                "learning rate, clip gradients, or pass nonfinite='skip' to skip such steps."
-            )
-        for _, _, p in bad:
-            st = self.state[p]
-            st["nonfinite_skips"] = st.get("nonfinite_skips", 0) + 1
-        self.nonfinite_skipped += len(bad)
-        return {id(p) for _, _, p in bad}
+            F.check_hyperparameters(group, gi)
+        return [F.Block(p, p.grad, self.state, group, self._name(gi, j))
+                for gi, group in enumerate(self.param_groups) for j, p in enumerate(group["params"])
+                if with_missing or p.grad is not None]
+
+    def _count_skip(self, block: F.Block) -> None:
+        block.state["nonfinite_skips"] = block.state.get("nonfinite_skips", 0) + 1
+        self.nonfinite_skipped += 1
+
+    def _check(self, blocks: list[F.Block]) -> list[bool]:
+        return F.local_check(blocks)
+
+    def _choose(self, blocks: list[F.Block]) -> None:
+        """Hook for subclasses that pick each block's geometry (steepest.Adaptive); nothing here."""
+
+    def _dualizer(self, blocks: list[F.Block]) -> list[tuple[torch.Tensor, bool]]:
+        if self.batch_matrices is False:
+            return F.dualize_each(blocks)
+        return batched.dualize_batched(blocks, cpu=self.batch_matrices is True)
+
+    def _after_step(self) -> None:
+        """Hook run after every step (steepest.Adaptive clears its captured activations)."""
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -230,45 +250,10 @@ class SteepestDescent(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        skip = self._check_grads()
-        if self.batch_matrices is not False:
-            # Same-shape spectral matrices: one batched polar call per bucket (optim/batched.py).
-            skip = skip | batched_step(self, skip)
-        for group in self.param_groups:
-            lr = float(group["lr"])
-            for p in group["params"]:
-                if p.grad is None or id(p) in skip:
-                    continue
-                self._param_step(p, p.grad, self.state[p], group, lr)
+        F.steepest_step(self._blocks(), nonfinite=self.nonfinite, on_skip=self._count_skip, check=self._check,
+                        choose=self._choose, dualizer=self._dualizer)
+        self._after_step()
         return loss
 
-    def _param_step(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict, lr: float) -> None:
-        if group["algorithm"] == "adamw":
-            F.adamw_step(p, grad, state, lr=lr, betas=group["betas"], eps=group["eps"],
-                         weight_decay=group["weight_decay"])
-            return
-        M = F.direction_source(grad, state, group["momentum"], group["nesterov"])
-        update = F.compute_update(M, **update_kwargs(group))
-        if group["step_size"] == "dual" and not bool(torch.isfinite(update).all()):
-            # The dual norm of a finite M can still overflow (e.g. a float16 nuclear norm): never
-            # write it into the weight. Count it like a non-finite gradient.
-            state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
-            self.nonfinite_skipped += 1
-            return
-        F.apply_update(p, update, lr, group["weight_decay"])
 
-
-def update_kwargs(group: dict, norm: str | None = None, p: float | None = None) -> dict:
-    """The keyword arguments of :func:`steepest.optim.functional.compute_update` for ``group``.
-
-    ``norm``/``p`` override the group's geometry (used by the adaptive optimizer).
-    """
-    return dict(
-        norm=norm or group["norm"], p=p if norm else group["p"], step_size=group["step_size"],
-        scale_rule=group["scale_rule"], tensor_mode=group["tensor_mode"], method=group["method"],
-        steps=group["steps"], dtype=DTYPE_NAMES[group["dtype"]], coefficients=group["coefficients"],
-        normalization=group["normalization"],
-    )
-
-
-__all__ = ["SteepestDescent", "NonFiniteGradientError", "update_kwargs", "MUON_QUINTIC"]
+__all__ = ["SteepestDescent", "NonFiniteGradientError", "MUON_QUINTIC"]

@@ -1,0 +1,348 @@
+"""The geometry registry: everything steepest knows about each norm, in one place.
+
+For a norm ||.|| on matrices the dualizer is D = argmax_{||D|| <= 1} <G, D>, and the dual norm is the
+value of that maximum, ||G||^dagger = <G, D> (lecture notes on spectral descent, section 2; "Steepest
+descent under Schatten-p norms"). The geometries:
+
+============  ======================  ==========================  ==================================
+name          norm ||X||              dual norm ||G||^dagger      dualize(G)
+============  ======================  ==========================  ==================================
+frobenius     ||X||_F                 ||G||_F                     G / ||G||_F
+spectral      s_max(X)                ||G||_* = sum s_i           polar(G) = U V^T
+linf          max_ij |X_ij|           ||G||_1 = sum |G_ij|        sign(G)
+schatten (p)  ||s(X)||_p              ||s(G)||_q, 1/p + 1/q = 1   U diag(s^(q-1)) V^T / ||s||_q^(q-1)
+============  ======================  ==========================  ==================================
+
+Schatten p = inf *is* the spectral geometry (:func:`resolve` is the one place that says so), so it
+accepts the spectral dualizer's settings (method, steps, ...).
+
+For every G != 0: <G, dualize(G)> = dual_norm(G) and matrix_norm(dualize(G)) = 1; dualize(0) = 0.
+All functions reduce over the last two dimensions (batch-aware); the entrywise norms (frobenius,
+linf) also accept a vector, treated as one row.
+
+Besides the math, the registry holds how a parameter tensor is viewed as matrices
+(:func:`matrix_view`: flatten, batch, transposed Conv1D weights), the fixed step multipliers
+(:func:`shape_scale`), the unit-RMS factors (:func:`rms_factor`), the cost model used to balance
+owner ranks (:func:`dualize_cost`) and which dualizer settings apply to which norm
+(:func:`check_settings`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from steepest.linalg.polar import METHODS, NORMALIZATIONS, _check_matrix, polar, polar_svd, prescale
+from steepest.linalg.schatten import check_p, conjugate_exponent, schatten_dualize_and_singular_values, vector_pnorm
+
+NORMS = ("frobenius", "spectral", "linf", "schatten")
+ENTRYWISE = ("frobenius", "linf")
+SCALE_RULES = ("none", "muon", "rms", "spectral")
+TENSOR_MODES = ("flatten", "batch")
+#: Settings of the spectral dualizer (the polar factor); they mean nothing to the other norms.
+POLAR_SETTINGS = ("method", "steps", "coefficients", "normalization")
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64,
+               "float16": torch.float16}
+
+
+# ----------------------------------------------------------------------------------- names
+def check_norm(norm: str, p: float | None = None) -> None:
+    """Raise ValueError for an unknown norm or a missing/invalid Schatten exponent."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm == "schatten":
+        check_p(p)
+    elif p is not None:
+        raise ValueError(f"p is only used with norm='schatten', got p={p!r} with norm={norm!r}")
+
+
+def resolve(norm: str, p: float | None = None) -> tuple[str, float | None]:
+    """The canonical ``(norm, p)``: Schatten p = inf is the spectral norm; everything else is itself."""
+    check_norm(norm, p)
+    if norm == "schatten" and math.isinf(float(p)):
+        return "spectral", None
+    return norm, (float(p) if p is not None else None)
+
+
+def is_entrywise(norm: str) -> bool:
+    """True for the norms defined entry by entry (they accept vectors and need no matrix view)."""
+    return norm in ENTRYWISE
+
+
+def iteration_dtype(input_dtype: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a dualizer computes in: ``dtype`` if given, else the input's, promoted to >= float32.
+
+    So float64 inputs stay float64-accurate end to end unless a lower precision is asked for.
+    """
+    if dtype is not None:
+        return dtype
+    return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
+def dtype_from_name(dtype) -> torch.dtype | None:
+    """A torch dtype from a dtype or its name (``None`` stays None: "the input's dtype")."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None and dtype not in DTYPE_NAMES.values():
+            raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or None, got {dtype!r}")
+        return dtype
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or None, got {dtype!r}")
+    return DTYPE_NAMES[dtype]
+
+
+def dtype_name(dtype) -> str | None:
+    """The name of a dtype (what optimizer state_dicts hold); None stays None."""
+    d = dtype_from_name(dtype)
+    return None if d is None else next(k for k, v in DTYPE_NAMES.items() if v == d)
+
+
+def check_settings(norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
+                   coefficients=None, normalization: str | None = None, dtype=None) -> None:
+    """Raise ValueError naming any dualizer setting that does not apply to ``norm``.
+
+    The polar settings (method, steps, coefficients, normalization) apply to the spectral geometry
+    (including Schatten p = inf) only; ``method="svd"`` is also accepted for finite Schatten p (its
+    dualizer is an exact SVD). ``dtype`` (the compute dtype) applies to every norm; sign is exact in any.
+    """
+    name, _ = resolve(norm, p)
+    given = {"method": method, "steps": steps, "coefficients": coefficients, "normalization": normalization}
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if normalization is not None and normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS} or None, got {normalization!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"steps must be a non-negative int or None, got {steps!r}")
+    dtype_from_name(dtype)
+    if name == "spectral":
+        if (method in (None, "svd")) and (steps is not None or coefficients is not None or normalization is not None):
+            raise ValueError("steps/coefficients/normalization need method='newton_schulz' or 'polar_express', "
+                             "not 'svd' (the exact polar factor has no iteration to configure)")
+        return
+    allowed = {"method": ("svd",)} if name == "schatten" else {}
+    for key, value in given.items():
+        if value is not None and value not in allowed.get(key, ()):
+            raise ValueError(
+                f"{key}={value!r} does not apply to norm={norm!r}: it configures the spectral dualizer (the "
+                f"polar factor). Remove it, or use norm='spectral'"
+                + (" (the Schatten-p dualizer is an exact SVD)" if name == "schatten" else "") + ".")
+
+
+# ----------------------------------------------------------------------------------- views
+def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool = False) -> torch.Tensor:
+    """View a parameter-shaped tensor as the matrix (or batch of matrices) its geometry acts on.
+
+    Matrices are (fan_out, fan_in). 2-D tensors are returned as is, or as ``t.mT`` when ``transposed``
+    (weights stored as (in, out), like GPT-2's ``Conv1D``); >= 3-D tensors are flattened to
+    (shape[0], prod(rest)) (conv kernels (out, in, kh, kw) -> (out, in*kh*kw)) or, with
+    ``tensor_mode="batch"``, kept as a batch of matrices over the last two dims. 1-D tensors
+    (entrywise norms only) are returned as is. :func:`from_matrix` inverts it.
+    """
+    if t.ndim <= 1:
+        return t
+    if t.ndim > 2 and tensor_mode != "batch":
+        t = t.reshape(t.shape[0], -1)
+    return t.mT if transposed else t
+
+
+def from_matrix(X: torch.Tensor, shape: torch.Size | tuple, transposed: bool = False) -> torch.Tensor:
+    """Undo :func:`matrix_view`: back to the parameter's ``shape``."""
+    if transposed and X.ndim >= 2:
+        X = X.mT
+    return X.reshape(shape)
+
+
+def matrix_shape(shape: tuple[int, ...], tensor_mode: str = "flatten", transposed: bool = False) -> tuple[int, ...]:
+    """Shape of :func:`matrix_view` for a tensor of ``shape`` (without building it)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) <= 1:
+        return shape
+    if len(shape) > 2 and tensor_mode != "batch":
+        shape = (shape[0], math.prod(shape[1:]))
+    return shape[:-2] + (shape[-1], shape[-2]) if transposed else shape
+
+
+def _mn(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (1, shape[0]) if len(shape) == 1 else (shape[-2], shape[-1])
+
+
+def shape_scale(shape: tuple[int, ...], rule: str) -> float:
+    """The fixed step multiplier for a matrix view of shape ``(..., m, n)`` = (fan_out, fan_in).
+
+    ``none``: 1; ``muon``: sqrt(max(1, m/n)) (KellerJordan/Muon); ``rms``: 0.2 sqrt(max(m, n))
+    (Moonshot's AdamW RMS match, "Muon is Scalable for LLM Training"); ``spectral``:
+    sqrt(fan_out / fan_in) (Yang, Simon & Bernstein 2023, "A spectral condition for feature learning").
+    Empty matrices get 1.
+    """
+    if rule not in SCALE_RULES:
+        raise ValueError(f"scale_rule must be one of {SCALE_RULES}, got {rule!r}")
+    m, n = _mn(shape)
+    if rule == "none" or m == 0 or n == 0:
+        return 1.0
+    if rule == "muon":
+        return math.sqrt(max(1.0, m / n))
+    if rule == "rms":
+        return 0.2 * math.sqrt(max(m, n))
+    return math.sqrt(m / n)
+
+
+def rms_factor(shape: tuple[int, ...], norm: str, p: float | None = None) -> float:
+    """The multiplier that gives a full-rank unit-norm direction of ``norm`` unit RMS on an (m, n) block.
+
+    linf: sign has RMS 1; spectral: ||U V^T||_F = sqrt(k), k = min(m, n), so sqrt(mn / k) =
+    sqrt(max(m, n)); frobenius: sqrt(mn); Schatten-p: equal singular values k^(-1/p) give
+    sqrt(mn) k^(1/p - 1/2) (p = 2 frobenius, p = inf spectral).
+    """
+    name, p = resolve(norm, p)
+    m, n = _mn(shape)
+    if m * n == 0 or name == "linf":
+        return 1.0
+    k = min(m, n)
+    if name == "spectral":
+        return math.sqrt(max(m, n))
+    if name == "frobenius":
+        return math.sqrt(m * n)
+    return math.sqrt(m * n) * k ** (1.0 / p - 0.5)
+
+
+def dualize_cost(shape: tuple[int, ...], norm: str = "spectral", tensor_mode: str = "flatten",
+                 p: float | None = None) -> float:
+    """Work of one dualization, up to a constant: b m n min(m, n) for a (b x) m x n matrix view.
+
+    This is the flop count of an SVD or of Newton-Schulz on the smaller Gram matrix; entrywise norms
+    cost m n. Example: ``dualize_cost((384, 1536))`` is 384 * 1536 * 384.
+    """
+    numel = math.prod(shape)
+    if is_entrywise(norm) or len(shape) < 2:
+        return float(numel)
+    m, n = _mn(matrix_shape(tuple(shape), tensor_mode))
+    return float(numel * min(m, n))
+
+
+# ----------------------------------------------------------------------------------- math
+def _as_matrix(X: torch.Tensor, norm: str) -> torch.Tensor:
+    if is_entrywise(norm) and X.ndim == 1:
+        return X.unsqueeze(0)
+    _check_matrix(X, "X")
+    return X
+
+
+def _svdvals(X: torch.Tensor) -> torch.Tensor:
+    if X.numel() == 0:  # every norm of an empty matrix is 0: one zero "singular value" keeps [..., 0] valid
+        return X.new_zeros(X.shape[:-2] + (1,), dtype=X.dtype if X.dtype == torch.float64 else torch.float32)
+    return torch.linalg.svdvals(X if X.dtype in (torch.float32, torch.float64) else X.float())
+
+
+def _amax(X: torch.Tensor) -> torch.Tensor:
+    return X.abs().amax(dim=(-2, -1)) if X.numel() else X.new_zeros(X.shape[:-2])
+
+
+def _fro(X: torch.Tensor) -> torch.Tensor:
+    """||X||_F without overflow or underflow: max|X| * ||X / max|X|||_F."""
+    if X.numel() == 0:
+        return X.new_zeros(X.shape[:-2])
+    amax = _amax(X)
+    return torch.linalg.matrix_norm(prescale(X), "fro") * amax
+
+
+def matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> torch.Tensor:
+    """||X|| under ``norm`` (see the module table). Example: ``matrix_norm(torch.eye(3), "spectral")`` is 1."""
+    name, p = resolve(norm, p)
+    squeeze = X.ndim == 1
+    X = _as_matrix(X, name)
+    if name == "frobenius":
+        out = _fro(X)
+    elif name == "linf":
+        out = _amax(X)
+    elif name == "spectral":
+        out = _svdvals(X)[..., 0].to(X.dtype)
+    else:
+        out = vector_pnorm(_svdvals(X), p).to(X.dtype)
+    return out.squeeze(0) if squeeze else out
+
+
+def dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Tensor:
+    """The dual norm ||G||^dagger = max_{||D|| <= 1} <G, D>: F, nuclear, l1, or Schatten-q.
+
+    Example: ``dual_norm(torch.eye(3), "spectral")`` is 3 (the nuclear norm).
+    """
+    name, p = resolve(norm, p)
+    squeeze = G.ndim == 1
+    G = _as_matrix(G, name)
+    if name == "frobenius":
+        out = _fro(G)
+    elif name == "linf":
+        out = G.abs().sum(dim=(-2, -1))
+    elif name == "spectral":
+        out = _svdvals(G).sum(dim=-1).to(G.dtype)
+    else:
+        out = vector_pnorm(_svdvals(G), conjugate_exponent(p)).to(G.dtype)
+    return out.squeeze(0) if squeeze else out
+
+
+def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None,
+            steps: int | None = None, dtype: torch.dtype | None = None, coefficients: tuple | None = None,
+            normalization: str | None = None) -> torch.Tensor:
+    """argmax_{||D|| <= 1} <G, D> under ``norm`` (see the module table); 0 for G = 0.
+
+    ``method`` (default ``"svd"``), ``steps``, ``dtype``, ``coefficients`` and ``normalization``
+    select how the spectral dualizer (the polar factor) is computed; see :func:`steepest.polar`.
+    Schatten-p dualizers are exact (SVD). ``dtype=None`` computes in G's dtype promoted to at least
+    float32. Example:
+
+        >>> G = torch.tensor([[3.0, -1.0]])
+        >>> dualize(G, "linf")
+        tensor([[ 1., -1.]])
+    """
+    return dualize_with_dual_norm(G, norm, p, method=method, steps=steps, dtype=dtype, coefficients=coefficients,
+                                  normalization=normalization, need_dual_norm=False)[0]
+
+
+def dualize_with_dual_norm(
+    G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
+    dtype: torch.dtype | None = None, coefficients: tuple | None = None, normalization: str | None = None,
+    need_dual_norm: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(dualize(G), dual_norm(G))`` sharing work: the SVD paths compute both from one SVD.
+
+    The dual norm has shape ``G.shape[:-2]`` (a scalar tensor for a single matrix); it is None when
+    ``need_dual_norm`` is False.
+    """
+    name, p = resolve(norm, p)
+    check_settings(name, p, method=method, steps=steps, coefficients=coefficients,
+                   normalization=normalization, dtype=dtype)
+    squeeze = G.ndim == 1
+    G = _as_matrix(G, name)
+    dn = None
+    if name == "frobenius":
+        X = prescale(G.to(iteration_dtype(G.dtype, dtype)))
+        fro = torch.linalg.matrix_norm(X, "fro", keepdim=True)
+        D = (X / fro.clamp(min=torch.finfo(X.dtype).tiny)).to(G.dtype)
+        if need_dual_norm:
+            dn = (fro.squeeze(-1).squeeze(-1) * _amax(G).to(X.dtype)).to(G.dtype)
+    elif name == "linf":
+        D = torch.sign(G)
+        if need_dual_norm:
+            dn = G.abs().sum(dim=(-2, -1))
+    elif name == "spectral" and method in (None, "svd"):
+        D, s = polar_svd(G, dtype=iteration_dtype(G.dtype, dtype))
+        dn = s.sum(dim=-1).to(G.dtype) if need_dual_norm else None
+    elif name == "spectral":
+        D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype), coefficients=coefficients,
+                  normalization=normalization)
+        dn = dual_norm(G, "spectral") if need_dual_norm else None
+    else:
+        # float64 SVD unless asked otherwise: the power s^(q-1) amplifies rounding for q near 1 and large q.
+        D, s = schatten_dualize_and_singular_values(G, p, dtype if dtype is not None else torch.float64)
+        if need_dual_norm:  # an empty matrix has no singular values and dual norm 0
+            dn = vector_pnorm(s, conjugate_exponent(p)).to(G.dtype) if s.shape[-1] else G.new_zeros(G.shape[:-2])
+    if squeeze:
+        D = D.squeeze(0)
+        dn = dn.squeeze(0) if dn is not None else None
+    return D, dn
+
+
+__all__ = ["NORMS", "ENTRYWISE", "SCALE_RULES", "TENSOR_MODES", "POLAR_SETTINGS", "DTYPE_NAMES", "check_norm",
+           "resolve", "is_entrywise", "iteration_dtype", "dtype_from_name", "dtype_name", "check_settings",
+           "matrix_view", "from_matrix", "matrix_shape", "shape_scale", "rms_factor", "dualize_cost", "matrix_norm",
+           "dual_norm", "dualize", "dualize_with_dual_norm"]
