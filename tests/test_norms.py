@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import steepest
 from steepest.linalg.schatten import schatten_norm
-from steepest.optim._reference import ref_dual_norm, ref_dualize, ref_matrix_norm
+from steepest.testing.reference import ref_dual_norm, ref_dualize, ref_matrix_norm
 
 GEOMETRIES = [("frobenius", None), ("spectral", None), ("linf", None), ("schatten", 1.0), ("schatten", 1.5),
               ("schatten", 2.0), ("schatten", 3.0), ("schatten", 8.0), ("schatten", 32.0), ("schatten", math.inf)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import steepest
-from steepest.optim._reference import RefSteepest
+from steepest.testing.reference import RefSteepest
 
 CONFIGS = [
     dict(norm="spectral"),

@@ -7,7 +7,7 @@ import torch
 
 import steepest
 from steepest.linalg.coefficients import POLAR_EXPRESS_L1E3, polar_express_coefficients
-from steepest.optim._reference import ref_polar
+from steepest.testing.reference import ref_polar
 
 SHAPES = [(24, 24), (40, 16), (16, 40), (1, 13), (13, 1), (3, 20, 12), (2, 3, 8, 10)]
 

@@ -184,7 +184,8 @@ def _iterate(
         # X, A, A^2 by the ratio costs no matmul.
         A = X @ X.mT
         AA = A @ A
-        s8 = torch.linalg.vector_norm(AA.float(), dim=(-2, -1), keepdim=True).sqrt().sqrt().to(dtype)
+        s8 = torch.linalg.vector_norm(AA if AA.dtype == torch.float64 else AA.float(), dim=(-2, -1),
+                                      keepdim=True).sqrt().sqrt().to(dtype)
         r = torch.where(s8 > 0, 1.0 / (s8 * safety), torch.ones_like(s8))
         X, A, AA = X * r, A * (r * r), AA * (r**4)
     for k, (a, b, c) in enumerate(table):

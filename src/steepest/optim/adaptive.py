@@ -118,11 +118,6 @@ class Adaptive(SteepestDescent):
         self.initial = initial
         self.history: list[dict] = []
         self._t = 0
-        self._names = {}
-        for gi, group in enumerate(self.param_groups):
-            names = group.get("names")
-            for j, p in enumerate(group["params"]):
-                self._names[id(p)] = names[j] if names and j < len(names) else f"group{gi}.{j}"
         self._capture, self._module_of = None, {}
         if model is not None:
             wanted = {id(p) for g in self.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
@@ -139,7 +134,7 @@ class Adaptive(SteepestDescent):
 
     _copied_attributes = SteepestDescent._copied_attributes + (
         "candidates", "every", "criterion", "microbatches", "margin", "patience", "lr_multipliers", "rms_match",
-        "initial", "history", "_t", "_names")
+        "initial", "history", "_t")
 
     def __getstate__(self) -> dict:
         # the activation hooks belong to the original model: a copy uses the gradient-only proxy
@@ -163,6 +158,16 @@ class Adaptive(SteepestDescent):
         if "spectral" in pending:
             geo.check_settings("spectral", None, **{k: group[k] for k in ("method", "steps", "coefficients",
                                                                           "normalization", "dtype")})
+
+    @property
+    def _names(self) -> dict[int, str]:
+        """Parameter id -> name, from the groups' ``names`` (so copies and added groups stay right)."""
+        out = {}
+        for gi, group in enumerate(self.param_groups):
+            names = group.get("names")
+            for j, p in enumerate(group["params"]):
+                out[id(p)] = names[j] if names and j < len(names) else f"group{gi}.{j}"
+        return out
 
     def _deciding(self) -> bool:
         return self._t % self.every == 0
@@ -205,7 +210,7 @@ class Adaptive(SteepestDescent):
             return 1.0
         return a / b
 
-    def _decide(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> None:
+    def _decide(self, p: torch.Tensor, G: torch.Tensor, state: dict, name: str) -> None:
         s, source = self._scores(p, G, state)
         current = _geometry(state)
         target, switched = s.winner, False
@@ -224,7 +229,7 @@ class Adaptive(SteepestDescent):
         else:
             state["challenger"], state["streak"] = -1, 0
         state["geometry"] = C.GEOMETRIES.index(current)
-        self.history.append({"step": self._t, "param": self._names.get(id(p), "?"), "geometry": current,
+        self.history.append({"step": self._t, "param": name, "geometry": current,
                              "winner": s.winner, "switched": switched, "regime": s.regime, "source": source,
                              "decrease": {g: float(v) for g, v in s.decrease.items()}})
 
@@ -234,12 +239,15 @@ class Adaptive(SteepestDescent):
         return codes
 
     def _choose(self, blocks: list) -> None:
-        """The kernel's ``choose`` stage: each block's geometry and lr multiplier, nothing else."""
+        """The kernel's ``choose`` stage: each matrix block's geometry and lr multiplier, nothing else
+        (vectors in an entrywise group keep the group's norm)."""
+        blocks = [b for b in blocks if b.param.ndim >= 2]
         deciding = self._deciding()
         if deciding:
             start = len(self.history)
+            names = self._names
             for b in blocks:
-                self._decide(b.param, b.grad, b.state)
+                self._decide(b.param, b.grad, b.state, names.get(id(b.param), "?"))
                 b.state.pop("prev_grad", None)
             codes = torch.tensor([int(b.state.get("geometry", C.GEOMETRIES.index(self.initial))) for b in blocks],
                                  dtype=torch.int64)
@@ -247,9 +255,9 @@ class Adaptive(SteepestDescent):
             if not torch.equal(agreed, codes):
                 for b, code in zip(blocks, agreed.tolist()):
                     b.state["geometry"] = code
-                names = {self._names.get(id(b.param)): C.GEOMETRIES[c] for b, c in zip(blocks, agreed.tolist())}
+                chosen = {names.get(id(b.param)): C.GEOMETRIES[c] for b, c in zip(blocks, agreed.tolist())}
                 for h in self.history[start:]:
-                    h["geometry"] = names.get(h["param"], h["geometry"])
+                    h["geometry"] = chosen.get(h["param"], h["geometry"])
         keep_prev = (self._t + 1) % self.every == 0
         for b in blocks:
             if keep_prev and id(b.param) not in self._module_of:
@@ -283,7 +291,8 @@ class Adaptive(SteepestDescent):
 
     def geometries(self) -> dict[str, str]:
         """Current geometry per matrix parameter name."""
-        return {self._names[id(p)]: _geometry(self.state[p]) or self.initial
+        names = self._names
+        return {names[id(p)]: _geometry(self.state[p]) or self.initial
                 for g in self.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
 
     def remove_hooks(self) -> None:

@@ -93,6 +93,19 @@ def _all_gather(out: torch.Tensor, inp: torch.Tensor, group) -> None:
 class _DistributedStep:
     """The distributed ``step``; mixed into a :class:`SteepestDescent` subclass (see the module doc)."""
 
+    def __getstate__(self) -> dict:
+        # a process group cannot be copied or pickled: a copy uses the default (world) group
+        state = super().__getstate__()
+        state.update(process_group=None, partial_grads=self.partial_grads, partial_skipped=self.partial_skipped,
+                     last_owners=dict(self.last_owners), step_stats=dict(self.step_stats))
+        return state
+
+    def __reduce_ex__(self, protocol):
+        base = getattr(type(self), "_base", None)
+        if base is None:  # DistributedSteepest: an ordinary module-level class
+            return super().__reduce_ex__(protocol)
+        return _restore, (base, self.__getstate__())
+
     def _setup_distributed(self, process_group, partial_grads: str) -> None:
         if partial_grads not in PARTIAL_GRADS:
             raise ValueError(f"partial_grads must be one of {PARTIAL_GRADS}, got {partial_grads!r}")
@@ -328,6 +341,23 @@ class DistributedSteepest(_DistributedStep, SteepestDescent):
 _CLASSES: dict[type, type] = {}
 
 
+def _distributed_class(base: type) -> type:
+    """``Distributed<Base>``: the distributed step mixed into ``base`` (made once per class)."""
+    cls = _CLASSES.get(base)
+    if cls is None:
+        cls = _CLASSES[base] = type(f"Distributed{base.__name__}", (_DistributedStep, base),
+                                    {"__doc__": base.__doc__, "__module__": __name__, "_base": base})
+    return cls
+
+
+def _restore(base: type, state: dict):
+    """Unpickle a ``distributed(...)`` optimizer (its class is made at run time, so pickle needs this)."""
+    cls = _distributed_class(base)
+    obj = cls.__new__(cls)
+    obj.__setstate__(state)
+    return obj
+
+
 def _unwrap(fn):
     while hasattr(fn, "__wrapped__"):  # torch.optim wraps each class's step for its hooks
         fn = fn.__wrapped__
@@ -361,10 +391,7 @@ def distributed(optimizer: SteepestDescent, process_group=None, partial_grads: s
         # A subclass that replaces step() bypasses the kernel hooks the distributed version overrides.
         raise TypeError(f"distributed() cannot wrap {base.__name__}: it defines its own step(), which bypasses "
                         "the step kernel's hooks (_check, _choose, _dualizer). Override those instead of step().")
-    cls = _CLASSES.get(base)
-    if cls is None:
-        cls = _CLASSES[base] = type(f"Distributed{base.__name__}", (_DistributedStep, base),
-                                    {"__doc__": base.__doc__, "__module__": __name__})
+    cls = _distributed_class(base)
     new = cls.__new__(cls)
     new.__dict__.update(optimizer.__dict__)
     new._patch_step_function()  # torch.optim step hooks and lr-scheduler bookkeeping, as in Optimizer.__init__

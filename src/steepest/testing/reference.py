@@ -95,20 +95,50 @@ def ref_dualize(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Ten
 
 
 def ref_shape_scale(shape, rule: str) -> float:
-    m, n = shape[0], int(np.prod(shape[1:]))
+    """Shape rules on an (m, n) matrix view (the lecture notes' fan_out x fan_in)."""
+    m, n = shape[-2], shape[-1]
     return {"none": 1.0, "muon": math.sqrt(max(1, m / n)), "rms": 0.2 * math.sqrt(max(m, n)),
             "spectral": math.sqrt(m / n)}[rule]
 
 
+def ref_polar_iteration(M: np.ndarray, table: list, normalization: str, safety: float, eps: float = 1e-7) -> np.ndarray:
+    """The odd-quintic polar iteration in float64, from its definition, one matrix at a time.
+
+    X_0 = M / max(safety ||M||_F, eps) (Frobenius) or M / (safety ||s(M)||_8) (Schatten-8), on the wide
+    orientation; X <- a X + b (X X^T) X + c (X X^T)^2 X for each (a, b, c) of ``table``.
+    """
+    out = np.zeros_like(M)
+    for idx in np.ndindex(M.shape[:-2]):
+        X = M[idx]
+        tall = X.shape[0] > X.shape[1]
+        X = X.T if tall else X
+        if normalization == "frobenius":
+            X = X / max(safety * np.sqrt((X**2).sum()), eps)
+        else:
+            s8 = (np.linalg.svd(X, compute_uv=False) ** 8).sum() ** (1 / 8)
+            X = X / (safety * s8) if s8 > 0 else X
+        for a, b, c in table:
+            A = X @ X.T
+            X = a * X + (b * A + c * A @ A) @ X
+        out[idx] = X.T if tall else X
+    return out
+
+
 class RefSteepest:
-    """Float64 loop of SteepestDescent for one parameter (momentum EMA / Nesterov, wd, both step sizes)."""
+    """Float64 loop of SteepestDescent for one parameter (momentum EMA / Nesterov, wd, both step sizes).
+
+    ``table``/``normalization``/``safety`` select the polynomial polar iteration instead of the exact
+    polar factor (spectral only); ``lr_scale`` multiplies the update but not the weight decay.
+    """
 
     def __init__(self, W: torch.Tensor, *, lr, norm, p=None, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 step_size="fixed", scale_rule="none"):
+                 step_size="fixed", scale_rule="none", tensor_mode="flatten", table=None, normalization="frobenius",
+                 safety=1.0, lr_scale=1.0):
         self.W = _np(W).copy()
         self.buf = np.zeros_like(self.W)
         self.kw = dict(lr=lr, norm=norm, p=p, momentum=momentum, nesterov=nesterov, wd=weight_decay,
-                       step_size=step_size, scale_rule=scale_rule)
+                       step_size=step_size, scale_rule=scale_rule, tensor_mode=tensor_mode, table=table,
+                       normalization=normalization, safety=safety, lr_scale=lr_scale)
 
     def step(self, grad: torch.Tensor) -> np.ndarray:
         k = self.kw
@@ -119,10 +149,15 @@ class RefSteepest:
             M = (1 - mu) * g + mu * self.buf if k["nesterov"] else self.buf
         else:
             M = g
-        M2 = M.reshape(M.shape[0], -1) if M.ndim > 2 else M
-        D = _np(ref_dualize(torch.from_numpy(M2), k["norm"], k["p"])).reshape(M.shape)
-        scale = ref_shape_scale(self.W.shape, k["scale_rule"]) if M.ndim >= 2 else 1.0
+        M2 = M.reshape(M.shape[0], -1) if M.ndim > 2 and k["tensor_mode"] == "flatten" else M
+        if k["table"] is not None:
+            D2 = ref_polar_iteration(M2, k["table"], k["normalization"], k["safety"])
+        else:
+            D2 = _np(ref_dualize(torch.from_numpy(M2), k["norm"], k["p"]))
+        scale = ref_shape_scale(M2.shape, k["scale_rule"]) if M2.ndim >= 2 else 1.0
         if k["step_size"] == "dual":
-            scale *= float(ref_dual_norm(torch.from_numpy(M2), k["norm"], k["p"]))
-        self.W = self.W * (1 - k["lr"] * k["wd"]) - k["lr"] * scale * D
+            dn = ref_dual_norm(torch.from_numpy(M2), k["norm"], k["p"])
+            D2 = D2 * (dn[..., None, None] if np.ndim(dn) else dn)
+        D = D2.reshape(M.shape)
+        self.W = self.W * (1 - k["lr"] * k["wd"]) - k["lr"] * k["lr_scale"] * scale * D
         return self.W

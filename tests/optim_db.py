@@ -1,0 +1,150 @@
+"""The optimizer database: every optimizer configuration under test (like torch's ``optim_db``).
+
+Each :class:`OptimInfo` builds an optimizer over the :class:`Net` problem's parameter groups (matrices
+in the steepest geometry, biases on AdamW) and says how to compute its first step in float64 from
+the definitions (:class:`steepest.testing.reference.RefSteepest`). The generic contract tests in
+``test_contract.py`` run over all of it; ``test_every_recipe_is_in_the_database`` fails when a recipe
+is added to steepest without an entry here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+import steepest
+from steepest.linalg import coefficients as C
+
+
+class Net(nn.Module):
+    """Two Linear layers and a 3-D parameter (for the flatten/batch tensor modes); biases on AdamW."""
+
+    def __init__(self, dtype=torch.float32, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin1 = nn.Linear(6, 8).to(dtype)
+        self.mix = nn.Parameter(torch.randn(2, 4, 4, dtype=dtype) / 2)
+        self.lin2 = nn.Linear(8, 4).to(dtype)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin1(x))
+        h = (h.view(-1, 2, 1, 4) @ self.mix).reshape(-1, 8)
+        return self.lin2(h)
+
+    def matrices(self):
+        return [self.lin1.weight, self.mix, self.lin2.weight]
+
+    def groups(self):
+        return [dict(params=self.matrices(), names=["lin1.weight", "mix", "lin2.weight"]),
+                dict(params=[self.lin1.bias, self.lin2.bias], names=["lin1.bias", "lin2.bias"], algorithm="adamw")]
+
+
+def batch(step: int, dtype=torch.float32, n: int = 16):
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64).to(dtype)
+    return x, torch.randn(n, 4, generator=g, dtype=torch.float64).to(dtype)
+
+
+def loss_fn(model, step: int):
+    x, y = batch(step, model.lin1.weight.dtype)
+    return nn.functional.mse_loss(model(x), y)
+
+
+@dataclasses.dataclass
+class OptimInfo:
+    name: str
+    #: (model, **overrides) -> optimizer; overrides are lr / weight_decay for the contract tests
+    make: Callable[..., torch.optim.Optimizer]
+    #: RefSteepest settings of the matrices' first step from zero state (without lr / weight_decay);
+    #: for Adaptive, filled in from the optimizer's own choice (see ``reference_settings``)
+    ref: dict
+    #: relative tolerance of the float64 check (None: the default, float64 rounding only)
+    float64_tol: float | None = None
+
+
+def _sd(**kw):
+    return lambda model, **o: steepest.SteepestDescent(model.groups(), **{**kw, **o})
+
+
+def _recipe(cls, **kw):
+    return lambda model, **o: cls(model.groups(), **{**kw, **o})
+
+
+def _batched(make):
+    def build(model, **o):
+        opt = make(model, **o)
+        opt.batch_matrices = True
+        return opt
+    return build
+
+
+def _distributed(make):
+    return lambda model, **o: steepest.distributed(make(model, **o))
+
+
+def _adaptive(**kw):
+    def build(model, **o):
+        kw2 = dict(kw)
+        if kw2.pop("with_model", False):
+            kw2["model"] = model
+        return steepest.Adaptive(model.groups(), every=2, **{**kw2, **o})
+    return build
+
+
+NS5 = dict(table=C.schedule(C.MUON_QUINTIC, 5), normalization="frobenius", safety=1.0)
+PE5 = dict(table=C.with_safety(C.schedule(C.POLAR_EXPRESS_L1E3, 5)), normalization="schatten8",
+           safety=C.POLAR_EXPRESS_SAFETY)
+MUON = dict(norm="spectral", momentum=0.95, nesterov=True, scale_rule="muon")
+
+DB: list[OptimInfo] = [
+    # Muon's default computes Newton-Schulz in bf16 (torch.optim.Muon's choice), a lower iteration dtype
+    # than float64: bf16 carries 8 bits, so after 5 steps ~3% relative error on the update is expected.
+    OptimInfo("Muon", _recipe(steepest.Muon), dict(MUON, **NS5), float64_tol=5e-2),
+    OptimInfo("Muon-float64", _recipe(steepest.Muon, dtype=torch.float64), dict(MUON, **NS5)),
+    OptimInfo("Muon-polar_express", _recipe(steepest.Muon, method="polar_express", dtype=None), dict(MUON, **PE5)),
+    OptimInfo("Muon-rms", _recipe(steepest.Muon, adjust_lr_fn="match_rms_adamw", dtype=None),
+              dict(MUON, **NS5, scale_rule="rms")),
+    OptimInfo("SpecGD", _recipe(steepest.SpecGD), dict(norm="spectral")),
+    OptimInfo("SpecGD-dual-nesterov", _recipe(steepest.SpecGD, step_size="dual", momentum=0.9, nesterov=True),
+              dict(norm="spectral", step_size="dual", momentum=0.9, nesterov=True)),
+    OptimInfo("SignSGD", _recipe(steepest.SignSGD), dict(norm="linf")),
+    OptimInfo("Signum", _recipe(steepest.SignSGD, momentum=0.9), dict(norm="linf", momentum=0.9)),
+    OptimInfo("SchattenDescent-p4", _recipe(steepest.SchattenDescent, p=4.0), dict(norm="schatten", p=4.0)),
+    OptimInfo("SchattenDescent-pinf-ns", _recipe(steepest.SchattenDescent, p=math.inf, method="newton_schulz"),
+              dict(norm="spectral", **NS5)),
+    OptimInfo("GD", _recipe(steepest.GD), dict(norm="frobenius", step_size="dual")),
+    OptimInfo("GD-momentum", _recipe(steepest.GD, momentum=0.9), dict(norm="frobenius", step_size="dual", momentum=0.9)),
+]
+# SteepestDescent over norms x step sizes x tensor modes
+for _norm, _p in (("frobenius", None), ("spectral", None), ("linf", None), ("schatten", 3.0)):
+    for _step in ("fixed", "dual"):
+        for _mode in ("flatten", "batch"):
+            DB.append(OptimInfo(f"SteepestDescent-{_norm}-{_step}-{_mode}",
+                                _sd(norm=_norm, p=_p, step_size=_step, tensor_mode=_mode, momentum=0.5),
+                                dict(norm=_norm, p=_p, step_size=_step, tensor_mode=_mode, momentum=0.5)))
+DB += [
+    OptimInfo("Adaptive-proxy", _adaptive(), dict(adaptive=True)),
+    OptimInfo("Adaptive-spec_sign", _adaptive(with_model=True), dict(adaptive=True)),
+    OptimInfo("Adaptive-dd", _adaptive(with_model=True, criterion="dd", candidates=("spectral", "frobenius")),
+              dict(adaptive=True)),
+    OptimInfo("Muon-batched", _batched(_recipe(steepest.Muon, dtype=None)), dict(MUON, **NS5)),
+    OptimInfo("SpecGD-batched", _batched(_recipe(steepest.SpecGD, tensor_mode="batch")),
+              dict(norm="spectral", tensor_mode="batch")),
+    OptimInfo("Adaptive-batched", _batched(_adaptive()), dict(adaptive=True)),
+    OptimInfo("distributed-Muon", _distributed(_recipe(steepest.Muon, dtype=None)), dict(MUON, **NS5)),
+    OptimInfo("distributed-Adaptive", _distributed(_adaptive(with_model=True)), dict(adaptive=True)),
+]
+
+
+def reference_settings(info: OptimInfo, opt, name: str, param: torch.Tensor) -> dict:
+    """RefSteepest keyword arguments for one matrix of ``opt`` (Adaptive: its current choice)."""
+    if not info.ref.get("adaptive"):
+        return dict(info.ref)
+    g = opt.geometries()[name]
+    group = next(gr for gr in opt.param_groups if any(q is param for q in gr["params"]))
+    shape = steepest.geometry.matrix_shape(tuple(param.shape), group["tensor_mode"])
+    return dict(norm=g, lr_scale=steepest.geometry.rms_factor(shape, g) * opt.lr_multipliers[g])
