@@ -78,7 +78,7 @@ def test_configs_validate_and_override():
         assert dataclasses.asdict(mod.quick()).keys() == dataclasses.asdict(cfg).keys()
         with pytest.raises(ConfigError, match="unknown config key"):
             apply_overrides(cfg, ["no_such_key=1"])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"stable_ranks must be non-empty values in \[1, d=96\]"):
         apply_overrides(quadratic.Config(), ["stable_ranks=[0.5]"])   # stable rank below 1 is impossible
     assert apply_overrides(schatten.Config(), ["ps=[2,inf]"]).ps == (2.0, math.inf)
 
