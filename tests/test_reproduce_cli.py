@@ -59,13 +59,15 @@ def test_rerun_reuses_finished_cells(tmp_path, capsys):
     capsys.readouterr()
     cells = sorted((out / "cells").glob("*.json"))
     assert [c.name.split("-")[1] for c in cells] == ["gaussian", "low_stable_rank"]   # one cell per kind x trial
-    kept = {c.name: (c.stat().st_mtime_ns, c.read_bytes()) for c in cells[1:]}
+    # atomic writes replace the file (new inode): same inode and mtime means the cell was never rewritten
+    kept = {c.name: (c.stat().st_ino, c.stat().st_mtime_ns, c.read_bytes()) for c in cells[1:]}
     cells[0].unlink()                                                    # an interrupted run lost one cell
     assert main(["reproduce", "schatten", "--out", str(out), *TINY]) == 0
     assert "(cells: 1 computed, 1 reused)" in capsys.readouterr().out
     assert cells[0].is_file()                                            # the lost cell was recomputed ...
-    for name, (mtime, data) in kept.items():                             # ... the finished one never rewritten
-        assert ((out / "cells" / name).stat().st_mtime_ns, (out / "cells" / name).read_bytes()) == (mtime, data)
+    for name, got in kept.items():                                       # ... the finished one never rewritten
+        f = out / "cells" / name
+        assert (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) == got
     assert json.loads((out / "results.json").read_text()) == first       # same seeds: same numbers
     before = {c.name: c.stat().st_mtime_ns for c in (out / "cells").glob("*.json")}
     assert main(["reproduce", "schatten", "--out", str(out), *TINY, "--set", "trials=2"]) == 0
@@ -74,6 +76,21 @@ def test_rerun_reuses_finished_cells(tmp_path, capsys):
     assert len(after) == 4 and {n: after[n] for n in before} == before  # two new files, the old two untouched
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["trials"] == 2                                            # config.json describes the latest run
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: steepest.runs.atomic_write_bytes (used by every run file) writes through tempfile.mkstemp "
+                   "(mode 0600) and never applies the umask, so every run file is private to its owner")
+def test_run_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["reproduce", "schatten", "--out", str(tmp_path / "run"), *TINY]) == 0
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "run").iterdir() if f.is_file()}
+    assert modes and all(m == 0o644 for m in modes.values()), modes   # what open(..., "w") gives under umask 022
 
 
 def test_bad_set_key_is_a_usage_error(tmp_path, capsys):
