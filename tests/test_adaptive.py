@@ -200,9 +200,11 @@ def test_hysteresis_prevents_flapping():
 
 def test_adaptive_bad_arguments():
     W = [nn.Parameter(torch.zeros(3, 3))]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"candidates must be distinct names from .*got \('spectral', 'l2'\)"):
         steepest.Adaptive(W, candidates=("spectral", "l2"))
+    with pytest.raises(ValueError, match="candidates must be distinct"):
+        steepest.Adaptive(W, candidates=("spectral", "spectral"))
     with pytest.raises(ValueError, match="model="):
         steepest.Adaptive(W, criterion="dd")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="microbatches must be an int >= 2, got 1"):
         steepest.Adaptive(W, microbatches=1)

@@ -142,12 +142,34 @@ def test_bad_arguments():
 def test_empty_matrices(geometry):
     """An empty matrix (e.g. an empty FSDP shard) has zero norms and an empty dualizer, not an error."""
     norm, p = geometry
-    E = torch.zeros(2, 0, 5)
-    assert steepest.dualize(E, norm, p).shape == E.shape
-    assert torch.equal(steepest.dual_norm(E, norm, p), torch.zeros(2))
-    assert torch.equal(steepest.matrix_norm(E, norm, p), torch.zeros(2))
-    for method in ("svd", "newton_schulz", "polar_express"):
-        assert steepest.polar(E, method).shape == E.shape
-    W = torch.nn.Parameter(torch.zeros(0, 4))
-    W.grad = torch.zeros(0, 4)
-    steepest.SteepestDescent([W], norm=norm, p=p, step_size="dual").step()  # no crash, nothing to change
+    for shape in [(0, 5), (4, 0), (3, 0, 5), (3, 4, 0), (0, 0)]:
+        batch = shape[:-2]
+        for dtype in (torch.float32, torch.float64):
+            E = torch.zeros(shape, dtype=dtype)
+            D = steepest.dualize(E, norm, p)
+            assert D.shape == E.shape and D.dtype == dtype, (shape, dtype)
+            for f in (steepest.dual_norm, steepest.matrix_norm):
+                v = f(E, norm, p)
+                # one zero per matrix of the batch (a sum over no singular values / entries), in E's dtype
+                assert v.shape == batch and v.dtype == dtype, (f.__name__, shape, dtype)
+                assert torch.equal(v, torch.zeros(batch, dtype=dtype)), (f.__name__, shape)
+        for method in ("svd", "newton_schulz", "polar_express"):
+            assert steepest.polar(torch.zeros(shape), method).shape == shape
+    # an empty parameter next to a real one: the step leaves it empty and the real one exactly as if alone
+    gen = torch.Generator().manual_seed(0)
+    V0 = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    gV = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    results = []
+    for with_empty in (True, False):
+        V = torch.nn.Parameter(V0.clone())
+        V.grad = gV.clone()
+        params = [V]
+        if with_empty:
+            W = torch.nn.Parameter(torch.zeros(0, 4, dtype=torch.float64))
+            W.grad = torch.zeros(0, 4, dtype=torch.float64)
+            params.append(W)
+        steepest.SteepestDescent(params, lr=0.1, norm=norm, p=p, step_size="dual").step()
+        if with_empty:
+            assert W.shape == (0, 4)
+        results.append(V.detach().clone())
+    assert torch.equal(results[0], results[1]) and not torch.equal(results[0], V0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -26,11 +25,31 @@ def test_reproduce_writes_the_run_directory(tmp_path, capsys):
     env = json.loads((out / "environment.json").read_text())
     assert env["threads"] == 1 and "torch" in env                       # --threads default is recorded
     claims = json.loads((out / "claims.json").read_text())
-    assert {c["verdict"] for c in claims} <= set(base.VERDICTS) and len(claims) == 3
+    assert len(claims) == 3
+    for c in claims:
+        assert set(c) == {"seed", "statement", "measured", "verdict", "note"}
+        assert all(isinstance(v, str) and v for v in c.values())
+        assert c["seed"] == "003_37ec735fc92e01e6.txt"                   # schatten reproduces seed 003
+    assert [c["verdict"] for c in claims] == ["holds", "holds", "holds"]  # today's verdicts at this size
+    # the numbers in claims.json are the ones in results.json, and plausible for this config
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["m"] == 24 and res["settings"]["n"] == 12 and res["ps"][-1] == "inf"
+    for kind in ("gaussian", "low_stable_rank"):
+        K = res["kinds"][kind]
+        gamma = K["fit"]["gamma"]
+        # var ~ 1/(p-1)^2 up to O(1/(p-1)) corrections over p >= 8 (see test_experiments): 2 +- 0.15
+        assert gamma == pytest.approx(2.0, abs=0.15) and K["fit"]["n"] == 5
+        assert f"{kind}: exponent {base.fmt(gamma)} " in claims[0]["measured"]
+        # NS5 singular values lie in ~[0.68, 1.13] (REFERENCE.md 1): matched p between 2 and the claim's 16
+        assert 2.0 < K["ns_match_p"] < 16.0
+        assert f"{kind}: NS variance {base.fmt(K['ns']['var'])} matches p = {base.fmt(K['ns_match_p'])}" in claims[2]["measured"]
+        assert all(a > b for a, b in zip(K["var"], K["var"][1:-1]))    # variance falls with p (p = inf last)
     html = (out / "report.html").read_text()
     assert html.index("Claims: schatten") < html.index("<img")           # claims table on top
     assert (out / "schatten_vs_p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "2 computed, 0 reused" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "(cells: 2 computed, 0 reused)" in stdout
+    assert stdout.count("[       holds]") == 3 and f"report: {out / 'report.html'}" in stdout
 
 
 def test_rerun_reuses_finished_cells(tmp_path, capsys):
@@ -39,31 +58,67 @@ def test_rerun_reuses_finished_cells(tmp_path, capsys):
     first = json.loads((out / "results.json").read_text())
     capsys.readouterr()
     cells = sorted((out / "cells").glob("*.json"))
-    assert len(cells) == 2
+    assert [c.name.split("-")[1] for c in cells] == ["gaussian", "low_stable_rank"]   # one cell per kind x trial
+    # atomic writes replace the file (new inode): same inode and mtime means the cell was never rewritten
+    kept = {c.name: (c.stat().st_ino, c.stat().st_mtime_ns, c.read_bytes()) for c in cells[1:]}
     cells[0].unlink()                                                    # an interrupted run lost one cell
     assert main(["reproduce", "schatten", "--out", str(out), *TINY]) == 0
-    assert "1 computed, 1 reused" in capsys.readouterr().out
+    assert "(cells: 1 computed, 1 reused)" in capsys.readouterr().out
+    assert cells[0].is_file()                                            # the lost cell was recomputed ...
+    for name, got in kept.items():                                       # ... the finished one never rewritten
+        f = out / "cells" / name
+        assert (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) == got
     assert json.loads((out / "results.json").read_text()) == first       # same seeds: same numbers
+    before = {c.name: c.stat().st_mtime_ns for c in (out / "cells").glob("*.json")}
     assert main(["reproduce", "schatten", "--out", str(out), *TINY, "--set", "trials=2"]) == 0
-    assert "2 computed, 2 reused" in capsys.readouterr().out             # more trials: only the new cells run
+    assert "(cells: 2 computed, 2 reused)" in capsys.readouterr().out   # more trials: only the new cells run
+    after = {c.name: c.stat().st_mtime_ns for c in (out / "cells").glob("*.json")}
+    assert len(after) == 4 and {n: after[n] for n in before} == before  # two new files, the old two untouched
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["trials"] == 2                                            # config.json describes the latest run
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: steepest.runs.atomic_write_bytes (used by every run file) writes through tempfile.mkstemp "
+                   "(mode 0600) and never applies the umask, so every run file is private to its owner")
+def test_run_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["reproduce", "schatten", "--out", str(tmp_path / "run"), *TINY]) == 0
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "run").iterdir() if f.is_file()}
+    assert modes and all(m == 0o644 for m in modes.values()), modes   # what open(..., "w") gives under umask 022
 
 
 def test_bad_set_key_is_a_usage_error(tmp_path, capsys):
     assert main(["reproduce", "schatten", "--out", str(tmp_path), "--set", "bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'bogus'" in err and "valid keys" in err and "trials" in err
-    assert not (tmp_path / "results.json").exists()
+    assert list(tmp_path.iterdir()) == []                                # rejected before anything is written
 
 
 def test_bad_set_value_and_form_are_usage_errors(tmp_path, capsys):
     assert main(["reproduce", "quadratic", "--out", str(tmp_path), "--set", "steps=many"]) == 2
-    assert "expected int" in capsys.readouterr().err
+    assert "expected int, got 'many'" in capsys.readouterr().err
     assert main(["reproduce", "quadratic", "--out", str(tmp_path), "--set", "steps"]) == 2
     assert "key=value" in capsys.readouterr().err
     assert main(["reproduce", "quadratic", "--out", str(tmp_path), "--set", "stable_ranks=[0.5]"]) == 2
-    assert "stable_ranks" in capsys.readouterr().err
+    assert "stable_ranks must be non-empty values in [1, d=" in capsys.readouterr().err
     assert main(["reproduce", "quadratic", "--out", str(tmp_path), "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
     assert main(["reproduce", "quadratic", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []                                # no run directory from any of them
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: steepest.runs._coerce's 'expected int, got ...' message does not "
+                   "name the key, so `--set steps=many` cannot be traced to its --set")
+def test_bad_set_value_names_the_key(tmp_path, capsys):
+    assert main(["reproduce", "quadratic", "--out", str(tmp_path), "--set", "steps=many"]) == 2
+    assert "steps" in capsys.readouterr().err
 
 
 def test_unknown_experiment_is_a_usage_error(capsys):
@@ -78,7 +133,10 @@ def test_config_file_then_overrides(tmp_path):
     assert main(["reproduce", "schatten", "--quick", "--out", str(out), "--config", str(tmp_path / "c.yaml"),
                  "--set", "n=8"]) == 0
     cfg = json.loads((out / "config.json").read_text())["config"]
-    assert (cfg["m"], cfg["n"], cfg["match_grid"]) == (20, 8, 6)
+    assert (cfg["m"], cfg["n"], cfg["match_grid"], cfg["trials"]) == (20, 8, 6, 1)
+    assert cfg["close_p"] == 32.0                                        # keys the file does not set keep quick()'s
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["n"] == 8 and len(res["kinds"]["gaussian"]["grid_p"]) == 6   # the run used them
     (tmp_path / "c.toml").write_text("steps = 3\n")
     configs = build_configs(["quadratic"], True, [], str(tmp_path / "c.toml"))
     assert configs["quadratic"].steps == 3
@@ -113,6 +171,10 @@ def test_combined_report(tmp_path):
     assert html.index("All claims") < html.index("schatten: ") < html.index("quadratic: ")
     assert html.count("<tr>") >= sum(len(o.claims) for o in outcomes) + 2
     assert "schatten/schatten_vs_p.png" in html                          # figures relative to the report
+    for o in outcomes:                                                   # every claim's statement is in the table
+        import html as _html
+        assert all(_html.escape(c.statement) in html for c in o.claims), o.name
+    assert (tmp_path / "quadratic" / "quadratic_loss.png").is_file()
 
 
 @pytest.mark.slow
@@ -121,6 +183,14 @@ def test_reproduce_all_quick(tmp_path):
     assert main(["reproduce", "all", "--quick", "--out", str(out)]) == 0
     claims = json.loads((out / "claims.json").read_text())
     assert set(claims) == set(base.REGISTRY)
+    # today's quick verdicts (the numbers behind them are checked in test_experiments.py)
+    want = {"quadratic": ["holds"] * 5, "schatten": ["holds"] * 3, "phase-retrieval": ["holds"] * 5,
+            "init-rank": ["holds"] * 4, "spec-sign": ["holds", "fails", "holds"]}
+    assert {n: [c["verdict"] for c in cs] for n, cs in claims.items()} == want
+    html = (out / "report.html").read_text()
+    assert html.index("All claims") < min(html.index(f"{name}: ") for name in base.REGISTRY)
     for name in base.REGISTRY:
-        assert (out / name / "results.json").is_file()
-    assert math.isfinite(len((out / "report.html").read_text()))
+        per = json.loads((out / name / "claims.json").read_text())
+        assert per == claims[name]                                       # the combined file repeats each run's
+        assert json.loads((out / name / "config.json").read_text())["experiment"] == name
+        assert all(set(c) == {"seed", "statement", "measured", "verdict", "note"} for c in per)

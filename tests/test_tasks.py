@@ -91,18 +91,82 @@ def test_missing_data_package_names_the_install_command():
         package_dir("steepest_no_such_data_package", "pip install example-data")
 
 
-def test_fashion_without_debian_package_names_apt_get():
-    import shutil
-    import subprocess
+def _write_idx(path, array, compress):
+    """An IDX file as Debian ships them: 0x00 0x00, type 0x08 (uint8), ndim, big-endian u32 dims, data."""
+    import gzip
 
-    if shutil.which("dpkg") and subprocess.run(["dpkg", "-s", "dataset-fashion-mnist"],
-                                               capture_output=True).returncode == 0:
-        x_tr, y_tr, x_va, _ = load_fashion()
-        assert x_tr.shape[1:] == (1, 28, 28) and len(x_va) == 10000
-    else:
-        load_fashion.cache_clear()
-        with pytest.raises(TaskError, match="apt-get install dataset-fashion-mnist"):
-            load_fashion()
+    import numpy as np
+
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    raw = bytes([0, 0, 8, a.ndim]) + np.asarray(a.shape, dtype=">u4").tobytes() + a.tobytes()
+    with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
+        f.write(raw)
+
+
+@pytest.fixture
+def fake_dpkg(monkeypatch):
+    """Replace load_fashion's `dpkg -L dataset-fashion-mnist` with a listing we choose (None: dpkg missing)."""
+    import subprocess
+    import sys
+    import types
+
+    mod = sys.modules[load_fashion.__module__]
+    state = {"listing": [], "calls": []}
+
+    def run(cmd, **kw):
+        state["calls"].append(cmd)
+        if state["listing"] is None:
+            raise FileNotFoundError("dpkg")
+        return types.SimpleNamespace(stdout="\n".join(map(str, state["listing"])) + "\n", returncode=0)
+
+    monkeypatch.setattr(mod, "subprocess", types.SimpleNamespace(run=run, SubprocessError=subprocess.SubprocessError))
+    load_fashion.cache_clear()
+    yield state
+    load_fashion.cache_clear()                                           # no fake data leaks into other tests
+
+
+def test_fashion_loads_idx_files_found_through_dpkg(tmp_path, fake_dpkg):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x_tr, x_te = rng.integers(0, 256, (12, 28, 28)), rng.integers(0, 256, (5, 28, 28))
+    y_tr, y_te = rng.integers(0, 10, 12), rng.integers(0, 10, 5)
+    d = tmp_path / "usr" / "share" / "fashion"
+    d.mkdir(parents=True)
+    files = {"train-images-idx3-ubyte.gz": (x_tr, True), "train-labels-idx1-ubyte.gz": (y_tr, True),
+             "t10k-images-idx3-ubyte": (x_te, False), "t10k-labels-idx1-ubyte": (y_te, False)}  # gzip and plain
+    for name, (a, gz) in files.items():
+        _write_idx(d / name, a, gz)
+    fake_dpkg["listing"] = [tmp_path / "usr", d / "README"] + [d / n for n in files]
+    a_tr, b_tr, a_va, b_va = load_fashion()
+    assert fake_dpkg["calls"] == [["dpkg", "-L", "dataset-fashion-mnist"]]
+    assert a_tr.shape == (12, 1, 28, 28) and a_va.shape == (5, 1, 28, 28) and a_tr.dtype == torch.float32
+    # pixels / 255 in float32: exact for the division's rounding, compare to numpy's float32 division
+    assert torch.equal(a_tr, torch.from_numpy(x_tr.astype(np.float32) / 255.0).reshape(12, 1, 28, 28))
+    assert torch.equal(a_va, torch.from_numpy(x_te.astype(np.float32) / 255.0).reshape(5, 1, 28, 28))
+    assert b_tr.tolist() == y_tr.tolist() and b_va.tolist() == y_te.tolist() and b_tr.dtype == torch.int64
+    assert load_fashion() is load_fashion()                              # cached: dpkg asked once
+    assert len(fake_dpkg["calls"]) == 1
+    task = mnist_task(size="quick", dataset="fashion")
+    assert (task.info["data"], task.info["train"], task.info["val"]) == ("fashion", 12, 5)
+    x, y = task.batch(0, 0)
+    # standardised with the training mean/std: a batch drawn from the 12 training images
+    assert x.shape == (32, 1, 28, 28) and set(y.tolist()) <= set(y_tr.tolist())
+
+
+@pytest.mark.parametrize("listing", [None, [], "train-only"])
+def test_fashion_missing_files_name_apt_get(tmp_path, fake_dpkg, listing):
+    if listing == "train-only":                                          # package half there: test split missing
+        for name, shape in (("train-images-idx3-ubyte", (2, 28, 28)), ("train-labels-idx1-ubyte", (2,))):
+            _write_idx(tmp_path / name, torch.zeros(shape, dtype=torch.uint8).numpy(), False)
+        listing = [tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"]
+        missing = "t10k-images-idx3-ubyte"
+    else:                                                                # dpkg absent, or the package not installed
+        missing = "train-images-idx3-ubyte"
+    fake_dpkg["listing"] = listing
+    with pytest.raises(TaskError, match=rf"Fashion-MNIST file {missing}\* not found; install it with: "
+                                        r"sudo apt-get install dataset-fashion-mnist"):
+        load_fashion()
 
 
 def test_get_task_errors_and_user_module(tmp_path, monkeypatch):
