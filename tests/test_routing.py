@@ -34,11 +34,12 @@ def _routes(groups):
 def test_default_routing_of_a_gpt_like_model():
     r = _routes(steepest.param_groups(TinyGPT()))
     assert r["wte.weight"][0] == "adamw" and r["wte.weight"][2] == "embedding"
-    assert r["lm_head.weight"][0] == "adamw" and r["lm_head.weight"][2] == "output head"
+    assert r["lm_head.weight"][0] == "adamw" and r["lm_head.weight"][2].startswith("output head")
+    assert "vocabulary" in r["lm_head.weight"][2]  # found by structure (Linear onto wte's vocabulary), not name
     assert r["blocks.0.ln.weight"][0] == "adamw" and r["blocks.0.proj.bias"][0] == "adamw"
     for name in ("blocks.0.qkv.weight", "blocks.0.proj.weight", "blocks.0.fc.weight"):
         assert r[name][:2] == ("steepest", "flatten")
-    assert r["heads_w"][0] == "adamw" and "batch_patterns" in r["heads_w"][2]  # 3-D: not silently a matrix
+    assert r["heads_w"][:2] == ("steepest", "batch")  # 3-D free tensor: a batch of matrices by default
 
 
 def test_tied_head_and_batch_patterns_and_overrides():
@@ -53,12 +54,14 @@ def test_tied_head_and_batch_patterns_and_overrides():
     assert n_params == len({id(p) for p in model.parameters()})  # every trainable tensor exactly once
 
 
-def test_last_linear_is_the_head_without_a_matching_name_and_conv_is_matrix():
+def test_last_linear_is_the_head_by_the_width_rule_and_the_first_conv_is_the_input_layer():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 10))
     r = _routes(steepest.param_groups(model))
-    assert r["0.weight"][0] == "steepest" and "flattened" in r["0.weight"][2]
+    assert r["0.weight"][0] == "adamw" and "input layer" in r["0.weight"][2]  # consumes the raw 1-channel image
     assert r["2.weight"][0] == "steepest"
-    assert r["4.weight"][0] == "adamw" and r["4.weight"][2] == "output head"
+    assert r["4.weight"][0] == "adamw" and r["4.weight"][2].startswith("output head")
+    hidden_conv = _routes(steepest.param_groups(nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3))))
+    assert all(v[0] == "steepest" and "flattened" in v[2] for n, v in hidden_conv.items() if n.endswith("weight"))
 
 
 def test_module_types_and_frozen_parameters():
@@ -95,7 +98,8 @@ def test_describe_lists_every_parameter_with_its_reason():
     for name, _ in model.named_parameters():
         assert name in text
     assert "spectral" in text and "embedding" in text and "output head" in text
-    assert text.splitlines()[-1].startswith(f"{len(list(model.parameters()))} parameters: 3 in matrix geometry")
+    assert text.splitlines()[-1].startswith(f"{len(list(model.parameters()))} parameters: 4 in matrix geometry")
+    assert "(optimizer default)" not in text and "batch" in text
 
 
 def test_bad_routes():
