@@ -238,7 +238,9 @@ def describe(groups, *, file=None) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    if any(g.get("role") for g in groups) and not any(g.get("role") == "head" for g in groups):
+    has_head = any(g.get("role") == "head" or any("tied to the output head" in r for r in g.get("reasons") or ())
+                   for g in groups)
+    if any(g.get("role") for g in groups) and not has_head:
         lines.append("no output head found (no tied/declared head, no Linear onto a vocabulary, width rule did "
                      "not apply): pass head= or example_inputs= if the model has one")
     n_matrix = sum(1 for r in rows if r[3] != "adamw")

@@ -4,18 +4,20 @@ Used by :mod:`steepest.optim.routing`. Nothing here imports transformers: HF-sty
 recognised by duck typing (``get_output_embeddings``, ``get_input_embeddings``; GPT-2's ``Conv1D`` by its
 class name or its ``nf`` attribute with a weight stored as (in, out)).
 
-* **Output head** (:func:`find_heads`): the union of
-  (a) ``head=`` module names, when given (then nothing else is looked at);
-  (b) the module a model declares with ``get_output_embeddings()``;
-  (c) a Linear/Conv1D whose weight is the same tensor as an ``nn.Embedding``'s (tied head);
-  (d) a Linear/Conv1D mapping onto the token vocabulary: out_features equal to ``num_embeddings`` of the
-      input embedding (``get_input_embeddings()``, else the largest ``nn.Embedding``), not square;
-  (e) with ``example_inputs``: a traced forward; the heads are the matrix layers nearest the output
-      (walking the autograd graph back from the output, through parameter-free ops and norms, the first
-      Linear/Conv1D/conv outputs met). Output = ``.logits`` when the output has one, else every tensor in it.
-      If the output can also be reached from the input without passing any matrix layer (a residual
-      stream: the model is a block or a backbone), the trace finds no head.
-  When none of these finds a head, the *width rule*: the last matrix layer in module order is the head
+* **Output head** (:func:`find_heads`), the first rule that finds one wins:
+  (a) ``head=`` module names, when given;
+  (b) the module the model declares with ``get_output_embeddings()``, and any Linear/Conv1D whose weight
+      is the same tensor as an ``nn.Embedding``'s (tied head);
+  (c) with ``example_inputs``: a traced forward (eval mode); the heads are the matrix layers nearest the
+      output (walking the autograd graph back from the output, through parameter-free ops and norms, the
+      first Linear/Conv1D/conv outputs met). Output = ``.logits`` when the output has one, else every
+      tensor in it. If the output can also be reached from the input or an embedding without passing a
+      matrix layer (a residual stream: the model is a block or a backbone), the trace finds no head and
+      no later rule is tried;
+  (d) the last Linear/Conv1D in module order mapping onto the token vocabulary (out_features ==
+      ``num_embeddings`` of ``get_input_embeddings()``, else of the largest ``nn.Embedding``; not square).
+      Only the last one: an MLP up-projection may have vocabulary-many outputs;
+  (e) the *width rule*: the last matrix layer in module order is the head
   if it is a Linear/Conv1D whose out_features differ from the in-features (channels) of the first matrix
   layer. A residual block maps width d back to d, so ``param_groups(block)`` on a transformer or ResNet
   block routes all its layers as hidden; an MLP/CNN classifier (784 -> ... -> 10) has its head found.
@@ -195,18 +197,20 @@ def find_heads(model: nn.Module, matrix_names: dict[nn.Module, str], head: Itera
         if declared in matrix_names:
             heads[matrix_names[declared]] = "output head (declared by the model's get_output_embeddings())"
     embed_w = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
-    vocab = _vocab_sizes(model)
     for mod, name in matrix_names.items():
-        if isinstance(mod, CONV):
-            continue
-        if id(mod.weight) in embed_w:
+        if not isinstance(mod, CONV) and id(mod.weight) in embed_w:
             heads.setdefault(name, f"output head (weight tied to embedding {embed_w[id(mod.weight)]})")
-        out_f, in_f = _out_in(mod)
-        if out_f in vocab and out_f != in_f:
-            heads.setdefault(name, f"output head (maps onto the {out_f}-token vocabulary of the input embedding)")
-    for name, reason in (traced or {}).items():
-        heads.setdefault(name, reason)
-    if not heads and traced is None and matrix_names:
+    if heads:
+        return heads
+    if traced is not None:
+        return dict(traced)
+    vocab = _vocab_sizes(model)
+    onto_vocab = [(mod, name) for mod, name in matrix_names.items()
+                  if not isinstance(mod, CONV) and _out_in(mod)[0] in vocab and _out_in(mod)[0] != _out_in(mod)[1]]
+    if onto_vocab:
+        mod, name = onto_vocab[-1]
+        return {name: f"output head (last Linear onto the {_out_in(mod)[0]}-token vocabulary of the input embedding)"}
+    if matrix_names:
         mods = list(matrix_names)
         first, last = mods[0], mods[-1]
         width = first.in_channels if isinstance(first, CONV) else _out_in(first)[1]
