@@ -139,7 +139,7 @@ def test_zoo_trains_with_muon(arch):
         loss = _loss(arch, model, inputs)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0], losses
 
@@ -203,7 +203,7 @@ def test_lightning_trainer_drives_muon_on_a_zoo_model(tmp_path):
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), batch_size=1)
     m = Module()
-    before = _loss("llama", m.model, m.inputs).item()
+    before = _loss("llama", m.model, m.inputs).detach().item()
     trainer = lightning.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(m, data)
