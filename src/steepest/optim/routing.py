@@ -201,7 +201,7 @@ def param_groups(
         buckets[key]["params"].append(param)
         buckets[key]["names"].append(name)
         buckets[key]["reasons"].append(reason)
-    return [buckets[k] for k in sorted(buckets, key=lambda k: (_ORDER[k[0]], k[1], k[2]))]
+    return [buckets[k] for k in sorted(buckets, key=lambda k: (_ORDER[k[0]], k[1] != "flatten", k[2]))]
 
 
 def _geometry(g: dict) -> str:
