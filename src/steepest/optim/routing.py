@@ -1,17 +1,29 @@
 """Whole-model routing: which parameters get matrix geometry and which go to AdamW, and why.
 
-Default rules (REFERENCE.md section 5, item 7; the Muon-with-aux-Adam convention):
+Routing is by structure (:mod:`steepest.optim.structure` finds the output head and input layers), not by
+parameter names; name patterns are only the user's ``overrides``. Rules, first match wins:
 
-* ``nn.Embedding`` weights -> AdamW ("embedding": rows are looked up, not multiplied);
-* the output head -> AdamW ("output head"): a Linear whose name matches ``head_patterns`` or whose
-  weight is tied to an embedding; if no name matches, the last Linear of the model in module order;
-* tensors with fewer than 2 dims (biases, norm gains) -> AdamW ("vector");
-* Linear and Conv weights -> the matrix geometry (conv kernels flattened to (out, in*kh*kw));
-* other >= 2-D tensors -> matrix geometry if 2-D, else AdamW unless ``batch_patterns`` names them
-  (then they are batches of matrices over their last two dims).
+1. ``overrides`` (fnmatch name pattern -> ``"matrix"`` or ``"adamw"``), then ``module_types``.
+2. ``nn.Embedding`` weights -> role ``"embedding"`` (rows are looked up, not multiplied); a weight tied
+   to the output head is the same tensor and is listed once, under the embedding.
+3. tensors with < 2 dims, or (other than a Linear/conv's own weight) with at most one dim > 1 (norm
+   gains, biases, weight-norm gains) -> role ``"vector"``.
+4. the output head (see structure.py: ``head=``, tied weights, ``get_output_embeddings()``, a Linear onto
+   the token vocabulary, a traced forward with ``example_inputs=``, else the width rule) -> ``"head"``.
+5. input layers: the conv consuming the raw input (stem, patch embedding) -> ``"embedding"``.
+6. GPT-2 ``Conv1D`` (weight stored (in, out)) -> ``"hidden"`` in its own group with ``transposed=True``:
+   the kernel must dualize and scale it as W.T.
+7. Linear weights -> ``"hidden"``.
+8. convs: depthwise (each filter sees one input channel: weight (C*m, 1, k...)) have no matrix structure
+   across channels -> AdamW, role ``"other"``. Grouped convs (1 < groups, > 1 channel per group) and
+   ordinary convs -> ``"hidden"``, ``tensor_mode="flatten"``: (out, in/groups*k...); for grouped convs
+   that stacks the groups' (out/groups, in/groups*k) blocks as rows of one matrix.
+9. other parameters: leading dim 1 and >= 3-D (broadcast over the batch: learned position / class
+   tokens) -> ``"embedding"``; 2-D -> ``"hidden"``; >= 3-D (fused MoE experts, per-head weights) ->
+   ``"hidden"`` with ``tensor_mode="batch"`` (a batch of matrices over the last two dims).
 
-``overrides`` maps fnmatch name patterns to ``"matrix"`` or ``"adamw"`` and wins over every rule;
-``module_types`` maps module classes to a route.
+Roles ``"hidden"`` use ``algorithm="steepest"``; ``"embedding"``, ``"head"``, ``"vector"``, ``"other"``
+use ``algorithm="adamw"``.
 """
 
 from __future__ import annotations
@@ -22,68 +34,122 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from steepest.optim import structure as S
+
 ROUTES = ("matrix", "adamw")
-DEFAULT_HEAD_PATTERNS = ("lm_head*", "head*", "*.head*", "output*", "*.output*", "classifier*", "*.classifier*",
-                         "fc_out*", "*.fc_out*")
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ROLES = ("hidden", "embedding", "head", "vector", "other")
+_ORDER = {r: i for i, r in enumerate(ROLES)}
 
 
-def _route_of(name: str, module: nn.Module, param: torch.Tensor, *, head_names: set[str],
-              tied: set[int], overrides: dict, module_types: dict, batch_patterns: Iterable[str]) -> tuple[str, str, str]:
-    """Return (route, reason, tensor_mode) for one parameter."""
+def _route_of(name, module, is_weight, param, *, st, overrides, module_types):
+    """Return (role, reason, tensor_mode, transposed) for one parameter."""
+    conv = isinstance(module, S.CONV)
+    nd_mode = "batch" if param.ndim > 2 and not conv else "flatten"
     for pattern, route in overrides.items():
         if fnmatch.fnmatch(name, pattern):
-            mode = "batch" if param.ndim > 2 and not isinstance(module, _CONV) else "flatten"
             if route == "matrix" and param.ndim < 2:
                 raise ValueError(f"override {pattern!r} sends {name} (shape {tuple(param.shape)}) to matrix "
                                  "geometry, but it is not a matrix")
-            return route, f"override {pattern!r}", mode
+            if route == "matrix":
+                return "hidden", f"override {pattern!r}", nd_mode, is_weight and S.is_transposed_linear(module)
+            role = _structural(name, module, is_weight, param, st)[0]
+            return (role if role != "hidden" else "other"), f"override {pattern!r}", "flatten", False
     for mtype, route in module_types.items():
         if isinstance(module, mtype) and (route == "adamw" or param.ndim >= 2):
-            return route, f"module type {mtype.__name__}", "flatten"
-    if isinstance(module, nn.Embedding) or isinstance(module, nn.EmbeddingBag):
-        return "adamw", "embedding", "flatten"
-    if param.ndim < 2:
-        return "adamw", "vector (bias / norm gain)", "flatten"
-    if id(param) in tied:
-        return "adamw", "output head (tied to an embedding)", "flatten"
-    if isinstance(module, nn.Linear) and name.rsplit(".", 1)[0] in head_names:
-        return "adamw", "output head", "flatten"
-    if isinstance(module, nn.Linear):
-        return "matrix", "hidden Linear weight", "flatten"
-    if isinstance(module, _CONV):
-        return "matrix", f"{type(module).__name__} kernel, flattened to (out, in*k)", "flatten"
+            role = "hidden" if route == "matrix" else _structural(name, module, is_weight, param, st)[0]
+            role = "other" if route == "adamw" and role == "hidden" else role
+            return role, f"module type {mtype.__name__}", nd_mode, route == "matrix" and S.is_transposed_linear(module)
+    return _structural(name, module, is_weight, param, st)
+
+
+def _structural(name, module, is_weight, param, st):
+    mname = st["module_name"].get(module, "")
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        tied = st["tied"].get(id(param))
+        return "embedding", "embedding" + (f" (tied to the output head {tied})" if tied else ""), "flatten", False
+    shape = tuple(param.shape)
+    token = param.ndim >= 3 and shape[0] == 1 and not S.is_matrix_module(module)  # rule 9's broadcast token
+    if param.ndim < 2 or (not is_weight and sum(d > 1 for d in shape) <= 1 and not token):
+        return "vector", "vector (bias / norm gain)", "flatten", False
+    if is_weight and mname in st["heads"]:
+        return "head", st["heads"][mname], "flatten", False
+    if is_weight and mname in st["inputs"]:
+        return "embedding", st["inputs"][mname], "flatten", False
+    if is_weight and S.is_transposed_linear(module):
+        return "hidden", "hidden Conv1D weight, stored (in, out): transposed=True", "flatten", True
+    if is_weight and isinstance(module, nn.Linear):
+        return "hidden", "hidden Linear weight", "flatten", False
+    if isinstance(module, S.CONV):
+        kind = type(module).__name__
+        if param.ndim >= 3 and shape[1] == 1 and module.groups > 1:
+            return "other", f"depthwise {kind} (groups={module.groups}): one input channel per filter, no matrix", \
+                "flatten", False
+        if module.groups > 1:
+            return "hidden", (f"grouped {kind} (groups={module.groups}), flattened to (out, in/groups*k): "
+                              "group blocks stacked as rows"), "flatten", False
+        return "hidden", f"{kind} kernel, flattened to (out, in*k)", "flatten", False
+    if param.ndim >= 3 and shape[0] == 1:
+        return "embedding", "embedding (leading dim 1: broadcast over the batch, e.g. a position/class token)", \
+            "flatten", False
     if param.ndim == 2:
-        return "matrix", "2-D parameter", "flatten"
-    if any(fnmatch.fnmatch(name, p) for p in batch_patterns):
-        return "matrix", f"{param.ndim}-D tensor as a batch of matrices", "batch"
-    return "adamw", f"{param.ndim}-D tensor (name it in batch_patterns to treat it as matrices)", "flatten"
+        return "hidden", "2-D parameter", "flatten", False
+    return "hidden", f"{param.ndim}-D tensor as a batch of matrices over the last two dims (fused experts / heads)", \
+        "batch", False
 
 
 def param_groups(
     model: nn.Module,
     *,
-    adamw_lr: float = 3e-4,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_weight_decay: float = 0.0,
+    hidden: dict | None = None,
+    embedding: dict | None = None,
+    head=None,
+    vector: dict | None = None,
+    other: dict | None = None,
+    head_modules: str | Iterable[str] | None = None,
+    example_inputs=None,
+    split_qkv: bool = False,
+    adamw_lr: float | None = None,
+    adamw_betas: tuple[float, float] | None = None,
+    adamw_weight_decay: float | None = None,
     matrix_options: dict | None = None,
-    head_patterns: Iterable[str] = DEFAULT_HEAD_PATTERNS,
+    head_patterns: Iterable[str] | None = None,
     overrides: dict[str, str] | None = None,
     module_types: dict[type, str] | None = None,
     batch_patterns: Iterable[str] = (),
 ) -> list[dict]:
-    """Split ``model``'s trainable parameters into matrix-geometry and AdamW groups.
+    """Split ``model``'s trainable parameters into one group per role (module docstring: the rules).
 
-    Returns a list of parameter-group dicts for any steepest optimizer: matrix groups carry
-    ``algorithm="steepest"`` plus ``matrix_options`` (e.g. ``{"lr": 0.02}``); AdamW groups carry
-    ``algorithm="adamw"`` with ``adamw_lr``, ``adamw_betas`` and ``adamw_weight_decay``. Every group
-    also holds ``names`` and ``reasons`` (one per parameter) for :func:`describe` and error messages.
+    Groups: role ``"hidden"`` (``algorithm="steepest"``, one group per ``tensor_mode`` and one for
+    transposed Conv1D weights, ``transposed=True``), ``"embedding"``, ``"head"``, ``"vector"`` and
+    ``"other"`` (``algorithm="adamw"``). Each group holds ``role``, ``names`` and ``reasons`` (one per
+    parameter) for :func:`describe` and error messages.
+
+    Hyperparameters: **none are set unless given**, so the optimizer's constructor arguments (``lr``,
+    ``adamw_lr``, ``betas``, ``weight_decay``, ...) apply to every group that does not set its own.
+    Per role: ``hidden=dict(lr=0.02)``, ``embedding=dict(lr=1e-3)``, ``head=dict(...)``,
+    ``vector=dict(...)``, ``other=dict(...)``. Older explicit settings still work: ``matrix_options``
+    (hidden groups), ``adamw_lr`` / ``adamw_betas`` / ``adamw_weight_decay`` (every AdamW group); a
+    per-role dict wins over them.
+
+    Structure: ``head_modules`` (module name or names; ``head="lm_head"`` or a list of names also works)
+    says which modules are the output head; ``head_patterns`` adds modules by fnmatch name pattern;
+    ``example_inputs`` (a tensor, a tuple of args or a dict of kwargs) lets one traced forward find the
+    head and input convs. ``split_qkv=True`` (per-head handling of fused qkv weights) raises
+    ``ValueError``: the kernel does not support it yet. ``batch_patterns`` is kept for compatibility
+    (>= 3-D tensors are batches of matrices by default now).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-        >>> [g["algorithm"] for g in param_groups(model)]
-        ['steepest', 'adamw']
+        >>> [(g["role"], g["algorithm"]) for g in param_groups(model)]
+        [('hidden', 'steepest'), ('head', 'adamw'), ('vector', 'adamw')]
     """
+    if split_qkv:
+        raise ValueError("split_qkv: per-head handling of fused qkv weights is not yet supported by the "
+                         "optimizer kernel; route fused qkv weights as whole matrices (the default)")
+    if isinstance(head, (str, list, tuple)):
+        head_modules, head = head, None
+    if head is not None and not isinstance(head, dict):
+        raise ValueError(f"head= takes module name(s) or a dict of hyperparameters, got {type(head).__name__}")
     overrides = dict(overrides or {})
     for pattern, route in overrides.items():
         if route not in ROUTES:
@@ -92,72 +158,92 @@ def param_groups(
     for mtype, route in module_types.items():
         if route not in ROUTES:
             raise ValueError(f"module_types[{mtype!r}] must be one of {ROUTES}, got {route!r}")
-    head_patterns = tuple(head_patterns)
 
-    owners: dict[int, tuple[str, nn.Module]] = {}
-    linear_names = []
-    embed_weights = set()
-    for mname, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            linear_names.append(mname)
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-            embed_weights.add(id(module.weight))
-        for pname, param in module.named_parameters(recurse=False):
-            full = f"{mname}.{pname}" if mname else pname
-            owners.setdefault(id(param), (full, module))
-    head_names = {n for n in linear_names if any(fnmatch.fnmatch(n, p) for p in head_patterns)}
-    if not head_names and linear_names:
-        head_names = {linear_names[-1]}
-    tied = {pid for pid in embed_weights}
+    owners = S.owners(model)
+    module_name = {m: n for n, m in model.named_modules()}
+    matrix_names = {m: n for n, m in model.named_modules() if S.is_matrix_module(m)}
+    traced = S.trace(model, example_inputs, matrix_names) if example_inputs is not None else (None, None)
+    heads = S.find_heads(model, matrix_names, head_modules, traced[0])
+    for pattern in head_patterns or ():
+        for m, n in matrix_names.items():
+            if fnmatch.fnmatch(n, pattern):
+                heads.setdefault(n, f"output head (head_patterns {pattern!r})")
+    inputs = S.find_input_convs(model, matrix_names, traced[1])
+    embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    tied = {id(m.weight): n for m, n in matrix_names.items() if n in heads and id(m.weight) in embed_ids}
+    st = dict(heads=heads, inputs=inputs, tied=tied, module_name=module_name)
 
-    buckets: dict[tuple[str, str], dict] = {}
+    adamw_legacy = {k: v for k, v in (("lr", adamw_lr), ("betas", adamw_betas),
+                                      ("weight_decay", adamw_weight_decay)) if v is not None}
+    if "betas" in adamw_legacy:
+        adamw_legacy["betas"] = tuple(adamw_legacy["betas"])
+    per_role = dict(hidden=dict(matrix_options or {}, **(hidden or {})))
+    for role, opts in (("embedding", embedding), ("head", head), ("vector", vector), ("other", other)):
+        per_role[role] = dict(adamw_legacy, **(opts or {}))
+
+    buckets: dict[tuple, dict] = {}
     seen = set()
     for full_name, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        name, module = owners.get(id(param), (full_name, model))
-        route, reason, mode = _route_of(name, module, param, head_names=head_names, tied=tied,
-                                        overrides=overrides, module_types=module_types,
-                                        batch_patterns=batch_patterns)
-        key = (route, mode)
+        name, module, is_weight = owners.get(id(param), (full_name, model, False))
+        role, reason, mode, transposed = _route_of(name, module, is_weight, param, st=st,
+                                                   overrides=overrides, module_types=module_types)
+        key = (role, mode, transposed)
         if key not in buckets:
-            if route == "adamw":
-                buckets[key] = dict(algorithm="adamw", lr=adamw_lr, betas=tuple(adamw_betas),
-                                    weight_decay=adamw_weight_decay)
+            if role == "hidden":
+                buckets[key] = dict(per_role["hidden"], algorithm="steepest", role=role, tensor_mode=mode,
+                                    transposed=transposed)
             else:
-                buckets[key] = dict(algorithm="steepest", tensor_mode=mode, **(matrix_options or {}))
+                buckets[key] = dict(per_role[role], algorithm="adamw", role=role)
             buckets[key].update(params=[], names=[], reasons=[])
         buckets[key]["params"].append(param)
         buckets[key]["names"].append(name)
         buckets[key]["reasons"].append(reason)
-    order = {("matrix", "flatten"): 0, ("matrix", "batch"): 1, ("adamw", "flatten"): 2}
-    return [buckets[k] for k in sorted(buckets, key=lambda k: order.get(k, 3))]
+    return [buckets[k] for k in sorted(buckets, key=lambda k: (_ORDER[k[0]], k[1] != "flatten", k[2]))]
+
+
+def _geometry(g: dict) -> str:
+    if g.get("algorithm", "steepest") == "adamw":
+        return "adamw"
+    norm = g.get("norm")
+    text = "steepest (norm set by the optimizer)" if norm is None else (
+        f"schatten p={g.get('p')}" if norm == "schatten" else str(norm))
+    if g.get("tensor_mode") == "batch":
+        text += " [batch]"
+    if g.get("transposed"):
+        text += " [W.T]"
+    return text
 
 
 def describe(groups, *, file=None) -> str:
     """Print (and return) a table of which parameter went where and why.
 
-    Accepts the list from :func:`param_groups` or an optimizer (its ``param_groups``).
+    Accepts the list from :func:`param_groups` or an optimizer (its ``param_groups``; then the geometry
+    column is the norm each group actually uses).
     """
     if isinstance(groups, torch.optim.Optimizer):
         groups = groups.param_groups
     rows = []
     for gi, g in enumerate(groups):
-        algo = g.get("algorithm", "steepest")
-        geometry = "adamw" if algo == "adamw" else g.get("norm", "(optimizer default)")
-        if algo != "adamw" and g.get("norm") == "schatten":
-            geometry = f"schatten p={g.get('p')}"
+        geometry = _geometry(g)
+        role = g.get("role", "")
         names = g.get("names") or [f"group{gi}[{j}]" for j in range(len(g["params"]))]
         reasons = g.get("reasons") or [""] * len(names)
         for p, n, r in zip(g["params"], names, reasons):
-            rows.append((n, "x".join(map(str, p.shape)) or "scalar", geometry, r))
-    header = ("parameter", "shape", "geometry", "why")
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i]) for i in range(4)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
+            rows.append((n, "x".join(map(str, p.shape)) or "scalar", role, geometry, r))
+    header = ("parameter", "shape", "role", "geometry", "why")
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i]) for i in range(5)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    n_matrix = sum(1 for r in rows if r[2] != "adamw")
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    has_head = any(g.get("role") == "head" or any("tied to the output head" in r for r in g.get("reasons") or ())
+                   for g in groups)
+    if any(g.get("role") for g in groups) and not has_head:
+        lines.append("no output head found (no tied/declared head, no Linear onto a vocabulary, width rule did "
+                     "not apply): pass head= or example_inputs= if the model has one")
+    n_matrix = sum(1 for r in rows if r[3] != "adamw")
     lines.append(f"{len(rows)} parameters: {n_matrix} in matrix geometry, {len(rows) - n_matrix} on AdamW")
     text = "\n".join(lines)
     print(text, file=file)

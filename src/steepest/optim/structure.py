@@ -1,0 +1,233 @@
+"""What a model's parameters *are*, found from its structure (not its parameter names).
+
+Used by :mod:`steepest.optim.routing`. Nothing here imports transformers: HF-style models are
+recognised by duck typing (``get_output_embeddings``, ``get_input_embeddings``; GPT-2's ``Conv1D`` by its
+class name or its ``nf`` attribute with a weight stored as (in, out)).
+
+* **Output head** (:func:`find_heads`), the first rule that finds one wins:
+  (a) ``head=`` module names, when given;
+  (b) the module the model declares with ``get_output_embeddings()``, and any Linear/Conv1D whose weight
+      is the same tensor as an ``nn.Embedding``'s (tied head);
+  (c) with ``example_inputs``: a traced forward (eval mode); the heads are the matrix layers nearest the
+      output (walking the autograd graph back from the output, through parameter-free ops and norms, the
+      first Linear/Conv1D/conv outputs met). Output = ``.logits`` when the output has one, else every
+      tensor in it. If the output can also be reached from the input or an embedding without passing a
+      matrix layer (a residual stream: the model is a block or a backbone), the trace finds no head and
+      no later rule is tried;
+  (d) the last Linear/Conv1D in module order mapping onto the token vocabulary (out_features ==
+      ``num_embeddings`` of ``get_input_embeddings()``, else of the largest ``nn.Embedding``; not square).
+      Only the last one: an MLP up-projection may have vocabulary-many outputs;
+  (e) the *width rule*: the last matrix layer in module order is the head
+  if it is a Linear/Conv1D whose out_features differ from the in-features (channels) of the first matrix
+  layer. A residual block maps width d back to d, so ``param_groups(block)`` on a transformer or ResNet
+  block routes all its layers as hidden; an MLP/CNN classifier (784 -> ... -> 10) has its head found.
+  A conv is never a head by this rule. Otherwise no head: pass ``head=`` or ``example_inputs=``.
+  ``example_inputs`` describes the input of the model passed: for a block passed alone its first conv
+  would be called an input layer.
+* **Input layers** (:func:`find_input_convs`): convs consuming the raw input. With ``example_inputs``:
+  every conv whose input reaches a floating example input without passing another matrix layer. Without:
+  the model's first matrix layer in module order, if it is a conv with at most 4 input channels (raw
+  signal: gray, RGB(A), mono audio) or a patch embedding (stride == kernel size > 1). A Linear on raw
+  features stays hidden. Embeddings (``nn.Embedding``) are input layers by type.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+CONV = nn.modules.conv._ConvNd
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """GPT-2's ``transformers.pytorch_utils.Conv1D``: y = x @ W + b with W stored as (in, out)."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.ndim != 2:
+        return False
+    if type(module).__name__ == "Conv1D" and not isinstance(module, CONV):
+        return True
+    return isinstance(getattr(module, "nf", None), int) and w.shape[1] == module.nf and not isinstance(module, nn.Linear)
+
+
+def is_matrix_module(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, CONV)) or is_transposed_linear(module)
+
+
+def owners(model: nn.Module) -> dict[int, tuple[str, nn.Module, bool]]:
+    """id(param) -> (full name, owning module, is that module's own ``weight``).
+
+    A ``torch.nn.utils.parametrize`` piece (``conv.parametrizations.weight.original1``) is owned by the
+    parametrized module (``conv``); pieces are not the module's plain weight.
+    """
+    out: dict[int, tuple[str, nn.Module, bool]] = {}
+    mods = dict(model.named_modules())
+    for mname, module in mods.items():
+        owner, is_piece = module, False
+        parts = mname.split(".")
+        if len(parts) >= 2 and parts[-2] == "parametrizations":
+            owner, is_piece = mods.get(".".join(parts[:-2]), module), True
+        for pname, param in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            out.setdefault(id(param), (full, owner, pname == "weight" and not is_piece))
+    return out
+
+
+def _vocab_sizes(model: nn.Module) -> set[int]:
+    emb = None
+    get = getattr(model, "get_input_embeddings", None)
+    if callable(get):
+        try:
+            emb = get()
+        except (NotImplementedError, AttributeError):
+            emb = None
+    if isinstance(emb, nn.Embedding):
+        return {emb.num_embeddings}
+    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+    return {max(sizes)} if sizes else set()
+
+
+def _out_in(module: nn.Module) -> tuple[int, int]:
+    w = module.weight
+    return (w.shape[1], w.shape[0]) if is_transposed_linear(module) else (w.shape[0], w.shape[1])
+
+
+def _flat_tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _flat_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _flat_tensors(v)]
+    return []
+
+
+def trace(model: nn.Module, example_inputs, matrix_names: dict[nn.Module, str]) -> tuple[dict, dict]:
+    """Run one forward on ``example_inputs`` (a tensor, a tuple of positional args or a dict of kwargs)
+    in eval mode and return ({head name: reason}, {input conv name: reason})."""
+    args, kwargs = ((), dict(example_inputs)) if isinstance(example_inputs, dict) else (
+        (tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)), {})
+    raw = []
+
+    def leaf(x):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = x.detach().clone().requires_grad_(True)
+            raw.append(x)
+        return x
+
+    args = tuple(leaf(a) for a in args)
+    kwargs = {k: leaf(v) for k, v in kwargs.items()}
+    out_node: dict = {}          # grad_fn of a matrix layer's output -> layer name
+    in_of: dict[str, torch.Tensor] = {}
+    hooks = []
+    for mod, name in matrix_names.items():
+        def pre(m, a, name=name):
+            if a and isinstance(a[0], torch.Tensor):
+                in_of.setdefault(name, a[0])
+
+        def post(m, a, o, name=name):
+            if isinstance(o, torch.Tensor) and o.grad_fn is not None:
+                out_node.setdefault(o.grad_fn, name)
+        hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    was = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(*args, **kwargs)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    logits = getattr(out, "logits", None)
+    outs = [logits] if isinstance(logits, torch.Tensor) else _flat_tensors(out)
+    heads, bypass = {}, False
+    raw_ids = {id(x) for x in raw}
+    embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    seen, stack = set(), [t.grad_fn for t in outs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in out_node:
+            heads[out_node[node]] = "output head (nearest matrix layer to the output in a traced forward)"
+            continue
+        if id(getattr(node, "variable", None)) in raw_ids | embed_ids:
+            bypass = True
+        stack += [nxt for nxt, _ in node.next_functions]
+    if bypass:
+        heads = {}
+    inputs = {}
+    for name, x in in_of.items():
+        if not isinstance(next(m for m, n in matrix_names.items() if n == name), CONV):
+            continue
+        seen, stack, hit = set(), [x.grad_fn], id(x) in raw_ids
+        while stack and not hit:
+            node = stack.pop()
+            if node is None or node in seen or node in out_node:
+                continue
+            seen.add(node)
+            if id(getattr(node, "variable", None)) in raw_ids:
+                hit = True
+            stack += [nxt for nxt, _ in node.next_functions]
+        if hit:
+            inputs[name] = "input layer (consumes the raw input in a traced forward)"
+    return heads, inputs
+
+
+def find_heads(model: nn.Module, matrix_names: dict[nn.Module, str], head: Iterable[str] | None,
+               traced: dict | None) -> dict[str, str]:
+    """Module name -> reason for every output head (rules (a)-(e) and the fallback in the module doc)."""
+    if head is not None:
+        names = [head] if isinstance(head, str) else list(head)
+        known = set(matrix_names.values())
+        for n in names:
+            if n not in known:
+                raise ValueError(f"head={n!r} is not a Linear/Conv1D/conv module of this model "
+                                 f"(matrix layers: {sorted(known)[:8]}...)")
+        return {n: "output head (head= argument)" for n in names}
+    heads: dict[str, str] = {}
+    get = getattr(model, "get_output_embeddings", None)
+    if callable(get):
+        try:
+            declared = get()
+        except (NotImplementedError, AttributeError):
+            declared = None
+        if declared in matrix_names:
+            heads[matrix_names[declared]] = "output head (declared by the model's get_output_embeddings())"
+    embed_w = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    for mod, name in matrix_names.items():
+        if not isinstance(mod, CONV) and id(mod.weight) in embed_w:
+            heads.setdefault(name, f"output head (weight tied to embedding {embed_w[id(mod.weight)]})")
+    if heads:
+        return heads
+    if traced is not None:
+        return dict(traced)
+    vocab = _vocab_sizes(model)
+    onto_vocab = [(mod, name) for mod, name in matrix_names.items()
+                  if not isinstance(mod, CONV) and _out_in(mod)[0] in vocab and _out_in(mod)[0] != _out_in(mod)[1]]
+    if onto_vocab:
+        mod, name = onto_vocab[-1]
+        return {name: f"output head (last Linear onto the {_out_in(mod)[0]}-token vocabulary of the input embedding)"}
+    if matrix_names:
+        mods = list(matrix_names)
+        first, last = mods[0], mods[-1]
+        width = first.in_channels if isinstance(first, CONV) else _out_in(first)[1]
+        if not isinstance(last, CONV) and _out_in(last)[0] != width:
+            heads[matrix_names[last]] = (f"output head (last layer in module order; its {_out_in(last)[0]} outputs "
+                                         f"differ from the input width {width}: not a residual block)")
+    return heads
+
+
+def find_input_convs(model: nn.Module, matrix_names: dict[nn.Module, str], traced: dict | None) -> dict[str, str]:
+    if traced is not None:
+        return dict(traced)
+    first = next(iter(matrix_names), None)
+    if isinstance(first, CONV):
+        k, s = tuple(first.kernel_size), tuple(first.stride)
+        if first.in_channels <= 4:
+            return {matrix_names[first]: f"input layer (first conv, {first.in_channels} input channels: the raw signal)"}
+        if k == s and max(k) > 1:
+            return {matrix_names[first]: "input layer (first conv is a patch embedding: stride == kernel size)"}
+    return {}
