@@ -222,14 +222,12 @@ def test_optimizer_arguments_reach_every_routed_group():
             assert tuple(g["betas"]) == (0.8, 0.9)
 
 
-@pytest.mark.xfail(strict=False, reason="needs optimizer role defaults from the kernel rewrite")
 def test_optimizer_gives_vectors_no_weight_decay_by_default():
     opt = steepest.Muon(steepest.param_groups(TinyGPT()), lr=0.03, weight_decay=0.1)
     wd = {g["role"]: g["weight_decay"] for g in opt.param_groups}
     assert wd["vector"] == 0.0 and wd["hidden"] == 0.1 and wd["embedding"] == 0.1
 
 
-@pytest.mark.xfail(strict=False, reason="needs the kernel rewrite to honour transposed=True (W.T shape scale)")
 def test_transposed_group_uses_the_shape_scale_of_the_transpose():
     torch.manual_seed(0)
     a, b = FakeConv1D(16, 4), nn.Linear(4, 16, bias=False)  # the same (16 out, 4 in) map

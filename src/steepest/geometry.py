@@ -33,6 +33,7 @@ import math
 
 import torch
 
+from steepest.linalg.precision import iteration_dtype
 from steepest.linalg.polar import METHODS, NORMALIZATIONS, _check_matrix, polar, polar_svd, prescale
 from steepest.linalg.schatten import check_p, conjugate_exponent, schatten_dualize_and_singular_values, vector_pnorm
 
@@ -70,18 +71,11 @@ def is_entrywise(norm: str) -> bool:
     return norm in ENTRYWISE
 
 
-def iteration_dtype(input_dtype: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
-    """The dtype a dualizer computes in: ``dtype`` if given, else the input's, promoted to >= float32.
-
-    So float64 inputs stay float64-accurate end to end unless a lower precision is asked for.
-    """
-    if dtype is not None:
-        return dtype
-    return torch.float64 if input_dtype == torch.float64 else torch.float32
-
-
-def dtype_from_name(dtype) -> torch.dtype | None:
-    """A torch dtype from a dtype or its name (``None`` stays None: "the input's dtype")."""
+def dtype_from_name(dtype) -> torch.dtype | str | None:
+    """A torch dtype from a dtype or its name (``None`` stays None: "the input's dtype"; ``"auto"``
+    stays "auto": bf16 where the hardware has native bf16 matmul, see :mod:`steepest.linalg.precision`)."""
+    if dtype == "auto":
+        return "auto"
     if dtype is None or isinstance(dtype, torch.dtype):
         if dtype is not None and dtype not in DTYPE_NAMES.values():
             raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or None, got {dtype!r}")
@@ -92,9 +86,9 @@ def dtype_from_name(dtype) -> torch.dtype | None:
 
 
 def dtype_name(dtype) -> str | None:
-    """The name of a dtype (what optimizer state_dicts hold); None stays None."""
+    """The name of a dtype (what optimizer state_dicts hold); None and "auto" stay as they are."""
     d = dtype_from_name(dtype)
-    return None if d is None else next(k for k, v in DTYPE_NAMES.items() if v == d)
+    return d if d is None or d == "auto" else next(k for k, v in DTYPE_NAMES.items() if v == d)
 
 
 def check_settings(norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
@@ -328,12 +322,13 @@ def dualize_with_dual_norm(
         D, s = polar_svd(G, dtype=iteration_dtype(G.dtype, dtype))
         dn = s.sum(dim=-1).to(G.dtype) if need_dual_norm else None
     elif name == "spectral":
-        D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype), coefficients=coefficients,
+        D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True),
+                  coefficients=coefficients,
                   normalization=normalization)
         dn = dual_norm(G, "spectral") if need_dual_norm else None
     else:
         # float64 SVD unless asked otherwise: the power s^(q-1) amplifies rounding for q near 1 and large q.
-        D, s = schatten_dualize_and_singular_values(G, p, dtype if dtype is not None else torch.float64)
+        D, s = schatten_dualize_and_singular_values(G, p, torch.float64 if dtype in (None, "auto") else dtype)
         if need_dual_norm:  # an empty matrix has no singular values and dual norm 0
             dn = vector_pnorm(s, conjugate_exponent(p)).to(G.dtype) if s.shape[-1] else G.new_zeros(G.shape[:-2])
     if squeeze:

@@ -67,8 +67,12 @@ def davis_drusvyatskiy(G: torch.Tensor, A: torch.Tensor, method: str = "exact",
     if math.isnan(nr) or math.isnan(st):
         return {"nr": nr, "st": st, "ratio": float("nan"), "winner": "none"}
     ratio = nr / st if st > 0 else (float("inf") if nr > 0 else float("nan"))
-    winner = "none" if nr == 0 else ("spectral" if nr >= st else "frobenius")
-    return {"nr": nr, "st": st, "ratio": ratio, "winner": winner}
+    return {"nr": nr, "st": st, "ratio": ratio, "winner": dd_winner(nr, st)}
+
+
+def dd_winner(nr: float, st: float) -> str:
+    """The Davis-Drusvyatskiy rule itself: ``"spectral"`` iff nr(G) >= st(A), ``"none"`` for G = 0."""
+    return "none" if nr == 0 else ("spectral" if nr >= st else "frobenius")
 
 
 def _stack(grads) -> torch.Tensor:
@@ -277,8 +281,14 @@ def kfac_curvature(D: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.
     N = A.shape[0]
     if N == 0:
         return 0.0
-    P = A.to(dtype) @ matrix_view(D).to(dtype).mT
-    return float(P.square().sum(dtype=torch.float64) / N)
+    D = matrix_view(D).to(dtype)
+    A = A.to(dtype)
+    m, n = D.shape
+    if N * m <= n * n + m * n:  # ||A D^T||_F^2 directly: an N x m product
+        return float((A @ D.mT).square().sum(dtype=torch.float64) / N)
+    # tr(D (A^T A) D^T) through the n x n Gram: memory stays linear in the sizes when N m is huge
+    # (e.g. a 100000 x 1 weight, whose gradient rows stand in for A)
+    return float(((D @ (A.mT @ A)) * D).sum(dtype=torch.float64) / N)
 
 
 def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.float64,

@@ -340,7 +340,7 @@ class LayerMonitor:
             if rec["nr_G"] is not None:
                 nr, st = rec["nr_G"], rec["st_A"]
                 rec["nr_st_ratio"] = nr / st if st > 0 else None
-                rec["dd_winner"] = "none" if nr == 0 else ("spectral" if nr >= st else "frobenius")
+                rec["dd_winner"] = C.dd_winner(nr, st)
         if self._spec_sign_due() and not (bad_a or bad_g) and A.numel():
             exact = self.method == "exact"  # the slow reference: float64 microbatches, SVD norms, polar by SVD
             mb = microbatch_grads(calls, self.microbatches, dtype=torch.float64 if exact else torch.float32)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from steepest.linalg import coefficients as C
+from steepest.linalg.precision import iteration_dtype
 
 METHODS = ("svd", "newton_schulz", "polar_express")
 DTYPES = (torch.float32, torch.bfloat16, torch.float64, torch.float16)
@@ -81,7 +82,7 @@ def polar(
     method: str = "svd",
     steps: int | None = None,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str | None = torch.float32,
     coefficients: tuple | None = None,
     normalization: str | None = None,
     eps: float = 1e-7,
@@ -93,7 +94,9 @@ def polar(
         method: ``"svd"`` (exact), ``"newton_schulz"`` or ``"polar_express"``.
         steps: iterations for the polynomial methods (defaults: 5 for Newton-Schulz, 8 for Polar
             Express); must be ``None`` for ``"svd"``.
-        dtype: dtype of the computation (float32 default). The result has G's dtype.
+        dtype: dtype of the computation (float32 default; None: G's dtype promoted to >= float32;
+            ``"auto"``: bf16 for the iterative methods where the hardware has native bf16 matmul, see
+            :mod:`steepest.linalg.precision`). The result has G's dtype.
         coefficients: a table of ``(a, b, c)`` triples (or one triple) for the polynomial methods;
             defaults to Muon's quintic for Newton-Schulz and the published l = 1e-3 table (with the
             1.01 safety factor) for Polar Express.
@@ -118,6 +121,8 @@ def polar(
     _check_matrix(G)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(dtype, torch.dtype):
+        dtype = iteration_dtype(G.dtype, dtype, G.device, iterative=method != "svd")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
     if method == "svd":

@@ -22,10 +22,14 @@ class Muon(SteepestDescent):
     Same semantics as ``torch.optim.Muon`` given the same settings (momentum 0.95, Nesterov,
     coefficients (3.4445, -4.775, 2.0315), Frobenius normalization with eps 1e-7, weight decay with the
     unadjusted lr, ``adjust_lr_fn`` "original" or "match_rms_adamw"), with three differences a user
-    can see: ``dtype`` chooses the Newton-Schulz precision (bfloat16 by default, as torch's forced
-    choice; float32 for exactness), conv kernels and other >= 3-D tensors are handled as matrices, and
-    non-matrix parameters can ride along on AdamW (``steepest.param_groups``). Default
-    ``weight_decay`` is 0 (torch's is 0.1).
+    can see: ``dtype`` chooses the Newton-Schulz precision, conv kernels and other >= 3-D tensors are
+    handled as matrices, and non-matrix parameters can ride along on AdamW (``steepest.param_groups``).
+    Default ``weight_decay`` is 0 (torch's is 0.1).
+
+    ``dtype="auto"`` (default) runs Newton-Schulz in bf16 where bf16 matmul is native (CUDA, CPUs with
+    AVX512-BF16 or AMX) and in float32 elsewhere (bf16 is emulated there, 18-70x slower than float32);
+    float64 parameters iterate in float64 (:mod:`steepest.linalg.precision`). ``dtype=torch.bfloat16``
+    is torch.optim.Muon's forced choice and matches it bit for bit.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
@@ -35,7 +39,7 @@ class Muon(SteepestDescent):
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  ns_steps: int = 5, ns_coefficients=MUON_QUINTIC, weight_decay: float = 0.0,
-                 adjust_lr_fn: str | None = None, dtype: torch.dtype | str = torch.bfloat16,
+                 adjust_lr_fn: str | None = None, dtype: torch.dtype | str | None = "auto",
                  method: str = "newton_schulz", **kwargs) -> None:
         if adjust_lr_fn not in _MUON_ADJUST:
             raise ValueError(f"adjust_lr_fn must be one of {list(_MUON_ADJUST)}, got {adjust_lr_fn!r}")
