@@ -33,11 +33,11 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 import steepest  # noqa: E402
-from steepest.distributed_launch import init_from_env, launch  # noqa: E402
+from steepest.app.launch import init_from_env, launch  # noqa: E402
 from steepest.optim import functional as F  # noqa: E402
 from steepest.optim.sharded import assign_owners, dualize_cost, shard_sizes  # noqa: E402
 from steepest.optim.steepest import update_kwargs  # noqa: E402
-from steepest.runs import atomic_write_json, atomic_write_text, environment  # noqa: E402
+from steepest.app.runs import atomic_write_json, atomic_write_text, environment  # noqa: E402
 
 BLOCK = [(384, 1152), (384, 384), (1536, 384), (384, 1536)]
 SHAPES = BLOCK * 4

@@ -1,4 +1,4 @@
-"""steepest.optim.sharded and steepest.distributed_launch on 2 and 3 gloo processes over loopback.
+"""steepest.optim.sharded and steepest.app.launch on 2 and 3 gloo processes over loopback.
 
 Each spawned run does several scenarios (process start-up dominates the cost). Every comparison with
 a one-process reference is computed inside rank 0, so both sides use the same BLAS threading.
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 import steepest
-from steepest.distributed_launch import (
+from steepest.app.launch import (
     init_from_env, launch, load_checkpoint, save_checkpoint, shard_batch,
 )
 from steepest.optim.sharded import DistributedSteepest, assign_owners, distributed, dualize_cost, shard_sizes
@@ -368,7 +368,7 @@ def test_launch_turns_a_hang_into_a_timeout():
 def test_distributed_refuses_optimizers_with_their_own_step():
     """steepest.Adaptive replaces step() (per-layer geometry); wrapping it would silently drop that, so
     distributed() refuses and wrap_optimizer leaves it to DDP's averaged gradients."""
-    from steepest.distributed_launch import DistInfo, wrap_optimizer
+    from steepest.app.launch import DistInfo, wrap_optimizer
 
     W = torch.nn.Parameter(torch.randn(4, 4))
     with pytest.raises(TypeError, match="defines its own step"):

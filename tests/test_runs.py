@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from steepest import runs
-from steepest.report import Section, write_report
+from steepest.app import runs
+from steepest.app.report import Section, write_report
 
 
 @dataclasses.dataclass

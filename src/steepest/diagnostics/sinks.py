@@ -14,7 +14,7 @@ import importlib.util
 import math
 from pathlib import Path
 
-from steepest.runs import append_jsonl
+from steepest._io import append_jsonl
 
 
 class MemorySink:
