@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import multiprocessing as mp
 import os
 import socket
 import tempfile
@@ -36,6 +37,11 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from steepest._io import atomic_write_json
+from steepest.optim.sharded import defines_own_step, distributed
+from steepest.optim.steepest import SteepestDescent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +106,6 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, **ddp_kwargs) -> torch.nn
     for models whose forward skips parameters on some ranks."""
     if info.world_size == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     if torch.cuda.is_available() and info.backend == "nccl":
         ddp_kwargs.setdefault("device_ids", [info.local_rank])
     return DistributedDataParallel(model, **ddp_kwargs)
@@ -112,9 +116,6 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, info: DistInfo, process_gro
     (torch.optim.AdamW, ...) and steepest optimizers with their own ``step`` (``steepest.Adaptive``) are
     returned unchanged: DDP's averaged gradients already keep their replicas in step, each rank
     computing every update itself."""
-    from steepest.optim.sharded import defines_own_step, distributed
-    from steepest.optim.steepest import SteepestDescent
-
     if (info.world_size == 1 or not isinstance(optimizer, SteepestDescent)
             or defines_own_step(type(optimizer))):
         return optimizer
@@ -146,10 +147,9 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer, 
     name; the checkpoint loads on any world size (:func:`load_checkpoint`). ``extra`` (plain JSON data,
     e.g. the step count) is written by rank 0 to ``extra.json`` beside them.
     """
+    # lazy: torch.distributed.checkpoint is heavy and only checkpointing needs it
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    from steepest.app.runs import atomic_write_json
 
     if not dist.is_initialized() or dist.get_rank() == 0:  # before dcp.save, whose collectives order it
         atomic_write_json(Path(path) / "extra.json", dict(extra or {}))
@@ -160,6 +160,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer, 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer) -> dict:
     """Load a :func:`save_checkpoint` directory into ``model`` and ``optimizer`` (resharding DTensor
     state to this world size); returns ``extra``."""
+    # lazy: torch.distributed.checkpoint is heavy and only checkpointing needs it
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -205,8 +206,6 @@ def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120
     """
     if not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive int, got {nproc!r}")
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="steepest-launch-") as out_dir:

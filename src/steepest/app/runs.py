@@ -1,4 +1,4 @@
-"""Run directories, atomic result files, environment capture and dataclass configs with overrides.
+"""Run directories, environment capture and dataclass configs with overrides (atomic files: :mod:`steepest._io`).
 
 Shared by ``steepest reproduce``, ``steepest compare`` and the benchmarks, so every result on disk has
 the same shape: ``<run dir>/config.json``, ``environment.json``, metrics JSONL, PNG figures, a report.
@@ -7,12 +7,10 @@ the same shape: ``<run dir>/config.json``, ``environment.json``, metrics JSONL, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 import types
@@ -20,7 +18,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+
+import steepest
 
 from steepest._io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl  # noqa: F401 (re-exported)
 
@@ -28,8 +29,6 @@ from steepest._io import append_jsonl, atomic_write_bytes, atomic_write_json, at
 # ---------------------------------------------------------------------------------------- environment
 def environment() -> dict:
     """Versions, git sha, device and thread count: what a reader needs to reproduce a number."""
-    import torch
-
     env = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -42,8 +41,6 @@ def environment() -> dict:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
-        import steepest
-
         env["steepest"] = steepest.__version__
         root = Path(steepest.__file__).resolve().parents[2]
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)

@@ -17,6 +17,9 @@ import argparse
 import sys
 
 from steepest.app.runs import ConfigError
+from steepest.app.compare.job import compare
+from steepest.app.compare.sweep import sweep
+from steepest.app.tasks import TaskError
 
 
 def parse_pairs(items, what: str, numeric: bool = True) -> dict:
@@ -32,7 +35,7 @@ def parse_pairs(items, what: str, numeric: bool = True) -> dict:
             except ValueError as e:
                 raise ConfigError(f"{what} {k}: expected a number, got {v!r}") from e
         else:
-            import yaml
+            import yaml  # lazy: only task options need YAML parsing
 
             v = yaml.safe_load(v)
         out[k] = v
@@ -76,18 +79,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from steepest.app.tasks import TaskError
-
     size = "quick" if args.quick else args.size
     try:
-        from steepest.app.compare.job import compare
-
         lrs = parse_pairs(args.lr, "--lr")
         task_options = parse_pairs(args.task_opt, "--task-opt", numeric=False)
         names = split_names(args.optimizers)
         if args.tune:
-            from steepest.app.compare.sweep import sweep
-
             tuned = sweep(args.task, size=size, optimizers=names, steps=args.steps, seed=args.seed,
                           threads=args.threads)
             lrs = {**tuned, **lrs}

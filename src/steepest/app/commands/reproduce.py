@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from steepest.app.runs import ConfigError, apply_overrides, atomic_write_json
+from steepest.app.reproduce import base
 
 
 def register(subparsers) -> None:
@@ -64,8 +65,6 @@ def _read_mapping(path: str | None) -> dict:
 
 def build_configs(names: list[str], quick: bool, overrides: list[str], config_file: str | None) -> dict:
     """Config per experiment: defaults (or quick()), then the file, then ``--set`` overrides."""
-    from steepest.app.reproduce import base
-
     file_data = _read_mapping(config_file)
     multi = len(names) > 1
     pairs = []
@@ -113,8 +112,6 @@ def _print_claims(outcome) -> None:
 
 
 def main(args) -> int:
-    from steepest.app.reproduce import base
-
     if args.name != "all" and args.name not in base.REGISTRY:
         print(f"steepest reproduce: unknown experiment {args.name!r}; choose one of "
               f"{', '.join(base.REGISTRY)} or all", file=sys.stderr)

@@ -14,6 +14,8 @@ import shlex
 import sys
 
 from steepest.app.commands.compare import add_common, split_names
+from steepest.app.compare.sweep import sweep
+from steepest.app.tasks import TaskError
 from steepest.app.runs import ConfigError
 
 
@@ -30,12 +32,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from steepest.app.tasks import TaskError
-
     size = "quick" if args.quick else args.size
     try:
-        from steepest.app.compare.sweep import sweep
-
         grid = {}
         for item in args.grid or ():
             if "=" not in item:

@@ -57,8 +57,11 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from steepest.app.compare.runner import run_optimizer
 from steepest.app.launch import DistInfo, cleanup, init_from_env, launch, wrap_model, wrap_optimizer
 from steepest.app.runs import ConfigError
+from steepest.app.tasks import get_task
+from steepest.optim.adaptive import Adaptive
 
 #: Upper bound on one collective (seconds): a rank that waits longer raises instead of hanging.
 COLLECTIVE_TIMEOUT_S = 300.0
@@ -133,8 +136,6 @@ class DataParallel:
         """``(DDP(model), distributed optimizer)``; a collective (DDP broadcasts rank 0's weights), so it
         also orders every rank's earlier file checks before rank 0's first write."""
         ddp = wrap_model(model, self.info)
-        from steepest.optim.adaptive import Adaptive
-
         if isinstance(optimizer, Adaptive):  # steepest.distributed's step would drop the per-layer choice
             optimizer.register_step_post_hook(_sync_adaptive)
             return ddp, optimizer
@@ -185,9 +186,6 @@ def _sync_adaptive(optimizer, args, kwargs) -> None:
 
 def _rank_main(job: dict) -> dict | None:
     """One rank: every optimizer of the comparison in turn; rank 0 returns ``{name: result}``."""
-    from steepest.app.compare.runner import run_optimizer
-    from steepest.app.tasks import get_task
-
     info = init_from_env(backend="gloo", timeout_s=job["collective_timeout_s"])
     try:
         dp = DataParallel(info)

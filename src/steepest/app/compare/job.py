@@ -30,7 +30,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from steepest.app.compare.optimizers import DEFAULT_OPTIMIZERS, OPTIMIZERS, check_optimizers, default_optimizers
+import torch
+
+from steepest.app.compare.data_parallel import check_nproc, run_distributed
+from steepest.app.compare.optimizers import (
+    DEFAULT_OPTIMIZERS, OPTIMIZERS, check_optimizers, default_optimizers, routing_table,
+)
+from steepest.app.compare.report import write_compare_report
+from steepest.app.compare.runner import run_optimizer
 from steepest.app.runs import ConfigError, atomic_write_json, atomic_write_text, environment
 from steepest.app.tasks import Task, TaskError, get_task
 
@@ -153,10 +160,6 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     Example:
         >>> r = compare("mnist", ["adamw", "muon"], size="quick", report=False)   # doctest: +SKIP
     """
-    import torch
-
-    from steepest.app.compare.runner import run_optimizer
-
     names = check_optimizers(optimizers if optimizers is not None else default_optimizers())
     task_options = dict(task_options or {})
     if isinstance(task, Task):
@@ -179,8 +182,6 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
     lr_table = resolve_lrs(task_obj.name, size, names, lrs)
-    from steepest.app.compare.data_parallel import check_nproc
-
     check_nproc(task_obj, seed, nproc)
     if nproc > 1 and isinstance(task, Task):
         raise ConfigError("nproc > 1 rebuilds the task in every process: give it by name (e.g. 'mnist' or "
@@ -196,8 +197,6 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
 
     results = {}
     if nproc > 1:
-        from steepest.app.compare.data_parallel import run_distributed
-
         say(f"steepest compare: {nproc} data-parallel processes (gloo), global batch split evenly")
         results = run_distributed(task_name, {"size": size, **task_options} if builtin else task_options, cfg,
                                   run_dir, lr_table, resume=resume, progress=progress, on_step=on_step,
@@ -215,8 +214,6 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     atomic_write_text(run_dir / "table.txt", table + "\n")
     say(table)
     if report:
-        from steepest.app.compare.report import write_compare_report
-
         path = write_compare_report(run_dir)
         say(f"report: {path}")
     return CompareResult(rows=rows, table=table, run_dir=run_dir, target=target)
@@ -249,10 +246,6 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
     elif resume:
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
     run_dir.mkdir(parents=True, exist_ok=True)
-    import torch
-
-    from steepest.app.compare.optimizers import routing_table
-
     torch.manual_seed(cfg.seed)
     atomic_write_text(run_dir / "routing.txt", routing_table(task.make_model(), task.routing) + "\n")
     atomic_write_json(cfg_path, {"config": mine, "task_info": task.info,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from steepest.diagnostics import LayerMonitor
 
 from steepest.app.runs import append_jsonl
 
@@ -63,8 +64,6 @@ class CompareMonitor:
     """A LayerMonitor attached to ``optimizer`` whose step counter follows the training step."""
 
     def __init__(self, model, optimizer, path: Path, every: int, start_step: int = 0) -> None:
-        from steepest.diagnostics import LayerMonitor
-
         self.monitor = LayerMonitor(model, every=every, sinks=[_ChoiceSink(path, layer_choices(optimizer, model))],
                                     microbatches=0, method="fast")
         self.monitor.step = start_step

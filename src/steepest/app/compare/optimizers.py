@@ -17,12 +17,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import io
 from typing import Callable
 
 import torch
 from torch import nn
 
 import steepest
+from steepest.linalg.coefficients import MUON_QUINTIC
 
 ADAMW_BETAS = (0.9, 0.95)
 
@@ -125,8 +127,6 @@ def _build_adaptive(model, lr, aux_lr, routing):
     Adaptive = getattr(steepest, "Adaptive", None)
     if Adaptive is None:
         raise RuntimeError("steepest.Adaptive is not available in this build")
-    from steepest.linalg.coefficients import MUON_QUINTIC
-
     return Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="dd",
                     candidates=("spectral", "frobenius"), momentum=0.95, nesterov=True,
                     method="newton_schulz", steps=5, coefficients=MUON_QUINTIC, dtype=torch.bfloat16)
@@ -198,8 +198,6 @@ def build_optimizer(name: str, model: nn.Module, lr: float, aux_lr: float, routi
 
 def routing_table(model: nn.Module, routing: dict | None = None) -> str:
     """The text of :func:`steepest.describe` for ``model`` (which parameter gets which geometry, and why)."""
-    import io
-
     buf = io.StringIO()
     return steepest.describe(steepest.param_groups(model, **(routing or {})), file=buf)
 

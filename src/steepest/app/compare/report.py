@@ -32,7 +32,7 @@ def _grid(records: list[dict], key: str) -> tuple[list[str], list[int], list[lis
 
 
 def _diagnostics_sections(run_dir: Path, names: list[str]) -> list[Section]:
-    from steepest.app.report.compare_figures import choice_map, layer_heatmap
+    from steepest.app.report.compare_figures import choice_map, layer_heatmap  # lazy: matplotlib only when drawing
 
     sections = []
     fig_dir = run_dir / "figures"
@@ -67,7 +67,7 @@ def _diagnostics_sections(run_dir: Path, names: list[str]) -> list[Section]:
 
 def write_compare_report(run_dir: str | Path) -> Path:
     """Draw the figures and write ``run_dir/report.html``; returns its path."""
-    from steepest.app.report.compare_figures import loss_curves
+    from steepest.app.report.compare_figures import loss_curves  # lazy: matplotlib only when drawing
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))

@@ -19,8 +19,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from steepest.app.compare.loop import LoopState, train_loop
+from steepest.app.compare.monitor import attach_monitor
 from steepest.app.compare.optimizers import OPTIMIZERS, build_optimizer, state_bytes
 from steepest.app.runs import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
@@ -116,15 +118,11 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     if dp is not None:  # a collective: every rank has checked the files above before rank 0 writes any
         train_model, optimizer = dp.wrap(model, optimizer)
         batch_fn, evaluate_fn, reduce_loss = dp.batch_fn(batch_fn), dp.evaluate_fn(evaluate_fn), dp.reduce_loss
-    from steepest.app.compare.monitor import attach_monitor
-
     every = cfg.monitor_every if (name in cfg.monitored and main) else 0
     monitor = attach_monitor(model, optimizer, diag, every, state.step)
 
     bar = None
     if progress and main:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cfg.steps, initial=state.step, desc=f"{name:>10}", leave=True, dynamic_ncols=True,
                    disable=None)
 

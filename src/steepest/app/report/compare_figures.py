@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
+import matplotlib.patches as mpatches
 import numpy as np
 
 from steepest.app.report.figures import heatmap, hline, lines, save, subplots
@@ -59,8 +61,6 @@ def layer_heatmap(values: Sequence[Sequence[float]], layers: Sequence[str], step
 def choice_map(choices: Sequence[Sequence[str]], layers: Sequence[str], steps: Sequence[int], path, *,
                title: str) -> Path:
     """Categorical layers x steps map of the adaptive optimizer's geometry (legend names each colour)."""
-    import matplotlib.patches as mpatches
-
     fixed = ["spectral", "linf", "frobenius", "adamw"]  # the same colour for a geometry in every report
     seen = {c for row in choices for c in row if c}
     kinds = [k for k in fixed if k in seen] + sorted(seen - set(fixed))
@@ -69,7 +69,7 @@ def choice_map(choices: Sequence[Sequence[str]], layers: Sequence[str], steps: S
     height = max(3.0, 0.32 * len(layers) + 1.5)
     fig, axes = subplots(1, 1, width=max(7.0, 0.45 * len(steps) + 4), height=height)
     ax = axes[0]
-    cmap = __import__("matplotlib").colormaps.get_cmap("tab10")
+    cmap = matplotlib.colormaps.get_cmap("tab10")
     ax.imshow(np.ma.masked_invalid(arr), origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=9,
               interpolation="nearest")
     ax.set_yticks(range(len(layers)))

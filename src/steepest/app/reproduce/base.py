@@ -31,7 +31,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+from tqdm.auto import tqdm
+
+from steepest.app.report.html import Section, write_report as write_html_report
 from steepest.app.runs import atomic_write_json, environment
+from steepest.diagnostics.metrics import nuclear_rank as _nuclear_rank, stable_rank as _stable_rank
 
 #: Experiment name -> module (imported on first use so ``steepest --help`` stays fast).
 REGISTRY = {
@@ -146,10 +151,6 @@ def _revive(obj: Any) -> Any:
 
 def progress(iterable, desc: str, total: int | None = None):
     """A tqdm bar on a terminal, the bare iterable otherwise (tests, pipes)."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a missing bar must not stop a run
-        return iterable
     return tqdm(iterable, desc=desc, total=total, leave=False, disable=not sys.stderr.isatty())
 
 
@@ -174,8 +175,6 @@ def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = 
     The default 1 is deliberate: these experiments are many small matrix operations, where a second
     thread costs more in synchronisation than it gains, and several times more on a shared machine.
     """
-    import torch
-
     mod = get(name)
     if threads is not None:
         before = torch.get_num_threads()
@@ -200,9 +199,7 @@ def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = 
     figures = [Path(f) for f in mod.figures(results, run_dir)]
     outcome = Outcome(name, run_dir, results, claims, figures, cells.hits, cells.misses)
     if write_report:
-        from steepest.app.report.html import write_report as _write
-
-        _write(run_dir / "report.html", f"steepest reproduce {name}: {mod.TITLE}", report_sections(outcome),
+        write_html_report(run_dir / "report.html", f"steepest reproduce {name}: {mod.TITLE}", report_sections(outcome),
                subtitle=_subtitle(mod, cfg))
     return outcome
 
@@ -220,8 +217,6 @@ def claim_rows(name: str, claims: Sequence[Claim]) -> list[list]:
 
 def report_sections(outcome: Outcome, *, with_claims: bool = True) -> list:
     """Report sections for one experiment: the claims table first, then tables, notes and figures."""
-    from steepest.app.report.html import Section
-
     mod = get(outcome.name)
     sections = []
     if with_claims:
@@ -242,14 +237,12 @@ def _tally(claims: Sequence[Claim]) -> str:
 
 def write_combined_report(path: str | Path, outcomes: Sequence[Outcome]) -> Path:
     """One report for ``steepest reproduce all``: every claim in one table on top, then each experiment."""
-    from steepest.app.report.html import Section, write_report as _write
-
     rows = [row for o in outcomes for row in claim_rows(o.name, o.claims)]
     all_claims = [c for o in outcomes for c in o.claims]
     sections = [Section(title="All claims", tables=[(CLAIM_HEADER, rows)], text=[_tally(all_claims)])]
     for o in outcomes:
         sections.extend(report_sections(o, with_claims=False))
-    return _write(path, "steepest reproduce all: the seed claims, measured", sections)
+    return write_html_report(path, "steepest reproduce all: the seed claims, measured", sections)
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -262,13 +255,9 @@ def fmt(x: float, digits: int = 3) -> str:
 # ---------------------------------------------------------------------------------------- metrics
 def stable_rank(A) -> float:
     """st(A) = ||A||_F^2 / ||A||_op^2 as a float, via :func:`steepest.diagnostics.metrics.stable_rank`."""
-    from steepest.diagnostics.metrics import stable_rank as _sr
-
-    return float(_sr(A))
+    return float(_stable_rank(A))
 
 
 def nuclear_rank(G) -> float:
     """nr(G) = ||G||_*^2 / ||G||_F^2 as a float, via :func:`steepest.diagnostics.metrics.nuclear_rank`."""
-    from steepest.diagnostics.metrics import nuclear_rank as _nr
-
-    return float(_nr(G))
+    return float(_nuclear_rank(G))

@@ -274,7 +274,7 @@ def notes(results: dict) -> list[str]:
 
 
 def figures(results: dict, out_dir) -> list:
-    from steepest.app.report import figures as F
+    from steepest.app.report import figures as F  # lazy: matplotlib loads only when figures are drawn
 
     widths = results["widths"]
     A = results["acts"]

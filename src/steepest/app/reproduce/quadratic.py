@@ -248,7 +248,7 @@ def notes(results: dict) -> list[str]:
 
 
 def figures(results: dict, out_dir) -> list:
-    from steepest.app.report import figures as F
+    from steepest.app.report import figures as F  # lazy: matplotlib loads only when figures are drawn
 
     rows = results["cells"]
     fig, axes = F.subplots(1, len(rows), width=4.2)

