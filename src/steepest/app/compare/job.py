@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,9 +88,12 @@ class CompareResult:
 
 
 # ---------------------------------------------------------------------------------------- learning rates
-def load_tuned(path: str | Path = TUNED_PATH) -> dict:
-    """The shipped tuned learning rates: ``{"tables": {"<task>/<size>": {optimizer: lr}}, ...}``."""
-    path = Path(path)
+def load_tuned(path: str | Path | None = None) -> dict:
+    """The shipped tuned learning rates: ``{"tables": {"<task>/<size>": {optimizer: lr}}, ...}``.
+
+    ``path`` defaults to :data:`TUNED_PATH`; a missing file gives empty tables (see :func:`resolve_lrs`).
+    """
+    path = Path(TUNED_PATH if path is None else path)
     if not path.exists():
         return {"tables": {}}
     return json.loads(path.read_text(encoding="utf-8"))
@@ -100,8 +104,11 @@ def resolve_lrs(task_name: str, size: str, names, overrides: dict | None = None,
     """``{optimizer: (lr, source)}`` for ``names`` plus ``adamw`` (its lr trains the hybrids' AdamW part).
 
     Order of precedence: ``overrides`` ("given"), the tuned table for ``task/size``, then for
-    ``task/default`` ("tuned"), then the optimizer's fallback ("untuned default").
+    ``task/default`` ("tuned"), then the optimizer's fallback ("untuned default"). When ``tuned`` is not
+    given and the shipped table (:data:`TUNED_PATH`) is missing, a ``UserWarning`` names the fallback
+    learning rates used instead (an install without its package data would otherwise train untuned).
     """
+    shipped_missing = tuned is None and not Path(TUNED_PATH).exists()
     tables = (tuned if tuned is not None else load_tuned()).get("tables", {})
     table = tables.get(f"{task_name}/{size}") or tables.get(f"{task_name}/default") or {}
     overrides = dict(overrides or {})
@@ -119,6 +126,10 @@ def resolve_lrs(task_name: str, size: str, names, overrides: dict | None = None,
         if not (lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"learning rate for {name} must be a positive number, got {lr}")
         out[name] = (lr, src)
+    fallback = [f"{n}={lr:.3g}" for n, (lr, src) in out.items() if src == "untuned default"]
+    if shipped_missing and fallback:
+        warnings.warn(f"no tuned learning-rate table at {TUNED_PATH} (is steepest installed without its package "
+                      f"data?); using untuned fallback learning rates: {', '.join(fallback)}", UserWarning, stacklevel=2)
     return out
 
 
