@@ -4,11 +4,12 @@
     steepest compare --quick --task mnist-cnn          # tiny version
     steepest compare --optimizers adamw,muon --lr muon=0.03 --steps 500
     steepest compare --task mypkg.tasks:make_task      # your own Task (see steepest.app.tasks)
-    steepest compare --resume --run-dir runs/X         # continue an interrupted run
+    steepest compare --resume --out runs/X             # continue an interrupted run (--run-dir: same)
     steepest compare --tune                            # sweep lrs first (cached), then compare
     steepest compare --nproc 2                         # each run data-parallel on 2 processes (DDP, gloo)
 
-Exit codes: 0 success, 2 bad task name, option or configuration.
+Exit codes: 0 success, 1 a run failed (traceback), 2 bad task name, option or configuration,
+130 interrupted (finished work is saved; ``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def register(subparsers) -> None:
     add_common(p)
     p.add_argument("--eval-every", type=int, help="validation interval in steps (default: the task's)")
     p.add_argument("--lr", action="append", metavar="NAME=LR", help="learning rate override (repeatable)")
-    p.add_argument("--run-dir", help="run directory (default runs/compare-<task>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir (or the latest)")
+    p.add_argument("--out", "--run-dir", dest="out", metavar="DIR",
+                   help="output (run) directory (default runs/compare-<task>-<time>); --run-dir is an alias")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest)")
     p.add_argument("--tune", action="store_true", help="run the cached lr sweep first and use its winners")
     p.add_argument("--monitor-every", type=int, help="per-layer diagnostics interval (0: off)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
@@ -89,7 +91,7 @@ def run(args) -> int:
                           threads=args.threads)
             lrs = {**tuned, **lrs}
         compare(args.task, names, args.steps, seed=args.seed, lrs=lrs, size=size, eval_every=args.eval_every,
-                run_dir=args.run_dir, resume=args.resume, threads=args.threads, monitor_every=args.monitor_every,
+                run_dir=args.out, resume=args.resume, threads=args.threads, monitor_every=args.monitor_every,
                 progress=not args.no_progress, report=not args.no_report, task_options=task_options,
                 nproc=args.nproc)
     except (TaskError, ConfigError, ValueError) as e:

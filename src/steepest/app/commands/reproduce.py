@@ -3,7 +3,7 @@
 Runs one seed reproduction (or ``all``) into a run directory: config.json, environment.json,
 results.json, claims.json, PNG figures and report.html with the claims table on top. Rerunning into
 the same directory reuses the finished sweep cells. Exit codes: 0 done (whatever the verdicts),
-1 an experiment raised, 2 bad usage (unknown experiment, bad config key or value).
+1 an experiment raised, 2 bad usage (unknown experiment, bad config key or value), 130 interrupted.
 
 With ``all``, ``--set`` keys may be prefixed by an experiment (``--set quadratic.steps=50``); an
 unprefixed key is applied to every experiment that has it. ``--config`` takes a YAML/TOML mapping
@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("name", metavar="NAME", help="quadratic | init-rank | schatten | phase-retrieval | spec-sign | all")
     p.add_argument("--quick", action="store_true", help="small sizes (each experiment well under a minute)")
-    p.add_argument("--out", default=None, help="run directory (default runs/reproduce-NAME[-quick])")
+    p.add_argument("--out", "--run-dir", dest="out", default=None, metavar="DIR",
+                   help="output (run) directory (default runs/reproduce-NAME[-quick]); --run-dir is an alias")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); with 'all' prefix it: quadratic.steps=50")
     p.add_argument("--config", default=None, help="YAML/TOML file with config fields")

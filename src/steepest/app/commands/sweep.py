@@ -1,10 +1,12 @@
 """``steepest sweep``: tune each optimizer's learning rate for ``steepest compare`` (cached, resumable).
 
     steepest sweep                                   # charlm/default, every optimizer, cache runs/sweep-cache.json
+    steepest sweep --out runs/tune                   # cache in runs/tune/sweep-cache.json
     steepest sweep --write-tuned                     # also store the winners in src/steepest/app/tuned.json
     steepest sweep --optimizers muon --grid muon=0.01,0.02,0.04
 
-Exit codes: 0 success, 2 bad task name or option.
+Exit codes: 0 success, 1 a run failed (traceback), 2 bad task name or option, 130 interrupted
+(finished points are cached; rerunning resumes).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from steepest.app.commands.compare import add_common, split_names
 from steepest.app.compare.sweep import sweep
@@ -24,7 +27,9 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
     p.add_argument("--grid", action="append", metavar="NAME=LR1,LR2,...", help="explicit grid for one optimizer")
-    p.add_argument("--cache", default="runs/sweep-cache.json", help="result cache (default runs/sweep-cache.json)")
+    p.add_argument("--out", default="runs", metavar="DIR",
+                   help="output directory, holding the result cache sweep-cache.json (default runs)")
+    p.add_argument("--cache", metavar="FILE", help="result cache file (default DIR/sweep-cache.json)")
     p.add_argument("--max-extend", type=int, default=2,
                    help="extra grid points (factor 2) allowed each way while the best lr is on the edge (default 2)")
     p.add_argument("--write-tuned", action="store_true", help="merge the winners into src/steepest/app/tuned.json")
@@ -48,7 +53,7 @@ def run(args) -> int:
         if args.task_opt:
             raise ConfigError("sweep tunes the task at a named --size; --task-opt is not supported here")
         best = sweep(args.task, size=size, optimizers=split_names(args.optimizers), steps=args.steps,
-                     seed=args.seed, cache=args.cache, grid=grid or None, threads=args.threads,
+                     seed=args.seed, cache=args.cache or Path(args.out) / "sweep-cache.json", grid=grid or None, threads=args.threads,
                      max_extend=args.max_extend,
                      write_tuned=args.write_tuned, command="steepest " + shlex.join(sys.argv[1:]))
     except (TaskError, ConfigError, ValueError) as e:

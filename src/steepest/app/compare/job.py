@@ -235,7 +235,7 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
         if resume:
             found = sorted(Path("runs").glob(f"compare-{task.name}-*"), key=lambda p: p.stat().st_mtime)
             if not found:
-                raise ConfigError(f"--resume found no earlier run under runs/compare-{task.name}-*; name it with --run-dir")
+                raise ConfigError(f"--resume found no earlier run under runs/compare-{task.name}-*; name it with --out")
             run_dir = found[-1]
         else:
             run_dir = Path("runs") / f"compare-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -244,7 +244,7 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
     mine = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     if cfg_path.exists():
         if not resume:
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         old = json.loads(cfg_path.read_text(encoding="utf-8"))
         old_cfg = old.get("config", old)
         # nproc may change on resume: checkpoints hold plain state dicts, and the data-parallel step equals
@@ -253,7 +253,7 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
         diff += [f"lrs[{n}]" for n in mine["lrs"] if n in old_cfg.get("lrs", {}) and old_cfg["lrs"][n] != mine["lrs"][n]]
         if diff:
             raise ConfigError(f"cannot resume {run_dir}: its config differs in {', '.join(diff)}; "
-                              "rerun with the same options or start a new --run-dir")
+                              "rerun with the same options or start a new --out")
     elif resume:
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
     run_dir.mkdir(parents=True, exist_ok=True)
