@@ -3,7 +3,8 @@ resumable sweep cells.
 
 An experiment is a module ``steepest.app.reproduce.<name>`` that defines
 
-* ``SEED`` (the seed file it reproduces), ``TITLE`` and ``VERSION`` (bumped when a cell's computation
+* ``SEED`` (the seed document it reproduces, e.g. ``"seed 001"``), ``SOURCE`` (that document's authors
+  and title), ``TITLE`` and ``VERSION`` (bumped when a cell's computation
   changes, so cached cells of older code are not reused);
 * ``Config``, a dataclass (loadable with :func:`steepest.app.runs.load_config`), and ``quick() -> Config``;
 * ``run(cfg, out_dir) -> dict``: the measured numbers (JSON-able), using :class:`Cells` for sweeps;
@@ -185,7 +186,7 @@ def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = 
             torch.set_num_threads(before)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", {"experiment": name, "seed_file": mod.SEED,
+    atomic_write_json(run_dir / "config.json", {"experiment": name, "seed": mod.SEED, "source": mod.SOURCE,
                                                 "config": dataclasses.asdict(cfg)})
     atomic_write_json(run_dir / "environment.json", environment())
     cells = Cells(run_dir / "cells", version=getattr(mod, "VERSION", None))
@@ -205,7 +206,7 @@ def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = 
 
 
 def _subtitle(mod, cfg) -> str:
-    return f"Seed {mod.SEED}. Config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
+    return f"{mod.SEED.capitalize()}: {mod.SOURCE}. Config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
 
 
 CLAIM_HEADER = ("experiment", "seed", "claim", "measured", "verdict", "how decided / why")

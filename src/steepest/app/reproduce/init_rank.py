@@ -1,10 +1,12 @@
 """Seed 001: stable rank of post-activation matrices at Gaussian initialisation.
 
-Davis & Drusvyatskiy (seed 001) compare a layer's gradient nuclear rank nr(G) = ||G||_*^2/||G||_F^2
-with the stable rank st(A) = ||A||_F^2/||A||_op^2 of its incoming activations A (rows = samples):
-spectral steps win when nr(G) >= st(A). They prove st(A) is low at initialisation. Mechanism
-(REFERENCE.md section 6): if s(g), g ~ N(0, 1), has non-zero mean, A ~ E[s] 1 1^T + a zero-mean part,
-the rank-one mean term dominates ||A||_op^2 and st(A) -> E[s(g)^2]/E[s(g)]^2, independent of width
+Source: D. Davis and D. Drusvyatskiy, "When do spectral gradient updates help in deep learning?".
+
+They compare a layer's gradient nuclear rank nr(G) = ||G||_*^2/||G||_F^2 with the stable rank
+st(A) = ||A||_F^2/||A||_op^2 of its incoming activations A (rows = samples): spectral steps win when
+nr(G) >= st(A). They prove st(A) is low at initialisation. Mechanism (a short derivation, checked
+here): if s(g), g ~ N(0, 1), has non-zero mean, A ~ E[s] 1 1^T + a zero-mean part, the rank-one mean
+term dominates ||A||_op^2 and st(A) -> E[s(g)^2]/E[s(g)]^2, independent of width
 (pi for ReLU). Zero-mean (tanh) and gated (SwiGLU: silu(g1) g2) activations have no such term.
 
 Measured here, over widths w (n = samples_per_width * w Gaussian inputs of dimension w):
@@ -38,7 +40,8 @@ import torch.nn.functional as Fn
 from steepest.app.reproduce.base import Cells, Claim, fmt, nuclear_rank, progress, stable_rank, verdict
 from steepest.app.runs import ConfigError
 
-SEED = "001_6ed5412246210651.txt"
+SEED = "seed 001"
+SOURCE = 'D. Davis and D. Drusvyatskiy, "When do spectral gradient updates help in deep learning?"'
 TITLE = "stable rank of post-activations at Gaussian initialisation"
 VERSION = 2
 ACTIVATIONS = ("relu", "gelu", "tanh", "swiglu")
@@ -237,7 +240,7 @@ def claims(results: dict) -> list[Claim]:
                      + (". The st-vs-depth figure shows the deep plain (no residual) SwiGLU stack collapsing towards "
                         "st = 1 layer by layer" if grow.get(("swiglu", "mlp"), math.inf) < st["growth_ratio"] else "")))
     lim = {a: (A[a]["random_features"][-1], A[a]["limit"]) for a in RELU_FAMILY if a in A}
-    out.append(Claim("REFERENCE.md section 6 (seed 001)", "random-features st(A) tends to E[s(g)^2]/E[s(g)]^2 for non-zero-mean s",
+    out.append(Claim(SEED, "random-features st(A) tends to E[s(g)^2]/E[s(g)]^2 for non-zero-mean s",
                      "; ".join(f"{a}: st {fmt(v)} vs limit {fmt(L)}" for a, (v, L) in lim.items()),
                      verdict(all(abs(v - L) / L <= st["limit_rtol"] for v, L in lim.values()) if lim else None),
                      f"holds if within {st['limit_rtol']:.0%} at the largest width"))

@@ -1,8 +1,10 @@
 """Seed 004: SpecGD vs GD on phase retrieval with a spiked (anisotropic) input covariance.
 
+Source: "Spectral Gradient Descent Mitigates Anisotropy-Driven Misalignment: A Case Study in Phase Retrieval" (arXiv:2601.22652).
+
 Model: x ~ N(0, Q), Q = I + lambda v v^T with v orthogonal to the unit signal w*, y = (x^T w*)^2,
 prediction x^T M x with M = W W^T (W in R^{d x d}). With C = M - w* w*^T the population loss is
-L(W) = E[(y - x^T M x)^2] = 2 tr(CQCQ) + tr(CQ)^2 and its gradient is (REFERENCE.md section 6)
+L(W) = E[(y - x^T M x)^2] = 2 tr(CQCQ) + tr(CQ)^2 (Gaussian fourth moments) and its gradient is
 
     grad_W L = (8 Q C Q + 4 tr(CQ) Q) W.
 
@@ -35,7 +37,8 @@ import steepest
 from steepest.app.reproduce.base import Cells, Claim, fmt, progress, verdict
 from steepest.app.runs import ConfigError
 
-SEED = "004_430a6af795ab69c8.txt"
+SEED = "seed 004"
+SOURCE = '"Spectral Gradient Descent Mitigates Anisotropy-Driven Misalignment: A Case Study in Phase Retrieval" (arXiv:2601.22652)'
 TITLE = "phase retrieval with a spiked covariance: SpecGD vs GD"
 VERSION = 1
 METHODS = ("specgd", "gd")
@@ -122,7 +125,7 @@ def population_loss(W: torch.Tensor, Q: torch.Tensor, w: torch.Tensor) -> float:
 
 
 def population_grad(W: torch.Tensor, Q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """grad_W = (8 QCQ + 4 tr(CQ) Q) W (REFERENCE.md section 6)."""
+    """grad_W = (8 QCQ + 4 tr(CQ) Q) W, the gradient of L(W) = 2 tr(CQCQ) + tr(CQ)^2 (module docstring)."""
     C = W @ W.T - torch.outer(w, w)
     return (8 * Q @ C @ Q + 4 * torch.trace(C @ Q) * Q) @ W
 

@@ -1,5 +1,7 @@
 """Seed 000: spectral descent vs gradient descent on f(X) = 1/2 ||A X - B||_F^2.
 
+Source: "Scribe Notes on Spectral Descent" (lecture notes, lecturer Ying Qi Wen).
+
 For M = A^T A the smoothness constants are L_F = ||M||_op = ||A||_op^2 (Frobenius geometry) and
 L_* = sup_Z ||M Z||_* / ||Z||_op = ||M||_* = ||A||_F^2 (operator-norm geometry). Spectral descent
 X <- X - (||G||_*/L_*) polar(G) guarantees f(X_{t+1}) <= f(X_t) - ||G_t||_*^2/(2 L_*), gradient descent
@@ -26,7 +28,8 @@ import steepest
 from steepest.app.reproduce.base import Cells, Claim, fmt, nuclear_rank, progress, stable_rank, verdict
 from steepest.app.runs import ConfigError
 
-SEED = "000_91e75cca265b4f7e.txt"
+SEED = "seed 000"
+SOURCE = '"Scribe Notes on Spectral Descent" (lecture notes, lecturer Ying Qi Wen)'
 TITLE = "spectral vs Euclidean descent on a matrix quadratic"
 VERSION = 2
 

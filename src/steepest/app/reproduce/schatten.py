@@ -1,5 +1,7 @@
 """Seed 003: what the Schatten-p dualizer does to a gradient's singular values, and where Muon sits.
 
+Source: F. L. Cesista, "Steepest Descent Under Schatten-p Norms" (blog post, 2025).
+
 The Schatten-p dualizer is T = U diag(s^(q-1)) V^T / ||s||_q^(q-1) (1/p + 1/q = 1): p = 2 gives
 G/||G||_F, p = inf gives U V^T. Its singular values are t_i proportional to s_i^(q-1), so after
 normalising by their mean (which makes p = inf all ones), t_i ~ 1 + (q-1) ln(s_i/s) and the variance
@@ -28,7 +30,8 @@ import steepest
 from steepest.app.reproduce.base import Cells, Claim, fmt, progress, stable_rank, verdict
 from steepest.app.runs import ConfigError
 
-SEED = "003_37ec735fc92e01e6.txt"
+SEED = "seed 003"
+SOURCE = 'F. L. Cesista, "Steepest Descent Under Schatten-p Norms" (blog post, 2025)'
 TITLE = "Schatten-p dualizers: singular-value spread vs p, and Muon's Newton-Schulz"
 VERSION = 1
 KINDS = ("gaussian", "low_stable_rank")

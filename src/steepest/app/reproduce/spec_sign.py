@@ -1,5 +1,7 @@
 """Seed 002: the Spec-Sign Advantage Index against the measured one-step gains of SignSGD and SpecGD.
 
+Source: H. Naganuma, L. Gomezjurado, M. Ghaznavi, I. Mitliagkas et al., "The Geometry of Spectral Gradient Descent: Layerwise Criteria for SignSGD vs Spec SGD".
+
 The layer: W in R^{n x m}, samples x ~ N(0, Sigma) (Sigma = diag(j^-input_decay)), y = W* x + sigma eps,
 per-sample loss 1/2 ||W x - y||^2. The population loss is L(W) = 1/2 tr((W - W*) Sigma (W - W*)^T) + const,
 its gradient G = (W - W*) Sigma and its Hessian H[D] = D Sigma. W - W* is chosen so that G is sparse:
@@ -35,7 +37,8 @@ from steepest.app.reproduce.base import Cells, Claim, fmt, progress, verdict
 from steepest.app.runs import ConfigError
 from steepest.diagnostics.criteria import layer_curvatures, noise_scales, spec_sign_index
 
-SEED = "002_4bd6ed1d7510dbee.txt"
+SEED = "seed 002"
+SOURCE = 'H. Naganuma, L. Gomezjurado, M. Ghaznavi, I. Mitliagkas et al., "The Geometry of Spectral Gradient Descent: Layerwise Criteria for SignSGD vs Spec SGD"'
 TITLE = "Spec-Sign Advantage Index vs measured one-step improvement"
 VERSION = 1
 MAGNITUDES = ("gaussian", "equal")

