@@ -13,7 +13,8 @@ all_gather latency a and bandwidth B: all_gather (ring) ~ (W-1) (a + L/B) with L
 per-rank payload; all_to_all pair (sharded) ~ 2 (W-1) a + 2 S/B with S ~ the bytes a rank sends.
 
 Run: ``.venv/bin/python benchmarks/distributed.py`` (writes benchmarks/results/distributed.json and
-benchmarks/results/distributed.md, copied into benchmarks/RESULTS.md; ``--steps`` timed steps per run, ``--quick`` for a smoke run).
+benchmarks/results/distributed.md, recorded in benchmarks/HISTORY.md with its headline in RESULTS.md;
+``--steps`` timed steps per run, ``--quick`` for a smoke run).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""The ``steepest`` command: ``steepest compare | sweep | reproduce | ...``.
+"""The ``steepest`` command: ``steepest compare | sweep | reproduce``.
 
-Each subcommand lives in :mod:`steepest.app.commands` and is imported only when the CLI starts, so
-``import steepest`` stays light. Exit codes: 0 success, 1 a run failed, 2 bad usage or configuration.
+Each subcommand is a module of :mod:`steepest.app.commands` with ``register(subparsers)``; the CLI
+imports them when it starts (the library, ``import steepest``, never does). Every subcommand names its
+output directory with ``--out DIR``. Exit codes: 0 success, 1 a run failed (an experiment or a
+training run raised), 2 bad usage or configuration (with a message saying what to do), 130
+interrupted (finished work is saved and a rerun resumes it). ``python -m steepest.app.cli`` runs it too.
 """
 
 from __future__ import annotations

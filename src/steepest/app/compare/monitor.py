@@ -9,7 +9,7 @@ training (hooks only read), so monitored and unmonitored runs give the same numb
 The Spec-Sign index is switched off here (``microbatches=0``) to keep the overhead small;
 ``steepest.diagnostics`` computes it on request. st(A) uses every activation row: the monitor's
 ``method="fast"`` works on the small Gram matrix A^T A, and a row subset would bias st(A) low
-(benchmarks/RESULTS.md, LayerMonitor overhead).
+(benchmarks/HISTORY.md, "LayerMonitor overhead").
 Optimizers that are not one ``torch.optim.Optimizer`` (torch.optim.Muon + AdamW stepped as a pair)
 are not monitored: the monitor's before/after-step hooks need a single step.
 """

@@ -121,7 +121,7 @@ def _build_adaptive(model, lr, aux_lr, routing):
 
     Why not the Spec-Sign index here: on charlm its quadratic-model score (K-FAC curvature of each
     direction) prefers the Frobenius direction for most layers, and that run ended well behind every
-    spectral optimizer (benchmarks/RESULTS.md, "train"); the index remains available as
+    spectral optimizer (benchmarks/HISTORY.md, "Train"); the index remains available as
     ``steepest.Adaptive(..., criterion="spec_sign")``.
     """
     Adaptive = getattr(steepest, "Adaptive", None)
