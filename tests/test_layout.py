@@ -43,6 +43,10 @@ KNOWN_UPWARD = {  # fixed by the kernel rewrite
     ("steepest.optim.batched", "steepest.optim.steepest"),
 }
 
+#: Package attributes that shadow a submodule of the same name, in modules owned by the kernel rewrite:
+#: steepest/linalg/__init__.py re-exports the function ``polar`` over the module ``steepest.linalg.polar``.
+KNOWN_SHADOWED = {"steepest.linalg.polar"}  # fixed by the kernel rewrite
+
 
 def _module_name(path: Path) -> str:
     parts = ("steepest", *path.relative_to(SRC).with_suffix("").parts)
@@ -163,3 +167,21 @@ def test_known_upward_edges_still_exist():
 def test_lazy_alias_is_the_only_edge_into_the_app_from_the_library():
     into_app = {(a, b) for a, b in import_edges() if floor(b) >= 4 > floor(a)}
     assert into_app == LAZY_ALIAS
+
+
+def test_no_name_shadows_a_submodule():
+    """A package attribute named like one of its submodules is that submodule (not, say, a function)."""
+    import importlib
+    import types
+
+    modules = _modules()
+    shadowed = []
+    for mod in sorted(modules):
+        parent, _, leaf = mod.rpartition(".")
+        if not parent or parent not in modules:
+            continue
+        importlib.import_module(mod)
+        attr = getattr(importlib.import_module(parent), leaf, None)
+        if (not isinstance(attr, types.ModuleType) or attr.__name__ != mod) and mod not in KNOWN_SHADOWED:
+            shadowed.append(f"{parent}.{leaf} is {attr!r}")
+    assert shadowed == []
