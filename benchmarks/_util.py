@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from steepest.runs import environment  # noqa: E402
+from steepest.app.runs import environment  # noqa: E402
 
 
 def sync(device: torch.device | str) -> None:
@@ -82,7 +82,7 @@ def paired_ratio(num: list[float], den: list[float]) -> float:
 
 
 def machine() -> dict:
-    """The environment of :func:`steepest.runs.environment` plus the CPU model and core count."""
+    """The environment of :func:`steepest.app.runs.environment` plus the CPU model and core count."""
     env = environment()
     model = platform.processor() or ""
     flags = ""

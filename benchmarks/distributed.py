@@ -13,7 +13,8 @@ all_gather latency a and bandwidth B: all_gather (ring) ~ (W-1) (a + L/B) with L
 per-rank payload; all_to_all pair (sharded) ~ 2 (W-1) a + 2 S/B with S ~ the bytes a rank sends.
 
 Run: ``.venv/bin/python benchmarks/distributed.py`` (writes benchmarks/results/distributed.json and
-benchmarks/results/distributed.md, copied into benchmarks/RESULTS.md; ``--steps`` timed steps per run, ``--quick`` for a smoke run).
+benchmarks/results/distributed.md, recorded in benchmarks/HISTORY.md with its headline in RESULTS.md;
+``--steps`` timed steps per run, ``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 import steepest  # noqa: E402
-from steepest.distributed_launch import init_from_env, launch  # noqa: E402
+from steepest.app.launch import init_from_env, launch  # noqa: E402
 from steepest.optim import functional as F  # noqa: E402
 from steepest.geometry import dualize_cost  # noqa: E402
 from steepest.optim.sharded import assign_owners, shard_sizes  # noqa: E402
-from steepest.runs import atomic_write_json, atomic_write_text, environment  # noqa: E402
+from steepest.app.runs import atomic_write_json, atomic_write_text, environment  # noqa: E402
 
 BLOCK = [(384, 1152), (384, 384), (1536, 384), (384, 1536)]
 SHAPES = BLOCK * 4

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from steepest.linalg.estimate import nuclear_norm_estimate, spectral_norm_estimate
-from steepest.runs import atomic_write_json, environment
+from steepest.app.runs import atomic_write_json, environment
 
 
 def make(m, n, kind, seed=0):

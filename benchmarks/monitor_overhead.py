@@ -1,6 +1,6 @@
 """Training-time overhead of LayerMonitor(every=10) on the charlm default model of ``steepest compare``.
 
-The model, batches and loss are the real task's (``steepest.tasks.get_task("charlm")``, size "default":
+The model, batches and loss are the real task's (``steepest.app.tasks.get_task("charlm")``, size "default":
 3 blocks, d_model 128, context 64, batch 32; 13 Linear layers). Each configuration trains a fresh model
 (same seed, same batches) with AdamW for ``steps`` steps, single thread; configurations are interleaved
 over ``repeats`` rounds to spread machine noise, and the median per-step CPU time (time.process_time,
@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from steepest.diagnostics import LayerMonitor, default_sinks
-from steepest.runs import atomic_write_json, environment
-from steepest.tasks import get_task
+from steepest.app.runs import atomic_write_json, environment
+from steepest.app.tasks import get_task
 
 CONFIGS = {
     "none": None,

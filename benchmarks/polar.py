@@ -42,7 +42,7 @@ import _util  # noqa: F401  (puts src/ on sys.path)
 from _util import machine, summarize, table, time_interleaved
 
 import steepest
-from steepest.runs import atomic_write_json
+from steepest.app.runs import atomic_write_json
 
 SHAPES = ((256, 256), (1024, 1024), (768, 3072), (3072, 768), (8, 256, 256))
 SPECTRA = ("gaussian", "low_stable_rank", "power_law", "log_spaced")

@@ -35,7 +35,7 @@ from _util import machine, paired_ratio, summarize, table, time_interleaved
 
 import steepest
 from steepest.linalg.coefficients import MUON_QUINTIC
-from steepest.runs import atomic_write_json
+from steepest.app.runs import atomic_write_json
 
 SHAPES = ((384, 1152), (384, 384), (1536, 384), (384, 1536))
 LR, WD, MOMENTUM = 0.02, 0.1, 0.95

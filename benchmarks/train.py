@@ -1,6 +1,6 @@
 """Steps each optimizer needs to reach AdamW's final validation loss on ``charlm`` (default size).
 
-Runs ``steepest.compare("charlm")`` with the shipped tuned learning rates (``src/steepest/tuned.json``),
+Runs ``steepest.compare("charlm")`` with the shipped tuned learning rates (``src/steepest/app/tuned.json``),
 evaluating every 10 steps (evaluation does not change training, so the trajectories are those of the
 default run; only the resolution of "steps to target" is finer), then checks the goals of issue 5:
 
@@ -29,9 +29,9 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 import steepest  # noqa: E402
-from steepest.compare import compare  # noqa: E402
-from steepest.compare_optimizers import default_optimizers  # noqa: E402
-from steepest.runs import atomic_write_json, environment  # noqa: E402
+from steepest.app.compare.job import compare  # noqa: E402
+from steepest.app.compare.optimizers import default_optimizers  # noqa: E402
+from steepest.app.runs import atomic_write_json, environment  # noqa: E402
 
 FIXED = ("muon", "specgd", "signum", "schatten")
 

@@ -8,12 +8,12 @@ import math
 import pytest
 
 import steepest
-from steepest.cli import main
-from steepest.compare import TABLE_COLUMNS, compare, load_tuned, resolve_lrs, steps_to_reach
-from steepest.compare_loop import lr_factor
-from steepest.compare_optimizers import DEFAULT_OPTIMIZERS
-from steepest.compare_sweep import sweep
-from steepest.runs import ConfigError, read_jsonl
+from steepest.app.cli import main
+from steepest.app.compare.job import TABLE_COLUMNS, compare, load_tuned, resolve_lrs, steps_to_reach
+from steepest.app.compare.loop import lr_factor
+from steepest.app.compare.optimizers import DEFAULT_OPTIMIZERS
+from steepest.app.compare.sweep import sweep
+from steepest.app.runs import ConfigError, read_jsonl
 
 QUICK = dict(size="quick", progress=False, log=None)
 
@@ -188,7 +188,7 @@ def test_sweep_is_cached_and_resumable(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a cached sweep point was trained again")
 
-    monkeypatch.setattr("steepest.compare_sweep.compare", no_training)
+    monkeypatch.setattr("steepest.app.compare.sweep.compare", no_training)
     assert sweep("mnist", **kw) == best
 
 
@@ -196,7 +196,7 @@ def test_user_task_from_the_command_line_and_as_an_object(tmp_path, monkeypatch,
     (tmp_path / "user_tasks.py").write_text(
         "import torch\n"
         "from torch import nn\n"
-        "from steepest.tasks import Task\n\n"
+        "from steepest.app.tasks import Task\n\n"
         "def make():\n"
         "    X = torch.randn(128, 6, generator=torch.Generator().manual_seed(0))\n"
         "    y = X @ torch.ones(6, 2)\n"

@@ -1,4 +1,4 @@
-"""``steepest compare --nproc N`` (steepest.compare_distributed): 2 gloo processes on loopback vs 1 process.
+"""``steepest compare --nproc N`` (steepest.app.compare.data_parallel): 2 gloo processes on loopback vs 1 process.
 
 Bounded time: every distributed run here passes ``dist_timeout_s`` (the ranks are killed after it and
 each collective times out after it), so a hang fails the test instead of hanging the suite.
@@ -24,12 +24,12 @@ import math
 import pytest
 import torch
 
-from steepest.cli import main
-from steepest.compare import compare
-from steepest.compare_distributed import DataParallel, batch_size, check_nproc, shard
-from steepest.distributed_launch import init_from_env, launch
-from steepest.runs import ConfigError, read_jsonl
-from steepest.tasks import get_task
+from steepest.app.cli import main
+from steepest.app.compare.job import compare
+from steepest.app.compare.data_parallel import DataParallel, batch_size, check_nproc, shard
+from steepest.app.launch import init_from_env, launch
+from steepest.app.runs import ConfigError, read_jsonl
+from steepest.app.tasks import get_task
 
 pytestmark = pytest.mark.distributed
 
@@ -50,7 +50,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmpdist")
     one = compare("mnist", NAMES, run_dir=root / "one", **QUICK)
     with pytest.MonkeyPatch.context() as mp:  # bound the CLI's distributed job (default: days)
-        mp.setattr("steepest.compare_distributed.JOB_TIMEOUT_S", TIMEOUT_S)
+        mp.setattr("steepest.app.compare.data_parallel.JOB_TIMEOUT_S", TIMEOUT_S)
         rc = main(["compare", "--task", "mnist", "--quick", "--nproc", "2", "--optimizers", ",".join(NAMES),
                    "--run-dir", str(root / "two"), "--no-progress"])
     return root, one, rc
@@ -127,7 +127,7 @@ def test_resume_with_nproc_gives_the_uninterrupted_numbers(runs):
 def _replicas(names: tuple[str, ...], steps: int) -> dict:
     """Rank worker: train each optimizer ``steps`` steps as compare does; return this rank's weights (and, for
     Adaptive, the weights and choices after a sync from a deliberately disagreeing rank 1)."""
-    from steepest.compare_optimizers import build_optimizer
+    from steepest.app.compare.optimizers import build_optimizer
 
     info = init_from_env(timeout_s=TIMEOUT_S)
     dp = DataParallel(info)
@@ -144,7 +144,7 @@ def _replicas(names: tuple[str, ...], steps: int) -> dict:
             opt.step()
         out[name] = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
         if name == "adaptive":  # make rank 1 disagree with rank 0, then sync as after a deciding step
-            from steepest.compare_distributed import _sync_adaptive
+            from steepest.app.compare.data_parallel import _sync_adaptive
 
             mats = [p for g in opt.param_groups if g["algorithm"] == "steepest" for p in g["params"]]
             if info.rank == 1:

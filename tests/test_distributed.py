@@ -1,4 +1,4 @@
-"""steepest.optim.sharded and steepest.distributed_launch on 2 and 3 gloo processes over loopback.
+"""steepest.optim.sharded and steepest.app.launch on 2 and 3 gloo processes over loopback.
 
 Each spawned run does several scenarios (process start-up dominates the cost). Every comparison with
 a one-process reference is computed inside rank 0, so both sides use the same BLAS threading.
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 import steepest
-from steepest.distributed_launch import (
+from steepest.app.launch import (
     init_from_env, launch, load_checkpoint, save_checkpoint, shard_batch,
 )
 from steepest.geometry import dualize_cost

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import steepest
-from steepest.experiments import base
-from steepest.experiments import init_rank, phase_retrieval, quadratic, schatten, spec_sign
-from steepest.runs import ConfigError, apply_overrides
+from steepest.app.reproduce import base
+from steepest.app.reproduce import init_rank, phase_retrieval, quadratic, schatten, spec_sign
+from steepest.app.runs import ConfigError, apply_overrides
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``steepest reproduce`` end to end through steepest.cli.main: exit codes, files, errors, resuming."""
+"""``steepest reproduce`` end to end through steepest.app.cli.main: exit codes, files, errors, resuming."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from steepest.cli import main
-from steepest.commands.reproduce import build_configs
-from steepest.experiments import base
-from steepest.runs import ConfigError
+from steepest.app.cli import main
+from steepest.app.commands.reproduce import build_configs
+from steepest.app.reproduce import base
+from steepest.app.runs import ConfigError
 
 #: The smallest schatten run that still exercises every part (cells, claims, figures, report).
 TINY = ["--quick", "--set", "m=24", "--set", "n=12", "--set", "trials=1", "--set", "match_grid=8"]

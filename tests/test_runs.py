@@ -1,15 +1,13 @@
-"""Run-directory I/O: atomic writes, torn JSONL lines, configs with overrides, environment, HTML report."""
+"""Run directories: configs with overrides, environment, HTML report (atomic files: tests/test_io.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import pytest
 
-from steepest import runs
-from steepest.report import Section, write_report
+from steepest.app import runs
+from steepest.app.report import Section, write_report
 
 
 @dataclasses.dataclass
@@ -20,30 +18,6 @@ class Cfg:
     quick: bool = False
     widths: tuple[int, ...] = (8, 16)
     p: float | None = None
-
-
-def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    path = tmp_path / "out" / "results.json"
-    runs.atomic_write_json(path, {"a": 1.0, "nan": float("nan")})
-    assert json.loads(path.read_text()) == {"a": 1.0, "nan": "nan"}  # strict JSON, NaN as a string
-
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
-        runs.atomic_write_json(path, {"a": 2.0})
-    assert json.loads(path.read_text()) == {"a": 1.0, "nan": "nan"}  # old content intact
-    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # temp file cleaned up
-
-
-def test_jsonl_skips_torn_last_line(tmp_path):
-    path = tmp_path / "m.jsonl"
-    runs.append_jsonl(path, {"step": 1})
-    runs.append_jsonl(path, {"step": 2})
-    with open(path, "a") as f:
-        f.write('{"step": 3, "lo')  # a crash mid-write
-    assert runs.read_jsonl(path) == [{"step": 1}, {"step": 2}]
 
 
 def test_overrides_are_typed_and_bad_keys_are_clear():

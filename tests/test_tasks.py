@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import steepest
-from steepest.tasks import Task, TaskError, get_task, package_dir
-from steepest.tasks.charlm import CharGPT, charlm_task, clean_play, load_corpus
-from steepest.tasks.mnist import load_fashion, load_mnist5k, mnist_task
+from steepest.app.tasks import Task, TaskError, get_task, package_dir
+from steepest.app.tasks.charlm import CharGPT, charlm_task, clean_play, load_corpus
+from steepest.app.tasks.mnist import load_fashion, load_mnist5k, mnist_task
 
 
 def test_clean_play_drops_headers_and_stage_directions_and_names_speakers():
@@ -180,7 +180,7 @@ def test_get_task_errors_and_user_module(tmp_path, monkeypatch):
     (tmp_path / "my_tasks.py").write_text(textwrap.dedent("""
         import torch
         from torch import nn
-        from steepest.tasks import Task
+        from steepest.app.tasks import Task
 
         def make(width=8):
             X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))

@@ -22,8 +22,18 @@ __all__ = ["polar", "polar_express_coefficients", "dualize", "dual_norm", "matri
            "NonFiniteGradientError", "DistributedSteepest", "distributed", "Adaptive", "diagnostics", "LayerMonitor",
            "__version__"]
 
-# The main job, steepest.compare(task, optimizers=..., steps=...); the function shadows its module's name
-# on the package (import helpers with ``from steepest.compare import ...``).
-from steepest.compare import compare  # noqa: E402
-
+# The main job, ``steepest.compare(task, optimizers=..., steps=...)``, lives in the application
+# (steepest.app.compare.compare). It is imported on first access so ``import steepest`` loads the library only.
 __all__ += ["compare"]
+
+
+def __getattr__(name: str):
+    if name == "compare":
+        from steepest.app.compare import compare  # lazy: the application sits above the library
+
+        return compare
+    raise AttributeError(f"module 'steepest' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), "compare"])

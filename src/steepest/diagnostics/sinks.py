@@ -14,7 +14,7 @@ import importlib.util
 import math
 from pathlib import Path
 
-from steepest.runs import append_jsonl
+from steepest._io import append_jsonl
 
 
 class MemorySink:
@@ -91,7 +91,7 @@ class TensorBoardSink:
     def __init__(self, log_dir) -> None:
         if not tensorboard_available():
             raise ImportError("TensorBoardSink needs the 'tensorboard' package: pip install 'steepest[tensorboard]'")
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is an optional extra
 
         self._writer = SummaryWriter(log_dir=str(log_dir))
 

@@ -1,0 +1,152 @@
+"""``steepest reproduce NAME [--quick] [--out DIR] [--set key=value ...] [--config FILE]``.
+
+Runs one seed reproduction (or ``all``) into a run directory: config.json, environment.json,
+results.json, claims.json, PNG figures and report.html with the claims table on top. Rerunning into
+the same directory reuses the finished sweep cells. Exit codes: 0 done (whatever the verdicts),
+1 an experiment raised, 2 bad usage (unknown experiment, bad config key or value), 130 interrupted.
+
+With ``all``, ``--set`` keys may be prefixed by an experiment (``--set quadratic.steps=50``); an
+unprefixed key is applied to every experiment that has it. ``--config`` takes a YAML/TOML mapping
+(for ``all``, a mapping of experiment name to mapping).
+
+Example::
+
+    steepest reproduce quadratic --quick --out runs/q
+    steepest reproduce all --set phase-retrieval.dims=[50,100]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tomllib
+import traceback
+from pathlib import Path
+
+import yaml
+
+from steepest.app.runs import ConfigError, apply_overrides, atomic_write_json
+from steepest.app.reproduce import base
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reproduce", help="reproduce a seed's claims with figures and verdicts",
+        description="Reproduce the seed results: quadratic, init-rank, schatten, phase-retrieval, spec-sign, or all.",
+    )
+    p.add_argument("name", metavar="NAME", help="quadratic | init-rank | schatten | phase-retrieval | spec-sign | all")
+    p.add_argument("--quick", action="store_true", help="small sizes (each experiment well under a minute)")
+    p.add_argument("--out", "--run-dir", dest="out", default=None, metavar="DIR",
+                   help="output (run) directory (default runs/reproduce-NAME[-quick]); --run-dir is an alias")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable); with 'all' prefix it: quadratic.steps=50")
+    p.add_argument("--config", default=None, help="YAML/TOML file with config fields")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: the experiments are many small matrix operations)")
+    p.set_defaults(func=main)
+
+
+def _read_mapping(path: str | None) -> dict:
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError(f"config file {file} does not exist")
+    text = file.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if file.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot parse {file}: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of keys to values")
+    return data
+
+
+def build_configs(names: list[str], quick: bool, overrides: list[str], config_file: str | None) -> dict:
+    """Config per experiment: defaults (or quick()), then the file, then ``--set`` overrides."""
+    file_data = _read_mapping(config_file)
+    multi = len(names) > 1
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = (s.strip() for s in item.split("=", 1))
+        pairs.append((key, value))
+    configs = {}
+    for name in names:
+        mod = base.get(name)
+        cfg = mod.quick() if quick else mod.Config()
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        data = file_data.get(name, {}) if multi else file_data
+        if multi and not isinstance(data, dict):
+            raise ConfigError(f"config file section {name!r} must be a mapping")
+        if data:
+            cfg = apply_overrides(cfg, dict(data))
+        mine = {}
+        for key, value in pairs:
+            if "." in key and key.split(".", 1)[0] in base.REGISTRY:
+                target, field = key.split(".", 1)
+                if target == name:
+                    mine[field] = value
+            elif not multi or key in fields:
+                mine[key] = value
+        if mine:
+            cfg = apply_overrides(cfg, mine)
+        configs[name] = cfg
+    if multi:  # an unprefixed key that no experiment has is a typo, not a no-op
+        known = {f.name for c in configs.values() for f in dataclasses.fields(c)}
+        for key, _ in pairs:
+            if "." in key and key.split(".", 1)[0] not in base.REGISTRY:
+                raise ConfigError(f"unknown experiment prefix in {key!r}; choose one of {', '.join(base.REGISTRY)}")
+            if "." not in key and key not in known:
+                raise ConfigError(f"unknown config key {key!r}: no experiment has it; valid keys: {', '.join(sorted(known))}")
+    return configs
+
+
+def _print_claims(outcome) -> None:
+    print(f"\n== {outcome.name}: {outcome.run_dir} "
+          f"(cells: {outcome.cells_computed} computed, {outcome.cells_reused} reused)")
+    for c in outcome.claims:
+        print(f"  [{c.verdict:>12}] {c.statement}\n                 measured: {c.measured}")
+
+
+def main(args) -> int:
+    if args.name != "all" and args.name not in base.REGISTRY:
+        print(f"steepest reproduce: unknown experiment {args.name!r}; choose one of "
+              f"{', '.join(base.REGISTRY)} or all", file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print("steepest reproduce: --threads must be >= 1", file=sys.stderr)
+        return 2
+    names = list(base.REGISTRY) if args.name == "all" else [args.name]
+    try:
+        configs = build_configs(names, args.quick, args.overrides, args.config)
+    except ConfigError as e:
+        print(f"steepest reproduce: bad configuration: {e}", file=sys.stderr)
+        return 2
+    suffix = "-quick" if args.quick else ""
+    root = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.name}{suffix}"
+    outcomes, failed = [], []
+    for name in names:
+        run_dir = root / name if args.name == "all" else root
+        try:
+            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
+        except ConfigError as e:
+            print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
+            return 2
+        except Exception:  # one broken experiment must not hide the others' results
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        outcomes.append(outcome)
+        _print_claims(outcome)
+    if args.name == "all" and outcomes:
+        base.write_combined_report(root / "report.html", outcomes)
+        atomic_write_json(root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes})
+    print(f"\nreport: {root / 'report.html'}")
+    if failed:
+        print(f"steepest reproduce: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,63 @@
+"""``steepest sweep``: tune each optimizer's learning rate for ``steepest compare`` (cached, resumable).
+
+    steepest sweep                                   # charlm/default, every optimizer, cache runs/sweep-cache.json
+    steepest sweep --out runs/tune                   # cache in runs/tune/sweep-cache.json
+    steepest sweep --write-tuned                     # also store the winners in src/steepest/app/tuned.json
+    steepest sweep --optimizers muon --grid muon=0.01,0.02,0.04
+
+Exit codes: 0 success, 1 a run failed (traceback), 2 bad task name or option, 130 interrupted
+(finished points are cached; rerunning resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from steepest.app.commands.compare import add_common, split_names
+from steepest.app.compare.sweep import sweep
+from steepest.app.tasks import TaskError
+from steepest.app.runs import ConfigError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="tune learning rates for compare (cached, resumable)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    p.add_argument("--grid", action="append", metavar="NAME=LR1,LR2,...", help="explicit grid for one optimizer")
+    p.add_argument("--out", default="runs", metavar="DIR",
+                   help="output directory, holding the result cache sweep-cache.json (default runs)")
+    p.add_argument("--cache", metavar="FILE", help="result cache file (default DIR/sweep-cache.json)")
+    p.add_argument("--max-extend", type=int, default=2,
+                   help="extra grid points (factor 2) allowed each way while the best lr is on the edge (default 2)")
+    p.add_argument("--write-tuned", action="store_true", help="merge the winners into src/steepest/app/tuned.json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    size = "quick" if args.quick else args.size
+    try:
+        grid = {}
+        for item in args.grid or ():
+            if "=" not in item:
+                raise ConfigError(f"--grid expects name=lr1,lr2,..., got {item!r}")
+            k, v = item.split("=", 1)
+            try:
+                grid[k.strip()] = [float(x) for x in v.split(",") if x.strip()]
+            except ValueError as e:
+                raise ConfigError(f"--grid {k}: learning rates must be numbers, got {v!r}") from e
+        if args.max_extend < 0:
+            raise ConfigError(f"--max-extend must be >= 0, got {args.max_extend}")
+        if args.task_opt:
+            raise ConfigError("sweep tunes the task at a named --size; --task-opt is not supported here")
+        best = sweep(args.task, size=size, optimizers=split_names(args.optimizers), steps=args.steps,
+                     seed=args.seed, cache=args.cache or Path(args.out) / "sweep-cache.json", grid=grid or None, threads=args.threads,
+                     max_extend=args.max_extend,
+                     write_tuned=args.write_tuned, command="steepest " + shlex.join(sys.argv[1:]))
+    except (TaskError, ConfigError, ValueError) as e:
+        print(f"steepest sweep: error: {e}", file=sys.stderr)
+        return 2
+    print("best learning rates: " + ", ".join(f"{k}={v:.4g}" for k, v in best.items()))
+    return 0

@@ -1,0 +1,335 @@
+"""The main job: train one task with several optimizers side by side, same seed and data order, resumable.
+
+``steepest.compare("charlm")`` (or ``steepest compare`` on the command line) runs, for each optimizer,
+:func:`steepest.app.compare.loop.train_loop` from the same initial weights (``torch.manual_seed(seed)``
+before ``task.make_model()``) over the same batches (``task.batch(seed, step)``), with the learning
+rates of the shipped sweep (``src/steepest/app/tuned.json``) unless ``lrs`` overrides them. The run
+directory holds::
+
+    config.json  environment.json  summary.json  table.txt  report.html  figures/*.png
+    metrics/<optimizer>.jsonl     train loss every step, validation loss every eval_every steps
+    checkpoints/<optimizer>.pt    model, optimizer, RNG states and data position (= step), at each eval
+    results/<optimizer>.json      the optimizer's final numbers (written when it finishes)
+    diagnostics/<optimizer>.jsonl per-layer nr(G) / st(A) from steepest.diagnostics.LayerMonitor
+
+``resume=True`` skips finished optimizers and continues the others from their last checkpoint;
+because batches are a pure function of (seed, step) and CPU kernels are deterministic for a fixed
+thread count, the continued run ends with the same numbers as an uninterrupted one.
+
+Example:
+    >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")   # doctest: +SKIP
+    >>> print(result.table)                                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from steepest.app.compare.data_parallel import check_nproc, run_distributed
+from steepest.app.compare.optimizers import (
+    DEFAULT_OPTIMIZERS, OPTIMIZERS, check_optimizers, default_optimizers, routing_table,
+)
+from steepest.app.compare.report import write_compare_report
+from steepest.app.compare.runner import run_optimizer
+from steepest.app.runs import ConfigError, atomic_write_json, atomic_write_text, environment
+from steepest.app.tasks import Task, TaskError, get_task
+
+#: The shipped table of tuned learning rates (package data of ``steepest.app``).
+TUNED_PATH = Path(__file__).resolve().parents[1] / "tuned.json"
+
+#: Default torch thread count. One thread keeps CPU results bit-for-bit reproducible across machines
+#: (``--resume`` relies on it) and avoids the 5-10x slowdown of OpenMP spin-waiting when the cores are
+#: shared with other work; pass ``threads=`` / ``--threads`` to use more.
+DEFAULT_THREADS = 1
+
+#: Optimizers whose runs get a per-layer LayerMonitor by default (the baseline, Muon and the adaptive one).
+MONITORED = ("adamw", "muon", "adaptive")
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    """Everything that determines a comparison's numbers (written to ``config.json``)."""
+
+    task: str = "charlm"
+    size: str = "default"
+    optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS
+    steps: int | None = None
+    eval_every: int | None = None
+    seed: int = 0
+    lrs: dict = dataclasses.field(default_factory=dict)
+    warmup: float = 0.05
+    cooldown: float = 0.3
+    threads: int = 1
+    monitor_every: int | None = None
+    monitored: tuple[str, ...] = MONITORED
+    task_options: dict = dataclasses.field(default_factory=dict)
+    nproc: int = 1
+
+
+@dataclasses.dataclass
+class CompareResult:
+    """What :func:`compare` returns: the table rows (dicts), the printed table and the run directory."""
+
+    rows: list[dict]
+    table: str
+    run_dir: Path
+    target: float | None
+
+    def row(self, name: str) -> dict:
+        return next(r for r in self.rows if r["optimizer"] == name)
+
+
+# ---------------------------------------------------------------------------------------- learning rates
+def load_tuned(path: str | Path | None = None) -> dict:
+    """The shipped tuned learning rates: ``{"tables": {"<task>/<size>": {optimizer: lr}}, ...}``.
+
+    ``path`` defaults to :data:`TUNED_PATH`; a missing file gives empty tables (see :func:`resolve_lrs`).
+    """
+    path = Path(TUNED_PATH if path is None else path)
+    if not path.exists():
+        return {"tables": {}}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def resolve_lrs(task_name: str, size: str, names, overrides: dict | None = None,
+                tuned: dict | None = None) -> dict[str, tuple[float, str]]:
+    """``{optimizer: (lr, source)}`` for ``names`` plus ``adamw`` (its lr trains the hybrids' AdamW part).
+
+    Order of precedence: ``overrides`` ("given"), the tuned table for ``task/size``, then for
+    ``task/default`` ("tuned"), then the optimizer's fallback ("untuned default"). When ``tuned`` is not
+    given and the shipped table (:data:`TUNED_PATH`) is missing, a ``UserWarning`` names the fallback
+    learning rates used instead (an install without its package data would otherwise train untuned).
+    """
+    shipped_missing = tuned is None and not Path(TUNED_PATH).exists()
+    tables = (tuned if tuned is not None else load_tuned()).get("tables", {})
+    table = tables.get(f"{task_name}/{size}") or tables.get(f"{task_name}/default") or {}
+    overrides = dict(overrides or {})
+    bad = set(overrides) - set(OPTIMIZERS)
+    if bad:
+        raise ConfigError(f"lrs names unknown optimizer(s) {sorted(bad)}; choose from {', '.join(OPTIMIZERS)}")
+    out = {}
+    for name in dict.fromkeys([*names, "adamw"]):
+        if name in overrides:
+            lr, src = float(overrides[name]), "given"
+        elif name in table:
+            lr, src = float(table[name]), "tuned"
+        else:
+            lr, src = OPTIMIZERS[name].fallback_lr, "untuned default"
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"learning rate for {name} must be a positive number, got {lr}")
+        out[name] = (lr, src)
+    fallback = [f"{n}={lr:.3g}" for n, (lr, src) in out.items() if src == "untuned default"]
+    if shipped_missing and fallback:
+        warnings.warn(f"no tuned learning-rate table at {TUNED_PATH} (is steepest installed without its package "
+                      f"data?); using untuned fallback learning rates: {', '.join(fallback)}", UserWarning, stacklevel=2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- entry point
+def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = None, *, seed: int = 0,
+            lrs: dict | None = None, size: str = "default", eval_every: int | None = None,
+            run_dir: str | Path | None = None, resume: bool = False, threads: int | None = None,
+            warmup: float = 0.05, cooldown: float = 0.3, monitor_every: int | None = None,
+            monitored=MONITORED,
+            progress: bool = True, report: bool = True, task_options: dict | None = None,
+            on_step: Callable[[str, int, float], None] | None = None, log: Callable[[str], None] | None = print,
+            nproc: int = 1, dist_timeout_s: float | None = None,
+            ) -> CompareResult:
+    """Train ``task`` with each optimizer in ``optimizers`` and return the comparison table.
+
+    Args:
+        task: a built-in name (``charlm``, ``mnist``, ``mnist-cnn``), ``"package.module:factory"`` or a
+            :class:`steepest.app.tasks.Task`.
+        optimizers: names from :data:`steepest.app.compare.optimizers.OPTIMIZERS` (default: all but ``sgd``).
+        steps, eval_every: override the task's defaults. seed: model init and data order.
+        lrs: ``{optimizer: lr}`` overriding the tuned table (``adamw``'s lr also drives the hybrids'
+            AdamW part). size: task size (``"quick"`` for tests). threads: ``torch.set_num_threads``
+            (default :data:`DEFAULT_THREADS`).
+        run_dir: where results go (default ``runs/compare-<task>-<time>``); resume: continue it.
+        warmup, cooldown: fractions of the trapezoid lr schedule (:func:`steepest.app.compare.loop.lr_factor`).
+        monitor_every: LayerMonitor interval (default ``eval_every``; 0 switches it off); monitored: the
+            optimizers that get one (default :data:`MONITORED`; the monitor never changes training).
+        on_step: ``(optimizer, step, loss)`` after each step (may raise to interrupt; resume continues).
+        nproc: data-parallel processes per optimizer run (DDP over gloo on 127.0.0.1, the global batch
+            split evenly, rank 0 writes every file; :mod:`steepest.app.compare.data_parallel`). The task must
+            be named (not a Task object), its batch size divisible by ``nproc``, and ``on_step`` picklable
+            (it runs on every rank). dist_timeout_s: bound on the whole distributed job (default 7 days).
+
+    The table (``result.rows``) per optimizer: final and best validation loss, steps to reach the
+    first optimizer's (AdamW's when present) final validation loss and the ratio to its steps, wall
+    time, time per step, optimizer-state memory and peak memory, and diverged-at when a loss went NaN/Inf.
+    Steps to target are measured at evaluation points (an upper bound, resolution ``eval_every``).
+
+    Example:
+        >>> r = compare("mnist", ["adamw", "muon"], size="quick", report=False)   # doctest: +SKIP
+    """
+    names = check_optimizers(optimizers if optimizers is not None else default_optimizers())
+    task_options = dict(task_options or {})
+    if isinstance(task, Task):
+        task_obj, task_name = task, task.name
+        if task_options:
+            raise TaskError("task_options apply to a task name, not to an already built Task")
+    else:
+        task_name = str(task)
+        builtin = ":" not in task_name
+        task_obj = get_task(task_name, **({"size": size} if builtin else {}), **task_options)
+    steps = int(steps if steps is not None else task_obj.steps)
+    eval_every = int(eval_every if eval_every is not None else task_obj.eval_every)
+    if steps < 1 or eval_every < 1:
+        raise ConfigError(f"steps and eval_every must be positive integers, got {steps} and {eval_every}")
+    if not (0 <= warmup < 1 and 0 <= cooldown <= 1):
+        raise ConfigError(f"warmup must be in [0, 1) and cooldown in [0, 1], got {warmup} and {cooldown}")
+    threads = DEFAULT_THREADS if threads is None else threads
+    if int(threads) < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(int(threads))
+    monitor_every = eval_every if monitor_every is None else int(monitor_every)
+    lr_table = resolve_lrs(task_obj.name, size, names, lrs)
+    check_nproc(task_obj, seed, nproc)
+    if nproc > 1 and isinstance(task, Task):
+        raise ConfigError("nproc > 1 rebuilds the task in every process: give it by name (e.g. 'mnist' or "
+                          "'package.module:factory'), not as a Task object")
+    cfg = CompareConfig(task=task_name, size=size, optimizers=names, steps=steps, eval_every=eval_every, seed=seed,
+                        lrs={k: v[0] for k, v in lr_table.items()}, warmup=warmup, cooldown=cooldown,
+                        threads=threads, monitor_every=monitor_every,
+                        monitored=tuple(n for n in monitored if n in names), task_options=task_options,
+                        nproc=nproc)
+    run_dir = _prepare_run_dir(cfg, task_obj, run_dir, resume)
+    say = log or (lambda s: None)
+    say(f"steepest compare: task {task_obj.name} ({size}), {steps} steps, seed {seed}, run dir {run_dir}")
+
+    results = {}
+    if nproc > 1:
+        say(f"steepest compare: {nproc} data-parallel processes (gloo), global batch split evenly")
+        results = run_distributed(task_name, {"size": size, **task_options} if builtin else task_options, cfg,
+                                  run_dir, lr_table, resume=resume, progress=progress, on_step=on_step,
+                                  log=log is not None, timeout_s=dist_timeout_s)
+    else:
+        for name in names:
+            lr, src = lr_table[name]
+            results[name] = run_optimizer(
+                name, task_obj, cfg, run_dir, lr=lr, lr_source=src, aux_lr=lr_table["adamw"][0], resume=resume,
+                progress=progress, on_step=on_step, log=say)
+    rows, target = summarize(results, names)
+    reference = "adamw" if "adamw" in names else names[0]
+    table = format_table(rows, target, reference)
+    atomic_write_json(run_dir / "summary.json", {"target": target, "reference": reference, "rows": rows})
+    atomic_write_text(run_dir / "table.txt", table + "\n")
+    say(table)
+    if report:
+        path = write_compare_report(run_dir)
+        say(f"report: {path}")
+    return CompareResult(rows=rows, table=table, run_dir=run_dir, target=target)
+
+
+def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> Path:
+    if run_dir is None:
+        if resume:
+            found = sorted(Path("runs").glob(f"compare-{task.name}-*"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise ConfigError(f"--resume found no earlier run under runs/compare-{task.name}-*; name it with --out")
+            run_dir = found[-1]
+        else:
+            run_dir = Path("runs") / f"compare-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    mine = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    if cfg_path.exists():
+        if not resume:
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        old = json.loads(cfg_path.read_text(encoding="utf-8"))
+        old_cfg = old.get("config", old)
+        # nproc may change on resume: checkpoints hold plain state dicts, and the data-parallel step equals
+        # the one-process step up to float summation order (steepest.app.compare.data_parallel).
+        diff = [k for k in mine if k not in ("optimizers", "lrs", "monitored", "nproc") and old_cfg.get(k) != mine[k]]
+        diff += [f"lrs[{n}]" for n in mine["lrs"] if n in old_cfg.get("lrs", {}) and old_cfg["lrs"][n] != mine["lrs"][n]]
+        if diff:
+            raise ConfigError(f"cannot resume {run_dir}: its config differs in {', '.join(diff)}; "
+                              "rerun with the same options or start a new --out")
+    elif resume:
+        raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    atomic_write_text(run_dir / "routing.txt", routing_table(task.make_model(), task.routing) + "\n")
+    atomic_write_json(cfg_path, {"config": mine, "task_info": task.info,
+                                 "optimizer_labels": {n: OPTIMIZERS[n].label for n in cfg.optimizers}})
+    atomic_write_json(run_dir / "environment.json", environment())
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------- the table
+def steps_to_reach(evals: list[tuple[int, float]], target: float | None) -> int | None:
+    """First evaluated step whose validation loss is <= ``target`` (None if never)."""
+    if target is None:
+        return None
+    return next((s for s, v in evals if math.isfinite(v) and v <= target), None)
+
+
+def summarize(results: dict[str, dict], names) -> tuple[list[dict], float | None]:
+    """Table rows from per-optimizer results; the target is the reference optimizer's final val loss.
+
+    The reference is ``adamw`` when it ran and did not diverge, else the first optimizer.
+    """
+    ref = "adamw" if "adamw" in results else names[0]
+    r0 = results[ref]
+    target = r0["final_val"] if r0["diverged_at"] is None else None
+    ref_steps = steps_to_reach(r0["evals"], target)
+    rows = []
+    for name in names:
+        r = results[name]
+        s = steps_to_reach(r["evals"], target)
+        rows.append(dict(
+            optimizer=name, label=r["label"], lr=r["lr"], lr_source=r["lr_source"], final_val=r["final_val"],
+            best_val=r["best_val"], steps_to_target=s,
+            ratio_to_reference=(s / ref_steps) if (s is not None and ref_steps) else None,
+            wall_s=r["wall_s"], cpu_s=r.get("cpu_s"), ms_per_step=r["ms_per_step"], state_mb=r["state_mb"],
+            peak_mb=r["peak_mb"],
+            peak_kind=r["peak_kind"], steps_done=r["steps_done"], diverged_at=r["diverged_at"],
+            diverged_reason=r["diverged_reason"]))
+    return rows, target
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return format(v, spec)
+
+
+TABLE_COLUMNS = ("optimizer", "lr", "final val", "best val", "steps to target", "x ref", "wall s", "CPU s", "ms/step",
+                 "state MB", "peak MB", "status")
+
+
+def format_table(rows: list[dict], target: float | None, reference: str) -> str:
+    """The plain-text table printed at the end of ``steepest compare`` (columns: :data:`TABLE_COLUMNS`)."""
+    body = []
+    for r in rows:
+        status = "ok" if r["diverged_at"] is None else f"diverged at step {r['diverged_at']}"
+        body.append((r["optimizer"], _fmt(r["lr"], ".3g"), _fmt(r["final_val"], ".4f"), _fmt(r["best_val"], ".4f"),
+                     _fmt(r["steps_to_target"], "d"), _fmt(r["ratio_to_reference"], ".2f"), _fmt(r["wall_s"], ".1f"),
+                     _fmt(r["cpu_s"], ".1f"), _fmt(r["ms_per_step"], ".1f"), _fmt(r["state_mb"], ".2f"),
+                     _fmt(r["peak_mb"], ".0f"), status))
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(TABLE_COLUMNS)]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(TABLE_COLUMNS, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in body]
+    ref_row = next((r for r in rows if r["optimizer"] == ("adamw" if any(x["optimizer"] == "adamw" for x in rows)
+                                                           else reference)), rows[0])
+    tgt = "none (reference diverged)" if target is None else f"{target:.4f}"
+    peak = rows[0]["peak_kind"] if rows else ""
+    lines.append(f"target = {ref_row['optimizer']}'s final validation loss {tgt}; steps counted at evaluations. "
+                 f"peak MB: {peak}. state MB: optimizer state tensors. CPU s: process CPU time (what idle cores would take).")
+    return "\n".join(lines)
+
+
+__all__ = ["compare", "CompareConfig", "CompareResult", "resolve_lrs", "load_tuned", "summarize", "format_table",
+           "steps_to_reach", "TABLE_COLUMNS"]

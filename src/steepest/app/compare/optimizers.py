@@ -1,0 +1,212 @@
+"""The optimizers ``steepest compare`` runs side by side, each built from a model and a learning rate.
+
+Every entry of :data:`OPTIMIZERS` is ``name -> OptimizerSpec``: a label for tables, a builder
+``(model, lr, aux_lr, routing) -> optimizer`` and a fallback learning rate used when no tuned value
+is shipped (``steepest/app/tuned.json``). In the hybrid optimizers the parameters that
+:func:`steepest.param_groups` routes away from matrix geometry (embeddings, the output head, biases,
+norm gains) are trained by AdamW with ``aux_lr`` (the tuned AdamW learning rate), so only the
+matrix learning rate differs between geometries. No weight decay anywhere (short runs; keeps the
+comparison about the geometry).
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    >>> opt = build_optimizer("muon", model, lr=0.02, aux_lr=3e-3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Callable
+
+import torch
+from torch import nn
+
+import steepest
+from steepest.linalg.coefficients import MUON_QUINTIC
+
+ADAMW_BETAS = (0.9, 0.95)
+
+
+class OptimizerPair:
+    """Two optimizers stepped together (``torch.optim.Muon`` for 2-D matrices + AdamW for the rest).
+
+    Exposes what the training loop needs: ``step``, ``zero_grad``, ``param_groups`` (both lists,
+    concatenated, so schedules reach every group), ``state`` and ``state_dict``/``load_state_dict``.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = [o for o in optimizers if o is not None]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {k: v for o in self.optimizers for k, v in o.state.items()}
+
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("OptimizerPair.step does not take a closure; compute the loss first")
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state.get("optimizers", ())) != len(self.optimizers):
+            raise ValueError("checkpoint holds a different number of optimizers than this OptimizerPair")
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+
+
+def _split(model: nn.Module, routing: dict, two_d_only: bool = False) -> tuple[list, list]:
+    """(matrix params, other params) by :func:`steepest.param_groups`; ``two_d_only`` sends >2-D to the rest."""
+    matrix, rest = [], []
+    for g in steepest.param_groups(model, **routing):
+        for p in g["params"]:
+            ok = g["algorithm"] == "steepest" and (p.ndim == 2 or not two_d_only)
+            (matrix if ok else rest).append(p)
+    return matrix, rest
+
+
+def _adamw(params, lr):
+    return torch.optim.AdamW(params, lr=lr, betas=ADAMW_BETAS, weight_decay=0.0) if params else None
+
+
+def _groups(model, aux_lr, routing, **matrix_options):
+    return steepest.param_groups(model, adamw_lr=aux_lr, adamw_betas=ADAMW_BETAS, matrix_options=matrix_options,
+                                 **routing)
+
+
+def _build_adamw(model, lr, aux_lr, routing):
+    return _adamw(list(model.parameters()), lr)
+
+
+def _build_torch_muon(model, lr, aux_lr, routing):
+    matrix, rest = _split(model, routing, two_d_only=True)  # torch.optim.Muon takes 2-D parameters only
+    muon = torch.optim.Muon(matrix, lr=lr, weight_decay=0.0, momentum=0.95, nesterov=True) if matrix else None
+    return OptimizerPair(muon, _adamw(rest, aux_lr))
+
+
+def _build_muon(model, lr, aux_lr, routing):
+    return steepest.Muon(_groups(model, aux_lr, routing), lr=lr)
+
+
+def _build_specgd(model, lr, aux_lr, routing):
+    return steepest.SpecGD(_groups(model, aux_lr, routing), lr=lr, momentum=0.95, nesterov=True,
+                           method="polar_express", scale_rule="muon")
+
+
+def _build_signum(model, lr, aux_lr, routing):
+    return steepest.SignSGD(_groups(model, aux_lr, routing), lr=lr, momentum=0.9)
+
+
+def _build_schatten(model, lr, aux_lr, routing):
+    return steepest.SchattenDescent(_groups(model, aux_lr, routing), lr=lr, p=SCHATTEN_P, momentum=0.95,
+                                    nesterov=True, scale_rule="muon")
+
+
+def _build_adaptive(model, lr, aux_lr, routing):
+    """steepest.Adaptive with activation hooks on ``model``: the Davis-Drusvyatskiy test (seed 001: spectral
+    when nr(G) >= st(A), else Frobenius) every 10 steps per layer, Nesterov momentum 0.95 and Muon's NS5
+    in bf16 for its spectral steps; ``lr`` is the per-entry RMS step (``rms_match``).
+
+    Why not the Spec-Sign index here: on charlm its quadratic-model score (K-FAC curvature of each
+    direction) prefers the Frobenius direction for most layers, and that run ended well behind every
+    spectral optimizer (benchmarks/HISTORY.md, "Train"); the index remains available as
+    ``steepest.Adaptive(..., criterion="spec_sign")``.
+    """
+    Adaptive = getattr(steepest, "Adaptive", None)
+    if Adaptive is None:
+        raise RuntimeError("steepest.Adaptive is not available in this build")
+    return Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="dd",
+                    candidates=("spectral", "frobenius"), momentum=0.95, nesterov=True,
+                    method="newton_schulz", steps=5, coefficients=MUON_QUINTIC, dtype=torch.bfloat16)
+
+
+def _build_sgd(model, lr, aux_lr, routing):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+
+#: Schatten exponent of the ``schatten`` entry: between Frobenius (p=2) and spectral (p=inf).
+SCHATTEN_P = 8.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """How to build one compared optimizer: ``build(model, lr, aux_lr, routing)``."""
+
+    label: str
+    build: Callable
+    fallback_lr: float
+    hybrid: bool = True
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "adamw": OptimizerSpec("AdamW (torch.optim.AdamW, betas 0.9/0.95)", _build_adamw, 3e-3, hybrid=False),
+    "torch-muon": OptimizerSpec("torch.optim.Muon + AdamW (2-D matrices; NS5 in bf16)", _build_torch_muon, 0.02),
+    "muon": OptimizerSpec("steepest.Muon (NS5 bf16, Nesterov 0.95)", _build_muon, 0.02),
+    "specgd": OptimizerSpec("SpecGD (Polar Express 8 steps, not exact SVD; Nesterov 0.95)", _build_specgd, 0.02),
+    "signum": OptimizerSpec("Signum (steepest.SignSGD, momentum 0.9)", _build_signum, 1e-3),
+    "schatten": OptimizerSpec(f"SchattenDescent p={SCHATTEN_P:g} (SVD; Nesterov 0.95)", _build_schatten, 0.02),
+    "adaptive": OptimizerSpec("steepest.Adaptive (spectral/frobenius per layer by nr(G) vs st(A) every 10 "
+                              "steps, RMS-matched lr; Nesterov 0.95)", _build_adaptive, 2e-3),
+    "sgd": OptimizerSpec("SGD momentum 0.9 (torch.optim.SGD)", _build_sgd, 0.1, hybrid=False),
+}
+
+#: What ``steepest compare`` runs when no ``--optimizers`` are given (``sgd`` is available on request).
+DEFAULT_OPTIMIZERS = ("adamw", "torch-muon", "muon", "specgd", "signum", "schatten", "adaptive")
+
+
+def available_optimizers() -> tuple[str, ...]:
+    """Names that can be built in this installation (``adaptive`` needs ``steepest.Adaptive``)."""
+    return tuple(n for n in OPTIMIZERS if n != "adaptive" or hasattr(steepest, "Adaptive"))
+
+
+def default_optimizers() -> tuple[str, ...]:
+    """:data:`DEFAULT_OPTIMIZERS` that this installation can build."""
+    return tuple(n for n in DEFAULT_OPTIMIZERS if n in available_optimizers())
+
+
+def check_optimizers(names) -> tuple[str, ...]:
+    """Validate optimizer names; ValueError lists the valid ones."""
+    names = tuple(names)
+    if not names:
+        raise ValueError("give at least one optimizer")
+    valid = available_optimizers()
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise ValueError(f"unknown optimizer(s) {bad}; choose from {', '.join(valid)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"optimizer names repeat: {list(names)}")
+    return names
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, aux_lr: float, routing: dict | None = None):
+    """Build optimizer ``name`` for ``model`` with matrix learning rate ``lr`` and AdamW ``aux_lr``."""
+    check_optimizers([name])
+    return OPTIMIZERS[name].build(model, float(lr), float(aux_lr), dict(routing or {}))
+
+
+def routing_table(model: nn.Module, routing: dict | None = None) -> str:
+    """The text of :func:`steepest.describe` for ``model`` (which parameter gets which geometry, and why)."""
+    buf = io.StringIO()
+    return steepest.describe(steepest.param_groups(model, **(routing or {})), file=buf)
+
+
+def state_bytes(optimizer) -> int:
+    """Bytes held in the optimizer's state tensors (momentum buffers, Adam moments)."""
+    total = 0
+    for st in optimizer.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                total += v.numel() * v.element_size()
+    return total

@@ -1,0 +1,241 @@
+"""Data-parallel plumbing for scripts and ``steepest compare --nproc``: process group, DDP, checkpoints.
+
+Two ways to run N processes, both ending in :func:`init_from_env` inside each process:
+
+* ``torchrun --nproc-per-node N script.py`` (torch.distributed.run sets RANK, WORLD_SIZE,
+  LOCAL_RANK, MASTER_ADDR, MASTER_PORT);
+* :func:`launch` (``launch(fn, N, args)``): spawns N local processes with the same variables on
+  127.0.0.1 and a free port, joins them with a deadline (a hang becomes a TimeoutError) and returns
+  each rank's return value.
+
+Inside a process::
+
+    info = init_from_env()                                   # world size 1 without the variables
+    model = wrap_model(model, info)                          # DDP when world_size > 1
+    opt = wrap_optimizer(steepest.Muon(steepest.param_groups(model)), info)  # steepest.distributed
+    x_local = shard_batch(x_global, info)                    # this rank's slice of the global batch
+    ... train; save_checkpoint(dir, model, opt) / load_checkpoint(dir, model, opt) (any world size)
+    cleanup()
+
+With equal slices, DDP's averaged gradient equals the full-batch gradient of a mean loss, so the run
+matches the one-process run on the same global batch up to float summation order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import multiprocessing as mp
+import os
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from steepest._io import atomic_write_json
+from steepest.optim.sharded import defines_own_step, distributed
+from steepest.optim.steepest import SteepestDescent
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``; ``initialized`` if a group was set up."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    initialized: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set; launch with torchrun or steepest's launch()")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> DistInfo:
+    """Initialise the default process group from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT). Without WORLD_SIZE (or with 1) nothing is initialised and a one-process
+    DistInfo is returned. ``backend`` defaults to nccl with CUDA, gloo otherwise; ``timeout_s`` bounds
+    every collective (a hang raises instead of blocking forever).
+
+    Example: ``info = init_from_env(); print(info.rank, info.world_size)``.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE must be >= 1, got {world}")
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK must be in [0, {world}), got {rank}")
+    if world == 1:
+        return DistInfo(local_rank=local_rank)
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} is not set; launch with torchrun or launch()")
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank, world, local_rank, dist.get_backend(), True)
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo, **ddp_kwargs) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` when ``info.world_size > 1``, else ``model``. DDP broadcasts
+    rank 0's weights at construction, so replicas start identical; pass ``find_unused_parameters=True``
+    for models whose forward skips parameters on some ranks."""
+    if info.world_size == 1:
+        return model
+    if torch.cuda.is_available() and info.backend == "nccl":
+        ddp_kwargs.setdefault("device_ids", [info.local_rank])
+    return DistributedDataParallel(model, **ddp_kwargs)
+
+
+def wrap_optimizer(optimizer: torch.optim.Optimizer, info: DistInfo, process_group=None):
+    """:func:`steepest.distributed` for steepest optimizers when ``world_size > 1``; other optimizers
+    (torch.optim.AdamW, ...) and steepest optimizers with their own ``step`` (``steepest.Adaptive``) are
+    returned unchanged: DDP's averaged gradients already keep their replicas in step, each rank
+    computing every update itself."""
+    if (info.world_size == 1 or not isinstance(optimizer, SteepestDescent)
+            or defines_own_step(type(optimizer))):
+        return optimizer
+    return distributed(optimizer, process_group=process_group)
+
+
+def shard_batch(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """This rank's contiguous slice of a global batch (dim 0). The global batch must divide evenly, so
+    that DDP's mean of per-rank mean losses is the global mean loss."""
+    n = batch.shape[0]
+    if n % info.world_size:
+        raise ValueError(f"global batch of {n} does not split evenly over {info.world_size} ranks; "
+                         "choose a batch size divisible by the number of processes")
+    per = n // info.world_size
+    return batch[info.rank * per:(info.rank + 1) * per]
+
+
+def cleanup() -> None:
+    """Destroy the default process group if one is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer, extra: dict | None = None) -> None:
+    """Save model and optimizer state with torch.distributed.checkpoint (a collective under a group).
+
+    Uses ``get_state_dict`` so DDP/FSDP2 wrappers and DTensor shards are stored by fully qualified
+    name; the checkpoint loads on any world size (:func:`load_checkpoint`). ``extra`` (plain JSON data,
+    e.g. the step count) is written by rank 0 to ``extra.json`` beside them.
+    """
+    # lazy: torch.distributed.checkpoint is heavy and only checkpointing needs it
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    if not dist.is_initialized() or dist.get_rank() == 0:  # before dcp.save, whose collectives order it
+        atomic_write_json(Path(path) / "extra.json", dict(extra or {}))
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer) -> dict:
+    """Load a :func:`save_checkpoint` directory into ``model`` and ``optimizer`` (resharding DTensor
+    state to this world size); returns ``extra``."""
+    # lazy: torch.distributed.checkpoint is heavy and only checkpointing needs it
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not Path(path).is_dir():
+        raise ValueError(f"no checkpoint directory at {path}")
+    msd, osd = get_state_dict(model, optimizer)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    extra = Path(path) / "extra.json"
+    return json.loads(extra.read_text()) if extra.exists() else {}
+
+
+# ------------------------------------------------------------------------------------ local launcher
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for MASTER_PORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(fn: Callable, rank: int, world: int, port: int, threads: int, out_dir: str, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        result = {"ok": fn(*args)}
+    except BaseException:  # reported to the parent, which raises
+        result = {"error": traceback.format_exc()}
+    finally:
+        cleanup()
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120.0, threads: int = 1) -> list[Any]:
+    """Run ``fn(*args)`` in ``nproc`` spawned processes with torchrun's variables on 127.0.0.1 and
+    return the list of their return values (rank order). ``fn`` must be importable (module level)
+    and should call :func:`init_from_env`. Raises RuntimeError with the child's traceback if a rank
+    fails and TimeoutError (after killing every rank) if they do not finish within ``timeout_s``.
+
+    Example: ``launch(train, 2, (config,))``.
+    """
+    if not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive int, got {nproc!r}")
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="steepest-launch-") as out_dir:
+        procs = [ctx.Process(target=_child, args=(fn, r, nproc, port, threads, out_dir, args), daemon=True)
+                 for r in range(nproc)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        alive = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        results = []
+        for r in range(nproc):
+            f = Path(out_dir) / f"rank{r}.pt"
+            results.append(torch.load(f, weights_only=False) if f.exists() else None)
+    errors = [f"rank {r}:\n{res['error']}" for r, res in enumerate(results) if res and "error" in res]
+    if errors:
+        raise RuntimeError("distributed run failed\n" + "\n".join(errors))
+    if alive:
+        raise TimeoutError(f"ranks {alive} did not finish within {timeout_s:.0f} s (a hung collective?); killed")
+    missing = [r for r, res in enumerate(results) if res is None]
+    if missing:
+        codes = [procs[r].exitcode for r in missing]
+        raise RuntimeError(f"ranks {missing} exited without a result (exit codes {codes})")
+    return [res["ok"] for res in results]
+
+
+__all__ = ["DistInfo", "init_from_env", "wrap_model", "wrap_optimizer", "shard_batch", "cleanup", "save_checkpoint",
+           "load_checkpoint", "free_port", "launch"]

@@ -1,0 +1,139 @@
+"""Run directories, environment capture and dataclass configs with overrides (atomic files: :mod:`steepest._io`).
+
+Shared by ``steepest reproduce``, ``steepest compare`` and the benchmarks, so every result on disk has
+the same shape: ``<run dir>/config.json``, ``environment.json``, metrics JSONL, PNG figures, a report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import steepest
+
+from steepest._io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl  # noqa: F401 (re-exported)
+
+
+# ---------------------------------------------------------------------------------------- environment
+def environment() -> dict:
+    """Versions, git sha, device and thread count: what a reader needs to reproduce a number."""
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        env["steepest"] = steepest.__version__
+        root = Path(steepest.__file__).resolve().parents[2]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        env["git_sha"] = sha.stdout.strip() or None
+    except Exception:  # not a git checkout: leave it out rather than fail a run
+        env["git_sha"] = None
+    return env
+
+
+def make_run_dir(base: str | os.PathLike, name: str, *, exist_ok: bool = True) -> Path:
+    """``base/name`` created if needed (reused when it exists, so interrupted runs can resume)."""
+    run = Path(base) / name
+    run.mkdir(parents=True, exist_ok=exist_ok)
+    return run
+
+
+# ---------------------------------------------------------------------------------------- configs
+class ConfigError(ValueError):
+    """A bad configuration key or value (the CLI turns it into exit code 2)."""
+
+
+def _coerce(value: str, typ) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"expected a boolean, got {value!r}")
+    if typ in (int, float, str):
+        try:
+            return typ(value)
+        except ValueError as e:
+            raise ConfigError(f"expected {typ.__name__}, got {value!r}") from e
+    if origin in (list, tuple) or typ in (list, tuple):
+        args = typing.get_args(typ)
+        inner = args[0] if args else str
+        parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        items = [(_coerce(str(v), inner) if inner is not Ellipsis else v) for v in parsed]
+        return tuple(items) if (origin is tuple or typ is tuple) else items
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value.lower() in ("none", "null"):
+            return None
+        for a in args:
+            try:
+                return _coerce(value, a)
+            except ConfigError:
+                continue
+        raise ConfigError(f"cannot parse {value!r} as {typ}")
+    return yaml.safe_load(value)
+
+
+def apply_overrides(cfg, overrides: dict[str, Any] | list[str]):
+    """Return a copy of dataclass ``cfg`` with ``overrides`` applied.
+
+    ``overrides`` is a dict or a list of ``"key=value"`` strings (values parsed by the field's type).
+    An unknown key or a bad value raises :class:`ConfigError` naming the valid keys.
+    """
+    if isinstance(overrides, (list, tuple)):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got {item!r}")
+            k, v = item.split("=", 1)
+            pairs[k.strip()] = v.strip()
+        overrides = pairs
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(names))}")
+        changes[key] = _coerce(value, hints[key]) if isinstance(value, str) else value
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def load_config(cls, path: str | os.PathLike | None = None, overrides=None):
+    """Build dataclass ``cls`` from defaults, then a YAML/TOML file, then ``key=value`` overrides."""
+    cfg = cls()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        cfg = apply_overrides(cfg, {k: v for k, v in data.items()})
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg

@@ -1,0 +1,97 @@
+"""Training tasks on real data that ships with installable packages (nothing downloads at run time).
+
+A task is a :class:`Task`: everything ``steepest compare`` needs to train one model with several
+optimizers on the same seed and the same data order.
+
+Bring your own task
+-------------------
+Write a function that returns a :class:`Task` and name it on the command line as
+``--task package.module:factory`` (or pass the Task itself to :func:`steepest.compare`)::
+
+    import torch
+    from torch import nn
+    from steepest.app.tasks import Task
+
+    def my_task(**options) -> Task:
+        X, y = torch.randn(512, 20), torch.randint(0, 3, (512,))
+        Xv, yv = torch.randn(128, 20), torch.randint(0, 3, (128,))
+
+        def batch(seed: int, step: int):          # a pure function of (seed, step)
+            g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            idx = torch.randint(0, len(X), (32,), generator=g)
+            return X[idx], y[idx]
+
+        def loss(model, batch):
+            x, t = batch
+            return nn.functional.cross_entropy(model(x), t)
+
+        def evaluate(model):
+            return float(nn.functional.cross_entropy(model(Xv), yv))
+
+        return Task(name="mine", make_model=lambda: nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 3)),
+                    batch=batch, loss=loss, evaluate=evaluate, steps=200, eval_every=20)
+
+The contract: ``make_model()`` is called right after ``torch.manual_seed(seed)`` so each optimizer
+starts from the same weights; ``batch(seed, step)`` returns the batch of step ``step`` and must depend
+on nothing else (that is what makes the data order identical across optimizers and lets ``--resume``
+continue from a checkpoint's step); ``loss(model, batch)`` returns a scalar tensor to minimise;
+``evaluate(model)`` returns the validation loss as a float (called under ``torch.no_grad()`` with the
+model in eval mode).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from steepest.app.tasks.base import Task, TaskError, package_dir
+from steepest.app.tasks.charlm import charlm_task
+from steepest.app.tasks.mnist import mnist_task
+
+
+def _mnist_cnn(**kw) -> Task:
+    return mnist_task(model="cnn", **kw)
+
+
+#: Built-in tasks: name -> factory(**options). ``size="quick"`` gives a tiny version for tests.
+TASKS: dict[str, Callable[..., Task]] = {"charlm": charlm_task, "mnist": mnist_task, "mnist-cnn": _mnist_cnn}
+
+
+def get_task(spec: "str | Task", **options) -> Task:
+    """Build a task from a built-in name (``charlm``, ``mnist``, ``mnist-cnn``) or ``package.module:factory``.
+
+    ``options`` go to the factory (built-in ones accept ``size="default"|"quick"`` among others).
+    Raises :class:`TaskError` with the valid names for an unknown task.
+
+    Example:
+        >>> task = get_task("mnist", size="quick")   # doctest: +SKIP
+    """
+    if isinstance(spec, Task):
+        if options:
+            raise TaskError("options cannot be applied to an already built Task")
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"task must be a name, 'package.module:factory' or a Task, got {type(spec).__name__}")
+    if spec in TASKS:
+        factory = TASKS[spec]
+    elif ":" in spec:
+        mod_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise TaskError(f"cannot import task module {mod_name!r} ({e}); is it on PYTHONPATH?") from e
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise TaskError(f"{mod_name!r} has no callable {attr!r} (expected a function returning a steepest.app.tasks.Task)")
+    else:
+        raise TaskError(f"unknown task {spec!r}; choose one of {', '.join(TASKS)} or give 'package.module:factory'")
+    try:
+        task = factory(**options)
+    except TypeError as e:
+        raise TaskError(f"task {spec!r} rejected options {options}: {e}") from e
+    if not isinstance(task, Task):
+        raise TaskError(f"task factory {spec!r} returned {type(task).__name__}, expected steepest.app.tasks.Task")
+    return task
+
+
+__all__ = ["Task", "TaskError", "TASKS", "get_task", "package_dir"]
