@@ -100,7 +100,7 @@ def test_closure_loss_and_grad_untouched(info):
         return loss
 
     loss = opt.step(closure)
-    assert torch.is_tensor(loss) and float(loss) == pytest.approx(float(loss_fn(Net(), 0)))
+    assert torch.is_tensor(loss) and float(loss.detach()) == pytest.approx(float(loss_fn(Net(), 0).detach()))
     grads = [p.grad.clone() for p in model.parameters()]
     before = _params(model)
     opt.step()

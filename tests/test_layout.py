@@ -37,15 +37,11 @@ LAZY_ALIAS = {("steepest", "steepest.app.compare")}
 #: Known violations in modules owned by the kernel rewrite, left out of both checks: the diagnostics take
 #: ``matrix_view`` from optim (floor 2 -> 3; it belongs to the norm registry), and optim.batched imports
 #: ``update_kwargs`` back from optim.steepest inside two functions (a cycle). Delete entries as they go.
-KNOWN_UPWARD = {  # fixed by the kernel rewrite
-    ("steepest.diagnostics.criteria", "steepest.optim.functional"),
-    ("steepest.diagnostics.probe", "steepest.optim.functional"),
-    ("steepest.optim.batched", "steepest.optim.steepest"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()  # none left: the kernel rewrite removed the last ones
 
-#: Package attributes that shadow a submodule of the same name, in modules owned by the kernel rewrite:
-#: steepest/linalg/__init__.py re-exports the function ``polar`` over the module ``steepest.linalg.polar``.
-KNOWN_SHADOWED = {"steepest.linalg.polar"}  # fixed by the kernel rewrite
+#: Package attributes allowed to shadow a submodule of the same name: none (linalg.polar became
+#: linalg.polar_factor, so the function steepest.linalg.polar no longer hides a module).
+KNOWN_SHADOWED: set[str] = set()
 
 
 def _module_name(path: Path) -> str:

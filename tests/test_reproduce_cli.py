@@ -29,7 +29,7 @@ def test_reproduce_writes_the_run_directory(tmp_path, capsys):
     for c in claims:
         assert set(c) == {"seed", "statement", "measured", "verdict", "note"}
         assert all(isinstance(v, str) and v for v in c.values())
-        assert c["seed"] == "003_37ec735fc92e01e6.txt"                   # schatten reproduces seed 003
+        assert c["seed"] == "seed 003"                                   # schatten reproduces seed 003
     assert [c["verdict"] for c in claims] == ["holds", "holds", "holds"]  # today's verdicts at this size
     # the numbers in claims.json are the ones in results.json, and plausible for this config
     res = json.loads((out / "results.json").read_text())

@@ -34,7 +34,7 @@ import math
 import torch
 
 from steepest.linalg.precision import iteration_dtype
-from steepest.linalg.polar import METHODS, NORMALIZATIONS, _check_matrix, polar, polar_svd, prescale
+from steepest.linalg.polar_factor import METHODS, NORMALIZATIONS, _check_matrix, polar, polar_svd, prescale
 from steepest.linalg.schatten import check_p, conjugate_exponent, schatten_dualize_and_singular_values, vector_pnorm
 
 NORMS = ("frobenius", "spectral", "linf", "schatten")

@@ -295,7 +295,7 @@ def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = 
                          eig: tuple | None = None) -> float:
     """H_spec = kfac_curvature(polar(G), A) = ||A V||_F^2 / N without forming polar(G).
 
-    With G = U S V^T (compact: only s_i > max(m, n) eps_32 s_1 kept, as :func:`steepest.linalg.polar.polar_svd`
+    With G = U S V^T (compact: only s_i > max(m, n) eps_32 s_1 kept, as :func:`steepest.linalg.polar_factor.polar_svd`
     does for ``dualize``'s default float32) the polar factor P = U V^T has P^T P = V V^T, so ||A P^T||_F^2 = tr(A V V^T A^T) = ||A V||_F^2.
     V comes from the float64 eigendecomposition of the small Gram matrix: G^T G = V S^2 V^T when
     in <= out, else G G^T = U S^2 U^T and V = G^T U S^-1. When G has full column rank (in <= out)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from steepest.linalg.polar import _check_matrix
+from steepest.linalg.polar_factor import _check_matrix
 
 
 def _check_int(name: str, value, lo: int) -> None:

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from steepest.linalg.polar import _check_matrix, polar_svd, prescale
+from steepest.linalg.polar_factor import _check_matrix, polar_svd, prescale
 
 #: Relative gap under which two singular values count as equal when finding the multiplicity of the
 #: top singular value for p = 1. Float32 SVD resolves singular values to ~1e-6 relative; 1e-4 keeps
