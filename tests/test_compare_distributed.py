@@ -126,7 +126,7 @@ def test_resume_with_nproc_gives_the_uninterrupted_numbers(runs):
 
 def _replicas(names: tuple[str, ...], steps: int) -> dict:
     """Rank worker: train each optimizer ``steps`` steps as compare does; return this rank's weights (and, for
-    Adaptive, the weights and choices after a sync from a deliberately disagreeing rank 1)."""
+    Adaptive, its choices after a deciding step in which rank 1's own decision deliberately disagrees)."""
     from steepest.app.compare.optimizers import build_optimizer
 
     info = init_from_env(timeout_s=TIMEOUT_S)
@@ -139,38 +139,32 @@ def _replicas(names: tuple[str, ...], steps: int) -> dict:
         ddp, opt = dp.wrap(model, build_optimizer(name, model, 0.02 if name != "adamw" else 3e-3, 3e-3, task.routing))
         batches = dp.batch_fn(lambda t: task.batch(0, t))
         for t in range(steps):
+            if name == "adaptive" and t == steps - 1 and info.rank == 1:
+                assert t % opt.every == 0  # the last step is a deciding one
+                # rank 1 decides something else for every layer: the kernel must take rank 0's choice
+                opt._decide = lambda p, G, state, nm: state.__setitem__("geometry", (state.get("geometry", 0) + 1) % 3)
             opt.zero_grad(set_to_none=True)
             task.loss(ddp, batches(t)).backward()
             opt.step()
         out[name] = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
-        if name == "adaptive":  # make rank 1 disagree with rank 0, then sync as after a deciding step
-            from steepest.app.compare.data_parallel import _sync_adaptive
-
-            mats = [p for g in opt.param_groups if g["algorithm"] == "steepest" for p in g["params"]]
-            if info.rank == 1:
-                with torch.no_grad():
-                    mats[0].add_(1.0)
-                for p in mats:
-                    opt.state[p]["geometry"] = (opt.state[p]["geometry"] + 1) % 3
-            assert (opt._t - 1) % opt.every == 0  # the last step was a deciding one
-            _sync_adaptive(opt, (), {})
-            out["synced"] = (torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()]),
-                             [opt.state[p]["geometry"] for p in mats])
+        if name == "adaptive":
+            out["choices"] = opt.geometries()
+            out["type"] = type(opt).__name__
     return out
 
 
 def test_replicas_stay_bit_identical():
     """Rank 0 alone checkpoints, so every rank must hold rank 0's weights: including Adaptive, whose
-    per-layer choice is made on each rank's own activations and then taken from rank 0 (11 steps span
-    two of its decisions, at steps 0 and 10). The ranks' choices happen to agree on this task, so the
-    sync is also tested directly: a rank 1 that disagrees in weights and choices is overwritten."""
+    per-layer choice is made on each rank's own activations and then taken from rank 0 inside the
+    step kernel (11 steps span two of its decisions, at steps 0 and 10; at step 10 rank 1's own decision
+    is forced to disagree on every layer)."""
     names = ("adamw", "muon", "torch-muon", "adaptive")
     r0, r1 = launch(_replicas, 2, (names, 11), timeout_s=TIMEOUT_S)
     for name in names:
         assert torch.equal(r0[name], r1[name]), name
         assert torch.isfinite(r0[name]).all()
-    assert torch.equal(r0["synced"][0], r0["adaptive"])  # rank 0 decides: its weights are unchanged
-    assert torch.equal(r1["synced"][0], r0["adaptive"]) and r1["synced"][1] == r0["synced"][1]
+    assert r0["type"] == "DistributedAdaptive"  # compare --nproc no longer special-cases Adaptive
+    assert r1["choices"] == r0["choices"]
 
 
 # ------------------------------------------------------------------------------------- no processes spawned

@@ -257,6 +257,17 @@ def worker(ckpt_dir: str, phase: str) -> dict:
         res["ddp_extra"] = load_checkpoint(f"{ckpt_dir}/ddp", ddp_b, opt_b)
         _, _, _, out_b = _ddp_run(info, range(2, 4), ddp=ddp_b, opt=opt_b)
         res["ddp_resumed_other_world"] = out_b
+    # 7. Adaptive (gradient proxy, deciding every step) under DDP and FSDP2: the one-process trajectory
+    if phase == "save":
+        ada = lambda m: distributed(make_opt(m, cls=steepest.Adaptive, every=1))  # noqa: E731
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        m = make_model()
+        _, _, opt, res["adaptive_ddp"] = _ddp_run(info, range(3), ddp=DDP(m), opt=ada(m))
+        res["adaptive_ddp_choices"] = opt.geometries()
+        res["adaptive_ddp_type"] = type(opt).__name__
+        m = _fsdp_model()
+        _, opt, res["adaptive_fsdp"] = _fsdp_run(info, range(3), model=m, opt=ada(m))
+        res["adaptive_fsdp_choices"] = opt.geometries()
     # 6. FSDP2 (fully_shard, DTensor Shard(0) with uneven and empty shards)
     if phase == "save":
         model, opt, out = _fsdp_run(info, range(2))
@@ -346,6 +357,21 @@ def test_fsdp2_matches_single_process_with_uneven_and_empty_shards(runs):
     assert [r["fsdp_local_shapes"][5] for r in three] == [(1, 5), (1, 5), (0, 5)]
     assert [r["fsdp_local_shapes"][2] for r in three] == [(3, 10), (3, 10), (1, 10)]
     assert all(r["fsdp_momentum_is_dtensor"] for r in three)
+
+
+@pytest.mark.distributed
+def test_adaptive_under_ddp_and_fsdp2_matches_one_process(runs):
+    """Adaptive is distributed like every recipe: same choices on every rank, the one-process weights."""
+    two, _ = runs
+    model = make_model()
+    opt = make_opt(model, cls=steepest.Adaptive, every=1)
+    _, ref = reference(range(3), model, opt)
+    assert two[0]["adaptive_ddp_type"] == "DistributedAdaptive"
+    for kind in ("ddp", "fsdp"):
+        assert two[0][f"adaptive_{kind}_choices"] == two[1][f"adaptive_{kind}_choices"] == opt.geometries()
+        for step in range(3):
+            for r in two:
+                assert max_diff(r[f"adaptive_{kind}"][step], ref[step]) < TOL, (kind, step)
 
 
 def hang_worker() -> None:

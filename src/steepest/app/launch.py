@@ -112,10 +112,10 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, **ddp_kwargs) -> torch.nn
 
 
 def wrap_optimizer(optimizer: torch.optim.Optimizer, info: DistInfo, process_group=None):
-    """:func:`steepest.distributed` for steepest optimizers when ``world_size > 1``; other optimizers
-    (torch.optim.AdamW, ...) and steepest optimizers with their own ``step`` (``steepest.Adaptive``) are
-    returned unchanged: DDP's averaged gradients already keep their replicas in step, each rank
-    computing every update itself."""
+    """:func:`steepest.distributed` for steepest optimizers (steepest.Adaptive included) when
+    ``world_size > 1``; other optimizers (torch.optim.AdamW, ...) and user subclasses that replace
+    ``step`` are returned unchanged: DDP's averaged gradients already keep their replicas in step,
+    each rank computing every update itself."""
     if (info.world_size == 1 or not isinstance(optimizer, SteepestDescent)
             or defines_own_step(type(optimizer))):
         return optimizer

@@ -58,6 +58,12 @@ from steepest.optim.steepest import SteepestDescent
 CRITERIA = ("spec_sign", "dd")
 
 
+def _full(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The whole tensor of a sharded (DTensor) gradient: a collective that every rank calls on a decision
+    step; plain tensors as they are."""
+    return t.full_tensor() if t is not None and hasattr(t, "full_tensor") else t
+
+
 def _geometry(state: dict) -> str | None:
     """The layer's current geometry; stored as an index into GEOMETRIES so state_dict holds plain ints
     (torch's load_state_dict would mangle strings inside per-parameter state)."""
@@ -192,7 +198,7 @@ class Adaptive(SteepestDescent):
             grads, b = mb
             noise = C.noise_scales(grads, b, self.candidates)
             return C.score_geometries(norms, noise, b * self.microbatches, H), "spec_sign"
-        prev = state.get("prev_grad")
+        prev = _full(state.get("prev_grad"))
         rows = Gm if prev is None else torch.cat([Gm, geo.matrix_view(prev).double()])
         H = {g: C.kfac_curvature(dualize(Gm, g), rows) for g in self.candidates}
         noise = None
@@ -247,7 +253,7 @@ class Adaptive(SteepestDescent):
             start = len(self.history)
             names = self._names
             for b in blocks:
-                self._decide(b.param, b.grad, b.state, names.get(id(b.param), "?"))
+                self._decide(b.param, _full(b.grad), b.state, names.get(id(b.param), "?"))
                 b.state.pop("prev_grad", None)
             codes = torch.tensor([int(b.state.get("geometry", C.GEOMETRIES.index(self.initial))) for b in blocks],
                                  dtype=torch.int64)

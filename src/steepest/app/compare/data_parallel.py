@@ -9,7 +9,7 @@ runs :func:`steepest.app.compare.runner.run_optimizer` for each optimizer with a
   averages the ranks' gradients);
 * the optimizer: steepest optimizers through :func:`steepest.distributed` (each matrix dualized once,
   on an owner rank, the result shared); torch.optim ones (AdamW, torch.optim.Muon + AdamW, SGD) step
-  on the averaged gradients unchanged; :class:`steepest.Adaptive` steps locally (see below);
+  on the averaged gradients unchanged (steepest.Adaptive is a steepest optimizer like the others);
 * its slice of every global batch ``task.batch(seed, step)``: rank r takes rows
   [r B/N, (r+1) B/N) of every tensor (:func:`steepest.app.launch.shard_batch`). With equal
   slices the mean of the per-rank mean losses is the global mean loss, so
@@ -31,10 +31,10 @@ What differs under DDP (documented limits):
 * activation hooks (the LayerMonitor's st(A), steepest.Adaptive's Spec-Sign criterion) see only
   the local slice of the batch (B/N rows), while gradients are the global mean; the monitor runs on
   rank 0 only;
-* :class:`steepest.Adaptive` decides each layer's geometry from its local activations, so ranks could
-  disagree; after every deciding step rank 0's parameters and geometry choices are broadcast to every
-  rank (rank 0 decides for all). Its noise term then uses the local batch size B/N, over-estimating
-  the gradient noise of the global mean by sqrt(N);
+* :class:`steepest.Adaptive` decides each layer's geometry from its local activations; under
+  :func:`steepest.distributed` every rank takes rank 0's choices (one broadcast per decision, inside
+  the step kernel), so replicas stay identical. Its noise term uses the local batch size B/N,
+  over-estimating the gradient noise of the global mean by sqrt(N);
 * wall time, CPU time and peak memory in the table are rank 0's (CPU s is one rank's share);
 * every rank evaluates the whole validation set (the task's ``evaluate`` cannot be split), so
   evaluation does not get faster; measured on 2 cores, default charlm, 40 steps: 129 -> 77 ms per
@@ -61,7 +61,6 @@ from steepest.app.compare.runner import run_optimizer
 from steepest.app.launch import DistInfo, cleanup, init_from_env, launch, wrap_model, wrap_optimizer
 from steepest.app.runs import ConfigError
 from steepest.app.tasks import get_task
-from steepest.optim.adaptive import Adaptive
 
 #: Upper bound on one collective (seconds): a rank that waits longer raises instead of hanging.
 COLLECTIVE_TIMEOUT_S = 300.0
@@ -135,11 +134,7 @@ class DataParallel:
     def wrap(self, model: torch.nn.Module, optimizer) -> tuple[torch.nn.Module, Any]:
         """``(DDP(model), distributed optimizer)``; a collective (DDP broadcasts rank 0's weights), so it
         also orders every rank's earlier file checks before rank 0's first write."""
-        ddp = wrap_model(model, self.info)
-        if isinstance(optimizer, Adaptive):  # steepest.distributed's step would drop the per-layer choice
-            optimizer.register_step_post_hook(_sync_adaptive)
-            return ddp, optimizer
-        return ddp, wrap_optimizer(optimizer, self.info)
+        return wrap_model(model, self.info), wrap_optimizer(optimizer, self.info)
 
     def batch_fn(self, batch_fn: Callable[[int], Any]) -> Callable[[int], Any]:
         return lambda t: shard(batch_fn(t), self.info.rank, self.info.world_size)
@@ -159,29 +154,6 @@ class DataParallel:
             return float(val)
 
         return run
-
-
-_ADAPTIVE_STATE = ("geometry", "streak", "challenger")
-
-
-@torch.no_grad()
-def _sync_adaptive(optimizer, args, kwargs) -> None:
-    """Step post-hook of steepest.Adaptive under DDP: after a deciding step (Adaptive decides at steps
-    0, every, 2 every, ...; its counter ``_t`` is already incremented), broadcast rank 0's parameters and
-    geometry state, so every replica follows rank 0's choice."""
-    if (optimizer._t - 1) % optimizer.every:
-        return
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    for dtype in sorted({p.dtype for p in params}, key=str):
-        ps = [p for p in params if p.dtype == dtype]
-        flat = torch.cat([p.detach().reshape(-1) for p in ps])
-        dist.broadcast(flat, src=0)
-        for p, v in zip(ps, flat.split([p.numel() for p in ps])):
-            p.copy_(v.view_as(p))
-    meta = [[{k: optimizer.state[p][k] for k in _ADAPTIVE_STATE if k in optimizer.state[p]} for p in params]]
-    dist.broadcast_object_list(meta, src=0)
-    for p, m in zip(params, meta[0]):
-        optimizer.state[p].update(m)
 
 
 def _rank_main(job: dict) -> dict | None:
