@@ -4,6 +4,7 @@ the torch.optim contract, frozen values, convergence, and bad input."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -366,3 +367,81 @@ def test_sparse_gradient_error():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(ValueError, match="sparse gradient"):
         opt.step()
+
+
+# ------------------------------------------------------------------ bad input that used to pass silently
+def test_load_state_dict_of_another_geometry_or_shape_is_refused():
+    W = torch.nn.Parameter(torch.randn(3, 3))
+    sign, spec = steepest.SignSGD([W], momentum=0.9), steepest.SpecGD([torch.nn.Parameter(torch.randn(3, 3))])
+    with pytest.raises(ValueError, match="norm='spectral'.*norm='linf'"):
+        sign.load_state_dict(spec.state_dict())
+    assert sign.param_groups[0]["norm"] == "linf"  # nothing was loaded
+    other = steepest.SignSGD([torch.nn.Parameter(torch.randn(4, 2))], momentum=0.9)
+    other.param_groups[0]["params"][0].grad = torch.ones(4, 2)
+    other.step()
+    with pytest.raises(ValueError, match=r"momentum_buffer of shape \(4, 2\)"):
+        sign.load_state_dict(other.state_dict())
+
+
+def test_infinite_or_nan_hyperparameters_never_reach_the_weights():
+    W = torch.nn.Parameter(torch.randn(3, 3))
+    for kw in (dict(lr=math.inf), dict(weight_decay=math.inf), dict(lr=math.nan)):
+        with pytest.raises(ValueError, match="lr|weight_decay"):
+            steepest.Muon([W], **kw)
+    opt = steepest.Muon([W], lr=0.1)
+    W0 = W.detach().clone()
+    W.grad = torch.randn(3, 3)
+    for key, bad in (("lr", math.nan), ("lr", math.inf), ("weight_decay", math.inf), ("lr", -1.0)):
+        opt.param_groups[0][key] = bad
+        with pytest.raises(ValueError, match=f"'{key}'.*no parameter was changed"):
+            opt.step()
+        opt.param_groups[0].update(lr=0.1, weight_decay=0.0)
+    assert torch.equal(W.detach(), W0)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e19, 1e30])
+def test_gd_applies_extreme_gradients_like_sgd(scale):
+    """GD is W - lr G for every finite G (torch.optim.SGD's behaviour): no skip at 1e19, no zero at 1e-30."""
+    g = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    W = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = steepest.GD([W], lr=1e-3)
+    W.grad = g * scale
+    opt.step()
+    assert opt.nonfinite_skipped == 0
+    # the Frobenius dual-norm step is D * ||G||_F with both from the prescaled matrix: float32 rounding only
+    torch.testing.assert_close(W.detach(), -1e-3 * g * scale, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (2, 0, 3)])
+def test_zero_size_matrices_step_in_every_recipe(shape):
+    for cls in (steepest.Muon, steepest.SpecGD, steepest.SignSGD, steepest.GD, steepest.SchattenDescent):
+        W = torch.nn.Parameter(torch.zeros(shape))
+        opt = cls([W], tensor_mode="batch")
+        W.grad = torch.zeros(shape)
+        opt.step()
+        assert W.shape == shape
+
+
+def test_memory_stays_linear_at_extreme_aspect_ratios():
+    """Adaptive's gradient-only proxy used to form an m x m float64 matrix (80 GB for 100000 x 1). Under a
+    4 GB address-space limit every optimizer must step 100000 x 1 and 1 x 100000 weights."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource, torch, steepest
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+        for shape in ((100000, 1), (1, 100000)):
+            for make in (steepest.Muon, steepest.SpecGD, steepest.SignSGD, steepest.GD,
+                         lambda ps: steepest.SchattenDescent(ps, p=4), lambda ps: steepest.Adaptive(ps, every=1)):
+                W = torch.nn.Parameter(torch.randn(shape))
+                opt = make([W])
+                for _ in range(3):
+                    W.grad = torch.randn(shape)
+                    opt.step()
+                assert torch.isfinite(W).all()
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

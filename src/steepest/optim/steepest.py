@@ -206,6 +206,35 @@ class SteepestDescent(torch.optim.Optimizer):
     def _needs_matrices(self, group: dict) -> bool:
         return not geo.is_entrywise(group["norm"])
 
+    # ------------------------------------------------------------------ checkpoints
+    #: Group settings that define what a step is: a state_dict saved with other values would silently
+    #: change the optimizer (a SignSGD taking spectral steps), so loading one is an error.
+    _GEOMETRY_KEYS = ("algorithm", "norm", "p", "tensor_mode", "transposed")
+    #: Per-parameter state tensors that have the parameter's shape.
+    _SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_grad")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's load_state_dict, refusing a state_dict of another geometry or other shapes."""
+        groups = state_dict.get("param_groups", [])
+        if len(groups) == len(self.param_groups):
+            for gi, (saved, cur) in enumerate(zip(groups, self.param_groups)):
+                for key in self._GEOMETRY_KEYS:
+                    if key in saved and key in cur and saved[key] != cur[key]:
+                        raise ValueError(
+                            f"state_dict param_groups[{gi}] has {key}={saved[key]!r} but this optimizer's has "
+                            f"{key}={cur[key]!r}: it was saved by a different optimizer or routing. Build the same "
+                            "optimizer (recipe, norm, param_groups) that saved it; nothing was loaded.")
+                for j, idx in enumerate(saved.get("params", [])):
+                    if j >= len(cur["params"]):
+                        break
+                    p = cur["params"][j]
+                    for key, v in state_dict.get("state", {}).get(idx, {}).items():
+                        if key in self._SHAPED_STATE and torch.is_tensor(v) and tuple(v.shape) != tuple(p.shape):
+                            raise ValueError(
+                                f"state_dict holds {key} of shape {tuple(v.shape)} for {self._name(gi, j)}: it was "
+                                "saved for a model with other shapes; nothing was loaded.")
+        super().load_state_dict(state_dict)
+
     # ------------------------------------------------------------------ copies
     def __getstate__(self) -> dict:
         state = super().__getstate__()
