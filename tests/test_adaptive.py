@@ -208,3 +208,82 @@ def test_adaptive_bad_arguments():
         steepest.Adaptive(W, criterion="dd")
     with pytest.raises(ValueError, match="microbatches must be an int >= 2, got 1"):
         steepest.Adaptive(W, microbatches=1)
+
+
+# ------------------------------------------------------------------ choices alone make the difference
+@pytest.mark.parametrize("geometry, fixed", [
+    ("spectral", lambda ps, **kw: steepest.SpecGD(ps, **kw)),
+    ("linf", lambda ps, **kw: steepest.SignSGD(ps, **kw)),
+    ("frobenius", lambda ps, **kw: steepest.SteepestDescent(ps, norm="frobenius", **kw)),
+])
+def test_single_candidate_is_the_fixed_optimizer_bit_for_bit(geometry, fixed):
+    """With one candidate (and no RMS matching) Adaptive takes exactly the fixed optimizer's steps: the same
+    kernel, the same settings; only the choice could differ, and there is none."""
+    g = torch.Generator().manual_seed(0)
+    W0, grads = torch.randn(12, 8, generator=g), [torch.randn(12, 8, generator=g) for _ in range(6)]
+    out = []
+    for make in (lambda ps, **kw: steepest.Adaptive(ps, candidates=(geometry,), initial=geometry, every=2,
+                                                     rms_match=False, **kw), fixed):
+        W = torch.nn.Parameter(W0.clone())
+        opt = make([W], lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1)
+        for G in grads:
+            W.grad = G.clone()
+            opt.step()
+        out.append(W.detach())
+    assert torch.equal(out[0], out[1])
+
+
+def _ulp_perturbed(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """t with every entry moved by one ulp up or down at random."""
+    up = torch.rand(t.shape, generator=g) < 0.5
+    return torch.where(up, torch.nextafter(t, torch.full_like(t, math.inf)),
+                       torch.nextafter(t, torch.full_like(t, -math.inf)))
+
+
+@pytest.mark.parametrize("criterion", ["proxy", "dd"])
+def test_decisions_do_not_change_under_one_ulp(criterion):
+    """Decisions deterministic across machines and thread counts: a 1-ulp change of every gradient entry
+    (and input, for the activation criterion) leaves every decision of 16 layers x 8 decisions unchanged."""
+    runs = []
+    for perturb in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(16, 16, bias=False), nn.Tanh())])
+        kw = dict(model=model, criterion="dd", candidates=("spectral", "frobenius")) if criterion == "dd" else {}
+        opt = steepest.Adaptive(model.parameters(), lr=0.01, every=1, **kw)
+        g = torch.Generator().manual_seed(1)
+        for step in range(8):
+            x = torch.randn(4 + 8 * (step % 3), 16, generator=torch.Generator().manual_seed(step))
+            x = _ulp_perturbed(x, g) if perturb else x
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            if perturb:
+                for p in model.parameters():
+                    p.grad = _ulp_perturbed(p.grad, g)
+            opt.step()
+        runs.append([(h["step"], h["param"], h["geometry"]) for h in opt.history])
+    assert runs[0] == runs[1]
+    assert len({r[2] for r in runs[0]}) >= 1 and len(runs[0]) == 4 * 8
+
+
+@pytest.mark.parametrize("eps", [1e-12, -1e-12, 0.05, -0.05])
+def test_a_near_tie_never_switches_the_first_decision(eps):
+    """Scores 1 +- 1e-12 apart (rounding decides which is larger) must give the same choice: the layer
+    keeps ``initial`` unless the winner beats it by 1 + margin (0.05 < margin = 0.1 here too)."""
+    from steepest.diagnostics.criteria import GeometryScores
+
+    W = torch.nn.Parameter(torch.randn(6, 4))
+    opt = steepest.Adaptive([W], lr=0.01, every=1, candidates=("spectral", "frobenius"))
+    dec = {"spectral": 1.0, "frobenius": 1.0 + eps}
+    scores = GeometryScores(decrease=dec, snr=dict(dec), winner=max(dec, key=dec.get))
+    opt._scores = lambda p, G, state: (scores, "test")
+    W.grad = torch.randn(6, 4)
+    opt.step()
+    assert opt.geometries() == {"group0.0": "spectral"}
+    scores.decrease["frobenius"] = scores.snr["frobenius"] = 1.2  # a real win: switches at once
+    scores.winner = "frobenius"
+    opt2 = steepest.Adaptive([torch.nn.Parameter(torch.randn(6, 4))], lr=0.01, every=1,
+                             candidates=("spectral", "frobenius"))
+    opt2._scores = opt._scores
+    opt2.param_groups[0]["params"][0].grad = torch.randn(6, 4)
+    opt2.step()
+    assert opt2.geometries() == {"group0.0": "frobenius"}

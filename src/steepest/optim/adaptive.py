@@ -22,9 +22,11 @@ and the layer steps with the winner, subject to hysteresis. Where the numbers co
   frobenius in the deterministic limit (by log-convexity of singular-value moments), so the proxy
   really decides spectral vs linf through noise; give ``model=`` for a frobenius verdict.
 
-Hysteresis: the first decision is taken as is; later, a challenger replaces the current geometry only
-after winning ``patience`` consecutive decisions by a factor ``1 + margin`` in Delta (or in
-signal-to-noise ratio when every bound is vacuous). Every decision is appended to ``history`` and
+Hysteresis: every layer starts on ``initial``; at the first decision the winner replaces it if it wins
+by a factor ``1 + margin`` in Delta (or in signal-to-noise ratio when every bound is vacuous); later, a
+challenger must win ``patience`` consecutive decisions by that factor. Scores within 1e-9 relative
+are ties, broken by the order of ``candidates``; so a last-bit difference in the gradients (thread
+count, machine) cannot change a decision unless the advantage sits within rounding of 1 + margin. Every decision is appended to ``history`` and
 saved in ``state_dict()``; :meth:`Adaptive.geometries` gives the current choice per parameter.
 
 Learning rates: one ``lr`` cannot fit sign and spectral steps (||sign(G)||_F = sqrt(mn) while
@@ -209,6 +211,8 @@ class Adaptive(SteepestDescent):
 
     @staticmethod
     def _advantage(s: C.GeometryScores, new: str, old: str) -> float:
+        """How much ``new`` beats ``old``: the ratio of their predicted decreases (or SNRs when every bound
+        is vacuous)."""
         a, b = (s.snr[new], s.snr[old]) if s.regime == "noise-dominated" else (s.decrease[new], s.decrease[old])
         if b == 0:
             return math.inf if a > 0 else 1.0
@@ -216,15 +220,31 @@ class Adaptive(SteepestDescent):
             return 1.0
         return a / b
 
+    #: Scores within this relative distance count as tied, and ties go to the first candidate: a
+    #: last-bit difference (another thread count, another machine) cannot change the winner.
+    TIE_RTOL = 1e-9
+
+    def _winner(self, s: C.GeometryScores) -> str:
+        if s.winner == "none":
+            return "none"
+        vals = s.snr if s.regime == "noise-dominated" else s.decrease
+        best = max(vals[g] for g in self.candidates)
+        return next(g for g in self.candidates if vals[g] >= best * (1 - self.TIE_RTOL))
+
     def _decide(self, p: torch.Tensor, G: torch.Tensor, state: dict, name: str) -> None:
+        """Hysteresis: the layer starts on ``initial``; a challenger replaces the current geometry when it
+        wins by a factor 1 + margin (the first decision at once, later ones ``patience`` times in a row),
+        so a near-tie, where rounding could decide, never switches."""
         s, source = self._scores(p, G, state)
         current = _geometry(state)
-        target, switched = s.winner, False
+        target, switched = self._winner(s), False
         if target == "none":
             target = current or self.initial
         if current is None:
-            current, switched = target, True
-            state["streak"] = 0
+            current = self.initial
+            if target != current and self._advantage(s, target, current) > 1.0 + self.margin:
+                current, switched = target, True
+            state["streak"], state["challenger"] = 0, -1
         elif target != current and self._advantage(s, target, current) > 1.0 + self.margin:
             same = state.get("challenger", -1) == C.GEOMETRIES.index(target)
             state["streak"] = state.get("streak", 0) + 1 if same else 1
