@@ -86,11 +86,23 @@ def _distributed(make):
     return lambda model, **o: steepest.distributed(make(model, **o))
 
 
+class HeldOut:
+    """The held-out loss of the oracle criterion (a class, so that optimizers holding it pickle)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self):
+        return loss_fn(self.model, 999)
+
+
 def _adaptive(**kw):
     def build(model, **o):
         kw2 = dict(kw)
         if kw2.pop("with_model", False):
             kw2["model"] = model
+        if kw2.get("criterion") == "oracle":
+            kw2["oracle_loss"] = HeldOut(model)
         return steepest.Adaptive(model.groups(), every=2, **{**kw2, **o})
     return build
 
@@ -133,6 +145,7 @@ DB += [
     OptimInfo("Adaptive-spec_sign", _adaptive(with_model=True), dict(adaptive=True)),
     OptimInfo("Adaptive-dd", _adaptive(with_model=True, criterion="dd", candidates=("spectral", "frobenius")),
               dict(adaptive=True)),
+    OptimInfo("Adaptive-oracle", _adaptive(with_model=True, criterion="oracle"), dict(adaptive=True)),
     OptimInfo("Muon-batched", _batched(_recipe(steepest.Muon, dtype=None)), dict(MUON, **NS5)),
     OptimInfo("SpecGD-batched", _batched(_recipe(steepest.SpecGD, tensor_mode="batch")),
               dict(norm="spectral", tensor_mode="batch")),

@@ -287,3 +287,29 @@ def test_a_near_tie_never_switches_the_first_decision(eps):
     opt2.param_groups[0]["params"][0].grad = torch.randn(6, 4)
     opt2.step()
     assert opt2.geometries() == {"group0.0": "frobenius"}
+
+
+def test_oracle_adaptive_takes_the_measured_winner_and_then_the_fixed_step():
+    """criterion='oracle' (the upper bound): each layer's geometry is the one whose measured one-step
+    decrease on the held-out batch is largest; the step itself is the fixed optimizer's."""
+    from steepest.diagnostics.oracle import layer_oracle, oracle_winners
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.Tanh(), nn.Linear(16, 4, bias=False))
+    x, y = torch.randn(64, 8), torch.randn(64, 4)
+    xh, yh = torch.randn(64, 8), torch.randn(64, 4)
+    held_out = lambda: (model(xh) - yh).square().mean()  # noqa: E731
+    opt = steepest.Adaptive(model.parameters(), lr=0.01, every=1, model=model, criterion="oracle",
+                            oracle_loss=held_out, rms_match=False)
+    (model(x) - y).square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    expected = oracle_winners(layer_oracle(model, held_out, grads, geometries=[(g, None) for g in opt.candidates]))
+    W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    assert opt.geometries() == {"group0.0": expected["0.weight"], "group0.1": expected["2.weight"]}
+    assert all(h["source"] == "oracle" for h in opt.history)
+    for n, p in model.named_parameters():  # the probes restored the weights; then one plain fixed step
+        D = steepest.dualize(grads[n], expected[n])
+        torch.testing.assert_close(p.detach(), W0[n] - 0.01 * D, rtol=0, atol=1e-6)  # float32 dualizer
+    with pytest.raises(ValueError, match="oracle_loss"):
+        steepest.Adaptive(model.parameters(), criterion="oracle", model=model)

@@ -13,7 +13,11 @@ and the layer steps with the winner, subject to hysteresis. Where the numbers co
   batch (exact per-chunk gradients from the hooked activations and output gradients) and the K-FAC
   input-factor curvature H_g = ||A D_g^T||_F^2 / N; ``criterion="dd"``: the Davis-Drusvyatskiy test,
   Delta_spec = ||G||_*^2 / ||A||_F^2 vs Delta_F = ||G||_F^2 / ||A||_op^2 (worst-case L_g of seed 000;
-  spectral wins iff nr(G) >= st(A)); candidates must then be spectral and frobenius.
+  spectral wins iff nr(G) >= st(A)); candidates must then be spectral and frobenius;
+  ``criterion="oracle"`` (the upper bound, for analysis): the layer oracle
+  (:func:`steepest.diagnostics.oracle.layer_oracle`) measures each candidate's best one-step decrease on a
+  held-out batch (``oracle_loss=``, a callable returning the held-out loss) and the layer takes the
+  measured winner, without hysteresis. It costs a line search per layer and candidate at each decision.
 * no model (or a layer that is not an ``nn.Linear``/``nn.Conv2d``): the gradient-only proxy. The noise
   E||G_hat - G||_g is estimated by ||G_t - G_{t-1}||_g / sqrt(2) (two consecutive minibatch gradients
   differ by two independent noise draws plus the drift, so this overestimates by at most the drift),
@@ -53,11 +57,12 @@ from torch import nn
 
 from steepest import geometry as geo
 from steepest.diagnostics import criteria as C
+from steepest.diagnostics.oracle import layer_oracle
 from steepest.diagnostics.probe import ActivationCapture, activation_matrix, microbatch_grads
 from steepest.geometry import dual_norm, dualize, matrix_norm
 from steepest.optim.steepest import SteepestDescent
 
-CRITERIA = ("spec_sign", "dd")
+CRITERIA = ("spec_sign", "dd", "oracle")
 
 
 def _full(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -93,7 +98,7 @@ class Adaptive(SteepestDescent):
     def __init__(self, params: Iterable, lr: float = 0.02, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10,
                  model: nn.Module | None = None, criterion: str = "spec_sign", microbatches: int = 4,
                  margin: float = 0.1, patience: int = 2, lr_multipliers: dict | None = None,
-                 rms_match: bool = True, initial: str = "spectral", **kwargs) -> None:
+                 rms_match: bool = True, initial: str = "spectral", oracle_loss=None, **kwargs) -> None:
         candidates = tuple(candidates)
         if not candidates or any(g not in C.GEOMETRIES for g in candidates) or len(set(candidates)) != len(candidates):
             raise ValueError(f"candidates must be distinct names from {C.GEOMETRIES}, got {candidates!r}")
@@ -102,6 +107,11 @@ class Adaptive(SteepestDescent):
         if criterion == "dd" and (model is None or set(candidates) - {"spectral", "frobenius"}):
             raise ValueError("criterion='dd' compares spectral with frobenius from activations: pass model= and "
                              "candidates=('spectral', 'frobenius')")
+        if criterion == "oracle" and (model is None or not callable(oracle_loss)):
+            raise ValueError("criterion='oracle' measures each layer's decrease on a held-out batch: pass model= and "
+                             "oracle_loss=a callable returning the held-out loss at the model's current weights")
+        if oracle_loss is not None and criterion != "oracle":
+            raise ValueError("oracle_loss is only used with criterion='oracle'")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 2:
@@ -127,7 +137,8 @@ class Adaptive(SteepestDescent):
         self.history: list[dict] = []
         self._t = 0
         self._capture, self._module_of = None, {}
-        if model is not None:
+        self._oracle_model, self._oracle_loss = (model, oracle_loss) if criterion == "oracle" else (None, None)
+        if model is not None and criterion != "oracle":
             wanted = {id(p) for g in self.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
             mods = {n: m for n, m in model.named_modules() if getattr(m, "weight", None) is not None
                     and id(m.weight) in wanted}
@@ -142,7 +153,7 @@ class Adaptive(SteepestDescent):
 
     _copied_attributes = SteepestDescent._copied_attributes + (
         "candidates", "every", "criterion", "microbatches", "margin", "patience", "lr_multipliers", "rms_match",
-        "initial", "history", "_t")
+        "initial", "history", "_t", "_oracle_model", "_oracle_loss")
 
     def __getstate__(self) -> dict:
         # the activation hooks belong to the original model: a copy uses the gradient-only proxy
@@ -259,6 +270,35 @@ class Adaptive(SteepestDescent):
                              "winner": s.winner, "switched": switched, "regime": s.regime, "source": source,
                              "decrease": {g: float(v) for g, v in s.decrease.items()}})
 
+    def _measure(self, blocks: list) -> dict:
+        """The layer oracle on every block: ``{id(param): {geometry: measured decrease}}``."""
+        model = self._oracle_model
+        by_id = {id(p): n for n, p in model.named_parameters()}
+        grads, views, ids = {}, {}, {}
+        for b in blocks:
+            name = by_id.get(id(b.param))
+            if name is None:
+                continue
+            grads[name], ids[name] = _full(b.grad), id(b.param)
+            views[name] = {"transposed": bool(b.group.get("transposed", False)), "tensor_mode": b.group["tensor_mode"]}
+        result = layer_oracle(model, self._oracle_loss, grads, geometries=[(g, None) for g in self.candidates],
+                              views=views)
+        return {ids[n]: {g: probes[g].decrease for g in self.candidates} for n, probes in result.items()}
+
+    def _decide_measured(self, b, decrease: dict | None, name: str) -> None:
+        """The oracle Adaptive: the geometry with the largest measured decrease, no hysteresis (an upper
+        bound for what a criterion can capture); a layer where nothing decreases keeps its geometry."""
+        current = _geometry(b.state) or self.initial
+        winner = current
+        if decrease:
+            best = max(decrease.values())
+            if best > 0:
+                winner = next(g for g in self.candidates if decrease[g] >= best * (1 - self.TIE_RTOL))
+        b.state["geometry"] = C.GEOMETRIES.index(winner)
+        self.history.append({"step": self._t, "param": name, "geometry": winner, "winner": winner,
+                             "switched": winner != current, "regime": "measured", "source": "oracle",
+                             "decrease": {g: float(v) for g, v in (decrease or {}).items()}})
+
     # ------------------------------------------------------------------------------- stepping
     def _agree(self, codes: torch.Tensor) -> torch.Tensor:
         """Make every rank take the same choices (the distributed version broadcasts rank 0's)."""
@@ -272,8 +312,12 @@ class Adaptive(SteepestDescent):
         if deciding:
             start = len(self.history)
             names = self._names
+            measured = self._measure(blocks) if self.criterion == "oracle" else {}
             for b in blocks:
-                self._decide(b.param, _full(b.grad), b.state, names.get(id(b.param), "?"))
+                if self.criterion == "oracle":
+                    self._decide_measured(b, measured.get(id(b.param)), names.get(id(b.param), "?"))
+                else:
+                    self._decide(b.param, _full(b.grad), b.state, names.get(id(b.param), "?"))
                 b.state.pop("prev_grad", None)
             codes = torch.tensor([int(b.state.get("geometry", C.GEOMETRIES.index(self.initial))) for b in blocks],
                                  dtype=torch.int64)
