@@ -63,7 +63,6 @@ def _hf_train(out, diag, resume=None, max_steps=6):
     return trainer
 
 
-@pytest.mark.slow  # two Trainer runs of a tiny GPT-2: ~20-40 s on 2 shared cores
 def test_hf_trainer_one_liner_routes_trains_and_resumes_exactly(tmp_path):
     pytest.importorskip("transformers")
     full = _hf_train(tmp_path / "full", tmp_path / "full.jsonl")
@@ -148,7 +147,6 @@ def _lightning_fit(root, diag, ckpt=None, max_steps=6):
     return module
 
 
-@pytest.mark.slow  # two Lightning fits of a tiny Llama: ~20-40 s on 2 shared cores
 def test_lightning_callback_records_every_hidden_layer_and_resumes_exactly(tmp_path):
     pytest.importorskip("lightning")
     pytest.importorskip("transformers")
