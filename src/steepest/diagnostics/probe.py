@@ -1,8 +1,14 @@
 """Layer probes: capture each layer's incoming activations A and output gradients, and monitor training.
 
-:class:`ActivationCapture` hooks ``nn.Linear`` and ``nn.Conv2d`` modules (conv inputs are unfolded
-with ``F.unfold`` so that A has one row per output position and ``in*kh*kw`` columns, matching the
-flattened kernel). It stores references only (no copies) and only on steps a predicate selects.
+:class:`ActivationCapture` (:mod:`steepest.diagnostics.capture`) hooks ``nn.Linear``, GPT-2's ``Conv1D``
+(its matrix is W^T), ``nn.Conv1d`` and ``nn.Conv2d`` (groups=1; inputs unfolded so that A has one row per
+output position); depthwise, grouped and other convs are reported with the reason. It stores references
+only (no copies), only on steps a predicate selects, and counts a gradient-checkpointed layer's rows once.
+
+Works with ``optimizer.step(closure)`` (the gradients are read after the closure ran), ``torch.compile``-d
+models (names of the plain model), and resume (:meth:`LayerMonitor.state_dict` / ``load_state_dict``).
+Every recording step that skips layers warns once, in one line, when the set of skipped layers changes
+(``monitor.skip_report()``); a layer without a gradient at one step is recorded again at the next.
 
 :class:`LayerMonitor` attaches to any optimizer through ``register_step_pre_hook`` /
 ``register_step_post_hook`` and, every ``every`` steps, writes one record per layer with
@@ -69,7 +75,8 @@ class LayerMonitor:
     """Per-layer geometry diagnostics on a real model; attach to any optimizer, never changes training.
 
     Args:
-        model: the model; every ``nn.Linear`` and ``nn.Conv2d`` (groups=1) is monitored.
+        model: the model; every ``nn.Linear``, GPT-2 ``Conv1D``, ``nn.Conv1d`` and ``nn.Conv2d`` (groups=1)
+            is monitored (a ``torch.compile``-d model is unwrapped).
         every: record every ``every`` optimizer steps (steps 0, every, 2*every, ...). Activations are
             captured only during the forward/backward of those steps.
         sinks: objects with ``write(record)`` / ``close()`` (see :mod:`steepest.diagnostics.sinks`).
