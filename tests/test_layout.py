@@ -4,6 +4,7 @@ graph of ``src/steepest`` (module-level and function-level imports) has no cycle
 Floors, low to high (a module may import its own floor and lower ones):
     0 ``steepest._io``, ``steepest.linalg``      1 ``steepest.norms``, ``steepest.geometry``
     2 ``steepest.diagnostics``                  3 ``steepest.optim``, ``steepest.testing``, ``steepest`` itself
+    3.5 ``steepest.integrations`` (HF Trainer, Lightning; imported on demand only)
     4 ``steepest.app``, itself layered: runs < report, tasks, launch < compare, reproduce < commands < cli
 """
 
@@ -24,6 +25,7 @@ FLOORS = {
     "steepest.norms": 1, "steepest.geometry": 1,
     "steepest.diagnostics": 2,
     "steepest.optim": 3, "steepest.testing": 3, "steepest": 3,
+    "steepest.integrations": 3.5,
     "steepest.app": 4.0, "steepest.app.runs": 4.0,
     "steepest.app.report": 4.1, "steepest.app.tasks": 4.1, "steepest.app.launch": 4.1,
     "steepest.app.compare": 4.2, "steepest.app.reproduce": 4.2,
@@ -38,6 +40,9 @@ LAZY_ALIAS = {("steepest", "steepest.app.compare")}
 #: ``matrix_view`` from optim (floor 2 -> 3; it belongs to the norm registry), and optim.batched imports
 #: ``update_kwargs`` back from optim.steepest inside two functions (a cycle). Delete entries as they go.
 KNOWN_UPWARD: set[tuple[str, str]] = set()  # none left: the kernel rewrite removed the last ones
+
+#: Modules that need an optional framework (skipped by the import checks when it is not installed).
+OPTIONAL_DEPS = {"steepest.integrations.hf": "transformers", "steepest.integrations.lightning": "lightning"}
 
 #: Package attributes allowed to shadow a submodule of the same name: none (linalg.polar became
 #: linalg.polar_factor, so the function steepest.linalg.polar no longer hides a module).
@@ -168,6 +173,7 @@ def test_lazy_alias_is_the_only_edge_into_the_app_from_the_library():
 def test_no_name_shadows_a_submodule():
     """A package attribute named like one of its submodules is that submodule (not, say, a function)."""
     import importlib
+    import importlib.util
     import types
 
     modules = _modules()
@@ -176,6 +182,8 @@ def test_no_name_shadows_a_submodule():
         parent, _, leaf = mod.rpartition(".")
         if not parent or parent not in modules:
             continue
+        if mod in OPTIONAL_DEPS and importlib.util.find_spec(OPTIONAL_DEPS[mod]) is None:
+            continue  # an integration whose framework is not installed
         importlib.import_module(mod)
         attr = getattr(importlib.import_module(parent), leaf, None)
         if (not isinstance(attr, types.ModuleType) or attr.__name__ != mod) and mod not in KNOWN_SHADOWED:

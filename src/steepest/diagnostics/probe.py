@@ -1,8 +1,14 @@
 """Layer probes: capture each layer's incoming activations A and output gradients, and monitor training.
 
-:class:`ActivationCapture` hooks ``nn.Linear`` and ``nn.Conv2d`` modules (conv inputs are unfolded
-with ``F.unfold`` so that A has one row per output position and ``in*kh*kw`` columns, matching the
-flattened kernel). It stores references only (no copies) and only on steps a predicate selects.
+:class:`ActivationCapture` (:mod:`steepest.diagnostics.capture`) hooks ``nn.Linear``, GPT-2's ``Conv1D``
+(its matrix is W^T), ``nn.Conv1d`` and ``nn.Conv2d`` (groups=1; inputs unfolded so that A has one row per
+output position); depthwise, grouped and other convs are reported with the reason. It stores references
+only (no copies), only on steps a predicate selects, and counts a gradient-checkpointed layer's rows once.
+
+Works with ``optimizer.step(closure)`` (the gradients are read after the closure ran), ``torch.compile``-d
+models (names of the plain model), and resume (:meth:`LayerMonitor.state_dict` / ``load_state_dict``).
+Every recording step that skips layers warns once, in one line, when the set of skipped layers changes
+(``monitor.skip_report()``); a layer without a gradient at one step is recorded again at the next.
 
 :class:`LayerMonitor` attaches to any optimizer through ``register_step_pre_hook`` /
 ``register_step_post_hook`` and, every ``every`` steps, writes one record per layer with
@@ -34,13 +40,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Iterable
+import weakref
+from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from steepest.diagnostics import criteria as C
+from steepest.diagnostics.capture import SUPPORTED, ActivationCapture  # noqa: F401 (public here)
 from steepest.diagnostics._batched_metrics import activation_matrix, microbatch_grads  # noqa: F401 (public here)
 from steepest.diagnostics._batched_metrics import gram as _gram, grouped_eigvalsh, singular_values
 from steepest.diagnostics.metrics import nuclear_norm, stable_rank
@@ -48,7 +55,6 @@ from steepest.linalg.estimate import spectral_norm_estimate
 from steepest.geometry import dualize, matrix_norm
 from steepest.geometry import matrix_view
 
-SUPPORTED = (nn.Linear, nn.Conv2d)
 #: st(A) is exact (Gram eigenvalues) up to this many columns; wider A use the block-Krylov ||A||_op.
 GRAM_MAX_COLS = 256
 #: Rows (evenly strided) of A used for the K-FAC curvatures of the Spec-Sign index.
@@ -65,112 +71,12 @@ def _finite(X: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-def _unsupported_reason(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        return f"grouped Conv2d (groups={module.groups}) is not supported"
-    return None
-
-
-def _conv_rows(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """(N, L, C*kh*kw) unfolded input of a Conv2d, honouring its padding mode."""
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    pad = module.padding
-    if isinstance(pad, str):
-        if pad == "valid":
-            pad = (0, 0)
-        else:  # 'same' (stride 1): total padding d*(k-1), the extra one on the right/bottom like torch
-            tot = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
-            x = F.pad(x, (tot[1] // 2, tot[1] - tot[1] // 2, tot[0] // 2, tot[0] - tot[0] // 2))
-            pad = (0, 0)
-    if module.padding_mode != "zeros" and any(pad):
-        x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]), mode=module.padding_mode)
-        pad = (0, 0)
-    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=pad, stride=module.stride)
-    return cols.transpose(1, 2)
-
-
-def _per_sample(t: torch.Tensor, features: int) -> torch.Tensor:
-    """(N, L, features) view of a Linear input/output-gradient of shape (..., features)."""
-    if t.ndim == 1:
-        return t.reshape(1, 1, features)
-    return t.reshape(t.shape[0], -1, features)
-
-
-class ActivationCapture:
-    """Forward hooks that keep (input, output-gradient) references of Linear/Conv2d layers.
-
-    ``when()`` is asked at every forward; only then (and only in training mode with autograd on)
-    are references kept. ``layers`` maps names to modules; ``unsupported`` names skipped modules.
-    Raises ValueError when the model has no supported layer.
-    """
-
-    def __init__(self, model: nn.Module, when: Callable[[], bool], grads: bool = True,
-                 names: Iterable[str] | None = None) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        wanted = None if names is None else set(names)
-        self.layers: dict[str, nn.Module] = {}
-        self.unsupported: dict[str, str] = {}
-        for name, m in model.named_modules():
-            if not isinstance(m, SUPPORTED) or (wanted is not None and name not in wanted):
-                continue
-            reason = _unsupported_reason(m)
-            if reason:
-                self.unsupported[name] = reason
-            else:
-                self.layers[name] = m
-        if not self.layers:
-            kinds = ", ".join(t.__name__ for t in SUPPORTED)
-            raise ValueError(f"no supported layer ({kinds}) found in {type(model).__name__}; diagnostics "
-                             "need at least one nn.Linear or nn.Conv2d (groups=1) module")
-        self.when = when
-        self.grads = grads
-        self.data: dict[str, list[list]] = {}
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.layers.items()]
-
-    def _hook(self, name: str):
-        def hook(module, inputs, output):
-            if not (module.training and torch.is_grad_enabled() and inputs and self.when()):
-                return None
-            entry = [inputs[0].detach(), None]
-            self.data.setdefault(name, []).append(entry)
-            if self.grads and isinstance(output, torch.Tensor) and output.requires_grad:
-                def keep(grad, entry=entry):
-                    entry[1] = grad.detach()
-                output.register_hook(keep)
-            return None
-        return hook
-
-    def rows(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per forward call: (A (N, L, in_features), dY (N, L, out_features) or None)."""
-        m = self.layers[name]
-        out = []
-        for x, dy in self.data.get(name, []):
-            if isinstance(m, nn.Conv2d):
-                A = _conv_rows(m, x)
-                D = None if dy is None else (dy if dy.ndim == 4 else dy.unsqueeze(0)).flatten(2).transpose(1, 2)
-            else:
-                A = _per_sample(x, m.in_features)
-                D = None if dy is None else _per_sample(dy, m.out_features)
-            out.append((A, D))
-        return out
-
-    def clear(self) -> None:
-        self.data = {}
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self.clear()
-
-
 class LayerMonitor:
     """Per-layer geometry diagnostics on a real model; attach to any optimizer, never changes training.
 
     Args:
-        model: the model; every ``nn.Linear`` and ``nn.Conv2d`` (groups=1) is monitored.
+        model: the model; every ``nn.Linear``, GPT-2 ``Conv1D``, ``nn.Conv1d`` and ``nn.Conv2d`` (groups=1)
+            is monitored (a ``torch.compile``-d model is unwrapped).
         every: record every ``every`` optimizer steps (steps 0, every, 2*every, ...). Activations are
             captured only during the forward/backward of those steps.
         sinks: objects with ``write(record)`` / ``close()`` (see :mod:`steepest.diagnostics.sinks`).
@@ -225,11 +131,13 @@ class LayerMonitor:
         self.spec_sign_every = spec_sign_every
         self.sinks = list(sinks)
         self.step = 0
-        self.skipped: dict[str, str] = {}
         self.capture = ActivationCapture(model, self.recording, grads=microbatches > 0, names=layers)
-        for name, why in self.capture.unsupported.items():
-            self._skip(name, why)
+        self.skipped: dict[str, str] = dict(self.capture.unsupported)
+        self._warned: dict[str, str] = {}
+        self._last_record: int | None = None
         self._opt_handles: list = []
+        self._optimizer = None
+        self._deferred = False
         self._pending: dict[str, dict] = {}
         self._before: dict[str, torch.Tensor] = {}
         if optimizer is not None:
@@ -241,17 +149,25 @@ class LayerMonitor:
         return self.step % self.every == 0
 
     def attach(self, optimizer: torch.optim.Optimizer) -> "LayerMonitor":
+        """Hook ``optimizer``'s steps (once: attaching it again is a no-op; a second optimizer is an error,
+        since each of its steps would count as a step of the same training)."""
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        self._opt_handles.append(optimizer.register_step_pre_hook(self._pre))
-        self._opt_handles.append(optimizer.register_step_post_hook(self._post))
+        if self._optimizer is not None:
+            if self._optimizer() is optimizer:
+                return self
+            if self._optimizer() is not None:
+                raise ValueError("this LayerMonitor is already attached to another optimizer: detach() it first, "
+                                 "or use one LayerMonitor per optimizer (each counts its optimizer's steps)")
+        self._optimizer = weakref.ref(optimizer)
+        self._opt_handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
         return self
 
     def detach(self) -> None:
         """Remove every hook (model and optimizer) and close the sinks."""
         for h in self._opt_handles:
             h.remove()
-        self._opt_handles = []
+        self._opt_handles, self._optimizer = [], None
         self.capture.remove()
         for s in self.sinks:
             s.close()
@@ -262,10 +178,37 @@ class LayerMonitor:
     def __exit__(self, *exc):
         self.detach()
 
-    def _skip(self, name: str, why: str) -> None:
-        if name not in self.skipped:
-            self.skipped[name] = why
-            warnings.warn(f"LayerMonitor skips layer {name!r}: {why}", stacklevel=3)
+    def state_dict(self) -> dict:
+        """The monitor's own state for a checkpoint: ``{"step": next step to record or skip, "every": ...}``."""
+        return {"step": self.step, "every": self.every}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: continue at ``state["step"]``, and drop from every sink with ``rewind(step)`` the records of
+        steps >= it (written after the checkpoint by an interrupted run), so no step appears twice."""
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+            raise ValueError(f"load_state_dict needs a LayerMonitor.state_dict() ({{'step': int >= 0, ...}}), "
+                             f"got {state!r}")
+        if state.get("every", self.every) != self.every:
+            warnings.warn(f"LayerMonitor resumed with every={self.every}, the checkpoint used every={state['every']}",
+                          stacklevel=2)
+        self.step = state["step"]
+        for s in self.sinks:
+            if callable(getattr(s, "rewind", None)):
+                s.rewind(self.step)
+
+    def skip_report(self) -> str:
+        """One line: every layer not recorded at the last recording step, and why ('' when none)."""
+        if not self.skipped:
+            return ""
+        parts = "; ".join(f"{n!r} ({why})" for n, why in self.skipped.items())
+        return f"LayerMonitor step {self._last_record}: {len(self.skipped)} layer(s) not recorded: {parts}"
+
+    def _report_skips(self, skipped: dict[str, str]) -> None:
+        """Record this step's skipped layers; warn (one line, all of them) when the set or a reason changed."""
+        self.skipped = {**self.capture.unsupported, **skipped}
+        if self.skipped and self.skipped != self._warned:
+            warnings.warn(self.skip_report(), stacklevel=4)
+        self._warned = dict(self.skipped)
 
     # -------------------------------------------------------------------------------- metrics
     @torch.no_grad()
@@ -273,16 +216,27 @@ class LayerMonitor:
         if not self.recording():
             return
         self._pending, self._before = {}, {}
-        work = {}
+        closure = kwargs.get("closure", args[0] if args else None)
+        # step(closure): the gradients are computed inside step(), so they are read in the post hook
+        self._deferred = closure is not None
+        names = [n for n, m in self.capture.layers.items() if self._deferred or m.weight.grad is not None]
+        self._before = {n: self.capture.layers[n].weight.detach().clone() for n in names}
+        if not self._deferred:
+            self._grad_pass()
+
+    def _grad_pass(self) -> None:
+        """Gradient and activation metrics of every layer with a gradient now (into ``self._pending``)."""
+        work, skipped = {}, {}
+        self._last_record = self.step
         for name, m in self.capture.layers.items():
-            if name in self.skipped:
-                continue
             W = m.weight
             if W.grad is None:
-                self._skip(name, "no gradient (frozen or unused)")
+                skipped[name] = ("frozen (requires_grad=False)" if not W.requires_grad else
+                                 "no gradient at this step (not used in the forward/backward)")
+                self._before.pop(name, None)
                 continue
             work[name] = self._grad_inputs(name, m)
-            self._before[name] = W.detach().clone()
+        self._report_skips(skipped)
         fast, spec = self.method == "fast", self._spec_sign_due()
         eig = {}
         if fast:  # every layer's Gram matrix first, then one batched eigensolve per (size, dtype)
@@ -303,7 +257,7 @@ class LayerMonitor:
         return bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
 
     def _grad_inputs(self, name: str, m: nn.Module) -> tuple:
-        G = matrix_view(m.weight.grad.detach()).float()
+        G = matrix_view(m.weight.grad.detach(), transposed=self.capture.transposed[name]).float()
         calls = self.capture.rows(name)
         A = activation_matrix(calls, self.max_rows).float()
         rec = dict.fromkeys(self.FIELDS)
@@ -382,10 +336,12 @@ class LayerMonitor:
     def _post(self, optimizer, args, kwargs) -> None:
         try:
             if self.recording():
+                if self._deferred:  # step(closure): the closure's backward has filled the gradients now
+                    self._grad_pass()
                 mats, mW = {}, {}
                 for name in self._pending:
-                    W = self.capture.layers[name].weight.detach()
-                    Wm, dW = matrix_view(W).float(), matrix_view(W - self._before[name]).float()
+                    W, tr = self.capture.layers[name].weight.detach(), self.capture.transposed[name]
+                    Wm, dW = matrix_view(W, transposed=tr).float(), matrix_view(W - self._before[name], transposed=tr).float()
                     mW[name] = (Wm, dW, _finite(Wm), _finite(dW))
                     if self.method != "exact":  # every layer's float32 Gram first, then batched eigensolves
                         mats.update({(i, name): _gram(X, torch.float32) for i, X in ((0, Wm), (1, dW)) if mW[name][2 + i]})
@@ -405,7 +361,7 @@ class LayerMonitor:
                     for s in self.sinks:
                         s.write(rec)
         finally:
-            self._pending, self._before = {}, {}
+            self._pending, self._before, self._deferred = {}, {}, False
             self.capture.clear()
             self.step += 1
 

@@ -1,7 +1,9 @@
 """Where diagnostics records go: JSONL and CSV always, TensorBoard when installed, a list in memory.
 
 A record is a flat dict: ``step``, ``layer``, ``shape`` and every metric (numbers, strings, booleans or
-``None``). Every sink has ``write(record)`` and ``close()``.
+``None``). Every sink has ``write(record)`` and ``close()``; the file and memory sinks also have
+``rewind(step)`` (drop the records of steps >= ``step``), which :meth:`LayerMonitor.load_state_dict`
+calls on resume so that an interrupted run's records after its checkpoint do not appear twice.
 
 Example:
     >>> sinks = [JSONLSink("run/diagnostics.jsonl"), CSVSink("run/diagnostics.csv")]
@@ -11,10 +13,19 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
+import json
 import math
 from pathlib import Path
 
-from steepest._io import append_jsonl
+from steepest._io import append_jsonl, atomic_write_text
+
+
+def _step_of(record) -> float:
+    try:
+        return float(record.get("step"))
+    except (AttributeError, TypeError, ValueError):
+        return -math.inf  # a record without a step is kept
 
 
 class MemorySink:
@@ -25,6 +36,9 @@ class MemorySink:
 
     def write(self, record: dict) -> None:
         self.records.append(dict(record))
+
+    def rewind(self, step: int) -> None:
+        self.records = [r for r in self.records if _step_of(r) < step]
 
     def close(self) -> None:
         pass
@@ -39,6 +53,19 @@ class JSONLSink:
 
     def write(self, record: dict) -> None:
         append_jsonl(self.path, record)
+
+    def rewind(self, step: int) -> None:
+        """Rewrite the file (atomically) without the records of steps >= ``step``; torn lines are dropped."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if _step_of(json.loads(line)) < step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue
+        atomic_write_text(self.path, "".join(k + "\n" for k in keep))
 
     def close(self) -> None:
         pass
@@ -70,6 +97,20 @@ class CSVSink:
         self._writer.writerow({k: self._cell(v) for k, v in record.items()})
         self._file.flush()
 
+    def rewind(self, step: int) -> None:
+        """Rewrite the file (atomically) without the rows of steps >= ``step`` (header kept)."""
+        self.close()
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        head, body = rows[0], rows[1:]
+        col = head.index("step") if "step" in head else None
+        keep = [r for r in body if col is None or col >= len(r) or _step_of({"step": r[col]}) < step]
+        buf = io.StringIO()
+        csv.writer(buf).writerows([head, *keep])
+        atomic_write_text(self.path, buf.getvalue())
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -81,11 +122,20 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-class TensorBoardSink:
-    """Scalars ``<layer>/<metric>`` at ``step`` through ``torch.utils.tensorboard.SummaryWriter``.
+#: Verdict fields and the scalar each verdict is written as (TensorBoard has no string scalars).
+VERDICTS = {"dd_winner": {"spectral": 1.0, "frobenius": 0.0, "none": -1.0},
+            "spec_sign_winner": {"spectral": 1.0, "linf": 0.0, "none": -1.0}}
 
-    Needs the optional ``tensorboard`` package; raises ImportError with the install command otherwise.
-    Non-numeric fields (shape, winner names) are skipped; booleans are written as 0/1.
+
+class TensorBoardSink:
+    """Scalars grouped by metric, ``<metric>/<layer>``, at ``step`` through ``torch.utils.tensorboard.SummaryWriter``.
+
+    One TensorBoard section per metric (``nr_G``, ``st_A``, ...) compares the layers on one chart. The
+    verdicts are scalars too (:data:`VERDICTS`): ``dd_winner/<layer>`` 1 = spectral, 0 = Frobenius,
+    -1 = none (zero gradient); ``spec_sign_winner/<layer>`` 1 = spectral, 0 = linf (sign), -1 = none; and,
+    when the writer has ``add_text``, ``verdicts/<layer>`` the winners as text. Other strings, shapes,
+    ``None`` and non-finite values are skipped; booleans are written as 0/1. Needs the optional
+    ``tensorboard`` package; raises ImportError with the install command otherwise.
     """
 
     def __init__(self, log_dir) -> None:
@@ -98,11 +148,17 @@ class TensorBoardSink:
     def write(self, record: dict) -> None:
         step, layer = record.get("step", 0), record.get("layer", "")
         for k, v in record.items():
+            if k in VERDICTS and isinstance(v, str) and v in VERDICTS[k]:
+                self._writer.add_scalar(f"{k}/{layer}", VERDICTS[k][v], step)
+                continue
             if k in ("step", "layer") or isinstance(v, str) or v is None or isinstance(v, (list, tuple)):
                 continue
             v = float(v)
             if math.isfinite(v):
-                self._writer.add_scalar(f"{layer}/{k}", v, step)
+                self._writer.add_scalar(f"{k}/{layer}", v, step)
+        said = [f"{k}: {record[k]}" for k in VERDICTS if isinstance(record.get(k), str)]
+        if said and callable(getattr(self._writer, "add_text", None)):
+            self._writer.add_text(f"verdicts/{layer}", ", ".join(said), step)
 
     def close(self) -> None:
         self._writer.close()
@@ -118,4 +174,4 @@ def default_sinks(directory) -> list:
     return sinks
 
 
-__all__ = ["MemorySink", "JSONLSink", "CSVSink", "TensorBoardSink", "tensorboard_available", "default_sinks"]
+__all__ = ["VERDICTS", "MemorySink", "JSONLSink", "CSVSink", "TensorBoardSink", "tensorboard_available", "default_sinks"]
