@@ -18,7 +18,8 @@ import argparse
 import sys
 
 from steepest.app.runs import ConfigError
-from steepest.app.compare.job import compare
+from steepest.app.compare.job import check_seed, compare
+from steepest.app.guard import check_output_dir
 from steepest.app.compare.sweep import sweep
 from steepest.app.tasks import TaskError
 
@@ -86,6 +87,9 @@ def run(args) -> int:
         lrs = parse_pairs(args.lr, "--lr")
         task_options = parse_pairs(args.task_opt, "--task-opt", numeric=False)
         names = split_names(args.optimizers)
+        check_seed(args.seed)
+        if args.out is not None:
+            check_output_dir(args.out)  # before a --tune sweep or anything else touches the disk
         if args.tune:
             tuned = sweep(args.task, size=size, optimizers=names, steps=args.steps, seed=args.seed,
                           threads=args.threads)
