@@ -335,7 +335,8 @@ def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120
         res = results[culprit]
         why = res["summary"] if res and "summary" in res else _exit_text(codes[culprit])
         detail = "\n".join(f"rank {r}:\n{res['error']}" for r, res in enumerate(results) if res and "error" in res)
-        others = [f"rank {r}: {_exit_text(codes[r])}" for r in range(nproc) if r != culprit]
+        others = [f"rank {r}: " + (f"failed ({results[r]['summary'][:200]})" if results[r] and "summary" in results[r]
+                                   else _exit_text(codes[r])) for r in range(nproc) if r != culprit]
         raise RuntimeError(f"distributed run failed: rank {culprit} failed first ({why}); then "
                            f"{', '.join(others)}" + (f"\n{detail}" if detail else ""))
     if alive:
