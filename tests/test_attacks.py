@@ -493,11 +493,17 @@ def test_sigkill_at_random_points_then_resume_reproduces_the_numbers(tmp_path):
     assert subprocess.run([PY, "-m", "steepest.app.cli", *args, "--out", str(full)], capture_output=True,
                           timeout=600).returncode == 0
     run = tmp_path / "cut"
-    for delay in (2.5, 3.5, 4.5):
+    # SIGKILL after a chosen number of metrics records: early in adamw, late in adamw, inside muon (49 per optimizer)
+    for records in (7, 30, 60):
         proc = subprocess.Popen([PY, "-m", "steepest.app.cli", *args, "--out", str(run),
                                  *(["--resume"] if (run / "config.json").exists() else [])],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            n = sum(len(read_jsonl(f, errors="ignore")) for f in run.glob("metrics/*.jsonl"))
+            if n >= records:
+                break
+            time.sleep(0.02)
         proc.kill()
         proc.wait()
     done = subprocess.run([PY, "-m", "steepest.app.cli", *args, "--resume", "--out", str(run)], capture_output=True,
