@@ -227,6 +227,14 @@ def test_reproduce_config_with_a_fractional_int_names_the_key(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_reproduce_bad_seed_is_refused_before_the_run_directory_exists(seed, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reproduce", "quadratic", "--quick", "--set", f"seed={seed}", "--out", str(out)]) == 2
+    assert "config key seed: must be an integer from 0 to 2**63-1" in capsys.readouterr().err
+    assert not out.exists()                                        # the corrected rerun is not blocked
+
+
 @pytest.mark.parametrize("argv", [MNIST, ["reproduce", "quadratic", "--quick"],
                                   ["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw"]])
 def test_output_dir_that_is_a_file_or_unwritable(argv, tmp_path, capsys):

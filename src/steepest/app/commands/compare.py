@@ -8,8 +8,9 @@
     steepest compare --tune                            # sweep lrs first (cached), then compare
     steepest compare --nproc 2                         # each run data-parallel on 2 processes (DDP, gloo)
 
-Exit codes: 0 success, 1 a run failed (traceback), 2 bad task name, option or configuration,
-130 interrupted (finished work is saved; ``--resume`` continues).
+Exit codes: 0 success, 1 a run failed (traceback), 2 bad task name, option or configuration (also: a
+damaged run file, or the run directory in use by another process), 130 interrupted, 143 terminated
+(SIGTERM; with --nproc forwarded to every rank); finished work is saved and ``--resume`` continues.
 """
 
 from __future__ import annotations

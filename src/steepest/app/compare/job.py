@@ -11,10 +11,14 @@ directory holds::
     checkpoints/<optimizer>.pt    model, optimizer, RNG states and data position (= step), at each eval
     results/<optimizer>.json      the optimizer's final numbers (written when it finishes)
     diagnostics/<optimizer>.jsonl per-layer nr(G) / st(A) from steepest.diagnostics.LayerMonitor
+    .lock                         held by the process writing the directory (steepest.app.guard.RunLock)
 
 ``resume=True`` skips finished optimizers and continues the others from their last checkpoint;
 because batches are a pure function of (seed, step) and CPU kernels are deterministic for a fixed
-thread count, the continued run ends with the same numbers as an uninterrupted one.
+thread count, the continued run ends with the same numbers as an uninterrupted one. Everything a
+resume reads is checked first (ConfigError naming the file and the fix): config.json, results, a
+checkpoint that is truncated, of other settings or beyond ``steps``, and metrics with damaged lines
+or a lost evaluation. Every value is checked before anything is created on disk.
 
 Example:
     >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")   # doctest: +SKIP
