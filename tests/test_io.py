@@ -32,3 +32,33 @@ def test_jsonl_skips_torn_last_line(tmp_path):
     with open(path, "a") as f:
         f.write('{"step": 3, "lo')  # a crash mid-write
     assert _io.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_atomic_writes_follow_the_umask_like_open(tmp_path, umask, mode):
+    """mkstemp makes 0600 files; atomic writes must give what open(..., "w") gives (issue 13)."""
+    import stat
+
+    old = os.umask(umask)
+    try:
+        _io.atomic_write_text(tmp_path / "a.txt", "x")
+        _io.append_jsonl(tmp_path / "m.jsonl", {"step": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "m.jsonl").stat().st_mode) == mode   # the same as the JSONL files
+
+
+def test_jsonl_counts_and_reports_damaged_lines(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1}\nnot json\n[1, 2]\n{"step": 4}\n{"step": 5, "lo')
+    records, bad = _io.scan_jsonl(path)
+    assert records == [{"step": 1}, {"step": 4}] and bad == [2, 3]      # the torn last line is not counted
+    with pytest.warns(UserWarning, match=r"m.jsonl: 2 damaged line\(s\) \(not a JSON object: line 2, 3\)"):
+        assert _io.read_jsonl(path) == records
+    with pytest.raises(_io.JsonlDamaged, match="line 2, 3"):
+        _io.read_jsonl(path, errors="raise")
+    path.write_text('{"step": 1}\n[3]')                                  # complete JSON, wrong shape, no newline
+    assert _io.scan_jsonl(path) == ([{"step": 1}], [2])
+    with pytest.raises(ValueError, match="errors must be"):
+        _io.read_jsonl(path, errors="skip")

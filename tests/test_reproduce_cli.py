@@ -78,8 +78,6 @@ def test_rerun_reuses_finished_cells(tmp_path, capsys):
     assert cfg["trials"] == 2                                            # config.json describes the latest run
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: steepest.runs.atomic_write_bytes (used by every run file) writes through tempfile.mkstemp "
-                   "(mode 0600) and never applies the umask, so every run file is private to its owner")
 def test_run_files_follow_the_umask(tmp_path):
     import os
     import stat
@@ -114,8 +112,6 @@ def test_bad_set_value_and_form_are_usage_errors(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []                                # no run directory from any of them
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: steepest.runs._coerce's 'expected int, got ...' message does not "
-                   "name the key, so `--set steps=many` cannot be traced to its --set")
 def test_bad_set_value_names_the_key(tmp_path, capsys):
     assert main(["reproduce", "quadratic", "--out", str(tmp_path), "--set", "steps=many"]) == 2
     assert "steps" in capsys.readouterr().err

@@ -55,3 +55,32 @@ def test_report_renders_tables_and_relative_figures(tmp_path):
     html = out.read_text()
     assert "<td class=\"holds\">holds</td>" in html and "<td class=\"fails\">fails</td>" in html
     assert "src='fig.png'" in html and "x &lt; y" in html
+
+
+@dataclasses.dataclass
+class Pair:
+    band: tuple[float, float] = (1.0, 2.0)
+
+
+def test_file_values_are_checked_against_the_field_types():
+    """Values from a YAML/TOML file arrive typed; they are checked, not passed through (issue 13: steps: 5.5)."""
+    ok = runs.apply_overrides(Cfg(), {"steps": 5.0, "lr": 1, "widths": [4, 8], "p": None, "quick": True})
+    assert ok == Cfg(steps=5, lr=1.0, widths=(4, 8), p=None, quick=True) and type(ok.steps) is int
+    for data, message in [({"steps": 5.5}, "config key steps: expected int, got 5.5"),
+                          ({"steps": True}, "config key steps: expected int, got True"),
+                          ({"lr": "fast"}, "config key lr: expected float, got 'fast'"),
+                          ({"name": 3}, "config key name: expected str, got 3"),
+                          ({"quick": 1}, "config key quick: expected a boolean, got 1"),
+                          ({"widths": [4, 8.5]}, "config key widths: expected int, got 8.5"),
+                          ({"widths": 4}, "config key widths: expected a list, got 4"),
+                          ({"p": [1]}, "config key p: cannot use [1]")]:
+        with pytest.raises(runs.ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+            runs.apply_overrides(Cfg(), data)
+    assert runs.apply_overrides(Pair(), {"band": [0.5, 3]}).band == (0.5, 3.0)
+    with pytest.raises(runs.ConfigError, match="config key band: expected 2 items, got 3"):
+        runs.apply_overrides(Pair(), {"band": [1, 2, 3]})
+
+
+def test_string_override_errors_name_the_key():
+    with pytest.raises(runs.ConfigError, match="config key steps: expected int, got 'five'"):
+        runs.apply_overrides(Cfg(), ["steps=five"])

@@ -25,6 +25,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give what open(..., "w") gives
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -37,6 +38,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -80,20 +88,66 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.flush()
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file, skipping a torn (half-written) final line."""
-    out = []
+class JsonlDamaged(ValueError):
+    """A JSONL file holds lines that are not JSON objects (other than a torn last line)."""
+
+    def __init__(self, path: Path, bad: list[int]) -> None:
+        self.path, self.bad = Path(path), list(bad)
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        super().__init__(f"{path}: {len(bad)} damaged line(s) (not a JSON object: line {shown})")
+
+
+def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """``(records, bad line numbers)`` of a JSONL file (1-based; a missing file is empty).
+
+    A last line without its newline that does not parse is a torn append (a kill in mid-write) and
+    is neither returned nor counted; every other line that is not a JSON object is counted as bad.
+    """
+    out: list[dict] = []
+    bad: list[int] = []
     path = Path(path)
     if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+        return out, bad
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    torn = lines[-1] if lines else ""  # the text after the last newline ("" when it ends in one)
+    lines = lines[:-1]
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
+            bad.append(i)
             continue
-    return out
+        (out.append(rec) if isinstance(rec, dict) else bad.append(i))
+    if torn.strip():
+        try:
+            rec = json.loads(torn)
+        except json.JSONDecodeError:
+            return out, bad  # torn last line
+        (out.append(rec) if isinstance(rec, dict) else bad.append(len(lines) + 1))
+    return out, bad
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl"]
+def read_jsonl(path: str | os.PathLike, errors: str = "warn") -> list[dict]:
+    """Read a JSONL file, skipping a torn (half-written) final line.
+
+    Other damaged lines (not JSON, or JSON that is not an object) are counted and, by ``errors``:
+    ``"warn"`` (a UserWarning naming the file and the line numbers, then skipped), ``"raise"``
+    (:class:`JsonlDamaged`) or ``"ignore"``.
+    """
+    if errors not in ("warn", "raise", "ignore"):
+        raise ValueError(f"errors must be 'warn', 'raise' or 'ignore', got {errors!r}")
+    records, bad = scan_jsonl(path)
+    if bad and errors != "ignore":
+        err = JsonlDamaged(Path(path), bad)
+        if errors == "raise":
+            raise err
+        import warnings
+
+        warnings.warn(f"{err}; those lines were skipped", UserWarning, stacklevel=2)
+    return records
+
+
+__all__ = ["JsonlDamaged", "scan_jsonl", "current_umask", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl"]

@@ -4,7 +4,8 @@ Each subcommand is a module of :mod:`steepest.app.commands` with ``register(subp
 imports them when it starts (the library, ``import steepest``, never does). Every subcommand names its
 output directory with ``--out DIR``. Exit codes: 0 success, 1 a run failed (an experiment or a
 training run raised), 2 bad usage or configuration (with a message saying what to do), 130
-interrupted (finished work is saved and a rerun resumes it). ``python -m steepest.app.cli`` runs it too.
+interrupted (Ctrl-C), 143 terminated (SIGTERM, as ``kill``, docker and systemd send); in both cases
+finished work is saved and a rerun resumes it. ``python -m steepest.app.cli`` runs it too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from steepest.app.guard import Terminated, handle_sigterm
 
 #: Subcommand modules, in the order ``steepest --help`` lists them.
 COMMANDS = ("compare", "sweep", "reproduce")
@@ -41,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with handle_sigterm():
+            return int(args.func(args) or 0)
+    except Terminated:
+        print("terminated (SIGTERM); finished work is saved and a rerun (--resume) continues it", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted; finished work is saved and a rerun resumes it", file=sys.stderr)
         return 130

@@ -27,8 +27,12 @@ import dataclasses
 import datetime
 import json
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import signal
 import socket
+import sys
+import threading
 import tempfile
 import time
 import traceback
@@ -40,6 +44,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from steepest._io import atomic_write_json
+from steepest.app.guard import Terminated, raise_terminated
+from steepest.app.runs import ConfigError
 from steepest.optim.sharded import defines_own_step, distributed
 from steepest.optim.steepest import SteepestDescent
 
@@ -182,59 +188,176 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(fn: Callable, rank: int, world: int, port: int, threads: int, out_dir: str, args: tuple) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Make this rank end when the process that launched it ends (however it ends).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; everywhere: a daemon thread that notices the parent's
+    pid change (the rank is re-parented) and kills this process.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except Exception:  # no libc prctl: the watchdog below still covers it
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="steepest-parent-watch", daemon=True).start()
+
+
+def _child(fn: Callable, rank: int, world: int, port: int, threads: int, out_dir: str, args: tuple,
+           parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
+    # SIGTERM (forwarded by the parent) unwinds like Ctrl-C, so every finally block runs
+    signal.signal(signal.SIGTERM, raise_terminated)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if threads:
         torch.set_num_threads(threads)
     try:
         result = {"ok": fn(*args)}
-    except BaseException:  # reported to the parent, which raises
-        result = {"error": traceback.format_exc()}
+    except BaseException as e:  # reported to the parent, which raises
+        result = {"error": traceback.format_exc(), "summary": f"{type(e).__name__}: {e}"}
+        if isinstance(e, ConfigError):
+            result["usage"] = str(e)
     finally:
         cleanup()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120.0, threads: int = 1) -> list[Any]:
+#: Seconds the ranks get to finish after a signal is forwarded (or after one of them failed) before they
+#: are killed.
+GRACE_S = 10.0
+
+
+def _stop(procs, sig: int, grace_s: float) -> None:
+    """Send ``sig`` to every live rank, wait up to ``grace_s`` in all, then SIGKILL the rest."""
+    for p in procs:
+        if p.is_alive():
+            try:
+                os.kill(p.pid, sig)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120.0, threads: int = 1,
+           grace_s: float = GRACE_S) -> list[Any]:
     """Run ``fn(*args)`` in ``nproc`` spawned processes with torchrun's variables on 127.0.0.1 and
     return the list of their return values (rank order). ``fn`` must be importable (module level)
     and should call :func:`init_from_env`. Raises RuntimeError with the child's traceback if a rank
     fails and TimeoutError (after killing every rank) if they do not finish within ``timeout_s``.
 
+    Robustness: no rank outlives this process (each rank dies with its parent: PR_SET_PDEATHSIG
+    on Linux and a watchdog thread); SIGINT/SIGTERM received here (KeyboardInterrupt in the main
+    thread; SIGTERM is turned into one while launch waits) is forwarded to every rank, which gets
+    ``grace_s`` seconds before being killed, then re-raised; when a rank dies or fails the others get
+    ``grace_s`` seconds and are then killed, and the error names the rank that died first (a killed
+    rank, not the surviving ones whose collectives then failed).
+
     Example: ``launch(train, 2, (config,))``.
     """
-    if not isinstance(nproc, int) or nproc < 1:
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive int, got {nproc!r}")
     ctx = mp.get_context("spawn")
     port = free_port()
+    main_thread = threading.current_thread() is threading.main_thread()
     with tempfile.TemporaryDirectory(prefix="steepest-launch-") as out_dir:
-        procs = [ctx.Process(target=_child, args=(fn, r, nproc, port, threads, out_dir, args), daemon=True)
-                 for r in range(nproc)]
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + timeout_s
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+        procs = [ctx.Process(target=_child, args=(fn, r, nproc, port, threads, out_dir, args, os.getpid()),
+                             daemon=True) for r in range(nproc)]
+        old_term = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None
+        first_dead: list[int] = []
+        finished: set[int] = set()
+        try:
+            for p in procs:
+                p.start()
+            deadline = time.monotonic() + timeout_s
+            stop_at = None
+            while any(p.is_alive() for p in procs):
+                now = time.monotonic()
+                if now >= deadline or (stop_at is not None and now >= stop_at):
+                    break
+                wait = min(deadline, stop_at or deadline) - now
+                mp.connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=min(wait, 1.0))
+                newly = []
+                for r, p in enumerate(procs):
+                    if p.is_alive() or r in finished:
+                        continue
+                    finished.add(r)
+                    res = _result(out_dir, r, None)
+                    if p.exitcode != 0 or res is None or "error" in res:
+                        newly.append((res is not None and "error" in res, r))  # a killed rank before its victims
+                first_dead += [r for _, r in sorted(newly)]
+                if first_dead and stop_at is None:
+                    stop_at = time.monotonic() + grace_s  # the others' collectives will fail: let them report
+        except KeyboardInterrupt as e:
+            sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+            _stop(procs, sig, grace_s)
+            raise
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, old_term)
         alive = [r for r, p in enumerate(procs) if p.is_alive()]
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        results = []
-        for r in range(nproc):
-            f = Path(out_dir) / f"rank{r}.pt"
-            results.append(torch.load(f, weights_only=False) if f.exists() else None)
+        _stop(procs, signal.SIGKILL, 0.0)
+        results = [_result(out_dir, r, None) for r in range(nproc)]
+    codes = [p.exitcode for p in procs]
+    usage = next((res["usage"] for res in results if res and "usage" in res), None)
+    if usage is not None:
+        raise ConfigError(usage)
+    if first_dead:
+        culprit = first_dead[0]
+        res = results[culprit]
+        why = res["summary"] if res and "summary" in res else _exit_text(codes[culprit])
+        detail = "\n".join(f"rank {r}:\n{res['error']}" for r, res in enumerate(results) if res and "error" in res)
+        others = [f"rank {r}: " + (f"failed ({results[r]['summary'][:200]})" if results[r] and "summary" in results[r]
+                                   else _exit_text(codes[r])) for r in range(nproc) if r != culprit]
+        raise RuntimeError(f"distributed run failed: rank {culprit} failed first ({why}); then "
+                           f"{', '.join(others)}" + (f"\n{detail}" if detail else ""))
+    if alive:
+        raise TimeoutError(f"ranks {alive} did not finish within {timeout_s:.0f} s (a hung collective?); killed")
     errors = [f"rank {r}:\n{res['error']}" for r, res in enumerate(results) if res and "error" in res]
     if errors:
         raise RuntimeError("distributed run failed\n" + "\n".join(errors))
-    if alive:
-        raise TimeoutError(f"ranks {alive} did not finish within {timeout_s:.0f} s (a hung collective?); killed")
     missing = [r for r, res in enumerate(results) if res is None]
     if missing:
-        codes = [procs[r].exitcode for r in missing]
-        raise RuntimeError(f"ranks {missing} exited without a result (exit codes {codes})")
+        raise RuntimeError(f"ranks {missing} exited without a result ({', '.join(_exit_text(codes[r]) for r in missing)})")
     return [res["ok"] for res in results]
+
+
+def _result(out_dir: str, rank: int, default):
+    f = Path(out_dir) / f"rank{rank}.pt"
+    if not f.exists():
+        return default
+    try:
+        return torch.load(f, weights_only=False)
+    except Exception:  # written while the rank was killed
+        return default
 
 
 __all__ = ["DistInfo", "init_from_env", "wrap_model", "wrap_optimizer", "shard_batch", "cleanup", "save_checkpoint",

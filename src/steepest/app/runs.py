@@ -95,6 +95,58 @@ def _coerce(value: str, typ) -> Any:
     return yaml.safe_load(value)
 
 
+def _check_value(value: Any, typ) -> Any:
+    """A value from a YAML/TOML file (already typed) checked against the field type ``typ``.
+
+    int fields take ints (a float with an integral value, e.g. 5.0, becomes 5; 5.5 is refused), float
+    fields ints or floats, str fields strings, bool fields booleans; lists/tuples are checked item by
+    item; Optional/Union fields take None or any member type. Other annotations pass unchecked.
+    """
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"expected a boolean, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"expected int, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"expected float, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"expected str, got {value!r}")
+    if origin in (list, tuple) or typ in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"expected a list, got {value!r}")
+        every = typing.get_args(typ)
+        args = [a for a in every if a is not Ellipsis]
+        if len(args) == 1 or Ellipsis in every:  # list[T], tuple[T, ...]: every item a T
+            items = [_check_value(v, args[0]) for v in value]
+        elif args:  # tuple[A, B]: exactly those
+            if len(value) != len(args):
+                raise ConfigError(f"expected {len(args)} items, got {len(value)}")
+            items = [_check_value(v, a) for v, a in zip(value, args)]
+        else:
+            items = list(value)
+        return tuple(items) if (origin is tuple or typ is tuple) else items
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in typing.get_args(typ):
+            return None
+        for a in (a for a in typing.get_args(typ) if a is not type(None)):
+            try:
+                return _check_value(value, a)
+            except ConfigError:
+                continue
+        raise ConfigError(f"cannot use {value!r} as {typ}")
+    return value
+
+
 def apply_overrides(cfg, overrides: dict[str, Any] | list[str]):
     """Return a copy of dataclass ``cfg`` with ``overrides`` applied.
 
@@ -115,7 +167,10 @@ def apply_overrides(cfg, overrides: dict[str, Any] | list[str]):
     for key, value in overrides.items():
         if key not in names:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(names))}")
-        changes[key] = _coerce(value, hints[key]) if isinstance(value, str) else value
+        try:
+            changes[key] = _coerce(value, hints[key]) if isinstance(value, str) else _check_value(value, hints[key])
+        except ConfigError as e:
+            raise ConfigError(f"config key {key}: {e}") from None
     try:
         return dataclasses.replace(cfg, **changes)
     except (TypeError, ValueError) as e:

@@ -8,8 +8,9 @@
     steepest compare --tune                            # sweep lrs first (cached), then compare
     steepest compare --nproc 2                         # each run data-parallel on 2 processes (DDP, gloo)
 
-Exit codes: 0 success, 1 a run failed (traceback), 2 bad task name, option or configuration,
-130 interrupted (finished work is saved; ``--resume`` continues).
+Exit codes: 0 success, 1 a run failed (traceback), 2 bad task name, option or configuration (also: a
+damaged run file, or the run directory in use by another process), 130 interrupted, 143 terminated
+(SIGTERM; with --nproc forwarded to every rank); finished work is saved and ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import argparse
 import sys
 
 from steepest.app.runs import ConfigError
-from steepest.app.compare.job import compare
+from steepest.app.compare.job import check_seed, compare
+from steepest.app.guard import check_output_dir
 from steepest.app.compare.sweep import sweep
 from steepest.app.tasks import TaskError
 
@@ -86,6 +88,9 @@ def run(args) -> int:
         lrs = parse_pairs(args.lr, "--lr")
         task_options = parse_pairs(args.task_opt, "--task-opt", numeric=False)
         names = split_names(args.optimizers)
+        check_seed(args.seed)
+        if args.out is not None:
+            check_output_dir(args.out)  # before a --tune sweep or anything else touches the disk
         if args.tune:
             tuned = sweep(args.task, size=size, optimizers=names, steps=args.steps, seed=args.seed,
                           threads=args.threads)

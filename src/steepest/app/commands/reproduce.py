@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from steepest.app.guard import RunLock, check_output_dir
 from steepest.app.runs import ConfigError, apply_overrides, atomic_write_json
 from steepest.app.reproduce import base
 
@@ -128,6 +129,11 @@ def main(args) -> int:
         return 2
     suffix = "-quick" if args.quick else ""
     root = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.name}{suffix}"
+    try:
+        check_output_dir(root)
+    except ConfigError as e:
+        print(f"steepest reproduce: {e}", file=sys.stderr)
+        return 2
     outcomes, failed = [], []
     for name in names:
         run_dir = root / name if args.name == "all" else root
@@ -142,10 +148,15 @@ def main(args) -> int:
             continue
         outcomes.append(outcome)
         _print_claims(outcome)
+    report = None
     if args.name == "all" and outcomes:
-        base.write_combined_report(root / "report.html", outcomes)
-        atomic_write_json(root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes})
-    print(f"\nreport: {root / 'report.html'}")
+        with RunLock(root, clean=False):  # the experiments' own folders are locked by run_experiment
+            report = base.write_combined_report(root / "report.html", outcomes)
+            atomic_write_json(root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes})
+    elif args.name != "all" and outcomes:
+        report = outcomes[0].run_dir / "report.html"
+    if report is not None:  # only a report this run wrote
+        print(f"\nreport: {report}")
     if failed:
         print(f"steepest reproduce: failed: {', '.join(failed)}", file=sys.stderr)
         return 1

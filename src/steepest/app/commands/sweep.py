@@ -17,9 +17,39 @@ import sys
 from pathlib import Path
 
 from steepest.app.commands.compare import add_common, split_names
+from steepest.app.compare.job import MAX_LR, check_seed
+from steepest.app.compare.optimizers import OPTIMIZERS, default_optimizers
 from steepest.app.compare.sweep import sweep
+from steepest.app.guard import check_output_dir
 from steepest.app.tasks import TaskError
 from steepest.app.runs import ConfigError
+
+
+def parse_grid(items, names) -> dict[str, list[float]]:
+    """``--grid muon=0.01,0.02`` items -> ``{"muon": [0.01, 0.02]}``; ConfigError for an empty grid, a
+    learning rate that is not a positive finite number, or an optimizer the sweep does not run."""
+    valid = names if names is not None else default_optimizers()
+    grid: dict[str, list[float]] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--grid expects name=lr1,lr2,..., got {item!r}")
+        k, v = (x.strip() for x in item.split("=", 1))
+        if k not in OPTIMIZERS:
+            raise ConfigError(f"--grid {item!r}: unknown optimizer {k!r}; choose from {', '.join(OPTIMIZERS)}")
+        if k not in valid:
+            raise ConfigError(f"--grid {item!r}: {k} is not swept (optimizers: {', '.join(valid)}); "
+                              f"add it to --optimizers or drop the --grid")
+        try:
+            lrs = [float(x) for x in v.split(",") if x.strip()]
+        except ValueError as e:
+            raise ConfigError(f"--grid {k}: learning rates must be numbers, got {v!r}") from e
+        if not lrs:
+            raise ConfigError(f"--grid {k}= gives no learning rates; write e.g. --grid {k}=0.01,0.02")
+        bad = [x for x in lrs if not (0 < x <= MAX_LR)]
+        if bad:
+            raise ConfigError(f"--grid {k}: learning rates must be positive numbers up to {MAX_LR:g}, got {bad}")
+        grid[k] = lrs
+    return grid
 
 
 def register(subparsers) -> None:
@@ -39,21 +69,21 @@ def register(subparsers) -> None:
 def run(args) -> int:
     size = "quick" if args.quick else args.size
     try:
-        grid = {}
-        for item in args.grid or ():
-            if "=" not in item:
-                raise ConfigError(f"--grid expects name=lr1,lr2,..., got {item!r}")
-            k, v = item.split("=", 1)
-            try:
-                grid[k.strip()] = [float(x) for x in v.split(",") if x.strip()]
-            except ValueError as e:
-                raise ConfigError(f"--grid {k}: learning rates must be numbers, got {v!r}") from e
+        names = split_names(args.optimizers)
+        grid = parse_grid(args.grid, names)
+        check_seed(args.seed)
+        if not args.cache:
+            check_output_dir(args.out)
+        cache = Path(args.cache) if args.cache else Path(args.out) / "sweep-cache.json"
+        if cache.is_dir():
+            raise ConfigError(f"--cache {cache} is a directory; give a file, e.g. --cache {cache / 'sweep-cache.json'}")
+        check_output_dir(cache.parent, "--cache")
         if args.max_extend < 0:
             raise ConfigError(f"--max-extend must be >= 0, got {args.max_extend}")
         if args.task_opt:
             raise ConfigError("sweep tunes the task at a named --size; --task-opt is not supported here")
-        best = sweep(args.task, size=size, optimizers=split_names(args.optimizers), steps=args.steps,
-                     seed=args.seed, cache=args.cache or Path(args.out) / "sweep-cache.json", grid=grid or None, threads=args.threads,
+        best = sweep(args.task, size=size, optimizers=names, steps=args.steps,
+                     seed=args.seed, cache=cache, grid=grid or None, threads=args.threads,
                      max_extend=args.max_extend,
                      write_tuned=args.write_tuned, command="steepest " + shlex.join(sys.argv[1:]))
     except (TaskError, ConfigError, ValueError) as e:

@@ -11,10 +11,14 @@ directory holds::
     checkpoints/<optimizer>.pt    model, optimizer, RNG states and data position (= step), at each eval
     results/<optimizer>.json      the optimizer's final numbers (written when it finishes)
     diagnostics/<optimizer>.jsonl per-layer nr(G) / st(A) from steepest.diagnostics.LayerMonitor
+    .lock                         held by the process writing the directory (steepest.app.guard.RunLock)
 
 ``resume=True`` skips finished optimizers and continues the others from their last checkpoint;
 because batches are a pure function of (seed, step) and CPU kernels are deterministic for a fixed
-thread count, the continued run ends with the same numbers as an uninterrupted one.
+thread count, the continued run ends with the same numbers as an uninterrupted one. Everything a
+resume reads is checked first (ConfigError naming the file and the fix): config.json, results, a
+checkpoint that is truncated, of other settings or beyond ``steps``, and metrics with damaged lines
+or a lost evaluation. Every value is checked before anything is created on disk.
 
 Example:
     >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")   # doctest: +SKIP
@@ -39,8 +43,9 @@ from steepest.app.compare.optimizers import (
 )
 from steepest.app.compare.report import write_compare_report
 from steepest.app.compare.runner import run_optimizer
+from steepest.app.guard import RunLock, check_output_dir, read_json
 from steepest.app.runs import ConfigError, atomic_write_json, atomic_write_text, environment
-from steepest.app.tasks import Task, TaskError, get_task
+from steepest.app.tasks import Task, TaskError, check_task, get_task
 
 #: The shipped table of tuned learning rates (package data of ``steepest.app``).
 TUNED_PATH = Path(__file__).resolve().parents[1] / "tuned.json"
@@ -96,7 +101,36 @@ def load_tuned(path: str | Path | None = None) -> dict:
     path = Path(TUNED_PATH if path is None else path)
     if not path.exists():
         return {"tables": {}}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, "tuned learning-rate table",
+                     "restore it (git checkout src/steepest/app/tuned.json, or reinstall steepest) or delete it to "
+                     "use the untuned fallback learning rates", _tuned_check)
+
+
+def _tuned_check(data) -> str | None:
+    if not isinstance(data, dict) or not isinstance(data.get("tables", {}), dict):
+        return "expected an object with a 'tables' object"
+    for key, table in data.get("tables", {}).items():
+        if not isinstance(table, dict):
+            return f"tables[{key!r}] is {type(table).__name__}, expected an object of optimizer: lr"
+        for name, lr in table.items():
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+                return f"tables[{key!r}][{name!r}] = {lr!r} is not a positive learning rate"
+    return None
+
+
+#: Largest learning rate accepted (generous: a divergence test uses 1e6; far above it a step overflows
+#: float32, whose largest value is 3.4e38, and the weights would turn Inf).
+MAX_LR = 1e8
+#: Seeds are 0 <= seed <= MAX_SEED (torch.manual_seed takes 64-bit seeds; numpy's rng non-negative ones).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed) -> int:
+    """ConfigError unless ``seed`` is an int in [0, :data:`MAX_SEED`]."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        shown = f"{seed!r}" if len(repr(seed)) < 40 else f"a {len(str(seed))}-digit number"
+        raise ConfigError(f"seed must be an integer from 0 to 2**63-1, got {shown}")
+    return seed
 
 
 def resolve_lrs(task_name: str, size: str, names, overrides: dict | None = None,
@@ -123,8 +157,8 @@ def resolve_lrs(task_name: str, size: str, names, overrides: dict | None = None,
             lr, src = float(table[name]), "tuned"
         else:
             lr, src = OPTIMIZERS[name].fallback_lr, "untuned default"
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError(f"learning rate for {name} must be a positive number, got {lr}")
+        if not (0 < lr <= MAX_LR):
+            raise ConfigError(f"learning rate for {name} must be a positive number up to {MAX_LR:g}, got {lr}")
         out[name] = (lr, src)
     fallback = [f"{n}={lr:.3g}" for n, (lr, src) in out.items() if src == "untuned default"]
     if shipped_missing and fallback:
@@ -173,6 +207,11 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     """
     names = check_optimizers(optimizers if optimizers is not None else default_optimizers())
     task_options = dict(task_options or {})
+    check_seed(seed)
+    if "size" in task_options:
+        raise ConfigError("the task size is set with --size (or --quick), not --task-opt size=...")
+    if run_dir is not None:
+        check_output_dir(run_dir)
     if isinstance(task, Task):
         task_obj, task_name = task, task.name
         if task_options:
@@ -181,8 +220,11 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
         task_name = str(task)
         builtin = ":" not in task_name
         task_obj = get_task(task_name, **({"size": size} if builtin else {}), **task_options)
-    steps = int(steps if steps is not None else task_obj.steps)
-    eval_every = int(eval_every if eval_every is not None else task_obj.eval_every)
+    check_task(task_obj, seed)
+    steps = steps if steps is not None else task_obj.steps
+    eval_every = eval_every if eval_every is not None else task_obj.eval_every
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (steps, eval_every)):
+        raise ConfigError(f"steps and eval_every must be positive integers, got {steps!r} and {eval_every!r}")
     if steps < 1 or eval_every < 1:
         raise ConfigError(f"steps and eval_every must be positive integers, got {steps} and {eval_every}")
     if not (0 <= warmup < 1 and 0 <= cooldown <= 1):
@@ -202,6 +244,19 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
                         threads=threads, monitor_every=monitor_every,
                         monitored=tuple(n for n in monitored if n in names), task_options=task_options,
                         nproc=nproc)
+    if run_dir is None:
+        run_dir = _default_run_dir(task_obj, resume)
+    check_output_dir(run_dir)
+    if resume and not (Path(run_dir) / "config.json").exists():
+        raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
+    with RunLock(run_dir):  # one writer per run directory; --nproc ranks write under this lock
+        return _compare_locked(cfg, task, task_obj, task_name, builtin if not isinstance(task, Task) else True,
+                               names, run_dir, resume, lr_table, size, seed, steps, task_options, progress,
+                               on_step, log, report, nproc, dist_timeout_s)
+
+
+def _compare_locked(cfg, task, task_obj, task_name, builtin, names, run_dir, resume, lr_table, size, seed, steps,
+                    task_options, progress, on_step, log, report, nproc, dist_timeout_s) -> CompareResult:
     run_dir = _prepare_run_dir(cfg, task_obj, run_dir, resume)
     say = log or (lambda s: None)
     say(f"steepest compare: task {task_obj.name} ({size}), {steps} steps, seed {seed}, run dir {run_dir}")
@@ -230,22 +285,33 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     return CompareResult(rows=rows, table=table, run_dir=run_dir, target=target)
 
 
+def _default_run_dir(task: Task, resume: bool) -> Path:
+    if resume:
+        found = sorted(Path("runs").glob(f"compare-{task.name}-*"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"--resume found no earlier run under runs/compare-{task.name}-*; name it with --out")
+        return found[-1]
+    return Path("runs") / f"compare-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _config_check(data) -> str | None:
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    inner = data.get("config", data)
+    if not isinstance(inner, dict) or not isinstance(inner.get("lrs", {}), dict):
+        return "'config' must be an object with an 'lrs' object"
+    return None
+
+
 def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> Path:
-    if run_dir is None:
-        if resume:
-            found = sorted(Path("runs").glob(f"compare-{task.name}-*"), key=lambda p: p.stat().st_mtime)
-            if not found:
-                raise ConfigError(f"--resume found no earlier run under runs/compare-{task.name}-*; name it with --out")
-            run_dir = found[-1]
-        else:
-            run_dir = Path("runs") / f"compare-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     mine = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     if cfg_path.exists():
         if not resume:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
+        old = read_json(cfg_path, "the run's configuration",
+                        "restore it, or start a new --out (the run cannot be resumed without it)", _config_check)
         old_cfg = old.get("config", old)
         # nproc may change on resume: checkpoints hold plain state dicts, and the data-parallel step equals
         # the one-process step up to float summation order (steepest.app.compare.data_parallel).

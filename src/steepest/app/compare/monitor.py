@@ -77,8 +77,23 @@ class CompareMonitor:
         self.monitor.detach()
 
 
-def attach_monitor(model, optimizer, path: Path, every: int, start_step: int = 0) -> CompareMonitor | None:
-    """Monitor ``model`` while ``optimizer`` trains it (None when ``optimizer`` is not one Optimizer)."""
+def monitorable(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has a layer the LayerMonitor records (nn.Linear, or nn.Conv2d with groups=1)."""
+    return any(isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1)
+               for m in model.modules())
+
+
+def attach_monitor(model, optimizer, path: Path, every: int, start_step: int = 0,
+                   note=None) -> CompareMonitor | None:
+    """Monitor ``model`` while ``optimizer`` trains it (None when ``optimizer`` is not one Optimizer).
+
+    A model without a monitorable layer (:func:`monitorable`) is not monitored: ``note(text)`` says so
+    and the run goes on (the diagnostics are an extra, never a reason to fail a run).
+    """
     if every <= 0 or not isinstance(optimizer, torch.optim.Optimizer):
+        return None
+    if not monitorable(model):
+        if note is not None:
+            note(f"no nn.Linear or nn.Conv2d layer in {type(model).__name__}: per-layer diagnostics skipped")
         return None
     return CompareMonitor(model, optimizer, path, every, start_step)

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from steepest.app.report.html import Section, write_report
+from steepest.app.guard import mapping_of, read_json
 from steepest.app.runs import read_jsonl
 
 
@@ -70,11 +71,12 @@ def write_compare_report(run_dir: str | Path) -> Path:
     from steepest.app.report.compare_figures import loss_curves  # lazy: matplotlib only when drawing
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    fix = "rerun the comparison with --resume to rewrite it, or restore it"
+    config = read_json(run_dir / "config.json", "the run's configuration", fix, mapping_of({"config": dict}))
     cfg = config["config"]
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    summary = read_json(run_dir / "summary.json", "the comparison table", fix, mapping_of({"rows": list}))
     env_path = run_dir / "environment.json"
-    env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.exists() else {}
+    env = read_json(env_path, "the run's environment", fix, mapping_of({})) if env_path.exists() else {}
     rows = summary["rows"]
     names = [r["optimizer"] for r in rows]
     target = summary.get("target")

@@ -24,19 +24,30 @@ from tqdm.auto import tqdm
 from steepest.app.compare.loop import LoopState, train_loop
 from steepest.app.compare.monitor import attach_monitor
 from steepest.app.compare.optimizers import OPTIMIZERS, build_optimizer, state_bytes
-from steepest.app.runs import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from steepest._io import current_umask, scan_jsonl
+from steepest.app.guard import read_json
+from steepest.app.runs import ConfigError, append_jsonl, atomic_write_json, atomic_write_text
 
 PEAK_KIND = "process peak RSS (ru_maxrss; cumulative over the whole process, so it never decreases)"
 
 
-def save_checkpoint(path: Path, model, optimizer, state: LoopState) -> None:
+def run_key(name: str, cfg, lr: float, aux_lr: float) -> dict:
+    """What a checkpoint must agree on with the run resuming it (stored in the checkpoint as ``run``)."""
+    keys = ("task", "size", "seed", "steps", "eval_every", "warmup", "cooldown", "task_options")
+    key = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
+    return json.loads(json.dumps({"optimizer": name, **key, "lr": float(lr), "aux_lr": float(aux_lr)}, default=str))
+
+
+def save_checkpoint(path: Path, model, optimizer, state: LoopState, run: dict | None = None) -> None:
     """Atomically save everything needed to continue bit for bit (see the module docstring)."""
     payload = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": vars(state).copy(),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "run": run,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # the mode of every other run file
     os.close(fd)
     try:
         torch.save(payload, tmp)
@@ -47,28 +58,112 @@ def save_checkpoint(path: Path, model, optimizer, state: LoopState) -> None:
         raise
 
 
-def load_checkpoint(path: Path, model, optimizer) -> LoopState:
-    """Restore model, optimizer and RNG states from ``path``; return the loop state to continue from."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"]["torch"])
-    np.random.set_state(payload["rng"]["numpy"])
-    random.setstate(payload["rng"]["python"])
-    return LoopState(**payload["loop"])
+def _restart_hint(path: Path) -> str:
+    name = path.stem
+    return (f"delete it (and metrics/{name}.jsonl, diagnostics/{name}.jsonl) to restart {name} from scratch, "
+            "or restore it")
 
 
-def _truncate_metrics(path: Path, step: int, diagnostics: bool = False) -> None:
+def load_checkpoint(path: Path, model, optimizer, run: dict | None = None, steps: int | None = None) -> LoopState:
+    """Restore model, optimizer and RNG states from ``path``; return the loop state to continue from.
+
+    ConfigError naming ``path`` when it is truncated or not a checkpoint, when it was written by a run
+    with another ``run`` key (:func:`run_key`), when it does not fit ``model``/``optimizer``, or when its
+    step is beyond ``steps``.
+    """
+    path = Path(path)
+    fix = _restart_hint(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, garbage, a pickle of something else
+        raise ConfigError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {str(e)[:200]}): "
+                          f"{fix}") from None
+    need = {"model": dict, "optimizer": dict, "loop": dict, "rng": dict}
+    if not isinstance(payload, dict) or any(not isinstance(payload.get(k), t) for k, t in need.items()):
+        raise ConfigError(f"{path} is not a steepest compare checkpoint (expected keys {sorted(need)}): {fix}")
+    saved = payload.get("run")
+    if run is not None and saved is not None and saved != run:
+        diff = sorted(k for k in set(run) | set(saved) if run.get(k) != saved.get(k))
+        raise ConfigError(f"{path} was written by a run with other settings ({', '.join(diff)}: "
+                          f"{ {k: saved.get(k) for k in diff} } there, { {k: run.get(k) for k in diff} } here): {fix}")
+    try:
+        state = LoopState(**payload["loop"])
+    except TypeError as e:
+        raise ConfigError(f"{path} holds a damaged loop state ({e}): {fix}") from None
+    if not isinstance(state.step, int) or state.step < 0 or (steps is not None and state.step > steps):
+        raise ConfigError(f"{path} is at step {state.step}, beyond this run's {steps} steps (a checkpoint of a "
+                          f"longer run?): {fix}")
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        np.random.set_state(payload["rng"]["numpy"])
+        random.setstate(payload["rng"]["python"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ConfigError(f"{path} does not fit this run's model or optimizer ({type(e).__name__}: "
+                          f"{str(e)[:300]}): {fix}") from None
+    return state
+
+
+def _records(path: Path, fix: str, keys=("step", "kind")) -> list[dict]:
+    """The records of a metrics/diagnostics JSONL file; ConfigError naming the damaged lines otherwise."""
+    records, bad = scan_jsonl(path)
+    offsets = [i for i, r in enumerate(records) if not (isinstance(r.get("step"), int) and all(k in r for k in keys))]
+    if bad or offsets:
+        what = f"{len(bad) + len(offsets)} damaged record(s)"
+        if bad:
+            what += f" (unreadable line(s) {', '.join(map(str, bad[:10]))})"
+        raise ConfigError(f"{path} has {what}; resuming would lose them: {fix}")
+    return records
+
+
+def expected_evals(step: int, steps: int, eval_every: int) -> list[int]:
+    """The evaluation steps a run has recorded once it reached ``step``: 0, every ``eval_every``, the last."""
+    done = list(range(0, step + 1, eval_every))
+    if step == steps and done[-1] != steps:
+        done.append(steps)
+    return done
+
+
+def _truncate_metrics(path: Path, step: int, diagnostics: bool = False, *, steps: int | None = None,
+                      eval_every: int | None = None, fix: str = "") -> None:
     """Keep the records a checkpoint at ``step`` has already seen (train steps and diagnostics < step,
-    evaluations <= step)."""
-    keep = [r for r in read_jsonl(path)
-            if r["step"] < step or (not diagnostics and r["kind"] == "eval" and r["step"] == step)]
+    evaluations <= step; at step 0 none, because the loop evaluates step 0 again). Damaged records, or
+    evaluations missing before ``step``, raise ConfigError (resuming would silently lose them)."""
+    records = _records(path, fix, keys=("step",) if diagnostics else ("step", "kind"))
+    keep = [r for r in records
+            if r["step"] < step or (not diagnostics and step > 0 and r["kind"] == "eval" and r["step"] == step)]
+    if not diagnostics and steps is not None and eval_every is not None and step > 0:
+        have = [r["step"] for r in keep if r["kind"] == "eval"]
+        want = expected_evals(step, steps, eval_every)
+        if have != want:
+            lost = sorted(set(want) - set(have))
+            raise ConfigError(f"{path} lacks the evaluation(s) at step(s) {lost or have} that its checkpoint "
+                              f"(step {step}) has seen; resuming would lose them: {fix}")
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
+def _result_check(data) -> str | None:
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    for key in ("final_val", "best_val", "evals", "steps_done", "diverged_at", "wall_s", "label", "lr"):
+        if key not in data:
+            return f"no key {key!r}"
+    try:
+        float(data["final_val"]), float(data["best_val"])
+        [(int(s), float(v)) for s, v in data["evals"]]
+    except (TypeError, ValueError):
+        return "final_val, best_val or evals are not numbers"
+    return None
+
+
 def load_result(path: Path) -> dict:
-    """Read ``results/<name>.json`` back, turning the strings "nan"/"inf" of strict JSON into floats."""
-    r = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read ``results/<name>.json`` back, turning the strings "nan"/"inf" of strict JSON into floats.
+
+    ConfigError naming the file when it is damaged or of the wrong shape."""
+    path = Path(path)
+    r = read_json(path, f"the finished result of {path.stem}",
+                  f"delete it to rerun {path.stem} (its checkpoint resumes it), or restore it", _result_check)
     for key in ("final_val", "best_val"):
         r[key] = float(r[key])
     r["evals"] = [(int(s), float(v)) for s, v in r["evals"]]
@@ -104,11 +199,13 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     optimizer = build_optimizer(name, model, lr, aux_lr, task.routing)
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     state = LoopState()
+    run = run_key(name, cfg, lr, aux_lr)
     if resume and ckpt.exists():
-        state = load_checkpoint(ckpt, model, optimizer)
+        state = load_checkpoint(ckpt, model, optimizer, run=run, steps=cfg.steps)
         if main:
-            _truncate_metrics(metrics, state.step)
-            _truncate_metrics(diag, state.step, diagnostics=True)
+            fix = _restart_hint(ckpt)
+            _truncate_metrics(metrics, state.step, steps=cfg.steps, eval_every=cfg.eval_every, fix=fix)
+            _truncate_metrics(diag, state.step, diagnostics=True, fix=fix)
             log(f"{name}: resuming from step {state.step}")
     elif main:
         for p in (metrics, diag, ckpt):
@@ -119,7 +216,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
         train_model, optimizer = dp.wrap(model, optimizer)
         batch_fn, evaluate_fn, reduce_loss = dp.batch_fn(batch_fn), dp.evaluate_fn(evaluate_fn), dp.reduce_loss
     every = cfg.monitor_every if (name in cfg.monitored and main) else 0
-    monitor = attach_monitor(model, optimizer, diag, every, state.step)
+    monitor = attach_monitor(model, optimizer, diag, every, state.step, note=lambda t: log(f"{name}: {t}"))
 
     bar = None
     if progress and main:
@@ -142,7 +239,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
             return
         append_jsonl(metrics, {"kind": "eval", "step": step, "val_loss": val, "wall": st.wall})
         if st.diverged_at is None:
-            save_checkpoint(ckpt, model, optimizer, st)
+            save_checkpoint(ckpt, model, optimizer, st, run)
 
     try:
         state = train_loop(train_model, optimizer, batch_fn, task.loss, evaluate_fn,
@@ -157,7 +254,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     if not main:
         return {}
 
-    evals = [(r["step"], float(r["val_loss"])) for r in read_jsonl(metrics) if r["kind"] == "eval"]
+    evals = [(r["step"], float(r["val_loss"])) for r in _records(metrics, _restart_hint(ckpt)) if r["kind"] == "eval"]
     finite = [v for _, v in evals if math.isfinite(v)]
     train_steps = max(state.step, 1)
     result = dict(

@@ -18,7 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import json
 import math
 import tempfile
@@ -28,6 +30,7 @@ from typing import Callable
 
 from steepest.app.compare.job import TUNED_PATH, compare, load_tuned, resolve_lrs
 from steepest.app.compare.optimizers import OPTIMIZERS, check_optimizers, default_optimizers
+from steepest.app.guard import read_json
 from steepest.app.runs import atomic_write_json
 
 DEFAULT_CACHE = Path("runs") / "sweep-cache.json"
@@ -41,8 +44,40 @@ def _key(task: str, size: str, steps: int | None, seed: int, name: str, lr: floa
     return f"{task}/{size}/steps={steps}/seed={seed}/{name}@{recipe}/lr={lr:.6g}/aux={aux_lr:.6g}"
 
 
+def _cache_check(data) -> str | None:
+    if not isinstance(data, dict):
+        return f"expected a JSON object of entries, got {type(data).__name__}"
+    for key, entry in data.items():
+        if not isinstance(entry, dict) or "final_val" not in entry or "diverged_at" not in entry:
+            return f"entry {key!r} is not an object with final_val and diverged_at"
+    return None
+
+
 def _load_cache(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    """The sweep cache at ``path`` ({} when absent); ConfigError naming it when damaged."""
+    if not path.exists():
+        return {}
+    return read_json(path, "sweep result cache",
+                     "delete it to recompute the sweep from scratch (each point is rerun), or restore it",
+                     _cache_check)
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Path):
+    """An exclusive flock on ``.<cache name>.lock`` beside the cache for one read-merge-write (blocking:
+    sweeps sharing a cache take turns for the few milliseconds a write takes); leftover temporary files
+    of the cache (a write cut short by SIGKILL) are removed under it."""
+    import fcntl  # lazy: POSIX only
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache.parent / f".{cache.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for tmp in cache.parent.glob(f".{cache.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _score(entry: dict) -> float:
@@ -79,10 +114,11 @@ def sweep(task: str = "charlm", *, size: str = "default", optimizers=None, steps
                             threads=threads, monitor_every=0, progress=False, report=False, log=None).rows[0]
             store[key] = {"final_val": r["final_val"], "best_val": r["best_val"], "diverged_at": r["diverged_at"],
                           "wall_s": r["wall_s"], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            fresh = _load_cache(cache)  # merge with entries another sweep process may have written
-            fresh.update(store)
-            store.update(fresh)
-            atomic_write_json(cache, store)
+            with _cache_lock(cache):  # merge with entries another sweep process may have written
+                fresh = _load_cache(cache)
+                fresh.update(store)
+                store.update(fresh)
+                atomic_write_json(cache, store)
         score = _score(store[key])
         tried.setdefault(name, {})[f"{lr:.6g}"] = score
         say(f"  {name:>10} lr={lr:.4g}: final val {score:.4f}")

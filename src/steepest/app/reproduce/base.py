@@ -36,7 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from steepest.app.report.html import Section, write_report as write_html_report
-from steepest.app.runs import atomic_write_json, environment
+from steepest.app.guard import RunLock, check_output_dir
+from steepest.app.runs import ConfigError, atomic_write_json, environment
 from steepest.diagnostics.metrics import nuclear_rank as _nuclear_rank, stable_rank as _stable_rank
 
 #: Experiment name -> module (imported on first use so ``steepest --help`` stays fast).
@@ -184,8 +185,15 @@ def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = 
             return run_experiment(name, cfg, run_dir, write_report=write_report, threads=None)
         finally:
             torch.set_num_threads(before)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = check_output_dir(run_dir)
+    seed = getattr(cfg, "seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1:
+        raise ConfigError(f"config key seed: must be an integer from 0 to 2**63-1, got {seed!r}")
+    with RunLock(run_dir):  # one writer per run directory; leftover .*.tmp files are removed
+        return _run_locked(name, mod, cfg, run_dir, write_report)
+
+
+def _run_locked(name: str, mod, cfg, run_dir: Path, write_report: bool) -> Outcome:
     atomic_write_json(run_dir / "config.json", {"experiment": name, "seed": mod.SEED, "source": mod.SOURCE,
                                                 "config": dataclasses.asdict(cfg)})
     atomic_write_json(run_dir / "environment.json", environment())

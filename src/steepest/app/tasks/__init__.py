@@ -76,6 +76,9 @@ def get_task(spec: "str | Task", **options) -> Task:
         factory = TASKS[spec]
     elif ":" in spec:
         mod_name, _, attr = spec.partition(":")
+        if not all(p.isidentifier() for p in mod_name.split(".")) or not attr.isidentifier():
+            raise TaskError(f"task {spec!r}: expected a built-in name ({', '.join(TASKS)}) or "
+                            "'package.module:factory' (e.g. mypkg.tasks:make_task)")
         try:
             module = importlib.import_module(mod_name)
         except ImportError as e:
@@ -87,11 +90,72 @@ def get_task(spec: "str | Task", **options) -> Task:
         raise TaskError(f"unknown task {spec!r}; choose one of {', '.join(TASKS)} or give 'package.module:factory'")
     try:
         task = factory(**options)
+    except TaskError:
+        raise
     except TypeError as e:
-        raise TaskError(f"task {spec!r} rejected options {options}: {e}") from e
+        raise TaskError(f"task factory {spec!r} rejected options {options}: {e}") from e
+    except Exception as e:  # a user's factory: say whose code failed, keep the cause chained
+        raise TaskError(f"task factory {spec!r} raised {type(e).__name__}: {e}") from e
     if not isinstance(task, Task):
         raise TaskError(f"task factory {spec!r} returned {type(task).__name__}, expected steepest.app.tasks.Task")
+    if not task.source:
+        task.source = spec
     return task
 
 
-__all__ = ["Task", "TaskError", "TASKS", "get_task", "package_dir"]
+def _describe(task: Task) -> str:
+    return f"task {task.name!r}" + (f" (from {task.source})" if task.source and task.source != task.name else "")
+
+
+def check_task(task: Task, seed: int = 0) -> None:
+    """TaskError naming the task (and its factory) unless ``task`` keeps the :class:`Task` contract.
+
+    Checks the fields' types, then builds the model (after ``torch.manual_seed(seed)``), takes batch
+    ``(seed, 0)`` and its loss: ``make_model()`` must give an ``nn.Module`` with trainable
+    parameters and ``loss`` a finite-or-not scalar tensor that depends on them. Nothing is trained.
+    """
+    import torch
+    from torch import nn
+
+    who = _describe(task) if isinstance(task, Task) else "task"
+    if not isinstance(task, Task):
+        raise TaskError(f"expected a steepest.app.tasks.Task, got {type(task).__name__}")
+    if not isinstance(task.name, str) or not task.name or "/" in task.name:
+        raise TaskError(f"{who}: name must be a non-empty string without '/', got {task.name!r}")
+    for field in ("make_model", "batch", "loss", "evaluate"):
+        if not callable(getattr(task, field)):
+            raise TaskError(f"{who}: {field} must be callable, got {type(getattr(task, field)).__name__}")
+    for field in ("steps", "eval_every"):
+        v = getattr(task, field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise TaskError(f"{who}: {field} must be a positive int, got {v!r}")
+    for field in ("info", "routing"):
+        if not isinstance(getattr(task, field), dict):
+            raise TaskError(f"{who}: {field} must be a dict, got {type(getattr(task, field)).__name__}")
+    state = torch.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        try:
+            model = task.make_model()
+        except Exception as e:
+            raise TaskError(f"{who}: make_model() raised {type(e).__name__}: {e}") from e
+        if not isinstance(model, nn.Module):
+            raise TaskError(f"{who}: make_model() returned {type(model).__name__}, expected a torch.nn.Module")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise TaskError(f"{who}: make_model() returned a {type(model).__name__} without trainable parameters; "
+                            "there is nothing to optimize")
+        try:
+            batch = task.batch(seed, 0)
+            loss = task.loss(model, batch)
+        except Exception as e:
+            raise TaskError(f"{who}: batch(seed, 0) or loss(model, batch) raised {type(e).__name__}: {e}") from e
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise TaskError(f"{who}: loss(model, batch) must return a floating-point scalar tensor, got {got}")
+        if not loss.requires_grad:
+            raise TaskError(f"{who}: loss(model, batch) does not depend on the model's parameters (no gradient)")
+    finally:
+        torch.set_rng_state(state)
+
+
+__all__ = ["Task", "TaskError", "TASKS", "get_task", "check_task", "package_dir"]

@@ -38,6 +38,15 @@ class Task:
     eval_every: int = 25
     info: dict = dataclasses.field(default_factory=dict)
     routing: dict = dataclasses.field(default_factory=dict)
+    source: str = ""  #: where it came from ("package.module:factory"), named in error messages
+
+
+def check_options(task: str, cfg: dict, positive_ints) -> None:
+    """TaskError unless every key of ``positive_ints`` in ``cfg`` is an int >= 1 (a task option's value)."""
+    for key in positive_ints:
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise TaskError(f"{task} option {key} must be a positive integer, got {v!r}")
 
 
 def package_dir(package: str, install: str) -> str:
@@ -48,4 +57,4 @@ def package_dir(package: str, install: str) -> str:
     return list(spec.submodule_search_locations)[0]
 
 
-__all__ = ["Task", "TaskError", "package_dir"]
+__all__ = ["Task", "TaskError", "check_options", "package_dir"]

