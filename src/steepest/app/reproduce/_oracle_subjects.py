@@ -110,16 +110,24 @@ def _zoo_subject(name: str, width: int, layers: int, context: int) -> Subject:
                                                       vocab=V, data="charlm Shakespeare text"))
 
 
-def make_subject(name: str, quick: bool) -> Subject:
-    """The subject ``name`` at quick or default size; ValueError for an unknown name."""
+MODEL_SIZES = ("quick", "large")
+
+
+def make_subject(name: str, size: str = "quick") -> Subject:
+    """The subject ``name``: ``size="quick"`` is the tasks' quick models (charlm: 1 layer, width 32,
+    context 32; mnist: hidden 64) and 2-layer width-16 zoo models on 16 characters; ``"large"`` is
+    2 layers of width 64 on 64 characters (mnist hidden 128). ValueError for an unknown name or size."""
     if name not in SUBJECTS:
         raise ValueError(f"unknown subject {name!r}; choose from {SUBJECTS}")
+    if size not in MODEL_SIZES:
+        raise ValueError(f"model size must be one of {MODEL_SIZES}, got {size!r}")
+    quick = size == "quick"
     if name == "charlm":
         ov = {} if quick else dict(n_layer=2, d_model=64, n_head=4, context=64)
         return _task_subject(name, "quick", ov)
     if name in ("mnist", "mnist-cnn"):
         return _task_subject(name, "quick", {} if quick else {"hidden": 128})
-    return _zoo_subject(name, 16 if quick else 32, 1 if quick else 2, 16 if quick else 32)
+    return _zoo_subject(name, 16 if quick else 64, 2, 16 if quick else 64)
 
 
 def matrix_layers(model: nn.Module, routing: dict) -> dict[str, dict]:

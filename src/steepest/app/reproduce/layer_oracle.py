@@ -48,11 +48,11 @@ PAIRS = (("dd", "frobenius", "dd_winner", "dd_ratio"), ("ss", "linf", "ss_winner
 @dataclasses.dataclass
 class Config:
     subjects: tuple[str, ...] = ("charlm", "mnist-cnn", "gpt2", "bert")
-    checkpoints: tuple[int, ...] = (0, 50, 150, 300)   # training steps at which the oracle runs
+    checkpoints: tuple[int, ...] = (0, 100, 300)        # training steps at which the oracle runs
     batch_sizes: tuple[int, ...] = (4, 16, 64)          # B of the probed gradient G_hat
     geometries: tuple[str, ...] = ("spectral", "linf", "frobenius", "schatten-3", "schatten-8")
     microbatches: int = 4                               # K, for c_1, c_* (B must be a multiple)
-    heldout: int = 128                                  # samples of the held-out batch the oracle measures
+    heldout: int = 64                                   # samples of the held-out batch the oracle measures
     train_batch: int = 16
     train_lr: float = 2e-3                              # AdamW (the compare table's "adamw": betas 0.9/0.95)
     # the compare table's tuned step sizes (src/steepest/app/tuned.json, charlm/default): specgd,
@@ -61,9 +61,9 @@ class Config:
     lr_sign: float = 5e-4
     lr_schatten: float = 0.04                           # x sqrt(max(1, m/n))
     rms_frobenius: float = 0.0018                       # x sqrt(m n): unit-RMS direction
-    grid: int = 13                                      # line search: log-grid points over `decades`
+    grid: int = 11                                      # line search: log-grid points over `decades`
     decades: float = 6.0
-    golden: int = 16                                    # then golden-section steps
+    golden: int = 12                                    # then golden-section steps
     # thresholds of the claims, fixed before the run
     tie_rtol: float = 0.02                              # |Delta_a - Delta_b| <= this x max: a tie
     agree_margin: float = 0.1                           # agreement >= majority-class rate + this
@@ -71,7 +71,7 @@ class Config:
     small_batch_share: float = 0.5                      # spectral beats sign in > this share at the smallest B
     competitive_ratio: float = 0.8                      # embeddings: median Delta*_sign / Delta*_spec >= this
     seed: int = 0
-    quick_size: bool = False
+    model_size: str = "quick"                           # subjects' size: "quick" or "large" (for a GPU)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.subjects if s not in S.SUBJECTS]
@@ -88,6 +88,8 @@ class Config:
             raise ConfigError(str(e)) from None
         if ("spectral", None) not in keys or ("linf", None) not in keys or ("frobenius", None) not in keys:
             raise ConfigError("geometries must include spectral, linf and frobenius (the criteria's pairs)")
+        if self.model_size not in S.MODEL_SIZES:
+            raise ConfigError(f"model_size must be one of {S.MODEL_SIZES}, got {self.model_size!r}")
         try:
             LineSearch(self.grid, self.decades, self.golden)
         except ValueError as e:
@@ -96,7 +98,7 @@ class Config:
 
 def quick() -> Config:
     return Config(checkpoints=(0, 40), batch_sizes=(4, 32), geometries=("spectral", "linf", "frobenius", "schatten-4"),
-                  heldout=64, train_batch=16, grid=9, golden=10, quick_size=True)
+                  heldout=32, train_batch=16, grid=9, golden=8)
 
 
 # ---------------------------------------------------------------------------------------- cells
@@ -137,7 +139,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     rows = []
     base = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("subjects", "checkpoints", "batch_sizes")}
     for name in progress(cfg.subjects, "layer-oracle"):
-        subj = S.make_subject(name, cfg.quick_size)
+        subj = S.make_subject(name, cfg.model_size)
         torch.manual_seed(cfg.seed)
         model = subj.make_model()
         layers = S.matrix_layers(model, subj.routing)
@@ -300,7 +302,7 @@ def tables(results: dict):
 def notes(results: dict) -> list[str]:
     st = results["settings"]
     search = LineSearch(st["grid"], st["decades"], st["golden"])
-    return [f"Subjects {', '.join(st['subjects'])} ({'quick' if st['quick_size'] else 'default'} size); AdamW lr "
+    return [f"Subjects {', '.join(st['subjects'])} ({st['model_size']} models); AdamW lr "
             f"{st['train_lr']}, batch {st['train_batch']}; checkpoints {st['checkpoints']}; probed batch sizes "
             f"{st['batch_sizes']} (K = {st['microbatches']} microbatches each); held-out batch {st['heldout']} samples.",
             f"Line search per (layer, geometry): {search.grid}-point log grid over {search.decades:g} decades below "
