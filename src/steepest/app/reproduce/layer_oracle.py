@@ -173,11 +173,13 @@ def score(rows: list[dict], crit: str, rtol: float) -> dict:
     """Agreement, baselines and Spearman of criterion ``crit`` ("dd" or "ss") on the records."""
     _, other, pred_key, ratio_key = next(p for p in PAIRS if p[0] == crit)
     pred_map = {"spectral": "spectral", "frobenius": "frobenius", "linf": "linf"}
-    decided = []
+    decided, formula = [], []
     for r in rows:
         w, p = winner(r, other, rtol), pred_map.get(r[pred_key], "none")
         if w in ("spectral", other) and p in ("spectral", other):
             decided.append((w, p))
+            if crit == "dd" or r["ss_regime"] == "signal":  # the index's formula (7) applies (no fallback)
+                formula.append(w == p)
     n = len(decided)
     agree = sum(w == p for w, p in decided)
     spec = sum(w == "spectral" for w, _ in decided)
@@ -190,18 +192,19 @@ def score(rows: list[dict], crit: str, rtol: float) -> dict:
             "majority": max(spec, n - spec) / n if n else nan, "majority_class": "spectral" if spec >= n - spec else other,
             "ties": sum(winner(r, other, rtol) == "tie" for r in rows),
             "undecided": sum(pred_map.get(r[pred_key], "none") == "none" for r in rows),
-            "spearman": rho, "n_ratio": len(pairs), "predicts_spectral": sum(p == "spectral" for _, p in decided)}
+            "spearman": rho, "n_ratio": len(pairs), "predicts_spectral": sum(p == "spectral" for _, p in decided),
+            "n_formula": len(formula), "rate_formula": sum(formula) / len(formula) if formula else nan}
 
 
 #: How each criterion's claims are stated (quoted from the seeds, with the section).
 STATEMENTS = {
-    "dd": (("seed 001 (Abstract)", '"We propose a simple layerwise condition that predicts when a spectral update '
+    "dd": (("seed 001", 'Abstract: "We propose a simple layerwise condition that predicts when a spectral update '
             'yields a larger decrease in the loss than a Euclidean gradient step." (spectral iff nr(G) >= st(A))'),
-           ("seed 001 (Findings)", '"Spectral updates outperform Euclidean updates when the nuclear-to-Frobenius ratio '
+           ("seed 001", 'Findings: "Spectral updates outperform Euclidean updates when the nuclear-to-Frobenius ratio '
             'is high." (the measured advantage grows with nr(G)/st(A))')),
-    "ss": (("seed 002 (Section 4, Decision Rule)", '"If I(G, B) > 1, SpecGD is preferred. If I(G, B) < 1, SignSGD is '
+    "ss": (("seed 002", 'Section 4, Decision Rule: "If I(G, B) > 1, SpecGD is preferred. If I(G, B) < 1, SignSGD is '
             'preferred."'),
-           ("seed 002 (Section 4, Definition 2)", '"I(G, B) := Delta*_spec / Delta*_sign" (the index approximates the '
+           ("seed 002", 'Section 4, Definition 2: "I(G, B) := Delta*_spec / Delta*_sign" (the index approximates the '
             'ratio of the optimal improvements: its ranks follow the measured ratio)')),
 }
 
@@ -216,7 +219,9 @@ def claims(results: dict) -> list[Claim]:
         out.append(Claim(src, stmt, f"agreement {s['agree']}/{s['n']} = {fmt(s['rate'])}; always spectral "
                          f"{fmt(s['always_spectral'])}; majority class ({s['majority_class']}) {fmt(s['majority'])}; "
                          f"predicts spectral in {s['predicts_spectral']}/{s['n']}; {s['ties']} measured ties and "
-                         f"{s['undecided']} undecided predictions left out", verdict(ok),
+                         f"{s['undecided']} undecided predictions left out"
+                         + (f"; where formula (7) applies (regime 'signal'): {fmt(s['rate_formula'])} over "
+                            f"{s['n_formula']}" if crit == "ss" else ""), verdict(ok),
                          f"holds if agreement >= majority-class rate + {st['agree_margin']} (spectral vs {other}, "
                          "winner measured by the line-search oracle on a held-out batch)" + _why(s)))
         ok = None if s["n_ratio"] < 3 else s["spearman"] >= st["min_spearman"]
@@ -231,7 +236,7 @@ def claims(results: dict) -> list[Claim]:
         share[B] = (sum(w == "spectral" for w in d), len(d))
     (a, na), (b, nb) = share[small], share[large]
     fs = a / na if na else float("nan")
-    out.append(Claim("seed 002 (Section 4.1, regime 2)", '"SpecGD may be preferable at small batch sizes because the '
+    out.append(Claim("seed 002", 'Section 4.1, regime 2: "SpecGD may be preferable at small batch sizes because the '
                      '\'spectral noise\' accumulates slower than \'coordinate noise.\'"',
                      f"spectral beats sign on {a}/{na} = {fmt(fs)} layer-records at B = {small}, {b}/{nb} = "
                      f"{fmt(b / nb if nb else float('nan'))} at B = {large}",
@@ -239,7 +244,7 @@ def claims(results: dict) -> list[Claim]:
                      f"holds if spectral wins more than {st['small_batch_share']} of the decided records at the smallest B"))
     emb = [_dec(r, "linf") / _dec(r, "spectral") for r in rows if r["role"] == "embedding" and _dec(r, "spectral") > 0]
     med = statistics.median(emb) if emb else float("nan")
-    out.append(Claim("seed 002 (Section 5)", '"... why sign methods remain competitive for embedding layers (where '
+    out.append(Claim("seed 002", 'Section 5: "... why sign methods remain competitive for embedding layers (where '
                      'coordinate sparsity is high)"', f"median Delta*_sign / Delta*_spec on embedding layers = {fmt(med)} "
                      f"over {len(emb)} records", verdict(None if not emb else med >= st["competitive_ratio"]),
                      f"holds if the median is >= {st['competitive_ratio']} (embedding = the routing role: token and "
@@ -278,13 +283,13 @@ def layer_table(results: dict) -> tuple[tuple, list[list]]:
 def tables(results: dict):
     rtol = results["settings"]["tie_rtol"]
     head = ("criterion", "pair", "decided", "agreement", "always spectral", "majority class", "majority rate",
-            "Spearman", "ratio records", "ties", "undecided")
+            "Spearman", "ratio records", "ties", "undecided", "agreement where formula applies", "formula records")
     summ = []
     for crit, other, _, _ in PAIRS:
         s = score(results["rows"], crit, rtol)
         summ.append([{"dd": "Davis-Drusvyatskiy", "ss": "Spec-Sign index"}[crit], f"spectral vs {other}", s["n"], s["rate"],
                      s["always_spectral"], s["majority_class"], s["majority"], s["spearman"], s["n_ratio"], s["ties"],
-                     s["undecided"]])
+                     s["undecided"], s["rate_formula"], s["n_formula"]])
     per = []
     for subj in results["settings"]["subjects"]:
         sel = [r for r in results["rows"] if r["subject"] == subj]
@@ -309,6 +314,10 @@ def notes(results: dict) -> list[str]:
             f"{search.upper:g} x 2 L0 / <G, D>, then {search.golden} golden-section steps: {search.evaluations} loss "
             f"evaluations; eta resolved to a factor {search.eta_factor():.4f} (Delta* to {search.decrease_rtol():.1e} "
             "relative on a quadratic).",
+            f"{sum(p['at_edge'] for r in results['rows'] for p in r['oracle'].values())} of "
+            f"{sum(len(r['oracle']) for r in results['rows'])} line searches ended at an end of the bracket (the "
+            "best decrease lies at or beyond it: a lower bound there; e.g. scale-invariant layers under a LayerNorm "
+            "keep improving as eta grows).",
             "Criteria from the probed batch itself: DD's nr(G_hat) and st(A) of the incoming activations (one-hot rows "
             "for embeddings; undefined, so left out, for GPT-2's tied wte/lm_head); the index from c_1, c_* of the K "
             "microbatches and exact layer-restricted HVP curvatures along sign(G_hat) and polar(G_hat)."]
@@ -381,6 +390,7 @@ def layer_heatmap(results: dict, path, batch: int | None = None):
         ax.set_yticklabels([n.replace(".weight", "")[-28:] for n in names], fontsize=6)
         ax.set_xlabel("training step")
         ax.set_title(f"{subj} (B = {B})", fontsize=9)
-    axes[-1].legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items() if k != "none"], fontsize=7,
+    axes[-1].legend(handles=[Patch(facecolor=c, edgecolor="gray", label=k if k != "none" else "none lowers the loss")
+                             for k, c in COLORS.items()], fontsize=7,
                        loc="upper left", bbox_to_anchor=(1.0, 1.0), title="measured (text: DD/SS)", title_fontsize=7)
     return F.save(fig, path)
