@@ -320,4 +320,7 @@ def test_quick_experiment_numbers(tmp_path):
     ss = LO.score(out.results["rows"], "ss", 0.02)
     assert dd["undecided"] == 8            # tied tables (GPT-2 wte = lm_head, BERT word = decoder): no single A, 4 cells x 2
     assert ss["n_ratio"] < ss["n"] / 2     # the index is finite and positive in a minority of records
-    assert [c.verdict for c in out.claims][5] == "holds"
+    # today's verdicts (1 thread, this machine): DD beats the majority class by >= 0.1 but its ratio ranks
+    # poorly; the index neither beats the majority nor ranks; spectral does not win at B = 4; embeddings hold
+    assert [c.verdict for c in out.claims] == ["holds", "fails", "fails", "fails", "fails", "holds"], \
+        [(c.statement, c.measured) for c in out.claims]
