@@ -98,7 +98,7 @@ class Config:
 
 def quick() -> Config:
     return Config(checkpoints=(0, 40), batch_sizes=(4, 32), geometries=("spectral", "linf", "frobenius", "schatten-4"),
-                  heldout=32, train_batch=16, grid=9, golden=8)
+                  heldout=32, train_batch=16, grid=9, golden=10)
 
 
 # ---------------------------------------------------------------------------------------- cells
@@ -307,6 +307,7 @@ def tables(results: dict):
 def notes(results: dict) -> list[str]:
     st = results["settings"]
     search = LineSearch(st["grid"], st["decades"], st["golden"])
+    probes = [p for r in results["rows"] for p in r["oracle"].values()]
     return [f"Subjects {', '.join(st['subjects'])} ({st['model_size']} models); AdamW lr "
             f"{st['train_lr']}, batch {st['train_batch']}; checkpoints {st['checkpoints']}; probed batch sizes "
             f"{st['batch_sizes']} (K = {st['microbatches']} microbatches each); held-out batch {st['heldout']} samples.",
@@ -314,10 +315,11 @@ def notes(results: dict) -> list[str]:
             f"{search.upper:g} x 2 L0 / <G, D>, then {search.golden} golden-section steps: {search.evaluations} loss "
             f"evaluations; eta resolved to a factor {search.eta_factor():.4f} (Delta* to {search.decrease_rtol():.1e} "
             "relative on a quadratic).",
-            f"{sum(p['at_edge'] for r in results['rows'] for p in r['oracle'].values())} of "
-            f"{sum(len(r['oracle']) for r in results['rows'])} line searches ended at an end of the bracket (the "
-            "best decrease lies at or beyond it: a lower bound there; e.g. scale-invariant layers under a LayerNorm "
-            "keep improving as eta grows).",
+            f"Of {len(probes)} line searches, {sum(p['at_edge'] and p['decrease'] > 0 for p in probes)} ended at an "
+            "end of the bracket with a positive decrease (a lower bound on Delta* there; e.g. scale-invariant layers "
+            f"under a LayerNorm keep improving as eta grows) and {sum(p['decrease'] == 0 for p in probes)} found no "
+            "step that lowers the held-out loss (G_hat's direction is noise there: Delta* = 0; a record where every "
+            "geometry has 0 is 'none' and left out of the scores).",
             "Criteria from the probed batch itself: DD's nr(G_hat) and st(A) of the incoming activations (one-hot rows "
             "for embeddings; undefined, so left out, for GPT-2's tied wte/lm_head); the index from c_1, c_* of the K "
             "microbatches and exact layer-restricted HVP curvatures along sign(G_hat) and polar(G_hat)."]
