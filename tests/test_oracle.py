@@ -179,3 +179,148 @@ def test_winners_spearman_and_bad_input():
         O.layer_oracle(model, model.loss, {"X": torch.ones_like(model.X)}, step_sizes={"spectral": -1.0})
     with pytest.raises(TypeError):
         O.layer_oracle("model", model.loss, {})
+
+
+# ---------------------------------------------------------------------------------------- experiment
+import dataclasses  # noqa: E402
+
+from steepest.app.reproduce import _oracle_subjects as OS  # noqa: E402
+from steepest.app.reproduce import base, layer_oracle as LO  # noqa: E402
+from steepest.app.runs import ConfigError  # noqa: E402
+
+
+def tiny() -> LO.Config:
+    """The quick experiment cut to two task subjects and three geometries (~3 s on one core)."""
+    return dataclasses.replace(LO.quick(), subjects=("charlm", "mnist-cnn"), checkpoints=(0, 20), batch_sizes=(4, 16),
+                               geometries=("spectral", "linf", "frobenius"), grid=7, golden=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    return base.run_experiment("layer-oracle", tiny(), tmp_path_factory.mktemp("lo"))
+
+
+def _score_by_hand(rows, other, pred_key, rtol):
+    n = agree = spec = 0
+    for r in rows:
+        a, b = r["oracle"]["spectral"]["decrease"], r["oracle"][other]["decrease"]
+        if max(a, b) <= 0 or abs(a - b) <= rtol * max(a, b):
+            continue  # no decrease at all, or a tie
+        p = r[pred_key]
+        if p not in ("spectral", other):
+            continue
+        w = "spectral" if a > b else other
+        n, agree, spec = n + 1, agree + (w == p), spec + (w == "spectral")
+    return n, agree, spec
+
+
+def test_tiny_experiment_cells_scores_and_claims(tiny_run):
+    res, cfg = tiny_run.results, tiny()
+    # cells: 2 subjects x 2 checkpoints x 2 batch sizes; rows: charlm quick has 7 matrix layers
+    # (tok, pos, qkv, proj, fc, fc_proj, lm_head), the CNN 3 (conv1, conv2, head)
+    assert tiny_run.cells_computed == 8 and tiny_run.cells_reused == 0
+    assert len(res["rows"]) == 4 * 7 + 4 * 3
+    for crit, other, pred_key, _ in LO.PAIRS:
+        s = LO.score(res["rows"], crit, cfg.tie_rtol)
+        n, agree, spec = _score_by_hand(res["rows"], other, pred_key, cfg.tie_rtol)
+        assert (s["n"], s["agree"]) == (n, agree) and n >= 30       # most of the 40 records are decided
+        assert s["always_spectral"] == pytest.approx(spec / n)
+        assert s["majority"] == pytest.approx(max(spec, n - spec) / n) and s["majority"] >= 0.5
+        assert 0.0 <= s["rate"] <= 1.0 and -1.0 <= s["spearman"] <= 1.0
+    claims = tiny_run.claims
+    assert len(claims) == 6 and all(c.seed in ("seed 001", "seed 002") and c.note for c in claims)
+    assert [c.seed for c in claims] == ["seed 001", "seed 001", "seed 002", "seed 002", "seed 002", "seed 002"]
+    assert all('"' in c.statement and ":" in c.statement for c in claims)  # a quoted sentence with its section
+    # the probes: every line search has the configured number of evaluations, plus one at the tuned eta
+    probes = [p for r in res["rows"] for p in r["oracle"].values()]
+    assert all(p["evaluations"] == cfg.grid + cfg.golden + 1 for p in probes if p["alignment"] > 0)
+    # the best decrease of the search is at least the decrease at the tuned step (both on the held-out batch)
+    # in all but a few records (the search is bracketed; 1e-3: the coarse tiny grid's resolution)
+    worse = sum(p["decrease_at_lr"] > p["decrease"] * (1 + 1e-3) + 1e-6 for p in probes)
+    assert worse <= len(probes) // 20
+    assert (tiny_run.run_dir / "layer_oracle_calibration.png").stat().st_size > 10_000
+    assert (tiny_run.run_dir / "layer_oracle_winners.png").stat().st_size > 10_000
+    assert "Claims: layer-oracle" in (tiny_run.run_dir / "report.html").read_text()
+
+
+def test_claim_verdicts_flip_at_their_thresholds(tiny_run):
+    res = tiny_run.results
+    s = LO.score(res["rows"], "dd", res["settings"]["tie_rtol"])
+    gap = s["rate"] - s["majority"]
+    for margin, want in ((gap - 1e-9, "holds"), (gap + 1e-9, "fails")):
+        r = {**res, "settings": {**res["settings"], "agree_margin": margin}}
+        assert LO.claims(r)[0].verdict == want
+    for thr, want in ((s["spearman"] - 1e-9, "holds"), (s["spearman"] + 1e-9, "fails")):
+        r = {**res, "settings": {**res["settings"], "min_spearman": thr}}
+        assert LO.claims(r)[1].verdict == want
+    med = float(LO.claims(res)[5].measured.split("= ")[1].split(" ")[0])
+    for thr, want in ((med * 0.99, "holds"), (med * 1.01, "fails")):  # the measured text has 3 digits
+        r = {**res, "settings": {**res["settings"], "competitive_ratio": thr}}
+        assert LO.claims(r)[5].verdict == want
+
+
+def test_layer_table_lines_up_measured_and_predicted(tiny_run):
+    header, rows = LO.layer_table(tiny_run.results)
+    assert header == LO.LAYER_HEADER and len(rows) == len(tiny_run.results["rows"])
+    for row, rec in zip(rows, tiny_run.results["rows"]):
+        assert row[:5] == [rec["subject"], rec["layer"], rec["role"], rec["step"], rec["batch"]]
+        assert row[7] == rec["dd_winner"] and row[9] == rec["ss_winner"]
+        assert row[5] in ("spectral", "linf", "frobenius", "tie", "none")
+
+
+def test_probe_cell_restores_the_model_bit_for_bit():
+    torch.set_num_threads(1)
+    cfg = dataclasses.replace(tiny(), subjects=("charlm",), geometries=("spectral", "linf", "frobenius", "schatten-4"))
+    subj = OS.make_subject("charlm")
+    torch.manual_seed(0)
+    model = subj.make_model()
+    layers = OS.matrix_layers(model, subj.routing)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recs = LO.probe_cell(cfg, subj, model, layers, 0, 8)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert [r["layer"] for r in recs] == list(layers) and len(recs) == 7
+    emb = next(r for r in recs if r["layer"] == "tok.weight")
+    # one-hot rows: st(A) = N / max token count, at most N = 8 x 32 tokens
+    assert emb["role"] == "embedding" and 1.0 <= emb["st"] <= 8 * 32
+
+
+def test_step_sizes_follow_the_compare_scaling():
+    eta = LO.step_sizes(LO.Config())
+    assert eta("w", "spectral", (256, 64)) == pytest.approx(0.02 * 2.0)        # sqrt(max(1, m/n)) = 2
+    assert eta("w", "linf", (256, 64)) == 5e-4
+    assert eta("w", "frobenius", (256, 64)) == pytest.approx(0.0018 * 128.0)   # unit RMS: sqrt(m n)
+    assert eta("w", "schatten-8", (64, 256)) == pytest.approx(0.04)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="subjects"):
+        LO.Config(subjects=("cifar",))
+    with pytest.raises(ConfigError, match="multiple"):
+        LO.Config(batch_sizes=(6,))
+    with pytest.raises(ConfigError, match="include spectral"):
+        LO.Config(geometries=("spectral", "linf"))
+    with pytest.raises(ConfigError, match="unknown geometry"):
+        LO.Config(geometries=("spectral", "linf", "frobenius", "sign"))
+    with pytest.raises(ConfigError, match="checkpoints"):
+        LO.Config(checkpoints=(10, 0))
+
+
+@pytest.mark.slow
+def test_quick_experiment_numbers(tmp_path):
+    """The full quick run (4 subjects incl. the transformers zoo, ~15 s): cells, rows and today's verdicts."""
+    pytest.importorskip("transformers")
+    torch.set_num_threads(1)
+    out = base.run_experiment("layer-oracle", LO.quick(), tmp_path)
+    assert out.cells_computed == 4 * 2 * 2
+    # layers: charlm 7, mnist-cnn 3, GPT-2 (2 blocks x 4 Conv1D + wte + wpe) 10, BERT-MLM 16
+    assert len(out.results["rows"]) == 4 * (7 + 3 + 10 + 16)
+    dd = LO.score(out.results["rows"], "dd", 0.02)
+    ss = LO.score(out.results["rows"], "ss", 0.02)
+    assert dd["undecided"] == 8            # tied tables (GPT-2 wte = lm_head, BERT word = decoder): no single A, 4 cells x 2
+    assert ss["n_ratio"] < ss["n"] / 2     # the index is finite and positive in a minority of records
+    # today's verdicts (1 thread, this machine): DD beats the majority class by >= 0.1 but its ratio ranks
+    # poorly; the index neither beats the majority nor ranks; spectral does not win at B = 4; embeddings hold
+    assert [c.verdict for c in out.claims] == ["holds", "fails", "fails", "fails", "fails", "holds"], \
+        [(c.statement, c.measured) for c in out.claims]

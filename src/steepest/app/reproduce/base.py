@@ -47,6 +47,7 @@ REGISTRY = {
     "schatten": "steepest.app.reproduce.schatten",
     "phase-retrieval": "steepest.app.reproduce.phase_retrieval",
     "spec-sign": "steepest.app.reproduce.spec_sign",
+    "layer-oracle": "steepest.app.reproduce.layer_oracle",
 }
 
 VERDICTS = ("holds", "fails", "inconclusive")
