@@ -22,8 +22,8 @@ import torch
 import yaml
 
 import steepest
-
 from steepest._io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl  # noqa: F401 (re-exported)
+from steepest.linalg.precision import auto_report
 
 
 # ---------------------------------------------------------------------------------------- environment
@@ -38,6 +38,8 @@ def environment() -> dict:
         "cuda": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # what dtype="auto" (Muon's default) runs Newton-Schulz in here, and why
+        "auto_dtype": auto_report(["cpu"] + (["cuda"] if torch.cuda.is_available() else [])),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:

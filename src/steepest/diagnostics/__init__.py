@@ -3,6 +3,7 @@
 * :mod:`metrics`: stable rank st(A), nuclear rank nr(G), block norms (exact or estimated);
 * :mod:`criteria`: the Davis-Drusvyatskiy test and the Spec-Sign Advantage Index, noise scales, curvature;
 * :mod:`probe`: :class:`LayerMonitor`, hooks on Linear/Conv2d layers that record the above during training;
+* :mod:`oracle`: the layer oracle, the measured one-step decrease of each geometry on each layer;
 * :mod:`sinks`: JSONL, CSV, TensorBoard (optional) and in-memory record writers.
 
 Example:
@@ -15,9 +16,10 @@ from steepest.diagnostics.criteria import (
 )
 from steepest.diagnostics.metrics import block_norms, nuclear_norm, nuclear_rank, operator_norm, stable_rank
 from steepest.diagnostics.probe import ActivationCapture, LayerMonitor
+from steepest.diagnostics.oracle import LineSearch, layer_oracle, oracle_winners
 from steepest.diagnostics.sinks import CSVSink, JSONLSink, MemorySink, TensorBoardSink, default_sinks
 
 __all__ = ["stable_rank", "nuclear_rank", "operator_norm", "nuclear_norm", "block_norms", "davis_drusvyatskiy",
            "noise_scales", "spec_sign_index", "score_geometries", "layer_curvatures", "kfac_curvature",
            "LayerMonitor", "ActivationCapture", "MemorySink", "JSONLSink", "CSVSink", "TensorBoardSink",
-           "default_sinks"]
+           "default_sinks", "layer_oracle", "oracle_winners", "LineSearch"]

@@ -19,26 +19,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from steepest.diagnostics import LayerMonitor
 
 from steepest.app.runs import append_jsonl
+from steepest.diagnostics import JSONLSink, LayerMonitor
 
 
-
-class _ChoiceSink:
-    """JSONL sink that adds the adaptive optimizer's per-layer choice to each record."""
+class _ChoiceSink(JSONLSink):
+    """JSONL sink that adds the adaptive optimizer's per-layer choice to each record (and rewinds like
+    JSONLSink on resume, so records an interrupted run wrote after its checkpoint are dropped)."""
 
     def __init__(self, path: Path, choices) -> None:
-        self.path, self.choices = Path(path), choices
+        super().__init__(path)
+        self.choices = choices
 
     def write(self, record: dict) -> None:
         rec = dict(record)
         if self.choices is not None:
             rec["choice"] = self.choices().get(rec["layer"], "adamw")  # not a matrix group: AdamW-routed
         append_jsonl(self.path, rec)
-
-    def close(self) -> None:
-        pass
 
 
 def layer_choices(optimizer, model: torch.nn.Module):
@@ -66,7 +64,7 @@ class CompareMonitor:
     def __init__(self, model, optimizer, path: Path, every: int, start_step: int = 0) -> None:
         self.monitor = LayerMonitor(model, every=every, sinks=[_ChoiceSink(path, layer_choices(optimizer, model))],
                                     microbatches=0, method="fast")
-        self.monitor.step = start_step
+        self.monitor.load_state_dict({"step": start_step, "every": every})  # resume: no step recorded twice
         self.monitor.attach(optimizer)
 
     def after_step(self, step: int) -> None:
