@@ -44,6 +44,10 @@ def test_quick_mnist_end_to_end_writes_files_and_table(tmp_path):
         assert col in r.table.splitlines()[0]
     ref = r.row("adamw")
     assert ref["steps_to_target"] is not None and ref["final_val"] == pytest.approx(r.target)
+    for row in r.rows:  # time to target = steps to it x the row's mean training step time
+        if row["steps_to_target"] is not None:
+            assert row["time_to_target_s"] == pytest.approx(row["steps_to_target"] * row["ms_per_step"] / 1e3)
+    assert ref["time_ratio_to_reference"] == pytest.approx(1.0)
     assert json.loads((run / "config.json").read_text())["config"]["optimizers"] == names
     html = (run / "report.html").read_text()
     assert "val_loss.png" in html and "Routing of parameters" in html

@@ -348,14 +348,18 @@ def summarize(results: dict[str, dict], names) -> tuple[list[dict], float | None
     r0 = results[ref]
     target = r0["final_val"] if r0["diverged_at"] is None else None
     ref_steps = steps_to_reach(r0["evals"], target)
+    ref_time = ref_steps * r0["ms_per_step"] / 1e3 if ref_steps is not None and r0.get("ms_per_step") else None
     rows = []
     for name in names:
         r = results[name]
         s = steps_to_reach(r["evals"], target)
+        # training time to the target: steps to it x the run's mean training step time (evaluations excluded)
+        t = s * r["ms_per_step"] / 1e3 if s is not None and r.get("ms_per_step") else None
         rows.append(dict(
             optimizer=name, label=r["label"], lr=r["lr"], lr_source=r["lr_source"], final_val=r["final_val"],
             best_val=r["best_val"], steps_to_target=s,
             ratio_to_reference=(s / ref_steps) if (s is not None and ref_steps) else None,
+            time_to_target_s=t, time_ratio_to_reference=(t / ref_time) if (t is not None and ref_time) else None,
             wall_s=r["wall_s"], cpu_s=r.get("cpu_s"), ms_per_step=r["ms_per_step"], state_mb=r["state_mb"],
             peak_mb=r["peak_mb"],
             peak_kind=r["peak_kind"], steps_done=r["steps_done"], diverged_at=r["diverged_at"],
@@ -371,8 +375,8 @@ def _fmt(v: Any, spec: str) -> str:
     return format(v, spec)
 
 
-TABLE_COLUMNS = ("optimizer", "lr", "final val", "best val", "steps to target", "x ref", "wall s", "CPU s", "ms/step",
-                 "state MB", "peak MB", "status")
+TABLE_COLUMNS = ("optimizer", "lr", "final val", "best val", "steps to target", "x ref", "s to target", "x ref s",
+                 "wall s", "CPU s", "ms/step", "state MB", "peak MB", "status")
 
 
 def format_table(rows: list[dict], target: float | None, reference: str) -> str:
@@ -381,7 +385,9 @@ def format_table(rows: list[dict], target: float | None, reference: str) -> str:
     for r in rows:
         status = "ok" if r["diverged_at"] is None else f"diverged at step {r['diverged_at']}"
         body.append((r["optimizer"], _fmt(r["lr"], ".3g"), _fmt(r["final_val"], ".4f"), _fmt(r["best_val"], ".4f"),
-                     _fmt(r["steps_to_target"], "d"), _fmt(r["ratio_to_reference"], ".2f"), _fmt(r["wall_s"], ".1f"),
+                     _fmt(r["steps_to_target"], "d"), _fmt(r["ratio_to_reference"], ".2f"),
+                     _fmt(r.get("time_to_target_s"), ".1f"), _fmt(r.get("time_ratio_to_reference"), ".2f"),
+                     _fmt(r["wall_s"], ".1f"),
                      _fmt(r["cpu_s"], ".1f"), _fmt(r["ms_per_step"], ".1f"), _fmt(r["state_mb"], ".2f"),
                      _fmt(r["peak_mb"], ".0f"), status))
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(TABLE_COLUMNS)]
@@ -393,7 +399,7 @@ def format_table(rows: list[dict], target: float | None, reference: str) -> str:
     tgt = "none (reference diverged)" if target is None else f"{target:.4f}"
     peak = rows[0]["peak_kind"] if rows else ""
     lines.append(f"target = {ref_row['optimizer']}'s final validation loss {tgt}; steps counted at evaluations. "
-                 f"peak MB: {peak}. state MB: optimizer state tensors. CPU s: process CPU time (what idle cores would take).")
+                 f"s to target: steps to target x mean training step time. peak MB: {peak}. state MB: optimizer state tensors. CPU s: process CPU time (what idle cores would take).")
     return "\n".join(lines)
 
 

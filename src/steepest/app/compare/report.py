@@ -88,11 +88,13 @@ def write_compare_report(run_dir: str | Path) -> Path:
         evals[name] = [(int(r["step"]), _num(r["val_loss"]), _num(r["wall"])) for r in recs]
     fig = loss_curves(evals, target, run_dir / "figures" / "val_loss.png")
 
-    header = ["optimizer", "lr", "lr source", "final val", "best val", "steps to target", "x reference", "wall s",
-              "CPU s", "ms/step", "state MB", "peak MB", "status"]
+    header = ["optimizer", "lr", "lr source", "final val", "best val", "steps to target", "x reference",
+              "s to target", "x reference (time)", "wall s", "CPU s", "ms/step", "state MB", "peak MB", "status"]
     table = [[r["optimizer"], _num(r["lr"]), r["lr_source"], _num(r["final_val"]), _num(r["best_val"]),
               r["steps_to_target"] if r["steps_to_target"] is not None else "-",
               _num(r["ratio_to_reference"]) if r["ratio_to_reference"] is not None else "-",
+              _num(r["time_to_target_s"]) if r.get("time_to_target_s") is not None else "-",
+              _num(r["time_ratio_to_reference"]) if r.get("time_ratio_to_reference") is not None else "-",
               _num(r["wall_s"]), _num(r.get("cpu_s")), _num(r["ms_per_step"]), _num(r["state_mb"]),
               _num(r["peak_mb"]),
               "ok" if r["diverged_at"] is None else f"diverged at step {r['diverged_at']}: {r['diverged_reason']}"]
