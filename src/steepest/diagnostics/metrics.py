@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from steepest.diagnostics._batched_metrics import gram
 from steepest.linalg.estimate import nuclear_norm_estimate, spectral_norm_estimate
 from steepest.linalg.polar_factor import _check_matrix
 from steepest.geometry import dual_norm, matrix_norm
@@ -53,7 +54,7 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 def gram_singular_values(X: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Singular values of X (descending, ``(..., min(m, n))``) from the eigenvalues of its small Gram matrix.
 
-    s_i(X) = sqrt(lambda_i(M)), M = X X^T if m <= n else X^T X, computed in ``dtype`` (float64 by
+    s_i(X) = sqrt(lambda_i(M)), M the small Gram matrix (:func:`gram`), computed in ``dtype`` (float64 by
     default). One (m n min(m, n)) product plus a symmetric eigensolve of size min(m, n), which on CPU
     costs a fraction of ``torch.linalg.svdvals``. Accuracy: |lambda_i error| <= c eps ||X||_op^2 (Weyl),
     so s_1 is relatively accurate to ~eps and the smallest values to ~sqrt(eps) s_1 absolutely
@@ -65,8 +66,7 @@ def gram_singular_values(X: torch.Tensor, dtype: torch.dtype = torch.float64) ->
         tensor([4., 3.], dtype=torch.float64)
     """
     _check_matrix(X, "X")
-    Y = X.to(dtype)
-    M = Y @ Y.mT if Y.shape[-2] <= Y.shape[-1] else Y.mT @ Y
+    M = gram(X, dtype)
     # a non-finite entry (or float overflow) makes its row's diagonal entry of M inf/NaN: checked on M, small
     ok = torch.isfinite(M.diagonal(dim1=-2, dim2=-1)).all(dim=-1)
     M = torch.where(ok[..., None, None], M, torch.zeros((), dtype=dtype, device=M.device))
