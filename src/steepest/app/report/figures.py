@@ -191,3 +191,12 @@ def heatmap(ax, values: Sequence[Sequence[float]], *, xticklabels: Sequence, yti
                 ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", color="w", fontsize=7)
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return ax
+
+
+def tidy_log(ax) -> None:
+    """Drop the minor tick labels of log axes (2x10^1, 3x10^1, ... overlap on short axes)."""
+    from matplotlib.ticker import NullFormatter
+
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale == "log":
+            axis.set_minor_formatter(NullFormatter())
