@@ -46,6 +46,7 @@ REGISTRY = {
     "schatten": "steepest.app.reproduce.schatten",
     "phase-retrieval": "steepest.app.reproduce.phase_retrieval",
     "spec-sign": "steepest.app.reproduce.spec_sign",
+    "schatten-p32": "steepest.app.reproduce.schatten_p32",
 }
 
 VERDICTS = ("holds", "fails", "inconclusive")
