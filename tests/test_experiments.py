@@ -443,38 +443,41 @@ def test_phase_retrieval_numbers(quick_results):
     s = phase_retrieval.summary(res)
     # SpecGD from W0 = theta U: polar(grad) = -U exactly while every direction still grows, so a = b = c
     assert s["spec_uniform_ratio"] == pytest.approx(1.0, abs=1e-6)
-    assert s["gd_spike_over_signal"] > 2.0
+    assert s["gd_spike_over_signal"] == pytest.approx(2.18, abs=0.01)
     t1s, t1g = s["t1"]["specgd"], s["t1"]["gd"]
+    assert s["dims"] == [24, 32, 64, 128, 256]
     assert max(t1g) > 10 * max(t1s)                                    # GD's growth stage is far longer
     assert all(b > a for a, b in zip(t1g, t1g[1:]))                    # and lengthens with d
-    assert s["fit"]["gd"]["slope"] > 0 and s["fit"]["gd"]["r2"] > 0.95
+    assert 5.0 < min(t1s) and max(t1s) < 6.5                            # SpecGD: ~5.5 steps at every d
     assert s["diverged_cells"]["gd"] > s["diverged_cells"]["specgd"]
-    assert all(c.verdict == "holds" for c in claims), [(c.statement, c.measured) for c in claims]
+    assert [c.verdict for c in claims] == QUICK_VERDICTS["phase-retrieval"]
 
 
-def test_phase_retrieval_claim_numbers_recomputed(quick_results):
+def test_phase_retrieval_law_comparison_recomputed(quick_results):
     res, claims = quick_results["phase-retrieval"]
     dims = [int(d) for d in res["t1"]]
-    assert dims == [40, 80, 160, 320]                                   # quick(): d doubles three times
-    t1s = [res["t1"][str(d)]["specgd"] for d in dims]
-    t1g = [res["t1"][str(d)]["gd"] for d in dims]
-    # SpecGD flat in d: max/min 1.45 today, just under flat_ratio = 1.5 (pinned: a drift past 1.5 flips it)
-    flat = max(t1s) / min(t1s)
-    assert 1.0 <= flat <= 1.5 and f"(max/min {base.fmt(flat)})" in _claim(claims, "SpecGD's time").measured
-    assert 3.0 < min(t1s) and max(t1s) < 10.0                          # a handful of steps at every d
-    # GD like log d: each doubling of d adds the same number of steps. Measured increments 21.5, 23.4, 24.2;
-    # a log law fixes them equal, a power law d^a would grow them by 2^a per doubling; 15% spread allowed
-    inc = np.diff(t1g)
-    assert np.all(inc > 0) and inc.max() / inc.min() < 1.15
-    slope, icpt = np.polyfit(np.log(dims), t1g, 1)                     # our own fit of T1 = c0 + c1 ln d
-    fit = phase_retrieval.summary(res)["fit"]["gd"]
-    assert fit["slope"] == pytest.approx(slope, rel=1e-10) and fit["intercept"] == pytest.approx(icpt, rel=1e-10)
-    assert slope == pytest.approx(inc.mean() / math.log(2), rel=0.05)   # the fit slope is the per-doubling step / ln 2
-    assert f"{base.fmt(slope)} ln d" in _claim(claims, "GD's time to leave the growth stage grows").measured
-    # heatmap: good = not diverged and final alignment >= 0.9, counted here from the cells
+    t1g = np.array([res["t1"][str(d)]["gd"] for d in dims])
+    law = phase_retrieval.summary(res)["laws"]["gd"]
+    # our own fits: log-linear and log-log least squares, residual standard error with n - 2 dof
+    x = np.log(dims)
+    for name, u, y in (("log", x, t1g), ("sqrt", np.sqrt(dims), t1g)):
+        c = np.polyfit(u, y, 1)
+        rse = math.sqrt(((y - np.polyval(c, u)) ** 2).sum() / (len(y) - 2))
+        assert law["fits"][name]["rse"] == pytest.approx(rse, rel=1e-9) and law["fits"][name]["b"] == pytest.approx(c[0], rel=1e-9)
+    c = np.polyfit(x, np.log(t1g), 1)
+    assert law["fits"]["power"]["b"] == pytest.approx(c[0], rel=1e-9)
+    # today: a power law d^0.148 beats log d (rse 0.39 vs 1.55): each doubling of d adds *more* steps
+    # (increments grow), which a log law forbids (it fixes them equal)
+    assert law["winner"] == "power" and law["fits"]["power"]["b"] == pytest.approx(0.148, abs=0.005)
+    inc = np.diff(t1g[1:]) / np.diff(np.log2(dims[1:]))                   # steps per doubling from d = 32
+    assert np.all(np.diff(inc) > 0)
+    assert _claim(claims, "logarithmic for GD").verdict == "fails"
+    bad = copy.deepcopy(res)
+    for d in bad["t1"]:                                                 # an exact log law: the claim holds
+        bad["t1"][d]["gd"] = 40.0 + 30.0 * math.log(float(d))
+    assert _claim(phase_retrieval.claims(bad), "logarithmic for GD").verdict == "holds"
     good = {m: sum(not c[m]["diverged"] and c[m]["align"] >= 0.9 for c in res["heat"].values()) for m in ("specgd", "gd")}
     assert (good["specgd"], good["gd"], len(res["heat"])) == (4, 3, 6)
-    assert "SpecGD 4, GD 3 of 6" in _claim(claims, "larger region").measured
     for a, r in res["power"].items():                                   # power law: SpecGD ends aligned, better than GD
         assert r["specgd"]["align"][-1] > 0.99 and r["specgd"]["align"][-1] > r["gd"]["align"][-1], a
 
@@ -482,22 +485,15 @@ def test_phase_retrieval_claim_numbers_recomputed(quick_results):
 def test_phase_retrieval_verdicts_flip_at_their_thresholds(quick_results):
     res, _ = quick_results["phase-retrieval"]
     bad = copy.deepcopy(res)
-    d0 = next(iter(bad["t1"]))
-    lo = min(v["specgd"] for v in bad["t1"].values())
-    bad["t1"][d0]["specgd"] = 1.49 * lo
-    assert _claim(phase_retrieval.claims(bad), "SpecGD's time").verdict == "holds"
-    bad["t1"][d0]["specgd"] = 1.51 * lo
-    assert _claim(phase_retrieval.claims(bad), "SpecGD's time").verdict == "fails"
-    bad["t1"][d0]["specgd"] = math.inf                                  # never left the growth stage
-    assert _claim(phase_retrieval.claims(bad), "SpecGD's time").verdict == "inconclusive"
-    bad = copy.deepcopy(res)
-    for d in bad["t1"]:                                                 # GD's T1 shrinking with d: negative slope
-        bad["t1"][d]["gd"] = 1000.0 / float(d)
-    assert _claim(phase_retrieval.claims(bad), "GD's time to leave the growth stage grows").verdict == "fails"
+    for d in bad["t1"]:                                                 # SpecGD growing at GD's rate: fails
+        bad["t1"][d]["specgd"] = bad["t1"][d]["gd"] / 10
+    assert _claim(phase_retrieval.claims(bad), "constant-time").verdict == "fails"
+    bad["t1"][next(iter(bad["t1"]))]["specgd"] = math.inf               # never left the growth stage
+    assert _claim(phase_retrieval.claims(bad), "constant-time").verdict == "inconclusive"
     bad = copy.deepcopy(res)
     for c in bad["heat"].values():                                      # equal good counts: inconclusive
         c["gd"] = copy.deepcopy(c["specgd"])
-    assert _claim(phase_retrieval.claims(bad), "larger region").verdict == "inconclusive"
+    assert _claim(phase_retrieval.claims(bad), "larger (lambda").verdict == "inconclusive"
 
 
 def test_growth_end_interpolates():
@@ -518,59 +514,48 @@ def test_moment_limits():
 def test_init_rank_numbers(quick_results):
     res, claims = quick_results["init-rank"]
     A = res["acts"]
-    assert A["relu"]["random_features"][-1] == pytest.approx(math.pi, rel=0.25)
-    for act in ("tanh", "swiglu"):
-        assert A[act]["random_features"][-1] > 4 * A[act]["random_features"][0]   # widths grow 8x
-    for arch in init_rank.ARCHS:
-        assert A["relu"][arch][-1] < 5.0                                # O(1) at every width
-    assert all(c.verdict == "holds" for c in claims), [(c.statement, c.measured) for c in claims]
-
-
-def test_init_rank_ratios_recomputed(quick_results):
-    res, claims = quick_results["init-rank"]
-    A = res["acts"]
     assert res["widths"] == [32, 64, 128, 256]
     for act in ("relu", "gelu"):
         for arch in init_rank.ARCHS:
             r = A[act][arch][-1] / A[act][arch][0]
-            # flat: 8x the width moves st by at most the claim's 1.5 (measured 0.92-1.25)
-            assert 0.67 < r <= 1.5, (act, arch, r)
-            assert f"{act}/{arch}: st {base.fmt(A[act][arch][0])} -> {base.fmt(A[act][arch][-1])}" in claims[0].measured
+            assert 0.67 < r <= 1.5, (act, arch, r)                      # flat: measured 0.92-1.24
         rf = A[act]["random_features"]
-        # st(A) = ||A||_F^2/||A||_op^2 -> E[s^2]/E[s]^2 from below: the mean direction carries ||A||_op and the
-        # bulk adds to it at finite width, less so as width grows (measured monotone, 10% short at w=32)
-        assert all(a < b for a, b in zip(rf, rf[1:])) and rf[-1] < A[act]["limit"], act
-        assert abs(rf[-1] - A[act]["limit"]) / A[act]["limit"] < 0.05   # within 5% at w=256 (measured 1.6%, 2.8%)
-    assert A["gelu"]["limit"] == pytest.approx(init_rank.moment_limit("gelu"), rel=1e-12)
+        # st -> E[s^2]/E[s]^2 from below, monotone; within 5% at w = 256 (measured 1.6%, 2.9%)
+        assert all(a < b for a, b in zip(rf, rf[1:])) and rf[-1] < A[act]["limit"]
+        assert abs(rf[-1] - A[act]["limit"]) / A[act]["limit"] < 0.035
     for act in ("tanh", "swiglu"):
         for arch in init_rank.ARCHS:
-            # growing: >= the claim's 2x over an 8x width (random features/transformer ~6-11x: st ~ width)
-            assert A[act][arch][-1] / A[act][arch][0] >= 2.0, (act, arch)
-        assert A[act]["random_features"][-1] / A[act]["random_features"][0] > 4.0
+            assert A[act][arch][-1] / A[act][arch][0] >= 2.0, (act, arch)   # grows: x3.9 to x11.2 over 8x width
     r = A["relu"]
     assert all(g > s for g, s in zip(r["rf_nr_grad"], r["random_features"]))
     assert all(g > s for g, s in zip(r["mlp_nr_grad"], r["mlp_st_input"]))
     assert r["mlp_st_input"] == [layers[0] for layers in r["mlp_by_layer"]]   # layer 2's input is layer 1's output
+    seed = claims[0]
+    assert seed.seed == "seed 001, abstract" and seed.verdict == "fails"
+    assert "refuted for swiglu, tanh" in seed.note                       # the report says so, with the growth
 
 
 def test_init_rank_verdicts_flip_at_their_thresholds(quick_results):
     res, _ = quick_results["init-rank"]
+    only = copy.deepcopy(res)
+    only["acts"] = {a: v for a, v in only["acts"].items() if a in ("relu", "gelu")}
+    assert init_rank.claims(only)[0].verdict == "holds"                  # the seed claim fails only for tanh/SwiGLU
     bad = copy.deepcopy(res)
     v = bad["acts"]["relu"]["mlp"]
     v[-1] = 1.5 * v[0]
-    assert init_rank.claims(bad)[0].verdict == "holds"
+    assert init_rank.claims(bad)[1].verdict == "holds"
     v[-1] = 1.51 * v[0]
-    assert init_rank.claims(bad)[0].verdict == "fails" and "relu/mlp (x1.51)" in init_rank.claims(bad)[0].note
+    assert init_rank.claims(bad)[1].verdict == "fails"
     bad = copy.deepcopy(res)
     v = bad["acts"]["tanh"]["transformer"]
     v[-1] = 1.99 * v[0]
-    assert init_rank.claims(bad)[1].verdict == "fails"
+    assert init_rank.claims(bad)[2].verdict == "fails"
     bad = copy.deepcopy(res)
     rf = bad["acts"]["relu"]["random_features"]
-    rf[-1] = 0.74 * bad["acts"]["relu"]["limit"]                        # 26% below the limit: outside 25%
-    assert init_rank.claims(bad)[2].verdict == "fails"
-    bad["acts"]["relu"]["rf_nr_grad"][0] = rf[0]                        # nr == st is not "exceeds"
+    rf[-1] = 0.94 * bad["acts"]["relu"]["limit"]                        # 6% below the limit: outside 5%
     assert init_rank.claims(bad)[3].verdict == "fails"
+    bad["acts"]["relu"]["rf_nr_grad"][0] = rf[0]                        # nr == st is not "exceeds"
+    assert init_rank.claims(bad)[4].verdict == "fails"
 
 
 # ---------------------------------------------------------------------------------------- spec-sign
@@ -597,43 +582,72 @@ def test_minibatch_gradient_is_unbiased():
 def test_spec_sign_numbers(quick_results):
     res, claims = quick_results["spec-sign"]
     rows = res["rows"]
+    st = res["settings"]
     assert all(r["gain_sign"] >= 0 and r["gain_spec"] >= 0 for r in rows)
     exact_equal = [r for r in rows if r["magnitudes"] == "equal" and math.isinf(r["batch"])]
     # exact equal-magnitude G: sign(G) = G / g is G's own direction, so SignSGD must win
     assert all(r["winner"] == "sign" for r in exact_equal)
-    assert _claim(claims, "small batches").verdict == "holds"
-    # Fails at quick size (and default size): any sampling noise on the zero entries of a sparse G makes
-    # sign(G_hat) a dense +-1 step; SignSGD wins only with the exact gradient. The verdict is the rule's:
-    large = _claim(claims, "large batches")
-    st = res["settings"]
-    sel = [r for r in rows if r["batch"] >= st["large_batch"] and r["density"] <= st["sparse_density"] and r["winner"] != "tie"]
-    assert large.verdict == base.verdict(sum(r["winner"] == "sign" for r in sel) > len(sel) / 2)
-    assert large.verdict == "fails"
-    assert large.measured.startswith("SignSGD wins 1 of 4 decided cells")   # only equal, rho = 0.05, exact G
-    assert [(r["magnitudes"], r["density"]) for r in sel if r["winner"] == "sign"] == [("equal", 0.05)]
     for r in rows:                                                      # the winner is the gains' comparison
         gs, gp = r["gain_sign"], r["gain_spec"]
         want = "tie" if abs(gp - gs) <= spec_sign.TIE_RTOL * max(gp, gs) else ("spec" if gp > gs else "sign")
         assert r["winner"] == want, r
-    # at B = 1 the minibatch gradient is rank one: sign's gain cannot beat spec's there
-    assert all(r["winner"] == "spec" for r in rows if r["batch"] == 1)
-    agree = _claim(claims, "agrees")
+    assert all(r["winner"] == "spec" for r in rows if r["batch"] == 1)  # rank-one G_hat at B = 1
+    # deterministic limit: of the sparse (rho = 0.05) exact-gradient cells only the equal-magnitude one goes to sign
+    exact = [r for r in rows if math.isinf(r["batch"]) and r["density"] <= st["sparse_density"]]
+    assert sorted((r["magnitudes"], r["winner"]) for r in exact) == [("equal", "sign"), ("gaussian", "spec")]
+    assert _claim(claims, "favoring SignSGD deterministically)\u201d").verdict == "fails"   # 1 of 2 is not > 1/2
+    # finite large B: sign never wins, and the index says so in both cells
+    large = [r for r in rows if r["density"] <= st["sparse_density"] and 1024 <= r["batch"] < math.inf]
+    assert [r["winner"] for r in large] == ["spec", "spec"] and all(r["index_winner"] == "spec" for r in large)
+    agree = _claim(claims, "If I(G, B) > 1")
     decided = [r for r in rows if r["winner"] != "tie" and r["index_winner"] != "none"]
     n_agree = sum(r["winner"] == r["index_winner"] for r in decided)
-    assert (n_agree, len(decided)) == (30, 30)                          # today's quick run: the index is always right
-    assert agree.measured.startswith(f"agreement {n_agree}/{len(decided)} = 1 ") and agree.verdict == "holds"
+    major = max(sum(r["winner"] == w for r in decided) for w in ("spec", "sign"))
+    assert (n_agree, major, len(decided)) == (30, 25, 30)               # the index beats always-"spec" (25/30)
+    assert agree.measured.startswith("the index names the measured winner in 30/30 = 1 ") and agree.verdict == "holds"
+    assert "majority-class rate 0.833" in agree.measured and "noise-dominated: 18/18" in agree.measured
 
 
-def test_spec_sign_agreement_verdict_flips_at_one_half(quick_results):
+def test_spec_sign_seed_math(quick_results):
+    res, claims = quick_results["spec-sign"]
+    m = res["math"]
+    eq = m["equality"]
+    # diag(3, 1): rank 2 with ||G||_nuc = ||G||_1 = 4, against the seed's "only for rank-1 diagonal matrices"
+    assert eq["diag(3, 1)"] == {"nuc": pytest.approx(4.0, rel=1e-14), "l1": 4.0, "rank": 2}
+    assert eq["scaled 6x6 permutation"]["nuc"] == pytest.approx(21.0, rel=1e-13) and eq["scaled 6x6 permutation"]["rank"] == 6
+    c = _claim(claims, "equality only for rank-1")
+    assert c.verdict == "fails" and "the seed is wrong here" in c.note
+    for t in m["tall"]:                      # n >> m: ||G||_nuc / ||G||_F ~ sqrt(m) (3.96, 3.99 of 4), not ~1
+        assert t["nuc_over_fro"] == pytest.approx(math.sqrt(t["m"]), rel=0.02)
+    assert _claim(claims, "naturally low-rank").verdict == "fails"
+    f = m["noise_fits"]
+    # c_1 = E||E||_1 = N^2 sqrt(2/pi) exactly; c_* ~ (8/(3 pi)) N^1.5 (quarter-circle law): exponents 2 and 1.5
+    for r in m["noise"]:
+        assert r["c_1"] == pytest.approx(r["N"] ** 2 * math.sqrt(2 / math.pi), rel=0.05)
+        assert r["c_star"] == pytest.approx(8 / (3 * math.pi) * r["N"] ** 1.5, rel=0.08)
+    assert f["c_1"]["b"] == pytest.approx(2.0, abs=0.03) and f["c_star"]["b"] == pytest.approx(1.5, abs=0.05)
+    assert _claim(claims, "c_1 ~ N^2").verdict == "holds"
+
+
+def test_spec_sign_agreement_verdict_uses_the_majority_rate(quick_results):
     res, _ = quick_results["spec-sign"]
     bad = copy.deepcopy(res)
     decided = [r for r in bad["rows"] if r["winner"] != "tie" and r["index_winner"] != "none"]
     flip = {"spec": "sign", "sign": "spec"}
-    for r in decided[: len(decided) // 2]:                              # exactly half agree: not "most"
-        r["index_winner"] = flip[r["winner"]]
-    assert _claim(spec_sign.claims(bad), "agrees").verdict == "fails"
-    decided[0]["index_winner"] = decided[0]["winner"]                   # one more than half
-    assert _claim(spec_sign.claims(bad), "agrees").verdict == "holds"
+    for r in decided:                                                   # the index says "spec" everywhere:
+        r["index_winner"] = "spec"                                      # it equals the majority rate, no more
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "fails"
+    for r in decided:                                                   # right everywhere: holds
+        r["index_winner"] = r["winner"]
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
+    decided[0]["index_winner"] = flip[decided[0]["winner"]]
+    decided[1]["index_winner"] = flip[decided[1]["winner"]]             # 28/30 = 0.933 >= 0.833 + 0.05: holds
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
+    for r in decided[:3]:
+        r["index_winner"] = flip[r["winner"]]                           # 27/30 = 0.9 >= 0.883: holds
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
+    decided[3]["index_winner"] = flip[decided[3]["winner"]]             # 26/30 = 0.867 < 0.883: fails
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "fails"
     for r in bad["rows"]:
         r["index_winner"] = "none"
-    assert _claim(spec_sign.claims(bad), "agrees").verdict == "inconclusive"
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "inconclusive"
