@@ -47,6 +47,7 @@ REGISTRY = {
     "phase-retrieval": "steepest.app.reproduce.phase_retrieval",
     "spec-sign": "steepest.app.reproduce.spec_sign",
     "schatten-p32": "steepest.app.reproduce.schatten_p32",
+    "phase-checks": "steepest.app.reproduce.phase_checks",
 }
 
 VERDICTS = ("holds", "fails", "inconclusive")

@@ -132,11 +132,15 @@ def population_grad(W: torch.Tensor, Q: torch.Tensor, w: torch.Tensor) -> torch.
     return (8 * Q @ C @ Q + 4 * torch.trace(C @ Q) * Q) @ W
 
 
-def sample_grad(W: torch.Tensor, Q: torch.Tensor, w: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Minibatch gradient of mean (y - x^T M x)^2 over n fresh samples: -4 mean(r x x^T) W."""
+def sample_grad(W: torch.Tensor, Q: torch.Tensor, w: torch.Tensor, n: int, gen: torch.Generator,
+                noise: float = 0.0) -> torch.Tensor:
+    """Minibatch gradient of mean (y - x^T M x)^2 over n fresh samples: -4 mean(r x x^T) W, with labels
+    y = (x^T w*)^2 + noise * eps (eps standard normal)."""
     L = torch.linalg.cholesky(Q)
     X = torch.randn(n, Q.shape[0], generator=gen, dtype=torch.float64) @ L.T
     y = (X @ w) ** 2
+    if noise:
+        y = y + noise * torch.randn(n, generator=gen, dtype=torch.float64)
     r = y - ((X @ W) ** 2).sum(dim=1)
     return -4.0 * (X.T * r) @ X @ W / n
 
@@ -149,8 +153,9 @@ def eta_for(method: str, Q: torch.Tensor, kappa: float, gd_eta_scale: float) -> 
 
 
 def simulate(prob: dict, method: str, eta: float, steps: int, *, batch: int | None = None,
-             gen: torch.Generator | None = None, stop_at_t1: bool = False) -> dict:
-    """Run one method; record loss, alignment, coefficients and tr(CQ) every step."""
+             gen: torch.Generator | None = None, stop_at_t1: bool = False, noise: float = 0.0) -> dict:
+    """Run one method; record loss, alignment, coefficients and tr(CQ) every step (online with
+    ``batch`` fresh samples per step and label noise ``noise`` when ``batch`` is given)."""
     Q, w, v = prob["Q"], prob["w"], prob["v"]
     d = Q.shape[0]
     W = torch.nn.Parameter(prob["W0"].clone())
@@ -176,7 +181,7 @@ def simulate(prob: dict, method: str, eta: float, steps: int, *, batch: int | No
             rec["trCQ"].append(float((C * Q).sum()))                 # tr(CQ), C and Q symmetric
             if stop_at_t1 and rec["trCQ"][-1] >= 0:
                 break
-            W.grad = population_grad(W, Q, w) if batch is None else sample_grad(W, Q, w, batch, gen)
+            W.grad = population_grad(W, Q, w) if batch is None else sample_grad(W, Q, w, batch, gen, noise)
         opt.step()
     return {**rec, "diverged": diverged, "t1": growth_end(rec["trCQ"])}
 
