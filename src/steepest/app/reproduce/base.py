@@ -48,6 +48,7 @@ REGISTRY = {
     "spec-sign": "steepest.app.reproduce.spec_sign",
     "schatten-p32": "steepest.app.reproduce.schatten_p32",
     "phase-checks": "steepest.app.reproduce.phase_checks",
+    "trained": "steepest.app.reproduce.trained",
 }
 
 VERDICTS = ("holds", "fails", "inconclusive")
