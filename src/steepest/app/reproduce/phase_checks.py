@@ -86,7 +86,7 @@ class Config:
 
 
 def quick() -> Config:
-    return Config(d=32, steps=300, batch=200, online_d=16, online_steps=200, noise_levels=(0.0, 3.0, 30.0),
+    return Config(d=32, steps=200, batch=200, online_d=16, online_steps=200, noise_levels=(0.0, 3.0, 30.0),
                   t1_batches=(100, 400, 1600), kappas=(0.1, 1.0, 10.0), lr_dims=(16, 32), lr_steps=200,
                   power_dims=(8, 12, 16), power_steps=600, cost_dims=(32, 64), cost_repeats=3)
 

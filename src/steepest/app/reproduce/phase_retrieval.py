@@ -92,7 +92,7 @@ class Config:
 
 
 def quick() -> Config:
-    return Config(d=64, steps=500, dims=(24, 32, 64, 128, 256), t1_max_steps=800, heat_d=16, heat_lams=(10.0, 100.0),
+    return Config(d=64, steps=500, dims=(24, 32, 48, 96, 192), t1_max_steps=800, heat_d=16, heat_lams=(10.0, 100.0),
                   heat_etas=(1e-3, 1e-2, 1e-1), heat_steps=250, online_d=20, online_batch=200, online_steps=150,
                   power_d=20, power_signal_index=10, power_etas=(1e-2, 1e-1), power_steps=300)
 

@@ -39,6 +39,7 @@ from steepest.app.runs import ConfigError
 
 SEED = "seed 001"
 SEED_003 = "seed 003"
+SEEDS = (SEED, SEED_003)   # this experiment checks claims of two seeds
 SOURCE = ('D. Davis and D. Drusvyatskiy, "When do spectral gradient updates help in deep learning?"; '
           'F. L. Cesista, "Steepest Descent Under Schatten-p Norms"')
 TITLE = "trained charlm: activation stable rank, and exact vs approximate orthogonalization"
