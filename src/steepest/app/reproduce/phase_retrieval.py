@@ -55,7 +55,7 @@ class Config:
     kappa: float = 0.1               # SpecGD eta = kappa / sqrt(d + lambda)
     gd_eta_scale: float = 0.25       # GD eta = gd_eta_scale / (16 (1 + lambda))
     steps: int = 600
-    dims: tuple[int, ...] = (25, 50, 100, 200, 400, 800, 1600)   # growth-stage length vs d (a 64x range)
+    dims: tuple[int, ...] = (25, 50, 100, 200, 400, 800)   # growth-stage length vs d (a 32x range)
     t1_max_steps: int = 3000
     flat_slope: float = 0.1          # SpecGD T1 = O(1): its slope in ln d at most this fraction of GD's
     uniform_ratio: float = 1.5       # SpecGD "uniform growth": max/min of (a, b, c) during the growth stage
