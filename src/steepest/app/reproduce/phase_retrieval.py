@@ -368,7 +368,8 @@ def notes(results: dict) -> list[str]:
     return [f"Population dynamics at d={st['d']}, lambda={st['lam']:g}: SpecGD eta = {st['kappa']}/sqrt(d+lambda), "
             f"GD eta = {st['gd_eta_scale']}/(16(1+lambda)). Online variant: d={st['online_d']}, {st['online_batch']} fresh "
             f"samples per step. Heatmaps: d={st['heat_d']}, {st['heat_steps']} steps, the same eta grid for both methods, "
-            f"diverged runs (loss > {DIVERGED_LOSS:g} or not finite) marked x."]
+            f"diverged runs (loss > {DIVERGED_LOSS:g} or not finite) marked x. The online table's longer SpecGD T1 "
+            "is measured against the batch size in experiment phase-checks (open question 1)."]
 
 
 def figures(results: dict, out_dir) -> list:
