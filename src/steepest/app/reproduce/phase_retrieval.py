@@ -36,7 +36,7 @@ import torch
 import steepest
 from steepest.app.reproduce import scaling
 from steepest.app.reproduce.base import Cells, Claim, fmt, progress
-from steepest.app.reproduce.claimtext import extension_claim, seed_claim
+from steepest.app.reproduce.claimtext import seed_claim
 from steepest.app.runs import ConfigError
 
 SEED = "seed 004"
