@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import steepest
-from steepest.app.reproduce import base
-from steepest.app.reproduce import init_rank, phase_retrieval, quadratic, schatten, spec_sign
+from steepest.app.reproduce import base, claimtext, scaling
+from steepest.app.reproduce import init_rank, phase_checks, phase_retrieval, quadratic, schatten, schatten_p32, spec_sign
+from steepest.app.reproduce import trained
 from steepest.app.runs import ConfigError, apply_overrides
 
 
@@ -23,42 +24,108 @@ def quick_results(tmp_path_factory):
     torch.set_num_threads(1)
     out = {}
     for name, mod in (("quadratic", quadratic), ("schatten", schatten), ("phase-retrieval", phase_retrieval),
-                      ("init-rank", init_rank), ("spec-sign", spec_sign)):
+                      ("init-rank", init_rank), ("spec-sign", spec_sign), ("schatten-p32", schatten_p32),
+                      ("phase-checks", phase_checks), ("trained", trained)):
         res = mod.run(mod.quick(), tmp_path_factory.mktemp(name))
         out[name] = (res, mod.claims(res))
     return out
 
 
+# ---------------------------------------------------------------------------------------- shared
 def _claim(claims, text):
     (c,) = [c for c in claims if text in c.statement]
     return c
 
 
-# ---------------------------------------------------------------------------------------- shared
 def test_every_claim_is_well_formed(quick_results):
+    """Seed claims name their section and quote (or mark as paraphrase) the seed; extensions say so;
+    every note gives the baseline and the threshold fixed before the run."""
     for name, (_, claims) in quick_results.items():
         mod = base.get(name)
         assert claims, name
         for c in claims:
             assert c.verdict in base.VERDICTS
             assert c.seed and c.statement and c.measured and c.note
-            assert c.seed == mod.SEED or c.seed.startswith("REFERENCE.md")
+            seeds = getattr(mod, "SEEDS", (mod.SEED,))
+            if claimtext.kind(c) == "seed":
+                assert any(c.seed.startswith(sd + ", ") for sd in seeds), (name, c.seed)   # "seed 002, section 4.1"
+                assert c.statement.startswith("\u201c") or c.statement.endswith("(paraphrase)"), c.statement
+            else:
+                assert c.seed in [f"extension (project's own; {sd} context)" for sd in seeds], c.seed
+            assert "baseline: " in c.note and "threshold (set in Config before the run): " in c.note, c.note
 
 
 #: The verdicts each quick run produces today (checked by hand against the numbers in each test below).
-#: spec-sign's "large batches favour sign" fails for a measured reason (see test_spec_sign_numbers).
 QUICK_VERDICTS = {
     "quadratic": ["holds"] * 5,
-    "schatten": ["holds"] * 3,
-    "phase-retrieval": ["holds"] * 5,
-    "init-rank": ["holds"] * 4,
-    "spec-sign": ["holds", "fails", "holds"],
+    # seed 001's unqualified low-stable-rank claim fails (tanh/SwiGLU grow); the rest are extensions
+    "init-rank": ["fails", "holds", "holds", "holds", "holds"],
+    "schatten": ["holds"] * 4,
+    # GD's T1: a power law d^0.15 fits better than the seed's log d
+    "phase-retrieval": ["holds", "holds", "holds", "fails", "holds", "holds"],
+    # sparse-favours-sign at B = inf: 1 of 2 (not more than half); the equality case and n >> m are wrong
+    "spec-sign": ["holds", "fails", "holds", "holds", "fails", "fails", "holds"],
+    "schatten-p32": ["fails", "holds", "holds", "holds"],
+    # the Gaussian start leaves the manifold; at sigma = 30 GD ends better aligned; online T1 at d = 32 does not
+    # settle over batches 100-1600 (it does at default size); the last (wall-clock) verdict is timing-dependent
+    "phase-checks": ["fails", "holds", "fails", "fails", "holds", "holds", None],
+    "trained": ["holds", "holds", "fails"],
 }
 
 
 def test_quick_runs_give_todays_verdicts(quick_results):
     got = {name: [c.verdict for c in claims] for name, (_, claims) in quick_results.items()}
+    timing = got["phase-checks"].pop()
+    assert timing in ("holds", "inconclusive", "fails")                 # wall clock on a shared machine
+    got["phase-checks"].append(None)
     assert got == QUICK_VERDICTS, {n: [(c.statement, c.measured) for c in quick_results[n][1]] for n in got}
+
+
+def test_claimtext_kinds():
+    c = claimtext.seed_claim("seed 9", "section 1", "x is y", "1", True, baseline="b", threshold="t")
+    assert (claimtext.kind(c), c.seed, c.statement, c.verdict) == ("seed", "seed 9, section 1", "\u201cx is y\u201d", "holds")
+    e = claimtext.extension_claim("seed 9", "ours", "2", None, baseline="b", threshold="t", why="w")
+    assert claimtext.kind(e) == "extension" and e.verdict == "inconclusive" and e.note.endswith("; w")
+
+
+def test_scaling_compare_tells_laws_apart():
+    x = np.array([25, 50, 100, 200, 400, 800, 1600.0])
+    for law, y in (("log", 5 + 30 * np.log(x)), ("sqrt", 5 + 3 * np.sqrt(x)), ("power", 2 * x**0.3)):
+        got = scaling.compare(x, y)
+        assert got["winner"] == law, (law, got["order"])
+    # 1% multiplicative noise (seeded): the 95% interval covers the true 0.3 and is narrow (log-slope se ~
+    # 0.01/sqrt(sum (ln x - mean)^2) ~ 0.003, times t(5) = 2.57)
+    noise = np.exp(0.01 * np.random.default_rng(0).standard_normal(len(x)))
+    f = scaling.fit("power", x, 2 * x**0.3 * noise)
+    assert f["b_lo"] < 0.3 < f["b_hi"] and f["b_hi"] - f["b_lo"] < 0.03
+    assert scaling.compare(x, 5 + 30 * np.log(x) + 0.0 * x, margin=0.2)["fits"]["log"]["rse"] < 1e-9
+    assert scaling.t975(3) == pytest.approx(3.182) and scaling.t975(50) == 1.96
+    with pytest.raises(ValueError, match="unknown law"):
+        scaling.fit("cubic", x, x)
+
+
+def test_figures_audit_flags_unlabelled_lines(tmp_path):
+    from steepest.app.report import figures as F
+
+    fig, (ax,) = F.subplots(1, 1)
+    ax.plot([0, 1], [0, 1])                                             # no label, no axis labels
+    problems = F.audit(fig)
+    assert problems == ["axes 0: no x label", "axes 0: no y label", "axes 0: 1 line(s) without a legend label",
+                        "axes 0: no legend"]
+    with pytest.raises(ValueError, match="not self-explaining"):
+        F.save(fig, tmp_path / "bad.png", require_labels=True)
+    assert not (tmp_path / "bad.png").exists()
+    fig, (ax,) = F.subplots(1, 1)
+    F.lines(ax, [1, 2], {"a": [1, 2]}, xlabel="x", ylabel="y")
+    F.hline(ax, 1.5, label="ref")
+    assert F.audit(fig) == [] and F.save(fig, tmp_path / "ok.png", require_labels=True).is_file()
+
+
+def test_every_quick_figure_is_labelled(quick_results, tmp_path):
+    """figures() saves with require_labels=True: drawing them is the check (a missing label raises)."""
+    for name, (res, _) in quick_results.items():
+        paths = base.get(name).figures(res, tmp_path / name)
+        assert paths and all(p.read_bytes()[:4] == b"\x89PNG" for p in paths), name
 
 
 def test_verdict_maps_the_condition():
@@ -98,17 +165,44 @@ def test_cells_are_reused_and_keyed_by_parameters(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- quadratic
-def test_quadratic_claims_hold_and_numbers(quick_results):
+def test_quadratic_numbers(quick_results):
     res, claims = quick_results["quadratic"]
-    assert all(c.verdict == "holds" for c in claims), [(c.statement, c.measured) for c in claims]
     for r in res["cells"]:
         # float64 power iteration / alternating maximisation reach the sup to ~1e-10 here; 1e-6 is loose
         assert r["L_F_est"] == pytest.approx(r["L_F"], rel=1e-6)
         assert r["L_star_est"] == pytest.approx(r["L_star"], rel=1e-6)
+        # the L_* search starts at a Gaussian Z, well below the sup (measured <= 0.51 L_*): it had to climb
+        assert r["L_star_start"] < 0.6 * r["L_star"]
         assert r["sr"] == pytest.approx(r["target_sr"], rel=1e-6)     # bisection on the spectrum is exact
         for m in ("spectral", "gd"):
-            assert r[m]["violations"] == 0 and r[m]["equiv_mismatches"] == 0
+            assert r[m]["violations"] == 0
             assert all(b <= a * (1 + 1e-12) for a, b in zip(r[m]["f"], r[m]["f"][1:]))   # monotone descent
+            # GD's measured decrease exceeds its worst-case bound by 1.27x-1.99x (quick): the bound is loose
+            assert all(1.0 <= v < 2.0 + 1e-9 for v in r[m]["gd_actual_over_bound"][:-1])
+    agree = quadratic.rule_agreement(res["cells"])
+    assert agree["n"] == 186 and agree["rate"] == pytest.approx(162 / 186) and agree["majority"] == pytest.approx(115 / 186)
+    assert "at 0.871 of 186 iterates (majority-class rate 0.618)" in _claim(claims, "in singular directions").measured
+
+
+def test_quadratic_measured_decreases_recomputed(quick_results):
+    """The recorded one-step decreases are f(X) - f(X - D) evaluated by hand from the recorded iterates'
+    problem (rebuilt from its seed) at X0, for both steps."""
+    res, _ = quick_results["quadratic"]
+    cfg = quadratic.quick()
+    for r in res["cells"]:
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + int(round(r["target_sr"] * 100)))  # run_cell's seed
+        prob = quadratic.make_problem(cfg.d, r["target_sr"], gen)
+        A, B, X = prob["A"], prob["B"], prob["X0"]
+        G = A.T @ (A @ X - B)
+        U, S, Vh = torch.linalg.svd(G)
+        f0 = float(quadratic.loss(A, B, X))
+        spec = f0 - float(quadratic.loss(A, B, X - float(S.sum()) / r["L_star"] * (U @ Vh)))
+        gd = f0 - float(quadratic.loss(A, B, X - G / r["L_F"]))
+        # two float64 evaluations (difference of losses vs closed form): ~1e-13 f0 apart; 1e-9 relative is loose
+        for m in ("spectral", "gd"):
+            assert r[m]["dec_spec"][0] == pytest.approx(spec, rel=1e-9) and r[m]["dec_gd"][0] == pytest.approx(gd, rel=1e-9)
+        nr = float(S.sum()) ** 2 / float(S.square().sum())
+        assert r["gd"]["nr"][0] == pytest.approx(nr, rel=1e-12)
 
 
 def test_quadratic_guaranteed_decrease_recomputed_independently(quick_results):
@@ -149,36 +243,31 @@ def test_quadratic_guaranteed_decrease_recomputed_independently(quick_results):
             assert r[method]["f"] == pytest.approx(f, abs=1e-10 * f[0])
             assert f[-1] < f[0] * (0.7 if method == "gd" else 0.2)      # both make real progress in 30 steps
     n_steps = 2 * cfg.steps * len(cfg.stable_ranks)
-    assert _claim(claims, "each step decreases").measured.startswith(f"0 violations in {n_steps} steps")
-    # the "favourable" claim's fractions recomputed from the recorded nr(G_t) and sr(A) (nr >= sr <=> larger bound)
+    assert _claim(claims, "guaranteed one-step").measured.startswith(f"0 violations in {n_steps} measured steps")
     low, high = res["cells"][0], res["cells"][-1]
-    frac = [sum(n >= r["sr"] for n in r["gd"]["nr"]) / (cfg.steps + 1) for r in (low, high)]
-    assert frac[0] == 1.0 and frac[1] == pytest.approx(9 / 31)       # today's quick numbers: 31 of 31, 9 of 31
-    assert [low["gd"]["frac_spectral_bound_larger"], high["gd"]["frac_spectral_bound_larger"]] == frac
-    fav = _claim(claims, "favourable")
-    assert f"{base.fmt(frac[0])} at sr=" in fav.measured and f"{base.fmt(frac[1])} at sr={base.fmt(high['sr'])}" in fav.measured
+    # measured winners on the GD run: the spectral step decreases f more at every iterate for sr = 1.5, never at 16
+    assert (low["gd"]["frac_spectral_decrease_larger"], high["gd"]["frac_spectral_decrease_larger"]) == (1.0, 0.0)
 
 
 def test_quadratic_claims_follow_the_numbers(quick_results):
     res, _ = quick_results["quadratic"]
     bad = copy.deepcopy(res)
     bad["cells"][0]["gd"]["violations"] = 1
-    bad["cells"][0]["L_star_est"] = 2 * bad["cells"][0]["L_star"]
     claims = quadratic.claims(bad)
-    assert _claim(claims, "each step decreases").verdict == "fails"
-    assert _claim(claims, "L_* = ").verdict == "fails"
-    # "favourable" compares the lowest- and highest-sr fractions: equal still holds, lower flips it
+    assert _claim(claims, "guaranteed one-step").verdict == "fails"
+    # the rule must beat the majority-class rate by rule_margin = 0.05: at the majority rate it fails
     ok = copy.deepcopy(res)
-    ok["cells"][0]["gd"]["frac_spectral_bound_larger"] = ok["cells"][-1]["gd"]["frac_spectral_bound_larger"]
-    assert _claim(quadratic.claims(ok), "favourable").verdict == "holds"
-    ok["cells"][0]["gd"]["frac_spectral_bound_larger"] -= 0.01
-    assert _claim(quadratic.claims(ok), "favourable").verdict == "fails"
+    for r in ok["cells"]:
+        for m in ("spectral", "gd"):
+            r[m]["predicted"] = ["spec" if w == "gd" else "gd" for w in r[m]["winners"]]   # always wrong
+    assert _claim(quadratic.claims(ok), "in singular directions").verdict == "fails"
+    ok = copy.deepcopy(res)
+    ok["cells"][0]["gd"]["frac_spectral_decrease_larger"] = ok["cells"][-1]["gd"]["frac_spectral_decrease_larger"]
+    assert _claim(quadratic.claims(ok), "so more often").verdict == "fails"          # equal is not "more often"
     ok["cells"] = ok["cells"][:1]
-    assert _claim(quadratic.claims(ok), "favourable").verdict == "inconclusive"   # one matrix: nothing to compare
+    assert _claim(quadratic.claims(ok), "so more often").verdict == "inconclusive"   # one matrix: nothing to compare
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: quadratic.claims computes one `over` flag for both sups, so an "
-                   "L_* estimate above ||A||_F^2 also fails the L_F claim (and vice versa)")
 def test_quadratic_sup_claims_judge_their_own_sup(quick_results):
     res, _ = quick_results["quadratic"]
     bad = copy.deepcopy(res)
@@ -186,6 +275,25 @@ def test_quadratic_sup_claims_judge_their_own_sup(quick_results):
     claims = quadratic.claims(bad)
     assert _claim(claims, "L_* = ").verdict == "fails"
     assert _claim(claims, "L_F = ").verdict == "holds"                # L_F's numbers are untouched
+    bad = copy.deepcopy(res)
+    bad["cells"][1]["L_F_est"] = bad["cells"][1]["L_F"] * (1 + 2 * quadratic.SUP_RTOL)
+    claims = quadratic.claims(bad)
+    assert _claim(claims, "L_F = ").verdict == "fails" and _claim(claims, "L_* = ").verdict == "holds"
+
+
+def test_quadratic_one_step_decreases_match_losses():
+    gen = torch.Generator().manual_seed(3)
+    prob = quadratic.make_problem(10, 2.0, gen)
+    A, B, X = prob["A"], prob["B"], prob["X0"]
+    G = quadratic.grad(A, B, X)
+    Ls, Lf = float(A.square().sum()), float(torch.linalg.matrix_norm(A, 2)) ** 2
+    spec, gd = quadratic.one_step_decreases(A, G, Ls, Lf)
+    U, S, Vh = np.linalg.svd(G.numpy())                                 # numpy float64 reference
+    Xs = X.numpy() - S.sum() / Ls * (U @ Vh)
+    f = lambda Y: 0.5 * float(((A.numpy() @ Y - B.numpy()) ** 2).sum())  # noqa: E731
+    # closed form vs difference of two losses: rounding ~1e-15 f; 1e-9 relative to the decrease is loose
+    assert spec == pytest.approx(f(X.numpy()) - f(Xs), rel=1e-9)
+    assert gd == pytest.approx(f(X.numpy()) - f(X.numpy() - G.numpy() / Lf), rel=1e-9)
 
 
 def test_quadratic_spectral_step_matches_svd_reference():
@@ -202,66 +310,119 @@ def test_quadratic_spectral_step_matches_svd_reference():
 
 
 # ---------------------------------------------------------------------------------------- schatten
+def test_schatten_raw_variance_is_the_seeds_definition():
+    """Proposition 5's variance is of the dualizer's singular values themselves (no division by the
+    mean): numpy float64 reference t_i = (s_i/||s||_q)^(q-1)."""
+    G = schatten.make_gradient("low_stable_rank", 30, 12, 1.0, torch.Generator().manual_seed(1))
+    s = np.linalg.svd(G.numpy(), compute_uv=False)
+    for p in (2.0, 8.0, 32.0):
+        q = p / (p - 1)
+        t = (s / np.linalg.norm(s, ord=q)) ** (q - 1)
+        got = schatten.spread(schatten.dualizer(G, p))
+        # float64 SVD of the dualizer vs closed-form t: ~1e-15 absolute on values of size ~1
+        assert got["var"] == pytest.approx(t.var(), rel=1e-8, abs=1e-14)
+        assert got["cv2"] == pytest.approx((t / t.mean()).var(), rel=1e-8, abs=1e-14)
+    t2 = s / np.linalg.norm(s)                                            # p = 2: raw variance below 1/k
+    assert schatten.spread(schatten.dualizer(G, 2.0))["var"] < 1 / 12 and t2.var() < 1 / 12
+
+
 def test_schatten_numbers(quick_results):
     res, claims = quick_results["schatten"]
+    ps = res["ps"]
     for kind, K in res["kinds"].items():
         var = K["var"]
-        assert all(a > b for a, b in zip(var, var[1:])), kind          # spread shrinks monotonically in p
-        assert var[-1] < 1e-20                                          # p = inf: all singular values equal
-        assert 1.5 <= K["fit"]["gamma"] <= 2.5, K["fit"]                # seed 003: ~1/(p-1)^2
+        assert var[ps.index(math.inf)] < 1e-20                           # p = inf: all singular values equal
+        assert all(a > b for a, b in zip(var[2:], var[3:-1]))            # falls with p from p = 4 on ...
+        assert var[1] > var[0] * 0.9                                     # ... but not at first (p = 2 -> 3)
+        a = K["asym_fit"]
+        # asymptotically quadratic: exponent over p >= 256 measured 1.99 with a +-0.05 interval
+        assert -a["b"] == pytest.approx(2.0, abs=0.03) and -a["b_hi"] > 1.9 and -a["b_lo"] < 2.1
+        # over the seed's range [8, 128] the raw-variance slope is ~1.7 (1.6 at default size), not 2
+        assert 1.55 < K["fit"]["gamma"] < 1.8, K["fit"]
+        # the asymptote Var(ln s)/(p-1)^2 is reached: ratio at p = 4096 within 1% (first order: 1 + 2 mu/4095)
+        i = ps.index(4096.0)
+        assert var[i] * 4095**2 / K["var_log_s"] == pytest.approx(1.0, abs=0.01)
+        # re-derived local exponent 2 + 2 mu/(p-1) within 0.1 from p = 32 on (measured <= 0.05)
+        fin = [p for p in ps if math.isfinite(p)]
+        for loc, pred, p in zip(K["local"], K["local_pred"], fin):
+            if p >= 32:
+                assert abs(loc - pred) < 0.1, (kind, p, loc, pred)
         assert K["ns_match_p"] < 16
-    assert all(c.verdict == "holds" for c in claims), [(c.statement, c.measured) for c in claims]
+    assert [c.verdict for c in claims] == ["holds"] * 4
+    g, lo = res["kinds"]["gaussian"], res["kinds"]["low_stable_rank"]
+    i32, iinf = ps.index(32.0), ps.index(math.inf)
+    # p = 32: stable rank 0.959 (gaussian), 0.829 (low rank, quick) of spectral; at default size 0.78 (fails)
+    assert g["stable_rank"][i32] / g["stable_rank"][iinf] == pytest.approx(0.959, abs=0.01)
+    assert lo["stable_rank"][i32] / lo["stable_rank"][iinf] == pytest.approx(0.829, abs=0.01)
+    assert lo["ns_match_p"] > g["ns_match_p"]       # a spread-out spectrum needs a larger p to look like NS5
 
 
 def test_schatten_fit_and_claims_recomputed(quick_results):
     res, claims = quick_results["schatten"]
     ps = res["ps"]
     for kind, K in res["kinds"].items():
-        # our own least squares of log var on log(p - 1) over the finite p >= fit_min_p = 8 (5 points)
-        pts = [(math.log(p - 1), math.log(v)) for p, v in zip(ps, K["var"]) if math.isfinite(p) and p >= 8]
+        pts = [(math.log(p - 1), math.log(v)) for p, v in zip(ps, K["var"]) if math.isfinite(p) and 8 <= p <= 128]
         assert len(pts) == 5
-        slope = np.polyfit(*np.array(pts).T, 1)[0]
-        assert K["fit"]["gamma"] == pytest.approx(-slope, rel=1e-12)
-        # Band: t_i ~ s_i^(q-1), so var = Var(exp((q-1) ln s)) / mean^2 = (q-1)^2 Var(ln s) (1 + O(q-1)); with
-        # q - 1 = 1/(p-1) <= 1/7 over the fit range the correction bends the log-log slope by at most ~1/7 of
-        # its size times the skew of ln s (< 1 here): gamma = 2 +- 0.15 (measured 1.99 gaussian, 2.06 low rank)
-        assert K["fit"]["gamma"] == pytest.approx(2.0, abs=0.15), kind
-        assert K["fit"]["r2"] > 0.999                                   # 5 points on a near-perfect power law
-        assert f"{kind}: exponent {base.fmt(K['fit']['gamma'])}" in claims[0].measured
-        # the matched p is where the grid's variance curve crosses the NS variance (recomputed here)
-        assert K["ns_match_p"] == pytest.approx(schatten.match_p(K["grid_p"], K["grid_var"], K["ns"]["var"]), rel=1e-12)
-        # NS5 sits in Muon's [0.68, 1.13] band (REFERENCE.md 1): normalised variance < ((1.13-0.68)/2)^2 ~ 0.05
-        assert 0.0 < K["ns"]["var"] < 0.05 and 2.0 < K["ns_match_p"] < 16.0
-    g, lo = res["kinds"]["gaussian"], res["kinds"]["low_stable_rank"]
-    i32, iinf = ps.index(32.0), ps.index(math.inf)
-    for K in (g, lo):                                                   # the "close at p = 32" claim's inputs
-        assert K["var"][i32] < 0.01 and K["stable_rank"][i32] / K["stable_rank"][iinf] > 0.8
-    # a spread-out low-stable-rank spectrum needs a larger p to look like NS5 than a Gaussian one
-    assert lo["ns_match_p"] > g["ns_match_p"]
+        assert K["fit"]["gamma"] == pytest.approx(-np.polyfit(*np.array(pts).T, 1)[0], rel=1e-12)
+        pts = [(math.log(p - 1), math.log(v)) for p, v in zip(ps, K["var"]) if math.isfinite(p) and p >= 256]
+        assert K["asym_fit"]["b"] == pytest.approx(np.polyfit(*np.array(pts).T, 1)[0], rel=1e-10)
+        assert K["ns_match_p"] == pytest.approx(schatten.match_p(K["grid_p"], K["grid_var"], K["ns"]["cv2"]), rel=1e-12)
+        # NS5 sits in Muon's [0.68, 1.13] band (REFERENCE.md 1): var/mean^2 < ((1.13-0.68)/2)^2 ~ 0.05
+        assert 0.0 < K["ns"]["cv2"] < 0.05 and 2.0 < K["ns_match_p"] < 16.0
+        assert f"{kind}: exponent {base.fmt(-K['asym_fit']['b'])} " in claims[0].measured
 
 
 def test_schatten_verdicts_flip_at_their_thresholds(quick_results):
     res, _ = quick_results["schatten"]
     bad = copy.deepcopy(res)
-    for gamma, want in ((2.5, "holds"), (2.51, "fails"), (1.5, "holds"), (1.49, "fails"), (float("nan"), "inconclusive")):
-        bad["kinds"]["gaussian"]["fit"]["gamma"] = gamma
-        assert schatten.claims(bad)[0].verdict == want, gamma
+    a = bad["kinds"]["gaussian"]["asym_fit"]
+    a["b_lo"], a["b_hi"] = -2.11, -1.95                                   # interval leaves 2 +- 0.1
+    assert schatten.claims(bad)[0].verdict == "fails"
+    a["b_lo"], a["b_hi"] = -2.09, -1.91
+    assert schatten.claims(bad)[0].verdict == "holds"
     bad = copy.deepcopy(res)
     bad["kinds"]["low_stable_rank"]["ns_match_p"] = 16.0
-    assert schatten.claims(bad)[2].verdict == "holds"
+    assert schatten.claims(bad)[3].verdict == "holds"
     bad["kinds"]["low_stable_rank"]["ns_match_p"] = 16.5
-    assert schatten.claims(bad)[2].verdict == "fails"
+    assert schatten.claims(bad)[3].verdict == "fails"
     i = res["ps"].index(32.0)
     bad["kinds"]["gaussian"]["var"][i] = 0.011                          # above close_var = 0.01
+    assert schatten.claims(bad)[2].verdict == "fails"
+    bad = copy.deepcopy(res)
+    j = res["ps"].index(64.0) - 1                                       # interval (32, 64)
+    bad["kinds"]["gaussian"]["local"][j] += 0.2
     assert schatten.claims(bad)[1].verdict == "fails"
 
 
-def test_schatten_p2_spread_is_the_gradient_spread():
-    gen = torch.Generator().manual_seed(1)
-    G = schatten.make_gradient("low_stable_rank", 20, 10, 1.0, gen)
-    s = torch.linalg.svdvals(G)
-    ref = float((s / s.mean()).var(unbiased=False))                   # p = 2 dualizer is G/||G||_F
-    assert schatten.spread(schatten.dualizer(G, 2.0))["var"] == pytest.approx(ref, rel=1e-9)
+def test_schatten_p32_numbers(quick_results):
+    res, claims = quick_results["schatten-p32"]
+    K = res["kinds"]
+    for kind, cs in K.items():
+        for c in cs:
+            for p, v in c["by_p"].items():
+                assert v["measured"] == pytest.approx(v["identity"], rel=1e-9)   # exact identity, float64
+            # first order exp(-2 spread/(p-1)) at p = 32: within 0.002 (measured 0.0015)
+            assert abs(c["by_p"]["32"]["measured"] - c["by_p"]["32"]["first_order"]) < 0.003
+    pl = [c["by_p"]["32"]["measured"] for c in K["power_law"]]
+    assert pl == pytest.approx([0.885, 0.815, 0.747], abs=0.005) and all(a > b for a, b in zip(pl, pl[1:]))
+    # log-spread of s_i = 1/i is mean ln i = ln k! / k ~ ln k - 1 + ln(2 pi k)/(2k): 1.92, 3.21, 4.56 for k = 16, 64, 256
+    for c in K["power_law"]:
+        k = c["k"]
+        assert c["log_spread"] == pytest.approx(math.lgamma(k + 1) / k, rel=1e-9)
+        assert c["p_needed"] == pytest.approx(1 + 2 * c["log_spread"] / math.log(1 / 0.8), rel=1e-12)
+    g = [c["by_p"]["32"]["measured"] for c in K["gaussian"]]
+    assert max(g) - min(g) < 0.005 and min(g) > 0.95
+    assert [c.verdict for c in claims] == ["fails", "holds", "holds", "holds"]
+    bad = copy.deepcopy(res)
+    bad["kinds"]["gaussian"][0]["by_p"]["32"]["measured"] += 0.03        # Gaussian no longer flat
+    assert schatten_p32.claims(bad)[3].verdict == "fails"
+
+
+def test_schatten_p32_spectrum_ratio_reference():
+    s = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
+    p = 3.0                                                             # 2/(p-1) = 1
+    assert schatten_p32.spectrum_ratio(s, p) == pytest.approx((1 + 0.5 + 0.25) / 3, rel=1e-15)
+    assert schatten_p32.log_spread(s) == pytest.approx((0 + math.log(2) + math.log(4)) / 3, rel=1e-15)
 
 
 def test_schatten_match_p_interpolates():
@@ -292,38 +453,41 @@ def test_phase_retrieval_numbers(quick_results):
     s = phase_retrieval.summary(res)
     # SpecGD from W0 = theta U: polar(grad) = -U exactly while every direction still grows, so a = b = c
     assert s["spec_uniform_ratio"] == pytest.approx(1.0, abs=1e-6)
-    assert s["gd_spike_over_signal"] > 2.0
+    assert s["gd_spike_over_signal"] == pytest.approx(2.18, abs=0.01)
     t1s, t1g = s["t1"]["specgd"], s["t1"]["gd"]
+    assert s["dims"] == [24, 32, 48, 96, 192]
     assert max(t1g) > 10 * max(t1s)                                    # GD's growth stage is far longer
     assert all(b > a for a, b in zip(t1g, t1g[1:]))                    # and lengthens with d
-    assert s["fit"]["gd"]["slope"] > 0 and s["fit"]["gd"]["r2"] > 0.95
+    assert 5.0 < min(t1s) and max(t1s) < 6.5                            # SpecGD: ~5.5 steps at every d
     assert s["diverged_cells"]["gd"] > s["diverged_cells"]["specgd"]
-    assert all(c.verdict == "holds" for c in claims), [(c.statement, c.measured) for c in claims]
+    assert [c.verdict for c in claims] == QUICK_VERDICTS["phase-retrieval"]
 
 
-def test_phase_retrieval_claim_numbers_recomputed(quick_results):
+def test_phase_retrieval_law_comparison_recomputed(quick_results):
     res, claims = quick_results["phase-retrieval"]
     dims = [int(d) for d in res["t1"]]
-    assert dims == [40, 80, 160, 320]                                   # quick(): d doubles three times
-    t1s = [res["t1"][str(d)]["specgd"] for d in dims]
-    t1g = [res["t1"][str(d)]["gd"] for d in dims]
-    # SpecGD flat in d: max/min 1.45 today, just under flat_ratio = 1.5 (pinned: a drift past 1.5 flips it)
-    flat = max(t1s) / min(t1s)
-    assert 1.0 <= flat <= 1.5 and f"(max/min {base.fmt(flat)})" in _claim(claims, "SpecGD's time").measured
-    assert 3.0 < min(t1s) and max(t1s) < 10.0                          # a handful of steps at every d
-    # GD like log d: each doubling of d adds the same number of steps. Measured increments 21.5, 23.4, 24.2;
-    # a log law fixes them equal, a power law d^a would grow them by 2^a per doubling; 15% spread allowed
-    inc = np.diff(t1g)
-    assert np.all(inc > 0) and inc.max() / inc.min() < 1.15
-    slope, icpt = np.polyfit(np.log(dims), t1g, 1)                     # our own fit of T1 = c0 + c1 ln d
-    fit = phase_retrieval.summary(res)["fit"]["gd"]
-    assert fit["slope"] == pytest.approx(slope, rel=1e-10) and fit["intercept"] == pytest.approx(icpt, rel=1e-10)
-    assert slope == pytest.approx(inc.mean() / math.log(2), rel=0.05)   # the fit slope is the per-doubling step / ln 2
-    assert f"{base.fmt(slope)} ln d" in _claim(claims, "GD's time to leave the growth stage grows").measured
-    # heatmap: good = not diverged and final alignment >= 0.9, counted here from the cells
+    t1g = np.array([res["t1"][str(d)]["gd"] for d in dims])
+    law = phase_retrieval.summary(res)["laws"]["gd"]
+    # our own fits: log-linear and log-log least squares, residual standard error with n - 2 dof
+    x = np.log(dims)
+    for name, u, y in (("log", x, t1g), ("sqrt", np.sqrt(dims), t1g)):
+        c = np.polyfit(u, y, 1)
+        rse = math.sqrt(((y - np.polyval(c, u)) ** 2).sum() / (len(y) - 2))
+        assert law["fits"][name]["rse"] == pytest.approx(rse, rel=1e-9) and law["fits"][name]["b"] == pytest.approx(c[0], rel=1e-9)
+    c = np.polyfit(x, np.log(t1g), 1)
+    assert law["fits"]["power"]["b"] == pytest.approx(c[0], rel=1e-9)
+    # today: a power law d^0.149 beats log d (rse 0.26 vs 1.36): each doubling of d adds *more* steps
+    # (increments grow), which a log law forbids (it fixes them equal)
+    assert law["winner"] == "power" and law["fits"]["power"]["b"] == pytest.approx(0.148, abs=0.005)
+    inc = np.diff(t1g[1:]) / np.diff(np.log2(dims[1:]))                   # steps per doubling from d = 32
+    assert np.all(np.diff(inc) > 0)
+    assert _claim(claims, "logarithmic for GD").verdict == "fails"
+    bad = copy.deepcopy(res)
+    for d in bad["t1"]:                                                 # an exact log law: the claim holds
+        bad["t1"][d]["gd"] = 40.0 + 30.0 * math.log(float(d))
+    assert _claim(phase_retrieval.claims(bad), "logarithmic for GD").verdict == "holds"
     good = {m: sum(not c[m]["diverged"] and c[m]["align"] >= 0.9 for c in res["heat"].values()) for m in ("specgd", "gd")}
     assert (good["specgd"], good["gd"], len(res["heat"])) == (4, 3, 6)
-    assert "SpecGD 4, GD 3 of 6" in _claim(claims, "larger region").measured
     for a, r in res["power"].items():                                   # power law: SpecGD ends aligned, better than GD
         assert r["specgd"]["align"][-1] > 0.99 and r["specgd"]["align"][-1] > r["gd"]["align"][-1], a
 
@@ -331,22 +495,15 @@ def test_phase_retrieval_claim_numbers_recomputed(quick_results):
 def test_phase_retrieval_verdicts_flip_at_their_thresholds(quick_results):
     res, _ = quick_results["phase-retrieval"]
     bad = copy.deepcopy(res)
-    d0 = next(iter(bad["t1"]))
-    lo = min(v["specgd"] for v in bad["t1"].values())
-    bad["t1"][d0]["specgd"] = 1.49 * lo
-    assert _claim(phase_retrieval.claims(bad), "SpecGD's time").verdict == "holds"
-    bad["t1"][d0]["specgd"] = 1.51 * lo
-    assert _claim(phase_retrieval.claims(bad), "SpecGD's time").verdict == "fails"
-    bad["t1"][d0]["specgd"] = math.inf                                  # never left the growth stage
-    assert _claim(phase_retrieval.claims(bad), "SpecGD's time").verdict == "inconclusive"
-    bad = copy.deepcopy(res)
-    for d in bad["t1"]:                                                 # GD's T1 shrinking with d: negative slope
-        bad["t1"][d]["gd"] = 1000.0 / float(d)
-    assert _claim(phase_retrieval.claims(bad), "GD's time to leave the growth stage grows").verdict == "fails"
+    for d in bad["t1"]:                                                 # SpecGD growing at GD's rate: fails
+        bad["t1"][d]["specgd"] = bad["t1"][d]["gd"] / 10
+    assert _claim(phase_retrieval.claims(bad), "constant-time").verdict == "fails"
+    bad["t1"][next(iter(bad["t1"]))]["specgd"] = math.inf               # never left the growth stage
+    assert _claim(phase_retrieval.claims(bad), "constant-time").verdict == "inconclusive"
     bad = copy.deepcopy(res)
     for c in bad["heat"].values():                                      # equal good counts: inconclusive
         c["gd"] = copy.deepcopy(c["specgd"])
-    assert _claim(phase_retrieval.claims(bad), "larger region").verdict == "inconclusive"
+    assert _claim(phase_retrieval.claims(bad), "larger (lambda").verdict == "inconclusive"
 
 
 def test_growth_end_interpolates():
@@ -367,59 +524,48 @@ def test_moment_limits():
 def test_init_rank_numbers(quick_results):
     res, claims = quick_results["init-rank"]
     A = res["acts"]
-    assert A["relu"]["random_features"][-1] == pytest.approx(math.pi, rel=0.25)
-    for act in ("tanh", "swiglu"):
-        assert A[act]["random_features"][-1] > 4 * A[act]["random_features"][0]   # widths grow 8x
-    for arch in init_rank.ARCHS:
-        assert A["relu"][arch][-1] < 5.0                                # O(1) at every width
-    assert all(c.verdict == "holds" for c in claims), [(c.statement, c.measured) for c in claims]
-
-
-def test_init_rank_ratios_recomputed(quick_results):
-    res, claims = quick_results["init-rank"]
-    A = res["acts"]
     assert res["widths"] == [32, 64, 128, 256]
     for act in ("relu", "gelu"):
         for arch in init_rank.ARCHS:
             r = A[act][arch][-1] / A[act][arch][0]
-            # flat: 8x the width moves st by at most the claim's 1.5 (measured 0.92-1.25)
-            assert 0.67 < r <= 1.5, (act, arch, r)
-            assert f"{act}/{arch}: st {base.fmt(A[act][arch][0])} -> {base.fmt(A[act][arch][-1])}" in claims[0].measured
+            assert 0.67 < r <= 1.5, (act, arch, r)                      # flat: measured 0.92-1.24
         rf = A[act]["random_features"]
-        # st(A) = ||A||_F^2/||A||_op^2 -> E[s^2]/E[s]^2 from below: the mean direction carries ||A||_op and the
-        # bulk adds to it at finite width, less so as width grows (measured monotone, 10% short at w=32)
-        assert all(a < b for a, b in zip(rf, rf[1:])) and rf[-1] < A[act]["limit"], act
-        assert abs(rf[-1] - A[act]["limit"]) / A[act]["limit"] < 0.05   # within 5% at w=256 (measured 1.6%, 2.8%)
-    assert A["gelu"]["limit"] == pytest.approx(init_rank.moment_limit("gelu"), rel=1e-12)
+        # st -> E[s^2]/E[s]^2 from below, monotone; within 5% at w = 256 (measured 1.6%, 2.9%)
+        assert all(a < b for a, b in zip(rf, rf[1:])) and rf[-1] < A[act]["limit"]
+        assert abs(rf[-1] - A[act]["limit"]) / A[act]["limit"] < 0.035
     for act in ("tanh", "swiglu"):
         for arch in init_rank.ARCHS:
-            # growing: >= the claim's 2x over an 8x width (random features/transformer ~6-11x: st ~ width)
-            assert A[act][arch][-1] / A[act][arch][0] >= 2.0, (act, arch)
-        assert A[act]["random_features"][-1] / A[act]["random_features"][0] > 4.0
+            assert A[act][arch][-1] / A[act][arch][0] >= 2.0, (act, arch)   # grows: x3.9 to x11.2 over 8x width
     r = A["relu"]
     assert all(g > s for g, s in zip(r["rf_nr_grad"], r["random_features"]))
     assert all(g > s for g, s in zip(r["mlp_nr_grad"], r["mlp_st_input"]))
     assert r["mlp_st_input"] == [layers[0] for layers in r["mlp_by_layer"]]   # layer 2's input is layer 1's output
+    seed = claims[0]
+    assert seed.seed == "seed 001, abstract" and seed.verdict == "fails"
+    assert "refuted for swiglu, tanh" in seed.note                       # the report says so, with the growth
 
 
 def test_init_rank_verdicts_flip_at_their_thresholds(quick_results):
     res, _ = quick_results["init-rank"]
+    only = copy.deepcopy(res)
+    only["acts"] = {a: v for a, v in only["acts"].items() if a in ("relu", "gelu")}
+    assert init_rank.claims(only)[0].verdict == "holds"                  # the seed claim fails only for tanh/SwiGLU
     bad = copy.deepcopy(res)
     v = bad["acts"]["relu"]["mlp"]
     v[-1] = 1.5 * v[0]
-    assert init_rank.claims(bad)[0].verdict == "holds"
+    assert init_rank.claims(bad)[1].verdict == "holds"
     v[-1] = 1.51 * v[0]
-    assert init_rank.claims(bad)[0].verdict == "fails" and "relu/mlp (x1.51)" in init_rank.claims(bad)[0].note
+    assert init_rank.claims(bad)[1].verdict == "fails"
     bad = copy.deepcopy(res)
     v = bad["acts"]["tanh"]["transformer"]
     v[-1] = 1.99 * v[0]
-    assert init_rank.claims(bad)[1].verdict == "fails"
+    assert init_rank.claims(bad)[2].verdict == "fails"
     bad = copy.deepcopy(res)
     rf = bad["acts"]["relu"]["random_features"]
-    rf[-1] = 0.74 * bad["acts"]["relu"]["limit"]                        # 26% below the limit: outside 25%
-    assert init_rank.claims(bad)[2].verdict == "fails"
-    bad["acts"]["relu"]["rf_nr_grad"][0] = rf[0]                        # nr == st is not "exceeds"
+    rf[-1] = 0.94 * bad["acts"]["relu"]["limit"]                        # 6% below the limit: outside 5%
     assert init_rank.claims(bad)[3].verdict == "fails"
+    bad["acts"]["relu"]["rf_nr_grad"][0] = rf[0]                        # nr == st is not "exceeds"
+    assert init_rank.claims(bad)[4].verdict == "fails"
 
 
 # ---------------------------------------------------------------------------------------- spec-sign
@@ -446,43 +592,146 @@ def test_minibatch_gradient_is_unbiased():
 def test_spec_sign_numbers(quick_results):
     res, claims = quick_results["spec-sign"]
     rows = res["rows"]
+    st = res["settings"]
     assert all(r["gain_sign"] >= 0 and r["gain_spec"] >= 0 for r in rows)
     exact_equal = [r for r in rows if r["magnitudes"] == "equal" and math.isinf(r["batch"])]
     # exact equal-magnitude G: sign(G) = G / g is G's own direction, so SignSGD must win
     assert all(r["winner"] == "sign" for r in exact_equal)
-    assert _claim(claims, "small batches").verdict == "holds"
-    # Fails at quick size (and default size): any sampling noise on the zero entries of a sparse G makes
-    # sign(G_hat) a dense +-1 step; SignSGD wins only with the exact gradient. The verdict is the rule's:
-    large = _claim(claims, "large batches")
-    st = res["settings"]
-    sel = [r for r in rows if r["batch"] >= st["large_batch"] and r["density"] <= st["sparse_density"] and r["winner"] != "tie"]
-    assert large.verdict == base.verdict(sum(r["winner"] == "sign" for r in sel) > len(sel) / 2)
-    assert large.verdict == "fails"
-    assert large.measured.startswith("SignSGD wins 1 of 4 decided cells")   # only equal, rho = 0.05, exact G
-    assert [(r["magnitudes"], r["density"]) for r in sel if r["winner"] == "sign"] == [("equal", 0.05)]
     for r in rows:                                                      # the winner is the gains' comparison
         gs, gp = r["gain_sign"], r["gain_spec"]
         want = "tie" if abs(gp - gs) <= spec_sign.TIE_RTOL * max(gp, gs) else ("spec" if gp > gs else "sign")
         assert r["winner"] == want, r
-    # at B = 1 the minibatch gradient is rank one: sign's gain cannot beat spec's there
-    assert all(r["winner"] == "spec" for r in rows if r["batch"] == 1)
-    agree = _claim(claims, "agrees")
+    assert all(r["winner"] == "spec" for r in rows if r["batch"] == 1)  # rank-one G_hat at B = 1
+    # deterministic limit: of the sparse (rho = 0.05) exact-gradient cells only the equal-magnitude one goes to sign
+    exact = [r for r in rows if math.isinf(r["batch"]) and r["density"] <= st["sparse_density"]]
+    assert sorted((r["magnitudes"], r["winner"]) for r in exact) == [("equal", "sign"), ("gaussian", "spec")]
+    assert _claim(claims, "favoring SignSGD deterministically)\u201d").verdict == "fails"   # 1 of 2 is not > 1/2
+    # finite large B: sign never wins, and the index says so in both cells
+    large = [r for r in rows if r["density"] <= st["sparse_density"] and 1024 <= r["batch"] < math.inf]
+    assert [r["winner"] for r in large] == ["spec", "spec"] and all(r["index_winner"] == "spec" for r in large)
+    agree = _claim(claims, "If I(G, B) > 1")
     decided = [r for r in rows if r["winner"] != "tie" and r["index_winner"] != "none"]
     n_agree = sum(r["winner"] == r["index_winner"] for r in decided)
-    assert (n_agree, len(decided)) == (30, 30)                          # today's quick run: the index is always right
-    assert agree.measured.startswith(f"agreement {n_agree}/{len(decided)} = 1 ") and agree.verdict == "holds"
+    major = max(sum(r["winner"] == w for r in decided) for w in ("spec", "sign"))
+    assert (n_agree, major, len(decided)) == (30, 25, 30)               # the index beats always-"spec" (25/30)
+    assert agree.measured.startswith("the index names the measured winner in 30/30 = 1 ") and agree.verdict == "holds"
+    assert "majority-class rate 0.833" in agree.measured and "noise-dominated: 18/18" in agree.measured
 
 
-def test_spec_sign_agreement_verdict_flips_at_one_half(quick_results):
+def test_spec_sign_seed_math(quick_results):
+    res, claims = quick_results["spec-sign"]
+    m = res["math"]
+    eq = m["equality"]
+    # diag(3, 1): rank 2 with ||G||_nuc = ||G||_1 = 4, against the seed's "only for rank-1 diagonal matrices"
+    assert eq["diag(3, 1)"] == {"nuc": pytest.approx(4.0, rel=1e-14), "l1": 4.0, "rank": 2}
+    assert eq["scaled 6x6 permutation"]["nuc"] == pytest.approx(21.0, rel=1e-13) and eq["scaled 6x6 permutation"]["rank"] == 6
+    c = _claim(claims, "equality only for rank-1")
+    assert c.verdict == "fails" and "the seed is wrong here" in c.note
+    for t in m["tall"]:                      # n >> m: ||G||_nuc / ||G||_F ~ sqrt(m) (3.96, 3.99 of 4), not ~1
+        assert t["nuc_over_fro"] == pytest.approx(math.sqrt(t["m"]), rel=0.02)
+    assert _claim(claims, "naturally low-rank").verdict == "fails"
+    f = m["noise_fits"]
+    # c_1 = E||E||_1 = N^2 sqrt(2/pi) exactly; c_* ~ (8/(3 pi)) N^1.5 (quarter-circle law): exponents 2 and 1.5
+    for r in m["noise"]:
+        assert r["c_1"] == pytest.approx(r["N"] ** 2 * math.sqrt(2 / math.pi), rel=0.05)
+        assert r["c_star"] == pytest.approx(8 / (3 * math.pi) * r["N"] ** 1.5, rel=0.08)
+    assert f["c_1"]["b"] == pytest.approx(2.0, abs=0.03) and f["c_star"]["b"] == pytest.approx(1.5, abs=0.05)
+    assert _claim(claims, "c_1 ~ N^2").verdict == "holds"
+
+
+def test_spec_sign_agreement_verdict_uses_the_majority_rate(quick_results):
     res, _ = quick_results["spec-sign"]
     bad = copy.deepcopy(res)
     decided = [r for r in bad["rows"] if r["winner"] != "tie" and r["index_winner"] != "none"]
     flip = {"spec": "sign", "sign": "spec"}
-    for r in decided[: len(decided) // 2]:                              # exactly half agree: not "most"
-        r["index_winner"] = flip[r["winner"]]
-    assert _claim(spec_sign.claims(bad), "agrees").verdict == "fails"
-    decided[0]["index_winner"] = decided[0]["winner"]                   # one more than half
-    assert _claim(spec_sign.claims(bad), "agrees").verdict == "holds"
+    for r in decided:                                                   # the index says "spec" everywhere:
+        r["index_winner"] = "spec"                                      # it equals the majority rate, no more
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "fails"
+    for r in decided:                                                   # right everywhere: holds
+        r["index_winner"] = r["winner"]
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
+    decided[0]["index_winner"] = flip[decided[0]["winner"]]
+    decided[1]["index_winner"] = flip[decided[1]["winner"]]             # 28/30 = 0.933 >= 0.833 + 0.05: holds
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
+    for r in decided[:3]:
+        r["index_winner"] = flip[r["winner"]]                           # 27/30 = 0.9 >= 0.883: holds
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
+    decided[3]["index_winner"] = flip[decided[3]["winner"]]             # 26/30 = 0.867 < 0.883: fails
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "fails"
     for r in bad["rows"]:
         r["index_winner"] = "none"
-    assert _claim(spec_sign.claims(bad), "agrees").verdict == "inconclusive"
+    assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "inconclusive"
+
+
+# ---------------------------------------------------------------------------------------- phase checks
+def test_phase_checks_numbers(quick_results):
+    res, claims = quick_results["phase-checks"]
+    I = res["init"]
+    assert max(I["orthogonal"][m]["off_manifold_t1"] for m in ("specgd", "gd")) < 1e-12   # exact manifold
+    assert all(I["gaussian"][m]["off_manifold_t1"] > 0.5 for m in ("specgd", "gd"))     # measured 0.68, 0.73
+    # steps to alignment 0.9: SpecGD 28 / 45, GD 114 / 156 (orthogonal / Gaussian start)
+    assert [I[n][m]["to_aligned"] for n in ("orthogonal", "gaussian") for m in ("specgd", "gd")] == [28, 114, 45, 156]
+    N = res["noise"]
+    assert N["0"]["specgd"]["final_align"] > 0.99 and N["30"]["specgd"]["final_align"] < N["30"]["gd"]["final_align"]
+    T, pop = res["t1_online"], res["t1_population"]
+    assert all(T[b]["specgd"] > 5 * pop["specgd"] for b in T)            # online noise: growth stage 7-12x longer
+    assert all(abs(T[b]["gd"] / pop["gd"] - 1) < 0.06 for b in T)       # GD's T1 barely moves online (<= 5%)
+    s = phase_checks.summary(res)
+    assert s["best_kappa"] == {16: 1.0, 32: 1.0}                          # 10x the theory's kappa still aligns
+    assert all(res["lr"][f"{d}|10"]["final_align"] < 0.9 for d in (16, 32))
+    gd = [res["power"][str(d)]["gd"] for d in (8, 12, 16)]
+    assert gd == [45.0, 108.0, 203.0] and s["laws"]["gd"]["winner"] == "power"
+    assert s["laws"]["gd"]["fits"]["power"]["b"] == pytest.approx(2.17, abs=0.02)  # GD ~ d^2.2; SpecGD 3-5 steps
+    assert max(res["power"][str(d)]["specgd"] for d in (8, 12, 16)) <= 5
+    for d, c in res["cost"].items():
+        assert all(c[m]["sec_per_step"] > 0 for m in ("specgd", "gd")) and c["specgd"]["to_aligned"] < c["gd"]["to_aligned"]
+
+
+def test_phase_checks_verdicts_follow_the_numbers(quick_results):
+    res, _ = quick_results["phase-checks"]
+    bad = copy.deepcopy(res)
+    for b in bad["t1_online"]:                                          # excess ~ batch^-1/2 exactly: holds
+        bad["t1_online"][b]["specgd"] = bad["t1_population"]["specgd"] + 100 / math.sqrt(int(b))
+    assert _claim(phase_checks.claims(bad), "open question 1").verdict == "holds"
+    for c in bad["cost"].values():                                      # equal wall clock: inside the noise band
+        c["specgd"]["sec_per_step"] = c["gd"]["sec_per_step"] * c["gd"]["to_aligned"] / c["specgd"]["to_aligned"]
+    assert _claim(phase_checks.claims(bad), "Measure wall-clock").verdict == "inconclusive"
+    for c in bad["cost"].values():
+        c["specgd"]["sec_per_step"] *= 2                                # SpecGD twice as slow to alignment
+    assert _claim(phase_checks.claims(bad), "Measure wall-clock").verdict == "fails"
+    bad["lr"]["32|1"]["final_align"] = 0.5                              # only kappa = 0.1 aligns at d = 32
+    assert _claim(phase_checks.claims(bad), "larger learning rate").verdict == "fails"
+
+
+def test_off_manifold_reference():
+    d = 6
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    w, v = basis[:, 0], basis[:, 1]
+    P = torch.eye(d, dtype=torch.float64) - torch.outer(w, w) - torch.outer(v, v)
+    M = 2 * torch.outer(w, w) + 3 * torch.outer(v, v) + 0.5 * P
+    assert phase_checks.off_manifold(M, w, v) < 1e-14                   # on the manifold
+    E = torch.outer(basis[:, 2], basis[:, 3])
+    E = E + E.T                                                         # orthogonal to all three basis matrices
+    assert phase_checks.off_manifold(M + E, w, v) == pytest.approx(float(E.norm() / (M + E).norm()), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- trained
+def test_trained_numbers(quick_results):
+    res, claims = quick_results["trained"]
+    best = res["best"]
+    assert set(best) == {"svd", "muon_quintic", "schatten4"}
+    # 30 quick steps from loss ln(81) = 4.39: every variant learns (val 3.05-3.11)
+    assert all(2.9 < b["val"] < 3.2 for b in best.values())
+    # exact polar's updates are (nearly) orthogonal; NS5 spreads them; Schatten-4 keeps much of G's spectrum
+    assert best["svd"]["spread"] > 0.95 and 0.4 < best["muon_quintic"]["spread"] < 0.8 and best["schatten4"]["spread"] < 0.3
+    rec = res["runs"]["svd|0.02"]["records"]
+    assert {r["step"] for r in rec} == {0, 10, 20} and len({r["layer"] for r in rec}) == 4
+    for r in rec:
+        if r["update_op"]:
+            # the recorded spread is ||dW||_F^2/||dW||_op^2/min(shape), in (0, 1]
+            assert 0 < trained.update_spread(r) <= 1 + 1e-6
+    assert trained._spearman([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)
+    assert [c.verdict for c in claims] == QUICK_VERDICTS["trained"]
+    bad = copy.deepcopy(res)
+    bad["best"]["muon_quintic"]["val"] = best["svd"]["val"] * 1.03          # 3% worse than exact: outside 2%
+    assert trained.claims(bad)[1].verdict == "fails"

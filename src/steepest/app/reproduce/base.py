@@ -47,6 +47,9 @@ REGISTRY = {
     "schatten": "steepest.app.reproduce.schatten",
     "phase-retrieval": "steepest.app.reproduce.phase_retrieval",
     "spec-sign": "steepest.app.reproduce.spec_sign",
+    "schatten-p32": "steepest.app.reproduce.schatten_p32",
+    "phase-checks": "steepest.app.reproduce.phase_checks",
+    "trained": "steepest.app.reproduce.trained",
     "layer-oracle": "steepest.app.reproduce.layer_oracle",
 }
 

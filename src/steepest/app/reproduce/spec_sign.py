@@ -33,7 +33,9 @@ import numpy as np
 import torch
 
 import steepest
-from steepest.app.reproduce.base import Cells, Claim, fmt, progress, verdict
+from steepest.app.reproduce import scaling
+from steepest.app.reproduce.base import Cells, Claim, fmt, progress
+from steepest.app.reproduce.claimtext import extension_claim, seed_claim
 from steepest.app.runs import ConfigError
 from steepest.diagnostics.criteria import layer_curvatures, noise_scales, spec_sign_index
 
@@ -41,6 +43,7 @@ SEED = "seed 002"
 SOURCE = 'H. Naganuma, L. Gomezjurado, M. Ghaznavi, I. Mitliagkas et al., "The Geometry of Spectral Gradient Descent: Layerwise Criteria for SignSGD vs Spec SGD"'
 TITLE = "Spec-Sign Advantage Index vs measured one-step improvement"
 VERSION = 1
+MATH_VERSION = 1
 MAGNITUDES = ("gaussian", "equal")
 #: Relative gap below which the two measured gains count as a tie (the line search resolves eta to a
 #: factor 10^(1/12) ~ 1.2, which changes a quadratic's best value by < 1%; 2% leaves margin).
@@ -61,7 +64,14 @@ class Config:
     eta_grid: int = 61               # log grid over [1e-3, 1e2] x ||G||_F / ||D||_F
     small_batch: float = 4           # claim 1: B <= this ...
     sparse_density: float = 0.1      # ... and rho <= this ("fairly sparse")
-    large_batch: float = 1024        # claim 2: B >= this (inf included) and rho <= sparse_density
+    large_batch: float = 1024        # extension claim: finite B >= this and rho <= sparse_density
+    agree_margin: float = 0.05       # the index must beat the majority-class rate by this much
+    # the seed's side statements checked on random matrices (section 4.1): N x N noise sizes for
+    # c_1 ~ N^2, c_* ~ N^1.5, and (n, m) shapes with n >> m for "nuclear ~ Frobenius"
+    noise_sizes: tuple[int, ...] = (16, 32, 64, 128)
+    exponent_tol: float = 0.1        # fitted exponent's 95% interval must lie within +-this of the seed's
+    tall_shapes: tuple[tuple[int, int], ...] = ((256, 16), (1024, 16), (4096, 16))
+    approx_rtol: float = 0.5         # "nuclear ~ Frobenius": ||G||_* / ||G||_F within 1 +- this
     seed: int = 2
 
     def __post_init__(self) -> None:
@@ -80,7 +90,7 @@ class Config:
 
 def quick() -> Config:
     return Config(n=24, m=24, densities=(0.05, 0.3, 1.0), batch_sizes=(1, 4, 64, 1024, math.inf), microbatches=8,
-                  draws=12, eta_grid=41)
+                  draws=12, eta_grid=41, tall_shapes=((256, 16), (1024, 16)))
 
 
 # ---------------------------------------------------------------------------------------- the layer
@@ -160,17 +170,49 @@ def run_cell(cfg: Config, magnitudes: str, density: float, B: float) -> dict:
             "edge": gains["sign"]["at_grid_edge"] or gains["spec"]["at_grid_edge"], "winner": winner}
 
 
+def seed_math(cfg: Config) -> dict:
+    """The seed's side statements on explicit matrices (float64 SVD):
+
+    * "equality only for rank-1 diagonal matrices" in ||G||_nuc <= ||G||_1: G = diag(3, 1) (rank 2),
+      a random 8 x 8 diagonal and a scaled 6 x 6 permutation, each with ||G||_nuc and ||G||_1;
+    * "if n >> m ... ||G||_nuc ~ ||G||_F": Gaussian n x m, ||G||_nuc/||G||_F beside sqrt(m);
+    * "for Gaussian noise c_1 ~ N^2 while c_* ~ N^1.5": the l1 and nuclear norms of N x N standard
+      Gaussian matrices (c = sqrt(B) E||E|| with E of variance 1/B is exactly these norms), 4 draws each.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed * 31 + 5)
+    perm = torch.eye(6, dtype=torch.float64)[torch.randperm(6, generator=gen)] * torch.arange(1.0, 7.0, dtype=torch.float64)
+    examples = {"diag(3, 1)": torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)),
+                "random 8x8 diagonal": torch.diag(torch.randn(8, generator=gen, dtype=torch.float64)),
+                "scaled 6x6 permutation": perm}
+    eq = {k: {"nuc": float(torch.linalg.svdvals(G).sum()), "l1": float(G.abs().sum()),
+              "rank": int(torch.linalg.matrix_rank(G))} for k, G in examples.items()}
+    tall = []
+    for n, m in cfg.tall_shapes:
+        s = torch.linalg.svdvals(torch.randn(n, m, generator=gen, dtype=torch.float64))
+        tall.append({"n": n, "m": m, "nuc_over_fro": float(s.sum() / s.norm()), "sqrt_m": math.sqrt(m)})
+    noise = []
+    for N in cfg.noise_sizes:
+        Es = [torch.randn(N, N, generator=gen, dtype=torch.float64) for _ in range(4)]
+        noise.append({"N": N, "c_1": float(np.mean([float(E.abs().sum()) for E in Es])),
+                      "c_star": float(np.mean([float(torch.linalg.svdvals(E).sum()) for E in Es]))})
+    fits = {k: scaling.fit("power", [r["N"] for r in noise], [r[k] for r in noise]) for k in ("c_1", "c_star")}
+    return {"equality": eq, "tall": tall, "noise": noise, "noise_fits": fits}
+
+
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
-    base = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("densities", "magnitudes", "batch_sizes",
-                                                                        "small_batch", "sparse_density", "large_batch")}
+    base = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in (
+        "densities", "magnitudes", "batch_sizes", "small_batch", "sparse_density", "large_batch", "agree_margin",
+        "noise_sizes", "exponent_tol", "tall_shapes", "approx_rtol")}
     jobs = [(k, r, B) for k in cfg.magnitudes for r in cfg.densities for B in cfg.batch_sizes]
     rows = []
     for k, r, B in progress(jobs, "spec-sign"):
         res = cells.get(f"specsign-{k}-r{r:g}-B{B:g}", {**base, "mag": k, "rho": r, "B": B},
                         lambda k=k, r=r, B=B: run_cell(cfg, k, r, B))
         rows.append({"magnitudes": k, "density": r, "batch": B, **res})
-    return {"rows": rows, "settings": dataclasses.asdict(cfg)}
+    math_res = cells.get("specsign-seed-math", {"seed": cfg.seed, "tall": cfg.tall_shapes, "N": cfg.noise_sizes,
+                                                "v": MATH_VERSION}, lambda: seed_math(cfg))
+    return {"rows": rows, "math": math_res, "settings": dataclasses.asdict(cfg)}
 
 
 # ---------------------------------------------------------------------------------------- claims
@@ -182,9 +224,13 @@ def _share(rows: list, who: str) -> tuple[int, int]:
 def claims(results: dict) -> list[Claim]:
     st = results["settings"]
     rows = results["rows"]
-    small = [r for r in rows if r["batch"] <= st["small_batch"] and r["density"] <= st["sparse_density"]]
-    large = [r for r in rows if r["batch"] >= st["large_batch"] and r["density"] <= st["sparse_density"]]
+    sparse = [r for r in rows if r["density"] <= st["sparse_density"]]
+    small = [r for r in sparse if r["batch"] <= st["small_batch"]]
+    exact = [r for r in sparse if math.isinf(r["batch"])]
+    large = [r for r in sparse if math.isfinite(r["batch"]) and r["batch"] >= st["large_batch"]]
     ws, ns = _share(small, "spec")
+    we, ne = _share(exact, "spec")
+    wx, nx = _share(exact, "sign")
     wl, nl = _share(large, "sign")
 
     def detail(sel, who):
@@ -194,23 +240,76 @@ def claims(results: dict) -> list[Claim]:
     decided = [r for r in rows if r["winner"] != "tie" and r["index_winner"] != "none"]
     agree = sum(r["winner"] == r["index_winner"] for r in decided)
     rate = agree / len(decided) if decided else float("nan")
-    return [
-        Claim(SEED, "small batches favour spectral even for fairly sparse gradients",
-              f"SpecGD wins {ws} of {ns} decided cells with B <= {st['small_batch']:g}, density <= {st['sparse_density']} "
-              f"({detail(small, 'spec')})",
-              verdict(ws > ns / 2 if ns else None), "holds if SpecGD wins more than half of those cells (ties excluded)"),
-        Claim(SEED, "large batches with sparse gradients favour sign",
-              f"SignSGD wins {wl} of {nl} decided cells with B >= {st['large_batch']:g} (inf = exact gradient), "
-              f"density <= {st['sparse_density']} ({detail(large, 'sign')})",
-              verdict(wl > nl / 2 if nl else None), "holds if SignSGD wins more than half of those cells (ties excluded). "
-              "Sign wins there only in: " + (", ".join(f"{r['magnitudes']} rho={r['density']:g} B={r['batch']:g}"
-                                                      for r in large if r["winner"] == "sign") or "none")
-              + ". At finite B the sampling noise on G's zero entries makes sign(G_hat) a dense +-1 step."),
-        Claim(SEED, "the index's decision agrees with the measured winner in most configurations",
-              f"agreement {agree}/{len(decided)} = {fmt(rate)} (ties and undecided index excluded; "
-              f"{sum(r['winner'] == 'tie' for r in rows)} measured ties)",
-              verdict(rate > 0.5 if decided else None), "holds if the agreement rate exceeds 1/2; the rate is the result"),
+    major = max(sum(r["winner"] == w for r in decided) for w in ("spec", "sign")) / len(decided) if decided else float("nan")
+    large_agree = sum(r["winner"] == r["index_winner"] for r in large if r in decided)
+    by_regime = {}
+    for r in decided:
+        a, n = by_regime.get(r["regime"], (0, 0))
+        by_regime[r["regime"]] = (a + (r["winner"] == r["index_winner"]), n + 1)
+    regimes = ", ".join(f"{g}: {a}/{n}" for g, (a, n) in sorted(by_regime.items()))
+    sec41 = "section 4.1"
+    out = [
+        seed_claim(SEED, sec41 + " (2. noise-dominated regime)", "Even if the true gradient is sparse (favoring SignSGD "
+                   "deterministically), SpecGD may be preferable at small batch sizes",
+                   f"SpecGD wins {ws} of {ns} decided sparse cells with B <= {st['small_batch']:g} ({detail(small, 'spec')}); "
+                   f"baseline: {we} of {ne} at B = inf",
+                   (ws > ns / 2 and ws / ns >= (we / ne if ne else 0)) if ns else None,
+                   baseline="SpecGD's share of the same sparse cells in the deterministic limit B = inf",
+                   threshold=f"share > 1/2 and >= the B = inf share (density <= {st['sparse_density']}, ties excluded)"),
+        seed_claim(SEED, sec41 + " (1. deterministic limit B -> inf) and 2.", "the true gradient is sparse (favoring "
+                   "SignSGD deterministically)",
+                   f"with the exact gradient (B = inf) SignSGD wins {wx} of {nx} decided sparse cells ({detail(exact, 'sign')})",
+                   wx > nx / 2 if nx else None, baseline="SpecGD (the other method) in the same cells",
+                   threshold=f"SignSGD wins more than half of the B = inf cells with density <= {st['sparse_density']}",
+                   why="sign(G) is G's own direction only for equal magnitudes; for Gaussian magnitudes on an isotropic "
+                   "Hessian SpecGD's curvature advantage outweighs the signal ratio"),
+        extension_claim(SEED, "at large *finite* batch sizes, sparse gradients do not favour SignSGD (the sampling noise "
+                        "on G's zero entries makes sign(G_hat) a dense +-1 step), and the index predicts it",
+                        f"SignSGD wins {wl} of {nl} decided sparse cells with {st['large_batch']:g} <= B < inf; the index "
+                        f"names the winner in {large_agree} of them",
+                        (wl <= nl / 2 and large_agree == nl) if nl else None,
+                        baseline="the seed's deterministic-limit statement above (sparse favours sign)",
+                        threshold="SignSGD wins at most half of those cells and the index is right in every one"),
+        seed_claim(SEED, "section 4 (decision rule)", "If I(G, B) > 1, SpecGD is preferred. If I(G, B) < 1, SignSGD is "
+                   "preferred.", f"the index names the measured winner in {agree}/{len(decided)} = {fmt(rate)} of "
+                   f"decided cells; majority-class rate {fmt(major)}; by regime {regimes} (noise-dominated: I is undefined, "
+                   "the SNR rule of the abstract decides; partly-vacuous: one bound <= 0, I = 0 or inf)",
+                   rate >= major + st["agree_margin"] if decided else None,
+                   baseline="always guessing the more frequent measured winner (majority-class rate)",
+                   threshold=f"agreement >= majority-class rate + {st['agree_margin']:g} (ties, undecided index excluded)"),
     ]
+    m = results.get("math")
+    if m:
+        eq = m["equality"]
+        higher = {k: v for k, v in eq.items() if v["rank"] > 1}
+        holds_eq = all(abs(v["nuc"] - v["l1"]) <= 1e-12 * v["l1"] for v in higher.values())
+        out.append(seed_claim(SEED, sec41 + " (1.)", "||G||_nuc <= ||G||_1 (with equality only for rank-1 diagonal matrices)",
+                              "; ".join(f"{k}: rank {v['rank']}, ||G||_nuc = {fmt(v['nuc'], 6)}, ||G||_1 = {fmt(v['l1'], 6)}"
+                                        for k, v in eq.items()), not holds_eq,
+                              baseline="the inequality's equality case on matrices of rank > 1",
+                              threshold="the seed holds if every rank > 1 example has ||G||_nuc < ||G||_1 (rel. 1e-12)",
+                              why="the seed is wrong here: equality holds for every diagonal matrix, indeed for any matrix "
+                              "with at most one non-zero per row and column (its singular values are |entries|)"))
+        tall = m["tall"]
+        near = all(abs(t["nuc_over_fro"] - 1) <= st["approx_rtol"] for t in tall)
+        out.append(seed_claim(SEED, sec41 + " (3. layer shape factor)", "If n >> m (e.g., embedding layers), the matrix is "
+                              "naturally low-rank. Here, ||G||_nuc ~ ||G||_F",
+                              "Gaussian G: " + "; ".join(f"{t['n']}x{t['m']}: ||G||_nuc/||G||_F = {fmt(t['nuc_over_fro'])} "
+                                                        f"(sqrt(m) = {fmt(t['sqrt_m'])})" for t in tall), near,
+                              baseline="sqrt(m), the ratio for m equal singular values (the n >> m limit)",
+                              threshold=f"ratio within 1 +- {st['approx_rtol']}",
+                              why="the seed is off by about sqrt(m): an n x m matrix with n >> m has m near-equal singular "
+                              "values (Marchenko-Pastur with ratio m/n -> 0), so it is as far from low rank as m allows"))
+        fits = m["noise_fits"]
+        tol = st["exponent_tol"]
+        ok = all(want - tol <= fits[k]["b_lo"] and fits[k]["b_hi"] <= want + tol for k, want in (("c_1", 2.0), ("c_star", 1.5)))
+        out.append(seed_claim(SEED, sec41 + " (2.)", "for Gaussian noise, c_1 ~ N^2 while c_* ~ N^1.5",
+                              f"fitted exponents over N = {', '.join(str(r['N']) for r in m['noise'])}: c_1 "
+                              f"{fmt(fits['c_1']['b'])} [{fmt(fits['c_1']['b_lo'])}, {fmt(fits['c_1']['b_hi'])}], c_* "
+                              f"{fmt(fits['c_star']['b'])} [{fmt(fits['c_star']['b_lo'])}, {fmt(fits['c_star']['b_hi'])}]",
+                              ok, baseline="the rival law that both grow like N^2 (no spectral advantage)",
+                              threshold=f"each 95% interval inside the seed's exponent +- {tol}"))
+    return out
 
 
 def tables(results: dict):
@@ -235,21 +334,38 @@ def figures(results: dict, out_dir) -> list:
 
     st = results["settings"]
     rows = results["rows"]
-    Bs = [b for b in st["batch_sizes"]]
-    xs = [b if math.isfinite(b) else max(b for b in Bs if math.isfinite(b)) * 4 for b in Bs]
-    fig, axes = F.subplots(1, len(st["magnitudes"]), width=5.2)
+    finite = sorted(b for b in st["batch_sizes"] if math.isfinite(b))
+    x_inf = (finite[-1] * 8) if finite else 1.0            # B = inf drawn apart, to the right of a gap
+
+    def pos(y):
+        return y if isinstance(y, float) and math.isfinite(y) and y > 0 else float("nan")
+
+    fig, axes = F.subplots(1, len(st["magnitudes"]), width=5.6, height=5.6)
     for ax, k in zip(axes, st["magnitudes"]):
-        meas, pred = {}, {}
-        for rho in st["densities"]:
-            sel = sorted([r for r in rows if r["magnitudes"] == k and r["density"] == rho], key=lambda r: r["batch"])
-            meas[f"measured, rho={rho:g}"] = [r["gain_spec"] / r["gain_sign"] if r["gain_sign"] > 0 else float("nan") for r in sel]
-            pred[f"index, rho={rho:g}"] = [r["index"] for r in sel]
-        F.lines(ax, xs, meas, xlabel="batch size (rightmost = exact gradient)", ylabel="gain SpecGD / gain SignSGD",
-                title=f"{k} magnitudes", logx=True, logy=True, markers=True)
-        for (name, ys), line in zip(pred.items(), ax.get_lines()):
-            ax.plot(xs, [y if isinstance(y, float) and math.isfinite(y) and y > 0 else float("nan") for y in ys], "--",
-                    color=line.get_color(), linewidth=1)
-        ax.axhline(1.0, color="k", linewidth=0.8)
-        ax.set_title(f"{k} magnitudes (dashed: index)", fontsize=10)
-    p1 = F.save(fig, f"{out_dir}/spec_sign_gain_ratio.png")
-    return [p1]
+        for j, rho in enumerate(st["densities"]):
+            color = f"C{j}"
+            sel = {r["batch"]: r for r in rows if r["magnitudes"] == k and r["density"] == rho}
+            meas = [pos(sel[b]["gain_spec"] / sel[b]["gain_sign"]) if sel[b]["gain_sign"] > 0 else float("nan")
+                    for b in finite]
+            ax.plot(finite, meas, "-o", color=color, markersize=4, label=f"measured, rho={rho:g}")
+            ax.plot(finite, [pos(sel[b]["index"]) for b in finite], "--", color=color, linewidth=1,
+                    label=f"index I(G, B), rho={rho:g}")
+            if math.inf in sel:
+                r = sel[math.inf]
+                ax.plot([x_inf], [pos(r["gain_spec"] / r["gain_sign"]) if r["gain_sign"] > 0 else float("nan")], "s",
+                        color=color, label=f"measured, B = inf, rho={rho:g}")
+                ax.plot([x_inf], [pos(r["index"])], "x", color=color, markersize=7, label=f"index, B = inf, rho={rho:g}")
+        ax.axhline(1.0, color="k", linewidth=0.8, label="1 (the decision boundary)")
+        if finite:
+            ax.axvline(math.sqrt(finite[-1] * x_inf), color="gray", linestyle=":", linewidth=1,
+                       label="gap: finite B | B = inf")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        F.log_ticks(ax, finite + [x_inf], "x", [f"{b:g}" for b in finite] + ["inf"])
+        ax.set_xlabel("batch size B")
+        ax.set_ylabel("gain SpecGD / gain SignSGD (> 1: SpecGD)")
+        ax.set_title(f"{k} magnitudes", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+        ax.set_title(f"{k} magnitudes (index drawn where finite: NaN when noise-dominated)", fontsize=9)
+    return [F.save(fig, f"{out_dir}/spec_sign_gain_ratio.png", require_labels=True)]

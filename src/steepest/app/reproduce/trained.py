@@ -1,0 +1,243 @@
+"""Seed 001's trained-model claim and seed 003's account of approximate orthogonalization, on a real
+charlm training run (:mod:`steepest.app.tasks.charlm`), from :class:`steepest.diagnostics.LayerMonitor`
+records.
+
+Sources: D. Davis and D. Drusvyatskiy, "When do spectral gradient updates help in deep learning?"
+(seed 001); F. L. Cesista, "Steepest Descent Under Schatten-p Norms" (seed 003).
+
+Each variant trains the same model from the same seed on the same batches, hidden matrices by the
+variant's dualizer (Nesterov 0.95, Muon's shape scale), everything else by AdamW:
+
+* ``svd``: exact polar factor (:class:`steepest.SpecGD`, method="svd");
+* ``polar_express``: Polar Express iterations (SpecGD, method="polar_express");
+* ``muon_quintic``: Muon's 5-step Newton-Schulz quintic (:class:`steepest.Muon`, float32);
+* ``schatten<p>``: the Schatten-p dualizer (:class:`steepest.SchattenDescent`).
+
+Each variant's learning rate is the best of ``lrs`` by final validation loss (a small sweep: "tuned").
+Recorded every ``monitor_every`` steps per hidden layer: st(A) of its input activation, nr(G), and
+the update's stable rank ||dW||_F^2/||dW||_op^2 divided by min(shape) (1 for an exactly orthogonal
+update: the update's singular-value spread).
+
+Example:
+    >>> from steepest.app.reproduce import trained
+    >>> res = trained.run(trained.quick(), None)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+
+import numpy as np
+import torch
+
+import steepest
+from steepest.app.reproduce.base import Cells, Claim, fmt, progress
+from steepest.app.reproduce.claimtext import extension_claim, seed_claim
+from steepest.app.runs import ConfigError
+
+SEED = "seed 001"
+SEED_003 = "seed 003"
+SEEDS = (SEED, SEED_003)   # this experiment checks claims of two seeds
+SOURCE = ('D. Davis and D. Drusvyatskiy, "When do spectral gradient updates help in deep learning?"; '
+          'F. L. Cesista, "Steepest Descent Under Schatten-p Norms"')
+TITLE = "trained charlm: activation stable rank, and exact vs approximate orthogonalization"
+VERSION = 1
+EXACT = "svd"
+
+
+@dataclasses.dataclass
+class Config:
+    n_layer: int = 2
+    d_model: int = 64
+    n_head: int = 4
+    context: int = 64
+    batch_size: int = 16
+    steps: int = 150
+    aux_lr: float = 3e-3             # AdamW for embeddings, norms, head
+    lrs: tuple[float, ...] = (0.01, 0.02, 0.04)
+    variants: tuple[str, ...] = ("svd", "polar_express", "muon_quintic", "schatten32", "schatten4")
+    monitor_every: int = 25
+    # thresholds, fixed before the run
+    low_frac: float = 0.1            # seed 001 "low": st(A) <= this x the activation's width at the last record
+    approx_gap: float = 0.02         # seed 003: an approximate dualizer within this (relative) of exact polar's loss
+    rank_corr: float = 0.7           # extension: Spearman(update spread, -loss) at least this
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.variants if v not in ("svd", "polar_express", "muon_quintic") and not _schatten_p(v)]
+        if bad or EXACT not in self.variants:
+            raise ConfigError(f"variants must include 'svd' and be svd, polar_express, muon_quintic or schatten<p>; got {bad}")
+        if self.steps < 2 or self.monitor_every < 1 or not self.lrs or any(lr <= 0 for lr in self.lrs):
+            raise ConfigError("steps >= 2, monitor_every >= 1 and positive lrs are required")
+
+
+def quick() -> Config:
+    return Config(n_layer=1, d_model=32, n_head=2, context=32, batch_size=8, steps=30, lrs=(0.02,),
+                  variants=("svd", "muon_quintic", "schatten4"), monitor_every=10)
+
+
+def _schatten_p(name: str) -> float | None:
+    if name.startswith("schatten"):
+        try:
+            return float(name[len("schatten"):])
+        except ValueError:
+            return None
+    return None
+
+
+def build(variant: str, model, lr: float, aux_lr: float, routing: dict):
+    """The optimizer of one variant over ``steepest.param_groups(model)`` (AdamW for the rest)."""
+    groups = steepest.param_groups(model, adamw_lr=aux_lr, adamw_betas=(0.9, 0.95), **routing)
+    common = dict(lr=lr, momentum=0.95, nesterov=True)
+    if variant == "svd":
+        return steepest.SpecGD(groups, method="svd", scale_rule="muon", **common)
+    if variant == "polar_express":
+        return steepest.SpecGD(groups, method="polar_express", scale_rule="muon", **common)
+    if variant == "muon_quintic":
+        return steepest.Muon(groups, lr=lr, dtype=torch.float32)
+    return steepest.SchattenDescent(groups, p=_schatten_p(variant), scale_rule="muon", **common)
+
+
+def train(cfg: Config, variant: str, lr: float) -> dict:
+    from steepest.app.tasks.charlm import charlm_task
+    from steepest.diagnostics import LayerMonitor
+    from steepest.diagnostics.sinks import MemorySink
+
+    task = charlm_task("quick", n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head, context=cfg.context,
+                       batch_size=cfg.batch_size, steps=cfg.steps)
+    torch.manual_seed(cfg.seed)
+    model = task.make_model()
+    opt = build(variant, model, lr, cfg.aux_lr, task.routing)
+    sink = MemorySink()
+    hidden = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("blocks.")]
+    monitor = LayerMonitor(model, every=cfg.monitor_every, sinks=[sink], optimizer=opt, microbatches=0, layers=hidden)
+    losses = []
+    for step in range(cfg.steps):
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model, task.batch(cfg.seed, step))
+        if not torch.isfinite(loss):
+            break
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    monitor.detach()
+    model.eval()
+    with torch.no_grad():
+        val = task.evaluate(model) if len(losses) == cfg.steps else math.inf
+    recs = [{k: r.get(k) for k in ("step", "layer", "shape", "st_A", "nr_G", "update_fro", "update_op")}
+            for r in sink.records]
+    return {"val": val if math.isfinite(val) else math.inf, "train": losses, "records": recs}
+
+
+def update_spread(rec: dict) -> float:
+    """||dW||_F^2 / ||dW||_op^2 / min(shape): 1 for an orthogonal update, near 1/k for a rank-one one."""
+    if not rec.get("update_op"):
+        return math.nan
+    return (rec["update_fro"] / rec["update_op"]) ** 2 / min(rec["shape"])
+
+
+def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
+    cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
+    base = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("n_layer", "d_model", "n_head", "context",
+                                                                       "batch_size", "steps", "aux_lr", "monitor_every", "seed")}
+    runs = {}
+    for v, lr in progress([(v, lr) for v in cfg.variants for lr in cfg.lrs], "trained"):
+        runs[f"{v}|{lr:g}"] = cells.get(f"trained-{v}-{lr:g}", {**base, "v": v, "lr": lr}, lambda v=v, lr=lr: train(cfg, v, lr))
+    best = {}
+    for v in cfg.variants:
+        lr = min(cfg.lrs, key=lambda lr: runs[f"{v}|{lr:g}"]["val"])
+        r = runs[f"{v}|{lr:g}"]
+        last = max(x["step"] for x in r["records"]) if r["records"] else None
+        spread = [update_spread(x) for x in r["records"] if x["step"] == last]
+        best[v] = {"lr": lr, "val": r["val"], "spread": statistics.fmean(spread) if spread else math.nan}
+    return {"runs": runs, "best": best, "settings": dataclasses.asdict(cfg)}
+
+
+def _spearman(x: list, y: list) -> float:
+    if len(x) < 3:
+        return math.nan
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def claims(results: dict) -> list[Claim]:
+    st = results["settings"]
+    best = results["best"]
+    ex = results["runs"][f"{EXACT}|{best[EXACT]['lr']:g}"]["records"]
+    steps = sorted({r["step"] for r in ex})
+    first, last = (steps[0], steps[-1]) if steps else (None, None)
+
+    def at(step):
+        return [r for r in ex if r["step"] == step and r["st_A"] is not None]
+
+    lows = [(r["layer"], r["st_A"], r["shape"][1]) for r in at(last)]
+    low_ok = all(s <= st["low_frac"] * w for _, s, w in lows) if lows else None
+
+    def share(rs):
+        rs = [r for r in rs if r["nr_G"] is not None]
+        return sum(r["nr_G"] >= r["st_A"] for r in rs) / len(rs) if rs else math.nan
+
+    s0, s1 = share(at(first)), share(at(last))
+    out = [
+        seed_claim(SEED, "Findings", "In trained models, activation stable rank remains low, favoring spectral methods",
+                   f"charlm trained {st['steps']} steps (exact polar, lr {best[EXACT]['lr']:g}): st(A)/width at step {last}: "
+                   + ", ".join(f"{l} {fmt(s)}/{w}" for l, s, w in lows)
+                   + f"; share of layers with nr(G) >= st(A): {fmt(s1)} (at step {first}: {fmt(s0)})",
+                   (low_ok and s1 > 0.5) if low_ok is not None and math.isfinite(s1) else None,
+                   baseline="the activation's width (a full-rank activation) and the share at the first record",
+                   threshold=f"st(A) <= {st['low_frac']} x width for every hidden layer at the last record, and nr(G) >= "
+                   "st(A) in more than half of them"),
+    ]
+    approx = [v for v in best if v != EXACT and not (_schatten_p(v) or math.inf) < 16]
+    gaps = {v: best[v]["val"] / best[EXACT]["val"] - 1 for v in approx}
+    out.append(seed_claim(SEED_003, "What Does the Dualizer Actually Do?", "optimizers that merely approximately "
+                          "semi-orthogonalize the gradients like Sketching and Muon work so well in practice despite "
+                          "resulting in (relatively) high-variance of singular values post-dualization",
+                          "final val loss (best lr): " + ", ".join(f"{v} {fmt(b['val'], 4)} (lr {b['lr']:g})" for v, b in best.items())
+                          + "; gap to exact polar: " + ", ".join(f"{v} {fmt(g)}" for v, g in gaps.items()),
+                          all(g <= st["approx_gap"] for g in gaps.values()) if gaps else None,
+                          baseline="exact polar (svd) at its best lr",
+                          threshold=f"every approximate dualizer (Newton-Schulz, Polar Express, Schatten p >= 16) within "
+                          f"{st['approx_gap']:.0%} of exact polar's final validation loss"))
+    vs = list(best)
+    rho = _spearman([best[v]["spread"] for v in vs], [-best[v]["val"] for v in vs])
+    out.append(extension_claim(SEED_003, "the update's singular-value spread predicts the loss: variants whose updates "
+                               "are closer to orthogonal (higher update stable rank / min shape) end lower",
+                               "update spread at the last record: " + ", ".join(f"{v} {fmt(best[v]['spread'])}" for v in vs)
+                               + f"; Spearman(spread, -loss) = {fmt(rho)} over {len(vs)} variants",
+                               rho >= st["rank_corr"] if math.isfinite(rho) else None,
+                               baseline="no association (rank correlation 0)",
+                               threshold=f"rank correlation >= {st['rank_corr']} (needs >= 3 variants)"))
+    return out
+
+
+def tables(results: dict):
+    rows = [[k.split("|")[0], float(k.split("|")[1]), r["val"], r["train"][-1] if r["train"] else math.nan]
+            for k, r in results["runs"].items()]
+    return [(("variant", "lr", "final val loss", "final train loss"), rows)]
+
+
+def figures(results: dict, out_dir) -> list:
+    from steepest.app.report import figures as F  # lazy: matplotlib loads only when figures are drawn
+
+    best = results["best"]
+    fig, axes = F.subplots(1, 3, width=4.6)
+    F.lines(axes[0], range(results["settings"]["steps"]),
+            {f"{v} (lr {b['lr']:g})": results["runs"][f"{v}|{b['lr']:g}"]["train"] for v, b in best.items()},
+            xlabel="step", ylabel="train loss (nats)", title="charlm, each variant at its best lr")
+    ex = results["runs"][f"{EXACT}|{best[EXACT]['lr']:g}"]["records"]
+    layers = sorted({r["layer"] for r in ex})
+    series = {}
+    for l in layers:
+        rs = sorted((r for r in ex if r["layer"] == l and r["st_A"] is not None), key=lambda r: r["step"])
+        series[f"st(A) {l}"] = ([r["step"] for r in rs], [r["st_A"] for r in rs])
+        series[f"nr(G) {l}"] = ([r["step"] for r in rs], [r["nr_G"] for r in rs])
+    F.scatter(axes[1], series, xlabel="step", ylabel="stable rank / nuclear rank", title="exact-polar run: st(A), nr(G)",
+              logy=True, size=10)
+    axes[1].legend(fontsize=5, ncol=2)
+    F.scatter(axes[2], {v: ([b["spread"]], [b["val"]]) for v, b in best.items()},
+              xlabel="update stable rank / min(shape) (last record)", ylabel="final validation loss",
+              title="does the update's spread predict the loss?", size=30)
+    return [F.save(fig, f"{out_dir}/trained_charlm.png", require_labels=True)]
