@@ -71,7 +71,9 @@ def _prescale_if_needed(G: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # max|G| = max(max G, -min G): two reads and no |G| temporary (the step is memory-bound on CPU).
     amax = torch.maximum(G.amax(dim=(-2, -1), keepdim=True), -G.amin(dim=(-2, -1), keepdim=True))
     ok = (amax >= _SAFE_AMAX[0]) & (amax <= _SAFE_AMAX[1])
-    if G.device.type == "cpu" and bool((ok | (amax == 0)).all()):
+    # Under torch.compile the branch would break the graph: the where below gives the same result
+    # (a multiply by exactly 1.0 leaves every entry unchanged).
+    if G.device.type == "cpu" and not torch.compiler.is_compiling() and bool((ok | (amax == 0)).all()):
         return G  # factor 1 everywhere: skip the multiply (on CPU this check costs no device sync)
     factor = torch.where(ok | (amax == 0), torch.ones_like(amax), 1.0 / torch.where(amax > 0, amax, torch.ones_like(amax)))
     return G * factor
