@@ -33,15 +33,17 @@ def sync(device: torch.device | str) -> None:
 def time_once(fn: Callable[[], object], device="cpu") -> tuple[float, float]:
     """(wall seconds, process CPU seconds) for one call of ``fn`` (synchronised before and after).
 
-    CPU time is less sensitive than wall time to other processes taking the cores (with one thread it
-    excludes the time this process waited to be scheduled); with several threads it also counts
-    OpenMP spin-waiting, so it is a cross-check, not the headline number.
+    CPU time is less sensitive than wall time to other processes taking the cores (it excludes the
+    time this process waited to be scheduled). With one torch thread it is ``time.thread_time()`` (the
+    calling thread does all the work); with several it is the process CPU time, which also counts
+    OpenMP spin-waiting, so it is then a cross-check, not the headline number.
     """
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
     sync(device)
-    c0, t0 = time.process_time(), time.perf_counter()
+    c0, t0 = clock(), time.perf_counter()
     fn()
     sync(device)
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0, clock() - c0
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, device="cpu",
@@ -101,6 +103,15 @@ def machine() -> dict:
     env["cpu_count"] = os.cpu_count()
     env["avx512_bf16"] = "avx512_bf16" in flags
     env["amx_bf16"] = "amx_bf16" in flags
+    env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    env["torch_threads"] = torch.get_num_threads()
+    env["STEEPEST_BF16"] = os.environ.get("STEEPEST_BF16")  # "0"/"1": the CPU kind is simulated (forced)
+    try:
+        from steepest.linalg.precision import auto_dtype
+
+        env["auto_dtype_cpu"] = str(auto_dtype(torch.device("cpu")))
+    except Exception as e:  # an old tree without dtype="auto"
+        env["auto_dtype_cpu"] = f"unavailable ({type(e).__name__})"
     env["load_average_1_5_15min"] = list(os.getloadavg())  # other processes share these cores
     return env
 

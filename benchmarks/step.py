@@ -72,6 +72,11 @@ def optimizers(base: list[torch.nn.Parameter], include_fp32: bool) -> dict[str, 
 
     opts = {}
     ps = clone()
+    # The default: dtype="auto" (bf16 where bf16 matmul is native, float32 elsewhere; STEEPEST_BF16=0/1
+    # forces it, to simulate the other CPU kind) and batch_matrices=None (per-parameter on CPU).
+    opts["steepest.Muon default (auto)"] = (steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5,
+                                                          weight_decay=WD), ps)
+    ps = clone()
     opts["torch.optim.Muon (bf16)"] = (torch.optim.Muon(ps, lr=LR, weight_decay=WD, momentum=MOMENTUM, nesterov=True,
                                                         ns_coefficients=MUON_QUINTIC, ns_steps=5), ps)
     opts["steepest.Muon bf16 per-param"] = steepest_muon(torch.bfloat16, False)
@@ -168,6 +173,42 @@ def gram_study(repeats: int = 5) -> list[dict]:
     return rows
 
 
+def auto_verdict(times: dict[str, list[float]], resamples: int = 2000) -> dict:
+    """Default (dtype="auto") vs the faster explicit dtype (per-parameter path), from paired CPU times.
+
+    The faster explicit choice is the one with the lower median; the verdict is the median over rounds of
+    t_default / t_faster with a bootstrap 95% interval (resampling rounds). "within noise" when the
+    interval reaches down to 1.0 or the median is at most 1.03 (3%: the spread of paired ratios between
+    two configurations with bit-identical work, benchmarks/step_vs_old.py, on this shared machine).
+
+    Under ``STEEPEST_BF16=0/1`` the CPU kind is SIMULATED: "auto" is forced, but the hardware is the
+    same, so the faster explicit choice is still this CPU's. The verdict is then taken against the
+    explicit twin of the forced choice (the choice a CPU of the simulated kind makes by itself), and the
+    comparison with this CPU's faster choice is kept for the record.
+    """
+    import os
+    import random
+
+    d = times["steepest.Muon default (auto)"]
+    explicit = {k: times[k] for k in ("steepest.Muon bf16 per-param", "steepest.Muon fp32 per-param") if k in times}
+    faster = min(explicit, key=lambda k: statistics.median(explicit[k]))
+    forced = os.environ.get("STEEPEST_BF16")
+    target = faster
+    if forced in ("0", "1"):
+        target = "steepest.Muon bf16 per-param" if forced == "1" else "steepest.Muon fp32 per-param"
+    ratios = [a / b for a, b in zip(d, explicit[target])]
+    rnd = random.Random(0)
+    meds = sorted(statistics.median(rnd.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    lo, hi = meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+    med = statistics.median(ratios)
+    out = {"faster_explicit_on_this_cpu": faster, "compared_with": target,
+           "simulated": f"STEEPEST_BF16={forced}" if forced in ("0", "1") else None,
+           "ratio_default_vs_compared": med, "ci95": [lo, hi], "within_noise": bool(lo <= 1.0 or med <= 1.03)}
+    for k, v in explicit.items():
+        out[f"ratio_default_vs {k}"] = paired_ratio(d, v)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 rounds, no float32 batched run")
@@ -183,6 +224,7 @@ def main(argv=None) -> dict:
     rounds = args.rounds or (5 if args.quick else 25)
     device = torch.device(args.device)
 
+    load_before = list(__import__("os").getloadavg())
     base = make_params(args.blocks, device)
     opts = optimizers(base, include_fp32=True)
     if args.quick:
@@ -192,6 +234,7 @@ def main(argv=None) -> dict:
     times = time_interleaved({k: opt.step for k, (opt, _) in opts.items()}, rounds, warmup=2, device=device,
                              progress=True, cpu_times=cpu)
     key = "torch.optim.Muon (bf16)"
+    load_after = list(__import__("os").getloadavg())
     rows = []
     for name, ts in times.items():
         row = {"optimizer": name, **summarize(ts), "ratio_vs_torch_muon": paired_ratio(ts, times[key]),
@@ -204,8 +247,19 @@ def main(argv=None) -> dict:
             ("rel_err_vs_fp64_ns5", "update rel. err vs fp64 NS5", "{:.2e}")]
     n_params = sum(p.numel() for p in base)
     print(f"\n{len(base)} matrices ({args.blocks} blocks of {', '.join(f'{m}x{n}' for m, n in SHAPES)}), "
-          f"{n_params / 1e6:.2f} M parameters, {rounds} rounds, device {device}, threads {torch.get_num_threads()}\n")
+          f"{n_params / 1e6:.2f} M parameters, {rounds} rounds, device {device}, threads {torch.get_num_threads()}, "
+          f"load average after the timed rounds {load_after}\n")
     print(table(rows, cols))
+    verdict = auto_verdict(cpu)
+    from steepest.linalg.precision import auto_report
+
+    verdict["auto"] = auto_report()
+    what = (f"the forced choice's explicit twin, {verdict['simulated']} (simulated CPU kind)" if verdict["simulated"]
+            else "the faster explicit choice")
+    print(f"\ndefault dtype='auto' chose {verdict['auto']}; default / {what} ({verdict['compared_with']}) CPU time: "
+          f"{verdict['ratio_default_vs_compared']:.3f}x (95% CI {verdict['ci95'][0]:.3f}-{verdict['ci95'][1]:.3f}): "
+          f"{'within noise' if verdict['within_noise'] else 'SLOWER'}; on this CPU the faster explicit choice is "
+          f"{verdict['faster_explicit_on_this_cpu']}")
     gram = None
     if args.gram_study:
         gram = gram_study()
@@ -214,11 +268,11 @@ def main(argv=None) -> dict:
         print(table(gram, [("shape", "shape", "{}"), ("input", "input", "{}")]
                     + [(f"cpu ms {k}", f"ms {k}", "{:.1f}") for k in names]
                     + [(f"err {k}", f"err {k}", "{:.2e}") for k in names]))
-    result = {"machine": machine(), "command": "benchmarks/step.py " + " ".join(argv or []),
+    result = {"machine": machine(), "load_average_before": load_before, "load_average_after_timing": load_after, "command": "benchmarks/step.py " + " ".join(argv or []),
               "settings": {"blocks": args.blocks, "shapes": SHAPES, "rounds": rounds, "lr": LR,
                            "weight_decay": WD, "momentum": MOMENTUM, "ns_steps": 5, "device": str(device),
                            "threads": torch.get_num_threads()},
-              "rows": rows, "times_s": times, "cpu_times_s": cpu,
+              "rows": rows, "auto_verdict": verdict, "times_s": times, "cpu_times_s": cpu,
               "gram_study": gram}
     atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}")

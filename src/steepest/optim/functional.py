@@ -145,7 +145,8 @@ def check_hyperparameters(group: dict, index: int) -> None:
 
 
 # --------------------------------------------------------------------------- stages 3-7
-def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov: bool) -> torch.Tensor:
+def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov: bool,
+                     ok: torch.Tensor | None = None) -> torch.Tensor:
     """Stage 3: update the momentum buffer in ``state`` and return the direction source M.
 
     With momentum mu > 0: B <- B + (1 - mu)(G - B) (EMA); M = B, or (1 - mu) G + mu B with Nesterov.
@@ -156,7 +157,10 @@ def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov:
     buf = state.get("momentum_buffer")
     if buf is None:
         buf = state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-    buf.lerp_(grad, 1.0 - momentum)
+    if ok is None:
+        buf.lerp_(grad, 1.0 - momentum)
+    else:  # compiled step: the buffer keeps its value when the step's gradients are not all finite
+        buf.copy_(torch.where(ok, buf.lerp(grad, 1.0 - momentum), buf))
     return grad.lerp(buf, momentum) if nesterov else buf
 
 
@@ -201,8 +205,15 @@ def with_ok(blocks: list[Block], updates: list[torch.Tensor]) -> list[tuple[torc
 
 
 def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float, weight_decay: float,
-                 lr_scale: float = 1.0) -> None:
-    """Stages 6-7: W <- (1 - lr wd) W - lr * lr_scale * update (decay with the unadjusted lr)."""
+                 lr_scale: float = 1.0, ok: torch.Tensor | None = None) -> None:
+    """Stages 6-7: W <- (1 - lr wd) W - lr * lr_scale * update (decay with the unadjusted lr).
+
+    ``ok`` (a 0-dim bool tensor, compiled steps only): W is left unchanged where it is False.
+    """
+    if ok is not None:
+        new = param * (1.0 - lr * weight_decay) if weight_decay != 0.0 else param
+        param.copy_(torch.where(ok, new - (lr * lr_scale) * update.to(param.dtype), param))
+        return
     if weight_decay != 0.0:
         param.mul_(1.0 - lr * weight_decay)
     param.add_(update.to(param.dtype), alpha=-lr * lr_scale)
@@ -246,7 +257,21 @@ def steepest_step(
     globally, and may set or clear ``block.grad``; blocks left without a gradient are not stepped); ``on_skip`` counts a skipped block; ``choose`` may set each steepest block's
     ``norm``/``p``/``lr_scale`` after the checks; ``dualizer`` computes stage 4-5 for all blocks.
     """
-    blocks = [b for b in nonfinite_policy(blocks, check(blocks), nonfinite, on_skip) if b.grad is not None]
+    all_finite = None
+    if torch.compiler.is_compiling():
+        # torch.compile(opt.step, fullgraph=True): a data-dependent Python branch would break the graph,
+        # so the check becomes a mask: when any gradient holds NaN/Inf the whole step leaves every
+        # parameter and momentum buffer unchanged (nonfinite="raise" cannot raise inside a graph, and
+        # no skip is counted). Eager steps keep the per-block policy below.
+        check_dense(blocks)
+        blocks = [b for b in blocks if b.grad is not None]
+        if any(b.adamw for b in blocks) or any(b.group["step_size"] == "dual" for b in blocks):
+            raise NotImplementedError("a compiled step supports fixed-step steepest groups only (no AdamW-routed "
+                                      "or step_size='dual' groups); step those eagerly")
+        flags = [torch.isfinite(torch.stack(tuple(torch.aminmax(b.grad)))).all() for b in blocks if b.grad.numel()]
+        all_finite = torch.stack(flags).all() if flags else None
+    else:
+        blocks = [b for b in nonfinite_policy(blocks, check(blocks), nonfinite, on_skip) if b.grad is not None]
     steep = [b for b in blocks if not b.adamw]
     if choose is not None and steep:
         choose(steep)
@@ -256,13 +281,13 @@ def steepest_step(
             adamw_step(b.param, b.grad, b.state, lr=float(g["lr"]), betas=g["betas"], eps=g["eps"],
                        weight_decay=g["weight_decay"])
     for b in steep:
-        b.M = direction_source(b.grad, b.state, b.group["momentum"], b.group["nesterov"])
+        b.M = direction_source(b.grad, b.state, b.group["momentum"], b.group["nesterov"], all_finite)
     for b, (U, ok) in zip(steep, dualizer(steep) if steep else []):
         b.M = None
         if not ok:
             on_skip(b)
             continue
-        apply_update(b.param, U, float(b.group["lr"]), b.group["weight_decay"], b.lr_scale)
+        apply_update(b.param, U, float(b.group["lr"]), b.group["weight_decay"], b.lr_scale, all_finite)
 
 
 __all__ = ["Block", "NonFiniteGradientError", "steepest_step", "finite_flags", "local_check", "check_dense",
