@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import steepest
 from steepest.app.cli import main
@@ -219,3 +220,21 @@ def test_user_task_from_the_command_line_and_as_an_object(tmp_path, monkeypatch,
     r = compare(user_tasks.make(), ["adamw", "signum"], run_dir=tmp_path / "obj", progress=False, log=None,
                 report=False)
     assert r.rows[0]["steps_done"] == 20 and all(math.isfinite(x["final_val"]) for x in r.rows)
+
+
+def test_default_optimizers_fit_the_cpu(monkeypatch):
+    """torch.optim.Muon forces bf16 Newton-Schulz: on a CPU without native bf16 the main job leaves it out
+    (it alone took 16 of 42 minutes there); steepest's own optimizers use dtype='auto' instead."""
+    from steepest.app.compare import optimizers as O
+    from steepest.linalg import precision
+
+    for forced, has_torch_muon in (("1", True), ("0", False)):
+        monkeypatch.setenv("STEEPEST_BF16", forced)
+        precision.clear_cache()
+        assert ("torch-muon" in O.default_optimizers()) == has_torch_muon
+        assert set(O.DEFAULT_OPTIMIZERS) - set(O.default_optimizers()) <= set(O.NEEDS_NATIVE_BF16)
+    precision.clear_cache()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    ada = O.build_optimizer("adaptive", model, 0.01, 1e-3, None)
+    assert {g["dtype"] for g in ada.param_groups if g["algorithm"] == "steepest"} == {"auto"}

@@ -39,7 +39,7 @@ import torch
 
 from steepest.app.compare.data_parallel import check_nproc, run_distributed
 from steepest.app.compare.optimizers import (
-    DEFAULT_OPTIMIZERS, OPTIMIZERS, check_optimizers, default_optimizers, routing_table,
+    DEFAULT_OPTIMIZERS, NEEDS_NATIVE_BF16, OPTIMIZERS, check_optimizers, default_optimizers, routing_table,
 )
 from steepest.app.compare.report import write_compare_report
 from steepest.app.compare.runner import run_optimizer
@@ -260,6 +260,10 @@ def _compare_locked(cfg, task, task_obj, task_name, builtin, names, run_dir, res
     run_dir = _prepare_run_dir(cfg, task_obj, run_dir, resume)
     say = log or (lambda s: None)
     say(f"steepest compare: task {task_obj.name} ({size}), {steps} steps, seed {seed}, run dir {run_dir}")
+    left_out = [n for n in DEFAULT_OPTIMIZERS if n not in names and n in NEEDS_NATIVE_BF16]
+    if left_out and set(names) == set(default_optimizers()):
+        say(f"steepest compare: {', '.join(left_out)} left out: it forces bf16 Newton-Schulz, which this CPU "
+            f"emulates (18-70x slower than float32); add it with --optimizers to run it anyway")
 
     results = {}
     if nproc > 1:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import steepest
+from steepest.linalg.precision import auto_dtype
 from steepest.linalg.coefficients import MUON_QUINTIC
 
 ADAMW_BETAS = (0.9, 0.95)
@@ -117,7 +118,8 @@ def _build_schatten(model, lr, aux_lr, routing):
 def _build_adaptive(model, lr, aux_lr, routing):
     """steepest.Adaptive with activation hooks on ``model``: the Davis-Drusvyatskiy test (seed 001: spectral
     when nr(G) >= st(A), else Frobenius) every 10 steps per layer, Nesterov momentum 0.95 and Muon's NS5
-    in bf16 for its spectral steps; ``lr`` is the per-entry RMS step (``rms_match``).
+    for its spectral steps in dtype "auto" (bf16 where it is native, as Muon); ``lr`` is the per-entry RMS
+    step (``rms_match``).
 
     Why not the Spec-Sign index here: on charlm its quadratic-model score (K-FAC curvature of each
     direction) prefers the Frobenius direction for most layers, and that run ended well behind every
@@ -129,7 +131,7 @@ def _build_adaptive(model, lr, aux_lr, routing):
         raise RuntimeError("steepest.Adaptive is not available in this build")
     return Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="dd",
                     candidates=("spectral", "frobenius"), momentum=0.95, nesterov=True,
-                    method="newton_schulz", steps=5, coefficients=MUON_QUINTIC, dtype=torch.bfloat16)
+                    method="newton_schulz", steps=5, coefficients=MUON_QUINTIC, dtype="auto")
 
 
 def _build_sgd(model, lr, aux_lr, routing):
@@ -153,7 +155,8 @@ class OptimizerSpec:
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "adamw": OptimizerSpec("AdamW (torch.optim.AdamW, betas 0.9/0.95)", _build_adamw, 3e-3, hybrid=False),
     "torch-muon": OptimizerSpec("torch.optim.Muon + AdamW (2-D matrices; NS5 in bf16)", _build_torch_muon, 0.02),
-    "muon": OptimizerSpec("steepest.Muon (NS5 bf16, Nesterov 0.95)", _build_muon, 0.02),
+    "muon": OptimizerSpec("steepest.Muon (NS5, dtype auto: bf16 where native, else float32; Nesterov 0.95)",
+                          _build_muon, 0.02),
     "specgd": OptimizerSpec("SpecGD (Polar Express 8 steps, not exact SVD; Nesterov 0.95)", _build_specgd, 0.02),
     "signum": OptimizerSpec("Signum (steepest.SignSGD, momentum 0.9)", _build_signum, 1e-3),
     "schatten": OptimizerSpec(f"SchattenDescent p={SCHATTEN_P:g} (SVD; Nesterov 0.95)", _build_schatten, 0.02),
@@ -171,9 +174,16 @@ def available_optimizers() -> tuple[str, ...]:
     return tuple(n for n in OPTIMIZERS if n != "adaptive" or hasattr(steepest, "Adaptive"))
 
 
+#: Default optimizers left out where bf16 matmul is emulated: torch.optim.Muon always runs Newton-Schulz in
+#: bf16, 18-70x slower than float32 there (it alone took 16 minutes of a 42-minute main job on an AVX2 CPU).
+NEEDS_NATIVE_BF16 = ("torch-muon",)
+
+
 def default_optimizers() -> tuple[str, ...]:
-    """:data:`DEFAULT_OPTIMIZERS` that this installation can build."""
-    return tuple(n for n in DEFAULT_OPTIMIZERS if n in available_optimizers())
+    """:data:`DEFAULT_OPTIMIZERS` that this installation can build, without :data:`NEEDS_NATIVE_BF16` on
+    hardware without native bf16 matmul (name them with ``--optimizers`` to run them anyway)."""
+    native = auto_dtype("cpu") == torch.bfloat16 or torch.cuda.is_available()
+    return tuple(n for n in DEFAULT_OPTIMIZERS if n in available_optimizers() and (native or n not in NEEDS_NATIVE_BF16))
 
 
 def check_optimizers(names) -> tuple[str, ...]:

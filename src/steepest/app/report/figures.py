@@ -95,6 +95,11 @@ def lines(ax, x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlab
         if logy:
             y = np.where(y > 0, y, np.nan)
         ax.plot(np.asarray(x, dtype=float)[: len(y)], y, label=str(name), **kw)
+    return _decorate(ax, xlabel, ylabel, title, logx, logy, legend=bool(series))
+
+
+def _decorate(ax, xlabel: str, ylabel: str, title: str, logx: bool, logy: bool, legend: bool):
+    """Axis scales, labels, title, legend and grid, the same on every plot helper."""
     if logx:
         ax.set_xscale("log")
     if logy:
@@ -103,7 +108,7 @@ def lines(ax, x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlab
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
-    if series:
+    if legend:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
@@ -141,18 +146,7 @@ def scatter(ax, groups: Mapping[str, tuple[Sequence[float], Sequence[float]]], *
         if logy:
             ok &= y > 0
         ax.scatter(x[ok], y[ok], s=size, label=str(name), alpha=0.75)
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    if groups:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return ax
+    return _decorate(ax, xlabel, ylabel, title, logx, logy, legend=bool(groups))
 
 
 def log_ticks(ax, values: Sequence[float], axis: str = "x", labels: Sequence[str] | None = None) -> None:
