@@ -34,7 +34,7 @@ import math
 import torch
 
 from steepest.linalg.precision import iteration_dtype
-from steepest.linalg.polar_factor import METHODS, NORMALIZATIONS, _check_matrix, polar, polar_svd, prescale
+from steepest.linalg.polar_factor import METHODS, NORMALIZATIONS, _check_matrix, polar, polar_svd, prescale_with_scale
 from steepest.linalg.schatten import check_p, conjugate_exponent, schatten_dualize_and_singular_values, vector_pnorm
 
 NORMS = ("frobenius", "spectral", "linf", "schatten")
@@ -233,10 +233,8 @@ def _amax(X: torch.Tensor) -> torch.Tensor:
 
 def _fro(X: torch.Tensor) -> torch.Tensor:
     """||X||_F without overflow or underflow: max|X| * ||X / max|X|||_F."""
-    if X.numel() == 0:
-        return X.new_zeros(X.shape[:-2])
-    amax = _amax(X)
-    return torch.linalg.matrix_norm(prescale(X), "fro") * amax
+    Y, amax = prescale_with_scale(X)
+    return torch.linalg.matrix_norm(Y, "fro") * amax
 
 
 def matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> torch.Tensor:
@@ -309,11 +307,11 @@ def dualize_with_dual_norm(
     G = _as_matrix(G, name)
     dn = None
     if name == "frobenius":
-        X = prescale(G.to(iteration_dtype(G.dtype, dtype)))
+        X, amax = prescale_with_scale(G.to(iteration_dtype(G.dtype, dtype)))
         fro = torch.linalg.matrix_norm(X, "fro", keepdim=True)
         D = (X / fro.clamp(min=torch.finfo(X.dtype).tiny)).to(G.dtype)
         if need_dual_norm:
-            dn = (fro.squeeze(-1).squeeze(-1) * _amax(G).to(X.dtype)).to(G.dtype)
+            dn = (fro.squeeze(-1).squeeze(-1) * amax).to(G.dtype)
     elif name == "linf":
         D = torch.sign(G)
         if need_dual_norm:

@@ -9,7 +9,8 @@ Three methods share one signature:
 * ``"svd"``: exact, via ``torch.linalg.svd``; singular values below ``max(m, n) * eps * s_max`` count
   as zero (the pseudo-inverse convention), so rank-deficient inputs give the compact U V^T.
 * ``"newton_schulz"``: Muon's quintic iteration (or any coefficient table). Cheap and accurate only
-  to a band: singular values land in about [0.68, 1.13] (REFERENCE.md section 1).
+  to a band: singular values land in about [0.68, 1.13] (K. Jordan, "Muon: An optimizer for hidden
+  layers in neural networks", 2024: the quintic a, b, c = 3.4445, -4.7750, 2.0315).
 * ``"polar_express"``: the Polar Express schedule (arXiv 2505.16932) that converges to U V^T.
 
 Every method works on a copy oriented so that the Gram matrix X X^T is the small side (a wide X), runs
@@ -52,10 +53,16 @@ def prescale(G: torch.Tensor) -> torch.Tensor:
     The polar factor is scale-invariant, and this keeps every later norm finite: a float32 matrix
     with entries of 1e30 would overflow ||G||_F^2 and one with entries of 1e-30 would underflow it.
     """
+    return prescale_with_scale(G)[0]
+
+
+def prescale_with_scale(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prescale(G), max|G|)`` (the scale per matrix, shape ``G.shape[:-2]``), from one pass over |G|,
+    for callers that must undo the prescale (singular values, dual norms)."""
     if G.numel() == 0:
-        return G.clone()
+        return G.clone(), G.new_zeros(G.shape[:-2])
     amax = G.abs().amax(dim=(-2, -1), keepdim=True)
-    return G / torch.where(amax > 0, amax, torch.ones_like(amax))
+    return G / torch.where(amax > 0, amax, torch.ones_like(amax)), amax.squeeze(-1).squeeze(-1)
 
 
 #: Largest-entry range in which the Frobenius norm of a float32/bfloat16 matrix can neither overflow nor
@@ -177,12 +184,13 @@ def polar_svd(G: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torc
     _check_matrix(G)
     if G.numel() == 0:
         return G.clone(), G.new_zeros(G.shape[:-2] + (min(G.shape[-2:]),))
-    X = prescale(G).to(dtype if dtype != torch.bfloat16 and dtype != torch.float16 else torch.float32)
+    X, amax = prescale_with_scale(G)
+    X = X.to(dtype if dtype != torch.bfloat16 and dtype != torch.float16 else torch.float32)
     U, s, Vh = torch.linalg.svd(X, full_matrices=False)
     tol = max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s[..., :1]
     keep = (s > tol).to(X.dtype)
     Q = (U * keep.unsqueeze(-2)) @ Vh
-    amax = G.abs().amax(dim=(-2, -1)).to(s.dtype)
+    amax = amax.to(s.dtype)
     return Q.to(G.dtype), (s * keep) * amax.unsqueeze(-1)
 
 

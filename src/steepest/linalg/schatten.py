@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from steepest.linalg.polar_factor import _check_matrix, polar_svd, prescale
+from steepest.linalg.polar_factor import _check_matrix, polar_svd, prescale_with_scale
 
 #: Relative gap under which two singular values count as equal when finding the multiplicity of the
 #: top singular value for p = 1. Float32 SVD resolves singular values to ~1e-6 relative; 1e-4 keeps
@@ -81,7 +81,8 @@ def schatten_dualize_and_singular_values(
     check_p(p)
     if math.isinf(p) or G.numel() == 0:
         return polar_svd(G, dtype=dtype)
-    X = prescale(G).to(dtype)
+    X, amax = prescale_with_scale(G)
+    X = X.to(dtype)
     U, s, Vh = torch.linalg.svd(X, full_matrices=False)
     smax = s[..., :1]
     tol = max(X.shape[-2:]) * torch.finfo(dtype).eps * smax
@@ -96,5 +97,5 @@ def schatten_dualize_and_singular_values(
         num = r ** (q - 1)
         den = vector_pnorm(r, q).unsqueeze(-1) ** (q - 1)
         t = num / torch.where(den > 0, den, torch.ones_like(den))
-    amax = G.abs().amax(dim=(-2, -1)).to(dtype)  # undo the prescale for the singular values
+    amax = amax.to(dtype)  # undo the prescale for the singular values
     return ((U * t.unsqueeze(-2)) @ Vh).to(G.dtype), s * amax.unsqueeze(-1)

@@ -18,7 +18,8 @@ chosen by greedy longest-processing-time scheduling on the cost m n min(m, n) (G
 Entrywise geometries (frobenius, linf) on replicated parameters and AdamW-routed groups cost less to
 compute than to send, so they run locally on every rank. Decisions are global: one all-reduce per
 step counts, for every parameter, the ranks holding a gradient, a non-finite gradient, or an invalid
-(sparse/complex) one, so no rank ever waits in a collective alone (REFERENCE.md section 5, item 3).
+(sparse/complex) one, so no rank ever waits in a collective alone (a known failure of distributed Muon
+implementations: ranks hang when a parameter has no gradient or a shard is empty).
 
 API: ``DistributedSteepest(params, ..., process_group=None)`` (a :class:`SteepestDescent`), or
 ``steepest.distributed(opt)`` for any recipe (Muon, SpecGD, ...). Without an initialised process
