@@ -233,6 +233,39 @@ def test_single_candidate_is_the_fixed_optimizer_bit_for_bit(geometry, fixed):
     assert torch.equal(out[0], out[1])
 
 
+def test_rms_match_spectral_is_specgd_bit_for_bit_and_matches_rms():
+    """rms_match="spectral": spectral layers step exactly as SpecGD (same lr, Muon's scale rule), and a
+    frobenius or sign step gets the RMS of a full-rank spectral step on the same block."""
+    g = torch.Generator().manual_seed(1)
+    W0, grads = torch.randn(24, 8, generator=g), [torch.randn(24, 8, generator=g) for _ in range(5)]
+    kw = dict(lr=0.02, momentum=0.95, nesterov=True, scale_rule="muon", method="polar_express")
+    out = []
+    for make in (lambda ps: steepest.Adaptive(ps, candidates=("spectral",), rms_match="spectral", **kw),
+                 lambda ps: steepest.SpecGD(ps, **kw)):
+        W = torch.nn.Parameter(W0.clone())
+        opt = make([W])
+        for G in grads:
+            W.grad = G.clone()
+            opt.step()
+        out.append(W.detach())
+    assert torch.equal(out[0], out[1])
+    rms = {}
+    for geom in ("spectral", "frobenius", "linf"):
+        W = torch.nn.Parameter(W0.clone())
+        opt = steepest.Adaptive([W], candidates=(geom,), initial=geom, rms_match="spectral", lr=0.02,
+                                momentum=0.0, scale_rule="muon", **({"method": "svd"} if geom == "spectral" else {}))
+        W.grad = grads[0].clone()
+        opt.step()
+        rms[geom] = float((W.detach() - W0).pow(2).mean().sqrt())
+    # a full-rank spectral step under Muon's rule has RMS lr / sqrt(fan_in) = 0.02 / sqrt(8); the SVD polar
+    # is exact to float32 rounding (~1e-7 relative), so 1e-5 leaves room for it and nothing else
+    assert rms["spectral"] == pytest.approx(0.02 / math.sqrt(8), rel=1e-5)
+    assert rms["frobenius"] == pytest.approx(rms["spectral"], rel=1e-5)
+    assert rms["linf"] == pytest.approx(rms["spectral"], rel=1e-5)
+    with pytest.raises(ValueError, match="rms_match must be True, False or 'spectral'"):
+        steepest.Adaptive([W], rms_match="unit")
+
+
 def _ulp_perturbed(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """t with every entry moved by one ulp up or down at random."""
     up = torch.rand(t.shape, generator=g) < 0.5
@@ -300,7 +333,7 @@ def test_oracle_adaptive_takes_the_measured_winner_and_then_the_fixed_step():
     xh, yh = torch.randn(64, 8), torch.randn(64, 4)
     held_out = lambda: (model(xh) - yh).square().mean()  # noqa: E731
     opt = steepest.Adaptive(model.parameters(), lr=0.01, every=1, model=model, criterion="oracle",
-                            oracle_loss=held_out, rms_match=False)
+                            oracle_loss=held_out, rms_match=False, oracle_step="best")
     (model(x) - y).square().mean().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     expected = oracle_winners(layer_oracle(model, held_out, grads, geometries=[(g, None) for g in opt.candidates]))
@@ -313,3 +346,65 @@ def test_oracle_adaptive_takes_the_measured_winner_and_then_the_fixed_step():
         torch.testing.assert_close(p.detach(), W0[n] - 0.01 * D, rtol=0, atol=1e-6)  # float32 dualizer
     with pytest.raises(ValueError, match="oracle_loss"):
         steepest.Adaptive(model.parameters(), criterion="oracle", model=model)
+
+
+def test_oracle_at_the_own_step_takes_the_candidate_step_that_lowers_the_held_out_loss_most():
+    """oracle_step='own': each layer's candidate steps are the ones the optimizer would take (momentum,
+    Nesterov, lr, RMS match); the layer takes the one with the largest measured held-out decrease, and the
+    step taken is exactly that candidate step (weights, momentum untouched by the probes)."""
+    from steepest.diagnostics.oracle import step_decreases
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.Tanh(), nn.Linear(16, 4, bias=False))
+    x, y = torch.randn(64, 8), torch.randn(64, 4)
+    xh, yh = torch.randn(64, 8), torch.randn(64, 4)
+    held_out = lambda: (model(xh) - yh).square().mean()  # noqa: E731
+    kw = dict(lr=0.05, momentum=0.9, nesterov=True, scale_rule="muon", rms_match="spectral")
+    opt = steepest.Adaptive(model.parameters(), every=2, model=model, criterion="oracle", oracle_loss=held_out,
+                            candidates=("spectral", "frobenius", "linf"), method="svd", **kw)
+    for t in range(3):
+        opt.zero_grad()
+        (model(x + 0.1 * t) - y).square().mean().backward()
+        W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+        bufs = {n: opt.state[p]["momentum_buffer"].clone() if "momentum_buffer" in opt.state[p] else None
+                for n, p in model.named_parameters()}
+        if t % 2 == 0:  # a decision step: compute the candidate steps by hand through fixed optimizers
+            cands = {}
+            for geom in opt.candidates:
+                probe_model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.Tanh(), nn.Linear(16, 4, bias=False))
+                probe_model.load_state_dict(model.state_dict())
+                for (n, q), (_, p) in zip(probe_model.named_parameters(), model.named_parameters()):
+                    q.grad = p.grad.clone()
+                fixed = steepest.Adaptive(probe_model.parameters(), candidates=(geom,), initial=geom,
+                                          **({"method": "svd"} if geom == "spectral" else {}), **kw)
+                for (n, q), b in zip(probe_model.named_parameters(), bufs.values()):
+                    if b is not None:
+                        fixed.state[q]["momentum_buffer"] = b.clone()
+                fixed.step()
+                for n, q in probe_model.named_parameters():
+                    cands.setdefault(n, {})[geom] = W0[n] - q.detach()
+            dec = step_decreases(model, held_out, cands)
+            expected = {n: max(d, key=d.get) for n, d in dec.items()}
+        opt.step()
+        assert opt.geometries() == {"group0.0": expected["0.weight"], "group0.1": expected["2.weight"]}
+        for n, p in model.named_parameters():
+            if t % 2 == 0:
+                # the same float32 kernel computed both; only the order of the W - S subtraction differs
+                torch.testing.assert_close(p.detach(), W0[n] - cands[n][expected[n]], rtol=0, atol=1e-6)
+    assert {h["source"] for h in opt.history} == {"oracle"} and len(opt.history) == 4
+
+
+def test_step_decreases_restores_weights_and_buffers_bit_for_bit():
+    from steepest.diagnostics.oracle import step_decreases
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    x = torch.randn(16, 5)
+    loss = lambda: model(x).square().mean()  # noqa: E731  (train mode: BatchNorm updates its running stats)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    W = model[0].weight.detach()
+    d = step_decreases(model, loss, {"0.weight": {"zero": torch.zeros_like(W), "grad-ish": 0.1 * W}})
+    assert d["0.weight"]["zero"] == 0.0  # the same weights, the same batch: the same loss
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="names no parameter"):
+        step_decreases(model, loss, {"nope": {}})

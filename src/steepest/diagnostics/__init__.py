@@ -16,10 +16,10 @@ from steepest.diagnostics.criteria import (
 )
 from steepest.diagnostics.metrics import block_norms, nuclear_norm, nuclear_rank, operator_norm, stable_rank
 from steepest.diagnostics.probe import ActivationCapture, LayerMonitor
-from steepest.diagnostics.oracle import LineSearch, layer_oracle, oracle_winners
+from steepest.diagnostics.oracle import LineSearch, layer_oracle, oracle_winners, step_decreases
 from steepest.diagnostics.sinks import CSVSink, JSONLSink, MemorySink, TensorBoardSink, default_sinks
 
 __all__ = ["stable_rank", "nuclear_rank", "operator_norm", "nuclear_norm", "block_norms", "davis_drusvyatskiy",
            "noise_scales", "spec_sign_index", "score_geometries", "layer_curvatures", "kfac_curvature",
            "LayerMonitor", "ActivationCapture", "MemorySink", "JSONLSink", "CSVSink", "TensorBoardSink",
-           "default_sinks", "layer_oracle", "oracle_winners", "LineSearch"]
+           "default_sinks", "layer_oracle", "oracle_winners", "step_decreases", "LineSearch"]

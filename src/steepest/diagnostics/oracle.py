@@ -251,6 +251,51 @@ def layer_oracle(model: nn.Module, loss_fn: Callable[[], torch.Tensor], grads: M
     return out
 
 
+def step_decreases(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
+                   steps: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
+    """The held-out decrease of given steps, one layer at a time: ``{layer: {key: L(W) - L(W - S)}}``.
+
+    ``steps``: layer (parameter) name -> {key: S}, S the parameter's full change with its sign flipped
+    (for an optimizer: lr * scale * update + lr * wd * W), in the parameter's shape. Every other parameter
+    stays fixed; weights and buffers are restored bit for bit after each probe. One loss evaluation per
+    (layer, key) plus one for L(W). This is the oracle at the optimizer's own step (an "oracle Adaptive"
+    that asks which of its candidate steps really lowers the held-out loss most), where
+    :func:`layer_oracle` line-searches the best step along each direction.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 1, bias=False)
+        >>> loss = lambda: model(torch.ones(1, 3)).square().sum()
+        >>> d = step_decreases(model, loss, {"weight": {"half": 0.5 * model.weight.detach()}})
+        >>> round(d["weight"]["half"] / float(loss()), 6)     # (1 - 0.5^2) of the loss
+        0.75
+    """
+    params = dict(model.named_parameters())
+    unknown = [n for n in steps if n not in params]
+    if unknown:
+        raise ValueError(f"steps names no parameter of the model: {unknown[:5]}; use model.named_parameters() names")
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    out: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        L0 = float(loss_fn())
+        _restore_buffers(model, buffers)
+        for name, cands in steps.items():
+            W = params[name]
+            saved = W.detach().clone()
+            out[name] = {}
+            try:
+                for key, S in cands.items():
+                    if S.shape != W.shape:
+                        raise ValueError(f"step {key!r} for {name!r} has shape {tuple(S.shape)}, parameter "
+                                         f"{tuple(W.shape)}")
+                    torch.sub(saved, S.to(W.dtype), out=W)
+                    out[name][key] = L0 - float(loss_fn())
+                    _restore_buffers(model, buffers)
+            finally:
+                W.copy_(saved)
+                _restore_buffers(model, buffers)
+    return out
+
+
 def _restore_buffers(model: nn.Module, buffers: dict) -> None:
     for n, b in model.named_buffers():
         if n in buffers:

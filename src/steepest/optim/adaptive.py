@@ -14,10 +14,14 @@ and the layer steps with the winner, subject to hysteresis. Where the numbers co
   input-factor curvature H_g = ||A D_g^T||_F^2 / N; ``criterion="dd"``: the Davis-Drusvyatskiy test,
   Delta_spec = ||G||_*^2 / ||A||_F^2 vs Delta_F = ||G||_F^2 / ||A||_op^2 (worst-case L_g of seed 000;
   spectral wins iff nr(G) >= st(A)); candidates must then be spectral and frobenius;
-  ``criterion="oracle"`` (the upper bound, for analysis): the layer oracle
-  (:func:`steepest.diagnostics.oracle.layer_oracle`) measures each candidate's best one-step decrease on a
-  held-out batch (``oracle_loss=``, a callable returning the held-out loss) and the layer takes the
-  measured winner, without hysteresis. It costs a line search per layer and candidate at each decision.
+  ``criterion="oracle"`` (the measured bound, for analysis): on a held-out batch (``oracle_loss=``, a
+  callable returning the held-out loss) each layer takes the candidate that measurably lowers it most,
+  without hysteresis. ``oracle_step="own"`` (default) measures the very step this optimizer would take in
+  each geometry (its momentum direction, lr, schedule and scale; one loss evaluation per layer and
+  candidate, :func:`steepest.diagnostics.oracle.step_decreases`); ``oracle_step="best"`` measures the
+  best step along dualize_g(G) (seed 002's Delta*, a line search per layer and candidate,
+  :func:`steepest.diagnostics.oracle.layer_oracle`), which is what the criteria predict, but not the step
+  that is taken.
 * no model (or a layer that is not an ``nn.Linear``/``nn.Conv2d``): the gradient-only proxy. The noise
   E||G_hat - G||_g is estimated by ||G_t - G_{t-1}||_g / sqrt(2) (two consecutive minibatch gradients
   differ by two independent noise draws plus the drift, so this overestimates by at most the drift),
@@ -36,8 +40,12 @@ saved in ``state_dict()``; :meth:`Adaptive.geometries` gives the current choice 
 Learning rates: one ``lr`` cannot fit sign and spectral steps (||sign(G)||_F = sqrt(mn) while
 ||polar(G)||_F = sqrt(rank)). With ``rms_match=True`` (default, ``step_size="fixed"``) each direction is
 scaled to unit RMS for a full-rank block (spectral x sqrt(max(m, n)), linf x 1, frobenius x sqrt(mn)),
-so ``lr`` is the per-entry update size in every geometry; ``lr_multipliers`` (a dict geometry -> float)
-rescale each geometry on top (e.g. 1/L_g with ``step_size="dual"`` for seed 000's steps).
+so ``lr`` is the per-entry update size in every geometry. With ``rms_match="spectral"`` each direction
+gets the RMS of a full-rank spectral step instead (factor rms_factor(g) / rms_factor(spectral), exactly 1
+for spectral): a layer on spectral steps exactly as SpecGD with the same ``lr`` and ``scale_rule``
+(e.g. Muon's), so an Adaptive that always chooses spectral *is* that SpecGD, and any difference comes
+from its choices. ``lr_multipliers`` (a dict geometry -> float) rescale each geometry on top (e.g. 1/L_g
+with ``step_size="dual"`` for seed 000's steps).
 
 Groups with ``algorithm="adamw"`` (embeddings, heads, vectors from :func:`steepest.param_groups`) keep
 their AdamW route. Momentum is shared: the geometry only changes the dualization of M.
@@ -49,6 +57,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Iterable
 
@@ -57,9 +66,10 @@ from torch import nn
 
 from steepest import geometry as geo
 from steepest.diagnostics import criteria as C
-from steepest.diagnostics.oracle import layer_oracle
+from steepest.diagnostics.oracle import layer_oracle, step_decreases
 from steepest.diagnostics.probe import ActivationCapture, activation_matrix, microbatch_grads
 from steepest.geometry import dual_norm, dualize, matrix_norm
+from steepest.optim.functional import compute_update, direction_source
 from steepest.optim.steepest import SteepestDescent
 
 CRITERIA = ("spec_sign", "dd", "oracle")
@@ -88,7 +98,8 @@ class Adaptive(SteepestDescent):
         model: optional nn.Module whose Linear/Conv2d layers are hooked for the activation criterion.
         criterion: "spec_sign" or "dd" (the latter needs ``model``; see the module docstring).
         microbatches: K >= 2 chunks for the noise scales. margin, patience: hysteresis.
-        lr_multipliers: dict geometry -> multiplier. rms_match: unit-RMS scaling per geometry.
+        lr_multipliers: dict geometry -> multiplier. rms_match: True (unit RMS per geometry), "spectral"
+            (every geometry at a full-rank spectral step's RMS; spectral unscaled) or False.
 
     See the module docstring for the formulas. Example:
         >>> W = torch.nn.Parameter(torch.randn(8, 4))
@@ -98,7 +109,8 @@ class Adaptive(SteepestDescent):
     def __init__(self, params: Iterable, lr: float = 0.02, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10,
                  model: nn.Module | None = None, criterion: str = "spec_sign", microbatches: int = 4,
                  margin: float = 0.1, patience: int = 2, lr_multipliers: dict | None = None,
-                 rms_match: bool = True, initial: str = "spectral", oracle_loss=None, **kwargs) -> None:
+                 rms_match: bool | str = True, initial: str = "spectral", oracle_loss=None,
+                 oracle_step: str = "own", **kwargs) -> None:
         candidates = tuple(candidates)
         if not candidates or any(g not in C.GEOMETRIES for g in candidates) or len(set(candidates)) != len(candidates):
             raise ValueError(f"candidates must be distinct names from {C.GEOMETRIES}, got {candidates!r}")
@@ -110,6 +122,8 @@ class Adaptive(SteepestDescent):
         if criterion == "oracle" and (model is None or not callable(oracle_loss)):
             raise ValueError("criterion='oracle' measures each layer's decrease on a held-out batch: pass model= and "
                              "oracle_loss=a callable returning the held-out loss at the model's current weights")
+        if oracle_step not in ("own", "best"):
+            raise ValueError(f"oracle_step must be 'own' (the optimizer's step) or 'best' (line search), got {oracle_step!r}")
         if oracle_loss is not None and criterion != "oracle":
             raise ValueError("oracle_loss is only used with criterion='oracle'")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -120,6 +134,8 @@ class Adaptive(SteepestDescent):
             raise ValueError(f"margin must be a number >= 0, got {margin!r}")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience must be a positive int, got {patience!r}")
+        if rms_match not in (True, False, "spectral"):
+            raise ValueError(f"rms_match must be True, False or 'spectral', got {rms_match!r}")
         if initial not in candidates:
             raise ValueError(f"initial must be one of the candidates {candidates}, got {initial!r}")
         mult = {g: 1.0 for g in candidates}
@@ -133,7 +149,7 @@ class Adaptive(SteepestDescent):
         del self._candidates_pending
         self.candidates, self.every, self.criterion, self.microbatches = candidates, every, criterion, microbatches
         self.margin, self.patience, self.lr_multipliers, self.rms_match = float(margin), patience, mult, rms_match
-        self.initial = initial
+        self.initial, self.oracle_step = initial, oracle_step
         self.history: list[dict] = []
         self._t = 0
         self._capture, self._module_of = None, {}
@@ -153,7 +169,7 @@ class Adaptive(SteepestDescent):
 
     _copied_attributes = SteepestDescent._copied_attributes + (
         "candidates", "every", "criterion", "microbatches", "margin", "patience", "lr_multipliers", "rms_match",
-        "initial", "history", "_t", "_oracle_model", "_oracle_loss")
+        "initial", "oracle_step", "history", "_t", "_oracle_model", "_oracle_loss")
 
     def __getstate__(self) -> dict:
         # the activation hooks belong to the original model: a copy uses the gradient-only proxy
@@ -245,7 +261,10 @@ class Adaptive(SteepestDescent):
     def _decide(self, p: torch.Tensor, G: torch.Tensor, state: dict, name: str) -> None:
         """Hysteresis: the layer starts on ``initial``; a challenger replaces the current geometry when it
         wins by a factor 1 + margin (the first decision at once, later ones ``patience`` times in a row),
-        so a near-tie, where rounding could decide, never switches."""
+        so a near-tie, where rounding could decide, never switches. One candidate: nothing to score."""
+        if len(self.candidates) == 1:
+            state["geometry"] = C.GEOMETRIES.index(self.initial)
+            return
         s, source = self._scores(p, G, state)
         current = _geometry(state)
         target, switched = self._winner(s), False
@@ -271,9 +290,25 @@ class Adaptive(SteepestDescent):
                              "decrease": {g: float(v) for g, v in s.decrease.items()}})
 
     def _measure(self, blocks: list) -> dict:
-        """The layer oracle on every block: ``{id(param): {geometry: measured decrease}}``."""
+        """The oracle on every block: ``{id(param): {geometry: measured decrease}}`` (see ``oracle_step``)."""
         model = self._oracle_model
         by_id = {id(p): n for n, p in model.named_parameters()}
+        if self.oracle_step == "own":
+            steps, ids = {}, {}
+            for b in blocks:
+                name = by_id.get(id(b.param))
+                if name is None or b.grad is None:
+                    continue
+                g = b.group
+                trial = {k: v.clone() for k, v in b.state.items() if k == "momentum_buffer"}  # state untouched
+                M = direction_source(_full(b.grad), trial, g["momentum"], g["nesterov"])
+                W, lr = b.param.detach(), float(g["lr"])
+                steps[name], ids[name] = {}, id(b.param)
+                for cand in self.candidates:
+                    U = compute_update(M, **dataclasses.replace(b, norm=cand, p=None).settings())
+                    steps[name][cand] = (lr * self._lr_scale(b, cand)) * U.to(W.dtype) + (lr * g["weight_decay"]) * W
+            result = step_decreases(model, self._oracle_loss, steps)
+            return {ids[n]: dec for n, dec in result.items()}
         grads, views, ids = {}, {}, {}
         for b in blocks:
             name = by_id.get(id(b.param))
@@ -328,17 +363,26 @@ class Adaptive(SteepestDescent):
                 chosen = {names.get(id(b.param)): C.GEOMETRIES[c] for b, c in zip(blocks, agreed.tolist())}
                 for h in self.history[start:]:
                     h["geometry"] = chosen.get(h["param"], h["geometry"])
-        keep_prev = (self._t + 1) % self.every == 0
+        # the gradient-only proxy needs the previous gradient at a decision; the oracle and one candidate don't
+        keep_prev = ((self._t + 1) % self.every == 0 and self.criterion != "oracle" and len(self.candidates) > 1)
         for b in blocks:
             if keep_prev and id(b.param) not in self._module_of:
                 b.state["prev_grad"] = b.grad.detach().clone()
             g = _geometry(b.state) or self.initial
             b.norm, b.p = g, None
-            scale = self.lr_multipliers[g]
-            if self.rms_match and b.group["step_size"] == "fixed":
-                scale *= geo.rms_factor(geo.matrix_shape(tuple(b.param.shape), b.group["tensor_mode"],
-                                                         bool(b.group.get("transposed", False))), g)
-            b.lr_scale = scale
+            b.lr_scale = self._lr_scale(b, g)
+
+    def _lr_scale(self, b, g: str) -> float:
+        """The block's lr multiplier in geometry ``g``: ``lr_multipliers[g]`` times the RMS match."""
+        scale = self.lr_multipliers[g]
+        if self.rms_match and b.group["step_size"] == "fixed":
+            shape = geo.matrix_shape(tuple(b.param.shape), b.group["tensor_mode"], bool(b.group.get("transposed", False)))
+            if self.rms_match == "spectral":
+                if g != "spectral":
+                    scale *= geo.rms_factor(shape, g) / geo.rms_factor(shape, "spectral")
+            else:
+                scale *= geo.rms_factor(shape, g)
+        return scale
 
     def _after_step(self) -> None:
         if self._capture is not None:

@@ -25,7 +25,6 @@ from torch import nn
 
 import steepest
 from steepest.linalg.precision import auto_dtype
-from steepest.linalg.coefficients import MUON_QUINTIC
 
 ADAMW_BETAS = (0.9, 0.95)
 
@@ -115,11 +114,16 @@ def _build_schatten(model, lr, aux_lr, routing):
                                     nesterov=True, scale_rule="muon")
 
 
+#: Adaptive's plumbing is SpecGD's (``_build_specgd``): a layer on spectral steps is stepped exactly as
+#: SpecGD with the same lr (``rms_match="spectral"``), and a Frobenius step gets a full-rank spectral step's
+#: RMS, so the difference between ``adaptive`` and ``specgd`` comes from the choices alone.
+ADAPTIVE_PLUMBING = dict(momentum=0.95, nesterov=True, scale_rule="muon", rms_match="spectral")
+
+
 def _build_adaptive(model, lr, aux_lr, routing):
     """steepest.Adaptive with activation hooks on ``model``: the Davis-Drusvyatskiy test (seed 001: spectral
-    when nr(G) >= st(A), else Frobenius) every 10 steps per layer, Nesterov momentum 0.95 and Muon's NS5
-    for its spectral steps in dtype "auto" (bf16 where it is native, as Muon); ``lr`` is the per-entry RMS
-    step (``rms_match``).
+    when nr(G) >= st(A), else Frobenius) every 10 steps per layer; otherwise SpecGD's settings
+    (:data:`ADAPTIVE_PLUMBING`, Polar Express), so with spectral chosen everywhere it is ``specgd``.
 
     Why not the Spec-Sign index here: on charlm its quadratic-model score (K-FAC curvature of each
     direction) prefers the Frobenius direction for most layers, and that run ended well behind every
@@ -130,8 +134,23 @@ def _build_adaptive(model, lr, aux_lr, routing):
     if Adaptive is None:
         raise RuntimeError("steepest.Adaptive is not available in this build")
     return Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="dd",
-                    candidates=("spectral", "frobenius"), momentum=0.95, nesterov=True,
-                    method="newton_schulz", steps=5, coefficients=MUON_QUINTIC, dtype="auto")
+                    candidates=("spectral", "frobenius"), method="polar_express", **ADAPTIVE_PLUMBING)
+
+
+def _build_adaptive_oracle(model, lr, aux_lr, routing, held_out):
+    """The upper bound for ``adaptive``: the same candidates and plumbing, but every 10 steps each layer takes
+    the geometry whose step measurably lowers a held-out batch's loss most (the layer oracle, a line search
+    per layer and candidate; :func:`steepest.diagnostics.layer_oracle`). ``held_out()``: that loss."""
+    return steepest.Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="oracle",
+                             oracle_loss=held_out, candidates=("spectral", "frobenius"), method="polar_express",
+                             **ADAPTIVE_PLUMBING)
+
+
+def _build_frobenius(model, lr, aux_lr, routing):
+    """Fixed Frobenius geometry (normalized momentum M / ||M||_F per layer) with Adaptive's plumbing: the
+    RMS of a full-rank spectral step under Muon's rule, so ``lr`` means what it means for ``specgd``."""
+    return steepest.Adaptive(_groups(model, aux_lr, routing), lr=lr, candidates=("frobenius",),
+                             initial="frobenius", **ADAPTIVE_PLUMBING)
 
 
 def _build_sgd(model, lr, aux_lr, routing):
@@ -150,6 +169,8 @@ class OptimizerSpec:
     build: Callable
     fallback_lr: float
     hybrid: bool = True
+    #: the builder takes a fifth argument, ``held_out()``: the loss on a held-out training batch (runner.py)
+    held_out: bool = False
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -161,7 +182,12 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "signum": OptimizerSpec("Signum (steepest.SignSGD, momentum 0.9)", _build_signum, 1e-3),
     "schatten": OptimizerSpec(f"SchattenDescent p={SCHATTEN_P:g} (SVD; Nesterov 0.95)", _build_schatten, 0.02),
     "adaptive": OptimizerSpec("steepest.Adaptive (spectral/frobenius per layer by nr(G) vs st(A) every 10 "
-                              "steps, RMS-matched lr; Nesterov 0.95)", _build_adaptive, 2e-3),
+                              "steps; otherwise SpecGD: Polar Express, Nesterov 0.95)", _build_adaptive, 0.02),
+    "adaptive-oracle": OptimizerSpec("steepest.Adaptive, oracle choices (the measured best one-step geometry "
+                                     "per layer on a held-out batch every 10 steps): adaptive's upper bound",
+                                     _build_adaptive_oracle, 0.02, held_out=True),
+    "frobenius": OptimizerSpec("Frobenius steepest descent (M/||M||_F, spectral-step RMS; Nesterov 0.95)",
+                               _build_frobenius, 0.02),
     "sgd": OptimizerSpec("SGD momentum 0.9 (torch.optim.SGD)", _build_sgd, 0.1, hybrid=False),
 }
 
@@ -170,8 +196,9 @@ DEFAULT_OPTIMIZERS = ("adamw", "torch-muon", "muon", "specgd", "signum", "schatt
 
 
 def available_optimizers() -> tuple[str, ...]:
-    """Names that can be built in this installation (``adaptive`` needs ``steepest.Adaptive``)."""
-    return tuple(n for n in OPTIMIZERS if n != "adaptive" or hasattr(steepest, "Adaptive"))
+    """Names that can be built in this installation (the Adaptive-based ones need ``steepest.Adaptive``)."""
+    needs = ("adaptive", "adaptive-oracle", "frobenius")
+    return tuple(n for n in OPTIMIZERS if n not in needs or hasattr(steepest, "Adaptive"))
 
 
 #: Default optimizers left out where bf16 matmul is emulated: torch.optim.Muon always runs Newton-Schulz in
@@ -200,10 +227,17 @@ def check_optimizers(names) -> tuple[str, ...]:
     return names
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, aux_lr: float, routing: dict | None = None):
-    """Build optimizer ``name`` for ``model`` with matrix learning rate ``lr`` and AdamW ``aux_lr``."""
+def build_optimizer(name: str, model: nn.Module, lr: float, aux_lr: float, routing: dict | None = None,
+                    held_out: Callable[[], torch.Tensor] | None = None):
+    """Build optimizer ``name`` for ``model`` with matrix learning rate ``lr`` and AdamW ``aux_lr``;
+    ``held_out()`` (the loss on a held-out batch) is required by the specs with ``held_out=True``."""
     check_optimizers([name])
-    return OPTIMIZERS[name].build(model, float(lr), float(aux_lr), dict(routing or {}))
+    spec = OPTIMIZERS[name]
+    if not spec.held_out:
+        return spec.build(model, float(lr), float(aux_lr), dict(routing or {}))
+    if not callable(held_out):
+        raise ValueError(f"optimizer {name!r} measures a held-out loss: pass held_out=a callable returning it")
+    return spec.build(model, float(lr), float(aux_lr), dict(routing or {}), held_out)
 
 
 def routing_table(model: nn.Module, routing: dict | None = None) -> str:

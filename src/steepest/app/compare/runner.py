@@ -176,6 +176,26 @@ def peak_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+class HeldOutLoss:
+    """``held_out()``: the task's loss on a held-out training batch at the model's current weights.
+
+    The batch for training step ``t`` is ``task.batch(HELD_OUT_SEED - seed, t)``: drawn like the training
+    batches but from another stream (the tasks' batches are pure functions of (seed, step)), so it is new at
+    every step and never trained on. Used by the layer oracle (``adaptive-oracle``), which calls it at the
+    step's weights before the step is taken. ``step`` is set by the training loop's callback; on resume it
+    starts from the checkpoint's step.
+    """
+
+    HELD_OUT_SEED = 2**31 - 1
+
+    def __init__(self, task, model: torch.nn.Module, seed: int, step: int = 0) -> None:
+        self.task, self.model, self.seed, self.step = task, model, int(seed), int(step)
+
+    def __call__(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.task.loss(self.model, self.task.batch(self.HELD_OUT_SEED - self.seed, self.step))
+
+
 def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: str, aux_lr: float,
                   resume: bool, progress: bool = True, on_step: Callable | None = None,
                   log: Callable[[str], None] = print, dp=None) -> dict:
@@ -196,7 +216,8 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
 
     torch.manual_seed(cfg.seed)
     model = task.make_model()
-    optimizer = build_optimizer(name, model, lr, aux_lr, task.routing)
+    held_out = HeldOutLoss(task, model, cfg.seed)
+    optimizer = build_optimizer(name, model, lr, aux_lr, task.routing, held_out=held_out)
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     state = LoopState()
     run = run_key(name, cfg, lr, aux_lr)
@@ -207,6 +228,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
             _truncate_metrics(metrics, state.step, steps=cfg.steps, eval_every=cfg.eval_every, fix=fix)
             _truncate_metrics(diag, state.step, diagnostics=True, fix=fix)
             log(f"{name}: resuming from step {state.step}")
+        held_out.step = state.step
     elif main:
         for p in (metrics, diag, ckpt):
             if p.exists():
@@ -224,6 +246,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
                    disable=None)
 
     def step_cb(t: int, loss: float, factor: float) -> None:
+        held_out.step = t + 1
         if main:
             append_jsonl(metrics, {"kind": "train", "step": t, "loss": loss, "lr_factor": factor})
         if monitor is not None:
