@@ -408,3 +408,29 @@ def test_step_decreases_restores_weights_and_buffers_bit_for_bit():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="names no parameter"):
         step_decreases(model, loss, {"nope": {}})
+
+
+@pytest.mark.parametrize("d", [96, 320])
+def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
+    """The Davis-Drusvyatskiy decreases from the cheap norms (Gram eigenvalues, block Krylov above
+    DD_GRAM_MAX) against exact float64 SVD norms on a layer-like A (N x d, decaying spectrum)."""
+    from steepest.diagnostics import criteria as C
+
+    g = torch.Generator().manual_seed(d)
+    A = (torch.randn(1024, d, generator=g) * torch.logspace(0, -1.5, d)) @ torch.linalg.qr(
+        torch.randn(d, d, generator=g)).Q
+    G = torch.randn(48, d, generator=g)
+    opt = steepest.Adaptive([torch.nn.Parameter(torch.zeros(48, d))], candidates=("spectral", "frobenius"))
+    fast = opt._dd_scores(G, A).decrease
+    Ad, Gd = A.double(), G.double()
+    exact = C.score_geometries(
+        {"spectral": float(torch.linalg.svdvals(Gd).sum()), "frobenius": float(Gd.norm())}, None, None,
+        {"spectral": float(Ad.norm()) ** 2 / 1024, "frobenius": float(torch.linalg.svdvals(Ad)[0]) ** 2 / 1024}).decrease
+    # spectral: float32 Gram eigenvalues and sums, ~1e-6 relative; 1e-5 leaves a margin for the squares
+    assert fast["spectral"] == pytest.approx(exact["spectral"], rel=1e-5)
+    if d <= opt.DD_GRAM_MAX:
+        assert fast["frobenius"] == pytest.approx(exact["frobenius"], rel=1e-5)
+    else:  # the block Krylov ||A||_op is never above the exact value and within 2.5%: Delta_F 0..5.1% high
+        assert exact["frobenius"] * (1 - 1e-6) <= fast["frobenius"] <= exact["frobenius"] * 1.051
+    A[3, 4] = float("nan")
+    assert opt._dd_scores(G, A) is None  # a non-finite activation: no DD verdict (the caller falls back)
