@@ -1,9 +1,8 @@
 """``steepest compare --oracle-every``: the measured per-layer winner in the monitor's records, the report's
 "Which geometry wins each layer" section, bit-identical training and resume.
 
-Cost on charlm default (the number in the CLI help) was measured with a script timing each oracle call
-(``_Oracle.__call__``) over ``compare("charlm", ["adaptive"], oracle_every=50)`` against the same run
-without it; see the report of the oreport branch.
+The cost on charlm default (in the CLI help and :mod:`steepest.app.compare.monitor`'s docstring) is measured
+outside the tests (no timing in a test).
 """
 
 from __future__ import annotations

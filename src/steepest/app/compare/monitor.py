@@ -25,8 +25,14 @@ linf: seed 002's pairing, which the Spec-Sign index predicts), ``measured_tie`` 
 (the pair within the search's tolerance) and ``oracle_at_edge``. On those records the Spec-Sign index is
 computed too (``microbatches=4`` on every K-th step only). Weights, buffers and the RNG are restored bit
 for bit, so training is unchanged (tests/test_compare_oracle.py).
-Cost on charlm default (3 layers x 128 wide, 13 monitored layers, 1 thread, AMD EPYC; command in
-tests/test_compare_oracle.py's docstring): see ORACLE_COST below.
+Cost on charlm default (13 monitored Linear layers: 3 blocks x 4 plus the head; 1 thread, 2-core Intel Xeon
+with avx512_bf16/amx_bf16, torch 2.13.0+cpu, load average ~4 from other work, commit bbefe68; measured by timing
+``_Oracle.__call__`` with time.thread_time in ``compare("charlm", ["adaptive"], oracle_every=50)``): one oracle
+record is 13 layers x 3 geometries x 17 held-out forward passes = 663 forwards, 19.4-22.4 s CPU (mean 20.9 s,
+~32 ms a forward), plus ~0.1 s for the Spec-Sign index (LayerMonitor hooks 0.157 vs 0.057 s CPU per record
+with microbatches=4 vs 0). With K=50 (6 records in 300 steps) the adaptive run took 178.5 s CPU against 49.0 s
+without the oracle (+130 s, 3.6x; wall 323 s vs 76 s on the loaded machine): an analysis option, not a
+default. Only the runs with per-layer choices get it, to keep that cost to the runs the report scores.
 """
 
 from __future__ import annotations
