@@ -26,7 +26,7 @@ linf: seed 002's pairing, which the Spec-Sign index predicts), ``measured_tie`` 
 computed too (``microbatches=4`` on every K-th step only). Weights, buffers and the RNG are restored bit
 for bit, so training is unchanged (tests/test_compare_oracle.py).
 Cost on charlm default (13 monitored Linear layers: 3 blocks x 4 plus the head; 1 thread, 2-core Intel Xeon
-with avx512_bf16/amx_bf16, torch 2.13.0+cpu, load average ~4 from other work, commit bbefe68; measured by timing
+with avx512_bf16/amx_bf16, torch 2.13.0+cpu, load average ~4 from other work, main ab888ec plus this change; measured by timing
 ``_Oracle.__call__`` with time.thread_time in ``compare("charlm", ["adaptive"], oracle_every=50)``): one oracle
 record is 13 layers x 3 geometries x 17 held-out forward passes = 663 forwards, 19.4-22.4 s CPU (mean 20.9 s,
 ~32 ms a forward), plus ~0.1 s for the Spec-Sign index (LayerMonitor hooks 0.157 vs 0.057 s CPU per record
