@@ -98,6 +98,19 @@ def test_training_is_bit_identical_with_the_oracle(runs):
     assert [r["nr_G"] for r in a] == pytest.approx([r["nr_G"] for r in b], rel=1e-8)
 
 
+def test_conv_layers_bit_identical_and_measured(tmp_path):
+    """mnist-cnn: conv kernels are probed as (out, in*kh*kw) matrices; training is unchanged by the oracle."""
+    for tag, k in (("on", 4), ("off", 0)):
+        compare("mnist-cnn", ["adaptive"], steps=8, eval_every=4, monitor_every=4, oracle_every=k,
+                run_dir=tmp_path / tag, report=False, **QUICK)
+    strip = lambda rs: [(r["kind"], r["step"], r.get("loss"), r.get("val_loss")) for r in rs]
+    assert strip(read_jsonl(tmp_path / "on" / "metrics" / "adaptive.jsonl")) == \
+        strip(read_jsonl(tmp_path / "off" / "metrics" / "adaptive.jsonl"))
+    diag = read_jsonl(tmp_path / "on" / "diagnostics" / "adaptive.jsonl")
+    assert {d["kind"] for d in diag} == {"Conv2d", "Linear"} and all("measured_winner" in d for d in diag)
+    assert any(d["kind"] == "Conv2d" and d["delta_spectral"] > 0 for d in diag)
+
+
 def test_report_agreement_matches_the_records(runs):
     recs = [d for d in read_jsonl(runs / "on" / "diagnostics" / "adaptive.jsonl") if "measured_winner" in d]
     rows = {r["field"]: r for r in agreement_rows(recs)}

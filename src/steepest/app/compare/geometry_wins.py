@@ -119,6 +119,11 @@ def geometry_wins_section(name: str, records: list[dict], fig_dir: Path) -> Sect
             "routes to AdamW: not scored). A predictor helps only where it beats both baselines on its cells; "
             "'ties' counts cells whose measured pair lies within the line search's tolerance "
             "(LineSearch.decrease_rtol)."]
+    none = sum(r.get("measured_winner") == "none" for r in recs)
+    edge = sum(bool(r.get("oracle_at_edge")) for r in recs)
+    text.append(f"Of the {len(recs)} cells, {none} have no measured winner between spectral and frobenius (no step "
+                f"along either lowered the held-out loss: not scored) and {edge} have a geometry whose best step lay "
+                "at an end of the line search's bracket (oracle_at_edge: its Delta* may be underestimated).")
     if not any(r["field"] == "spec_sign_winner" for r in rows):
         text.append("No Spec-Sign index on these records (it needs K microbatch gradients of the step).")
     return Section(f"Which geometry wins each layer: {name}", text=text, figures=[str(fig)],
