@@ -41,6 +41,7 @@ from steepest.app.compare.data_parallel import check_nproc, run_distributed
 from steepest.app.compare.optimizers import (
     DEFAULT_OPTIMIZERS, NEEDS_NATIVE_BF16, OPTIMIZERS, check_optimizers, default_optimizers, routing_table,
 )
+from steepest.app.compare.monitor import check_oracle_every
 from steepest.app.compare.report import write_compare_report
 from steepest.app.compare.runner import run_optimizer
 from steepest.app.guard import RunLock, check_output_dir, read_json
@@ -77,6 +78,7 @@ class CompareConfig:
     monitored: tuple[str, ...] = MONITORED
     task_options: dict = dataclasses.field(default_factory=dict)
     nproc: int = 1
+    oracle_every: int = 0
 
 
 @dataclasses.dataclass
@@ -175,7 +177,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
             monitored=MONITORED,
             progress: bool = True, report: bool = True, task_options: dict | None = None,
             on_step: Callable[[str, int, float], None] | None = None, log: Callable[[str], None] | None = print,
-            nproc: int = 1, dist_timeout_s: float | None = None,
+            nproc: int = 1, dist_timeout_s: float | None = None, oracle_every: int = 0,
             ) -> CompareResult:
     """Train ``task`` with each optimizer in ``optimizers`` and return the comparison table.
 
@@ -234,6 +236,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
         raise ConfigError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
+    check_oracle_every(oracle_every, monitor_every)
     lr_table = resolve_lrs(task_obj.name, size, names, lrs)
     check_nproc(task_obj, seed, nproc)
     if nproc > 1 and isinstance(task, Task):
@@ -243,7 +246,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
                         lrs={k: v[0] for k, v in lr_table.items()}, warmup=warmup, cooldown=cooldown,
                         threads=threads, monitor_every=monitor_every,
                         monitored=tuple(n for n in monitored if n in names), task_options=task_options,
-                        nproc=nproc)
+                        nproc=nproc, oracle_every=oracle_every)
     if run_dir is None:
         run_dir = _default_run_dir(task_obj, resume)
     check_output_dir(run_dir)
@@ -307,6 +310,10 @@ def _config_check(data) -> str | None:
     return None
 
 
+#: Config fields added later, with the value an older config.json (without them) had: resumable.
+_ADDED = {"oracle_every": 0}
+
+
 def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> Path:
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
@@ -319,7 +326,7 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
         old_cfg = old.get("config", old)
         # nproc may change on resume: checkpoints hold plain state dicts, and the data-parallel step equals
         # the one-process step up to float summation order (steepest.app.compare.data_parallel).
-        diff = [k for k in mine if k not in ("optimizers", "lrs", "monitored", "nproc") and old_cfg.get(k) != mine[k]]
+        diff = [k for k in mine if k not in ("optimizers", "lrs", "monitored", "nproc") and old_cfg.get(k, _ADDED.get(k)) != mine[k]]
         diff += [f"lrs[{n}]" for n in mine["lrs"] if n in old_cfg.get("lrs", {}) and old_cfg["lrs"][n] != mine["lrs"][n]]
         if diff:
             raise ConfigError(f"cannot resume {run_dir}: its config differs in {', '.join(diff)}; "

@@ -2,7 +2,9 @@
 
 Reads ``config.json``, ``environment.json``, ``summary.json``, ``routing.txt``, ``metrics/*.jsonl`` and
 ``diagnostics/*.jsonl`` (LayerMonitor records ``{"step", "layer", "nr_G", "st_A", "nr_st_ratio", ...}``
-plus ``"choice"`` for the adaptive optimizer, written by :mod:`steepest.app.compare.monitor`), draws the figures into ``figures/`` and writes the page with
+plus ``"choice"`` for the adaptive optimizer, written by :mod:`steepest.app.compare.monitor`; with
+``--oracle-every`` also the measured winner, scored in :mod:`steepest.app.compare.geometry_wins`), draws the
+figures into ``figures/`` and writes the page with
 :func:`steepest.app.report.html.write_report`. Rebuild it any time with ``write_compare_report(run_dir)``.
 """
 
@@ -34,6 +36,7 @@ def _grid(records: list[dict], key: str) -> tuple[list[str], list[int], list[lis
 
 def _diagnostics_sections(run_dir: Path, names: list[str]) -> list[Section]:
     from steepest.app.report.compare_figures import choice_map, layer_heatmap  # lazy: matplotlib only when drawing
+    from steepest.app.compare.geometry_wins import geometry_wins_section
 
     sections = []
     fig_dir = run_dir / "figures"
@@ -63,6 +66,9 @@ def _diagnostics_sections(run_dir: Path, names: list[str]) -> list[Section]:
             text.append("Geometry chosen per layer at the last record: "
                         + ", ".join(f"{k}: {v} layer(s)" for k, v in sorted(counts.items())) + ".")
         sections.append(Section(f"Layer diagnostics: {name}", text=text, figures=figs))
+        wins = geometry_wins_section(name, records, fig_dir)  # --oracle-every runs: measured winner vs predictions
+        if wins is not None:
+            sections.append(wins)
     return sections
 
 

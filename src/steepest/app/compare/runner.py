@@ -238,7 +238,8 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
         train_model, optimizer = dp.wrap(model, optimizer)
         batch_fn, evaluate_fn, reduce_loss = dp.batch_fn(batch_fn), dp.evaluate_fn(evaluate_fn), dp.reduce_loss
     every = cfg.monitor_every if (name in cfg.monitored and main) else 0
-    monitor = attach_monitor(model, optimizer, diag, every, state.step, note=lambda t: log(f"{name}: {t}"))
+    monitor = attach_monitor(model, optimizer, diag, every, state.step, note=lambda t: log(f"{name}: {t}"),
+                             oracle_every=getattr(cfg, "oracle_every", 0), held_out=held_out)
 
     bar = None
     if progress and main:

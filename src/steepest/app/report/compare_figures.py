@@ -3,7 +3,9 @@
 * ``loss_curves``: validation loss against step and against wall time, one line per optimizer, with
   the reference (AdamW) final loss as a dashed line;
 * ``layer_heatmap``: a per-layer quantity (e.g. nr(G)/st(A)) as layers x steps;
-* ``choice_map``: the adaptive optimizer's geometry per layer over time (categorical layers x steps).
+* ``choice_map``: the adaptive optimizer's geometry per layer over time (categorical layers x steps);
+* ``winner_maps``: several such categorical maps side by side (the measured winner, each criterion's
+  prediction and Adaptive's choice), one colour per geometry across all panels and reports.
 
 Example:
     >>> loss_curves({"adamw": [(0, 4.0, 0.0), (10, 3.0, 1.0)]}, 3.0, "runs/x/figures/loss.png")  # doctest: +SKIP
@@ -58,27 +60,59 @@ def layer_heatmap(values: Sequence[Sequence[float]], layers: Sequence[str], step
     return save(fig, path)
 
 
-def choice_map(choices: Sequence[Sequence[str]], layers: Sequence[str], steps: Sequence[int], path, *,
-               title: str) -> Path:
-    """Categorical layers x steps map of the adaptive optimizer's geometry (legend names each colour)."""
-    fixed = ["spectral", "linf", "frobenius", "adamw"]  # the same colour for a geometry in every report
-    seen = {c for row in choices for c in row if c}
-    kinds = [k for k in fixed if k in seen] + sorted(seen - set(fixed))
-    index = {k: (fixed.index(k) if k in fixed else len(fixed) + i) for i, k in enumerate(kinds)}
-    arr = np.array([[index.get(c, np.nan) if c else np.nan for c in row] for row in choices], dtype=float)
-    height = max(3.0, 0.32 * len(layers) + 1.5)
-    fig, axes = subplots(1, 1, width=max(7.0, 0.45 * len(steps) + 4), height=height)
-    ax = axes[0]
-    cmap = matplotlib.colormaps.get_cmap("tab10")
-    ax.imshow(np.ma.masked_invalid(arr), origin="lower", aspect="auto", cmap=cmap, vmin=0, vmax=9,
-              interpolation="nearest")
+#: The same colour for a geometry in every categorical map (tab10 indices); other values follow.
+FIXED_CATEGORIES = ("spectral", "linf", "frobenius", "adamw", "none")
+
+
+def _categories(grids) -> tuple[list[str], dict[str, int]]:
+    seen = {c for grid in grids for row in grid for c in row if c}
+    kinds = [k for k in FIXED_CATEGORIES if k in seen] + sorted(seen - set(FIXED_CATEGORIES))
+    n = len(FIXED_CATEGORIES)
+    return kinds, {k: (FIXED_CATEGORIES.index(k) if k in FIXED_CATEGORIES else n + i) % 10 for i, k in enumerate(kinds)}
+
+
+def _categorical(ax, grid, index, layers, steps, title: str, ylabels: bool = True) -> None:
+    arr = np.array([[index.get(c, np.nan) if c else np.nan for c in row] for row in grid], dtype=float)
+    ax.imshow(np.ma.masked_invalid(arr), origin="lower", aspect="auto", cmap=matplotlib.colormaps.get_cmap("tab10"),
+              vmin=0, vmax=9, interpolation="nearest")
     ax.set_yticks(range(len(layers)))
-    ax.set_yticklabels(list(layers), fontsize=8)
-    keep = np.linspace(0, len(steps) - 1, min(len(steps), 16)).round().astype(int) if steps else []
+    ax.set_yticklabels(list(layers) if ylabels else [], fontsize=8)
+    keep = np.linspace(0, len(steps) - 1, min(len(steps), 16)).round().astype(int) if len(steps) else []
     ax.set_xticks(keep)
     ax.set_xticklabels([str(steps[i]) for i in keep], rotation=45, fontsize=8)
     ax.set_xlabel("step")
+    ax.set_title(title, fontsize=9)
+
+
+def choice_map(choices: Sequence[Sequence[str]], layers: Sequence[str], steps: Sequence[int], path, *,
+               title: str) -> Path:
+    """Categorical layers x steps map of the adaptive optimizer's geometry (legend names each colour)."""
+    kinds, index = _categories([choices])
+    height = max(3.0, 0.32 * len(layers) + 1.5)
+    fig, axes = subplots(1, 1, width=max(7.0, 0.45 * len(steps) + 4), height=height)
+    ax = axes[0]
+    _categorical(ax, choices, index, layers, steps, title)
     ax.set_title(title, fontsize=10)
+    cmap = matplotlib.colormaps.get_cmap("tab10")
     ax.legend(handles=[mpatches.Patch(color=cmap(index[k]), label=k) for k in kinds], fontsize=8,
               loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return save(fig, path)
+
+
+def winner_maps(panels: Sequence[tuple[str, Sequence[Sequence[str]]]], layers: Sequence[str], steps: Sequence[int],
+                path, *, title: str) -> Path:
+    """Categorical layers x steps maps side by side, ``panels = [(panel title, grid[layer][step])]``; a cell
+    without a value (None) is blank. One legend for all panels (the same colour per geometry everywhere)."""
+    if not panels:
+        raise ValueError("winner_maps needs at least one panel")
+    kinds, index = _categories([g for _, g in panels])
+    height = max(3.0, 0.32 * len(layers) + 1.8)
+    width = 1.2 + len(panels) * max(1.8, 0.25 * len(steps) + 1.0) + 1.8
+    fig, axes = subplots(1, len(panels), width=width / len(panels), height=height)
+    for i, (ax, (name, grid)) in enumerate(zip(axes, panels)):  # subplots returns the axes as a flat array
+        _categorical(ax, grid, index, layers, steps, name, ylabels=i == 0)
+    cmap = matplotlib.colormaps.get_cmap("tab10")
+    axes[len(panels) - 1].legend(handles=[mpatches.Patch(color=cmap(index[k]), label=k) for k in kinds], fontsize=8,
+                loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title, fontsize=10)
     return save(fig, path)
