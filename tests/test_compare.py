@@ -224,7 +224,8 @@ def test_user_task_from_the_command_line_and_as_an_object(tmp_path, monkeypatch,
 
 def test_default_optimizers_fit_the_cpu(monkeypatch):
     """torch.optim.Muon forces bf16 Newton-Schulz: on a CPU without native bf16 the main job leaves it out
-    (it alone took 16 of 42 minutes there); steepest's own optimizers use dtype='auto' instead."""
+    (it alone took 16 of 42 minutes there); steepest's Muon uses dtype='auto' instead, and Adaptive has
+    SpecGD's settings (float32 Polar Express on every CPU), so it is SpecGD wherever it chooses spectral."""
     from steepest.app.compare import optimizers as O
     from steepest.linalg import precision
 
@@ -237,4 +238,7 @@ def test_default_optimizers_fit_the_cpu(monkeypatch):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     ada = O.build_optimizer("adaptive", model, 0.01, 1e-3, None)
-    assert {g["dtype"] for g in ada.param_groups if g["algorithm"] == "steepest"} == {"auto"}
+    spec = O.build_optimizer("specgd", model, 0.01, 1e-3, None)
+    keys = ("dtype", "method", "steps", "coefficients", "normalization", "momentum", "nesterov", "scale_rule")
+    settings = lambda o: [{k: g[k] for k in keys} for g in o.param_groups if g["algorithm"] == "steepest"]  # noqa: E731
+    assert settings(ada) == settings(spec)
