@@ -420,17 +420,16 @@ def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
     A = (torch.randn(1024, d, generator=g) * torch.logspace(0, -1.5, d)) @ torch.linalg.qr(
         torch.randn(d, d, generator=g)).Q
     G = torch.randn(48, d, generator=g)
-    opt = steepest.Adaptive([torch.nn.Parameter(torch.zeros(48, d))], candidates=("spectral", "frobenius"))
-    fast = opt._dd_scores(G, A).decrease
+    fast = C.dd_scores(G, A).decrease
     Ad, Gd = A.double(), G.double()
     exact = C.score_geometries(
         {"spectral": float(torch.linalg.svdvals(Gd).sum()), "frobenius": float(Gd.norm())}, None, None,
         {"spectral": float(Ad.norm()) ** 2 / 1024, "frobenius": float(torch.linalg.svdvals(Ad)[0]) ** 2 / 1024}).decrease
     # spectral: float32 Gram eigenvalues and sums, ~1e-6 relative; 1e-5 leaves a margin for the squares
     assert fast["spectral"] == pytest.approx(exact["spectral"], rel=1e-5)
-    if d <= opt.DD_GRAM_MAX:
+    if d <= C.DD_GRAM_MAX:
         assert fast["frobenius"] == pytest.approx(exact["frobenius"], rel=1e-5)
     else:  # the block Krylov ||A||_op is never above the exact value and within 2.5%: Delta_F 0..5.1% high
         assert exact["frobenius"] * (1 - 1e-6) <= fast["frobenius"] <= exact["frobenius"] * 1.051
     A[3, 4] = float("nan")
-    assert opt._dd_scores(G, A) is None  # a non-finite activation: no DD verdict (the caller falls back)
+    assert C.dd_scores(G, A) is None  # a non-finite activation: no DD verdict (the caller falls back)

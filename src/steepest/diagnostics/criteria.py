@@ -47,6 +47,8 @@ import torch
 from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
 from steepest.geometry import dual_norm, dualize
 from steepest.geometry import matrix_view
+from steepest.diagnostics._batched_metrics import gram
+from steepest.linalg.estimate import spectral_norm_estimate
 
 GEOMETRIES = ("spectral", "linf", "frobenius")
 
@@ -196,6 +198,44 @@ class SpecSignIndex:
         return dict(self.__dict__)
 
 
+#: :func:`dd_scores`' ||A||_op for A (N x d): exact from the float32 Gram A^T A (eigenvalues in float64,
+#: ~1e-7 relative) when d <= DD_GRAM_MAX; above it (the Gram costs N d^2), block Krylov with DD_OP_ITERS
+#: iterations of a DD_OP_BLOCK-column block from a fixed seed (deterministic): never above the exact value
+#: and within 2.5% of it on every matrix of benchmarks/estimate.py, so Delta_F is at most ~5% high, inside
+#: Adaptive's 10% switching margin. Together ~1/7 of the float64 SVDs' cost (benchmarks/adaptive_overhead.py).
+DD_GRAM_MAX, DD_OP_ITERS, DD_OP_BLOCK = 256, 4, 4
+
+
+def dd_scores(G: torch.Tensor, A: torch.Tensor) -> "GeometryScores | None":
+    """Seed 001's worst-case one-step decreases, cheaply: Delta_spectral = ||G||_*^2 / (||A||_F^2 / N) vs
+    Delta_frobenius = ||G||_F^2 / (||A||_op^2 / N) (spectral wins iff nr(G) >= st(A)), as
+    :class:`GeometryScores`; None if A holds a non-finite entry (its norm is then not finite).
+
+    ``G``: the layer gradient (any shape; its matrix view is used); ``A``: its input rows (N, d).
+    ||G||_* is the sum of the square roots of the eigenvalues of G's small Gram matrix (formed in float32,
+    solved in float64: ~1e-7 relative); ||A||_F a float32 vectorized sum of squares (~1e-6 relative);
+    ||A||_op as :data:`DD_GRAM_MAX` says. The float64 SVD reference is :func:`davis_drusvyatskiy`.
+
+    Example:
+        >>> s = dd_scores(torch.eye(4), torch.randn(64, 4))      # nr(I) = 4 >= st(A): spectral
+        >>> s.winner
+        'spectral'
+    """
+    N, A = A.shape[0], A.float()
+    fro = float(torch.linalg.vector_norm(A))
+    if not math.isfinite(fro):
+        return None
+    Gm = matrix_view(G).float()
+    nuc = float(torch.linalg.eigvalsh(gram(Gm, torch.float32).double()).clamp(min=0).sqrt().sum())
+    norms = {"spectral": nuc, "frobenius": float(torch.linalg.vector_norm(Gm, dtype=torch.float64))}
+    if min(A.shape) <= DD_GRAM_MAX:
+        op = float(torch.linalg.eigvalsh(gram(A, torch.float32).double())[-1].clamp(min=0).sqrt())
+    else:
+        gen = torch.Generator(device=A.device).manual_seed(0)
+        op = float(spectral_norm_estimate(A, iters=DD_OP_ITERS, block=DD_OP_BLOCK, generator=gen))
+    return score_geometries(norms, None, None, {"spectral": fro ** 2 / N, "frobenius": op ** 2 / N})
+
+
 def spec_sign_index(G: torch.Tensor, c_star: float, c_1: float, batch_size: int | None,
                     H_sign: float, H_spec: float, nuclear: float | None = None) -> SpecSignIndex:
     """I = ((||G||_nuc - 2c_*/sqrt(B)) / (||G||_1 - 2c_1/sqrt(B)))^2 * H_sign / H_spec; I > 1 -> spectral.
@@ -323,6 +363,6 @@ def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = 
     return float((A.to(dtype) @ V.to(dtype)).square().sum(dtype=torch.float64) / N)
 
 
-__all__ = ["kfac_polar_curvature", "davis_drusvyatskiy", "noise_scales", "predicted_decrease", "score_geometries", "GeometryScores",
+__all__ = ["kfac_polar_curvature", "davis_drusvyatskiy", "dd_scores", "noise_scales", "predicted_decrease", "score_geometries", "GeometryScores",
            "spec_sign_index", "SpecSignIndex", "directional_curvatures", "layer_curvatures", "kfac_curvature",
            "GEOMETRIES"]

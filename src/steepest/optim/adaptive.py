@@ -67,10 +67,8 @@ from torch import nn
 from steepest import geometry as geo
 from steepest.diagnostics import criteria as C
 from steepest.diagnostics.oracle import layer_oracle, step_decreases
-from steepest.diagnostics._batched_metrics import gram
 from steepest.diagnostics.probe import ActivationCapture, activation_matrix, microbatch_grads
 from steepest.geometry import dual_norm, dualize
-from steepest.linalg.estimate import spectral_norm_estimate
 from steepest.optim.functional import compute_update, direction_source
 from steepest.optim.steepest import SteepestDescent
 
@@ -210,39 +208,12 @@ class Adaptive(SteepestDescent):
         return self._t % self.every == 0
 
     # ------------------------------------------------------------------------------- decisions
-    #: The Davis-Drusvyatskiy test's ||A||_op for A (N x d): exact from the float32 Gram A^T A (eigenvalues in
-    #: float64, ~1e-7 relative) when d <= DD_GRAM_MAX; above it (the Gram costs N d^2), block Krylov with
-    #: DD_OP_ITERS iterations of a DD_OP_BLOCK-column block from a fixed seed (deterministic): never above the
-    #: exact value and within 2.5% of it on every matrix of benchmarks/estimate.py, so Delta_F is at most ~5%
-    #: high, inside the 10% switching margin. Together about 1/8 of float64 SVDs (benchmarks/adaptive_overhead.py).
-    DD_GRAM_MAX, DD_OP_ITERS, DD_OP_BLOCK = 256, 4, 4
-
-    def _dd_scores(self, G: torch.Tensor, A: torch.Tensor) -> C.GeometryScores | None:
-        """Seed 001's two worst-case decreases: ||G||_*^2 / (||A||_F^2 / N) vs ||G||_F^2 / (||A||_op^2 / N)
-        (None if A holds a non-finite entry: its norm is then not finite). ||G||_* = sum of sqrt of the
-        eigenvalues of G's small Gram matrix (formed in float32, solved in float64: ~1e-7 relative, exact
-        enough for a test with a 10% margin); ||A||_F as a float32 vectorized sum of squares (~1e-6
-        relative); ||A||_op as :data:`DD_GRAM_MAX` says."""
-        N, A = A.shape[0], A.float()
-        fro = float(torch.linalg.vector_norm(A))
-        if not math.isfinite(fro):
-            return None
-        Gm = geo.matrix_view(G).float()
-        nuc = float(torch.linalg.eigvalsh(gram(Gm, torch.float32).double()).clamp(min=0).sqrt().sum())
-        norms = {"spectral": nuc, "frobenius": float(torch.linalg.vector_norm(Gm, dtype=torch.float64))}
-        if min(A.shape) <= self.DD_GRAM_MAX:
-            op = float(torch.linalg.eigvalsh(gram(A, torch.float32).double())[-1].clamp(min=0).sqrt())
-        else:
-            gen = torch.Generator(device=A.device).manual_seed(0)
-            op = float(spectral_norm_estimate(A, iters=self.DD_OP_ITERS, block=self.DD_OP_BLOCK, generator=gen))
-        return C.score_geometries(norms, None, None, {"spectral": fro ** 2 / N, "frobenius": op ** 2 / N})
-
     def _scores(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> tuple[C.GeometryScores, str]:
         name = self._module_of.get(id(p))
         calls = self._capture.rows(name) if (self._capture is not None and name is not None) else []
         A = activation_matrix(calls) if calls else None
         if self.criterion == "dd" and A is not None and A.numel():
-            scores = self._dd_scores(G, A)
+            scores = C.dd_scores(G, A)
             if scores is not None:
                 return scores, "dd"
         Gm = geo.matrix_view(G).double()
