@@ -49,9 +49,10 @@ from torch import nn
 from steepest.diagnostics import criteria as C
 from steepest.diagnostics.capture import SUPPORTED, ActivationCapture  # noqa: F401 (public here)
 from steepest.diagnostics._batched_metrics import activation_matrix, microbatch_grads  # noqa: F401 (public here)
-from steepest.diagnostics._batched_metrics import gram as _gram, grouped_eigvalsh, singular_values
+from steepest.diagnostics._batched_metrics import ACT_ITERS, WARM_BLOCK, WARM_ITERS, gram as _gram, grouped_eigvalsh
+from steepest.diagnostics._batched_metrics import grouped_top_eigen, singular_values
 from steepest.diagnostics.metrics import nuclear_norm, stable_rank
-from steepest.linalg.estimate import spectral_norm_estimate
+from steepest.linalg.estimate import spectral_norm_estimate, top_singular_pair
 from steepest.geometry import dualize, matrix_norm
 from steepest.geometry import matrix_view
 
@@ -140,6 +141,7 @@ class LayerMonitor:
         self._deferred = False
         self._pending: dict[str, dict] = {}
         self._before: dict[str, torch.Tensor] = {}
+        self._warm: dict[tuple, torch.Tensor] = {}  # (quantity, layer) -> last record's top singular vector
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -192,6 +194,7 @@ class LayerMonitor:
             warnings.warn(f"LayerMonitor resumed with every={self.every}, the checkpoint used every={state['every']}",
                           stacklevel=2)
         self.step = state["step"]
+        self._warm = {}  # the next record starts exact again
         for s in self.sinks:
             if callable(getattr(s, "rewind", None)):
                 s.rewind(self.step)
@@ -240,18 +243,35 @@ class LayerMonitor:
         fast, spec = self.method == "fast", self._spec_sign_due()
         eig = {}
         if fast:  # every layer's Gram matrix first, then one batched eigensolve per (size, dtype)
-            mats, vecs = {}, []
+            mats, vecs, mats_A = {}, [], {}
             for name, (rec, G, A, calls, MA) in work.items():
                 if not rec["nonfinite_grad"]:
                     mats[("G", name)] = _gram(G, torch.float64)
                     if spec and A.numel() and not rec["nonfinite_activation"]:
                         vecs.append(("G", name))  # eigenvectors reused by the polar curvature
                 if isinstance(MA, torch.Tensor) and not rec["nonfinite_activation"]:
-                    mats[("A", name)] = MA
-            eig = grouped_eigvalsh(mats, vecs)
+                    mats_A[("A", name)] = MA
+            eig = grouped_eigvalsh(mats, vecs)  # ||G||_* needs every eigenvalue: exact
+            eig.update(self._top_eigen(mats_A, ACT_ITERS))  # st(A) = tr(M) / lambda_1(M): the top one only
         for name, (rec, G, A, calls, MA) in work.items():
-            self._pending[name] = self._grad_metrics(rec, G, A, calls, eig.get(("G", name)), eig.get(("A", name)),
+            top_A = None
+            if ("A", name) in eig:  # (lambda_1, tr) of A's float32 Gram; the trace exact in float64
+                top_A = (float(eig[("A", name)][0]), float(MA.diagonal().double().sum()))
+            self._pending[name] = self._grad_metrics(rec, G, A, calls, eig.get(("G", name)), top_A,
                                                      MA if isinstance(MA, float) else None)
+
+    def _top_eigen(self, mats: dict, iters: int = WARM_ITERS) -> dict:
+        """lambda_1 of each Gram matrix in ``mats``: warm-started block Krylov from the last record's vector
+        (:func:`grouped_top_eigen`), exact (eigh) where no vector is kept (first record, resume); vectors kept."""
+        warm = self._warm
+        device = next(iter(mats.values())).device if mats else None
+        out = grouped_top_eigen(mats, warm, self._generator(device), iters=iters)
+        for k, (_, v) in out.items():
+            if v is None:
+                self._warm.pop(k, None)
+            else:
+                self._warm[k] = v
+        return out
 
     def _spec_sign_due(self) -> bool:
         return bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
@@ -274,10 +294,10 @@ class LayerMonitor:
                    nonfinite_activation=bad_a, nonfinite_grad=not _finite(G))
         return rec, G, A, calls, MA
 
-    def _grad_metrics(self, rec: dict, G: torch.Tensor, A: torch.Tensor, calls, eig_G=None, eig_A=None,
+    def _grad_metrics(self, rec: dict, G: torch.Tensor, A: torch.Tensor, calls, eig_G=None, top_A=None,
                       fro2_A=None) -> dict:
-        """Fill the gradient/activation fields; ``eig_G`` / ``eig_A``: (eigenvalues, vectors) of the float64
-        Gram of G / float32 Gram of A from the batched solve (fast method); ``fro2_A``: ||A||_F^2 if known."""
+        """Fill the gradient/activation fields; ``eig_G``: (eigenvalues, vectors) of the float64 Gram of G from
+        the batched solve; ``top_A``: (lambda_1, trace) of A's float32 Gram (fast method); ``fro2_A``: ||A||_F^2."""
         bad_a, bad_g = rec["nonfinite_activation"], rec["nonfinite_grad"]
         nuc = None
         if not bad_g:
@@ -290,7 +310,7 @@ class LayerMonitor:
             rec.update(nr_G=nuc * nuc / (fro * fro) if fro > 0 else 0.0, grad_fro=fro, grad_nuclear=nuc,
                        grad_l1=float(G.abs().sum()))
         if A.numel() and not bad_a:
-            rec["st_A"] = self._stable_rank(A, eig_A, fro2_A)
+            rec["st_A"] = self._stable_rank(A, top_A, fro2_A, rec["layer"])
             if rec["nr_G"] is not None:
                 nr, st = rec["nr_G"], rec["st_A"]
                 rec["nr_st_ratio"] = nr / st if st > 0 else None
@@ -319,18 +339,31 @@ class LayerMonitor:
         """A private generator seeded by the step: reproducible sketches, global RNG untouched."""
         return torch.Generator(device=device if device is not None else "cpu").manual_seed(self.step)
 
-    def _stable_rank(self, A: torch.Tensor, eig_A=None, fro2=None) -> float:
-        """st(A): exact (float32 Gram eigenvalues) when in <= GRAM_MAX_COLS, else ||A||_F^2 / block-Krylov ||A||_op^2."""
+    def _stable_rank(self, A: torch.Tensor, top_A=None, fro2=None, name=None) -> float:
+        """st(A) = ||A||_F^2 / ||A||_op^2: tr / lambda_1 of A's float32 Gram when in <= GRAM_MAX_COLS (``top_A``),
+        else ||A||_F^2 over a block-Krylov ||A||_op^2 (warm-started from the last record's vector if kept)."""
         if self.method == "exact":
             return float(stable_rank(A))
         if self.method == "estimate" or A.shape[-1] > GRAM_MAX_COLS:
             if fro2 is None:
                 fro2 = float(A.double().square().sum()) if A.numel() < 2**16 else float(torch.linalg.vector_norm(A)) ** 2
-            op = float(spectral_norm_estimate(A, generator=self._generator(A.device)))
+            if self.method == "estimate":
+                op = float(spectral_norm_estimate(A, generator=self._generator(A.device)))
+            else:  # cold: 4 steps x 4 columns (spectral_norm_estimate's defaults); warm: the monitor's warm steps
+                v0 = self._warm.get(("A", name))
+                cold = v0 is None or v0.shape[-1] != A.shape[-1]
+                it, bl = (4, 4) if cold else (ACT_ITERS, WARM_BLOCK)
+                s, v = top_singular_pair(A, None if cold else v0, it, bl, self._generator(A.device))
+                op = float(s)
+                if math.isfinite(op):
+                    self._warm[("A", name)] = v
             return fro2 / (op * op) if op > 0 else 0.0
-        lam = eig_A[0] if eig_A is not None else grouped_eigvalsh({0: _gram(A, torch.float32)})[0][0]
-        sv2 = singular_values(lam).double().square()
-        return float(sv2.sum() / sv2[0]) if float(sv2[0]) > 0 else 0.0
+        if top_A is None:
+            lam = grouped_eigvalsh({0: _gram(A, torch.float32)})[0][0]
+            sv2 = singular_values(lam).double().square()
+            return float(sv2.sum() / sv2[0]) if float(sv2[0]) > 0 else 0.0
+        lam1, tr = top_A
+        return tr / lam1 if lam1 > 0 else 0.0
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
@@ -345,14 +378,14 @@ class LayerMonitor:
                     mW[name] = (Wm, dW, _finite(Wm), _finite(dW))
                     if self.method != "exact":  # every layer's float32 Gram first, then batched eigensolves
                         mats.update({(i, name): _gram(X, torch.float32) for i, X in ((0, Wm), (1, dW)) if mW[name][2 + i]})
-                # top eigenvalue of the float32 Gram: relative error ~eps_32 (Weyl)
-                eig = grouped_eigvalsh(mats)
+                # top eigenvalue of the float32 Gram: exact (~eps_32, Weyl) on refresh records, else warm Krylov
+                eig = self._top_eigen(mats)
                 for name, rec in self._pending.items():
                     Wm, dW, ok_w, ok_d = mW[name]
                     if self.method == "exact":
                         op = [float(matrix_norm(X, "spectral")) if f else None for X, f in ((Wm, ok_w), (dW, ok_d))]
                     else:
-                        op = [float(singular_values(eig[(i, name)][0])[0]) if (i, name) in eig else None for i in (0, 1)]
+                        op = [math.sqrt(max(float(eig[(i, name)][0]), 0.0)) if (i, name) in eig else None for i in (0, 1)]
                     if ok_w:
                         rec.update(weight_fro=float(matrix_norm(Wm, "frobenius")), weight_op=op[0])
                     if ok_d:
