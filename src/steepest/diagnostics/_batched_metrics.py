@@ -36,8 +36,9 @@ from steepest.linalg.estimate import top_eigenpair
 #: 5e-7), the update norms within 4e-7 (benchmarks/RESULTS.md, "LayerMonitor overhead, warm starts").
 WARM_ITERS, WARM_BLOCK = 8, 2
 #: Krylov steps for the activations' ||A||_op (st(A)): their top direction moves more between records
-#: (new batch): 5 steps x 2 columns were within 2e-5 of the exact st(A) on charlm (4 steps: 3.8e-4).
-ACT_ITERS = 5
+#: (new batch), so the start is [last vector, A's column mean, a Gaussian column] (``ACT_BLOCK``): 3 steps
+#: were within 2e-5 of the exact st(A) on charlm (2 steps: 2.6e-3; without the mean 5 steps were needed).
+ACT_ITERS, ACT_BLOCK = 3, 3
 
 
 def activation_matrix(calls, max_rows: int | None = None) -> torch.Tensor:
@@ -119,10 +120,11 @@ def grouped_top_eigen(mats: dict, warm: dict, generator: torch.Generator | None 
                       iters: int = WARM_ITERS, block: int = WARM_BLOCK) -> dict:
     """Largest eigenvalue and its unit vector of many symmetric PSD matrices, one call per (size, dtype).
 
-    A key with a vector in ``warm`` (the previous record's, same n) gets the warm-started block Krylov of
+    A key with a vector (n,) or starting columns (n, j) in ``warm`` (the previous record's vector, same n,
+    and e.g. a column mean) gets the warm-started block Krylov of
     :func:`steepest.linalg.estimate.top_eigenpair` (a lower bound, theta <= lambda_1; accuracy there);
-    a key without one gets the exact ``eigh`` (:func:`grouped_eigvalsh`), so every sequence of
-    estimates starts from the exact vector. Non-finite matrices give (NaN, None) as in
+    a key without one (or with n <= 2 (iters + 1) block) gets the exact ``eigh`` (:func:`grouped_eigvalsh`),
+    so every sequence of estimates starts from the exact vector. Non-finite matrices give (NaN, None) as in
     :func:`grouped_eigvalsh`. Returns key -> (lambda_1 (0-dim), vector or None).
 
     Example:
@@ -130,7 +132,11 @@ def grouped_top_eigen(mats: dict, warm: dict, generator: torch.Generator | None 
         >>> float(out["a"][0])
         4.0
     """
-    cold = {k: M for k, M in mats.items() if warm.get(k) is None or warm[k].shape[-1] != M.shape[-1]}
+    # exact (eigh) without a usable warm start, and for small n, where the Krylov space would span a large
+    # part of R^n (n <= 2 (iters + 1) block) and a small LAPACK solve costs about as much
+    small = 2 * (iters + 1) * block
+    cold = {k: M for k, M in mats.items()
+            if warm.get(k) is None or warm[k].shape[0] != M.shape[-1] or M.shape[-1] <= small}
     out = {k: (lam[-1], None if V is None else V[:, -1]) for k, (lam, V) in grouped_eigvalsh(cold, cold).items()}
     groups: dict = {}
     for key, M in mats.items():
@@ -141,11 +147,13 @@ def grouped_top_eigen(mats: dict, warm: dict, generator: torch.Generator | None 
         # only, and zeros to the vectors), since each Krylov step costs ~the same for 2 or 26 matrices
         n = max(mats[k].shape[-1] for k in keys)
         S = torch.zeros(len(keys), n, n, dtype=mats[keys[0]].dtype, device=mats[keys[0]].device)
-        v0 = torch.zeros(len(keys), n, dtype=S.dtype, device=S.device)
+        j = max(1 if warm[k].ndim == 1 else warm[k].shape[-1] for k in keys)
+        v0 = torch.zeros(len(keys), n, j, dtype=S.dtype, device=S.device)
         for i, k in enumerate(keys):
             d = mats[k].shape[-1]
             S[i, :d, :d] = mats[k]
-            v0[i, :d] = warm[k]
+            w = warm[k] if warm[k].ndim == 2 else warm[k][:, None]
+            v0[i, :d, : w.shape[-1]] = w
         ok = torch.isfinite(S.diagonal(dim1=-2, dim2=-1)).all(dim=-1)
         S = torch.where(ok[:, None, None], S, torch.zeros((), dtype=S.dtype, device=S.device))
         lam, V = top_eigenpair(S, v0, iters=iters, block=block, generator=generator)

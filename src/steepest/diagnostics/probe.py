@@ -49,7 +49,7 @@ from torch import nn
 from steepest.diagnostics import criteria as C
 from steepest.diagnostics.capture import SUPPORTED, ActivationCapture  # noqa: F401 (public here)
 from steepest.diagnostics._batched_metrics import activation_matrix, microbatch_grads  # noqa: F401 (public here)
-from steepest.diagnostics._batched_metrics import ACT_ITERS, WARM_BLOCK, WARM_ITERS, gram as _gram, grouped_eigvalsh
+from steepest.diagnostics._batched_metrics import ACT_BLOCK, ACT_ITERS, WARM_ITERS, gram as _gram, grouped_eigvalsh
 from steepest.diagnostics._batched_metrics import grouped_top_eigen, singular_values
 from steepest.diagnostics.metrics import nuclear_norm, stable_rank
 from steepest.linalg.estimate import spectral_norm_estimate, top_singular_pair
@@ -62,6 +62,12 @@ GRAM_MAX_COLS = 256
 CURVATURE_ROWS = 512
 #: LayerMonitor's ``method`` values (see its docstring).
 MONITOR_METHODS = ("fast", "exact", "estimate")
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    """v / ||v|| (a zero or non-finite v gives a zero vector: the Krylov start treats it as absent)."""
+    n = torch.linalg.vector_norm(v)
+    return torch.where(torch.isfinite(n) & (n > 0), v / n.clamp(min=torch.finfo(v.dtype).tiny), torch.zeros_like(v))
 
 
 def _finite(X: torch.Tensor) -> bool:
@@ -181,8 +187,11 @@ class LayerMonitor:
         self.detach()
 
     def state_dict(self) -> dict:
-        """The monitor's own state for a checkpoint: ``{"step": next step to record or skip, "every": ...}``."""
-        return {"step": self.step, "every": self.every}
+        """The monitor's own state for a checkpoint: ``{"step": next step to record or skip, "every": ...,
+        "warm": {"W|layer": last record's top singular vector, ...}}`` (the warm starts, so that a resumed run
+        writes the same records as an uninterrupted one)."""
+        return {"step": self.step, "every": self.every,
+                "warm": {f"{q}|{name}": v.clone() for (q, name), v in self._warm.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: continue at ``state["step"]``, and drop from every sink with ``rewind(step)`` the records of
@@ -194,7 +203,8 @@ class LayerMonitor:
             warnings.warn(f"LayerMonitor resumed with every={self.every}, the checkpoint used every={state['every']}",
                           stacklevel=2)
         self.step = state["step"]
-        self._warm = {}  # the next record starts exact again
+        warm = state.get("warm") or {}  # none (older checkpoint): the next record solves exactly (eigh)
+        self._warm = {tuple(k.split("|", 1)): v.clone() for k, v in warm.items() if isinstance(v, torch.Tensor)}
         for s in self.sinks:
             if callable(getattr(s, "rewind", None)):
                 s.rewind(self.step)
@@ -243,7 +253,7 @@ class LayerMonitor:
         fast, spec = self.method == "fast", self._spec_sign_due()
         eig = {}
         if fast:  # every layer's Gram matrix first, then one batched eigensolve per (size, dtype)
-            mats, vecs, mats_A = {}, [], {}
+            mats, vecs, mats_A, means = {}, [], {}, {}
             for name, (rec, G, A, calls, MA) in work.items():
                 if not rec["nonfinite_grad"]:
                     mats[("G", name)] = _gram(G, torch.float64)
@@ -251,8 +261,9 @@ class LayerMonitor:
                         vecs.append(("G", name))  # eigenvectors reused by the polar curvature
                 if isinstance(MA, torch.Tensor) and not rec["nonfinite_activation"]:
                     mats_A[("A", name)] = MA
+                    means[("A", name)] = _unit(A.sum(dim=0))
             eig = grouped_eigvalsh(mats, vecs)  # ||G||_* needs every eigenvalue: exact
-            eig.update(self._top_eigen(mats_A, ACT_ITERS))  # st(A) = tr(M) / lambda_1(M): the top one only
+            eig.update(self._top_eigen(mats_A, ACT_ITERS, ACT_BLOCK, means))  # st(A) = tr(M) / lambda_1(M): the top one only
         for name, (rec, G, A, calls, MA) in work.items():
             top_A = None
             if ("A", name) in eig:  # (lambda_1, tr) of A's float32 Gram; the trace exact in float64
@@ -260,12 +271,15 @@ class LayerMonitor:
             self._pending[name] = self._grad_metrics(rec, G, A, calls, eig.get(("G", name)), top_A,
                                                      MA if isinstance(MA, float) else None)
 
-    def _top_eigen(self, mats: dict, iters: int = WARM_ITERS) -> dict:
+    def _top_eigen(self, mats: dict, iters: int = WARM_ITERS, block: int = 2, extra: dict | None = None) -> dict:
         """lambda_1 of each Gram matrix in ``mats``: warm-started block Krylov from the last record's vector
         (:func:`grouped_top_eigen`), exact (eigh) where no vector is kept (first record, resume); vectors kept."""
-        warm = self._warm
+        warm = {k: v for k, v in self._warm.items() if k in mats and v.shape[0] == mats[k].shape[-1]}
+        if extra:  # more starting directions (A's column mean) next to the kept vector
+            warm = {k: torch.stack([v, extra[k]], dim=-1) if extra.get(k) is not None and extra[k].shape == v.shape else v
+                    for k, v in warm.items()}
         device = next(iter(mats.values())).device if mats else None
-        out = grouped_top_eigen(mats, warm, self._generator(device), iters=iters)
+        out = grouped_top_eigen(mats, warm, self._generator(device), iters=iters, block=block)
         for k, (_, v) in out.items():
             if v is None:
                 self._warm.pop(k, None)
@@ -352,8 +366,10 @@ class LayerMonitor:
             else:  # cold: 4 steps x 4 columns (spectral_norm_estimate's defaults); warm: the monitor's warm steps
                 v0 = self._warm.get(("A", name))
                 cold = v0 is None or v0.shape[-1] != A.shape[-1]
-                it, bl = (4, 4) if cold else (ACT_ITERS, WARM_BLOCK)
-                s, v = top_singular_pair(A, None if cold else v0, it, bl, self._generator(A.device))
+                mean = _unit(A.sum(dim=0))  # activations' dominant direction: a starting column
+                it, bl = (4, 4) if cold else (ACT_ITERS, ACT_BLOCK)
+                start = mean if cold else torch.stack([v0, mean], dim=-1)
+                s, v = top_singular_pair(A, start, it, bl, self._generator(A.device))
                 op = float(s)
                 if math.isfinite(op):
                     self._warm[("A", name)] = v
@@ -377,7 +393,7 @@ class LayerMonitor:
                     Wm, dW = matrix_view(W, transposed=tr).float(), matrix_view(W - self._before[name], transposed=tr).float()
                     mW[name] = (Wm, dW, _finite(Wm), _finite(dW))
                     if self.method != "exact":  # every layer's float32 Gram first, then batched eigensolves
-                        mats.update({(i, name): _gram(X, torch.float32) for i, X in ((0, Wm), (1, dW)) if mW[name][2 + i]})
+                        mats.update({(q, name): _gram(X, torch.float32) for q, X, f in (("W", Wm, mW[name][2]), ("dW", dW, mW[name][3])) if f})
                 # top eigenvalue of the float32 Gram: exact (~eps_32, Weyl) on refresh records, else warm Krylov
                 eig = self._top_eigen(mats)
                 for name, rec in self._pending.items():
@@ -385,7 +401,7 @@ class LayerMonitor:
                     if self.method == "exact":
                         op = [float(matrix_norm(X, "spectral")) if f else None for X, f in ((Wm, ok_w), (dW, ok_d))]
                     else:
-                        op = [math.sqrt(max(float(eig[(i, name)][0]), 0.0)) if (i, name) in eig else None for i in (0, 1)]
+                        op = [math.sqrt(max(float(eig[(q, name)][0]), 0.0)) if (q, name) in eig else None for q in ("W", "dW")]
                     if ok_w:
                         rec.update(weight_fro=float(matrix_norm(Wm, "frobenius")), weight_op=op[0])
                     if ok_d:

@@ -174,12 +174,15 @@ def _krylov_top_rows(X: torch.Tensor, start: torch.Tensor, iters: int) -> tuple[
 
 
 def _start_block(shape, X: torch.Tensor, v0, generator) -> torch.Tensor:
-    """(..., n, block) Gaussian columns, the first replaced by the warm start ``v0`` (..., n) when given."""
+    """(..., n, block) Gaussian columns, the first j replaced by the warm start ``v0``: (..., n) (j = 1)
+    or (..., n, j) (j <= block starting directions, e.g. the last record's vector and a column mean)."""
     S = _gaussian(shape, X, generator)
     if v0 is not None:
-        if tuple(v0.shape) != tuple(shape[:-1]):
-            raise ValueError(f"v0 must have shape {tuple(shape[:-1])} (batch..., n), got {tuple(v0.shape)}")
-        S[..., 0] = v0.to(S.dtype)
+        V = v0.unsqueeze(-1) if v0.ndim == len(shape) - 1 else v0
+        if tuple(V.shape[:-1]) != tuple(shape[:-1]) or V.shape[-1] > shape[-1]:
+            raise ValueError(f"v0 must have shape {tuple(shape[:-1])} (batch..., n) or (batch..., n, j <= "
+                             f"block={shape[-1]}), got {tuple(v0.shape)}")
+        S[..., : V.shape[-1]] = V.to(S.dtype)
     return S
 
 
