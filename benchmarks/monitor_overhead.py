@@ -11,6 +11,7 @@ the CPU time spent inside the monitor's optimizer hooks (where every metric is c
 unmonitored step's CPU time (both thread_time). Goal (issue 12): <= 3% with the default monitor.
 
 Configurations: ``none`` (no monitor), ``default`` (LayerMonitor(model, every=10), JSONL + CSV sinks),
+``warm_start`` (warm_start=True: ||W||_op, ||dW||_op by block Krylov from the last record's vectors),
 ``spec_sign_every_record`` (spec_sign_every=1: the index on every record), ``no_spec_sign``
 (microbatches=0), ``exact`` (method="exact": every norm by an SVD, the slow reference).
 
@@ -38,6 +39,7 @@ from steepest.app.tasks import get_task
 CONFIGS = {
     "none": None,
     "default": {},
+    "warm_start": {"warm_start": True},
     "spec_sign_every_record": {"spec_sign_every": 1},
     "no_spec_sign": {"microbatches": 0},
     "exact": {"method": "exact"},

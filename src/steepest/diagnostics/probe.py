@@ -49,8 +49,8 @@ from torch import nn
 from steepest.diagnostics import criteria as C
 from steepest.diagnostics.capture import SUPPORTED, ActivationCapture  # noqa: F401 (public here)
 from steepest.diagnostics._batched_metrics import activation_matrix, microbatch_grads  # noqa: F401 (public here)
-from steepest.diagnostics._batched_metrics import ACT_BLOCK, ACT_ITERS, WARM_ITERS, gram as _gram, grouped_eigvalsh
-from steepest.diagnostics._batched_metrics import grouped_top_eigen, singular_values
+from steepest.diagnostics._batched_metrics import ACT_BLOCK, ACT_COLD_ITERS, ACT_ITERS, WARM_ITERS, gram as _gram, grouped_eigvalsh
+from steepest.diagnostics._batched_metrics import grouped_top_eigen, singular_values, unit as _unit
 from steepest.diagnostics.metrics import nuclear_norm, stable_rank
 from steepest.linalg.estimate import spectral_norm_estimate, top_singular_pair
 from steepest.geometry import dualize, matrix_norm
@@ -62,12 +62,6 @@ GRAM_MAX_COLS = 256
 CURVATURE_ROWS = 512
 #: LayerMonitor's ``method`` values (see its docstring).
 MONITOR_METHODS = ("fast", "exact", "estimate")
-
-
-def _unit(v: torch.Tensor) -> torch.Tensor:
-    """v / ||v|| (a zero or non-finite v gives a zero vector: the Krylov start treats it as absent)."""
-    n = torch.linalg.vector_norm(v)
-    return torch.where(torch.isfinite(n) & (n > 0), v / n.clamp(min=torch.finfo(v.dtype).tiny), torch.zeros_like(v))
 
 
 def _finite(X: torch.Tensor) -> bool:
@@ -89,15 +83,24 @@ class LayerMonitor:
         sinks: objects with ``write(record)`` / ``close()`` (see :mod:`steepest.diagnostics.sinks`).
         optimizer: attach at once (else call :meth:`attach`).
         microbatches: K >= 2 chunks of the batch for the Spec-Sign noise scales (0 disables the index).
-        method: ``"fast"`` (default): nr(G), ||G||_*, ||W||_op, ||dW||_op from the eigenvalues of the small
-            Gram matrices (as :func:`~steepest.diagnostics.metrics.gram_singular_values`; exact up to ~1e-8
-            relative in float64 for G, ~1e-6 in float32 for the operator norms; all layers' Grams are
-            solved in one batched call per size and dtype, ``_batched_metrics``), st(A) exact from the
-            float32 Gram of A when A has <= ``GRAM_MAX_COLS`` (256) columns, else ||A||_F^2 exactly over
-            the block-Krylov estimate of ||A||_op^2 (:func:`~steepest.linalg.estimate.spectral_norm_estimate`,
-            never above the exact value, so st is never below it; < 0.1% off on activations, which have a
-            dominant direction; benchmarks/RESULTS.md, "Estimates"). ``"exact"``: every norm by an SVD (the slow
-            reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers).
+        method: ``"fast"`` (default): nr(G) and ||G||_* from every eigenvalue of G's float64 Gram matrix
+            (as :func:`~steepest.diagnostics.metrics.gram_singular_values`, exact up to ~1e-8 relative; all
+            layers solved in one batched call per size, ``_batched_metrics``); ||W||_op and ||dW||_op from
+            the top eigenvalue of their float32 Grams (exact, ~1e-6, or warm-started: ``warm_start``);
+            st(A) = ||A||_F^2 / ||A||_op^2 with ||A||_F exact and ||A||_op by a block Krylov started from A's
+            column mean (activations' dominant direction) and Gaussian columns
+            (:func:`~steepest.linalg.estimate.top_eigenpair` on A's float32 Gram when A has <=
+            ``GRAM_MAX_COLS`` (256) columns, else :func:`~steepest.linalg.estimate.top_singular_pair` on A):
+            a lower bound, so st(A) is never below the exact value; within 1e-4 of it on the charlm default
+            model over 300 steps (benchmarks/RESULTS.md, "LayerMonitor overhead"). ``"exact"``: every norm by
+            an SVD (the slow reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers).
+        warm_start: ``True``: ||W||_op, ||dW||_op (and ||A||_op) by a block Krylov from the previous record's
+            top singular vectors instead of an eigensolve after the first record (lower bounds; within
+            1.4e-4 relative for ||W||_op, 6e-7 for ||dW||_op on charlm, worst at the first warm record after
+            a random init, whose spectrum has no gap at the top). The vectors are kept in :meth:`state_dict`,
+            so a resume through ``load_state_dict(state_dict())`` writes the same records; a resume that
+            passes only the step (the ``steepest compare`` and Hugging Face integrations today) starts exact
+            again, so its records differ from an uninterrupted run's by that accuracy. Default ``False``.
         max_rows: cap on the activation rows used for st(A) (an evenly strided subset; ``None``: all rows).
             A row subset biases st(A) low (the subset's top eigenvalue is inflated, Marchenko-Pastur):
             -21% with 512 of 2048 token rows on the charlm model, so the default uses every row.
@@ -122,7 +125,7 @@ class LayerMonitor:
 
     def __init__(self, model: nn.Module, every: int = 10, sinks: Iterable = (), optimizer=None,
                  microbatches: int = 4, method: str = "fast", max_rows: int | None = None,
-                 layers: Iterable[str] | None = None, spec_sign_every: int = 10) -> None:
+                 layers: Iterable[str] | None = None, spec_sign_every: int = 10, warm_start: bool = False) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches == 1 or microbatches < 0:
@@ -136,6 +139,7 @@ class LayerMonitor:
             raise ValueError(f"max_rows must be a positive int or None, got {max_rows!r}")
         self.every, self.microbatches, self.method, self.max_rows = every, microbatches, method, max_rows
         self.spec_sign_every = spec_sign_every
+        self.warm_start = bool(warm_start)
         self.sinks = list(sinks)
         self.step = 0
         self.capture = ActivationCapture(model, self.recording, grads=microbatches > 0, names=layers)
@@ -274,6 +278,12 @@ class LayerMonitor:
     def _top_eigen(self, mats: dict, iters: int = WARM_ITERS, block: int = 2, extra: dict | None = None) -> dict:
         """lambda_1 of each Gram matrix in ``mats``: warm-started block Krylov from the last record's vector
         (:func:`grouped_top_eigen`), exact (eigh) where no vector is kept (first record, resume); vectors kept."""
+        if not self.warm_start:  # history-free: W, dW exact (values only); A from its column mean
+            if extra is None:
+                return {k: (lam[-1], None) for k, (lam, _) in grouped_eigvalsh(mats).items()}
+            warm = {k: m for k, m in extra.items() if k in mats and m.shape[0] == mats[k].shape[-1]}
+            device = next(iter(mats.values())).device if mats else None
+            return grouped_top_eigen(mats, warm, self._generator(device), iters=ACT_COLD_ITERS, block=block)
         warm = {k: v for k, v in self._warm.items() if k in mats and v.shape[0] == mats[k].shape[-1]}
         if extra:  # more starting directions (A's column mean) next to the kept vector
             warm = {k: torch.stack([v, extra[k]], dim=-1) if extra.get(k) is not None and extra[k].shape == v.shape else v
@@ -364,14 +374,14 @@ class LayerMonitor:
             if self.method == "estimate":
                 op = float(spectral_norm_estimate(A, generator=self._generator(A.device)))
             else:  # cold: 4 steps x 4 columns (spectral_norm_estimate's defaults); warm: the monitor's warm steps
-                v0 = self._warm.get(("A", name))
+                v0 = self._warm.get(("A", name)) if self.warm_start else None
                 cold = v0 is None or v0.shape[-1] != A.shape[-1]
                 mean = _unit(A.sum(dim=0))  # activations' dominant direction: a starting column
-                it, bl = (4, 4) if cold else (ACT_ITERS, ACT_BLOCK)
+                it, bl = (ACT_COLD_ITERS, ACT_BLOCK) if cold else (ACT_ITERS, ACT_BLOCK)
                 start = mean if cold else torch.stack([v0, mean], dim=-1)
                 s, v = top_singular_pair(A, start, it, bl, self._generator(A.device))
                 op = float(s)
-                if math.isfinite(op):
+                if math.isfinite(op) and self.warm_start:
                     self._warm[("A", name)] = v
             return fro2 / (op * op) if op > 0 else 0.0
         if top_A is None:
