@@ -92,7 +92,7 @@ class LayerMonitor:
             (:func:`~steepest.linalg.estimate.top_eigenpair` on A's float32 Gram when A has <=
             ``GRAM_MAX_COLS`` (256) columns, else :func:`~steepest.linalg.estimate.top_singular_pair` on A):
             a lower bound, so st(A) is never below the exact value; within 1e-4 of it on the charlm default
-            model over 300 steps (benchmarks/RESULTS.md, "LayerMonitor overhead"). ``"exact"``: every norm by
+            model over 300 steps (benchmarks/HISTORY.md, "LayerMonitor overhead, warm starts"). ``"exact"``: every norm by
             an SVD (the slow reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers).
         warm_start: ``True``: ||W||_op, ||dW||_op (and ||A||_op) by a block Krylov from the previous record's
             top singular vectors instead of an eigensolve after the first record (lower bounds; within
