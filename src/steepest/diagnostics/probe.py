@@ -49,9 +49,10 @@ from torch import nn
 from steepest.diagnostics import criteria as C
 from steepest.diagnostics.capture import SUPPORTED, ActivationCapture  # noqa: F401 (public here)
 from steepest.diagnostics._batched_metrics import activation_matrix, microbatch_grads  # noqa: F401 (public here)
-from steepest.diagnostics._batched_metrics import gram as _gram, grouped_eigvalsh, singular_values
+from steepest.diagnostics._batched_metrics import ACT_BLOCK, ACT_COLD_ITERS, ACT_ITERS, WARM_ITERS, gram as _gram, grouped_eigvalsh
+from steepest.diagnostics._batched_metrics import grouped_top_eigen, singular_values, unit as _unit
 from steepest.diagnostics.metrics import nuclear_norm, stable_rank
-from steepest.linalg.estimate import spectral_norm_estimate
+from steepest.linalg.estimate import spectral_norm_estimate, top_singular_pair
 from steepest.geometry import dualize, matrix_norm
 from steepest.geometry import matrix_view
 
@@ -82,15 +83,24 @@ class LayerMonitor:
         sinks: objects with ``write(record)`` / ``close()`` (see :mod:`steepest.diagnostics.sinks`).
         optimizer: attach at once (else call :meth:`attach`).
         microbatches: K >= 2 chunks of the batch for the Spec-Sign noise scales (0 disables the index).
-        method: ``"fast"`` (default): nr(G), ||G||_*, ||W||_op, ||dW||_op from the eigenvalues of the small
-            Gram matrices (as :func:`~steepest.diagnostics.metrics.gram_singular_values`; exact up to ~1e-8
-            relative in float64 for G, ~1e-6 in float32 for the operator norms; all layers' Grams are
-            solved in one batched call per size and dtype, ``_batched_metrics``), st(A) exact from the
-            float32 Gram of A when A has <= ``GRAM_MAX_COLS`` (256) columns, else ||A||_F^2 exactly over
-            the block-Krylov estimate of ||A||_op^2 (:func:`~steepest.linalg.estimate.spectral_norm_estimate`,
-            never above the exact value, so st is never below it; < 0.1% off on activations, which have a
-            dominant direction; benchmarks/RESULTS.md, "Estimates"). ``"exact"``: every norm by an SVD (the slow
-            reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers).
+        method: ``"fast"`` (default): nr(G) and ||G||_* from every eigenvalue of G's float64 Gram matrix
+            (as :func:`~steepest.diagnostics.metrics.gram_singular_values`, exact up to ~1e-8 relative; all
+            layers solved in one batched call per size, ``_batched_metrics``); ||W||_op and ||dW||_op from
+            the top eigenvalue of their float32 Grams (exact, ~1e-6, or warm-started: ``warm_start``);
+            st(A) = ||A||_F^2 / ||A||_op^2 with ||A||_F exact and ||A||_op by a block Krylov started from A's
+            column mean (activations' dominant direction) and Gaussian columns
+            (:func:`~steepest.linalg.estimate.top_eigenpair` on A's float32 Gram when A has <=
+            ``GRAM_MAX_COLS`` (256) columns, else :func:`~steepest.linalg.estimate.top_singular_pair` on A):
+            a lower bound, so st(A) is never below the exact value; within 1e-4 of it on the charlm default
+            model over 300 steps (benchmarks/HISTORY.md, "LayerMonitor overhead, warm starts"). ``"exact"``: every norm by
+            an SVD (the slow reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers).
+        warm_start: ``True``: ||W||_op, ||dW||_op (and ||A||_op) by a block Krylov from the previous record's
+            top singular vectors instead of an eigensolve after the first record (lower bounds; within
+            1.4e-4 relative for ||W||_op, 6e-7 for ||dW||_op on charlm, worst at the first warm record after
+            a random init, whose spectrum has no gap at the top). The vectors are kept in :meth:`state_dict`,
+            so a resume through ``load_state_dict(state_dict())`` writes the same records; a resume that
+            passes only the step (the ``steepest compare`` and Hugging Face integrations today) starts exact
+            again, so its records differ from an uninterrupted run's by that accuracy. Default ``False``.
         max_rows: cap on the activation rows used for st(A) (an evenly strided subset; ``None``: all rows).
             A row subset biases st(A) low (the subset's top eigenvalue is inflated, Marchenko-Pastur):
             -21% with 512 of 2048 token rows on the charlm model, so the default uses every row.
@@ -115,7 +125,7 @@ class LayerMonitor:
 
     def __init__(self, model: nn.Module, every: int = 10, sinks: Iterable = (), optimizer=None,
                  microbatches: int = 4, method: str = "fast", max_rows: int | None = None,
-                 layers: Iterable[str] | None = None, spec_sign_every: int = 10) -> None:
+                 layers: Iterable[str] | None = None, spec_sign_every: int = 10, warm_start: bool = False) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches == 1 or microbatches < 0:
@@ -129,6 +139,7 @@ class LayerMonitor:
             raise ValueError(f"max_rows must be a positive int or None, got {max_rows!r}")
         self.every, self.microbatches, self.method, self.max_rows = every, microbatches, method, max_rows
         self.spec_sign_every = spec_sign_every
+        self.warm_start = bool(warm_start)
         self.sinks = list(sinks)
         self.step = 0
         self.capture = ActivationCapture(model, self.recording, grads=microbatches > 0, names=layers)
@@ -140,6 +151,7 @@ class LayerMonitor:
         self._deferred = False
         self._pending: dict[str, dict] = {}
         self._before: dict[str, torch.Tensor] = {}
+        self._warm: dict[tuple, torch.Tensor] = {}  # (quantity, layer) -> last record's top singular vector
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -179,8 +191,11 @@ class LayerMonitor:
         self.detach()
 
     def state_dict(self) -> dict:
-        """The monitor's own state for a checkpoint: ``{"step": next step to record or skip, "every": ...}``."""
-        return {"step": self.step, "every": self.every}
+        """The monitor's own state for a checkpoint: ``{"step": next step to record or skip, "every": ...,
+        "warm": {"W|layer": last record's top singular vector, ...}}`` (the warm starts, so that a resumed run
+        writes the same records as an uninterrupted one)."""
+        return {"step": self.step, "every": self.every,
+                "warm": {f"{q}|{name}": v.clone() for (q, name), v in self._warm.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: continue at ``state["step"]``, and drop from every sink with ``rewind(step)`` the records of
@@ -192,6 +207,8 @@ class LayerMonitor:
             warnings.warn(f"LayerMonitor resumed with every={self.every}, the checkpoint used every={state['every']}",
                           stacklevel=2)
         self.step = state["step"]
+        warm = state.get("warm") or {}  # none (older checkpoint): the next record solves exactly (eigh)
+        self._warm = {tuple(k.split("|", 1)): v.clone() for k, v in warm.items() if isinstance(v, torch.Tensor)}
         for s in self.sinks:
             if callable(getattr(s, "rewind", None)):
                 s.rewind(self.step)
@@ -240,18 +257,45 @@ class LayerMonitor:
         fast, spec = self.method == "fast", self._spec_sign_due()
         eig = {}
         if fast:  # every layer's Gram matrix first, then one batched eigensolve per (size, dtype)
-            mats, vecs = {}, []
+            mats, vecs, mats_A, means = {}, [], {}, {}
             for name, (rec, G, A, calls, MA) in work.items():
                 if not rec["nonfinite_grad"]:
                     mats[("G", name)] = _gram(G, torch.float64)
                     if spec and A.numel() and not rec["nonfinite_activation"]:
                         vecs.append(("G", name))  # eigenvectors reused by the polar curvature
                 if isinstance(MA, torch.Tensor) and not rec["nonfinite_activation"]:
-                    mats[("A", name)] = MA
-            eig = grouped_eigvalsh(mats, vecs)
+                    mats_A[("A", name)] = MA
+                    means[("A", name)] = _unit(A.sum(dim=0))
+            eig = grouped_eigvalsh(mats, vecs)  # ||G||_* needs every eigenvalue: exact
+            eig.update(self._top_eigen(mats_A, ACT_ITERS, ACT_BLOCK, means))  # st(A) = tr(M) / lambda_1(M): the top one only
         for name, (rec, G, A, calls, MA) in work.items():
-            self._pending[name] = self._grad_metrics(rec, G, A, calls, eig.get(("G", name)), eig.get(("A", name)),
+            top_A = None
+            if ("A", name) in eig:  # (lambda_1, tr) of A's float32 Gram; the trace exact in float64
+                top_A = (float(eig[("A", name)][0]), float(MA.diagonal().double().sum()))
+            self._pending[name] = self._grad_metrics(rec, G, A, calls, eig.get(("G", name)), top_A,
                                                      MA if isinstance(MA, float) else None)
+
+    def _top_eigen(self, mats: dict, iters: int = WARM_ITERS, block: int = 2, extra: dict | None = None) -> dict:
+        """lambda_1 of each Gram matrix in ``mats``: warm-started block Krylov from the last record's vector
+        (:func:`grouped_top_eigen`), exact (eigh) where no vector is kept (first record, resume); vectors kept."""
+        if not self.warm_start:  # history-free: W, dW exact (values only); A from its column mean
+            if extra is None:
+                return {k: (lam[-1], None) for k, (lam, _) in grouped_eigvalsh(mats).items()}
+            warm = {k: m for k, m in extra.items() if k in mats and m.shape[0] == mats[k].shape[-1]}
+            device = next(iter(mats.values())).device if mats else None
+            return grouped_top_eigen(mats, warm, self._generator(device), iters=ACT_COLD_ITERS, block=block)
+        warm = {k: v for k, v in self._warm.items() if k in mats and v.shape[0] == mats[k].shape[-1]}
+        if extra:  # more starting directions (A's column mean) next to the kept vector
+            warm = {k: torch.stack([v, extra[k]], dim=-1) if extra.get(k) is not None and extra[k].shape == v.shape else v
+                    for k, v in warm.items()}
+        device = next(iter(mats.values())).device if mats else None
+        out = grouped_top_eigen(mats, warm, self._generator(device), iters=iters, block=block)
+        for k, (_, v) in out.items():
+            if v is None:
+                self._warm.pop(k, None)
+            else:
+                self._warm[k] = v
+        return out
 
     def _spec_sign_due(self) -> bool:
         return bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
@@ -274,10 +318,10 @@ class LayerMonitor:
                    nonfinite_activation=bad_a, nonfinite_grad=not _finite(G))
         return rec, G, A, calls, MA
 
-    def _grad_metrics(self, rec: dict, G: torch.Tensor, A: torch.Tensor, calls, eig_G=None, eig_A=None,
+    def _grad_metrics(self, rec: dict, G: torch.Tensor, A: torch.Tensor, calls, eig_G=None, top_A=None,
                       fro2_A=None) -> dict:
-        """Fill the gradient/activation fields; ``eig_G`` / ``eig_A``: (eigenvalues, vectors) of the float64
-        Gram of G / float32 Gram of A from the batched solve (fast method); ``fro2_A``: ||A||_F^2 if known."""
+        """Fill the gradient/activation fields; ``eig_G``: (eigenvalues, vectors) of the float64 Gram of G from
+        the batched solve; ``top_A``: (lambda_1, trace) of A's float32 Gram (fast method); ``fro2_A``: ||A||_F^2."""
         bad_a, bad_g = rec["nonfinite_activation"], rec["nonfinite_grad"]
         nuc = None
         if not bad_g:
@@ -290,7 +334,7 @@ class LayerMonitor:
             rec.update(nr_G=nuc * nuc / (fro * fro) if fro > 0 else 0.0, grad_fro=fro, grad_nuclear=nuc,
                        grad_l1=float(G.abs().sum()))
         if A.numel() and not bad_a:
-            rec["st_A"] = self._stable_rank(A, eig_A, fro2_A)
+            rec["st_A"] = self._stable_rank(A, top_A, fro2_A, rec["layer"])
             if rec["nr_G"] is not None:
                 nr, st = rec["nr_G"], rec["st_A"]
                 rec["nr_st_ratio"] = nr / st if st > 0 else None
@@ -319,18 +363,33 @@ class LayerMonitor:
         """A private generator seeded by the step: reproducible sketches, global RNG untouched."""
         return torch.Generator(device=device if device is not None else "cpu").manual_seed(self.step)
 
-    def _stable_rank(self, A: torch.Tensor, eig_A=None, fro2=None) -> float:
-        """st(A): exact (float32 Gram eigenvalues) when in <= GRAM_MAX_COLS, else ||A||_F^2 / block-Krylov ||A||_op^2."""
+    def _stable_rank(self, A: torch.Tensor, top_A=None, fro2=None, name=None) -> float:
+        """st(A) = ||A||_F^2 / ||A||_op^2: tr / lambda_1 of A's float32 Gram when in <= GRAM_MAX_COLS (``top_A``),
+        else ||A||_F^2 over a block-Krylov ||A||_op^2 (warm-started from the last record's vector if kept)."""
         if self.method == "exact":
             return float(stable_rank(A))
         if self.method == "estimate" or A.shape[-1] > GRAM_MAX_COLS:
             if fro2 is None:
                 fro2 = float(A.double().square().sum()) if A.numel() < 2**16 else float(torch.linalg.vector_norm(A)) ** 2
-            op = float(spectral_norm_estimate(A, generator=self._generator(A.device)))
+            if self.method == "estimate":
+                op = float(spectral_norm_estimate(A, generator=self._generator(A.device)))
+            else:  # cold: 4 steps x 4 columns (spectral_norm_estimate's defaults); warm: the monitor's warm steps
+                v0 = self._warm.get(("A", name)) if self.warm_start else None
+                cold = v0 is None or v0.shape[-1] != A.shape[-1]
+                mean = _unit(A.sum(dim=0))  # activations' dominant direction: a starting column
+                it, bl = (ACT_COLD_ITERS, ACT_BLOCK) if cold else (ACT_ITERS, ACT_BLOCK)
+                start = mean if cold else torch.stack([v0, mean], dim=-1)
+                s, v = top_singular_pair(A, start, it, bl, self._generator(A.device))
+                op = float(s)
+                if math.isfinite(op) and self.warm_start:
+                    self._warm[("A", name)] = v
             return fro2 / (op * op) if op > 0 else 0.0
-        lam = eig_A[0] if eig_A is not None else grouped_eigvalsh({0: _gram(A, torch.float32)})[0][0]
-        sv2 = singular_values(lam).double().square()
-        return float(sv2.sum() / sv2[0]) if float(sv2[0]) > 0 else 0.0
+        if top_A is None:
+            lam = grouped_eigvalsh({0: _gram(A, torch.float32)})[0][0]
+            sv2 = singular_values(lam).double().square()
+            return float(sv2.sum() / sv2[0]) if float(sv2[0]) > 0 else 0.0
+        lam1, tr = top_A
+        return tr / lam1 if lam1 > 0 else 0.0
 
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
@@ -344,15 +403,15 @@ class LayerMonitor:
                     Wm, dW = matrix_view(W, transposed=tr).float(), matrix_view(W - self._before[name], transposed=tr).float()
                     mW[name] = (Wm, dW, _finite(Wm), _finite(dW))
                     if self.method != "exact":  # every layer's float32 Gram first, then batched eigensolves
-                        mats.update({(i, name): _gram(X, torch.float32) for i, X in ((0, Wm), (1, dW)) if mW[name][2 + i]})
-                # top eigenvalue of the float32 Gram: relative error ~eps_32 (Weyl)
-                eig = grouped_eigvalsh(mats)
+                        mats.update({(q, name): _gram(X, torch.float32) for q, X, f in (("W", Wm, mW[name][2]), ("dW", dW, mW[name][3])) if f})
+                # top eigenvalue of the float32 Gram: exact (~eps_32, Weyl) on refresh records, else warm Krylov
+                eig = self._top_eigen(mats)
                 for name, rec in self._pending.items():
                     Wm, dW, ok_w, ok_d = mW[name]
                     if self.method == "exact":
                         op = [float(matrix_norm(X, "spectral")) if f else None for X, f in ((Wm, ok_w), (dW, ok_d))]
                     else:
-                        op = [float(singular_values(eig[(i, name)][0])[0]) if (i, name) in eig else None for i in (0, 1)]
+                        op = [math.sqrt(max(float(eig[(q, name)][0]), 0.0)) if (q, name) in eig else None for q in ("W", "dW")]
                     if ok_w:
                         rec.update(weight_fro=float(matrix_norm(Wm, "frobenius")), weight_op=op[0])
                     if ok_d:

@@ -105,6 +105,148 @@ def spectral_norm_estimate(
     return s.to(A.dtype)
 
 
+def _orth_block(W: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
+    """W (..., n, b) orthonormalised against the columns of Q and within itself, by classical Gram-Schmidt
+    done twice (CGS2: orthogonal to working precision; Giraud et al., Numer. Math. 2005), in batched
+    products (no per-matrix LAPACK call: ~10x cheaper than a batched QR for 24 matrices of 128 x 2).
+    Columns that fall inside the span so far (Krylov space exhausted) are set to 0: they add a zero row
+    and column to the Rayleigh quotient, which changes no positive Ritz value."""
+    ref = torch.linalg.vector_norm(W, dim=-2, keepdim=True)
+    if Q is not None:
+        for _ in range(2):
+            W = W - Q @ (Q.mT @ W)
+    tiny = torch.finfo(W.dtype).eps ** 0.5
+    cols = []
+    for j in range(W.shape[-1]):
+        w = W[..., j : j + 1]
+        for _ in range(2 if cols else 0):
+            for c in cols:
+                w = w - c * (c * w).sum(dim=-2, keepdim=True)
+        nrm = torch.linalg.vector_norm(w, dim=-2, keepdim=True)
+        ok = nrm > tiny * ref[..., j : j + 1]
+        cols.append(torch.where(ok, w / torch.where(ok, nrm, torch.ones_like(nrm)), torch.zeros_like(w)))
+    return torch.cat(cols, dim=-1)
+
+
+def _krylov_top(apply, start: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top Ritz pair of a symmetric PSD operator ``apply`` (Q -> M Q on (..., n, b) blocks) on the block
+    Krylov space [S, M S, ..., M^iters S], S = ``start``, with a CGS2-orthonormal basis Q in S's dtype.
+    ``iters`` + 1 applications of M (each block's product is reused in the Rayleigh quotient
+    T = Q^T (M Q), formed and solved in float64: it is small)."""
+    n = start.shape[-2]
+    P = _orth_block(start, None)
+    Qs, MQs = [P], [apply(P)]
+    for _ in range(iters):
+        k = sum(q.shape[-1] for q in Qs)
+        if k >= n:
+            break
+        P = _orth_block(MQs[-1][..., : n - k], torch.cat(Qs, dim=-1) if len(Qs) > 1 else Qs[0])
+        Qs.append(P)
+        MQs.append(apply(P))
+    Q, MQ = (torch.cat(Qs, dim=-1), torch.cat(MQs, dim=-1)) if len(Qs) > 1 else (Qs[0], MQs[0])
+    T = Q.mT.double() @ MQ.double()
+    theta, Y = torch.linalg.eigh((T + T.mT) / 2)
+    v = (Q.double() @ Y[..., -1:]).squeeze(-1).to(start.dtype)
+    return theta[..., -1].clamp(min=0), v
+
+
+def _krylov_top_rows(X: torch.Tensor, start: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_krylov_top` for M = X^T X without forming M: Y_i = X P_i is kept, so Krylov block i + 1 is
+    orth(X^T Y_i) and the Rayleigh quotient is T = Y^T Y (float64): 2 ``iters`` + 1 passes over X.
+    Products as P^T X^T and Y^T X with contiguous left factors (single-thread MKL: 0.16 ms each for a
+    2048 x 512 X and 2 columns, against 0.34-0.60 ms in the other orientations; measured)."""
+    n = start.shape[-2]
+    P = _orth_block(start, None)
+    Qs, Ys = [P], [P.mT.contiguous() @ X.mT]
+    for _ in range(iters):
+        k = sum(q.shape[-1] for q in Qs)
+        if k >= n:
+            break
+        Z = (Ys[-1] @ X).mT  # X^T X P
+        P = _orth_block(Z[..., : n - k], torch.cat(Qs, dim=-1) if len(Qs) > 1 else Qs[0])
+        Qs.append(P)
+        Ys.append(P.mT.contiguous() @ X.mT)
+    Q, Y = (torch.cat(Qs, dim=-1), torch.cat(Ys, dim=-2)) if len(Qs) > 1 else (Qs[0], Ys[0])
+    Yd = Y.double()
+    theta, V = torch.linalg.eigh(Yd @ Yd.mT)
+    v = (Q.double() @ V[..., -1:]).squeeze(-1).to(start.dtype)
+    return theta[..., -1].clamp(min=0), v
+
+
+def _start_block(shape, X: torch.Tensor, v0, generator) -> torch.Tensor:
+    """(..., n, block) Gaussian columns, the first j replaced by the warm start ``v0``: (..., n) (j = 1)
+    or (..., n, j) (j <= block starting directions, e.g. the last record's vector and a column mean)."""
+    S = _gaussian(shape, X, generator)
+    if v0 is not None:
+        V = v0.unsqueeze(-1) if v0.ndim == len(shape) - 1 else v0
+        if tuple(V.shape[:-1]) != tuple(shape[:-1]) or V.shape[-1] > shape[-1]:
+            raise ValueError(f"v0 must have shape {tuple(shape[:-1])} (batch..., n) or (batch..., n, j <= "
+                             f"block={shape[-1]}), got {tuple(v0.shape)}")
+        S[..., : V.shape[-1]] = V.to(S.dtype)
+    return S
+
+
+def top_eigenpair(M: torch.Tensor, v0: torch.Tensor | None = None, iters: int = 3, block: int = 2,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest eigenvalue lambda_1 and a unit eigenvector of symmetric PSD M (..., n, n), warm-started.
+
+    Block Krylov on [S, M S, ..., M^iters S] with S = [v0, ``block`` - 1 Gaussian columns] (all
+    Gaussian without ``v0``), then Rayleigh-Ritz: theta_1 = max_{x in K, |x| = 1} x^T M x, so
+    **theta_1 <= lambda_1** always (up to rounding, ~eps ||M||), and (Saad, Numerical Methods for Large
+    Eigenvalue Problems, Thm 6.4, for the v0 column alone)
+
+        (lambda_1 - theta_1) / (lambda_1 - lambda_n) <= (tan phi_0 / T_iters(1 + 2 gamma))^2,
+        gamma = (lambda_1 - lambda_2) / (lambda_2 - lambda_n),
+
+    phi_0 the angle between v0 and the top eigenvector, T_k the Chebyshev polynomial. A warm start
+    (last record's vector of a slowly changing matrix: tan phi_0 small) needs few steps; near-degenerate
+    top eigenvalues (gamma ~ 0) slow the vector, not the value: theta_1 >= lambda_2 - ... once v0 lies
+    in the top pair's span, so the relative value error stays <= (lambda_1 - lambda_2) / lambda_1.
+    The Gaussian columns catch a new top direction that v0 misses. Cost: ``iters`` + 1 products of M
+    with n x ``block`` blocks, QRs and one small eigh. Returns (theta_1, v) with v the Ritz vector, the
+    warm start for the next call. Source: Golub & Van Loan, Matrix Computations, 10.3 (block Lanczos).
+
+    Example:
+        >>> lam, v = top_eigenpair(torch.diag(torch.tensor([1.0, 3.0, 2.0])), generator=torch.Generator().manual_seed(0))
+        >>> round(float(lam), 4)
+        3.0
+    """
+    _check_matrix(M, "M")
+    if M.shape[-1] != M.shape[-2]:
+        raise ValueError(f"M must be square (..., n, n), got shape {tuple(M.shape)}")
+    _check_int("iters", iters, 0)
+    _check_int("block", block, 1)
+    X = M if M.dtype in (torch.float32, torch.float64) else M.float()
+    n = X.shape[-1]
+    S = _start_block((*X.shape[:-2], n, min(block, n)), X, v0, generator)
+    # M Q = (Q^T M)^T (M symmetric): MKL's batched kernels are ~4x faster in this orientation (measured)
+    lam, v = _krylov_top(lambda Q: (Q.mT @ X).mT, S, iters)
+    return lam.to(X.dtype), v
+
+
+def top_singular_pair(A: torch.Tensor, v0: torch.Tensor | None = None, iters: int = 2, block: int = 2,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """s_1(A) and its right singular vector (..., n) for A (..., m, n), warm-started, without forming A^T A.
+
+    :func:`top_eigenpair` on M = A^T A applied as A^T (A Q) (two thin products per step); s_1 =
+    sqrt(theta_1) <= s_1(A), with the same bound. ``v0``: the previous call's vector (n = A's column
+    count, so it stays meaningful when A's rows change, e.g. a new batch of activations).
+
+    Example:
+        >>> s, v = top_singular_pair(torch.diag(torch.tensor([3.0, 1.0])), generator=torch.Generator().manual_seed(0))
+        >>> round(float(s), 4)
+        3.0
+    """
+    _check_matrix(A, "A")
+    _check_int("iters", iters, 0)
+    _check_int("block", block, 1)
+    X = A if A.dtype in (torch.float32, torch.float64) else A.float()
+    n = X.shape[-1]
+    S = _start_block((*X.shape[:-2], n, min(block, n)), X, v0, generator)
+    lam, v = _krylov_top_rows(X, S, iters)
+    return lam.sqrt().to(X.dtype), v
+
+
 def _slq_sqrt_trace(X: torch.Tensor, Q: torch.Tensor, H: torch.Tensor, probes: int, steps: int,
                     generator) -> torch.Tensor:
     """tr((R^T R)^{1/2}), R = X - Q H (never formed), by stochastic Lanczos quadrature.
@@ -185,4 +327,4 @@ def nuclear_norm_estimate(
     return (head + tail).to(G.dtype)
 
 
-__all__ = ["spectral_norm_estimate", "nuclear_norm_estimate"]
+__all__ = ["spectral_norm_estimate", "nuclear_norm_estimate", "top_eigenpair", "top_singular_pair"]
