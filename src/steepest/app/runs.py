@@ -27,6 +27,18 @@ from steepest.linalg.precision import auto_report
 
 
 # ---------------------------------------------------------------------------------------- environment
+def cpu_kind() -> dict:
+    """``cpu_model`` and ``cpu_bf16_flags`` (which of avx512_bf16 / amx_bf16 / avx2 the CPU reports) from
+    /proc/cpuinfo, as ``lscpu`` shows them: bf16 speed depends on them (REFERENCE 3b). Empty off Linux."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return {}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"cpu_model": model, "cpu_bf16_flags": [f for f in ("avx512_bf16", "amx_bf16", "avx2") if f in flags]}
+
+
 def environment() -> dict:
     """Versions, git sha, device and thread count: what a reader needs to reproduce a number."""
     env = {
@@ -38,6 +50,7 @@ def environment() -> dict:
         "cuda": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **cpu_kind(),
         # what dtype="auto" (Muon's default) runs Newton-Schulz in here, and why
         "auto_dtype": auto_report(["cpu"] + (["cuda"] if torch.cuda.is_available() else [])),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
