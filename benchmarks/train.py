@@ -209,14 +209,14 @@ def main(argv=None) -> int:
     print(f"\n{args.task} ({size}), seeds {seeds}, target = each seed's AdamW final validation loss "
           f"({', '.join(f'{t:.4f}' for t in target_by_seed.values() if t is not None)})")
     print(f"{'optimizer':<16}{'steps (eval)':>14}{'steps (interp)':>16}{'x AdamW':>9}{'never':>7}"
-          f"{'CPU s to target':>17}{'x AdamW':>9}{'final val':>17}{'CPU s':>10}")
+          f"{'CPU s to target':>17}{'x AdamW':>9}{'final val':>18}{'CPU s':>13}")
     for n, a in agg.items():
         x = a["steps_interp"]["mean"] / ref["steps_interp"]["mean"]
         c = a["cpu_to_target_s"]
         cx = None if (c is None or not ref["cpu_to_target_s"]) else c["mean"] / ref["cpu_to_target_s"]["mean"]
         print(f"{n:<16}{f(a['steps']):>14}{f(a['steps_interp'], '.1f'):>16}{x:>9.2f}{a['never']:>7}"
-              f"{f(c, '.1f'):>17}{'-' if cx is None else format(cx, '.2f'):>9}{f(a['final_val'], '.4f'):>17}"
-              f"{f(a['cpu_s'], '.1f'):>10}")
+              f"{f(c, '.1f'):>17}{'-' if cx is None else format(cx, '.2f'):>9}{f(a['final_val'], '.4f'):>18}"
+              f"{f(a['cpu_s'], '.1f'):>13}")
     for g in vs:
         print(f"goal: {g['goal']}: {g['verdict']} ({g['value']:.3f})")
     if not args.quick:
