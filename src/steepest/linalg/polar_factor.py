@@ -86,6 +86,31 @@ def _prescale_if_needed(G: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return G * factor
 
 
+#: ||X||_F range in which the Frobenius norm computed in float32/bfloat16 arithmetic has neither
+#: overflowed (fro^2 <= 1e36 < 3.4e38) nor lost anything that matters to underflow (entries whose square
+#: flushes to zero, |x| < 1e-22, add at most N * 1e-45 <= 1e-31 to fro^2 >= 1e-24 for N <= 1e14).
+_SAFE_FRO = (1e-12, 1e18)
+
+
+def _normalized(G: torch.Tensor, dtype: torch.dtype, tall: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X, ||X||_F)`` with X a fresh copy of G (oriented wide) in ``dtype``, ready to be divided in place.
+
+    Eager CPU steps take torch.optim.Muon's arithmetic (cast, then the norm in ``dtype``) and check the
+    norm afterwards, so the common case reads G once for the cast and once for the norm, with no
+    max|G| pass; only a norm outside :data:`_SAFE_FRO` (entries near float32's range limits) redoes it
+    after :func:`_prescale_if_needed`, which accelerators and compiled graphs always take (no
+    data-dependent branch)."""
+    fast = G.device.type == "cpu" and not torch.compiler.is_compiling() and dtype != torch.float16
+    if fast:
+        X = (G.mT if tall else G).to(dtype, copy=True)
+        fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+        if bool(((fro >= _SAFE_FRO[0]) & (fro <= _SAFE_FRO[1])).all()):  # a zero matrix takes the slow path
+            return X, fro
+    X = _prescale_if_needed(G, dtype)
+    X = (X.mT if tall else X).to(dtype, copy=True)
+    return X, torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+
+
 def polar(
     G: torch.Tensor,
     method: str = "svd",
@@ -198,26 +223,31 @@ def _iterate(
     G: torch.Tensor, table: list, *, dtype: torch.dtype, normalization: str, safety: float, eps: float,
     gram: bool = False,
 ) -> torch.Tensor:
-    """Run the odd-quintic iteration ``table`` on G, oriented wide, in ``dtype``."""
+    """Run the odd-quintic iteration ``table`` on G in ``dtype``, with the Gram matrix on the small side.
+
+    A wide X (m <= n) steps as X <- a X + (b A + c A^2) X with A = X X^T; a tall one in its own
+    layout as X <- a X + X (b A + c A^2) with A = X^T X, which is the same iteration on X^T (A and its
+    polynomials are symmetric) without a transposed copy: the update comes back in the parameter's
+    layout, so the elementwise passes after it (scale, the parameter update) read contiguous memory.
+    """
     tall = G.shape[-2] > G.shape[-1]
-    X = _prescale_if_needed(G, dtype)
-    if tall:
-        X = X.mT
-    X = X.to(dtype)
-    # Scale into the unit ball by the Frobenius norm, exactly as torch.optim.Muon does
-    # (X / max(||X||_F, eps), the norm taken in the iteration dtype).
-    fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    X = X / (fro * safety).clamp(min=eps) if safety != 1.0 else X / fro.clamp(min=eps)
+    if gram:  # the Gram form works on the wide orientation
+        X, fro = _normalized(G, dtype, tall)
+        X = _iterate_gram(X.div_(fro.clamp(min=eps)), table) if table else X.div_(fro.clamp(min=eps))
+        return (X.mT if tall else X).to(G.dtype)
+    X, fro = _normalized(G, dtype, False)
+    X = X.div_((fro * safety).clamp(min=eps)) if safety != 1.0 else X.div_(fro.clamp(min=eps))
     if not table:
-        return (X.mT if tall else X).to(G.dtype)
-    if gram:
-        X = _iterate_gram(X, table)
-        return (X.mT if tall else X).to(G.dtype)
+        return X.to(G.dtype)
+
+    def small_gram(X):
+        return X.mT @ X if tall else X @ X.mT
+
     AA = None
     if normalization == "schatten8":
-        # ||s||_8^8 = ||(X X^T)^2||_F^2: the first iteration needs A and A^2 anyway, so rescaling
+        # ||s||_8^8 = ||A^2||_F^2: the first iteration needs A and A^2 anyway, so rescaling
         # X, A, A^2 by the ratio costs no matmul.
-        A = X @ X.mT
+        A = small_gram(X)
         AA = A @ A
         s8 = torch.linalg.vector_norm(AA if AA.dtype == torch.float64 else AA.float(), dim=(-2, -1),
                                       keepdim=True).sqrt().sqrt().to(dtype)
@@ -227,10 +257,10 @@ def _iterate(
         if AA is not None and k == 0:
             B = b * A + c * AA
         else:
-            A = X @ X.mT
+            A = small_gram(X)
             B = _addmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
-        X = _addmm(X, B, X, beta=a, alpha=1.0)  # a X + B X
-    return (X.mT if tall else X).to(G.dtype)
+        X = _addmm(X, X, B, beta=a, alpha=1.0) if tall else _addmm(X, B, X, beta=a, alpha=1.0)  # a X + B X
+    return X.to(G.dtype)
 
 
 def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2) -> torch.Tensor:

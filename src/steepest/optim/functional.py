@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 
 from steepest import geometry as geo
+from steepest.linalg.precision import iteration_dtype
 
 STEP_SIZES = ("fixed", "dual")
 
@@ -80,6 +81,18 @@ class Block:
                        normalization=g["normalization"])
         out["dtype"] = geo.dtype_from_name(g["dtype"])
         return out
+
+    def source_dtype(self) -> torch.dtype | None:
+        """The dtype stage 3 may write M in: the Newton-Schulz / Polar Express iteration dtype where it is
+        narrower than the gradient's (bf16 under ``dtype="auto"`` on native-bf16 hardware) and the dualizer
+        reads M only through that cast (fixed step size; a dual step also needs ||M||_* in full precision).
+        Writing M there directly saves one full-precision temporary and one pass per step; the values are
+        those the dualizer's cast would give (``torch.lerp(..., out=bf16)`` rounds the float result once)."""
+        g = self.group
+        if self.norm != "spectral" or g["step_size"] != "fixed" or g.get("method") in (None, "svd"):
+            return None
+        dt = iteration_dtype(self.grad.dtype, geo.dtype_from_name(g["dtype"]), self.grad.device, iterative=True)
+        return dt if dt.itemsize < self.grad.dtype.itemsize else None
 
     def key(self) -> tuple:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
@@ -147,14 +160,16 @@ def check_hyperparameters(group: dict, index: int) -> None:
 
 # --------------------------------------------------------------------------- stages 3-7
 def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov: bool,
-                     ok: torch.Tensor | None = None) -> torch.Tensor:
+                     ok: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Stage 3: update the momentum buffer in ``state`` and return the direction source M.
 
     With momentum mu > 0: B <- B + (1 - mu)(G - B) (EMA); M = B, or (1 - mu) G + mu B with Nesterov.
-    ``grad`` is never modified.
+    ``grad`` is never modified. ``dtype`` (:meth:`Block.source_dtype`): return M in that dtype, the
+    Nesterov combination computed in the buffer's precision and rounded once into it (the buffer itself
+    stays in the parameter's dtype).
     """
     if momentum == 0.0:
-        return grad
+        return grad if dtype is None else grad.to(dtype)
     buf = state.get("momentum_buffer")
     if buf is None:
         buf = state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
@@ -162,7 +177,11 @@ def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov:
         buf.lerp_(grad, 1.0 - momentum)
     else:  # compiled step: the buffer keeps its value when the step's gradients are not all finite
         buf.copy_(torch.where(ok, buf.lerp(grad, 1.0 - momentum), buf))
-    return grad.lerp(buf, momentum) if nesterov else buf
+    if not nesterov:
+        return buf if dtype is None else buf.to(dtype)
+    if dtype is None:
+        return grad.lerp(buf, momentum)
+    return torch.lerp(grad, buf, momentum, out=torch.empty_like(grad, dtype=dtype))
 
 
 def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_size: str = "fixed",
@@ -183,7 +202,9 @@ def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_s
         D = D * (dn.unsqueeze(-1).unsqueeze(-1) if X.ndim >= 2 and dn.ndim > 0 else dn)
     scale = geo.shape_scale(tuple(X.shape), scale_rule)
     if scale != 1.0:
-        D = D * scale
+        # A bf16/fp16 D (M was handed over in the iteration dtype) is scaled in float32: the value is the
+        # one a float32 D would get, and apply_update rounds it once into the parameter's dtype.
+        D = (D if D.dtype.itemsize >= 4 else D.float()) * scale
     return geo.from_matrix(D, M.shape, transposed)
 
 
@@ -281,7 +302,8 @@ def steepest_step(
             adamw_step(b.param, b.grad, b.state, lr=float(g["lr"]), betas=g["betas"], eps=g["eps"],
                        weight_decay=g["weight_decay"])
     for b in steep:
-        b.M = direction_source(b.grad, b.state, b.group["momentum"], b.group["nesterov"], all_finite)
+        b.M = direction_source(b.grad, b.state, b.group["momentum"], b.group["nesterov"], all_finite,
+                               b.source_dtype())
     for b, (U, ok) in zip(steep, dualizer(steep) if steep else []):
         b.M = None
         if not ok:
