@@ -101,10 +101,14 @@ def test_buckets_group_same_shape_and_settings():
     bias = torch.nn.Parameter(torch.randn(16))
     groups = _groups(flat, nograd, batch3d) + [dict(params=[adam_mat, bias], algorithm="adamw")]
     opt = steepest.Muon(groups, lr=0.02)
-    # Default (None) batches on accelerators only: CPU parameters form no bucket.
+    # Default (None) batches CPU matrices up to CPU_MAX_NUMEL entries: these small ones, but not a
+    # bucket of larger ones (checked by lowering the threshold below their size).
     for p in flat + batch3d + [adam_mat, bias]:
         p.grad = torch.ones_like(p)
-    assert opt.batch_matrices is None and _bucket_shapes(opt) == []
+    assert opt.batch_matrices is None and len(_bucket_shapes(opt)) == 3
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(B, "CPU_MAX_NUMEL", 256)  # 16x16 = 256 entries stay, 24x12 = 288 leave
+        assert set(_bucket_shapes(opt)) == {((16, 16), (16, 16), (16, 16), (16, 4, 2, 2))}
     opt.batch_matrices = True
     for p in flat + batch3d + [adam_mat, bias]:
         p.grad = torch.ones_like(p)
