@@ -236,7 +236,8 @@ def test_dual_step_overflow_skips_only_that_member():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None])
 def test_nonfinite_check_flags_exactly_the_nonfinite(dtype, bad):
-    """The kernel's min/max reduction (finite_flags) against the obvious reference, isfinite(g).all()."""
+    """The kernel's check (finite_flags: a sum, then min/max where the sum is not finite) against the
+    obvious reference, isfinite(g).all(); gradient 0's entries are finite but their sum overflows."""
     ps = [torch.nn.Parameter(torch.zeros(4, 3, dtype=dtype)) for _ in range(3)]
     opt = steepest.SpecGD(ps, lr=0.1, nonfinite="skip")
     big = torch.finfo(dtype).max / 2  # huge but finite: must not be flagged
