@@ -294,7 +294,9 @@ def steepest_step(
 
     ``check`` returns per block whether its gradient is finite (the distributed version decides
     globally, and may set or clear ``block.grad``; blocks left without a gradient are not stepped); ``on_skip`` counts a skipped block; ``choose`` may set each steepest block's
-    ``norm``/``p``/``lr_scale`` after the checks; ``dualizer`` computes stage 4-5 for all blocks.
+    ``norm``/``p``/``lr_scale`` after the checks; ``dualizer`` computes stage 4-5 for all blocks and
+    returns ``(U, ok)`` per block in block order, as a list or lazily (an iterator: each update is
+    applied, and its M released, before the next is asked for).
     """
     all_finite = None
     if torch.compiler.is_compiling():
