@@ -28,6 +28,7 @@ checks, so one optimizer trains a whole model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -56,11 +57,33 @@ class Block:
     norm: str | None = None
     p: float | None = None
     lr_scale: float = 1.0
-    M: torch.Tensor | None = None
+    _M: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    _source: Callable[[], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.norm is None and self.group.get("algorithm", "steepest") == "steepest":
             self.norm, self.p = geo.resolve(self.group["norm"], self.group.get("p"))
+
+    @property
+    def M(self) -> torch.Tensor | None:
+        """The direction source (stage 3). The kernel may set it lazily (:meth:`defer_M`): it is then
+        computed on first read, so a dualizer that takes the blocks one by one holds one M at a time."""
+        if self._M is None and self._source is not None:
+            self._M, self._source = self._source(), None
+        return self._M
+
+    @M.setter
+    def M(self, value: torch.Tensor | None) -> None:
+        self._M, self._source = value, None
+
+    def defer_M(self, source: Callable[[], torch.Tensor], dtype: torch.dtype) -> None:
+        """Set M to ``source()``, computed when first read; ``dtype`` is the dtype it will have."""
+        self._M, self._source, self._M_dtype = None, source, dtype
+
+    @property
+    def M_dtype(self) -> torch.dtype:
+        """M's dtype, without computing a deferred M."""
+        return self._M_dtype if self._M is None and self._source is not None else self.M.dtype
 
     @property
     def state(self) -> dict:
@@ -99,7 +122,7 @@ class Block:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
         shape = geo.matrix_shape(tuple(self.param.shape), self.group["tensor_mode"],
                                  bool(self.group.get("transposed", False)))
-        return (shape[-2:] if len(shape) >= 2 else shape, self.M.dtype, self.M.device,
+        return (shape[-2:] if len(shape) >= 2 else shape, self.M_dtype, self.param.device,
                 repr(sorted(self.settings().items())))
 
 
@@ -181,10 +204,16 @@ def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov:
     With momentum mu > 0: B <- B + (1 - mu)(G - B) (EMA); M = B, or (1 - mu) G + mu B with Nesterov.
     ``grad`` is never modified. ``dtype`` (:meth:`Block.source_dtype`): return M cast to that dtype (the
     Nesterov combination computed in the buffer's precision, then rounded once; the buffer itself stays
-    in the parameter's dtype).
+    in the parameter's dtype). It is :func:`update_momentum` followed by :func:`source_from_buffer`.
     """
+    return source_from_buffer(grad, update_momentum(grad, state, momentum, ok), momentum, nesterov, dtype)
+
+
+def update_momentum(grad: torch.Tensor, state: dict, momentum: float,
+                    ok: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The buffer update of :func:`direction_source`, in place; returns the buffer (None at momentum 0)."""
     if momentum == 0.0:
-        return grad if dtype is None else grad.to(dtype)
+        return None
     buf = state.get("momentum_buffer")
     if buf is None:
         buf = state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
@@ -192,6 +221,14 @@ def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov:
         buf.lerp_(grad, 1.0 - momentum)
     else:  # compiled step: the buffer keeps its value when the step's gradients are not all finite
         buf.copy_(torch.where(ok, buf.lerp(grad, 1.0 - momentum), buf))
+    return buf
+
+
+def source_from_buffer(grad: torch.Tensor, buf: torch.Tensor | None, momentum: float, nesterov: bool,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
+    """M from the updated buffer (:func:`direction_source`'s second half; reads, never writes)."""
+    if buf is None:
+        return grad if dtype is None else grad.to(dtype)
     if not nesterov:
         return buf if dtype is None else buf.to(dtype)
     M = grad.lerp(buf, momentum)
@@ -321,8 +358,16 @@ def steepest_step(
             adamw_step(b.param, b.grad, b.state, lr=float(g["lr"]), betas=g["betas"], eps=g["eps"],
                        weight_decay=g["weight_decay"])
     for b in steep:
-        b.M = direction_source(b.grad, b.state, b.group["momentum"], b.group["nesterov"], all_finite,
-                               b.source_dtype())
+        # The buffer now; M (a fresh tensor with Nesterov or a cast) when the dualizer reads it, so a
+        # dualizer that goes block by block (batched.dualize_batched, lazy) holds one M at a time.
+        g = b.group
+        buf = update_momentum(b.grad, b.state, g["momentum"], all_finite)
+        dtype = b.source_dtype()
+        if buf is not None and not g["nesterov"] and dtype is None:
+            b.M = buf  # M is the buffer itself: nothing to defer
+        else:
+            b.defer_M(functools.partial(source_from_buffer, b.grad, buf, g["momentum"], g["nesterov"], dtype),
+                      dtype or b.grad.dtype)
     for b, (U, ok) in zip(steep, dualizer(steep) if steep else []):
         b.M = None
         if not ok:
@@ -332,5 +377,5 @@ def steepest_step(
 
 
 __all__ = ["Block", "NonFiniteGradientError", "steepest_step", "finite_mask", "finite_flags", "local_check", "check_dense",
-           "nonfinite_policy", "check_hyperparameters", "direction_source", "compute_update", "dualize_each",
-           "with_ok", "apply_update", "adamw_step", "STEP_SIZES"]
+           "nonfinite_policy", "check_hyperparameters", "direction_source", "update_momentum", "source_from_buffer",
+           "compute_update", "dualize_each", "with_ok", "apply_update", "adamw_step", "STEP_SIZES"]
