@@ -287,10 +287,10 @@ def test_polar_range_fallback_matches_the_unscaled_input():
 
 def test_default_step_holds_one_direction_source_at_a_time():
     """Stage 3's M is deferred and the default (lazy) dualizer computes updates in block order, so
-    when any update is computed at most one bucket's M tensors exist (peak memory: not one M per
-    parameter for the whole step); the result equals the eager list dualizer's."""
+    when an update is computed only its own M exists (a bucket's M are released once stacked): peak
+    memory holds neither one M nor one update per parameter. The result equals the eager dualizer's."""
     g = torch.Generator().manual_seed(3)
-    shapes = [(12, 8), (40, 30), (8, 12), (30, 40)]
+    shapes = [(12, 8), (40, 30), (12, 8), (30, 50)]
     start = [torch.randn(*s, generator=g) for s in shapes]
     grads = [torch.randn(*s, generator=g) for s in shapes]
     seen = []
@@ -313,6 +313,7 @@ def test_default_step_holds_one_direction_source_at_a_time():
             return current
 
         opt._blocks = blocks
+        seen.clear()
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(F, "compute_update", spy)
             for _ in range(2):
@@ -321,7 +322,11 @@ def test_default_step_holds_one_direction_source_at_a_time():
                 opt.step()
         results.append([p.detach().clone() for p in ps])
         if batched is None:
-            # Matrices of 96 and 1200 entries: no bucket (shapes differ), so one M at a time.
-            assert seen and max(seen) == 1
+            # The 12x8 pair is one bucket (released once stacked: 0 left), then 40x30 and 30x50 alone.
+            assert seen == [0, 1, 1] * 2
+        else:
+            assert max(seen) == 4  # the eager list dualizer: every M alive at the last block
     for a, b in zip(*results):
-        assert torch.equal(a, b)  # the same updates, only their timing differs
+        # Same float32 updates; the bucket's batched GEMM may round differently from the per-matrix one
+        # (bf16 NS5 through "auto" where native: ~1e-2 relative on a 0.02-lr step).
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=0)

@@ -94,9 +94,13 @@ def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
     views = [geo.matrix_view(blocks[i].M, mode, transposed) for i in idx]
     m, n = views[0].shape[-2:]
     stack = torch.cat([v.reshape(-1, m, n) for v in views])
+    shapes = [(blocks[i].M.shape, v.shape, v.numel() // (m * n)) for i, v in zip(idx, views)]
+    del views
+    for i in idx:
+        blocks[i].M = None  # the stack holds them now
     U = F.compute_update(stack, tensor_mode="batch", transposed=False, **settings)
-    return {i: geo.from_matrix(u.reshape(v.shape), blocks[i].M.shape, transposed)
-            for i, v, u in zip(idx, views, torch.split(U, [v.numel() // (m * n) for v in views]))}
+    return {i: geo.from_matrix(u.reshape(vs), ms, transposed)
+            for i, (ms, vs, _), u in zip(idx, shapes, torch.split(U, [k for _, _, k in shapes]))}
 
 
 __all__ = ["dualize_batched", "buckets", "CPU_MAX_NUMEL"]
