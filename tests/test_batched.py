@@ -283,6 +283,11 @@ def test_polar_range_fallback_matches_the_unscaled_input():
         assert torch.isfinite(out).all() and (out - ref).abs().max() < 3e-2
     assert torch.equal(steepest.polar(torch.zeros(6, 4), "newton_schulz", 5, dtype=torch.bfloat16),
                        torch.zeros(6, 4))
+    # An input already in the iteration dtype is divided out of place: never modified (either path).
+    for H in (G.bfloat16(), (G * 1e25).bfloat16()):
+        H0 = H.clone()
+        steepest.polar(H, "newton_schulz", 5, dtype=torch.bfloat16)
+        assert torch.equal(H, H0)
 
 
 def test_default_step_holds_one_direction_source_at_a_time():

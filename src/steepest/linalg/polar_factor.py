@@ -102,6 +102,7 @@ def _normalized(G: torch.Tensor, dtype: torch.dtype, tall: bool, eps: float, saf
     :func:`_prescale_if_needed`, which accelerators and compiled graphs always take (no
     data-dependent branch)."""
     X = None
+    copied = dtype != G.dtype  # .to(dtype) makes a copy, which may be divided in place
     if G.device.type == "cpu" and not torch.compiler.is_compiling() and dtype != torch.float16:
         X = (G.mT if tall else G).to(dtype)
         # One matrix: the full reduction torch.optim.Muon's X.norm() takes (0.6x the time of the dim= form).
@@ -110,12 +111,12 @@ def _normalized(G: torch.Tensor, dtype: torch.dtype, tall: bool, eps: float, saf
         if not bool(((fro >= _SAFE_FRO[0]) & (fro <= _SAFE_FRO[1])).all()):
             X = None
     if X is None:
-        X = _prescale_if_needed(G, dtype)
-        X = (X.mT if tall else X).to(dtype)
+        P = _prescale_if_needed(G, dtype)
+        copied = copied or P is not G
+        X = (P.mT if tall else P).to(dtype)
         fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
     d = (fro * safety).clamp(min=eps) if safety != 1.0 else fro.clamp(min=eps)
-    # In place only on a copy: X may be G itself (same dtype, no prescale), which is never modified.
-    return X.div_(d) if X.data_ptr() != G.data_ptr() else X / d
+    return X.div_(d) if copied else X / d  # G itself is never modified
 
 
 def polar(
