@@ -7,8 +7,9 @@ median and minimum step time and the paired ratio to torch.optim.Muon (median ov
 t_opt / t_torch_muon in the same round). Same settings for both Muons: 5 Newton-Schulz steps with
 Muon's quintic, momentum 0.95, Nesterov, weight decay 0.1, lr 0.02, "original" lr adjustment;
 Newton-Schulz dtype bfloat16 (torch's forced choice) and float32 for steepest; steepest both on
-its per-parameter path (``batch_matrices=False``, what the default ``None`` does on CPU) and batched
-(``batch_matrices=True``: one polar call per bucket of same-shape matrices, the default on accelerators).
+its per-parameter path (``batch_matrices=False``) and batched (``batch_matrices=True``: one polar call
+per bucket of same-shape matrices). The default ``None`` batches on accelerators and, on CPU, only
+matrices up to ``batched.CPU_MAX_NUMEL`` entries (here the 384x384 ones).
 
 Accuracy: from one common state, the first update of each Muon is compared with the float64
 Newton-Schulz update (relative Frobenius error of the whole update), so speed does not hide a loss
@@ -73,7 +74,7 @@ def optimizers(base: list[torch.nn.Parameter], include_fp32: bool) -> dict[str, 
     opts = {}
     ps = clone()
     # The default: dtype="auto" (bf16 where bf16 matmul is native, float32 elsewhere; STEEPEST_BF16=0/1
-    # forces it, to simulate the other CPU kind) and batch_matrices=None (per-parameter on CPU).
+    # forces it, to simulate the other CPU kind) and batch_matrices=None (small matrices batched on CPU).
     opts["steepest.Muon default (auto)"] = (steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5,
                                                           weight_decay=WD), ps)
     ps = clone()

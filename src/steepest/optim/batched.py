@@ -14,17 +14,19 @@ reference). Only blocks in the spectral geometry (``norm="spectral"`` or ``"scha
 p = inf) are batched, whatever chose it (a group, or the adaptive optimizer), and a bucket needs at
 least two matrices; everything else is dualized one by one.
 
-When it runs: ``SteepestDescent.batch_matrices`` is None by default, which batches parameters on
-accelerators only (one kernel launch per bucket instead of per matrix). On CPU, stacking measured
-slower than the per-parameter loop (1.11x vs 1.02x torch.optim.Muon's step, GPT-like set,
-benchmarks/RESULTS.md): CPU GEMMs are already efficient at these sizes and the stack leaves
-cache. ``True`` batches on every device, ``False`` never.
+When it runs: ``SteepestDescent.batch_matrices`` is None by default, which batches every bucket on
+accelerators (one kernel launch per bucket instead of per matrix) and, on CPU, buckets of matrices
+with at most :data:`CPU_MAX_NUMEL` entries. On CPU a small bf16 GEMM costs a fixed ~30 us per call
+(32x288 times its transpose: 36 us for 0.6 MFLOP; the oneDNN set-up) on top of its flops, so stacking 2-4 small matrices into one
+``baddbmm`` roughly halves their time, while at 384x1152 and above the batched kernels measured no
+faster (1.0-1.2x the per-matrix loop; 1 thread, Xeon with AMX, torch 2.13, benchmarks/RESULTS.md).
+``True`` batches on every device, ``False`` never.
 
 Example:
     >>> import torch, steepest
     >>> ps = [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)]
     >>> opt = steepest.Muon(ps, lr=0.02)
-    >>> opt.batch_matrices = True   # default None batches on accelerators only
+    >>> opt.batch_matrices = True   # default None: accelerators, and small matrices on CPU
     >>> for p in ps: p.grad = torch.randn_like(p)
     >>> opt.step()   # one batched Newton-Schulz call for the three 8x4 matrices
 """
@@ -37,35 +39,68 @@ from steepest import geometry as geo
 from steepest.optim import functional as F
 
 
+#: Largest matrix (entries of its matrix view) that the default batches on CPU. Measured ratio
+#: batched / per-matrix time for a bucket of 2-4 bf16 NS5 updates (benchmarks/RESULTS.md, "CPU batching
+#: threshold"): 0.26-0.71 up to 384x128, 0.60-0.86 at 128x512, 0.75-0.96 at 256x1152 (295k entries),
+#: 0.87-1.01 at 384x384, 1.00-1.10 at 256x2304, 1.05-1.07 at 384x1152, 1.14-1.22 at 1536x384.
+CPU_MAX_NUMEL = 300_000
+
+
 def buckets(blocks: list[F.Block], cpu: bool = False) -> list[list[int]]:
     """Indices of blocks whose updates one batched call can compute (>= 2 per bucket).
 
-    Spectral blocks only; CPU blocks only when ``cpu`` (the default batches accelerators only).
+    Spectral blocks only; on CPU every matrix when ``cpu``, else those with at most
+    :data:`CPU_MAX_NUMEL` entries (accelerator blocks are always batched).
     """
     table: dict = {}
     for i, b in enumerate(blocks):
-        if b.norm != "spectral" or b.param.ndim < 2 or (b.param.device.type == "cpu" and not cpu):
+        if b.norm != "spectral" or b.param.ndim < 2:
+            continue
+        if b.param.device.type == "cpu" and not cpu and b.param.numel() > CPU_MAX_NUMEL:
             continue
         table.setdefault(b.key(), []).append(i)
     return [idx for idx in table.values() if len(idx) >= 2]
 
 
-def dualize_batched(blocks: list[F.Block], cpu: bool = False) -> list[tuple[torch.Tensor, bool]]:
-    """A dualizer for the step kernel: one :func:`compute_update` per bucket, the rest one by one."""
-    out: list = [None] * len(blocks)
-    for idx in buckets(blocks, cpu):
-        settings = blocks[idx[0]].settings()
-        mode, transposed = settings.pop("tensor_mode"), settings.pop("transposed")
-        views = [geo.matrix_view(blocks[i].M, mode, transposed) for i in idx]
-        m, n = views[0].shape[-2:]
-        stack = torch.cat([v.reshape(-1, m, n) for v in views])
-        U = F.compute_update(stack, tensor_mode="batch", transposed=False, **settings)
-        for i, v, u in zip(idx, views, torch.split(U, [v.numel() // (m * n) for v in views])):
-            out[i] = geo.from_matrix(u.reshape(v.shape), blocks[i].M.shape, transposed)
-    rest = [i for i, u in enumerate(out) if u is None]
-    for i in rest:
-        out[i] = F.compute_update(blocks[i].M, **blocks[i].settings())
-    return F.with_ok(blocks, out)
+def dualize_batched(blocks: list[F.Block], cpu: bool = False):
+    """A dualizer for the step kernel: one :func:`compute_update` per bucket, the rest one by one.
+
+    With only fixed-step blocks (no finiteness check needed) it is lazy: the updates come in block
+    order, each computed when the kernel asks for it, so the kernel applies one (or one bucket's) update
+    before the next exists and the step holds one update at a time, not all of them (the GPT-like set
+    of benchmarks/peers.py: 19 MiB less peak memory). Steps with ``step_size="dual"`` blocks return a
+    list (their finiteness is checked with one synchronisation for all).
+    """
+    groups = buckets(blocks, cpu)
+    if any(b.group["step_size"] == "dual" for b in blocks):
+        return F.with_ok(blocks, list(_updates(blocks, groups)))
+    return ((u, True) for u in _updates(blocks, groups))
 
 
-__all__ = ["dualize_batched", "buckets"]
+def _updates(blocks: list[F.Block], groups: list[list[int]]):
+    """Every block's update, in block order; a bucket is computed when its first block is reached."""
+    first = {idx[0]: idx for idx in groups}
+    ready: dict = {}
+    for i, b in enumerate(blocks):
+        if i in first:
+            ready.update(_bucket(blocks, first[i]))
+        yield ready.pop(i) if i in ready else F.compute_update(b.M, **b.settings())
+
+
+def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
+    """{block index: update} for one bucket, from one batched compute_update."""
+    settings = blocks[idx[0]].settings()
+    mode, transposed = settings.pop("tensor_mode"), settings.pop("transposed")
+    views = [geo.matrix_view(blocks[i].M, mode, transposed) for i in idx]
+    m, n = views[0].shape[-2:]
+    stack = torch.cat([v.reshape(-1, m, n) for v in views])
+    shapes = [(blocks[i].M.shape, v.shape, v.numel() // (m * n)) for i, v in zip(idx, views)]
+    del views
+    for i in idx:
+        blocks[i].M = None  # the stack holds them now
+    U = F.compute_update(stack, tensor_mode="batch", transposed=False, **settings)
+    return {i: geo.from_matrix(u.reshape(vs), ms, transposed)
+            for i, (ms, vs, _), u in zip(idx, shapes, torch.split(U, [k for _, _, k in shapes]))}
+
+
+__all__ = ["dualize_batched", "buckets", "CPU_MAX_NUMEL"]

@@ -89,8 +89,9 @@ class SteepestDescent(torch.optim.Optimizer):
     """
 
     #: Step same-shape spectral matrices with one batched polar call (:mod:`steepest.optim.batched`):
-    #: None (default) batches parameters on accelerators only (on CPU it measured no faster,
-    #: benchmarks/HISTORY.md, "Core"); True batches on every device; False never batches.
+    #: None (default) batches on accelerators and, on CPU, matrices of at most
+    #: ``batched.CPU_MAX_NUMEL`` entries (larger ones measured no faster); True batches on every
+    #: device; False never batches.
     batch_matrices: bool | None = None
 
     #: Attributes beyond torch's (defaults, state, param_groups) that copy.deepcopy and pickle keep.
