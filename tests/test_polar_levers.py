@@ -36,10 +36,11 @@ def _max_s_minus_1(Q: torch.Tensor, G: torch.Tensor) -> float:
 
 
 def test_l7e4_table_is_the_generator_output():
-    # Frozen numbers must be what the documented generator gives (1e-12: float64 round-off of the
-    # Remez solve, far below any effect on the iteration).
+    # Frozen numbers must be what the documented generator gives (1e-10: float64 round-off of the
+    # Remez solve, which differs between CPUs: 2.6e-12 on the last step's coefficients on an Intel Xeon
+    # against the AMD EPYC that froze them; still far below any effect on a float32 iteration, ~1e-7).
     for frozen, gen in zip(C.POLAR_EXPRESS_L7E4, C.polar_express_coefficients(7e-4, 8)):
-        assert all(abs(a - b) <= 1e-12 * max(1.0, abs(b)) for a, b in zip(frozen, gen))
+        assert all(abs(a - b) <= 1e-10 * max(1.0, abs(b)) for a, b in zip(frozen, gen))
 
 
 def test_l7e4_six_steps_reach_1e2_where_published_table_does_not():
