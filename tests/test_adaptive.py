@@ -427,9 +427,19 @@ def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
         {"spectral": float(Ad.norm()) ** 2 / 1024, "frobenius": float(torch.linalg.svdvals(Ad)[0]) ** 2 / 1024}).decrease
     # spectral: float32 Gram eigenvalues and sums, ~1e-6 relative; 1e-5 leaves a margin for the squares
     assert fast["spectral"] == pytest.approx(exact["spectral"], rel=1e-5)
+    # a rank-1 gradient (up to its float32 rounding): the small singular values are ~1e-7 s_1, which a
+    # float32 Gram would turn into ~3e-4 s_1 each; G's Gram is formed in float64, so ||G||_* is exact to ~1e-7
+    u, v = torch.randn(48, 1, generator=g), torch.randn(1, d, generator=g)
+    nuc2 = 2 * C.dd_scores(u @ v, A).decrease["spectral"] * (float(A.double().norm()) ** 2 / 1024)  # Delta = s^2/(2L)
+    # 1e-5: the decrease also carries the float32 ||A||_F (~1e-6); a float32 Gram of G would be ~1e-2 off
+    assert math.sqrt(nuc2) == pytest.approx(float(torch.linalg.svdvals((u @ v).double()).sum()), rel=1e-5)
     if d <= C.DD_GRAM_MAX:
         assert fast["frobenius"] == pytest.approx(exact["frobenius"], rel=1e-5)
     else:  # the block Krylov ||A||_op is never above the exact value and within 2.5%: Delta_F 0..5.1% high
         assert exact["frobenius"] * (1 - 1e-6) <= fast["frobenius"] <= exact["frobenius"] * 1.051
+        A_off = A + 3.0 * torch.randn(d, generator=g)  # activations with a shared offset: the mean start
+        s_fast = C.dd_scores(G, A_off).decrease["frobenius"]
+        s_exact = float(G.double().norm()) ** 2 / (float(torch.linalg.svdvals(A_off.double())[0]) ** 2 / 1024)
+        assert s_exact * (1 - 1e-6) <= s_fast <= s_exact * 1.051
     A[3, 4] = float("nan")
     assert C.dd_scores(G, A) is None  # a non-finite activation: no DD verdict (the caller falls back)

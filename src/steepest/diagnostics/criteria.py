@@ -200,9 +200,10 @@ class SpecSignIndex:
 
 #: :func:`dd_scores`' ||A||_op for A (N x d): exact from the float32 Gram A^T A (eigenvalues in float64,
 #: ~1e-7 relative) when d <= DD_GRAM_MAX; above it (the Gram costs N d^2), block Krylov with DD_OP_ITERS
-#: iterations of a DD_OP_BLOCK-column block from a fixed seed (deterministic): never above the exact value
-#: and within 2.5% of it on every matrix of benchmarks/estimate.py, so Delta_F is at most ~5% high, inside
-#: Adaptive's 10% switching margin. Together ~1/7 of the float64 SVDs' cost (benchmarks/adaptive_overhead.py).
+#: iterations of a DD_OP_BLOCK-column Gaussian block from a fixed seed (deterministic): never above the exact
+#: value and within 2.5% of it on every matrix of benchmarks/estimate.py, so Delta_F is at most ~5% high,
+#: inside Adaptive's 10% switching margin. (Warm or mean-started blocks of 2-3 columns were 20-40% cheaper
+#: but 1.3-4.3% low on a gap-free decaying spectrum; not worth it.) Cost: benchmarks/adaptive_overhead.py.
 DD_GRAM_MAX, DD_OP_ITERS, DD_OP_BLOCK = 256, 4, 4
 
 
@@ -212,8 +213,9 @@ def dd_scores(G: torch.Tensor, A: torch.Tensor) -> "GeometryScores | None":
     :class:`GeometryScores`; None if A holds a non-finite entry (its norm is then not finite).
 
     ``G``: the layer gradient (any shape; its matrix view is used); ``A``: its input rows (N, d).
-    ||G||_* is the sum of the square roots of the eigenvalues of G's small Gram matrix (formed in float32,
-    solved in float64: ~1e-7 relative); ||A||_F a float32 vectorized sum of squares (~1e-6 relative);
+    ||G||_* is the sum of the square roots of the eigenvalues of G's small Gram matrix in float64 (each
+    value to ~1e-8 s_1, so a low-rank G keeps its nuclear norm; a float32 Gram would add ~3e-4 s_1 per
+    zero singular value); ||A||_F a float32 vectorized sum of squares (~1e-6 relative);
     ||A||_op as :data:`DD_GRAM_MAX` says. The float64 SVD reference is :func:`davis_drusvyatskiy`.
 
     Example:
@@ -226,7 +228,7 @@ def dd_scores(G: torch.Tensor, A: torch.Tensor) -> "GeometryScores | None":
     if not math.isfinite(fro):
         return None
     Gm = matrix_view(G).float()
-    nuc = float(torch.linalg.eigvalsh(gram(Gm, torch.float32).double()).clamp(min=0).sqrt().sum())
+    nuc = float(torch.linalg.eigvalsh(gram(Gm, torch.float64)).clamp(min=0).sqrt().sum())
     norms = {"spectral": nuc, "frobenius": float(torch.linalg.vector_norm(Gm, dtype=torch.float64))}
     if min(A.shape) <= DD_GRAM_MAX:
         op = float(torch.linalg.eigvalsh(gram(A, torch.float32).double())[-1].clamp(min=0).sqrt())
