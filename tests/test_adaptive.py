@@ -439,7 +439,7 @@ def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
         assert exact["frobenius"] * (1 - 1e-6) <= fast["frobenius"] <= exact["frobenius"] * 1.051
         A_off = A + 3.0 * torch.randn(d, generator=g)  # activations with a shared offset: the mean start
         s_fast = C.dd_scores(G, A_off).decrease["frobenius"]
-        s_exact = float(G.double().norm()) ** 2 / (float(torch.linalg.svdvals(A_off.double())[0]) ** 2 / 1024)
+        s_exact = float(G.double().norm()) ** 2 / (2 * float(torch.linalg.svdvals(A_off.double())[0]) ** 2 / 1024)
         assert s_exact * (1 - 1e-6) <= s_fast <= s_exact * 1.051
     A[3, 4] = float("nan")
     assert C.dd_scores(G, A) is None  # a non-finite activation: no DD verdict (the caller falls back)
