@@ -172,3 +172,16 @@ def test_cli_bad_oracle_every(tmp_path, capsys):
                "--monitor-every", "3", "--oracle-every", "4", "--out", str(tmp_path / "y"), "--no-progress"])
     assert rc == 2
     assert "--oracle-every" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_held_out_stream_is_another_stream_for_every_seed():
+    """The held-out batches never repeat the training stream and stay valid seeds up to 2**63 - 1."""
+    from steepest.app.compare.runner import HeldOutLoss
+
+    seen = []
+    task = type("T", (), {"batch": staticmethod(lambda seed, step: seen.append(seed) or seed),
+                          "loss": staticmethod(lambda model, b: torch.tensor(float(b)))})()
+    for seed in (0, 1, 2**31 - 1, 2**31, 2**63 - 1):
+        HeldOutLoss(task, torch.nn.Linear(1, 1), seed)()
+        assert 0 <= seen[-1] <= 2**63 - 1 and seen[-1] != seed
+    assert seen[0] == 2**31 - 1  # seed 0's stream, as the recorded benchmarks used it

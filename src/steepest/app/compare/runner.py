@@ -179,9 +179,10 @@ def peak_mb() -> float:
 class HeldOutLoss:
     """``held_out()``: the task's loss on a held-out training batch at the model's current weights.
 
-    The batch for training step ``t`` is ``task.batch(HELD_OUT_SEED - seed, t)``: drawn like the training
-    batches but from another stream (the tasks' batches are pure functions of (seed, step)), so it is new at
-    every step and never trained on. Used by the layer oracle (``adaptive-oracle``), which calls it at the
+    The batch for training step ``t`` is ``task.batch((HELD_OUT_SEED - seed) mod 2**63, t)``: drawn like the
+    training batches but from another stream (the tasks' batches are pure functions of (seed, step)), so it
+    is new at every step and never trained on (s -> (C - s) mod 2**63 with C odd never maps a seed to itself,
+    and stays in the seed range [0, 2**63 - 1] for every seed). Used by the layer oracle (``adaptive-oracle``), which calls it at the
     step's weights before the step is taken. ``step`` is set by the training loop's callback; on resume it
     starts from the checkpoint's step.
     """
@@ -193,7 +194,7 @@ class HeldOutLoss:
 
     def __call__(self) -> torch.Tensor:
         with torch.no_grad():
-            return self.task.loss(self.model, self.task.batch(self.HELD_OUT_SEED - self.seed, self.step))
+            return self.task.loss(self.model, self.task.batch((self.HELD_OUT_SEED - self.seed) % 2**63, self.step))
 
 
 def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: str, aux_lr: float,
