@@ -119,11 +119,18 @@ def _build_schatten(model, lr, aux_lr, routing):
 #: RMS, so the difference between ``adaptive`` and ``specgd`` comes from the choices alone.
 ADAPTIVE_PLUMBING = dict(momentum=0.95, nesterov=True, scale_rule="muon", rms_match="spectral")
 
+#: Each geometry at its own tuned step: on charlm the fixed ``frobenius`` geometry's tuned lr is 1/4 of
+#: ``specgd``'s (0.005 vs 0.02, tuned.json), so Adaptive's Frobenius steps get 0.25x (at 1x its early
+#: Frobenius choices cost 170 vs 140 steps to AdamW's loss on seed 0; benchmarks/HISTORY.md, "Issue 11").
+#: On mnist-cnn the two tuned lrs are equal, and DD never chose Frobenius there.
+ADAPTIVE_LR_MULTIPLIERS = {"frobenius": 0.25}
+
 
 def _build_adaptive(model, lr, aux_lr, routing):
     """steepest.Adaptive with activation hooks on ``model``: the Davis-Drusvyatskiy test (seed 001: spectral
     when nr(G) >= st(A), else Frobenius) every 10 steps per layer; otherwise SpecGD's settings
-    (:data:`ADAPTIVE_PLUMBING`, Polar Express), so with spectral chosen everywhere it is ``specgd``.
+    (:data:`ADAPTIVE_PLUMBING`, Polar Express), so with spectral chosen everywhere it is ``specgd``;
+    Frobenius steps at :data:`ADAPTIVE_LR_MULTIPLIERS`.
 
     Why not the Spec-Sign index here: on charlm its quadratic-model score (K-FAC curvature of each
     direction) prefers the Frobenius direction for most layers, and that run ended well behind every
@@ -134,7 +141,8 @@ def _build_adaptive(model, lr, aux_lr, routing):
     if Adaptive is None:
         raise RuntimeError("steepest.Adaptive is not available in this build")
     return Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="dd",
-                    candidates=("spectral", "frobenius"), method="polar_express", **ADAPTIVE_PLUMBING)
+                    candidates=("spectral", "frobenius"), method="polar_express",
+                    lr_multipliers=ADAPTIVE_LR_MULTIPLIERS, **ADAPTIVE_PLUMBING)
 
 
 def _build_adaptive_sign(model, lr, aux_lr, routing):
@@ -151,7 +159,7 @@ def _build_adaptive_oracle(model, lr, aux_lr, routing, held_out):
     per layer and candidate; :func:`steepest.diagnostics.layer_oracle`). ``held_out()``: that loss."""
     return steepest.Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="oracle",
                              oracle_loss=held_out, candidates=("spectral", "frobenius"), method="polar_express",
-                             **ADAPTIVE_PLUMBING)
+                             lr_multipliers=ADAPTIVE_LR_MULTIPLIERS, **ADAPTIVE_PLUMBING)
 
 
 def _build_frobenius(model, lr, aux_lr, routing):
@@ -190,7 +198,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "signum": OptimizerSpec("Signum (steepest.SignSGD, momentum 0.9)", _build_signum, 1e-3),
     "schatten": OptimizerSpec(f"SchattenDescent p={SCHATTEN_P:g} (SVD; Nesterov 0.95)", _build_schatten, 0.02),
     "adaptive": OptimizerSpec("steepest.Adaptive (spectral/frobenius per layer by nr(G) vs st(A) every 10 "
-                              "steps; otherwise SpecGD: Polar Express, Nesterov 0.95)", _build_adaptive, 0.02),
+                              "steps, Frobenius at 0.25x; otherwise SpecGD: Polar Express, Nesterov 0.95)",
+                              _build_adaptive, 0.02),
     "adaptive-sign": OptimizerSpec("steepest.Adaptive (spectral/sign per layer by the Spec-Sign index every 10 "
                                    "steps; otherwise SpecGD)", _build_adaptive_sign, 0.02),
     "adaptive-oracle": OptimizerSpec("steepest.Adaptive, oracle choices (the measured best one-step geometry "
