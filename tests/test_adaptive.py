@@ -443,3 +443,12 @@ def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
         assert s_exact * (1 - 1e-6) <= s_fast <= s_exact * 1.051
     A[3, 4] = float("nan")
     assert C.dd_scores(G, A) is None  # a non-finite activation: no DD verdict (the caller falls back)
+
+
+def test_single_non_spectral_candidate_needs_no_initial():
+    W = torch.nn.Parameter(torch.randn(6, 4))
+    opt = steepest.Adaptive([W], candidates=("frobenius",), lr=0.01)
+    W.grad = torch.randn(6, 4)
+    opt.step()
+    assert opt.geometries() == {"group0.0": "frobenius"} and opt.initial == "frobenius"
+    assert steepest.Adaptive([W], candidates=("linf", "spectral")).initial == "spectral"

@@ -93,8 +93,8 @@ class Adaptive(SteepestDescent):
 
     Args (beyond :class:`steepest.SteepestDescent`'s, which apply to the matrix groups):
         candidates: geometries to choose from, a subset of ("spectral", "linf", "frobenius").
-        every: decide every ``every`` steps (steps 0, every, ...). initial: geometry before step 0's
-            decision is known (only used if a decision cannot be made).
+        every: decide every ``every`` steps (steps 0, every, ...). initial: the geometry every layer starts
+            on (default: spectral if it is a candidate, else the first candidate).
         model: optional nn.Module whose Linear/Conv2d layers are hooked for the activation criterion.
         criterion: "spec_sign" or "dd" (the latter needs ``model``; see the module docstring).
         microbatches: K >= 2 chunks for the noise scales. margin, patience: hysteresis.
@@ -109,7 +109,7 @@ class Adaptive(SteepestDescent):
     def __init__(self, params: Iterable, lr: float = 0.02, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10,
                  model: nn.Module | None = None, criterion: str = "spec_sign", microbatches: int = 4,
                  margin: float = 0.1, patience: int = 2, lr_multipliers: dict | None = None,
-                 rms_match: bool | str = True, initial: str = "spectral", oracle_loss=None,
+                 rms_match: bool | str = True, initial: str | None = None, oracle_loss=None,
                  oracle_step: str = "own", **kwargs) -> None:
         candidates = tuple(candidates)
         if not candidates or any(g not in C.GEOMETRIES for g in candidates) or len(set(candidates)) != len(candidates):
@@ -136,6 +136,8 @@ class Adaptive(SteepestDescent):
             raise ValueError(f"patience must be a positive int, got {patience!r}")
         if rms_match not in (True, False, "spectral"):
             raise ValueError(f"rms_match must be True, False or 'spectral', got {rms_match!r}")
+        if initial is None:  # spectral when it is a candidate, else the first candidate
+            initial = "spectral" if "spectral" in candidates else candidates[0]
         if initial not in candidates:
             raise ValueError(f"initial must be one of the candidates {candidates}, got {initial!r}")
         mult = {g: 1.0 for g in candidates}
