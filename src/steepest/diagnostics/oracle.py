@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable, Mapping, Sequence
@@ -217,37 +218,28 @@ def layer_oracle(model: nn.Module, loss_fn: Callable[[], torch.Tensor], grads: M
     if not callable(loss_fn):
         raise TypeError("loss_fn must be a callable returning the held-out loss")
     search = search or LineSearch()
-    params = dict(model.named_parameters())
-    unknown = [n for n in grads if n not in params]
-    if unknown:
-        raise ValueError(f"grads names no parameter of the model: {unknown[:5]}; use model.named_parameters() names")
+    params = _named_params(model, grads, "grads")
     keys = [geometry_key(n, p) for n, p in geometries]
     if not keys:
         raise ValueError("give at least one geometry")
     views = dict(views or {})
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     out: dict[str, dict[str, Probe]] = {}
     with torch.no_grad():
-        L0 = float(loss_fn())
-        _restore_buffers(model, buffers)
+        buffers, L0 = _baseline(model, loss_fn)
         for name, G in grads.items():
             W = params[name]
             if G.shape != W.shape:
                 raise ValueError(f"gradient for {name!r} has shape {tuple(G.shape)}, parameter {tuple(W.shape)}")
             view = {"transposed": False, "tensor_mode": "flatten", **views.get(name, {})}
             X = matrix_view(G.detach(), view["tensor_mode"], view["transposed"])
-            saved = W.detach().clone()
             out[name] = {}
-            try:
+            with _restoring(W, model, buffers) as saved:
                 for (norm, p), key in zip(geometries, keys):
                     Dm = dualize(X.to(dtype) if dtype is not None else X, norm, p, dtype=dtype)
                     align = float(dual_norm(X.double(), norm, p).sum())
                     D = from_matrix(Dm, W.shape, view["transposed"]).to(W.dtype)
                     out[name][key] = _probe(W, saved, D, loss_fn, L0, align, search,
                                             _step_size(step_sizes, name, key, tuple(X.shape)), model, buffers)
-            finally:
-                W.copy_(saved)
-                _restore_buffers(model, buffers)
     return out
 
 
@@ -269,20 +261,14 @@ def step_decreases(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
         >>> round(d["weight"]["half"] / float(loss()), 6)     # (1 - 0.5^2) of the loss
         0.75
     """
-    params = dict(model.named_parameters())
-    unknown = [n for n in steps if n not in params]
-    if unknown:
-        raise ValueError(f"steps names no parameter of the model: {unknown[:5]}; use model.named_parameters() names")
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    params = _named_params(model, steps, "steps")
     out: dict[str, dict[str, float]] = {}
     with torch.no_grad():
-        L0 = float(loss_fn())
-        _restore_buffers(model, buffers)
+        buffers, L0 = _baseline(model, loss_fn)
         for name, cands in steps.items():
             W = params[name]
-            saved = W.detach().clone()
             out[name] = {}
-            try:
+            with _restoring(W, model, buffers) as saved:
                 for key, S in cands.items():
                     if S.shape != W.shape:
                         raise ValueError(f"step {key!r} for {name!r} has shape {tuple(S.shape)}, parameter "
@@ -290,10 +276,35 @@ def step_decreases(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
                     torch.sub(saved, S.to(W.dtype), out=W)
                     out[name][key] = L0 - float(loss_fn())
                     _restore_buffers(model, buffers)
-            finally:
-                W.copy_(saved)
-                _restore_buffers(model, buffers)
     return out
+
+
+def _named_params(model: nn.Module, names, what: str) -> dict[str, torch.Tensor]:
+    """``model.named_parameters()`` as a dict; ValueError if ``names`` holds one the model lacks."""
+    params = dict(model.named_parameters())
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(f"{what} names no parameter of the model: {unknown[:5]}; use model.named_parameters() names")
+    return params
+
+
+def _baseline(model: nn.Module, loss_fn) -> tuple[dict, float]:
+    """(a copy of the buffers, L(W)): the state every probe is measured from and restored to."""
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    L0 = float(loss_fn())
+    _restore_buffers(model, buffers)
+    return buffers, L0
+
+
+@contextlib.contextmanager
+def _restoring(W: torch.Tensor, model: nn.Module, buffers: dict):
+    """Yield a copy of W; afterwards (also when a probe raises) W and the buffers are restored bit for bit."""
+    saved = W.detach().clone()
+    try:
+        yield saved
+    finally:
+        W.copy_(saved)
+        _restore_buffers(model, buffers)
 
 
 def _restore_buffers(model: nn.Module, buffers: dict) -> None:
