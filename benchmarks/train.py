@@ -44,22 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
+from steepest.app.commands.compare import parse_pairs  # noqa: E402
 from steepest.app.compare.job import compare, resolve_lrs  # noqa: E402
 from steepest.app.runs import atomic_write_json, environment  # noqa: E402
 
 FIXED = ("muon", "specgd", "signum", "schatten", "frobenius")
 ADAPTIVE = ("adaptive", "adaptive-sign")
 DEFAULT = ("adamw", "muon", "specgd", "signum", "schatten", "frobenius", "adaptive", "adaptive-oracle")
-
-
-def _value(text: str):
-    """A task option's value: an int or float when it reads as one, else the string."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _evals(run_dir: Path, name: str) -> list[dict]:
@@ -175,8 +166,8 @@ def main(argv=None) -> int:
                     help="task option (e.g. routing=matrix for charlm); repeatable")
     ap.add_argument("--lr", action="append", default=[], metavar="NAME=LR", help="learning rate override; repeatable")
     args = ap.parse_args(argv)
-    task_options = {k: _value(v) for k, v in (x.split("=", 1) for x in args.task_opt)}
-    given = {k: float(v) for k, v in (x.split("=", 1) for x in args.lr)}
+    task_options = parse_pairs(args.task_opt, "--task-opt", numeric=False)  # as steepest compare parses them
+    given = parse_pairs(args.lr, "--lr")
     size = "quick" if args.quick else "default"
     seeds = [int(s) for s in args.seeds.split(",")]
     names = tuple(args.optimizers.split(",")) if args.optimizers else DEFAULT
