@@ -156,7 +156,7 @@ class Adaptive(SteepestDescent):
         self._t = 0
         self._capture, self._module_of = None, {}
         self._oracle_model, self._oracle_loss = (model, oracle_loss) if criterion == "oracle" else (None, None)
-        if model is not None and criterion != "oracle":
+        if model is not None and criterion != "oracle" and len(candidates) > 1:  # one candidate: nothing to decide
             wanted = {id(p) for g in self.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
             mods = {n: m for n, m in model.named_modules() if getattr(m, "weight", None) is not None
                     and id(m.weight) in wanted}
