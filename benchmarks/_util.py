@@ -30,6 +30,16 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def clone_params(base: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """Fresh parameter copies of ``base`` with copies of their gradients (one optimizer's own set)."""
+    out = []
+    for p in base:
+        q = torch.nn.Parameter(p.detach().clone())
+        q.grad = p.grad.clone()
+        out.append(q)
+    return out
+
+
 def time_once(fn: Callable[[], object], device="cpu") -> tuple[float, float]:
     """(wall seconds, process CPU seconds) for one call of ``fn`` (synchronised before and after).
 

@@ -48,7 +48,7 @@ import warnings
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import machine, paired_ratio, summarize, table, time_interleaved
+from _util import clone_params, machine, paired_ratio, summarize, table, time_interleaved
 
 import steepest
 from steepest._io import atomic_write_json
@@ -113,17 +113,8 @@ def make_params(shapes, seed: int = 0) -> list[torch.nn.Parameter]:
     return ps
 
 
-def clone(base):
-    out = []
-    for p in base:
-        q = torch.nn.Parameter(p.detach().clone())
-        q.grad = p.grad.clone()
-        out.append(q)
-    return out
-
-
 def first_updates(build, base, lr) -> list[torch.Tensor]:
-    ps = clone(base)
+    ps = clone_params(base)
     before = [p.detach().clone() for p in ps]
     build(ps, lr).step()
     return [(p.detach() - b).double() for p, b in zip(ps, before)]
@@ -221,7 +212,7 @@ def run_set(set_name: str, rounds: int, threads: int, memory: bool, max_step_s: 
         factor = ref_rms / rms["256x64"]
         lr = LR * factor
         err = errors(first_updates(build, base, lr), refs)
-        ps = clone(base)
+        ps = clone_params(base)
         step = _stepper(build(ps, lr), ps)
         _, cpu = _util.time_once(step)
         info[name] = dict(note=note, lr=lr, lr_factor=factor, rms_per_lr=rms, **err)

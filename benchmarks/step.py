@@ -32,7 +32,7 @@ import statistics
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import machine, paired_ratio, summarize, table, time_interleaved
+from _util import clone_params, machine, paired_ratio, summarize, table, time_interleaved
 
 import steepest
 from steepest.linalg.coefficients import MUON_QUINTIC
@@ -57,27 +57,19 @@ def make_params(blocks: int, device, seed: int = 0) -> list[torch.nn.Parameter]:
 def optimizers(base: list[torch.nn.Parameter], include_fp32: bool) -> dict[str, tuple[torch.optim.Optimizer, list]]:
     """name -> (optimizer, its own parameter copies with the same gradients)."""
 
-    def clone():
-        out = []
-        for p in base:
-            q = torch.nn.Parameter(p.detach().clone())
-            q.grad = p.grad.clone()
-            out.append(q)
-        return out
-
     def steepest_muon(dtype, batched):
-        ps = clone()
+        ps = clone_params(base)
         opt = steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5, weight_decay=WD, dtype=dtype)
         opt.batch_matrices = batched
         return opt, ps
 
     opts = {}
-    ps = clone()
+    ps = clone_params(base)
     # The default: dtype="auto" (bf16 where bf16 matmul is native, float32 elsewhere; STEEPEST_BF16=0/1
     # forces it, to simulate the other CPU kind) and batch_matrices=None (small matrices batched on CPU).
     opts["steepest.Muon default (auto)"] = (steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5,
                                                           weight_decay=WD), ps)
-    ps = clone()
+    ps = clone_params(base)
     opts["torch.optim.Muon (bf16)"] = (torch.optim.Muon(ps, lr=LR, weight_decay=WD, momentum=MOMENTUM, nesterov=True,
                                                         ns_coefficients=MUON_QUINTIC, ns_steps=5), ps)
     opts["steepest.Muon bf16 per-param"] = steepest_muon(torch.bfloat16, False)
@@ -85,9 +77,9 @@ def optimizers(base: list[torch.nn.Parameter], include_fp32: bool) -> dict[str, 
     if include_fp32:
         opts["steepest.Muon fp32 per-param"] = steepest_muon(torch.float32, False)
         opts["steepest.Muon fp32 batched"] = steepest_muon(torch.float32, True)
-    ps = clone()
+    ps = clone_params(base)
     opts["AdamW fused"] = (torch.optim.AdamW(ps, lr=1e-3, weight_decay=WD, fused=True), ps)
-    ps = clone()
+    ps = clone_params(base)
     opts["AdamW default"] = (torch.optim.AdamW(ps, lr=1e-3, weight_decay=WD), ps)
     return opts
 
