@@ -9,8 +9,8 @@ the one working thread, robust to other jobs on a shared machine):
 * inside the decisions: ``Adaptive._decide`` for every layer (norms, the activation matrix, the criterion)
   plus the activation hooks (which only keep references on decision steps) and their ``clear``.
 
-Overhead = decision CPU / (training CPU - decision CPU). Also reported: the same optimizer with one
-candidate (SpecGD's steps, no decision and no hooks), as an A/B cross-check (noisier, and its
+Overhead = decision CPU / (training CPU - decision CPU). Also reported: compare's ``specgd`` at the same
+lr (what Adaptive is with one candidate: no decision, no hooks), as an A/B cross-check (noisier, and its
 dualizations differ where Adaptive chose frobenius).
 
 Run: .venv/bin/python benchmarks/adaptive_overhead.py [--steps 100] [--repeats 2]
@@ -69,12 +69,8 @@ def run(task, name: str, steps: int, single: bool = False) -> dict:
         steepest.Adaptive._decide = timer.wrap(originals[0])
         capture_mod.ActivationCapture._hook = lambda self, n: timer.wrap(originals[1](self, n))
         capture_mod.ActivationCapture.clear = timer.wrap(originals[2])
-        if single:
-            opt = steepest.Adaptive(steepest.param_groups(model, adamw_lr=lrs["adamw"][0], adamw_betas=(0.9, 0.95)),
-                                    lr=lrs[name][0], candidates=("spectral",), method="polar_express", momentum=0.95,
-                                    nesterov=True, scale_rule="muon", rms_match="spectral")
-        else:
-            opt = build_optimizer(name, model, lrs[name][0], lrs["adamw"][0], task.routing)
+        # single: compare's specgd at Adaptive's lr, which is Adaptive with one candidate bit for bit
+        opt = build_optimizer("specgd" if single else name, model, lrs[name][0], lrs["adamw"][0], task.routing)
         total = 0.0
         for t in range(steps):
             c = time.thread_time()
