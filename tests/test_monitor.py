@@ -2,6 +2,7 @@
 compiled models, resume, attaching twice, layers that miss a gradient once. Each test failed before the fix."""
 
 import json
+import math
 import warnings
 
 import pytest
@@ -10,6 +11,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from steepest.diagnostics import JSONLSink, LayerMonitor, MemorySink, CSVSink
+
+import monitor_scenario as S  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 
 
 def _nr_st(G, A):
@@ -286,3 +289,42 @@ def test_warm_started_norms_match_float64_svd_and_stay_lower_bounds():
         for est, ref in ((r["weight_op"], op_w), (r["update_op"], op_d)):
             assert ref * (1 - 1e-4) <= est <= ref * (1 + 1e-6)
         assert st * (1 - 1e-6) <= r["st_A"] <= st * (1 + 1e-4)
+
+
+# ------------------------------------------------------------------------------------------ frozen records
+def _same(a, b, rel):
+    """Equal records: strings, bools, shapes and None exactly; NaN where NaN; numbers to ``rel`` relative."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        if a is None or b is None or isinstance(a, (bool, str)) or isinstance(b, (bool, str)):
+            return False
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return abs(a - b) <= rel * max(abs(a), abs(b))
+    return a == b and type(a) is type(b)
+
+
+@pytest.mark.parametrize("config", list(S.CONFIGS))
+def test_records_equal_the_frozen_records(config):
+    """Every method (fast, exact, estimate), with and without warm starts, a row cap, no Spec-Sign index and
+    step(closure): the records and kept warm vectors equal the ones frozen before the monitor was split by
+    concern (tests/monitor_scenario.py wrote tests/data/monitor_records.json).
+
+    1e-12 relative: the split moved code, not arithmetic, so the same operations run in the same order and
+    give the same bits on the machine that froze them; 1e-12 leaves room only for float64 reassociation
+    (~1e-16 per operation) and catches any change of a float32 product (round-off 6e-8), an eigensolve, a
+    Krylov start or step count, or a sketch seed, which all move the records by >= 1e-8."""
+    frozen = json.loads(S.DATA.read_text())
+    if frozen["environment"] != S.environment():  # other float32 kernels give other last bits
+        pytest.skip(f"records frozen under {frozen['environment']}, this is {S.environment()}: "
+                    "regenerate with `python tests/monitor_scenario.py` on the old code to compare here")
+    want, got = frozen["configs"][config], S.records(config)
+    assert got["fields"] == want["fields"] and got["step"] == want["step"]
+    assert len(got["rows"]) == len(want["rows"])
+    for g, w in zip(got["rows"], want["rows"]):
+        bad = [f for f, x, y in zip(want["fields"], g, w) if not _same(x, y, 1e-12)]
+        assert not bad, (config, w[:2], {f: (x, y) for f, x, y in zip(want["fields"], g, w) if f in bad})
+    assert got["warm"].keys() == want["warm"].keys()
+    for k in want["warm"]:
+        assert _same(got["warm"][k], want["warm"][k], 1e-12), (config, k)
