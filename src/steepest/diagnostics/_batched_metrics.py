@@ -169,6 +169,43 @@ def grouped_top_eigen(mats: dict, warm: dict, generator: torch.Generator | None 
     return out
 
 
+def generator(step: int, device=None) -> torch.Generator:
+    """A private generator seeded by the step: reproducible sketches, the global RNG untouched."""
+    return torch.Generator(device=device if device is not None else "cpu").manual_seed(step)
+
+
+class WarmStarts:
+    """The monitor's top singular vectors, (quantity, layer) -> vector, kept between records when ``enabled``
+    (``LayerMonitor(warm_start=True)``; saved in its ``state_dict``)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+        self.vectors: dict[tuple, torch.Tensor] = {}
+
+    def top_eigen(self, mats: dict, step: int, iters: int = WARM_ITERS, block: int = WARM_BLOCK,
+                  extra: dict | None = None) -> dict:
+        """lambda_1 of each Gram matrix in ``mats`` (:func:`grouped_top_eigen`): from the kept vector (and the
+        columns in ``extra``, e.g. A's column mean) where one is kept, else exact (eigh; first record, resume).
+        Not ``enabled``: exact values only, or (``extra`` given) a cold Krylov from ``extra`` (ACT_COLD_ITERS)."""
+        device = next(iter(mats.values())).device if mats else None
+        if not self.enabled:  # history-free
+            if extra is None:
+                return {k: (lam[-1], None) for k, (lam, _) in grouped_eigvalsh(mats).items()}
+            warm = {k: m for k, m in extra.items() if k in mats and m.shape[0] == mats[k].shape[-1]}
+            return grouped_top_eigen(mats, warm, generator(step, device), iters=ACT_COLD_ITERS, block=block)
+        warm = {k: v for k, v in self.vectors.items() if k in mats and v.shape[0] == mats[k].shape[-1]}
+        if extra:  # more starting directions next to the kept vector
+            warm = {k: torch.stack([v, extra[k]], dim=-1) if extra.get(k) is not None and extra[k].shape == v.shape
+                    else v for k, v in warm.items()}
+        out = grouped_top_eigen(mats, warm, generator(step, device), iters=iters, block=block)
+        for k, (_, v) in out.items():
+            if v is None:
+                self.vectors.pop(k, None)
+            else:
+                self.vectors[k] = v
+        return out
+
+
 def unit(v: torch.Tensor) -> torch.Tensor:
     """v / ||v|| (a zero or non-finite v gives a zero vector, which a Krylov start treats as absent)."""
     n = torch.linalg.vector_norm(v)
@@ -180,4 +217,5 @@ def singular_values(lam: torch.Tensor) -> torch.Tensor:
     return lam.flip(-1).clamp(min=0).sqrt()
 
 
-__all__ = ["gram", "grouped_eigvalsh", "grouped_top_eigen", "singular_values", "activation_matrix", "microbatch_grads"]
+__all__ = ["gram", "grouped_eigvalsh", "grouped_top_eigen", "singular_values", "activation_matrix", "microbatch_grads",
+           "WarmStarts", "generator", "unit"]

@@ -1,0 +1,230 @@
+"""The numbers of a LayerMonitor record, one object per ``method`` (:data:`METHODS`): ``exact``, ``estimate``, ``fast``.
+
+A recording step runs, per method object: :meth:`Exact.inspect` (is A finite; ``fast`` also forms A's Gram),
+:meth:`Exact.solve` (batched work over every layer: ``fast`` solves all Gram matrices per size at once),
+:meth:`Exact.gradient_fields` (nr(G), st(A), the DD winner and the Spec-Sign index of one layer), and after
+the optimizer step :meth:`Exact.weight_fields` (||W||, ||dW||). What differs between methods:
+
+=========  ==============================  ===========================  ===========================
+method     ||G||_*, ||G||_F                st(A) = ||A||_F^2/||A||_op^2  ||W||_op, ||dW||_op
+=========  ==============================  ===========================  ===========================
+exact      SVD                             SVD                          SVD
+estimate   deflated Lanczos sketch         block-Krylov sketch          float32 Gram, top eigenvalue
+fast       float64 Gram, every eigenvalue  float32 Gram (<= 256 cols)   float32 Gram, top eigenvalue
+           (batched)                       or Krylov on A (wider)       (warm-started: ``warm_start``)
+=========  ==============================  ===========================  ===========================
+
+The Spec-Sign index uses float64 microbatch gradients, SVD noise scales and an SVD polar factor with
+``exact``, float32 products, Gram noise scales and the polar curvature from G's Gram (its eigenvectors,
+kept by ``fast``'s batched solve) otherwise. The formulas live in :mod:`criteria` and :mod:`metrics`.
+
+Example:
+    >>> METHODS["fast"](WarmStarts(False)).name
+    'fast'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from steepest.diagnostics import criteria as C
+from steepest.diagnostics._batched_metrics import (ACT_BLOCK, ACT_COLD_ITERS, ACT_ITERS, WarmStarts, generator, gram,
+                                                   grouped_eigvalsh, microbatch_grads, singular_values, unit)
+from steepest.diagnostics.metrics import nuclear_norm, stable_rank
+from steepest.geometry import dualize, matrix_norm
+from steepest.linalg.estimate import spectral_norm_estimate, top_singular_pair
+
+#: st(A) is exact (Gram eigenvalues) up to this many columns; wider A use the block-Krylov ||A||_op.
+GRAM_MAX_COLS = 256
+#: Rows (evenly strided) of A used for the K-FAC curvatures of the Spec-Sign index.
+CURVATURE_ROWS = 512
+
+
+def finite(X: torch.Tensor) -> bool:
+    """All entries finite, in one reduction pass (max and min propagate NaN; +-inf shows in them)."""
+    if X.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(X)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+@dataclass
+class Layer:
+    """One monitored layer at a recording step: its record so far and the inputs of its metrics."""
+
+    rec: dict            # step, layer, kind, shape, rows, nonfinite_grad set; the rest filled by the method
+    G: torch.Tensor      # the weight gradient as a matrix, float32
+    A: torch.Tensor      # incoming activations (rows, in), float32
+    calls: list          # captured (A, dY) per forward call: the microbatch gradients
+    gram_A: torch.Tensor | float | None = None  # fast: A's float32 Gram (<= GRAM_MAX_COLS columns) or ||A||_F^2
+    eig_G: tuple | None = None                  # fast: (eigenvalues, eigenvectors or None) of G's float64 Gram
+    top_A: tuple | None = None                  # fast: (lambda_1, trace) of A's float32 Gram
+
+
+class Exact:
+    """Every norm by an SVD: the slow reference."""
+
+    name = "exact"
+    spec_dtype, noise_method = torch.float64, "exact"
+
+    def __init__(self, warm: WarmStarts) -> None:
+        self.warm = warm
+
+    def inspect(self, L: Layer) -> bool:
+        """Whether A has a non-finite entry."""
+        return bool(L.A.numel()) and not finite(L.A)
+
+    def solve(self, layers: dict[str, Layer], step: int, spec: bool) -> None:
+        """Work shared by every layer before :meth:`gradient_fields` (none here)."""
+
+    def grad_norms(self, L: Layer, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(||G||_*, ||G||_F)."""
+        return nuclear_norm(L.G, self.name, generator(step, L.G.device)), matrix_norm(L.G, "frobenius")
+
+    def stable_rank(self, L: Layer, step: int) -> float:
+        return float(stable_rank(L.A))
+
+    def curvatures(self, L: Layer, S: torch.Tensor) -> dict:
+        """K-FAC curvatures of the sign and the polar step on the rows S of A."""
+        return {"linf": C.kfac_curvature(torch.sign(L.G), S), "spectral": C.kfac_curvature(dualize(L.G, "spectral"), S)}
+
+    def operator_norms(self, mats: dict, step: int) -> dict:
+        """name -> [||W||_op, ||dW||_op] (None where not finite) from name -> (W, dW, W finite, dW finite)."""
+        return {n: [float(matrix_norm(X, "spectral")) if f else None for X, f in ((W, ok_w), (dW, ok_d))]
+                for n, (W, dW, ok_w, ok_d) in mats.items()}
+
+    def gradient_fields(self, L: Layer, step: int, microbatches: int) -> None:
+        """nr(G), the gradient norms, st(A), the DD winner and (``microbatches`` > 0) the Spec-Sign index."""
+        rec, G, A = L.rec, L.G, L.A
+        bad_a, bad_g = rec["nonfinite_activation"], rec["nonfinite_grad"]
+        nuc = None
+        if not bad_g:
+            nuc_t, fro_t = self.grad_norms(L, step)
+            nuc, fro = float(nuc_t), float(fro_t)
+            rec.update(nr_G=nuc * nuc / (fro * fro) if fro > 0 else 0.0, grad_fro=fro, grad_nuclear=nuc,
+                       grad_l1=float(G.abs().sum()))
+        if A.numel() and not bad_a:
+            rec["st_A"] = self.stable_rank(L, step)
+            if rec["nr_G"] is not None:
+                nr, st = rec["nr_G"], rec["st_A"]
+                rec["nr_st_ratio"] = nr / st if st > 0 else None
+                rec["dd_winner"] = C.dd_winner(nr, st)
+        if not microbatches or bad_a or bad_g or not A.numel():
+            return
+        mb = microbatch_grads(L.calls, microbatches, dtype=self.spec_dtype)
+        if mb is None or not finite(mb[0]):
+            return
+        grads, b = mb
+        c = C.noise_scales(grads, b, ("linf", "spectral"), method=self.noise_method)
+        H = self.curvatures(L, A if A.shape[0] <= CURVATURE_ROWS else A[:: math.ceil(A.shape[0] / CURVATURE_ROWS)])
+        r = C.spec_sign_index(G, c["spectral"], c["linf"], b * microbatches, H["linf"], H["spectral"], nuclear=nuc)
+        rec.update(c_1=c["linf"], c_star=c["spectral"], H_sign=H["linf"], H_spec=H["spectral"], spec_sign_index=r.index,
+                   spec_sign_winner=r.winner, spec_sign_regime=r.regime, microbatch_size=b)
+
+    def weight_fields(self, pending: dict[str, dict], mats: dict, step: int) -> None:
+        """||W||_F, ||W||_op, ||dW||_F, ||dW||_op, max |dW| into each pending record (name -> (W, dW, ok, ok))."""
+        ops = self.operator_norms(mats, step)
+        for name, rec in pending.items():
+            Wm, dW, ok_w, ok_d = mats[name]
+            if ok_w:
+                rec.update(weight_fro=float(matrix_norm(Wm, "frobenius")), weight_op=ops[name][0])
+            if ok_d:
+                rec.update(update_fro=float(matrix_norm(dW, "frobenius")), update_op=ops[name][1],
+                           update_max=float(dW.abs().max()))
+
+
+class Estimate(Exact):
+    """Sketches for ||G||_* and ||A||_op (large layers); operator norms of W, dW from their float32 Grams."""
+
+    name = "estimate"
+    spec_dtype, noise_method = torch.float32, "gram"
+
+    def stable_rank(self, L: Layer, step: int) -> float:
+        A = L.A
+        fro2 = float(A.double().square().sum()) if A.numel() < 2**16 else float(torch.linalg.vector_norm(A)) ** 2
+        op = float(spectral_norm_estimate(A, generator=generator(step, A.device)))
+        return fro2 / (op * op) if op > 0 else 0.0
+
+    def curvatures(self, L: Layer, S: torch.Tensor) -> dict:
+        # float32 products (sums of squares: ~1e-6 relative); the polar curvature from G's Gram eigenvectors when
+        # the batched solve kept them, else from its own eigensolve, without forming the polar factor
+        vec = L.eig_G if L.eig_G is not None and L.eig_G[1] is not None else None
+        return {"linf": C.kfac_curvature(torch.sign(L.G), S, torch.float32),
+                "spectral": C.kfac_polar_curvature(L.G, S, torch.float32, eig=vec)}
+
+    def operator_norms(self, mats: dict, step: int) -> dict:
+        # every layer's float32 Gram first, then batched eigensolves: top eigenvalue exact (~eps_32, Weyl) on
+        # a record without a kept vector, else the warm-started Krylov (warm_start)
+        grams = {(q, n): gram(X, torch.float32) for n, (W, dW, ok_w, ok_d) in mats.items()
+                 for q, X, f in (("W", W, ok_w), ("dW", dW, ok_d)) if f}
+        eig = self.warm.top_eigen(grams, step)
+        return {n: [math.sqrt(max(float(eig[(q, n)][0]), 0.0)) if (q, n) in eig else None for q in ("W", "dW")]
+                for n in mats}
+
+
+class Fast(Estimate):
+    """Gram eigenvalues, every layer's matrices solved together per size (:mod:`_batched_metrics`)."""
+
+    name = "fast"
+
+    def inspect(self, L: Layer) -> bool:
+        A = L.A
+        if A.numel() and A.shape[-1] <= GRAM_MAX_COLS:
+            L.gram_A = gram(A, torch.float32)  # a non-finite entry of A makes its diagonal entry inf/NaN: checked here
+            return not bool(torch.isfinite(L.gram_A.diagonal()).all()) and not finite(A)  # (or the Gram overflowed)
+        if A.numel() >= 2**16:  # block-Krylov st(A): ||A||_F is needed anyway
+            L.gram_A = float(torch.linalg.vector_norm(A)) ** 2  # finite iff A is (or it overflowed: then scan A)
+            return not math.isfinite(L.gram_A) and not finite(A)
+        return super().inspect(L)
+
+    def solve(self, layers: dict[str, Layer], step: int, spec: bool) -> None:
+        """Every layer's Gram matrices, then one batched eigensolve per (size, dtype): all eigenvalues of G's
+        float64 Gram (||G||_*), the top one of A's float32 Gram (st(A) = tr(M) / lambda_1(M))."""
+        mats, vecs, mats_A, means = {}, [], {}, {}
+        for name, L in layers.items():
+            if not L.rec["nonfinite_grad"]:
+                mats[("G", name)] = gram(L.G, torch.float64)
+                if spec and L.A.numel() and not L.rec["nonfinite_activation"]:
+                    vecs.append(("G", name))  # eigenvectors reused by the polar curvature
+            if isinstance(L.gram_A, torch.Tensor) and not L.rec["nonfinite_activation"]:
+                mats_A[("A", name)] = L.gram_A
+                means[("A", name)] = unit(L.A.sum(dim=0))
+        eig = grouped_eigvalsh(mats, vecs)
+        eig.update(self.warm.top_eigen(mats_A, step, ACT_ITERS, ACT_BLOCK, means))
+        for name, L in layers.items():
+            L.eig_G = eig.get(("G", name))
+            if ("A", name) in eig:  # the trace exact in float64
+                L.top_A = (float(eig[("A", name)][0]), float(L.gram_A.diagonal().double().sum()))
+
+    def grad_norms(self, L: Layer, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sv = singular_values(L.eig_G[0])  # float64 Gram eigenvalues: exact up to ~1e-8 (metrics.gram_singular_values)
+        return sv.sum(), sv.square().sum().sqrt()
+
+    def stable_rank(self, L: Layer, step: int) -> float:
+        A = L.A
+        if A.shape[-1] <= GRAM_MAX_COLS:
+            lam1, tr = L.top_A
+            return tr / lam1 if lam1 > 0 else 0.0
+        fro2 = L.gram_A if isinstance(L.gram_A, float) else float(A.double().square().sum())
+        # block-Krylov ||A||_op started from A's column mean (activations' dominant direction) and Gaussian
+        # columns; warm: also from the last record's vector, with fewer steps
+        name = L.rec["layer"]
+        v0 = self.warm.vectors.get(("A", name)) if self.warm.enabled else None
+        cold = v0 is None or v0.shape[-1] != A.shape[-1]
+        mean = unit(A.sum(dim=0))
+        it = ACT_COLD_ITERS if cold else ACT_ITERS
+        s, v = top_singular_pair(A, mean if cold else torch.stack([v0, mean], dim=-1), it, ACT_BLOCK,
+                                 generator(step, A.device))
+        op = float(s)
+        if math.isfinite(op) and self.warm.enabled:
+            self.warm.vectors[("A", name)] = v
+        return fro2 / (op * op) if op > 0 else 0.0
+
+
+#: LayerMonitor's ``method`` -> its metrics.
+METHODS = {"fast": Fast, "exact": Exact, "estimate": Estimate}
+
+__all__ = ["METHODS", "Exact", "Estimate", "Fast", "Layer", "finite", "GRAM_MAX_COLS", "CURVATURE_ROWS"]
