@@ -2,23 +2,14 @@
 grouped Gram eigensolves (every layer's small Gram matrix first, then one batched
 ``torch.linalg.eigvalsh`` / ``eigh`` call per (size, dtype)).
 
-The monitor needs, per record, the eigenvalues of ~50 Gram matrices of size <= 128 (nr(G) and
-||G||_* from G's float64 Gram, every eigenvalue; st(A) from A's float32 Gram; ||W||_op and ||dW||_op
-from float32 Grams: the top eigenvalue only, :func:`grouped_top_eigen`, warm-started block Krylov
-after the first record with ``warm_start``, or from A's column mean: ~3x cheaper than the batched
-``eigvalsh`` here, 8 steps x 2 columns for 24 Grams of 128 taking ~3 ms against 9.5 ms).
-Solving them per layer costs one Python round trip of ~10 small tensor ops each; here they are
-stacked by (size, dtype) and solved together, and the results are bit-identical to solving them one
-by one up to rounding (a batched LAPACK call solves each matrix with the same routine). On spec-sign
-records the eigenvectors of G's float64 Gram are kept and reused by the polar-factor curvature
-(:func:`steepest.diagnostics.criteria.kfac_polar_curvature`, ``eig=``) instead of a second eigh. Singular values follow as
-s_i = sqrt(lambda_i) (:func:`steepest.diagnostics.metrics.gram_singular_values` documents the accuracy:
-relative ~eps for s_1, ~sqrt(eps) s_1 absolute for the smallest values).
-
-(Measured earlier and rejected: a cold batched Lanczos for the top eigenvalue, 40 steps with full
-reorthogonalization, took 19 ms for 36 matrices of size 128 against 13 ms for LAPACK's eigvalsh. A
-warm start needs 3-8 steps, products in the (Q^T M)^T orientation are ~4x faster, and CGS2 in batched
-products replaces the per-matrix QR: 8 steps x 2 columns take ~3 ms for 24 such matrices, eigvalsh ~9.5.)
+The monitor needs, per record, the eigenvalues of ~50 Gram matrices of size <= 128 (every eigenvalue of G's
+float64 Gram; only the top one of A's, W's and dW's float32 Grams: :func:`grouped_top_eigen`, a block Krylov
+from A's column mean or, with ``warm_start``, from the last record's vector, ~3x cheaper than ``eigvalsh``).
+Stacked by (size, dtype) and solved together they cost one call instead of ~10 small ops per layer, and equal
+the one-by-one solutions up to rounding (a batched LAPACK call runs the same routine per matrix). G's
+eigenvectors are reused by the polar-factor curvature (:func:`~steepest.diagnostics.criteria.kfac_polar_curvature`,
+``eig=``). Accuracy of s_i = sqrt(lambda_i): :func:`steepest.diagnostics.metrics.gram_singular_values`. A cold
+batched Lanczos was measured and rejected (benchmarks/HISTORY.md).
 
 Example:
     >>> X = torch.randn(5, 3)

@@ -1,30 +1,21 @@
 """LayerMonitor: per-layer geometry diagnostics during training, attached to any optimizer.
 
-Three concerns, three places: :mod:`~steepest.diagnostics.capture` hooks the layers and keeps their
-activations A and output gradients (only on recording steps, references only); :mod:`._methods` computes a
-record's numbers, one object per ``method`` (no branches on it here); :mod:`~steepest.diagnostics.sinks`
-writes the records (a sink that fails warns once and is disabled: :class:`~steepest.diagnostics.sinks.Guarded`).
-This module wires them to the optimizer's step hooks and keeps the step count and the resume state.
+Three concerns, three places: :mod:`~steepest.diagnostics.capture` hooks the layers and keeps their inputs A
+and output gradients dY (on recording steps only, references only); :mod:`~steepest.diagnostics._methods`
+computes a record's numbers, one object per ``method``; :mod:`~steepest.diagnostics.sinks` writes them. This
+module wires them to the optimizer's step hooks and keeps the step count and the resume state.
 
-Works with ``optimizer.step(closure)`` (the gradients are read after the closure ran), ``torch.compile``-d
-models (names of the plain model), and resume (:meth:`LayerMonitor.state_dict` / ``load_state_dict``).
-Every recording step that skips layers warns once, in one line, when the set of skipped layers changes
-(``monitor.skip_report()``); a layer without a gradient at one step is recorded again at the next.
-
-The Spec-Sign index needs no extra backward pass: a linear layer's gradient is a sum over samples,
-G = sum_i dY_i^T A_i, so the hooks' A and dY give exact per-chunk gradients: the batch's samples are split
-into K equal, disjoint chunks (a remainder is dropped), G_k = K sum_{i in chunk k} dY_i^T A_i, and c_1, c_*
-come from :func:`steepest.diagnostics.criteria.noise_scales`; the curvature is the K-FAC input-factor proxy
-H_g = ||A D_g^T||_F^2 / N (:func:`criteria.kfac_curvature`, exact for a squared loss on the layer).
-
-It never changes training: hooks return ``None``, nothing is written into tensors autograd or the optimizer
-use, sketches use a private generator seeded by the step (the global RNG is untouched), metrics run under
-``torch.no_grad()``, and nothing it does makes ``optimizer.step()`` raise after the step was applied (a
-failing metric or sink is a warning).
+Works with ``optimizer.step(closure)`` (gradients read after the closure ran), ``torch.compile``-d models
+(names of the plain model) and resume (:meth:`LayerMonitor.state_dict`). A recording step that skips layers
+warns once, in one line, when the set of skipped layers changes (``monitor.skip_report()``). It never
+changes training: hooks return ``None``, nothing autograd or the optimizer use is written, sketches use a
+private generator seeded by the step, and nothing it does makes ``optimizer.step()`` raise after the step
+was applied (a failing metric or sink is a warning; the step stands, applied once).
 
 Example:
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> from steepest.diagnostics import MemorySink
     >>> mon = LayerMonitor(model, every=10, sinks=[MemorySink()]).attach(opt)
     >>> # ... train as usual; records land in the sinks every 10 steps; mon.detach() when done
 """
@@ -56,41 +47,29 @@ class LayerMonitor:
             is monitored (a ``torch.compile``-d model is unwrapped).
         every: record every ``every`` optimizer steps (steps 0, every, 2*every, ...). Activations are
             captured only during the forward/backward of those steps.
-        sinks: objects with ``write(record)`` / ``close()`` (see :mod:`steepest.diagnostics.sinks`).
+        sinks: objects with ``write(record)`` / ``close()`` (see :mod:`steepest.diagnostics.sinks`); one that
+            raises is warned about once and disabled, training goes on (``monitor.out.failed``).
         optimizer: attach at once (else call :meth:`attach`).
         microbatches: K >= 2 chunks of the batch for the Spec-Sign noise scales (0 disables the index).
-        method: ``"fast"`` (default): nr(G) and ||G||_* from every eigenvalue of G's float64 Gram matrix
-            (as :func:`~steepest.diagnostics.metrics.gram_singular_values`, exact up to ~1e-8 relative; all
-            layers solved in one batched call per size, ``_batched_metrics``); ||W||_op and ||dW||_op from
-            the top eigenvalue of their float32 Grams (exact, ~1e-6, or warm-started: ``warm_start``);
-            st(A) = ||A||_F^2 / ||A||_op^2 with ||A||_F exact and ||A||_op by a block Krylov started from A's
-            column mean (activations' dominant direction) and Gaussian columns
-            (:func:`~steepest.linalg.estimate.top_eigenpair` on A's float32 Gram when A has <=
-            ``GRAM_MAX_COLS`` (256) columns, else :func:`~steepest.linalg.estimate.top_singular_pair` on A):
-            a lower bound, so st(A) is never below the exact value; within 1e-4 of it on the charlm default
-            model over 300 steps (benchmarks/HISTORY.md, "LayerMonitor overhead, warm starts"). ``"exact"``: every norm by
-            an SVD (the slow reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers).
+        method: ``"fast"`` (default): Gram eigenvalues, all layers solved in one batched call per size; nr(G)
+            exact to ~1e-8, ||W||_op, ||dW||_op to ~1e-6, st(A) a lower-bound Krylov never below the exact
+            value (within 1e-4 on charlm over 300 steps). ``"exact"``: every norm by an SVD (the slow
+            reference). ``"estimate"``: sketches for ||G||_* and ||A||_op (large layers). The table of what
+            each computes is in :mod:`steepest.diagnostics._methods`.
         warm_start: ``True``: ||W||_op, ||dW||_op (and ||A||_op) by a block Krylov from the previous record's
-            top singular vectors instead of an eigensolve after the first record (lower bounds; within
-            1.4e-4 relative for ||W||_op, 6e-7 for ||dW||_op on charlm, worst at the first warm record after
-            a random init, whose spectrum has no gap at the top). The vectors are kept in :meth:`state_dict`,
-            so a resume through ``load_state_dict(state_dict())`` writes the same records; a resume that
-            passes only the step (the ``steepest compare`` and Hugging Face integrations today) starts exact
-            again, so its records differ from an uninterrupted run's by that accuracy. Default ``False``.
+            top singular vectors after the first record (lower bounds; within 1.4e-4 relative for ||W||_op,
+            6e-7 for ||dW||_op on charlm). The vectors are kept in :meth:`state_dict`, so a resume through
+            ``load_state_dict(state_dict())`` writes the same records; a resume that passes only the step
+            starts exact again (records differ by that accuracy). Default ``False``.
         max_rows: cap on the activation rows used for st(A) (an evenly strided subset; ``None``: all rows).
             A row subset biases st(A) low (the subset's top eigenvalue is inflated, Marchenko-Pastur):
             -21% with 512 of 2048 token rows on the charlm model, so the default uses every row.
         layers: optional iterable of module names to restrict monitoring.
         spec_sign_every: compute the Spec-Sign index on every ``spec_sign_every``-th recorded step (default
-            10: each 100 optimizer steps with ``every=10``). It needs K microbatch gradients per layer (as
-            many flops as the layer's weight gradient) and K nuclear norms, about 2/3 of a training step
-            on the charlm model: on every record it alone would add ~7% (benchmarks/RESULTS.md, "Estimates").
-            Its curvatures use <= ``CURVATURE_ROWS`` (512) strided rows of A (H_g is linear in A^T A / N).
+            10: each 100 optimizer steps with ``every=10``). It needs K microbatch gradients per layer and K
+            nuclear norms, ~2/3 of a charlm training step: ~7% on every record (benchmarks/RESULTS.md).
 
-    Each record: step, layer, kind, shape, rows, nonfinite_activation, nonfinite_grad, nr_G, st_A,
-    nr_st_ratio, dd_winner, grad_fro, grad_nuclear, grad_l1, weight_fro, weight_op, update_fro,
-    update_op, update_max, c_1, c_star, H_sign, H_spec, spec_sign_index, spec_sign_winner,
-    spec_sign_regime, microbatch_size (``None`` where not computable). Layers without a gradient at a
+    Each record has the :attr:`FIELDS` (``None`` where not computable). Layers without a gradient at a
     recording step are skipped, listed in ``monitor.skipped`` and warned about once.
     """
 
@@ -119,8 +98,6 @@ class LayerMonitor:
         self.out = Guarded(list(sinks))  # a failing sink warns once and is disabled, never fails a step
         self.step = 0
         self.capture = ActivationCapture(model, self.recording, grads=microbatches > 0, names=layers)
-        self.skipped: dict[str, str] = dict(self.capture.unsupported)
-        self._warned: dict[str, str] = {}
         self._last_record: int | None = None
         self._opt_handles: list = []
         self._optimizer = None
@@ -196,19 +173,14 @@ class LayerMonitor:
         self._warm.update({tuple(k.split("|", 1)): v.clone() for k, v in warm.items() if isinstance(v, torch.Tensor)})
         self.out.rewind(self.step)
 
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Layer name -> why it was not recorded at the last recording step (unsupported ones always)."""
+        return self.capture.skipped
+
     def skip_report(self) -> str:
         """One line: every layer not recorded at the last recording step, and why ('' when none)."""
-        if not self.skipped:
-            return ""
-        parts = "; ".join(f"{n!r} ({why})" for n, why in self.skipped.items())
-        return f"LayerMonitor step {self._last_record}: {len(self.skipped)} layer(s) not recorded: {parts}"
-
-    def _report_skips(self, skipped: dict[str, str]) -> None:
-        """Record this step's skipped layers; warn (one line, all of them) when the set or a reason changed."""
-        self.skipped = {**self.capture.unsupported, **skipped}
-        if self.skipped and self.skipped != self._warned:
-            warnings.warn(self.skip_report(), stacklevel=4)
-        self._warned = dict(self.skipped)
+        return self.capture.skip_report(self._last_record)
 
     def _failed(self, error: Exception) -> None:
         """A metric that raised: the step's records are dropped with a warning; the step itself stands."""
@@ -250,7 +222,7 @@ class LayerMonitor:
             rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(m.weight.shape),
                        rows=int(A.shape[0]), nonfinite_activation=self.metrics.inspect(layer),
                        nonfinite_grad=not finite(G))
-        self._report_skips(skipped)
+        self.capture.report_skips(skipped, self.step)
         due = bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
         self.metrics.solve(work, self.step, due)
         for name, layer in work.items():
