@@ -1,9 +1,12 @@
 """LayerMonitor never goes silent: step(closure), GPT-2 Conv1D, depthwise convs, gradient checkpointing,
 compiled models, resume, attaching twice, layers that miss a gradient once. Each test failed before the fix."""
 
+import errno
 import json
 import math
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -328,3 +331,97 @@ def test_records_equal_the_frozen_records(config):
     assert got["warm"].keys() == want["warm"].keys()
     for k in want["warm"]:
         assert _same(got["warm"][k], want["warm"][k], 1e-12), (config, k)
+
+
+# ------------------------------------------------------------------------------ side effects never fail a step
+class _FullDisk:
+    """A sink whose disk is full (what /dev/full gives every write)."""
+
+    path = "/data/full.jsonl"
+
+    def write(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", self.path)
+
+    def close(self):
+        pass
+
+
+def _train_steps(n, sinks=None, fail=None):
+    """n SGD steps of MLP (each ``opt.step()`` called exactly once); the monitor (every=1) when ``sinks``."""
+    torch.manual_seed(8)
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    mon = None if sinks is None else LayerMonitor(model, every=1, sinks=sinks, microbatches=2).attach(opt)
+    if fail is not None:
+        fail(mon)
+    after = []
+    for x in _batches(n, seed=9):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()  # raises nothing: a failing side effect is a warning
+        after.append([p.detach().clone() for p in model.parameters()])
+    return after, mon
+
+
+def test_a_failing_sink_warns_once_is_disabled_and_the_step_is_applied_once(tmp_path):
+    (tmp_path / "dir.jsonl").mkdir()  # a JSONL target that is a directory
+    (tmp_path / "dir.csv").mkdir()
+    bad = [JSONLSink(tmp_path / "dir.jsonl"), CSVSink(tmp_path / "dir.csv"), _FullDisk()]
+    if Path("/dev/full").exists():  # a real full disk: every write fails with ENOSPC
+        bad.append(JSONLSink("/dev/full"))
+    if os.geteuid() != 0:  # a read-only file (root writes through the mode bits)
+        (tmp_path / "ro.jsonl").write_text("")
+        (tmp_path / "ro.jsonl").chmod(0o444)
+        bad.append(JSONLSink(tmp_path / "ro.jsonl"))
+    good = MemorySink()
+    ref, _ = _train_steps(3)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        seen, mon = _train_steps(3, [bad[0], good, *bad[1:]])
+    for step in range(3):  # after one step and after each later one: the steps of a run without the monitor
+        for a, b in zip(ref[step], seen[step]):
+            assert torch.equal(a, b), step  # applied exactly once (twice would differ), training untouched
+    lines = [str(w.message) for w in got if "LayerMonitor" in str(w.message)]
+    assert len(lines) == len(bad)  # once per failing sink, not once per record (3 steps x 2 layers)
+    assert all(issubclass(w.category, RuntimeWarning) for w in got if "LayerMonitor" in str(w.message))
+    for sink, line in zip(bad, lines):  # in sink order; each names its file and the error
+        assert str(sink.path) in line and "this sink is disabled" in line, line
+    assert "IsADirectoryError" in lines[0] and "IsADirectoryError" in lines[1]
+    assert "OSError" in lines[2] and "No space left on device" in lines[2]
+    # the working sink got every record; the failed ones are listed and skipped from then on
+    assert [(r["step"], r["layer"]) for r in good.records] == [(s, n) for s in range(3) for n in ("a", "b")]
+    assert len(mon.out.failed) == len(bad) and mon.sinks[1] is good
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # closing does not warn again
+        mon.detach()
+
+
+def test_a_failing_rewind_or_metric_is_a_warning_and_the_step_stands(tmp_path, monkeypatch):
+    class NoRewind(MemorySink):
+        path = tmp_path / "gone.jsonl"
+
+        def rewind(self, step):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
+
+    sink = NoRewind()
+    mon = LayerMonitor(MLP(), every=1, sinks=[sink])
+    with pytest.warns(RuntimeWarning, match=r"rewind to NoRewind\('.*gone.jsonl'\) failed \(PermissionError"):
+        mon.load_state_dict({"step": 4})
+    assert mon.step == 4 and mon.out.failed
+
+    # a metric that raises at step 1: that step is not recorded, with a warning; the step itself is applied once
+    def fail(mon):
+        real = mon.metrics.solve
+
+        def solve(layers, step, spec):
+            if step == 1:
+                raise torch.linalg.LinAlgError("linalg.eigh: the algorithm failed to converge")
+            return real(layers, step, spec)
+        monkeypatch.setattr(mon.metrics, "solve", solve)
+
+    ref, _ = _train_steps(3)
+    good = MemorySink()
+    with pytest.warns(RuntimeWarning, match=r"LayerMonitor step 1: not recorded \(_?LinAlgError: linalg.eigh"):
+        seen, mon = _train_steps(3, [good], fail=fail)
+    assert all(torch.equal(a, b) for s in range(3) for a, b in zip(ref[s], seen[s]))
+    assert sorted({r["step"] for r in good.records}) == [0, 2] and mon.step == 3
