@@ -279,7 +279,7 @@ def test_warm_started_norms_match_float64_svd_and_stay_lower_bounds():
         after = [m.weight.detach().double() for m in (model[0], model[2])]
         seen.append((before, after, [x.double(), h.detach().double()]))
     mon.detach()
-    assert len(sink.records) == 12 and mon._warm  # vectors kept after the first (exact) record
+    assert len(sink.records) == 12 and mon.metrics.warm.vectors  # vectors kept after the first (exact) record
     for i, r in enumerate(sink.records):
         before, after, ins = seen[r["step"]]
         j = i % 2

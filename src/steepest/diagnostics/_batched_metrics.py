@@ -196,6 +196,14 @@ class WarmStarts:
                 self.vectors[k] = v
         return out
 
+    def state_dict(self) -> dict:
+        """{"W|layer": vector, ...} (copies)."""
+        return {f"{q}|{name}": v.clone() for (q, name), v in self.vectors.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the vectors by ``state``'s (empty, an older checkpoint: the next record solves exactly)."""
+        self.vectors = {tuple(k.split("|", 1)): v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
 
 def unit(v: torch.Tensor) -> torch.Tensor:
     """v / ||v|| (a zero or non-finite v gives a zero vector, which a Krylov start treats as absent)."""

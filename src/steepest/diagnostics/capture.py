@@ -132,6 +132,7 @@ class ActivationCapture:
                              f"{type(model).__name__}; diagnostics need at least one such module")
         self.skipped: dict[str, str] = dict(self.unsupported)  # name -> why not recorded at the last record
         self._warned: dict[str, str] = {}
+        self._step: int | None = None  # the last recording step
         self.when = when
         self.grads = grads
         self.data: dict[str, list[list]] = {}
@@ -174,19 +175,19 @@ class ActivationCapture:
             out.append((A, D))
         return out
 
-    def skip_report(self, step) -> str:
-        """One line: every layer not recorded at recording step ``step``, and why ('' when none)."""
+    def skip_report(self) -> str:
+        """One line: every layer not recorded at the last recording step, and why ('' when none)."""
         if not self.skipped:
             return ""
         parts = "; ".join(f"{n!r} ({why})" for n, why in self.skipped.items())
-        return f"LayerMonitor step {step}: {len(self.skipped)} layer(s) not recorded: {parts}"
+        return f"LayerMonitor step {self._step}: {len(self.skipped)} layer(s) not recorded: {parts}"
 
     def report_skips(self, skipped: dict[str, str], step: int) -> None:
         """Keep this step's skipped layers (and the unsupported ones); warn, in one line listing all of them,
         when the set or a reason changed since the last warning."""
-        self.skipped = {**self.unsupported, **skipped}
+        self.skipped, self._step = {**self.unsupported, **skipped}, step
         if self.skipped and self.skipped != self._warned:
-            warnings.warn(self.skip_report(step), stacklevel=4)
+            warnings.warn(self.skip_report(), stacklevel=4)
         self._warned = dict(self.skipped)
 
     def clear(self) -> None:

@@ -98,7 +98,6 @@ class LayerMonitor:
         self.out = Guarded(list(sinks))  # a failing sink warns once and is disabled, never fails a step
         self.step = 0
         self.capture = ActivationCapture(model, self.recording, grads=microbatches > 0, names=layers)
-        self._last_record: int | None = None
         self._opt_handles: list = []
         self._optimizer = None
         self._deferred = False
@@ -111,11 +110,6 @@ class LayerMonitor:
     def sinks(self) -> list:
         """The record writers (a list; one that failed stays in it, disabled: ``self.out.failed``)."""
         return self.out.sinks
-
-    @property
-    def _warm(self) -> dict:
-        """(quantity, layer) -> the last record's top singular vector (``warm_start``)."""
-        return self.metrics.warm.vectors
 
     # -------------------------------------------------------------------------------- wiring
     def recording(self) -> bool:
@@ -155,8 +149,7 @@ class LayerMonitor:
         """The monitor's own state for a checkpoint: ``{"step": next step to record or skip, "every": ...,
         "warm": {"W|layer": last record's top singular vector, ...}}`` (the warm starts, so that a resumed run
         writes the same records as an uninterrupted one)."""
-        return {"step": self.step, "every": self.every,
-                "warm": {f"{q}|{name}": v.clone() for (q, name), v in self._warm.items()}}
+        return {"step": self.step, "every": self.every, "warm": self.metrics.warm.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: continue at ``state["step"]``, and drop from every sink with ``rewind(step)`` the records of
@@ -168,9 +161,7 @@ class LayerMonitor:
             warnings.warn(f"LayerMonitor resumed with every={self.every}, the checkpoint used every={state['every']}",
                           stacklevel=2)
         self.step = state["step"]
-        warm = state.get("warm") or {}  # none (older checkpoint): the next record solves exactly (eigh)
-        self._warm.clear()
-        self._warm.update({tuple(k.split("|", 1)): v.clone() for k, v in warm.items() if isinstance(v, torch.Tensor)})
+        self.metrics.warm.load_state_dict(state.get("warm") or {})
         self.out.rewind(self.step)
 
     @property
@@ -180,7 +171,7 @@ class LayerMonitor:
 
     def skip_report(self) -> str:
         """One line: every layer not recorded at the last recording step, and why ('' when none)."""
-        return self.capture.skip_report(self._last_record)
+        return self.capture.skip_report()
 
     def _failed(self, error: Exception) -> None:
         """A metric that raised: the step's records are dropped with a warning; the step itself stands."""
@@ -207,7 +198,6 @@ class LayerMonitor:
     def _grad_pass(self) -> None:
         """Gradient and activation fields of every layer with a gradient now (into ``self._pending``)."""
         work, skipped = {}, {}
-        self._last_record = self.step
         for name, m in self.capture.layers.items():
             if m.weight.grad is None:
                 skipped[name] = ("frozen (requires_grad=False)" if not m.weight.requires_grad else
