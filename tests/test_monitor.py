@@ -425,3 +425,37 @@ def test_a_failing_rewind_or_metric_is_a_warning_and_the_step_stands(tmp_path, m
         seen, mon = _train_steps(3, [good], fail=fail)
     assert all(torch.equal(a, b) for s in range(3) for a, b in zip(ref[s], seen[s]))
     assert sorted({r["step"] for r in good.records}) == [0, 2] and mon.step == 3
+
+
+class _FreeingSGD(torch.optim.Optimizer):
+    """Plain SGD that frees the gradients inside its step (as a ZeRO-style wrapper does after using them).
+    Not a subclass of torch's SGD: a subclass's step calls SGD.step, whose patched wrapper runs the hooks again."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(p.grad, alpha=-group["lr"])
+                p.grad = None
+
+
+def test_gradients_are_read_before_a_step_without_closure():
+    # torch passes the optimizer itself as args[0] to a step pre-hook: it was taken for a closure, so every
+    # record's gradients were read after the step, and an optimizer that frees them got none recorded
+    torch.manual_seed(10)
+    model, sink = MLP(), MemorySink()
+    opt = _FreeingSGD(model.parameters(), lr=0.1)
+    LayerMonitor(model, every=1, sinks=[sink], microbatches=2).attach(opt)
+    grads = []
+    for x in _batches(2):
+        model(x).square().mean().backward()
+        grads.append({n: model.get_submodule(n).weight.grad.clone() for n in ("a", "b")})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "no gradient at this step" warning
+            opt.step()
+    assert [(r["step"], r["layer"]) for r in sink.records] == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    for r in sink.records:  # the gradient that was there before the step; 1e-5: float32 sums in another order
+        assert r["grad_fro"] == pytest.approx(float(grads[r["step"]][r["layer"]].double().norm()), rel=1e-5)

@@ -185,9 +185,10 @@ class LayerMonitor:
         if not self.recording():
             return
         try:
-            closure = kwargs.get("closure", args[0] if args else None)
-            # step(closure): the gradients are computed inside step(), so they are read in the post hook
-            self._deferred = closure is not None
+            rest = args[1:] if args and args[0] is optimizer else args  # torch passes step's args with self
+            # step(closure): the gradients are computed inside step(), so they are read in the post hook; else
+            # now, before the step (an optimizer may free or change them: gradients read after it would not do)
+            self._deferred = kwargs.get("closure", rest[0] if rest else None) is not None
             names = [n for n, m in self.capture.layers.items() if self._deferred or m.weight.grad is not None]
             self._pending, self._before = {}, {n: self.capture.layers[n].weight.detach().clone() for n in names}
             if not self._deferred:
