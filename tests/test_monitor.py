@@ -459,3 +459,51 @@ def test_gradients_are_read_before_a_step_without_closure():
     assert [(r["step"], r["layer"]) for r in sink.records] == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
     for r in sink.records:  # the gradient that was there before the step; 1e-5: float32 sums in another order
         assert r["grad_fro"] == pytest.approx(float(grads[r["step"]][r["layer"]].double().norm()), rel=1e-5)
+
+
+class _QKV(nn.Module):
+    """q, k, v projections of one input (as in Llama), narrow (24 inputs: A's Gram) and wide (300: Krylov); h sees
+    a slice of the same input (same memory address, another shape: not the same activations)."""
+
+    def __init__(self, share: bool):
+        super().__init__()
+        self.share = share
+        self.q, self.k, self.v = nn.Linear(24, 8), nn.Linear(24, 8), nn.Linear(24, 8)
+        self.wq, self.wk = nn.Linear(300, 6), nn.Linear(300, 6)
+        self.h = nn.Linear(12, 8)
+
+    def forward(self, x, z):
+        same = (lambda t: t) if self.share else (lambda t: t.clone())  # clones: equal values, other tensors
+        y = self.q(same(x)) * self.k(same(x)) + self.v(same(x)) + self.h(same(x)[:, :12])
+        return y.square().mean() + (self.wq(same(z)) * self.wk(same(z))).mean()
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_layers_fed_the_same_activations_get_the_records_of_separate_inputs(warm_start, monkeypatch):
+    """The activations' Gram (and, without warm starts, the wide layers' ||A||_op) is computed once for layers
+    fed the same tensor: the records are those of the same values held in separate tensors, bit for bit."""
+    import steepest.diagnostics._methods as M
+
+    out, calls = {}, {True: [], False: []}
+    for share in (True, False):
+        real_gram, real_top = M.gram, M.top_singular_pair
+        monkeypatch.setattr(M, "gram", lambda X, dtype, c=calls[share]: c.append(X.dtype == dtype) or real_gram(X, dtype))
+        monkeypatch.setattr(M, "top_singular_pair", lambda *a, c=calls[share]: c.append("krylov") or real_top(*a))
+        torch.manual_seed(12)
+        model, sink = _QKV(share), MemorySink()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        LayerMonitor(model, every=1, sinks=[sink], spec_sign_every=2, warm_start=warm_start).attach(opt)
+        gen = torch.Generator().manual_seed(13)
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(64, 24, generator=gen) + 1.0, torch.randn(256, 300, generator=gen) + 0.5).backward()
+            opt.step()
+        out[share] = json.dumps(sink.records)  # exact: every float by repr, NaN as NaN
+        monkeypatch.setattr(M, "gram", real_gram)
+        monkeypatch.setattr(M, "top_singular_pair", real_top)
+    assert out[True] == out[False]
+    assert len(json.loads(out[True])) == 18
+    # per step: A's float32 Gram once for q, k, v, not 3 times (the W and dW Grams, also float32, are the same
+    # in both runs); ||A||_op of the wide pair once without warm starts (with them each layer keeps its own vector)
+    assert calls[True].count(True) == calls[False].count(True) - 3 * 2
+    assert calls[True].count("krylov") == 3 * (2 if warm_start else 1) and calls[False].count("krylov") == 3 * 2

@@ -1,6 +1,6 @@
 """The numbers of a LayerMonitor record, one object per ``method`` (:data:`METHODS`): ``exact``, ``estimate``, ``fast``.
 
-A recording step runs, per method object: :meth:`Exact.inspect` (is A finite; ``fast`` also forms A's Gram),
+A recording step runs, per method object: :meth:`Exact.inspect` (is each A finite; ``fast`` also forms A's Gram),
 :meth:`Exact.solve` (batched work over every layer: ``fast`` solves all Gram matrices per size at once),
 :meth:`Exact.gradient_fields` (nr(G), st(A), the DD winner and the Spec-Sign index of one layer), and after
 the optimizer step :meth:`Exact.weight_fields` (||W||, ||dW||). What differs between methods:
@@ -73,6 +73,7 @@ class Layer:
     gram_A: torch.Tensor | float | None = None  # fast: A's float32 Gram (<= GRAM_MAX_COLS columns) or ||A||_F^2
     eig_G: tuple | None = None                  # fast: (eigenvalues, eigenvectors or None) of G's float64 Gram
     top_A: tuple | None = None                  # fast: (lambda_1, trace) of A's float32 Gram
+    twin: Layer | None = None                   # fast: an earlier layer fed the same activations (q/k/v)
 
 
 class Exact:
@@ -84,9 +85,10 @@ class Exact:
     def __init__(self, warm: WarmStarts) -> None:
         self.warm = warm
 
-    def inspect(self, L: Layer) -> bool:
-        """Whether A has a non-finite entry."""
-        return bool(L.A.numel()) and not finite(L.A)
+    def inspect(self, layers: dict[str, Layer]) -> None:
+        """``nonfinite_activation`` of every layer: whether its A has a non-finite entry."""
+        for L in layers.values():
+            L.rec["nonfinite_activation"] = bool(L.A.numel()) and not finite(L.A)
 
     def solve(self, layers: dict[str, Layer], step: int, spec: bool) -> None:
         """Work shared by every layer before :meth:`gradient_fields` (none here)."""
@@ -181,7 +183,23 @@ class Fast(Estimate):
 
     name = "fast"
 
-    def inspect(self, L: Layer) -> bool:
+    def inspect(self, layers: dict[str, Layer]) -> None:
+        """As :meth:`Exact.inspect`, and A's float32 Gram (or ||A||_F^2 when wide), formed once for layers fed the
+        same activations tensor (q, k, v or gate, up projections): their ``twin`` is the first such layer."""
+        first: dict[tuple, Layer] = {}
+        for L in layers.values():
+            A = L.A
+            key = (A.data_ptr(), tuple(A.shape), A.stride(), A.dtype, A.device, A._version) if A.numel() else None
+            L.twin = first.get(key) if key is not None else None
+            if L.twin is not None:  # the same numbers (a Gram is a function of A's bits), computed once
+                L.gram_A, L.rec["nonfinite_activation"] = L.twin.gram_A, L.twin.rec["nonfinite_activation"]
+                continue
+            if key is not None:  # (the dict holds A, so its memory cannot be reused by another tensor meanwhile)
+                first[key] = L
+            L.rec["nonfinite_activation"] = self._inspect(L)
+
+    @staticmethod
+    def _inspect(L: Layer) -> bool:
         A = L.A
         if A.numel() and A.shape[-1] <= GRAM_MAX_COLS:
             L.gram_A = gram(A, torch.float32)  # a non-finite entry of A makes its diagonal entry inf/NaN: checked here
@@ -189,7 +207,7 @@ class Fast(Estimate):
         if A.numel() >= 2**16:  # block-Krylov st(A): ||A||_F is needed anyway
             L.gram_A = float(torch.linalg.vector_norm(A)) ** 2  # finite iff A is (or it overflowed: then scan A)
             return not math.isfinite(L.gram_A) and not finite(A)
-        return super().inspect(L)
+        return bool(A.numel()) and not finite(A)
 
     def solve(self, layers: dict[str, Layer], step: int, spec: bool) -> None:
         """Every layer's Gram matrices, then one batched eigensolve per (size, dtype): all eigenvalues of G's
@@ -223,6 +241,8 @@ class Fast(Estimate):
         # block-Krylov ||A||_op started from A's column mean (activations' dominant direction) and Gaussian
         # columns; warm: also from the last record's vector, with fewer steps
         name = L.rec["layer"]
+        if L.twin is not None and not self.warm.enabled:  # same A, same seed: the twin's value, bit for bit
+            return L.twin.rec["st_A"]
         v0 = self.warm.vectors.get(("A", name)) if self.warm.enabled else None
         cold = v0 is None or v0.shape[-1] != A.shape[-1]
         mean = unit(A.sum(dim=0))

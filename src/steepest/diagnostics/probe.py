@@ -209,11 +209,11 @@ class LayerMonitor:
             calls = self.capture.rows(name)
             A = activation_matrix(calls, self.max_rows).float()
             rec = dict.fromkeys(self.FIELDS)
-            layer = work[name] = Layer(rec, G, A, calls)
+            work[name] = Layer(rec, G, A, calls)
             rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(m.weight.shape),
-                       rows=int(A.shape[0]), nonfinite_activation=self.metrics.inspect(layer),
-                       nonfinite_grad=not finite(G))
+                       rows=int(A.shape[0]), nonfinite_grad=not finite(G))
         self.capture.report_skips(skipped, self.step)
+        self.metrics.inspect(work)
         due = bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
         self.metrics.solve(work, self.step, due)
         for name, layer in work.items():
