@@ -482,7 +482,7 @@ class _QKV(nn.Module):
 def test_layers_fed_the_same_activations_get_the_records_of_separate_inputs(warm_start, monkeypatch):
     """The activations' Gram (and, without warm starts, the wide layers' ||A||_op) is computed once for layers
     fed the same tensor: the records are those of the same values held in separate tensors, bit for bit."""
-    import steepest.diagnostics._methods as M
+    import steepest.diagnostics._fast as M
 
     out, calls = {}, {True: [], False: []}
     for share in (True, False):
@@ -503,7 +503,7 @@ def test_layers_fed_the_same_activations_get_the_records_of_separate_inputs(warm
         monkeypatch.setattr(M, "top_singular_pair", real_top)
     assert out[True] == out[False]
     assert len(json.loads(out[True])) == 18
-    # per step: A's float32 Gram once for q, k, v, not 3 times (the W and dW Grams, also float32, are the same
-    # in both runs); ||A||_op of the wide pair once without warm starts (with them each layer keeps its own vector)
+    # per step: A's float32 Gram once for q, k, v, not 3 times (the others here are G's, float64); ||A||_op of
+    # the wide pair once without warm starts (with them each layer keeps its own vector)
     assert calls[True].count(True) == calls[False].count(True) - 3 * 2
     assert calls[True].count("krylov") == 3 * (2 if warm_start else 1) and calls[False].count("krylov") == 3 * 2

@@ -2,8 +2,9 @@
 
 Three concerns, three places: :mod:`~steepest.diagnostics.capture` hooks the layers and keeps their inputs A
 and output gradients dY (on recording steps only, references only); :mod:`~steepest.diagnostics._methods`
-computes a record's numbers, one object per ``method``; :mod:`~steepest.diagnostics.sinks` writes them. This
-module wires them to the optimizer's step hooks and keeps the step count and the resume state.
+and :mod:`~steepest.diagnostics._fast` compute a record's numbers, one object per ``method``
+(:data:`METHODS`); :mod:`~steepest.diagnostics.sinks` writes them. This module wires them to the
+optimizer's step hooks and keeps the step count and the resume state.
 
 Works with ``optimizer.step(closure)`` (gradients read after the closure ran), ``torch.compile``-d models
 (names of the plain model) and resume (:meth:`LayerMonitor.state_dict`). A recording step that skips layers
@@ -30,11 +31,14 @@ import torch
 from torch import nn
 
 from steepest.diagnostics._batched_metrics import WarmStarts, activation_matrix, microbatch_grads  # noqa: F401 (public here)
-from steepest.diagnostics._methods import CURVATURE_ROWS, GRAM_MAX_COLS, METHODS, Layer, finite  # noqa: F401
+from steepest.diagnostics._fast import Fast
+from steepest.diagnostics._methods import CURVATURE_ROWS, GRAM_MAX_COLS, Estimate, Exact, Layer, finite  # noqa: F401
 from steepest.diagnostics.capture import SUPPORTED, ActivationCapture  # noqa: F401 (public here)
 from steepest.diagnostics.sinks import Guarded
 from steepest.geometry import matrix_view
 
+#: LayerMonitor's ``method`` -> the object that computes its records' numbers.
+METHODS = {"fast": Fast, "exact": Exact, "estimate": Estimate}
 #: LayerMonitor's ``method`` values (see its docstring).
 MONITOR_METHODS = tuple(METHODS)
 
