@@ -1,9 +1,10 @@
-"""The numbers of a LayerMonitor record, one object per ``method`` (:data:`METHODS`): ``exact``, ``estimate``, ``fast``.
+"""The numbers of a LayerMonitor record, one object per ``method`` (``probe.METHODS``): exact, estimate, fast.
 
-``exact`` and ``estimate`` are here, ``fast`` in :mod:`._fast`. A recording step runs, per method object: :meth:`Exact.inspect` (is each A finite; ``fast`` also forms A's Gram),
-:meth:`Exact.solve` (batched work over every layer: ``fast`` solves all Gram matrices per size at once),
-:meth:`Exact.gradient_fields` (nr(G), st(A), the DD winner and the Spec-Sign index of one layer), and after
-the optimizer step :meth:`Exact.weight_fields` (||W||, ||dW||). What differs between methods:
+``exact`` and ``estimate`` are here, ``fast`` in :mod:`._fast`. A recording step runs, per method object:
+:meth:`Exact.inspect` (is each A finite; ``fast`` also forms A's Gram), :meth:`Exact.solve` (batched work
+over every layer: ``fast`` solves all Gram matrices per size at once), :meth:`Exact.gradient_fields` (nr(G),
+st(A), the DD winner and the Spec-Sign index of one layer), and after the optimizer step
+:meth:`Exact.weight_fields` (||W||, ||dW||). What differs between methods:
 
 =========  ==============================  ===========================  ===========================
 method     ||G||_*, ||G||_F                st(A) = ||A||_F^2/||A||_op^2  ||W||_op, ||dW||_op
@@ -27,7 +28,8 @@ equal, disjoint chunks (a remainder is dropped), G_k = K sum_{i in chunk k} dY_i
 H_g = ||A D_g^T||_F^2 / N (:func:`~steepest.diagnostics.criteria.kfac_curvature`, exact for a squared loss on
 the layer) on <= ``CURVATURE_ROWS`` strided rows of A. It uses float64 microbatch gradients, SVD noise
 scales and an SVD polar factor with ``exact``; float32 products, Gram noise scales and the polar curvature
-from G's Gram (its eigenvectors, kept by ``fast``'s batched solve) otherwise. The formulas live in :mod:`criteria` and :mod:`metrics`.
+from G's Gram (its eigenvectors, kept by ``fast``'s batched solve) otherwise. The formulas live in
+:mod:`~steepest.diagnostics.criteria` and :mod:`~steepest.diagnostics.metrics`.
 
 Example:
     >>> Estimate(WarmStarts(False)).name
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from steepest.diagnostics import criteria as C
-from steepest.diagnostics._batched_metrics import WarmStarts, generator, gram, microbatch_grads  # noqa: F401 (doctest)
+from steepest.diagnostics._batched_metrics import WarmStarts, generator, gram, microbatch_grads
 from steepest.diagnostics.metrics import nuclear_norm, stable_rank
 from steepest.geometry import dualize, matrix_norm
 from steepest.linalg.estimate import spectral_norm_estimate

@@ -115,6 +115,10 @@ class LayerMonitor:
         """The record writers (a list; one that failed stays in it, disabled: ``self.out.failed``)."""
         return self.out.sinks
 
+    @sinks.setter
+    def sinks(self, sinks: Iterable) -> None:
+        self.out = Guarded(list(sinks))
+
     # -------------------------------------------------------------------------------- wiring
     def recording(self) -> bool:
         """True during the step whose forward/backward will be recorded."""
