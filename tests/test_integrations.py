@@ -167,3 +167,53 @@ def test_lightning_callback_records_every_hidden_layer_and_resumes_exactly(tmp_p
         assert torch.equal(a, b), n
     assert _steps(tmp_path / "cut.jsonl") == _steps(tmp_path / "full.jsonl")
     assert (tmp_path / "cut.jsonl").read_text() == (tmp_path / "full.jsonl").read_text()
+
+
+def _tiny_fit(root, sinks, callback: bool, ckpt=None, max_steps=6):
+    """A 2-layer MLP LightningModule, 3 batches an epoch, a checkpoint every 3 steps; the LayerMonitorCallback
+    (every=2) only when ``callback``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from steepest.integrations.lightning import LayerMonitorCallback
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
+
+        def training_step(self, batch, i):
+            return self.net(batch).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    L.seed_everything(0, verbose=False)
+    data = torch.utils.data.DataLoader(torch.randn(12, 6, generator=torch.Generator().manual_seed(3)), batch_size=4)
+    cbs = [ModelCheckpoint(dirpath=str(root / "ck"), every_n_train_steps=3, save_top_k=-1)]
+    if callback:
+        cbs.append(LayerMonitorCallback(every=2, sinks=sinks, microbatches=2))
+    trainer = L.Trainer(default_root_dir=str(root), max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True, callbacks=cbs)
+    trainer.fit(Module(), data, ckpt_path=ckpt)
+    return trainer
+
+
+def test_lightning_callback_counts_from_the_global_step_when_the_checkpoint_has_no_monitor_state(tmp_path):
+    """A checkpoint without the callback's state (the monitor added on resume): the resumed steps 3-5 are
+    recorded as steps 3-5 (step 4 recorded, with the uninterrupted run's numbers), not restarted at 0."""
+    pytest.importorskip("lightning")
+    from steepest.diagnostics import MemorySink
+
+    full = MemorySink()
+    _tiny_fit(tmp_path / "full", [full], callback=True)
+    _tiny_fit(tmp_path / "cut", None, callback=False, max_steps=3)  # no monitor: its checkpoint holds no state
+    (ckpt,) = sorted((tmp_path / "cut" / "ck").glob("*step=3*.ckpt"))
+    assert not any("LayerMonitorCallback" in k for k in torch.load(ckpt, weights_only=False)["callbacks"])
+    resumed = MemorySink()
+    trainer = _tiny_fit(tmp_path / "cut", [resumed], callback=True, ckpt=str(ckpt))
+    assert trainer.global_step == 6
+    assert [(r["step"], r["layer"]) for r in full.records] == [(s, n) for s in (0, 2, 4) for n in ("net.0", "net.2")]
+    assert [(r["step"], r["layer"]) for r in resumed.records] == [(4, "net.0"), (4, "net.2")]  # were (0, .) (2, .)
+    assert resumed.records == [r for r in full.records if r["step"] == 4]  # same batch, weights, records
+    cb = next(c for c in trainer.callbacks if type(c).__name__ == "LayerMonitorCallback")
+    assert cb.state_dict()["step"] == 6

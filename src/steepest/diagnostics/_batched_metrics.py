@@ -2,23 +2,14 @@
 grouped Gram eigensolves (every layer's small Gram matrix first, then one batched
 ``torch.linalg.eigvalsh`` / ``eigh`` call per (size, dtype)).
 
-The monitor needs, per record, the eigenvalues of ~50 Gram matrices of size <= 128 (nr(G) and
-||G||_* from G's float64 Gram, every eigenvalue; st(A) from A's float32 Gram; ||W||_op and ||dW||_op
-from float32 Grams: the top eigenvalue only, :func:`grouped_top_eigen`, warm-started block Krylov
-after the first record with ``warm_start``, or from A's column mean: ~3x cheaper than the batched
-``eigvalsh`` here, 8 steps x 2 columns for 24 Grams of 128 taking ~3 ms against 9.5 ms).
-Solving them per layer costs one Python round trip of ~10 small tensor ops each; here they are
-stacked by (size, dtype) and solved together, and the results are bit-identical to solving them one
-by one up to rounding (a batched LAPACK call solves each matrix with the same routine). On spec-sign
-records the eigenvectors of G's float64 Gram are kept and reused by the polar-factor curvature
-(:func:`steepest.diagnostics.criteria.kfac_polar_curvature`, ``eig=``) instead of a second eigh. Singular values follow as
-s_i = sqrt(lambda_i) (:func:`steepest.diagnostics.metrics.gram_singular_values` documents the accuracy:
-relative ~eps for s_1, ~sqrt(eps) s_1 absolute for the smallest values).
-
-(Measured earlier and rejected: a cold batched Lanczos for the top eigenvalue, 40 steps with full
-reorthogonalization, took 19 ms for 36 matrices of size 128 against 13 ms for LAPACK's eigvalsh. A
-warm start needs 3-8 steps, products in the (Q^T M)^T orientation are ~4x faster, and CGS2 in batched
-products replaces the per-matrix QR: 8 steps x 2 columns take ~3 ms for 24 such matrices, eigvalsh ~9.5.)
+The monitor needs, per record, the eigenvalues of ~50 Gram matrices of size <= 128 (every eigenvalue of G's
+float64 Gram; only the top one of A's, W's and dW's float32 Grams: :func:`grouped_top_eigen`, a block Krylov
+from A's column mean or, with ``warm_start``, from the last record's vector, ~3x cheaper than ``eigvalsh``).
+Stacked by (size, dtype) and solved together they cost one call instead of ~10 small ops per layer, and equal
+the one-by-one solutions up to rounding (a batched LAPACK call runs the same routine per matrix). G's
+eigenvectors are reused by the polar-factor curvature (:func:`~steepest.diagnostics.criteria.kfac_polar_curvature`,
+``eig=``). Accuracy of s_i = sqrt(lambda_i): :func:`steepest.diagnostics.metrics.gram_singular_values`. A cold
+batched Lanczos was measured and rejected (benchmarks/HISTORY.md).
 
 Example:
     >>> X = torch.randn(5, 3)
@@ -169,6 +160,51 @@ def grouped_top_eigen(mats: dict, warm: dict, generator: torch.Generator | None 
     return out
 
 
+def generator(step: int, device=None) -> torch.Generator:
+    """A private generator seeded by the step: reproducible sketches, the global RNG untouched."""
+    return torch.Generator(device=device if device is not None else "cpu").manual_seed(step)
+
+
+class WarmStarts:
+    """The monitor's top singular vectors, (quantity, layer) -> vector, kept between records when ``enabled``
+    (``LayerMonitor(warm_start=True)``; saved in its ``state_dict``)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+        self.vectors: dict[tuple, torch.Tensor] = {}
+
+    def top_eigen(self, mats: dict, step: int, iters: int = WARM_ITERS, block: int = WARM_BLOCK,
+                  extra: dict | None = None) -> dict:
+        """lambda_1 of each Gram matrix in ``mats`` (:func:`grouped_top_eigen`): from the kept vector (and the
+        columns in ``extra``, e.g. A's column mean) where one is kept, else exact (eigh; first record, resume).
+        Not ``enabled``: exact values only, or (``extra`` given) a cold Krylov from ``extra`` (ACT_COLD_ITERS)."""
+        device = next(iter(mats.values())).device if mats else None
+        if not self.enabled:  # history-free
+            if extra is None:
+                return {k: (lam[-1], None) for k, (lam, _) in grouped_eigvalsh(mats).items()}
+            warm = {k: m for k, m in extra.items() if k in mats and m.shape[0] == mats[k].shape[-1]}
+            return grouped_top_eigen(mats, warm, generator(step, device), iters=ACT_COLD_ITERS, block=block)
+        warm = {k: v for k, v in self.vectors.items() if k in mats and v.shape[0] == mats[k].shape[-1]}
+        if extra:  # more starting directions next to the kept vector
+            warm = {k: torch.stack([v, extra[k]], dim=-1) if extra.get(k) is not None and extra[k].shape == v.shape
+                    else v for k, v in warm.items()}
+        out = grouped_top_eigen(mats, warm, generator(step, device), iters=iters, block=block)
+        for k, (_, v) in out.items():
+            if v is None:
+                self.vectors.pop(k, None)
+            else:
+                self.vectors[k] = v
+        return out
+
+    def state_dict(self) -> dict:
+        """{"W|layer": vector, ...} (copies)."""
+        return {f"{q}|{name}": v.clone() for (q, name), v in self.vectors.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the vectors by ``state``'s (empty, an older checkpoint: the next record solves exactly)."""
+        self.vectors = {tuple(k.split("|", 1)): v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
 def unit(v: torch.Tensor) -> torch.Tensor:
     """v / ||v|| (a zero or non-finite v gives a zero vector, which a Krylov start treats as absent)."""
     n = torch.linalg.vector_norm(v)
@@ -180,4 +216,5 @@ def singular_values(lam: torch.Tensor) -> torch.Tensor:
     return lam.flip(-1).clamp(min=0).sqrt()
 
 
-__all__ = ["gram", "grouped_eigvalsh", "grouped_top_eigen", "singular_values", "activation_matrix", "microbatch_grads"]
+__all__ = ["gram", "grouped_eigvalsh", "grouped_top_eigen", "singular_values", "activation_matrix", "microbatch_grads",
+           "WarmStarts", "generator", "unit"]

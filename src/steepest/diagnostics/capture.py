@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -129,6 +130,9 @@ class ActivationCapture:
         if not self.layers:
             raise ValueError(f"no supported layer (Linear, GPT-2 Conv1D, Conv1d or Conv2d with groups=1) found in "
                              f"{type(model).__name__}; diagnostics need at least one such module")
+        self.skipped: dict[str, str] = dict(self.unsupported)  # name -> why not recorded at the last record
+        self._warned: dict[str, str] = {}
+        self._step: int | None = None  # the last recording step
         self.when = when
         self.grads = grads
         self.data: dict[str, list[list]] = {}
@@ -170,6 +174,21 @@ class ActivationCapture:
                 D = None if dy is None else _per_sample(dy, fan_out)
             out.append((A, D))
         return out
+
+    def skip_report(self) -> str:
+        """One line: every layer not recorded at the last recording step, and why ('' when none)."""
+        if not self.skipped:
+            return ""
+        parts = "; ".join(f"{n!r} ({why})" for n, why in self.skipped.items())
+        return f"LayerMonitor step {self._step}: {len(self.skipped)} layer(s) not recorded: {parts}"
+
+    def report_skips(self, skipped: dict[str, str], step: int) -> None:
+        """Keep this step's skipped layers (and the unsupported ones); warn, in one line listing all of them,
+        when the set or a reason changed since the last warning."""
+        self.skipped, self._step = {**self.unsupported, **skipped}, step
+        if self.skipped and self.skipped != self._warned:
+            warnings.warn(self.skip_report(), stacklevel=4)
+        self._warned = dict(self.skipped)
 
     def clear(self) -> None:
         self.data = {}

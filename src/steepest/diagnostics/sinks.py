@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 from steepest._io import append_jsonl, atomic_write_text
@@ -117,6 +118,58 @@ class CSVSink:
             self._file = self._writer = None
 
 
+def target(sink) -> str:
+    """Where ``sink`` writes, for messages: its ``path`` or ``log_dir``, else its type."""
+    where = getattr(sink, "path", None) or getattr(sink, "log_dir", None)
+    return f"{type(sink).__name__}({str(where)!r})" if where is not None else type(sink).__name__
+
+
+class Guarded:
+    """Several sinks, each of which may fail without failing training (the monitor writes from inside
+    ``optimizer.step()``, after the step was applied: an exception there would make a caller retry it).
+
+    A sink whose ``write``, ``rewind`` or ``close`` raises (a full disk, a read-only file, any exception) is
+    warned about once, naming its file and the error, and disabled (``failed``: sink -> message); the
+    other sinks go on. ``sinks`` is the caller's list (sinks appended to it later are used too).
+
+    Example:
+        >>> out = Guarded([MemorySink()]); out.write({"step": 0})
+    """
+
+    def __init__(self, sinks: list) -> None:
+        self.sinks = sinks
+        self.failed: dict[int, str] = {}  # id(sink) -> the warning
+
+    def _each(self, method: str, *args) -> None:
+        for sink in self.sinks:
+            if id(sink) in self.failed:
+                continue
+            fn = getattr(sink, method, None)
+            if method == "rewind" and not callable(fn):
+                continue
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 (any sink error: disable the sink, never fail the step)
+                self.failed[id(sink)] = msg = (f"LayerMonitor: {method} to {target(sink)} failed ({type(e).__name__}: "
+                                               f"{e}); this sink is disabled, training and the other sinks go on")
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+
+    def write(self, record: dict) -> None:
+        self._each("write", record)
+
+    def rewind(self, step: int) -> None:
+        self._each("rewind", step)
+
+    def close(self) -> None:
+        self._each("close")
+        for sink in self.sinks:  # release what a disabled sink holds (an open file), quietly
+            if id(sink) in self.failed:
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001 (already warned about)
+                    pass
+
+
 def tensorboard_available() -> bool:
     """True when the optional ``tensorboard`` package (``pip install steepest[tensorboard]``) is installed."""
     return importlib.util.find_spec("tensorboard") is not None
@@ -143,6 +196,7 @@ class TensorBoardSink:
             raise ImportError("TensorBoardSink needs the 'tensorboard' package: pip install 'steepest[tensorboard]'")
         from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is an optional extra
 
+        self.log_dir = log_dir
         self._writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, record: dict) -> None:
@@ -174,4 +228,4 @@ def default_sinks(directory) -> list:
     return sinks
 
 
-__all__ = ["VERDICTS", "MemorySink", "JSONLSink", "CSVSink", "TensorBoardSink", "tensorboard_available", "default_sinks"]
+__all__ = ["VERDICTS", "Guarded", "target", "MemorySink", "JSONLSink", "CSVSink", "TensorBoardSink", "tensorboard_available", "default_sinks"]

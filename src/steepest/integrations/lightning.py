@@ -7,9 +7,11 @@
     trainer.fit(module)                   # records in <default_root_dir>/diagnostics; resume with ckpt_path=
 
 Automatic optimization calls ``optimizer.step(closure)``; the monitor reads the gradients after the
-closure ran (:meth:`LayerMonitor._pre` defers them), so every layer is recorded. The monitor's step is
-saved in the checkpoint (``Callback.state_dict``) and restored on ``fit(ckpt_path=...)``; records an
-interrupted run wrote after that checkpoint are dropped from the sinks, so no step appears twice.
+closure ran (:meth:`LayerMonitor._pre` defers them), so every layer is recorded. On ``fit(ckpt_path=...)``
+the monitor continues at the trainer's ``global_step`` (also when the checkpoint holds no state of this
+callback, e.g. the monitor was added on resume), with its warm starts from the checkpoint when saved there
+(``Callback.state_dict``); records an interrupted run wrote after that step are dropped from the sinks, so
+no step appears twice.
 """
 
 from __future__ import annotations
@@ -51,8 +53,13 @@ class LayerMonitorCallback(Callback):
             default_sinks(self.directory or Path(trainer.default_root_dir) / "diagnostics")
         self.monitor = LayerMonitor(pl_module, every=self.every, sinks=sinks, **self.kwargs)
         self.monitor.attach(trainer.optimizers[self.index])
-        if self._state is not None:
-            self.monitor.load_state_dict(self._state)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # the loops (global_step) are restored after on_fit_start and before this hook; the count is the
+        # trainer's, also when the checkpoint holds no state of this callback (the monitor added on resume)
+        step = int(trainer.global_step)
+        if self.monitor is not None and (self._state is not None or step > 0):
+            self.monitor.load_state_dict({**(self._state or {"every": self.every}), "step": step})
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.monitor is not None:
@@ -64,9 +71,7 @@ class LayerMonitorCallback(Callback):
         return self.monitor.state_dict() if self.monitor is not None else dict(self._state or {})
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._state = dict(state_dict) if state_dict else None
-        if self.monitor is not None and self._state:
-            self.monitor.load_state_dict(self._state)
+        self._state = dict(state_dict) if state_dict else None  # applied in on_train_start, at the global step
 
 
 __all__ = ["LayerMonitorCallback"]
