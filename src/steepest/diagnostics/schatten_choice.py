@@ -1,0 +1,92 @@
+"""Which point of the spectral-power knob should a layer step at? The Schatten-p decrease bound.
+
+This is the per-layer criterion of "From SGD to Muon: Adaptive Optimization via Schatten-p Norms"
+(arXiv 2605.19781), written here from its formula, in the knob's units (a in [0, 1]; the paper's p is
+1/a, its step U S^(1/p) V^T is :func:`steepest.linalg.spectral_power.spectral_power` at a = 1/p, the
+steepest direction of the Schatten-(1 + 1/a) norm).
+
+For a layer whose loss is quadratic in W through its incoming activations A (rows = samples, n of
+them), L(W - eta D) <= L(W) - eta <G, D> + eta^2 ||D A^T||_F^2 / (2n), and Hoelder's inequality for
+Schatten norms, ||D A^T||_F <= ||D||_{S_r} ||A||_{S_k} with 1/2 = 1/r + 1/k, gives with the best eta the
+guaranteed decrease
+
+    Delta(a) = <G, D_a>^2 / (2 L_a ||D_a||_{S_r}^2),   L_a = ||A||_{S_k}^2 / n,
+    r = 1 + 1/a,  k = 2 (1 + a) / (1 - a)   (a = 0: r = inf, k = 2; a = 1: r = 2, k = inf).
+
+With D_a built from the direction source M = U diag(s) V^T (momentum) and C_i = u_i^T G v_i (the
+gradient seen in M's singular directions), <G, D_a> = sum_i C_i s_i^a and ||D_a||_{S_r}^2 =
+(sum_i s_i^(1+a))^(2a/(1+a)), so the score (Delta without the common factor n/2) is
+
+    f(a) = (sum_i C_i s_i^a)^2 / (||A||_{S_k}^2 (sum_i s_i^(1+a))^(2a/(1+a))).
+
+At the end points (M = G) it is Davis-Drusvyatskiy's pair (seed 001): f(0) = ||G||_*^2 / ||A||_F^2
+(spectral) and f(1) = ||G||_F^2 / ||A||_op^2 (Frobenius), so the knob's argmax generalises their
+binary test to the whole Schatten family. The paper smooths C and the singular values of A by EMAs and
+re-chooses every 100 steps; those are the chooser's business, not this function's.
+
+Example:
+    >>> G = torch.randn(8, 16, dtype=torch.float64)
+    >>> A = torch.randn(64, 16, dtype=torch.float64)
+    >>> a, f = best_exponent(G, G, torch.linalg.svdvals(A))
+    >>> 0.0 <= a <= 1.0 and f.shape == (len(EXPONENTS),)
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: The default grid of knob values: a = 0 (spectral/Muon) to a = 1 (Frobenius/GD) in steps of 0.1. The
+#: paper searches p in [1.02, 10] (a in [0.1, 0.98]) and adds Muon as its limit; the grid holds both ends.
+EXPONENTS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def schatten_k_norm(s: torch.Tensor, k: float) -> torch.Tensor:
+    """||s||_k of singular values s (last dim), overflow-safe; k = inf is the max."""
+    smax = s.amax(dim=-1)
+    if k == float("inf"):
+        return smax
+    safe = torch.where(smax > 0, smax, torch.ones_like(smax))
+    return (s / safe.unsqueeze(-1)).pow(k).sum(-1).pow(1.0 / k) * smax
+
+
+def exponent_scores(M: torch.Tensor, G: torch.Tensor, act_singular_values: torch.Tensor,
+                    exponents=EXPONENTS) -> torch.Tensor:
+    """f(a) for each a in ``exponents`` (module docstring), in float64.
+
+    Args:
+        M: the direction source (m, n) whose spectrum shapes the step (the momentum; G itself without one).
+        G: the gradient (m, n) whose decrease is bounded.
+        act_singular_values: singular values of the layer's incoming activations A (any length).
+        exponents: knob values in [0, 1].
+    """
+    if M.shape != G.shape or M.ndim != 2:
+        raise ValueError(f"M and G must be matrices of one shape, got {tuple(M.shape)} and {tuple(G.shape)}")
+    if any(not 0.0 <= a <= 1.0 for a in exponents):
+        raise ValueError(f"exponents must lie in [0, 1] (the Schatten family from spectral to Frobenius), got {exponents}")
+    M64, G64 = M.double(), G.double()
+    U, s, Vh = torch.linalg.svd(M64, full_matrices=False)
+    smax = s[:1].clamp(min=torch.finfo(torch.float64).tiny)
+    keep = s > max(M.shape) * torch.finfo(torch.float64).eps * smax
+    r = torch.where(keep, s / smax, torch.zeros_like(s))  # scale-free: f is 0-homogeneous in M
+    C = ((U.mT @ G64) * Vh).sum(-1)  # C_i = u_i^T G v_i
+    sa = act_singular_values.double()
+    out = []
+    for a in exponents:
+        t = torch.where(keep, r.clamp(min=torch.finfo(torch.float64).tiny).pow(a), torch.zeros_like(r))
+        inner = (C * t).sum()
+        dnorm2 = torch.ones((), dtype=torch.float64) if a == 0 else r.pow(1.0 + a).sum().pow(2.0 * a / (1.0 + a))
+        k = float("inf") if a == 1 else 2.0 * (1.0 + a) / (1.0 - a)
+        an2 = schatten_k_norm(sa, k).pow(2)
+        out.append(inner.pow(2) / (an2 * dnorm2) if an2 > 0 and keep.any() else torch.zeros((), dtype=torch.float64))
+    return torch.stack(out)
+
+
+def best_exponent(M: torch.Tensor, G: torch.Tensor, act_singular_values: torch.Tensor,
+                  exponents=EXPONENTS) -> tuple[float, torch.Tensor]:
+    """(argmax_a f(a), f over ``exponents``); ties go to the smaller a (the more spectral step)."""
+    f = exponent_scores(M, G, act_singular_values, exponents)
+    return float(exponents[int(torch.argmax(f))]), f
+
+
+__all__ = ["exponent_scores", "best_exponent", "schatten_k_norm", "EXPONENTS"]
