@@ -138,8 +138,9 @@ def polar(
         steps: iterations for the polynomial methods (defaults: 5 for Newton-Schulz, 8 for Polar
             Express); must be ``None`` for ``"svd"``.
         dtype: dtype of the computation (float32 default; None: G's dtype promoted to >= float32;
-            ``"auto"``: bf16 for the iterative methods where the hardware has native bf16 matmul, see
-            :mod:`steepest.linalg.precision`). The result has G's dtype.
+            ``"auto"``: bf16 for the iterative methods where the hardware has native bf16 matmul and the
+            matrix is large enough for it to pay, see :mod:`steepest.linalg.precision`). The result has
+            G's dtype.
         coefficients: a table of ``(a, b, c)`` triples (or one triple) for the polynomial methods;
             defaults to Muon's quintic for Newton-Schulz and, for Polar Express (with the 1.01 safety
             factor), the project's best table for ``steps``
@@ -176,7 +177,7 @@ def polar(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(dtype, torch.dtype):
-        dtype = iteration_dtype(G.dtype, dtype, G.device, iterative=method != "svd")
+        dtype = iteration_dtype(G.dtype, dtype, G.device, iterative=method != "svd", shape=G.shape)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
     if method == "svd":
