@@ -9,10 +9,10 @@ as an error, not fatal to the others):
   n = 4096 and 8192, 2 n^3 flops each, timed with CUDA events (the reference for every "fraction").
 * ``zoo``: ``pytest tests/test_zoo.py -k trains_with_muon`` with ``STEEPEST_TEST_DEVICE=cuda`` (every zoo
   model, 5 steps of ``steepest.Muon`` on the device, the loss must fall), in a subprocess.
-* ``accuracy``: the polar accuracy table in bf16 (and float32 beside it): max |s - 1| over singular
-  values > 1e-3 s_max and the relative Frobenius error to the float64 polar factor, per method and step
-  count (Newton-Schulz 5, Polar Express 4-8 with the best table per step count), on
-  benchmarks/polar.py's spectra (gaussian, low stable rank, power law, log-spaced).
+* ``accuracy``: the polar accuracy table in bf16 (and float32 beside it), benchmarks/polar_steps.py's:
+  max |s - 1| over singular values > 1e-3 s_max and the relative Frobenius error to the float64 polar
+  factor, per method and step count (Newton-Schulz 5; Polar Express 4-8 with the table ``steps=N`` picks,
+  and the published table truncated), on benchmarks/polar.py's spectra at 1024 x 1024 and 1024 x 4096.
 * ``polar``: time of Newton-Schulz (5 steps, Muon's quintic), Polar Express (8 and 6 steps) and Gram
   Newton-Schulz (5 steps, restart after 2) in bf16 at 1024, 2048, 4096, 8192 square and 4096 x 16384,
   as CUDA-event medians, and each as a fraction of the measured matmul rate. The flops counted are the
@@ -160,46 +160,20 @@ def section_zoo(device: torch.device, cfg: dict, smoke: bool) -> dict:
     return out
 
 
-def _polar_bench():
-    import polar as polar_bench  # benchmarks/polar.py: spectra, float64 reference, accuracy metric
-
-    return polar_bench
-
-
 def accuracy_methods(steps_list) -> dict:
-    """name -> callable(G, dtype) for the accuracy table (default tables: the best per step count)."""
-    out = {"newton_schulz 5": lambda G, dt: steepest.polar(G, "newton_schulz", 5, dtype=dt)}
-    for s in steps_list:
-        out[f"polar_express {s} ({C.best_polar_express_table(s).split('_')[-1]})"] = (
-            lambda G, dt, s=s: steepest.polar(G, "polar_express", s, dtype=dt))
-    return out
+    """name -> callable(G, dtype) of the accuracy table (benchmarks/polar_steps.py's methods)."""
+    import polar_steps
+
+    return polar_steps.methods(steps_list)
 
 
 def section_accuracy(device: torch.device, cfg: dict) -> dict:
-    pb = _polar_bench()
-    meths = accuracy_methods(cfg["accuracy_steps"])
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for shape in cfg["accuracy_shapes"]:
-        for spectrum in pb.SPECTRA:
-            G = pb.make_matrix(shape, spectrum, g)
-            U, s, Vh, Qref = pb.reference(G)  # float64 SVD on the CPU: the reference, not timed
-            Gd = G.to(device)
-            for name, fn in meths.items():
-                for dt in (torch.bfloat16, torch.float32):
-                    acc = pb.accuracy(fn(Gd, dt).cpu(), U, s, Vh, Qref)
-                    rows.append({"shape": "x".join(map(str, shape)), "spectrum": spectrum, "method": name,
-                                 "dtype": str(dt).replace("torch.", ""), **acc})
-    worst = []
-    for name in meths:
-        for dt in ("bfloat16", "float32"):
-            sel = [r for r in rows if r["method"] == name and r["dtype"] == dt]
-            w = {"method": name, "dtype": dt}
-            for sp in pb.SPECTRA:
-                w[sp] = max(r["max_abs_s_minus_1"] for r in sel if r["spectrum"] == sp)
-            w["rel_fro_err_worst"] = max(r["rel_fro_err"] for r in sel)
-            worst.append(w)
-    return {"rows": rows, "worst_over_shapes": worst, "spectra": list(pb.SPECTRA),
+    import polar_steps
+
+    spectra = list(polar_steps.polar_bench.SPECTRA)
+    rows = polar_steps.accuracy_rows(device, cfg["accuracy_shapes"], spectra, accuracy_methods(cfg["accuracy_steps"]),
+                                     ("bfloat16", "float32"))
+    return {"rows": rows, "worst_over_shapes": polar_steps.worst_over_shapes(rows, spectra), "spectra": spectra,
             "metric": "max |u_i^T Q v_i - 1| over s_i > 1e-3 s_max vs the float64 SVD of the float32 input"}
 
 

@@ -83,3 +83,14 @@ def test_dtype_sweep_tiny(bench, tmp_path):
     assert sweep.parse_sizes("64, 128x512") == [(64, 64), (128, 512)]
     with pytest.raises(SystemExit):
         sweep.parse_sizes("64xq")
+
+
+def test_polar_steps_tiny(bench, tmp_path):
+    ps = bench("polar_steps")
+    res = ps.main(["--shapes", "12x40", "--spectra", "log_spaced", "--steps", "6,8", "--dtypes", "float32",
+                   "--out", str(tmp_path / "p.json")])
+    worst = {r["method"]: r["log_spaced"] for r in res["worst_over_shapes"]}
+    assert set(worst) == {"newton_schulz 5", "polar_express 6 default (L7E4)", "polar_express 6 published L1E3",
+                          "polar_express 8 default (L1E3)"}
+    # 6 steps: the chosen table within its scalar bound 7.9e-3 (+ float32 rounding); 8 steps converged.
+    assert worst["polar_express 6 default (L7E4)"] <= 1e-2 and worst["polar_express 8 default (L1E3)"] < 1e-5
