@@ -71,14 +71,16 @@ def _probe(device: torch.device) -> float:
 
 #: Smallest matrix side min(m, n) (the Gram side, where the iteration's m^2 n work meets its m n casts) from
 #: which ``dtype="auto"`` picks bf16, per device kind; None: never. Deterministic, from paired measurements
-#: of a Muon step of two matrices per size (benchmarks/dtype_sweep.py, benchmarks/RESULTS.md):
+#: of a Muon step of two matrices per size (benchmarks/dtype_sweep.py prints the crossover for its machine):
 #:
 #: * ``cpu-amx`` (Intel Xeon, ``amx_bf16``, issue 22): float32 as fast or faster up to 128 x 128 (64 x 64:
-#:   0.63 ms fp32 vs 1.16 ms bf16), bf16 3.5-6x faster from 256 x 256 up; the threshold sits between them.
+#:   0.63 ms fp32 vs 1.16 ms bf16), bf16 3.5-6x faster from 256 x 256 up; the threshold sits between them
+#:   (sizes 129-255 not yet measured on that CPU: the sweep there settles it).
 #: * ``cpu-avx512_bf16`` (AMD EPYC, ``avx512_bf16`` without AMX; torch 2.13, 1 thread, a loaded 2-core box,
 #:   so indicative): bf16 / fp32 step time 2.5x at 32, 1.45x at 64, 0.99x at 96, 0.80x at 128, 0.70x at 160,
 #:   0.53x at 256, 0.50x at 384, 0.72x at 128 x 512 (``dtype_sweep.py --sizes 32,...,384,128x512 --rounds 9``).
-#: * ``cuda``: bf16 at every size (tensor cores; a tiny step is launch-bound in either dtype).
+#: * ``cuda``: bf16 at every size (tensor cores; a tiny step is launch-bound in either dtype). Not yet
+#:   measured (no GPU lent so far): benchmarks/gpu.py's ``dtype`` section measures it.
 #: * a CPU whose flags cannot be read and whose 256 x 256 micro-probe favours bf16 takes the
 #:   ``cpu-avx512_bf16`` threshold.
 BF16_MIN_SIDE: dict[str, int | None] = {
