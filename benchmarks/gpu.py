@@ -362,6 +362,8 @@ def main(argv=None) -> dict:
             elif name == "accuracy":
                 sec = section_accuracy(device, cfg)
             elif name == "polar":
+                if rate is None:  # --sections without matmul: measure the reference rate first
+                    rate = section_matmul(device, cfg)["bf16_tflops"]
                 sec = section_polar(device, cfg, rate)
             elif name == "step":
                 sec = section_step(device, cfg)
