@@ -4,7 +4,8 @@ Per size: a ``steepest.Muon`` step over ``--matrices`` matrices of that shape (d
 "step of two matrices"), built three times on copies of the same parameters and gradients, with
 ``dtype=torch.float32``, ``dtype=torch.bfloat16`` and the default ``dtype="auto"``. The three are timed
 in interleaved rounds (rotated order, ``benchmarks/_util.time_interleaved``): CPU time by
-``time.thread_time()`` under one torch thread on CPU, wall time between synchronizations on CUDA. Reported
+``time.thread_time()`` under one torch thread on CPU, wall time between synchronizations on CUDA; a
+fourth, identical fp32 optimizer ("fp32 control") measures the run's noise. Reported
 per size: fp32 and bf16 median ms, auto's choice (``steepest.linalg.precision.auto_dtype(device, shape)``),
 auto's median ms, and auto / the faster explicit dtype as the median over rounds of the per-round ratio
 ``auto_r / min(fp32_r, bf16_r)`` (paired, so slow drifts in machine load cancel). Goal: <= 1.05 at every
@@ -41,7 +42,9 @@ from steepest.linalg import precision
 
 DEFAULT_SIZES = "32,48,64,96,128,160,192,256,384,512,768,1024,2048,4096"
 GOAL = 1.05
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "auto": "auto"}
+#: "fp32 control" is a second, identical fp32 optimizer: its ratio to "fp32" shows the timing noise of the run
+#: (a 1.05 goal means nothing where two identical steps already differ by 5%).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "auto": "auto", "fp32 control": torch.float32}
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -96,6 +99,7 @@ def sweep_size(shape, count: int, rounds: int, device: str, warmup: int = 1) -> 
         "fp32_ms": 1e3 * statistics.median(times["fp32"]), "bf16_ms": 1e3 * statistics.median(times["bf16"]),
         "auto_choice": str(choice).replace("torch.", ""), "auto_ms": 1e3 * statistics.median(times["auto"]),
         "bf16_over_fp32": statistics.median(b / f for b, f in zip(times["bf16"], times["fp32"])),
+        "control_over_fp32": statistics.median(c / f for c, f in zip(times["fp32 control"], times["fp32"])),
         "auto_over_best": statistics.median(per_round),
         "within_goal": statistics.median(per_round) <= GOAL,
         "raw_s": {k: v for k, v in times.items()},
@@ -138,6 +142,7 @@ def main(argv=None) -> dict:
     print(table(rows, [("shape", "shape", "{}"), ("fp32_ms", "fp32", "{:.2f}"), ("bf16_ms", "bf16", "{:.2f}"),
                        ("bf16_over_fp32", "bf16 / fp32", "{:.2f}"), ("auto_choice", "auto picks", "{}"),
                        ("auto_ms", "auto", "{:.2f}"), ("auto_over_best", "auto / faster (paired)", "{:.3f}"),
+                       ("control_over_fp32", "fp32 control / fp32 (noise)", "{:.3f}"),
                        ("rounds", "rounds", "{}")]))
     worst = max((r["auto_over_best"] for r in rows), default=float("nan"))
     met = all(r["within_goal"] for r in rows)

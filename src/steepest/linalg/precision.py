@@ -123,10 +123,11 @@ def _kind(device: torch.device) -> tuple[str, str]:
 
 def device_kind(device: torch.device | str) -> str:
     """The device kind of :data:`BF16_MIN_SIDE` for ``device`` (decided once per device type, cached)."""
-    device = torch.device(device)
-    if device.type not in _CACHE:
-        _CACHE[device.type] = _kind(device)
-    return _CACHE[device.type][0]
+    dev_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    hit = _CACHE.get(dev_type)  # the hot path: one dict lookup per dualization
+    if hit is None:
+        hit = _CACHE[dev_type] = _kind(torch.device(dev_type))
+    return hit[0]
 
 
 def auto_dtype(device: torch.device | str, shape: tuple[int, ...] | torch.Size | None = None) -> torch.dtype:
