@@ -108,7 +108,7 @@ def _adaptive(**kw):
 
 
 NS5 = dict(table=C.schedule(C.MUON_QUINTIC, 5), normalization="frobenius", safety=1.0)
-PE5 = dict(table=C.with_safety(C.schedule(C.POLAR_EXPRESS_L1E3, 5)), normalization="schatten8",
+PE5 = dict(table=C.with_safety(C.schedule(C.POLAR_EXPRESS_L7E4, 5)), normalization="schatten8",  # best for 5 steps
            safety=C.POLAR_EXPRESS_SAFETY)
 MUON = dict(norm="spectral", momentum=0.95, nesterov=True, scale_rule="muon")
 

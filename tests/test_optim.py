@@ -51,7 +51,9 @@ def test_muon_matches_torch_muon(adjust, nesterov):
     W0 = [torch.randn(*s, generator=g) for s in shapes]
     ours = [torch.nn.Parameter(w.clone()) for w in W0]
     theirs = [torch.nn.Parameter(w.clone()) for w in W0]
-    a = steepest.Muon(ours, lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust)
+    # dtype=torch.bfloat16: torch.optim.Muon's forced choice, the same settings (the default "auto" takes
+    # float32 for matrices this small, where bf16 is slower: steepest.linalg.precision.BF16_MIN_SIDE).
+    a = steepest.Muon(ours, lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust, dtype=torch.bfloat16)
     b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust)
     for _ in range(8):
         grads = [torch.randn(*s, generator=g) for s in shapes]

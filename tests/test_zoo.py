@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import os
 
 import pytest
 import torch
@@ -74,6 +75,8 @@ TABLES = {
                                 ("*.bias", V)]),
 }
 # Models whose head is found without example_inputs (tied, declared, vocabulary or width rule): all of them.
+#: Device of the training smoke (benchmarks/gpu.py runs it with STEEPEST_TEST_DEVICE=cuda); CPU by default.
+DEVICE = torch.device(os.environ.get("STEEPEST_TEST_DEVICE", "cpu"))
 
 
 def _roles(groups):
@@ -123,7 +126,7 @@ def _loss(arch, model, inputs):
     out = model(**inputs).logits
     flat = out.reshape(-1, out.shape[-1])
     target = torch.randint(0, out.shape[-1], (flat.shape[0],), generator=torch.Generator().manual_seed(1))
-    return F.cross_entropy(flat.float(), target)
+    return F.cross_entropy(flat.float(), target.to(flat.device))
 
 
 @pytest.mark.parametrize("arch", sorted(TABLES))
@@ -131,6 +134,7 @@ def test_zoo_trains_with_muon(arch):
     build, _ = TABLES[arch]
     torch.manual_seed(0)
     model, inputs = build()
+    model, inputs = model.to(DEVICE), {k: v.to(DEVICE) for k, v in inputs.items()}
     model.eval()  # no dropout / masking, BatchNorm on running stats: a deterministic smoke
     opt = steepest.Muon(steepest.param_groups(model), lr=0.02, adamw_lr=3e-3)
     losses = []

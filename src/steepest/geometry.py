@@ -320,7 +320,7 @@ def dualize_with_dual_norm(
         D, s = polar_svd(G, dtype=iteration_dtype(G.dtype, dtype))
         dn = s.sum(dim=-1).to(G.dtype) if need_dual_norm else None
     elif name == "spectral":
-        D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True),
+        D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True, shape=G.shape),
                   coefficients=coefficients,
                   normalization=normalization)
         dn = dual_norm(G, "spectral") if need_dual_norm else None

@@ -3,21 +3,28 @@
 bf16 Newton-Schulz is only fast where bf16 matmul runs natively: on CUDA GPUs with bf16 support and
 on CPUs with AVX512-BF16 or AMX. Elsewhere (e.g. AVX2-only CPUs) torch emulates it and a bf16
 matmul measured 18x (n = 64) to 70x (n = 1024) slower than float32 (AMD EPYC, AVX2, torch 2.13),
-which made Muon's step 25x slower than with float32. So ``"auto"`` picks:
+which made Muon's step 25x slower than with float32. Where it is native, bf16 still loses on small
+matrices: the casts and the bf16 kernels' fixed costs are O(m n) against the iteration's O(m^2 n) work
+(Intel Xeon with AMX: float32 as fast or faster up to 128 x 128, bf16 3.5-6x faster from 256 x 256). So
+``"auto"`` decides per device *kind* and per matrix size:
 
-* bf16 on CUDA when ``torch.cuda.is_bf16_supported()``;
-* bf16 on a CPU whose flags (``/proc/cpuinfo``) show ``avx512_bf16`` or ``amx_bf16``;
-* on a CPU whose flags cannot be read (not Linux x86), a one-off micro-probe: a 256 x 256 matmul in
-  both dtypes, bf16 if it is at least 1.25x faster;
-* float32 everywhere else.
+* the kind, once per device type (cached): ``cuda`` when ``torch.cuda.is_bf16_supported()``;
+  ``cpu-amx`` / ``cpu-avx512_bf16`` from the CPU flags (``/proc/cpuinfo``); on a CPU whose flags cannot
+  be read (not Linux x86) a one-off micro-probe (a 256 x 256 matmul in both dtypes, bf16 if it is at
+  least 1.25x faster); ``cpu-no-bf16`` otherwise;
+* the dtype, per matrix: bf16 when the kind has native bf16 and ``min(m, n)`` reaches the kind's
+  measured threshold :data:`BF16_MIN_SIDE` (a fixed table: the same shape gets the same dtype on every
+  run), float32 otherwise.
 
-The decision is taken once per device type and cached for the process; :func:`auto_report` gives
-it (with its reason) for a run's environment record. ``STEEPEST_BF16=1`` / ``=0`` forces the choice
-(to simulate the other kind of CPU, or to pin a cluster's behaviour).
+:func:`auto_report` gives the kind, its reason, the threshold and the choice per size class for a run's
+environment record. ``STEEPEST_BF16=1`` / ``=0`` forces bf16 / float32 at every size (to simulate the
+other kind of CPU, or to pin a cluster's behaviour).
 
 Example:
     >>> import torch
     >>> auto_dtype(torch.device("cpu")) in (torch.bfloat16, torch.float32)
+    True
+    >>> auto_dtype("cpu", (64, 64)) == torch.float32 or os.environ.get("STEEPEST_BF16") == "1"
     True
 """
 
@@ -28,7 +35,7 @@ import time
 
 import torch
 
-_CACHE: dict[str, tuple[torch.dtype, str]] = {}
+_CACHE: dict[str, tuple[str, str]] = {}  # device type -> (kind, reason)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 #: bf16 must beat float32 by this factor in the micro-probe to be chosen (below it, the precision
 #: loss buys too little: 8 mantissa bits against 24).
@@ -62,52 +69,116 @@ def _probe(device: torch.device) -> float:
     return times[torch.float32] / max(times[torch.bfloat16], 1e-12)
 
 
-def _decide(device: torch.device) -> tuple[torch.dtype, str]:
+#: Smallest matrix side min(m, n) (the Gram side, where the iteration's m^2 n work meets its m n casts) from
+#: which ``dtype="auto"`` picks bf16, per device kind; None: never. Deterministic, from paired measurements
+#: of a Muon step of two matrices per size (benchmarks/dtype_sweep.py prints the crossover for its machine):
+#:
+#: * ``cpu-amx`` (Intel Xeon, ``amx_bf16``, issue 22): float32 as fast or faster up to 128 x 128 (64 x 64:
+#:   0.63 ms fp32 vs 1.16 ms bf16), bf16 3.5-6x faster from 256 x 256 up; the threshold sits between them
+#:   (sizes 129-255 not yet measured on that CPU: the sweep there settles it).
+#: * ``cpu-avx512_bf16`` (AMD EPYC, ``avx512_bf16`` without AMX; torch 2.13, 1 thread, a loaded 2-core box,
+#:   so indicative): bf16 / fp32 step time 2.5x at 32, 1.45x at 64, 0.99x at 96, 0.80x at 128, 0.70x at 160,
+#:   0.53x at 256, 0.50x at 384, 0.72x at 128 x 512 (``dtype_sweep.py --sizes 32,...,384,128x512 --rounds 9``).
+#: * ``cuda``: bf16 at every size (tensor cores; a tiny step is launch-bound in either dtype). Not yet
+#:   measured (no GPU lent so far): benchmarks/gpu.py's ``dtype`` section measures it.
+#: * a CPU whose flags cannot be read and whose 256 x 256 micro-probe favours bf16 takes the
+#:   ``cpu-avx512_bf16`` threshold.
+BF16_MIN_SIDE: dict[str, int | None] = {
+    "cpu-amx": 160,
+    "cpu-avx512_bf16": 128,
+    "cpu-probe-bf16": 128,
+    "cpu-no-bf16": None,
+    "cuda": 1,
+    "cuda-no-bf16": None,
+    "forced-bf16": 1,
+    "forced-float32": None,
+}
+#: Sizes listed per device in :func:`auto_report` (the choice per size class, for environment.json).
+REPORT_SIDES = (32, 64, 128, 160, 256, 512, 1024, 4096)
+
+
+def _kind(device: torch.device) -> tuple[str, str]:
+    """(device kind, why): the key of :data:`BF16_MIN_SIDE` for ``device``."""
     forced = os.environ.get("STEEPEST_BF16")
     if forced in ("0", "1"):
-        return (torch.bfloat16 if forced == "1" else torch.float32), f"forced by STEEPEST_BF16={forced}"
+        return ("forced-bf16" if forced == "1" else "forced-float32"), f"forced by STEEPEST_BF16={forced}"
     if device.type == "cuda":
         ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return (torch.bfloat16, "CUDA with native bf16") if ok else (torch.float32, "CUDA without bf16 support")
+        return ("cuda", "CUDA with native bf16") if ok else ("cuda-no-bf16", "CUDA without bf16 support")
     if device.type == "cpu":
         flags = _cpu_flags()
         if flags is not None:
             native = sorted(f for f in BF16_CPU_FLAGS if f in flags)
+            if "amx_bf16" in native:
+                return "cpu-amx", f"CPU with native bf16 matmul ({', '.join(native)})"
             if native:
-                return torch.bfloat16, f"CPU with native bf16 matmul ({', '.join(native)})"
-            return torch.float32, (f"CPU without native bf16 matmul (no {' / '.join(BF16_CPU_FLAGS)}; "
+                return "cpu-avx512_bf16", f"CPU with native bf16 matmul ({', '.join(native)})"
+            return "cpu-no-bf16", (f"CPU without native bf16 matmul (no {' / '.join(BF16_CPU_FLAGS)}; "
                                    f"torch CPU capability {torch.backends.cpu.get_cpu_capability()})")
     speedup = _probe(device)
     if speedup >= PROBE_MIN_SPEEDUP:
-        return torch.bfloat16, f"micro-probe: bf16 matmul {speedup:.2f}x faster than float32"
-    return torch.float32, f"micro-probe: bf16 matmul only {speedup:.2f}x float32's speed"
+        return "cpu-probe-bf16", f"micro-probe: bf16 matmul {speedup:.2f}x faster than float32"
+    return "cpu-no-bf16", f"micro-probe: bf16 matmul only {speedup:.2f}x float32's speed"
 
 
-def auto_dtype(device: torch.device | str) -> torch.dtype:
-    """The iteration dtype ``dtype="auto"`` resolves to on ``device`` (cached per device type)."""
-    device = torch.device(device)
-    if device.type not in _CACHE:
-        _CACHE[device.type] = _decide(device)
-    return _CACHE[device.type][0]
+def device_kind(device: torch.device | str) -> str:
+    """The device kind of :data:`BF16_MIN_SIDE` for ``device`` (decided once per device type, cached)."""
+    dev_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    hit = _CACHE.get(dev_type)  # the hot path: one dict lookup per dualization
+    if hit is None:
+        hit = _CACHE[dev_type] = _kind(torch.device(dev_type))
+    return hit[0]
 
 
-def auto_report(devices=("cpu",)) -> dict[str, dict[str, str]]:
-    """``{device type: {"dtype": name, "reason": why}}`` for the run's environment record."""
+def auto_dtype(device: torch.device | str, shape: tuple[int, ...] | torch.Size | None = None) -> torch.dtype:
+    """The iteration dtype ``dtype="auto"`` resolves to for a matrix (or batch) of ``shape`` on ``device``.
+
+    bf16 where the device kind has native bf16 matmul and ``min(shape[-2:])`` reaches the kind's
+    :data:`BF16_MIN_SIDE`, float32 otherwise. ``shape=None`` answers whether the device runs bf16 at all
+    (for callers that do not know the matrix). Same inputs, same answer, on every run.
+
+    >>> import os; os.environ["STEEPEST_BF16"] = "1"; clear_cache()
+    >>> auto_dtype("cpu", (64, 64))
+    torch.bfloat16
+    >>> del os.environ["STEEPEST_BF16"]; clear_cache()
+    """
+    if shape is not None and len(shape) < 2:
+        raise ValueError(f"shape must be a matrix shape (..., m, n), got {tuple(shape)}")
+    threshold = BF16_MIN_SIDE[device_kind(device)]
+    if threshold is None:
+        return torch.float32
+    if shape is None:
+        return torch.bfloat16
+    return torch.bfloat16 if min(shape[-2:]) >= threshold else torch.float32
+
+
+def auto_report(devices=("cpu",)) -> dict[str, dict]:
+    """``{device type: {"dtype", "reason", "kind", "bf16_from_min_side", "by_size"}}`` for a run's
+    environment record: the device-level answer (bf16 anywhere?), why, the threshold, and the choice for
+    square matrices of each side in :data:`REPORT_SIDES`."""
     out = {}
     for d in devices:
-        dtype = auto_dtype(d)
-        out[torch.device(d).type] = {"dtype": str(dtype).replace("torch.", ""),
-                                     "reason": _CACHE[torch.device(d).type][1]}
+        d = torch.device(d)
+        kind = device_kind(d)
+        out[d.type] = {"dtype": _name(auto_dtype(d)), "reason": _CACHE[d.type][1], "kind": kind,
+                       "bf16_from_min_side": BF16_MIN_SIDE[kind],
+                       "by_size": {f"{n}x{n}": _name(auto_dtype(d, (n, n))) for n in REPORT_SIDES}}
     return out
 
 
-def iteration_dtype(input_dtype: torch.dtype, dtype=None, device=None, iterative: bool = False) -> torch.dtype:
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def iteration_dtype(input_dtype: torch.dtype, dtype=None, device=None, iterative: bool = False,
+                    shape: tuple[int, ...] | torch.Size | None = None) -> torch.dtype:
     """The dtype a dualizer computes in, the one rule for every caller.
 
     * an explicit torch dtype wins;
     * ``None``: the input's dtype promoted to at least float32 (float64 stays float64-accurate);
     * ``"auto"``: float64 for float64 inputs; for the iterative polar methods (``iterative=True``)
-      :func:`auto_dtype` of the device; float32 otherwise (an SVD has no bf16 kernel).
+      :func:`auto_dtype` of the device and the matrix ``shape`` (the matrix view, ``(..., m, n)``; None:
+      the device-level answer); float32 otherwise (an SVD has no bf16 kernel).
     """
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -116,7 +187,7 @@ def iteration_dtype(input_dtype: torch.dtype, dtype=None, device=None, iterative
     if input_dtype == torch.float64:
         return torch.float64
     if dtype == "auto" and iterative:
-        return auto_dtype(device if device is not None else "cpu")
+        return auto_dtype(device if device is not None else "cpu", shape)
     return torch.float32
 
 
@@ -125,4 +196,4 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-__all__ = ["auto_dtype", "auto_report", "iteration_dtype", "clear_cache", "BF16_CPU_FLAGS"]
+__all__ = ["auto_dtype", "auto_report", "device_kind", "iteration_dtype", "clear_cache", "BF16_CPU_FLAGS", "BF16_MIN_SIDE"]
