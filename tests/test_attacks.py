@@ -74,12 +74,18 @@ def _resume_cli(run, capsys, *extra):
 
 def test_clean_resume_matches_and_removes_leftover_temp_files(cut, capsys):
     run, kw, full = cut
-    leftover = [run / "checkpoints" / ".adamw.pt.k3j2.tmp", run / ".config.json.x8f.tmp"]
-    for f in leftover:
+    # temp files named as atomic_write_bytes names them (mkstemp: 8 characters of [a-z0-9_])
+    leftover = [run / "checkpoints" / ".adamw.pt.k3j2x9ab.tmp", run / ".config.json.x8f_0q1z.tmp"]
+    # files of the same look that steepest did not write: another suffix, another name shape, deeper
+    (run / "notes").mkdir()
+    foreign = [run / ".draft.tmp", run / ".notes.md.k3j2x9ab.tmp", run / "checkpoints" / ".adamw.pt.k3.tmp",
+               run / "notes" / ".config.json.x8f_0q1z.tmp"]
+    for f in leftover + foreign:
         f.write_bytes(b"half")
     rc, err = _resume_cli(run, capsys)
     assert rc == 0, err
     assert not any(f.exists() for f in leftover)            # a SIGKILL's debris is cleaned under the lock
+    assert all(f.read_bytes() == b"half" for f in foreign)  # nothing else is touched
     assert _evals(run) == _evals(full)                      # bit-identical continuation (one thread, same batches)
 
 

@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tomllib
 import traceback
 from pathlib import Path
 
-import yaml
-
-from steepest.app.guard import RunLock, check_output_dir
-from steepest.app.runs import ConfigError, apply_overrides, atomic_write_json
+from steepest.app.guard import RunLock, check_output_dir, disk_error_text
+from steepest.app.runs import ConfigError, apply_overrides, atomic_write_json, read_mapping
 from steepest.app.reproduce import base
 
 
@@ -47,27 +44,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
-def _read_mapping(path: str | None) -> dict:
-    if path is None:
-        return {}
-    file = Path(path)
-    if not file.exists():
-        raise ConfigError(f"config file {file} does not exist")
-    text = file.read_text(encoding="utf-8")
-    try:
-        data = tomllib.loads(text) if file.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot parse {file}: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {file} must hold a mapping of keys to values")
-    return data
-
-
 def build_configs(names: list[str], quick: bool, overrides: list[str], config_file: str | None) -> dict:
     """Config per experiment: defaults (or quick()), then the file, then ``--set`` overrides."""
-    file_data = _read_mapping(config_file)
+    file_data = read_mapping(config_file) if config_file is not None else {}
     multi = len(names) > 1
     pairs = []
     for item in overrides:
@@ -141,6 +120,14 @@ def main(args) -> int:
             outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
         except ConfigError as e:
             print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            text = disk_error_text(e)
+            if text is None:
+                traceback.print_exc()
+                failed.append(name)
+                continue
+            print(f"steepest reproduce {name}: error: {text}", file=sys.stderr)
             return 2
         except Exception:  # one broken experiment must not hide the others' results
             traceback.print_exc()
