@@ -526,3 +526,254 @@ def test_sigkill_at_random_points_then_resume_reproduces_the_numbers(tmp_path):
     for name in ("adamw", "muon"):
         assert _evals(run, name) == _evals(full, name)
     assert not list(run.rglob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------ issue 23: safe by construction
+class _Payload:
+    """A pickled object whose ``__reduce__`` calls :func:`_write_marker` when it is unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_write_marker, (self.marker,))
+
+
+def _write_marker(path: str) -> int:
+    Path(path).write_text("code ran")
+    return 3  # the quiet variant: a plausible value, so a loader that ran it would go on
+
+
+def test_checkpoint_with_a_reduce_payload_never_runs_on_resume(cut, capsys, tmp_path):
+    run, _, _ = cut
+    ckpt = run / "checkpoints" / "adamw.pt"
+    marker = tmp_path / "marker"
+    _edit_checkpoint(ckpt, lambda p: p["loop"].update(step=_Payload(marker)))
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and not marker.exists(), err               # refused, and nothing in it ran
+    assert f"{ckpt} is refused" in err and "data only" in err and "Traceback" not in err, err
+    # the same payload as an extra top-level key, and as the whole file
+    torch.save({"payload": _Payload(marker)}, ckpt)
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and not marker.exists() and f"{ckpt} is refused" in err, err
+
+
+def test_checkpoints_are_written_as_data_only(cut, capsys):
+    run, _, full = cut
+    assert _resume_cli(run, capsys)[0] == 0
+    payload = torch.load(run / "checkpoints" / "adamw.pt", weights_only=True)   # raises if it held an object
+    assert set(payload) == {"model", "optimizer", "loop", "rng", "run"}
+    assert isinstance(payload["rng"]["numpy"]["keys"], torch.Tensor) and len(payload["rng"]["python"][1]) == 625
+    assert _evals(run) == _evals(full)                      # and the resume stays bit for bit
+
+
+def test_no_loader_in_the_application_unpickles_code():
+    """Every torch.load of src/steepest is weights_only=True and nothing calls pickle.load(s), except
+    launch's read-back of its ranks' return values from the 0700 temp folder launch itself created."""
+    import re
+
+    import steepest
+
+    src = Path(steepest.__file__).resolve().parent
+    found = []
+    for path in src.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)|pickle\.loads?\(|Unpickler\)", text):
+            call = m.group(0)
+            if call.startswith("torch.load") and "weights_only=True" in call:
+                continue
+            found.append(f"{path.relative_to(src)}: {call[:80]}")
+    allowed = ["app/launch.py: torch.load(f, weights_only=False)",   # launch's own temp folder (tempfile, 0700)
+               "app/checkpoint.py: Unpickler)"]                     # the allow-list unpickler of DCP metadata
+    assert sorted(found) == sorted(allowed), found
+
+
+def _dcp_checkpoint(folder: Path):
+    from steepest.app.checkpoint import save_checkpoint
+
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    save_checkpoint(folder, model, opt, {"step": 1})
+    return model, opt
+
+
+def test_dcp_checkpoint_loads_as_data_and_refuses_a_payload_or_a_truncated_shard(tmp_path):
+    from steepest.app.checkpoint import CheckpointRefused, load_checkpoint
+
+    ck = tmp_path / "ck"
+    model, opt = _dcp_checkpoint(ck)
+    model2, opt2 = _dcp_checkpoint(tmp_path / "other")
+    assert load_checkpoint(ck, model2, opt2) == {"step": 1}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    shard = next(ck.glob("*.distcp"))
+    original = shard.read_bytes()
+    shard.write_bytes(original[: len(original) // 2])
+    with pytest.raises(CheckpointRefused, match=f"{shard} is truncated: {len(original) // 2} bytes"):
+        load_checkpoint(ck, model2, opt2)
+    shard.write_bytes(original)
+    import pickle
+
+    marker = tmp_path / "marker"
+    (ck / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointRefused, match=r"\.metadata is refused: .*_write_marker is not allowed"):
+        load_checkpoint(ck, model2, opt2)
+    assert not marker.exists()
+
+
+def test_lock_symlink_or_foreign_lock_file_is_never_written(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(notes)
+    argv = [*MNIST, "--steps", "2", "--eval-every", "1", "--out", str(run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ".lock is a symbolic link" in err and "Traceback" not in err, err
+    assert notes.read_text() == "my notes" and (run / ".lock").is_symlink()
+    (run / ".lock").unlink()
+    os.link(notes, run / ".lock")                               # a hard link of the user's file
+    assert main(argv) == 2 and "a hard link" in capsys.readouterr().err
+    assert notes.read_text() == "my notes"
+    (run / ".lock").unlink()
+    (run / ".lock").write_text("user data, not a lock")         # a user's own file of that name
+    assert main(argv) == 2 and "is not steepest's lock file" in capsys.readouterr().err
+    assert (run / ".lock").read_text() == "user data, not a lock"
+    with pytest.raises(ConfigError, match="symbolic link"):    # the sweep cache's lock too
+        from steepest.app.compare.sweep import _cache_lock
+
+        (tmp_path / ".c.json.lock").symlink_to(notes)
+        with _cache_lock(tmp_path / "c.json"):
+            pass
+    assert notes.read_text() == "my notes"
+
+
+def test_out_dot_leaves_the_users_temp_files_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    mine = [tmp_path / "src" / ".draft.tmp", tmp_path / ".draft.tmp", tmp_path / "src" / ".config.json.abcd1234.tmp",
+            tmp_path / ".notes.md.abcd1234.tmp"]
+    (tmp_path / "src").mkdir()
+    for f in mine:
+        f.write_text("keep me")
+    argv = [*MNIST, "--steps", "2", "--eval-every", "1", "--out", "."]
+    assert main([*argv, "--resume"]) == 2                      # refused: no run here
+    assert main(argv) == 0                                     # a new run into the project folder
+    capsys.readouterr()
+    assert all(f.read_text() == "keep me" for f in mine)
+
+
+def test_remove_stale_temps_needs_the_lock_and_steepests_config(tmp_path):
+    from steepest.app.guard import remove_stale_temps
+
+    stale = tmp_path / ".summary.json.abcd1234.tmp"
+    stale.write_text("half")
+    with RunLock(tmp_path, clean=False):
+        assert remove_stale_temps(tmp_path) == [] and stale.exists()      # no config.json: not a run directory
+        (tmp_path / "config.json").write_text('{"mine": 1}')
+        assert remove_stale_temps(tmp_path) == [] and stale.exists()      # a config.json that is not steepest's
+        (tmp_path / "config.json").write_text('{"config": {}}')
+    assert remove_stale_temps(tmp_path) == [] and stale.exists()          # not without the lock
+    with RunLock(tmp_path, clean=False):
+        assert remove_stale_temps(tmp_path) == [stale]
+
+
+@pytest.mark.parametrize("make", [lambda p: open(p, "wb").close(), None])
+def test_endless_or_huge_config_file_fails_fast_naming_the_limit(make, tmp_path, capsys):
+    if make is None:
+        path = "/dev/zero"
+    else:
+        path = tmp_path / "big.yaml"
+        path.write_text("# " + "x" * (2**20) + "\nsteps: 5\n")
+    out = tmp_path / "out"
+    assert main(["reproduce", "quadratic", "--quick", "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"config file {path} is larger than 1 MiB, the limit for this file" in err, err
+    assert not out.exists()
+
+
+def test_huge_run_json_is_refused_naming_the_limit(cut, capsys, monkeypatch):
+    import steepest.app.guard as guard
+
+    run, _, _ = cut
+    monkeypatch.setattr(guard, "MAX_JSON_BYTES", 100)          # instead of writing a 64 MiB file
+    rc, err = _resume_cli(run, capsys)                         # the first JSON read is the tuned table
+    assert rc == 2 and "tuned.json is larger than 100 bytes, the limit for this file" in err, err
+    monkeypatch.setattr(guard, "MAX_JSON_BYTES", 2**16)
+    (run / "config.json").write_text(json.dumps({"config": {"pad": "x" * 2**16}}))
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and "config.json is larger than 65536 bytes, the limit for this file" in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (MNIST + ["--task-opt", "batch_size=[1,"], "--task-opt batch_size: not valid YAML"),
+    (["reproduce", "quadratic", "--quick", "--set", "stable_ranks=[1.5,"],
+     "config key stable_ranks: value '[1.5,': not valid YAML"),
+])
+def test_malformed_yaml_in_an_option_names_it(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_full_disk_during_compare_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import steepest._io as io_mod
+
+    calls = []
+
+    def full(f, data):
+        calls.append(getattr(f, "name", None))
+        if len(calls) > 3:     # the first writes (routing, config, environment) fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        f.write(data)
+
+    monkeypatch.setattr(io_mod, "_write", full)
+    rc = main([*MNIST, "--steps", "4", "--eval-every", "2", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left on device" in err and str(tmp_path / "run") in err, err
+    assert "Traceback" not in err and "inline_container" not in err
+
+
+def test_over_long_out_exits_2(tmp_path, capsys):
+    for out in (tmp_path / ("x" * 300), tmp_path.joinpath(*["y" * 250] * 20)):   # a name > 255, a path > 4096
+        assert main([*MNIST, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "too long" in err.lower() and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: (shutil.rmtree(r / "checkpoints"), (r / "checkpoints").write_text("x")),
+     "checkpoints is not a directory"),
+    (lambda r: ((r / "metrics" / "adamw.jsonl").unlink(), (r / "metrics" / "adamw.jsonl").mkdir()),
+     "adamw.jsonl is not a regular file"),
+])
+def test_run_entries_of_the_wrong_type_are_named(cut, capsys, damage, message):
+    run, _, _ = cut
+    damage(run)
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and message in err and "Traceback" not in err, err
+
+
+def factory_type_error(**kw):
+    return len(3)  # an internal bug of the factory, not a rejected option
+
+
+def test_task_module_with_a_syntax_error_or_an_internal_type_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken_task_mod.py").write_text("def make(:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["compare", "--task", "broken_task_mod:make", "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "task module 'broken_task_mod' has a syntax error at" in err and "broken_task_mod.py:1" in err, err
+    assert "Traceback" not in err
+    assert main(["compare", "--task", "test_attacks:factory_type_error", "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "raised TypeError: object of type 'int' has no len()" in err and "rejected options" not in err, err
+    assert main(["compare", "--task", "test_attacks:factory_none", "--task-opt", "width=3", "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "rejected options {'width': 3}" in capsys.readouterr().err   # a real rejection still says so

@@ -71,7 +71,8 @@ class FileTooLarge(ValueError):
 
     def __init__(self, path: str | os.PathLike, limit: int) -> None:
         self.path, self.limit = Path(path), int(limit)
-        super().__init__(f"{path} is larger than {limit / 2**20:g} MiB, the limit for this file "
+        shown = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
+        super().__init__(f"{path} is larger than {shown}, the limit for this file "
                          "(is it the right file? /dev/zero and other endless files are refused)")
 
 

@@ -136,8 +136,26 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
 
 
+_DCP_FIX = "restore the checkpoint directory or start from scratch"
+
+
+def _read_metadata(meta_path: Path):
+    """A DCP ``.metadata`` file unpickled through the allow-list; CheckpointRefused naming it otherwise."""
+    _regular_file(meta_path, _DCP_FIX)
+    try:
+        with open(meta_path, "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise CheckpointRefused(f"{meta_path} is refused: {e} (steepest loads checkpoints as data only): "
+                                f"{_DCP_FIX}") from None
+    except Exception as e:
+        raise CheckpointRefused(f"{meta_path} is truncated or not checkpoint metadata ({type(e).__name__}: "
+                                f"{str(e)[:200]}): {_DCP_FIX}") from None
+
+
 def _safe_reader(path: Path):
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
 
     class SafeReader(FileSystemReader):
         """DCP's file reader with its ``.metadata`` unpickled by an allow-list (it uses plain pickle)."""
@@ -145,20 +163,9 @@ def _safe_reader(path: Path):
         def read_metadata(self, *args: Any, **kwargs: Any):
             rank = kwargs.get("rank")
             meta_path = path / (".metadata" if rank is None else f"__{rank}.metadata")
-            fix = "restore the checkpoint directory or start from scratch"
-            _regular_file(meta_path, fix)
-            try:
-                with open(meta_path, "rb") as f:
-                    metadata = _MetadataUnpickler(f).load()
-            except pickle.UnpicklingError as e:
-                raise CheckpointRefused(f"{meta_path} is refused: {e} (steepest loads checkpoints as data only): "
-                                        f"{fix}") from None
-            except Exception as e:
-                raise CheckpointRefused(f"{meta_path} is truncated or not checkpoint metadata ({type(e).__name__}: "
-                                        f"{str(e)[:200]}): {fix}") from None
-            _check_shards(path, metadata, fix)
-            from torch.distributed.checkpoint.metadata import StorageMeta
-
+            if rank is not None and not meta_path.exists():
+                raise FileNotFoundError(meta_path)  # DCP then uses the global metadata, as with its own reader
+            metadata = _read_metadata(meta_path)
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -214,6 +221,7 @@ def _load_dir(path: Path, model, optimizer) -> dict:
 
     if not path.is_dir():
         raise CheckpointRefused(f"no checkpoint directory at {path}")
+    _check_shards(path, _read_metadata(path / ".metadata"), _DCP_FIX)  # refusals name the file, before DCP
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optim": osd}
     try:

@@ -262,8 +262,8 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
 def _check_output_dir(path: Path, flag: str) -> Path:
     long = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
     if long is not None:
-        raise OSError(errno.ENAMETOOLONG, f"the name {long[:40]}... is {len(os.fsencode(long))} bytes long, "
-                                          "more than the 255 a file name may have")
+        raise OSError(errno.ENAMETOOLONG, f"{os.strerror(errno.ENAMETOOLONG)} (the name {long[:40]}... is "
+                                          f"{len(os.fsencode(long))} bytes, more than the 255 a file name may have)")
     probe = path
     while not probe.exists():
         if probe.is_symlink():
