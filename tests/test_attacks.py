@@ -588,11 +588,11 @@ def test_no_loader_in_the_application_unpickles_code():
     assert sorted(found) == sorted(allowed), found
 
 
-def _dcp_checkpoint(folder: Path):
+def _dcp_checkpoint(folder: Path, lr: float = 0.1):
     from steepest.app.checkpoint import save_checkpoint
 
     model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
     save_checkpoint(folder, model, opt, {"step": 1})
@@ -604,9 +604,12 @@ def test_dcp_checkpoint_loads_as_data_and_refuses_a_payload_or_a_truncated_shard
 
     ck = tmp_path / "ck"
     model, opt = _dcp_checkpoint(ck)
-    model2, opt2 = _dcp_checkpoint(tmp_path / "other")
+    model2, opt2 = _dcp_checkpoint(tmp_path / "other", lr=0.5)
     assert load_checkpoint(ck, model2, opt2) == {"step": 1}
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    assert opt2.param_groups[0]["lr"] == 0.1                   # the non-tensor items (loaded as data) too
+    assert all(torch.equal(opt.state[a]["momentum_buffer"], opt2.state[b]["momentum_buffer"])
+               for a, b in zip(model.parameters(), model2.parameters()))
     shard = next(ck.glob("*.distcp"))
     original = shard.read_bytes()
     shard.write_bytes(original[: len(original) // 2])
