@@ -203,6 +203,8 @@ BAD_VALUES = [
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "foo=0.1"], "unknown optimizer 'foo'"),
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "muon=0.1"], "muon is not swept"),
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "adamw=-1"], "positive numbers"),
+    (MNIST + ["--threads", "100000"], "threads must be from 1 to 1024, got 100000"),   # not 100000 OpenMP threads
+    (["reproduce", "quadratic", "--quick", "--threads", "100000"], "--threads must be from 1 to 1024"),
 ]
 
 
@@ -780,3 +782,37 @@ def test_task_module_with_a_syntax_error_or_an_internal_type_error(tmp_path, mon
     assert main(["compare", "--task", "test_attacks:factory_none", "--task-opt", "width=3", "--no-progress",
                  "--out", str(tmp_path / "o")]) == 2
     assert "rejected options {'width': 3}" in capsys.readouterr().err   # a real rejection still says so
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path, capsys):
+    """A "billion laughs" config (nested aliases, a few lines, 10**9 items when walked) is refused at once."""
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\nstable_ranks: *i\n")
+    out = tmp_path / "out"
+    assert main(["reproduce", "quadratic", "--quick", "--config", str(tmp_path / "laughs.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "laughs.yaml: not valid YAML" in err and "aliases (*name) are not accepted" in err, err
+
+
+def test_symlinked_run_entries_are_refused_not_written_through(cut, capsys, tmp_path):
+    run, _, _ = cut
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    metrics = run / "metrics" / "adamw.jsonl"
+    notes.write_text(metrics.read_text())                      # a resume would accept its content ...
+    metrics.unlink()
+    metrics.symlink_to(notes)
+    before = notes.read_text()
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and "adamw.jsonl is not a regular file" in err, err
+    assert notes.read_text() == before                         # ... but never appends to the link's target
+
+
+def test_resume_without_out_skips_a_dangling_link(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "compare-mnist-20990101-000000").symlink_to(tmp_path / "gone")
+    assert main([*MNIST, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "found no earlier run under runs/compare-mnist-*" in err and "Traceback" not in err, err

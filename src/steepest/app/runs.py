@@ -66,13 +66,6 @@ def environment() -> dict:
     return env
 
 
-def make_run_dir(base: str | os.PathLike, name: str, *, exist_ok: bool = True) -> Path:
-    """``base/name`` created if needed (reused when it exists, so interrupted runs can resume)."""
-    run = Path(base) / name
-    run.mkdir(parents=True, exist_ok=exist_ok)
-    return run
-
-
 # ---------------------------------------------------------------------------------------- configs
 class ConfigError(ValueError):
     """A bad configuration key or value (the CLI turns it into exit code 2)."""
@@ -82,11 +75,27 @@ class ConfigError(ValueError):
 MAX_CONFIG_BYTES = 2**20
 
 
+#: Most torch threads a command accepts (``--threads``): far above any machine's cores; a typo such as
+#: 100000 would otherwise start that many OpenMP threads.
+MAX_THREADS = 1024
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases (``*name``): a configuration never needs them, and nested
+    aliases expand exponentially when the values are walked (a "billion laughs" file of a few lines)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a configuration",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(text: str, what: str) -> Any:
-    """The application's one YAML reader: ``yaml.safe_load(text)`` (plain data, no Python objects);
+    """The application's one YAML reader: safe YAML (plain data, no Python objects) without aliases;
     ConfigError naming ``what`` (an option or a file) and the position of a syntax error."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_PlainLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         detail = " ".join(str(e).split())
         raise ConfigError(f"{what}: not valid YAML ({detail[:300]})") from None

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from steepest.app.guard import RunLock, check_output_dir, disk_error_text
-from steepest.app.runs import ConfigError, apply_overrides, atomic_write_json, read_mapping
+from steepest.app.runs import MAX_THREADS, ConfigError, apply_overrides, atomic_write_json, read_mapping
 from steepest.app.reproduce import base
 
 
@@ -97,8 +97,8 @@ def main(args) -> int:
         print(f"steepest reproduce: unknown experiment {args.name!r}; choose one of "
               f"{', '.join(base.REGISTRY)} or all", file=sys.stderr)
         return 2
-    if args.threads < 1:
-        print("steepest reproduce: --threads must be >= 1", file=sys.stderr)
+    if not 1 <= args.threads <= MAX_THREADS:
+        print(f"steepest reproduce: --threads must be from 1 to {MAX_THREADS}, got {args.threads}", file=sys.stderr)
         return 2
     names = list(base.REGISTRY) if args.name == "all" else [args.name]
     try:

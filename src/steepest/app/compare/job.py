@@ -45,7 +45,7 @@ from steepest.app.compare.monitor import check_oracle_every
 from steepest.app.compare.report import write_compare_report
 from steepest.app.compare.runner import run_optimizer
 from steepest.app.guard import RunLock, check_output_dir, read_json, remove_stale_temps
-from steepest.app.runs import ConfigError, atomic_write_json, atomic_write_text, environment
+from steepest.app.runs import MAX_THREADS, ConfigError, atomic_write_json, atomic_write_text, environment
 from steepest.app.tasks import Task, TaskError, check_task, get_task
 
 #: The shipped table of tuned learning rates (package data of ``steepest.app``).
@@ -232,8 +232,8 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     if not (0 <= warmup < 1 and 0 <= cooldown <= 1):
         raise ConfigError(f"warmup must be in [0, 1) and cooldown in [0, 1], got {warmup} and {cooldown}")
     threads = DEFAULT_THREADS if threads is None else threads
-    if int(threads) < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
+    if not 1 <= int(threads) <= MAX_THREADS:
+        raise ConfigError(f"threads must be from 1 to {MAX_THREADS}, got {threads}")
     torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
     check_oracle_every(oracle_every, monitor_every)
@@ -318,7 +318,8 @@ def _compare_locked(cfg: CompareConfig, job: CompareJob) -> CompareResult:
 
 def _default_run_dir(task: Task, resume: bool) -> Path:
     if resume:
-        found = sorted(Path("runs").glob(f"compare-{task.name}-*"), key=lambda p: p.stat().st_mtime)
+        found = sorted((p for p in Path("runs").glob(f"compare-{task.name}-*") if p.is_dir() and not p.is_symlink()),
+                       key=lambda p: p.stat().st_mtime)
         if not found:
             raise ConfigError(f"--resume found no earlier run under runs/compare-{task.name}-*; name it with --out")
         return found[-1]

@@ -88,13 +88,16 @@ MAX_JSONL_BYTES = 512 * 2**20
 
 
 def check_entries(run_dir: Path, name: str) -> None:
-    """ConfigError naming the entry when a folder of ``run_dir`` a run writes is not a directory or one of
-    ``name``'s files (checkpoint, metrics, diagnostics, result) is not a regular file."""
-    for folder in ("checkpoints", "metrics", "results", "diagnostics"):
+    """ConfigError naming the entry when a folder of ``run_dir`` a run writes is not a directory (a file or a
+    symbolic link, whose target steepest would write into) or one of ``name``'s files (checkpoint, metrics,
+    diagnostics, result) is not a regular file (a directory, or a link: appends would go to its target)."""
+    for folder in ("checkpoints", "metrics", "results", "diagnostics", "figures"):
         sub = run_dir / folder
         if (sub.exists() or sub.is_symlink()) and (sub.is_symlink() or not sub.is_dir()):
             raise ConfigError(f"{sub} is not a directory (steepest keeps its {folder} there): move it away, "
                               "or choose another --out")
+        if folder == "figures":
+            continue
         entry = sub / f"{name}{'.pt' if folder == 'checkpoints' else '.json' if folder == 'results' else '.jsonl'}"
         if (entry.exists() or entry.is_symlink()) and (entry.is_symlink() or not entry.is_file()):
             raise ConfigError(f"{entry} is not a regular file (a directory or a link): move it away, or delete "
