@@ -203,8 +203,8 @@ BAD_VALUES = [
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "foo=0.1"], "unknown optimizer 'foo'"),
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "muon=0.1"], "muon is not swept"),
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "adamw=-1"], "positive numbers"),
-    (MNIST + ["--threads", "100000"], "threads must be from 1 to 1024, got 100000"),   # not 100000 OpenMP threads
-    (["reproduce", "quadratic", "--quick", "--threads", "100000"], "--threads must be from 1 to 1024"),
+    (MNIST + ["--threads", "100000"], "threads must be >= 1 and at most 1024, got 100000"),   # not 100000 OpenMP threads
+    (["reproduce", "quadratic", "--quick", "--threads", "100000"], "--threads must be >= 1 and at most 1024"),
 ]
 
 
@@ -816,3 +816,19 @@ def test_resume_without_out_skips_a_dangling_link(tmp_path, monkeypatch, capsys)
     assert main([*MNIST, "--resume"]) == 2
     err = capsys.readouterr().err
     assert "found no earlier run under runs/compare-mnist-*" in err and "Traceback" not in err, err
+
+
+def test_sweep_cache_that_is_a_device_is_refused_not_replaced(tmp_path, capsys):
+    assert main(["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--cache", "/dev/null"]) == 2
+    err = capsys.readouterr().err
+    assert "/dev/null (sweep result cache) is not a regular file" in err and "delete it" not in err, err
+    assert Path("/dev/null").is_char_device()
+
+
+def test_reproduce_into_a_compare_run_is_refused(cut, capsys):
+    run, _, _ = cut
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["reproduce", "quadratic", "--quick", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds another run (steepest compare?)" in err and "choose another --out" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

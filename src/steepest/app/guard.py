@@ -315,6 +315,8 @@ def read_json(path: str | os.PathLike, what: str, fix: str, check: Callable[[Any
     """
     path = Path(path)
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise ConfigError(f"{path} ({what}) is not a regular file (a device or a pipe); give a JSON file")
         data = json.loads(read_bytes_limited(path, MAX_JSON_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path} ({what}) is missing: {fix}") from None

@@ -22,7 +22,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from steepest.app.guard import RunLock, check_output_dir, disk_error_text
+from steepest.app.guard import RunLock, check_output_dir, disk_error_text, read_json
 from steepest.app.runs import MAX_THREADS, ConfigError, apply_overrides, atomic_write_json, read_mapping
 from steepest.app.reproduce import base
 
@@ -85,6 +85,22 @@ def build_configs(names: list[str], quick: bool, overrides: list[str], config_fi
     return configs
 
 
+def _check_not_another_run(run_dir: Path, name: str | None) -> None:
+    """ConfigError when ``run_dir`` holds another run's ``config.json`` (a compare run, another
+    experiment, or for ``all``'s root (``name`` None) any run): reproducing there would overwrite its
+    config, results and report. Rerunning the same experiment into its own directory is fine."""
+    cfg = run_dir / "config.json"
+    if not (cfg.exists() or cfg.is_symlink()):
+        return
+    data = read_json(cfg, "the run's configuration", "choose another --out")
+    mine = name is not None and isinstance(data, dict) and data.get("experiment") == name
+    if not mine:
+        what = (f"the reproduction {data['experiment']!r}" if isinstance(data, dict) and "experiment" in data
+                else "another run (steepest compare?)" if isinstance(data, dict) and "config" in data else "a config.json")
+        raise ConfigError(f"--out {run_dir} holds {what}; reproducing there would overwrite its files: "
+                          "choose another --out")
+
+
 def _print_claims(outcome) -> None:
     print(f"\n== {outcome.name}: {outcome.run_dir} "
           f"(cells: {outcome.cells_computed} computed, {outcome.cells_reused} reused)")
@@ -98,7 +114,7 @@ def main(args) -> int:
               f"{', '.join(base.REGISTRY)} or all", file=sys.stderr)
         return 2
     if not 1 <= args.threads <= MAX_THREADS:
-        print(f"steepest reproduce: --threads must be from 1 to {MAX_THREADS}, got {args.threads}", file=sys.stderr)
+        print(f"steepest reproduce: --threads must be >= 1 and at most {MAX_THREADS}, got {args.threads}", file=sys.stderr)
         return 2
     names = list(base.REGISTRY) if args.name == "all" else [args.name]
     try:
@@ -110,6 +126,14 @@ def main(args) -> int:
     root = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.name}{suffix}"
     try:
         check_output_dir(root)
+    except ConfigError as e:
+        print(f"steepest reproduce: {e}", file=sys.stderr)
+        return 2
+    try:
+        for name in names:
+            _check_not_another_run(root / name if args.name == "all" else root, name)
+        if args.name == "all":
+            _check_not_another_run(root, None)
     except ConfigError as e:
         print(f"steepest reproduce: {e}", file=sys.stderr)
         return 2

@@ -233,7 +233,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
         raise ConfigError(f"warmup must be in [0, 1) and cooldown in [0, 1], got {warmup} and {cooldown}")
     threads = DEFAULT_THREADS if threads is None else threads
     if not 1 <= int(threads) <= MAX_THREADS:
-        raise ConfigError(f"threads must be from 1 to {MAX_THREADS}, got {threads}")
+        raise ConfigError(f"threads must be >= 1 and at most {MAX_THREADS}, got {threads}")
     torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
     check_oracle_every(oracle_every, monitor_every)
