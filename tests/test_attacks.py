@@ -749,6 +749,10 @@ def test_over_long_out_exits_2(tmp_path, capsys):
         assert main([*MNIST, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert "--out" in err and "too long" in err.lower() and "Traceback" not in err, err
+    long_config = tmp_path / ("c" * 300)
+    assert main(["reproduce", "quadratic", "--quick", "--config", str(long_config), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read (File name too long)" in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -108,18 +108,18 @@ def read_mapping(path: str | os.PathLike) -> dict:
     :data:`MAX_CONFIG_BYTES`, not UTF-8, not valid YAML/TOML, or not a mapping.
     """
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory; give a YAML or TOML file")
     try:
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a YAML or TOML file")
         text = read_bytes_limited(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileTooLarge as e:
         raise ConfigError(f"config file {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text; give a YAML or TOML file") from None
-    except OSError as e:
-        raise ConfigError(f"config file {path} cannot be read ({e.strerror})") from None
+    except OSError as e:  # a name too long, a permission
+        raise ConfigError(f"config file {str(path)[:200]} cannot be read ({e.strerror})") from None
     if path.suffix == ".toml":
         try:
             data = tomllib.loads(text)
