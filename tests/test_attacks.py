@@ -203,6 +203,7 @@ BAD_VALUES = [
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "foo=0.1"], "unknown optimizer 'foo'"),
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "muon=0.1"], "muon is not swept"),
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "adamw=-1"], "positive numbers"),
+    (MNIST + ["--monitor-every", "-1"], "--monitor-every) must be 0 (off) or a positive interval, got -1"),
     (MNIST + ["--threads", "100000"], "threads must be >= 1 and at most 1024, got 100000"),   # not 100000 OpenMP threads
     (["reproduce", "quadratic", "--quick", "--threads", "100000"], "--threads must be >= 1 and at most 1024"),
 ]

@@ -236,6 +236,8 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
         raise ConfigError(f"threads must be >= 1 and at most {MAX_THREADS}, got {threads}")
     torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
+    if monitor_every < 0:
+        raise ConfigError(f"monitor_every (--monitor-every) must be 0 (off) or a positive interval, got {monitor_every}")
     check_oracle_every(oracle_every, monitor_every)
     lr_table = resolve_lrs(task_obj.name, size, names, lrs)
     check_nproc(task_obj, seed, nproc)
