@@ -555,6 +555,7 @@ def test_checkpoint_with_a_reduce_payload_never_runs_on_resume(cut, capsys, tmp_
     rc, err = _resume_cli(run, capsys)
     assert rc == 2 and not marker.exists(), err               # refused, and nothing in it ran
     assert f"{ckpt} is refused" in err and "data only" in err and "Traceback" not in err, err
+    assert "_write_marker" in err, err                        # the message names what it would have called
     # the same payload as an extra top-level key, and as the whole file
     torch.save({"payload": _Payload(marker)}, ckpt)
     rc, err = _resume_cli(run, capsys)

@@ -97,14 +97,20 @@ def read_checkpoint(path: str | os.PathLike, fix: str = "delete it or restore it
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise CheckpointRefused(
             f"{path} is refused: loading it would need more than plain data (tensors, numbers, strings, "
-            f"lists, dicts), so it may run code; steepest loads checkpoints as data only ({first[:200]}): "
+            f"lists, dicts), so it may run code; steepest loads checkpoints as data only ({_why(e)}): "
             f"{fix}") from None
     except Exception as e:  # truncated zip, garbage
         raise CheckpointRefused(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {str(e)[:200]}): "
                                 f"{fix}") from None
+
+
+def _why(e: Exception) -> str:
+    """The line of torch's weights-only refusal that names the type (``... GLOBAL posix.system ...``)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(e).__name__])[0][:200]
 
 
 def _save_file(path: Path, model, optimizer, extra: dict) -> None:
@@ -199,7 +205,7 @@ def _safe_planner():
                 obj = torch.load(value, weights_only=True)
             except pickle.UnpicklingError as e:
                 raise CheckpointRefused(f"item {read_item.dest_index.fqn} of a checkpoint is refused: it needs more "
-                                        f"than plain data ({str(e).strip().splitlines()[-1][:200]})") from None
+                                        f"than plain data ({_why(e)})") from None
             clean = io.BytesIO()  # what DCP unpickles next is our own pickle of plain data
             torch.save(obj, clean)
             clean.seek(0)
