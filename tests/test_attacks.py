@@ -648,6 +648,13 @@ def test_lock_symlink_or_foreign_lock_file_is_never_written(tmp_path, capsys):
     (run / ".lock").write_text("user data, not a lock")         # a user's own file of that name
     assert main(argv) == 2 and "is not steepest's lock file" in capsys.readouterr().err
     assert (run / ".lock").read_text() == "user data, not a lock"
+    root = tmp_path / "all"                                     # reproduce all's own folder: refused up front
+    root.mkdir()
+    (root / ".lock").symlink_to(notes)
+    assert main(["reproduce", "all", "--quick", "--out", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert ".lock is a symbolic link" in err and "Traceback" not in err, err
+    assert notes.read_text() == "my notes" and sorted(p.name for p in root.iterdir()) == [".lock"]
     with pytest.raises(ConfigError, match="symbolic link"):    # the sweep cache's lock too
         from steepest.app.compare.sweep import _cache_lock
 

@@ -108,6 +108,33 @@ def _print_claims(outcome) -> None:
         print(f"  [{c.verdict:>12}] {c.statement}\n                 measured: {c.measured}")
 
 
+def _run_experiments(names: list[str], configs: dict, root: Path, args) -> tuple[int | None, list, list[str]]:
+    """Run each experiment into its folder: ``(exit code to return at once or None, outcomes, failed names)``."""
+    outcomes, failed = [], []
+    for name in names:
+        run_dir = root / name if args.name == "all" else root
+        try:
+            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
+        except ConfigError as e:
+            print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
+            return 2, outcomes, failed
+        except OSError as e:
+            text = disk_error_text(e)
+            if text is None:
+                traceback.print_exc()
+                failed.append(name)
+                continue
+            print(f"steepest reproduce {name}: error: {text}", file=sys.stderr)
+            return 2, outcomes, failed
+        except Exception:  # one broken experiment must not hide the others' results
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        outcomes.append(outcome)
+        _print_claims(outcome)
+    return None, outcomes, failed
+
+
 def main(args) -> int:
     if args.name != "all" and args.name not in base.REGISTRY:
         print(f"steepest reproduce: unknown experiment {args.name!r}; choose one of "
@@ -129,43 +156,35 @@ def main(args) -> int:
     except ConfigError as e:
         print(f"steepest reproduce: {e}", file=sys.stderr)
         return 2
+    root_lock = RunLock(root, clean=False) if args.name == "all" else None  # the experiments lock their own
     try:
         for name in names:
             _check_not_another_run(root / name if args.name == "all" else root, name)
-        if args.name == "all":
+        if root_lock is not None:
             _check_not_another_run(root, None)
+            root_lock.acquire()  # held for the whole run: a .lock link or a second writer is refused up front
     except ConfigError as e:
         print(f"steepest reproduce: {e}", file=sys.stderr)
         return 2
-    outcomes, failed = [], []
-    for name in names:
-        run_dir = root / name if args.name == "all" else root
-        try:
-            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
-        except ConfigError as e:
-            print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
-            return 2
-        except OSError as e:
-            text = disk_error_text(e)
-            if text is None:
-                traceback.print_exc()
-                failed.append(name)
-                continue
-            print(f"steepest reproduce {name}: error: {text}", file=sys.stderr)
-            return 2
-        except Exception:  # one broken experiment must not hide the others' results
-            traceback.print_exc()
-            failed.append(name)
-            continue
-        outcomes.append(outcome)
-        _print_claims(outcome)
-    report = None
-    if args.name == "all" and outcomes:
-        with RunLock(root, clean=False):  # the experiments' own folders are locked by run_experiment
+    try:
+        code, outcomes, failed = _run_experiments(names, configs, root, args)
+        if code is not None:
+            return code
+        report = None
+        if root_lock is not None and outcomes:
             report = base.write_combined_report(root / "report.html", outcomes)
             atomic_write_json(root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes})
-    elif args.name != "all" and outcomes:
-        report = outcomes[0].run_dir / "report.html"
+        elif root_lock is None and outcomes:
+            report = outcomes[0].run_dir / "report.html"
+    except OSError as e:  # the combined report on a full disk
+        text = disk_error_text(e)
+        if text is None:
+            raise
+        print(f"steepest reproduce: error: {text}", file=sys.stderr)
+        return 2
+    finally:
+        if root_lock is not None:
+            root_lock.release()
     if report is not None:  # only a report this run wrote
         print(f"\nreport: {report}")
     if failed:
