@@ -878,3 +878,22 @@ def test_every_compare_optimizer_checkpoints_as_data_and_resumes_exactly(tmp_pat
             task.loss(m, task.batch(0, 2)).backward()
             o.step()
         assert all(torch.equal(a, b) for a, b in zip(m0.parameters(), m1.parameters())), name
+
+
+def test_single_file_checkpoint_api_round_trips_and_refuses_a_payload(tmp_path):
+    from steepest.app.checkpoint import CheckpointRefused, load_checkpoint, save_checkpoint
+
+    model, opt = _dcp_checkpoint(tmp_path / "unused")
+    save_checkpoint(tmp_path / "c.pt", model, opt, {"step": 4, "note": "x"})
+    model2, opt2 = _dcp_checkpoint(tmp_path / "unused2", lr=0.5)
+    assert load_checkpoint(tmp_path / "c.pt", model2, opt2) == {"step": 4, "note": "x"}
+    assert opt2.param_groups[0]["lr"] == 0.1
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    marker = tmp_path / "marker"
+    torch.save({"model": {}, "optimizer": {}, "step": _Payload(marker)}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointRefused, match=r"c\.pt is refused: .*GLOBAL test_attacks\._write_marker"):
+        load_checkpoint(tmp_path / "c.pt", model2, opt2)
+    assert not marker.exists()
+    (tmp_path / "d.pt").mkdir()
+    with pytest.raises(CheckpointRefused, match=r"d\.pt is not a regular file"):
+        load_checkpoint(tmp_path / "d.pt", model2, opt2)
