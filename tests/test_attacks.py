@@ -125,6 +125,10 @@ def test_checkpoint_beyond_steps_or_of_another_run_is_refused(cut, capsys):
     rc, err = _resume_cli(run, capsys)
     assert rc == 2 and "written by a run with other settings (lr, seed" in err, err
     ckpt.write_bytes(original)
+    _edit_checkpoint(ckpt, lambda p: p["loop"].update(wall="soon"))     # a wrong type fails now, not mid-run
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and "holds a damaged loop state (wall = 'soon' is not a finite number >= 0)" in err, err
+    ckpt.write_bytes(original)
     # a checkpoint of another model (another width): refused naming the file, not a raw torch error at step()
     _edit_checkpoint(ckpt, lambda p: p["model"].update({k: torch.zeros(3, 3) for k in list(p["model"])[:1]}))
     rc, err = _resume_cli(run, capsys)

@@ -70,6 +70,9 @@ def resume_checkpoint(path: Path, model, optimizer, run: dict | None = None, ste
         state = LoopState(**payload["loop"])
     except TypeError as e:
         raise ConfigError(f"{path} holds a damaged loop state ({e}): {fix}") from None
+    bad = _loop_state_problem(state)
+    if bad:
+        raise ConfigError(f"{path} holds a damaged loop state ({bad}): {fix}")
     if not isinstance(state.step, int) or state.step < 0 or (steps is not None and state.step > steps):
         raise ConfigError(f"{path} is at step {state.step}, beyond this run's {steps} steps (a checkpoint of a "
                           f"longer run?): {fix}")
@@ -81,6 +84,22 @@ def resume_checkpoint(path: Path, model, optimizer, run: dict | None = None, ste
         raise ConfigError(f"{path} does not fit this run's model or optimizer ({type(e).__name__}: "
                           f"{str(e)[:300]}): {fix}") from None
     return state
+
+
+def _loop_state_problem(state: LoopState) -> str | None:
+    """What is wrong with a loaded loop state's types and values (None when it is fine): a string where a
+    number belongs would otherwise fail mid-run, a NaN wall time would spoil the table."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    for key in ("wall", "eval_wall", "cpu"):
+        if not number(getattr(state, key)):
+            return f"{key} = {getattr(state, key)!r} is not a finite number >= 0"
+    if state.diverged_at is not None and not (isinstance(state.diverged_at, int) and state.diverged_at >= 0):
+        return f"diverged_at = {state.diverged_at!r} is not a step"
+    if state.diverged_reason is not None and not isinstance(state.diverged_reason, str):
+        return f"diverged_reason = {state.diverged_reason!r} is not text"
+    return None
 
 
 #: Largest metrics/diagnostics JSONL a resume reads back (a 3000-step run writes well under 1 MB).
