@@ -17,8 +17,10 @@ directory holds::
 because batches are a pure function of (seed, step) and CPU kernels are deterministic for a fixed
 thread count, the continued run ends with the same numbers as an uninterrupted one. Everything a
 resume reads is checked first (ConfigError naming the file and the fix): config.json, results, a
-checkpoint that is truncated, of other settings or beyond ``steps``, and metrics with damaged lines
-or a lost evaluation. Every value is checked before anything is created on disk.
+checkpoint that is truncated, needs more than plain data (it is loaded with ``weights_only=True``;
+nothing in it runs), of other settings or beyond ``steps``, metrics with damaged lines or a lost
+evaluation, and entries of the wrong type (a file for ``checkpoints/``, a link or a directory for a
+metrics file). Every value is checked before anything is created on disk.
 
 Example:
     >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")   # doctest: +SKIP
