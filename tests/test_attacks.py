@@ -74,12 +74,18 @@ def _resume_cli(run, capsys, *extra):
 
 def test_clean_resume_matches_and_removes_leftover_temp_files(cut, capsys):
     run, kw, full = cut
-    leftover = [run / "checkpoints" / ".adamw.pt.k3j2.tmp", run / ".config.json.x8f.tmp"]
-    for f in leftover:
+    # temp files named as atomic_write_bytes names them (mkstemp: 8 characters of [a-z0-9_])
+    leftover = [run / "checkpoints" / ".adamw.pt.k3j2x9ab.tmp", run / ".config.json.x8f_0q1z.tmp"]
+    # files of the same look that steepest did not write: another suffix, another name shape, deeper
+    (run / "notes").mkdir()
+    foreign = [run / ".draft.tmp", run / ".notes.md.k3j2x9ab.tmp", run / "checkpoints" / ".adamw.pt.k3.tmp",
+               run / "notes" / ".config.json.x8f_0q1z.tmp"]
+    for f in leftover + foreign:
         f.write_bytes(b"half")
     rc, err = _resume_cli(run, capsys)
     assert rc == 0, err
     assert not any(f.exists() for f in leftover)            # a SIGKILL's debris is cleaned under the lock
+    assert all(f.read_bytes() == b"half" for f in foreign)  # nothing else is touched
     assert _evals(run) == _evals(full)                      # bit-identical continuation (one thread, same batches)
 
 
@@ -118,6 +124,10 @@ def test_checkpoint_beyond_steps_or_of_another_run_is_refused(cut, capsys):
     _edit_checkpoint(ckpt, lambda p: p["run"].update(lr=0.5, seed=3))
     rc, err = _resume_cli(run, capsys)
     assert rc == 2 and "written by a run with other settings (lr, seed" in err, err
+    ckpt.write_bytes(original)
+    _edit_checkpoint(ckpt, lambda p: p["loop"].update(wall="soon"))     # a wrong type fails now, not mid-run
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and "holds a damaged loop state (wall = 'soon' is not a finite number >= 0)" in err, err
     ckpt.write_bytes(original)
     # a checkpoint of another model (another width): refused naming the file, not a raw torch error at step()
     _edit_checkpoint(ckpt, lambda p: p["model"].update({k: torch.zeros(3, 3) for k in list(p["model"])[:1]}))
@@ -197,6 +207,9 @@ BAD_VALUES = [
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "foo=0.1"], "unknown optimizer 'foo'"),
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "muon=0.1"], "muon is not swept"),
     (["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--grid", "adamw=-1"], "positive numbers"),
+    (MNIST + ["--monitor-every", "-1"], "--monitor-every) must be 0 (off) or a positive interval, got -1"),
+    (MNIST + ["--threads", "100000"], "threads must be >= 1 and at most 1024, got 100000"),   # not 100000 OpenMP threads
+    (["reproduce", "quadratic", "--quick", "--threads", "100000"], "--threads must be >= 1 and at most 1024"),
 ]
 
 
@@ -520,3 +533,371 @@ def test_sigkill_at_random_points_then_resume_reproduces_the_numbers(tmp_path):
     for name in ("adamw", "muon"):
         assert _evals(run, name) == _evals(full, name)
     assert not list(run.rglob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------ issue 23: safe by construction
+class _Payload:
+    """A pickled object whose ``__reduce__`` calls :func:`_write_marker` when it is unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_write_marker, (self.marker,))
+
+
+def _write_marker(path: str) -> int:
+    Path(path).write_text("code ran")
+    return 3  # the quiet variant: a plausible value, so a loader that ran it would go on
+
+
+def test_checkpoint_with_a_reduce_payload_never_runs_on_resume(cut, capsys, tmp_path):
+    run, _, _ = cut
+    ckpt = run / "checkpoints" / "adamw.pt"
+    marker = tmp_path / "marker"
+    _edit_checkpoint(ckpt, lambda p: p["loop"].update(step=_Payload(marker)))
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and not marker.exists(), err               # refused, and nothing in it ran
+    assert f"{ckpt} is refused" in err and "data only" in err and "Traceback" not in err, err
+    assert "_write_marker" in err, err                        # the message names what it would have called
+    # the same payload as an extra top-level key, and as the whole file
+    torch.save({"payload": _Payload(marker)}, ckpt)
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and not marker.exists() and f"{ckpt} is refused" in err, err
+
+
+def test_checkpoints_are_written_as_data_only(cut, capsys):
+    run, _, full = cut
+    assert _resume_cli(run, capsys)[0] == 0
+    payload = torch.load(run / "checkpoints" / "adamw.pt", weights_only=True)   # raises if it held an object
+    assert set(payload) == {"model", "optimizer", "loop", "rng", "run"}
+    assert isinstance(payload["rng"]["numpy"]["keys"], torch.Tensor) and len(payload["rng"]["python"][1]) == 625
+    assert _evals(run) == _evals(full)                      # and the resume stays bit for bit
+
+
+def test_no_loader_in_the_application_unpickles_code():
+    """Every torch.load of src/steepest is weights_only=True and nothing calls pickle.load(s), except
+    launch's read-back of its ranks' return values from the 0700 temp folder launch itself created."""
+    import re
+
+    import steepest
+
+    src = Path(steepest.__file__).resolve().parent
+    found = []
+    for path in src.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)|pickle\.loads?\(|Unpickler\)", text):
+            call = m.group(0)
+            if call.startswith("torch.load") and "weights_only=True" in call:
+                continue
+            found.append(f"{path.relative_to(src)}: {call[:80]}")
+    allowed = ["app/launch.py: torch.load(f, weights_only=False)",   # launch's own temp folder (tempfile, 0700)
+               "app/checkpoint.py: Unpickler)"]                     # the allow-list unpickler of DCP metadata
+    assert sorted(found) == sorted(allowed), found
+
+
+def _dcp_checkpoint(folder: Path, lr: float = 0.1):
+    from steepest.app.checkpoint import save_checkpoint
+
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    save_checkpoint(folder, model, opt, {"step": 1})
+    return model, opt
+
+
+def test_dcp_checkpoint_loads_as_data_and_refuses_a_payload_or_a_truncated_shard(tmp_path):
+    from steepest.app.checkpoint import CheckpointRefused, load_checkpoint
+
+    ck = tmp_path / "ck"
+    model, opt = _dcp_checkpoint(ck)
+    model2, opt2 = _dcp_checkpoint(tmp_path / "other", lr=0.5)
+    assert load_checkpoint(ck, model2, opt2) == {"step": 1}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    assert opt2.param_groups[0]["lr"] == 0.1                   # the non-tensor items (loaded as data) too
+    assert all(torch.equal(opt.state[a]["momentum_buffer"], opt2.state[b]["momentum_buffer"])
+               for a, b in zip(model.parameters(), model2.parameters()))
+    shard = next(ck.glob("*.distcp"))
+    original = shard.read_bytes()
+    shard.write_bytes(original[: len(original) // 2])
+    with pytest.raises(CheckpointRefused, match=f"{shard} is truncated: {len(original) // 2} bytes"):
+        load_checkpoint(ck, model2, opt2)
+    shard.write_bytes(original)
+    import pickle
+
+    marker = tmp_path / "marker"
+    (ck / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointRefused, match=r"\.metadata is refused: .*_write_marker is not allowed"):
+        load_checkpoint(ck, model2, opt2)
+    assert not marker.exists()
+
+
+def test_lock_symlink_or_foreign_lock_file_is_never_written(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(notes)
+    argv = [*MNIST, "--steps", "2", "--eval-every", "1", "--out", str(run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ".lock is a symbolic link" in err and "Traceback" not in err, err
+    assert notes.read_text() == "my notes" and (run / ".lock").is_symlink()
+    (run / ".lock").unlink()
+    os.link(notes, run / ".lock")                               # a hard link of the user's file
+    assert main(argv) == 2 and "a hard link" in capsys.readouterr().err
+    assert notes.read_text() == "my notes"
+    (run / ".lock").unlink()
+    (run / ".lock").write_text("user data, not a lock")         # a user's own file of that name
+    assert main(argv) == 2 and "is not steepest's lock file" in capsys.readouterr().err
+    assert (run / ".lock").read_text() == "user data, not a lock"
+    root = tmp_path / "all"                                     # reproduce all's own folder: refused up front
+    root.mkdir()
+    (root / ".lock").symlink_to(notes)
+    assert main(["reproduce", "all", "--quick", "--out", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert ".lock is a symbolic link" in err and "Traceback" not in err, err
+    assert notes.read_text() == "my notes" and sorted(p.name for p in root.iterdir()) == [".lock"]
+    with pytest.raises(ConfigError, match="symbolic link"):    # the sweep cache's lock too
+        from steepest.app.compare.sweep import _cache_lock
+
+        (tmp_path / ".c.json.lock").symlink_to(notes)
+        with _cache_lock(tmp_path / "c.json"):
+            pass
+    assert notes.read_text() == "my notes"
+
+
+def test_out_dot_leaves_the_users_temp_files_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    mine = [tmp_path / "src" / ".draft.tmp", tmp_path / ".draft.tmp", tmp_path / "src" / ".config.json.abcd1234.tmp",
+            tmp_path / ".notes.md.abcd1234.tmp"]
+    (tmp_path / "src").mkdir()
+    for f in mine:
+        f.write_text("keep me")
+    argv = [*MNIST, "--steps", "2", "--eval-every", "1", "--out", "."]
+    assert main([*argv, "--resume"]) == 2                      # refused: no run here
+    assert main(argv) == 0                                     # a new run into the project folder
+    capsys.readouterr()
+    assert all(f.read_text() == "keep me" for f in mine)
+
+
+def test_remove_stale_temps_needs_the_lock_and_steepests_config(tmp_path):
+    from steepest.app.guard import remove_stale_temps
+
+    stale = tmp_path / ".summary.json.abcd1234.tmp"
+    stale.write_text("half")
+    with RunLock(tmp_path, clean=False):
+        assert remove_stale_temps(tmp_path) == [] and stale.exists()      # no config.json: not a run directory
+        (tmp_path / "config.json").write_text('{"mine": 1}')
+        assert remove_stale_temps(tmp_path) == [] and stale.exists()      # a config.json that is not steepest's
+        (tmp_path / "config.json").write_text('{"config": {}}')
+    assert remove_stale_temps(tmp_path) == [] and stale.exists()          # not without the lock
+    with RunLock(tmp_path, clean=False):
+        assert remove_stale_temps(tmp_path) == [stale]
+
+
+@pytest.mark.parametrize("make", [lambda p: open(p, "wb").close(), None])
+def test_endless_or_huge_config_file_fails_fast_naming_the_limit(make, tmp_path, capsys):
+    if make is None:
+        path = "/dev/zero"
+    else:
+        path = tmp_path / "big.yaml"
+        path.write_text("# " + "x" * (2**20) + "\nsteps: 5\n")
+    out = tmp_path / "out"
+    assert main(["reproduce", "quadratic", "--quick", "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"config file {path} is larger than 1 MiB, the limit for this file" in err, err
+    assert not out.exists()
+
+
+def test_huge_run_json_is_refused_naming_the_limit(cut, capsys, monkeypatch):
+    import steepest.app.guard as guard
+
+    run, _, _ = cut
+    monkeypatch.setattr(guard, "MAX_JSON_BYTES", 100)          # instead of writing a 64 MiB file
+    rc, err = _resume_cli(run, capsys)                         # the first JSON read is the tuned table
+    assert rc == 2 and "tuned.json is larger than 100 bytes, the limit for this file" in err, err
+    monkeypatch.setattr(guard, "MAX_JSON_BYTES", 2**16)
+    (run / "config.json").write_text(json.dumps({"config": {"pad": "x" * 2**16}}))
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and "config.json is larger than 65536 bytes, the limit for this file" in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (MNIST + ["--task-opt", "batch_size=[1,"], "--task-opt batch_size: not valid YAML"),
+    (["reproduce", "quadratic", "--quick", "--set", "stable_ranks=[1.5,"],
+     "config key stable_ranks: value '[1.5,': not valid YAML"),
+])
+def test_malformed_yaml_in_an_option_names_it(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_full_disk_during_compare_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import steepest._io as io_mod
+
+    calls = []
+
+    def full(f, data):
+        calls.append(getattr(f, "name", None))
+        if len(calls) > 3:     # the first writes (routing, config, environment) fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        f.write(data)
+
+    monkeypatch.setattr(io_mod, "_write", full)
+    rc = main([*MNIST, "--steps", "4", "--eval-every", "2", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left on device" in err and str(tmp_path / "run") in err, err
+    assert "Traceback" not in err and "inline_container" not in err
+
+
+def test_over_long_out_exits_2(tmp_path, capsys):
+    for out in (tmp_path / ("x" * 300), tmp_path.joinpath(*["y" * 250] * 20)):   # a name > 255, a path > 4096
+        assert main([*MNIST, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "too long" in err.lower() and "Traceback" not in err, err
+    long_config = tmp_path / ("c" * 300)
+    assert main(["reproduce", "quadratic", "--quick", "--config", str(long_config), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read (File name too long)" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: (shutil.rmtree(r / "checkpoints"), (r / "checkpoints").write_text("x")),
+     "checkpoints is not a directory"),
+    (lambda r: ((r / "metrics" / "adamw.jsonl").unlink(), (r / "metrics" / "adamw.jsonl").mkdir()),
+     "adamw.jsonl is not a regular file"),
+])
+def test_run_entries_of_the_wrong_type_are_named(cut, capsys, damage, message):
+    run, _, _ = cut
+    damage(run)
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and message in err and "Traceback" not in err, err
+
+
+def factory_type_error(**kw):
+    return len(3)  # an internal bug of the factory, not a rejected option
+
+
+def test_task_module_with_a_syntax_error_or_an_internal_type_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken_task_mod.py").write_text("def make(:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["compare", "--task", "broken_task_mod:make", "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "task module 'broken_task_mod' has a syntax error at" in err and "broken_task_mod.py:1" in err, err
+    assert "Traceback" not in err
+    assert main(["compare", "--task", "test_attacks:factory_type_error", "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "raised TypeError: object of type 'int' has no len()" in err and "rejected options" not in err, err
+    assert main(["compare", "--task", "test_attacks:factory_none", "--task-opt", "width=3", "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "rejected options {'width': 3}" in capsys.readouterr().err   # a real rejection still says so
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path, capsys):
+    """A "billion laughs" config (nested aliases, a few lines, 10**9 items when walked) is refused at once."""
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\nstable_ranks: *i\n")
+    out = tmp_path / "out"
+    assert main(["reproduce", "quadratic", "--quick", "--config", str(tmp_path / "laughs.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "laughs.yaml: not valid YAML" in err and "aliases (*name) are not accepted" in err, err
+
+
+def test_symlinked_run_entries_are_refused_not_written_through(cut, capsys, tmp_path):
+    run, _, _ = cut
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    metrics = run / "metrics" / "adamw.jsonl"
+    notes.write_text(metrics.read_text())                      # a resume would accept its content ...
+    metrics.unlink()
+    metrics.symlink_to(notes)
+    before = notes.read_text()
+    rc, err = _resume_cli(run, capsys)
+    assert rc == 2 and "adamw.jsonl is not a regular file" in err, err
+    assert notes.read_text() == before                         # ... but never appends to the link's target
+
+
+def test_resume_without_out_skips_a_dangling_link(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "compare-mnist-20990101-000000").symlink_to(tmp_path / "gone")
+    assert main([*MNIST, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "found no earlier run under runs/compare-mnist-*" in err and "Traceback" not in err, err
+
+
+def test_sweep_cache_that_is_a_device_is_refused_not_replaced(tmp_path, capsys):
+    assert main(["sweep", "--task", "mnist", "--quick", "--optimizers", "adamw", "--cache", "/dev/null"]) == 2
+    err = capsys.readouterr().err
+    assert "/dev/null (sweep result cache) is not a regular file" in err and "delete it" not in err, err
+    assert Path("/dev/null").is_char_device()
+
+
+def test_reproduce_into_a_compare_run_is_refused(cut, capsys):
+    run, _, _ = cut
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["reproduce", "quadratic", "--quick", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds another run (steepest compare?)" in err and "choose another --out" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_every_compare_optimizer_checkpoints_as_data_and_resumes_exactly(tmp_path):
+    """Each of compare's optimizers (hybrids, Adaptive, the oracle) round-trips through a data-only
+    checkpoint: the next step after loading equals the next step of the original, bit for bit."""
+    from steepest.app.compare.loop import LoopState
+    from steepest.app.compare.optimizers import OPTIMIZERS, build_optimizer
+    from steepest.app.compare.runner import HeldOutLoss, resume_checkpoint, write_checkpoint
+    from steepest.app.tasks import get_task
+
+    task = get_task("mnist", size="quick")
+    for name in OPTIMIZERS:
+        states = []
+        for copy in range(2):
+            torch.manual_seed(0)
+            model = task.make_model()
+            held = HeldOutLoss(task, model, 0)
+            opt = build_optimizer(name, model, 0.01, 1e-3, task.routing, held_out=held)
+            states.append((model, opt))
+        (m0, o0), (m1, o1) = states
+        for t in range(2):
+            task.loss(m0, task.batch(0, t)).backward()
+            o0.step()
+            o0.zero_grad()
+        path = tmp_path / f"{name}.pt"
+        write_checkpoint(path, m0, o0, LoopState(step=2))
+        torch.load(path, weights_only=True)                    # data only
+        assert resume_checkpoint(path, m1, o1).step == 2
+        for m, o in ((m0, o0), (m1, o1)):
+            torch.manual_seed(5)
+            task.loss(m, task.batch(0, 2)).backward()
+            o.step()
+        assert all(torch.equal(a, b) for a, b in zip(m0.parameters(), m1.parameters())), name
+
+
+def test_single_file_checkpoint_api_round_trips_and_refuses_a_payload(tmp_path):
+    from steepest.app.checkpoint import CheckpointRefused, load_checkpoint, save_checkpoint
+
+    model, opt = _dcp_checkpoint(tmp_path / "unused")
+    save_checkpoint(tmp_path / "c.pt", model, opt, {"step": 4, "note": "x"})
+    model2, opt2 = _dcp_checkpoint(tmp_path / "unused2", lr=0.5)
+    assert load_checkpoint(tmp_path / "c.pt", model2, opt2) == {"step": 4, "note": "x"}
+    assert opt2.param_groups[0]["lr"] == 0.1
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    marker = tmp_path / "marker"
+    torch.save({"model": {}, "optimizer": {}, "step": _Payload(marker)}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointRefused, match=r"c\.pt is refused: .*GLOBAL test_attacks\._write_marker"):
+        load_checkpoint(tmp_path / "c.pt", model2, opt2)
+    assert not marker.exists()
+    (tmp_path / "d.pt").mkdir()
+    with pytest.raises(CheckpointRefused, match=r"d\.pt is not a regular file"):
+        load_checkpoint(tmp_path / "d.pt", model2, opt2)

@@ -62,3 +62,46 @@ def test_jsonl_counts_and_reports_damaged_lines(tmp_path):
     assert _io.scan_jsonl(path) == ([{"step": 1}], [2])
     with pytest.raises(ValueError, match="errors must be"):
         _io.read_jsonl(path, errors="skip")
+
+
+def test_temp_files_match_the_pattern_that_cleanup_removes(tmp_path, monkeypatch):
+    """The temp name atomic_write_bytes gives is exactly what TEMP_PATTERN matches (and nothing looser)."""
+    seen = []
+    real = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    for _ in range(20):
+        _io.atomic_write_text(tmp_path / "config.json", "{}")
+    assert all(_io.TEMP_PATTERN.match(n)["target"] == "config.json" for n in seen), seen
+    for foreign in (".draft.tmp", ".config.json.tmp", ".config.json.abc.tmp", "config.json.abcd1234.tmp",
+                    ".config.json.ABCD1234.tmp"):
+        assert _io.TEMP_PATTERN.match(foreign) is None, foreign
+
+
+def test_read_bytes_limited_stops_at_the_limit(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    assert _io.read_bytes_limited(tmp_path / "a", 10) == b"x" * 10
+    with pytest.raises(_io.FileTooLarge, match="a is larger than 9 bytes, the limit for this file"):
+        _io.read_bytes_limited(tmp_path / "a", 9)
+    with pytest.raises(_io.FileTooLarge, match="/dev/zero is larger than 1 MiB"):   # endless: read stops at once
+        _io.read_bytes_limited("/dev/zero", 2**20)
+
+
+def test_write_errors_name_the_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(f, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_io, "_write", full)
+    with pytest.raises(OSError, match="No space left on device") as e:
+        _io.atomic_write_text(tmp_path / "r.json", "{}")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "r.json")
+    assert list(tmp_path.iterdir()) == []                                 # no temp file left behind
+    with pytest.raises(OSError, match="No space left on device") as e:
+        _io.append_jsonl(tmp_path / "m.jsonl", {"step": 1})
+    assert e.value.filename == str(tmp_path / "m.jsonl")

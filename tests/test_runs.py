@@ -84,3 +84,23 @@ def test_file_values_are_checked_against_the_field_types():
 def test_string_override_errors_name_the_key():
     with pytest.raises(runs.ConfigError, match="config key steps: expected int, got 'five'"):
         runs.apply_overrides(Cfg(), ["steps=five"])
+
+
+def test_one_yaml_loader_reads_plain_data_only(tmp_path):
+    from steepest.app.runs import ConfigError, load_yaml, read_mapping
+
+    assert load_yaml("a: [1, 2.5, x]", "--set a") == {"a": [1, 2.5, "x"]}
+    with pytest.raises(ConfigError, match=r"--set a: not valid YAML .*could not determine a constructor"):
+        load_yaml("!!python/object/apply:os.system ['true']", "--set a")      # no Python objects
+    with pytest.raises(ConfigError, match=r"--set a: not valid YAML .*aliases \(\*name\) are not accepted"):
+        load_yaml("a: &x [1]\nb: *x", "--set a")
+    with pytest.raises(ConfigError, match=r"--task-opt n: not valid YAML"):
+        load_yaml("[1,", "--task-opt n")
+    (tmp_path / "c.toml").write_text("steps = ")
+    with pytest.raises(ConfigError, match=r"c.toml: not valid TOML"):
+        read_mapping(tmp_path / "c.toml")
+    (tmp_path / "c.yaml").write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="c.yaml is not UTF-8 text"):
+        read_mapping(tmp_path / "c.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_mapping(tmp_path / "empty.yaml") == {}

@@ -14,30 +14,76 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 
+def _write(f, data) -> None:
+    """The one place result bytes reach a file (tests simulate a full disk by replacing it)."""
+    f.write(data)
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its filename (a full disk reported by fsync or write names no file)."""
+    if e.filename is None and e.errno is not None:
+        return type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    return e
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, then rename."""
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, then rename.
+
+    The temp file is ``.<name>.<8 random characters>.tmp`` (:data:`TEMP_PATTERN`); an OSError (a full
+    disk, a read-only file system) names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _named(e, path) from None
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give what open(..., "w") gives
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            _write(f, data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _named(e, path) from None
         raise
     return path
+
+
+#: The name :func:`atomic_write_bytes` gives its temp file: ``.<target name>.<mkstemp's 8 characters>.tmp``.
+TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+class FileTooLarge(ValueError):
+    """A file the application reads is larger than its limit (an endless device, a wrong path)."""
+
+    def __init__(self, path: str | os.PathLike, limit: int) -> None:
+        self.path, self.limit = Path(path), int(limit)
+        shown = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
+        super().__init__(f"{path} is larger than {shown}, the limit for this file "
+                         "(is it the right file? /dev/zero and other endless files are refused)")
+
+
+def read_bytes_limited(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of ``path``; :class:`FileTooLarge` when it holds more than ``limit`` bytes (it reads at
+    most ``limit + 1`` bytes, so an endless file such as /dev/zero fails at once)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(path, limit)
+    return data
 
 
 def current_umask() -> int:
@@ -82,10 +128,13 @@ def _sanitize(obj):
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON record as a line (a torn last line is skipped by :func:`read_jsonl`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_sanitize(record), default=_json_default) + "\n")
-        f.flush()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            _write(f, json.dumps(_sanitize(record), default=_json_default) + "\n")
+            f.flush()
+    except OSError as e:
+        raise _named(e, path) from None
 
 
 class JsonlDamaged(ValueError):
@@ -97,8 +146,10 @@ class JsonlDamaged(ValueError):
         super().__init__(f"{path}: {len(bad)} damaged line(s) (not a JSON object: line {shown})")
 
 
-def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+def scan_jsonl(path: str | os.PathLike, limit: int | None = None) -> tuple[list[dict], list[int]]:
     """``(records, bad line numbers)`` of a JSONL file (1-based; a missing file is empty).
+
+    ``limit``: at most this many bytes (:class:`FileTooLarge` beyond it); None reads any size.
 
     A last line without its newline that does not parse is a torn append (a kill in mid-write) and
     is neither returned nor counted; every other line that is not a JSON object is counted as bad.
@@ -108,7 +159,8 @@ def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
     path = Path(path)
     if not path.exists():
         return out, bad
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes() if limit is None else read_bytes_limited(path, limit)
+    text = raw.decode("utf-8", errors="replace")
     lines = text.split("\n")
     torn = lines[-1] if lines else ""  # the text after the last newline ("" when it ends in one)
     lines = lines[:-1]
@@ -150,4 +202,4 @@ def read_jsonl(path: str | os.PathLike, errors: str = "warn") -> list[dict]:
     return records
 
 
-__all__ = ["JsonlDamaged", "scan_jsonl", "current_umask", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl"]
+__all__ = ["FileTooLarge", "read_bytes_limited", "TEMP_PATTERN", "JsonlDamaged", "scan_jsonl", "current_umask", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl"]

@@ -7,4 +7,6 @@ never imports it.
     app/reproduce/    one module per seed experiment; app/tasks/ charlm and mnist
     app/report/       figures and HTML; app/runs.py configs, environment capture, run directories
     app/launch.py     process-group launch for data-parallel runs (torchrun-compatible)
+    app/guard.py      run-directory lock, temp-file cleanup, checked JSON reads, SIGTERM
+    app/checkpoint.py the one checkpoint API (a .pt file or a DCP directory), loaded as data only
 """

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -43,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from steepest._io import atomic_write_json
+from steepest.app.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401 (the launch API's checkpoints)
 from steepest.app.guard import Terminated, raise_terminated
 from steepest.app.runs import ConfigError
 from steepest.optim.sharded import defines_own_step, distributed
@@ -128,56 +127,40 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, info: DistInfo, process_gro
     return distributed(optimizer, process_group=process_group)
 
 
+def shard(batch: Any, rank: int, world_size: int) -> Any:
+    """Rank ``rank``'s contiguous slice (dim 0) of every tensor in ``batch`` (tensors, tuples, lists, dicts;
+    anything else passes through): the application's one batch sharder. The caller checks that dim 0
+    divides evenly (:func:`shard_batch`, ``check_nproc``), so that DDP's mean of per-rank mean losses is
+    the global mean loss. Example: ``shard((x, y), 1, 2)`` is ``(x[B/2:], y[B/2:])``."""
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim == 0:
+            return batch
+        per = batch.shape[0] // world_size
+        return batch[rank * per:(rank + 1) * per]
+    if isinstance(batch, tuple):
+        parts = [shard(b, rank, world_size) for b in batch]
+        return type(batch)(*parts) if hasattr(batch, "_fields") else tuple(parts)  # namedtuples keep their type
+    if isinstance(batch, list):
+        return [shard(b, rank, world_size) for b in batch]
+    if isinstance(batch, dict):
+        return {k: shard(v, rank, world_size) for k, v in batch.items()}
+    return batch
+
+
 def shard_batch(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """This rank's contiguous slice of a global batch (dim 0). The global batch must divide evenly, so
-    that DDP's mean of per-rank mean losses is the global mean loss."""
+    """This rank's contiguous slice of a global batch tensor (dim 0, :func:`shard`); ValueError unless
+    the global batch divides evenly over the ranks."""
     n = batch.shape[0]
     if n % info.world_size:
         raise ValueError(f"global batch of {n} does not split evenly over {info.world_size} ranks; "
                          "choose a batch size divisible by the number of processes")
-    per = n // info.world_size
-    return batch[info.rank * per:(info.rank + 1) * per]
+    return shard(batch, info.rank, info.world_size)
 
 
 def cleanup() -> None:
     """Destroy the default process group if one is initialised."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer, extra: dict | None = None) -> None:
-    """Save model and optimizer state with torch.distributed.checkpoint (a collective under a group).
-
-    Uses ``get_state_dict`` so DDP/FSDP2 wrappers and DTensor shards are stored by fully qualified
-    name; the checkpoint loads on any world size (:func:`load_checkpoint`). ``extra`` (plain JSON data,
-    e.g. the step count) is written by rank 0 to ``extra.json`` beside them.
-    """
-    # lazy: torch.distributed.checkpoint is heavy and only checkpointing needs it
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    if not dist.is_initialized() or dist.get_rank() == 0:  # before dcp.save, whose collectives order it
-        atomic_write_json(Path(path) / "extra.json", dict(extra or {}))
-    msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-
-
-def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer) -> dict:
-    """Load a :func:`save_checkpoint` directory into ``model`` and ``optimizer`` (resharding DTensor
-    state to this world size); returns ``extra``."""
-    # lazy: torch.distributed.checkpoint is heavy and only checkpointing needs it
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    if not Path(path).is_dir():
-        raise ValueError(f"no checkpoint directory at {path}")
-    msd, osd = get_state_dict(model, optimizer)
-    state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    extra = Path(path) / "extra.json"
-    return json.loads(extra.read_text()) if extra.exists() else {}
 
 
 # ------------------------------------------------------------------------------------ local launcher
@@ -360,5 +343,5 @@ def _result(out_dir: str, rank: int, default):
         return default
 
 
-__all__ = ["DistInfo", "init_from_env", "wrap_model", "wrap_optimizer", "shard_batch", "cleanup", "save_checkpoint",
+__all__ = ["DistInfo", "init_from_env", "wrap_model", "wrap_optimizer", "shard", "shard_batch", "cleanup", "save_checkpoint",
            "load_checkpoint", "free_port", "launch"]

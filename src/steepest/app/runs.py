@@ -22,6 +22,7 @@ import torch
 import yaml
 
 import steepest
+from steepest._io import FileTooLarge, read_bytes_limited
 from steepest._io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl  # noqa: F401 (re-exported)
 from steepest.linalg.precision import auto_report
 
@@ -65,16 +66,72 @@ def environment() -> dict:
     return env
 
 
-def make_run_dir(base: str | os.PathLike, name: str, *, exist_ok: bool = True) -> Path:
-    """``base/name`` created if needed (reused when it exists, so interrupted runs can resume)."""
-    run = Path(base) / name
-    run.mkdir(parents=True, exist_ok=exist_ok)
-    return run
-
-
 # ---------------------------------------------------------------------------------------- configs
 class ConfigError(ValueError):
     """A bad configuration key or value (the CLI turns it into exit code 2)."""
+
+
+#: Largest configuration file read (``--config``): far above any real one, so /dev/zero fails at once.
+MAX_CONFIG_BYTES = 2**20
+
+
+#: Most torch threads a command accepts (``--threads``): far above any machine's cores; a typo such as
+#: 100000 would otherwise start that many OpenMP threads.
+MAX_THREADS = 1024
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases (``*name``): a configuration never needs them, and nested
+    aliases expand exponentially when the values are walked (a "billion laughs" file of a few lines)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a configuration",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """The application's one YAML reader: safe YAML (plain data, no Python objects) without aliases;
+    ConfigError naming ``what`` (an option or a file) and the position of a syntax error."""
+    try:
+        return yaml.load(text, Loader=_PlainLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"{what}: not valid YAML ({detail[:300]})") from None
+
+
+def read_mapping(path: str | os.PathLike) -> dict:
+    """The mapping in the YAML or TOML (``.toml``) configuration file ``path`` ({} when empty).
+
+    ConfigError naming the file when it is missing, not a regular file, larger than
+    :data:`MAX_CONFIG_BYTES`, not UTF-8, not valid YAML/TOML, or not a mapping.
+    """
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a YAML or TOML file")
+        text = read_bytes_limited(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except FileTooLarge as e:
+        raise ConfigError(f"config file {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; give a YAML or TOML file") from None
+    except OSError as e:  # a name too long, a permission
+        raise ConfigError(f"config file {str(path)[:200]} cannot be read ({e.strerror})") from None
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: not valid TOML ({e})") from None
+    else:
+        data = load_yaml(text, f"config file {path}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
 
 
 def _coerce(value: str, typ) -> Any:
@@ -94,7 +151,9 @@ def _coerce(value: str, typ) -> Any:
     if origin in (list, tuple) or typ in (list, tuple):
         args = typing.get_args(typ)
         inner = args[0] if args else str
-        parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        parsed = load_yaml(value, f"value {value!r}") if value.strip().startswith("[") else value.split(",")
+        if not isinstance(parsed, (list, tuple)):
+            raise ConfigError(f"expected a list, got {value!r}")
         items = [(_coerce(str(v), inner) if inner is not Ellipsis else v) for v in parsed]
         return tuple(items) if (origin is tuple or typ is tuple) else items
     if origin is typing.Union or origin is types.UnionType:
@@ -107,7 +166,7 @@ def _coerce(value: str, typ) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"cannot parse {value!r} as {typ}")
-    return yaml.safe_load(value)
+    return load_yaml(value, f"value {value!r}")
 
 
 def _check_value(value: Any, typ) -> Any:
@@ -196,14 +255,7 @@ def load_config(cls, path: str | os.PathLike | None = None, overrides=None):
     """Build dataclass ``cls`` from defaults, then a YAML/TOML file, then ``key=value`` overrides."""
     cfg = cls()
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-        cfg = apply_overrides(cfg, {k: v for k, v in data.items()})
+        cfg = apply_overrides(cfg, read_mapping(path))
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     return cfg

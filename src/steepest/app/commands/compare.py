@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steepest.app.runs import ConfigError
+from steepest.app.runs import ConfigError, load_yaml
 from steepest.app.compare.job import check_seed, compare
-from steepest.app.guard import check_output_dir
+from steepest.app.guard import check_output_dir, disk_error_text
 from steepest.app.compare.sweep import sweep
 from steepest.app.tasks import TaskError
 
@@ -39,9 +39,7 @@ def parse_pairs(items, what: str, numeric: bool = True) -> dict:
             except ValueError as e:
                 raise ConfigError(f"{what} {k}: expected a number, got {v!r}") from e
         else:
-            import yaml  # lazy: only task options need YAML parsing
-
-            v = yaml.safe_load(v)
+            v = load_yaml(v, f"{what} {k}")
         out[k] = v
     return out
 
@@ -107,5 +105,11 @@ def run(args) -> int:
                 nproc=args.nproc, oracle_every=args.oracle_every)
     except (TaskError, ConfigError, ValueError) as e:
         print(f"steepest compare: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only folder, a name too long: the file and the cause, no traceback
+        text = disk_error_text(e)
+        if text is None:
+            raise
+        print(f"steepest compare: error: {text}", file=sys.stderr)
         return 2
     return 0

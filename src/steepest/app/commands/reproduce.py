@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tomllib
 import traceback
 from pathlib import Path
 
-import yaml
-
-from steepest.app.guard import RunLock, check_output_dir
-from steepest.app.runs import ConfigError, apply_overrides, atomic_write_json
+from steepest.app.guard import RunLock, check_output_dir, disk_error_text, read_json
+from steepest.app.runs import MAX_THREADS, ConfigError, apply_overrides, atomic_write_json, read_mapping
 from steepest.app.reproduce import base
 
 
@@ -47,27 +44,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
-def _read_mapping(path: str | None) -> dict:
-    if path is None:
-        return {}
-    file = Path(path)
-    if not file.exists():
-        raise ConfigError(f"config file {file} does not exist")
-    text = file.read_text(encoding="utf-8")
-    try:
-        data = tomllib.loads(text) if file.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot parse {file}: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {file} must hold a mapping of keys to values")
-    return data
-
-
 def build_configs(names: list[str], quick: bool, overrides: list[str], config_file: str | None) -> dict:
     """Config per experiment: defaults (or quick()), then the file, then ``--set`` overrides."""
-    file_data = _read_mapping(config_file)
+    file_data = read_mapping(config_file) if config_file is not None else {}
     multi = len(names) > 1
     pairs = []
     for item in overrides:
@@ -106,6 +85,22 @@ def build_configs(names: list[str], quick: bool, overrides: list[str], config_fi
     return configs
 
 
+def _check_not_another_run(run_dir: Path, name: str | None) -> None:
+    """ConfigError when ``run_dir`` holds another run's ``config.json`` (a compare run, another
+    experiment, or for ``all``'s root (``name`` None) any run): reproducing there would overwrite its
+    config, results and report. Rerunning the same experiment into its own directory is fine."""
+    cfg = run_dir / "config.json"
+    if not (cfg.exists() or cfg.is_symlink()):
+        return
+    data = read_json(cfg, "the run's configuration", "choose another --out")
+    mine = name is not None and isinstance(data, dict) and data.get("experiment") == name
+    if not mine:
+        what = (f"the reproduction {data['experiment']!r}" if isinstance(data, dict) and "experiment" in data
+                else "another run (steepest compare?)" if isinstance(data, dict) and "config" in data else "a config.json")
+        raise ConfigError(f"--out {run_dir} holds {what}; reproducing there would overwrite its files: "
+                          "choose another --out")
+
+
 def _print_claims(outcome) -> None:
     print(f"\n== {outcome.name}: {outcome.run_dir} "
           f"(cells: {outcome.cells_computed} computed, {outcome.cells_reused} reused)")
@@ -113,13 +108,40 @@ def _print_claims(outcome) -> None:
         print(f"  [{c.verdict:>12}] {c.statement}\n                 measured: {c.measured}")
 
 
+def _run_experiments(names: list[str], configs: dict, root: Path, args) -> tuple[int | None, list, list[str]]:
+    """Run each experiment into its folder: ``(exit code to return at once or None, outcomes, failed names)``."""
+    outcomes, failed = [], []
+    for name in names:
+        run_dir = root / name if args.name == "all" else root
+        try:
+            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
+        except ConfigError as e:
+            print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
+            return 2, outcomes, failed
+        except OSError as e:
+            text = disk_error_text(e)
+            if text is None:
+                traceback.print_exc()
+                failed.append(name)
+                continue
+            print(f"steepest reproduce {name}: error: {text}", file=sys.stderr)
+            return 2, outcomes, failed
+        except Exception:  # one broken experiment must not hide the others' results
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        outcomes.append(outcome)
+        _print_claims(outcome)
+    return None, outcomes, failed
+
+
 def main(args) -> int:
     if args.name != "all" and args.name not in base.REGISTRY:
         print(f"steepest reproduce: unknown experiment {args.name!r}; choose one of "
               f"{', '.join(base.REGISTRY)} or all", file=sys.stderr)
         return 2
-    if args.threads < 1:
-        print("steepest reproduce: --threads must be >= 1", file=sys.stderr)
+    if not 1 <= args.threads <= MAX_THREADS:
+        print(f"steepest reproduce: --threads must be >= 1 and at most {MAX_THREADS}, got {args.threads}", file=sys.stderr)
         return 2
     names = list(base.REGISTRY) if args.name == "all" else [args.name]
     try:
@@ -134,27 +156,35 @@ def main(args) -> int:
     except ConfigError as e:
         print(f"steepest reproduce: {e}", file=sys.stderr)
         return 2
-    outcomes, failed = [], []
-    for name in names:
-        run_dir = root / name if args.name == "all" else root
-        try:
-            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
-        except ConfigError as e:
-            print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
-            return 2
-        except Exception:  # one broken experiment must not hide the others' results
-            traceback.print_exc()
-            failed.append(name)
-            continue
-        outcomes.append(outcome)
-        _print_claims(outcome)
-    report = None
-    if args.name == "all" and outcomes:
-        with RunLock(root, clean=False):  # the experiments' own folders are locked by run_experiment
+    root_lock = RunLock(root, clean=False) if args.name == "all" else None  # the experiments lock their own
+    try:
+        for name in names:
+            _check_not_another_run(root / name if args.name == "all" else root, name)
+        if root_lock is not None:
+            _check_not_another_run(root, None)
+            root_lock.acquire()  # held for the whole run: a .lock link or a second writer is refused up front
+    except ConfigError as e:
+        print(f"steepest reproduce: {e}", file=sys.stderr)
+        return 2
+    try:
+        code, outcomes, failed = _run_experiments(names, configs, root, args)
+        if code is not None:
+            return code
+        report = None
+        if root_lock is not None and outcomes:
             report = base.write_combined_report(root / "report.html", outcomes)
             atomic_write_json(root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes})
-    elif args.name != "all" and outcomes:
-        report = outcomes[0].run_dir / "report.html"
+        elif root_lock is None and outcomes:
+            report = outcomes[0].run_dir / "report.html"
+    except OSError as e:  # the combined report on a full disk
+        text = disk_error_text(e)
+        if text is None:
+            raise
+        print(f"steepest reproduce: error: {text}", file=sys.stderr)
+        return 2
+    finally:
+        if root_lock is not None:
+            root_lock.release()
     if report is not None:  # only a report this run wrote
         print(f"\nreport: {report}")
     if failed:

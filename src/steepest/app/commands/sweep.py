@@ -20,7 +20,7 @@ from steepest.app.commands.compare import add_common, split_names
 from steepest.app.compare.job import MAX_LR, check_seed
 from steepest.app.compare.optimizers import OPTIMIZERS, default_optimizers
 from steepest.app.compare.sweep import sweep
-from steepest.app.guard import check_output_dir
+from steepest.app.guard import check_output_dir, disk_error_text
 from steepest.app.tasks import TaskError
 from steepest.app.runs import ConfigError
 
@@ -88,6 +88,12 @@ def run(args) -> int:
                      write_tuned=args.write_tuned, command="steepest " + shlex.join(sys.argv[1:]))
     except (TaskError, ConfigError, ValueError) as e:
         print(f"steepest sweep: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only folder, a name too long: the file and the cause, no traceback
+        text = disk_error_text(e)
+        if text is None:
+            raise
+        print(f"steepest sweep: error: {text}", file=sys.stderr)
         return 2
     print("best learning rates: " + ", ".join(f"{k}={v:.4g}" for k, v in best.items()))
     return 0

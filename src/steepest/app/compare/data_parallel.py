@@ -11,7 +11,7 @@ runs :func:`steepest.app.compare.runner.run_optimizer` for each optimizer with a
   on an owner rank, the result shared); torch.optim ones (AdamW, torch.optim.Muon + AdamW, SGD) step
   on the averaged gradients unchanged (steepest.Adaptive is a steepest optimizer like the others);
 * its slice of every global batch ``task.batch(seed, step)``: rank r takes rows
-  [r B/N, (r+1) B/N) of every tensor (:func:`steepest.app.launch.shard_batch`). With equal
+  [r B/N, (r+1) B/N) of every tensor (:func:`steepest.app.launch.shard`). With equal
   slices the mean of the per-rank mean losses is the global mean loss, so
 
       grad_DDP = (1/N) sum_r (1/(B/N)) sum_{i in shard r} grad l_i = (1/B) sum_i grad l_i,
@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 
 from steepest.app.compare.runner import run_optimizer
-from steepest.app.launch import DistInfo, cleanup, init_from_env, launch, wrap_model, wrap_optimizer
+from steepest.app.launch import DistInfo, cleanup, init_from_env, launch, shard, wrap_model, wrap_optimizer
 from steepest.app.runs import ConfigError
 from steepest.app.tasks import get_task
 
@@ -87,24 +87,6 @@ def batch_size(batch: Any) -> int:
         raise ConfigError("--nproc > 1 splits each batch on dim 0: the task's batch(seed, step) must return a tensor "
                           f"or a tuple/list/dict of tensors with the same dim 0 (found dim-0 sizes {sorted(sizes)})")
     return sizes.pop()
-
-
-def shard(batch: Any, rank: int, world_size: int) -> Any:
-    """Rank ``rank``'s contiguous slice (dim 0) of every tensor in ``batch`` (tensors, tuples, lists, dicts;
-    anything else passes through). Example: ``shard((x, y), 1, 2)`` is ``(x[B/2:], y[B/2:])``."""
-    if isinstance(batch, torch.Tensor):
-        if batch.ndim == 0:
-            return batch
-        per = batch.shape[0] // world_size
-        return batch[rank * per:(rank + 1) * per]
-    if isinstance(batch, tuple):
-        parts = [shard(b, rank, world_size) for b in batch]
-        return type(batch)(*parts) if hasattr(batch, "_fields") else tuple(parts)  # namedtuples keep their type
-    if isinstance(batch, list):
-        return [shard(b, rank, world_size) for b in batch]
-    if isinstance(batch, dict):
-        return {k: shard(v, rank, world_size) for k, v in batch.items()}
-    return batch
 
 
 def check_nproc(task, seed: int, nproc: int) -> None:

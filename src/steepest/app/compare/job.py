@@ -17,8 +17,10 @@ directory holds::
 because batches are a pure function of (seed, step) and CPU kernels are deterministic for a fixed
 thread count, the continued run ends with the same numbers as an uninterrupted one. Everything a
 resume reads is checked first (ConfigError naming the file and the fix): config.json, results, a
-checkpoint that is truncated, of other settings or beyond ``steps``, and metrics with damaged lines
-or a lost evaluation. Every value is checked before anything is created on disk.
+checkpoint that is truncated, needs more than plain data (it is loaded with ``weights_only=True``;
+nothing in it runs), of other settings or beyond ``steps``, metrics with damaged lines or a lost
+evaluation, and entries of the wrong type (a file for ``checkpoints/``, a link or a directory for a
+metrics file). Every value is checked before anything is created on disk.
 
 Example:
     >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")   # doctest: +SKIP
@@ -44,8 +46,8 @@ from steepest.app.compare.optimizers import (
 from steepest.app.compare.monitor import check_oracle_every
 from steepest.app.compare.report import write_compare_report
 from steepest.app.compare.runner import run_optimizer
-from steepest.app.guard import RunLock, check_output_dir, read_json
-from steepest.app.runs import ConfigError, atomic_write_json, atomic_write_text, environment
+from steepest.app.guard import RunLock, check_output_dir, read_json, remove_stale_temps
+from steepest.app.runs import MAX_THREADS, ConfigError, atomic_write_json, atomic_write_text, environment
 from steepest.app.tasks import Task, TaskError, check_task, get_task
 
 #: The shipped table of tuned learning rates (package data of ``steepest.app``).
@@ -232,10 +234,12 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     if not (0 <= warmup < 1 and 0 <= cooldown <= 1):
         raise ConfigError(f"warmup must be in [0, 1) and cooldown in [0, 1], got {warmup} and {cooldown}")
     threads = DEFAULT_THREADS if threads is None else threads
-    if int(threads) < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
+    if not 1 <= int(threads) <= MAX_THREADS:
+        raise ConfigError(f"threads must be >= 1 and at most {MAX_THREADS}, got {threads}")
     torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
+    if monitor_every < 0:
+        raise ConfigError(f"monitor_every (--monitor-every) must be 0 (off) or a positive interval, got {monitor_every}")
     check_oracle_every(oracle_every, monitor_every)
     lr_table = resolve_lrs(task_obj.name, size, names, lrs)
     check_nproc(task_obj, seed, nproc)
@@ -252,41 +256,65 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     check_output_dir(run_dir)
     if resume and not (Path(run_dir) / "config.json").exists():
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
-    with RunLock(run_dir):  # one writer per run directory; --nproc ranks write under this lock
-        return _compare_locked(cfg, task, task_obj, task_name, builtin if not isinstance(task, Task) else True,
-                               names, run_dir, resume, lr_table, size, seed, steps, task_options, progress,
-                               on_step, log, report, nproc, dist_timeout_s)
+    job = CompareJob(task_obj=task_obj, builtin=builtin if not isinstance(task, Task) else True,
+                     run_dir=Path(run_dir), resume=resume, lr_table=lr_table, progress=progress, on_step=on_step,
+                     log=log, report=report, dist_timeout_s=dist_timeout_s)
+    # one writer per run directory (--nproc ranks write under this lock); leftover temp files are removed
+    # only once the directory is known to be this run's (_prepare_run_dir), not when it is refused
+    with RunLock(run_dir, clean=False):
+        return _compare_locked(cfg, job)
 
 
-def _compare_locked(cfg, task, task_obj, task_name, builtin, names, run_dir, resume, lr_table, size, seed, steps,
-                    task_options, progress, on_step, log, report, nproc, dist_timeout_s) -> CompareResult:
-    run_dir = _prepare_run_dir(cfg, task_obj, run_dir, resume)
-    say = log or (lambda s: None)
-    say(f"steepest compare: task {task_obj.name} ({size}), {steps} steps, seed {seed}, run dir {run_dir}")
+@dataclasses.dataclass
+class CompareJob:
+    """How one :func:`compare` call runs, beside what determines its numbers (:class:`CompareConfig`):
+    the built task (and whether it was named as a built-in), the run directory, the learning rates with their sources, and the
+    callbacks and switches for progress, logging, the report and the distributed deadline."""
+
+    task_obj: Task
+    builtin: bool
+    run_dir: Path
+    resume: bool
+    lr_table: dict
+    progress: bool = True
+    on_step: Callable | None = None
+    log: Callable[[str], None] | None = print
+    report: bool = True
+    dist_timeout_s: float | None = None
+
+
+def _compare_locked(cfg: CompareConfig, job: CompareJob) -> CompareResult:
+    names = cfg.optimizers
+    run_dir = _prepare_run_dir(cfg, job.task_obj, job.run_dir, job.resume)
+    say = job.log or (lambda s: None)
+    say(f"steepest compare: task {job.task_obj.name} ({cfg.size}), {cfg.steps} steps, seed {cfg.seed}, "
+        f"run dir {run_dir}")
     left_out = [n for n in DEFAULT_OPTIMIZERS if n not in names and n in NEEDS_NATIVE_BF16]
     if left_out and set(names) == set(default_optimizers()):
         say(f"steepest compare: {', '.join(left_out)} left out: it forces bf16 Newton-Schulz, which this CPU "
             f"emulates (18-70x slower than float32); add it with --optimizers to run it anyway")
 
     results = {}
-    if nproc > 1:
-        say(f"steepest compare: {nproc} data-parallel processes (gloo), global batch split evenly")
-        results = run_distributed(task_name, {"size": size, **task_options} if builtin else task_options, cfg,
-                                  run_dir, lr_table, resume=resume, progress=progress, on_step=on_step,
-                                  log=log is not None, timeout_s=dist_timeout_s)
+    lr_table = job.lr_table
+    if cfg.nproc > 1:
+        say(f"steepest compare: {cfg.nproc} data-parallel processes (gloo), global batch split evenly")
+        options = {"size": cfg.size, **cfg.task_options} if job.builtin else cfg.task_options
+        results = run_distributed(cfg.task, options, cfg, run_dir, lr_table, resume=job.resume,
+                                  progress=job.progress, on_step=job.on_step, log=job.log is not None,
+                                  timeout_s=job.dist_timeout_s)
     else:
         for name in names:
             lr, src = lr_table[name]
             results[name] = run_optimizer(
-                name, task_obj, cfg, run_dir, lr=lr, lr_source=src, aux_lr=lr_table["adamw"][0], resume=resume,
-                progress=progress, on_step=on_step, log=say)
+                name, job.task_obj, cfg, run_dir, lr=lr, lr_source=src, aux_lr=lr_table["adamw"][0],
+                resume=job.resume, progress=job.progress, on_step=job.on_step, log=say)
     rows, target = summarize(results, names)
     reference = "adamw" if "adamw" in names else names[0]
     table = format_table(rows, target, reference)
     atomic_write_json(run_dir / "summary.json", {"target": target, "reference": reference, "rows": rows})
     atomic_write_text(run_dir / "table.txt", table + "\n")
     say(table)
-    if report:
+    if job.report:
         path = write_compare_report(run_dir)
         say(f"report: {path}")
     return CompareResult(rows=rows, table=table, run_dir=run_dir, target=target)
@@ -294,7 +322,8 @@ def _compare_locked(cfg, task, task_obj, task_name, builtin, names, run_dir, res
 
 def _default_run_dir(task: Task, resume: bool) -> Path:
     if resume:
-        found = sorted(Path("runs").glob(f"compare-{task.name}-*"), key=lambda p: p.stat().st_mtime)
+        found = sorted((p for p in Path("runs").glob(f"compare-{task.name}-*") if p.is_dir() and not p.is_symlink()),
+                       key=lambda p: p.stat().st_mtime)
         if not found:
             raise ConfigError(f"--resume found no earlier run under runs/compare-{task.name}-*; name it with --out")
         return found[-1]
@@ -333,6 +362,7 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
                               "rerun with the same options or start a new --out")
     elif resume:
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
+    remove_stale_temps(run_dir)  # under the lock, in a directory holding this run's config.json only
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     atomic_write_text(run_dir / "routing.txt", routing_table(task.make_model(), task.routing) + "\n")
@@ -414,5 +444,5 @@ def format_table(rows: list[dict], target: float | None, reference: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compare", "CompareConfig", "CompareResult", "resolve_lrs", "load_tuned", "summarize", "format_table",
+__all__ = ["compare", "CompareConfig", "CompareJob", "CompareResult", "resolve_lrs", "load_tuned", "summarize", "format_table",
            "steps_to_reach", "TABLE_COLUMNS"]

@@ -1,7 +1,8 @@
 """One optimizer's run inside a comparison: build, resume from a checkpoint, train, record.
 
 Checkpoints (``checkpoints/<name>.pt``, written atomically at every evaluation) hold the model and
-optimizer state dicts, the torch / numpy / Python RNG states, the loop state (the next step, which is
+optimizer state dicts, the torch / numpy / Python RNG states (as plain tensors and lists: a checkpoint
+is data only and loads with ``weights_only=True``), the loop state (the next step, which is
 also the data position because batches are a pure function of (seed, step)) and the wall time so far.
 """
 
@@ -9,22 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import resource
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from steepest.app.compare.loop import LoopState, train_loop
 from steepest.app.compare.monitor import attach_monitor
 from steepest.app.compare.optimizers import OPTIMIZERS, build_optimizer, state_bytes
-from steepest._io import current_umask, scan_jsonl
+from steepest._io import FileTooLarge, scan_jsonl
+from steepest.app.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from steepest.app.guard import read_json
 from steepest.app.runs import ConfigError, append_jsonl, atomic_write_json, atomic_write_text
 
@@ -38,46 +36,28 @@ def run_key(name: str, cfg, lr: float, aux_lr: float) -> dict:
     return json.loads(json.dumps({"optimizer": name, **key, "lr": float(lr), "aux_lr": float(aux_lr)}, default=str))
 
 
-def save_checkpoint(path: Path, model, optimizer, state: LoopState, run: dict | None = None) -> None:
-    """Atomically save everything needed to continue bit for bit (see the module docstring)."""
-    payload = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": vars(state).copy(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        "run": run,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())  # the mode of every other run file
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _restart_hint(path: Path) -> str:
     name = path.stem
     return (f"delete it (and metrics/{name}.jsonl, diagnostics/{name}.jsonl) to restart {name} from scratch, "
             "or restore it")
 
 
-def load_checkpoint(path: Path, model, optimizer, run: dict | None = None, steps: int | None = None) -> LoopState:
+def write_checkpoint(path: Path, model, optimizer, state: LoopState, run: dict | None = None) -> None:
+    """Atomically save everything needed to continue bit for bit (see the module docstring), as data only
+    (:func:`steepest.app.checkpoint.save_checkpoint`: tensors, numbers, strings; RNG states as lists)."""
+    save_checkpoint(path, model, optimizer, {"loop": vars(state).copy(), "rng": rng_state(), "run": run})
+
+
+def resume_checkpoint(path: Path, model, optimizer, run: dict | None = None, steps: int | None = None) -> LoopState:
     """Restore model, optimizer and RNG states from ``path``; return the loop state to continue from.
 
-    ConfigError naming ``path`` when it is truncated or not a checkpoint, when it was written by a run
-    with another ``run`` key (:func:`run_key`), when it does not fit ``model``/``optimizer``, or when its
-    step is beyond ``steps``.
+    ConfigError naming ``path`` when it is truncated or not a checkpoint, needs more than plain data to
+    load (a pickled object: refused, nothing in it runs), was written by a run with another ``run`` key
+    (:func:`run_key`), does not fit ``model``/``optimizer``, or its step is beyond ``steps``.
     """
     path = Path(path)
     fix = _restart_hint(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, garbage, a pickle of something else
-        raise ConfigError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {str(e)[:200]}): "
-                          f"{fix}") from None
+    payload = read_checkpoint(path, fix)
     need = {"model": dict, "optimizer": dict, "loop": dict, "rng": dict}
     if not isinstance(payload, dict) or any(not isinstance(payload.get(k), t) for k, t in need.items()):
         raise ConfigError(f"{path} is not a steepest compare checkpoint (expected keys {sorted(need)}): {fix}")
@@ -90,24 +70,65 @@ def load_checkpoint(path: Path, model, optimizer, run: dict | None = None, steps
         state = LoopState(**payload["loop"])
     except TypeError as e:
         raise ConfigError(f"{path} holds a damaged loop state ({e}): {fix}") from None
+    bad = _loop_state_problem(state)
+    if bad:
+        raise ConfigError(f"{path} holds a damaged loop state ({bad}): {fix}")
     if not isinstance(state.step, int) or state.step < 0 or (steps is not None and state.step > steps):
         raise ConfigError(f"{path} is at step {state.step}, beyond this run's {steps} steps (a checkpoint of a "
                           f"longer run?): {fix}")
     try:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        np.random.set_state(payload["rng"]["numpy"])
-        random.setstate(payload["rng"]["python"])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        set_rng_state(payload["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise ConfigError(f"{path} does not fit this run's model or optimizer ({type(e).__name__}: "
                           f"{str(e)[:300]}): {fix}") from None
     return state
 
 
+def _loop_state_problem(state: LoopState) -> str | None:
+    """What is wrong with a loaded loop state's types and values (None when it is fine): a string where a
+    number belongs would otherwise fail mid-run, a NaN wall time would spoil the table."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    for key in ("wall", "eval_wall", "cpu"):
+        if not number(getattr(state, key)):
+            return f"{key} = {getattr(state, key)!r} is not a finite number >= 0"
+    if state.diverged_at is not None and not (isinstance(state.diverged_at, int) and state.diverged_at >= 0):
+        return f"diverged_at = {state.diverged_at!r} is not a step"
+    if state.diverged_reason is not None and not isinstance(state.diverged_reason, str):
+        return f"diverged_reason = {state.diverged_reason!r} is not text"
+    return None
+
+
+#: Largest metrics/diagnostics JSONL a resume reads back (a 3000-step run writes well under 1 MB).
+MAX_JSONL_BYTES = 512 * 2**20
+
+
+def check_entries(run_dir: Path, name: str) -> None:
+    """ConfigError naming the entry when a folder of ``run_dir`` a run writes is not a directory (a file or a
+    symbolic link, whose target steepest would write into) or one of ``name``'s files (checkpoint, metrics,
+    diagnostics, result) is not a regular file (a directory, or a link: appends would go to its target)."""
+    for folder in ("checkpoints", "metrics", "results", "diagnostics", "figures"):
+        sub = run_dir / folder
+        if (sub.exists() or sub.is_symlink()) and (sub.is_symlink() or not sub.is_dir()):
+            raise ConfigError(f"{sub} is not a directory (steepest keeps its {folder} there): move it away, "
+                              "or choose another --out")
+        if folder == "figures":
+            continue
+        entry = sub / f"{name}{'.pt' if folder == 'checkpoints' else '.json' if folder == 'results' else '.jsonl'}"
+        if (entry.exists() or entry.is_symlink()) and (entry.is_symlink() or not entry.is_file()):
+            raise ConfigError(f"{entry} is not a regular file (a directory or a link): move it away, or delete "
+                              "it to rerun this optimizer")
+
+
 def _records(path: Path, fix: str, keys=("step", "kind")) -> list[dict]:
     """The records of a metrics/diagnostics JSONL file; ConfigError naming the damaged lines otherwise."""
-    records, bad = scan_jsonl(path)
+    try:
+        records, bad = scan_jsonl(path, MAX_JSONL_BYTES)
+    except FileTooLarge as e:
+        raise ConfigError(f"{e}: {fix}") from None
     offsets = [i for i, r in enumerate(records) if not (isinstance(r.get("step"), int) and all(k in r for k in keys))]
     if bad or offsets:
         what = f"{len(bad) + len(offsets)} damaged record(s)"
@@ -211,6 +232,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     ckpt = run_dir / "checkpoints" / f"{name}.pt"
     metrics = run_dir / "metrics" / f"{name}.jsonl"
     diag = run_dir / "diagnostics" / f"{name}.jsonl"
+    check_entries(run_dir, name)
     if resume and result_path.exists():
         log(f"{name}: finished earlier, kept ({result_path})")
         return load_result(result_path)
@@ -223,7 +245,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     state = LoopState()
     run = run_key(name, cfg, lr, aux_lr)
     if resume and ckpt.exists():
-        state = load_checkpoint(ckpt, model, optimizer, run=run, steps=cfg.steps)
+        state = resume_checkpoint(ckpt, model, optimizer, run=run, steps=cfg.steps)
         if main:
             fix = _restart_hint(ckpt)
             _truncate_metrics(metrics, state.step, steps=cfg.steps, eval_every=cfg.eval_every, fix=fix)
@@ -264,7 +286,7 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
             return
         append_jsonl(metrics, {"kind": "eval", "step": step, "val_loss": val, "wall": st.wall})
         if st.diverged_at is None:
-            save_checkpoint(ckpt, model, optimizer, st, run)
+            write_checkpoint(ckpt, model, optimizer, st, run)
 
     try:
         state = train_loop(train_model, optimizer, batch_fn, task.loss, evaluate_fn,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import json
 import math
 import tempfile
 import time
@@ -30,7 +29,8 @@ from typing import Callable
 
 from steepest.app.compare.job import TUNED_PATH, compare, load_tuned, resolve_lrs
 from steepest.app.compare.optimizers import OPTIMIZERS, check_optimizers, default_optimizers
-from steepest.app.guard import read_json
+from steepest._io import TEMP_PATTERN
+from steepest.app.guard import open_lock_file, read_json
 from steepest.app.runs import atomic_write_json
 
 DEFAULT_CACHE = Path("runs") / "sweep-cache.json"
@@ -70,11 +70,13 @@ def _cache_lock(cache: Path):
     import fcntl  # lazy: POSIX only
 
     cache.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cache.parent / f".{cache.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_lock_file(cache.parent / f".{cache.name}.lock")  # never through a link, never a user's file
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        for tmp in cache.parent.glob(f".{cache.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for tmp in cache.parent.iterdir():  # the cache's own temp files, by their exact name
+            m = TEMP_PATTERN.match(tmp.name)
+            if m is not None and m["target"] == cache.name and not tmp.is_symlink() and tmp.is_file():
+                tmp.unlink(missing_ok=True)
         yield
     finally:
         os.close(fd)

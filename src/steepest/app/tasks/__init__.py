@@ -42,6 +42,8 @@ model in eval mode).
 from __future__ import annotations
 
 import importlib
+import inspect
+import traceback
 from typing import Callable
 
 from steepest.app.tasks.base import Task, TaskError, package_dir
@@ -83,19 +85,29 @@ def get_task(spec: "str | Task", **options) -> Task:
             module = importlib.import_module(mod_name)
         except ImportError as e:
             raise TaskError(f"cannot import task module {mod_name!r} ({e}); is it on PYTHONPATH?") from e
+        except SyntaxError as e:  # the user's module does not parse: say where, not a traceback
+            raise TaskError(f"task module {mod_name!r} has a syntax error at {e.filename}:{e.lineno}: {e.msg}") from e
+        except Exception as e:  # the module raised while it was imported
+            raise TaskError(f"importing task module {mod_name!r} raised {type(e).__name__}: {e}") from e
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise TaskError(f"{mod_name!r} has no callable {attr!r} (expected a function returning a steepest.app.tasks.Task)")
     else:
         raise TaskError(f"unknown task {spec!r}; choose one of {', '.join(TASKS)} or give 'package.module:factory'")
+    try:  # options the factory's signature does not take are the caller's error; a TypeError inside it is not
+        inspect.signature(factory).bind(**options)
+    except TypeError as e:
+        raise TaskError(f"task factory {spec!r} rejected options {options}: {e}") from e
+    except ValueError:  # no signature to check (a builtin): calling it tells
+        pass
     try:
         task = factory(**options)
     except TaskError:
         raise
-    except TypeError as e:
-        raise TaskError(f"task factory {spec!r} rejected options {options}: {e}") from e
-    except Exception as e:  # a user's factory: say whose code failed, keep the cause chained
-        raise TaskError(f"task factory {spec!r} raised {type(e).__name__}: {e}") from e
+    except Exception as e:  # a user's factory: say whose code failed and where, keep the cause chained
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if len(frames) > 1 else ""
+        raise TaskError(f"task factory {spec!r} raised {type(e).__name__}: {e}{where}") from e
     if not isinstance(task, Task):
         raise TaskError(f"task factory {spec!r} returned {type(task).__name__}, expected steepest.app.tasks.Task")
     if not task.source:
