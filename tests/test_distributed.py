@@ -19,7 +19,7 @@ from steepest.app.launch import (
     init_from_env, launch, load_checkpoint, save_checkpoint, shard_batch,
 )
 from steepest.geometry import dualize_cost
-from steepest.optim.sharded import DistributedSteepest, assign_owners, distributed, shard_sizes
+from steepest.optim.sharded import DistributedSteepest, OwnerComputes, assign_owners, distributed, shard_sizes
 
 # Float64 end to end: the distributed and one-process runs differ only in how the gradient of the
 # global batch is summed (DDP: mean of per-rank means; reference: one mean), ~1e-16 relative. The
@@ -114,8 +114,9 @@ def test_dualize_cost_and_shard_sizes():
 def test_single_process_fallback_equals_base_optimizer():
     """Without a process group the distributed optimizer is exactly the wrapped one."""
     a, b = make_model(), make_model()
-    oa, ob = make_opt(a), distributed(make_opt(b))
-    assert type(ob).__name__ == "DistributedMuon" and isinstance(ob, steepest.Muon)
+    oa, ob0 = make_opt(a), make_opt(b)
+    ob = distributed(ob0)
+    assert ob is ob0 and type(ob) is steepest.Muon and isinstance(ob.executor, OwnerComputes)
     sched = torch.optim.lr_scheduler.StepLR(ob, 1, gamma=0.5)  # schedulers accept the wrapped optimizer
     for s in range(2):
         for m, o in ((a, oa), (b, ob)):
@@ -196,8 +197,8 @@ def worker(ckpt_dir: str, phase: str) -> dict:
             _same_grads_step(model, opt, s)
             _same_grads_step(ref_model, ref, s)
         res["exact"] = all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
-        res["owners"] = opt.last_owners
-        res["stats"] = opt.step_stats
+        res["owners"] = opt.executor.last_owners
+        res["stats"] = opt.executor.step_stats
         # 2. a gradient that is None on rank 1 only: averaged with zeros (default), skipped, or raised
         for policy in ("average", "skip", "raise"):
             m = make_model(1)
@@ -264,7 +265,7 @@ def worker(ckpt_dir: str, phase: str) -> dict:
         m = make_model()
         _, _, opt, res["adaptive_ddp"] = _ddp_run(info, range(3), ddp=DDP(m), opt=ada(m))
         res["adaptive_ddp_choices"] = opt.geometries()
-        res["adaptive_ddp_type"] = type(opt).__name__
+        res["adaptive_ddp_type"] = f"{type(opt).__name__} {type(opt.executor).__name__}"
         m = _fsdp_model()
         _, opt, res["adaptive_fsdp"] = _fsdp_run(info, range(3), model=m, opt=ada(m))
         res["adaptive_fsdp_choices"] = opt.geometries()
@@ -366,7 +367,7 @@ def test_adaptive_under_ddp_and_fsdp2_matches_one_process(runs):
     model = make_model()
     opt = make_opt(model, cls=steepest.Adaptive, every=1)
     _, ref = reference(range(3), model, opt)
-    assert two[0]["adaptive_ddp_type"] == "DistributedAdaptive"
+    assert two[0]["adaptive_ddp_type"] == "Adaptive OwnerComputes"
     for kind in ("ddp", "fsdp"):
         assert two[0][f"adaptive_{kind}_choices"] == two[1][f"adaptive_{kind}_choices"] == opt.geometries()
         for step in range(3):
@@ -393,11 +394,17 @@ def test_launch_turns_a_hang_into_a_timeout():
 
 
 def test_distributed_wraps_adaptive_and_refuses_optimizers_with_their_own_step():
-    """steepest.Adaptive only chooses geometries through the kernel's hooks, so distributed() wraps it;
-    a subclass that replaces step() would bypass the hooks and silently lose the distribution: refused."""
+    """steepest.Adaptive chooses geometries through its chooser, so distributed() sets its executor like any
+    optimizer's; a subclass that replaces step() would bypass the executor and silently lose the
+    distribution: refused."""
     W = torch.nn.Parameter(torch.randn(4, 4))
-    assert type(steepest.distributed(steepest.Adaptive([W]))).__name__ == "DistributedAdaptive"
-    assert type(steepest.distributed(steepest.Muon([W]))).__name__ == "DistributedMuon"
+    for make in (steepest.Adaptive, steepest.Muon):
+        opt = make([W])
+        local = opt.executor
+        assert steepest.distributed(opt) is opt and type(opt) is make
+        assert isinstance(opt.executor, OwnerComputes) and opt.executor.local is local
+        assert steepest.distributed(opt, partial_grads="skip") is opt  # again: re-configured, not nested
+        assert opt.executor.local is local and opt.executor.partial_grads == "skip"
 
     class OwnStep(steepest.SpecGD):
         def step(self, closure=None):

@@ -1,0 +1,466 @@
+"""Executors: how a step's checks and its dualize stage run (one process or a process group).
+
+The step kernel (:func:`steepest.optim.functional.steepest_step`) asks its executor two things:
+
+* ``check(blocks) -> list[bool]``: per block, are its gradient and state finite (raising ValueError
+  for sparse or complex gradients); a distributed executor decides over all ranks;
+* ``dualize(blocks)``: stages 4-5, ``(U, ok)`` per block in block order (a list, or lazily);
+
+and, for choosers that decide per layer, ``agree(codes)``: every rank takes the same decisions.
+``all_blocks`` says whether the optimizer must list parameters without a gradient too (a process
+group needs every rank to walk the same list).
+
+Executors (``SteepestDescent(..., executor=...)``, visible and settable as ``opt.executor``):
+
+* :class:`PerMatrix` (``"per_matrix"``): one :func:`~steepest.optim.functional.compute_update` per
+  parameter;
+* :class:`Batched` (``"batched"``): same-shape spectral matrices share one batched polar call
+  (:mod:`steepest.optim.batched`); ``cpu=None`` batches on accelerators and small matrices on CPU,
+  ``cpu=True`` every matrix;
+* :class:`OwnerComputes` (``"distributed"``): each matrix dualized once, on its owner rank of a
+  process group, for replicated (DDP) and sharded (FSDP2 DTensor) parameters (below).
+
+``"auto"`` (the default) is :class:`Batched` with ``cpu=None``, or :class:`OwnerComputes` over the
+parameters' device mesh when the parameters are DTensors (FSDP2).
+
+Owner-computes (:class:`OwnerComputes`, also set by ``steepest.distributed(opt)``):
+
+The step of :class:`~steepest.optim.steepest.SteepestDescent` has three stages per matrix W
+(:mod:`steepest.optim.functional`): 1. the direction source M (momentum), 2. the update
+U = scale * dualize(M) (an SVD or Newton-Schulz: O(m n min(m, n)) flops), 3. W <- (1 - lr wd) W - lr U.
+With a process group of W ranks, stages 1 and 3 run on every rank (so momentum and weights live
+everywhere and checkpoint like any optimizer state), and stage 2 runs once per matrix, on an owner
+chosen by greedy longest-processing-time scheduling on the cost m n min(m, n) (Graham 1969: makespan
+<= 4/3 of the best). The results are shared in one collective per dtype:
+
+* replicated parameters (plain tensors, e.g. under DDP, whose gradients are already all-reduced):
+  every owner packs its updates in one buffer, ``all_gather`` gives every rank every update, and
+  every rank applies the same bytes, so replicas stay bit-identical;
+* sharded parameters (DTensor ``Shard(d)`` on a 1-D mesh, e.g. FSDP2 ``fully_shard``): one
+  ``all_to_all`` sends every rank's shard of M to the owner, the owner dualizes the full matrix, and a
+  second ``all_to_all`` returns to each rank its shard of U (uneven and empty shards included).
+
+Entrywise geometries (frobenius, linf) on replicated parameters and AdamW-routed groups cost less to
+compute than to send, so they run locally on every rank. Decisions are global: one all-reduce per
+step counts, for every parameter, the ranks holding a gradient, a non-finite gradient, or an invalid
+(sparse/complex) one, so no rank ever waits in a collective alone (a known failure of distributed Muon
+implementations: ranks hang when a parameter has no gradient or a shard is empty).
+
+Example:
+    >>> import torch, steepest
+    >>> W = torch.nn.Parameter(torch.randn(8, 4))
+    >>> opt = steepest.Muon([W], executor="per_matrix")
+    >>> opt.executor
+    PerMatrix()
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+
+import torch
+import torch.distributed as dist
+
+from steepest import geometry as geo
+from steepest.optim import batched
+from steepest.optim import functional as F
+
+try:  # torch.distributed.tensor is part of torch >= 2.4; keep the module importable without it
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # pragma: no cover
+    DTensor, Shard = (), ()
+
+NAMES = ("auto", "per_matrix", "batched", "distributed")
+
+
+class Executor:
+    """The executor interface (one process, per matrix); subclasses change what they need."""
+
+    #: True when the optimizer must list every parameter, with or without a gradient, in the same order
+    #: on every rank.
+    all_blocks = False
+
+    def check(self, blocks: list[F.Block]) -> list[bool]:
+        """Per block: is its gradient (and state) finite? (:func:`~steepest.optim.functional.local_check`)"""
+        return F.local_check(blocks)
+
+    def dualize(self, blocks: list[F.Block]):
+        """``(U, ok)`` per block, in order: U = scale * dualize(M), ok False where U overflowed."""
+        return F.dualize_each(blocks)
+
+    def agree(self, codes: torch.Tensor) -> torch.Tensor:
+        """The decisions every rank takes (one process: these)."""
+        return codes
+
+    def groups_changed(self) -> None:
+        """Called when the optimizer's parameter groups change (add_param_group, load_state_dict)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class PerMatrix(Executor):
+    """One dualization per parameter, in this process."""
+
+
+class Batched(Executor):
+    """Same-shape spectral matrices with equal settings share one batched polar call.
+
+    ``cpu``: None (default) batches on accelerators and, on CPU, matrices of at most
+    :data:`steepest.optim.batched.CPU_MAX_NUMEL` entries (larger ones measured no faster); True batches
+    on every device.
+    """
+
+    def __init__(self, cpu: bool | None = None) -> None:
+        if cpu not in (None, True):
+            raise ValueError(f"Batched(cpu=...) must be None or True, got {cpu!r} (use PerMatrix() for no batching)")
+        self.cpu = cpu
+
+    def dualize(self, blocks: list[F.Block]):
+        return batched.dualize_batched(blocks, cpu=self.cpu is True)
+
+    def __repr__(self) -> str:
+        return "Batched()" if self.cpu is None else f"Batched(cpu={self.cpu!r})"
+
+
+PARTIAL_GRADS = ("average", "skip", "raise")
+_UNBOUND = "unbound"  #: a copied executor's group, until re-bound (see OwnerComputes.process_group)
+
+
+def assign_owners(costs: list[float], world_size: int) -> list[int]:
+    """Owner rank of each item: greedy LPT (largest cost first, to the least-loaded rank, ties to the
+    lowest rank). Deterministic, so every rank computes the same answer without communicating.
+
+    Makespan <= (4/3 - 1/(3W)) OPT (Graham 1969, "Bounds on multiprocessing timing anomalies").
+    Example: ``assign_owners([4, 3, 3, 2], 2)`` is ``[0, 1, 1, 0]`` (loads 6 and 6).
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    heap = [(0.0, r) for r in range(world_size)]
+    owners = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, r = heapq.heappop(heap)
+        owners[i] = r
+        heapq.heappush(heap, (load + float(costs[i]), r))
+    return owners
+
+
+def shard_sizes(n: int, world_size: int) -> list[int]:
+    """Rows of each rank's shard when ``n`` rows are split like ``torch.chunk`` (DTensor ``Shard``):
+    ceil(n / W) each, the last ones smaller or empty. Example: ``shard_sizes(7, 3)`` is ``[3, 3, 1]``,
+    ``shard_sizes(2, 3)`` is ``[1, 1, 0]``."""
+    chunk = -(-n // world_size) if n else 0
+    return [max(0, min(chunk, n - r * chunk)) for r in range(world_size)]
+
+
+def _is_dtensor(t) -> bool:
+    return bool(DTensor) and isinstance(t, DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _all_gather(out: torch.Tensor, inp: torch.Tensor, group) -> None:
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out, inp, group=group)
+
+
+class OwnerComputes(Executor):
+    """The owner-computes executor over a process group (see the module docstring).
+
+    Args:
+        process_group: the group (default None: the world group).
+        partial_grads: what to do with a parameter that has a gradient on some ranks only
+            (``"average"``: the DDP mean with zeros for the missing ranks (zero shards when sharded);
+            ``"skip"``: no rank steps it, counted in ``partial_skipped``; ``"raise"``: ValueError on
+            every rank).
+        local: the executor of a one-rank (or uninitialised) world, default :class:`Batched`.
+
+    After each step, ``last_owners`` maps each owner-path matrix to its rank and ``step_stats`` holds
+    this rank's dualization time (``compute_s``, wall; ``compute_cpu_s``, thread CPU), communication
+    time and bytes, and the number of matrices it owned. Copies and pickles hold the group as the list
+    of its ranks and re-bind to it when first used (:meth:`bind` re-binds by hand).
+    """
+
+    all_blocks = property(lambda self: self._world()[0] > 1)
+
+    def __init__(self, process_group=None, partial_grads: str = "average", local: Executor | None = None) -> None:
+        if partial_grads not in PARTIAL_GRADS:
+            raise ValueError(f"partial_grads must be one of {PARTIAL_GRADS}, got {partial_grads!r}")
+        if local is not None and not isinstance(local, Executor) or isinstance(local, OwnerComputes):
+            raise TypeError(f"local must be a single-process executor (PerMatrix, Batched), got {local!r}")
+        self._group, self._ranks = process_group, None
+        self.partial_grads = partial_grads
+        self.local = local if local is not None else Batched()
+        self.partial_skipped = 0
+        self.last_owners: dict[str, int] = {}
+        self.step_stats: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        ranks = self._ranks if self._group is _UNBOUND else self._describe()
+        return (f"OwnerComputes(process_group={'world' if ranks is None else f'ranks {ranks}'}, "
+                f"partial_grads={self.partial_grads!r}, local={self.local!r})")
+
+    # ------------------------------------------------------------------ the process group
+    def _describe(self) -> list[int] | None:
+        """The group as its global ranks (None: the world group)."""
+        if self._group is None or not (dist.is_available() and dist.is_initialized()):
+            return None
+        ranks = dist.get_process_group_ranks(self._group)
+        return None if ranks == list(range(dist.get_world_size())) else ranks
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_ranks"] = self._ranks if self._group is _UNBOUND else self._describe()
+        state["_group"] = _UNBOUND if state["_ranks"] is not None else None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def bind(self, process_group) -> "OwnerComputes":
+        """Use ``process_group`` from now on (after loading a copy made with a sub-group)."""
+        self._group, self._ranks = process_group, None
+        return self
+
+    @property
+    def process_group(self):
+        """The process group (a copy re-binds here to the group of the same ranks, or raises)."""
+        if self._group is _UNBOUND:
+            world = list(range(dist.get_world_size())) if dist.is_available() and dist.is_initialized() else None
+            if self._ranks != world:
+                raise ValueError(
+                    f"this optimizer's OwnerComputes executor was saved with a process group over ranks "
+                    f"{self._ranks}, which this process cannot find (world: {world}); re-bind it with "
+                    "opt.executor.bind(group) (e.g. mesh.get_group()) before stepping")
+            self._group, self._ranks = None, None
+        return self._group
+
+    def _world(self) -> tuple[int, int]:
+        if not (dist.is_available() and dist.is_initialized()):
+            return 1, 0
+        return dist.get_world_size(self.process_group), dist.get_rank(self.process_group)
+
+    # ------------------------------------------------------------------ the executor interface
+    def check(self, blocks: list) -> list[bool]:
+        """One all-reduce of per-parameter counts (has a gradient, non-finite, invalid): every rank
+        takes the same decisions, so no rank ever waits in a collective alone."""
+        world, _ = self._world()
+        if world == 1:
+            return self.local.check(blocks)
+        flags = torch.zeros(3, len(blocks), dtype=torch.int64)
+        local = []
+        for i, b in enumerate(blocks):
+            if b.grad is None:
+                continue
+            flags[0, i] = 1
+            if b.grad.is_sparse or b.grad.is_complex():
+                flags[2, i] = 1
+            else:
+                local.append(i)
+        finite = F.finite_blocks([blocks[i] for i in local], grads=[_local(blocks[i].grad) for i in local])
+        flags[1, local] = torch.tensor([0 if ok else 1 for ok in finite], dtype=torch.int64)
+        dist.all_reduce(flags, group=self.process_group)
+        names = lambda idx: ", ".join(blocks[i].name for i in idx)  # noqa: E731
+        invalid = flags[2].nonzero().flatten().tolist()
+        if invalid:
+            raise ValueError(f"sparse or complex gradient for {names(invalid)} on some rank: steepest needs "
+                             "dense real gradients")
+        bad = set(flags[1].nonzero().flatten().tolist())
+        partial = [i for i in range(len(blocks)) if 0 < flags[0, i] < world and i not in bad]
+        if partial and self.partial_grads == "raise":
+            raise ValueError(f"{names(partial)} have a gradient on some ranks only; synchronise gradients (DDP "
+                             "with find_unused_parameters=True) or pass partial_grads='average' or 'skip'")
+        for i, b in enumerate(blocks):
+            if flags[0, i] == 0 or (i in partial and self.partial_grads == "skip"):
+                b.grad = None
+            elif i in bad and b.grad is None:
+                b.grad = torch.zeros_like(b.param)  # counted as skipped on every rank, never applied
+        if partial and self.partial_grads == "skip":
+            self.partial_skipped += len(partial)
+        elif partial:  # "average": what DDP(find_unused_parameters=True) computes; zero shards when sharded
+            for i in partial:
+                b = blocks[i]
+                b.grad = b.grad.clone() if b.grad is not None else torch.zeros_like(b.param)
+            rep = [i for i in partial if not _is_dtensor(blocks[i].param)]
+            if rep:
+                flat = torch.cat([blocks[i].grad.reshape(-1).double() for i in rep])
+                dist.all_reduce(flat, group=self.process_group)
+                flat /= world
+                for i, g in zip(rep, flat.split([blocks[i].grad.numel() for i in rep])):
+                    blocks[i].grad = g.view_as(blocks[i].grad).to(blocks[i].grad.dtype)
+        return [i not in bad for i in range(len(blocks))]
+
+    def agree(self, codes: torch.Tensor) -> torch.Tensor:
+        """Every rank takes rank 0's per-layer choices (a chooser's decisions): one broadcast."""
+        world, _ = self._world()
+        if world == 1:
+            return codes
+        codes = codes.clone()
+        dist.broadcast(codes, src=dist.get_global_rank(self.process_group or dist.group.WORLD, 0),
+                       group=self.process_group)
+        return codes
+
+    def dualize(self, blocks: list) -> list:
+        """Entrywise updates of replicated parameters locally; every other one on its owner rank."""
+        world, rank = self._world()
+        if world == 1:
+            return self.local.dualize(blocks)
+        t0 = time.perf_counter()
+        out: list = [None] * len(blocks)
+        owned = []
+        for i, b in enumerate(blocks):
+            if geo.is_entrywise(b.norm) and not _is_dtensor(b.param):
+                out[i] = F.dualize_each([b])[0]
+            else:
+                if _is_dtensor(b.param):
+                    self._check_mesh(b)
+                owned.append(i)
+        owners = assign_owners([geo.dualize_cost(tuple(blocks[i].param.shape), blocks[i].norm,
+                                                 blocks[i].cfg.tensor_mode) for i in owned], world)
+        self.last_owners = {blocks[i].name.split(" (shape")[0]: o for i, o in zip(owned, owners)}
+        self.step_stats = dict(local_s=time.perf_counter() - t0, compute_s=0.0, compute_cpu_s=0.0, comm_s=0.0,
+                               sent_bytes=0, received_bytes=0, owned=owners.count(rank), matrices=len(owned))
+        for dtype in sorted({blocks[i].param.dtype for i in owned}, key=str):
+            items = [(i, o) for i, o in zip(owned, owners) if blocks[i].param.dtype == dtype]
+            self._replicated(blocks, [x for x in items if not _is_dtensor(blocks[x[0]].param)], rank, out, dtype)
+            self._sharded(blocks, [x for x in items if _is_dtensor(blocks[x[0]].param)], world, rank, out, dtype)
+        return out
+
+    def _check_mesh(self, b) -> None:
+        mesh, pl = b.param.device_mesh, b.param.placements
+        ranks = dist.get_process_group_ranks(self.process_group or dist.group.WORLD)
+        if mesh.ndim != 1 or len(pl) != 1 or not isinstance(pl[0], Shard) or mesh.mesh.tolist() != ranks:
+            raise ValueError(
+                f"{b.name} is a DTensor with placements {pl} on mesh {mesh.mesh.tolist()}: the sharded "
+                f"path supports Shard(d) on a 1-D mesh over the optimizer's process group (ranks {ranks}). "
+                "Pass process_group=mesh.get_group(), or route the parameter to AdamW.")
+
+    def _compute(self, b, M: torch.Tensor, dtype) -> tuple[torch.Tensor, bool]:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        U, ok = F.with_ok([b], [F.compute_update(M, **b.kwargs)])[0]
+        self.step_stats["compute_s"] += time.perf_counter() - t0
+        self.step_stats["compute_cpu_s"] += time.thread_time() - c0  # robust to a busy machine
+        return U.to(dtype), ok
+
+    def _replicated(self, blocks: list, items: list, rank: int, out: list, dtype) -> None:
+        """Owners compute, one padded all_gather shares; every rank applies the same bytes."""
+        if not items:
+            return
+        world = self._world()[0]
+        loads = [sum(blocks[i].param.numel() + 1 for i, o in items if o == r) for r in range(world)]
+        width = max(loads)
+        send = torch.zeros(width, dtype=dtype)
+        off = 0
+        for i, o in items:
+            if o == rank:
+                n = blocks[i].param.numel()
+                U, ok = self._compute(blocks[i], blocks[i].M, dtype)
+                send[off:off + n] = U.reshape(-1)
+                send[off + n] = 1.0 if ok else 0.0  # one flag per matrix: apply or skip
+                off += n + 1
+        recv = torch.empty(world * width, dtype=dtype)
+        t0 = time.perf_counter()
+        _all_gather(recv, send, self.process_group)
+        self._comm(t0, width * dtype.itemsize, (world - 1) * width * dtype.itemsize)
+        offs = [r * width for r in range(world)]
+        for i, o in items:
+            p = blocks[i].param
+            out[i] = (recv[offs[o]:offs[o] + p.numel()].view(p.shape), bool(recv[offs[o] + p.numel()] != 0))
+            offs[o] += p.numel() + 1
+
+    def _comm(self, t0: float, sent: int, received: int) -> None:
+        self.step_stats["comm_s"] += time.perf_counter() - t0
+        self.step_stats["sent_bytes"] += sent
+        self.step_stats["received_bytes"] += received
+
+    def _sharded(self, blocks: list, items: list, world: int, rank: int, out: list, dtype) -> None:
+        """all_to_all shards of M to owners, owners dualize full matrices, all_to_all shards of U back."""
+        if not items:
+            return
+        geom = []  # per item: shard dim, rows of every rank's shard, numel of one row slice
+        for i, o in items:
+            p = blocks[i].param
+            d = p.placements[0].dim
+            sizes = shard_sizes(p.shape[d], world)
+            if sizes[rank] != p.to_local().shape[d]:
+                raise ValueError(f"{blocks[i].name}: local shard has {p.to_local().shape[d]} rows on dim {d}, "
+                                 f"expected torch.chunk's {sizes[rank]}; only even-chunk Shard layouts are supported")
+            geom.append((d, sizes, p.numel() // max(p.shape[d], 1)))
+        mine = [k for k, (_, o) in enumerate(items) if o == rank]
+        # forward: my shard of every M to its owner
+        send = [[] for _ in range(world)]
+        for i, o in items:
+            send[o].append(_local(blocks[i].M).reshape(-1).to(dtype))
+        in_splits = [sum(x.numel() for x in s) for s in send]
+        out_splits = [sum(geom[k][1][s] * geom[k][2] for k in mine) for s in range(world)]
+        recv = torch.empty(sum(out_splits), dtype=dtype)
+        t0 = time.perf_counter()
+        dist.all_to_all_single(recv, torch.cat([x for s in send for x in s]) if any(in_splits) else
+                               torch.empty(0, dtype=dtype), out_splits, in_splits, group=self.process_group)
+        self._comm(t0, sum(in_splits) * dtype.itemsize, sum(out_splits) * dtype.itemsize)
+        pieces = [list(c.split([geom[k][1][s] * geom[k][2] for k in mine])) for s, c in enumerate(recv.split(out_splits))]
+        back = [[] for _ in range(world)]
+        flags = []
+        for n, k in enumerate(mine):
+            b = blocks[items[k][0]]
+            d, sizes, _row = geom[k]
+            shape = lambda s: b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1:]  # noqa: E731
+            full = torch.cat([pieces[s][n].view(shape(s)) for s in range(world)], dim=d)
+            U, ok = self._compute(b, full.to(b.M.dtype), dtype)
+            flags.append(1.0 if ok else 0.0)
+            for s, part in enumerate(U.split(sizes, dim=d)):
+                back[s].append(part.reshape(-1))
+        for s in range(world):
+            back[s].append(torch.tensor(flags, dtype=dtype))
+        # backward: every rank's shard of every U (then one flag per owned matrix) from its owner
+        in2 = [sum(x.numel() for x in b) for b in back]
+        out2 = [sum(geom[k][1][rank] * geom[k][2] + 1 for k, (_, o) in enumerate(items) if o == r) for r in range(world)]
+        recv2 = torch.empty(sum(out2), dtype=dtype)
+        t0 = time.perf_counter()
+        dist.all_to_all_single(recv2, torch.cat([x for b in back for x in b]), out2, in2, group=self.process_group)
+        self._comm(t0, sum(in2) * dtype.itemsize, sum(out2) * dtype.itemsize)
+        chunks = recv2.split(out2)
+        for r in range(world):
+            ks = [k for k, (_, o) in enumerate(items) if o == r]
+            parts = chunks[r].split([geom[k][1][rank] * geom[k][2] for k in ks] + [len(ks)])
+            for n, k in enumerate(ks):
+                p = blocks[items[k][0]].param
+                local = parts[n].view(p.to_local().shape)
+                U = DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+                out[items[k][0]] = (U, bool(parts[-1][n] != 0))
+
+
+def resolve(spec, params: list[torch.Tensor]) -> Executor:
+    """An executor from ``spec`` (a name from :data:`NAMES` or an instance) for these parameters."""
+    if isinstance(spec, Executor):
+        return spec
+    if spec not in NAMES:
+        raise ValueError(f"executor must be one of {NAMES} or an executor instance (steepest.optim.executors), "
+                         f"got {spec!r}")
+    dtensors = [p for p in params if _is_dtensor(p)]
+    if spec == "per_matrix":
+        local: Executor = PerMatrix()
+    elif spec in ("batched", "auto"):
+        local = Batched()
+    if spec == "distributed" or (spec == "auto" and dtensors):
+        group = None
+        if dtensors:
+            mesh = dtensors[0].device_mesh
+            if mesh.ndim != 1:
+                raise ValueError(
+                    f"the parameters are DTensors on a {mesh.ndim}-D device mesh: steepest's distributed step "
+                    "needs a 1-D mesh. Build the optimizer with executor=steepest.optim.executors.OwnerComputes("
+                    "process_group=...) for the mesh dimension that shards them, or see steepest.distributed.")
+            group = mesh.get_group()
+        return OwnerComputes(process_group=group, local=Batched() if spec == "distributed" else local)
+    if dtensors:  # an explicit single-process executor cannot step sharded parameters
+        raise ValueError(f"executor={spec!r} steps each parameter in this process, but the parameters are DTensors "
+                         "(FSDP2): use executor='auto' or steepest.distributed(optimizer)")
+    return local
+
+
+__all__ = ["Executor", "PerMatrix", "Batched", "OwnerComputes", "resolve", "assign_owners", "shard_sizes", "NAMES",
+           "PARTIAL_GRADS"]
