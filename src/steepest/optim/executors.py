@@ -248,7 +248,7 @@ class OwnerComputes(Executor):
         """One all-reduce of per-parameter counts (has a gradient, non-finite, invalid): every rank
         takes the same decisions, so no rank ever waits in a collective alone."""
         world, _ = self._world()
-        if world == 1:
+        if world == 1 and not any(_is_dtensor(b.param) for b in blocks):
             return self.local.check(blocks)
         flags = torch.zeros(3, len(blocks), dtype=torch.int64)
         local = []
@@ -306,7 +306,7 @@ class OwnerComputes(Executor):
     def dualize(self, blocks: list) -> list:
         """Entrywise updates of replicated parameters locally; every other one on its owner rank."""
         world, rank = self._world()
-        if world == 1:
+        if world == 1 and not any(_is_dtensor(b.param) for b in blocks):
             return self.local.dualize(blocks)
         t0 = time.perf_counter()
         out: list = [None] * len(blocks)
