@@ -470,3 +470,35 @@ def test_fsdp2_dtensor_parameters_pick_the_distributed_executor_automatically():
 
     r = subprocess.run([sys.executable, "-c", DTENSOR_CODE], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def order_worker(named):
+    """Same-shaped matrices in another order on rank 1 (with or without names): both ranks must raise
+    before any parameter changes, naming the first difference."""
+    init_from_env(timeout_s=30)
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4, 4))
+    ps = [a, b] if dist.get_rank() == 0 else [b, a]
+    group = dict(params=ps, names=["a", "b"] if dist.get_rank() == 0 else ["b", "a"]) if named else dict(params=ps)
+    opt = distributed(steepest.Muon([group], lr=0.1))
+    before = [p.detach().clone() for p in (a, b)]
+    for p in (a, b):
+        p.grad = torch.ones(4, 4)
+    try:
+        opt.step()
+        out = "stepped"
+    except ValueError as e:
+        out = str(e)
+    unchanged = all(torch.equal(p, q) for p, q in zip((a, b), before))
+    dist.destroy_process_group()
+    return out, unchanged
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("named", [True, False])
+def test_ranks_that_list_parameters_in_another_order_raise_on_every_rank(named):
+    """issue 23 item 6: the replicated path used to apply one matrix's update to the other silently."""
+    results = launch(order_worker, 2, (named,), timeout_s=30)  # both ranks return within 30 s
+    for out, unchanged in results:
+        assert "the ranks do not step the same parameters in the same order (parameter 0: rank 0 has " in out
+        assert ("rank 0 has a shape (4, 4)" in out) == named and ("|W|_1=" in out) and unchanged

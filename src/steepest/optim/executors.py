@@ -215,6 +215,7 @@ class OwnerComputes(Executor):
         state = dict(self.__dict__)
         state["_ranks"] = self._ranks if self._group is _UNBOUND else self._describe()
         state["_group"] = _UNBOUND if state["_ranks"] is not None else None
+        state["_agreed"] = False  # a copy checks again that its ranks step the same blocks
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -250,6 +251,8 @@ class OwnerComputes(Executor):
         world, _ = self._world()
         if world == 1 and not any(_is_dtensor(b.param) for b in blocks):
             return self.local.check(blocks)
+        if not self.__dict__.get("_agreed", False):
+            self._agree_on_blocks(blocks)
         flags = torch.zeros(3, len(blocks), dtype=torch.int64)
         local = []
         for i, b in enumerate(blocks):
@@ -292,6 +295,38 @@ class OwnerComputes(Executor):
                 for i, g in zip(rep, flat.split([blocks[i].grad.numel() for i in rep])):
                     blocks[i].grad = g.view_as(blocks[i].grad).to(blocks[i].grad.dtype)
         return [i not in bad for i in range(len(blocks))]
+
+    def groups_changed(self) -> None:
+        self._agreed = False  # the next step checks again that every rank steps the same blocks
+
+    def _agree_on_blocks(self, blocks: list) -> None:
+        """Every rank must step the same parameters in the same order (issue 23 item 6): one all_gather of
+        a fingerprint per block (name, shape, dtype, settings, lr and weight decay; for replicated
+        parameters also the sum of |W|, equal on replicas) on the first step and after the groups
+        change. A difference raises ValueError on every rank, naming the first one, before any step."""
+        def fingerprint(b) -> str:
+            kw = {k: v for k, v in b.kwargs.items() if k != "check"}
+            value = "" if _is_dtensor(b.param) else f" |W|_1={float(b.param.detach().double().abs().sum()):.9g}"
+            return (f"{b.label} shape {tuple(b.param.shape)} {b.param.dtype} lr={b.lr!r} wd={b.weight_decay!r} "
+                    f"{kw}{value}")
+
+        mine = [fingerprint(b) for b in blocks]
+        world, rank = self._world()
+        everyone: list = [None] * world
+        dist.all_gather_object(everyone, mine, group=self.process_group)
+        for r, theirs in enumerate(everyone):
+            if theirs == everyone[0]:
+                continue
+            first = next((i for i, (a, b) in enumerate(zip(everyone[0], theirs)) if a != b), None)
+            if first is None:
+                diff = f"rank 0 steps {len(everyone[0])} parameters, rank {r} steps {len(theirs)}"
+            else:
+                diff = f"parameter {first}: rank 0 has {everyone[0][first]}; rank {r} has {theirs[first]}"
+            raise ValueError(f"the ranks do not step the same parameters in the same order ({diff}). Build the "
+                             "optimizer from the same model and param_groups, in the same order, on every rank "
+                             "(replicated parameters must also hold equal values, as DDP makes them); no "
+                             "parameter was changed")
+        self._agreed = True
 
     def agree(self, codes: torch.Tensor) -> torch.Tensor:
         """Every rank takes rank 0's per-layer choices (a chooser's decisions): one broadcast."""
