@@ -8,8 +8,6 @@ hung collective fails the test instead of hanging the suite.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.distributed as dist

@@ -110,9 +110,17 @@ def test_an_edited_group_is_validated_before_any_parameter_changes(key, bad, msg
     assert all(torch.equal(p, b) for p, b in zip(ps, before)) and not opt.state
 
 
-@pytest.mark.parametrize("key,value", [("fused", True), ("fused", None), ("foreach", True), ("foreach", False),
-                                       ("differentiable", False), ("capturable", False),
-                                       ("param_names", ["w0", "w1"])])
+TORCH_KEY_CASES = [("fused", True), ("fused", None), ("foreach", True), ("foreach", False), ("differentiable", False),
+                   ("capturable", False), ("param_names", ["w0", "w1"])]
+
+
+def test_every_documented_torch_key_is_tested():
+    assert {k for k, _ in TORCH_KEY_CASES} == set(S.TORCH_KEYS)
+    doc = steepest.SteepestDescent.__doc__
+    assert all(f"``{k}``" in doc for k in S.TORCH_KEYS)
+
+
+@pytest.mark.parametrize("key,value", TORCH_KEY_CASES)
 def test_keys_torch_trainers_inject_are_accepted_kept_and_change_nothing(key, value):
     a, b = _mats(), _mats()
     oa = steepest.Muon([dict(params=a, **{key: value})], lr=0.02, momentum=0.9)

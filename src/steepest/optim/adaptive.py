@@ -6,7 +6,7 @@ measured oracle, the gradient-only proxy; the formulas are in :mod:`steepest.opt
 same chooser can be given to any steepest optimizer: ``steepest.Muon(..., chooser=GeometryChooser(...))``.
 
 Example:
-    >>> import steepest
+    >>> import steepest, torch
     >>> model = torch.nn.Linear(8, 4)
     >>> opt = Adaptive(steepest.param_groups(model), lr=0.02)                # gradient-only proxy
     >>> opt = Adaptive(steepest.param_groups(model), lr=0.02, model=model)   # activation-based criterion
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import torch
 from torch import nn
 
 from steepest.diagnostics import criteria as C
@@ -39,6 +38,7 @@ class Adaptive(SteepestDescent):
     attributes of the optimizer.
 
     Example:
+        >>> import torch
         >>> W = torch.nn.Parameter(torch.randn(8, 4))
         >>> opt = Adaptive([W], lr=0.01, every=5)
         >>> opt.geometries()

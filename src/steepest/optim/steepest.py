@@ -10,7 +10,6 @@ group's settings are validated once into a :class:`~steepest.optim.settings.Step
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable, Iterable
 
