@@ -277,6 +277,19 @@ def test_a_chooser_on_muon_and_schatten_descent():
     assert set(opt.chooser.geometries(opt).values()) <= {"linf", "frobenius"} and opt.chooser.history
 
 
+def test_adaptive_state_saved_before_choosers_existed_still_loads():
+    W = _mats(n=1)
+    opt = steepest.Adaptive(W, every=1)
+    for s in range(3):
+        _grads(W, s)
+        opt.step()
+    sd = opt.state_dict()
+    sd["adaptive"] = sd.pop("chooser")  # the old key
+    new = steepest.Adaptive(_mats(n=1), every=1)
+    new.load_state_dict(sd)
+    assert new.chooser.t == 3 and new.history == opt.history and new.geometries() == opt.geometries()
+
+
 def test_observe_gets_the_step_and_the_closure_loss():
     seen = []
 

@@ -256,6 +256,8 @@ class SteepestDescent(torch.optim.Optimizer):
         """
         state_dict = S.checked_state_dict(self, state_dict)
         extra = state_dict.pop("chooser", None)
+        legacy = state_dict.pop("adaptive", None)  # Adaptive's state_dict before choosers existed
+        extra = legacy if extra is None else extra
         super().load_state_dict(state_dict)
         self._settings = []
         for i in range(len(self.param_groups)):
