@@ -496,7 +496,10 @@ def order_worker(named):
 @pytest.mark.parametrize("named", [True, False])
 def test_ranks_that_list_parameters_in_another_order_raise_on_every_rank(named):
     """issue 23 item 6: the replicated path used to apply one matrix's update to the other silently."""
-    results = launch(order_worker, 2, (named,), timeout_s=30)  # both ranks return within 30 s
+    # Both ranks raise at the first step's all_gather (no rank waits for a collective the other never
+    # joins); the launch deadline bounds start-up of two torch processes on a loaded 2-core machine too
+    # (seen at ~30 s under load 13), so it is 60 s, not the step's 30 s of the issue.
+    results = launch(order_worker, 2, (named,), timeout_s=60)
     for out, unchanged in results:
         assert "the ranks do not step the same parameters in the same order (parameter 0: rank 0 has " in out
         assert ("rank 0 has a shape (4, 4)" in out) == named and ("|W|_1=" in out) and unchanged
