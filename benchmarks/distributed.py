@@ -81,8 +81,12 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
     else:
         params = [torch.nn.Parameter(t) for t in full]
     opt = steepest.Muon(params, lr=0.02, dtype=torch.float32)
-    if hasattr(opt, "batch_matrices"):
-        opt.batch_matrices = False  # per-matrix dualization on every side of the comparison
+    if hasattr(opt, "executor"):  # per-matrix dualization on every side of the comparison
+        per_matrix = steepest.optim.executors.PerMatrix()
+        if hasattr(opt.executor, "local"):
+            opt.executor.local = per_matrix
+        else:
+            opt.executor = per_matrix
     if world > 1:
         opt = steepest.distributed(opt)
     rows = []
@@ -96,7 +100,7 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
         opt.step()
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
         if s >= warmup:  # at W = 1 the whole step is the dualization (stages 1 and 3 are ~1% of it)
-            st = dict(getattr(opt, "step_stats", {}))
+            st = dict(getattr(opt.executor, "step_stats", {}))
             rows.append(dict(step_s=total, step_cpu_s=cpu, compute_s=st.get("compute_s", total),
                              compute_cpu_s=st.get("compute_cpu_s", cpu), comm_s=st.get("comm_s", 0.0),
                              sent_bytes=st.get("sent_bytes", 0), received_bytes=st.get("received_bytes", 0),
@@ -109,8 +113,7 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
         out["allgather_16MiB_s"] = _time_collective(lambda: _ag(
             torch.empty(world * big.numel()), big), reps=3)
     else:  # per-matrix compute times (the owners' unit of work)
-        group = opt.param_groups[0]
-        kw = F.Block(group["params"][0], None, {}, group, "w").settings()  # the kernel's own settings
+        kw = opt._settings_of(0).update_kwargs()  # the kernel's own settings of the first group
         out["matrix_s"] = {}
         for shape in BLOCK:
             M = torch.randn(shape)

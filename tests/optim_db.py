@@ -77,7 +77,7 @@ def _recipe(cls, **kw):
 def _batched(make):
     def build(model, **o):
         opt = make(model, **o)
-        opt.batch_matrices = True
+        opt.executor = steepest.optim.executors.Batched(cpu=True)
         return opt
     return build
 

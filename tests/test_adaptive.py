@@ -308,7 +308,7 @@ def test_a_near_tie_never_switches_the_first_decision(eps):
     opt = steepest.Adaptive([W], lr=0.01, every=1, candidates=("spectral", "frobenius"))
     dec = {"spectral": 1.0, "frobenius": 1.0 + eps}
     scores = GeometryScores(decrease=dec, snr=dict(dec), winner=max(dec, key=dec.get))
-    opt._scores = lambda p, G, state: (scores, "test")
+    opt.chooser._scores = lambda p, G, state: (scores, "test")
     W.grad = torch.randn(6, 4)
     opt.step()
     assert opt.geometries() == {"group0.0": "spectral"}
@@ -316,7 +316,7 @@ def test_a_near_tie_never_switches_the_first_decision(eps):
     scores.winner = "frobenius"
     opt2 = steepest.Adaptive([torch.nn.Parameter(torch.randn(6, 4))], lr=0.01, every=1,
                              candidates=("spectral", "frobenius"))
-    opt2._scores = opt._scores
+    opt2.chooser._scores = opt.chooser._scores
     opt2.param_groups[0]["params"][0].grad = torch.randn(6, 4)
     opt2.step()
     assert opt2.geometries() == {"group0.0": "frobenius"}

@@ -10,6 +10,7 @@ import torch
 import steepest
 from steepest.optim import batched as B
 from steepest.optim import functional as F
+from steepest.optim.executors import Batched, PerMatrix
 
 
 @pytest.fixture(autouse=True)
@@ -40,11 +41,15 @@ def _groups(flat, nograd, batch3d, **extra):
     return [dict(params=flat + [nograd], **extra), dict(params=batch3d, tensor_mode="batch", **extra)]
 
 
+#: the executors that the deprecated ``batch_matrices`` values None / True / False stand for
+EXECUTORS = {None: Batched(), True: Batched(cpu=True), False: PerMatrix()}
+
+
 def _run(make_opt, batched: bool, steps: int = 3, dtype=torch.float32, nan_at=None):
     """Run ``steps`` steps from a fixed start with fixed random gradients; return params and optimizer."""
     flat, nograd, batch3d = _model_params(dtype=dtype)
     opt = make_opt(_groups(flat, nograd, batch3d))
-    opt.batch_matrices = batched
+    opt.executor = EXECUTORS[batched]
     g = torch.Generator().manual_seed(1)
     params = flat + batch3d
     for k in range(steps):
@@ -92,7 +97,7 @@ def _bucket_shapes(opt, skip=frozenset()):
     blocks = [b for b in opt._blocks() if not b.adamw and id(b.param) not in skip]
     for b in blocks:
         b.M = b.grad
-    return [tuple(tuple(blocks[i].param.shape) for i in idx) for idx in B.buckets(blocks, cpu=opt.batch_matrices is True)]
+    return [tuple(tuple(blocks[i].param.shape) for i in idx) for idx in B.buckets(blocks, cpu=opt.executor.cpu is True)]
 
 
 def test_buckets_group_same_shape_and_settings():
@@ -105,11 +110,11 @@ def test_buckets_group_same_shape_and_settings():
     # bucket of larger ones (checked by lowering the threshold below their size).
     for p in flat + batch3d + [adam_mat, bias]:
         p.grad = torch.ones_like(p)
-    assert opt.batch_matrices is None and len(_bucket_shapes(opt)) == 3
+    assert opt.executor.cpu is None and len(_bucket_shapes(opt)) == 3
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(B, "CPU_MAX_NUMEL", 256)  # 16x16 = 256 entries stay, 24x12 = 288 leave
         assert set(_bucket_shapes(opt)) == {((16, 16), (16, 16), (16, 16), (16, 4, 2, 2))}
-    opt.batch_matrices = True
+    opt.executor = EXECUTORS[True]
     for p in flat + batch3d + [adam_mat, bias]:
         p.grad = torch.ones_like(p)
     found = set(_bucket_shapes(opt))
@@ -132,7 +137,7 @@ def test_different_lr_groups_share_a_bucket_and_keep_their_lr():
     p1, p2 = torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(8, 4))
     q1, q2 = p1.detach().clone(), p2.detach().clone()
     opt = steepest.SpecGD([dict(params=[p1], lr=0.1), dict(params=[p2], lr=0.3, weight_decay=0.5)])
-    opt.batch_matrices = True
+    opt.executor = EXECUTORS[True]
     assert len(_bucket_shapes(opt)) == 0  # no grads yet
     p1.grad, p2.grad = torch.randn(8, 4), torch.randn(8, 4)
     assert [len(b) for b in _bucket_shapes(opt)] == [2]
@@ -168,7 +173,7 @@ def test_batched_muon_float64_matches_written_out_reference():
     bufs = [torch.zeros_like(p) for p in ps]
     lr, wd, mu = 0.02, 0.1, 0.95
     opt = steepest.Muon(ps, lr=lr, weight_decay=wd, momentum=mu, dtype=torch.float64)
-    opt.batch_matrices = True
+    opt.executor = EXECUTORS[True]
     assert [len(b) for b in _bucket_shapes(opt)] == []  # no grads yet
     for _ in range(3):
         grads = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
@@ -205,7 +210,7 @@ def test_nonfinite_skip_in_a_bucket():
 def test_nonfinite_raise_changes_nothing_with_batching():
     flat, nograd, batch3d = _model_params()
     opt = steepest.Muon(_groups(flat, nograd, batch3d), lr=0.02)
-    opt.batch_matrices = True
+    opt.executor = EXECUTORS[True]
     before = [p.detach().clone() for p in flat + batch3d]
     for p in flat + batch3d:
         p.grad = torch.randn_like(p)
@@ -221,7 +226,7 @@ def test_dual_step_overflow_skips_only_that_member():
     big = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.float16))
     small = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.float16))
     opt = steepest.SpecGD([big, small], lr=1e-4, step_size="dual")
-    opt.batch_matrices = True
+    opt.executor = EXECUTORS[True]
     big.grad = torch.full((8, 8), 3e4, dtype=torch.float16) + torch.eye(8, dtype=torch.float16) * 3e4  # ||.||_* ~ 2.6e5 > 65504
     small.grad = torch.eye(8, dtype=torch.float16)
     assert [len(b) for b in _bucket_shapes(opt)] == [2]
@@ -309,7 +314,7 @@ def test_default_step_holds_one_direction_source_at_a_time():
     for batched in (None, False):
         ps = [torch.nn.Parameter(w.clone()) for w in start]
         opt = steepest.Muon(ps, lr=0.02)
-        opt.batch_matrices = batched
+        opt.executor = EXECUTORS[batched]
         current = []
         orig = opt._blocks
 
@@ -335,3 +340,27 @@ def test_default_step_holds_one_direction_source_at_a_time():
         # Same float32 updates; the bucket's batched GEMM may round differently from the per-matrix one
         # (bf16 NS5 through "auto" where native: ~1e-2 relative on a 0.02-lr step).
         torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+
+
+# ------------------------------------------------------------------ the executor API
+def test_executor_is_chosen_by_argument_and_visible():
+    W = torch.nn.Parameter(torch.randn(4, 3))
+    assert repr(steepest.Muon([W]).executor) == "Batched()"  # "auto" on plain tensors
+    assert isinstance(steepest.Muon([W], executor="per_matrix").executor, PerMatrix)
+    assert steepest.Muon([W], executor="batched").executor.cpu is None
+    ex = Batched(cpu=True)
+    assert steepest.SignSGD([W], executor=ex).executor is ex
+    with pytest.raises(ValueError, match="executor must be one of"):
+        steepest.Muon([W], executor="gpu")
+    with pytest.raises(ValueError, match="use PerMatrix"):
+        Batched(cpu=False)
+
+
+@pytest.mark.parametrize("value,expected", [(None, "Batched()"), (True, "Batched(cpu=True)"), (False, "PerMatrix()")])
+def test_batch_matrices_is_a_deprecated_alias_that_sets_the_executor(value, expected):
+    opt = steepest.Muon([torch.nn.Parameter(torch.randn(4, 3))])
+    with pytest.warns(DeprecationWarning, match="batch_matrices is deprecated"):
+        opt.batch_matrices = value
+    assert repr(opt.executor) == expected
+    with pytest.warns(DeprecationWarning, match="batch_matrices is deprecated"):
+        assert opt.batch_matrices is value

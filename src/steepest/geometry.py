@@ -293,16 +293,19 @@ def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str |
 def dualize_with_dual_norm(
     G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
     dtype: torch.dtype | None = None, coefficients: tuple | None = None, normalization: str | None = None,
-    need_dual_norm: bool = True,
+    need_dual_norm: bool = True, check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(dualize(G), dual_norm(G))`` sharing work: the SVD paths compute both from one SVD.
 
     The dual norm has shape ``G.shape[:-2]`` (a scalar tensor for a single matrix); it is None when
-    ``need_dual_norm`` is False.
+    ``need_dual_norm`` is False. ``check=False``: the caller has validated the settings and passes a
+    canonical ``(norm, p)`` and a torch dtype (the optimizers' step: validated once per group).
     """
-    name, p = resolve(norm, p)
-    check_settings(name, p, method=method, steps=steps, coefficients=coefficients,
-                   normalization=normalization, dtype=dtype)
+    if check:
+        norm, p = resolve(norm, p)
+        check_settings(norm, p, method=method, steps=steps, coefficients=coefficients,
+                       normalization=normalization, dtype=dtype)
+    name = norm
     squeeze = G.ndim == 1
     G = _as_matrix(G, name)
     dn = None

@@ -6,6 +6,8 @@ from steepest.optim.functional import NonFiniteGradientError
 from steepest.optim.steepest import SteepestDescent
 from steepest.optim.sharded import DistributedSteepest, distributed
 from steepest.optim.adaptive import Adaptive
+from steepest.optim import choosers, executors, settings
 
 __all__ = ["SteepestDescent", "Muon", "SpecGD", "SignSGD", "SchattenDescent", "GD", "param_groups", "describe",
-           "NonFiniteGradientError", "DistributedSteepest", "distributed", "Adaptive"]
+           "NonFiniteGradientError", "DistributedSteepest", "distributed", "Adaptive", "choosers", "executors",
+           "settings"]

@@ -14,19 +14,18 @@ reference). Only blocks in the spectral geometry (``norm="spectral"`` or ``"scha
 p = inf) are batched, whatever chose it (a group, or the adaptive optimizer), and a bucket needs at
 least two matrices; everything else is dualized one by one.
 
-When it runs: ``SteepestDescent.batch_matrices`` is None by default, which batches every bucket on
-accelerators (one kernel launch per bucket instead of per matrix) and, on CPU, buckets of matrices
+When it runs: the :class:`~steepest.optim.executors.Batched` executor (the default,
+``executor="auto"``) with ``cpu=None`` batches every bucket on accelerators (one kernel launch per bucket instead of per matrix) and, on CPU, buckets of matrices
 with at most :data:`CPU_MAX_NUMEL` entries. On CPU a small bf16 GEMM costs a fixed ~30 us per call
 (32x288 times its transpose: 36 us for 0.6 MFLOP; the oneDNN set-up) on top of its flops, so stacking 2-4 small matrices into one
 ``baddbmm`` roughly halves their time, while at 384x1152 and above the batched kernels measured no
 faster (1.0-1.2x the per-matrix loop; 1 thread, Xeon with AMX, torch 2.13, benchmarks/RESULTS.md).
-``True`` batches on every device, ``False`` never.
+``Batched(cpu=True)`` batches on every device, ``PerMatrix()`` never.
 
 Example:
     >>> import torch, steepest
     >>> ps = [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)]
-    >>> opt = steepest.Muon(ps, lr=0.02)
-    >>> opt.batch_matrices = True   # default None: accelerators, and small matrices on CPU
+    >>> opt = steepest.Muon(ps, lr=0.02, executor=steepest.optim.executors.Batched(cpu=True))
     >>> for p in ps: p.grad = torch.randn_like(p)
     >>> opt.step()   # one batched Newton-Schulz call for the three 8x4 matrices
 """
@@ -72,7 +71,7 @@ def dualize_batched(blocks: list[F.Block], cpu: bool = False):
     list (their finiteness is checked with one synchronisation for all).
     """
     groups = buckets(blocks, cpu)
-    if any(b.group["step_size"] == "dual" for b in blocks):
+    if any(b.cfg.step_size == "dual" for b in blocks):
         return F.with_ok(blocks, list(_updates(blocks, groups)))
     return ((u, True) for u in _updates(blocks, groups))
 
@@ -84,12 +83,12 @@ def _updates(blocks: list[F.Block], groups: list[list[int]]):
     for i, b in enumerate(blocks):
         if i in first:
             ready.update(_bucket(blocks, first[i]))
-        yield ready.pop(i) if i in ready else F.compute_update(b.M, **b.settings())
+        yield ready.pop(i) if i in ready else F.compute_update(b.M, **b.kwargs)
 
 
 def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
     """{block index: update} for one bucket, from one batched compute_update."""
-    settings = blocks[idx[0]].settings()
+    settings = dict(blocks[idx[0]].kwargs)
     mode, transposed = settings.pop("tensor_mode"), settings.pop("transposed")
     views = [geo.matrix_view(blocks[i].M, mode, transposed) for i in idx]
     m, n = views[0].shape[-2:]

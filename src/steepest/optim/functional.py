@@ -2,11 +2,11 @@
 
 One step for a list of parameter blocks W (gradient G), in this order:
 
-1. gradient checks (dense, real, finite; one min/max reduction per gradient) and the skip/raise
-   policy for non-finite gradients: ``"raise"`` raises :class:`NonFiniteGradientError` naming every
-   bad parameter before any weight changes, ``"skip"`` skips and counts them;
-2. (optional) ``choose``: a callback that sets each block's geometry and lr multiplier (the adaptive
-   optimizer; nothing else changes);
+1. checks (dense, real, finite gradients and optimizer state; one sum per tensor, one
+   synchronisation) and the skip/raise policy: ``"raise"`` raises :class:`NonFiniteGradientError`
+   naming every bad parameter before any weight changes, ``"skip"`` skips and counts them;
+2. (optional) the chooser (:mod:`steepest.optim.choosers`) sets each block's geometry and lr
+   multiplier (nothing else changes);
 3. direction source M: ``G`` (no momentum), the EMA ``B <- mu B + (1 - mu) G`` or Nesterov
    ``(1 - mu) G + mu B`` (torch.optim.Muon's convention);
 4. D = dualize(M) under the block's geometry (:mod:`steepest.geometry`), on its matrix view;
@@ -16,10 +16,11 @@ One step for a list of parameter blocks W (gradient G), in this order:
 7. the update W <- W - lr * mult * scale * D.
 
 Stage 4 is the only expensive one, and the only one that batching and distribution change: the
-kernel hands every block's M to a ``dualizer`` (a callable ``list[Block] -> list[(U, ok)]``) that may
-compute them one by one (:func:`dualize_each`), stacked by shape (:mod:`steepest.optim.batched`) or
-on owner ranks (:mod:`steepest.optim.sharded`). ``ok=False`` means the update overflowed (a dual
-norm can overflow for a finite M): such a block is skipped and counted, never written.
+kernel hands every block's M to its executor (:mod:`steepest.optim.executors`), which computes them
+one by one (:func:`dualize_each`), stacked by shape (:mod:`steepest.optim.batched`) or on owner
+ranks. ``ok=False`` means the update overflowed (a dual norm can overflow for a finite M): such a
+block is skipped and counted, never written. Every setting a block reads was validated once, when
+its group was added (:class:`~steepest.optim.settings.StepSettings`).
 
 Parameter groups with ``algorithm="adamw"`` take AdamW (Loshchilov & Hutter 2019) after the same
 checks, so one optimizer trains a whole model.
@@ -36,33 +37,40 @@ import torch
 
 from steepest import geometry as geo
 from steepest.linalg.precision import iteration_dtype
-
-STEP_SIZES = ("fixed", "dual")
+from steepest.optim.settings import STEP_SIZES, StepSettings
 
 
 class NonFiniteGradientError(FloatingPointError):
     """Raised by ``step()`` when a gradient holds NaN or Inf (nothing has been changed)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Block:
-    """One parameter's step: what the kernel reads and writes (``store[param]`` is its state). ``norm``/``p``/``lr_scale`` default to
-    the group's geometry and 1; :func:`steepest_step`'s ``choose`` may change them."""
+    """One parameter's step: what the kernel reads and writes (``store[param]`` is its state).
+
+    ``cfg`` is the group's validated :class:`~steepest.optim.settings.StepSettings`; ``lr`` and
+    ``weight_decay`` are this step's values. ``norm``/``p``/``lr_scale`` default to the group's geometry
+    and 1; a chooser (:mod:`steepest.optim.choosers`) may change them. ``label`` is the parameter's
+    name (``names`` of its group, else ``group<i>.<j>``); ``name`` adds its shape, for messages."""
 
     param: torch.Tensor
     grad: torch.Tensor | None
     store: dict  #: the optimizer's ``state`` mapping; read through :attr:`state` (created on first use)
-    group: dict
+    cfg: StepSettings
     name: str
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    label: str = ""
     norm: str | None = None
     p: float | None = None
     lr_scale: float = 1.0
+    bad_state: str | None = None  #: set by the checks: the name of a non-finite state tensor
     _M: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     _source: Callable[[], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.norm is None and self.group.get("algorithm", "steepest") == "steepest":
-            self.norm, self.p = geo.resolve(self.group["norm"], self.group.get("p"))
+        if self.norm is None:
+            self.norm, self.p = self.cfg.norm, self.cfg.p
 
     @property
     def M(self) -> torch.Tensor | None:
@@ -92,18 +100,12 @@ class Block:
 
     @property
     def adamw(self) -> bool:
-        return self.group.get("algorithm", "steepest") == "adamw"
+        return self.cfg.algorithm == "adamw"
 
-    def settings(self) -> dict:
-        """The keyword arguments of :func:`compute_update` for this block (only those that apply)."""
-        g = self.group
-        out = dict(norm=self.norm, p=self.p, step_size=g["step_size"], scale_rule=g["scale_rule"],
-                   tensor_mode=g["tensor_mode"], transposed=bool(g.get("transposed", False)))
-        if self.norm == "spectral":
-            out.update(method=g["method"], steps=g["steps"], coefficients=g["coefficients"],
-                       normalization=g["normalization"])
-        out["dtype"] = geo.dtype_from_name(g["dtype"])
-        return out
+    @property
+    def kwargs(self) -> dict:
+        """The keyword arguments of :func:`compute_update` for this block's geometry (cached; read only)."""
+        return self.cfg.update_kwargs(self.norm, self.p)
 
     def source_dtype(self) -> torch.dtype | None:
         """The dtype stage 3 may write M in: the Newton-Schulz / Polar Express iteration dtype where it is
@@ -112,18 +114,17 @@ class Block:
         The cast then happens once, here: the full-precision Nesterov temporary is freed at once, the
         update comes back in that dtype (no cast back to float32 and no float32 copy of it), and the values
         are those the dualizer's own cast would give."""
-        g = self.group
-        if self.norm != "spectral" or g["step_size"] != "fixed" or g.get("method") in (None, "svd"):
+        c = self.cfg
+        if self.norm != "spectral" or c.step_size != "fixed" or c.method in (None, "svd"):
             return None
-        dt = iteration_dtype(self.grad.dtype, geo.dtype_from_name(g["dtype"]), self.grad.device, iterative=True)
+        dt = iteration_dtype(self.grad.dtype, c.dtype, self.grad.device, iterative=True)
         return dt if dt.itemsize < self.grad.dtype.itemsize else None
 
     def key(self) -> tuple:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
-        shape = geo.matrix_shape(tuple(self.param.shape), self.group["tensor_mode"],
-                                 bool(self.group.get("transposed", False)))
+        shape = geo.matrix_shape(tuple(self.param.shape), self.cfg.tensor_mode, self.cfg.transposed)
         return (shape[-2:] if len(shape) >= 2 else shape, self.M_dtype, self.param.device,
-                repr(sorted(self.settings().items())))
+                self.cfg.batch_key(self.norm, self.p))
 
 
 # --------------------------------------------------------------------------- stage 1: checks
@@ -162,12 +163,43 @@ def check_dense(blocks: list[Block]) -> None:
             raise ValueError(f"{kind} gradient for {b.name}: steepest needs dense real gradients")
 
 
+#: Per-parameter state tensors that the step reads (and the checks test for NaN/Inf with the gradient).
+STATE_TENSORS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
+
+
+def state_tensors(block: Block) -> list[tuple[str, torch.Tensor]]:
+    """The state tensors this block's step will read, as ``(key, tensor)`` (none before the first step)."""
+    st = block.store.get(block.param)
+    if not st:
+        return []
+    return [(k, st[k]) for k in STATE_TENSORS if torch.is_tensor(st.get(k))]
+
+
+def finite_blocks(blocks: list[Block], grads: list[torch.Tensor] | None = None) -> list[bool]:
+    """Per block with a gradient: are its gradient (``grads[i]``, default ``block.grad``) and its state
+    tensors all finite? One synchronisation for all; a block with a bad state gets ``bad_state`` set."""
+    grads = [b.grad for b in blocks] if grads is None else grads
+    tensors, owner, names = list(grads), [], []
+    for i, b in enumerate(blocks):
+        for key, t in state_tensors(b):
+            tensors.append(t.to_local() if hasattr(t, "to_local") else t)
+            owner.append(i)
+            names.append(key)
+    flags = finite_flags(tensors)
+    out = flags[:len(blocks)]
+    for i, key, ok in zip(owner, names, flags[len(blocks):]):
+        if not ok:
+            out[i] = False
+            blocks[i].bad_state = blocks[i].bad_state or key
+    return out
+
+
 def local_check(blocks: list[Block]) -> list[bool]:
-    """The single-process check: per block, False when its gradient holds NaN or Inf."""
+    """The single-process check: per block, False when its gradient or its state holds NaN or Inf."""
     check_dense(blocks)
     present = [i for i, b in enumerate(blocks) if b.grad is not None]
     out = [True] * len(blocks)
-    for i, ok in zip(present, finite_flags([blocks[i].grad for i in present])):
+    for i, ok in zip(present, finite_blocks([blocks[i] for i in present])):
         out[i] = ok
     return out
 
@@ -178,22 +210,16 @@ def nonfinite_policy(blocks: list[Block], finite: list[bool], policy: str, count
     if not bad:
         return blocks
     if policy == "raise":
+        grads = [b.name for b in bad if not b.bad_state]
+        states = [f"{b.name}: {b.bad_state}" for b in bad if b.bad_state]
+        what = ([f"non-finite gradient (NaN or Inf) in {', '.join(grads)}"] if grads else []) + (
+            [f"non-finite optimizer state (NaN or Inf) in {', '.join(states)}"] if states else [])
         raise NonFiniteGradientError(
-            f"non-finite gradient (NaN or Inf) in {', '.join(b.name for b in bad)}; no parameter was changed. "
-            "Lower the learning rate, clip gradients, or pass nonfinite='skip' to skip such steps.")
+            f"{'; '.join(what)}; no parameter was changed. Lower the learning rate, clip gradients, reset or "
+            "reload the optimizer state, or pass nonfinite='skip' to skip such steps.")
     for b in bad:
         counter(b)
     return [b for b, ok in zip(blocks, finite) if ok]
-
-
-def check_hyperparameters(group: dict, index: int) -> None:
-    """lr and weight_decay must be finite numbers >= 0 with lr*wd <= 1, also when changed after construction."""
-    lr, wd = group["lr"], group.get("weight_decay", 0.0)
-    lr = float(lr) if isinstance(lr, torch.Tensor) else lr
-    for key, v in (("lr", lr), ("weight_decay", wd)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"param_groups[{index}]['{key}'] must be a finite number >= 0, got {v!r}; "
-                             "no parameter was changed")
 
 
 # --------------------------------------------------------------------------- stages 3-7
@@ -244,7 +270,8 @@ def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_s
 
     ``scale`` is ``shape_scale(matrix view shape, scale_rule)`` times, for ``step_size="dual"``, the
     dual norm of M (one per matrix in batch mode). ``dualizer`` holds the polar settings
-    (method, steps, dtype, coefficients, normalization) where they apply.
+    (method, steps, dtype, coefficients, normalization) where they apply, and ``check=False`` when the
+    caller validated them already (the optimizers: :meth:`StepSettings.update_kwargs`).
     """
     X = geo.matrix_view(M, tensor_mode, transposed)
     if X.ndim == 1 and not geo.is_entrywise(norm):
@@ -270,13 +297,13 @@ def scale_update(D: torch.Tensor, scale: float) -> torch.Tensor:
 def dualize_each(blocks: list[Block]) -> list[tuple[torch.Tensor, bool]]:
     """The plain dualizer: one :func:`compute_update` per block; ``ok`` checked for dual steps only
     (a fixed-scale dualizer of a finite M is finite), with one synchronisation for all of them."""
-    out = [compute_update(b.M, **b.settings()) for b in blocks]
+    out = [compute_update(b.M, **b.kwargs) for b in blocks]
     return with_ok(blocks, out)
 
 
 def with_ok(blocks: list[Block], updates: list[torch.Tensor]) -> list[tuple[torch.Tensor, bool]]:
     """Pair each update with its finiteness (dual steps only; one sync)."""
-    dual = [i for i, b in enumerate(blocks) if b.group["step_size"] == "dual"]
+    dual = [i for i, b in enumerate(blocks) if b.cfg.step_size == "dual"]
     ok = [True] * len(blocks)
     if dual:
         flags = torch.stack([torch.isfinite(updates[i]).all() for i in dual]).tolist()
@@ -323,22 +350,17 @@ def adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: floa
 
 
 # --------------------------------------------------------------------------- the kernel
-def steepest_step(
-    blocks: list[Block],
-    *,
-    nonfinite: str = "raise",
-    on_skip: Callable[[Block], None],
-    check: Callable[[list[Block]], list[bool]] = local_check,
-    choose: Callable[[list[Block]], None] | None = None,
-    dualizer: Callable[[list[Block]], list[tuple[torch.Tensor, bool]]] = dualize_each,
-) -> None:
+def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Callable[[Block], None],
+                  executor=None, chooser=None) -> None:
     """One optimizer step over ``blocks`` (every block with a gradient), in the module's stage order.
 
-    ``check`` returns per block whether its gradient is finite (the distributed version decides
-    globally, and may set or clear ``block.grad``; blocks left without a gradient are not stepped); ``on_skip`` counts a skipped block; ``choose`` may set each steepest block's
-    ``norm``/``p``/``lr_scale`` after the checks; ``dualizer`` computes stage 4-5 for all blocks and
-    returns ``(U, ok)`` per block in block order, as a list or lazily (an iterator: each update is
-    applied, and its M released, before the next is asked for).
+    ``executor`` (:mod:`steepest.optim.executors`; None: one process, one matrix at a time) runs the
+    checks (``executor.check(blocks)``: per block, is its gradient finite; the distributed one decides
+    over all ranks and may set or clear ``block.grad``: blocks left without a gradient are not stepped)
+    and stages 4-5 (``executor.dualize(blocks)``: ``(U, ok)`` per block in block order, as a list or
+    lazily: each update is applied, and its M released, before the next is asked for). ``on_skip``
+    counts a skipped block. ``chooser`` (:mod:`steepest.optim.choosers`) may set each steepest block's
+    ``norm``/``p``/``lr_scale`` after the checks (``chooser.choose(blocks, executor)``).
     """
     all_finite = None
     if torch.compiler.is_compiling():
@@ -348,39 +370,40 @@ def steepest_step(
         # no skip is counted). Eager steps keep the per-block policy below.
         check_dense(blocks)
         blocks = [b for b in blocks if b.grad is not None]
-        if any(b.adamw for b in blocks) or any(b.group["step_size"] == "dual" for b in blocks):
+        if any(b.adamw or b.cfg.step_size == "dual" for b in blocks):
             raise NotImplementedError("a compiled step supports fixed-step steepest groups only (no AdamW-routed "
                                       "or step_size='dual' groups); step those eagerly")
         all_finite = finite_mask([b.grad for b in blocks]).all() if blocks else None
     else:
-        blocks = [b for b in nonfinite_policy(blocks, check(blocks), nonfinite, on_skip) if b.grad is not None]
+        finite = executor.check(blocks) if executor is not None else local_check(blocks)
+        blocks = [b for b in nonfinite_policy(blocks, finite, nonfinite, on_skip) if b.grad is not None]
     steep = [b for b in blocks if not b.adamw]
-    if choose is not None and steep:
-        choose(steep)
+    if chooser is not None and steep:
+        chooser.choose(steep, executor)
     for b in blocks:
         if b.adamw:
-            g = b.group
-            adamw_step(b.param, b.grad, b.state, lr=float(g["lr"]), betas=g["betas"], eps=g["eps"],
-                       weight_decay=g["weight_decay"])
+            c = b.cfg
+            adamw_step(b.param, b.grad, b.state, lr=b.lr, betas=c.betas, eps=c.eps, weight_decay=b.weight_decay)
     for b in steep:
         # The buffer now; M (a fresh tensor with Nesterov or a cast) when the dualizer reads it, so a
         # dualizer that goes block by block (batched.dualize_batched, lazy) holds one M at a time.
-        g = b.group
-        buf = update_momentum(b.grad, b.state, g["momentum"], all_finite)
+        c = b.cfg
+        buf = update_momentum(b.grad, b.state, c.momentum, all_finite)
         dtype = b.source_dtype()
-        if buf is not None and not g["nesterov"] and dtype is None:
+        if buf is not None and not c.nesterov and dtype is None:
             b.M = buf  # M is the buffer itself: nothing to defer
         else:
-            b.defer_M(functools.partial(source_from_buffer, b.grad, buf, g["momentum"], g["nesterov"], dtype),
+            b.defer_M(functools.partial(source_from_buffer, b.grad, buf, c.momentum, c.nesterov, dtype),
                       dtype or b.grad.dtype)
-    for b, (U, ok) in zip(steep, dualizer(steep) if steep else []):
+    updates = (executor.dualize(steep) if executor is not None else dualize_each(steep)) if steep else []
+    for b, (U, ok) in zip(steep, updates):
         b.M = None
         if not ok:
             on_skip(b)
             continue
-        apply_update(b.param, U, float(b.group["lr"]), b.group["weight_decay"], b.lr_scale, all_finite)
+        apply_update(b.param, U, b.lr, b.weight_decay, b.lr_scale, all_finite)
 
 
 __all__ = ["Block", "NonFiniteGradientError", "steepest_step", "finite_mask", "finite_flags", "local_check", "check_dense",
-           "nonfinite_policy", "check_hyperparameters", "direction_source", "update_momentum", "source_from_buffer",
+           "nonfinite_policy", "finite_blocks", "state_tensors", "direction_source", "update_momentum", "source_from_buffer",
            "compute_update", "scale_update", "dualize_each", "with_ok", "apply_update", "adamw_step", "STEP_SIZES"]

@@ -1,362 +1,39 @@
-"""torch.distributed for every steepest optimizer: each matrix is dualized once, on its owner rank.
+"""torch.distributed for every steepest optimizer: ``steepest.distributed(opt)`` and ``DistributedSteepest``.
 
-The step of :class:`~steepest.optim.steepest.SteepestDescent` has three stages per matrix W
-(:mod:`steepest.optim.functional`): 1. the direction source M (momentum), 2. the update
-U = scale * dualize(M) (an SVD or Newton-Schulz: O(m n min(m, n)) flops), 3. W <- (1 - lr wd) W - lr U.
-With a process group of W ranks, stages 1 and 3 run on every rank (so momentum and weights live
-everywhere and checkpoint like any optimizer state), and stage 2 runs once per matrix, on an owner
-chosen by greedy longest-processing-time scheduling on the cost m n min(m, n) (Graham 1969: makespan
-<= 4/3 of the best). The results are shared in one collective per dtype:
-
-* replicated parameters (plain tensors, e.g. under DDP, whose gradients are already all-reduced):
-  every owner packs its updates in one buffer, ``all_gather`` gives every rank every update, and
-  every rank applies the same bytes, so replicas stay bit-identical;
-* sharded parameters (DTensor ``Shard(d)`` on a 1-D mesh, e.g. FSDP2 ``fully_shard``): one
-  ``all_to_all`` sends every rank's shard of M to the owner, the owner dualizes the full matrix, and a
-  second ``all_to_all`` returns to each rank its shard of U (uneven and empty shards included).
-
-Entrywise geometries (frobenius, linf) on replicated parameters and AdamW-routed groups cost less to
-compute than to send, so they run locally on every rank. Decisions are global: one all-reduce per
-step counts, for every parameter, the ranks holding a gradient, a non-finite gradient, or an invalid
-(sparse/complex) one, so no rank ever waits in a collective alone (a known failure of distributed Muon
-implementations: ranks hang when a parameter has no gradient or a shard is empty).
-
-API: ``DistributedSteepest(params, ..., process_group=None)`` (a :class:`SteepestDescent`), or
-``steepest.distributed(opt)`` for any recipe (Muon, SpecGD, ...). Without an initialised process
-group (or with one rank) both step exactly like the wrapped optimizer.
+Both give the optimizer the owner-computes executor (:class:`steepest.optim.executors.OwnerComputes`:
+each matrix is dualized once, on its owner rank, for replicated (DDP) and sharded (FSDP2 DTensor)
+parameters; the algorithm is described there). Without an initialised process group (or with one
+rank) the step is exactly the local one.
 
 Example:
     >>> import steepest, torch
     >>> model = torch.nn.Linear(8, 4)                 # wrapped in DDP or fully_shard in real use
     >>> opt = steepest.distributed(steepest.Muon(steepest.param_groups(model), lr=0.02))
+    >>> type(opt).__name__, type(opt.executor).__name__
+    ('Muon', 'OwnerComputes')
 """
 
 from __future__ import annotations
 
-import heapq
-import math
-import time
-
-import torch
-import torch.distributed as dist
-
-from steepest import geometry as geo
-from steepest.optim import functional as F
+from steepest.optim.executors import PARTIAL_GRADS, OwnerComputes, assign_owners, shard_sizes
 from steepest.optim.steepest import SteepestDescent
 
-try:  # torch.distributed.tensor is part of torch >= 2.4; keep the module importable without it
-    from torch.distributed.tensor import DTensor, Shard
-except ImportError:  # pragma: no cover
-    DTensor, Shard = (), ()
 
-PARTIAL_GRADS = ("average", "skip", "raise")
-
-
-def assign_owners(costs: list[float], world_size: int) -> list[int]:
-    """Owner rank of each item: greedy LPT (largest cost first, to the least-loaded rank, ties to the
-    lowest rank). Deterministic, so every rank computes the same answer without communicating.
-
-    Makespan <= (4/3 - 1/(3W)) OPT (Graham 1969, "Bounds on multiprocessing timing anomalies").
-    Example: ``assign_owners([4, 3, 3, 2], 2)`` is ``[0, 1, 1, 0]`` (loads 6 and 6).
-    """
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    heap = [(0.0, r) for r in range(world_size)]
-    owners = [0] * len(costs)
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        load, r = heapq.heappop(heap)
-        owners[i] = r
-        heapq.heappush(heap, (load + float(costs[i]), r))
-    return owners
-
-
-def shard_sizes(n: int, world_size: int) -> list[int]:
-    """Rows of each rank's shard when ``n`` rows are split like ``torch.chunk`` (DTensor ``Shard``):
-    ceil(n / W) each, the last ones smaller or empty. Example: ``shard_sizes(7, 3)`` is ``[3, 3, 1]``,
-    ``shard_sizes(2, 3)`` is ``[1, 1, 0]``."""
-    chunk = -(-n // world_size) if n else 0
-    return [max(0, min(chunk, n - r * chunk)) for r in range(world_size)]
-
-
-def _is_dtensor(t) -> bool:
-    return bool(DTensor) and isinstance(t, DTensor)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if _is_dtensor(t) else t
-
-
-def _all_gather(out: torch.Tensor, inp: torch.Tensor, group) -> None:
-    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    fn(out, inp, group=group)
-
-
-class _DistributedStep:
-    """The distributed ``step``; mixed into a :class:`SteepestDescent` subclass (see the module doc)."""
-
-    def __getstate__(self) -> dict:
-        # a process group cannot be copied or pickled: a copy uses the default (world) group
-        state = super().__getstate__()
-        state.update(process_group=None, partial_grads=self.partial_grads, partial_skipped=self.partial_skipped,
-                     last_owners=dict(self.last_owners), step_stats=dict(self.step_stats))
-        return state
-
-    def __reduce_ex__(self, protocol):
-        base = getattr(type(self), "_base", None)
-        if base is None:  # DistributedSteepest: an ordinary module-level class
-            return super().__reduce_ex__(protocol)
-        return _restore, (base, self.__getstate__())
-
-    def _setup_distributed(self, process_group, partial_grads: str) -> None:
-        if partial_grads not in PARTIAL_GRADS:
-            raise ValueError(f"partial_grads must be one of {PARTIAL_GRADS}, got {partial_grads!r}")
-        self.process_group = process_group
-        self.partial_grads = partial_grads
-        self.partial_skipped = 0
-        self.last_owners: dict[str, int] = {}
-        self.step_stats: dict[str, float] = {}
-
-    def _world(self) -> tuple[int, int]:
-        if not (dist.is_available() and dist.is_initialized()):
-            return 1, 0
-        return dist.get_world_size(self.process_group), dist.get_rank(self.process_group)
-
-    # ------------------------------------------------------------------ the kernel's hooks
-    def _blocks(self, with_missing: bool = False):
-        # every rank lists every parameter, so that the decisions below are taken over the same list
-        return super()._blocks(with_missing=with_missing or self._world()[0] > 1)
-
-    def _check(self, blocks: list) -> list[bool]:
-        """One all-reduce of per-parameter counts (has a gradient, non-finite, invalid): every rank
-        takes the same decisions, so no rank ever waits in a collective alone."""
-        world, _ = self._world()
-        if world == 1:
-            return super()._check(blocks)
-        flags = torch.zeros(3, len(blocks), dtype=torch.int64)
-        local = []
-        for i, b in enumerate(blocks):
-            if b.grad is None:
-                continue
-            flags[0, i] = 1
-            if b.grad.is_sparse or b.grad.is_complex():
-                flags[2, i] = 1
-            else:
-                local.append(i)
-        finite = F.finite_flags([_local(blocks[i].grad) for i in local])
-        flags[1, local] = torch.tensor([0 if ok else 1 for ok in finite], dtype=torch.int64)
-        dist.all_reduce(flags, group=self.process_group)
-        names = lambda idx: ", ".join(blocks[i].name for i in idx)  # noqa: E731
-        invalid = flags[2].nonzero().flatten().tolist()
-        if invalid:
-            raise ValueError(f"sparse or complex gradient for {names(invalid)} on some rank: steepest needs "
-                             "dense real gradients")
-        bad = set(flags[1].nonzero().flatten().tolist())
-        partial = [i for i in range(len(blocks)) if 0 < flags[0, i] < world and i not in bad]
-        if partial and self.partial_grads == "raise":
-            raise ValueError(f"{names(partial)} have a gradient on some ranks only; synchronise gradients (DDP "
-                             "with find_unused_parameters=True) or pass partial_grads='average' or 'skip'")
-        for i, b in enumerate(blocks):
-            if flags[0, i] == 0 or (i in partial and self.partial_grads == "skip"):
-                b.grad = None
-            elif i in bad and b.grad is None:
-                b.grad = torch.zeros_like(b.param)  # counted as skipped on every rank, never applied
-        if partial and self.partial_grads == "skip":
-            self.partial_skipped += len(partial)
-        elif partial:  # "average": what DDP(find_unused_parameters=True) computes; zero shards when sharded
-            for i in partial:
-                b = blocks[i]
-                b.grad = b.grad.clone() if b.grad is not None else torch.zeros_like(b.param)
-            rep = [i for i in partial if not _is_dtensor(blocks[i].param)]
-            if rep:
-                flat = torch.cat([blocks[i].grad.reshape(-1).double() for i in rep])
-                dist.all_reduce(flat, group=self.process_group)
-                flat /= world
-                for i, g in zip(rep, flat.split([blocks[i].grad.numel() for i in rep])):
-                    blocks[i].grad = g.view_as(blocks[i].grad).to(blocks[i].grad.dtype)
-        return [i not in bad for i in range(len(blocks))]
-
-    def _agree(self, codes: torch.Tensor) -> torch.Tensor:
-        """Every rank takes rank 0's per-layer choices (steepest.Adaptive): one broadcast."""
-        world, _ = self._world()
-        if world == 1:
-            return codes
-        codes = codes.clone()
-        dist.broadcast(codes, src=dist.get_global_rank(self.process_group or dist.group.WORLD, 0),
-                       group=self.process_group)
-        return codes
-
-    def _dualizer(self, blocks: list) -> list:
-        """Entrywise updates of replicated parameters locally; every other one on its owner rank."""
-        world, rank = self._world()
-        if world == 1:
-            return super()._dualizer(blocks)
-        t0 = time.perf_counter()
-        out: list = [None] * len(blocks)
-        owned = []
-        for i, b in enumerate(blocks):
-            if geo.is_entrywise(b.norm) and not _is_dtensor(b.param):
-                out[i] = F.dualize_each([b])[0]
-            else:
-                if _is_dtensor(b.param):
-                    self._check_mesh(b)
-                owned.append(i)
-        owners = assign_owners([geo.dualize_cost(tuple(blocks[i].param.shape), blocks[i].norm,
-                                                 blocks[i].group["tensor_mode"]) for i in owned], world)
-        self.last_owners = {blocks[i].name.split(" (shape")[0]: o for i, o in zip(owned, owners)}
-        self.step_stats = dict(local_s=time.perf_counter() - t0, compute_s=0.0, compute_cpu_s=0.0, comm_s=0.0,
-                               sent_bytes=0, received_bytes=0, owned=owners.count(rank), matrices=len(owned))
-        for dtype in sorted({blocks[i].param.dtype for i in owned}, key=str):
-            items = [(i, o) for i, o in zip(owned, owners) if blocks[i].param.dtype == dtype]
-            self._replicated(blocks, [x for x in items if not _is_dtensor(blocks[x[0]].param)], rank, out, dtype)
-            self._sharded(blocks, [x for x in items if _is_dtensor(blocks[x[0]].param)], world, rank, out, dtype)
-        return out
-
-    def _check_mesh(self, b) -> None:
-        mesh, pl = b.param.device_mesh, b.param.placements
-        ranks = dist.get_process_group_ranks(self.process_group or dist.group.WORLD)
-        if mesh.ndim != 1 or len(pl) != 1 or not isinstance(pl[0], Shard) or mesh.mesh.tolist() != ranks:
-            raise ValueError(
-                f"{b.name} is a DTensor with placements {pl} on mesh {mesh.mesh.tolist()}: the sharded "
-                f"path supports Shard(d) on a 1-D mesh over the optimizer's process group (ranks {ranks}). "
-                "Pass process_group=mesh.get_group(), or route the parameter to AdamW.")
-
-    def _compute(self, b, M: torch.Tensor, dtype) -> tuple[torch.Tensor, bool]:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        U, ok = F.with_ok([b], [F.compute_update(M, **b.settings())])[0]
-        self.step_stats["compute_s"] += time.perf_counter() - t0
-        self.step_stats["compute_cpu_s"] += time.thread_time() - c0  # robust to a busy machine
-        return U.to(dtype), ok
-
-    def _replicated(self, blocks: list, items: list, rank: int, out: list, dtype) -> None:
-        """Owners compute, one padded all_gather shares; every rank applies the same bytes."""
-        if not items:
-            return
-        world = self._world()[0]
-        loads = [sum(blocks[i].param.numel() + 1 for i, o in items if o == r) for r in range(world)]
-        width = max(loads)
-        send = torch.zeros(width, dtype=dtype)
-        off = 0
-        for i, o in items:
-            if o == rank:
-                n = blocks[i].param.numel()
-                U, ok = self._compute(blocks[i], blocks[i].M, dtype)
-                send[off:off + n] = U.reshape(-1)
-                send[off + n] = 1.0 if ok else 0.0  # one flag per matrix: apply or skip
-                off += n + 1
-        recv = torch.empty(world * width, dtype=dtype)
-        t0 = time.perf_counter()
-        _all_gather(recv, send, self.process_group)
-        self._comm(t0, width * dtype.itemsize, (world - 1) * width * dtype.itemsize)
-        offs = [r * width for r in range(world)]
-        for i, o in items:
-            p = blocks[i].param
-            out[i] = (recv[offs[o]:offs[o] + p.numel()].view(p.shape), bool(recv[offs[o] + p.numel()] != 0))
-            offs[o] += p.numel() + 1
-
-    def _comm(self, t0: float, sent: int, received: int) -> None:
-        self.step_stats["comm_s"] += time.perf_counter() - t0
-        self.step_stats["sent_bytes"] += sent
-        self.step_stats["received_bytes"] += received
-
-    def _sharded(self, blocks: list, items: list, world: int, rank: int, out: list, dtype) -> None:
-        """all_to_all shards of M to owners, owners dualize full matrices, all_to_all shards of U back."""
-        if not items:
-            return
-        geom = []  # per item: shard dim, rows of every rank's shard, numel of one row slice
-        for i, o in items:
-            p = blocks[i].param
-            d = p.placements[0].dim
-            sizes = shard_sizes(p.shape[d], world)
-            if sizes[rank] != p.to_local().shape[d]:
-                raise ValueError(f"{blocks[i].name}: local shard has {p.to_local().shape[d]} rows on dim {d}, "
-                                 f"expected torch.chunk's {sizes[rank]}; only even-chunk Shard layouts are supported")
-            geom.append((d, sizes, p.numel() // max(p.shape[d], 1)))
-        mine = [k for k, (_, o) in enumerate(items) if o == rank]
-        # forward: my shard of every M to its owner
-        send = [[] for _ in range(world)]
-        for i, o in items:
-            send[o].append(_local(blocks[i].M).reshape(-1).to(dtype))
-        in_splits = [sum(x.numel() for x in s) for s in send]
-        out_splits = [sum(geom[k][1][s] * geom[k][2] for k in mine) for s in range(world)]
-        recv = torch.empty(sum(out_splits), dtype=dtype)
-        t0 = time.perf_counter()
-        dist.all_to_all_single(recv, torch.cat([x for s in send for x in s]) if any(in_splits) else
-                               torch.empty(0, dtype=dtype), out_splits, in_splits, group=self.process_group)
-        self._comm(t0, sum(in_splits) * dtype.itemsize, sum(out_splits) * dtype.itemsize)
-        pieces = [list(c.split([geom[k][1][s] * geom[k][2] for k in mine])) for s, c in enumerate(recv.split(out_splits))]
-        back = [[] for _ in range(world)]
-        flags = []
-        for n, k in enumerate(mine):
-            b = blocks[items[k][0]]
-            d, sizes, _row = geom[k]
-            shape = lambda s: b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1:]  # noqa: E731
-            full = torch.cat([pieces[s][n].view(shape(s)) for s in range(world)], dim=d)
-            U, ok = self._compute(b, full.to(b.M.dtype), dtype)
-            flags.append(1.0 if ok else 0.0)
-            for s, part in enumerate(U.split(sizes, dim=d)):
-                back[s].append(part.reshape(-1))
-        for s in range(world):
-            back[s].append(torch.tensor(flags, dtype=dtype))
-        # backward: every rank's shard of every U (then one flag per owned matrix) from its owner
-        in2 = [sum(x.numel() for x in b) for b in back]
-        out2 = [sum(geom[k][1][rank] * geom[k][2] + 1 for k, (_, o) in enumerate(items) if o == r) for r in range(world)]
-        recv2 = torch.empty(sum(out2), dtype=dtype)
-        t0 = time.perf_counter()
-        dist.all_to_all_single(recv2, torch.cat([x for b in back for x in b]), out2, in2, group=self.process_group)
-        self._comm(t0, sum(in2) * dtype.itemsize, sum(out2) * dtype.itemsize)
-        chunks = recv2.split(out2)
-        for r in range(world):
-            ks = [k for k, (_, o) in enumerate(items) if o == r]
-            parts = chunks[r].split([geom[k][1][rank] * geom[k][2] for k in ks] + [len(ks)])
-            for n, k in enumerate(ks):
-                p = blocks[items[k][0]].param
-                local = parts[n].view(p.to_local().shape)
-                U = DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-                out[items[k][0]] = (U, bool(parts[-1][n] != 0))
-
-
-class DistributedSteepest(_DistributedStep, SteepestDescent):
-    """:class:`SteepestDescent` whose dualizations are computed once per matrix across a process group.
-
-    Takes every :class:`SteepestDescent` argument plus ``process_group`` (default: the world group)
-    and ``partial_grads``: what to do with a parameter that has a gradient on some ranks only
-    (``"average"``: the DDP mean with zeros for the missing ranks (zero shards when sharded);
-    ``"skip"``: no rank steps it, counted in ``partial_skipped``; ``"raise"``: ValueError on every rank).
-    ``step()`` is a collective. After each step, ``last_owners`` maps each owner-path matrix to its
-    rank and ``step_stats`` holds this rank's dualization time (``compute_s``, wall; ``compute_cpu_s``,
-    thread CPU), communication time and bytes, and the number of matrices it owned.
-    See the module docstring for the algorithm.
+class DistributedSteepest(SteepestDescent):
+    """:class:`SteepestDescent` with the :class:`OwnerComputes` executor: each matrix's dualization is
+    computed once, on its owner rank of ``process_group`` (default: the world group). ``step()`` is a
+    collective. ``partial_grads`` as in :class:`OwnerComputes`; statistics on ``opt.executor``.
 
     Example:
+        >>> import torch
         >>> model = torch.nn.Linear(8, 4, bias=False)   # DDP(model) after init_process_group
         >>> opt = DistributedSteepest(model.parameters(), lr=0.02, norm="spectral", momentum=0.9)
+        >>> type(opt.executor).__name__
+        'OwnerComputes'
     """
 
     def __init__(self, params, *args, process_group=None, partial_grads: str = "average", **kwargs) -> None:
-        if partial_grads not in PARTIAL_GRADS:
-            raise ValueError(f"partial_grads must be one of {PARTIAL_GRADS}, got {partial_grads!r}")
-        super().__init__(params, *args, **kwargs)
-        self._setup_distributed(process_group, partial_grads)
-
-
-_CLASSES: dict[type, type] = {}
-
-
-def _distributed_class(base: type) -> type:
-    """``Distributed<Base>``: the distributed step mixed into ``base`` (made once per class)."""
-    cls = _CLASSES.get(base)
-    if cls is None:
-        cls = _CLASSES[base] = type(f"Distributed{base.__name__}", (_DistributedStep, base),
-                                    {"__doc__": base.__doc__, "__module__": __name__, "_base": base})
-    return cls
-
-
-def _restore(base: type, state: dict):
-    """Unpickle a ``distributed(...)`` optimizer (its class is made at run time, so pickle needs this)."""
-    cls = _distributed_class(base)
-    obj = cls.__new__(cls)
-    obj.__setstate__(state)
-    return obj
+        super().__init__(params, *args, executor=OwnerComputes(process_group, partial_grads), **kwargs)
 
 
 def _unwrap(fn):
@@ -366,38 +43,40 @@ def _unwrap(fn):
 
 
 def defines_own_step(cls: type) -> bool:
-    """True when a SteepestDescent subclass replaces SteepestDescent.step (e.g. steepest.Adaptive)."""
+    """True when a SteepestDescent subclass replaces SteepestDescent.step (its step may bypass the executor)."""
     base = _unwrap(vars(SteepestDescent)["step"])
     return any("step" in vars(c) and _unwrap(vars(c)["step"]) is not base
                for c in cls.__mro__ if isinstance(c, type) and issubclass(c, SteepestDescent))
 
 
 def distributed(optimizer: SteepestDescent, process_group=None, partial_grads: str = "average") -> SteepestDescent:
-    """Return a distributed version of ``optimizer`` (any :class:`SteepestDescent`, e.g. Muon, SpecGD).
-
-    The result is an instance of ``Distributed<Class>``, a subclass of the optimizer's class, sharing
-    its param_groups and state; use the result (and schedulers built on it) from here on.
-    Arguments as in :class:`DistributedSteepest`.
+    """Make ``optimizer`` (any :class:`SteepestDescent`: Muon, SpecGD, Adaptive, ...) step over a process
+    group: sets ``optimizer.executor`` to :class:`OwnerComputes` (keeping its single-process executor
+    for a one-rank world) and returns the same optimizer; an optimizer that already has one gets a new
+    one with these arguments. Arguments as in :class:`OwnerComputes`.
 
     Example:
-        >>> opt = distributed(Muon(model.parameters(), lr=0.02))   # after init_process_group
+        >>> import steepest, torch
+        >>> W = torch.nn.Parameter(torch.randn(8, 4))
+        >>> opt = steepest.Muon([W], lr=0.02)
+        >>> distributed(opt) is opt                 # after init_process_group in real use
+        True
     """
     if not isinstance(optimizer, SteepestDescent):
         raise TypeError(f"distributed() needs a steepest optimizer (SteepestDescent, Muon, ...), "
                         f"got {type(optimizer).__name__}")
-    if isinstance(optimizer, _DistributedStep):
-        raise ValueError("this optimizer is already distributed")
     base = type(optimizer)
     if defines_own_step(base):
-        # A subclass that replaces step() bypasses the kernel hooks the distributed version overrides.
-        raise TypeError(f"distributed() cannot wrap {base.__name__}: it defines its own step(), which bypasses "
-                        "the step kernel's hooks (_check, _choose, _dualizer). Override those instead of step().")
-    cls = _distributed_class(base)
-    new = cls.__new__(cls)
-    new.__dict__.update(optimizer.__dict__)
-    new._patch_step_function()  # torch.optim step hooks and lr-scheduler bookkeeping, as in Optimizer.__init__
-    new._setup_distributed(process_group, partial_grads)
-    return new
+        # A subclass that replaces step() bypasses the kernel and its executor.
+        raise TypeError(f"distributed() cannot make {base.__name__} distributed: it defines its own step(), which "
+                        "bypasses the step kernel and its executor. Pass executor= to the constructor and keep "
+                        "SteepestDescent.step, or override the executor's check/dualize instead of step().")
+    local = optimizer.executor
+    if isinstance(local, OwnerComputes):  # chosen by executor="auto" for DTensors, or distributed twice
+        local = local.local
+    optimizer.executor = OwnerComputes(process_group, partial_grads, local=local)
+    return optimizer
 
 
-__all__ = ["DistributedSteepest", "distributed", "assign_owners", "shard_sizes", "PARTIAL_GRADS", "defines_own_step"]
+__all__ = ["OwnerComputes", "DistributedSteepest", "distributed", "assign_owners", "shard_sizes", "PARTIAL_GRADS",
+           "defines_own_step"]

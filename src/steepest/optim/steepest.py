@@ -1,40 +1,29 @@
 """SteepestDescent: one torch.optim.Optimizer for every norm, plus an AdamW route for the rest.
 
 The class only collects tensors and settings; the math of a step is :func:`steepest.optim.functional.
-steepest_step` (the one step kernel), and everything about a norm is in :mod:`steepest.geometry`.
+steepest_step` (the one step kernel), everything about a norm is in :mod:`steepest.geometry`, each
+group's settings are validated once into a :class:`~steepest.optim.settings.StepSettings`
+(:mod:`steepest.optim.settings`), how the dualize stage runs is the optimizer's executor
+(:mod:`steepest.optim.executors`) and what a layer's geometry is may be decided by a chooser
+(:mod:`steepest.optim.choosers`).
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Callable, Iterable
 
 import torch
 
 from steepest import geometry as geo
-from steepest.linalg.coefficients import MUON_QUINTIC
-from steepest.optim import batched
+from steepest.optim import executors as E
 from steepest.optim import functional as F
+from steepest.optim import settings as S
 from steepest.optim.functional import NonFiniteGradientError
 
-ALGORITHMS = ("steepest", "adamw")
 NONFINITE = ("raise", "skip")
-#: Group keys that configure the dualizer; checked against the group's norm when a group sets them.
-_DUALIZER_KEYS = geo.POLAR_SETTINGS + ("dtype",)
 #: Roles from steepest.param_groups whose default weight decay is 0 (norm gains and biases).
 NO_DECAY_ROLES = ("vector",)
-
-
-def _check_number(name: str, value, lo: float, hi: float = math.inf, hi_open: bool = False) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} as a tensor must have one element, got shape {tuple(value.shape)}")
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if value < lo or value > hi or (hi_open and value == hi):
-        bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
-        raise ValueError(f"{name} must be in {bound}, got {value!r}")
 
 
 class SteepestDescent(torch.optim.Optimizer):
@@ -80,7 +69,25 @@ class SteepestDescent(torch.optim.Optimizer):
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteGradientError` naming the parameter
             before any weight changes; ``"skip"`` skips that parameter's step and counts it in
             ``optimizer.nonfinite_skipped`` and ``state[p]["nonfinite_skips"]``.
-        adamw_lr, betas, eps: defaults for ``algorithm="adamw"`` groups (lr falls back to adamw_lr).
+        adamw_lr, betas, eps: defaults for ``algorithm="adamw"`` groups (lr falls back to adamw_lr;
+            betas a pair in [0, 1), eps > 0).
+        executor: how the dualize stage runs (:mod:`steepest.optim.executors`): ``"auto"`` (default:
+            same-shape matrices batched on accelerators and small ones on CPU; over the device mesh
+            when the parameters are FSDP2 DTensors), ``"per_matrix"``, ``"batched"``,
+            ``"distributed"`` or an executor instance. Visible and settable as ``opt.executor``.
+        chooser: an object that picks each matrix's geometry and lr multiplier as training goes
+            (:mod:`steepest.optim.choosers`; :class:`steepest.Adaptive` is this optimizer with the
+            Spec-Sign / Davis-Drusvyatskiy chooser). Its state is saved in ``state_dict()["chooser"]``.
+
+    Every group's settings are validated once, when the group is added (and again when a user edits
+    a key other than ``lr``/``weight_decay`` between steps, or loads a state_dict): lr and
+    weight_decay finite and >= 0 with ``lr * weight_decay <= 1``, momentum in [0, 1), nesterov a bool,
+    betas in [0, 1), eps > 0 (:mod:`steepest.optim.settings`).
+
+    Group keys that torch trainers and wrappers inject (``foreach``, ``fused``, ``differentiable``,
+    ``capturable``, ``param_names``) are accepted, kept in the group and ignored by the step (there is
+    one implementation, neither differentiable nor capturable); any other key is kept as torch.optim
+    keeps it.
 
     Example:
         >>> model = torch.nn.Linear(8, 4, bias=False)
@@ -88,14 +95,8 @@ class SteepestDescent(torch.optim.Optimizer):
         >>> model(torch.randn(2, 8)).square().sum().backward(); opt.step()
     """
 
-    #: Step same-shape spectral matrices with one batched polar call (:mod:`steepest.optim.batched`):
-    #: None (default) batches on accelerators and, on CPU, matrices of at most
-    #: ``batched.CPU_MAX_NUMEL`` entries (larger ones measured no faster); True batches on every
-    #: device; False never batches.
-    batch_matrices: bool | None = None
-
     #: Attributes beyond torch's (defaults, state, param_groups) that copy.deepcopy and pickle keep.
-    _copied_attributes = ("nonfinite", "nonfinite_skipped", "_adamw_lr", "batch_matrices")
+    _copied_attributes = ("nonfinite", "nonfinite_skipped", "_adamw_lr", "chooser", "_executor")
 
     def __init__(
         self,
@@ -118,33 +119,59 @@ class SteepestDescent(torch.optim.Optimizer):
         adamw_lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
+        executor: str | E.Executor = "auto",
+        chooser=None,
     ) -> None:
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
-        _check_number("adamw_lr", adamw_lr, 0.0, math.inf, hi_open=True)
+        if chooser is not None and not callable(getattr(chooser, "choose", None)):
+            raise TypeError(f"chooser must be a chooser object (steepest.optim.choosers), got {type(chooser).__name__}")
         defaults = dict(
             algorithm="steepest", lr=lr, norm=norm, p=p, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, step_size=step_size, scale_rule=scale_rule, method=method,
             steps=steps, dtype=geo.dtype_name(dtype), coefficients=coefficients, normalization=normalization,
-            tensor_mode=tensor_mode, transposed=False, betas=tuple(betas), eps=eps,
+            tensor_mode=tensor_mode, transposed=False, betas=betas, eps=eps,
         )
-        self._check_defaults(defaults)
+        # the AdamW defaults are checked here too (a steepest group carries but never reads them)
+        S.build(dict(defaults, params=[], algorithm="adamw", lr=adamw_lr), 0)
+        defaults["betas"] = tuple(betas)
         self.nonfinite = nonfinite
         self.nonfinite_skipped = 0
         self._adamw_lr = adamw_lr
+        self.chooser = chooser
+        self._check_defaults(defaults)
+        self._settings: list = []
         super().__init__(params, defaults)
+        self.executor = executor
+        if chooser is not None:
+            chooser.attach(self)
 
     # ------------------------------------------------------------------ validation
+    def _candidates(self) -> tuple | None:
+        """The geometries the chooser may give a matrix (None: each group's own norm)."""
+        return getattr(self.chooser, "candidates", None) if getattr(self, "chooser", None) is not None else None
+
     def _check_defaults(self, defaults: dict) -> None:
-        """The constructor's own settings must fit its norm (a recipe's preset, or the user's)."""
-        geo.check_norm(defaults["norm"], defaults["p"])
-        geo.check_settings(defaults["norm"], defaults["p"], **{k: defaults[k] for k in _DUALIZER_KEYS})
+        """The constructor's own settings must fit its norm (or, with a chooser, at least one candidate)."""
+        candidates = self._candidates()
+        if candidates is None:
+            geo.check_norm(defaults["norm"], defaults["p"])
+            geo.check_settings(defaults["norm"], defaults["p"], **{k: defaults[k] for k in S.DUALIZER_KEYS})
+            return
+        err = None
+        for g in candidates:
+            try:
+                geo.check_settings(g, None, **{k: defaults[k] for k in S.DUALIZER_KEYS})
+                return
+            except ValueError as e:
+                err = e
+        raise err
 
     def add_param_group(self, param_group: dict) -> None:
         """torch.optim's add_param_group, validated; a rejected group leaves the optimizer unchanged."""
         if not isinstance(param_group, dict):
             raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
-        given = dict(param_group)
+        given = tuple(param_group)
         group = dict(param_group)
         if group.get("algorithm") == "adamw" and "lr" not in group:
             group["lr"] = self._adamw_lr
@@ -155,92 +182,102 @@ class SteepestDescent(torch.optim.Optimizer):
         n = len(self.param_groups)
         super().add_param_group(group)
         try:
-            self._validate_group(self.param_groups[-1], n, given)
+            self._settings_of(n, given)
         except Exception:
             del self.param_groups[n:]  # atomic: a rejected group is not kept
+            del self._settings[n:]
             raise
+        if getattr(self, "executor", None) is not None:
+            self.executor.groups_changed()
 
-    def _validate_group(self, group: dict, index: int, given: dict) -> None:
-        if group["algorithm"] not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {group['algorithm']!r}")
-        _check_number("lr", group["lr"], 0.0, math.inf, hi_open=True)
-        _check_number("weight_decay", group["weight_decay"], 0.0, math.inf, hi_open=True)
-        for p in group["params"]:
-            if p.is_complex():
-                raise ValueError(f"complex parameters are not supported (shape {tuple(p.shape)}, {p.dtype})")
-        if group["algorithm"] == "adamw":
-            b1, b2 = group["betas"]
-            _check_number("betas[0]", b1, 0.0, 1.0, hi_open=True)
-            _check_number("betas[1]", b2, 0.0, 1.0, hi_open=True)
-            _check_number("eps", group["eps"], 0.0, math.inf, hi_open=True)
-            return
-        geo.check_norm(group["norm"], group["p"])
-        self._check_group_settings(group, given)
-        _check_number("momentum", group["momentum"], 0.0, 1.0, hi_open=True)
-        if group["nesterov"] and group["momentum"] <= 0:
-            raise ValueError("nesterov=True needs momentum > 0")
-        if group["step_size"] not in F.STEP_SIZES:
-            raise ValueError(f"step_size must be one of {F.STEP_SIZES}, got {group['step_size']!r}")
-        if group["scale_rule"] not in geo.SCALE_RULES:
-            raise ValueError(f"scale_rule must be one of {geo.SCALE_RULES}, got {group['scale_rule']!r}")
-        if group["tensor_mode"] not in geo.TENSOR_MODES:
-            raise ValueError(f"tensor_mode must be one of {geo.TENSOR_MODES}, got {group['tensor_mode']!r}")
-        if not isinstance(group["transposed"], bool):
-            raise ValueError(f"transposed must be a bool, got {group['transposed']!r}")
-        if self._needs_matrices(group):
-            names = group.get("names")
-            for j, p in enumerate(group["params"]):
-                if p.ndim < 2:
-                    who = names[j] if names and j < len(names) else f"param_groups[{index}]['params'][{j}]"
-                    raise ValueError(
-                        f"parameter {who} has shape {tuple(p.shape)}, but norm={group['norm']!r} needs a "
-                        "matrix (>= 2-D). Route vectors (biases, norm gains) to AdamW with "
-                        "steepest.param_groups(model), or use an entrywise norm ('frobenius', 'linf') for them.")
+    def _settings_of(self, index: int, given: tuple | None = None) -> S.StepSettings:
+        """The group's :class:`StepSettings`: cached, rebuilt (validated) when the group's keys changed."""
+        group = self.param_groups[index]
+        cache = self._settings
+        if index < len(cache):
+            ref, snap, settings = cache[index]
+            if ref is group and snap == S.snapshot(group):
+                return settings
+        # given: the keys a new group sets itself; a re-validation (edited or loaded group) checks the
+        # dualizer keys that apply to the group's norm only
+        settings = S.build(group, index, given=given or (), candidates=self._candidates())
+        entry = (group, S.snapshot(group), settings)
+        if index < len(cache):
+            cache[index] = entry
+        else:
+            cache.extend([None] * (index - len(cache)))
+            cache.append(entry)
+        return settings
 
-    def _check_group_settings(self, group: dict, given: dict) -> None:
-        """Dualizer settings must apply to the group's norm: all of them for a spectral group, those the
-        group sets itself otherwise (settings inherited from the constructor are then unused)."""
-        spectral = geo.resolve(group["norm"], group["p"])[0] == "spectral"
-        keys = [k for k in _DUALIZER_KEYS if spectral or k in given]
-        geo.check_settings(group["norm"], group["p"], **{k: group[k] for k in keys})
+    # ------------------------------------------------------------------ the executor
+    @property
+    def executor(self) -> E.Executor:
+        """How the dualize stage runs (:mod:`steepest.optim.executors`); assign a name or an instance."""
+        return self._executor
 
-    def _needs_matrices(self, group: dict) -> bool:
-        return not geo.is_entrywise(group["norm"])
+    @executor.setter
+    def executor(self, spec) -> None:
+        self._executor = E.resolve(spec, [p for g in self.param_groups for p in g["params"]])
+
+    @property
+    def batch_matrices(self) -> bool | None:
+        """Deprecated: the executor (None: ``Batched()``, True: ``Batched(cpu=True)``, False: ``PerMatrix()``)."""
+        warnings.warn("batch_matrices is deprecated: use opt.executor (steepest.optim.executors)",
+                      DeprecationWarning, stacklevel=2)
+        local = getattr(self._executor, "local", self._executor)
+        return getattr(local, "cpu", False)
+
+    @batch_matrices.setter
+    def batch_matrices(self, value: bool | None) -> None:
+        warnings.warn("batch_matrices is deprecated: pass executor='per_matrix' or 'batched', or an executor "
+                      "instance (steepest.optim.executors)", DeprecationWarning, stacklevel=2)
+        if value not in (None, True, False):
+            raise ValueError(f"batch_matrices must be None, True or False, got {value!r}")
+        local = E.PerMatrix() if value is False else E.Batched(cpu=value)
+        if hasattr(self._executor, "local"):
+            self._executor.local = local
+        else:
+            self._executor = local
 
     # ------------------------------------------------------------------ checkpoints
-    #: Group settings that define what a step is: a state_dict saved with other values would silently
-    #: change the optimizer (a SignSGD taking spectral steps), so loading one is an error.
-    _GEOMETRY_KEYS = ("algorithm", "norm", "p", "tensor_mode", "transposed")
-    #: Per-parameter state tensors that have the parameter's shape.
-    _SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_grad")
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        if self.chooser is not None:
+            sd["chooser"] = self.chooser.state_dict()
+        return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch.optim's load_state_dict, refusing a state_dict of another geometry or other shapes."""
-        groups = state_dict.get("param_groups", [])
-        if len(groups) == len(self.param_groups):
-            for gi, (saved, cur) in enumerate(zip(groups, self.param_groups)):
-                for key in self._GEOMETRY_KEYS:
-                    if key in saved and key in cur and saved[key] != cur[key]:
-                        raise ValueError(
-                            f"state_dict param_groups[{gi}] has {key}={saved[key]!r} but this optimizer's has "
-                            f"{key}={cur[key]!r}: it was saved by a different optimizer or routing. Build the same "
-                            "optimizer (recipe, norm, param_groups) that saved it; nothing was loaded.")
-                for j, idx in enumerate(saved.get("params", [])):
-                    if j >= len(cur["params"]):
-                        break
-                    p = cur["params"][j]
-                    for key, v in state_dict.get("state", {}).get(idx, {}).items():
-                        if key in self._SHAPED_STATE and torch.is_tensor(v) and tuple(v.shape) != tuple(p.shape):
-                            raise ValueError(
-                                f"state_dict holds {key} of shape {tuple(v.shape)} for {self._name(gi, j)}: it was "
-                                "saved for a model with other shapes; nothing was loaded.")
+        """torch.optim's load_state_dict, validated like the constructor's arguments; all or nothing.
+
+        Every group's settings are validated (:mod:`steepest.optim.settings`) and must have this
+        optimizer's geometry; keys missing from an older state_dict take this optimizer's defaults;
+        every state tensor must have its parameter's shape, a floating dtype and finite values; the
+        chooser checks its own state. On any error nothing is loaded.
+        """
+        state_dict = S.checked_state_dict(self, state_dict)
+        extra = state_dict.pop("chooser", None)
+        legacy = state_dict.pop("adaptive", None)  # Adaptive's state_dict before choosers existed
+        extra = legacy if extra is None else extra
         super().load_state_dict(state_dict)
+        self._settings = []
+        for i in range(len(self.param_groups)):
+            self._settings_of(i)
+        if self.chooser is not None and extra is not None:
+            self.chooser.load_state_dict(extra)
+        self.executor.groups_changed()
 
     # ------------------------------------------------------------------ copies
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state.update({k: self.__dict__[k] for k in self._copied_attributes if k in self.__dict__})
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._settings = []
+        self.__dict__.setdefault("chooser", None)
+        if self.__dict__.get("_executor") is None:
+            self._executor = E.Batched()
 
     # ------------------------------------------------------------------ stepping
     def _name(self, gi: int, j: int) -> str:
@@ -251,29 +288,21 @@ class SteepestDescent(torch.optim.Optimizer):
 
     def _blocks(self, with_missing: bool = False) -> list[F.Block]:
         """One :class:`~steepest.optim.functional.Block` per parameter with a gradient (or every one)."""
+        out = []
+        every = with_missing or self._executor.all_blocks
         for gi, group in enumerate(self.param_groups):
-            F.check_hyperparameters(group, gi)
-        return [F.Block(p, p.grad, self.state, group, self._name(gi, j))
-                for gi, group in enumerate(self.param_groups) for j, p in enumerate(group["params"])
-                if with_missing or p.grad is not None]
+            cfg = self._settings_of(gi)
+            lr, wd = S.check_lr_wd(group, gi)
+            names = group.get("names")
+            for j, p in enumerate(group["params"]):
+                if every or p.grad is not None:
+                    label = names[j] if names and j < len(names) else f"group{gi}.{j}"
+                    out.append(F.Block(p, p.grad, self.state, cfg, self._name(gi, j), lr, wd, label))
+        return out
 
     def _count_skip(self, block: F.Block) -> None:
         block.state["nonfinite_skips"] = block.state.get("nonfinite_skips", 0) + 1
         self.nonfinite_skipped += 1
-
-    def _check(self, blocks: list[F.Block]) -> list[bool]:
-        return F.local_check(blocks)
-
-    def _choose(self, blocks: list[F.Block]) -> None:
-        """Hook for subclasses that pick each block's geometry (steepest.Adaptive); nothing here."""
-
-    def _dualizer(self, blocks: list[F.Block]) -> list[tuple[torch.Tensor, bool]]:
-        if self.batch_matrices is False:
-            return F.dualize_each(blocks)
-        return batched.dualize_batched(blocks, cpu=self.batch_matrices is True)
-
-    def _after_step(self) -> None:
-        """Hook run after every step (steepest.Adaptive clears its captured activations)."""
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -282,10 +311,11 @@ class SteepestDescent(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        F.steepest_step(self._blocks(), nonfinite=self.nonfinite, on_skip=self._count_skip, check=self._check,
-                        choose=self._choose, dualizer=self._dualizer)
-        self._after_step()
+        F.steepest_step(self._blocks(), nonfinite=self.nonfinite, on_skip=self._count_skip,
+                        executor=self._executor, chooser=self.chooser)
+        if self.chooser is not None:
+            self.chooser.observe(self.chooser.t, loss=loss)
         return loss
 
 
-__all__ = ["SteepestDescent", "NonFiniteGradientError", "MUON_QUINTIC"]
+__all__ = ["SteepestDescent", "NonFiniteGradientError"]

@@ -1,0 +1,329 @@
+"""StepSettings: one parameter group's step settings, validated once, read by the step kernel.
+
+A torch.optim parameter group is a dict a user may edit at any time. The step kernel does not read
+it: each group is turned into a frozen :class:`StepSettings` when the group is added (constructor,
+``add_param_group``, ``load_state_dict``), and :func:`build` is the one place where every documented
+limit is enforced (issue 23 item 5):
+
+* ``lr`` and ``weight_decay`` finite and >= 0, with ``lr * weight_decay <= 1`` (decoupled decay
+  multiplies W by ``1 - lr * weight_decay``: a negative factor flips the weights);
+* ``momentum`` in [0, 1) and ``nesterov`` a real bool (``"False"`` is refused), Nesterov needs
+  momentum > 0; ``step_size``, ``scale_rule``, ``tensor_mode`` from their lists, ``transposed`` a bool;
+* the norm and its dualizer settings (:func:`steepest.geometry.check_settings`);
+* AdamW groups: ``betas`` a pair in [0, 1), ``eps`` finite and > 0.
+
+``lr`` and ``weight_decay`` are read from the group at every step (lr schedulers change ``lr`` every
+step), with the cheap check of :func:`check_lr_wd`; every other key is compared with the snapshot
+taken when the settings were built (:func:`snapshot`, a tuple of the values), and an edited group is
+validated again before the step. Messages name the setting and the group (and its parameters' names
+when the group has ``names``).
+
+Example:
+    >>> s = build(dict(params=[], lr=0.1, norm="spectral", momentum=0.9, nesterov=True, weight_decay=0.0,
+    ...                step_size="fixed", scale_rule="muon", method="newton_schulz", steps=5, coefficients=None,
+    ...                normalization=None, dtype=None, tensor_mode="flatten", transposed=False), 0)
+    >>> s.norm, s.momentum, s.batch_key("spectral", None) == s.batch_key("spectral", None)
+    ('spectral', 0.9, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from steepest import geometry as geo
+
+ALGORITHMS = ("steepest", "adamw")
+STEP_SIZES = ("fixed", "dual")
+#: Group keys that configure the dualizer; checked against the group's norm when a group sets them.
+DUALIZER_KEYS = geo.POLAR_SETTINGS + ("dtype",)
+#: Group keys that torch trainers and wrappers inject (torch.optim's own options, Lightning/HF's
+#: ``param_names``): accepted, kept in the group, ignored by the step.
+TORCH_KEYS = ("foreach", "fused", "differentiable", "capturable", "param_names")
+#: Every key a steepest group's settings read (besides lr and weight_decay, read at each step).
+STEEPEST_KEYS = ("algorithm", "norm", "p", "momentum", "nesterov", "step_size", "scale_rule", "method", "steps",
+                 "coefficients", "normalization", "dtype", "tensor_mode", "transposed", "betas", "eps")
+
+
+class SettingsError(ValueError):
+    """A group setting outside its documented range (a ValueError naming the setting and the group)."""
+
+
+def where(group: dict, index: int) -> str:
+    """``param_groups[i]``, with the first parameter names when the group has ``names``."""
+    names = group.get("names")
+    if names:
+        shown = ", ".join(str(n) for n in list(names)[:3]) + (", ..." if len(names) > 3 else "")
+        return f"param_groups[{index}] ({shown})"
+    return f"param_groups[{index}]"
+
+
+def _number(group: dict, index: int, name: str, value, lo: float, hi: float = math.inf, *,
+            hi_open: bool = False, lo_open: bool = False) -> float:
+    """``value`` as a float in the range, or a SettingsError naming ``name`` and the group."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise SettingsError(f"{name} as a tensor must have one element, got shape {tuple(value.shape)} "
+                                f"({where(group, index)})")
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SettingsError(f"{name} must be a number, got {value!r} ({where(group, index)})")
+    if value < lo or value > hi or (hi_open and value == hi) or (lo_open and value == lo):
+        bound = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+        raise SettingsError(f"{name} must be in {bound}, got {value!r} ({where(group, index)})")
+    return float(value)
+
+
+def check_lr_wd(group: dict, index: int) -> tuple[float, float]:
+    """The per-step check of the two keys schedulers change: finite, >= 0, lr * weight_decay <= 1."""
+    lr, wd = group["lr"], group.get("weight_decay", 0.0)
+    lr = float(lr) if isinstance(lr, torch.Tensor) else lr
+    for key, v in (("lr", lr), ("weight_decay", wd)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise SettingsError(f"param_groups[{index}]['{key}'] must be a finite number >= 0, got {v!r}; "
+                                "no parameter was changed")
+    if lr * wd > 1.0:
+        raise SettingsError(f"param_groups[{index}]['lr'] * ['weight_decay'] = {lr} * {wd} > 1: the decay factor "
+                            "1 - lr * weight_decay would be negative; lower weight_decay. No parameter was changed")
+    return lr, wd
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """Everything a step reads from one parameter group, except ``lr`` and ``weight_decay``.
+
+    ``norm``/``p`` are canonical (:func:`steepest.geometry.resolve`: Schatten p = inf is spectral) and
+    ``dtype`` is the torch dtype (or None / "auto"). :meth:`update_kwargs` and :meth:`batch_key` are
+    computed once per geometry and cached (a chooser may step a block in another geometry).
+    """
+
+    algorithm: str = "steepest"
+    norm: str | None = "spectral"
+    p: float | None = None
+    momentum: float = 0.0
+    nesterov: bool = False
+    step_size: str = "fixed"
+    scale_rule: str = "none"
+    method: str | None = None
+    steps: int | None = None
+    coefficients: tuple | None = None
+    normalization: str | None = None
+    dtype: torch.dtype | str | None = None
+    tensor_mode: str = "flatten"
+    transposed: bool = False
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    _cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    @property
+    def adamw(self) -> bool:
+        return self.algorithm == "adamw"
+
+    def update_kwargs(self, norm: str | None = None, p: float | None = None) -> dict:
+        """The keyword arguments of :func:`steepest.optim.functional.compute_update` in geometry
+        ``(norm, p)`` (default: the group's), without re-validation (``check=False``). Cached: do not modify."""
+        norm = self.norm if norm is None else norm
+        key = ("kw", norm, p)
+        out = self._cache.get(key)
+        if out is None:
+            out = dict(norm=norm, p=p, step_size=self.step_size, scale_rule=self.scale_rule,
+                       tensor_mode=self.tensor_mode, transposed=self.transposed, dtype=self.dtype, check=False)
+            if norm == "spectral":
+                out.update(method=self.method, steps=self.steps, coefficients=self.coefficients,
+                           normalization=self.normalization)
+            self._cache[key] = out
+        return out
+
+    def batch_key(self, norm: str | None = None, p: float | None = None) -> tuple:
+        """A hashable key: blocks of equal keys (and equal view shapes) share one batched dualization."""
+        norm = self.norm if norm is None else norm
+        key = ("key", norm, p)
+        out = self._cache.get(key)
+        if out is None:
+            kw = self.update_kwargs(norm, p)
+            out = self._cache[key] = tuple((k, repr(v)) for k, v in sorted(kw.items()))
+        return out
+
+
+def snapshot(group: dict) -> tuple:
+    """The group's setting values (all but lr and weight_decay): equal snapshots, equal settings."""
+    return (len(group["params"]),) + tuple(group.get(k) for k in STEEPEST_KEYS)
+
+
+def _check_dualizer(group: dict, index: int, keys: tuple, candidates: tuple | None) -> None:
+    """Dualizer settings must apply: with ``candidates`` (a chooser's geometries) to the spectral
+    candidate if there is one (they configure only it); else to the group's norm, every key for a
+    spectral group, those in ``keys`` (set by the group itself) otherwise."""
+    try:
+        if candidates is not None:
+            if "spectral" in candidates:
+                geo.check_settings("spectral", None, **{k: group[k] for k in DUALIZER_KEYS})
+            else:
+                geo.dtype_from_name(group["dtype"])
+            return
+        spectral = geo.resolve(group["norm"], group.get("p"))[0] == "spectral"
+        use = [k for k in DUALIZER_KEYS if spectral or k in keys]
+        geo.check_settings(group["norm"], group.get("p"), **{k: group.get(k) for k in use})
+    except ValueError as e:
+        raise SettingsError(f"{e} ({where(group, index)})") from None
+
+
+def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | None = None) -> StepSettings:
+    """Validate ``group`` (a complete group: defaults filled in) and return its :class:`StepSettings`.
+
+    ``given``: the keys the group sets itself (dualizer keys among them are checked against a
+    non-spectral norm too; those inherited from the constructor are then unused; a spectral group's
+    are always checked). ``candidates``: the geometries a chooser may
+    give the group's matrices (None: the group's own norm).
+    """
+    algorithm = group.get("algorithm", "steepest")
+    if algorithm not in ALGORITHMS:
+        raise SettingsError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r} ({where(group, index)})")
+    lr = _number(group, index, "lr", group["lr"], 0.0, math.inf, hi_open=True)
+    wd = _number(group, index, "weight_decay", group.get("weight_decay", 0.0), 0.0, math.inf, hi_open=True)
+    if lr * wd > 1.0:
+        raise SettingsError(f"lr * weight_decay must be <= 1 (the decay factor 1 - lr * weight_decay would be "
+                            f"negative), got {lr} * {wd} ({where(group, index)})")
+    for p in group["params"]:
+        if p.is_complex():
+            raise SettingsError(f"complex parameters are not supported (shape {tuple(p.shape)}, {p.dtype})")
+    if algorithm == "adamw":
+        betas = group.get("betas")
+        if isinstance(betas, torch.Tensor) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise SettingsError(f"betas must be a pair (beta1, beta2) in [0, 1), got {betas!r} ({where(group, index)})")
+        b1 = _number(group, index, "betas[0]", betas[0], 0.0, 1.0, hi_open=True)
+        b2 = _number(group, index, "betas[1]", betas[1], 0.0, 1.0, hi_open=True)
+        eps = _number(group, index, "eps", group.get("eps"), 0.0, math.inf, hi_open=True, lo_open=True)
+        return StepSettings(algorithm="adamw", norm=None, betas=(b1, b2), eps=eps)
+    try:
+        norm, p = geo.resolve(group["norm"], group.get("p"))
+    except ValueError as e:
+        raise SettingsError(f"{e} ({where(group, index)})") from None
+    _check_dualizer(group, index, tuple(k for k in DUALIZER_KEYS if k in given), candidates)
+    momentum = _number(group, index, "momentum", group["momentum"], 0.0, 1.0, hi_open=True)
+    nesterov = group["nesterov"]
+    if not isinstance(nesterov, bool):
+        raise SettingsError(f"nesterov must be a bool, got {nesterov!r} ({where(group, index)})")
+    if nesterov and momentum <= 0:
+        raise SettingsError(f"nesterov=True needs momentum > 0 ({where(group, index)})")
+    for key, allowed in (("step_size", STEP_SIZES), ("scale_rule", geo.SCALE_RULES),
+                         ("tensor_mode", geo.TENSOR_MODES)):
+        if group[key] not in allowed:
+            raise SettingsError(f"{key} must be one of {allowed}, got {group[key]!r} ({where(group, index)})")
+    if not isinstance(group.get("transposed", False), bool):
+        raise SettingsError(f"transposed must be a bool, got {group['transposed']!r} ({where(group, index)})")
+    if not geo.is_entrywise(norm):
+        names = group.get("names")
+        for j, q in enumerate(group["params"]):
+            if q.ndim < 2:
+                who = names[j] if names and j < len(names) else f"param_groups[{index}]['params'][{j}]"
+                raise SettingsError(
+                    f"parameter {who} has shape {tuple(q.shape)}, but norm={group['norm']!r} needs a "
+                    "matrix (>= 2-D). Route vectors (biases, norm gains) to AdamW with "
+                    "steepest.param_groups(model), or use an entrywise norm ('frobenius', 'linf') for them.")
+    coefficients = group.get("coefficients")
+    if isinstance(coefficients, list):
+        coefficients = tuple(tuple(c) if isinstance(c, list) else c for c in coefficients)
+    return StepSettings(
+        algorithm="steepest", norm=norm, p=p, momentum=momentum, nesterov=nesterov, step_size=group["step_size"],
+        scale_rule=group["scale_rule"], method=group.get("method"), steps=group.get("steps"),
+        coefficients=coefficients, normalization=group.get("normalization"),
+        dtype=geo.dtype_from_name(group.get("dtype")), tensor_mode=group["tensor_mode"],
+        transposed=bool(group.get("transposed", False)))
+
+
+# --------------------------------------------------------------------------- loaded state
+#: Group settings that define what a step is: a state_dict saved with other values would silently
+#: change the optimizer (a SignSGD taking spectral steps), so loading one is an error.
+GEOMETRY_KEYS = ("algorithm", "norm", "p", "tensor_mode", "transposed")
+#: Per-parameter state tensors that have the parameter's shape.
+SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_grad")
+#: Per-parameter state that must come together (AdamW's moments with their step count).
+TOGETHER = (("step", "exp_avg", "exp_avg_sq"),)
+
+
+def _refuse(msg: str) -> SettingsError:
+    return SettingsError(f"{msg}; nothing was loaded")
+
+
+def _check_tensor(key: str, v, p: torch.Tensor, who: str) -> None:
+    if not torch.is_tensor(v):
+        raise _refuse(f"state_dict holds {key}={type(v).__name__} for {who}, expected a tensor")
+    if tuple(v.shape) != tuple(p.shape):
+        raise _refuse(f"state_dict holds {key} of shape {tuple(v.shape)} for {who}: it was saved for a model with "
+                      "other shapes")
+    if not v.is_floating_point():
+        raise _refuse(f"state_dict holds {key} of dtype {v.dtype} for {who}, expected a floating dtype")
+    local = v.to_local() if hasattr(v, "to_local") else v
+    if local.numel() and not bool(torch.isfinite(local).all()):
+        raise _refuse(f"state_dict holds a non-finite {key} (NaN or Inf) for {who}")
+
+
+def _check_step(v, who: str) -> None:
+    x = float(v) if torch.is_tensor(v) and v.numel() == 1 else v
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 or x != int(x):
+        raise _refuse(f"state_dict holds step={v!r} for {who}, expected a whole number >= 0")
+
+
+def checked_state_dict(opt, state_dict) -> dict:
+    """``state_dict`` validated for ``opt`` (a SteepestDescent) like its constructor's arguments.
+
+    Raises :class:`SettingsError` naming the group, the parameter and the key, before anything is
+    loaded; returns a state_dict whose groups have every key (missing ones from ``opt.defaults``,
+    today's defaults). The chooser, if any, checks its own state (``chooser.check_state``).
+    """
+    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list) \
+            or not isinstance(state_dict.get("state"), dict):
+        raise _refuse("state_dict must be a dict with 'state' (a dict) and 'param_groups' (a list), as "
+                      "optimizer.state_dict() returns")
+    groups, state = state_dict["param_groups"], state_dict["state"]
+    if len(groups) != len(opt.param_groups):
+        raise _refuse(f"state_dict has {len(groups)} parameter groups, this optimizer has {len(opt.param_groups)}")
+    filled_groups = []
+    for gi, (saved, cur) in enumerate(zip(groups, opt.param_groups)):
+        if not isinstance(saved, dict) or len(saved.get("params", ())) != len(cur["params"]):
+            raise _refuse(f"state_dict param_groups[{gi}] does not have this optimizer's {len(cur['params'])} "
+                          "parameters")
+        for key in GEOMETRY_KEYS:
+            if key in saved and key in cur and saved[key] != cur[key]:
+                raise _refuse(
+                    f"state_dict param_groups[{gi}] has {key}={saved[key]!r} but this optimizer's has "
+                    f"{key}={cur[key]!r}: it was saved by a different optimizer or routing. Build the same "
+                    "optimizer (recipe, norm, param_groups) that saved it")
+        filled = {**{k: cur.get(k, v) for k, v in opt.defaults.items() if k in GEOMETRY_KEYS},
+                  **{k: v for k, v in opt.defaults.items() if k not in GEOMETRY_KEYS}, **saved}
+        try:
+            built = build(dict(filled, params=cur["params"]), gi, candidates=opt._candidates())
+        except SettingsError as e:
+            raise _refuse(f"state_dict: {e}") from None
+        filled_groups.append(filled)
+        for j, idx in enumerate(saved["params"]):
+            st = state.get(idx)
+            if st is None:
+                continue
+            who = opt._name(gi, j)
+            if not isinstance(st, dict):
+                raise _refuse(f"state_dict holds {type(st).__name__} as the state of {who}, expected a dict")
+            p = cur["params"][j]
+            for key, v in st.items():
+                if key in SHAPED_STATE:
+                    _check_tensor(key, v, p, who)
+                elif key == "step":
+                    _check_step(v, who)
+            for keys in TOGETHER if built.adamw else ():
+                have = [k for k in keys if k in st]
+                if have and len(have) != len(keys):
+                    missing = next(k for k in keys if k not in st)
+                    raise _refuse(f"state_dict holds {', '.join(have)} but no {missing!r} for {who}")
+    if getattr(opt, "chooser", None) is not None:
+        try:
+            opt.chooser.check_state(opt, state_dict)
+        except (ValueError, KeyError, TypeError) as e:
+            raise _refuse(f"state_dict: {e}") from None
+    return dict(state_dict, param_groups=filled_groups)
+
+
+__all__ = ["StepSettings", "SettingsError", "build", "snapshot", "check_lr_wd", "where", "checked_state_dict", "ALGORITHMS",
+           "STEP_SIZES", "DUALIZER_KEYS", "TORCH_KEYS", "STEEPEST_KEYS"]
