@@ -80,7 +80,7 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
                   for t in full]
     else:
         params = [torch.nn.Parameter(t) for t in full]
-    opt = steepest.Muon(params, lr=0.02, dtype=torch.float32)
+    opt = steepest.Muon(params, lr=0.02, weight_decay=0.0, dtype=torch.float32)
     if hasattr(opt, "batch_matrices"):
         opt.batch_matrices = False  # per-matrix dualization on every side of the comparison
     if world > 1:

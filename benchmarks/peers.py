@@ -74,10 +74,10 @@ def _has(mod: str) -> bool:
 def builders() -> dict:
     """name -> (callable(params, lr) -> optimizer, note). Peers that are not installed are left out."""
     out = {
-        "steepest.Muon default (auto)": (lambda ps, lr: steepest.Muon(ps, lr=lr), "dtype='auto', per-parameter"),
-        "steepest.Muon fp32": (lambda ps, lr: steepest.Muon(ps, lr=lr, dtype=torch.float32), "explicit float32"),
-        "steepest.Muon bf16": (lambda ps, lr: steepest.Muon(ps, lr=lr, dtype=torch.bfloat16), "explicit bf16"),
-        "steepest.Muon bf16 batched": (lambda ps, lr: _batched(steepest.Muon(ps, lr=lr, dtype=torch.bfloat16)),
+        "steepest.Muon default (auto)": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0), "dtype='auto', per-parameter"),
+        "steepest.Muon fp32": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.float32), "explicit float32"),
+        "steepest.Muon bf16": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16), "explicit bf16"),
+        "steepest.Muon bf16 batched": (lambda ps, lr: _batched(steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16)),
                                        "explicit bf16, batch_matrices=True"),
         "torch.optim.Muon": (lambda ps, lr: torch.optim.Muon(ps, lr=lr, weight_decay=0.0), "NS5 bf16 (forced)"),
     }

@@ -185,7 +185,7 @@ FROZEN = {  # W.sum(), ||W||_F, W[0, 0] after 3 steps of the fixed problem below
     "GD": [1.449388, 4.673637, 0.263369],
 }
 RECIPES = {
-    "Muon": lambda p: steepest.Muon(p, lr=0.1, dtype=torch.float32),
+    "Muon": lambda p: steepest.Muon(p, lr=0.1, weight_decay=0.0, dtype=torch.float32),
     "SpecGD": lambda p: steepest.SpecGD(p, lr=0.1),
     "SignSGD": lambda p: steepest.SignSGD(p, lr=0.1, momentum=0.9),
     "SchattenDescent": lambda p: steepest.SchattenDescent(p, lr=0.1, p=4.0),
@@ -221,7 +221,7 @@ def _mlp_problem():
 
 
 SHARED = {
-    "Muon": (lambda g: steepest.Muon(g, lr=0.02), 0.3),
+    "Muon": (lambda g: steepest.Muon(g, lr=0.02, weight_decay=0.0), 0.3),
     "SpecGD": (lambda g: steepest.SpecGD(g, lr=0.02, momentum=0.9), 0.3),
     "SignSGD": (lambda g: steepest.SignSGD(g, lr=2e-3, momentum=0.9), 0.3),
     "SchattenDescent": (lambda g: steepest.SchattenDescent(g, lr=0.02, p=8.0, momentum=0.9), 0.3),
@@ -254,7 +254,7 @@ def test_convergence_matrix_least_squares(name):
     opt = {"SpecGD": lambda p: steepest.SpecGD(p, lr=0.1, momentum=0.9),
            "GD": lambda p: steepest.GD(p, lr=0.5, momentum=0.9),
            "SchattenDescent": lambda p: steepest.SchattenDescent(p, lr=0.1, p=8.0, momentum=0.9),
-           "Muon": lambda p: steepest.Muon(p, lr=0.1)}[name]([X])
+           "Muon": lambda p: steepest.Muon(p, lr=0.1, weight_decay=0.0)}[name]([X])
     A, B = A.float(), B.float()
     f0 = float(f_quad(A, B, X.detach()))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=300)

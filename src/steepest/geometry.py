@@ -42,7 +42,7 @@ ENTRYWISE = ("frobenius", "linf")
 SCALE_RULES = ("none", "muon", "rms", "spectral")
 TENSOR_MODES = ("flatten", "batch")
 #: Settings of the spectral dualizer (the polar factor); they mean nothing to the other norms.
-POLAR_SETTINGS = ("method", "steps", "coefficients", "normalization")
+POLAR_SETTINGS = ("method", "steps", "coefficients", "normalization", "ns_eps")
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64,
                "float16": torch.float16}
 
@@ -92,25 +92,31 @@ def dtype_name(dtype) -> str | None:
 
 
 def check_settings(norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
-                   coefficients=None, normalization: str | None = None, dtype=None) -> None:
+                   coefficients=None, normalization: str | None = None, dtype=None, ns_eps: float | None = None) -> None:
     """Raise ValueError naming any dualizer setting that does not apply to ``norm``.
 
-    The polar settings (method, steps, coefficients, normalization) apply to the spectral geometry
+    The polar settings (method, steps, coefficients, normalization, ns_eps: the floor of the iteration's
+    normalizing norm, torch.optim.Muon's ``eps``) apply to the spectral geometry
     (including Schatten p = inf) only; ``method="svd"`` is also accepted for finite Schatten p (its
     dualizer is an exact SVD). ``dtype`` (the compute dtype) applies to every norm; sign is exact in any.
     """
     name, _ = resolve(norm, p)
-    given = {"method": method, "steps": steps, "coefficients": coefficients, "normalization": normalization}
+    given = {"method": method, "steps": steps, "coefficients": coefficients, "normalization": normalization,
+             "ns_eps": ns_eps}
     if method is not None and method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if normalization is not None and normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS} or None, got {normalization!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise ValueError(f"steps must be a non-negative int or None, got {steps!r}")
+    if ns_eps is not None and (isinstance(ns_eps, bool) or not isinstance(ns_eps, (int, float))
+                               or not math.isfinite(ns_eps) or ns_eps < 0):
+        raise ValueError(f"ns_eps (Newton-Schulz normalization eps) must be a finite number >= 0, got {ns_eps!r}")
     dtype_from_name(dtype)
     if name == "spectral":
-        if (method in (None, "svd")) and (steps is not None or coefficients is not None or normalization is not None):
-            raise ValueError("steps/coefficients/normalization need method='newton_schulz' or 'polar_express', "
+        if (method in (None, "svd")) and (steps is not None or coefficients is not None or normalization is not None
+                                          or ns_eps is not None):
+            raise ValueError("steps/coefficients/normalization/ns_eps need method='newton_schulz' or 'polar_express', "
                              "not 'svd' (the exact polar factor has no iteration to configure)")
         return
     allowed = {"method": ("svd",)} if name == "schatten" else {}
@@ -274,11 +280,11 @@ def dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Tenso
 
 def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None,
             steps: int | None = None, dtype: torch.dtype | None = None, coefficients: tuple | None = None,
-            normalization: str | None = None) -> torch.Tensor:
+            normalization: str | None = None, ns_eps: float | None = None) -> torch.Tensor:
     """argmax_{||D|| <= 1} <G, D> under ``norm`` (see the module table); 0 for G = 0.
 
-    ``method`` (default ``"svd"``), ``steps``, ``dtype``, ``coefficients`` and ``normalization``
-    select how the spectral dualizer (the polar factor) is computed; see :func:`steepest.polar`.
+    ``method`` (default ``"svd"``), ``steps``, ``dtype``, ``coefficients``, ``normalization`` and ``ns_eps``
+    (polar's ``eps``; None: 1e-7) select how the spectral dualizer (the polar factor) is computed; see :func:`steepest.polar`.
     Schatten-p dualizers are exact (SVD). ``dtype=None`` computes in G's dtype promoted to at least
     float32. Example:
 
@@ -287,13 +293,13 @@ def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str |
         tensor([[ 1., -1.]])
     """
     return dualize_with_dual_norm(G, norm, p, method=method, steps=steps, dtype=dtype, coefficients=coefficients,
-                                  normalization=normalization, need_dual_norm=False)[0]
+                                  normalization=normalization, ns_eps=ns_eps, need_dual_norm=False)[0]
 
 
 def dualize_with_dual_norm(
     G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
     dtype: torch.dtype | None = None, coefficients: tuple | None = None, normalization: str | None = None,
-    need_dual_norm: bool = True,
+    need_dual_norm: bool = True, ns_eps: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(dualize(G), dual_norm(G))`` sharing work: the SVD paths compute both from one SVD.
 
@@ -302,7 +308,7 @@ def dualize_with_dual_norm(
     """
     name, p = resolve(norm, p)
     check_settings(name, p, method=method, steps=steps, coefficients=coefficients,
-                   normalization=normalization, dtype=dtype)
+                   normalization=normalization, dtype=dtype, ns_eps=ns_eps)
     squeeze = G.ndim == 1
     G = _as_matrix(G, name)
     dn = None
@@ -321,8 +327,8 @@ def dualize_with_dual_norm(
         dn = s.sum(dim=-1).to(G.dtype) if need_dual_norm else None
     elif name == "spectral":
         D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True),
-                  coefficients=coefficients,
-                  normalization=normalization)
+                  coefficients=coefficients, normalization=normalization,
+                  **({} if ns_eps is None else {"eps": float(ns_eps)}))
         dn = dual_norm(G, "spectral") if need_dual_norm else None
     else:
         # float64 SVD unless asked otherwise: the power s^(q-1) amplifies rounding for q near 1 and large q.

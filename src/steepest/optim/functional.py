@@ -57,6 +57,8 @@ class Block:
     norm: str | None = None
     p: float | None = None
     lr_scale: float = 1.0
+    #: True once :meth:`fold_scale` moved the shape scale into ``lr_scale`` (the dualizer then leaves D unscaled).
+    scale_folded: bool = False
     _M: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     _source: Callable[[], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
 
@@ -97,11 +99,12 @@ class Block:
     def settings(self) -> dict:
         """The keyword arguments of :func:`compute_update` for this block (only those that apply)."""
         g = self.group
-        out = dict(norm=self.norm, p=self.p, step_size=g["step_size"], scale_rule=g["scale_rule"],
+        out = dict(norm=self.norm, p=self.p, step_size=g["step_size"],
+                   scale_rule="none" if self.scale_folded else g["scale_rule"],
                    tensor_mode=g["tensor_mode"], transposed=bool(g.get("transposed", False)))
         if self.norm == "spectral":
             out.update(method=g["method"], steps=g["steps"], coefficients=g["coefficients"],
-                       normalization=g["normalization"])
+                       normalization=g["normalization"], ns_eps=g.get("ns_eps"))
         out["dtype"] = geo.dtype_from_name(g["dtype"])
         return out
 
@@ -117,6 +120,18 @@ class Block:
             return None
         dt = iteration_dtype(self.grad.dtype, geo.dtype_from_name(g["dtype"]), self.grad.device, iterative=True)
         return dt if dt.itemsize < self.grad.dtype.itemsize else None
+
+    def fold_scale(self) -> None:
+        """Move a fixed step's shape scale from D into ``lr_scale``: W <- W - (lr * scale) D, torch.optim.Muon's
+        operation order (``param.add_(D, alpha=-lr * scale)``), bit for bit its result on tall matrices too,
+        and one elementwise pass over D less. Used where D comes back in a narrower dtype than the
+        parameter (:meth:`source_dtype`); the float32 path keeps ``lr * (scale * D)``."""
+        g = self.group
+        if self.scale_folded or g["step_size"] != "fixed" or g["scale_rule"] == "none":
+            return
+        shape = geo.matrix_shape(tuple(self.param.shape), g["tensor_mode"], bool(g.get("transposed", False)))
+        self.lr_scale = self.lr_scale * geo.shape_scale(shape, g["scale_rule"])
+        self.scale_folded = True
 
     def key(self) -> tuple:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
@@ -289,15 +304,21 @@ def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float, weight_de
                  lr_scale: float = 1.0, ok: torch.Tensor | None = None) -> None:
     """Stages 6-7: W <- (1 - lr wd) W - lr * lr_scale * update (decay with the unadjusted lr).
 
+    ``lr`` may be a one-element tensor (torch.optim's tensor lr; eager steps only).
+
     ``ok`` (a 0-dim bool tensor, compiled steps only): W is left unchanged where it is False.
     """
     if ok is not None:
         new = param * (1.0 - lr * weight_decay) if weight_decay != 0.0 else param
         param.copy_(torch.where(ok, new - (lr * lr_scale) * update.to(param.dtype), param))
         return
+    if isinstance(lr, torch.Tensor):  # a tensor lr: lr * wd and lr * scale in its dtype, as torch.optim.Muon does
+        decay, step = float(1.0 - lr * weight_decay), float(lr * lr_scale)
+    else:
+        decay, step = 1.0 - lr * weight_decay, lr * lr_scale
     if weight_decay != 0.0:
-        param.mul_(1.0 - lr * weight_decay)
-    param.add_(update.to(param.dtype), alpha=-lr * lr_scale)
+        param.mul_(decay)
+    param.add_(update.to(param.dtype), alpha=-step)
 
 
 def adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: float, betas: tuple[float, float],
@@ -368,6 +389,8 @@ def steepest_step(
         g = b.group
         buf = update_momentum(b.grad, b.state, g["momentum"], all_finite)
         dtype = b.source_dtype()
+        if dtype is not None:
+            b.fold_scale()
         if buf is not None and not g["nesterov"] and dtype is None:
             b.M = buf  # M is the buffer itself: nothing to defer
         else:
@@ -378,7 +401,9 @@ def steepest_step(
         if not ok:
             on_skip(b)
             continue
-        apply_update(b.param, U, float(b.group["lr"]), b.group["weight_decay"], b.lr_scale, all_finite)
+        lr = b.group["lr"]
+        lr = lr if isinstance(lr, torch.Tensor) and all_finite is None else float(lr)
+        apply_update(b.param, U, lr, b.group["weight_decay"], b.lr_scale, all_finite)
 
 
 __all__ = ["Block", "NonFiniteGradientError", "steepest_step", "finite_mask", "finite_flags", "local_check", "check_dense",

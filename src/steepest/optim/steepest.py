@@ -68,8 +68,9 @@ class SteepestDescent(torch.optim.Optimizer):
         step_size: ``"fixed"`` or ``"dual"`` (see above).
         scale_rule: ``"none"``, ``"muon"`` sqrt(max(1, m/n)), ``"rms"`` 0.2 sqrt(max(m, n)) or
             ``"spectral"`` sqrt(fan_out / fan_in), on the (fan_out, fan_in) matrix view.
-        method, steps, coefficients, normalization: how the polar factor is computed (spectral only;
-            see :func:`steepest.polar`); setting one for another norm is a ValueError.
+        method, steps, coefficients, normalization, ns_eps: how the polar factor is computed (spectral only;
+            see :func:`steepest.polar`; ``ns_eps`` is its ``eps``, None: 1e-7); setting one for another norm
+            is a ValueError.
         dtype: the dualizer's compute dtype (a torch dtype or its name); None (default) computes in
             the parameter's dtype promoted to at least float32, so float64 stays float64-accurate;
             ``"auto"``: bf16 for Newton-Schulz / Polar Express where the hardware has native bf16
@@ -94,6 +95,10 @@ class SteepestDescent(torch.optim.Optimizer):
     #: device; False never batches.
     batch_matrices: bool | None = None
 
+    #: nesterov=True with momentum 0 is a ValueError (it would silently mean plain M = G); torch.optim.Muon's
+    #: contract accepts it, so steepest.Muon sets this False.
+    _nesterov_needs_momentum = True
+
     #: Attributes beyond torch's (defaults, state, param_groups) that copy.deepcopy and pickle keep.
     _copied_attributes = ("nonfinite", "nonfinite_skipped", "_adamw_lr", "batch_matrices")
 
@@ -113,6 +118,7 @@ class SteepestDescent(torch.optim.Optimizer):
         dtype: torch.dtype | str | None = None,
         coefficients: tuple | None = None,
         normalization: str | None = None,
+        ns_eps: float | None = None,
         tensor_mode: str = "flatten",
         nonfinite: str = "raise",
         adamw_lr: float = 3e-4,
@@ -126,7 +132,7 @@ class SteepestDescent(torch.optim.Optimizer):
             algorithm="steepest", lr=lr, norm=norm, p=p, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, step_size=step_size, scale_rule=scale_rule, method=method,
             steps=steps, dtype=geo.dtype_name(dtype), coefficients=coefficients, normalization=normalization,
-            tensor_mode=tensor_mode, transposed=False, betas=tuple(betas), eps=eps,
+            ns_eps=ns_eps, tensor_mode=tensor_mode, transposed=False, betas=tuple(betas), eps=eps,
         )
         self._check_defaults(defaults)
         self.nonfinite = nonfinite
@@ -177,7 +183,7 @@ class SteepestDescent(torch.optim.Optimizer):
         geo.check_norm(group["norm"], group["p"])
         self._check_group_settings(group, given)
         _check_number("momentum", group["momentum"], 0.0, 1.0, hi_open=True)
-        if group["nesterov"] and group["momentum"] <= 0:
+        if group["nesterov"] and group["momentum"] <= 0 and self._nesterov_needs_momentum:
             raise ValueError("nesterov=True needs momentum > 0")
         if group["step_size"] not in F.STEP_SIZES:
             raise ValueError(f"step_size must be one of {F.STEP_SIZES}, got {group['step_size']!r}")

@@ -97,7 +97,7 @@ def _build_torch_muon(model, lr, aux_lr, routing):
 
 
 def _build_muon(model, lr, aux_lr, routing):
-    return steepest.Muon(_groups(model, aux_lr, routing), lr=lr)
+    return steepest.Muon(_groups(model, aux_lr, routing), lr=lr, weight_decay=0.0)
 
 
 def _build_specgd(model, lr, aux_lr, routing):
