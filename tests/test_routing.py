@@ -195,9 +195,22 @@ def test_input_conv_depthwise_and_grouped_conv_rules():
     assert r["0.weight"][0] == "adamw" and "patch embedding" in r["0.weight"][2]
 
 
-def test_split_qkv_is_not_yet_supported():
-    with pytest.raises(ValueError, match="not yet supported"):
-        steepest.param_groups(TinyGPT(), split_qkv=True)
+def test_split_qkv_needs_an_attention_module():
+    """TinyGPT's qkv Linear sits in a ModuleDict with no head count: nothing says where q, k, v or the heads
+    are, so split_qkv/heads leave it whole (tests/test_qkv.py covers real attention modules)."""
+    plain = steepest.param_groups(TinyGPT())
+    for kw in (dict(split_qkv=True), dict(heads=True)):
+        split = steepest.param_groups(TinyGPT(), **kw)
+        assert [g["names"] for g in split] == [g["names"] for g in plain]
+        assert not any("row_blocks" in g for g in split)
+
+
+def test_param_groups_of_a_generator_is_a_clear_type_error():
+    model = TinyGPT()
+    with pytest.raises(TypeError, match=r"got a generator\. Pass `model`, not `model.parameters\(\)`"):
+        steepest.param_groups(model.parameters())
+    with pytest.raises(TypeError, match="got a list"):
+        steepest.param_groups(list(model.parameters()))
 
 
 def test_groups_per_role_carry_no_hyperparameters_unless_given():

@@ -129,7 +129,8 @@ def check_settings(norm: str, p: float | None = None, *, method: str | None = No
 
 
 # ----------------------------------------------------------------------------------- views
-def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool = False) -> torch.Tensor:
+def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool = False,
+                row_blocks: int = 1) -> torch.Tensor:
     """View a parameter-shaped tensor as the matrix (or batch of matrices) its geometry acts on.
 
     Matrices are (fan_out, fan_in). 2-D tensors are returned as is, or as ``t.mT`` when ``transposed``
@@ -137,29 +138,49 @@ def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool 
     (shape[0], prod(rest)) (conv kernels (out, in, kh, kw) -> (out, in*kh*kw)) or, with
     ``tensor_mode="batch"``, kept as a batch of matrices over the last two dims. 1-D tensors
     (entrywise norms only) are returned as is. :func:`from_matrix` inverts it.
+
+    ``row_blocks=r`` (the block layout of fused q/k/v projections and per-head blocks,
+    :func:`steepest.param_groups` ``split_qkv=``/``heads=``): the (m, n) matrix is r stacked blocks of m/r
+    rows (output features), viewed as a batch ``(..., r, m/r, n)`` so each block is dualized on its own
+    (GPT-2's c_attn (3E, E) with r = 3 is q, k and v). Rows of the (fan_out, fan_in) view, so after the
+    transpose of a Conv1D weight.
     """
     if t.ndim <= 1:
         return t
     if t.ndim > 2 and tensor_mode != "batch":
         t = t.reshape(t.shape[0], -1)
-    return t.mT if transposed else t
+    t = t.mT if transposed else t
+    if row_blocks != 1:
+        m = t.shape[-2]
+        if row_blocks < 1 or m % row_blocks:
+            raise ValueError(f"row_blocks={row_blocks} must divide the {m} rows (output features) of the matrix view "
+                             f"of a tensor of shape {tuple(t.shape)}")
+        t = t.reshape(*t.shape[:-2], row_blocks, m // row_blocks, t.shape[-1])
+    return t
 
 
-def from_matrix(X: torch.Tensor, shape: torch.Size | tuple, transposed: bool = False) -> torch.Tensor:
+def from_matrix(X: torch.Tensor, shape: torch.Size | tuple, transposed: bool = False,
+                row_blocks: int = 1) -> torch.Tensor:
     """Undo :func:`matrix_view`: back to the parameter's ``shape``."""
+    if row_blocks != 1 and X.ndim >= 3:
+        X = X.reshape(*X.shape[:-3], X.shape[-3] * X.shape[-2], X.shape[-1])
     if transposed and X.ndim >= 2:
         X = X.mT
     return X.reshape(shape)
 
 
-def matrix_shape(shape: tuple[int, ...], tensor_mode: str = "flatten", transposed: bool = False) -> tuple[int, ...]:
+def matrix_shape(shape: tuple[int, ...], tensor_mode: str = "flatten", transposed: bool = False,
+                 row_blocks: int = 1) -> tuple[int, ...]:
     """Shape of :func:`matrix_view` for a tensor of ``shape`` (without building it)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) <= 1:
         return shape
     if len(shape) > 2 and tensor_mode != "batch":
         shape = (shape[0], math.prod(shape[1:]))
-    return shape[:-2] + (shape[-1], shape[-2]) if transposed else shape
+    shape = shape[:-2] + (shape[-1], shape[-2]) if transposed else shape
+    if row_blocks != 1:
+        shape = shape[:-2] + (row_blocks, shape[-2] // row_blocks, shape[-1])
+    return shape
 
 
 def _mn(shape: tuple[int, ...]) -> tuple[int, int]:

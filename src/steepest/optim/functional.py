@@ -101,7 +101,8 @@ class Block:
         g = self.group
         out = dict(norm=self.norm, p=self.p, step_size=g["step_size"],
                    scale_rule="none" if self.scale_folded else g["scale_rule"],
-                   tensor_mode=g["tensor_mode"], transposed=bool(g.get("transposed", False)))
+                   tensor_mode=g["tensor_mode"], transposed=bool(g.get("transposed", False)),
+                   row_blocks=int(g.get("row_blocks", 1)))
         if self.norm == "spectral":
             out.update(method=g["method"], steps=g["steps"], coefficients=g["coefficients"],
                        normalization=g["normalization"], ns_eps=g.get("ns_eps"))
@@ -129,14 +130,15 @@ class Block:
         g = self.group
         if self.scale_folded or g["step_size"] != "fixed" or g["scale_rule"] == "none":
             return
-        shape = geo.matrix_shape(tuple(self.param.shape), g["tensor_mode"], bool(g.get("transposed", False)))
+        shape = geo.matrix_shape(tuple(self.param.shape), g["tensor_mode"], bool(g.get("transposed", False)),
+                                 int(g.get("row_blocks", 1)))
         self.lr_scale = self.lr_scale * geo.shape_scale(shape, g["scale_rule"])
         self.scale_folded = True
 
     def key(self) -> tuple:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
         shape = geo.matrix_shape(tuple(self.param.shape), self.group["tensor_mode"],
-                                 bool(self.group.get("transposed", False)))
+                                 bool(self.group.get("transposed", False)), int(self.group.get("row_blocks", 1)))
         return (shape[-2:] if len(shape) >= 2 else shape, self.M_dtype, self.param.device,
                 repr(sorted(self.settings().items())))
 
@@ -254,14 +256,15 @@ def source_from_buffer(grad: torch.Tensor, buf: torch.Tensor | None, momentum: f
 
 def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_size: str = "fixed",
                    scale_rule: str = "none", tensor_mode: str = "flatten", transposed: bool = False,
-                   **dualizer) -> torch.Tensor:
+                   row_blocks: int = 1, **dualizer) -> torch.Tensor:
     """Stages 4-5: ``scale * dualize(M)`` in M's shape (the expensive, owner-computed part).
 
     ``scale`` is ``shape_scale(matrix view shape, scale_rule)`` times, for ``step_size="dual"``, the
     dual norm of M (one per matrix in batch mode). ``dualizer`` holds the polar settings
-    (method, steps, dtype, coefficients, normalization) where they apply.
+    (method, steps, dtype, coefficients, normalization) where they apply; ``row_blocks`` splits the matrix
+    view into blocks of rows dualized separately (:func:`steepest.geometry.matrix_view`).
     """
-    X = geo.matrix_view(M, tensor_mode, transposed)
+    X = geo.matrix_view(M, tensor_mode, transposed, row_blocks)
     if X.ndim == 1 and not geo.is_entrywise(norm):
         raise ValueError(f"norm {norm!r} needs a matrix, got shape {tuple(M.shape)}")
     D, dn = geo.dualize_with_dual_norm(X, norm, p, need_dual_norm=step_size == "dual", **dualizer)
@@ -269,7 +272,7 @@ def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_s
         dn = dn.to(D.dtype)
         D = D * (dn.unsqueeze(-1).unsqueeze(-1) if X.ndim >= 2 and dn.ndim > 0 else dn)
     D = scale_update(D, geo.shape_scale(tuple(X.shape), scale_rule))
-    return geo.from_matrix(D, M.shape, transposed)
+    return geo.from_matrix(D, M.shape, transposed, row_blocks)
 
 
 def scale_update(D: torch.Tensor, scale: float) -> torch.Tensor:

@@ -193,6 +193,13 @@ class SteepestDescent(torch.optim.Optimizer):
             raise ValueError(f"tensor_mode must be one of {geo.TENSOR_MODES}, got {group['tensor_mode']!r}")
         if not isinstance(group["transposed"], bool):
             raise ValueError(f"transposed must be a bool, got {group['transposed']!r}")
+        rb = group.get("row_blocks", 1)
+        if rb != 1:  # the block layout of param_groups(split_qkv=/heads=): blocks of rows of the matrix view
+            for p in group["params"]:
+                rows = geo.matrix_shape(tuple(p.shape), group["tensor_mode"], group["transposed"])[-2:][0]
+                if isinstance(rb, bool) or not isinstance(rb, int) or rb < 1 or p.ndim < 2 or rows % rb:
+                    raise ValueError(f"row_blocks={rb!r} must be an int that divides the {rows} rows of the matrix "
+                                     f"view of a parameter of shape {tuple(p.shape)}")
         if self._needs_matrices(group):
             names = group.get("names")
             for j, p in enumerate(group["params"]):
