@@ -260,3 +260,15 @@ def test_describe_shows_the_geometry_actually_used():
     assert "(optimizer default)" not in text and "norm set by the optimizer" in text
     text = steepest.describe(steepest.SchattenDescent(groups, lr=0.01, p=4), file=io.StringIO())
     assert "schatten p=4" in text and "role" in text.splitlines()[0]
+
+
+def test_mlp_raw_input_linear_stays_hidden_as_the_readme_says():
+    """README: the conv that reads the raw input goes to `embedding`; a Linear on raw features stays `hidden`,
+    with or without example_inputs (only the output head is found from the trace)."""
+    mlp = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    for kw in ({}, dict(example_inputs=torch.randn(2, 784))):
+        r = _routes(steepest.param_groups(mlp, **kw))
+        assert r["0.weight"][0] == "steepest" and r["2.weight"][0] == "steepest"
+        assert r["4.weight"][2].startswith("output head")
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    assert _routes(steepest.param_groups(cnn))["0.weight"][0] == "adamw"
