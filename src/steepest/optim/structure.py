@@ -254,7 +254,7 @@ def attention_layout(module: nn.Module) -> tuple[int, int, int | None] | None:
     ``n_heads``) or a ``head_dim`` with the counts in its ``config`` (HF's Llama-style modules); an MLP with a
     ``config`` is not one. kv heads (grouped-query attention) default to the head count."""
     own_heads = _int_attr([module], _HEAD_ATTRS)
-    head_dim = _int_attr([module], ("head_dim",))
+    head_dim = _int_attr([module], ("head_dim", "attention_head_size"))
     if own_heads is None and head_dim is None:
         return None
     cfg = getattr(module, "config", None)
@@ -296,14 +296,12 @@ def attention_blocks(model: nn.Module, split_qkv: bool, heads: bool) -> dict[int
         if not kids:
             continue
         shapes = [_out_in(m) for m in kids]
+        proj = kids
         if len(kids) >= 2 and shapes[-1][0] == shapes[0][1] and all(i == shapes[0][1] for _, i in shapes[:-1]):
-            proj = kids[:-1]  # the last child maps back to the model width: the output projection
-            if hd is None:
-                hd = sum(o for o, _ in shapes[:-1]) // (H + 2 * KV)
-            if sum(o for o, _ in shapes[:-1]) != (H + 2 * KV) * hd or shapes[-1][1] != H * hd:
-                proj = kids
-        else:
-            proj = kids
+            total = sum(o for o, _ in shapes[:-1])
+            d = hd or total // (H + 2 * KV)
+            if total == (H + 2 * KV) * d and shapes[-1][1] == H * d:
+                proj, hd = kids[:-1], d  # the last child maps the heads back to the model width: the output
         outs = [_out_in(m)[0] for m in proj]
         if hd is None:
             hd = sum(outs) // (H + 2 * KV)
