@@ -99,10 +99,14 @@ def task_factory(spec: str) -> Callable[..., Task]:
     :mod:`steepest.app.userpath`); TaskError says what to fix."""
     if spec in TASKS:
         return TASKS[spec]
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not all(p.isidentifier() for p in mod_name.split(".")) or not attr.isidentifier():
+        raise TaskError(f"task {spec!r}: expected a built-in name ({', '.join(TASKS)}) or "
+                        "'package.module:factory' (e.g. mypkg.tasks:make_task)")
     try:
         factory = import_spec(spec, "task")
     except SpecError as e:
-        raise TaskError(f"{e} (a task is a built-in name, {', '.join(TASKS)}, or 'package.module:factory')") from e
+        raise TaskError(str(e)) from e
     if not callable(factory):
         raise TaskError(f"{spec!r} names no callable (expected a function returning a steepest.app.tasks.Task)")
     return factory
