@@ -62,9 +62,10 @@ def test_muon_matches_torch_muon(adjust, nesterov):
         a.step()
         b.step()
     for p, q in zip(ours, theirs):
-        # Both run Newton-Schulz in bf16 with the same ops in the same order; the only difference is
-        # that we apply lr*scale as lr * (scale * D) rather than (lr * scale) * D: one float32 rounding
-        # (~6e-8 relative) of a ~0.02 update per step, i.e. ~1e-8 per step; 1e-6 over 8 steps.
+        # dtype="auto" runs Newton-Schulz in bf16 on hardware with native bf16 matmul, with torch's ops in
+        # torch's order (the shape scale folded into lr), so the runs are equal there;
+        # tests/test_muon_contract.py asserts bit-for-bit equality with dtype=torch.bfloat16 on every shape.
+        # The tolerance is this test's original bound (8 steps of ~1e-8 from a float32 rounding).
         torch.testing.assert_close(p.detach(), q.detach(), atol=1e-6, rtol=0)
 
 
