@@ -80,7 +80,7 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
                   for t in full]
     else:
         params = [torch.nn.Parameter(t) for t in full]
-    opt = steepest.Muon(params, lr=0.02, dtype=torch.float32)
+    opt = steepest.Muon(params, lr=0.02, weight_decay=0.0, dtype=torch.float32)
     if hasattr(opt, "executor"):  # per-matrix dualization on every side of the comparison
         per_matrix = steepest.optim.executors.PerMatrix()
         if hasattr(opt.executor, "local"):

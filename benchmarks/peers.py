@@ -63,7 +63,7 @@ SETS = {
 
 
 def _batched(opt):
-    opt.batch_matrices = True
+    opt.executor = steepest.optim.executors.Batched(cpu=True)
     return opt
 
 
@@ -74,11 +74,11 @@ def _has(mod: str) -> bool:
 def builders() -> dict:
     """name -> (callable(params, lr) -> optimizer, note). Peers that are not installed are left out."""
     out = {
-        "steepest.Muon default (auto)": (lambda ps, lr: steepest.Muon(ps, lr=lr), "dtype='auto', per-parameter"),
-        "steepest.Muon fp32": (lambda ps, lr: steepest.Muon(ps, lr=lr, dtype=torch.float32), "explicit float32"),
-        "steepest.Muon bf16": (lambda ps, lr: steepest.Muon(ps, lr=lr, dtype=torch.bfloat16), "explicit bf16"),
-        "steepest.Muon bf16 batched": (lambda ps, lr: _batched(steepest.Muon(ps, lr=lr, dtype=torch.bfloat16)),
-                                       "explicit bf16, batch_matrices=True"),
+        "steepest.Muon default (auto)": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0), "dtype='auto', per-parameter"),
+        "steepest.Muon fp32": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.float32), "explicit float32"),
+        "steepest.Muon bf16": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16), "explicit bf16"),
+        "steepest.Muon bf16 batched": (lambda ps, lr: _batched(steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16)),
+                                       "explicit bf16, executor=Batched(cpu=True)"),
         "torch.optim.Muon": (lambda ps, lr: torch.optim.Muon(ps, lr=lr, weight_decay=0.0), "NS5 bf16 (forced)"),
     }
     if _has("heavyball"):

@@ -60,13 +60,16 @@ def optimizers(base: list[torch.nn.Parameter], include_fp32: bool) -> dict[str, 
     def steepest_muon(dtype, batched):
         ps = clone_params(base)
         opt = steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5, weight_decay=WD, dtype=dtype)
-        opt.batch_matrices = batched
+        if hasattr(opt, "executor"):
+            opt.executor = steepest.optim.executors.Batched(cpu=True) if batched else "per_matrix"
+        else:  # an older tree (benchmarks/step_vs_old.py)
+            opt.batch_matrices = batched
         return opt, ps
 
     opts = {}
     ps = clone_params(base)
     # The default: dtype="auto" (bf16 where bf16 matmul is native, float32 elsewhere; STEEPEST_BF16=0/1
-    # forces it, to simulate the other CPU kind) and batch_matrices=None (small matrices batched on CPU).
+    # forces it, to simulate the other CPU kind) and executor='auto' (small matrices batched on CPU).
     opts["steepest.Muon default (auto)"] = (steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5,
                                                           weight_decay=WD), ps)
     ps = clone_params(base)

@@ -207,7 +207,8 @@ def test_add_param_group_after_construction_and_atomic_rejection(info):
     assert len(opt.param_groups) == n  # rejected groups are not kept
     extra = torch.nn.Parameter(torch.randn(3, 5))
     opt.add_param_group(dict(params=[extra, vector], names=["extra", "vector"], norm="linf", p=None, lr=0.1,
-                             step_size="fixed", scale_rule="none", momentum=0.0, nesterov=False))
+                             step_size="fixed", scale_rule="none", momentum=0.0, nesterov=False,
+                             weight_decay=0.0))  # Muon's default decay is 0.1 (torch.optim.Muon's)
     x0, v0 = extra.detach().clone(), vector.detach().clone()
     opt.zero_grad()
     loss_fn(model, 0).backward()

@@ -108,6 +108,54 @@ def test_routed_optimizer_takes_trainer_groups_and_keeps_their_weight_decay():
         RoutedOptimizer("Muon")
 
 
+def _trainer_groups(tmp_path, args_wd=None, **kwargs):
+    """The optimizer a real Trainer builds through hf.trainer_optimizer: {role: weight decay}."""
+    from transformers import Trainer, TrainingArguments
+    from steepest.integrations import hf
+
+    extra = {} if args_wd is None else dict(weight_decay=args_wd)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True, disable_tqdm=True,
+                             **extra)
+    trainer = Trainer(model=_gpt2(), args=args, train_dataset=_Tokens(),
+                      optimizer_cls_and_kwargs=hf.trainer_optimizer(steepest.Muon, lr=0.02, **kwargs))
+    opt = trainer.create_optimizer()
+    opt = opt.optimizer if hasattr(opt, "optimizer") else opt
+    return {g["role"]: g["weight_decay"] for g in opt.param_groups}
+
+
+def test_hf_training_arguments_weight_decay_reaches_the_decaying_groups(tmp_path):
+    pytest.importorskip("transformers")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        # TrainingArguments(weight_decay=0.1): hidden matrices, embeddings decay; biases and gains do not
+        assert _trainer_groups(tmp_path, args_wd=0.1) == {"hidden": 0.1, "embedding": 0.1, "vector": 0.0}
+        # TrainingArguments' default (0.0) is Trainer's meaning of "no decay": it wins over Muon's own 0.1
+        assert _trainer_groups(tmp_path) == {"hidden": 0.0, "embedding": 0.0, "vector": 0.0}
+        # an explicit weight_decay= with TrainingArguments left at its default: no conflict, it applies
+        assert _trainer_groups(tmp_path, weight_decay=0.05) == {
+            "hidden": 0.05, "embedding": 0.05, "vector": 0.0}
+    # both set and different: the explicit one wins, with a warning naming both
+    with pytest.warns(UserWarning, match=r"trainer_optimizer\(weight_decay=0.05\) wins over "
+                                         r"TrainingArguments\(weight_decay=0.1\)"):
+        got = _trainer_groups(tmp_path, args_wd=0.1, weight_decay=0.05)
+    assert got == {"hidden": 0.05, "embedding": 0.05, "vector": 0.0}
+
+
+def test_hf_factory_outside_a_trainer_takes_args_explicitly():
+    pytest.importorskip("transformers")
+    from transformers import TrainingArguments
+    from steepest.integrations.hf import trainer_optimizer
+
+    args = TrainingArguments(output_dir="unused", weight_decay=0.3, report_to=[], use_cpu=True)
+    factory, kwargs = trainer_optimizer(steepest.Muon, args=args, lr=0.02)
+    opt = factory()(_gpt2(), **kwargs)
+    assert {g["role"]: g["weight_decay"] for g in opt.param_groups} == {"hidden": 0.3, "embedding": 0.3, "vector": 0.0}
+    factory, kwargs = trainer_optimizer(steepest.Muon, lr=0.02)  # no Trainer, no args: the optimizer's default
+    assert {g["weight_decay"] for g in factory()(_gpt2(), **kwargs).param_groups if g["role"] == "hidden"} == {0.1}
+
+
 # ------------------------------------------------------------------------------------------------ Lightning
 def _llama():
     from transformers import LlamaConfig, LlamaForCausalLM

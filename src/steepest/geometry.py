@@ -42,7 +42,7 @@ ENTRYWISE = ("frobenius", "linf")
 SCALE_RULES = ("none", "muon", "rms", "spectral")
 TENSOR_MODES = ("flatten", "batch")
 #: Settings of the spectral dualizer (the polar factor); they mean nothing to the other norms.
-POLAR_SETTINGS = ("method", "steps", "coefficients", "normalization")
+POLAR_SETTINGS = ("method", "steps", "coefficients", "normalization", "ns_eps")
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64,
                "float16": torch.float16}
 
@@ -92,25 +92,31 @@ def dtype_name(dtype) -> str | None:
 
 
 def check_settings(norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
-                   coefficients=None, normalization: str | None = None, dtype=None) -> None:
+                   coefficients=None, normalization: str | None = None, dtype=None, ns_eps: float | None = None) -> None:
     """Raise ValueError naming any dualizer setting that does not apply to ``norm``.
 
-    The polar settings (method, steps, coefficients, normalization) apply to the spectral geometry
+    The polar settings (method, steps, coefficients, normalization, ns_eps: the floor of the iteration's
+    normalizing norm, torch.optim.Muon's ``eps``) apply to the spectral geometry
     (including Schatten p = inf) only; ``method="svd"`` is also accepted for finite Schatten p (its
     dualizer is an exact SVD). ``dtype`` (the compute dtype) applies to every norm; sign is exact in any.
     """
     name, _ = resolve(norm, p)
-    given = {"method": method, "steps": steps, "coefficients": coefficients, "normalization": normalization}
+    given = {"method": method, "steps": steps, "coefficients": coefficients, "normalization": normalization,
+             "ns_eps": ns_eps}
     if method is not None and method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if normalization is not None and normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS} or None, got {normalization!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise ValueError(f"steps must be a non-negative int or None, got {steps!r}")
+    if ns_eps is not None and (isinstance(ns_eps, bool) or not isinstance(ns_eps, (int, float))
+                               or not math.isfinite(ns_eps) or ns_eps < 0):
+        raise ValueError(f"ns_eps (Newton-Schulz normalization eps) must be a finite number >= 0, got {ns_eps!r}")
     dtype_from_name(dtype)
     if name == "spectral":
-        if (method in (None, "svd")) and (steps is not None or coefficients is not None or normalization is not None):
-            raise ValueError("steps/coefficients/normalization need method='newton_schulz' or 'polar_express', "
+        if (method in (None, "svd")) and (steps is not None or coefficients is not None or normalization is not None
+                                          or ns_eps is not None):
+            raise ValueError("steps/coefficients/normalization/ns_eps need method='newton_schulz' or 'polar_express', "
                              "not 'svd' (the exact polar factor has no iteration to configure)")
         return
     allowed = {"method": ("svd",)} if name == "schatten" else {}
@@ -123,7 +129,8 @@ def check_settings(norm: str, p: float | None = None, *, method: str | None = No
 
 
 # ----------------------------------------------------------------------------------- views
-def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool = False) -> torch.Tensor:
+def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool = False,
+                row_blocks: int = 1) -> torch.Tensor:
     """View a parameter-shaped tensor as the matrix (or batch of matrices) its geometry acts on.
 
     Matrices are (fan_out, fan_in). 2-D tensors are returned as is, or as ``t.mT`` when ``transposed``
@@ -131,29 +138,49 @@ def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool 
     (shape[0], prod(rest)) (conv kernels (out, in, kh, kw) -> (out, in*kh*kw)) or, with
     ``tensor_mode="batch"``, kept as a batch of matrices over the last two dims. 1-D tensors
     (entrywise norms only) are returned as is. :func:`from_matrix` inverts it.
+
+    ``row_blocks=r`` (the block layout of fused q/k/v projections and per-head blocks,
+    :func:`steepest.param_groups` ``split_qkv=``/``heads=``): the (m, n) matrix is r stacked blocks of m/r
+    rows (output features), viewed as a batch ``(..., r, m/r, n)`` so each block is dualized on its own
+    (GPT-2's c_attn (3E, E) with r = 3 is q, k and v). Rows of the (fan_out, fan_in) view, so after the
+    transpose of a Conv1D weight.
     """
     if t.ndim <= 1:
         return t
     if t.ndim > 2 and tensor_mode != "batch":
         t = t.reshape(t.shape[0], -1)
-    return t.mT if transposed else t
+    t = t.mT if transposed else t
+    if row_blocks != 1:
+        m = t.shape[-2]
+        if row_blocks < 1 or m % row_blocks:
+            raise ValueError(f"row_blocks={row_blocks} must divide the {m} rows (output features) of the matrix view "
+                             f"of a tensor of shape {tuple(t.shape)}")
+        t = t.reshape(*t.shape[:-2], row_blocks, m // row_blocks, t.shape[-1])
+    return t
 
 
-def from_matrix(X: torch.Tensor, shape: torch.Size | tuple, transposed: bool = False) -> torch.Tensor:
+def from_matrix(X: torch.Tensor, shape: torch.Size | tuple, transposed: bool = False,
+                row_blocks: int = 1) -> torch.Tensor:
     """Undo :func:`matrix_view`: back to the parameter's ``shape``."""
+    if row_blocks != 1 and X.ndim >= 3:
+        X = X.reshape(*X.shape[:-3], X.shape[-3] * X.shape[-2], X.shape[-1])
     if transposed and X.ndim >= 2:
         X = X.mT
     return X.reshape(shape)
 
 
-def matrix_shape(shape: tuple[int, ...], tensor_mode: str = "flatten", transposed: bool = False) -> tuple[int, ...]:
+def matrix_shape(shape: tuple[int, ...], tensor_mode: str = "flatten", transposed: bool = False,
+                 row_blocks: int = 1) -> tuple[int, ...]:
     """Shape of :func:`matrix_view` for a tensor of ``shape`` (without building it)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) <= 1:
         return shape
     if len(shape) > 2 and tensor_mode != "batch":
         shape = (shape[0], math.prod(shape[1:]))
-    return shape[:-2] + (shape[-1], shape[-2]) if transposed else shape
+    shape = shape[:-2] + (shape[-1], shape[-2]) if transposed else shape
+    if row_blocks != 1:
+        shape = shape[:-2] + (row_blocks, shape[-2] // row_blocks, shape[-1])
+    return shape
 
 
 def _mn(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -274,11 +301,11 @@ def dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Tenso
 
 def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None,
             steps: int | None = None, dtype: torch.dtype | None = None, coefficients: tuple | None = None,
-            normalization: str | None = None) -> torch.Tensor:
+            normalization: str | None = None, ns_eps: float | None = None) -> torch.Tensor:
     """argmax_{||D|| <= 1} <G, D> under ``norm`` (see the module table); 0 for G = 0.
 
-    ``method`` (default ``"svd"``), ``steps``, ``dtype``, ``coefficients`` and ``normalization``
-    select how the spectral dualizer (the polar factor) is computed; see :func:`steepest.polar`.
+    ``method`` (default ``"svd"``), ``steps``, ``dtype``, ``coefficients``, ``normalization`` and ``ns_eps``
+    (polar's ``eps``; None: 1e-7) select how the spectral dualizer (the polar factor) is computed; see :func:`steepest.polar`.
     Schatten-p dualizers are exact (SVD). ``dtype=None`` computes in G's dtype promoted to at least
     float32. Example:
 
@@ -287,13 +314,13 @@ def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str |
         tensor([[ 1., -1.]])
     """
     return dualize_with_dual_norm(G, norm, p, method=method, steps=steps, dtype=dtype, coefficients=coefficients,
-                                  normalization=normalization, need_dual_norm=False)[0]
+                                  normalization=normalization, ns_eps=ns_eps, need_dual_norm=False)[0]
 
 
 def dualize_with_dual_norm(
     G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
     dtype: torch.dtype | None = None, coefficients: tuple | None = None, normalization: str | None = None,
-    need_dual_norm: bool = True, check: bool = True,
+    need_dual_norm: bool = True, check: bool = True, ns_eps: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(dualize(G), dual_norm(G))`` sharing work: the SVD paths compute both from one SVD.
 
@@ -304,7 +331,7 @@ def dualize_with_dual_norm(
     if check:
         norm, p = resolve(norm, p)
         check_settings(norm, p, method=method, steps=steps, coefficients=coefficients,
-                       normalization=normalization, dtype=dtype)
+                       normalization=normalization, dtype=dtype, ns_eps=ns_eps)
     name = norm
     squeeze = G.ndim == 1
     G = _as_matrix(G, name)
@@ -324,8 +351,8 @@ def dualize_with_dual_norm(
         dn = s.sum(dim=-1).to(G.dtype) if need_dual_norm else None
     elif name == "spectral":
         D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True, shape=G.shape),
-                  coefficients=coefficients,
-                  normalization=normalization)
+                  coefficients=coefficients, normalization=normalization,
+                  **({} if ns_eps is None else {"eps": float(ns_eps)}))
         dn = dual_norm(G, "spectral") if need_dual_norm else None
     else:
         # float64 SVD unless asked otherwise: the power s^(q-1) amplifies rounding for q near 1 and large q.

@@ -20,11 +20,21 @@ from steepest.app.guard import Terminated, handle_sigterm
 COMMANDS = ("compare", "sweep", "reproduce")
 
 
+def _version() -> str:
+    """``steepest --version``: the package's version, and torch's (the results depend on both)."""
+    import torch
+
+    import steepest
+
+    return f"steepest {steepest.__version__} (torch {torch.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steepest",
         description="Steepest descent under matrix norms: compare geometries, reproduce the seed results.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:

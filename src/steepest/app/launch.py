@@ -12,7 +12,7 @@ Inside a process::
 
     info = init_from_env()                                   # world size 1 without the variables
     model = wrap_model(model, info)                          # DDP when world_size > 1
-    opt = wrap_optimizer(steepest.Muon(steepest.param_groups(model)), info)  # steepest.distributed
+    opt = wrap_optimizer(steepest.Muon(steepest.param_groups(model), lr=0.02, weight_decay=0.0), info)  # steepest.distributed
     x_local = shard_batch(x_global, info)                    # this rank's slice of the global batch
     ... train; save_checkpoint(dir, model, opt) / load_checkpoint(dir, model, opt) (any world size)
     cleanup()

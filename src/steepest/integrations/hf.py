@@ -12,12 +12,19 @@ How: Trainer (transformers >= 5) calls a non-class ``optimizer_cls`` as a factor
 ``optimizer_cls()(model, **kwargs)``; older versions call ``optimizer_cls(trainer_groups, **kwargs)``
 with their decay/no-decay groups, which :class:`RoutedOptimizer` maps back to the model (pass
 ``model=``) and routes, keeping Trainer's per-parameter weight decay unless ``weight_decay`` is given.
-In the factory path Trainer's ``TrainingArguments.weight_decay`` is not used: pass ``weight_decay=``.
+
+Weight decay: ``TrainingArguments.weight_decay`` reaches every group that decays (hidden matrices, embeddings,
+the head; biases and norm gains stay at 0, as Trainer's own no-decay group). The factory path finds it on
+the Trainer that calls it (or pass ``args=``). An explicit ``weight_decay=`` to :func:`trainer_optimizer`
+wins; when both are set and differ, a warning names both.
 Checkpoints and ``resume_from_checkpoint`` work unchanged (Trainer saves ``optimizer.state_dict()``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,18 +47,21 @@ class RoutedOptimizer:
         >>> opt = RoutedOptimizer(steepest.Muon)(model, lr=0.02)
     """
 
-    def __init__(self, optimizer_cls: type, model: nn.Module | None = None, routing: dict | None = None) -> None:
+    def __init__(self, optimizer_cls: type, model: nn.Module | None = None, routing: dict | None = None,
+                 args=None) -> None:
         if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
             raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer class (e.g. steepest.Muon), got "
                             f"{optimizer_cls!r}")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.optimizer_cls, self.model, self.routing = optimizer_cls, model, dict(routing or {})
+        self.optimizer_cls, self.model, self.routing, self.args = optimizer_cls, model, dict(routing or {}), args
         self.__name__ = f"routed_{optimizer_cls.__name__}"
 
     def __call__(self, params=None, **kwargs):
         if params is None and not kwargs:
             return self
+        kwargs = _weight_decay(kwargs, self.args if self.args is not None else _calling_trainer_args(),
+                               trainer_groups=not isinstance(params, nn.Module))
         if isinstance(params, nn.Module):
             return self.optimizer_cls(param_groups(params, **self.routing), **kwargs)
         if self.model is None:
@@ -75,17 +85,54 @@ class RoutedOptimizer:
         return self.optimizer_cls(groups, **kwargs)
 
 
+def _calling_trainer_args():
+    """The ``TrainingArguments`` of the ``transformers.Trainer`` whose ``create_optimizer`` calls the factory
+    (transformers 5 passes only the model), or None when no Trainer is on the call stack."""
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    try:
+        for _ in range(8):  # create_optimizer -> RoutedOptimizer.__call__ -> here; a few frames of slack
+            frame = frame.f_back if frame is not None else None
+            owner = frame.f_locals.get("self") if frame is not None else None
+            if isinstance(owner, Trainer):
+                return owner.args
+    finally:
+        del frame
+    return None
+
+
+def _weight_decay(kwargs: dict, args, trainer_groups: bool) -> dict:
+    """``kwargs`` with TrainingArguments' weight decay as the optimizer's default, unless ``weight_decay`` was
+    given (then it wins, with a warning naming both when TrainingArguments set another value). With Trainer's
+    own groups (transformers < 5) the decay is already in them: only the warning applies."""
+    if args is None or not hasattr(args, "weight_decay"):
+        return kwargs
+    wd = float(args.weight_decay)
+    field_default = next((f.default for f in dataclasses.fields(args) if f.name == "weight_decay"), 0.0) \
+        if dataclasses.is_dataclass(args) else 0.0
+    if "weight_decay" in kwargs:
+        if wd != field_default and wd != float(kwargs["weight_decay"]):
+            warnings.warn(f"trainer_optimizer(weight_decay={kwargs['weight_decay']}) wins over "
+                          f"TrainingArguments(weight_decay={wd}); drop one of them to silence this warning.",
+                          UserWarning, stacklevel=3)
+        return kwargs
+    return kwargs if trainer_groups else dict(kwargs, weight_decay=wd)
+
+
 def trainer_optimizer(optimizer_cls: type, model: nn.Module | None = None, *, routing: dict | None = None,
-                      **kwargs) -> tuple[RoutedOptimizer, dict]:
+                      args=None, **kwargs) -> tuple[RoutedOptimizer, dict]:
     """``optimizer_cls_and_kwargs`` for ``transformers.Trainer``: ``optimizer_cls`` over the model routed by
     structure. ``kwargs`` go to the optimizer (lr, weight_decay, adamw_lr, ...); ``routing`` to
     :func:`steepest.param_groups` (e.g. ``dict(embedding=dict(lr=1e-3))``). ``model`` is needed only by
-    transformers < 5, which passes its own parameter groups.
+    transformers < 5, which passes its own parameter groups. ``TrainingArguments.weight_decay`` is the
+    optimizer's weight decay unless ``weight_decay`` is given here (module docstring); ``args`` (the
+    TrainingArguments) is needed only when the factory is called outside ``Trainer.create_optimizer``.
 
     Example:
         >>> Trainer(model, args, optimizer_cls_and_kwargs=trainer_optimizer(steepest.Muon, lr=0.02))
     """
-    return RoutedOptimizer(optimizer_cls, model, routing), dict(kwargs)
+    return RoutedOptimizer(optimizer_cls, model, routing, args), dict(kwargs)
 
 
 def _unwrap(optimizer):

@@ -89,8 +89,8 @@ def _updates(blocks: list[F.Block], groups: list[list[int]]):
 def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
     """{block index: update} for one bucket, from one batched compute_update."""
     settings = dict(blocks[idx[0]].kwargs)
-    mode, transposed = settings.pop("tensor_mode"), settings.pop("transposed")
-    views = [geo.matrix_view(blocks[i].M, mode, transposed) for i in idx]
+    mode, transposed, rb = settings.pop("tensor_mode"), settings.pop("transposed"), settings.pop("row_blocks")
+    views = [geo.matrix_view(blocks[i].M, mode, transposed, rb) for i in idx]
     m, n = views[0].shape[-2:]
     stack = torch.cat([v.reshape(-1, m, n) for v in views])
     shapes = [(blocks[i].M.shape, v.shape, v.numel() // (m * n)) for i, v in zip(idx, views)]
@@ -98,7 +98,7 @@ def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
     for i in idx:
         blocks[i].M = None  # the stack holds them now
     U = F.compute_update(stack, tensor_mode="batch", transposed=False, **settings)
-    return {i: geo.from_matrix(u.reshape(vs), ms, transposed)
+    return {i: geo.from_matrix(u.reshape(vs), ms, transposed, rb)
             for i, (ms, vs, _), u in zip(idx, shapes, torch.split(U, [k for _, _, k in shapes]))}
 
 

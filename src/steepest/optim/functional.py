@@ -65,6 +65,8 @@ class Block:
     p: float | None = None
     lr_scale: float = 1.0
     bad_state: str | None = None  #: set by the checks: the name of a non-finite state tensor
+    #: True once :meth:`fold_scale` moved the shape scale into ``lr_scale`` (the dualizer then leaves D unscaled).
+    scale_folded: bool = False
     _M: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     _source: Callable[[], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
 
@@ -104,8 +106,9 @@ class Block:
 
     @property
     def kwargs(self) -> dict:
-        """The keyword arguments of :func:`compute_update` for this block's geometry (cached; read only)."""
-        return self.cfg.update_kwargs(self.norm, self.p)
+        """The keyword arguments of :func:`compute_update` for this block's geometry (cached; read only);
+        once :meth:`fold_scale` ran, the shape scale is in ``lr_scale`` and ``scale_rule`` is "none"."""
+        return self.cfg.update_kwargs(self.norm, self.p, folded=self.scale_folded)
 
     def source_dtype(self) -> torch.dtype | None:
         """The dtype stage 3 may write M in: the Newton-Schulz / Polar Express iteration dtype where it is
@@ -117,14 +120,28 @@ class Block:
         c = self.cfg
         if self.norm != "spectral" or c.step_size != "fixed" or c.method in (None, "svd"):
             return None
-        dt = iteration_dtype(self.grad.dtype, c.dtype, self.grad.device, iterative=True)
+        shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
+        dt = iteration_dtype(self.grad.dtype, c.dtype, self.grad.device, iterative=True, shape=shape)
         return dt if dt.itemsize < self.grad.dtype.itemsize else None
+
+    def fold_scale(self) -> None:
+        """Move a fixed step's shape scale from D into ``lr_scale``: W <- W - (lr * scale) D, torch.optim.Muon's
+        operation order (``param.add_(D, alpha=-lr * scale)``), bit for bit its result on tall matrices too,
+        and one elementwise pass over D less. Used where D comes back in a narrower dtype than the
+        parameter (:meth:`source_dtype`); the float32 path keeps ``lr * (scale * D)``."""
+        c = self.cfg
+        if self.scale_folded or c.step_size != "fixed" or c.scale_rule == "none":
+            return
+        shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
+        self.lr_scale = self.lr_scale * geo.shape_scale(shape, c.scale_rule)
+        self.scale_folded = True
 
     def key(self) -> tuple:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
-        shape = geo.matrix_shape(tuple(self.param.shape), self.cfg.tensor_mode, self.cfg.transposed)
+        shape = geo.matrix_shape(tuple(self.param.shape), self.cfg.tensor_mode, self.cfg.transposed,
+                                 self.cfg.row_blocks)
         return (shape[-2:] if len(shape) >= 2 else shape, self.M_dtype, self.param.device,
-                self.cfg.batch_key(self.norm, self.p))
+                self.cfg.batch_key(self.norm, self.p, folded=self.scale_folded))
 
 
 # --------------------------------------------------------------------------- stage 1: checks
@@ -265,15 +282,16 @@ def source_from_buffer(grad: torch.Tensor, buf: torch.Tensor | None, momentum: f
 
 def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_size: str = "fixed",
                    scale_rule: str = "none", tensor_mode: str = "flatten", transposed: bool = False,
-                   **dualizer) -> torch.Tensor:
+                   row_blocks: int = 1, **dualizer) -> torch.Tensor:
     """Stages 4-5: ``scale * dualize(M)`` in M's shape (the expensive, owner-computed part).
 
     ``scale`` is ``shape_scale(matrix view shape, scale_rule)`` times, for ``step_size="dual"``, the
     dual norm of M (one per matrix in batch mode). ``dualizer`` holds the polar settings
-    (method, steps, dtype, coefficients, normalization) where they apply, and ``check=False`` when the
-    caller validated them already (the optimizers: :meth:`StepSettings.update_kwargs`).
+    (method, steps, dtype, coefficients, normalization, ns_eps) where they apply, and ``check=False`` when
+    the caller validated them already (the optimizers: :meth:`StepSettings.update_kwargs`); ``row_blocks``
+    splits the matrix view into blocks of rows dualized separately (:func:`steepest.geometry.matrix_view`).
     """
-    X = geo.matrix_view(M, tensor_mode, transposed)
+    X = geo.matrix_view(M, tensor_mode, transposed, row_blocks)
     if X.ndim == 1 and not geo.is_entrywise(norm):
         raise ValueError(f"norm {norm!r} needs a matrix, got shape {tuple(M.shape)}")
     D, dn = geo.dualize_with_dual_norm(X, norm, p, need_dual_norm=step_size == "dual", **dualizer)
@@ -281,7 +299,7 @@ def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_s
         dn = dn.to(D.dtype)
         D = D * (dn.unsqueeze(-1).unsqueeze(-1) if X.ndim >= 2 and dn.ndim > 0 else dn)
     D = scale_update(D, geo.shape_scale(tuple(X.shape), scale_rule))
-    return geo.from_matrix(D, M.shape, transposed)
+    return geo.from_matrix(D, M.shape, transposed, row_blocks)
 
 
 def scale_update(D: torch.Tensor, scale: float) -> torch.Tensor:
@@ -316,15 +334,21 @@ def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float, weight_de
                  lr_scale: float = 1.0, ok: torch.Tensor | None = None) -> None:
     """Stages 6-7: W <- (1 - lr wd) W - lr * lr_scale * update (decay with the unadjusted lr).
 
+    ``lr`` may be a one-element tensor (torch.optim's tensor lr; eager steps only).
+
     ``ok`` (a 0-dim bool tensor, compiled steps only): W is left unchanged where it is False.
     """
     if ok is not None:
         new = param * (1.0 - lr * weight_decay) if weight_decay != 0.0 else param
         param.copy_(torch.where(ok, new - (lr * lr_scale) * update.to(param.dtype), param))
         return
+    if isinstance(lr, torch.Tensor):  # a tensor lr: lr * wd and lr * scale in its dtype, as torch.optim.Muon does
+        decay, step = float(1.0 - lr * weight_decay), float(lr * lr_scale)
+    else:
+        decay, step = 1.0 - lr * weight_decay, lr * lr_scale
     if weight_decay != 0.0:
-        param.mul_(1.0 - lr * weight_decay)
-    param.add_(update.to(param.dtype), alpha=-lr * lr_scale)
+        param.mul_(decay)
+    param.add_(update.to(param.dtype), alpha=-step)
 
 
 def adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: float, betas: tuple[float, float],
@@ -390,6 +414,8 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
         c = b.cfg
         buf = update_momentum(b.grad, b.state, c.momentum, all_finite)
         dtype = b.source_dtype()
+        if dtype is not None:
+            b.fold_scale()
         if buf is not None and not c.nesterov and dtype is None:
             b.M = buf  # M is the buffer itself: nothing to defer
         else:
@@ -401,7 +427,9 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
         if not ok:
             on_skip(b)
             continue
-        apply_update(b.param, U, b.lr, b.weight_decay, b.lr_scale, all_finite)
+        # a tensor lr (torch.optim's) is applied as a tensor on eager steps, as torch.optim.Muon does
+        lr = b.lr if all_finite is None or not isinstance(b.lr, torch.Tensor) else float(b.lr)
+        apply_update(b.param, U, lr, b.weight_decay, b.lr_scale, all_finite)
 
 
 __all__ = ["Block", "NonFiniteGradientError", "steepest_step", "finite_mask", "finite_flags", "local_check", "check_dense",

@@ -108,6 +108,7 @@ def param_groups(
     head_modules: str | Iterable[str] | None = None,
     example_inputs=None,
     split_qkv: bool = False,
+    heads: bool = False,
     adamw_lr: float | None = None,
     adamw_betas: tuple[float, float] | None = None,
     adamw_weight_decay: float | None = None,
@@ -134,18 +135,27 @@ def param_groups(
     Structure: ``head_modules`` (module name or names; ``head="lm_head"`` or a list of names also works)
     says which modules are the output head; ``head_patterns`` adds modules by fnmatch name pattern;
     ``example_inputs`` (a tensor, a tuple of args or a dict of kwargs) lets one traced forward find the
-    head and input convs. ``split_qkv=True`` (per-head handling of fused qkv weights) raises
-    ``ValueError``: the kernel does not support it yet. ``batch_patterns`` is kept for compatibility
-    (>= 3-D tensors are batches of matrices by default now).
+    head and input convs. ``batch_patterns`` is kept for compatibility (>= 3-D tensors are batches of
+    matrices by default now).
+
+    Attention blocks (:func:`steepest.optim.structure.attention_blocks`, found by structure):
+    ``split_qkv=True`` dualizes q, k and v of a fused projection (GPT-2's ``c_attn``, ``qkv_proj``,
+    ``nn.MultiheadAttention``'s ``in_proj_weight``) as three matrices; ``heads=True`` dualizes every head's
+    block of q, k and v (fused or separate projections, e.g. Llama's q/k/v_proj) on its own. Such weights get
+    their own hidden group with ``row_blocks`` (the number of row blocks of the matrix view,
+    :func:`steepest.geometry.matrix_view`), so batching and distribution treat the blocks as a batch of
+    matrices. Output projections and fused MoE experts (already batches) are unchanged.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> [(g["role"], g["algorithm"]) for g in param_groups(model)]
         [('hidden', 'steepest'), ('head', 'adamw'), ('vector', 'adamw')]
     """
-    if split_qkv:
-        raise ValueError("split_qkv: per-head handling of fused qkv weights is not yet supported by the "
-                         "optimizer kernel; route fused qkv weights as whole matrices (the default)")
+    if not isinstance(model, nn.Module):
+        what = type(model).__name__
+        raise TypeError(f"param_groups(model) routes by the model's structure, so it takes the nn.Module itself; got "
+                        f"a {what}. Pass `model`, not `model.parameters()`; a plain list of tensors can go to the "
+                        "optimizer directly (steepest.Muon(params)).")
     if isinstance(head, (str, list, tuple)):
         head_modules, head = head, None
     if head is not None and not isinstance(head, dict):
@@ -163,7 +173,7 @@ def param_groups(
     module_name = {m: n for n, m in model.named_modules()}
     matrix_names = {m: n for n, m in model.named_modules() if S.is_matrix_module(m)}
     traced = S.trace(model, example_inputs, matrix_names) if example_inputs is not None else (None, None)
-    heads = S.find_heads(model, matrix_names, head_modules, traced[0])
+    want_heads, heads = heads, S.find_heads(model, matrix_names, head_modules, traced[0])
     for pattern in head_patterns or ():
         for m, n in matrix_names.items():
             if fnmatch.fnmatch(n, pattern):
@@ -172,6 +182,7 @@ def param_groups(
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
     tied = {id(m.weight): n for m, n in matrix_names.items() if n in heads and id(m.weight) in embed_ids}
     st = dict(heads=heads, inputs=inputs, tied=tied, module_name=module_name)
+    blocks = S.attention_blocks(model, split_qkv, want_heads) if (split_qkv or want_heads) else {}
 
     adamw_legacy = {k: v for k, v in (("lr", adamw_lr), ("betas", adamw_betas),
                                       ("weight_decay", adamw_weight_decay)) if v is not None}
@@ -190,18 +201,22 @@ def param_groups(
         name, module, is_weight = owners.get(id(param), (full_name, model, False))
         role, reason, mode, transposed = _route_of(name, module, is_weight, param, st=st,
                                                    overrides=overrides, module_types=module_types)
-        key = (role, mode, transposed)
+        rb = 1
+        if role == "hidden" and id(param) in blocks:
+            rb, why = blocks[id(param)]
+            reason = f"{reason}; {why}"
+        key = (role, mode, transposed, rb)
         if key not in buckets:
             if role == "hidden":
                 buckets[key] = dict(per_role["hidden"], algorithm="steepest", role=role, tensor_mode=mode,
-                                    transposed=transposed)
+                                    transposed=transposed, **({"row_blocks": rb} if rb != 1 else {}))
             else:
                 buckets[key] = dict(per_role[role], algorithm="adamw", role=role)
             buckets[key].update(params=[], names=[], reasons=[])
         buckets[key]["params"].append(param)
         buckets[key]["names"].append(name)
         buckets[key]["reasons"].append(reason)
-    return [buckets[k] for k in sorted(buckets, key=lambda k: (_ORDER[k[0]], k[1] != "flatten", k[2]))]
+    return [buckets[k] for k in sorted(buckets, key=lambda k: (_ORDER[k[0]], k[1] != "flatten", k[2], k[3]))]
 
 
 def _geometry(g: dict) -> str:
@@ -214,6 +229,8 @@ def _geometry(g: dict) -> str:
         text += " [batch]"
     if g.get("transposed"):
         text += " [W.T]"
+    if g.get("row_blocks", 1) != 1:
+        text += f" [{g['row_blocks']} blocks]"
     return text
 
 

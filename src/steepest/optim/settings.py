@@ -44,7 +44,8 @@ DUALIZER_KEYS = geo.POLAR_SETTINGS + ("dtype",)
 TORCH_KEYS = ("foreach", "fused", "differentiable", "capturable", "param_names")
 #: Every key a steepest group's settings read (besides lr and weight_decay, read at each step).
 STEEPEST_KEYS = ("algorithm", "norm", "p", "momentum", "nesterov", "step_size", "scale_rule", "method", "steps",
-                 "coefficients", "normalization", "dtype", "tensor_mode", "transposed", "betas", "eps")
+                 "coefficients", "normalization", "ns_eps", "dtype", "tensor_mode", "transposed", "row_blocks", "betas",
+                 "eps")
 
 
 class SettingsError(ValueError):
@@ -113,6 +114,8 @@ class StepSettings:
     dtype: torch.dtype | str | None = None
     tensor_mode: str = "flatten"
     transposed: bool = False
+    ns_eps: float | None = None  #: the polar iteration's normalization floor (torch.optim.Muon's eps); None: 1e-7
+    row_blocks: int = 1  #: blocks of rows of the matrix view dualized separately (split_qkv=/heads=)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     _cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, hash=False)
@@ -121,28 +124,31 @@ class StepSettings:
     def adamw(self) -> bool:
         return self.algorithm == "adamw"
 
-    def update_kwargs(self, norm: str | None = None, p: float | None = None) -> dict:
+    def update_kwargs(self, norm: str | None = None, p: float | None = None, folded: bool = False) -> dict:
         """The keyword arguments of :func:`steepest.optim.functional.compute_update` in geometry
-        ``(norm, p)`` (default: the group's), without re-validation (``check=False``). Cached: do not modify."""
+        ``(norm, p)`` (default: the group's), without re-validation (``check=False``). ``folded``: the
+        shape scale is applied with the lr instead (:meth:`Block.fold_scale`), so ``scale_rule="none"``.
+        Cached: do not modify."""
         norm = self.norm if norm is None else norm
-        key = ("kw", norm, p)
+        key = ("kw", norm, p, folded)
         out = self._cache.get(key)
         if out is None:
-            out = dict(norm=norm, p=p, step_size=self.step_size, scale_rule=self.scale_rule,
-                       tensor_mode=self.tensor_mode, transposed=self.transposed, dtype=self.dtype, check=False)
+            out = dict(norm=norm, p=p, step_size=self.step_size, scale_rule="none" if folded else self.scale_rule,
+                       tensor_mode=self.tensor_mode, transposed=self.transposed, row_blocks=self.row_blocks,
+                       dtype=self.dtype, check=False)
             if norm == "spectral":
                 out.update(method=self.method, steps=self.steps, coefficients=self.coefficients,
-                           normalization=self.normalization)
+                           normalization=self.normalization, ns_eps=self.ns_eps)
             self._cache[key] = out
         return out
 
-    def batch_key(self, norm: str | None = None, p: float | None = None) -> tuple:
+    def batch_key(self, norm: str | None = None, p: float | None = None, folded: bool = False) -> tuple:
         """A hashable key: blocks of equal keys (and equal view shapes) share one batched dualization."""
         norm = self.norm if norm is None else norm
-        key = ("key", norm, p)
+        key = ("key", norm, p, folded)
         out = self._cache.get(key)
         if out is None:
-            kw = self.update_kwargs(norm, p)
+            kw = self.update_kwargs(norm, p, folded)
             out = self._cache[key] = tuple((k, repr(v)) for k, v in sorted(kw.items()))
         return out
 
@@ -159,7 +165,7 @@ def _check_dualizer(group: dict, index: int, keys: tuple, candidates: tuple | No
     try:
         if candidates is not None:
             if "spectral" in candidates:
-                geo.check_settings("spectral", None, **{k: group[k] for k in DUALIZER_KEYS})
+                geo.check_settings("spectral", None, **{k: group.get(k) for k in DUALIZER_KEYS})
             else:
                 geo.dtype_from_name(group["dtype"])
             return
@@ -170,13 +176,15 @@ def _check_dualizer(group: dict, index: int, keys: tuple, candidates: tuple | No
         raise SettingsError(f"{e} ({where(group, index)})") from None
 
 
-def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | None = None) -> StepSettings:
+def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | None = None,
+          nesterov_needs_momentum: bool = True) -> StepSettings:
     """Validate ``group`` (a complete group: defaults filled in) and return its :class:`StepSettings`.
 
     ``given``: the keys the group sets itself (dualizer keys among them are checked against a
     non-spectral norm too; those inherited from the constructor are then unused; a spectral group's
     are always checked). ``candidates``: the geometries a chooser may
-    give the group's matrices (None: the group's own norm).
+    give the group's matrices (None: the group's own norm). ``nesterov_needs_momentum=False``: Nesterov
+    with momentum 0 is accepted (it is then M = G; torch.optim.Muon accepts it, so steepest.Muon does).
     """
     algorithm = group.get("algorithm", "steepest")
     if algorithm not in ALGORITHMS:
@@ -206,7 +214,7 @@ def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | Non
     nesterov = group["nesterov"]
     if not isinstance(nesterov, bool):
         raise SettingsError(f"nesterov must be a bool, got {nesterov!r} ({where(group, index)})")
-    if nesterov and momentum <= 0:
+    if nesterov and momentum <= 0 and nesterov_needs_momentum:
         raise SettingsError(f"nesterov=True needs momentum > 0 ({where(group, index)})")
     for key, allowed in (("step_size", STEP_SIZES), ("scale_rule", geo.SCALE_RULES),
                          ("tensor_mode", geo.TENSOR_MODES)):
@@ -214,6 +222,13 @@ def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | Non
             raise SettingsError(f"{key} must be one of {allowed}, got {group[key]!r} ({where(group, index)})")
     if not isinstance(group.get("transposed", False), bool):
         raise SettingsError(f"transposed must be a bool, got {group['transposed']!r} ({where(group, index)})")
+    rb = group.get("row_blocks", 1)
+    if rb != 1:  # the block layout of param_groups(split_qkv=/heads=): blocks of rows of the matrix view
+        for q in group["params"]:
+            rows = geo.matrix_shape(tuple(q.shape), group["tensor_mode"], bool(group.get("transposed", False)))
+            if isinstance(rb, bool) or not isinstance(rb, int) or rb < 1 or q.ndim < 2 or rows[-2] % rb:
+                raise SettingsError(f"row_blocks={rb!r} must be an int that divides the {rows[-2]} rows of the matrix "
+                                    f"view of a parameter of shape {tuple(q.shape)} ({where(group, index)})")
     if not geo.is_entrywise(norm):
         names = group.get("names")
         for j, q in enumerate(group["params"]):
@@ -231,13 +246,13 @@ def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | Non
         scale_rule=group["scale_rule"], method=group.get("method"), steps=group.get("steps"),
         coefficients=coefficients, normalization=group.get("normalization"),
         dtype=geo.dtype_from_name(group.get("dtype")), tensor_mode=group["tensor_mode"],
-        transposed=bool(group.get("transposed", False)))
+        transposed=bool(group.get("transposed", False)), ns_eps=group.get("ns_eps"), row_blocks=int(rb))
 
 
 # --------------------------------------------------------------------------- loaded state
 #: Group settings that define what a step is: a state_dict saved with other values would silently
 #: change the optimizer (a SignSGD taking spectral steps), so loading one is an error.
-GEOMETRY_KEYS = ("algorithm", "norm", "p", "tensor_mode", "transposed")
+GEOMETRY_KEYS = ("algorithm", "norm", "p", "tensor_mode", "transposed", "row_blocks")
 #: Per-parameter state tensors that have the parameter's shape.
 SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_grad")
 #: Per-parameter state that must come together (AdamW's moments with their step count).
@@ -295,7 +310,8 @@ def checked_state_dict(opt, state_dict) -> dict:
         filled = {**{k: cur.get(k, v) for k, v in opt.defaults.items() if k in GEOMETRY_KEYS},
                   **{k: v for k, v in opt.defaults.items() if k not in GEOMETRY_KEYS}, **saved}
         try:
-            built = build(dict(filled, params=cur["params"]), gi, candidates=opt._candidates())
+            built = build(dict(filled, params=cur["params"]), gi, candidates=opt._candidates(),
+                          nesterov_needs_momentum=getattr(opt, "_nesterov_needs_momentum", True))
         except SettingsError as e:
             raise _refuse(f"state_dict: {e}") from None
         filled_groups.append(filled)

@@ -57,8 +57,9 @@ class SteepestDescent(torch.optim.Optimizer):
         step_size: ``"fixed"`` or ``"dual"`` (see above).
         scale_rule: ``"none"``, ``"muon"`` sqrt(max(1, m/n)), ``"rms"`` 0.2 sqrt(max(m, n)) or
             ``"spectral"`` sqrt(fan_out / fan_in), on the (fan_out, fan_in) matrix view.
-        method, steps, coefficients, normalization: how the polar factor is computed (spectral only;
-            see :func:`steepest.polar`); setting one for another norm is a ValueError.
+        method, steps, coefficients, normalization, ns_eps: how the polar factor is computed (spectral only;
+            see :func:`steepest.polar`; ``ns_eps`` is its ``eps``, None: 1e-7); setting one for another norm
+            is a ValueError.
         dtype: the dualizer's compute dtype (a torch dtype or its name); None (default) computes in
             the parameter's dtype promoted to at least float32, so float64 stays float64-accurate;
             ``"auto"``: bf16 for Newton-Schulz / Polar Express where the hardware has native bf16
@@ -95,6 +96,10 @@ class SteepestDescent(torch.optim.Optimizer):
         >>> model(torch.randn(2, 8)).square().sum().backward(); opt.step()
     """
 
+    #: nesterov=True with momentum 0 is a ValueError (it would silently mean plain M = G); torch.optim.Muon's
+    #: contract accepts it, so steepest.Muon sets this False.
+    _nesterov_needs_momentum = True
+
     #: Attributes beyond torch's (defaults, state, param_groups) that copy.deepcopy and pickle keep.
     _copied_attributes = ("nonfinite", "nonfinite_skipped", "_adamw_lr", "chooser", "_executor")
 
@@ -114,6 +119,7 @@ class SteepestDescent(torch.optim.Optimizer):
         dtype: torch.dtype | str | None = None,
         coefficients: tuple | None = None,
         normalization: str | None = None,
+        ns_eps: float | None = None,
         tensor_mode: str = "flatten",
         nonfinite: str = "raise",
         adamw_lr: float = 3e-4,
@@ -130,7 +136,7 @@ class SteepestDescent(torch.optim.Optimizer):
             algorithm="steepest", lr=lr, norm=norm, p=p, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, step_size=step_size, scale_rule=scale_rule, method=method,
             steps=steps, dtype=geo.dtype_name(dtype), coefficients=coefficients, normalization=normalization,
-            tensor_mode=tensor_mode, transposed=False, betas=betas, eps=eps,
+            ns_eps=ns_eps, tensor_mode=tensor_mode, transposed=False, betas=betas, eps=eps,
         )
         # the AdamW defaults are checked here too (a steepest group carries but never reads them)
         S.build(dict(defaults, params=[], algorithm="adamw", lr=adamw_lr), 0)
@@ -200,7 +206,8 @@ class SteepestDescent(torch.optim.Optimizer):
                 return settings
         # given: the keys a new group sets itself; a re-validation (edited or loaded group) checks the
         # dualizer keys that apply to the group's norm only
-        settings = S.build(group, index, given=given or (), candidates=self._candidates())
+        settings = S.build(group, index, given=given or (), candidates=self._candidates(),
+                           nesterov_needs_momentum=self._nesterov_needs_momentum)
         entry = (group, S.snapshot(group), settings)
         if index < len(cache):
             cache[index] = entry
@@ -293,11 +300,12 @@ class SteepestDescent(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             cfg = self._settings_of(gi)
             lr, wd = S.check_lr_wd(group, gi)
+            step_lr = group["lr"] if isinstance(group["lr"], torch.Tensor) else lr  # a tensor lr as torch applies it
             names = group.get("names")
             for j, p in enumerate(group["params"]):
                 if every or p.grad is not None:
                     label = names[j] if names and j < len(names) else f"group{gi}.{j}"
-                    out.append(F.Block(p, p.grad, self.state, cfg, self._name(gi, j), lr, wd, label))
+                    out.append(F.Block(p, p.grad, self.state, cfg, self._name(gi, j), step_lr, wd, label))
         return out
 
     def _count_skip(self, block: F.Block) -> None:

@@ -231,3 +231,94 @@ def find_input_convs(model: nn.Module, matrix_names: dict[nn.Module, str], trace
         if k == s and max(k) > 1:
             return {matrix_names[first]: "input layer (first conv is a patch embedding: stride == kernel size)"}
     return {}
+
+
+# ------------------------------------------------------------------------------------------ attention
+_HEAD_ATTRS = ("num_heads", "n_head", "num_attention_heads", "n_heads")
+_KV_ATTRS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "n_head_kv")
+
+
+def _int_attr(objs, names) -> int | None:
+    for obj in objs:
+        for name in names:
+            v = getattr(obj, name, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def attention_layout(module: nn.Module) -> tuple[int, int, int | None] | None:
+    """``(heads, kv_heads, head_dim)`` of an attention module, or None for a module that is not one.
+
+    An attention module carries its head count itself (``num_heads``, ``n_head``, ``num_attention_heads``,
+    ``n_heads``) or a ``head_dim`` with the counts in its ``config`` (HF's Llama-style modules); an MLP with a
+    ``config`` is not one. kv heads (grouped-query attention) default to the head count."""
+    own_heads = _int_attr([module], _HEAD_ATTRS)
+    head_dim = _int_attr([module], ("head_dim", "attention_head_size"))
+    if own_heads is None and head_dim is None:
+        return None
+    cfg = getattr(module, "config", None)
+    objs = [module] + ([cfg] if cfg is not None else [])
+    heads = own_heads or _int_attr(objs, _HEAD_ATTRS)
+    if heads is None:
+        return None
+    return heads, _int_attr(objs, _KV_ATTRS) or heads, head_dim or _int_attr(objs[1:], ("head_dim",))
+
+
+def attention_blocks(model: nn.Module, split_qkv: bool, heads: bool) -> dict[int, tuple[int, str]]:
+    """id(weight) -> (row_blocks, reason) for the q/k/v projections of every attention module, found by structure.
+
+    Projections: ``nn.MultiheadAttention``'s ``in_proj_weight`` (or its separate q/k/v weights); otherwise the
+    attention module's own Linear/Conv1D children in registration order: one fused projection with
+    (H + 2 KV) * head_dim outputs (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``), or three with H, KV, KV heads'
+    outputs (Llama's q/k/v), optionally followed by the output projection (H * head_dim inputs). The fused
+    layout is [q; k; v] rows (head-interleaved layouts such as GPT-NeoX's are right with ``heads=True``
+    only). ``split_qkv``: q, k and v of a fused projection as 3 blocks (equal sizes: no grouped-query
+    attention; otherwise pass ``heads=True``). ``heads``: every head's block of head_dim rows (q, k and v
+    heads; separate projections too). Output projections keep one matrix.
+    """
+    out: dict[int, tuple[int, str]] = {}
+    for module in model.modules():
+        kind = type(module).__name__
+        if isinstance(module, nn.MultiheadAttention):
+            H = module.num_heads
+            if module.in_proj_weight is not None:
+                _fused(out, module.in_proj_weight, H, H, module.head_dim, split_qkv, heads, kind)
+            elif heads:
+                for w in (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight):
+                    out[id(w)] = (H, f"{kind}: one block per head ({H})")
+            continue
+        layout = attention_layout(module)
+        if layout is None:
+            continue
+        H, KV, hd = layout
+        kids = [m for m in module.children() if isinstance(m, nn.Linear) or is_transposed_linear(m)]
+        if not kids:
+            continue
+        shapes = [_out_in(m) for m in kids]
+        proj = kids
+        if len(kids) >= 2 and shapes[-1][0] == shapes[0][1] and all(i == shapes[0][1] for _, i in shapes[:-1]):
+            total = sum(o for o, _ in shapes[:-1])
+            d = hd or total // (H + 2 * KV)
+            if total == (H + 2 * KV) * d and shapes[-1][1] == H * d:
+                proj, hd = kids[:-1], d  # the last child maps the heads back to the model width: the output
+        outs = [_out_in(m)[0] for m in proj]
+        if hd is None:
+            hd = sum(outs) // (H + 2 * KV)
+        if len(proj) == 1 and outs[0] == (H + 2 * KV) * hd:
+            _fused(out, proj[0].weight, H, KV, hd, split_qkv, heads, kind)
+        elif len(proj) == 3 and outs == [H * hd, KV * hd, KV * hd] and heads:
+            for m, n in zip(proj, (H, KV, KV)):
+                out[id(m.weight)] = (n, f"{kind}: one block per head ({n} of {hd} rows)")
+    return out
+
+
+def _fused(out, weight, H, KV, hd, split_qkv, heads, kind) -> None:
+    if heads:
+        out[id(weight)] = (H + 2 * KV, f"fused q/k/v of {kind}: one block per head ({H}+{KV}+{KV} of {hd} rows)")
+    elif split_qkv:
+        if KV != H:
+            raise ValueError(f"split_qkv: {kind}'s fused projection has q, k, v of unequal sizes ({H}, {KV}, {KV} "
+                             "heads: grouped-query attention), which are not one batch of blocks; pass heads=True "
+                             "to split it per head instead")
+        out[id(weight)] = (3, f"fused q/k/v of {kind}: q, k, v as 3 blocks")

@@ -3,6 +3,7 @@
     steepest sweep                                   # charlm/default, every optimizer, cache runs/sweep-cache.json
     steepest sweep --out runs/tune                   # cache in runs/tune/sweep-cache.json
     steepest sweep --write-tuned                     # also store the winners in src/steepest/app/tuned.json
+                                                     # (installed package: in DIR/tuned.json; or --write-tuned FILE)
     steepest sweep --optimizers muon --grid muon=0.01,0.02,0.04
 
 Exit codes: 0 success, 1 a run failed (traceback), 2 bad task name or option, 130 interrupted
@@ -52,6 +53,31 @@ def parse_grid(items, names) -> dict[str, list[float]]:
     return grid
 
 
+def source_checkout() -> bool:
+    """True when steepest runs from its repository (src/steepest/app/tuned.json beside pyproject.toml), not
+    from an installed wheel."""
+    from steepest.app.compare.job import TUNED_PATH
+
+    root = Path(TUNED_PATH).resolve().parents[3]
+    return Path(TUNED_PATH).resolve().parents[2].name == "src" and (root / "pyproject.toml").exists()
+
+
+def tuned_target(write_tuned, out: str) -> Path | None:
+    """Where ``--write-tuned`` writes: None (not asked), the given FILE, the shipped table in a source
+    checkout, or ``<out>/tuned.json`` for an installed package."""
+    from steepest.app.compare.job import TUNED_PATH
+
+    if not write_tuned:
+        return None
+    if write_tuned is not True:
+        return Path(write_tuned)
+    if source_checkout():
+        return Path(TUNED_PATH)
+    print(f"steepest sweep: steepest is an installed package: the winners go to {Path(out) / 'tuned.json'} "
+          "(the shipped table is left alone); use them with --lr NAME=LR", file=sys.stderr)
+    return Path(out) / "tuned.json"
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="tune learning rates for compare (cached, resumable)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,7 +88,10 @@ def register(subparsers) -> None:
     p.add_argument("--cache", metavar="FILE", help="result cache file (default DIR/sweep-cache.json)")
     p.add_argument("--max-extend", type=int, default=2,
                    help="extra grid points (factor 2) allowed each way while the best lr is on the edge (default 2)")
-    p.add_argument("--write-tuned", action="store_true", help="merge the winners into src/steepest/app/tuned.json")
+    p.add_argument("--write-tuned", nargs="?", const=True, default=None, metavar="FILE",
+                   help="merge the winners into a tuned table: FILE if given; else the shipped "
+                        "src/steepest/app/tuned.json in a source checkout, and DIR/tuned.json (--out) for an "
+                        "installed package (its site-packages copy is left alone)")
     p.set_defaults(func=run)
 
 
@@ -82,10 +111,12 @@ def run(args) -> int:
             raise ConfigError(f"--max-extend must be >= 0, got {args.max_extend}")
         if args.task_opt:
             raise ConfigError("sweep tunes the task at a named --size; --task-opt is not supported here")
+        target = tuned_target(args.write_tuned, args.out)
         best = sweep(args.task, size=size, optimizers=names, steps=args.steps,
                      seed=args.seed, cache=cache, grid=grid or None, threads=args.threads,
-                     max_extend=args.max_extend,
-                     write_tuned=args.write_tuned, command="steepest " + shlex.join(sys.argv[1:]))
+                     max_extend=args.max_extend, write_tuned=target is not None,
+                     **({"tuned_path": target} if target is not None else {}),
+                     command="steepest " + shlex.join(sys.argv[1:]))
     except (TaskError, ConfigError, ValueError) as e:
         print(f"steepest sweep: error: {e}", file=sys.stderr)
         return 2

@@ -48,7 +48,7 @@ from steepest.app.compare.report import write_compare_report
 from steepest.app.compare.runner import run_optimizer
 from steepest.app.guard import RunLock, check_output_dir, read_json, remove_stale_temps
 from steepest.app.runs import MAX_THREADS, ConfigError, atomic_write_json, atomic_write_text, environment
-from steepest.app.tasks import Task, TaskError, check_task, get_task
+from steepest.app.tasks import Task, TaskError, check_task, get_task, takes_size
 
 #: The shipped table of tuned learning rates (package data of ``steepest.app``).
 TUNED_PATH = Path(__file__).resolve().parents[1] / "tuned.json"
@@ -222,7 +222,10 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
             raise TaskError("task_options apply to a task name, not to an already built Task")
     else:
         task_name = str(task)
-        builtin = ":" not in task_name
+        builtin = takes_size(task_name)  # built-in tasks, and user factories with a `size` parameter
+        if not builtin and size != "default" and log:
+            log(f"steepest compare: note: --size {size} (--quick) is not applied: the task factory {task_name} has "
+                "no `size` parameter (give it one, e.g. def make(size='default', **options), to receive it)")
         task_obj = get_task(task_name, **({"size": size} if builtin else {}), **task_options)
     check_task(task_obj, seed)
     steps = steps if steps is not None else task_obj.steps
@@ -437,6 +440,11 @@ def format_table(rows: list[dict], target: float | None, reference: str) -> str:
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in body]
     ref_row = next((r for r in rows if r["optimizer"] == ("adamw" if any(x["optimizer"] == "adamw" for x in rows)
                                                            else reference)), rows[0])
+    reached = {r["steps_to_target"] for r in rows if r["diverged_at"] is None}
+    if len(rows) > 1 and len(reached) == 1 and None not in reached:
+        lines.append(f"cannot rank: every optimizer reached the target at the same evaluation (step {reached.pop()}), "
+                     "so steps to target do not tell them apart; train longer or evaluate more often "
+                     "(--steps, --eval-every; --quick is a smoke test)")
     tgt = "none (reference diverged)" if target is None else f"{target:.4f}"
     peak = rows[0]["peak_kind"] if rows else ""
     lines.append(f"target = {ref_row['optimizer']}'s final validation loss {tgt}; steps counted at evaluations. "

