@@ -373,11 +373,11 @@ def test_oracle_at_the_own_step_takes_the_candidate_step_that_lowers_the_held_ou
             for geom in opt.candidates:
                 probe_model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.Tanh(), nn.Linear(16, 4, bias=False))
                 probe_model.load_state_dict(model.state_dict())
-                for (n, q), (_, p) in zip(probe_model.named_parameters(), model.named_parameters()):
+                for (_, q), (_, p) in zip(probe_model.named_parameters(), model.named_parameters()):
                     q.grad = p.grad.clone()
                 fixed = steepest.Adaptive(probe_model.parameters(), candidates=(geom,), initial=geom,
                                           **({"method": "svd"} if geom == "spectral" else {}), **kw)
-                for (n, q), b in zip(probe_model.named_parameters(), bufs.values()):
+                for (_, q), b in zip(probe_model.named_parameters(), bufs.values()):
                     if b is not None:
                         fixed.state[q]["momentum_buffer"] = b.clone()
                 fixed.step()

@@ -239,7 +239,6 @@ def test_nonfinite_check_flags_exactly_the_nonfinite(dtype, bad):
     """The kernel's check (finite_flags: a sum, then min/max where the sum is not finite) against the
     obvious reference, isfinite(g).all(); gradient 0's entries are finite but their sum overflows."""
     ps = [torch.nn.Parameter(torch.zeros(4, 3, dtype=dtype)) for _ in range(3)]
-    opt = steepest.SpecGD(ps, lr=0.1, nonfinite="skip")
     big = torch.finfo(dtype).max / 2  # huge but finite: must not be flagged
     for i, p in enumerate(ps):
         p.grad = torch.full((4, 3), big if i == 0 else 1.0, dtype=dtype)
@@ -313,7 +312,7 @@ def test_default_step_holds_one_direction_source_at_a_time():
         current = []
         orig = opt._blocks
 
-        def blocks(*a, **k):
+        def blocks(*a, orig=orig, current=current, **k):
             current[:] = orig(*a, **k)
             return current
 

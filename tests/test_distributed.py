@@ -8,15 +8,17 @@ hung collective fails the test instead of hanging the suite.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.distributed as dist
 
 import steepest
 from steepest.app.launch import (
-    init_from_env, launch, load_checkpoint, save_checkpoint, shard_batch,
+    init_from_env,
+    launch,
+    load_checkpoint,
+    save_checkpoint,
+    shard_batch,
 )
 from steepest.geometry import dualize_cost
 from steepest.optim.sharded import DistributedSteepest, assign_owners, distributed, shard_sizes

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from steepest.diagnostics import JSONLSink, LayerMonitor, MemorySink, CSVSink
+from steepest.diagnostics import CSVSink, JSONLSink, LayerMonitor, MemorySink
 
 
 def _nr_st(G, A):

@@ -185,7 +185,8 @@ def test_winners_spearman_and_bad_input():
 import dataclasses  # noqa: E402
 
 from steepest.app.reproduce import _oracle_subjects as OS  # noqa: E402
-from steepest.app.reproduce import base, layer_oracle as LO  # noqa: E402
+from steepest.app.reproduce import base  # noqa: E402
+from steepest.app.reproduce import layer_oracle as LO  # noqa: E402
 from steepest.app.runs import ConfigError  # noqa: E402
 
 

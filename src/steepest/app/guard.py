@@ -142,7 +142,7 @@ class RunLock:
         if entry is None:
             return
         entry[1] -= 1
-        if entry[1] == 0:
+        if entry[1] == 0 and key is not None:
             del RunLock._held[key]
             os.close(entry[0])  # closing the descriptor drops the flock
 

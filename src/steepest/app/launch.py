@@ -173,7 +173,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer) 
     if not Path(path).is_dir():
         raise ValueError(f"no checkpoint directory at {path}")
     msd, osd = get_state_dict(model, optimizer)
-    state = {"model": msd, "optim": osd}
+    state: dict[str, Any] = {"model": msd, "optim": osd}
     dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     extra = Path(path) / "extra.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 try:
     from lightning.pytorch.callbacks import Callback
 except ImportError:  # the standalone package
-    from pytorch_lightning.callbacks import Callback
+    from pytorch_lightning.callbacks import Callback  # type: ignore[assignment]  # same class, other package
 
 from steepest.diagnostics import LayerMonitor, default_sinks
 

@@ -116,7 +116,7 @@ def _orth_block(W: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
         for _ in range(2):
             W = W - Q @ (Q.mT @ W)
     tiny = torch.finfo(W.dtype).eps ** 0.5
-    cols = []
+    cols: list[torch.Tensor] = []
     for j in range(W.shape[-1]):
         w = W[..., j : j + 1]
         for _ in range(2 if cols else 0):

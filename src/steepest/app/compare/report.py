@@ -10,7 +10,6 @@ figures into ``figures/`` and writes the page with
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

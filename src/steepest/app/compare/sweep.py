@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import json
 import math
 import tempfile
 import time
@@ -134,14 +133,14 @@ def sweep(task: str = "charlm", *, size: str = "default", optimizers=None, steps
             scores = {lr: run(name, lr) for lr in lrs}
             for _ in range(max_extend):
                 lo, hi = min(scores), max(scores)
-                b = min(scores, key=scores.get)
+                b = min(scores, key=scores.__getitem__)
                 if b == lo and math.isfinite(scores[b]):
                     scores[lo / 2] = run(name, lo / 2)
                 elif b == hi and math.isfinite(scores[b]):
                     scores[hi * 2] = run(name, hi * 2)
                 else:
                     break
-        best[name] = min(scores, key=scores.get)
+        best[name] = min(scores, key=scores.__getitem__)
         say(f"{name}: best lr {best[name]:.4g} (final val {scores[best[name]]:.4f})")
         if name == "adamw":
             aux_lr = best[name]

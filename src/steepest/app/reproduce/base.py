@@ -123,7 +123,7 @@ class Cells:
         self.hits = 0
         self.misses = 0
 
-    def get(self, name: str, params: dict, compute: Callable[[], Any]) -> Any:
+    def get(self, name: str, params: dict, compute: Callable[..., Any]) -> Any:
         if self.version is not None:  # an experiment bumps VERSION when a cell's computation changes
             params = {**params, "_version": self.version}
         if self.directory is None:

@@ -83,7 +83,7 @@ def get_task(spec: "str | Task", **options) -> Task:
             module = importlib.import_module(mod_name)
         except ImportError as e:
             raise TaskError(f"cannot import task module {mod_name!r} ({e}); is it on PYTHONPATH?") from e
-        factory = getattr(module, attr, None)
+        factory = getattr(module, attr, None)  # type: ignore[assignment]  # checked by callable() below
         if not callable(factory):
             raise TaskError(f"{mod_name!r} has no callable {attr!r} (expected a function returning a steepest.app.tasks.Task)")
     else:

