@@ -34,3 +34,5 @@ if [ "$got" != "$TORCH_WANT" ]; then
   echo "Something replaced it despite tools/constraints.txt; remove .venv and re-run tools/setup.sh." >&2
   exit 1
 fi
+# .ci/run's lint and type tools (ruff, mypy: pinned in the test extra): fail here, not halfway through CI.
+.venv/bin/ruff --version >/dev/null && .venv/bin/mypy --version >/dev/null

@@ -15,7 +15,7 @@
   so every ``finally`` runs and finished work is kept) that the CLI reports and exits 143 on.
 
 Example:
-    >>> with RunLock("runs/x"):            # doctest: +SKIP
+    >>> with RunLock("runs/x"):  # creates and locks runs/x  # doctest: +SKIP
     ...     ...                            # write runs/x
 """
 

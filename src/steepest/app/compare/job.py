@@ -21,8 +21,8 @@ checkpoint that is truncated, of other settings or beyond ``steps``, and metrics
 or a lost evaluation. Every value is checked before anything is created on disk.
 
 Example:
-    >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")   # doctest: +SKIP
-    >>> print(result.table)                                                               # doctest: +SKIP
+    >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")  # trains two optimizers (minutes)  # doctest: +SKIP
+    >>> print(result.table)  # needs the result above  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     Steps to target are measured at evaluation points (an upper bound, resolution ``eval_every``).
 
     Example:
-        >>> r = compare("mnist", ["adamw", "muon"], size="quick", report=False)   # doctest: +SKIP
+        >>> r = compare("mnist", ["adamw", "muon"], size="quick", report=False)  # trains two optimizers (minutes)  # doctest: +SKIP
     """
     names = check_optimizers(optimizers if optimizers is not None else default_optimizers())
     task_options = dict(task_options or {})

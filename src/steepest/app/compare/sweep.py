@@ -13,7 +13,7 @@ costs nothing. ``write_tuned`` merges the winners, with the command that produce
 ``src/steepest/app/tuned.json``, which the default ``steepest compare`` reads.
 
 Example:
-    >>> best = sweep("mnist", size="quick", optimizers=["adamw", "muon"], cache="/tmp/sweep.json")  # doctest: +SKIP
+    >>> best = sweep("mnist", size="quick", optimizers=["adamw", "muon"], cache="/tmp/sweep.json")  # trains one run per learning rate (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

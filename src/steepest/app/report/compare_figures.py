@@ -8,7 +8,7 @@
   prediction and Adaptive's choice), one colour per geometry across all panels and reports.
 
 Example:
-    >>> loss_curves({"adamw": [(0, 4.0, 0.0), (10, 3.0, 1.0)]}, 3.0, "runs/x/figures/loss.png")  # doctest: +SKIP
+    >>> loss_curves({"adamw": [(0, 4.0, 0.0), (10, 3.0, 1.0)]}, 3.0, "runs/x/figures/loss.png")  # writes a PNG under runs/  # doctest: +SKIP
 """
 
 from __future__ import annotations

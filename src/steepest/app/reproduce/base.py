@@ -17,7 +17,7 @@ claims.json, figures, report.html). Example::
 
     >>> from steepest.app.reproduce import base
     >>> mod = base.get("quadratic")
-    >>> out = base.run_experiment("quadratic", mod.quick(), "runs/quadratic-quick")  # doctest: +SKIP
+    >>> out = base.run_experiment("quadratic", mod.quick(), "runs/quadratic-quick")  # runs the experiment (minutes) and writes under runs/  # doctest: +SKIP
 """
 
 from __future__ import annotations

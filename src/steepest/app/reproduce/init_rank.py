@@ -25,7 +25,7 @@ from :mod:`steepest.diagnostics.metrics` (exact, SVD).
 
 Example:
     >>> from steepest.app.reproduce import init_rank
-    >>> res = init_rank.run(init_rank.quick(), None)  # doctest: +SKIP
+    >>> res = init_rank.run(init_rank.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

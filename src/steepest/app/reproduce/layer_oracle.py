@@ -19,7 +19,7 @@ spectral" and the majority class; Spearman between predicted and measured ratio;
 
 Example:
     >>> from steepest.app.reproduce import base, layer_oracle
-    >>> out = base.run_experiment("layer-oracle", layer_oracle.quick(), "runs/lo-quick")  # doctest: +SKIP
+    >>> out = base.run_experiment("layer-oracle", layer_oracle.quick(), "runs/lo-quick")  # trains the subjects (minutes) and writes under runs/  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ pre-norm blocks ``x + attn(ln(x))``, ``x + mlp(ln(x))`` with causal multi-head a
 MLP, a final LayerNorm and a linear head. Loss: next-character cross-entropy (nats).
 
 Example:
-    >>> task = charlm_task(size="quick")                       # doctest: +SKIP
-    >>> model = task.make_model(); loss = task.loss(model, task.batch(0, 0))   # doctest: +SKIP
+    >>> task = charlm_task(size="quick")  # reads the Shakespeare text and builds the model (seconds)  # doctest: +SKIP
+    >>> model = task.make_model(); loss = task.loss(model, task.batch(0, 0))  # needs the task above  # doctest: +SKIP
 """
 
 from __future__ import annotations
