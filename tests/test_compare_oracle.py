@@ -139,9 +139,9 @@ def test_report_agreement_matches_the_records(runs):
 def test_resume_with_the_oracle_gives_the_same_records(tmp_path):
     def stop(name, t, loss):
         if t == 7:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("cut at step 7")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="cut at step 7"):
         compare("charlm", ["adaptive"], run_dir=tmp_path / "cut", oracle_every=6, on_step=stop, **RUN, **QUICK)
     compare("charlm", ["adaptive"], run_dir=tmp_path / "cut", oracle_every=6, resume=True, report=False,
             **RUN, **QUICK)
