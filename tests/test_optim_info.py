@@ -13,8 +13,11 @@ from optim_db import CLASS_DB
 ERROR_CASES = [(name, ei) for name, info in CLASS_DB.items() for ei in info.error_inputs]
 
 
-@pytest.mark.parametrize("name, error_input", ERROR_CASES,
-                         ids=[f"{n}-{'-'.join(f'{k}={v!r}' for k, v in e.kwargs.items())}" for n, e in ERROR_CASES])
+@pytest.mark.parametrize(
+    "name, error_input",
+    ERROR_CASES,
+    ids=[f"{n}-{'-'.join(f'{k}={v!r}' for k, v in e.kwargs.items())}" for n, e in ERROR_CASES],
+)
 def test_error_inputs_raise_their_message(name, error_input):
     W = torch.nn.Parameter(torch.zeros(4, 3))
     with pytest.raises(error_input.error, match=re.escape(error_input.match)):
@@ -70,6 +73,7 @@ def test_float64_parameters_step_in_float64(name):
 @pytest.mark.parametrize("name", [n for n, info in CLASS_DB.items() if info.supports_batched])
 def test_batched_matrices_step_like_per_matrix(name):
     """Two same-shape matrices batched take the per-matrix steps (float64 SVD paths: round-off only)."""
+
     def run(batched):
         g = torch.Generator().manual_seed(1)
         ps = [torch.nn.Parameter(torch.randn(6, 4, generator=g, dtype=torch.float64)) for _ in range(2)]

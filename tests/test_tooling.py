@@ -15,14 +15,14 @@ import steepest
 
 SRC = Path(steepest.__file__).resolve().parent
 
-USER_CODE = '''\
+USER_CODE = """\
 import torch
 import steepest
 
 params = [torch.nn.Parameter(torch.zeros(4, 3))]
 bad = steepest.Muon(params, lr="0.1")
 good = steepest.Muon(params, lr=0.1)
-'''
+"""
 
 
 @pytest.mark.slow  # mypy analyses torch from a cold cache: 30-60 s on 2 shared cores
@@ -31,8 +31,14 @@ def test_mypy_flags_a_string_lr_in_user_code(tmp_path):
     (tmp_path / "user.py").write_text(USER_CODE)
     # The steepest this test imports, found the way an installed package is (so py.typed decides).
     env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
-    r = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "user.py"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "user.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = r.stdout + r.stderr
     assert "Skipping analyzing" not in out, out
     assert r.returncode == 1, out
