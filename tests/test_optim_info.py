@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+import steepest
 from optim_db import CLASS_DB
 
 ERROR_CASES = [(name, ei) for name, info in CLASS_DB.items() for ei in info.error_inputs]
@@ -22,6 +23,18 @@ def test_error_inputs_raise_their_message(name, error_input):
     W = torch.nn.Parameter(torch.zeros(4, 3))
     with pytest.raises(error_input.error, match=re.escape(error_input.match)):
         CLASS_DB[name].cls([W], **error_input.kwargs)
+
+
+def test_every_optimizer_class_is_in_the_database():
+    """A new optimizer class exported by steepest fails here until it has its CLASS_DB entry."""
+    exported = {
+        name
+        for name in steepest.__all__
+        if isinstance(getattr(steepest, name, None), type)
+        and issubclass(getattr(steepest, name), torch.optim.Optimizer)
+    }
+    # DistributedSteepest is a wrapper built by steepest.distributed(opt), covered by supports_distributed.
+    assert exported - {"DistributedSteepest"} == set(CLASS_DB)
 
 
 def test_every_class_has_error_inputs_for_lr():
