@@ -35,10 +35,10 @@ if str(ROOT / "src") not in sys.path:
 
 import steepest  # noqa: E402
 from steepest.app.launch import init_from_env, launch  # noqa: E402
-from steepest.optim import functional as F  # noqa: E402
-from steepest.geometry import dualize_cost  # noqa: E402
-from steepest.optim.sharded import assign_owners, shard_sizes  # noqa: E402
 from steepest.app.runs import atomic_write_json, atomic_write_text, environment  # noqa: E402
+from steepest.geometry import dualize_cost  # noqa: E402
+from steepest.optim import functional as F  # noqa: E402
+from steepest.optim.sharded import assign_owners, shard_sizes  # noqa: E402
 
 BLOCK = [(384, 1152), (384, 384), (1536, 384), (384, 1536)]
 SHAPES = BLOCK * 4
@@ -217,7 +217,7 @@ def render(res: dict) -> str:
         lines.append(f"| {name} | {r['compute_cpu_ratio_max_rank']:.3f} | {r['compute_ratio_max_rank']:.3f} | "
                      f"{r['step_ratio_max_rank']:.3f} | {r['comm_s_max_rank']:.3f} | {r['comm_fraction']:.3f} |")
     lb = res["loopback"]
-    lines += ["", f"Per-matrix Newton-Schulz CPU time at W = 1: " +
+    lines += ["", "Per-matrix Newton-Schulz CPU time at W = 1: " +
               ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in res["matrix_s"].items()) + ".",
               f"Loopback all_gather at W = 2: latency {lb['allgather_latency_s'] * 1e6:.0f} us, 16 MiB per rank in "
               f"{lb['allgather_16MiB_s'] * 1e3:.1f} ms, i.e. {lb['bandwidth_Bps'] / 1e9:.2f} GB/s.", "",

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from steepest.diagnostics import LayerMonitor, default_sinks
 from steepest.app.runs import atomic_write_json, environment
 from steepest.app.tasks import get_task
+from steepest.diagnostics import LayerMonitor, default_sinks
 
 CONFIGS = {
     "none": None,

@@ -48,9 +48,8 @@ import warnings
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import clone_params, machine, paired_ratio, summarize, table, time_interleaved
-
 import steepest
+from _util import clone_params, machine, paired_ratio, summarize, table, time_interleaved
 from steepest._io import atomic_write_json
 
 LR = 0.02

@@ -39,9 +39,8 @@ import statistics
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import machine, summarize, table, time_interleaved
-
 import steepest
+from _util import machine, summarize, table, time_interleaved
 from steepest.app.runs import atomic_write_json
 
 SHAPES = ((256, 256), (1024, 1024), (768, 3072), (3072, 768), (8, 256, 256))
@@ -165,9 +164,9 @@ def main(argv=None) -> dict:
     meths = methods(extra=not args.quick)
     g = torch.Generator().manual_seed(0)
     rows, floors = [], []
-    from tqdm import tqdm
-
     import sys
+
+    from tqdm import tqdm
 
     todo = [(sh, sp) for sh in shapes for sp in SPECTRA]
     for shape, spectrum in tqdm(todo, desc="shape x spectrum", disable=not sys.stderr.isatty()):
@@ -182,7 +181,7 @@ def main(argv=None) -> dict:
             large = math.prod(shape) > 300_000
             reps = args.repeats or (2 if args.quick else (3 if large else 7))
             cpu: dict[str, list[float]] = {}
-            times = time_interleaved({name: (lambda f=m["fn"]: f(G)) for name, m in meths.items()}, reps,
+            times = time_interleaved({name: (lambda f=m["fn"], G=G: f(G)) for name, m in meths.items()}, reps,
                                      warmup=0, cpu_times=cpu)
             timing = {name: {**summarize(times[name]), "cpu_median_ms": 1e3 * statistics.median(cpu[name])}
                       for name in meths}

@@ -32,11 +32,10 @@ import statistics
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import clone_params, machine, paired_ratio, summarize, table, time_interleaved
-
 import steepest
-from steepest.linalg.coefficients import MUON_QUINTIC
+from _util import clone_params, machine, paired_ratio, summarize, table, time_interleaved
 from steepest.app.runs import atomic_write_json
+from steepest.linalg.coefficients import MUON_QUINTIC
 
 SHAPES = ((384, 1152), (384, 384), (1536, 384), (384, 1536))
 LR, WD, MOMENTUM = 0.02, 0.1, 0.95
@@ -157,9 +156,9 @@ def gram_study(repeats: int = 5) -> list[dict]:
             if kind == "spike+noise":
                 G = torch.randn(m, 1, generator=g) @ torch.randn(1, n, generator=g) + 1e-2 * G
             ref = steepest.polar(G.double(), "newton_schulz", 5, dtype=torch.float64)
-            fns = {"standard": lambda: steepest.polar(G, "newton_schulz", 5, dtype=torch.bfloat16),
-                   "gram, restart at 3": lambda: gram_newton_schulz(G),
-                   "gram, no restart": lambda: gram_newton_schulz(G, restart_at=None)}
+            fns = {"standard": lambda G=G: steepest.polar(G, "newton_schulz", 5, dtype=torch.bfloat16),
+                   "gram, restart at 3": lambda G=G: gram_newton_schulz(G),
+                   "gram, no restart": lambda G=G: gram_newton_schulz(G, restart_at=None)}
             row = {"shape": f"{m}x{n}", "input": kind}
             for name, fn in fns.items():
                 row[f"err {name}"] = float((fn().double() - ref).norm() / ref.norm())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -163,3 +163,100 @@ def reference_settings(info: OptimInfo, opt, name: str, param: torch.Tensor) -> 
     group = next(gr for gr in opt.param_groups if any(q is param for q in gr["params"]))
     shape = steepest.geometry.matrix_shape(tuple(param.shape), group["tensor_mode"])
     return dict(norm=g, lr_scale=steepest.geometry.rms_factor(shape, g) * opt.lr_multipliers[g])
+
+
+# ------------------------------------------------------------------ per class (torch's OptimizerInfo)
+@dataclasses.dataclass(frozen=True)
+class ErrorInput:
+    """A bad constructor argument and the message it must raise (torch's ``optim_error_inputs_func``)."""
+
+    kwargs: dict
+    match: str  # a substring of the message, matched literally
+    error: type[Exception] = ValueError
+
+
+@dataclasses.dataclass
+class ClassInfo:
+    """One optimizer class: what it supports, its named configurations, and its error inputs.
+
+    ``inputs`` are the named constructor arguments the per-purpose tests use ("frozen": the frozen values
+    of test_optim.py, "mlp" and "least_squares": its convergence problems, "batched_*": test_batched.py,
+    "single_candidate": Adaptive's one-geometry equivalence in test_adaptive.py).
+    """
+
+    cls: type
+    inputs: dict[str, dict]
+    error_inputs: tuple[ErrorInput, ...]
+    supports_closure: bool = True  # step(closure) re-evaluates the loss and returns it
+    supports_float64: bool = True  # float64 parameters step in float64
+    supports_distributed: bool = True  # steepest.distributed(opt) shards its dualizations
+    supports_batched: bool = True  # batch_matrices=True stacks same-shape matrices
+
+    def make(self, which: str, params, **overrides) -> torch.optim.Optimizer:
+        return self.cls(params, **{**self.inputs[which], **overrides})
+
+
+_COMMON_ERRORS = (
+    ErrorInput(dict(lr=-1.0), "lr must be in [0.0, inf), got -1.0"),
+    ErrorInput(dict(lr=float("nan")), "lr must be a number, got nan"),
+    ErrorInput(dict(lr="0.1"), "lr must be a number, got '0.1'"),
+    ErrorInput(dict(momentum=1.0), "momentum must be in [0.0, 1.0), got 1.0"),
+    ErrorInput(dict(weight_decay=-0.1), "weight_decay must be in [0.0, inf), got -0.1"),
+    ErrorInput(dict(nonfinite="bogus"), "nonfinite must be one of ('raise', 'skip'), got 'bogus'"),
+)
+_METHOD_ERROR = ErrorInput(dict(method="bogus"),
+                           "method must be one of ('svd', 'newton_schulz', 'polar_express'), got 'bogus'")
+
+CLASS_DB: dict[str, ClassInfo] = {
+    "Muon": ClassInfo(steepest.Muon, inputs=dict(
+        # weight_decay=0.0: the frozen values and convergence bounds predate torch's default decay of 0.1
+        frozen=dict(lr=0.1, weight_decay=0.0, dtype=torch.float32), mlp=dict(lr=0.02, weight_decay=0.0),
+        least_squares=dict(lr=0.1, weight_decay=0.0),
+        batched_bf16=dict(lr=0.02, weight_decay=0.1), batched_fp32=dict(lr=0.02, weight_decay=0.1, dtype=torch.float32),
+        batched_polar_express=dict(lr=0.02, method="polar_express", dtype=torch.float32),
+    ), error_inputs=_COMMON_ERRORS + (
+        _METHOD_ERROR,
+        ErrorInput(dict(adjust_lr_fn="bogus"),  # torch.optim.Muon's own message (the drop-in contract)
+                   "Adjust learning rate function bogus is not supported: use None, 'original' or 'match_rms_adamw'"),
+        ErrorInput(dict(dtype="float8"),
+                   "dtype must be one of ['bfloat16', 'float16', 'float32', 'float64'] or None, got 'float8'"),
+    )),
+    "SpecGD": ClassInfo(steepest.SpecGD, inputs=dict(
+        frozen=dict(lr=0.1), mlp=dict(lr=0.02, momentum=0.9), least_squares=dict(lr=0.1, momentum=0.9),
+        batched=dict(lr=0.05), batched_dual_momentum=dict(lr=1e-3, step_size="dual", momentum=0.9, nesterov=True),
+        single_candidate=dict(),
+    ), error_inputs=_COMMON_ERRORS + (
+        _METHOD_ERROR,
+        ErrorInput(dict(step_size="bogus"), "step_size must be one of ('fixed', 'dual'), got 'bogus'"),
+    )),
+    "SignSGD": ClassInfo(steepest.SignSGD, inputs=dict(
+        frozen=dict(lr=0.1, momentum=0.9), mlp=dict(lr=2e-3, momentum=0.9), single_candidate=dict(),
+    ), error_inputs=_COMMON_ERRORS + (
+        ErrorInput(dict(tensor_mode="bogus"), "tensor_mode must be one of ('flatten', 'batch'), got 'bogus'"),
+    )),
+    "SchattenDescent": ClassInfo(steepest.SchattenDescent, inputs=dict(
+        frozen=dict(lr=0.1, p=4.0), mlp=dict(lr=0.02, p=8.0, momentum=0.9),
+        least_squares=dict(lr=0.1, p=8.0, momentum=0.9), batched_pinf=dict(lr=0.05, p=math.inf),
+    ), error_inputs=_COMMON_ERRORS + (
+        ErrorInput(dict(p=0.5), "Schatten exponent p must be a number in [1, inf], got 0.5"),
+        ErrorInput(dict(p="x"), "Schatten exponent p must be a number in [1, inf], got 'x'"),
+    )),
+    "GD": ClassInfo(steepest.GD, inputs=dict(
+        frozen=dict(lr=0.1, momentum=0.5), mlp=dict(lr=0.1, momentum=0.9), least_squares=dict(lr=0.5, momentum=0.9),
+    ), error_inputs=_COMMON_ERRORS + (
+        ErrorInput(dict(weight_decay=float("inf")), "weight_decay must be in [0.0, inf), got inf"),
+    )),
+    "SteepestDescent": ClassInfo(steepest.SteepestDescent, inputs=dict(
+        single_candidate=dict(norm="frobenius"),
+    ), error_inputs=_COMMON_ERRORS + (
+        ErrorInput(dict(norm="bogus"), "norm must be one of ('frobenius', 'spectral', 'linf', 'schatten'), got 'bogus'"),
+        ErrorInput(dict(norm="schatten"), "Schatten exponent p must be a number in [1, inf], got None"),
+        ErrorInput(dict(scale_rule="bogus"), "scale_rule must be one of ('none', 'muon', 'rms', 'spectral'), got 'bogus'"),
+    )),
+    "Adaptive": ClassInfo(steepest.Adaptive, inputs=dict(), error_inputs=_COMMON_ERRORS + (
+        ErrorInput(dict(candidates=()),
+                   "candidates must be distinct names from ('spectral', 'linf', 'frobenius'), got ()"),
+        ErrorInput(dict(every=0), "every must be a positive int, got 0"),
+        ErrorInput(dict(criterion="bogus"), "criterion must be one of ('spec_sign', 'dd', 'oracle'), got 'bogus'"),
+    )),
+}

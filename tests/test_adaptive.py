@@ -1,6 +1,7 @@
 """Adaptive picks the geometry theory says wins, and does at least as well as the better fixed geometry."""
 
 import copy
+import functools
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 import steepest
+from optim_db import CLASS_DB
 from steepest.diagnostics import criteria as C
 from steepest.geometry import dual_norm, dualize
 
@@ -211,19 +213,17 @@ def test_adaptive_bad_arguments():
 
 
 # ------------------------------------------------------------------ choices alone make the difference
-@pytest.mark.parametrize("geometry, fixed", [
-    ("spectral", lambda ps, **kw: steepest.SpecGD(ps, **kw)),
-    ("linf", lambda ps, **kw: steepest.SignSGD(ps, **kw)),
-    ("frobenius", lambda ps, **kw: steepest.SteepestDescent(ps, norm="frobenius", **kw)),
-])
-def test_single_candidate_is_the_fixed_optimizer_bit_for_bit(geometry, fixed):
+@pytest.mark.parametrize("geometry, fixed_class", [("spectral", "SpecGD"), ("linf", "SignSGD"),
+                                                   ("frobenius", "SteepestDescent")])
+def test_single_candidate_is_the_fixed_optimizer_bit_for_bit(geometry, fixed_class):
     """With one candidate (and no RMS matching) Adaptive takes exactly the fixed optimizer's steps: the same
     kernel, the same settings; only the choice could differ, and there is none."""
     g = torch.Generator().manual_seed(0)
     W0, grads = torch.randn(12, 8, generator=g), [torch.randn(12, 8, generator=g) for _ in range(6)]
     out = []
     for make in (lambda ps, **kw: steepest.Adaptive(ps, candidates=(geometry,), initial=geometry, every=2,
-                                                     rms_match=False, **kw), fixed):
+                                                     rms_match=False, **kw),
+                 functools.partial(CLASS_DB[fixed_class].make, "single_candidate")):
         W = torch.nn.Parameter(W0.clone())
         opt = make([W], lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1)
         for G in grads:
@@ -373,11 +373,11 @@ def test_oracle_at_the_own_step_takes_the_candidate_step_that_lowers_the_held_ou
             for geom in opt.candidates:
                 probe_model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.Tanh(), nn.Linear(16, 4, bias=False))
                 probe_model.load_state_dict(model.state_dict())
-                for (n, q), (_, p) in zip(probe_model.named_parameters(), model.named_parameters()):
+                for (_, q), (_, p) in zip(probe_model.named_parameters(), model.named_parameters()):
                     q.grad = p.grad.clone()
                 fixed = steepest.Adaptive(probe_model.parameters(), candidates=(geom,), initial=geom,
                                           **({"method": "svd"} if geom == "spectral" else {}), **kw)
-                for (n, q), b in zip(probe_model.named_parameters(), bufs.values()):
+                for (_, q), b in zip(probe_model.named_parameters(), bufs.values()):
                     if b is not None:
                         fixed.state[q]["momentum_buffer"] = b.clone()
                 fixed.step()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
 import steepest
+from optim_db import CLASS_DB
 from steepest.optim import batched as B
 from steepest.optim import functional as F
 from steepest.optim.executors import Batched, PerMatrix
@@ -66,19 +68,21 @@ CASES = {
     # a backend whose batched GEMM blocks differently: one rounding difference per matmul, amplified by
     # the Newton-Schulz steps (slope a = 3.4 per step) stays below ~1e-4 relative in float32, and below
     # a few bf16 ulps (eps 7.8e-3) in bfloat16.
-    "muon_bf16": (lambda gs: steepest.Muon(gs, lr=0.02, weight_decay=0.1), 3e-2),
-    "muon_fp32": (lambda gs: steepest.Muon(gs, lr=0.02, weight_decay=0.1, dtype=torch.float32), 1e-4),
-    "muon_polar_express": (lambda gs: steepest.Muon(gs, lr=0.02, method="polar_express", dtype=torch.float32), 1e-4),
+    # The optimizers' arguments are optim_db.CLASS_DB's "batched_*" inputs.
+    "muon_bf16": (("Muon", "batched_bf16"), 3e-2),
+    "muon_fp32": (("Muon", "batched_fp32"), 1e-4),
+    "muon_polar_express": (("Muon", "batched_polar_express"), 1e-4),
     # Exact SVD: batched LAPACK calls run the same per-matrix routine; float32 rounding only.
-    "specgd": (lambda gs: steepest.SpecGD(gs, lr=0.05), 1e-5),
-    "specgd_dual_momentum": (lambda gs: steepest.SpecGD(gs, lr=1e-3, step_size="dual", momentum=0.9, nesterov=True), 1e-5),
-    "schatten_inf": (lambda gs: steepest.SchattenDescent(gs, lr=0.05, p=math.inf), 1e-5),
+    "specgd": (("SpecGD", "batched"), 1e-5),
+    "specgd_dual_momentum": (("SpecGD", "batched_dual_momentum"), 1e-5),
+    "schatten_inf": (("SchattenDescent", "batched_pinf"), 1e-5),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_batched_matches_per_parameter(case):
-    make_opt, tol = CASES[case]
+    (cls_name, inputs), tol = CASES[case]
+    make_opt = functools.partial(CLASS_DB[cls_name].make, inputs)
     flat0, nograd0, batch3d0 = _model_params()
     starts = flat0 + batch3d0 + [nograd0]  # _run's order
     a, _ = _run(make_opt, batched=True)
@@ -244,7 +248,6 @@ def test_nonfinite_check_flags_exactly_the_nonfinite(dtype, bad):
     """The kernel's check (finite_flags: a sum, then min/max where the sum is not finite) against the
     obvious reference, isfinite(g).all(); gradient 0's entries are finite but their sum overflows."""
     ps = [torch.nn.Parameter(torch.zeros(4, 3, dtype=dtype)) for _ in range(3)]
-    opt = steepest.SpecGD(ps, lr=0.1, nonfinite="skip")
     big = torch.finfo(dtype).max / 2  # huge but finite: must not be flagged
     for i, p in enumerate(ps):
         p.grad = torch.full((4, 3), big if i == 0 else 1.0, dtype=dtype)
@@ -318,7 +321,7 @@ def test_default_step_holds_one_direction_source_at_a_time():
         current = []
         orig = opt._blocks
 
-        def blocks(*a, **k):
+        def blocks(*a, orig=orig, current=current, **k):
             current[:] = orig(*a, **k)
             return current
 

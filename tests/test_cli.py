@@ -43,7 +43,7 @@ def test_sweep_out_holds_the_cache_unless_cache_is_given(tmp_path, monkeypatch):
 
 def test_exit_codes_no_command_and_bad_usage(capsys):
     assert main([]) == 2  # help printed, no command
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit, match="^2$") as e:  # argparse's usage error: exit status 2
         main(["compare", "--no-such-flag"])
     assert e.value.code == 2
     assert main(["compare", "--task", "no-such-task"]) == 2

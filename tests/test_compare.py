@@ -88,9 +88,9 @@ def test_resume_after_interrupt_gives_identical_numbers(tmp_path):
 
     def interrupt(name, step, loss):
         if name == "muon" and step == 12:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("muon cut at step 12")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="muon cut at step 12"):
         compare("mnist", names, run_dir=tmp_path / "cut", on_step=interrupt, **kw)
     assert (tmp_path / "cut" / "results" / "adamw.json").exists()
     assert not (tmp_path / "cut" / "results" / "muon.json").exists()
@@ -140,7 +140,7 @@ def test_bad_task_or_option_exits_2_with_a_message(argv, message, capsys, tmp_pa
 
 def test_unknown_flag_and_resume_without_run_exit_2(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit, match="^2$") as e:  # argparse's usage error: exit status 2
         main(["compare", "--bogus"])
     assert e.value.code == 2
     assert main(["compare", "--quick", "--resume", "--run-dir", str(tmp_path / "none")]) == 2

@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from steepest.app.cli import main
-from steepest.app.compare.job import compare
 from steepest.app.compare.data_parallel import DataParallel, batch_size, check_nproc, shard
+from steepest.app.compare.job import compare
 from steepest.app.launch import init_from_env, launch
 from steepest.app.runs import ConfigError, read_jsonl
 from steepest.app.tasks import get_task

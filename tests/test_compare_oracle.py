@@ -82,12 +82,15 @@ def test_step_zero_oracle_is_the_layer_oracle_on_the_held_out_batch(runs):
             assert d[f"delta_{g}"] == pytest.approx(res[f"{layer}.weight"][g].decrease, rel=1e-6, abs=1e-9)
 
 
+def _losses(records):
+    return [(r["kind"], r["step"], r.get("loss"), r.get("val_loss")) for r in records]
+
+
 def test_training_is_bit_identical_with_the_oracle(runs):
     for name in ("adamw", "adaptive"):
         on = read_jsonl(runs / "on" / "metrics" / f"{name}.jsonl")
         off = read_jsonl(runs / "off" / "metrics" / f"{name}.jsonl")
-        strip = lambda rs: [(r["kind"], r["step"], r.get("loss"), r.get("val_loss")) for r in rs]
-        assert strip(on) == strip(off) and len(on) == 12 + 3
+        assert _losses(on) == _losses(off) and len(on) == 12 + 3
     # the monitor's other fields are unchanged too (only the oracle's and the Spec-Sign fields are added)
     a = read_jsonl(runs / "on" / "diagnostics" / "adaptive.jsonl")
     b = read_jsonl(runs / "off" / "diagnostics" / "adaptive.jsonl")
@@ -103,9 +106,8 @@ def test_conv_layers_bit_identical_and_measured(tmp_path):
     for tag, k in (("on", 4), ("off", 0)):
         compare("mnist-cnn", ["adaptive"], steps=8, eval_every=4, monitor_every=4, oracle_every=k,
                 run_dir=tmp_path / tag, report=False, **QUICK)
-    strip = lambda rs: [(r["kind"], r["step"], r.get("loss"), r.get("val_loss")) for r in rs]
-    assert strip(read_jsonl(tmp_path / "on" / "metrics" / "adaptive.jsonl")) == \
-        strip(read_jsonl(tmp_path / "off" / "metrics" / "adaptive.jsonl"))
+    assert _losses(read_jsonl(tmp_path / "on" / "metrics" / "adaptive.jsonl")) == \
+        _losses(read_jsonl(tmp_path / "off" / "metrics" / "adaptive.jsonl"))
     diag = read_jsonl(tmp_path / "on" / "diagnostics" / "adaptive.jsonl")
     assert {d["kind"] for d in diag} == {"Conv2d", "Linear"} and all("measured_winner" in d for d in diag)
     assert any(d["kind"] == "Conv2d" and d["delta_spectral"] > 0 for d in diag)
@@ -137,9 +139,9 @@ def test_report_agreement_matches_the_records(runs):
 def test_resume_with_the_oracle_gives_the_same_records(tmp_path):
     def stop(name, t, loss):
         if t == 7:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("cut at step 7")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="cut at step 7"):
         compare("charlm", ["adaptive"], run_dir=tmp_path / "cut", oracle_every=6, on_step=stop, **RUN, **QUICK)
     compare("charlm", ["adaptive"], run_dir=tmp_path / "cut", oracle_every=6, resume=True, report=False,
             **RUN, **QUICK)

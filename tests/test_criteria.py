@@ -55,7 +55,7 @@ def test_noise_scale_estimator_unbiased_on_known_noise():
 def test_noise_scales_need_two_microbatches():
     with pytest.raises(ValueError, match="K >= 2"):
         C.noise_scales(torch.randn(1, 4, 4), 8)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="microbatch_size must be a positive int, got 0"):
         C.noise_scales(torch.randn(3, 4, 4), 0)
 
 

@@ -1,15 +1,22 @@
 """Metrics and the LayerMonitor probe: exact values, zero matrices, batching, hooks that never change training."""
 
 import json
-import warnings
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from steepest.diagnostics import (CSVSink, JSONLSink, LayerMonitor, MemorySink, TensorBoardSink, nuclear_rank,
-                                  stable_rank)
+from steepest.diagnostics import (
+    CSVSink,
+    JSONLSink,
+    LayerMonitor,
+    MemorySink,
+    TensorBoardSink,
+    nuclear_rank,
+    stable_rank,
+)
 from steepest.diagnostics.sinks import tensorboard_available
 
 
@@ -138,7 +145,7 @@ def test_monitor_nr_st_and_winner_match_independent_reference(method):
         seen = {}
         for name in names:
             getattr(model, name).register_forward_pre_hook(
-                lambda m, args, name=name: seen.__setitem__(name, args[0].detach()))
+                lambda m, args, name=name, seen=seen: seen.__setitem__(name, args[0].detach()))
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
         sink = MemorySink()
         LayerMonitor(model, every=1, sinks=[sink], microbatches=0, method=method).attach(opt)

@@ -14,7 +14,11 @@ import torch.distributed as dist
 
 import steepest
 from steepest.app.launch import (
-    init_from_env, launch, load_checkpoint, save_checkpoint, shard_batch,
+    init_from_env,
+    launch,
+    load_checkpoint,
+    save_checkpoint,
+    shard_batch,
 )
 from steepest.geometry import dualize_cost
 from steepest.optim.sharded import DistributedSteepest, OwnerComputes, assign_owners, distributed, shard_sizes

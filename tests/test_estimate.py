@@ -82,11 +82,11 @@ def test_zero_and_exact_paths():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"at least 2 dimensions .* got shape \(5,\); reshape vectors"):
         spectral_norm_estimate(torch.randn(5))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rank must be an int >= 1, got 0"):
         nuclear_norm_estimate(torch.randn(5, 5), rank=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="iters must be an int >= 0, got -1"):
         spectral_norm_estimate(torch.randn(5, 5), iters=-1)
 
 

@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-import steepest
-from steepest.app.reproduce import base, claimtext, scaling
-from steepest.app.reproduce import init_rank, phase_checks, phase_retrieval, quadratic, schatten, schatten_p32, spec_sign
-from steepest.app.reproduce import trained
+from steepest.app.reproduce import (
+    base,
+    claimtext,
+    init_rank,
+    phase_checks,
+    phase_retrieval,
+    quadratic,
+    scaling,
+    schatten,
+    schatten_p32,
+    spec_sign,
+    trained,
+)
 from steepest.app.runs import ConfigError, apply_overrides
 
 
@@ -397,9 +406,9 @@ def test_schatten_verdicts_flip_at_their_thresholds(quick_results):
 def test_schatten_p32_numbers(quick_results):
     res, claims = quick_results["schatten-p32"]
     K = res["kinds"]
-    for kind, cs in K.items():
+    for cs in K.values():
         for c in cs:
-            for p, v in c["by_p"].items():
+            for v in c["by_p"].values():
                 assert v["measured"] == pytest.approx(v["identity"], rel=1e-9)   # exact identity, float64
             # first order exp(-2 spread/(p-1)) at p = 32: within 0.002 (measured 0.0015)
             assert abs(c["by_p"]["32"]["measured"] - c["by_p"]["32"]["first_order"]) < 0.003
@@ -683,7 +692,7 @@ def test_phase_checks_numbers(quick_results):
     assert gd == [45.0, 108.0, 203.0] and s["laws"]["gd"]["winner"] == "power"
     assert s["laws"]["gd"]["fits"]["power"]["b"] == pytest.approx(2.17, abs=0.02)  # GD ~ d^2.2; SpecGD 3-5 steps
     assert max(res["power"][str(d)]["specgd"] for d in (8, 12, 16)) <= 5
-    for d, c in res["cost"].items():
+    for c in res["cost"].values():
         assert all(c[m]["sec_per_step"] > 0 for m in ("specgd", "gd")) and c["specgd"]["to_aligned"] < c["gd"]["to_aligned"]
 
 

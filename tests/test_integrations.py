@@ -50,6 +50,7 @@ class _Tokens(torch.utils.data.Dataset):
 
 def _hf_train(out, diag, resume=None, max_steps=6):
     from transformers import Trainer, TrainingArguments
+
     from steepest.integrations import hf
 
     model = _gpt2()
@@ -169,6 +170,7 @@ def _llama():
 def _lightning_fit(root, diag, ckpt=None, max_steps=6):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+
     from steepest.integrations.lightning import LayerMonitorCallback
 
     class Module(L.LightningModule):

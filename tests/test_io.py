@@ -19,7 +19,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         _io.atomic_write_json(path, {"a": 2.0})
     assert json.loads(path.read_text()) == {"a": 1.0, "nan": "nan"}  # old content intact
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # temp file cleaned up

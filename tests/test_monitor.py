@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from steepest.diagnostics import JSONLSink, LayerMonitor, MemorySink, CSVSink
+from steepest.diagnostics import CSVSink, JSONLSink, LayerMonitor, MemorySink
 
 import monitor_scenario as S  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 

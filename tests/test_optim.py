@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import steepest
+from optim_db import CLASS_DB
 from steepest.testing.reference import RefSteepest
 
 CONFIGS = [
@@ -187,20 +188,13 @@ FROZEN = {  # W.sum(), ||W||_F, W[0, 0] after 3 steps of the fixed problem below
     "SchattenDescent": [0.877572, 4.601747, 0.29685],
     "GD": [1.449388, 4.673637, 0.263369],
 }
-RECIPES = {
-    "Muon": lambda p: steepest.Muon(p, lr=0.1, weight_decay=0.0, dtype=torch.float32),
-    "SpecGD": lambda p: steepest.SpecGD(p, lr=0.1),
-    "SignSGD": lambda p: steepest.SignSGD(p, lr=0.1, momentum=0.9),
-    "SchattenDescent": lambda p: steepest.SchattenDescent(p, lr=0.1, p=4.0),
-    "GD": lambda p: steepest.GD(p, lr=0.1, momentum=0.5),
-}
 
 
-@pytest.mark.parametrize("name", list(RECIPES))
+@pytest.mark.parametrize("name", list(FROZEN))
 def test_frozen_values(name):
     g = torch.Generator().manual_seed(123)
     W = torch.nn.Parameter(torch.randn(6, 4, generator=g))
-    opt = RECIPES[name]([W])
+    opt = CLASS_DB[name].make("frozen", [W])
     for _ in range(3):
         W.grad = torch.randn(6, 4, generator=g)
         opt.step()
@@ -223,22 +217,15 @@ def _mlp_problem():
     return model, X, Y
 
 
-SHARED = {
-    "Muon": (lambda g: steepest.Muon(g, lr=0.02, weight_decay=0.0), 0.3),
-    "SpecGD": (lambda g: steepest.SpecGD(g, lr=0.02, momentum=0.9), 0.3),
-    "SignSGD": (lambda g: steepest.SignSGD(g, lr=2e-3, momentum=0.9), 0.3),
-    "SchattenDescent": (lambda g: steepest.SchattenDescent(g, lr=0.02, p=8.0, momentum=0.9), 0.3),
-    "GD": (lambda g: steepest.GD(g, lr=0.1, momentum=0.9), 0.3),
-}
 
 
-@pytest.mark.parametrize("name", list(SHARED))
+@pytest.mark.parametrize("name", [n for n, info in CLASS_DB.items() if "mlp" in info.inputs])
 def test_convergence_small_mlp(name):
     """Every recipe trains a small MLP (hidden matrix on the recipe, the rest on AdamW) to a fraction
     of its initial loss on a teacher problem."""
-    make, frac = SHARED[name]
+    frac = 0.3
     model, X, Y = _mlp_problem()
-    opt = make(steepest.param_groups(model, adamw_lr=3e-3))
+    opt = CLASS_DB[name].make("mlp", steepest.param_groups(model, adamw_lr=3e-3))
     first = None
     for _ in range(150):
         opt.zero_grad()
@@ -254,10 +241,7 @@ def test_convergence_matrix_least_squares(name):
     A, _, Xstar = _quadratic(decay=0.8)
     B = A @ Xstar  # consistent system: min f = 0 at X = X*, ||X*||_op ~ 7
     X = torch.nn.Parameter(torch.zeros(12, 12))
-    opt = {"SpecGD": lambda p: steepest.SpecGD(p, lr=0.1, momentum=0.9),
-           "GD": lambda p: steepest.GD(p, lr=0.5, momentum=0.9),
-           "SchattenDescent": lambda p: steepest.SchattenDescent(p, lr=0.1, p=8.0, momentum=0.9),
-           "Muon": lambda p: steepest.Muon(p, lr=0.1, weight_decay=0.0)}[name]([X])
+    opt = CLASS_DB[name].make("least_squares", [X])
     A, B = A.float(), B.float()
     f0 = float(f_quad(A, B, X.detach()))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=300)

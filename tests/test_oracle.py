@@ -131,6 +131,23 @@ def test_transposed_view_steps_the_conv1d_layout():
     rn = O.layer_oracle(tr, lt, {"w": Gt}, geometries=(("schatten", 3.0),))["w"]
     for key in rp:
         assert rt[key].decrease == pytest.approx(rp[key].decrease, rel=1e-9)  # same problem, float64 round-off
+    # Every dualizer here is transpose-equivariant, so the line search alone cannot see the view. A step size
+    # that depends on the matrix shape (Muon's sqrt(max(1, fan_out/fan_in))) can: the transposed view must
+    # hand it the (out, in) = (4, 6) matrix, as the plain layer does, not the stored (6, 4).
+    seen = {}
+
+    def muon_eta(layer, key, shape):
+        seen.setdefault(layer, set()).add(shape)
+        return 0.05 * max(1.0, shape[0] / shape[1]) ** 0.5
+
+    sp = O.layer_oracle(plain, lp, {"w": Gp}, geometries=GEOMS, step_sizes=muon_eta)["w"]
+    seen_plain, seen = seen, {}
+    st = O.layer_oracle(tr, lt, {"w": Gt}, geometries=GEOMS, step_sizes=muon_eta,
+                        views={"w": {"transposed": True}})["w"]
+    assert seen_plain == seen == {"w": {(4, 6)}}
+    for key in sp:
+        assert st[key].eta_lr == sp[key].eta_lr == 0.05
+        assert st[key].decrease_at_lr == pytest.approx(sp[key].decrease_at_lr, rel=1e-9)  # float64 round-off
     # without the flag the Schatten direction is the same matrix transposed too (Schatten norms are
     # transpose-invariant), so the view matters for the flattening of >2-D tensors, not here:
     assert rn["schatten-3"].decrease == pytest.approx(rp["schatten-3"].decrease, rel=1e-9)
@@ -177,7 +194,7 @@ def test_winners_spearman_and_bad_input():
         O.layer_oracle(model, model.loss, {"X": torch.zeros(3)})
     with pytest.raises(ValueError, match="step size"):
         O.layer_oracle(model, model.loss, {"X": torch.ones_like(model.X)}, step_sizes={"spectral": -1.0})
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         O.layer_oracle("model", model.loss, {})
 
 
@@ -185,7 +202,8 @@ def test_winners_spearman_and_bad_input():
 import dataclasses  # noqa: E402
 
 from steepest.app.reproduce import _oracle_subjects as OS  # noqa: E402
-from steepest.app.reproduce import base, layer_oracle as LO  # noqa: E402
+from steepest.app.reproduce import base  # noqa: E402
+from steepest.app.reproduce import layer_oracle as LO  # noqa: E402
 from steepest.app.runs import ConfigError  # noqa: E402
 
 

@@ -37,6 +37,7 @@ def test_wheel_ships_the_tuned_table(tmp_path):
     (wheel,) = wheels.glob("steepest-*.whl")
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)])
     assert (target / "steepest" / "app" / "tuned.json").is_file()
+    assert (target / "steepest" / "py.typed").is_file()  # PEP 561: type checkers read steepest's annotations
     (dist_info,) = target.glob("steepest-*.dist-info")
     assert "steepest = steepest.app.cli:main" in (dist_info / "entry_points.txt").read_text()
 

@@ -49,3 +49,5 @@ if ! check_torch .venv/bin/python; then
   rm -f .venv/.setup-stamp
   exit 1
 fi
+# .ci/run's lint and type tools (ruff, mypy: pinned in the test extra): fail here, not halfway through CI.
+.venv/bin/ruff --version >/dev/null && .venv/bin/mypy --version >/dev/null

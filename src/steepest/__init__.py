@@ -5,15 +5,24 @@ with per-layer diagnostics of which geometry helps each layer.
 >>> D = steepest.polar(torch.randn(8, 4), method="svd")
 """
 
-from steepest.linalg import polar, polar_express_coefficients
-from steepest.geometry import NORMS, dual_norm, dualize, matrix_norm
-from steepest.optim import (
-    GD, Muon, NonFiniteGradientError, SchattenDescent, SignSGD, SpecGD, SteepestDescent, describe, param_groups,
-)
-from steepest.optim import DistributedSteepest, distributed
-from steepest.optim import Adaptive
 from steepest import diagnostics
 from steepest.diagnostics import LayerMonitor
+from steepest.geometry import NORMS, dual_norm, dualize, matrix_norm
+from steepest.linalg import polar, polar_express_coefficients
+from steepest.optim import (
+    GD,
+    Adaptive,
+    DistributedSteepest,
+    Muon,
+    NonFiniteGradientError,
+    SchattenDescent,
+    SignSGD,
+    SpecGD,
+    SteepestDescent,
+    describe,
+    distributed,
+    param_groups,
+)
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ Standard library only (no torch, no yaml), so the library's sinks and the applic
 
 Example:
     >>> from steepest._io import append_jsonl, read_jsonl
-    >>> append_jsonl("/tmp/m.jsonl", {"step": 1, "loss": float("nan")})   # doctest: +SKIP
+    >>> append_jsonl("/tmp/m.jsonl", {"step": 1, "loss": float("nan")})  # writes a file under /tmp  # doctest: +SKIP
 """
 
 from __future__ import annotations

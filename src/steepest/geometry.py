@@ -33,8 +33,8 @@ import math
 
 import torch
 
-from steepest.linalg.precision import iteration_dtype
 from steepest.linalg.polar_factor import METHODS, NORMALIZATIONS, _check_matrix, polar, polar_svd, prescale_with_scale
+from steepest.linalg.precision import iteration_dtype
 from steepest.linalg.schatten import check_p, conjugate_exponent, schatten_dualize_and_singular_values, vector_pnorm
 
 NORMS = ("frobenius", "spectral", "linf", "schatten")
@@ -61,7 +61,7 @@ def check_norm(norm: str, p: float | None = None) -> None:
 def resolve(norm: str, p: float | None = None) -> tuple[str, float | None]:
     """The canonical ``(norm, p)``: Schatten p = inf is the spectral norm; everything else is itself."""
     check_norm(norm, p)
-    if norm == "schatten" and math.isinf(float(p)):
+    if norm == "schatten" and p is not None and math.isinf(p):  # check_norm: Schatten has p
         return "spectral", None
     return norm, (float(p) if p is not None else None)
 
@@ -223,6 +223,7 @@ def rms_factor(shape: tuple[int, ...], norm: str, p: float | None = None) -> flo
         return math.sqrt(max(m, n))
     if name == "frobenius":
         return math.sqrt(m * n)
+    assert p is not None  # resolve(): a Schatten norm always has p
     return math.sqrt(m * n) * k ** (1.0 / p - 0.5)
 
 
@@ -276,6 +277,7 @@ def matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> torch.Ten
     elif name == "spectral":
         out = _svdvals(X)[..., 0].to(X.dtype)
     else:
+        assert p is not None  # resolve(): a Schatten norm always has p
         out = vector_pnorm(_svdvals(X), p).to(X.dtype)
     return out.squeeze(0) if squeeze else out
 
@@ -295,12 +297,13 @@ def dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Tenso
     elif name == "spectral":
         out = _svdvals(G).sum(dim=-1).to(G.dtype)
     else:
+        assert p is not None  # resolve(): a Schatten norm always has p
         out = vector_pnorm(_svdvals(G), conjugate_exponent(p)).to(G.dtype)
     return out.squeeze(0) if squeeze else out
 
 
 def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None,
-            steps: int | None = None, dtype: torch.dtype | None = None, coefficients: tuple | None = None,
+            steps: int | None = None, dtype: torch.dtype | str | None = None, coefficients: tuple | None = None,
             normalization: str | None = None, ns_eps: float | None = None) -> torch.Tensor:
     """argmax_{||D|| <= 1} <G, D> under ``norm`` (see the module table); 0 for G = 0.
 
@@ -319,7 +322,7 @@ def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str |
 
 def dualize_with_dual_norm(
     G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
-    dtype: torch.dtype | None = None, coefficients: tuple | None = None, normalization: str | None = None,
+    dtype: torch.dtype | str | None = None, coefficients: tuple | None = None, normalization: str | None = None,
     need_dual_norm: bool = True, check: bool = True, ns_eps: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(dualize(G), dual_norm(G))`` sharing work: the SVD paths compute both from one SVD.
@@ -349,14 +352,16 @@ def dualize_with_dual_norm(
     elif name == "spectral" and method in (None, "svd"):
         D, s = polar_svd(G, dtype=iteration_dtype(G.dtype, dtype))
         dn = s.sum(dim=-1).to(G.dtype) if need_dual_norm else None
-    elif name == "spectral":
+    elif name == "spectral" and method is not None:  # (None was taken by the SVD branch above)
         D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True, shape=G.shape),
                   coefficients=coefficients, normalization=normalization,
                   **({} if ns_eps is None else {"eps": float(ns_eps)}))
         dn = dual_norm(G, "spectral") if need_dual_norm else None
     else:
+        assert p is not None  # resolve(): a Schatten norm always has p
         # float64 SVD unless asked otherwise: the power s^(q-1) amplifies rounding for q near 1 and large q.
-        D, s = schatten_dualize_and_singular_values(G, p, torch.float64 if dtype in (None, "auto") else dtype)
+        sdt = dtype_from_name(dtype)  # a dtype name ("float32") as well as a torch dtype
+        D, s = schatten_dualize_and_singular_values(G, p, sdt if isinstance(sdt, torch.dtype) else torch.float64)
         if need_dual_norm:  # an empty matrix has no singular values and dual norm 0
             dn = vector_pnorm(s, conjugate_exponent(p)).to(G.dtype) if s.shape[-1] else G.new_zeros(G.shape[:-2])
     if squeeze:

@@ -17,7 +17,7 @@
   so every ``finally`` runs and finished work is kept) that the CLI reports and exits 143 on.
 
 Example:
-    >>> with RunLock("runs/x"):            # doctest: +SKIP
+    >>> with RunLock("runs/x"):  # creates and locks runs/x  # doctest: +SKIP
     ...     ...                            # write runs/x
 """
 
@@ -234,7 +234,7 @@ class RunLock:
         if entry is None:
             return
         entry[1] -= 1
-        if entry[1] == 0:
+        if entry[1] == 0 and key is not None:
             del RunLock._held[key]
             os.close(entry[0])  # closing the descriptor drops the flock
 

@@ -157,7 +157,7 @@ def _coerce(value: str, typ) -> Any:
         items = [(_coerce(str(v), inner) if inner is not Ellipsis else v) for v in parsed]
         return tuple(items) if (origin is tuple or typ is tuple) else items
     if origin is typing.Union or origin is types.UnionType:
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        args = tuple(a for a in typing.get_args(typ) if a is not type(None))
         if value.lower() in ("none", "null"):
             return None
         for a in args:

@@ -44,7 +44,11 @@ class RoutedOptimizer:
     optimizer's ``weight_decay`` is given.
 
     Example:
+        >>> import torch, steepest
+        >>> model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10))
         >>> opt = RoutedOptimizer(steepest.Muon)(model, lr=0.02)
+        >>> isinstance(opt, steepest.Muon)
+        True
     """
 
     def __init__(self, optimizer_cls: type, model: nn.Module | None = None, routing: dict | None = None,
@@ -130,7 +134,11 @@ def trainer_optimizer(optimizer_cls: type, model: nn.Module | None = None, *, ro
     TrainingArguments) is needed only when the factory is called outside ``Trainer.create_optimizer``.
 
     Example:
-        >>> Trainer(model, args, optimizer_cls_and_kwargs=trainer_optimizer(steepest.Muon, lr=0.02))
+        >>> import steepest
+        >>> cls_and_kwargs = trainer_optimizer(steepest.Muon, lr=0.02)
+        >>> cls_and_kwargs[1]
+        {'lr': 0.02}
+        >>> Trainer(model, args, optimizer_cls_and_kwargs=cls_and_kwargs)  # needs a model and a data set  # doctest: +SKIP
     """
     return RoutedOptimizer(optimizer_cls, model, routing, args), dict(kwargs)
 
@@ -151,7 +159,7 @@ class MonitorCallback(TrainerCallback):
     ``monitor_kwargs`` go to LayerMonitor (``microbatches``, ``method``, ``layers``, ...).
 
     Example:
-        >>> Trainer(model, args, callbacks=[MonitorCallback(every=10)], ...)
+        >>> Trainer(model, args, callbacks=[MonitorCallback(every=10)])  # needs a model and a data set  # doctest: +SKIP
     """
 
     def __init__(self, every: int = 10, sinks=None, directory=None, **monitor_kwargs) -> None:

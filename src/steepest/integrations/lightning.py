@@ -21,7 +21,7 @@ from pathlib import Path
 try:
     from lightning.pytorch.callbacks import Callback
 except ImportError:  # the standalone package
-    from pytorch_lightning.callbacks import Callback
+    from pytorch_lightning.callbacks import Callback  # type: ignore[assignment]  # same class, other package
 
 from steepest.diagnostics import LayerMonitor, default_sinks
 
@@ -35,7 +35,9 @@ class LayerMonitorCallback(Callback):
         monitor_kwargs: passed to :class:`~steepest.diagnostics.LayerMonitor`.
 
     Example:
-        >>> L.Trainer(callbacks=[LayerMonitorCallback(every=10, microbatches=0)])
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[LayerMonitorCallback(every=10, microbatches=0)], logger=False,
+        ...                     enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     """
 
     def __init__(self, every: int = 10, sinks=None, directory=None, optimizer_index: int = 0,

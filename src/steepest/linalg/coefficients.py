@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import cast
 
 import numpy as np
 
@@ -146,11 +147,11 @@ def schedule(table: tuple[Triple, ...] | Triple, steps: int) -> list[Triple]:
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if len(table) == 3 and all(isinstance(v, (int, float)) for v in table):
-        table = (tuple(float(v) for v in table),)  # a single triple
+    single = len(table) == 3 and all(isinstance(v, (int, float)) for v in table)
+    rows = cast("tuple[Triple, ...]", (table,) if single else table)  # a single triple, or a table of them
     out = []
     for i in range(steps):
-        a, b, c = table[min(i, len(table) - 1)]
+        a, b, c = rows[min(i, len(rows) - 1)]
         out.append((float(a), float(b), float(c)))
     return out
 
@@ -177,7 +178,7 @@ def _minimax_quintic(lo: float, hi: float, iters: int = 100) -> tuple[Triple, fl
     """
     # Initial reference: Chebyshev-like points on [lo, hi].
     ref = lo + (hi - lo) * (1 - np.cos(np.pi * np.arange(4) / 3)) / 2
-    coef = np.zeros(3)
+    coef: np.ndarray = np.zeros(3)
     err = 0.0
     for _ in range(iters):
         # Solve p(x_i) + (-1)^i E = 1 for (a, b, c, E).
@@ -228,7 +229,8 @@ def polar_express_coefficients(l: float = 1e-3, steps: int = 8, cushion: float =
         # 1 - p(l) = p(u) - 1, i.e. centred about one on the real interval.
         p_lo, p_hi = float(_quintic(coef, np.array(lo))), float(_quintic(coef, np.array(hi)))
         coef = coef * (2.0 / (p_lo + p_hi))
-        table.append(tuple(float(v) for v in coef))
+        a, b, c = (float(v) for v in coef)
+        table.append((a, b, c))
         lo = float(_quintic(coef, np.array(lo)))
         hi = 2.0 - lo
     return tuple(table)

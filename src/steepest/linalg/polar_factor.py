@@ -288,10 +288,11 @@ def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2) -> torch.Tenso
     for n >= 2 m. Source: Dao-AILab, "Gram Newton-Schulz" (restart after two iterations).
     """
     R = X @ X.mT
-    Q = None
+    Q: torch.Tensor | None = None
     last = len(table) - 1
     for k, (a, b, c) in enumerate(table):
         if k and k % restart == 0:
+            assert Q is not None  # set by step 0
             X, Q = Q @ X, None
             R = X @ X.mT
         P = _addmm(R, R, R, beta=b, alpha=c)  # b R + c R^2
@@ -299,6 +300,7 @@ def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2) -> torch.Tenso
         Q = P if Q is None else P @ Q
         if k < last and (k + 1) % restart != 0:
             R = P @ (R @ P)
+    assert Q is not None, "the coefficient table is empty"
     return Q @ X
 
 

@@ -42,7 +42,10 @@ def ref_matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> np.nd
     if norm == "linf":
         return np.abs(A).max(axis=(-2, -1))
     s = np.linalg.svd(A, compute_uv=False)
-    if norm == "spectral" or math.isinf(p):
+    if norm == "spectral":
+        p = math.inf
+    assert p is not None, "a Schatten norm needs p"
+    if math.isinf(p):
         return s.max(axis=-1)
     return (s**p).sum(axis=-1) ** (1.0 / p)
 
@@ -56,7 +59,10 @@ def ref_dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> np.ndar
     if norm == "linf":
         return np.abs(A).sum(axis=(-2, -1))
     s = np.linalg.svd(A, compute_uv=False)
-    if norm == "spectral" or math.isinf(p):
+    if norm == "spectral":
+        p = math.inf
+    assert p is not None, "a Schatten norm needs p"
+    if math.isinf(p):
         return s.sum(axis=-1)
     if p == 1:
         return s.max(axis=-1)
@@ -82,7 +88,10 @@ def ref_dualize(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Ten
         else:
             U, s, Vh = np.linalg.svd(M, full_matrices=False)
             keep = s > 1e-12 * s[0]
-            if norm == "spectral" or math.isinf(p):
+            if norm == "spectral":
+                p = math.inf
+            assert p is not None, "a Schatten norm needs p"
+            if math.isinf(p):
                 t = keep.astype(float)
             elif p == 1:
                 top = s >= s[0] * (1 - 1e-4)

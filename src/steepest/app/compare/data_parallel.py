@@ -44,7 +44,7 @@ What differs under DDP (documented limits):
   needs the usual ``if __name__ == "__main__":`` guard (the command line needs nothing).
 
 Example:
-    >>> steepest.compare("mnist", ["adamw", "muon"], size="quick", nproc=2)   # doctest: +SKIP
+    >>> steepest.compare("mnist", ["adamw", "muon"], size="quick", nproc=2)  # spawns 2 training processes (minutes)  # doctest: +SKIP
     $ steepest compare --task mnist --quick --nproc 2
 """
 

@@ -72,7 +72,7 @@ def _per_layer(records: list[dict], layers) -> list[list]:
     for layer in layers:
         mine = [r for r in records if r["layer"] == layer]
         row = [layer]
-        for pairing, measured, _, classes, predictors in PAIRINGS:
+        for _pairing, measured, _, classes, predictors in PAIRINGS:
             m = [r for r in mine if r.get(measured) in classes]
             row.append(f"{sum(r[measured] == 'spectral' for r in m)}/{len(m)}")
             for _, field in predictors:

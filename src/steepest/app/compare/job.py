@@ -23,8 +23,8 @@ evaluation, and entries of the wrong type (a file for ``checkpoints/``, a link o
 metrics file). Every value is checked before anything is created on disk.
 
 Example:
-    >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")   # doctest: +SKIP
-    >>> print(result.table)                                                               # doctest: +SKIP
+    >>> result = steepest.compare("mnist", optimizers=["adamw", "muon"], size="quick")  # trains two optimizers (minutes)  # doctest: +SKIP
+    >>> print(result.table)  # needs the result above  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = 
     Steps to target are measured at evaluation points (an upper bound, resolution ``eval_every``).
 
     Example:
-        >>> r = compare("mnist", ["adamw", "muon"], size="quick", report=False)   # doctest: +SKIP
+        >>> r = compare("mnist", ["adamw", "muon"], size="quick", report=False)  # trains two optimizers (minutes)  # doctest: +SKIP
     """
     names = check_optimizers(optimizers if optimizers is not None else default_optimizers())
     task_options = dict(task_options or {})

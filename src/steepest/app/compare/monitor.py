@@ -38,6 +38,7 @@ default. Only the runs with per-layer choices get it, to keep that cost to the r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -74,7 +75,7 @@ def oracle_fields(probes: dict, rtol: float) -> dict:
     held-out loss; on equal values the earlier, spectral); ``measured_tie``: |Delta*_s - Delta*_f| <= rtol max.
     """
     d = {g: float(probes[g].decrease) for g in ("spectral", "frobenius", "linf")}
-    out = {f"delta_{g}": v for g, v in d.items()}
+    out: dict[str, object] = {f"delta_{g}": v for g, v in d.items()}
     for suffix, other in (("", "frobenius"), ("_sign", "linf")):
         pair = {"spectral": d["spectral"], other: d[other]}
         out[f"measured_winner{suffix}"] = measured_winner(pair)
@@ -101,7 +102,7 @@ class _Oracle:
             return
         cap, grads, views, layer_of = self.monitor.capture, {}, {}, {}
         for layer, m in cap.layers.items():
-            G, name = m.weight.grad, self._pname.get(id(m.weight))
+            G, name = cast(torch.Tensor, m.weight).grad, self._pname.get(id(m.weight))
             if G is None or name is None or not bool(torch.isfinite(G).all()):
                 continue  # no gradient now (or a non-finite one): that record gets no oracle fields
             grads[name], views[name], layer_of[name] = G.detach(), {"transposed": cap.transposed[layer]}, layer

@@ -69,7 +69,8 @@ class OptimizerPair:
 
 def _split(model: nn.Module, routing: dict, two_d_only: bool = False) -> tuple[list, list]:
     """(matrix params, other params) by :func:`steepest.param_groups`; ``two_d_only`` sends >2-D to the rest."""
-    matrix, rest = [], []
+    matrix: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for g in steepest.param_groups(model, **routing):
         for p in g["params"]:
             ok = g["algorithm"] == "steepest" and (p.ndim == 2 or not two_d_only)

@@ -13,7 +13,7 @@ costs nothing. ``write_tuned`` merges the winners, with the command that produce
 ``src/steepest/app/tuned.json``, which the default ``steepest compare`` reads.
 
 Example:
-    >>> best = sweep("mnist", size="quick", optimizers=["adamw", "muon"], cache="/tmp/sweep.json")  # doctest: +SKIP
+    >>> best = sweep("mnist", size="quick", optimizers=["adamw", "muon"], cache="/tmp/sweep.json")  # trains one run per learning rate (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -136,14 +136,14 @@ def sweep(task: str = "charlm", *, size: str = "default", optimizers=None, steps
             scores = {lr: run(name, lr) for lr in lrs}
             for _ in range(max_extend):
                 lo, hi = min(scores), max(scores)
-                b = min(scores, key=scores.get)
+                b = min(scores, key=scores.__getitem__)
                 if b == lo and math.isfinite(scores[b]):
                     scores[lo / 2] = run(name, lo / 2)
                 elif b == hi and math.isfinite(scores[b]):
                     scores[hi * 2] = run(name, hi * 2)
                 else:
                     break
-        best[name] = min(scores, key=scores.get)
+        best[name] = min(scores, key=scores.__getitem__)
         say(f"{name}: best lr {best[name]:.4g} (final val {scores[best[name]]:.4f})")
         if name == "adamw":
             aux_lr = best[name]

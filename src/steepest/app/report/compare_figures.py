@@ -8,14 +8,14 @@
   prediction and Adaptive's choice), one colour per geometry across all panels and reports.
 
 Example:
-    >>> loss_curves({"adamw": [(0, 4.0, 0.0), (10, 3.0, 1.0)]}, 3.0, "runs/x/figures/loss.png")  # doctest: +SKIP
+    >>> loss_curves({"adamw": [(0, 4.0, 0.0), (10, 3.0, 1.0)]}, 3.0, "runs/x/figures/loss.png")  # writes a PNG under runs/  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 import matplotlib.patches as mpatches
@@ -77,7 +77,7 @@ def _categorical(ax, grid, index, layers, steps, title: str, ylabels: bool = Tru
               vmin=0, vmax=9, interpolation="nearest")
     ax.set_yticks(range(len(layers)))
     ax.set_yticklabels(list(layers) if ylabels else [], fontsize=8)
-    keep = np.linspace(0, len(steps) - 1, min(len(steps), 16)).round().astype(int) if len(steps) else []
+    keep: Any = np.linspace(0, len(steps) - 1, min(len(steps), 16)).round().astype(int) if len(steps) else []
     ax.set_xticks(keep)
     ax.set_xticklabels([str(steps[i]) for i in keep], rotation=45, fontsize=8)
     ax.set_xlabel("step")

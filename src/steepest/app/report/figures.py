@@ -4,7 +4,7 @@ saved atomically as PNG next to the report.
 Example:
     >>> fig, axes = subplots(1, 2)
     >>> _ = lines(axes[0], [0, 1, 2], {"GD": [3, 2, 1]}, xlabel="step", ylabel="f", logy=True)
-    >>> save(fig, "runs/demo/f.png")  # doctest: +SKIP
+    >>> save(fig, "runs/demo/f.png")  # writes a PNG under runs/  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ claims.json, figures, report.html). Example::
 
     >>> from steepest.app.reproduce import base
     >>> mod = base.get("quadratic")
-    >>> out = base.run_experiment("quadratic", mod.quick(), "runs/quadratic-quick")  # doctest: +SKIP
+    >>> out = base.run_experiment("quadratic", mod.quick(), "runs/quadratic-quick")  # runs the experiment (minutes) and writes under runs/  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class Cells:
         self.hits = 0
         self.misses = 0
 
-    def get(self, name: str, params: dict, compute: Callable[[], Any]) -> Any:
+    def get(self, name: str, params: dict, compute: Callable[..., Any]) -> Any:
         if self.version is not None:  # an experiment bumps VERSION when a cell's computation changes
             params = {**params, "_version": self.version}
         if self.directory is None:

@@ -25,7 +25,7 @@ from :mod:`steepest.diagnostics.metrics` (exact, SVD).
 
 Example:
     >>> from steepest.app.reproduce import init_rank
-    >>> res = init_rank.run(init_rank.quick(), None)  # doctest: +SKIP
+    >>> res = init_rank.run(init_rank.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
                                      lambda act=act, w=w, t=t: run_cell(cfg, act, w, t))
     out = {"widths": list(cfg.widths), "depth": cfg.depth, "settings": dataclasses.asdict(cfg), "acts": {}}
     for act in cfg.activations:
-        def mean(f):
+        def mean(f, act=act):
             return [float(np.mean([f(raw[(act, w, t)]) for t in range(cfg.trials)])) for w in cfg.widths]
 
         out["acts"][act] = {
@@ -313,7 +313,7 @@ def figures(results: dict, out_dir) -> list:
         ax.plot(widths, [w / widths[0] * min(A[a][arch][0] for a in A) for w in widths], ":", color="gray",
                 label="rival law st ~ width")
         if arch == "random_features":
-            for j, a in enumerate(a for a in A if math.isfinite(A[a]["limit"])):
+            for a in (a for a in A if math.isfinite(A[a]["limit"])):
                 ax.axhline(A[a]["limit"], linestyle="--", linewidth=1, color=f"C{list(A).index(a)}",
                            label=f"limit E[s^2]/E[s]^2, {a} ({A[a]['limit']:.3g})")
         F.log_ticks(ax, widths, "x")

@@ -19,7 +19,7 @@ spectral" and the majority class; Spearman between predicted and measured ratio;
 
 Example:
     >>> from steepest.app.reproduce import base, layer_oracle
-    >>> out = base.run_experiment("layer-oracle", layer_oracle.quick(), "runs/lo-quick")  # doctest: +SKIP
+    >>> out = base.run_experiment("layer-oracle", layer_oracle.quick(), "runs/lo-quick")  # trains the subjects (minutes) and writes under runs/  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
                 done += 1
             for B in cfg.batch_sizes:
                 recs = cells.get(f"oracle-{name}-s{ck}-B{B}", {**base, "subject": name, "step": ck, "B": B},
-                                 lambda B=B, ck=ck: probe_cell(cfg, subj, model, layers, ck, B))
+                                 lambda B=B, ck=ck, subj=subj, model=model, layers=layers: probe_cell(cfg, subj, model, layers, ck, B))
                 rows.extend({"subject": name, "step": ck, "batch": B, **r} for r in recs)
     return {"rows": rows, "settings": dataclasses.asdict(cfg)}
 
@@ -293,7 +293,7 @@ def tables(results: dict):
     per = []
     for subj in results["settings"]["subjects"]:
         sel = [r for r in results["rows"] if r["subject"] == subj]
-        for crit, other, _, _ in PAIRS:
+        for crit, _other, _, _ in PAIRS:
             s = score(sel, crit, rtol)
             per.append([subj, crit, s["n"], s["rate"], s["always_spectral"], s["majority"], s["spearman"]])
     geo = results["settings"]["geometries"]

@@ -20,7 +20,7 @@ Source: "Spectral Gradient Descent Mitigates Anisotropy-Driven Misalignment: A C
 
 Example:
     >>> from steepest.app.reproduce import phase_checks as pc
-    >>> res = pc.run(pc.quick(), None)  # doctest: +SKIP
+    >>> res = pc.run(pc.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

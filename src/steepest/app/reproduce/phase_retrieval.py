@@ -22,7 +22,7 @@ power-law covariance Q = diag(i^-alpha) with the signal on a low-variance coordi
 
 Example:
     >>> from steepest.app.reproduce import phase_retrieval as pr
-    >>> res = pr.run(pr.quick(), None)  # doctest: +SKIP
+    >>> res = pr.run(pr.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

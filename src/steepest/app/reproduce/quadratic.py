@@ -19,7 +19,7 @@ the more frequent winner?
 
 Example:
     >>> from steepest.app.reproduce import quadratic
-    >>> res = quadratic.run(quadratic.quick(), None)  # doctest: +SKIP
+    >>> res = quadratic.run(quadratic.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ scale-free, at p = 2 it is below 1/k) as Muon's 5-step Newton-Schulz output.
 
 Example:
     >>> from steepest.app.reproduce import schatten
-    >>> res = schatten.run(schatten.quick(), None)  # doctest: +SKIP
+    >>> res = schatten.run(schatten.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

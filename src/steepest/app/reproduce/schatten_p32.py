@@ -16,7 +16,7 @@ p - 1 >= 2 E ln(s_1/s_i) / ln(1/r). For Gaussian gradients (Marchenko-Pastur) th
 
 Example:
     >>> from steepest.app.reproduce import schatten_p32 as e
-    >>> res = e.run(e.quick(), None)  # doctest: +SKIP
+    >>> res = e.run(e.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Per cell (magnitudes, rho, B):
 
 Example:
     >>> from steepest.app.reproduce import spec_sign
-    >>> res = spec_sign.run(spec_sign.quick(), None)  # doctest: +SKIP
+    >>> res = spec_sign.run(spec_sign.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ update: the update's singular-value spread).
 
 Example:
     >>> from steepest.app.reproduce import trained
-    >>> res = trained.run(trained.quick(), None)  # doctest: +SKIP
+    >>> res = trained.run(trained.quick(), None)  # runs the experiment's quick preset (minutes)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def get_task(spec: "str | Task", **options) -> Task:
     Raises :class:`TaskError` with the valid names for an unknown task.
 
     Example:
-        >>> task = get_task("mnist", size="quick")   # doctest: +SKIP
+        >>> task = get_task("mnist", size="quick")  # reads the MNIST digits and builds the model (seconds)  # doctest: +SKIP
     """
     if isinstance(spec, Task):
         if options:

