@@ -63,7 +63,8 @@ class SteepestDescent(torch.optim.Optimizer):
         dtype: the dualizer's compute dtype (a torch dtype or its name); None (default) computes in
             the parameter's dtype promoted to at least float32, so float64 stays float64-accurate;
             ``"auto"``: bf16 for Newton-Schulz / Polar Express where the hardware has native bf16
-            matmul, float32 elsewhere (:mod:`steepest.linalg.precision`).
+            matmul and the matrix's smaller side reaches the device's measured threshold, float32
+            elsewhere (:mod:`steepest.linalg.precision`).
         tensor_mode: ``"flatten"`` (conv kernels -> (out, in*kh*kw)) or ``"batch"`` (>= 3-D tensors
             as batches of matrices over their last two dims). A group may set ``transposed=True``
             for weights stored as (in, out) (GPT-2's Conv1D).

@@ -20,7 +20,8 @@ h1{font-size:1.6em} h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .holds{background:#e6f4ea} .fails{background:#fde8e8} .inconclusive{background:#fff6db}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0} .muted{color:#666;font-size:.9em} pre{background:#f7f7f7;padding:.6em;overflow:auto}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0} .muted{color:#666;font-size:.9em} pre{background:#f7f7f7;padding:.6em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}
+.wide{overflow-x:auto;max-width:100%}
 """
 
 
@@ -52,7 +53,8 @@ def table_html(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """An HTML table; cells reading holds/fails/inconclusive are coloured."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # in a horizontally scrolling box: a wide table (many optimizers, long layer names) never widens the page
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def render_report(title: str, sections: Sequence[Section], *, base: str | os.PathLike | None = None,
