@@ -126,6 +126,9 @@ def test_table_says_when_it_cannot_rank():
     assert "cannot rank: every optimizer reached the target at the same evaluation (step 10)" in tied
     assert "cannot rank" not in format_table([_row("adamw", 10), _row("muon", 5)], 1.0, "adamw")
     assert "cannot rank" not in format_table([_row("adamw", 10)], 1.0, "adamw")
+    # the quick default run: one optimizer never reaches the target, all the others at the same evaluation
+    some = format_table([_row("adamw", 30), _row("muon", 30), _row("signum", None)], 1.0, "adamw")
+    assert "cannot rank: the 2 optimizers that reached it reached the target at the same evaluation (step 30)" in some
 
 
 def test_write_tuned_goes_to_a_user_path_for_an_installed_package(tmp_path, monkeypatch):

@@ -440,9 +440,11 @@ def format_table(rows: list[dict], target: float | None, reference: str) -> str:
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in body]
     ref_row = next((r for r in rows if r["optimizer"] == ("adamw" if any(x["optimizer"] == "adamw" for x in rows)
                                                            else reference)), rows[0])
-    reached = {r["steps_to_target"] for r in rows if r["diverged_at"] is None}
-    if len(rows) > 1 and len(reached) == 1 and None not in reached:
-        lines.append(f"cannot rank: every optimizer reached the target at the same evaluation (step {reached.pop()}), "
+    hit = [r for r in rows if r["diverged_at"] is None and r["steps_to_target"] is not None]
+    reached = {r["steps_to_target"] for r in hit}
+    if len(hit) > 1 and len(reached) == 1:
+        who = "every optimizer" if len(hit) == len(rows) else f"the {len(hit)} optimizers that reached it"
+        lines.append(f"cannot rank: {who} reached the target at the same evaluation (step {reached.pop()}), "
                      "so steps to target do not tell them apart; train longer or evaluate more often "
                      "(--steps, --eval-every; --quick is a smoke test)")
     tgt = "none (reference diverged)" if target is None else f"{target:.4f}"
