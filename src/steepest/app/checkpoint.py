@@ -17,8 +17,12 @@ code) is refused with :class:`CheckpointRefused` (a ConfigError: the CLI exits 2
 the type; so is a truncated file (a ``.distcp`` shard shorter than its metadata says, named).
 
 Example:
-    >>> save_checkpoint("runs/x/checkpoints/muon.pt", model, opt, {"step": 10})   # doctest: +SKIP
-    >>> load_checkpoint("runs/x/checkpoints/muon.pt", model, opt)                  # doctest: +SKIP
+    >>> import tempfile, torch
+    >>> model = torch.nn.Linear(4, 2)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> path = tempfile.mkdtemp() + "/muon.pt"
+    >>> save_checkpoint(path, model, opt, {"step": 10})
+    >>> load_checkpoint(path, model, opt)
     {'step': 10}
 """
 

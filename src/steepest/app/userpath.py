@@ -3,7 +3,7 @@ would: the current folder is on the import path, also under the ``steepest`` con
 ``sys.path[0]`` is the script's bin folder, not the folder it runs in).
 
 Example:
-    >>> factory = import_spec("mytasks:make_task")   # doctest: +SKIP  (mytasks.py in the current folder)
+    >>> factory = import_spec("mytasks:make_task")   # needs mytasks.py in the current folder  # doctest: +SKIP
 """
 
 from __future__ import annotations
