@@ -34,9 +34,8 @@ import sys
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import clone_params, machine, table, time_interleaved
-
 import steepest
+from _util import clone_params, machine, table, time_interleaved
 from steepest._io import atomic_write_json
 from steepest.linalg import precision
 

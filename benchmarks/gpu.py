@@ -55,11 +55,9 @@ import warnings
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import clone_params, machine, paired_ratio, table, time_interleaved
-
 import steepest
+from _util import clone_params, machine, paired_ratio, table, time_interleaved
 from steepest._io import atomic_write_json
-from steepest.linalg import coefficients as C
 from steepest.linalg import precision
 
 SECTIONS = ("env", "matmul", "zoo", "accuracy", "polar", "step", "dtype")
@@ -128,7 +126,7 @@ def section_matmul(device: torch.device, cfg: dict) -> dict:
         g = torch.Generator(device=device).manual_seed(0)
         a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
         b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
-        ms = device_time_ms(lambda: a @ b, device, reps=cfg["polar_reps"] + 10)
+        ms = device_time_ms(lambda a=a, b=b: a @ b, device, reps=cfg["polar_reps"] + 10)
         best = min(ms)
         rows.append({"n": n, "median_ms": statistics.median(ms), "min_ms": best,
                      "tflops_at_min": 2.0 * n**3 / (best * 1e-3) / 1e12,
@@ -193,7 +191,7 @@ def section_polar(device: torch.device, cfg: dict, rate_tflops: float | None) ->
         G = torch.randn(*shape, device=device, generator=torch.Generator(device=device).manual_seed(1))
         for name, fn in polar_methods().items():
             steps = int(name.split()[-1])
-            ms = device_time_ms(lambda: fn(G), device, reps=cfg["polar_reps"])
+            ms = device_time_ms(lambda fn=fn, G=G: fn(G), device, reps=cfg["polar_reps"])
             med = statistics.median(ms)
             tflops = steps * polar_flops(shape) / (med * 1e-3) / 1e12
             rows.append({"shape": "x".join(map(str, shape)), "method": name, "median_ms": med, "min_ms": min(ms),

@@ -23,10 +23,9 @@ import sys
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import machine, table
-
 import polar as polar_bench  # benchmarks/polar.py: spectra, float64 reference, accuracy metric
 import steepest
+from _util import machine, table
 from steepest._io import atomic_write_json
 from steepest.linalg import coefficients as C
 

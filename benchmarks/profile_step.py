@@ -22,7 +22,6 @@ import time
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-
 import steepest
 
 torch.set_num_threads(1)

@@ -22,9 +22,8 @@ import statistics
 import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
-from _util import ROOT, machine, table, time_interleaved
-
 import steepest
+from _util import ROOT, machine, table, time_interleaved
 from steepest.app.runs import atomic_write_json
 from steepest.linalg.precision import auto_dtype
 from steepest.linalg.spectral_power import spectral_power
@@ -49,11 +48,11 @@ def main() -> None:
         G = torch.randn(*shape)
         ref = spectral_power(G.double(), A, method="svd")
         fns = {
-            "gram64": lambda: spectral_power(G, A),
-            "gram32": lambda: spectral_power(G, A, dtype=torch.float32),
-            "svd64": lambda: spectral_power(G, A, method="svd"),
-            "ns5": lambda: steepest.polar(G, method="newton_schulz", dtype=ns_dtype),
-            "polar_svd64": lambda: steepest.polar(G, method="svd", dtype=torch.float64),
+            "gram64": lambda G=G: spectral_power(G, A),
+            "gram32": lambda G=G: spectral_power(G, A, dtype=torch.float32),
+            "svd64": lambda G=G: spectral_power(G, A, method="svd"),
+            "ns5": lambda G=G: steepest.polar(G, method="newton_schulz", dtype=ns_dtype),
+            "polar_svd64": lambda G=G: steepest.polar(G, method="svd", dtype=torch.float64),
         }
         cpu: dict[str, list[float]] = {}
         time_interleaved(fns, args.rounds, cpu_times=cpu)
