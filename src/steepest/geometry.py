@@ -355,7 +355,7 @@ def dualize_with_dual_norm(
     elif name == "spectral" and method is not None:  # (None was taken by the SVD branch above)
         D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True, shape=G.shape),
                   coefficients=coefficients, normalization=normalization,
-                  **({} if ns_eps is None else {"eps": float(ns_eps)}))
+                  eps=1e-7 if ns_eps is None else float(ns_eps))  # 1e-7: polar's (torch.optim.Muon's) default
         dn = dual_norm(G, "spectral") if need_dual_norm else None
     else:
         assert p is not None  # resolve(): a Schatten norm always has p

@@ -236,7 +236,7 @@ def _load_dir(path: Path, model, optimizer) -> dict:
         raise CheckpointRefused(f"no checkpoint directory at {path}")
     _check_shards(path, _read_metadata(path / ".metadata"), _DCP_FIX)  # refusals name the file, before DCP
     msd, osd = get_state_dict(model, optimizer)
-    state = {"model": msd, "optim": osd}
+    state: dict[str, Any] = {"model": msd, "optim": osd}
     try:
         dcp.load(state, storage_reader=_safe_reader(path), planner=_safe_planner(), no_dist=not dist.is_initialized())
     except CheckpointRefused:
@@ -254,14 +254,15 @@ def _load_dir(path: Path, model, optimizer) -> dict:
 def _refusal_in(e: BaseException) -> CheckpointRefused | None:
     """The CheckpointRefused inside a DCP CheckpointException (``failures``: rank -> exception) or chain."""
     seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, CheckpointRefused):
-            return e
-        for inner in (getattr(e, "failures", None) or {}).values():
+    cur: BaseException | None = e
+    while cur is not None and seen < 10:
+        if isinstance(cur, CheckpointRefused):
+            return cur
+        for inner in (getattr(cur, "failures", None) or {}).values():
             found = _refusal_in(inner[0] if isinstance(inner, tuple) else inner)
             if found is not None:
                 return found
-        e, seen = e.__cause__ or e.__context__, seen + 1
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
     return None
 
 

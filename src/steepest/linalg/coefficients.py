@@ -131,7 +131,7 @@ def best_polar_express_table(steps: int) -> str:
     """
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    best_name, best_err = None, math.inf
+    best_name, best_err = "", math.inf  # every table's error is < inf, so the loop always sets a name
     for name, table in POLAR_EXPRESS_TABLES.items():
         err = max(worst_error(table, steps), _TIE)
         if err < best_err:

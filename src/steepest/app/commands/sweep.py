@@ -20,7 +20,7 @@ from pathlib import Path
 from steepest.app.commands.compare import add_common, split_names
 from steepest.app.compare.job import MAX_LR, check_seed
 from steepest.app.compare.optimizers import OPTIMIZERS, default_optimizers
-from steepest.app.compare.sweep import sweep
+from steepest.app.compare.sweep import TUNED_PATH, sweep
 from steepest.app.guard import check_output_dir, disk_error_text
 from steepest.app.tasks import TaskError
 from steepest.app.runs import ConfigError
@@ -115,7 +115,7 @@ def run(args) -> int:
         best = sweep(args.task, size=size, optimizers=names, steps=args.steps,
                      seed=args.seed, cache=cache, grid=grid or None, threads=args.threads,
                      max_extend=args.max_extend, write_tuned=target is not None,
-                     **({"tuned_path": target} if target is not None else {}),
+                     tuned_path=target if target is not None else TUNED_PATH,
                      command="steepest " + shlex.join(sys.argv[1:]))
     except (TaskError, ConfigError, ValueError) as e:
         print(f"steepest sweep: error: {e}", file=sys.stderr)
