@@ -3,7 +3,11 @@
 Runs one seed reproduction (or ``all``) into a run directory: config.json, environment.json,
 results.json, claims.json, PNG figures and report.html with the claims table on top. Rerunning into
 the same directory reuses the finished sweep cells. Exit codes: 0 done (whatever the verdicts),
-1 an experiment raised, 2 bad usage (unknown experiment, bad config key or value), 130 interrupted.
+1 an experiment raised (with ``all`` the others still run and the failed one is a red row with its
+error in the combined report), 2 bad usage (unknown experiment, bad config key or value), 130 interrupted.
+
+``--quick`` is a smoke test: its claims show their numbers, and a verdict only where the quick size was
+shown to decide the claim (:mod:`steepest.app.reproduce.verdicts`), else ``not decided at this size``.
 
 With ``all``, ``--set`` keys may be prefixed by an experiment (``--set quadratic.steps=50``); an
 unprefixed key is applied to every experiment that has it. ``--config`` takes a YAML/TOML mapping
@@ -31,12 +35,15 @@ from steepest.app.reproduce import base
 
 
 def register(subparsers) -> None:
+    names = " | ".join(base.REGISTRY)
     p = subparsers.add_parser(
         "reproduce", help="reproduce a seed's claims with figures and verdicts",
-        description="Reproduce the seed results: quadratic, init-rank, schatten, phase-retrieval, spec-sign, or all.",
+        description=f"Reproduce the seed results ({len(base.REGISTRY)} experiments): {', '.join(base.REGISTRY)}, or all.",
     )
-    p.add_argument("name", metavar="NAME", help="quadratic | init-rank | schatten | phase-retrieval | spec-sign | all")
-    p.add_argument("--quick", action="store_true", help="small sizes (each experiment well under a minute)")
+    p.add_argument("name", metavar="NAME", help=f"{names} | all")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes, a smoke test (each experiment well under a minute): numbers shown, verdicts only "
+                        "where the quick size was shown to decide them, else 'not decided at this size'")
     p.add_argument("--out", "--run-dir", dest="out", default=None, metavar="DIR",
                    help="output (run) directory (default runs/reproduce-NAME[-quick]); --run-dir is an alias")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -110,7 +117,8 @@ def _print_claims(outcome) -> None:
     print(f"\n== {outcome.name}: {outcome.run_dir} "
           f"(cells: {outcome.cells_computed} computed, {outcome.cells_reused} reused)")
     for c in outcome.claims:
-        print(f"  [{c.verdict:>12}] {c.statement}\n                 measured: {c.measured}")
+        shown = f"{c.verdict} ({c.at_size} here)" if c.at_size else c.verdict
+        print(f"  [{shown:>12}] {c.statement}\n                 measured: {c.measured}")
 
 
 def main(args) -> int:
@@ -135,29 +143,32 @@ def main(args) -> int:
         print(f"steepest reproduce: {e}", file=sys.stderr)
         return 2
     outcomes, failed = [], []
+    size = "quick" if args.quick else "default"
     for name in names:
         run_dir = root / name if args.name == "all" else root
         try:
-            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
+            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads, size=size)
         except ConfigError as e:
             print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
             return 2
-        except Exception:  # one broken experiment must not hide the others' results
+        except Exception as e:  # one broken experiment must not hide the others' results
             traceback.print_exc()
-            failed.append(name)
+            failed.append(base.Failure(name, f"{type(e).__name__}: {e}"))
             continue
         outcomes.append(outcome)
         _print_claims(outcome)
     report = None
-    if args.name == "all" and outcomes:
+    if args.name == "all" and (outcomes or failed):
         with RunLock(root, clean=False):  # the experiments' own folders are locked by run_experiment
-            report = base.write_combined_report(root / "report.html", outcomes)
+            report = base.write_combined_report(root / "report.html", outcomes, failed)
             atomic_write_json(root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes})
+            if failed:
+                atomic_write_json(root / "failed.json", {f.name: f.error for f in failed})
     elif args.name != "all" and outcomes:
         report = outcomes[0].run_dir / "report.html"
     if report is not None:  # only a report this run wrote
         print(f"\nreport: {report}")
     if failed:
-        print(f"steepest reproduce: failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"steepest reproduce: failed: {', '.join(f.name for f in failed)}", file=sys.stderr)
         return 1
     return 0
