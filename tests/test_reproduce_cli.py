@@ -284,3 +284,46 @@ def test_help_lists_every_experiment(capsys):
         main(["reproduce", "--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in base.REGISTRY) and f"({len(base.REGISTRY)} experiments)" in out
+
+
+# ---------------------------------------------------------------------------------------- frozen verdicts
+def test_frozen_record_covers_every_experiment_and_never_shows_opposite_verdicts():
+    """Every experiment has a recorded default and quick verdict per claim, and what a quick run shows is
+    either the default verdict or 'not decided at this size': quick never contradicts default."""
+    from steepest.app.reproduce import verdicts
+
+    assert set(verdicts.FROZEN) == set(base.REGISTRY)
+    note = "baseline: b; threshold (set in Config before the run): t"
+    for name, entries in verdicts.FROZEN.items():
+        assert entries, name
+        quick_claims = [base.Claim("seed 9, s. 1", key + " ...", "1", quick, note) for key, _, quick in entries]
+        shown = verdicts.judge_at_size(name, quick_claims, "quick")
+        for (key, default, quick), c in zip(entries, shown):
+            assert default in base.VERDICTS and quick in base.VERDICTS, (name, key)
+            assert c.verdict in (default, base.UNDECIDED), (name, key, default, quick)
+            assert (c.verdict == base.UNDECIDED) == (default != quick or default == "inconclusive"), (name, key)
+
+
+#: Claims whose verdict is a wall-clock measurement on this machine (not frozen).
+TIMING = ("Measure wall-clock",)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+def test_default_verdicts_are_frozen(tmp_path):
+    """The default ``reproduce all`` exits 0, every claim's verdict is the recorded one (a change that flips a
+    verdict fails here: rerun and refresh verdicts.FROZEN on purpose), and no best learning rate sits on the
+    edge of its grid. Takes about 40+ minutes of one core."""
+    from steepest.app.reproduce import verdicts
+
+    out = tmp_path / "all"
+    assert main(["reproduce", "all", "--out", str(out)]) == 0
+    claims = json.loads((out / "claims.json").read_text())
+    assert set(claims) == set(base.REGISTRY)
+    for name, cs in claims.items():
+        want = verdicts.FROZEN[name]
+        assert [c["statement"][:verdicts.KEY_CHARS] for c in cs] == [w[0] for w in want], name
+        got = [c["verdict"] for c in cs if not any(t in c["statement"] for t in TIMING)]
+        assert got == [w[1] for w, c in zip(want, cs) if not any(t in c["statement"] for t in TIMING)], name
+        results = json.loads((out / name / "results.json").read_text())
+        assert base.grid_edges(name, base._revive(results)) == [], name

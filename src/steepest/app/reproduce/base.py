@@ -53,6 +53,7 @@ REGISTRY = {
     "phase-checks": "steepest.app.reproduce.phase_checks",
     "trained": "steepest.app.reproduce.trained",
     "layer-oracle": "steepest.app.reproduce.layer_oracle",
+    "layerwise": "steepest.app.reproduce.layerwise",
 }
 
 #: What a quick (smoke-test) run shows for a claim whose quick verdict was not shown to match the default
@@ -289,6 +290,9 @@ def report_sections(outcome: Outcome, *, with_claims: bool = True) -> list:
         notes.append("LAPACK's SVD did not converge in some steps; those steps used the float64 fallback "
                      "(steepest.linalg.polar_factor.svd_or_fallback), per cell: "
                      + ", ".join(f"{k}: {n}" for k, n in sorted(outcome.svd_fallbacks.items())))
+    edges = grid_edges(outcome.name, outcome.results)
+    if edges:
+        notes.append("Best learning rate on a grid edge (extend the grid before trusting the comparison): " + "; ".join(edges))
     if outcome.size == "quick":
         notes.insert(0, "Quick size: a smoke test. A claim reads 'not decided at this size' unless its quick and "
                         "default verdicts were shown to agree; the verdict its numbers give here is in claims.json's at_size.")
@@ -330,6 +334,21 @@ def write_combined_report(path: str | Path, outcomes: Sequence[Outcome], failure
     for o in outcomes:
         sections.extend(report_sections(o, with_claims=False))
     return write_html_report(path, "steepest reproduce all: the seed claims, measured", sections)
+
+
+def grid_edges(name: str, results: dict) -> list[str]:
+    """Every learning-rate choice of experiment ``name`` whose chosen value sits on its grid's edge (first or
+    last of a grid of >= 3 values): a tuned comparison is only fair when each best value is interior.
+    Experiments with grids define ``lr_grids(results) -> [(what, grid, chosen)]``."""
+    mod = get(name)
+    if not hasattr(mod, "lr_grids"):
+        return []
+    out = []
+    for what, grid, chosen in mod.lr_grids(results):
+        g = sorted(float(x) for x in grid)
+        if len(g) >= 3 and float(chosen) in (g[0], g[-1]):
+            out.append(f"{what} {chosen:g} on the edge of {g}")
+    return out
 
 
 def fmt(x: float, digits: int = 3) -> str:
