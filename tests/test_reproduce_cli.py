@@ -327,3 +327,12 @@ def test_default_verdicts_are_frozen(tmp_path):
         assert got == [w[1] for w, c in zip(want, cs) if not any(t in c["statement"] for t in TIMING)], name
         results = json.loads((out / name / "results.json").read_text())
         assert base.grid_edges(name, base._revive(results)) == [], name
+
+
+def test_grid_edges_flags_a_best_lr_on_the_edge():
+    res = {"settings": {"lrs": [0.01, 0.02, 0.04]}, "best": {"svd": {"lr": 0.04}, "muon_quintic": {"lr": 0.02}}}
+    assert base.grid_edges("trained", res) == ["svd lr 0.04 on the edge of [0.01, 0.02, 0.04]"]
+    res["best"]["svd"]["lr"] = 0.02
+    assert base.grid_edges("trained", res) == []
+    res["settings"]["lrs"] = [0.02]                                      # a one-value grid (quick) is not a choice
+    assert base.grid_edges("trained", res) == [] and base.grid_edges("quadratic", {}) == []

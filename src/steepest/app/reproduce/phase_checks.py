@@ -17,7 +17,9 @@ Source: "Spectral Gradient Descent Mitigates Anisotropy-Driven Misalignment: A C
 * Open question 2 (larger SpecGD learning rates): eta = kappa / sqrt(d + lambda) over kappa, the
   largest kappa that still ends aligned, at several d.
 * Open question 4 (scaling laws under power-law covariance): steps to alignment 0.9 vs d for
-  Q = diag(i^-alpha), signal on coordinate d/2, laws compared by :mod:`steepest.app.reproduce.scaling`.
+  Q = diag(i^-alpha), signal on the fixed coordinate ``power_signal`` (its variance power_signal^-alpha
+  held fixed as d grows: putting it on coordinate d/2 confounded d with a weaker signal), laws compared
+  by :mod:`steepest.app.reproduce.scaling`.
 * Next check 3 (compute overhead): wall-clock seconds per step of each method (median of repeats)
   and the wall-clock time to alignment 0.9 it implies.
 
@@ -65,7 +67,8 @@ class Config:
     lr_dims: tuple[int, ...] = (50, 100, 200)
     lr_steps: int = 400
     power_alpha: float = 1.0
-    power_dims: tuple[int, ...] = (8, 16, 24, 32, 48)   # signal on coordinate d/2 (variance (d/2)^-alpha)
+    power_dims: tuple[int, ...] = (8, 16, 32, 64, 128)
+    power_signal: int = 4            # 1-based signal coordinate, the same at every d (signal variance 4^-alpha fixed)
     power_gd_eta: float = 0.05       # GD's eta under Q = diag(i^-alpha) (lambda_max = 1); SpecGD uses kappa
     power_steps: int = 3000
     cost_dims: tuple[int, ...] = (64, 128, 256)
@@ -84,6 +87,8 @@ class Config:
     def __post_init__(self) -> None:
         if min(self.d, self.online_d, *self.lr_dims, *self.power_dims, *self.cost_dims) < 4:
             raise ConfigError("every dimension must be >= 4")
+        if not 1 <= self.power_signal <= min(self.power_dims):
+            raise ConfigError(f"power_signal must be in [1, min(power_dims)={min(self.power_dims)}]")
         if len(self.power_dims) < 3 or len(self.t1_batches) < 2:
             raise ConfigError("power_dims needs >= 3 sizes (two-parameter laws) and t1_batches >= 2")
         if any(s < 0 for s in self.noise_levels) or any(k <= 0 for k in self.kappas):
@@ -187,7 +192,7 @@ def lr_cell(cfg: Config, d: int, kappa: float) -> dict:
 
 
 def power_cell(cfg: Config, d: int) -> dict:
-    prob = pr.power_problem(d, cfg.power_alpha, max(1, d // 2), torch.Generator().manual_seed(cfg.seed + 5))
+    prob = pr.power_problem(d, cfg.power_alpha, cfg.power_signal, torch.Generator().manual_seed(cfg.seed + 5))
     etas = {"specgd": pr.eta_for("specgd", prob["Q"], cfg.kappa, cfg.gd_eta_scale), "gd": cfg.power_gd_eta}
     return {m: steps_to(pr.simulate(prob, m, etas[m], cfg.power_steps)["align"]) for m in METHODS}
 
@@ -231,7 +236,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
                                          lambda d=d, k=k: lr_cell(cfg, d, k))
                  for d, k in progress([(d, k) for d in cfg.lr_dims for k in cfg.kappas], "phase-checks lr")}
     out["power"] = {str(d): cells.get(f"pc-power-{d}", {**base, "d": d, "a": cfg.power_alpha, "steps": cfg.power_steps,
-                                                        "eta": cfg.power_gd_eta},
+                                                        "eta": cfg.power_gd_eta, "sig": cfg.power_signal},
                                       lambda d=d: power_cell(cfg, d)) for d in progress(cfg.power_dims, "phase-checks power")}
     # wall-clock numbers are not cached: they describe this machine now
     out["cost"] = {str(d): cost_cell(cfg, d) for d in cfg.cost_dims}
@@ -338,7 +343,8 @@ def claims(results: dict) -> list[Claim]:
                          + (f", power-law exponent {fmt(laws[m]['fits']['power']['b'])} [{fmt(laws[m]['fits']['power']['b_lo'])}, "
                             f"{fmt(laws[m]['fits']['power']['b_hi'])}], best law {laws[m]['winner']}" if laws[m] else "")
                          for m in METHODS)
-        out.append(extension_claim(SEED, "open question 4 (scaling laws, power-law covariance, signal on coordinate d/2): "
+        out.append(extension_claim(SEED, f"open question 4 (scaling laws, power-law covariance, signal on coordinate "
+                                   f"{st['power_signal']} at every d, its variance fixed): "
                                    "GD's time to alignment grows like a power of d, SpecGD's stays O(1)",
                                    f"alpha={st['power_alpha']:g}, d = {', '.join(map(str, dims))}: {desc}",
                                    growth["specgd"] <= st["flat_growth"] and bool(laws["gd"]) and laws["gd"]["winner"] == "power",

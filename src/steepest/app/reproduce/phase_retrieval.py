@@ -75,7 +75,7 @@ class Config:
     power_d: int = 40
     power_alphas: tuple[float, ...] = (1.0, 2.0)
     power_signal_index: int = 20     # 1-based coordinate of w* (variance index^-alpha)
-    power_etas: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)   # each method at its best eta (interior)
+    power_etas: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)   # each method at its best eta (interior)
     power_steps: int = 1000
     seed: int = 4
 
