@@ -253,18 +253,22 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
         prob = power_problem(cfg.power_d, alpha, cfg.power_signal_index, torch.Generator().manual_seed(cfg.seed + 3))
         res = {}
         for m in METHODS:
-            best = None
-            finals = {}
+            runs, finals, steps = {}, {}, {}
             for eta in cfg.power_etas:
                 r = simulate(prob, m, eta, cfg.power_steps)
-                final = r["align"][-1] if not r["diverged"] else float("nan")
-                finals[f"{eta:g}"] = final
-                if best is None or (math.isfinite(final) and not final <= best[0]):
-                    best = (final, eta, r)
-            res[m] = {"align": best[2]["align"], "best_eta": best[1], "final_by_eta": finals,
-                      "diverged": best[2]["diverged"]}
+                runs[eta] = r
+                finals[f"{eta:g}"] = r["align"][-1] if not r["diverged"] else float("nan")
+                steps[f"{eta:g}"] = next((float(k) for k, a in enumerate(r["align"]) if a >= cfg.good_alignment), math.nan)
+            best = pick_eta(cfg.power_etas, finals, steps)
+            res[m] = {"align": runs[best]["align"], "best_eta": best, "final_by_eta": finals, "steps_by_eta": steps,
+                      "diverged": runs[best]["diverged"]}
         return res
 
+    out["power"] = {f"{a:g}": cells.get(f"pr-power-{a:g}", {"seed": cfg.seed, "d": cfg.power_d, "alpha": a,
+                                                           "sig": cfg.power_signal_index, "etas": cfg.power_etas,
+                                                           "steps": cfg.power_steps, "pick": "fastest"},
+                                        lambda a=a: power_cell(a))
+                    for a in progress(cfg.power_alphas, "phase-retrieval power law")}
     def law_cell():
         return {str(d): {m: growth_end(phase_reduced.reduced(d, cfg.lam, m, eta_of(m, d + cfg.lam, 1 + cfg.lam, cfg.kappa,
                                                                                   cfg.gd_eta_scale),
@@ -272,11 +276,18 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
                          for m in METHODS} for d in cfg.law_dims}
 
     out["t1_law"] = cells.get("pr-t1-law", {**base, "lam": cfg.lam, "dims": cfg.law_dims, "max": cfg.t1_max_steps}, law_cell)
-    out["power"] = {f"{a:g}": cells.get(f"pr-power-{a:g}", {"seed": cfg.seed, "d": cfg.power_d, "alpha": a,
-                                                           "sig": cfg.power_signal_index, "etas": cfg.power_etas,
-                                                           "steps": cfg.power_steps}, lambda a=a: power_cell(a))
-                    for a in progress(cfg.power_alphas, "phase-retrieval power law")}
     return out
+
+
+def pick_eta(etas, finals: dict, steps: dict) -> float:
+    """The best step size of a grid: the fewest steps to ``good_alignment`` among those that reach it (final
+    alignments saturate near 1, where their last digits decide nothing), ties to the better final alignment;
+    the best final alignment when none reaches it."""
+    ok = [e for e in etas if math.isfinite(steps[f"{e:g}"]) and math.isfinite(finals[f"{e:g}"])]   # not diverged
+    if ok:
+        return min(ok, key=lambda e: (steps[f"{e:g}"], -finals[f"{e:g}"]))
+    finite = [e for e in etas if math.isfinite(finals[f"{e:g}"])]
+    return max(finite, key=lambda e: finals[f"{e:g}"]) if finite else etas[0]
 
 
 def lr_grids(results: dict) -> list[tuple[str, list, float]]:
@@ -372,13 +383,20 @@ def claims(results: dict) -> list[Claim]:
                           f"(diverged: SpecGD {s['diverged_cells']['specgd']}, GD {s['diverged_cells']['gd']})",
                           None if gs == gg else gs > gg, baseline="GD's count on the same grid",
                           threshold="SpecGD has more good cells; inconclusive if equal"))
-    fa = {a: {m: r[m]["align"][-1] if not r[m]["diverged"] else float("nan") for m in METHODS} for a, r in results["power"].items()}
-    ok = all(v["specgd"] > v["gd"] or (math.isnan(v["gd"]) and not math.isnan(v["specgd"])) for v in fa.values())
+    P = results["power"]
+    fa = {a: {m: r[m]["align"][-1] if not r[m]["diverged"] else float("nan") for m in METHODS} for a, r in P.items()}
+    ts = {a: {m: r[m]["steps_by_eta"][f"{r[m]['best_eta']:g}"] for m in METHODS} for a, r in P.items()}
+    ok = all(not math.isnan(v["specgd"]) and not v["specgd"] >= v["gd"] for v in ts.values())   # GD nan: SpecGD sooner
     out.append(seed_claim(SEED, ks, "Numerical experiments confirm SpecGD advantages persist under broader anisotropic "
                           "covariances including power-law spectra",
-                          "; ".join(f"alpha={a}: final alignment SpecGD {fmt(v['specgd'])}, GD {fmt(v['gd'])}" for a, v in fa.items()),
-                          ok, baseline="GD at its best eta of power_etas",
-                          threshold="SpecGD ends better aligned than GD for every alpha"))
+                          "; ".join(f"alpha={a}: steps to alignment {st['good_alignment']} SpecGD {fmt(ts[a]['specgd'])} "
+                                    f"(eta {P[a]['specgd']['best_eta']:g}), GD {fmt(ts[a]['gd'])} (eta "
+                                    f"{P[a]['gd']['best_eta']:g}); final alignment SpecGD {fmt(fa[a]['specgd'])}, GD "
+                                    f"{fmt(fa[a]['gd'])}" for a in P), ok,
+                          baseline="GD at its best eta of power_etas (each method's fastest eta to the alignment; grids "
+                          "checked for interior optima)",
+                          threshold=f"SpecGD reaches alignment {st['good_alignment']} in fewer steps than GD for every alpha "
+                          "(GD never reaching it counts as fewer)"))
     return out
 
 
