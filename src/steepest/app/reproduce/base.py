@@ -37,6 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from steepest.app.report.html import Section, write_report as write_html_report
+from steepest.app.reproduce import unchecked, verdicts  # data and rules only: neither imports this module
+from steepest.app.reproduce.verdicts import UNDECIDED
 from steepest.app.guard import RunLock, check_output_dir
 from steepest.app.runs import ConfigError, atomic_write_json, environment
 from steepest.diagnostics.metrics import nuclear_rank as _nuclear_rank, stable_rank as _stable_rank
@@ -56,9 +58,6 @@ REGISTRY = {
     "layerwise": "steepest.app.reproduce.layerwise",
 }
 
-#: What a quick (smoke-test) run shows for a claim whose quick verdict was not shown to match the default
-#: run's (see :mod:`steepest.app.reproduce.verdicts`); the numbers are still shown.
-UNDECIDED = "not decided at this size"
 VERDICTS = ("holds", "fails", "inconclusive")
 
 
@@ -242,7 +241,6 @@ def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = 
 
 
 def _run_locked(name: str, mod, cfg, run_dir: Path, write_report: bool, size: str) -> Outcome:
-    from steepest.app.reproduce.verdicts import judge_at_size  # it imports this module
 
     atomic_write_json(run_dir / "config.json", {"experiment": name, "seed": mod.SEED, "source": mod.SOURCE,
                                                 "config": dataclasses.asdict(cfg)})
@@ -253,7 +251,7 @@ def _run_locked(name: str, mod, cfg, run_dir: Path, write_report: bool, size: st
     atomic_write_json(run_dir / "results.json", results)
     # claims and figures read the results back as a reader of results.json would
     results = _revive(json.loads((run_dir / "results.json").read_text(encoding="utf-8")))
-    claims = judge_at_size(name, mod.claims(results), size)
+    claims = verdicts.judge_at_size(name, mod.claims(results), size)
     atomic_write_json(run_dir / "claims.json", [dataclasses.asdict(c) for c in claims])
     if cells.fallbacks:
         atomic_write_json(run_dir / "svd_fallbacks.json", cells.fallbacks)
@@ -314,8 +312,6 @@ def write_combined_report(path: str | Path, outcomes: Sequence[Outcome], failure
     experiment (claim, seed and section, verdict at default size, baseline, the number, whether quick
     agrees) where a failed experiment is a red row with its error; then the seeds' claims that no
     experiment checks, and why; then every claim with its threshold; then each experiment."""
-    from steepest.app.reproduce import unchecked, verdicts
-
     size = outcomes[0].size if outcomes else "default"
     summary = [row for o in outcomes for row in verdicts.summary_rows(o.name, o.claims, o.size)]
     summary += [[f.name, f"the experiment raised: {f.error}", "-", EXPERIMENT_FAILED, "-", "-", "-"] for f in failures]

@@ -16,7 +16,7 @@ Refresh (after a change that moves a verdict)::
 and paste the printed mapping over :data:`FROZEN`.
 
 Example:
-    >>> from steepest.app.reproduce.base import Claim
+    >>> from steepest.app.reproduce.base import Claim  # base imports this module, never the reverse
     >>> c = Claim("seed 9, s. 1", "x", "1", "holds", "baseline: b; threshold (set in Config before the run): t")
     >>> judge_at_size("no-such-experiment", [c], "quick")[0].verdict
     'not decided at this size'
@@ -28,9 +28,10 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from steepest.app.reproduce.base import UNDECIDED, Claim
+#: What a quick (smoke-test) run shows for a claim its size was not shown to decide (the numbers still shown).
+UNDECIDED = "not decided at this size"
 
 #: Characters of a claim's statement stored to tie a record entry to its claim (with its position).
 KEY_CHARS = 60
@@ -116,20 +117,20 @@ FROZEN: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
-def _entry(name: str, index: int, claim: Claim) -> tuple[str, str, str] | None:
+def _entry(name: str, index: int, claim: Any) -> tuple[str, str, str] | None:
     rec = FROZEN.get(name, [])
     if index < len(rec) and claim.statement.startswith(rec[index][0]):
         return rec[index]
     return None
 
 
-def quick_decides(name: str, index: int, claim: Claim) -> bool:
+def quick_decides(name: str, index: int, claim: Any) -> bool:
     """True when the record shows quick and default giving the same decided verdict for this claim."""
     e = _entry(name, index, claim)
     return e is not None and e[1] == e[2] and e[1] in DECIDED
 
 
-def judge_at_size(name: str, claims: Sequence[Claim], size: str) -> list[Claim]:
+def judge_at_size(name: str, claims: Sequence[Any], size: str) -> list:
     """The claims as a run of ``size`` (``"default"`` or ``"quick"``) reports them: a quick run's verdict
     becomes ``not decided at this size`` (its own verdict kept in ``at_size``) unless the quick size was
     shown to decide the claim and this run agrees with the record."""
@@ -144,7 +145,7 @@ def judge_at_size(name: str, claims: Sequence[Claim], size: str) -> list[Claim]:
     return out
 
 
-def default_verdict(name: str, index: int, claim: Claim, size: str) -> str:
+def default_verdict(name: str, index: int, claim: Any, size: str) -> str:
     """The claim's verdict at the default size: this run's own when it is a default run, else the record's."""
     if size == "default":
         return claim.verdict
@@ -152,7 +153,7 @@ def default_verdict(name: str, index: int, claim: Claim, size: str) -> str:
     return e[1] if e else "no default run recorded"
 
 
-def quick_agrees(name: str, index: int, claim: Claim) -> str:
+def quick_agrees(name: str, index: int, claim: Any) -> str:
     """``yes`` / ``no`` (quick's verdict differs from default's; the default one is the answer) / ``no record``."""
     e = _entry(name, index, claim)
     if e is None:
@@ -160,7 +161,7 @@ def quick_agrees(name: str, index: int, claim: Claim) -> str:
     return "yes" if e[1] == e[2] else f"no (quick: {e[2]})"
 
 
-def baseline_of(claim: Claim) -> str:
+def baseline_of(claim: Any) -> str:
     """The baseline a claim is judged against, read from its note (``baseline: ...; threshold ...``)."""
     m = re.match(r"baseline: (.*?); threshold", claim.note or "")
     return m.group(1) if m else "-"
@@ -170,7 +171,7 @@ SUMMARY_HEADER = ("experiment", "claim", "seed and section", "verdict at default
                   "quick agrees")
 
 
-def summary_rows(name: str, claims: Sequence[Claim], size: str) -> list[list]:
+def summary_rows(name: str, claims: Sequence[Any], size: str) -> list[list]:
     """One row per claim for the report's opening table."""
     return [[name, c.statement, c.seed, default_verdict(name, i, c, size), baseline_of(c), c.measured,
              quick_agrees(name, i, c)] for i, c in enumerate(claims)]
