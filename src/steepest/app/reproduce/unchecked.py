@@ -67,4 +67,5 @@ def counts_text() -> str:
     still = AUDIT_UNCHECKED - len(CHECKED_SINCE_AUDIT)
     return (f"The audit found {AUDIT_CLAIMS} checkable claims in the five seeds, {AUDIT_UNCHECKED} unchecked; since then "
             f"{len(CHECKED_SINCE_AUDIT)} is checked ({'; '.join(CHECKED_SINCE_AUDIT)}), so {still} remain. The "
-            f"{len(UNCHECKED)} most important are listed here; the rest are the seeds' remaining qualitative remarks.")
+            f"{len(UNCHECKED)} most important are listed here; the other {still - len(UNCHECKED)} of the audit's list are not "
+            "itemized yet (a gap of this table, not a sign that they hold).")
