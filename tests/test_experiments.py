@@ -868,3 +868,20 @@ def test_layerwise_numbers_and_verdicts(layerwise_tiny):
     assert _claim(layerwise.claims(bad), "section 7's comparison").verdict == "holds"
     for k, v in layerwise.summary(res)["settings"].items():             # the trajectory verdict reads winner vs rule
         assert v["winner"] == min(v["final"], key=v["final"].get)
+
+
+def test_embedding_claim_is_judged_against_hidden_layers(tmp_path):
+    """Seed 002 section 5 explains sign's standing on embeddings by their sparsity: the embeddings' median
+    Delta*_sign / Delta*_spec must beat the hidden layers' of the same runs, not only a fixed threshold."""
+    from steepest.app.reproduce import layer_oracle as LO
+    from test_oracle import tiny
+
+    torch.set_num_threads(1)
+    res = LO.run(tiny(), tmp_path)
+    res = {**res, "settings": {**res["settings"], "competitive_ratio": 0.0}}   # the threshold alone always passes
+    for scale, want in ((0.0, "holds"), (1e6, "fails")):                 # hidden layers far worse / far better for sign
+        bad = copy.deepcopy(res)
+        for r in bad["rows"]:
+            if r["role"] == "hidden":
+                r["oracle"]["linf"]["decrease"] = scale * r["oracle"]["spectral"]["decrease"]
+        assert LO.claims(bad)[5].verdict == want, LO.claims(bad)[5].measured

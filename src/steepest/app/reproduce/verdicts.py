@@ -105,7 +105,7 @@ FROZEN: dict[str, list[tuple[str, str, str]]] = {
         ('Section 4, Decision Rule: "If I(G, B) > 1, SpecGD is preferr', 'fails', 'fails'),
         ('Section 4, Definition 2: "I(G, B) := Delta*_spec / Delta*_si', 'fails', 'fails'),
         ('Section 4.1, regime 2: "SpecGD may be preferable at small ba', 'fails', 'fails'),
-        ('Section 5: "... why sign methods remain competitive for embe', 'holds', 'holds'),
+        ('Section 5: "... why sign methods remain competitive for embe', 'fails', 'holds'),   # hidden-layer baseline
     ],
     'layerwise': [
         ('“A natural blockwise spectral descent update is W_i^{t+1} = ', 'holds', 'holds'),
