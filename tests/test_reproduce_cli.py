@@ -336,3 +336,6 @@ def test_grid_edges_flags_a_best_lr_on_the_edge():
     assert base.grid_edges("trained", res) == []
     res["settings"]["lrs"] = [0.02]                                      # a one-value grid (quick) is not a choice
     assert base.grid_edges("trained", res) == [] and base.grid_edges("quadratic", {}) == []
+    rows = [{"magnitudes": "gaussian", "density": 0.1, "batch": 4, "edge": True}, {"magnitudes": "equal", "density": 1.0,
+                                                                               "batch": 4, "edge": False}]
+    assert base.grid_edges("spec-sign", {"rows": rows}) == ["magnitudes=gaussian, density=0.1, B=4: best eta at the grid edge"]

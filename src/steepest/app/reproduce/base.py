@@ -335,12 +335,11 @@ def write_combined_report(path: str | Path, outcomes: Sequence[Outcome], failure
 def grid_edges(name: str, results: dict) -> list[str]:
     """Every learning-rate choice of experiment ``name`` whose chosen value sits on its grid's edge (first or
     last of a grid of >= 3 values): a tuned comparison is only fair when each best value is interior.
-    Experiments with grids define ``lr_grids(results) -> [(what, grid, chosen)]``."""
+    Experiments with grids define ``lr_grids(results) -> [(what, grid, chosen)]``, or ``lr_edges(results) ->
+    [description]`` where the search flags its own edges (spec-sign's line search)."""
     mod = get(name)
-    if not hasattr(mod, "lr_grids"):
-        return []
-    out = []
-    for what, grid, chosen in mod.lr_grids(results):
+    out = list(mod.lr_edges(results)) if hasattr(mod, "lr_edges") else []   # experiments that flag edges themselves
+    for what, grid, chosen in (mod.lr_grids(results) if hasattr(mod, "lr_grids") else []):
         g = sorted(float(x) for x in grid)
         if len(g) >= 3 and float(chosen) in (g[0], g[-1]):
             out.append(f"{what} {chosen:g} on the edge of {g}")

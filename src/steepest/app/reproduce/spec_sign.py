@@ -312,6 +312,12 @@ def claims(results: dict) -> list[Claim]:
     return out
 
 
+def lr_edges(results: dict) -> list[str]:
+    """Cells whose line-searched best eta (either method) sits on the search grid's edge, for the grid-edge check."""
+    return [f"magnitudes={r['magnitudes']}, density={r['density']}, B={r['batch']}: best eta at the grid edge"
+            for r in results["rows"] if r["edge"]]
+
+
 def tables(results: dict):
     header = ("magnitudes", "density", "B", "index", "index says", "regime", "gain sign", "gain spec", "measured winner",
               "c_1", "c_*", "H_sign", "H_spec", "best eta at grid edge")
