@@ -71,7 +71,7 @@ FROZEN: dict[str, list[tuple[str, str, str]]] = {
         ('“Numerical experiments confirm SpecGD advantages persist und', 'holds', 'holds'),
     ],
     'spec-sign': [
-        ('“Even if the true gradient is sparse (favoring SignSGD deter', 'holds', 'holds'),
+        ('“Even if the true gradient is sparse (favoring SignSGD deter', 'fails', 'fails'),   # anisotropic Hessian
         ('“the true gradient is sparse (favoring SignSGD deterministic', 'holds', 'fails'),
         ('at large *finite* batch sizes, sparse gradients do not favou', 'holds', 'holds'),
         ('“If I(G, B) > 1, SpecGD is preferred. If I(G, B) < 1, SignSG', 'holds', 'holds'),
