@@ -19,6 +19,8 @@ in ``dtype`` (float32 default; bfloat16 and float64 allowed) and returns the inp
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from steepest.linalg import coefficients as C
@@ -227,12 +229,60 @@ def polar_svd(G: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torc
         return G.clone(), G.new_zeros(G.shape[:-2] + (min(G.shape[-2:]),))
     X, amax = prescale_with_scale(G)
     X = X.to(dtype if dtype != torch.bfloat16 and dtype != torch.float16 else torch.float32)
-    U, s, Vh = torch.linalg.svd(X, full_matrices=False)
+    U, s, Vh = svd_or_fallback(X)
     tol = max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s[..., :1]
     keep = (s > tol).to(X.dtype)
     Q = (U * keep.unsqueeze(-2)) @ Vh
     amax = amax.to(s.dtype)
     return Q.to(G.dtype), (s * keep) * amax.unsqueeze(-1)
+
+
+class SVDFallbackWarning(RuntimeWarning):
+    """``torch.linalg.svd`` raised (LAPACK's divide-and-conquer did not converge) and the singular
+    triplets came from :func:`svd_or_fallback`'s float64 fallback; callers that must record it (the
+    seed reproductions) catch this category."""
+
+
+def svd_or_fallback(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(X, full_matrices=False)``, and where it raises ``LinAlgError`` (gesdd's
+    divide and conquer failing to converge, which some LAPACK builds do on benign matrices) a stable
+    float64 path with a :class:`SVDFallbackWarning`:
+
+    1. the SVD of the float64 transpose X^T = V S U^T (another input to the same driver; it converges
+       where X did not in every case seen so far),
+    2. else the symmetric eigendecomposition of the small-side Gram matrix X^T X = V S^2 V^T (``eigh``
+       never fails to converge on a finite symmetric matrix) with U = X V / s. Singular values below
+       sqrt(eps64) s_max lose relative accuracy there, but polar_svd's cut-off and U V^T for the
+       well-separated part are unaffected to about 1e-8.
+
+    The result has X's dtype. Example:
+
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> U, s, Vh = svd_or_fallback(X)
+        >>> bool(torch.allclose((U * s.unsqueeze(-2)) @ Vh, X))
+        True
+    """
+    try:
+        return torch.linalg.svd(X, full_matrices=False)
+    except torch.linalg.LinAlgError as err:
+        warnings.warn(f"torch.linalg.svd failed on a {tuple(X.shape)} {X.dtype} matrix ({err}); using the float64 "
+                      "fallback (see steepest.linalg.polar_factor.svd_or_fallback)", SVDFallbackWarning, stacklevel=3)
+    X64 = X.to(torch.float64)
+    try:
+        V, s, Uh = torch.linalg.svd(X64.mT, full_matrices=False)
+        return Uh.mT.to(X.dtype), s.to(X.dtype), V.mT.to(X.dtype)
+    except torch.linalg.LinAlgError:
+        pass
+    wide = X64.shape[-2] < X64.shape[-1]
+    Y = X64.mT if wide else X64                      # tall: Y^T Y is the small side
+    lam, V = torch.linalg.eigh(Y.mT @ Y)
+    lam, V = lam.flip(-1), V.flip(-1)                # descending, as svd returns
+    s = lam.clamp(min=0).sqrt()
+    inv = torch.where(s > 0, 1.0 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+    U = (Y @ V) * inv.unsqueeze(-2)
+    if wide:                                         # X = Y^T = V S U^T
+        U, V = V, U
+    return U.to(X.dtype), s.to(X.dtype), V.mT.to(X.dtype)
 
 
 def _iterate(

@@ -3,7 +3,11 @@
 Runs one seed reproduction (or ``all``) into a run directory: config.json, environment.json,
 results.json, claims.json, PNG figures and report.html with the claims table on top. Rerunning into
 the same directory reuses the finished sweep cells. Exit codes: 0 done (whatever the verdicts),
-1 an experiment raised, 2 bad usage (unknown experiment, bad config key or value), 130 interrupted.
+1 an experiment raised (with ``all`` the others still run and the failed one is a red row with its
+error in the combined report), 2 bad usage (unknown experiment, bad config key or value), 130 interrupted.
+
+``--quick`` is a smoke test: its claims show their numbers, and a verdict only where the quick size was
+shown to decide the claim (:mod:`steepest.app.reproduce.verdicts`), else ``not decided at this size``.
 
 With ``all``, ``--set`` keys may be prefixed by an experiment (``--set quadratic.steps=50``); an
 unprefixed key is applied to every experiment that has it. ``--config`` takes a YAML/TOML mapping
@@ -28,12 +32,15 @@ from steepest.app.reproduce import base
 
 
 def register(subparsers) -> None:
+    names = " | ".join(base.REGISTRY)
     p = subparsers.add_parser(
         "reproduce", help="reproduce a seed's claims with figures and verdicts",
-        description="Reproduce the seed results: quadratic, init-rank, schatten, phase-retrieval, spec-sign, or all.",
+        description=f"Reproduce the seed results ({len(base.REGISTRY)} experiments): {', '.join(base.REGISTRY)}, or all.",
     )
-    p.add_argument("name", metavar="NAME", help="quadratic | init-rank | schatten | phase-retrieval | spec-sign | all")
-    p.add_argument("--quick", action="store_true", help="small sizes (each experiment well under a minute)")
+    p.add_argument("name", metavar="NAME", help=f"{names} | all")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes, a smoke test (each experiment well under a minute): numbers shown, verdicts only "
+                        "where the quick size was shown to decide them, else 'not decided at this size'")
     p.add_argument("--out", "--run-dir", dest="out", default=None, metavar="DIR",
                    help="output (run) directory (default runs/reproduce-NAME[-quick]); --run-dir is an alias")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -105,16 +112,19 @@ def _print_claims(outcome) -> None:
     print(f"\n== {outcome.name}: {outcome.run_dir} "
           f"(cells: {outcome.cells_computed} computed, {outcome.cells_reused} reused)")
     for c in outcome.claims:
-        print(f"  [{c.verdict:>12}] {c.statement}\n                 measured: {c.measured}")
+        shown = f"{c.verdict} ({c.at_size} here)" if c.at_size else c.verdict
+        print(f"  [{shown:>12}] {c.statement}\n                 measured: {c.measured}")
 
 
-def _run_experiments(names: list[str], configs: dict, root: Path, args) -> tuple[int | None, list, list[str]]:
-    """Run each experiment into its folder: ``(exit code to return at once or None, outcomes, failed names)``."""
-    outcomes, failed = [], []
+def _run_experiments(names: list[str], configs: dict, root: Path, args) -> tuple[int | None, list, list]:
+    """Run each experiment into its folder: ``(exit code to return at once or None, outcomes, failures)``."""
+    outcomes: list = []
+    failed: list[base.Failure] = []
+    size = "quick" if args.quick else "default"
     for name in names:
         run_dir = root / name if args.name == "all" else root
         try:
-            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads)
+            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads, size=size)
         except ConfigError as e:
             print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
             return 2, outcomes, failed
@@ -122,13 +132,13 @@ def _run_experiments(names: list[str], configs: dict, root: Path, args) -> tuple
             text = disk_error_text(e)
             if text is None:
                 traceback.print_exc()
-                failed.append(name)
+                failed.append(base.Failure(name, f"{type(e).__name__}: {e}"))
                 continue
             print(f"steepest reproduce {name}: error: {text}", file=sys.stderr)
             return 2, outcomes, failed
-        except Exception:  # one broken experiment must not hide the others' results
+        except Exception as e:  # one broken experiment must not hide the others' results
             traceback.print_exc()
-            failed.append(name)
+            failed.append(base.Failure(name, f"{type(e).__name__}: {e}"))
             continue
         outcomes.append(outcome)
         _print_claims(outcome)
@@ -171,9 +181,11 @@ def main(args) -> int:
         if code is not None:
             return code
         report = None
-        if root_lock is not None and outcomes:
-            report = base.write_combined_report(root / "report.html", outcomes)
+        if root_lock is not None and (outcomes or failed):
+            report = base.write_combined_report(root / "report.html", outcomes, failed)
             atomic_write_json(root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes})
+            if failed:
+                atomic_write_json(root / "failed.json", {f.name: f.error for f in failed})
         elif root_lock is None and outcomes:
             report = outcomes[0].run_dir / "report.html"
     except OSError as e:  # the combined report on a full disk
@@ -188,6 +200,6 @@ def main(args) -> int:
     if report is not None:  # only a report this run wrote
         print(f"\nreport: {report}")
     if failed:
-        print(f"steepest reproduce: failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"steepest reproduce: failed: {', '.join(f.name for f in failed)}", file=sys.stderr)
         return 1
     return 0

@@ -20,6 +20,7 @@ h1{font-size:1.6em} h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .holds{background:#e6f4ea} .fails{background:#fde8e8} .inconclusive{background:#fff6db}
+.error{background:#f4a6a6;font-weight:bold} .undecided{background:#eeeeee;color:#555}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0} .muted{color:#666;font-size:.9em} pre{background:#f7f7f7;padding:.6em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}
 .wide{overflow-x:auto;max-width:100%}
 """
@@ -36,6 +37,11 @@ class Section:
     preformatted: str | None = None
 
 
+#: Cell text -> CSS class: verdicts are coloured, a failed experiment is red.
+_CLASSES = {"holds": "holds", "fails": "fails", "inconclusive": "inconclusive", "experiment failed": "error",
+            "not decided at this size": "undecided"}
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         if value != value:
@@ -45,12 +51,12 @@ def _cell(value) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f'<td class="num">{value}</td>'
     text = html.escape(str(value))
-    cls = str(value).lower() if str(value).lower() in ("holds", "fails", "inconclusive") else ""
+    cls = _CLASSES.get(str(value).lower(), "")
     return f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>"
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """An HTML table; cells reading holds/fails/inconclusive are coloured."""
+    """An HTML table; cells reading a verdict are coloured and ``experiment failed`` is red."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
     # in a horizontally scrolling box: a wide table (many optimizers, long layer names) never widens the page
