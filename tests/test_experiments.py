@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -174,9 +175,15 @@ def test_cells_are_reused_and_keyed_by_parameters(tmp_path):
     cells.get("c", {"a": 2}, f)
     assert len(calls) == 2 and cells.hits == 1 and cells.misses == 2
     assert math.isnan(r2["x"]) and r2["y"][1] == math.inf and r1["y"] == [1.0, math.inf]
-    (tmp_path / f"{base.cell_key('c', {'a': 1})}.json").write_text("{torn")   # damaged file: recomputed
+    cell = tmp_path / f"{base.cell_key('c', {'a': 1})}.json"
+    cell.write_text("{torn")   # damaged file: recomputed
     base.Cells(tmp_path).get("c", {"a": 1}, f)
     assert len(calls) == 3
+    # not UTF-8, a JSON list, a record of the wrong types: each recomputed and rewritten, never a traceback
+    for damaged in (b"\xff\xfe{", b"[1, 2]", b'{"params": 3, "result": 1}'):
+        cell.write_bytes(damaged)
+        assert base.Cells(tmp_path).get("c", {"a": 1}, f)["y"] == [1.0, math.inf]
+    assert len(calls) == 6 and json.loads(cell.read_text())["name"] == "c"
 
 
 # ---------------------------------------------------------------------------------------- quadratic

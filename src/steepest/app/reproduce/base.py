@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from steepest.app.report.html import Section, write_report as write_html_report
 from steepest.app.reproduce import unchecked, verdicts  # data and rules only: neither imports this module
 from steepest.app.reproduce.verdicts import UNDECIDED
-from steepest.app.guard import RunLock, check_output_dir
+from steepest._io import FileTooLarge, read_bytes_limited
+from steepest.app.guard import MAX_JSON_BYTES, RunLock, check_output_dir
 from steepest.app.runs import ConfigError, atomic_write_json, environment
 from steepest.diagnostics.metrics import nuclear_rank as _nuclear_rank, stable_rank as _stable_rank
 from steepest.linalg.polar_factor import SVDFallbackWarning
@@ -158,14 +159,14 @@ class Cells:
         path = self.directory / f"{cell_key(name, params)}.json"
         if path.exists():
             try:
-                record = json.loads(path.read_text(encoding="utf-8"))
+                record = json.loads(read_bytes_limited(path, MAX_JSON_BYTES).decode("utf-8"))
                 if record.get("params") == _stable(params):
                     self.hits += 1
                     if record.get("svd_fallbacks"):
                         self.fallbacks[name] = self.fallbacks.get(name, 0) + record["svd_fallbacks"]
                     return _revive(record["result"])
-            except (json.JSONDecodeError, KeyError):
-                pass  # a damaged cell file is recomputed
+            except (ValueError, KeyError, AttributeError, TypeError, FileTooLarge):
+                pass  # a damaged cell file (bad JSON or UTF-8, a list, a huge file) is recomputed and rewritten
         result, n = self._compute(name, compute)
         atomic_write_json(path, {"name": name, "params": _stable(params), "result": result, "svd_fallbacks": n})
         self.misses += 1
