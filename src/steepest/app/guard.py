@@ -30,9 +30,10 @@ import signal
 import stat
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from steepest._io import TEMP_PATTERN, FileTooLarge, read_bytes_limited
 from steepest.app.runs import ConfigError
@@ -180,7 +181,7 @@ class RunLock:
         self.what = what
         self._key: str | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         import fcntl  # lazy: POSIX only
 
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -238,7 +239,7 @@ class RunLock:
             del RunLock._held[key]
             os.close(entry[0])  # closing the descriptor drops the flock
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -31,12 +31,13 @@ import os
 import signal
 import socket
 import sys
-import threading
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -22,8 +22,15 @@ import torch
 import yaml
 
 import steepest
-from steepest._io import FileTooLarge, read_bytes_limited
-from steepest._io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl  # noqa: F401 (re-exported)
+from steepest._io import (  # noqa: F401 (re-exported)
+    FileTooLarge,
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_bytes_limited,
+    read_jsonl,
+)
 from steepest.linalg.precision import auto_report
 
 

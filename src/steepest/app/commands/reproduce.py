@@ -27,8 +27,8 @@ import traceback
 from pathlib import Path
 
 from steepest.app.guard import RunLock, check_output_dir, disk_error_text, read_json
-from steepest.app.runs import MAX_THREADS, ConfigError, apply_overrides, atomic_write_json, read_mapping
 from steepest.app.reproduce import base
+from steepest.app.runs import MAX_THREADS, ConfigError, apply_overrides, atomic_write_json, read_mapping
 
 
 def register(subparsers) -> None:

@@ -22,8 +22,8 @@ from steepest.app.compare.job import MAX_LR, check_seed
 from steepest.app.compare.optimizers import OPTIMIZERS, default_optimizers
 from steepest.app.compare.sweep import TUNED_PATH, sweep
 from steepest.app.guard import check_output_dir, disk_error_text
-from steepest.app.tasks import TaskError
 from steepest.app.runs import ConfigError
+from steepest.app.tasks import TaskError
 
 
 def parse_grid(items, names) -> dict[str, list[float]]:

@@ -7,7 +7,14 @@ Modules: ``job`` (entry point, learning rates, the table), ``loop`` (one trainin
 """
 
 from steepest.app.compare.job import (
-    TABLE_COLUMNS, CompareConfig, CompareResult, compare, format_table, load_tuned, resolve_lrs, steps_to_reach,
+    TABLE_COLUMNS,
+    CompareConfig,
+    CompareResult,
+    compare,
+    format_table,
+    load_tuned,
+    resolve_lrs,
+    steps_to_reach,
     summarize,
 )
 

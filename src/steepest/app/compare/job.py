@@ -34,16 +34,22 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from steepest.app.compare.data_parallel import check_nproc, run_distributed
-from steepest.app.compare.optimizers import (
-    DEFAULT_OPTIMIZERS, NEEDS_NATIVE_BF16, OPTIMIZERS, check_optimizers, default_optimizers, routing_table,
-)
 from steepest.app.compare.monitor import check_oracle_every
+from steepest.app.compare.optimizers import (
+    DEFAULT_OPTIMIZERS,
+    NEEDS_NATIVE_BF16,
+    OPTIMIZERS,
+    check_optimizers,
+    default_optimizers,
+    routing_table,
+)
 from steepest.app.compare.report import write_compare_report
 from steepest.app.compare.runner import run_optimizer
 from steepest.app.guard import RunLock, check_output_dir, read_json, remove_stale_temps
@@ -172,7 +178,7 @@ def resolve_lrs(task_name: str, size: str, names, overrides: dict | None = None,
 
 
 # ---------------------------------------------------------------------------------------- entry point
-def compare(task: "str | Task" = "charlm", optimizers=None, steps: int | None = None, *, seed: int = 0,
+def compare(task: str | Task = "charlm", optimizers=None, steps: int | None = None, *, seed: int = 0,
             lrs: dict | None = None, size: str = "default", eval_every: int | None = None,
             run_dir: str | Path | None = None, resume: bool = False, threads: int | None = None,
             warmup: float = 0.05, cooldown: float = 0.3, monitor_every: int | None = None,

@@ -120,7 +120,7 @@ class _ChoiceSink(JSONLSink):
     """JSONL sink that adds the adaptive optimizer's per-layer choice to each record (and rewinds like
     JSONLSink on resume, so records an interrupted run wrote after its checkpoint are dropped)."""
 
-    def __init__(self, path: Path, choices, oracle: "_Oracle | None" = None) -> None:
+    def __init__(self, path: Path, choices, oracle: _Oracle | None = None) -> None:
         super().__init__(path)
         self.choices, self.oracle = choices, oracle
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from steepest.app.report.html import Section, write_report
 from steepest.app.guard import mapping_of, read_json
+from steepest.app.report.html import Section, write_report
 from steepest.app.runs import read_jsonl
 
 
@@ -34,8 +34,8 @@ def _grid(records: list[dict], key: str) -> tuple[list[str], list[int], list[lis
 
 
 def _diagnostics_sections(run_dir: Path, names: list[str]) -> list[Section]:
-    from steepest.app.report.compare_figures import choice_map, layer_heatmap  # lazy: matplotlib only when drawing
     from steepest.app.compare.geometry_wins import geometry_wins_section
+    from steepest.app.report.compare_figures import choice_map, layer_heatmap  # lazy: matplotlib only when drawing
 
     sections = []
     fig_dir = run_dir / "figures"

@@ -12,17 +12,17 @@ import json
 import math
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from steepest._io import FileTooLarge, scan_jsonl
+from steepest.app.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from steepest.app.compare.loop import LoopState, train_loop
 from steepest.app.compare.monitor import attach_monitor
 from steepest.app.compare.optimizers import OPTIMIZERS, build_optimizer, state_bytes
-from steepest._io import FileTooLarge, scan_jsonl
-from steepest.app.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from steepest.app.guard import read_json
 from steepest.app.runs import ConfigError, append_jsonl, atomic_write_json, atomic_write_text
 

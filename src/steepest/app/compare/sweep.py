@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import math
+import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from steepest._io import TEMP_PATTERN
 from steepest.app.compare.job import TUNED_PATH, compare, load_tuned, resolve_lrs
 from steepest.app.compare.optimizers import OPTIMIZERS, check_optimizers, default_optimizers
-from steepest._io import TEMP_PATTERN
 from steepest.app.guard import open_lock_file, read_json
 from steepest.app.runs import atomic_write_json
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from steepest._io import atomic_write_text
 

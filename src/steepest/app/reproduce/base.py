@@ -30,19 +30,22 @@ import math
 import re
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from steepest.app.report.html import Section, write_report as write_html_report
-from steepest.app.reproduce import unchecked, verdicts  # data and rules only: neither imports this module
-from steepest.app.reproduce.verdicts import UNDECIDED
 from steepest._io import FileTooLarge, read_bytes_limited
 from steepest.app.guard import MAX_JSON_BYTES, RunLock, check_output_dir
+from steepest.app.report.html import Section
+from steepest.app.report.html import write_report as write_html_report
+from steepest.app.reproduce import unchecked, verdicts  # data and rules only: neither imports this module
+from steepest.app.reproduce.verdicts import UNDECIDED
 from steepest.app.runs import ConfigError, atomic_write_json, environment
-from steepest.diagnostics.metrics import nuclear_rank as _nuclear_rank, stable_rank as _stable_rank
+from steepest.diagnostics.metrics import nuclear_rank as _nuclear_rank
+from steepest.diagnostics.metrics import stable_rank as _stable_rank
 from steepest.linalg.polar_factor import SVDFallbackWarning
 
 #: Experiment name -> module (imported on first use so ``steepest --help`` stays fast).

@@ -27,8 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 #: What a quick (smoke-test) run shows for a claim its size was not shown to decide (the numbers still shown).
 UNDECIDED = "not decided at this size"

@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import inspect
 import traceback
-from typing import Callable
-
-from steepest.app.userpath import SpecError, import_spec, takes_argument
+from collections.abc import Callable
 
 from steepest.app.tasks.base import Task, TaskError, package_dir
 from steepest.app.tasks.charlm import charlm_task
 from steepest.app.tasks.mnist import mnist_task
+from steepest.app.userpath import SpecError, import_spec, takes_argument
 
 
 def _mnist_cnn(**kw) -> Task:
@@ -60,7 +59,7 @@ def _mnist_cnn(**kw) -> Task:
 TASKS: dict[str, Callable[..., Task]] = {"charlm": charlm_task, "mnist": mnist_task, "mnist-cnn": _mnist_cnn}
 
 
-def get_task(spec: "str | Task", **options) -> Task:
+def get_task(spec: str | Task, **options) -> Task:
     """Build a task from a built-in name (``charlm``, ``mnist``, ``mnist-cnn``) or ``package.module:factory``.
 
     ``options`` go to the factory (built-in ones accept ``size="default"|"quick"`` among others).
