@@ -30,7 +30,9 @@ torchtitan's checkpointer materializes optimizer state before saving or loading 
 gradients and ``lr = 0`` (``init_optim_state``); every steepest recipe takes that step without moving a
 weight (tests/test_torchtitan.py).
 
-``import steepest`` never imports torchtitan; this module does (``tools/setup.sh --with-torchtitan``).
+``import steepest`` never imports torchtitan; this module does (``tools/setup.sh --with-torchtitan``). It needs
+only torchtitan's optimizer components, which import without triton; torchtitan's models (``torchtitan.models``)
+import triton, so training them needs a torch build that ships it (CUDA).
 """
 
 from __future__ import annotations
