@@ -235,3 +235,18 @@ def test_import_steepest_does_not_import_torchtitan():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"
     )
+
+
+def test_torchtitan_lr_scheduler_scales_every_steepest_group():
+    """torchtitan's LRSchedulersContainer (LambdaLR per optimizer) warms up steepest's and AdamW's groups alike."""
+    from torchtitan.components.optimizer import LRSchedulersContainer
+
+    model = Tiny()
+    opt = steepest_optimizer("Muon", lr=0.02, adamw_lr=1e-2).build(model_parts=[model])
+    sched = LRSchedulersContainer.Config(warmup_steps=4).build(optimizers=opt, training_steps=10)
+    groups = opt.optimizers[0].param_groups
+    assert sorted({g["initial_lr"] for g in groups}) == [1e-2, 0.02]  # Muon's lr and adamw_lr, both scheduled
+    for _ in range(2):
+        sched.step()
+    ratios = {round(g["lr"] / g["initial_lr"], 12) for g in groups}  # 12 digits: float division of equal ratios
+    assert len(ratios) == 1 and 0 < ratios.pop() < 1  # one warm-up factor for every group, still warming up
