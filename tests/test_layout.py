@@ -42,7 +42,8 @@ LAZY_ALIAS = {("steepest", "steepest.app.compare")}
 KNOWN_UPWARD: set[tuple[str, str]] = set()  # none left: the kernel rewrite removed the last ones
 
 #: Modules that need an optional framework (skipped by the import checks when it is not installed).
-OPTIONAL_DEPS = {"steepest.integrations.hf": "transformers", "steepest.integrations.lightning": "lightning"}
+OPTIONAL_DEPS = {"steepest.integrations.hf": "transformers", "steepest.integrations.lightning": "lightning",
+                 "steepest.integrations.torchtitan": "torchtitan"}
 
 #: Package attributes allowed to shadow a submodule of the same name: none (linalg.polar became
 #: linalg.polar_factor, so the function steepest.linalg.polar no longer hides a module).

