@@ -864,7 +864,7 @@ def test_every_compare_optimizer_checkpoints_as_data_and_resumes_exactly(tmp_pat
     task = get_task("mnist", size="quick")
     for name in OPTIMIZERS:
         states = []
-        for copy in range(2):
+        for _copy in range(2):
             torch.manual_seed(0)
             model = task.make_model()
             held = HeldOutLoss(task, model, 0)

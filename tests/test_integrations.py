@@ -112,6 +112,7 @@ def test_routed_optimizer_takes_trainer_groups_and_keeps_their_weight_decay():
 def _trainer_groups(tmp_path, args_wd=None, **kwargs):
     """The optimizer a real Trainer builds through hf.trainer_optimizer: {role: weight decay}."""
     from transformers import Trainer, TrainingArguments
+
     from steepest.integrations import hf
 
     extra = {} if args_wd is None else dict(weight_decay=args_wd)
@@ -147,6 +148,7 @@ def test_hf_training_arguments_weight_decay_reaches_the_decaying_groups(tmp_path
 def test_hf_factory_outside_a_trainer_takes_args_explicitly():
     pytest.importorskip("transformers")
     from transformers import TrainingArguments
+
     from steepest.integrations.hf import trainer_optimizer
 
     args = TrainingArguments(output_dir="unused", weight_decay=0.3, report_to=[], use_cpu=True)
@@ -224,6 +226,7 @@ def _tiny_fit(root, sinks, callback: bool, ckpt=None, max_steps=6):
     (every=2) only when ``callback``."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+
     from steepest.integrations.lightning import LayerMonitorCallback
 
     class Module(L.LightningModule):

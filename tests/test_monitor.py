@@ -13,9 +13,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from steepest.diagnostics import CSVSink, JSONLSink, LayerMonitor, MemorySink
-
 import monitor_scenario as S  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+from steepest.diagnostics import CSVSink, JSONLSink, LayerMonitor, MemorySink
 
 
 def _nr_st(G, A):
@@ -487,8 +486,8 @@ def test_layers_fed_the_same_activations_get_the_records_of_separate_inputs(warm
     out, calls = {}, {True: [], False: []}
     for share in (True, False):
         real_gram, real_top = M.gram, M.top_singular_pair
-        monkeypatch.setattr(M, "gram", lambda X, dtype, c=calls[share]: c.append(X.dtype == dtype) or real_gram(X, dtype))
-        monkeypatch.setattr(M, "top_singular_pair", lambda *a, c=calls[share]: c.append("krylov") or real_top(*a))
+        monkeypatch.setattr(M, "gram", lambda X, dtype, c=calls[share], g=real_gram: c.append(X.dtype == dtype) or g(X, dtype))
+        monkeypatch.setattr(M, "top_singular_pair", lambda *a, c=calls[share], t=real_top: c.append("krylov") or t(*a))
         torch.manual_seed(12)
         model, sink = _QKV(share), MemorySink()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -301,7 +301,7 @@ def test_observe_gets_the_step_and_the_closure_loss():
     ps = _mats(n=1)
     opt = steepest.SignSGD(ps, chooser=Recorder())
     for s in range(3):
-        def closure():
+        def closure(s=s):
             opt.zero_grad()
             loss = (ps[0] ** 2).sum() * (s + 1)
             loss.backward()

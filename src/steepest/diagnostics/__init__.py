@@ -12,11 +12,16 @@ Example:
 """
 
 from steepest.diagnostics.criteria import (
-    davis_drusvyatskiy, kfac_curvature, layer_curvatures, noise_scales, score_geometries, spec_sign_index,
+    davis_drusvyatskiy,
+    kfac_curvature,
+    layer_curvatures,
+    noise_scales,
+    score_geometries,
+    spec_sign_index,
 )
 from steepest.diagnostics.metrics import block_norms, nuclear_norm, nuclear_rank, operator_norm, stable_rank
-from steepest.diagnostics.probe import ActivationCapture, LayerMonitor
 from steepest.diagnostics.oracle import LineSearch, layer_oracle, oracle_winners, step_decreases
+from steepest.diagnostics.probe import ActivationCapture, LayerMonitor
 from steepest.diagnostics.sinks import CSVSink, JSONLSink, MemorySink, TensorBoardSink, default_sinks
 
 __all__ = ["stable_rank", "nuclear_rank", "operator_norm", "nuclear_norm", "block_norms", "davis_drusvyatskiy",

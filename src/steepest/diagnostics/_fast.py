@@ -17,8 +17,16 @@ import math
 
 import torch
 
-from steepest.diagnostics._batched_metrics import (ACT_BLOCK, ACT_COLD_ITERS, ACT_ITERS, WarmStarts, generator, gram,
-                                                   grouped_eigvalsh, singular_values, unit)
+from steepest.diagnostics._batched_metrics import (
+    ACT_BLOCK,
+    ACT_COLD_ITERS,
+    ACT_ITERS,
+    generator,
+    gram,
+    grouped_eigvalsh,
+    singular_values,
+    unit,
+)
 from steepest.diagnostics._methods import GRAM_MAX_COLS, Estimate, Layer, finite
 from steepest.linalg.estimate import top_singular_pair
 

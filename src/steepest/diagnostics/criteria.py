@@ -39,15 +39,14 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
-from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
-from steepest.geometry import dual_norm, dualize
-from steepest.geometry import matrix_view
 from steepest.diagnostics._batched_metrics import gram
+from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
+from steepest.geometry import dual_norm, dualize, matrix_view
 from steepest.linalg.estimate import spectral_norm_estimate
 
 GEOMETRIES = ("spectral", "linf", "frobenius")
@@ -207,7 +206,7 @@ class SpecSignIndex:
 DD_GRAM_MAX, DD_OP_ITERS, DD_OP_BLOCK = 256, 4, 4
 
 
-def dd_scores(G: torch.Tensor, A: torch.Tensor) -> "GeometryScores | None":
+def dd_scores(G: torch.Tensor, A: torch.Tensor) -> GeometryScores | None:
     """Seed 001's worst-case one-step decreases, cheaply: Delta_spectral = ||G||_*^2 / (||A||_F^2 / N) vs
     Delta_frobenius = ||G||_F^2 / (||A||_op^2 / N) (spectral wins iff nr(G) >= st(A)), as
     :class:`GeometryScores`; None if A holds a non-finite entry (its norm is then not finite).

@@ -29,9 +29,9 @@ from __future__ import annotations
 import torch
 
 from steepest.diagnostics._batched_metrics import gram
+from steepest.geometry import dual_norm, matrix_norm
 from steepest.linalg.estimate import nuclear_norm_estimate, spectral_norm_estimate
 from steepest.linalg.polar_factor import _check_matrix
-from steepest.geometry import dual_norm, matrix_norm
 
 METHODS = ("exact", "gram", "estimate")
 

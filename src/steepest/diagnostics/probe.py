@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -124,7 +124,7 @@ class LayerMonitor:
         """True during the step whose forward/backward will be recorded."""
         return self.step % self.every == 0
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> "LayerMonitor":
+    def attach(self, optimizer: torch.optim.Optimizer) -> LayerMonitor:
         """Hook ``optimizer``'s steps (once: attaching it again is a no-op; a second optimizer is an error,
         since each of its steps would count as a step of the same training)."""
         if not isinstance(optimizer, torch.optim.Optimizer):

@@ -105,7 +105,7 @@ def worst_error(table: tuple[Triple, ...], steps: int, lo: float = SCHATTEN8_FLO
     return float(np.abs(x - 1.0).max())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def best_polar_express_table(steps: int) -> str:
     """Name (a key of :data:`POLAR_EXPRESS_TABLES`) of the project's best Polar Express table for ``steps``.
 

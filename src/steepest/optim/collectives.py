@@ -117,7 +117,7 @@ def sharded_updates(ex, blocks: list, items: list, world: int, rank: int, out: l
     if not items:
         return
     geom = []  # per item: shard dim, rows of every rank's shard, numel of one row slice
-    for i, o in items:
+    for i, _o in items:
         p = blocks[i].param
         d = p.placements[0].dim
         sizes = shard_sizes(p.shape[d], world)
@@ -143,8 +143,8 @@ def sharded_updates(ex, blocks: list, items: list, world: int, rank: int, out: l
     for n, k in enumerate(mine):
         b = blocks[items[k][0]]
         d, sizes, _row = geom[k]
-        shape = lambda s: b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1:]  # noqa: E731
-        full = torch.cat([pieces[s][n].view(shape(s)) for s in range(world)], dim=d)
+        shapes = [b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1:] for s in range(world)]
+        full = torch.cat([pieces[s][n].view(shapes[s]) for s in range(world)], dim=d)
         U, ok = compute(ex, b, full.to(b.M.dtype), dtype)
         flags.append(1.0 if ok else 0.0)
         for s, part in enumerate(U.split(sizes, dim=d)):

@@ -178,7 +178,7 @@ class OwnerComputes(Executor):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
-    def bind(self, process_group) -> "OwnerComputes":
+    def bind(self, process_group) -> OwnerComputes:
         """Use ``process_group`` from now on (after loading a copy made with a sub-group)."""
         self._group, self._ranks = process_group, None
         return self

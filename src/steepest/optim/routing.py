@@ -29,7 +29,7 @@ use ``algorithm="adamw"``.
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -175,7 +175,7 @@ def param_groups(
     traced = S.trace(model, example_inputs, matrix_names) if example_inputs is not None else (None, None)
     want_heads, heads = heads, S.find_heads(model, matrix_names, head_modules, traced[0])
     for pattern in head_patterns or ():
-        for m, n in matrix_names.items():
+        for n in matrix_names.values():
             if fnmatch.fnmatch(n, pattern):
                 heads.setdefault(n, f"output head (head_patterns {pattern!r})")
     inputs = S.find_input_convs(model, matrix_names, traced[1])

@@ -11,7 +11,7 @@ group's settings are validated once into a :class:`~steepest.optim.settings.Step
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 

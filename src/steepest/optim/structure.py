@@ -33,7 +33,7 @@ class name or its ``nf`` attribute with a weight stored as (in, out)).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
