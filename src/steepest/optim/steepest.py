@@ -79,6 +79,9 @@ class SteepestDescent(torch.optim.Optimizer):
         chooser: an object that picks each matrix's geometry and lr multiplier as training goes
             (:mod:`steepest.optim.choosers`; :class:`steepest.Adaptive` is this optimizer with the
             Spec-Sign / Davis-Drusvyatskiy chooser). Its state is saved in ``state_dict()["chooser"]``.
+        maximize: torch.optim's flag, accepted only as False (also as a group key): every update
+            descends, so ``maximize=True`` raises :class:`~steepest.optim.settings.SettingsError`;
+            to maximize f, minimize -f.
 
     Every group's settings are validated once, when the group is added (and again when a user edits
     a key other than ``lr``/``weight_decay`` between steps, or loads a state_dict): lr and
@@ -127,7 +130,9 @@ class SteepestDescent(torch.optim.Optimizer):
         eps: float = 1e-8,
         executor: str | E.Executor = "auto",
         chooser=None,
+        maximize: bool = False,
     ) -> None:
+        S.check_maximize(maximize)  # accepted for torch.optim's signature; only False is allowed
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         if chooser is not None and not callable(getattr(chooser, "choose", None)):
