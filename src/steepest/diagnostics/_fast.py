@@ -7,6 +7,7 @@ in one batched call per (size, dtype) (:mod:`._batched_metrics`). Wider A get a 
 weight and update norms and the Spec-Sign parts are :class:`~._methods.Estimate`'s. Accuracy: :mod:`._methods`.
 
 Example:
+    >>> from steepest.diagnostics._batched_metrics import WarmStarts
     >>> Fast(WarmStarts(False)).name
     'fast'
 """

@@ -6,7 +6,19 @@ A record is a flat dict: ``step``, ``layer``, ``shape`` and every metric (number
 calls on resume so that an interrupted run's records after its checkpoint do not appear twice.
 
 Example:
-    >>> sinks = [JSONLSink("run/diagnostics.jsonl"), CSVSink("run/diagnostics.csv")]
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory()          # your run's folder in real use
+    >>> run = Path(tmp.name)
+    >>> sinks = [JSONLSink(run / "diagnostics.jsonl"), CSVSink(run / "diagnostics.csv")]
+    >>> for sink in sinks:
+    ...     sink.write({"step": 0, "layer": "0", "shape": "16x8", "stable_rank": 3.5})
+    ...     sink.close()
+    >>> json.loads((run / "diagnostics.jsonl").read_text())["stable_rank"]
+    3.5
+    >>> (run / "diagnostics.csv").read_text().splitlines()
+    ['step,layer,shape,stable_rank', '0,0,16x8,3.5']
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
