@@ -167,7 +167,7 @@ def score_geometries(dual_norms: dict, noise: dict | None, batch_size: int | Non
         out.regime = "zero-gradient"
         return out
     for g in names:
-        c = 0.0 if noise is None else float(noise[g]) / math.sqrt(batch_size)
+        c = 0.0 if noise is None or batch_size is None else float(noise[g]) / math.sqrt(batch_size)
         out.signal[g] = float(dual_norms[g]) - 2.0 * c
         out.curvature[g] = float(curvature[g])
         out.decrease[g] = predicted_decrease(out.signal[g], out.curvature[g])

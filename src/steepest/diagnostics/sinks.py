@@ -30,6 +30,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import TextIO
 
 from steepest._io import append_jsonl, atomic_write_text
 
@@ -91,8 +92,8 @@ class CSVSink:
     def __init__(self, path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = None
-        self._writer = None
+        self._file: TextIO | None = None
+        self._writer: csv.DictWriter | None = None
 
     @staticmethod
     def _cell(v):
@@ -101,7 +102,7 @@ class CSVSink:
         return "" if v is None else v
 
     def write(self, record: dict) -> None:
-        if self._writer is None:
+        if self._file is None or self._writer is None:
             new = not self.path.exists() or self.path.stat().st_size == 0
             self._file = open(self.path, "a", newline="", encoding="utf-8")
             self._writer = csv.DictWriter(self._file, fieldnames=list(record), extrasaction="ignore")
@@ -160,6 +161,8 @@ class Guarded:
             if method == "rewind" and not callable(fn):
                 continue
             try:
+                if not callable(fn):
+                    raise TypeError(f"{type(sink).__name__} has no {method}() method")
                 fn(*args)
             except Exception as e:  # noqa: BLE001 (any sink error: disable the sink, never fail the step)
                 self.failed[id(sink)] = msg = (f"LayerMonitor: {method} to {target(sink)} failed ({type(e).__name__}: "

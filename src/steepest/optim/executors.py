@@ -291,8 +291,7 @@ class OwnerComputes(Executor):
         if world == 1:
             return codes
         codes = codes.clone()
-        dist.broadcast(codes, src=dist.get_global_rank(self.process_group or dist.group.WORLD, 0),
-                       group=self.process_group)
+        dist.broadcast(codes, group=self.process_group, group_src=0)
         return codes
 
     def dualize(self, blocks: list) -> list:

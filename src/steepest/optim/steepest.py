@@ -11,9 +11,10 @@ group's settings are validated once into a :class:`~steepest.optim.settings.Step
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
+from torch.optim.optimizer import ParamsT
 
 from steepest import geometry as geo
 from steepest.optim import executors as E
@@ -108,7 +109,7 @@ class SteepestDescent(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable,
+        params: ParamsT,
         lr: float = 0.02,
         norm: str = "spectral",
         p: float | None = None,
@@ -169,7 +170,7 @@ class SteepestDescent(torch.optim.Optimizer):
             geo.check_norm(defaults["norm"], defaults["p"])
             geo.check_settings(defaults["norm"], defaults["p"], **{k: defaults[k] for k in S.DUALIZER_KEYS})
             return
-        err = None
+        err = ValueError("the chooser has no candidate geometries")
         for g in candidates:
             try:
                 geo.check_settings(g, None, **{k: defaults[k] for k in S.DUALIZER_KEYS})
