@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
+from typing import TextIO
 
 import torch
 from torch import nn
@@ -234,7 +235,7 @@ def _geometry(g: dict) -> str:
     return text
 
 
-def describe(groups, *, file=None) -> str:
+def describe(groups: list[dict] | torch.optim.Optimizer, *, file: TextIO | None = None) -> str:
     """Print (and return) a table of which parameter went where and why.
 
     Accepts the list from :func:`param_groups` or an optimizer (its ``param_groups``; then the geometry
