@@ -507,3 +507,12 @@ def test_ranks_that_list_parameters_in_another_order_raise_on_every_rank(named):
     for out, unchanged in results:
         assert "the ranks do not step the same parameters in the same order (parameter 0: rank 0 has " in out
         assert ("rank 0 has a shape (4, 4)" in out) == named and ("|W|_1=" in out) and unchanged
+
+
+def test_distributed_steepest_refuses_an_executor_argument():
+    """DistributedSteepest is SteepestDescent with OwnerComputes: an executor= of the caller's is an error
+    (it used to be a 'multiple values for keyword argument' TypeError from the super call)."""
+    W = torch.nn.Parameter(torch.randn(4, 3))
+    with pytest.raises(TypeError, match="sets the executor itself"):
+        DistributedSteepest([W], lr=0.02, executor="per_matrix")
+    assert type(DistributedSteepest([W], 0.02).executor).__name__ == "OwnerComputes"  # lr positionally still

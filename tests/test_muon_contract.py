@@ -65,6 +65,7 @@ OPTIONS = [
     dict(lr=0.02, adjust_lr_fn="original"),
     dict(lr=0.02, adjust_lr_fn="match_rms_adamw"),
     dict(lr=0.02, ns_steps=3, ns_coefficients=(3.4, -4.7, 2.0)),
+    dict(lr=0.02, ns_steps=0),  # torch runs no iteration: the update is M / max(||M||_F, eps) in bf16
     dict(lr=0.02, eps=1.0),  # torch's eps: the floor of ||M||_F in the Newton-Schulz normalization
     dict(lr=torch.tensor(0.01)),
 ]

@@ -311,3 +311,23 @@ def test_observe_gets_the_step_and_the_closure_loss():
     opt2 = steepest.SignSGD(_mats(n=1), chooser=Recorder())
     opt2.load_state_dict(opt.state_dict())
     assert opt2.chooser.t == 3
+
+
+@pytest.mark.parametrize("make", [steepest.Muon, steepest.SpecGD, steepest.SignSGD, steepest.SteepestDescent],
+                         ids=lambda c: c.__name__)
+def test_maximize_is_refused_not_silently_minimized(make):
+    """torch.optim's maximize=True would flip the step; steepest only descends, so maximize=True in the
+    constructor, in a group or in an added group is an error that says to negate the loss."""
+    ps = _mats()
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(S.SettingsError, match=r"maximize=True is not supported: steepest minimizes.*negate the loss"):
+        make(ps, maximize=True)
+    with pytest.raises(ValueError, match=r"steepest minimizes.*negate the loss.*param_groups\[1\]"):
+        make([{"params": ps[:1]}, {"params": ps[1:], "maximize": True}])
+    opt = make(ps[:1], maximize=False)  # torch's default is accepted
+    with pytest.raises(S.SettingsError, match="negate the loss"):
+        opt.add_param_group({"params": ps[1:], "maximize": True})
+    assert len(opt.param_groups) == 1
+    _grads(ps, 1)
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(ps[1:], before[1:]))  # the refused group was not added

@@ -61,17 +61,18 @@ def microbatch_grads(calls, K: int, dtype: torch.dtype = torch.float64) -> tuple
     """
     if not calls or any(d is None for _, d in calls):
         return None
-    total, b = None, 0
+    total: torch.Tensor | None = None
+    b = 0
     for A, D in calls:
         s = A.shape[0] // K
-        if s == 0:
+        if s == 0 or D is None:
             return None
         A_k = A[: s * K].to(dtype).reshape(K, -1, A.shape[-1])
         D_k = D[: s * K].to(dtype).reshape(K, -1, D.shape[-1])
         g = K * (D_k.mT @ A_k)
         total = g if total is None else total + g
         b += s
-    return total, b
+    return None if total is None else (total, b)
 
 
 def gram(X: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

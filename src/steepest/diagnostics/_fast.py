@@ -7,6 +7,7 @@ in one batched call per (size, dtype) (:mod:`._batched_metrics`). Wider A get a 
 weight and update norms and the Spec-Sign parts are :class:`~._methods.Estimate`'s. Accuracy: :mod:`._methods`.
 
 Example:
+    >>> from steepest.diagnostics._batched_metrics import WarmStarts
     >>> Fast(WarmStarts(False)).name
     'fast'
 """
@@ -17,8 +18,16 @@ import math
 
 import torch
 
-from steepest.diagnostics._batched_metrics import (ACT_BLOCK, ACT_COLD_ITERS, ACT_ITERS, WarmStarts, generator, gram,
-                                                   grouped_eigvalsh, singular_values, unit)
+from steepest.diagnostics._batched_metrics import (
+    ACT_BLOCK,
+    ACT_COLD_ITERS,
+    ACT_ITERS,
+    generator,
+    gram,
+    grouped_eigvalsh,
+    singular_values,
+    unit,
+)
 from steepest.diagnostics._methods import GRAM_MAX_COLS, Estimate, Layer, finite
 from steepest.linalg.estimate import top_singular_pair
 
@@ -70,16 +79,19 @@ class Fast(Estimate):
         eig.update(self.warm.top_eigen(mats_A, step, ACT_ITERS, ACT_BLOCK, means))
         for name, L in layers.items():
             L.eig_G = eig.get(("G", name))
-            if ("A", name) in eig:  # the trace exact in float64
-                L.top_A = (float(eig[("A", name)][0]), float(L.gram_A.diagonal().double().sum()))
+            gram_A = L.gram_A
+            if ("A", name) in eig and isinstance(gram_A, torch.Tensor):  # the trace exact in float64
+                L.top_A = (float(eig[("A", name)][0]), float(gram_A.diagonal().double().sum()))
 
     def grad_norms(self, L: Layer, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert L.eig_G is not None  # solve() set it: the monitor asks only layers with a finite gradient
         sv = singular_values(L.eig_G[0])  # float64 Gram eigenvalues: exact up to ~1e-8 (metrics.gram_singular_values)
         return sv.sum(), sv.square().sum().sqrt()
 
     def stable_rank(self, L: Layer, step: int) -> float:
         A = L.A
         if A.shape[-1] <= GRAM_MAX_COLS:
+            assert L.top_A is not None  # solve() set it for every finite A this narrow
             lam1, tr = L.top_A
             return tr / lam1 if lam1 > 0 else 0.0
         fro2 = L.gram_A if isinstance(L.gram_A, float) else float(A.double().square().sum())
@@ -89,10 +101,10 @@ class Fast(Estimate):
         if L.twin is not None and not self.warm.enabled:  # same A, same seed: the twin's value, bit for bit
             return L.twin.rec["st_A"]
         v0 = self.warm.vectors.get(("A", name)) if self.warm.enabled else None
-        cold = v0 is None or v0.shape[-1] != A.shape[-1]
+        warm = v0 if v0 is not None and v0.shape[-1] == A.shape[-1] else None
         mean = unit(A.sum(dim=0))
-        it = ACT_COLD_ITERS if cold else ACT_ITERS
-        s, v = top_singular_pair(A, mean if cold else torch.stack([v0, mean], dim=-1), it, ACT_BLOCK,
+        it = ACT_COLD_ITERS if warm is None else ACT_ITERS
+        s, v = top_singular_pair(A, mean if warm is None else torch.stack([warm, mean], dim=-1), it, ACT_BLOCK,
                                  generator(step, A.device))
         op = float(s)
         if math.isfinite(op) and self.warm.enabled:

@@ -22,7 +22,8 @@ Example:
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ def monitorable(module: nn.Module) -> bool:
     return (isinstance(module, SUPPORTED) or is_transposed_linear(module)) and unsupported_reason(module) is None
 
 
-def conv_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def conv_rows(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     """(N, L, C*k...) unfolded input of a Conv2d or Conv1d (as a Conv2d of height 1), honouring its padding."""
     one_d = isinstance(module, nn.Conv1d)
     if x.ndim == (2 if one_d else 3):
@@ -70,7 +71,7 @@ def conv_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if one_d:
         x = x.unsqueeze(2)
     kernel, dilation, stride = as2(module.kernel_size), as2(module.dilation), as2(module.stride)
-    pad = module.padding
+    pad: str | tuple[int, ...] = module.padding
     if isinstance(pad, str):
         if pad == "valid":
             pad = (0, 0)
@@ -112,8 +113,8 @@ class ActivationCapture:
                  names: Iterable[str] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        while isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
+        while isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = inner
         wanted = None if names is None else set(names)
         self.layers: dict[str, nn.Module] = {}
         self.unsupported: dict[str, str] = {}
@@ -151,6 +152,10 @@ class ActivationCapture:
             return None
         return torch.compiler.disable(hook)  # runs eagerly under torch.compile (a Python side effect)
 
+    def weight(self, name: str) -> torch.Tensor:
+        """The weight of layer ``name`` (a Linear, Conv or Conv1D module: its ``weight`` is a tensor)."""
+        return cast(torch.Tensor, self.layers[name].weight)  # nn.Module.__getattr__ is typed Tensor | Module
+
     def calls(self, name: str) -> list[list]:
         """The captured calls used for ``name``: ordinary forwards, else the checkpoint recomputations."""
         data = self.data.get(name, [])
@@ -168,8 +173,8 @@ class ActivationCapture:
                     dy = dy.unsqueeze(0)
                 D = None if dy is None else dy.flatten(2).transpose(1, 2)
             else:
-                fan_in, fan_out = (m.weight.shape[0], m.weight.shape[1]) if self.transposed[name] else \
-                    (m.weight.shape[1], m.weight.shape[0])
+                w = self.weight(name)
+                fan_in, fan_out = (w.shape[0], w.shape[1]) if self.transposed[name] else (w.shape[1], w.shape[0])
                 A = _per_sample(x, fan_in)
                 D = None if dy is None else _per_sample(dy, fan_out)
             out.append((A, D))

@@ -39,15 +39,14 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
-from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
-from steepest.geometry import dual_norm, dualize
-from steepest.geometry import matrix_view
 from steepest.diagnostics._batched_metrics import gram
+from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
+from steepest.geometry import dual_norm, dualize, matrix_view
 from steepest.linalg.estimate import spectral_norm_estimate
 
 GEOMETRIES = ("spectral", "linf", "frobenius")
@@ -168,7 +167,7 @@ def score_geometries(dual_norms: dict, noise: dict | None, batch_size: int | Non
         out.regime = "zero-gradient"
         return out
     for g in names:
-        c = 0.0 if noise is None else float(noise[g]) / math.sqrt(batch_size)
+        c = 0.0 if noise is None or batch_size is None else float(noise[g]) / math.sqrt(batch_size)
         out.signal[g] = float(dual_norms[g]) - 2.0 * c
         out.curvature[g] = float(curvature[g])
         out.decrease[g] = predicted_decrease(out.signal[g], out.curvature[g])
@@ -207,7 +206,7 @@ class SpecSignIndex:
 DD_GRAM_MAX, DD_OP_ITERS, DD_OP_BLOCK = 256, 4, 4
 
 
-def dd_scores(G: torch.Tensor, A: torch.Tensor) -> "GeometryScores | None":
+def dd_scores(G: torch.Tensor, A: torch.Tensor) -> GeometryScores | None:
     """Seed 001's worst-case one-step decreases, cheaply: Delta_spectral = ||G||_*^2 / (||A||_F^2 / N) vs
     Delta_frobenius = ||G||_F^2 / (||A||_op^2 / N) (spectral wins iff nr(G) >= st(A)), as
     :class:`GeometryScores`; None if A holds a non-finite entry (its norm is then not finite).

@@ -29,9 +29,9 @@ from __future__ import annotations
 import torch
 
 from steepest.diagnostics._batched_metrics import gram
+from steepest.geometry import dual_norm, matrix_norm
 from steepest.linalg.estimate import nuclear_norm_estimate, spectral_norm_estimate
 from steepest.linalg.polar_factor import _check_matrix
-from steepest.geometry import dual_norm, matrix_norm
 
 METHODS = ("exact", "gram", "estimate")
 
@@ -101,8 +101,8 @@ def stable_rank(A: torch.Tensor, method: str = "exact", generator: torch.Generat
         >>> stable_rank(torch.tensor([[3.0, 0.0], [0.0, 1.0]]))   # (9 + 1) / 9
         tensor(1.1111)
     """
-    fro = matrix_norm(_float(A), "frobenius") if isinstance(A, torch.Tensor) and A.ndim >= 2 else None
-    op = operator_norm(A, method, generator)
+    op = operator_norm(A, method, generator)  # checks that A is a matrix
+    fro = matrix_norm(_float(A), "frobenius")
     return _ratio(fro**2, op**2)
 
 

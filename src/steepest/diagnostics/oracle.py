@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -281,7 +281,7 @@ def step_decreases(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
 
 def _named_params(model: nn.Module, names, what: str) -> dict[str, torch.Tensor]:
     """``model.named_parameters()`` as a dict; ValueError if ``names`` holds one the model lacks."""
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
     unknown = [n for n in names if n not in params]
     if unknown:
         raise ValueError(f"{what} names no parameter of the model: {unknown[:5]}; use model.named_parameters() names")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -82,7 +82,7 @@ class LayerMonitor:
               "update_fro", "update_op", "update_max", "c_1", "c_star", "H_sign", "H_spec", "spec_sign_index",
               "spec_sign_winner", "spec_sign_regime", "microbatch_size")
 
-    def __init__(self, model: nn.Module, every: int = 10, sinks: Iterable = (), optimizer=None,
+    def __init__(self, model: nn.Module, every: int = 10, sinks: Iterable = (), optimizer: torch.optim.Optimizer | None = None,
                  microbatches: int = 4, method: str = "fast", max_rows: int | None = None,
                  layers: Iterable[str] | None = None, spec_sign_every: int = 10, warm_start: bool = False) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -103,7 +103,7 @@ class LayerMonitor:
         self.step = 0
         self.capture = ActivationCapture(model, self.recording, grads=microbatches > 0, names=layers)
         self._opt_handles: list = []
-        self._optimizer = None
+        self._optimizer: weakref.ref[torch.optim.Optimizer] | None = None
         self._deferred = False
         self._pending: dict[str, dict] = {}
         self._before: dict[str, torch.Tensor] = {}
@@ -124,7 +124,7 @@ class LayerMonitor:
         """True during the step whose forward/backward will be recorded."""
         return self.step % self.every == 0
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> "LayerMonitor":
+    def attach(self, optimizer: torch.optim.Optimizer) -> LayerMonitor:
         """Hook ``optimizer``'s steps (once: attaching it again is a no-op; a second optimizer is an error,
         since each of its steps would count as a step of the same training)."""
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -197,8 +197,8 @@ class LayerMonitor:
             # step(closure): the gradients are computed inside step(), so they are read in the post hook; else
             # now, before the step (an optimizer may free or change them: gradients read after it would not do)
             self._deferred = kwargs.get("closure", rest[0] if rest else None) is not None
-            names = [n for n, m in self.capture.layers.items() if self._deferred or m.weight.grad is not None]
-            self._pending, self._before = {}, {n: self.capture.layers[n].weight.detach().clone() for n in names}
+            names = [n for n in self.capture.layers if self._deferred or self.capture.weight(n).grad is not None]
+            self._pending, self._before = {}, {n: self.capture.weight(n).detach().clone() for n in names}
             if not self._deferred:
                 self._grad_pass()
         except Exception as e:  # noqa: BLE001 (diagnostics never fail a step)
@@ -208,17 +208,18 @@ class LayerMonitor:
         """Gradient and activation fields of every layer with a gradient now (into ``self._pending``)."""
         work, skipped = {}, {}
         for name, m in self.capture.layers.items():
-            if m.weight.grad is None:
-                skipped[name] = ("frozen (requires_grad=False)" if not m.weight.requires_grad else
+            weight = self.capture.weight(name)
+            if weight.grad is None:
+                skipped[name] = ("frozen (requires_grad=False)" if not weight.requires_grad else
                                  "no gradient at this step (not used in the forward/backward)")
                 self._before.pop(name, None)
                 continue
-            G = matrix_view(m.weight.grad.detach(), transposed=self.capture.transposed[name]).float()
+            G = matrix_view(weight.grad.detach(), transposed=self.capture.transposed[name]).float()
             calls = self.capture.rows(name)
             A = activation_matrix(calls, self.max_rows).float()
             rec = dict.fromkeys(self.FIELDS)
             work[name] = Layer(rec, G, A, calls)
-            rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(m.weight.shape),
+            rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(weight.shape),
                        rows=int(A.shape[0]), nonfinite_grad=not finite(G))
         self.capture.report_skips(skipped, self.step)
         self.metrics.inspect(work)
@@ -236,7 +237,7 @@ class LayerMonitor:
                     self._grad_pass()
                 mats = {}
                 for name in self._pending:
-                    W, tr = self.capture.layers[name].weight.detach(), self.capture.transposed[name]
+                    W, tr = self.capture.weight(name).detach(), self.capture.transposed[name]
                     Wm, dW = matrix_view(W, transposed=tr).float(), matrix_view(W - self._before[name], transposed=tr).float()
                     mats[name] = (Wm, dW, finite(Wm), finite(dW))
                 self.metrics.weight_fields(self._pending, mats, self.step)

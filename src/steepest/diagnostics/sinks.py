@@ -6,7 +6,19 @@ A record is a flat dict: ``step``, ``layer``, ``shape`` and every metric (number
 calls on resume so that an interrupted run's records after its checkpoint do not appear twice.
 
 Example:
-    >>> sinks = [JSONLSink("run/diagnostics.jsonl"), CSVSink("run/diagnostics.csv")]
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory()          # your run's folder in real use
+    >>> run = Path(tmp.name)
+    >>> sinks = [JSONLSink(run / "diagnostics.jsonl"), CSVSink(run / "diagnostics.csv")]
+    >>> for sink in sinks:
+    ...     sink.write({"step": 0, "layer": "0", "shape": "16x8", "stable_rank": 3.5})
+    ...     sink.close()
+    >>> json.loads((run / "diagnostics.jsonl").read_text())["stable_rank"]
+    3.5
+    >>> (run / "diagnostics.csv").read_text().splitlines()
+    ['step,layer,shape,stable_rank', '0,0,16x8,3.5']
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import TextIO
 
 from steepest._io import append_jsonl, atomic_write_text
 
@@ -79,8 +92,8 @@ class CSVSink:
     def __init__(self, path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = None
-        self._writer = None
+        self._file: TextIO | None = None
+        self._writer: csv.DictWriter | None = None
 
     @staticmethod
     def _cell(v):
@@ -89,7 +102,7 @@ class CSVSink:
         return "" if v is None else v
 
     def write(self, record: dict) -> None:
-        if self._writer is None:
+        if self._file is None or self._writer is None:
             new = not self.path.exists() or self.path.stat().st_size == 0
             self._file = open(self.path, "a", newline="", encoding="utf-8")
             self._writer = csv.DictWriter(self._file, fieldnames=list(record), extrasaction="ignore")
@@ -148,6 +161,8 @@ class Guarded:
             if method == "rewind" and not callable(fn):
                 continue
             try:
+                if not callable(fn):
+                    raise TypeError(f"{type(sink).__name__} has no {method}() method")
                 fn(*args)
             except Exception as e:  # noqa: BLE001 (any sink error: disable the sink, never fail the step)
                 self.failed[id(sink)] = msg = (f"LayerMonitor: {method} to {target(sink)} failed ({type(e).__name__}: "

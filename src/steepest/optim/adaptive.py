@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Callable, Iterable
 
+import torch
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
 from steepest.diagnostics import criteria as C
 from steepest.optim.choosers import CRITERIA, GeometryChooser
@@ -45,10 +47,11 @@ class Adaptive(SteepestDescent):
         {'group0.0': 'spectral'}
     """
 
-    def __init__(self, params: Iterable, lr: float = 0.02, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10,
+    def __init__(self, params: ParamsT, lr: float = 0.02, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10,
                  model: nn.Module | None = None, criterion: str = "spec_sign", microbatches: int = 4,
                  margin: float = 0.1, patience: int = 2, lr_multipliers: dict | None = None,
-                 rms_match: bool | str = True, initial: str | None = None, oracle_loss=None,
+                 rms_match: bool | str = True, initial: str | None = None,
+                 oracle_loss: Callable[[], torch.Tensor] | None = None,
                  oracle_step: str = "own", **kwargs) -> None:
         chooser = GeometryChooser(candidates, every=every, model=model, criterion=criterion, microbatches=microbatches,
                                   margin=margin, patience=patience, lr_multipliers=lr_multipliers,

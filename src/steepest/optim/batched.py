@@ -37,7 +37,6 @@ import torch
 from steepest import geometry as geo
 from steepest.optim import functional as F
 
-
 #: Largest matrix (entries of its matrix view) that the default batches on CPU. Measured ratio
 #: batched / per-matrix time for a bucket of 2-4 bf16 NS5 updates (benchmarks/RESULTS.md, "CPU batching
 #: threshold"): 0.26-0.71 up to 384x128, 0.60-0.86 at 128x512, 0.75-0.96 at 256x1152 (295k entries),

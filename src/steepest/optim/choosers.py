@@ -82,10 +82,11 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from steepest import geometry as geo
 from steepest.diagnostics import criteria as C
@@ -97,10 +98,10 @@ from steepest.optim.functional import compute_update, direction_source
 CRITERIA = ("spec_sign", "dd", "oracle")
 
 
-def _full(t: torch.Tensor | None) -> torch.Tensor | None:
+def _full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a sharded (DTensor) gradient: a collective that every rank calls on a decision
     step; plain tensors as they are."""
-    return t.full_tensor() if t is not None and hasattr(t, "full_tensor") else t
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def _geometry(state: dict) -> str | None:
@@ -170,10 +171,12 @@ class GeometryChooser(Chooser):
         >>> opt = steepest.Muon([W], chooser=GeometryChooser(candidates=("spectral", "linf"), every=5))
     """
 
+    candidates: tuple[str, ...]  #: never None here: validated, non-empty
+
     def __init__(self, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10, model: nn.Module | None = None,
                  criterion: str = "spec_sign", microbatches: int = 4, margin: float = 0.1, patience: int = 2,
                  lr_multipliers: dict | None = None, rms_match: bool | str = True, initial: str | None = None,
-                 oracle_loss=None, oracle_step: str = "own") -> None:
+                 oracle_loss: Callable[[], torch.Tensor] | None = None, oracle_step: str = "own") -> None:
         super().__init__()
         candidates = tuple(candidates)
         if not candidates or any(g not in C.GEOMETRIES for g in candidates) or len(set(candidates)) != len(candidates):
@@ -214,8 +217,10 @@ class GeometryChooser(Chooser):
         self.initial, self.oracle_step = initial, oracle_step
         self.history: list[dict] = []
         self.model = model
-        self._capture, self._module_of = None, {}
-        self.oracle_model, self.oracle_loss = (model, oracle_loss) if criterion == "oracle" else (None, None)
+        self._capture: ActivationCapture | None = None
+        self._module_of: dict[int, str] = {}
+        self.oracle_model: nn.Module | None = model if criterion == "oracle" else None
+        self.oracle_loss: Callable[[], torch.Tensor] | None = oracle_loss if criterion == "oracle" else None
 
     def __repr__(self) -> str:
         return (f"GeometryChooser(candidates={self.candidates!r}, criterion={self.criterion!r}, every={self.every}, "
@@ -248,7 +253,7 @@ class GeometryChooser(Chooser):
     # ------------------------------------------------------------------------------- decisions
     def _scores(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> tuple[C.GeometryScores, str]:
         name = self._module_of.get(id(p))
-        calls = self._capture.rows(name) if (self._capture is not None and name is not None) else []
+        calls: list = self._capture.rows(name) if (self._capture is not None and name is not None) else []
         A = activation_matrix(calls) if calls else None
         if self.criterion == "dd" and A is not None and A.numel():
             scores = C.dd_scores(G, A)
@@ -265,14 +270,15 @@ class GeometryChooser(Chooser):
             grads, b = mb
             noise = C.noise_scales(grads, b, self.candidates)
             return C.score_geometries(norms, noise, b * self.microbatches, H), "spec_sign"
-        prev = _full(state.get("prev_grad"))
+        prev_grad = state.get("prev_grad")
+        prev = None if prev_grad is None else _full(prev_grad)
         rows = Gm if prev is None else torch.cat([Gm, geo.matrix_view(prev).double()])
         H = {g: C.kfac_curvature(dualize(Gm, g), rows) for g in self.candidates}
-        noise = None
-        if prev is not None:
-            diff = Gm - geo.matrix_view(prev).double()
-            noise = {g: float(dual_norm(diff, g)) / math.sqrt(2.0) for g in self.candidates}
-        return C.score_geometries(norms, noise, 1 if noise else None, H), "gradient-proxy"
+        if prev is None:
+            return C.score_geometries(norms, None, None, H), "gradient-proxy"
+        diff = Gm - geo.matrix_view(prev).double()
+        spread = {g: float(dual_norm(diff, g)) / math.sqrt(2.0) for g in self.candidates}
+        return C.score_geometries(norms, spread, 1 if spread else None, H), "gradient-proxy"
 
     @staticmethod
     def _advantage(s: C.GeometryScores, new: str, old: str) -> float:
@@ -329,34 +335,38 @@ class GeometryChooser(Chooser):
 
     def _measure(self, blocks: list) -> dict:
         """The oracle on every block: ``{id(param): {geometry: measured decrease}}`` (see ``oracle_step``)."""
-        model = self.oracle_model
+        model, loss = self.oracle_model, self.oracle_loss
+        if model is None or loss is None:  # criterion="oracle" is constructed with both
+            raise RuntimeError("the oracle criterion needs model= and oracle_loss=")
         by_id = {id(p): n for n, p in model.named_parameters()}
         if self.oracle_step == "own":
-            steps, ids = {}, {}
+            steps: dict[str, dict[str, torch.Tensor]] = {}
+            ids: dict[str, int] = {}
             for b in blocks:
                 name = by_id.get(id(b.param))
                 if name is None or b.grad is None:
                     continue
                 c = b.cfg
                 trial = {k: v.clone() for k, v in b.state.items() if k == "momentum_buffer"}  # state untouched
-                M = direction_source(_full(b.grad), trial, c.momentum, c.nesterov)
+                M = direction_source(_full(b.G), trial, c.momentum, c.nesterov)
                 W, lr = b.param.detach(), b.lr
                 steps[name], ids[name] = {}, id(b.param)
                 for cand in self.candidates:
                     U = compute_update(M, **c.update_kwargs(cand, None))
                     steps[name][cand] = (lr * self._lr_scale(b, cand)) * U.to(W.dtype) + (lr * b.weight_decay) * W
-            result = step_decreases(model, self.oracle_loss, steps)
+            result = step_decreases(model, loss, steps)
             return {ids[n]: dec for n, dec in result.items()}
-        grads, views, ids = {}, {}, {}
+        grads: dict[str, torch.Tensor] = {}
+        views: dict[str, dict] = {}
+        ids = {}
         for b in blocks:
             name = by_id.get(id(b.param))
-            if name is None:
+            if name is None or b.grad is None:
                 continue
             grads[name], ids[name] = _full(b.grad), id(b.param)
             views[name] = {"transposed": b.cfg.transposed, "tensor_mode": b.cfg.tensor_mode}
-        result = layer_oracle(model, self.oracle_loss, grads, geometries=[(g, None) for g in self.candidates],
-                              views=views)
-        return {ids[n]: {g: probes[g].decrease for g in self.candidates} for n, probes in result.items()}
+        probed = layer_oracle(model, loss, grads, geometries=[(g, None) for g in self.candidates], views=views)
+        return {ids[n]: {g: probes[g].decrease for g in self.candidates} for n, probes in probed.items()}
 
     def _decide_measured(self, b, decrease: dict | None, name: str) -> None:
         """The oracle Adaptive: the geometry with the largest measured decrease, no hysteresis (an upper
@@ -384,7 +394,7 @@ class GeometryChooser(Chooser):
                 if self.criterion == "oracle":
                     self._decide_measured(b, measured.get(id(b.param)), b.label)
                 else:
-                    self._decide(b.param, _full(b.grad), b.state, b.label)
+                    self._decide(b.param, _full(b.G), b.state, b.label)
                 b.state.pop("prev_grad", None)
             codes = torch.tensor([int(b.state.get("geometry", C.GEOMETRIES.index(self.initial))) for b in blocks],
                                  dtype=torch.int64)

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import heapq
 import time
+from typing import TypeGuard
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Shard  # part of torch >= 2.4 (the project needs 2.13)
 
 from steepest.optim import functional as F
-
-try:  # torch.distributed.tensor is part of torch >= 2.4; keep the module importable without it
-    from torch.distributed.tensor import DTensor, Shard
-except ImportError:  # pragma: no cover
-    DTensor, Shard = (), ()
 
 
 def assign_owners(costs: list[float], world_size: int) -> list[int]:
@@ -48,12 +45,12 @@ def shard_sizes(n: int, world_size: int) -> list[int]:
     return [max(0, min(chunk, n - r * chunk)) for r in range(world_size)]
 
 
-def _is_dtensor(t) -> bool:
-    return bool(DTensor) and isinstance(t, DTensor)
+def _is_dtensor(t: object) -> TypeGuard[DTensor]:
+    return isinstance(t, DTensor)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if _is_dtensor(t) else t
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _all_gather(out: torch.Tensor, inp: torch.Tensor, group) -> None:
@@ -117,7 +114,7 @@ def sharded_updates(ex, blocks: list, items: list, world: int, rank: int, out: l
     if not items:
         return
     geom = []  # per item: shard dim, rows of every rank's shard, numel of one row slice
-    for i, o in items:
+    for i, _o in items:
         p = blocks[i].param
         d = p.placements[0].dim
         sizes = shard_sizes(p.shape[d], world)
@@ -127,7 +124,7 @@ def sharded_updates(ex, blocks: list, items: list, world: int, rank: int, out: l
         geom.append((d, sizes, p.numel() // max(p.shape[d], 1)))
     mine = [k for k, (_, o) in enumerate(items) if o == rank]
     # forward: my shard of every M to its owner
-    send = [[] for _ in range(world)]
+    send: list[list[torch.Tensor]] = [[] for _ in range(world)]
     for i, o in items:
         send[o].append(_local(blocks[i].M).reshape(-1).to(dtype))
     in_splits = [sum(x.numel() for x in s) for s in send]
@@ -138,13 +135,13 @@ def sharded_updates(ex, blocks: list, items: list, world: int, rank: int, out: l
                            torch.empty(0, dtype=dtype), out_splits, in_splits, group=ex.process_group)
     comm(ex, t0, sum(in_splits) * dtype.itemsize, sum(out_splits) * dtype.itemsize)
     pieces = [list(c.split([geom[k][1][s] * geom[k][2] for k in mine])) for s, c in enumerate(recv.split(out_splits))]
-    back = [[] for _ in range(world)]
+    back: list[list[torch.Tensor]] = [[] for _ in range(world)]
     flags = []
     for n, k in enumerate(mine):
         b = blocks[items[k][0]]
         d, sizes, _row = geom[k]
-        shape = lambda s: b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1:]  # noqa: E731
-        full = torch.cat([pieces[s][n].view(shape(s)) for s in range(world)], dim=d)
+        shapes = [b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1:] for s in range(world)]
+        full = torch.cat([pieces[s][n].view(shapes[s]) for s in range(world)], dim=d)
         U, ok = compute(ex, b, full.to(b.M.dtype), dtype)
         flags.append(1.0 if ok else 0.0)
         for s, part in enumerate(U.split(sizes, dim=d)):

@@ -178,7 +178,7 @@ class OwnerComputes(Executor):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
-    def bind(self, process_group) -> "OwnerComputes":
+    def bind(self, process_group) -> OwnerComputes:
         """Use ``process_group`` from now on (after loading a copy made with a sub-group)."""
         self._group, self._ranks = process_group, None
         return self
@@ -291,8 +291,7 @@ class OwnerComputes(Executor):
         if world == 1:
             return codes
         codes = codes.clone()
-        dist.broadcast(codes, src=dist.get_global_rank(self.process_group or dist.group.WORLD, 0),
-                       group=self.process_group)
+        dist.broadcast(codes, group=self.process_group, group_src=0)
         return codes
 
     def dualize(self, blocks: list) -> list:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -58,7 +58,7 @@ class Block:
     store: dict  #: the optimizer's ``state`` mapping; read through :attr:`state` (created on first use)
     cfg: StepSettings
     name: str
-    lr: float = 0.0
+    lr: float | torch.Tensor = 0.0  #: a one-element tensor when the group's lr is one (torch's tensor lr)
     weight_decay: float = 0.0
     label: str = ""
     norm: str | None = None
@@ -75,16 +75,25 @@ class Block:
             self.norm, self.p = self.cfg.norm, self.cfg.p
 
     @property
-    def M(self) -> torch.Tensor | None:
+    def M(self) -> torch.Tensor:
         """The direction source (stage 3). The kernel may set it lazily (:meth:`defer_M`): it is then
         computed on first read, so a dualizer that takes the blocks one by one holds one M at a time."""
         if self._M is None and self._source is not None:
             self._M, self._source = self._source(), None
+        if self._M is None:
+            raise RuntimeError(f"{self.name}: M read before stage 3 set it (or after it was released)")
         return self._M
 
     @M.setter
     def M(self, value: torch.Tensor | None) -> None:
         self._M, self._source = value, None
+
+    @property
+    def G(self) -> torch.Tensor:
+        """The gradient, for the stages that run only on blocks that have one (``grad`` may be None)."""
+        if self.grad is None:
+            raise RuntimeError(f"{self.name}: the step read the gradient of a parameter that has none")
+        return self.grad
 
     def defer_M(self, source: Callable[[], torch.Tensor], dtype: torch.dtype) -> None:
         """Set M to ``source()``, computed when first read; ``dtype`` is the dtype it will have."""
@@ -121,8 +130,8 @@ class Block:
         if self.norm != "spectral" or c.step_size != "fixed" or c.method in (None, "svd"):
             return None
         shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
-        dt = iteration_dtype(self.grad.dtype, c.dtype, self.grad.device, iterative=True, shape=shape)
-        return dt if dt.itemsize < self.grad.dtype.itemsize else None
+        dt = iteration_dtype(self.G.dtype, c.dtype, self.G.device, iterative=True, shape=shape)
+        return dt if dt.itemsize < self.G.dtype.itemsize else None
 
     def fold_scale(self) -> None:
         """Move a fixed step's shape scale from D into ``lr_scale``: W <- W - (lr * scale) D, torch.optim.Muon's
@@ -195,7 +204,7 @@ def state_tensors(block: Block) -> list[tuple[str, torch.Tensor]]:
 def finite_blocks(blocks: list[Block], grads: list[torch.Tensor] | None = None) -> list[bool]:
     """Per block with a gradient: are its gradient (``grads[i]``, default ``block.grad``) and its state
     tensors all finite? One synchronisation for all; a block with a bad state gets ``bad_state`` set."""
-    grads = [b.grad for b in blocks] if grads is None else grads
+    grads = [b.G for b in blocks] if grads is None else grads
     tensors, owner, names = list(grads), [], []
     for i, b in enumerate(blocks):
         for key, t in state_tensors(b):
@@ -296,6 +305,7 @@ def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_s
         raise ValueError(f"norm {norm!r} needs a matrix, got shape {tuple(M.shape)}")
     D, dn = geo.dualize_with_dual_norm(X, norm, p, need_dual_norm=step_size == "dual", **dualizer)
     if step_size == "dual":
+        assert dn is not None  # need_dual_norm=True always returns it
         dn = dn.to(D.dtype)
         D = D * (dn.unsqueeze(-1).unsqueeze(-1) if X.ndim >= 2 and dn.ndim > 0 else dn)
     D = scale_update(D, geo.shape_scale(tuple(X.shape), scale_rule))
@@ -330,7 +340,7 @@ def with_ok(blocks: list[Block], updates: list[torch.Tensor]) -> list[tuple[torc
     return list(zip(updates, ok))
 
 
-def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float, weight_decay: float,
+def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float | torch.Tensor, weight_decay: float,
                  lr_scale: float = 1.0, ok: torch.Tensor | None = None) -> None:
     """Stages 6-7: W <- (1 - lr wd) W - lr * lr_scale * update (decay with the unadjusted lr).
 
@@ -351,7 +361,7 @@ def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float, weight_de
     param.add_(update.to(param.dtype), alpha=-step)
 
 
-def adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: float, betas: tuple[float, float],
+def adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: float | torch.Tensor, betas: tuple[float, float],
                eps: float, weight_decay: float) -> None:
     """AdamW (Loshchilov & Hutter 2019) for the parameters routed away from matrix geometry.
 
@@ -397,7 +407,7 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
         if any(b.adamw or b.cfg.step_size == "dual" for b in blocks):
             raise NotImplementedError("a compiled step supports fixed-step steepest groups only (no AdamW-routed "
                                       "or step_size='dual' groups); step those eagerly")
-        all_finite = finite_mask([b.grad for b in blocks]).all() if blocks else None
+        all_finite = finite_mask([b.G for b in blocks]).all() if blocks else None
     else:
         finite = executor.check(blocks) if executor is not None else local_check(blocks)
         blocks = [b for b in nonfinite_policy(blocks, finite, nonfinite, on_skip) if b.grad is not None]
@@ -407,20 +417,20 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
     for b in blocks:
         if b.adamw:
             c = b.cfg
-            adamw_step(b.param, b.grad, b.state, lr=b.lr, betas=c.betas, eps=c.eps, weight_decay=b.weight_decay)
+            adamw_step(b.param, b.G, b.state, lr=b.lr, betas=c.betas, eps=c.eps, weight_decay=b.weight_decay)
     for b in steep:
         # The buffer now; M (a fresh tensor with Nesterov or a cast) when the dualizer reads it, so a
         # dualizer that goes block by block (batched.dualize_batched, lazy) holds one M at a time.
         c = b.cfg
-        buf = update_momentum(b.grad, b.state, c.momentum, all_finite)
+        buf = update_momentum(b.G, b.state, c.momentum, all_finite)
         dtype = b.source_dtype()
         if dtype is not None:
             b.fold_scale()
         if buf is not None and not c.nesterov and dtype is None:
             b.M = buf  # M is the buffer itself: nothing to defer
         else:
-            b.defer_M(functools.partial(source_from_buffer, b.grad, buf, c.momentum, c.nesterov, dtype),
-                      dtype or b.grad.dtype)
+            b.defer_M(functools.partial(source_from_buffer, b.G, buf, c.momentum, c.nesterov, dtype),
+                      dtype or b.G.dtype)
     updates = (executor.dualize(steep) if executor is not None else dualize_each(steep)) if steep else []
     for b, (U, ok) in zip(steep, updates):
         b.M = None

@@ -6,9 +6,11 @@ the rest on AdamW in the same optimizer) and any other :class:`SteepestDescent` 
 
 from __future__ import annotations
 
+import enum
 import warnings
 
 import torch
+from torch.optim.optimizer import ParamsT
 
 from steepest.linalg.coefficients import MUON_QUINTIC
 from steepest.optim.steepest import SteepestDescent
@@ -16,7 +18,15 @@ from steepest.optim.steepest import SteepestDescent
 _MUON_ADJUST = {None: "muon", "original": "muon", "match_rms_adamw": "rms"}
 #: torch.optim.Muon's defaults (torch/optim/_muon.py), which steepest.Muon shares.
 MUON_EPS = 1e-7
-_UNSET = object()
+
+
+class _Unset(enum.Enum):
+    """Muon's ``eps`` default: tells "not given" from ``eps=1e-7`` (the deprecated AdamW meaning)."""
+
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
 
 
 class ComplexParameterError(ValueError, RuntimeError):
@@ -60,8 +70,8 @@ class Muon(SteepestDescent):
 
     _nesterov_needs_momentum = False  # torch.optim.Muon accepts nesterov=True at momentum 0 (then M = G)
 
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
-                 nesterov: bool = True, ns_coefficients=MUON_QUINTIC, eps: float = _UNSET, ns_steps: int = 5,
+    def __init__(self, params: ParamsT, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+                 nesterov: bool = True, ns_coefficients: tuple[float, float, float] = MUON_QUINTIC, eps: float | _Unset = _UNSET, ns_steps: int = 5,
                  adjust_lr_fn: str | None = None, *, dtype: torch.dtype | str | None = "auto",
                  method: str = "newton_schulz", adamw_eps: float | None = None, **kwargs) -> None:
         # torch.optim.Muon's checks first, with its error types and messages.
@@ -74,14 +84,15 @@ class Muon(SteepestDescent):
             raise TypeError("steepest.Muon takes the Newton-Schulz eps as eps= (torch.optim.Muon's name)")
         self._legacy_eps = None if eps is _UNSET or adamw_eps is not None else eps
         eps = MUON_EPS if eps is _UNSET else eps
+        steps: int | None = ns_steps
+        coefficients: tuple[float, float, float] | None = ns_coefficients
+        ns_eps: float | None = eps
         if method == "svd":
-            ns_steps, ns_coefficients, ns_eps = None, None, None
-        else:
-            ns_eps = eps
-            if method == "polar_express" and ns_coefficients == MUON_QUINTIC:
-                ns_coefficients = None  # Polar Express uses its own published table
+            steps, coefficients, ns_eps = None, None, None
+        elif method == "polar_express" and ns_coefficients == MUON_QUINTIC:
+            coefficients = None  # Polar Express uses its own published table
         super().__init__(params, lr=lr, norm="spectral", momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay, method=method, steps=ns_steps, coefficients=ns_coefficients,
+                         weight_decay=weight_decay, method=method, steps=steps, coefficients=coefficients,
                          ns_eps=ns_eps, dtype=dtype, eps=1e-8 if adamw_eps is None else adamw_eps,
                          scale_rule=kwargs.pop("scale_rule", _MUON_ADJUST[adjust_lr_fn]), **kwargs)
 
@@ -120,7 +131,7 @@ class SpecGD(SteepestDescent):
         >>> opt = SpecGD([W], lr=0.1)
     """
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.0, **kwargs) -> None:
+    def __init__(self, params: ParamsT, lr: float = 0.02, momentum: float = 0.0, **kwargs) -> None:
         kwargs.setdefault("method", "svd")
         super().__init__(params, lr=lr, norm="spectral", momentum=momentum, **kwargs)
 
@@ -135,7 +146,7 @@ class SignSGD(SteepestDescent):
         >>> opt = SignSGD([W], lr=1e-3, momentum=0.9)
     """
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, **kwargs) -> None:
+    def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0.0, **kwargs) -> None:
         super().__init__(params, lr=lr, norm="linf", momentum=momentum, **kwargs)
 
 
@@ -151,7 +162,7 @@ class SchattenDescent(SteepestDescent):
         >>> opt = SchattenDescent([W], lr=0.1, p=8)
     """
 
-    def __init__(self, params, lr: float = 0.02, p: float = 32.0, momentum: float = 0.0, **kwargs) -> None:
+    def __init__(self, params: ParamsT, lr: float = 0.02, p: float = 32.0, momentum: float = 0.0, **kwargs) -> None:
         super().__init__(params, lr=lr, norm="schatten", p=p, momentum=momentum, **kwargs)
 
 
@@ -165,6 +176,6 @@ class GD(SteepestDescent):
         >>> opt = GD([W], lr=0.1)
     """
 
-    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, **kwargs) -> None:
+    def __init__(self, params: ParamsT, lr: float = 0.01, momentum: float = 0.0, **kwargs) -> None:
         kwargs.setdefault("step_size", "dual")
         super().__init__(params, lr=lr, norm="frobenius", momentum=momentum, **kwargs)

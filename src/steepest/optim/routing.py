@@ -29,7 +29,8 @@ use ``algorithm="adamw"``.
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable
+from collections.abc import Iterable
+from typing import TextIO
 
 import torch
 from torch import nn
@@ -102,11 +103,11 @@ def param_groups(
     *,
     hidden: dict | None = None,
     embedding: dict | None = None,
-    head=None,
+    head: dict | str | Iterable[str] | None = None,
     vector: dict | None = None,
     other: dict | None = None,
     head_modules: str | Iterable[str] | None = None,
-    example_inputs=None,
+    example_inputs: torch.Tensor | tuple | dict | None = None,
     split_qkv: bool = False,
     heads: bool = False,
     adamw_lr: float | None = None,
@@ -173,21 +174,21 @@ def param_groups(
     module_name = {m: n for n, m in model.named_modules()}
     matrix_names = {m: n for n, m in model.named_modules() if S.is_matrix_module(m)}
     traced = S.trace(model, example_inputs, matrix_names) if example_inputs is not None else (None, None)
-    want_heads, heads = heads, S.find_heads(model, matrix_names, head_modules, traced[0])
+    head_names = S.find_heads(model, matrix_names, head_modules, traced[0])
     for pattern in head_patterns or ():
-        for m, n in matrix_names.items():
+        for n in matrix_names.values():
             if fnmatch.fnmatch(n, pattern):
-                heads.setdefault(n, f"output head (head_patterns {pattern!r})")
+                head_names.setdefault(n, f"output head (head_patterns {pattern!r})")
     inputs = S.find_input_convs(model, matrix_names, traced[1])
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
-    tied = {id(m.weight): n for m, n in matrix_names.items() if n in heads and id(m.weight) in embed_ids}
-    st = dict(heads=heads, inputs=inputs, tied=tied, module_name=module_name)
-    blocks = S.attention_blocks(model, split_qkv, want_heads) if (split_qkv or want_heads) else {}
+    tied = {id(m.weight): n for m, n in matrix_names.items() if n in head_names and id(m.weight) in embed_ids}
+    st = dict(heads=head_names, inputs=inputs, tied=tied, module_name=module_name)
+    blocks = S.attention_blocks(model, split_qkv, heads) if (split_qkv or heads) else {}
 
-    adamw_legacy = {k: v for k, v in (("lr", adamw_lr), ("betas", adamw_betas),
-                                      ("weight_decay", adamw_weight_decay)) if v is not None}
-    if "betas" in adamw_legacy:
-        adamw_legacy["betas"] = tuple(adamw_legacy["betas"])
+    adamw_legacy: dict[str, object] = {k: v for k, v in (("lr", adamw_lr), ("weight_decay", adamw_weight_decay))
+                                       if v is not None}
+    if adamw_betas is not None:
+        adamw_legacy["betas"] = tuple(adamw_betas)
     per_role = dict(hidden=dict(matrix_options or {}, **(hidden or {})))
     for role, opts in (("embedding", embedding), ("head", head), ("vector", vector), ("other", other)):
         per_role[role] = dict(adamw_legacy, **(opts or {}))
@@ -234,7 +235,7 @@ def _geometry(g: dict) -> str:
     return text
 
 
-def describe(groups, *, file=None) -> str:
+def describe(groups: list[dict] | torch.optim.Optimizer, *, file: TextIO | None = None) -> str:
     """Print (and return) a table of which parameter went where and why.
 
     Accepts the list from :func:`param_groups` or an optimizer (its ``param_groups``; then the geometry

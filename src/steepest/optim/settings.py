@@ -77,6 +77,13 @@ def _number(group: dict, index: int, name: str, value, lo: float, hi: float = ma
     return float(value)
 
 
+def check_maximize(maximize: object, context: str = "") -> None:
+    """Refuse ``maximize`` other than False (torch.optim's flag): every steepest update descends."""
+    if maximize is not False:
+        raise SettingsError(f"maximize={maximize!r} is not supported: steepest minimizes; to maximize f, minimize -f "
+                            f"(negate the loss){context}")
+
+
 def check_lr_wd(group: dict, index: int) -> tuple[float, float]:
     """The per-step check of the two keys schedulers change: finite, >= 0, lr * weight_decay <= 1."""
     lr, wd = group["lr"], group.get("weight_decay", 0.0)
@@ -189,6 +196,7 @@ def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | Non
     algorithm = group.get("algorithm", "steepest")
     if algorithm not in ALGORITHMS:
         raise SettingsError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r} ({where(group, index)})")
+    check_maximize(group.get("maximize", False), f" ({where(group, index)})")
     lr = _number(group, index, "lr", group["lr"], 0.0, math.inf, hi_open=True)
     wd = _number(group, index, "weight_decay", group.get("weight_decay", 0.0), 0.0, math.inf, hi_open=True)
     if lr * wd > 1.0:
@@ -341,5 +349,5 @@ def checked_state_dict(opt, state_dict) -> dict:
     return dict(state_dict, param_groups=filled_groups)
 
 
-__all__ = ["StepSettings", "SettingsError", "build", "snapshot", "check_lr_wd", "where", "checked_state_dict", "ALGORITHMS",
+__all__ = ["StepSettings", "SettingsError", "build", "check_maximize", "snapshot", "check_lr_wd", "where", "checked_state_dict", "ALGORITHMS",
            "STEP_SIZES", "DUALIZER_KEYS", "TORCH_KEYS", "STEEPEST_KEYS"]

@@ -15,6 +15,11 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch.distributed as dist
+from torch.optim.optimizer import ParamsT
+
 from steepest.optim.executors import PARTIAL_GRADS, OwnerComputes, assign_owners, shard_sizes
 from steepest.optim.steepest import SteepestDescent
 
@@ -32,8 +37,12 @@ class DistributedSteepest(SteepestDescent):
         'OwnerComputes'
     """
 
-    def __init__(self, params, *args, process_group=None, partial_grads: str = "average", **kwargs) -> None:
-        super().__init__(params, *args, executor=OwnerComputes(process_group, partial_grads), **kwargs)
+    def __init__(self, params: ParamsT, *args: Any, process_group: dist.ProcessGroup | None = None,
+                 partial_grads: str = "average", **kwargs: Any) -> None:
+        if "executor" in kwargs:
+            raise TypeError("DistributedSteepest sets the executor itself (OwnerComputes over process_group)")
+        kwargs["executor"] = OwnerComputes(process_group, partial_grads)
+        super().__init__(params, *args, **kwargs)
 
 
 def _unwrap(fn):
@@ -49,7 +58,7 @@ def defines_own_step(cls: type) -> bool:
                for c in cls.__mro__ if isinstance(c, type) and issubclass(c, SteepestDescent))
 
 
-def distributed(optimizer: SteepestDescent, process_group=None, partial_grads: str = "average") -> SteepestDescent:
+def distributed(optimizer: SteepestDescent, process_group: dist.ProcessGroup | None = None, partial_grads: str = "average") -> SteepestDescent:
     """Make ``optimizer`` (any :class:`SteepestDescent`: Muon, SpecGD, Adaptive, ...) step over a process
     group: sets ``optimizer.executor`` to :class:`OwnerComputes` (keeping its single-process executor
     for a one-rank world) and returns the same optimizer; an optimizer that already has one gets a new

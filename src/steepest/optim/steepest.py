@@ -11,9 +11,10 @@ group's settings are validated once into a :class:`~steepest.optim.settings.Step
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterable
+from collections.abc import Callable
 
 import torch
+from torch.optim.optimizer import ParamsT
 
 from steepest import geometry as geo
 from steepest.optim import executors as E
@@ -80,6 +81,9 @@ class SteepestDescent(torch.optim.Optimizer):
         chooser: an object that picks each matrix's geometry and lr multiplier as training goes
             (:mod:`steepest.optim.choosers`; :class:`steepest.Adaptive` is this optimizer with the
             Spec-Sign / Davis-Drusvyatskiy chooser). Its state is saved in ``state_dict()["chooser"]``.
+        maximize: torch.optim's flag, accepted only as False (also as a group key): every update
+            descends, so ``maximize=True`` raises :class:`~steepest.optim.settings.SettingsError`;
+            to maximize f, minimize -f.
 
     Every group's settings are validated once, when the group is added (and again when a user edits
     a key other than ``lr``/``weight_decay`` between steps, or loads a state_dict): lr and
@@ -106,7 +110,7 @@ class SteepestDescent(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable,
+        params: ParamsT,
         lr: float = 0.02,
         norm: str = "spectral",
         p: float | None = None,
@@ -128,7 +132,9 @@ class SteepestDescent(torch.optim.Optimizer):
         eps: float = 1e-8,
         executor: str | E.Executor = "auto",
         chooser=None,
+        maximize: bool = False,
     ) -> None:
+        S.check_maximize(maximize)  # accepted for torch.optim's signature; only False is allowed
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         if chooser is not None and not callable(getattr(chooser, "choose", None)):
@@ -165,7 +171,7 @@ class SteepestDescent(torch.optim.Optimizer):
             geo.check_norm(defaults["norm"], defaults["p"])
             geo.check_settings(defaults["norm"], defaults["p"], **{k: defaults[k] for k in S.DUALIZER_KEYS})
             return
-        err = None
+        err = ValueError("the chooser has no candidate geometries")
         for g in candidates:
             try:
                 geo.check_settings(g, None, **{k: defaults[k] for k in S.DUALIZER_KEYS})

@@ -33,10 +33,12 @@ class name or its ``nf`` attribute with a weight stored as (in, out)).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
+from torch.autograd.graph import Node
 
 CONV = nn.modules.conv._ConvNd
 
@@ -89,7 +91,7 @@ def _vocab_sizes(model: nn.Module) -> set[int]:
 
 
 def _out_in(module: nn.Module) -> tuple[int, int]:
-    w = module.weight
+    w = cast(torch.Tensor, module.weight)  # nn.Module.__getattr__ is typed Tensor | Module
     return (w.shape[1], w.shape[0]) if is_transposed_linear(module) else (w.shape[0], w.shape[1])
 
 
@@ -144,7 +146,8 @@ def trace(model: nn.Module, example_inputs, matrix_names: dict[nn.Module, str]) 
     heads, bypass = {}, False
     raw_ids = {id(x) for x in raw}
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
-    seen, stack = set(), [t.grad_fn for t in outs if t.grad_fn is not None]
+    seen: set[Node] = set()
+    stack: list[Node | None] = [t.grad_fn for t in outs if t.grad_fn is not None]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
@@ -162,7 +165,8 @@ def trace(model: nn.Module, example_inputs, matrix_names: dict[nn.Module, str]) 
     for name, x in in_of.items():
         if not isinstance(next(m for m, n in matrix_names.items() if n == name), CONV):
             continue
-        seen, stack, hit = set(), [x.grad_fn], id(x) in raw_ids
+        seen, hit = set(), id(x) in raw_ids
+        stack = [x.grad_fn]
         while stack and not hit:
             node = stack.pop()
             if node is None or node in seen or node in out_node:
