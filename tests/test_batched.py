@@ -225,20 +225,45 @@ def test_nonfinite_raise_changes_nothing_with_batching():
     assert len(opt.state) == 0  # no momentum buffer was created either
 
 
-def test_dual_step_overflow_skips_only_that_member():
-    """float16 nuclear norm overflows for one member of a bucket: that member is skipped and counted."""
+def test_float16_dual_norm_above_65504_steps_in_float32():
+    """issue 23 item 4: a float16 nuclear norm above 65504 used to overflow and skip that member silently; the
+    dual norm and dn * D are now float32, so both members of the bucket step, as the float32 step would."""
     big = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.float16))
     small = torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.float16))
     opt = steepest.SpecGD([big, small], lr=1e-4, step_size="dual")
     opt.executor = EXECUTORS[True]
-    big.grad = torch.full((8, 8), 3e4, dtype=torch.float16) + torch.eye(8, dtype=torch.float16) * 3e4  # ||.||_* ~ 2.6e5 > 65504
-    small.grad = torch.eye(8, dtype=torch.float16)
+    gbig = torch.full((8, 8), 3e4, dtype=torch.float16) + torch.eye(8, dtype=torch.float16) * 3e4  # ||.||_* ~ 5.1e5
+    big.grad, small.grad = gbig, torch.eye(8, dtype=torch.float16)
     assert [len(b) for b in _bucket_shapes(opt)] == [2]
     opt.step()
-    assert torch.equal(big.detach(), torch.zeros(8, 8, dtype=torch.float16))
-    assert opt.nonfinite_skipped == 1 and opt.state[big]["nonfinite_skips"] == 1
+    assert opt.nonfinite_skipped == 0 and torch.isfinite(big).all()
+    ref = -1e-4 * torch.linalg.matrix_norm(gbig.float(), "nuc") * steepest.polar(gbig.float(), "svd")
+    # float16 keeps 11 significant bits: 1e-3 relative to the largest entry (~48) bounds its rounding
+    torch.testing.assert_close(big.detach().float(), ref, atol=1e-3 * ref.abs().max().item(), rtol=0)
     # small: W = -lr * ||I||_* * I = -8e-4 I (float16 resolves 8e-4 to 0.05%).
     torch.testing.assert_close(small.detach().float(), -8e-4 * torch.eye(8), atol=0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_dual_step_overflow_raises_before_any_change_or_skips_only_that_member(policy):
+    """A finite float32 gradient whose nuclear norm overflows float32 (8 x 8 entries of 1e38): under the default
+    nonfinite='raise' the step raises naming it before any weight (the AdamW-routed one included) changes; with
+    'skip' only that member is skipped and counted."""
+    big, small = (torch.nn.Parameter(torch.zeros(8, 8)) for _ in range(2))
+    vec = torch.nn.Parameter(torch.zeros(3))
+    opt = steepest.SpecGD([dict(params=[big, small]), dict(params=[vec], algorithm="adamw")], lr=1e-4,
+                          step_size="dual", nonfinite=policy)
+    opt.executor = EXECUTORS[True]
+    big.grad, small.grad, vec.grad = torch.full((8, 8), 1e38), torch.eye(8), torch.ones(3)
+    if policy == "raise":
+        with pytest.raises(steepest.NonFiniteGradientError, match=r"the update of .*\(shape \(8, 8\)\) is not finite"):
+            opt.step()
+        assert all(torch.equal(p, torch.zeros_like(p)) for p in (big, small, vec)) and opt.nonfinite_skipped == 0
+        return
+    opt.step()
+    assert torch.equal(big.detach(), torch.zeros(8, 8)) and opt.state[big]["nonfinite_skips"] == 1
+    assert opt.nonfinite_skipped == 1 and not torch.equal(vec.detach(), torch.zeros(3))
+    torch.testing.assert_close(small.detach(), -8e-4 * torch.eye(8), atol=0, rtol=1e-6)  # float32 rounding
 
 
 # ---------------------------------------------------------------- the two fast paths edited for speed

@@ -339,31 +339,34 @@ def dualize_with_dual_norm(
     squeeze = G.ndim == 1
     G = _as_matrix(G, name)
     dn = None
+    # The dual norm is a sum over every entry or singular value: float16 overflows above 65504 (a 512 x 512
+    # sign step's ||G||_1 at |G| ~ 0.5), so it is returned in float32 at least, whatever G's dtype.
+    wide = G.dtype if G.dtype.itemsize >= 4 else torch.float32
     if name == "frobenius":
         X, amax = prescale_with_scale(G.to(iteration_dtype(G.dtype, dtype)))
         fro = torch.linalg.matrix_norm(X, "fro", keepdim=True)
         D = (X / fro.clamp(min=torch.finfo(X.dtype).tiny)).to(G.dtype)
         if need_dual_norm:
-            dn = (fro.squeeze(-1).squeeze(-1) * amax).to(G.dtype)
+            dn = fro.squeeze(-1).squeeze(-1).to(wide) * amax.to(wide)
     elif name == "linf":
         D = torch.sign(G)
         if need_dual_norm:
-            dn = G.abs().sum(dim=(-2, -1))
+            dn = G.abs().sum(dim=(-2, -1), dtype=wide)
     elif name == "spectral" and method in (None, "svd"):
         D, s = polar_svd(G, dtype=iteration_dtype(G.dtype, dtype))
-        dn = s.sum(dim=-1).to(G.dtype) if need_dual_norm else None
+        dn = s.sum(dim=-1).to(wide) if need_dual_norm else None
     elif name == "spectral" and method is not None:  # (None was taken by the SVD branch above)
         D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True, shape=G.shape),
                   coefficients=coefficients, normalization=normalization,
                   eps=1e-7 if ns_eps is None else float(ns_eps))  # 1e-7: polar's (torch.optim.Muon's) default
-        dn = dual_norm(G, "spectral") if need_dual_norm else None
+        dn = _svdvals(G).sum(dim=-1).to(wide) if need_dual_norm else None
     else:
         assert p is not None  # resolve(): a Schatten norm always has p
         # float64 SVD unless asked otherwise: the power s^(q-1) amplifies rounding for q near 1 and large q.
         sdt = dtype_from_name(dtype)  # a dtype name ("float32") as well as a torch dtype
         D, s = schatten_dualize_and_singular_values(G, p, sdt if isinstance(sdt, torch.dtype) else torch.float64)
         if need_dual_norm:  # an empty matrix has no singular values and dual norm 0
-            dn = vector_pnorm(s, conjugate_exponent(p)).to(G.dtype) if s.shape[-1] else G.new_zeros(G.shape[:-2])
+            dn = vector_pnorm(s, conjugate_exponent(p)).to(wide) if s.shape[-1] else G.new_zeros(G.shape[:-2], dtype=wide)
     if squeeze:
         D = D.squeeze(0)
         dn = dn.squeeze(0) if dn is not None else None

@@ -306,8 +306,10 @@ def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_s
     D, dn = geo.dualize_with_dual_norm(X, norm, p, need_dual_norm=step_size == "dual", **dualizer)
     if step_size == "dual":
         assert dn is not None  # need_dual_norm=True always returns it
-        dn = dn.to(D.dtype)
-        D = D * (dn.unsqueeze(-1).unsqueeze(-1) if X.ndim >= 2 and dn.ndim > 0 else dn)
+        # in float32 at least: dn * D of a float16 parameter overflows long before lr * dn * D does
+        work = D.dtype if D.dtype.itemsize >= 4 else torch.float32
+        dn = dn.to(work)
+        D = D.to(work) * (dn.unsqueeze(-1).unsqueeze(-1) if X.ndim >= 2 and dn.ndim > 0 else dn)
     D = scale_update(D, geo.shape_scale(tuple(X.shape), scale_rule))
     return geo.from_matrix(D, M.shape, transposed, row_blocks)
 
@@ -358,7 +360,12 @@ def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float | torch.Te
         decay, step = 1.0 - lr * weight_decay, lr * lr_scale
     if weight_decay != 0.0:
         param.mul_(decay)
-    param.add_(update.to(param.dtype), alpha=-step)
+    if update.dtype.itemsize > param.dtype.itemsize:
+        # a wider update (a dual step's float32 ||M|| D for a float16/bf16 parameter): lr * update first, then
+        # one rounding into the parameter's dtype, so a large dual norm times a small lr stays finite
+        param.add_((update * -step).to(param.dtype))
+    else:
+        param.add_(update.to(param.dtype), alpha=-step)
 
 
 def adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: float | torch.Tensor, betas: tuple[float, float],
@@ -414,10 +421,6 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
     steep = [b for b in blocks if not b.adamw]
     if chooser is not None and steep:
         chooser.choose(steep, executor)
-    for b in blocks:
-        if b.adamw:
-            c = b.cfg
-            adamw_step(b.param, b.G, b.state, lr=b.lr, betas=c.betas, eps=c.eps, weight_decay=b.weight_decay)
     for b in steep:
         # The buffer now; M (a fresh tensor with Nesterov or a cast) when the dualizer reads it, so a
         # dualizer that goes block by block (batched.dualize_batched, lazy) holds one M at a time.
@@ -432,6 +435,16 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
             b.defer_M(functools.partial(source_from_buffer, b.G, buf, c.momentum, c.nesterov, dtype),
                       dtype or b.G.dtype)
     updates = (executor.dualize(steep) if executor is not None else dualize_each(steep)) if steep else []
+    if isinstance(updates, list) and nonfinite == "raise":  # dual steps: every update is known before any is applied
+        bad = [b.name for b, (_, ok) in zip(steep, updates) if not ok]
+        if bad:
+            raise NonFiniteGradientError(
+                f"the update of {', '.join(bad)} is not finite (a finite gradient whose dual-norm step overflowed); "
+                "no parameter was changed. Lower the learning rate, or pass nonfinite='skip' to skip such steps.")
+    for b in blocks:  # after the check above, so a refused step changes nothing
+        if b.adamw:
+            c = b.cfg
+            adamw_step(b.param, b.G, b.state, lr=b.lr, betas=c.betas, eps=c.eps, weight_decay=b.weight_decay)
     for b, (U, ok) in zip(steep, updates):
         b.M = None
         if not ok:
