@@ -79,11 +79,11 @@ def _zoo_subject(name: str, width: int, layers: int, context: int) -> Subject:
 
     windows, V = _text_windows(context)
     if name == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=V, n_positions=context, n_embd=width, n_layer=layers, n_head=2,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+        gpt2_cfg = tf.GPT2Config(vocab_size=V, n_positions=context, n_embd=width, n_layer=layers, n_head=2,
+                                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
 
         def make():
-            return tf.GPT2LMHeadModel(cfg)
+            return tf.GPT2LMHeadModel(gpt2_cfg)
 
         def batch(seed, step, B):
             w = windows(seed, step, B)
@@ -92,12 +92,12 @@ def _zoo_subject(name: str, width: int, layers: int, context: int) -> Subject:
         def loss(model, b):
             return model(input_ids=b[0], labels=b[0]).loss
     else:
-        cfg = tf.BertConfig(vocab_size=V + 1, hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
-                            intermediate_size=4 * width, max_position_embeddings=context, hidden_dropout_prob=0.0,
-                            attention_probs_dropout_prob=0.0, pad_token_id=0)
+        bert_cfg = tf.BertConfig(vocab_size=V + 1, hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
+                                 intermediate_size=4 * width, max_position_embeddings=context, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0, pad_token_id=0)
 
         def make():
-            return tf.BertForMaskedLM(cfg)
+            return tf.BertForMaskedLM(bert_cfg)
 
         def batch(seed, step, B):
             w = windows(seed, step, B)
@@ -167,7 +167,7 @@ def _rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """Incoming activations as (N, fan_in), or None for a module kind not handled."""
     if isinstance(m, nn.Linear):
         return x.reshape(-1, m.in_features)
-    if type(m).__name__ == "Conv1D":  # transformers' (in, out) linear
+    if type(m).__name__ == "Conv1D" and isinstance(m.weight, torch.Tensor):  # transformers' (in, out) linear
         return x.reshape(-1, m.weight.shape[0])
     if isinstance(m, nn.Conv2d) and m.groups == 1 and not isinstance(m.padding, str) and m.padding_mode == "zeros":
         cols = F.unfold(x if x.ndim == 4 else x.unsqueeze(0), m.kernel_size, dilation=m.dilation, padding=m.padding,
@@ -220,7 +220,7 @@ def criterion_inputs(model: nn.Module, loss: Callable, batch, layers: dict[str, 
     params = dict(model.named_parameters())
     micro = split(batch, K)
     b = micro[0][0].shape[0]
-    grads = {n: [] for n in layers}
+    grads: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     for mb in micro:
         model.zero_grad(set_to_none=True)
         loss(model, mb).backward()
@@ -234,9 +234,10 @@ def criterion_inputs(model: nn.Module, loss: Callable, batch, layers: dict[str, 
     for n, view in layers.items():
         X = matrix_view(G_hat[n], view["tensor_mode"], view["transposed"]).double()
         nr = float(nuclear_rank(X))
-        rec = {"nr": nr, "st": st[n], "dd_ratio": None, "dd_winner": "none"}
-        if st[n] is not None and st[n] > 0:
-            rec.update(dd_ratio=nr / st[n], dd_winner=dd_winner(nr, st[n]))
+        st_n = st[n]
+        rec = {"nr": nr, "st": st_n, "dd_ratio": None, "dd_winner": "none"}
+        if st_n is not None and st_n > 0:
+            rec.update(dd_ratio=nr / st_n, dd_winner=dd_winner(nr, st_n))
         c = noise_scales([matrix_view(g, view["tensor_mode"], view["transposed"]) for g in grads[n]], b,
                          geometries=("linf", "spectral"))
         with sdpa_kernel([SDPBackend.MATH]):

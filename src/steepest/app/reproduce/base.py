@@ -102,7 +102,7 @@ def get(name: str):
 
 # ---------------------------------------------------------------------------------------- cells
 def _stable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # an instance, not a dataclass class
         return _stable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {str(k): _stable(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}

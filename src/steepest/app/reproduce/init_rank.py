@@ -124,7 +124,9 @@ def random_features(act: str, width: int, n: int, gen: torch.Generator) -> dict:
 
 def mlp(act: str, width: int, n: int, depth: int, gen: torch.Generator) -> dict:
     X = torch.randn(n, width, generator=gen)
-    h, params, acts = X, [], []
+    h = X
+    params: list[torch.Tensor] = []             # every layer's weights, appended by layer()
+    acts: list[torch.Tensor] = []
     for _ in range(depth):
         h = layer(h, act, width, gen, params)
         h.retain_grad()
@@ -195,12 +197,13 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     for act, w, t in progress(jobs, "init-rank"):
         raw[(act, w, t)] = cells.get(f"init-{act}-w{w}-t{t}", {**base, "act": act, "width": w, "trial": t},
                                      lambda act=act, w=w, t=t: run_cell(cfg, act, w, t))
-    out = {"widths": list(cfg.widths), "depth": cfg.depth, "settings": dataclasses.asdict(cfg), "acts": {}}
+    acts: dict[str, dict] = {}
+    out = {"widths": list(cfg.widths), "depth": cfg.depth, "settings": dataclasses.asdict(cfg), "acts": acts}
     for act in cfg.activations:
         def mean(f, act=act):
             return [float(np.mean([f(raw[(act, w, t)]) for t in range(cfg.trials)])) for w in cfg.widths]
 
-        out["acts"][act] = {
+        acts[act] = {
             "random_features": mean(lambda r: r["random_features"]["st"]),
             "rf_nr_grad": mean(lambda r: r["random_features"]["nr_grad"]),
             "mlp": mean(lambda r: r["mlp"]["st_by_layer"][-1]),

@@ -136,7 +136,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     from steepest.app.compare.optimizers import build_optimizer
 
     cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
-    rows = []
+    rows: list[dict] = []
     base = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("subjects", "checkpoints", "batch_sizes")}
     for name in progress(cfg.subjects, "layer-oracle"):
         subj = S.make_subject(name, cfg.model_size)

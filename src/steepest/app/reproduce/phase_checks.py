@@ -135,7 +135,7 @@ def init_cell(cfg: Config) -> dict:
     # which starts with tr(CQ) > 0: no growth stage at all)
     gauss = {**prob, "W0": theta * torch.randn(cfg.d, cfg.d, generator=gen, dtype=torch.float64) / math.sqrt(cfg.d)}
     etas = _etas(cfg, prob["Q"])
-    out = {}
+    out: dict[str, dict[str, dict]] = {}
     for name, p in (("orthogonal", prob), ("gaussian", gauss)):
         out[name] = {}
         W0 = p["W0"]

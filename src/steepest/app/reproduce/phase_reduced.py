@@ -34,12 +34,12 @@ def reduced(d: int, lam: float, method: str, eta: float, steps: int, *, stop_at_
     theta2 = 1.0 / (math.log(d) * (d + lam))
     r = [math.sqrt(theta2)] * 3                    # signed square roots (SpecGD) of a, b, c
     coef = [theta2] * 3                            # a, b, c (GD)
-    rec = {"a": [], "b": [], "c": [], "trCQ": []}
+    rec: dict[str, list[float]] = {"a": [], "b": [], "c": [], "trCQ": []}
     for _ in range(steps + 1):
         a, b, c = (x * x for x in r) if method == "specgd" else coef
         tau = (a - 1) + (1 + lam) * b + (d - 2) * c
-        for k, x in zip("abc", (a, b, c)):
-            rec[k].append(x)
+        for key, x in zip("abc", (a, b, c)):
+            rec[key].append(x)
         rec["trCQ"].append(tau)
         if not math.isfinite(tau) or (stop_at_t1 and tau >= 0):
             break

@@ -162,12 +162,15 @@ def eta_of(method: str, trace: float, lmax: float, kappa: float, gd_eta_scale: f
 def simulate(prob: dict, method: str, eta: float, steps: int, *, batch: int | None = None,
              gen: torch.Generator | None = None, stop_at_t1: bool = False, noise: float = 0.0) -> dict:
     """Run one method; record loss, alignment, coefficients and tr(CQ) every step (online with
-    ``batch`` fresh samples per step and label noise ``noise`` when ``batch`` is given)."""
+    ``batch`` fresh samples per step and label noise ``noise`` when ``batch`` is given; ``gen`` then
+    draws the samples and is required)."""
+    if batch is not None and gen is None:
+        raise ValueError("simulate: an online run (batch given) needs gen, the generator of its fresh samples")
     Q, w, v = prob["Q"], prob["w"], prob["v"]
     d = Q.shape[0]
     W = torch.nn.Parameter(prob["W0"].clone())
     opt = steepest.SpecGD([W], lr=eta, dtype=torch.float64) if method == "specgd" else steepest.GD([W], lr=eta)
-    rec = {"loss": [], "align": [], "a": [], "b": [], "c": [], "trCQ": []}
+    rec: dict[str, list[float]] = {"loss": [], "align": [], "a": [], "b": [], "c": [], "trCQ": []}
     diverged = False
     for _ in range(steps + 1):
         with torch.no_grad():
@@ -188,7 +191,11 @@ def simulate(prob: dict, method: str, eta: float, steps: int, *, batch: int | No
             rec["trCQ"].append(float((C * Q).sum()))                 # tr(CQ), C and Q symmetric
             if stop_at_t1 and rec["trCQ"][-1] >= 0:
                 break
-            W.grad = population_grad(W, Q, w) if batch is None else sample_grad(W, Q, w, batch, gen, noise)
+            # gen is None only when batch is None (checked on entry); testing both narrows gen for sample_grad
+            if batch is None or gen is None:
+                W.grad = population_grad(W, Q, w)
+            else:
+                W.grad = sample_grad(W, Q, w, batch, gen, noise)
         opt.step()
     return {**rec, "diverged": diverged, "t1": growth_end(rec["trCQ"])}
 

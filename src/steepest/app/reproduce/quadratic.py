@@ -159,11 +159,12 @@ def trajectory(A, B, X0, method: str, L: float, steps: int, *, constants: tuple[
     """Run SpecGD (lr = 1/L_*, dual-norm step) or GD (lr = 1/L_F) and record every step; with
     ``constants=(L_*, L_F)`` also both methods' actual one-step decreases at every iterate."""
     X = torch.nn.Parameter(X0.clone())
+    opt: torch.optim.Optimizer
     if method == "spectral":
         opt = steepest.SpecGD([X], lr=1.0 / L, step_size="dual", dtype=torch.float64)
     else:
         opt = steepest.GD([X], lr=1.0 / L)
-    rec = {"f": [], "nr": [], "nuc2": [], "fro2": [], "dec_spec": [], "dec_gd": []}
+    rec: dict[str, list[float]] = {"f": [], "nr": [], "nuc2": [], "fro2": [], "dec_spec": [], "dec_gd": []}
     for _ in range(steps + 1):
         with torch.no_grad():
             G = grad(A, B, X)

@@ -157,9 +157,10 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     # a cell depends on what it computes, not on the sweep size or the claim thresholds
     cell_params = {k: params[k] for k in ("m", "n", "ps", "lowrank_decay", "ns_steps", "match_grid", "seed")}
     finite = [float(p) for p in cfg.ps if math.isfinite(p)]
-    out = {"ps": [float(p) for p in cfg.ps], "kinds": {}}
+    ps = [float(p) for p in cfg.ps]
+    kinds: dict[str, dict] = {}
     jobs = [(k, t) for k in KINDS for t in range(cfg.trials)]
-    raw = {k: [] for k in KINDS}
+    raw: dict[str, list[dict]] = {k: [] for k in KINDS}
     for kind, t in progress(jobs, "schatten"):
         raw[kind].append(cells.get(f"schatten-{kind}-{t}", {**cell_params, "kind": kind, "trial": t},
                                    lambda kind=kind, t=t: run_cell(cfg, kind, t)))
@@ -169,23 +170,23 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
         ns = {key: float(np.mean([r["ns"][key] for r in rows])) for key in keys}
         grid_var = np.mean([r["grid_var"] for r in rows], axis=0).tolist()
         mu = [float(np.mean([r["mu"][str(p)] for r in rows])) for p in finite if p > 1]
-        fin_var = [agg["var"][out["ps"].index(p)] for p in finite]
+        fin_var = [agg["var"][ps.index(p)] for p in finite]
         # predicted local exponent on each interval, at its geometric-mean p: 2 + 2 eps mu (module docstring)
         pred = [2.0 + 2.0 * (mu[i] + mu[i + 1]) / 2 / math.sqrt((finite[i] - 1) * (finite[i + 1] - 1))
                 for i in range(len(finite) - 1)]
         asym = [(p, v) for p, v in zip(finite, fin_var) if p >= cfg.asym_min_p]
-        out["kinds"][kind] = {
+        kinds[kind] = {
             **agg, "ns": ns, "grid_p": rows[0]["grid_p"], "grid_var": grid_var,
             "ns_match_p": match_p(rows[0]["grid_p"], grid_var, ns["cv2"]),
-            "fit": fit_exponent(out["ps"], agg["var"], cfg.fit_min_p, max_p=128.0),
+            "fit": fit_exponent(ps, agg["var"], cfg.fit_min_p, max_p=128.0),
             "asym_fit": scaling.fit("power", [p - 1 for p, _ in asym], [v for _, v in asym]) if len(asym) >= 3 else None,
             "local": local_exponents(finite, fin_var), "local_pred": pred, "mu": mu,
             "var_log_s": float(np.mean([r["var_log_s"] for r in rows])),
             "stable_rank_G": float(np.mean([r["stable_rank_G"] for r in rows])),
         }
-    out["settings"] = {k: params[k] for k in ("fit_min_p", "asym_min_p", "exponent_tol", "local_tol", "local_min_p", "close_p",
-                                                "close_var", "close_stable_rank", "small_p_max", "m", "n")}
-    return out
+    settings = {k: params[k] for k in ("fit_min_p", "asym_min_p", "exponent_tol", "local_tol", "local_min_p", "close_p",
+                                       "close_var", "close_stable_rank", "small_p_max", "m", "n")}
+    return {"ps": ps, "kinds": kinds, "settings": settings}
 
 
 def claims(results: dict) -> list[Claim]:

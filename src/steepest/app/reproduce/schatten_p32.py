@@ -85,20 +85,21 @@ def run_cell(cfg: Config, kind: str, k: int) -> dict:
         G = (U * torch.arange(1, k + 1, dtype=torch.float64) ** (-cfg.decay)) @ V.T
     s = torch.linalg.svdvals(G)
     spread = log_spread(s)
-    out = {"k": k, "log_spread": spread, "p_needed": 1 + 2 * spread / math.log(1 / cfg.target), "by_p": {}}
+    by_p: dict[str, dict[str, float]] = {}
+    out = {"k": k, "log_spread": spread, "p_needed": 1 + 2 * spread / math.log(1 / cfg.target), "by_p": by_p}
     for p in cfg.ps:
         T = steepest.dualize(G, "schatten", float(p), dtype=torch.float64)
         t = torch.linalg.svdvals(T)
         measured = float(t.square().sum() / t.max() ** 2) / k
-        out["by_p"][f"{float(p):g}"] = {"measured": measured, "identity": spectrum_ratio(s, float(p)),
-                                       "first_order": math.exp(-2 * spread / (float(p) - 1))}
+        by_p[f"{float(p):g}"] = {"measured": measured, "identity": spectrum_ratio(s, float(p)),
+                                 "first_order": math.exp(-2 * spread / (float(p) - 1))}
     return out
 
 
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
     jobs = [(kind, k) for kind in KINDS for k in cfg.ks]
-    res = {kind: [] for kind in KINDS}
+    res: dict[str, list[dict]] = {kind: [] for kind in KINDS}
     for kind, k in progress(jobs, "schatten-p32"):
         res[kind].append(cells.get(f"p32-{kind}-k{k}", {"seed": cfg.seed, "kind": kind, "k": k, "ps": cfg.ps,
                                                         "decay": cfg.decay, "target": cfg.target},

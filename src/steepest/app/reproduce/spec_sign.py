@@ -251,7 +251,7 @@ def claims(results: dict) -> list[Claim]:
     rate = agree / len(decided) if decided else float("nan")
     major = max(sum(r["winner"] == w for r in decided) for w in ("spec", "sign")) / len(decided) if decided else float("nan")
     large_agree = sum(r["winner"] == r["index_winner"] for r in large if r in decided)
-    by_regime = {}
+    by_regime: dict[str, tuple[int, int]] = {}  # regime -> (cells where index agrees, decided cells)
     for r in decided:
         a, n = by_regime.get(r["regime"], (0, 0))
         by_regime[r["regime"]] = (a + (r["winner"] == r["index_winner"]), n + 1)

@@ -99,7 +99,10 @@ def build(variant: str, model, lr: float, aux_lr: float, routing: dict):
         return steepest.SpecGD(groups, method="polar_express", scale_rule="muon", **common)
     if variant == "muon_quintic":
         return steepest.Muon(groups, lr=lr, weight_decay=0.0, dtype=torch.float32)
-    return steepest.SchattenDescent(groups, p=_schatten_p(variant), scale_rule="muon", **common)
+    p = _schatten_p(variant)
+    if p is None:
+        raise ValueError(f"unknown variant {variant!r}: expected svd, polar_express, muon_quintic or schatten<p>")
+    return steepest.SchattenDescent(groups, p=p, scale_rule="muon", **common)
 
 
 def train(cfg: Config, variant: str, lr: float) -> dict:

@@ -141,7 +141,8 @@ def judge_at_size(name: str, claims: Sequence[Any], size: str) -> list:
         return list(claims)
     out = []
     for i, c in enumerate(claims):
-        keep = quick_decides(name, i, c) and c.verdict == _entry(name, i, c)[1]
+        e = _entry(name, i, c)  # quick_decides already implies e is not None; the check narrows the type
+        keep = quick_decides(name, i, c) and e is not None and c.verdict == e[1]
         out.append(c if keep else dataclasses.replace(c, verdict=UNDECIDED, at_size=c.verdict))
     return out
 
