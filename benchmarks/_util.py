@@ -56,9 +56,14 @@ def time_once(fn: Callable[[], object], device="cpu") -> tuple[float, float]:
     return time.perf_counter() - t0, clock() - c0
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, device="cpu",
-                     progress: bool = False, cpu_times: dict[str, list[float]] | None = None
-                     ) -> dict[str, list[float]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    device="cpu",
+    progress: bool = False,
+    cpu_times: dict[str, list[float]] | None = None,
+) -> dict[str, list[float]]:
     """Time every callable once per round, rotating the order each round; return wall seconds per name.
 
     Pass a dict as ``cpu_times`` to also receive the process CPU seconds per name.

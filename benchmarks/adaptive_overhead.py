@@ -56,6 +56,7 @@ class Timer:
             finally:
                 self.total += time.thread_time() - c
                 self.depth -= 1
+
         return wrapper
 
 
@@ -81,9 +82,12 @@ def run(task, name: str, steps: int, single: bool = False) -> dict:
             total += time.thread_time() - c
     finally:
         steepest.Adaptive._decide, capture_mod.ActivationCapture._hook, capture_mod.ActivationCapture.clear = originals
-    return dict(step_cpu_s=total / steps, decision_cpu_s=timer.total / steps,
-                overhead=timer.total / max(total - timer.total, 1e-12),
-                choices=None if single else dict(sorted(_counts(opt).items())))
+    return dict(
+        step_cpu_s=total / steps,
+        decision_cpu_s=timer.total / steps,
+        overhead=timer.total / max(total - timer.total, 1e-12),
+        choices=None if single else dict(sorted(_counts(opt).items())),
+    )
 
 
 def _counts(opt) -> dict:
@@ -103,20 +107,36 @@ def main(argv=None) -> int:
     task = get_task("charlm", size="default")
     rounds = []
     for _ in range(args.repeats):
-        rounds.append({"adaptive": run(task, "adaptive", args.steps), "single": run(task, "adaptive", args.steps, True)})
+        rounds.append(
+            {"adaptive": run(task, "adaptive", args.steps), "single": run(task, "adaptive", args.steps, True)}
+        )
     over = [r["adaptive"]["overhead"] for r in rounds]
     ab = [r["adaptive"]["step_cpu_s"] / r["single"]["step_cpu_s"] - 1 for r in rounds]
-    print(f"{'round':<7}{'step CPU ms':>13}{'decisions ms/step':>19}{'overhead':>10}{'single-candidate ms':>21}{'A/B':>8}")
+    print(
+        f"{'round':<7}{'step CPU ms':>13}{'decisions ms/step':>19}{'overhead':>10}{'single-candidate ms':>21}{'A/B':>8}"
+    )
     for i, r in enumerate(rounds):
         a, s = r["adaptive"], r["single"]
-        print(f"{i:<7}{1e3 * a['step_cpu_s']:>13.1f}{1e3 * a['decision_cpu_s']:>19.2f}{a['overhead']:>10.2%}"
-              f"{1e3 * s['step_cpu_s']:>21.1f}{ab[i]:>8.1%}")
-    print(f"median overhead {statistics.median(over):.2%} (goal <= 3%); choices at the end: {rounds[-1]['adaptive']['choices']}")
-    atomic_write_json(args.out, {"benchmark": "benchmarks/adaptive_overhead.py",
-                                 "command": "python benchmarks/adaptive_overhead.py " + " ".join(argv or sys.argv[1:]),
-                                 "steps": args.steps, "rounds": rounds, "median_overhead": statistics.median(over),
-                                 "ab_median": statistics.median(ab), "environment": environment(),
-                                 "load_average_end": list(__import__("os").getloadavg())})
+        print(
+            f"{i:<7}{1e3 * a['step_cpu_s']:>13.1f}{1e3 * a['decision_cpu_s']:>19.2f}{a['overhead']:>10.2%}"
+            f"{1e3 * s['step_cpu_s']:>21.1f}{ab[i]:>8.1%}"
+        )
+    print(
+        f"median overhead {statistics.median(over):.2%} (goal <= 3%); choices at the end: {rounds[-1]['adaptive']['choices']}"
+    )
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "benchmarks/adaptive_overhead.py",
+            "command": "python benchmarks/adaptive_overhead.py " + " ".join(argv or sys.argv[1:]),
+            "steps": args.steps,
+            "rounds": rounds,
+            "median_overhead": statistics.median(over),
+            "ab_median": statistics.median(ab),
+            "environment": environment(),
+            "load_average_end": list(__import__("os").getloadavg()),
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -76,8 +76,10 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
 
         mesh = init_device_mesh("cpu", (world,))
         local = lambda t: t.split(shard_sizes(t.shape[0], world))[rank].clone()  # noqa: E731
-        params = [torch.nn.Parameter(DTensor.from_local(local(t), mesh, [Shard(0)], shape=t.shape, stride=t.stride()))
-                  for t in full]
+        params = [
+            torch.nn.Parameter(DTensor.from_local(local(t), mesh, [Shard(0)], shape=t.shape, stride=t.stride()))
+            for t in full
+        ]
     else:
         params = [torch.nn.Parameter(t) for t in full]
     opt = steepest.Muon(params, lr=0.02, weight_decay=0.0, dtype=torch.float32)
@@ -92,8 +94,11 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
     rows = []
     for s in range(warmup + steps):
         for p, g in zip(params, _grads(s)):
-            p.grad = (DTensor.from_local(local(g), mesh, [Shard(0)], shape=g.shape, stride=g.stride())
-                      if mesh is not None else g)
+            p.grad = (
+                DTensor.from_local(local(g), mesh, [Shard(0)], shape=g.shape, stride=g.stride())
+                if mesh is not None
+                else g
+            )
         if world > 1:
             dist.barrier()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -101,17 +106,23 @@ def worker(mode: str, steps: int, warmup: int) -> dict:
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
         if s >= warmup:  # at W = 1 the whole step is the dualization (stages 1 and 3 are ~1% of it)
             st = dict(getattr(opt.executor, "step_stats", {}))
-            rows.append(dict(step_s=total, step_cpu_s=cpu, compute_s=st.get("compute_s", total),
-                             compute_cpu_s=st.get("compute_cpu_s", cpu), comm_s=st.get("comm_s", 0.0),
-                             sent_bytes=st.get("sent_bytes", 0), received_bytes=st.get("received_bytes", 0),
-                             owned=st.get("owned", len(SHAPES))))
+            rows.append(
+                dict(
+                    step_s=total,
+                    step_cpu_s=cpu,
+                    compute_s=st.get("compute_s", total),
+                    compute_cpu_s=st.get("compute_cpu_s", cpu),
+                    comm_s=st.get("comm_s", 0.0),
+                    sent_bytes=st.get("sent_bytes", 0),
+                    received_bytes=st.get("received_bytes", 0),
+                    owned=st.get("owned", len(SHAPES)),
+                )
+            )
     out = {"rank": rank, "world": world, "mode": mode, "rows": rows}
     if world > 1:  # loopback all_gather latency and bandwidth, for the projection
         tiny, big = torch.zeros(1), torch.zeros(4 * 2**20)  # 4 B and 16 MiB per rank
-        out["allgather_tiny_s"] = _time_collective(lambda: _ag(
-            torch.empty(world), tiny))
-        out["allgather_16MiB_s"] = _time_collective(lambda: _ag(
-            torch.empty(world * big.numel()), big), reps=3)
+        out["allgather_tiny_s"] = _time_collective(lambda: _ag(torch.empty(world), tiny))
+        out["allgather_16MiB_s"] = _time_collective(lambda: _ag(torch.empty(world * big.numel()), big), reps=3)
     else:  # per-matrix compute times (the owners' unit of work)
         kw = opt._settings_of(0).update_kwargs()  # the kernel's own settings of the first group
         out["matrix_s"] = {}
@@ -143,8 +154,17 @@ def project(matrix_s: dict, alpha: float, bw: float, worlds=(2, 8, 64)) -> list[
         ag = (w - 1) * (alpha + payload / bw)
         send = 4 * sum(numel) / w  # a rank's shards of every M (and back, of every U)
         a2a = 2 * ((w - 1) * alpha + send / bw)
-        out.append(dict(world=w, compute_s=compute, allgather_s=ag, all_to_all_s=a2a,
-                        replicated_step_s=compute + ag, sharded_step_s=compute + a2a, payload_bytes=payload))
+        out.append(
+            dict(
+                world=w,
+                compute_s=compute,
+                allgather_s=ag,
+                all_to_all_s=a2a,
+                replicated_step_s=compute + ag,
+                sharded_step_s=compute + a2a,
+                payload_bytes=payload,
+            )
+        )
     return out
 
 
@@ -158,7 +178,11 @@ def main(argv=None) -> dict:
     steps = 2 if args.quick else args.steps
     load_before = os.getloadavg()
     runs = {}
-    for name, nproc, mode in [("W1", 1, "replicated"), ("W2_replicated", 2, "replicated"), ("W2_sharded", 2, "sharded")]:
+    for name, nproc, mode in [
+        ("W1", 1, "replicated"),
+        ("W2_replicated", 2, "replicated"),
+        ("W2_sharded", 2, "sharded"),
+    ]:
         print(f"running {name} ...", flush=True)
         runs[name] = launch(worker, nproc, (mode, steps, 1), timeout_s=600, threads=1)
     summary = {}
@@ -169,19 +193,31 @@ def main(argv=None) -> dict:
     alpha = statistics.median(r["allgather_tiny_s"] for r in two)
     t16 = statistics.median(r["allgather_16MiB_s"] for r in two)
     bw = (16 * 2**20) / max(t16 - alpha, 1e-9)  # bytes/s received per rank on loopback, W = 2
-    ratios = {name: dict(
-        compute_cpu_ratio_max_rank=max(r["compute_cpu_s"] for r in summary[name]) / w1["compute_cpu_s"],
-        compute_ratio_max_rank=max(r["compute_s"] for r in summary[name]) / w1["compute_s"],
-        step_ratio_max_rank=max(r["step_s"] for r in summary[name]) / w1["step_s"],
-        comm_s_max_rank=max(r["comm_s"] for r in summary[name]),
-        comm_fraction=max(r["comm_s"] for r in summary[name]) / max(r["step_s"] for r in summary[name]),
-    ) for name in ("W2_replicated", "W2_sharded")}
+    ratios = {
+        name: dict(
+            compute_cpu_ratio_max_rank=max(r["compute_cpu_s"] for r in summary[name]) / w1["compute_cpu_s"],
+            compute_ratio_max_rank=max(r["compute_s"] for r in summary[name]) / w1["compute_s"],
+            step_ratio_max_rank=max(r["step_s"] for r in summary[name]) / w1["step_s"],
+            comm_s_max_rank=max(r["comm_s"] for r in summary[name]),
+            comm_fraction=max(r["comm_s"] for r in summary[name]) / max(r["step_s"] for r in summary[name]),
+        )
+        for name in ("W2_replicated", "W2_sharded")
+    }
     proj = project(runs["W1"][0]["matrix_s"], alpha, bw)
-    result = dict(environment=environment(), load_average_before=load_before, load_average_after=os.getloadavg(),
-                  command="python benchmarks/distributed.py" + (" --quick" if args.quick else ""),
-                  shapes=SHAPES, optimizer="Muon(lr=0.02, momentum=0.95, nesterov, newton_schulz 5 steps, float32)",
-                  steps=steps, summary=summary, ratios=ratios, matrix_s=runs["W1"][0]["matrix_s"],
-                  loopback=dict(allgather_latency_s=alpha, allgather_16MiB_s=t16, bandwidth_Bps=bw), projection=proj)
+    result = dict(
+        environment=environment(),
+        load_average_before=load_before,
+        load_average_after=os.getloadavg(),
+        command="python benchmarks/distributed.py" + (" --quick" if args.quick else ""),
+        shapes=SHAPES,
+        optimizer="Muon(lr=0.02, momentum=0.95, nesterov, newton_schulz 5 steps, float32)",
+        steps=steps,
+        summary=summary,
+        ratios=ratios,
+        matrix_s=runs["W1"][0]["matrix_s"],
+        loopback=dict(allgather_latency_s=alpha, allgather_16MiB_s=t16, bandwidth_Bps=bw),
+        projection=proj,
+    )
     atomic_write_json(args.out, result)
     atomic_write_text(args.md, render(result))
     print(render(result))
@@ -190,48 +226,78 @@ def main(argv=None) -> dict:
 
 def render(res: dict) -> str:
     env = res["environment"]
-    lines = ["# Distributed optimizer step (benchmarks/distributed.py)", "",
-             f"Machine: {env['platform']}, {env['processor']} ({env['cpu_capability']}), torch {env['torch']}, "
-             f"one thread per process, gloo on loopback. Commit: {env.get('git_sha')}. Date: {env['time']}.",
-             f"Command: `{res['command']}` ({res['steps']} timed steps per run after 1 warm-up; medians).", "",
-             f"Parameters: 4 x (384x1152, 384x384, 1536x384, 384x1536), {res['optimizer']}; identical gradients "
-             "on every rank (DDP's all-reduced gradients).", "",
-             f"Load average of the shared 2-core machine (other engineers' jobs) before/after: "
-             f"{', '.join(f'{x:.1f}' for x in res['load_average_before'])} / "
-             f"{', '.join(f'{x:.1f}' for x in res['load_average_after'])}. Wall times are inflated by that load; "
-             "the CPU-time columns (time this process or thread ran) measure the work itself.", "",
-             "| run | rank | matrices owned | step wall (s) | step CPU (s) | dualization wall (s) | dualization CPU (s) "
-             "| communication wall (s) | sent (MiB) | received (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Distributed optimizer step (benchmarks/distributed.py)",
+        "",
+        f"Machine: {env['platform']}, {env['processor']} ({env['cpu_capability']}), torch {env['torch']}, "
+        f"one thread per process, gloo on loopback. Commit: {env.get('git_sha')}. Date: {env['time']}.",
+        f"Command: `{res['command']}` ({res['steps']} timed steps per run after 1 warm-up; medians).",
+        "",
+        f"Parameters: 4 x (384x1152, 384x384, 1536x384, 384x1536), {res['optimizer']}; identical gradients "
+        "on every rank (DDP's all-reduced gradients).",
+        "",
+        f"Load average of the shared 2-core machine (other engineers' jobs) before/after: "
+        f"{', '.join(f'{x:.1f}' for x in res['load_average_before'])} / "
+        f"{', '.join(f'{x:.1f}' for x in res['load_average_after'])}. Wall times are inflated by that load; "
+        "the CPU-time columns (time this process or thread ran) measure the work itself.",
+        "",
+        "| run | rank | matrices owned | step wall (s) | step CPU (s) | dualization wall (s) | dualization CPU (s) "
+        "| communication wall (s) | sent (MiB) | received (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, ranks in res["summary"].items():
         for r in ranks:
-            lines.append(f"| {name} | {r['rank']} | {r['owned']:.0f} | {r['step_s']:.3f} | {r['step_cpu_s']:.3f} | "
-                         f"{r['compute_s']:.3f} | {r['compute_cpu_s']:.3f} | {r['comm_s']:.3f} | "
-                         f"{r['sent_bytes'] / 2**20:.1f} | {r['received_bytes'] / 2**20:.1f} |")
-    lines += ["", "Bytes count a rank's whole buffers, its own part included (sharded: half of each all_to_all "
-              "stays on the rank at W = 2; replicated: the padded all_gather slot, one flag per matrix included)."]
-    lines += ["", "Ratios against W = 1 (slowest rank; the ideal dualization ratio is 1/W = 0.5):", "",
-              "| run | dualization CPU ratio | dualization wall ratio | step wall ratio | communication wall (s) "
-              "| communication / step |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {name} | {r['rank']} | {r['owned']:.0f} | {r['step_s']:.3f} | {r['step_cpu_s']:.3f} | "
+                f"{r['compute_s']:.3f} | {r['compute_cpu_s']:.3f} | {r['comm_s']:.3f} | "
+                f"{r['sent_bytes'] / 2**20:.1f} | {r['received_bytes'] / 2**20:.1f} |"
+            )
+    lines += [
+        "",
+        "Bytes count a rank's whole buffers, its own part included (sharded: half of each all_to_all "
+        "stays on the rank at W = 2; replicated: the padded all_gather slot, one flag per matrix included).",
+    ]
+    lines += [
+        "",
+        "Ratios against W = 1 (slowest rank; the ideal dualization ratio is 1/W = 0.5):",
+        "",
+        "| run | dualization CPU ratio | dualization wall ratio | step wall ratio | communication wall (s) "
+        "| communication / step |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in res["ratios"].items():
-        lines.append(f"| {name} | {r['compute_cpu_ratio_max_rank']:.3f} | {r['compute_ratio_max_rank']:.3f} | "
-                     f"{r['step_ratio_max_rank']:.3f} | {r['comm_s_max_rank']:.3f} | {r['comm_fraction']:.3f} |")
+        lines.append(
+            f"| {name} | {r['compute_cpu_ratio_max_rank']:.3f} | {r['compute_ratio_max_rank']:.3f} | "
+            f"{r['step_ratio_max_rank']:.3f} | {r['comm_s_max_rank']:.3f} | {r['comm_fraction']:.3f} |"
+        )
     lb = res["loopback"]
-    lines += ["", "Per-matrix Newton-Schulz CPU time at W = 1: " +
-              ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in res["matrix_s"].items()) + ".",
-              f"Loopback all_gather at W = 2: latency {lb['allgather_latency_s'] * 1e6:.0f} us, 16 MiB per rank in "
-              f"{lb['allgather_16MiB_s'] * 1e3:.1f} ms, i.e. {lb['bandwidth_Bps'] / 1e9:.2f} GB/s.", "",
-              "Projection (paper estimate from the numbers above, not measured; LPT owner assignment of these 16 "
-              "matrices; all_gather ring (W-1)(a + L/B); all_to_all pair 2((W-1)a + S/B)):", "",
-              "| W | compute per rank (s) | all_gather (s) | replicated step (s) | all_to_all x2 (s) | sharded step (s) |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Per-matrix Newton-Schulz CPU time at W = 1: "
+        + ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in res["matrix_s"].items())
+        + ".",
+        f"Loopback all_gather at W = 2: latency {lb['allgather_latency_s'] * 1e6:.0f} us, 16 MiB per rank in "
+        f"{lb['allgather_16MiB_s'] * 1e3:.1f} ms, i.e. {lb['bandwidth_Bps'] / 1e9:.2f} GB/s.",
+        "",
+        "Projection (paper estimate from the numbers above, not measured; LPT owner assignment of these 16 "
+        "matrices; all_gather ring (W-1)(a + L/B); all_to_all pair 2((W-1)a + S/B)):",
+        "",
+        "| W | compute per rank (s) | all_gather (s) | replicated step (s) | all_to_all x2 (s) | sharded step (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in res["projection"]:
-        lines.append(f"| {p['world']} | {p['compute_s']:.3f} | {p['allgather_s']:.3f} | {p['replicated_step_s']:.3f} | "
-                     f"{p['all_to_all_s']:.3f} | {p['sharded_step_s']:.3f} |")
-    lines += ["", "With 16 matrices, W = 64 leaves 48 ranks without a matrix: compute per rank stops at the largest "
-              "single matrix, while the replicated all_gather grows like (W-1) a; the sharded path's traffic per rank "
-              "falls like 1/W. Loopback bandwidth is memory bandwidth, not a network's: on a real interconnect put its "
-              "a and B into `project()`.", ""]
+        lines.append(
+            f"| {p['world']} | {p['compute_s']:.3f} | {p['allgather_s']:.3f} | {p['replicated_step_s']:.3f} | "
+            f"{p['all_to_all_s']:.3f} | {p['sharded_step_s']:.3f} |"
+        )
+    lines += [
+        "",
+        "With 16 matrices, W = 64 leaves 48 ranks without a matrix: compute per rank stops at the largest "
+        "single matrix, while the replicated all_gather grows like (W-1) a; the sharded path's traffic per rank "
+        "falls like 1/W. Loopback bandwidth is memory bandwidth, not a network's: on a real interconnect put its "
+        "a and B into `project()`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

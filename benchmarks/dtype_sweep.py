@@ -93,10 +93,14 @@ def sweep_size(shape, count: int, rounds: int, device: str, warmup: int = 1) -> 
     per_round = [a / min(f, b) for a, f, b in zip(times["auto"], times["fp32"], times["bf16"])]
     choice = precision.auto_dtype(device, shape)
     return {
-        "shape": f"{shape[0]}x{shape[1]}", "matrices": count, "rounds": rounds,
+        "shape": f"{shape[0]}x{shape[1]}",
+        "matrices": count,
+        "rounds": rounds,
         "clock": "wall (synchronized)" if torch.device(device).type == "cuda" else "thread CPU time",
-        "fp32_ms": 1e3 * statistics.median(times["fp32"]), "bf16_ms": 1e3 * statistics.median(times["bf16"]),
-        "auto_choice": str(choice).replace("torch.", ""), "auto_ms": 1e3 * statistics.median(times["auto"]),
+        "fp32_ms": 1e3 * statistics.median(times["fp32"]),
+        "bf16_ms": 1e3 * statistics.median(times["bf16"]),
+        "auto_choice": str(choice).replace("torch.", ""),
+        "auto_ms": 1e3 * statistics.median(times["auto"]),
         "bf16_over_fp32": statistics.median(b / f for b, f in zip(times["bf16"], times["fp32"])),
         "control_over_fp32": statistics.median(c / f for c, f in zip(times["fp32 control"], times["fp32"])),
         "auto_over_best": statistics.median(per_round),
@@ -135,24 +139,49 @@ def main(argv=None) -> dict:
     for shape in shapes:
         rows.append(sweep_size(shape, args.matrices, default_rounds(shape, args.rounds), args.device))
         r = rows[-1]
-        print(f"{r['shape']}: fp32 {r['fp32_ms']:.2f} ms, bf16 {r['bf16_ms']:.2f} ms, auto={r['auto_choice']} "
-              f"{r['auto_ms']:.2f} ms ({r['auto_over_best']:.3f}x the faster)", file=sys.stderr, flush=True)
+        print(
+            f"{r['shape']}: fp32 {r['fp32_ms']:.2f} ms, bf16 {r['bf16_ms']:.2f} ms, auto={r['auto_choice']} "
+            f"{r['auto_ms']:.2f} ms ({r['auto_over_best']:.3f}x the faster)",
+            file=sys.stderr,
+            flush=True,
+        )
     print(f"\nMuon step of {args.matrices} matrices per size, {rows[0]['clock'] if rows else ''}, median ms:\n")
-    print(table(rows, [("shape", "shape", "{}"), ("fp32_ms", "fp32", "{:.2f}"), ("bf16_ms", "bf16", "{:.2f}"),
-                       ("bf16_over_fp32", "bf16 / fp32", "{:.2f}"), ("auto_choice", "auto picks", "{}"),
-                       ("auto_ms", "auto", "{:.2f}"), ("auto_over_best", "auto / faster (paired)", "{:.3f}"),
-                       ("control_over_fp32", "fp32 control / fp32 (noise)", "{:.3f}"),
-                       ("rounds", "rounds", "{}")]))
+    print(
+        table(
+            rows,
+            [
+                ("shape", "shape", "{}"),
+                ("fp32_ms", "fp32", "{:.2f}"),
+                ("bf16_ms", "bf16", "{:.2f}"),
+                ("bf16_over_fp32", "bf16 / fp32", "{:.2f}"),
+                ("auto_choice", "auto picks", "{}"),
+                ("auto_ms", "auto", "{:.2f}"),
+                ("auto_over_best", "auto / faster (paired)", "{:.3f}"),
+                ("control_over_fp32", "fp32 control / fp32 (noise)", "{:.3f}"),
+                ("rounds", "rounds", "{}"),
+            ],
+        )
+    )
     worst = max((r["auto_over_best"] for r in rows), default=float("nan"))
     met = all(r["within_goal"] for r in rows)
     thr = suggested_threshold(rows)
     report = precision.auto_report([args.device])
-    print(f"\nGoal: auto within {GOAL:.2f}x of the faster explicit dtype at every size: {'MET' if met else 'MISSED'} "
-          f"(worst {worst:.3f}x). bf16 faster from min side {thr} up (measured); "
-          f"auto's rule here: {report[torch.device(args.device).type]}")
-    result = {"machine": machine(), "command": "benchmarks/dtype_sweep.py " + " ".join(argv or []),
-              "device": args.device, "auto_report": report, "goal": GOAL, "met": met, "worst_auto_over_best": worst,
-              "measured_bf16_from_min_side": thr, "rows": rows}
+    print(
+        f"\nGoal: auto within {GOAL:.2f}x of the faster explicit dtype at every size: {'MET' if met else 'MISSED'} "
+        f"(worst {worst:.3f}x). bf16 faster from min side {thr} up (measured); "
+        f"auto's rule here: {report[torch.device(args.device).type]}"
+    )
+    result = {
+        "machine": machine(),
+        "command": "benchmarks/dtype_sweep.py " + " ".join(argv or []),
+        "device": args.device,
+        "auto_report": report,
+        "goal": GOAL,
+        "met": met,
+        "worst_auto_over_best": worst,
+        "measured_bf16_from_min_side": thr,
+        "rows": rows,
+    }
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
     return result

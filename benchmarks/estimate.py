@@ -62,19 +62,41 @@ def main() -> None:
                 nuc_err.append(abs(float(nuc / s.sum()) - 1))
                 t_op.append(t1)
                 t_nuc.append(t2)
-            row = dict(shape=f"{shape[0]}x{shape[1]}", spectrum=kind, exact_s=t_exact,
-                       op_max_rel_err=max(op_err), op_cost=statistics.median(t_op) / t_exact,
-                       nuc_max_rel_err=max(nuc_err), nuc_cost=statistics.median(t_nuc) / t_exact)
-            row["meets_goal"] = (row["op_max_rel_err"] <= 0.05 and row["nuc_max_rel_err"] <= 0.05
-                                 and row["op_cost"] <= 0.10 and row["nuc_cost"] <= 0.10)
+            row = dict(
+                shape=f"{shape[0]}x{shape[1]}",
+                spectrum=kind,
+                exact_s=t_exact,
+                op_max_rel_err=max(op_err),
+                op_cost=statistics.median(t_op) / t_exact,
+                nuc_max_rel_err=max(nuc_err),
+                nuc_cost=statistics.median(t_nuc) / t_exact,
+            )
+            row["meets_goal"] = (
+                row["op_max_rel_err"] <= 0.05
+                and row["nuc_max_rel_err"] <= 0.05
+                and row["op_cost"] <= 0.10
+                and row["nuc_cost"] <= 0.10
+            )
             rows.append(row)
-            print(f"{row['shape']:>10} {kind:>6}  exact {t_exact*1e3:8.1f} ms | op err {row['op_max_rel_err']:.4f} "
-                  f"cost {row['op_cost']*100:5.1f}% | nuc err {row['nuc_max_rel_err']:.4f} cost {row['nuc_cost']*100:5.1f}%"
-                  f" | goal {'yes' if row['meets_goal'] else 'NO'}", flush=True)
+            print(
+                f"{row['shape']:>10} {kind:>6}  exact {t_exact * 1e3:8.1f} ms | op err {row['op_max_rel_err']:.4f} "
+                f"cost {row['op_cost'] * 100:5.1f}% | nuc err {row['nuc_max_rel_err']:.4f} cost {row['nuc_cost'] * 100:5.1f}%"
+                f" | goal {'yes' if row['meets_goal'] else 'NO'}",
+                flush=True,
+            )
     out = Path(__file__).parent / "results" / "estimate.json"
-    atomic_write_json(out, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "environment": environment(),
-                            "defaults": {"spectral": "iters=4, block=4", "nuclear": "rank=16, oversample=8, "
-                                         "power_iters=1, probes=4, lanczos_steps=12"}, "rows": rows})
+    atomic_write_json(
+        out,
+        {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "environment": environment(),
+            "defaults": {
+                "spectral": "iters=4, block=4",
+                "nuclear": "rank=16, oversample=8, power_iters=1, probes=4, lanczos_steps=12",
+            },
+            "rows": rows,
+        },
+    )
     print(f"wrote {out}")
 
 

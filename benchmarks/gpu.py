@@ -63,14 +63,30 @@ from steepest.linalg import precision
 SECTIONS = ("env", "matmul", "zoo", "accuracy", "polar", "step", "dtype")
 GOAL_NS_FRACTION = 0.70
 
-FULL = dict(matmul_sides=(4096, 8192), polar_shapes=((1024, 1024), (2048, 2048), (4096, 4096), (8192, 8192),
-                                                      (4096, 16384)),
-            accuracy_shapes=((1024, 1024), (1024, 4096)), accuracy_steps=(4, 5, 6, 7, 8), polar_reps=10,
-            step_set="gpt", step_rounds=20, dtype_sizes="32,64,128,256,512,1024,2048,4096", dtype_rounds=7,
-            peers=True)
-SMOKE = dict(matmul_sides=(64,), polar_shapes=((32, 32), (16, 64)), accuracy_shapes=((12, 40),),
-             accuracy_steps=(5, 6), polar_reps=2, step_set=None, step_rounds=2, dtype_sizes="16", dtype_rounds=1,
-             peers=False)
+FULL = dict(
+    matmul_sides=(4096, 8192),
+    polar_shapes=((1024, 1024), (2048, 2048), (4096, 4096), (8192, 8192), (4096, 16384)),
+    accuracy_shapes=((1024, 1024), (1024, 4096)),
+    accuracy_steps=(4, 5, 6, 7, 8),
+    polar_reps=10,
+    step_set="gpt",
+    step_rounds=20,
+    dtype_sizes="32,64,128,256,512,1024,2048,4096",
+    dtype_rounds=7,
+    peers=True,
+)
+SMOKE = dict(
+    matmul_sides=(64,),
+    polar_shapes=((32, 32), (16, 64)),
+    accuracy_shapes=((12, 40),),
+    accuracy_steps=(5, 6),
+    polar_reps=2,
+    step_set=None,
+    step_rounds=2,
+    dtype_sizes="16",
+    dtype_rounds=1,
+    peers=False,
+)
 SMOKE_STEP_SHAPES = [(24, 72), (24, 24), (96, 24)]  # one tiny GPT-like block
 
 
@@ -107,14 +123,23 @@ def polar_flops(shape) -> float:
 
 # --------------------------------------------------------------------------- sections
 def section_env(device: torch.device, cfg: dict) -> dict:
-    out = {"machine": machine(), "python": platform.python_version(), "torch": torch.__version__,
-           "cuda_runtime": torch.version.cuda, "auto_dtype": precision.auto_report([device.type])}
+    out = {
+        "machine": machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "auto_dtype": precision.auto_report([device.type]),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        out.update(device_name=props.name, capability=f"{props.major}.{props.minor}",
-                   total_memory_gib=props.total_memory / 2**30, multiprocessors=props.multi_processor_count,
-                   bf16_supported=torch.cuda.is_bf16_supported(),
-                   allow_tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        out.update(
+            device_name=props.name,
+            capability=f"{props.major}.{props.minor}",
+            total_memory_gib=props.total_memory / 2**30,
+            multiprocessors=props.multi_processor_count,
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            allow_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
     else:
         out["device_name"] = f"cpu ({out['machine'].get('cpu_model', '')})"
     return out
@@ -128,18 +153,36 @@ def section_matmul(device: torch.device, cfg: dict) -> dict:
         b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
         ms = device_time_ms(lambda a=a, b=b: a @ b, device, reps=cfg["polar_reps"] + 10)
         best = min(ms)
-        rows.append({"n": n, "median_ms": statistics.median(ms), "min_ms": best,
-                     "tflops_at_min": 2.0 * n**3 / (best * 1e-3) / 1e12,
-                     "tflops_at_median": 2.0 * n**3 / (statistics.median(ms) * 1e-3) / 1e12})
+        rows.append(
+            {
+                "n": n,
+                "median_ms": statistics.median(ms),
+                "min_ms": best,
+                "tflops_at_min": 2.0 * n**3 / (best * 1e-3) / 1e12,
+                "tflops_at_median": 2.0 * n**3 / (statistics.median(ms) * 1e-3) / 1e12,
+            }
+        )
         del a, b
     rate = max(r["tflops_at_median"] for r in rows)
-    return {"rows": rows, "bf16_tflops": rate,
-            "note": "rate = best over sizes of 2 n^3 / median time (CUDA events); reference for the fractions"}
+    return {
+        "rows": rows,
+        "bf16_tflops": rate,
+        "note": "rate = best over sizes of 2 n^3 / median time (CUDA events); reference for the fractions",
+    }
 
 
 def zoo_command(device: torch.device) -> tuple[list[str], dict]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(_util.ROOT / "tests" / "test_zoo.py"),
-           "-k", "trains_with_muon"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(_util.ROOT / "tests" / "test_zoo.py"),
+        "-k",
+        "trains_with_muon",
+    ]
     env = dict(os.environ, STEEPEST_TEST_DEVICE=str(device), PYTHONPATH=str(_util.ROOT / "src"))
     return cmd, env
 
@@ -153,8 +196,13 @@ def section_zoo(device: torch.device, cfg: dict, smoke: bool) -> dict:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(_util.ROOT))
     tail = (res.stdout + res.stderr).strip().splitlines()
-    out.update(returncode=res.returncode, seconds=time.perf_counter() - t0, summary=tail[-1] if tail else "",
-               tail=tail[-30:], passed=res.returncode == 0)
+    out.update(
+        returncode=res.returncode,
+        seconds=time.perf_counter() - t0,
+        summary=tail[-1] if tail else "",
+        tail=tail[-30:],
+        passed=res.returncode == 0,
+    )
     return out
 
 
@@ -169,10 +217,15 @@ def section_accuracy(device: torch.device, cfg: dict) -> dict:
     import polar_steps
 
     spectra = list(polar_steps.polar_bench.SPECTRA)
-    rows = polar_steps.accuracy_rows(device, cfg["accuracy_shapes"], spectra, accuracy_methods(cfg["accuracy_steps"]),
-                                     ("bfloat16", "float32"))
-    return {"rows": rows, "worst_over_shapes": polar_steps.worst_over_shapes(rows, spectra), "spectra": spectra,
-            "metric": "max |u_i^T Q v_i - 1| over s_i > 1e-3 s_max vs the float64 SVD of the float32 input"}
+    rows = polar_steps.accuracy_rows(
+        device, cfg["accuracy_shapes"], spectra, accuracy_methods(cfg["accuracy_steps"]), ("bfloat16", "float32")
+    )
+    return {
+        "rows": rows,
+        "worst_over_shapes": polar_steps.worst_over_shapes(rows, spectra),
+        "spectra": spectra,
+        "metric": "max |u_i^T Q v_i - 1| over s_i > 1e-3 s_max vs the float64 SVD of the float32 input",
+    }
 
 
 def polar_methods() -> dict:
@@ -194,13 +247,29 @@ def section_polar(device: torch.device, cfg: dict, rate_tflops: float | None) ->
             ms = device_time_ms(lambda fn=fn, G=G: fn(G), device, reps=cfg["polar_reps"])
             med = statistics.median(ms)
             tflops = steps * polar_flops(shape) / (med * 1e-3) / 1e12
-            rows.append({"shape": "x".join(map(str, shape)), "method": name, "median_ms": med, "min_ms": min(ms),
-                         "std_form_tflops": tflops,
-                         "fraction_of_matmul": tflops / rate_tflops if rate_tflops else None})
+            rows.append(
+                {
+                    "shape": "x".join(map(str, shape)),
+                    "method": name,
+                    "median_ms": med,
+                    "min_ms": min(ms),
+                    "std_form_tflops": tflops,
+                    "fraction_of_matmul": tflops / rate_tflops if rate_tflops else None,
+                }
+            )
         del G
     ns4096 = next((r for r in rows if r["shape"] == "4096x4096" and r["method"] == "newton_schulz 5"), None)
-    goal = None if ns4096 is None or ns4096["fraction_of_matmul"] is None else ns4096["fraction_of_matmul"] >= GOAL_NS_FRACTION
-    return {"rows": rows, "matmul_bf16_tflops": rate_tflops, "goal_ns_4096_fraction": GOAL_NS_FRACTION, "goal_met": goal}
+    goal = (
+        None
+        if ns4096 is None or ns4096["fraction_of_matmul"] is None
+        else ns4096["fraction_of_matmul"] >= GOAL_NS_FRACTION
+    )
+    return {
+        "rows": rows,
+        "matmul_bf16_tflops": rate_tflops,
+        "goal_ns_4096_fraction": GOAL_NS_FRACTION,
+        "goal_met": goal,
+    }
 
 
 def step_builders(with_peers: bool) -> dict:
@@ -272,21 +341,32 @@ def section_step(device: torch.device, cfg: dict) -> dict:
         if r["optimizer"] not in wall:
             continue
         ts = wall[r["optimizer"]]
-        r.update(median_ms=1e3 * statistics.median(ts), min_ms=1e3 * min(ts),
-                 ratio_vs_torch_muon=paired_ratio(ts, wall[key]))
+        r.update(
+            median_ms=1e3 * statistics.median(ts), min_ms=1e3 * min(ts), ratio_vs_torch_muon=paired_ratio(ts, wall[key])
+        )
     default = next(r for r in rows if r["optimizer"] == "steepest.Muon default (auto)")
-    return {"set": cfg["step_set"] or "smoke", "n_matrices": len(shapes), "n_params": sum(m * n for m, n in shapes),
-            "rows": rows, "clock": "wall between synchronizations, interleaved rounds",
-            "goal_default_le_torch": default["ratio_vs_torch_muon"] <= 1.0}
+    return {
+        "set": cfg["step_set"] or "smoke",
+        "n_matrices": len(shapes),
+        "n_params": sum(m * n for m, n in shapes),
+        "rows": rows,
+        "clock": "wall between synchronizations, interleaved rounds",
+        "goal_default_le_torch": default["ratio_vs_torch_muon"] <= 1.0,
+    }
 
 
 def section_dtype(device: torch.device, cfg: dict) -> dict:
     import dtype_sweep
 
-    rows = [dtype_sweep.sweep_size(shape, 2, cfg["dtype_rounds"], str(device))
-            for shape in dtype_sweep.parse_sizes(cfg["dtype_sizes"])]
-    return {"rows": rows, "met": all(r["within_goal"] for r in rows),
-            "measured_bf16_from_min_side": dtype_sweep.suggested_threshold(rows)}
+    rows = [
+        dtype_sweep.sweep_size(shape, 2, cfg["dtype_rounds"], str(device))
+        for shape in dtype_sweep.parse_sizes(cfg["dtype_sizes"])
+    ]
+    return {
+        "rows": rows,
+        "met": all(r["within_goal"] for r in rows),
+        "measured_bf16_from_min_side": dtype_sweep.suggested_threshold(rows),
+    }
 
 
 # --------------------------------------------------------------------------- driver
@@ -299,26 +379,58 @@ def _print_summary(res: dict) -> None:
     if "accuracy" in s and "worst_over_shapes" in s["accuracy"]:
         sp = s["accuracy"]["spectra"]
         print("\npolar accuracy, max |s - 1| (worst over shapes):\n")
-        print(table(s["accuracy"]["worst_over_shapes"], [("method", "method", "{}"), ("dtype", "dtype", "{}")]
-                    + [(x, x, "{:.2e}") for x in sp] + [("rel_fro_err_worst", "rel. Frobenius", "{:.2e}")]))
+        print(
+            table(
+                s["accuracy"]["worst_over_shapes"],
+                [("method", "method", "{}"), ("dtype", "dtype", "{}")]
+                + [(x, x, "{:.2e}") for x in sp]
+                + [("rel_fro_err_worst", "rel. Frobenius", "{:.2e}")],
+            )
+        )
     if "polar" in s and "rows" in s["polar"]:
         print("\npolar time (bf16):\n")
-        print(table(s["polar"]["rows"], [("shape", "shape", "{}"), ("method", "method", "{}"),
-                                         ("median_ms", "median ms", "{:.2f}"), ("std_form_tflops", "TFLOP/s", "{:.1f}"),
-                                         ("fraction_of_matmul", "x matmul rate", "{:.2f}")]))
+        print(
+            table(
+                s["polar"]["rows"],
+                [
+                    ("shape", "shape", "{}"),
+                    ("method", "method", "{}"),
+                    ("median_ms", "median ms", "{:.2f}"),
+                    ("std_form_tflops", "TFLOP/s", "{:.1f}"),
+                    ("fraction_of_matmul", "x matmul rate", "{:.2f}"),
+                ],
+            )
+        )
         print(f"goal NS5 bf16 at 4096 >= {GOAL_NS_FRACTION:.0%} of matmul: {s['polar']['goal_met']}")
     if "step" in s and "rows" in s["step"]:
         print(f"\nstep, set {s['step']['set']}:\n")
-        print(table(s["step"]["rows"], [("optimizer", "optimizer", "{}"), ("median_ms", "median ms", "{:.2f}"),
-                                        ("ratio_vs_torch_muon", "x torch (paired)", "{:.2f}"),
-                                        ("err_vs_exact_polar", "err vs U V^T", "{:.3f}"),
-                                        ("err_vs_fp64_ns5", "err vs fp64 NS5", "{:.2e}"),
-                                        ("peak_mem_rise_mib", "peak mem rise MiB", "{:.1f}")]))
+        print(
+            table(
+                s["step"]["rows"],
+                [
+                    ("optimizer", "optimizer", "{}"),
+                    ("median_ms", "median ms", "{:.2f}"),
+                    ("ratio_vs_torch_muon", "x torch (paired)", "{:.2f}"),
+                    ("err_vs_exact_polar", "err vs U V^T", "{:.3f}"),
+                    ("err_vs_fp64_ns5", "err vs fp64 NS5", "{:.2e}"),
+                    ("peak_mem_rise_mib", "peak mem rise MiB", "{:.1f}"),
+                ],
+            )
+        )
     if "dtype" in s and "rows" in s["dtype"]:
         print("\ndtype per size (Muon step of 2 matrices):\n")
-        print(table(s["dtype"]["rows"], [("shape", "shape", "{}"), ("fp32_ms", "fp32 ms", "{:.2f}"),
-                                         ("bf16_ms", "bf16 ms", "{:.2f}"), ("auto_choice", "auto", "{}"),
-                                         ("auto_over_best", "auto / faster", "{:.3f}")]))
+        print(
+            table(
+                s["dtype"]["rows"],
+                [
+                    ("shape", "shape", "{}"),
+                    ("fp32_ms", "fp32 ms", "{:.2f}"),
+                    ("bf16_ms", "bf16 ms", "{:.2f}"),
+                    ("auto_choice", "auto", "{}"),
+                    ("auto_over_best", "auto / faster", "{:.3f}"),
+                ],
+            )
+        )
     for name, sec in s.items():
         if "error" in sec:
             print(f"\nsection {name} FAILED: {sec['error']}")
@@ -343,8 +455,13 @@ def main(argv=None) -> dict:
     cfg = SMOKE if args.smoke else FULL
     out = args.out or str(_util.ROOT / "benchmarks" / "results" / ("gpu_smoke.json" if args.smoke else "gpu.json"))
     warnings.filterwarnings("ignore")
-    res = {"command": "benchmarks/gpu.py " + " ".join(argv or []), "smoke": args.smoke, "device": str(device),
-           "settings": {k: v for k, v in cfg.items()}, "sections": {}}
+    res = {
+        "command": "benchmarks/gpu.py " + " ".join(argv or []),
+        "smoke": args.smoke,
+        "device": str(device),
+        "settings": {k: v for k, v in cfg.items()},
+        "sections": {},
+    }
     t_all = time.perf_counter()
     rate = None
     for name in sections:
@@ -373,8 +490,11 @@ def main(argv=None) -> dict:
         if device.type == "cuda":
             sec["max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         res["sections"][name] = sec
-        print(f"[{name}] {sec['seconds']:.1f} s" + (f" ERROR {sec['error']}" if "error" in sec else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"[{name}] {sec['seconds']:.1f} s" + (f" ERROR {sec['error']}" if "error" in sec else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         atomic_write_json(out, res)  # after every section: a timeout still leaves the finished ones
     res["seconds"] = time.perf_counter() - t_all
     res["errors"] = [n for n, s in res["sections"].items() if "error" in s]

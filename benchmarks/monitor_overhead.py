@@ -53,6 +53,7 @@ def _timed(fn, acc: list):
             return fn(*args, **kwargs)
         finally:
             acc[0] += time.thread_time() - c
+
     return wrapper
 
 
@@ -85,8 +86,13 @@ def run(task, steps: int, options: dict | None, tmp: Path) -> tuple[float, float
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -115,35 +121,68 @@ def main() -> None:
                 cpu[key].append(c)
                 wall[key].append(w)
                 hook[key].append(h)
-                print(f"repeat {r} {key:>24}: cpu {c * 1e3:7.1f} ms/step  wall {w * 1e3:7.1f} ms/step  "
-                      f"in monitor {h * 1e3:6.2f} ms/step", flush=True)
+                print(
+                    f"repeat {r} {key:>24}: cpu {c * 1e3:7.1f} ms/step  wall {w * 1e3:7.1f} ms/step  "
+                    f"in monitor {h * 1e3:6.2f} ms/step",
+                    flush=True,
+                )
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     med_wall = {k: statistics.median(v) for k, v in wall.items()}
     med_hook = {k: statistics.median(v) for k, v in hook.items()}
     rows = []
-    print("\n| monitor | CPU ms/step | in-monitor CPU ms/step | in-monitor / training CPU | A/B CPU overhead "
-          "| wall ms/step | A/B wall overhead |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| monitor | CPU ms/step | in-monitor CPU ms/step | in-monitor / training CPU | A/B CPU overhead "
+        "| wall ms/step | A/B wall overhead |\n|---|---|---|---|---|---|---|"
+    )
     for k in names:
         oc, ow = med_cpu[k] / med_cpu["none"] - 1, med_wall[k] / med_wall["none"] - 1
         direct = med_hook[k] / med_cpu["none"]
-        rows.append(dict(config=k, options=CONFIGS[k], cpu_ms=med_cpu[k] * 1e3, wall_ms=med_wall[k] * 1e3,
-                         in_monitor_cpu_ms=med_hook[k] * 1e3, in_monitor_overhead=direct,
-                         cpu_overhead=oc, wall_overhead=ow, all_cpu_ms=[x * 1e3 for x in cpu[k]],
-                         all_wall_ms=[x * 1e3 for x in wall[k]], all_in_monitor_ms=[x * 1e3 for x in hook[k]]))
-        print(f"| {k} | {med_cpu[k] * 1e3:.1f} | {med_hook[k] * 1e3:.2f} | {direct * 100:.1f}% | {oc * 100:+.1f}% "
-              f"| {med_wall[k] * 1e3:.1f} | {ow * 100:+.1f}% |")
+        rows.append(
+            dict(
+                config=k,
+                options=CONFIGS[k],
+                cpu_ms=med_cpu[k] * 1e3,
+                wall_ms=med_wall[k] * 1e3,
+                in_monitor_cpu_ms=med_hook[k] * 1e3,
+                in_monitor_overhead=direct,
+                cpu_overhead=oc,
+                wall_overhead=ow,
+                all_cpu_ms=[x * 1e3 for x in cpu[k]],
+                all_wall_ms=[x * 1e3 for x in wall[k]],
+                all_in_monitor_ms=[x * 1e3 for x in hook[k]],
+            )
+        )
+        print(
+            f"| {k} | {med_cpu[k] * 1e3:.1f} | {med_hook[k] * 1e3:.2f} | {direct * 100:.1f}% | {oc * 100:+.1f}% "
+            f"| {med_wall[k] * 1e3:.1f} | {ow * 100:+.1f}% |"
+        )
     default = next((r for r in rows if r["config"] == "default"), None)
     if default is not None:
-        print(f"default monitor: in-monitor CPU = {default['in_monitor_overhead'] * 100:.1f}% of the unmonitored "
-              f"step, A/B CPU {default['cpu_overhead'] * 100:+.1f}% (goal <= 3%)")
+        print(
+            f"default monitor: in-monitor CPU = {default['in_monitor_overhead'] * 100:.1f}% of the unmonitored "
+            f"step, A/B CPU {default['cpu_overhead'] * 100:+.1f}% (goal <= 3%)"
+        )
     out = Path(__file__).parent / "results" / "monitor_overhead.json"
-    atomic_write_json(out, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": _commit(),
-                            "environment": environment(), "task": "charlm", "size": "default",
-                            "model": {k: task.info[k] for k in ("n_layer", "d_model", "n_head", "context", "batch_size")},
-                            "optimizer": "AdamW(lr=1e-3)", "threads": args.threads, "clock": "time.thread_time",
-                            "load_average_1_5_15min": list(os.getloadavg()), "steps": args.steps, "repeats": args.repeats,
-                            "every": 10, "rows": rows,
-                            "meets_goal": None if default is None else default["in_monitor_overhead"] <= 0.03})
+    atomic_write_json(
+        out,
+        {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "commit": _commit(),
+            "environment": environment(),
+            "task": "charlm",
+            "size": "default",
+            "model": {k: task.info[k] for k in ("n_layer", "d_model", "n_head", "context", "batch_size")},
+            "optimizer": "AdamW(lr=1e-3)",
+            "threads": args.threads,
+            "clock": "time.thread_time",
+            "load_average_1_5_15min": list(os.getloadavg()),
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "every": 10,
+            "rows": rows,
+            "meets_goal": None if default is None else default["in_monitor_overhead"] <= 0.03,
+        },
+    )
     print(f"wrote {out}")
 
 

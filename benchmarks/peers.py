@@ -56,8 +56,13 @@ LR = 0.02
 SETS = {
     "gpt": [(384, 1152), (384, 384), (1536, 384), (384, 1536)] * 4,
     "charlm": [(384, 128), (128, 128), (512, 128), (128, 512)] * 3,
-    "conv": [(32, 288)] * 4 + [(64, 288), (64, 32)] + [(64, 576)] * 3 + [(128, 576), (128, 64)] + [(128, 1152)] * 3
-            + [(256, 1152), (256, 128)] + [(256, 2304)] * 3,
+    "conv": [(32, 288)] * 4
+    + [(64, 288), (64, 32)]
+    + [(64, 576)] * 3
+    + [(128, 576), (128, 64)]
+    + [(128, 1152)] * 3
+    + [(256, 1152), (256, 128)]
+    + [(256, 2304)] * 3,
 }
 
 
@@ -73,18 +78,31 @@ def _has(mod: str) -> bool:
 def builders() -> dict:
     """name -> (callable(params, lr) -> optimizer, note). Peers that are not installed are left out."""
     out = {
-        "steepest.Muon default (auto)": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0), "dtype='auto', per-parameter"),
-        "steepest.Muon fp32": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.float32), "explicit float32"),
-        "steepest.Muon bf16": (lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16), "explicit bf16"),
-        "steepest.Muon bf16 batched": (lambda ps, lr: _batched(steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16)),
-                                       "explicit bf16, executor=Batched(cpu=True)"),
+        "steepest.Muon default (auto)": (
+            lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0),
+            "dtype='auto', per-parameter",
+        ),
+        "steepest.Muon fp32": (
+            lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.float32),
+            "explicit float32",
+        ),
+        "steepest.Muon bf16": (
+            lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16),
+            "explicit bf16",
+        ),
+        "steepest.Muon bf16 batched": (
+            lambda ps, lr: _batched(steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16)),
+            "explicit bf16, executor=Batched(cpu=True)",
+        ),
         "torch.optim.Muon": (lambda ps, lr: torch.optim.Muon(ps, lr=lr, weight_decay=0.0), "NS5 bf16 (forced)"),
     }
     if _has("heavyball"):
         import heavyball
 
-        out["heavyball.Muon"] = (lambda ps, lr: heavyball.Muon(ps, lr=lr, compile_step=False),
-                                 "'You' 5-step table, compile_step=False")
+        out["heavyball.Muon"] = (
+            lambda ps, lr: heavyball.Muon(ps, lr=lr, compile_step=False),
+            "'You' 5-step table, compile_step=False",
+        )
     if _has("pytorch_optimizer"):
         import pytorch_optimizer as po
 
@@ -93,12 +111,17 @@ def builders() -> dict:
 
         out["pytorch_optimizer.Muon"] = (po_muon(), "ns_coeffs='original', NS5 bf16")
         out["pytorch_optimizer.Muon polar_express"] = (po_muon(ns_coeffs="polar_express"), "its Polar Express table")
-        out["pytorch_optimizer.Muon gram_newton_schulz"] = (po_muon(ns_method="gram_newton_schulz"),
-                                                            "Gram NS, restart after 2, float16")
+        out["pytorch_optimizer.Muon gram_newton_schulz"] = (
+            po_muon(ns_method="gram_newton_schulz"),
+            "Gram NS, restart after 2, float16",
+        )
     if _has("muon"):
         import muon
 
-        out["muon.SingleDeviceMuon"] = (lambda ps, lr: muon.SingleDeviceMuon(ps, lr=lr), "muon-optimizer 0.1.0, NS5 bf16")
+        out["muon.SingleDeviceMuon"] = (
+            lambda ps, lr: muon.SingleDeviceMuon(ps, lr=lr),
+            "muon-optimizer 0.1.0, NS5 bf16",
+        )
     return out
 
 
@@ -234,8 +257,16 @@ def run_set(set_name: str, rounds: int, threads: int, memory: bool, max_step_s: 
             row["peak_mem_rise_mib"] = peak_memory(name, set_name, threads)
         rows.append(row)
     shapes = SETS[set_name]
-    return {"set": set_name, "n_matrices": len(shapes), "n_params": sum(m * n for m, n in shapes),
-            "rows": rows, "load_average_before": load_before, "load_average_after_timing": load, "cpu_times_s": cpu_times, "wall_times_s": times}
+    return {
+        "set": set_name,
+        "n_matrices": len(shapes),
+        "n_params": sum(m * n for m, n in shapes),
+        "rows": rows,
+        "load_average_before": load_before,
+        "load_average_after_timing": load,
+        "cpu_times_s": cpu_times,
+        "wall_times_s": times,
+    }
 
 
 def main(argv=None) -> dict:
@@ -245,30 +276,43 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--max-step-s", type=float, default=20.0, help="skip timing an optimizer slower than this")
-    ap.add_argument("--out", default=None, help="default benchmarks/results/peers.json (peers_nobf16.json "
-                                                "under STEEPEST_BF16=0)")
+    ap.add_argument(
+        "--out", default=None, help="default benchmarks/results/peers.json (peers_nobf16.json under STEEPEST_BF16=0)"
+    )
     ap.add_argument("--mem-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     if args.mem_worker:
         return _mem_worker(args.mem_worker, args.sets)
-    out = args.out or str(_util.ROOT / "benchmarks" / "results"
-                          / ("peers_nobf16.json" if os.environ.get("STEEPEST_BF16") == "0" else "peers.json"))
+    out = args.out or str(
+        _util.ROOT
+        / "benchmarks"
+        / "results"
+        / ("peers_nobf16.json" if os.environ.get("STEEPEST_BF16") == "0" else "peers.json")
+    )
     results = {"machine": machine(), "command": "benchmarks/peers.py " + " ".join(argv or []), "sets": []}
     from steepest.linalg.precision import auto_report
 
     print(f"dtype='auto': {auto_report()}; load average {os.getloadavg()}")
-    cols = [("optimizer", "optimizer", "{}"), ("lr_factor", "lr factor (equal RMS)", "{:.3f}"),
-            ("median_ms", "median ms", "{:.1f}"), ("min_ms", "min ms", "{:.1f}"),
-            ("cpu_median_ms", "CPU ms (median)", "{:.1f}"), ("cpu_ratio_vs_torch_muon", "CPU x torch (paired)", "{:.2f}x"),
-            ("err_vs_exact_polar", "err vs exact U V^T", "{:.3f}"), ("err_vs_fp64_ns5", "err vs fp64 NS5", "{:.2e}"),
-            ("peak_mem_rise_mib", "peak RSS rise MiB", "{:.1f}")]
+    cols = [
+        ("optimizer", "optimizer", "{}"),
+        ("lr_factor", "lr factor (equal RMS)", "{:.3f}"),
+        ("median_ms", "median ms", "{:.1f}"),
+        ("min_ms", "min ms", "{:.1f}"),
+        ("cpu_median_ms", "CPU ms (median)", "{:.1f}"),
+        ("cpu_ratio_vs_torch_muon", "CPU x torch (paired)", "{:.2f}x"),
+        ("err_vs_exact_polar", "err vs exact U V^T", "{:.3f}"),
+        ("err_vs_fp64_ns5", "err vs fp64 NS5", "{:.2e}"),
+        ("peak_mem_rise_mib", "peak RSS rise MiB", "{:.1f}"),
+    ]
     for s in args.sets.split(","):
         res = run_set(s, args.rounds, args.threads, not args.no_memory, args.max_step_s)
         results["sets"].append(res)
-        print(f"\nset {s}: {res['n_matrices']} matrices, {res['n_params'] / 1e6:.2f} M parameters, {args.rounds} rounds, "
-              f"load average after timing {res['load_average_after_timing']}\n")
+        print(
+            f"\nset {s}: {res['n_matrices']} matrices, {res['n_params'] / 1e6:.2f} M parameters, {args.rounds} rounds, "
+            f"load average after timing {res['load_average_after_timing']}\n"
+        )
         print(table(res["rows"], cols))
         for r in res["rows"]:
             if "skipped_timing" in r:

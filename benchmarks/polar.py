@@ -95,29 +95,40 @@ def methods(extra: bool) -> dict[str, dict]:
         "svd": dict(fn=lambda G: P(G, "svd"), dtype="float32"),
         "newton_schulz 5": dict(fn=lambda G: P(G, "newton_schulz", 5), dtype="float32", normalization="frobenius"),
         "newton_schulz 10": dict(fn=lambda G: P(G, "newton_schulz", 10), dtype="float32", normalization="frobenius"),
-        "newton_schulz 5 bf16": dict(fn=lambda G: P(G, "newton_schulz", 5, dtype=bf), dtype="bfloat16",
-                                     normalization="frobenius"),
+        "newton_schulz 5 bf16": dict(
+            fn=lambda G: P(G, "newton_schulz", 5, dtype=bf), dtype="bfloat16", normalization="frobenius"
+        ),
         "torch.optim.Muon NS5": dict(fn=_torch_muon_ns, dtype="bfloat16", normalization="frobenius"),
     }
     for norm in ("schatten8", "frobenius"):
         for steps in (5, 6, 8):
             out[f"polar_express {steps} {norm}"] = dict(
                 fn=lambda G, s=steps, nm=norm: P(G, "polar_express", s, dtype=f32, normalization=nm),
-                dtype="float32", normalization=norm)
+                dtype="float32",
+                normalization=norm,
+            )
     out["polar_express 8 schatten8 bf16"] = dict(
-        fn=lambda G: P(G, "polar_express", 8, dtype=bf, normalization="schatten8"), dtype="bfloat16",
-        normalization="schatten8")
+        fn=lambda G: P(G, "polar_express", 8, dtype=bf, normalization="schatten8"),
+        dtype="bfloat16",
+        normalization="schatten8",
+    )
     if extra:
         table4 = steepest.polar_express_coefficients(1e-4, 8)
         out["polar_express 10 frobenius"] = dict(
-            fn=lambda G: P(G, "polar_express", 10, normalization="frobenius"), dtype="float32",
-            normalization="frobenius")
+            fn=lambda G: P(G, "polar_express", 10, normalization="frobenius"),
+            dtype="float32",
+            normalization="frobenius",
+        )
         out["polar_express 8 frobenius l=1e-4"] = dict(
             fn=lambda G: P(G, "polar_express", 8, coefficients=table4, normalization="frobenius"),
-            dtype="float32", normalization="frobenius")
+            dtype="float32",
+            normalization="frobenius",
+        )
         out["polar_express 8 schatten8 l=1e-4"] = dict(
             fn=lambda G: P(G, "polar_express", 8, coefficients=table4, normalization="schatten8"),
-            dtype="float32", normalization="schatten8")
+            dtype="float32",
+            normalization="schatten8",
+        )
     return out
 
 
@@ -142,9 +153,11 @@ def normalized_floor(s: torch.Tensor) -> dict:
     keep_min = torch.where(s > THRESHOLD * s[..., :1], s, torch.full_like(s, math.inf)).amin(-1)
     fro = s.square().sum(-1).sqrt()
     s8 = s.pow(8).sum(-1).pow(1 / 8)
-    return {"s_min_over_fro": float((keep_min / (1.01 * fro)).min()),
-            "s_min_over_s8": float((keep_min / (1.01 * s8)).min()),
-            "stable_rank": float((s.square().sum(-1) / s[..., 0].square()).mean())}
+    return {
+        "s_min_over_fro": float((keep_min / (1.01 * fro)).min()),
+        "s_min_over_s8": float((keep_min / (1.01 * s8)).min()),
+        "stable_rank": float((s.square().sum(-1) / s[..., 0].square()).mean()),
+    }
 
 
 def _fmt_shape(shape) -> str:
@@ -181,13 +194,24 @@ def main(argv=None) -> dict:
             large = math.prod(shape) > 300_000
             reps = args.repeats or (2 if args.quick else (3 if large else 7))
             cpu: dict[str, list[float]] = {}
-            times = time_interleaved({name: (lambda f=m["fn"], G=G: f(G)) for name, m in meths.items()}, reps,
-                                     warmup=0, cpu_times=cpu)
-            timing = {name: {**summarize(times[name]), "cpu_median_ms": 1e3 * statistics.median(cpu[name])}
-                      for name in meths}
+            times = time_interleaved(
+                {name: (lambda f=m["fn"], G=G: f(G)) for name, m in meths.items()}, reps, warmup=0, cpu_times=cpu
+            )
+            timing = {
+                name: {**summarize(times[name]), "cpu_median_ms": 1e3 * statistics.median(cpu[name])} for name in meths
+            }
         for name, m in meths.items():
-            rows.append({"shape": _fmt_shape(shape), "spectrum": spectrum, "method": name, "dtype": m["dtype"],
-                         "normalization": m.get("normalization"), **timing.get(name, {}), **acc[name]})
+            rows.append(
+                {
+                    "shape": _fmt_shape(shape),
+                    "spectrum": spectrum,
+                    "method": name,
+                    "dtype": m["dtype"],
+                    "normalization": m.get("normalization"),
+                    **timing.get(name, {}),
+                    **acc[name],
+                }
+            )
 
     # ------------------------------------------------------------------ tables
     names = list(meths)
@@ -197,12 +221,15 @@ def main(argv=None) -> dict:
         for name in names:
             r = {"method": name}
             for shape in shapes:
-                r[_fmt_shape(shape)] = next(x[key] for x in rows if x["method"] == name
-                                            and x["shape"] == _fmt_shape(shape) and key in x)
+                r[_fmt_shape(shape)] = next(
+                    x[key] for x in rows if x["method"] == name and x["shape"] == _fmt_shape(shape) and key in x
+                )
             trows.append(r)
         print(table(trows, [("method", "method", "{}")] + [(_fmt_shape(s), _fmt_shape(s), "{:.1f}") for s in shapes]))
-    for key, title in (("max_abs_s_minus_1", f"max |s - 1| over s > {THRESHOLD:g} s_max"),
-                       ("rel_fro_err", "relative Frobenius error to the float64 polar factor")):
+    for key, title in (
+        ("max_abs_s_minus_1", f"max |s - 1| over s > {THRESHOLD:g} s_max"),
+        ("rel_fro_err", "relative Frobenius error to the float64 polar factor"),
+    ):
         print(f"\n{title} (worst over shapes):\n")
         arows = []
         for name in names:
@@ -212,21 +239,44 @@ def main(argv=None) -> dict:
             arows.append(r)
         print(table(arows, [("method", "method", "{}")] + [(sp, sp, "{:.2e}") for sp in SPECTRA]))
     print("\nSmallest singular value of interest after normalization (Polar Express table assumes >= 1e-3):\n")
-    print(table(floors, [("shape", "shape", "{}"), ("spectrum", "spectrum", "{}"), ("stable_rank", "stable rank", "{:.3g}"),
-                         ("s_min_over_fro", "s_min / (1.01 ||s||_F)", "{:.2e}"),
-                         ("s_min_over_s8", "s_min / (1.01 ||s||_8)", "{:.2e}")]))
+    print(
+        table(
+            floors,
+            [
+                ("shape", "shape", "{}"),
+                ("spectrum", "spectrum", "{}"),
+                ("stable_rank", "stable rank", "{:.3g}"),
+                ("s_min_over_fro", "s_min / (1.01 ||s||_F)", "{:.2e}"),
+                ("s_min_over_s8", "s_min / (1.01 ||s||_8)", "{:.2e}"),
+            ],
+        )
+    )
     verdicts = {}
     for norm in ("schatten8", "frobenius"):
         name = f"polar_express 8 {norm}"
         worst = max(x["max_abs_s_minus_1"] for x in rows if x["method"] == name)
-        fails = sorted({(x["shape"], x["spectrum"]) for x in rows if x["method"] == name and x["max_abs_s_minus_1"] > GOAL})
+        fails = sorted(
+            {(x["shape"], x["spectrum"]) for x in rows if x["method"] == name and x["max_abs_s_minus_1"] > GOAL}
+        )
         verdicts[norm] = {"worst": worst, "met": not fails, "failures": fails}
-        print(f"\nGoal (polar_express 8 steps, float32, {norm}): max|s-1| <= {GOAL:g} on every spectrum: "
-              f"{'MET' if not fails else 'MISSED'} (worst {worst:.2e}){'' if not fails else ' on ' + str(fails)}")
-    result = {"machine": machine(), "command": "benchmarks/polar.py " + " ".join(argv or []),
-              "settings": {"shapes": shapes, "spectra": SPECTRA, "threshold": THRESHOLD, "goal": GOAL,
-                           "threads": torch.get_num_threads()},
-              "goal": verdicts, "rows": rows, "normalized_floor": floors}
+        print(
+            f"\nGoal (polar_express 8 steps, float32, {norm}): max|s-1| <= {GOAL:g} on every spectrum: "
+            f"{'MET' if not fails else 'MISSED'} (worst {worst:.2e}){'' if not fails else ' on ' + str(fails)}"
+        )
+    result = {
+        "machine": machine(),
+        "command": "benchmarks/polar.py " + " ".join(argv or []),
+        "settings": {
+            "shapes": shapes,
+            "spectra": SPECTRA,
+            "threshold": THRESHOLD,
+            "goal": GOAL,
+            "threads": torch.get_num_threads(),
+        },
+        "goal": verdicts,
+        "rows": rows,
+        "normalized_floor": floors,
+    }
     atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return result

@@ -39,8 +39,9 @@ def methods(steps_list, published: bool = True) -> dict:
         tag = C.best_polar_express_table(s).removeprefix("POLAR_EXPRESS_")
         out[f"polar_express {s} default ({tag})"] = lambda G, dt, s=s: steepest.polar(G, "polar_express", s, dtype=dt)
         if published and tag != "L1E3":
-            out[f"polar_express {s} published L1E3"] = (
-                lambda G, dt, s=s: steepest.polar(G, "polar_express", s, dtype=dt, coefficients=C.POLAR_EXPRESS_L1E3))
+            out[f"polar_express {s} published L1E3"] = lambda G, dt, s=s: steepest.polar(
+                G, "polar_express", s, dtype=dt, coefficients=C.POLAR_EXPRESS_L1E3
+            )
     return out
 
 
@@ -56,8 +57,9 @@ def accuracy_rows(device, shapes, spectra, meths: dict, dtypes) -> list[dict]:
             for name, fn in meths.items():
                 for dt in dtypes:
                     acc = polar_bench.accuracy(fn(Gd, DTYPES[dt]).cpu(), U, s, Vh, Qref)
-                    rows.append({"shape": "x".join(map(str, shape)), "spectrum": spectrum, "method": name,
-                                 "dtype": dt, **acc})
+                    rows.append(
+                        {"shape": "x".join(map(str, shape)), "spectrum": spectrum, "method": name, "dtype": dt, **acc}
+                    )
     return rows
 
 
@@ -66,16 +68,25 @@ def worst_over_shapes(rows: list[dict], spectra) -> list[dict]:
     for name in dict.fromkeys(r["method"] for r in rows):
         for dt in dict.fromkeys(r["dtype"] for r in rows):
             sel = [r for r in rows if r["method"] == name and r["dtype"] == dt]
-            w = {"method": name, "dtype": dt, **{sp: max(r["max_abs_s_minus_1"] for r in sel if r["spectrum"] == sp)
-                                                 for sp in spectra}}
+            w = {
+                "method": name,
+                "dtype": dt,
+                **{sp: max(r["max_abs_s_minus_1"] for r in sel if r["spectrum"] == sp) for sp in spectra},
+            }
             w["rel_fro_err_worst"] = max(r["rel_fro_err"] for r in sel)
             out.append(w)
     return out
 
 
 def print_table(worst: list[dict], spectra) -> None:
-    print(table(worst, [("method", "method", "{}"), ("dtype", "dtype", "{}")] + [(sp, sp, "{:.2e}") for sp in spectra]
-                + [("rel_fro_err_worst", "rel. Frobenius (worst)", "{:.2e}")]))
+    print(
+        table(
+            worst,
+            [("method", "method", "{}"), ("dtype", "dtype", "{}")]
+            + [(sp, sp, "{:.2e}") for sp in spectra]
+            + [("rel_fro_err_worst", "rel. Frobenius (worst)", "{:.2e}")],
+        )
+    )
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -105,8 +116,13 @@ def main(argv=None) -> dict:
     worst = worst_over_shapes(rows, spectra)
     print(f"\nmax |s - 1| over s > 1e-3 s_max, worst over shapes {args.shapes}:\n")
     print_table(worst, spectra)
-    result = {"machine": machine(), "command": "benchmarks/polar_steps.py " + " ".join(argv or []),
-              "device": args.device, "worst_over_shapes": worst, "rows": rows}
+    result = {
+        "machine": machine(),
+        "command": "benchmarks/polar_steps.py " + " ".join(argv or []),
+        "device": args.device,
+        "worst_over_shapes": worst,
+        "rows": rows,
+    }
     atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return result

@@ -32,8 +32,7 @@ ps = [torch.nn.Parameter(torch.randn(m, n, generator=g) / math.sqrt(n)) for m, n
 vec = [torch.nn.Parameter(torch.zeros(d)) for _ in range(8)]
 for p in ps + vec:
     p.grad = torch.randn(p.shape, generator=g) * 1e-2
-opt = steepest.Muon([dict(params=ps), dict(params=vec, algorithm="adamw")], lr=0.02, weight_decay=0.1,
-                    dtype="float32")
+opt = steepest.Muon([dict(params=ps), dict(params=vec, algorithm="adamw")], lr=0.02, weight_decay=0.1, dtype="float32")
 for _ in range(5):
     opt.step()
 prof = cProfile.Profile()

@@ -57,17 +57,32 @@ def main() -> None:
         cpu: dict[str, list[float]] = {}
         time_interleaved(fns, args.rounds, cpu_times=cpu)
         ms = {k: 1e3 * statistics.median(v) for k, v in cpu.items()}
-        err = {k: ((spectral_power(G, A, **kw).double() - ref).abs().max() / ref.abs().max()).item()
-               for k, kw in (("gram64", {}), ("gram32", {"dtype": torch.float32}))}
-        rows.append(dict(shape="x".join(map(str, shape)), **{f"{k}_ms": v for k, v in ms.items()},
-                         gram64_vs_ns5=ms["gram64"] / ms["ns5"], gram64_vs_svd64=ms["gram64"] / ms["svd64"],
-                         err_gram64=err["gram64"], err_gram32=err["gram32"]))
-    cols = [("shape", "shape", "{}"), ("gram64_ms", "knob gram f64 ms", "{:.2f}"),
-            ("gram32_ms", "knob gram f32 ms", "{:.2f}"), ("svd64_ms", "knob svd f64 ms", "{:.2f}"),
-            ("ns5_ms", f"NS5 ({str(ns_dtype).split('.')[-1]}) ms", "{:.2f}"),
-            ("polar_svd64_ms", "polar svd f64 ms", "{:.2f}"), ("gram64_vs_ns5", "gram64 / NS5", "{:.2f}"),
-            ("gram64_vs_svd64", "gram64 / svd64", "{:.2f}"), ("err_gram64", "err gram64", "{:.1e}"),
-            ("err_gram32", "err gram32", "{:.1e}")]
+        err = {
+            k: ((spectral_power(G, A, **kw).double() - ref).abs().max() / ref.abs().max()).item()
+            for k, kw in (("gram64", {}), ("gram32", {"dtype": torch.float32}))
+        }
+        rows.append(
+            dict(
+                shape="x".join(map(str, shape)),
+                **{f"{k}_ms": v for k, v in ms.items()},
+                gram64_vs_ns5=ms["gram64"] / ms["ns5"],
+                gram64_vs_svd64=ms["gram64"] / ms["svd64"],
+                err_gram64=err["gram64"],
+                err_gram32=err["gram32"],
+            )
+        )
+    cols = [
+        ("shape", "shape", "{}"),
+        ("gram64_ms", "knob gram f64 ms", "{:.2f}"),
+        ("gram32_ms", "knob gram f32 ms", "{:.2f}"),
+        ("svd64_ms", "knob svd f64 ms", "{:.2f}"),
+        ("ns5_ms", f"NS5 ({str(ns_dtype).split('.')[-1]}) ms", "{:.2f}"),
+        ("polar_svd64_ms", "polar svd f64 ms", "{:.2f}"),
+        ("gram64_vs_ns5", "gram64 / NS5", "{:.2f}"),
+        ("gram64_vs_svd64", "gram64 / svd64", "{:.2f}"),
+        ("err_gram64", "err gram64", "{:.1e}"),
+        ("err_gram32", "err gram32", "{:.1e}"),
+    ]
     print(table(rows, cols))
     atomic_write_json(args.out, {"a": A, "rows": rows, "machine": machine(), "command": "benchmarks/spectral_power.py"})
     print(f"wrote {args.out}")

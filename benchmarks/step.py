@@ -69,11 +69,17 @@ def optimizers(base: list[torch.nn.Parameter], include_fp32: bool) -> dict[str, 
     ps = clone_params(base)
     # The default: dtype="auto" (bf16 where bf16 matmul is native, float32 elsewhere; STEEPEST_BF16=0/1
     # forces it, to simulate the other CPU kind) and executor='auto' (small matrices batched on CPU).
-    opts["steepest.Muon default (auto)"] = (steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5,
-                                                          weight_decay=WD), ps)
+    opts["steepest.Muon default (auto)"] = (
+        steepest.Muon(ps, lr=LR, momentum=MOMENTUM, nesterov=True, ns_steps=5, weight_decay=WD),
+        ps,
+    )
     ps = clone_params(base)
-    opts["torch.optim.Muon (bf16)"] = (torch.optim.Muon(ps, lr=LR, weight_decay=WD, momentum=MOMENTUM, nesterov=True,
-                                                        ns_coefficients=MUON_QUINTIC, ns_steps=5), ps)
+    opts["torch.optim.Muon (bf16)"] = (
+        torch.optim.Muon(
+            ps, lr=LR, weight_decay=WD, momentum=MOMENTUM, nesterov=True, ns_coefficients=MUON_QUINTIC, ns_steps=5
+        ),
+        ps,
+    )
     opts["steepest.Muon bf16 per-param"] = steepest_muon(torch.bfloat16, False)
     opts["steepest.Muon bf16 batched"] = steepest_muon(torch.bfloat16, True)
     if include_fp32:
@@ -156,9 +162,11 @@ def gram_study(repeats: int = 5) -> list[dict]:
             if kind == "spike+noise":
                 G = torch.randn(m, 1, generator=g) @ torch.randn(1, n, generator=g) + 1e-2 * G
             ref = steepest.polar(G.double(), "newton_schulz", 5, dtype=torch.float64)
-            fns = {"standard": lambda G=G: steepest.polar(G, "newton_schulz", 5, dtype=torch.bfloat16),
-                   "gram, restart at 3": lambda G=G: gram_newton_schulz(G),
-                   "gram, no restart": lambda G=G: gram_newton_schulz(G, restart_at=None)}
+            fns = {
+                "standard": lambda G=G: steepest.polar(G, "newton_schulz", 5, dtype=torch.bfloat16),
+                "gram, restart at 3": lambda G=G: gram_newton_schulz(G),
+                "gram, no restart": lambda G=G: gram_newton_schulz(G, restart_at=None),
+            }
             row = {"shape": f"{m}x{n}", "input": kind}
             for name, fn in fns.items():
                 row[f"err {name}"] = float((fn().double() - ref).norm() / ref.norm())
@@ -196,9 +204,14 @@ def auto_verdict(times: dict[str, list[float]], resamples: int = 2000) -> dict:
     meds = sorted(statistics.median(rnd.choices(ratios, k=len(ratios))) for _ in range(resamples))
     lo, hi = meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
     med = statistics.median(ratios)
-    out = {"faster_explicit_on_this_cpu": faster, "compared_with": target,
-           "simulated": f"STEEPEST_BF16={forced}" if forced in ("0", "1") else None,
-           "ratio_default_vs_compared": med, "ci95": [lo, hi], "within_noise": bool(lo <= 1.0 or med <= 1.03)}
+    out = {
+        "faster_explicit_on_this_cpu": faster,
+        "compared_with": target,
+        "simulated": f"STEEPEST_BF16={forced}" if forced in ("0", "1") else None,
+        "ratio_default_vs_compared": med,
+        "ci95": [lo, hi],
+        "within_noise": bool(lo <= 1.0 or med <= 1.03),
+    }
     for k, v in explicit.items():
         out[f"ratio_default_vs {k}"] = paired_ratio(d, v)
     return out
@@ -226,49 +239,89 @@ def main(argv=None) -> dict:
         opts.pop("steepest.Muon fp32 batched")
     acc = accuracy(base, opts)
     cpu: dict[str, list[float]] = {}
-    times = time_interleaved({k: opt.step for k, (opt, _) in opts.items()}, rounds, warmup=2, device=device,
-                             progress=True, cpu_times=cpu)
+    times = time_interleaved(
+        {k: opt.step for k, (opt, _) in opts.items()}, rounds, warmup=2, device=device, progress=True, cpu_times=cpu
+    )
     key = "torch.optim.Muon (bf16)"
     load_after = list(__import__("os").getloadavg())
     rows = []
     for name, ts in times.items():
-        row = {"optimizer": name, **summarize(ts), "ratio_vs_torch_muon": paired_ratio(ts, times[key]),
-               "ratio_of_min": min(ts) / min(times[key]), "cpu_median_ms": 1e3 * statistics.median(cpu[name]),
-               "cpu_ratio_vs_torch_muon": paired_ratio(cpu[name], cpu[key]), "rel_err_vs_fp64_ns5": acc.get(name)}
+        row = {
+            "optimizer": name,
+            **summarize(ts),
+            "ratio_vs_torch_muon": paired_ratio(ts, times[key]),
+            "ratio_of_min": min(ts) / min(times[key]),
+            "cpu_median_ms": 1e3 * statistics.median(cpu[name]),
+            "cpu_ratio_vs_torch_muon": paired_ratio(cpu[name], cpu[key]),
+            "rel_err_vs_fp64_ns5": acc.get(name),
+        }
         rows.append(row)
-    cols = [("optimizer", "optimizer", "{}"), ("median_ms", "median ms", "{:.1f}"), ("min_ms", "min ms", "{:.1f}"),
-            ("ratio_vs_torch_muon", "ratio (paired median)", "{:.2f}x"), ("ratio_of_min", "ratio of mins", "{:.2f}x"),
-            ("cpu_ratio_vs_torch_muon", "CPU-time ratio", "{:.2f}x"),
-            ("rel_err_vs_fp64_ns5", "update rel. err vs fp64 NS5", "{:.2e}")]
+    cols = [
+        ("optimizer", "optimizer", "{}"),
+        ("median_ms", "median ms", "{:.1f}"),
+        ("min_ms", "min ms", "{:.1f}"),
+        ("ratio_vs_torch_muon", "ratio (paired median)", "{:.2f}x"),
+        ("ratio_of_min", "ratio of mins", "{:.2f}x"),
+        ("cpu_ratio_vs_torch_muon", "CPU-time ratio", "{:.2f}x"),
+        ("rel_err_vs_fp64_ns5", "update rel. err vs fp64 NS5", "{:.2e}"),
+    ]
     n_params = sum(p.numel() for p in base)
-    print(f"\n{len(base)} matrices ({args.blocks} blocks of {', '.join(f'{m}x{n}' for m, n in SHAPES)}), "
-          f"{n_params / 1e6:.2f} M parameters, {rounds} rounds, device {device}, threads {torch.get_num_threads()}, "
-          f"load average after the timed rounds {load_after}\n")
+    print(
+        f"\n{len(base)} matrices ({args.blocks} blocks of {', '.join(f'{m}x{n}' for m, n in SHAPES)}), "
+        f"{n_params / 1e6:.2f} M parameters, {rounds} rounds, device {device}, threads {torch.get_num_threads()}, "
+        f"load average after the timed rounds {load_after}\n"
+    )
     print(table(rows, cols))
     verdict = auto_verdict(cpu)
     from steepest.linalg.precision import auto_report
 
     verdict["auto"] = auto_report()
-    what = (f"the forced choice's explicit twin, {verdict['simulated']} (simulated CPU kind)" if verdict["simulated"]
-            else "the faster explicit choice")
-    print(f"\ndefault dtype='auto' chose {verdict['auto']}; default / {what} ({verdict['compared_with']}) CPU time: "
-          f"{verdict['ratio_default_vs_compared']:.3f}x (95% CI {verdict['ci95'][0]:.3f}-{verdict['ci95'][1]:.3f}): "
-          f"{'within noise' if verdict['within_noise'] else 'SLOWER'}; on this CPU the faster explicit choice is "
-          f"{verdict['faster_explicit_on_this_cpu']}")
+    what = (
+        f"the forced choice's explicit twin, {verdict['simulated']} (simulated CPU kind)"
+        if verdict["simulated"]
+        else "the faster explicit choice"
+    )
+    print(
+        f"\ndefault dtype='auto' chose {verdict['auto']}; default / {what} ({verdict['compared_with']}) CPU time: "
+        f"{verdict['ratio_default_vs_compared']:.3f}x (95% CI {verdict['ci95'][0]:.3f}-{verdict['ci95'][1]:.3f}): "
+        f"{'within noise' if verdict['within_noise'] else 'SLOWER'}; on this CPU the faster explicit choice is "
+        f"{verdict['faster_explicit_on_this_cpu']}"
+    )
     gram = None
     if args.gram_study:
         gram = gram_study()
         names = ("standard", "gram, restart at 3", "gram, no restart")
         print("\nGram-form Newton-Schulz experiment (bf16, CPU time ms and rel. error vs float64 NS5):\n")
-        print(table(gram, [("shape", "shape", "{}"), ("input", "input", "{}")]
-                    + [(f"cpu ms {k}", f"ms {k}", "{:.1f}") for k in names]
-                    + [(f"err {k}", f"err {k}", "{:.2e}") for k in names]))
-    result = {"machine": machine(), "load_average_before": load_before, "load_average_after_timing": load_after, "command": "benchmarks/step.py " + " ".join(argv or []),
-              "settings": {"blocks": args.blocks, "shapes": SHAPES, "rounds": rounds, "lr": LR,
-                           "weight_decay": WD, "momentum": MOMENTUM, "ns_steps": 5, "device": str(device),
-                           "threads": torch.get_num_threads()},
-              "rows": rows, "auto_verdict": verdict, "times_s": times, "cpu_times_s": cpu,
-              "gram_study": gram}
+        print(
+            table(
+                gram,
+                [("shape", "shape", "{}"), ("input", "input", "{}")]
+                + [(f"cpu ms {k}", f"ms {k}", "{:.1f}") for k in names]
+                + [(f"err {k}", f"err {k}", "{:.2e}") for k in names],
+            )
+        )
+    result = {
+        "machine": machine(),
+        "load_average_before": load_before,
+        "load_average_after_timing": load_after,
+        "command": "benchmarks/step.py " + " ".join(argv or []),
+        "settings": {
+            "blocks": args.blocks,
+            "shapes": SHAPES,
+            "rounds": rounds,
+            "lr": LR,
+            "weight_decay": WD,
+            "momentum": MOMENTUM,
+            "ns_steps": 5,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        },
+        "rows": rows,
+        "auto_verdict": verdict,
+        "times_s": times,
+        "cpu_times_s": cpu,
+        "gram_study": gram,
+    }
     atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return result

@@ -88,8 +88,19 @@ def _worker(blocks: int, threads: int, configs: list[str], dump: str) -> None:
 # ----------------------------------------------------------------------------- driver side
 def _start(src: str, args, dump: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=src, OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, str(HERE), "--worker", "--blocks", str(args.blocks), "--threads", str(args.threads),
-           "--dump", dump, "--configs", ",".join(args.configs)]
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--worker",
+        "--blocks",
+        str(args.blocks),
+        "--threads",
+        str(args.threads),
+        "--dump",
+        dump,
+        "--configs",
+        ",".join(args.configs),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     hello = json.loads(proc.stdout.readline())
     if not hello.get("ready"):
@@ -154,30 +165,50 @@ def main(argv=None) -> dict:
         num = math.sqrt(sum(float((a.double() - b.double()).norm()) ** 2 for a, b in zip(uo, un)))
         den = math.sqrt(sum(float(a.double().norm()) ** 2 for a in uo))
         co, cn = cpu[("old", c)], cpu[("new", c)]
-        rows.append({"config": c, "old_cpu_median_ms": 1e3 * statistics.median(co), "new_cpu_median_ms": 1e3 * statistics.median(cn),
-                     "old_cpu_min_ms": 1e3 * min(co), "new_cpu_min_ms": 1e3 * min(cn),
-                     "old_wall_median_ms": 1e3 * statistics.median(wall[("old", c)]),
-                     "new_wall_median_ms": 1e3 * statistics.median(wall[("new", c)]),
-                     "cpu_ratio_paired": statistics.median(b / a for a, b in zip(co, cn)),
-                     "cpu_ratio_of_min": min(cn) / min(co),
-                     "wall_ratio_paired": statistics.median(b / a for a, b in zip(wall[("old", c)], wall[("new", c)])),
-                     "first_update_max_abs_diff": diff, "first_update_rel_diff": num / den})
-    cols = [("config", "config (equal explicit settings)", "{}"),
-            ("old_cpu_median_ms", "old CPU ms (median)", "{:.1f}"), ("new_cpu_median_ms", "new CPU ms (median)", "{:.1f}"),
-            ("old_cpu_min_ms", "old min", "{:.1f}"), ("new_cpu_min_ms", "new min", "{:.1f}"),
-            ("cpu_ratio_paired", "new/old CPU (paired median)", "{:.3f}x"), ("cpu_ratio_of_min", "new/old of mins", "{:.3f}x"),
-            ("wall_ratio_paired", "new/old wall (paired)", "{:.3f}x"),
-            ("first_update_rel_diff", "first update rel. diff", "{:.1e}")]
+        rows.append(
+            {
+                "config": c,
+                "old_cpu_median_ms": 1e3 * statistics.median(co),
+                "new_cpu_median_ms": 1e3 * statistics.median(cn),
+                "old_cpu_min_ms": 1e3 * min(co),
+                "new_cpu_min_ms": 1e3 * min(cn),
+                "old_wall_median_ms": 1e3 * statistics.median(wall[("old", c)]),
+                "new_wall_median_ms": 1e3 * statistics.median(wall[("new", c)]),
+                "cpu_ratio_paired": statistics.median(b / a for a, b in zip(co, cn)),
+                "cpu_ratio_of_min": min(cn) / min(co),
+                "wall_ratio_paired": statistics.median(b / a for a, b in zip(wall[("old", c)], wall[("new", c)])),
+                "first_update_max_abs_diff": diff,
+                "first_update_rel_diff": num / den,
+            }
+        )
+    cols = [
+        ("config", "config (equal explicit settings)", "{}"),
+        ("old_cpu_median_ms", "old CPU ms (median)", "{:.1f}"),
+        ("new_cpu_median_ms", "new CPU ms (median)", "{:.1f}"),
+        ("old_cpu_min_ms", "old min", "{:.1f}"),
+        ("new_cpu_min_ms", "new min", "{:.1f}"),
+        ("cpu_ratio_paired", "new/old CPU (paired median)", "{:.3f}x"),
+        ("cpu_ratio_of_min", "new/old of mins", "{:.3f}x"),
+        ("wall_ratio_paired", "new/old wall (paired)", "{:.3f}x"),
+        ("first_update_rel_diff", "first update rel. diff", "{:.1e}"),
+    ]
     n = args.blocks * len(SHAPES)
     load_after = list(os.getloadavg())
-    print(f"\n{n} matrices ({args.blocks} blocks of {', '.join(f'{m}x{n}' for m, n in SHAPES)}), {args.rounds} rounds, "
-          f"{args.threads} thread(s); load average before {load_before}, after {load_after}\n")
+    print(
+        f"\n{n} matrices ({args.blocks} blocks of {', '.join(f'{m}x{n}' for m, n in SHAPES)}), {args.rounds} rounds, "
+        f"{args.threads} thread(s); load average before {load_before}, after {load_after}\n"
+    )
     print(table(rows, cols))
-    result = {"machine": machine(), "command": "benchmarks/step_vs_old.py " + " ".join(argv or sys.argv[1:]),
-              "trees": {t: h for t, (_, h) in procs.items()}, "load_average_before": load_before,
-              "load_average_after": load_after, "rows": rows,
-              "cpu_times_s": {f"{t}|{c}": v for (t, c), v in cpu.items()},
-              "wall_times_s": {f"{t}|{c}": v for (t, c), v in wall.items()}}
+    result = {
+        "machine": machine(),
+        "command": "benchmarks/step_vs_old.py " + " ".join(argv or sys.argv[1:]),
+        "trees": {t: h for t, (_, h) in procs.items()},
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "rows": rows,
+        "cpu_times_s": {f"{t}|{c}": v for (t, c), v in cpu.items()},
+        "wall_times_s": {f"{t}|{c}": v for (t, c), v in wall.items()},
+    }
     from steepest._io import atomic_write_json
 
     atomic_write_json(args.out, result)

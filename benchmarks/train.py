@@ -95,8 +95,13 @@ def time_to_target(run_dir: Path, rows: list[dict], target: float | None) -> Non
 
 
 def _stats(values: list[float]) -> dict:
-    return dict(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
-                min=min(values), max=max(values), n=len(values))
+    return dict(
+        mean=statistics.fmean(values),
+        std=statistics.stdev(values) if len(values) > 1 else 0.0,
+        min=min(values),
+        max=max(values),
+        n=len(values),
+    )
 
 
 def aggregate(per_seed: dict[int, dict[str, dict]], steps: int, eval_every: int) -> dict[str, dict]:
@@ -110,8 +115,12 @@ def aggregate(per_seed: dict[int, dict[str, dict]], steps: int, eval_every: int)
         miss = steps + eval_every
         st = [r["steps_to_target"] if r["steps_to_target"] is not None else miss for r in rows]
         si = [r["steps_interp"] if r.get("steps_interp") is not None else miss for r in rows]
-        agg = dict(steps=_stats(st), steps_interp=_stats(si), never=sum(r["steps_to_target"] is None for r in rows),
-                   final_val=_stats([r["final_val"] if math.isfinite(r["final_val"]) else math.inf for r in rows]))
+        agg = dict(
+            steps=_stats(st),
+            steps_interp=_stats(si),
+            never=sum(r["steps_to_target"] is None for r in rows),
+            final_val=_stats([r["final_val"] if math.isfinite(r["final_val"]) else math.inf for r in rows]),
+        )
         for k in ("cpu_to_target_s", "wall_to_target_s", "cpu_s"):
             vals = [r[k] for r in rows if r.get(k) is not None]
             agg[k] = _stats(vals) if vals else None
@@ -130,24 +139,48 @@ def verdicts(agg: dict[str, dict], task: str) -> list[dict]:
     best = min(fixed, key=key) if fixed else None
     for ad in (n for n in ADAPTIVE if n in agg and best):
         a, b = agg[ad]["steps_interp"]["mean"], agg[best]["steps_interp"]["mean"]
-        out.append(dict(goal=f"{ad} steps <= 0.9x the best fixed geometry's ({best})", value=a / b,
-                        verdict="holds" if a / b <= 0.9 else "fails"))
+        out.append(
+            dict(
+                goal=f"{ad} steps <= 0.9x the best fixed geometry's ({best})",
+                value=a / b,
+                verdict="holds" if a / b <= 0.9 else "fails",
+            )
+        )
         ca, cb = agg[ad]["cpu_to_target_s"], agg[best]["cpu_to_target_s"]
         if ca and cb:
-            out.append(dict(goal=f"{ad} CPU s to target <= the best fixed geometry's ({best})",
-                            value=ca["mean"] / cb["mean"], verdict="holds" if ca["mean"] <= cb["mean"] else "fails"))
+            out.append(
+                dict(
+                    goal=f"{ad} CPU s to target <= the best fixed geometry's ({best})",
+                    value=ca["mean"] / cb["mean"],
+                    verdict="holds" if ca["mean"] <= cb["mean"] else "fails",
+                )
+            )
     if best and "adaptive-oracle" in agg:
         o, b = agg["adaptive-oracle"]["steps_interp"]["mean"], agg[best]["steps_interp"]["mean"]
-        out.append(dict(goal=f"oracle headroom 1 - oracle/best fixed ({best}) >= 10%", value=1 - o / b,
-                        verdict="holds" if 1 - o / b >= 0.10 else "fails: little room for per-layer choice"))
+        out.append(
+            dict(
+                goal=f"oracle headroom 1 - oracle/best fixed ({best}) >= 10%",
+                value=1 - o / b,
+                verdict="holds" if 1 - o / b >= 0.10 else "fails: little room for per-layer choice",
+            )
+        )
     if task == "charlm" and "adamw" in agg and "muon" in agg:
         m, a = agg["muon"]["steps_interp"]["mean"], agg["adamw"]["steps_interp"]["mean"]
-        out.append(dict(goal="steepest Muon <= 0.75x AdamW's steps", value=m / a, verdict="holds" if m / a <= 0.75 else "fails"))
+        out.append(
+            dict(
+                goal="steepest Muon <= 0.75x AdamW's steps", value=m / a, verdict="holds" if m / a <= 0.75 else "fails"
+            )
+        )
         cm, ca = agg["muon"]["cpu_to_target_s"], agg["adamw"]["cpu_to_target_s"]
         if cm and ca:
             x = cm["mean"] / ca["mean"]
-            out.append(dict(goal="steepest Muon's CPU time to AdamW's final loss <= 0.6x AdamW's", value=x,
-                            verdict="holds" if x <= 0.6 else "fails"))
+            out.append(
+                dict(
+                    goal="steepest Muon's CPU time to AdamW's final loss <= 0.6x AdamW's",
+                    value=x,
+                    verdict="holds" if x <= 0.6 else "fails",
+                )
+            )
     return out
 
 
@@ -162,8 +195,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--optimizers", help=f"comma-separated subset (default {','.join(DEFAULT)})")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_<task>.json)")
-    ap.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="task option (e.g. routing=matrix for charlm); repeatable")
+    ap.add_argument(
+        "--task-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="task option (e.g. routing=matrix for charlm); repeatable",
+    )
     ap.add_argument("--lr", action="append", default=[], metavar="NAME=LR", help="learning rate override; repeatable")
     args = ap.parse_args(argv)
     task_options = parse_pairs(args.task_opt, "--task-opt", numeric=False)  # as steepest compare parses them
@@ -182,10 +220,22 @@ def main(argv=None) -> int:
     per_seed, steps, target_by_seed = {}, None, {}
     for seed in seeds:
         run_dir = base / f"seed{seed}"
-        res = compare(args.task, names, size=size, seed=seed, lrs=lrs, eval_every=eval_every, run_dir=run_dir,
-                      task_options=task_options,
-                      resume=args.resume or run_dir.exists(), threads=args.threads, monitor_every=0, report=False,
-                      progress=not args.quick, log=None)
+        res = compare(
+            args.task,
+            names,
+            size=size,
+            seed=seed,
+            lrs=lrs,
+            eval_every=eval_every,
+            run_dir=run_dir,
+            task_options=task_options,
+            resume=args.resume or run_dir.exists(),
+            threads=args.threads,
+            monitor_every=0,
+            report=False,
+            progress=not args.quick,
+            log=None,
+        )
         time_to_target(run_dir, res.rows, res.target)
         per_seed[seed] = {r["optimizer"]: r for r in res.rows}
         target_by_seed[seed] = res.target
@@ -197,28 +247,47 @@ def main(argv=None) -> int:
         return "-" if st is None else f"{format(st['mean'], spec)} ± {format(st['std'], spec)}"
 
     ref = agg["adamw"]
-    print(f"\n{args.task} ({size}), seeds {seeds}, target = each seed's AdamW final validation loss "
-          f"({', '.join(f'{t:.4f}' for t in target_by_seed.values() if t is not None)})")
-    print(f"{'optimizer':<16}{'steps (eval)':>14}{'steps (interp)':>16}{'x AdamW':>9}{'never':>7}"
-          f"{'CPU s to target':>17}{'x AdamW':>9}{'final val':>18}{'CPU s':>13}")
+    print(
+        f"\n{args.task} ({size}), seeds {seeds}, target = each seed's AdamW final validation loss "
+        f"({', '.join(f'{t:.4f}' for t in target_by_seed.values() if t is not None)})"
+    )
+    print(
+        f"{'optimizer':<16}{'steps (eval)':>14}{'steps (interp)':>16}{'x AdamW':>9}{'never':>7}"
+        f"{'CPU s to target':>17}{'x AdamW':>9}{'final val':>18}{'CPU s':>13}"
+    )
     for n, a in agg.items():
         x = a["steps_interp"]["mean"] / ref["steps_interp"]["mean"]
         c = a["cpu_to_target_s"]
         cx = None if (c is None or not ref["cpu_to_target_s"]) else c["mean"] / ref["cpu_to_target_s"]["mean"]
-        print(f"{n:<16}{f(a['steps']):>14}{f(a['steps_interp'], '.1f'):>16}{x:>9.2f}{a['never']:>7}"
-              f"{f(c, '.1f'):>17}{'-' if cx is None else format(cx, '.2f'):>9}{f(a['final_val'], '.4f'):>18}"
-              f"{f(a['cpu_s'], '.1f'):>13}")
+        print(
+            f"{n:<16}{f(a['steps']):>14}{f(a['steps_interp'], '.1f'):>16}{x:>9.2f}{a['never']:>7}"
+            f"{f(c, '.1f'):>17}{'-' if cx is None else format(cx, '.2f'):>9}{f(a['final_val'], '.4f'):>18}"
+            f"{f(a['cpu_s'], '.1f'):>13}"
+        )
     for g in vs:
         print(f"goal: {g['goal']}: {g['verdict']} ({g['value']:.3f})")
     if not args.quick:
         out = Path(args.out or ROOT / "benchmarks" / "results" / f"train_{args.task}{tag}.json")
-        atomic_write_json(out, {
-            "benchmark": "benchmarks/train.py", "command": "python benchmarks/train.py " + " ".join(argv or sys.argv[1:]),
-            "task": f"{args.task}/{size}", "task_options": task_options, "seeds": seeds, "targets": target_by_seed, "eval_every": eval_every,
-            "lrs_given": lrs, "aggregate": agg, "goals": vs,
-            "rows": {str(s): list(rows.values()) for s, rows in per_seed.items()}, "run_dir": str(base),
-            "environment": environment(), "STEEPEST_BF16": os.environ.get("STEEPEST_BF16"),
-            "load_average_end": list(os.getloadavg())})
+        atomic_write_json(
+            out,
+            {
+                "benchmark": "benchmarks/train.py",
+                "command": "python benchmarks/train.py " + " ".join(argv or sys.argv[1:]),
+                "task": f"{args.task}/{size}",
+                "task_options": task_options,
+                "seeds": seeds,
+                "targets": target_by_seed,
+                "eval_every": eval_every,
+                "lrs_given": lrs,
+                "aggregate": agg,
+                "goals": vs,
+                "rows": {str(s): list(rows.values()) for s, rows in per_seed.items()},
+                "run_dir": str(base),
+                "environment": environment(),
+                "STEEPEST_BF16": os.environ.get("STEEPEST_BF16"),
+                "load_average_end": list(os.getloadavg()),
+            },
+        )
         print(f"wrote {out}")
     return 0
 

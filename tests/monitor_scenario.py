@@ -93,11 +93,13 @@ def records(config: str) -> dict:
             for _ in range(STEPS):
                 x = torch.randn(256, 300, generator=gen)
                 if config.startswith("closure"):
+
                     def closure(x=x):
                         opt.zero_grad()
                         loss = model(x)
                         loss.backward()
                         return loss
+
                     opt.step(closure)
                 else:
                     opt.zero_grad()
@@ -107,8 +109,12 @@ def records(config: str) -> dict:
         mon.detach()
     finally:
         torch.set_num_threads(threads)
-    return {"fields": list(LayerMonitor.FIELDS), "rows": [[r[k] for k in LayerMonitor.FIELDS] for r in sink.records],
-            "step": state["step"], "warm": {k: fingerprint(v) for k, v in sorted(state["warm"].items())}}
+    return {
+        "fields": list(LayerMonitor.FIELDS),
+        "rows": [[r[k] for k in LayerMonitor.FIELDS] for r in sink.records],
+        "step": state["step"],
+        "warm": {k: fingerprint(v) for k, v in sorted(state["warm"].items())},
+    }
 
 
 def fingerprint(v: torch.Tensor) -> list:
@@ -119,8 +125,11 @@ def fingerprint(v: torch.Tensor) -> list:
 
 def environment() -> dict:
     """What the float32 kernels depend on: the torch build and the CPU instruction set it dispatches to."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.machine()}
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }
 
 
 def main() -> None:
@@ -129,8 +138,10 @@ def main() -> None:
     # one line per record (readable diffs); json writes floats by repr, which reads back exactly; NaN as NaN
     lines = ["{", f' "environment": {json.dumps(out["environment"])},', ' "configs": {']
     for i, (name, got) in enumerate(out["configs"].items()):
-        lines.append(f'  {json.dumps(name)}: {{"fields": {json.dumps(got["fields"])}, "step": {got["step"]}, '
-                     f'"warm": {json.dumps(got["warm"])}, "rows": [')
+        lines.append(
+            f'  {json.dumps(name)}: {{"fields": {json.dumps(got["fields"])}, "step": {got["step"]}, '
+            f'"warm": {json.dumps(got["warm"])}, "rows": ['
+        )
         lines += [f"   {json.dumps(r)}" + ("," if j + 1 < len(got["rows"]) else "") for j, r in enumerate(got["rows"])]
         lines.append("  ]}" + ("," if i + 1 < len(out["configs"]) else ""))
     lines += [" }", "}"]

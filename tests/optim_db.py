@@ -39,8 +39,10 @@ class Net(nn.Module):
         return [self.lin1.weight, self.mix, self.lin2.weight]
 
     def groups(self):
-        return [dict(params=self.matrices(), names=["lin1.weight", "mix", "lin2.weight"]),
-                dict(params=[self.lin1.bias, self.lin2.bias], names=["lin1.bias", "lin2.bias"], algorithm="adamw")]
+        return [
+            dict(params=self.matrices(), names=["lin1.weight", "mix", "lin2.weight"]),
+            dict(params=[self.lin1.bias, self.lin2.bias], names=["lin1.bias", "lin2.bias"], algorithm="adamw"),
+        ]
 
 
 def batch(step: int, dtype=torch.float32, n: int = 16):
@@ -79,6 +81,7 @@ def _batched(make):
         opt = make(model, **o)
         opt.executor = steepest.optim.executors.Batched(cpu=True)
         return opt
+
     return build
 
 
@@ -104,12 +107,16 @@ def _adaptive(**kw):
         if kw2.get("criterion") == "oracle":
             kw2["oracle_loss"] = HeldOut(model)
         return steepest.Adaptive(model.groups(), every=2, **{**kw2, **o})
+
     return build
 
 
 NS5 = dict(table=C.schedule(C.MUON_QUINTIC, 5), normalization="frobenius", safety=1.0)
-PE5 = dict(table=C.with_safety(C.schedule(C.POLAR_EXPRESS_L7E4, 5)), normalization="schatten8",  # best for 5 steps
-           safety=C.POLAR_EXPRESS_SAFETY)
+PE5 = dict(
+    table=C.with_safety(C.schedule(C.POLAR_EXPRESS_L7E4, 5)),
+    normalization="schatten8",  # best for 5 steps
+    safety=C.POLAR_EXPRESS_SAFETY,
+)
 MUON = dict(norm="spectral", momentum=0.95, nesterov=True, scale_rule="muon")
 
 DB: list[OptimInfo] = [
@@ -120,35 +127,56 @@ DB: list[OptimInfo] = [
     OptimInfo("Muon-bf16", _recipe(steepest.Muon, dtype=torch.bfloat16), dict(MUON, **NS5), float64_tol=5e-2),
     OptimInfo("Muon-float64", _recipe(steepest.Muon, dtype=torch.float64), dict(MUON, **NS5)),
     OptimInfo("Muon-polar_express", _recipe(steepest.Muon, method="polar_express", dtype=None), dict(MUON, **PE5)),
-    OptimInfo("Muon-rms", _recipe(steepest.Muon, adjust_lr_fn="match_rms_adamw", dtype=None),
-              dict(MUON, **NS5, scale_rule="rms")),
+    OptimInfo(
+        "Muon-rms",
+        _recipe(steepest.Muon, adjust_lr_fn="match_rms_adamw", dtype=None),
+        dict(MUON, **NS5, scale_rule="rms"),
+    ),
     OptimInfo("SpecGD", _recipe(steepest.SpecGD), dict(norm="spectral")),
-    OptimInfo("SpecGD-dual-nesterov", _recipe(steepest.SpecGD, step_size="dual", momentum=0.9, nesterov=True),
-              dict(norm="spectral", step_size="dual", momentum=0.9, nesterov=True)),
+    OptimInfo(
+        "SpecGD-dual-nesterov",
+        _recipe(steepest.SpecGD, step_size="dual", momentum=0.9, nesterov=True),
+        dict(norm="spectral", step_size="dual", momentum=0.9, nesterov=True),
+    ),
     OptimInfo("SignSGD", _recipe(steepest.SignSGD), dict(norm="linf")),
     OptimInfo("Signum", _recipe(steepest.SignSGD, momentum=0.9), dict(norm="linf", momentum=0.9)),
     OptimInfo("SchattenDescent-p4", _recipe(steepest.SchattenDescent, p=4.0), dict(norm="schatten", p=4.0)),
-    OptimInfo("SchattenDescent-pinf-ns", _recipe(steepest.SchattenDescent, p=math.inf, method="newton_schulz"),
-              dict(norm="spectral", **NS5)),
+    OptimInfo(
+        "SchattenDescent-pinf-ns",
+        _recipe(steepest.SchattenDescent, p=math.inf, method="newton_schulz"),
+        dict(norm="spectral", **NS5),
+    ),
     OptimInfo("GD", _recipe(steepest.GD), dict(norm="frobenius", step_size="dual")),
-    OptimInfo("GD-momentum", _recipe(steepest.GD, momentum=0.9), dict(norm="frobenius", step_size="dual", momentum=0.9)),
+    OptimInfo(
+        "GD-momentum", _recipe(steepest.GD, momentum=0.9), dict(norm="frobenius", step_size="dual", momentum=0.9)
+    ),
 ]
 # SteepestDescent over norms x step sizes x tensor modes
 for _norm, _p in (("frobenius", None), ("spectral", None), ("linf", None), ("schatten", 3.0)):
     for _step in ("fixed", "dual"):
         for _mode in ("flatten", "batch"):
-            DB.append(OptimInfo(f"SteepestDescent-{_norm}-{_step}-{_mode}",
-                                _sd(norm=_norm, p=_p, step_size=_step, tensor_mode=_mode, momentum=0.5),
-                                dict(norm=_norm, p=_p, step_size=_step, tensor_mode=_mode, momentum=0.5)))
+            DB.append(
+                OptimInfo(
+                    f"SteepestDescent-{_norm}-{_step}-{_mode}",
+                    _sd(norm=_norm, p=_p, step_size=_step, tensor_mode=_mode, momentum=0.5),
+                    dict(norm=_norm, p=_p, step_size=_step, tensor_mode=_mode, momentum=0.5),
+                )
+            )
 DB += [
     OptimInfo("Adaptive-proxy", _adaptive(), dict(adaptive=True)),
     OptimInfo("Adaptive-spec_sign", _adaptive(with_model=True), dict(adaptive=True)),
-    OptimInfo("Adaptive-dd", _adaptive(with_model=True, criterion="dd", candidates=("spectral", "frobenius")),
-              dict(adaptive=True)),
+    OptimInfo(
+        "Adaptive-dd",
+        _adaptive(with_model=True, criterion="dd", candidates=("spectral", "frobenius")),
+        dict(adaptive=True),
+    ),
     OptimInfo("Adaptive-oracle", _adaptive(with_model=True, criterion="oracle"), dict(adaptive=True)),
     OptimInfo("Muon-batched", _batched(_recipe(steepest.Muon, dtype=None)), dict(MUON, **NS5)),
-    OptimInfo("SpecGD-batched", _batched(_recipe(steepest.SpecGD, tensor_mode="batch")),
-              dict(norm="spectral", tensor_mode="batch")),
+    OptimInfo(
+        "SpecGD-batched",
+        _batched(_recipe(steepest.SpecGD, tensor_mode="batch")),
+        dict(norm="spectral", tensor_mode="batch"),
+    ),
     OptimInfo("Adaptive-batched", _batched(_adaptive()), dict(adaptive=True)),
     OptimInfo("distributed-Muon", _distributed(_recipe(steepest.Muon, dtype=None)), dict(MUON, **NS5)),
     OptimInfo("distributed-Adaptive", _distributed(_adaptive(with_model=True)), dict(adaptive=True)),
@@ -204,59 +232,111 @@ _COMMON_ERRORS = (
     ErrorInput(dict(weight_decay=-0.1), "weight_decay must be in [0.0, inf), got -0.1"),
     ErrorInput(dict(nonfinite="bogus"), "nonfinite must be one of ('raise', 'skip'), got 'bogus'"),
 )
-_METHOD_ERROR = ErrorInput(dict(method="bogus"),
-                           "method must be one of ('svd', 'newton_schulz', 'polar_express'), got 'bogus'")
+_METHOD_ERROR = ErrorInput(
+    dict(method="bogus"), "method must be one of ('svd', 'newton_schulz', 'polar_express'), got 'bogus'"
+)
 
 CLASS_DB: dict[str, ClassInfo] = {
-    "Muon": ClassInfo(steepest.Muon, inputs=dict(
-        # weight_decay=0.0: the frozen values and convergence bounds predate torch's default decay of 0.1
-        frozen=dict(lr=0.1, weight_decay=0.0, dtype=torch.float32), mlp=dict(lr=0.02, weight_decay=0.0),
-        least_squares=dict(lr=0.1, weight_decay=0.0),
-        batched_bf16=dict(lr=0.02, weight_decay=0.1), batched_fp32=dict(lr=0.02, weight_decay=0.1, dtype=torch.float32),
-        batched_polar_express=dict(lr=0.02, method="polar_express", dtype=torch.float32),
-    ), error_inputs=_COMMON_ERRORS + (
-        _METHOD_ERROR,
-        ErrorInput(dict(adjust_lr_fn="bogus"),  # torch.optim.Muon's own message (the drop-in contract)
-                   "Adjust learning rate function bogus is not supported: use None, 'original' or 'match_rms_adamw'"),
-        ErrorInput(dict(dtype="float8"),
-                   "dtype must be one of ['bfloat16', 'float16', 'float32', 'float64'] or None, got 'float8'"),
-    )),
-    "SpecGD": ClassInfo(steepest.SpecGD, inputs=dict(
-        frozen=dict(lr=0.1), mlp=dict(lr=0.02, momentum=0.9), least_squares=dict(lr=0.1, momentum=0.9),
-        batched=dict(lr=0.05), batched_dual_momentum=dict(lr=1e-3, step_size="dual", momentum=0.9, nesterov=True),
-        single_candidate=dict(),
-    ), error_inputs=_COMMON_ERRORS + (
-        _METHOD_ERROR,
-        ErrorInput(dict(step_size="bogus"), "step_size must be one of ('fixed', 'dual'), got 'bogus'"),
-    )),
-    "SignSGD": ClassInfo(steepest.SignSGD, inputs=dict(
-        frozen=dict(lr=0.1, momentum=0.9), mlp=dict(lr=2e-3, momentum=0.9), single_candidate=dict(),
-    ), error_inputs=_COMMON_ERRORS + (
-        ErrorInput(dict(tensor_mode="bogus"), "tensor_mode must be one of ('flatten', 'batch'), got 'bogus'"),
-    )),
-    "SchattenDescent": ClassInfo(steepest.SchattenDescent, inputs=dict(
-        frozen=dict(lr=0.1, p=4.0), mlp=dict(lr=0.02, p=8.0, momentum=0.9),
-        least_squares=dict(lr=0.1, p=8.0, momentum=0.9), batched_pinf=dict(lr=0.05, p=math.inf),
-    ), error_inputs=_COMMON_ERRORS + (
-        ErrorInput(dict(p=0.5), "Schatten exponent p must be a number in [1, inf], got 0.5"),
-        ErrorInput(dict(p="x"), "Schatten exponent p must be a number in [1, inf], got 'x'"),
-    )),
-    "GD": ClassInfo(steepest.GD, inputs=dict(
-        frozen=dict(lr=0.1, momentum=0.5), mlp=dict(lr=0.1, momentum=0.9), least_squares=dict(lr=0.5, momentum=0.9),
-    ), error_inputs=_COMMON_ERRORS + (
-        ErrorInput(dict(weight_decay=float("inf")), "weight_decay must be in [0.0, inf), got inf"),
-    )),
-    "SteepestDescent": ClassInfo(steepest.SteepestDescent, inputs=dict(
-        single_candidate=dict(norm="frobenius"),
-    ), error_inputs=_COMMON_ERRORS + (
-        ErrorInput(dict(norm="bogus"), "norm must be one of ('frobenius', 'spectral', 'linf', 'schatten'), got 'bogus'"),
-        ErrorInput(dict(norm="schatten"), "Schatten exponent p must be a number in [1, inf], got None"),
-        ErrorInput(dict(scale_rule="bogus"), "scale_rule must be one of ('none', 'muon', 'rms', 'spectral'), got 'bogus'"),
-    )),
-    "Adaptive": ClassInfo(steepest.Adaptive, inputs=dict(), error_inputs=_COMMON_ERRORS + (
-        ErrorInput(dict(candidates=()),
-                   "candidates must be distinct names from ('spectral', 'linf', 'frobenius'), got ()"),
-        ErrorInput(dict(every=0), "every must be a positive int, got 0"),
-        ErrorInput(dict(criterion="bogus"), "criterion must be one of ('spec_sign', 'dd', 'oracle'), got 'bogus'"),
-    )),
+    "Muon": ClassInfo(
+        steepest.Muon,
+        inputs=dict(
+            # weight_decay=0.0: the frozen values and convergence bounds predate torch's default decay of 0.1
+            frozen=dict(lr=0.1, weight_decay=0.0, dtype=torch.float32),
+            mlp=dict(lr=0.02, weight_decay=0.0),
+            least_squares=dict(lr=0.1, weight_decay=0.0),
+            batched_bf16=dict(lr=0.02, weight_decay=0.1),
+            batched_fp32=dict(lr=0.02, weight_decay=0.1, dtype=torch.float32),
+            batched_polar_express=dict(lr=0.02, method="polar_express", dtype=torch.float32),
+        ),
+        error_inputs=_COMMON_ERRORS
+        + (
+            _METHOD_ERROR,
+            ErrorInput(
+                dict(adjust_lr_fn="bogus"),  # torch.optim.Muon's own message (the drop-in contract)
+                "Adjust learning rate function bogus is not supported: use None, 'original' or 'match_rms_adamw'",
+            ),
+            ErrorInput(
+                dict(dtype="float8"),
+                "dtype must be one of ['bfloat16', 'float16', 'float32', 'float64'] or None, got 'float8'",
+            ),
+        ),
+    ),
+    "SpecGD": ClassInfo(
+        steepest.SpecGD,
+        inputs=dict(
+            frozen=dict(lr=0.1),
+            mlp=dict(lr=0.02, momentum=0.9),
+            least_squares=dict(lr=0.1, momentum=0.9),
+            batched=dict(lr=0.05),
+            batched_dual_momentum=dict(lr=1e-3, step_size="dual", momentum=0.9, nesterov=True),
+            single_candidate=dict(),
+        ),
+        error_inputs=_COMMON_ERRORS
+        + (
+            _METHOD_ERROR,
+            ErrorInput(dict(step_size="bogus"), "step_size must be one of ('fixed', 'dual'), got 'bogus'"),
+        ),
+    ),
+    "SignSGD": ClassInfo(
+        steepest.SignSGD,
+        inputs=dict(
+            frozen=dict(lr=0.1, momentum=0.9),
+            mlp=dict(lr=2e-3, momentum=0.9),
+            single_candidate=dict(),
+        ),
+        error_inputs=_COMMON_ERRORS
+        + (ErrorInput(dict(tensor_mode="bogus"), "tensor_mode must be one of ('flatten', 'batch'), got 'bogus'"),),
+    ),
+    "SchattenDescent": ClassInfo(
+        steepest.SchattenDescent,
+        inputs=dict(
+            frozen=dict(lr=0.1, p=4.0),
+            mlp=dict(lr=0.02, p=8.0, momentum=0.9),
+            least_squares=dict(lr=0.1, p=8.0, momentum=0.9),
+            batched_pinf=dict(lr=0.05, p=math.inf),
+        ),
+        error_inputs=_COMMON_ERRORS
+        + (
+            ErrorInput(dict(p=0.5), "Schatten exponent p must be a number in [1, inf], got 0.5"),
+            ErrorInput(dict(p="x"), "Schatten exponent p must be a number in [1, inf], got 'x'"),
+        ),
+    ),
+    "GD": ClassInfo(
+        steepest.GD,
+        inputs=dict(
+            frozen=dict(lr=0.1, momentum=0.5),
+            mlp=dict(lr=0.1, momentum=0.9),
+            least_squares=dict(lr=0.5, momentum=0.9),
+        ),
+        error_inputs=_COMMON_ERRORS
+        + (ErrorInput(dict(weight_decay=float("inf")), "weight_decay must be in [0.0, inf), got inf"),),
+    ),
+    "SteepestDescent": ClassInfo(
+        steepest.SteepestDescent,
+        inputs=dict(
+            single_candidate=dict(norm="frobenius"),
+        ),
+        error_inputs=_COMMON_ERRORS
+        + (
+            ErrorInput(
+                dict(norm="bogus"), "norm must be one of ('frobenius', 'spectral', 'linf', 'schatten'), got 'bogus'"
+            ),
+            ErrorInput(dict(norm="schatten"), "Schatten exponent p must be a number in [1, inf], got None"),
+            ErrorInput(
+                dict(scale_rule="bogus"), "scale_rule must be one of ('none', 'muon', 'rms', 'spectral'), got 'bogus'"
+            ),
+        ),
+    ),
+    "Adaptive": ClassInfo(
+        steepest.Adaptive,
+        inputs=dict(),
+        error_inputs=_COMMON_ERRORS
+        + (
+            ErrorInput(
+                dict(candidates=()), "candidates must be distinct names from ('spectral', 'linf', 'frobenius'), got ()"
+            ),
+            ErrorInput(dict(every=0), "every must be a positive int, got 0"),
+            ErrorInput(dict(criterion="bogus"), "criterion must be one of ('spec_sign', 'dd', 'oracle'), got 'bogus'"),
+        ),
+    ),
 }

@@ -24,7 +24,11 @@ def quadratic(kind, d=16, N=64):
     g = _gen(0)
     U = torch.linalg.qr(torch.randn(N, d, generator=g, dtype=torch.float64)).Q
     V = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64)).Q
-    s = torch.ones(d, dtype=torch.float64) if kind == "high" else torch.cat([torch.tensor([10.0]), torch.full((d - 1,), 0.3)]).double()
+    s = (
+        torch.ones(d, dtype=torch.float64)
+        if kind == "high"
+        else torch.cat([torch.tensor([10.0]), torch.full((d - 1,), 0.3)]).double()
+    )
     A = (U * s) @ V.T * N**0.5
     return A, torch.randn(N, d, generator=g, dtype=torch.float64)
 
@@ -47,16 +51,33 @@ def run_quadratic(A, Y, make, steps=15):
 def test_quadratic_picks_davis_drusvyatskiy_winner(kind, winner):
     A, Y = quadratic(kind)
     N = A.shape[0]
-    L = {"spectral": float(torch.linalg.matrix_norm(A, "fro")) ** 2 / N,   # L_* = ||A||_F^2 / N
-         "frobenius": float(torch.linalg.matrix_norm(A, 2)) ** 2 / N}      # L_F = ||A||_op^2 / N
+    L = {
+        "spectral": float(torch.linalg.matrix_norm(A, "fro")) ** 2 / N,  # L_* = ||A||_F^2 / N
+        "frobenius": float(torch.linalg.matrix_norm(A, 2)) ** 2 / N,
+    }  # L_F = ||A||_op^2 / N
     G0 = -(A.T @ Y).T / N
     theory = "spectral" if C.davis_drusvyatskiy(G0, A)["winner"] == "spectral" else "frobenius"
     assert theory == winner
-    fixed = {g: run_quadratic(A, Y, lambda m, g=g: steepest.SteepestDescent(
-        m.parameters(), lr=1 / L[g], norm=g, step_size="dual"))[0] for g in L}
-    losses, opt = run_quadratic(A, Y, lambda m: steepest.Adaptive(
-        m.parameters(), lr=1.0, model=m, criterion="dd", candidates=("spectral", "frobenius"), every=1,
-        step_size="dual", lr_multipliers={g: 1 / L[g] for g in L}))
+    fixed = {
+        g: run_quadratic(
+            A, Y, lambda m, g=g: steepest.SteepestDescent(m.parameters(), lr=1 / L[g], norm=g, step_size="dual")
+        )[0]
+        for g in L
+    }
+    losses, opt = run_quadratic(
+        A,
+        Y,
+        lambda m: steepest.Adaptive(
+            m.parameters(),
+            lr=1.0,
+            model=m,
+            criterion="dd",
+            candidates=("spectral", "frobenius"),
+            every=1,
+            step_size="dual",
+            lr_multipliers={g: 1 / L[g] for g in L},
+        ),
+    )
     assert opt.history[0]["geometry"] == winner
     best = min(fixed.values(), key=lambda v: v[-1])
     # float64 trajectories; 1e-9 relative absorbs round-off when Adaptive follows the same steps
@@ -111,10 +132,16 @@ def theory_winner(B, draws=16):
 @pytest.mark.parametrize("B,winner", [(2048, "linf"), (8, "spectral")])
 def test_sparse_gradient_batch_size_decides(B, winner):
     assert theory_winner(B) == winner
-    fixed = {g: run_sparse(B, lambda m, g=g: steepest.SteepestDescent(m.parameters(), lr=0.5, norm=g))[0]
-             for g in ("linf", "spectral")}
-    losses, opt = run_sparse(B, lambda m: steepest.Adaptive(
-        m.parameters(), lr=0.5, model=m, candidates=("spectral", "linf"), every=5, rms_match=False))
+    fixed = {
+        g: run_sparse(B, lambda m, g=g: steepest.SteepestDescent(m.parameters(), lr=0.5, norm=g))[0]
+        for g in ("linf", "spectral")
+    }
+    losses, opt = run_sparse(
+        B,
+        lambda m: steepest.Adaptive(
+            m.parameters(), lr=0.5, model=m, candidates=("spectral", "linf"), every=5, rms_match=False
+        ),
+    )
     assert opt.history[0]["geometry"] == winner and opt.history[0]["source"] == "spec_sign"
     best = min(fixed.values(), key=lambda v: sum(v))
     # at least as good as the better fixed geometry over the whole curve (sum of losses) and at the
@@ -213,17 +240,21 @@ def test_adaptive_bad_arguments():
 
 
 # ------------------------------------------------------------------ choices alone make the difference
-@pytest.mark.parametrize("geometry, fixed_class", [("spectral", "SpecGD"), ("linf", "SignSGD"),
-                                                   ("frobenius", "SteepestDescent")])
+@pytest.mark.parametrize(
+    "geometry, fixed_class", [("spectral", "SpecGD"), ("linf", "SignSGD"), ("frobenius", "SteepestDescent")]
+)
 def test_single_candidate_is_the_fixed_optimizer_bit_for_bit(geometry, fixed_class):
     """With one candidate (and no RMS matching) Adaptive takes exactly the fixed optimizer's steps: the same
     kernel, the same settings; only the choice could differ, and there is none."""
     g = torch.Generator().manual_seed(0)
     W0, grads = torch.randn(12, 8, generator=g), [torch.randn(12, 8, generator=g) for _ in range(6)]
     out = []
-    for make in (lambda ps, **kw: steepest.Adaptive(ps, candidates=(geometry,), initial=geometry, every=2,
-                                                     rms_match=False, **kw),
-                 functools.partial(CLASS_DB[fixed_class].make, "single_candidate")):
+    for make in (
+        lambda ps, **kw: steepest.Adaptive(
+            ps, candidates=(geometry,), initial=geometry, every=2, rms_match=False, **kw
+        ),
+        functools.partial(CLASS_DB[fixed_class].make, "single_candidate"),
+    ):
         W = torch.nn.Parameter(W0.clone())
         opt = make([W], lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1)
         for G in grads:
@@ -240,8 +271,10 @@ def test_rms_match_spectral_is_specgd_bit_for_bit_and_matches_rms():
     W0, grads = torch.randn(24, 8, generator=g), [torch.randn(24, 8, generator=g) for _ in range(5)]
     kw = dict(lr=0.02, momentum=0.95, nesterov=True, scale_rule="muon", method="polar_express")
     out = []
-    for make in (lambda ps: steepest.Adaptive(ps, candidates=("spectral",), rms_match="spectral", **kw),
-                 lambda ps: steepest.SpecGD(ps, **kw)):
+    for make in (
+        lambda ps: steepest.Adaptive(ps, candidates=("spectral",), rms_match="spectral", **kw),
+        lambda ps: steepest.SpecGD(ps, **kw),
+    ):
         W = torch.nn.Parameter(W0.clone())
         opt = make([W])
         for G in grads:
@@ -252,8 +285,16 @@ def test_rms_match_spectral_is_specgd_bit_for_bit_and_matches_rms():
     rms = {}
     for geom in ("spectral", "frobenius", "linf"):
         W = torch.nn.Parameter(W0.clone())
-        opt = steepest.Adaptive([W], candidates=(geom,), initial=geom, rms_match="spectral", lr=0.02,
-                                momentum=0.0, scale_rule="muon", **({"method": "svd"} if geom == "spectral" else {}))
+        opt = steepest.Adaptive(
+            [W],
+            candidates=(geom,),
+            initial=geom,
+            rms_match="spectral",
+            lr=0.02,
+            momentum=0.0,
+            scale_rule="muon",
+            **({"method": "svd"} if geom == "spectral" else {}),
+        )
         W.grad = grads[0].clone()
         opt.step()
         rms[geom] = float((W.detach() - W0).pow(2).mean().sqrt())
@@ -269,8 +310,9 @@ def test_rms_match_spectral_is_specgd_bit_for_bit_and_matches_rms():
 def _ulp_perturbed(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """t with every entry moved by one ulp up or down at random."""
     up = torch.rand(t.shape, generator=g) < 0.5
-    return torch.where(up, torch.nextafter(t, torch.full_like(t, math.inf)),
-                       torch.nextafter(t, torch.full_like(t, -math.inf)))
+    return torch.where(
+        up, torch.nextafter(t, torch.full_like(t, math.inf)), torch.nextafter(t, torch.full_like(t, -math.inf))
+    )
 
 
 @pytest.mark.parametrize("criterion", ["proxy", "dd"])
@@ -314,8 +356,9 @@ def test_a_near_tie_never_switches_the_first_decision(eps):
     assert opt.geometries() == {"group0.0": "spectral"}
     scores.decrease["frobenius"] = scores.snr["frobenius"] = 1.2  # a real win: switches at once
     scores.winner = "frobenius"
-    opt2 = steepest.Adaptive([torch.nn.Parameter(torch.randn(6, 4))], lr=0.01, every=1,
-                             candidates=("spectral", "frobenius"))
+    opt2 = steepest.Adaptive(
+        [torch.nn.Parameter(torch.randn(6, 4))], lr=0.01, every=1, candidates=("spectral", "frobenius")
+    )
     opt2.chooser._scores = opt.chooser._scores
     opt2.param_groups[0]["params"][0].grad = torch.randn(6, 4)
     opt2.step()
@@ -332,8 +375,16 @@ def test_oracle_adaptive_takes_the_measured_winner_and_then_the_fixed_step():
     x, y = torch.randn(64, 8), torch.randn(64, 4)
     xh, yh = torch.randn(64, 8), torch.randn(64, 4)
     held_out = lambda: (model(xh) - yh).square().mean()  # noqa: E731
-    opt = steepest.Adaptive(model.parameters(), lr=0.01, every=1, model=model, criterion="oracle",
-                            oracle_loss=held_out, rms_match=False, oracle_step="best")
+    opt = steepest.Adaptive(
+        model.parameters(),
+        lr=0.01,
+        every=1,
+        model=model,
+        criterion="oracle",
+        oracle_loss=held_out,
+        rms_match=False,
+        oracle_step="best",
+    )
     (model(x) - y).square().mean().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     expected = oracle_winners(layer_oracle(model, held_out, grads, geometries=[(g, None) for g in opt.candidates]))
@@ -360,14 +411,24 @@ def test_oracle_at_the_own_step_takes_the_candidate_step_that_lowers_the_held_ou
     xh, yh = torch.randn(64, 8), torch.randn(64, 4)
     held_out = lambda: (model(xh) - yh).square().mean()  # noqa: E731
     kw = dict(lr=0.05, momentum=0.9, nesterov=True, scale_rule="muon", rms_match="spectral")
-    opt = steepest.Adaptive(model.parameters(), every=2, model=model, criterion="oracle", oracle_loss=held_out,
-                            candidates=("spectral", "frobenius", "linf"), method="svd", **kw)
+    opt = steepest.Adaptive(
+        model.parameters(),
+        every=2,
+        model=model,
+        criterion="oracle",
+        oracle_loss=held_out,
+        candidates=("spectral", "frobenius", "linf"),
+        method="svd",
+        **kw,
+    )
     for t in range(3):
         opt.zero_grad()
         (model(x + 0.1 * t) - y).square().mean().backward()
         W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-        bufs = {n: opt.state[p]["momentum_buffer"].clone() if "momentum_buffer" in opt.state[p] else None
-                for n, p in model.named_parameters()}
+        bufs = {
+            n: opt.state[p]["momentum_buffer"].clone() if "momentum_buffer" in opt.state[p] else None
+            for n, p in model.named_parameters()
+        }
         if t % 2 == 0:  # a decision step: compute the candidate steps by hand through fixed optimizers
             cands = {}
             for geom in opt.candidates:
@@ -375,8 +436,13 @@ def test_oracle_at_the_own_step_takes_the_candidate_step_that_lowers_the_held_ou
                 probe_model.load_state_dict(model.state_dict())
                 for (_, q), (_, p) in zip(probe_model.named_parameters(), model.named_parameters()):
                     q.grad = p.grad.clone()
-                fixed = steepest.Adaptive(probe_model.parameters(), candidates=(geom,), initial=geom,
-                                          **({"method": "svd"} if geom == "spectral" else {}), **kw)
+                fixed = steepest.Adaptive(
+                    probe_model.parameters(),
+                    candidates=(geom,),
+                    initial=geom,
+                    **({"method": "svd"} if geom == "spectral" else {}),
+                    **kw,
+                )
                 for (_, q), b in zip(probe_model.named_parameters(), bufs.values()):
                     if b is not None:
                         fixed.state[q]["momentum_buffer"] = b.clone()
@@ -418,13 +484,17 @@ def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
 
     g = torch.Generator().manual_seed(d)
     A = (torch.randn(1024, d, generator=g) * torch.logspace(0, -1.5, d)) @ torch.linalg.qr(
-        torch.randn(d, d, generator=g)).Q
+        torch.randn(d, d, generator=g)
+    ).Q
     G = torch.randn(48, d, generator=g)
     fast = C.dd_scores(G, A).decrease
     Ad, Gd = A.double(), G.double()
     exact = C.score_geometries(
-        {"spectral": float(torch.linalg.svdvals(Gd).sum()), "frobenius": float(Gd.norm())}, None, None,
-        {"spectral": float(Ad.norm()) ** 2 / 1024, "frobenius": float(torch.linalg.svdvals(Ad)[0]) ** 2 / 1024}).decrease
+        {"spectral": float(torch.linalg.svdvals(Gd).sum()), "frobenius": float(Gd.norm())},
+        None,
+        None,
+        {"spectral": float(Ad.norm()) ** 2 / 1024, "frobenius": float(torch.linalg.svdvals(Ad)[0]) ** 2 / 1024},
+    ).decrease
     # spectral: float32 Gram eigenvalues and sums, ~1e-6 relative; 1e-5 leaves a margin for the squares
     assert fast["spectral"] == pytest.approx(exact["spectral"], rel=1e-5)
     # a rank-1 gradient (up to its float32 rounding): the small singular values are ~1e-7 s_1, which a

@@ -251,8 +251,9 @@ def test_dual_step_overflow_raises_before_any_change_or_skips_only_that_member(p
     'skip' only that member is skipped and counted."""
     big, small = (torch.nn.Parameter(torch.zeros(8, 8)) for _ in range(2))
     vec = torch.nn.Parameter(torch.zeros(3))
-    opt = steepest.SpecGD([dict(params=[big, small]), dict(params=[vec], algorithm="adamw")], lr=1e-4,
-                          step_size="dual", nonfinite=policy)
+    opt = steepest.SpecGD(
+        [dict(params=[big, small]), dict(params=[vec], algorithm="adamw")], lr=1e-4, step_size="dual", nonfinite=policy
+    )
     opt.executor = EXECUTORS[True]
     big.grad, small.grad, vec.grad = torch.full((8, 8), 1e38), torch.eye(8), torch.ones(3)
     if policy == "raise":
@@ -314,8 +315,7 @@ def test_polar_range_fallback_matches_the_unscaled_input():
         # bf16 NS5 from a rescaled input: the prescale changes each entry's bf16 rounding (2^-9
         # relative), which NS5 carries to ~1e-2 absolute at most on O(0.3) entries.
         assert torch.isfinite(out).all() and (out - ref).abs().max() < 3e-2
-    assert torch.equal(steepest.polar(torch.zeros(6, 4), "newton_schulz", 5, dtype=torch.bfloat16),
-                       torch.zeros(6, 4))
+    assert torch.equal(steepest.polar(torch.zeros(6, 4), "newton_schulz", 5, dtype=torch.bfloat16), torch.zeros(6, 4))
     # An input already in the iteration dtype is divided out of place: never modified (either path).
     for H in (G.bfloat16(), (G * 1e25).bfloat16()):
         H0 = H.clone()

@@ -37,8 +37,11 @@ def test_sweep_out_holds_the_cache_unless_cache_is_given(tmp_path, monkeypatch):
     assert main(["sweep", "--quick", "--optimizers", "adamw", "--out", str(tmp_path)]) == 0
     assert main(["sweep", "--quick", "--optimizers", "adamw", "--cache", str(tmp_path / "c.json")]) == 0
     assert main(["sweep", "--quick", "--optimizers", "adamw"]) == 0
-    assert [Path(k["cache"]) for k in seen] == [tmp_path / "sweep-cache.json", tmp_path / "c.json",
-                                                Path("runs") / "sweep-cache.json"]
+    assert [Path(k["cache"]) for k in seen] == [
+        tmp_path / "sweep-cache.json",
+        tmp_path / "c.json",
+        Path("runs") / "sweep-cache.json",
+    ]
 
 
 def test_exit_codes_no_command_and_bad_usage(capsys):
@@ -51,6 +54,7 @@ def test_exit_codes_no_command_and_bad_usage(capsys):
 
 
 def test_module_entry_point_runs(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "steepest.app.cli", "--help"], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "steepest.app.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "compare" in r.stdout and "reproduce" in r.stdout

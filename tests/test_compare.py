@@ -20,15 +20,24 @@ QUICK = dict(size="quick", progress=False, log=None)
 
 
 def _evals(run_dir, name):
-    return [(r["step"], r["val_loss"]) for r in read_jsonl(run_dir / "metrics" / f"{name}.jsonl") if r["kind"] == "eval"]
+    return [
+        (r["step"], r["val_loss"]) for r in read_jsonl(run_dir / "metrics" / f"{name}.jsonl") if r["kind"] == "eval"
+    ]
 
 
 def test_quick_mnist_end_to_end_writes_files_and_table(tmp_path):
     names = ["adamw", "muon", "signum"]
     r = compare("mnist", names, run_dir=tmp_path / "run", **QUICK)
     run = tmp_path / "run"
-    for f in ("config.json", "environment.json", "summary.json", "table.txt", "report.html", "routing.txt",
-              "figures/val_loss.png"):
+    for f in (
+        "config.json",
+        "environment.json",
+        "summary.json",
+        "table.txt",
+        "report.html",
+        "routing.txt",
+        "figures/val_loss.png",
+    ):
         assert (run / f).exists(), f
     for n in names:
         assert (run / "checkpoints" / f"{n}.pt").exists() and (run / "results" / f"{n}.json").exists()
@@ -74,8 +83,7 @@ def test_quick_charlm_and_cnn_every_geometry(tmp_path):
     html = (tmp_path / "lm" / "report.html").read_text()
     assert "choices_adaptive.png" in html and "diag_ratio_adaptive.png" in html
     assert not (tmp_path / "lm" / "diagnostics" / "torch-muon.jsonl").exists()  # a pair is not monitored
-    c = compare("mnist-cnn", ["adamw", "muon"], steps=10, eval_every=5, run_dir=tmp_path / "cnn", report=False,
-                **QUICK)
+    c = compare("mnist-cnn", ["adamw", "muon"], steps=10, eval_every=5, run_dir=tmp_path / "cnn", report=False, **QUICK)
     assert all(math.isfinite(row["final_val"]) for row in c.rows)
     routing = (tmp_path / "cnn" / "routing.txt").read_text()
     assert "conv1.weight" in routing and "Conv2d kernel" in routing
@@ -101,8 +109,9 @@ def test_resume_after_interrupt_gives_identical_numbers(tmp_path):
         assert a["final_val"] == b["final_val"] and a["best_val"] == b["best_val"]
         assert _evals(tmp_path / "full", a["optimizer"]) == _evals(tmp_path / "cut", b["optimizer"])
     # The monitor's records (muon is monitored) are also those of the uninterrupted run.
-    assert read_jsonl(tmp_path / "cut" / "diagnostics" / "muon.jsonl") == \
-        read_jsonl(tmp_path / "full" / "diagnostics" / "muon.jsonl")
+    assert read_jsonl(tmp_path / "cut" / "diagnostics" / "muon.jsonl") == read_jsonl(
+        tmp_path / "full" / "diagnostics" / "muon.jsonl"
+    )
     train = [x["step"] for x in read_jsonl(tmp_path / "cut" / "metrics" / "muon.jsonl") if x["kind"] == "train"]
     assert train == list(range(20))  # steps after the checkpoint were dropped and redone, none twice
     with pytest.raises(ConfigError, match="differs in steps"):
@@ -122,16 +131,19 @@ def test_diverging_optimizer_is_recorded_and_the_comparison_goes_on(tmp_path):
     assert "diverged at step" in (tmp_path / "run" / "report.html").read_text()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["compare", "--task", "nope"], "unknown task"),
-    (["compare", "--quick", "--optimizers", "adamw,bogus"], "unknown optimizer"),
-    (["compare", "--quick", "--lr", "adamw=fast"], "expected a number"),
-    (["compare", "--quick", "--lr", "adamw=-1"], "positive"),
-    (["compare", "--quick", "--steps", "0"], "positive integers"),
-    (["compare", "--quick", "--task-opt", "bogus=1"], "unknown charlm option"),
-    (["sweep", "--task", "nope"], "unknown task"),
-    (["sweep", "--grid", "muon"], "--grid expects"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "--task", "nope"], "unknown task"),
+        (["compare", "--quick", "--optimizers", "adamw,bogus"], "unknown optimizer"),
+        (["compare", "--quick", "--lr", "adamw=fast"], "expected a number"),
+        (["compare", "--quick", "--lr", "adamw=-1"], "positive"),
+        (["compare", "--quick", "--steps", "0"], "positive integers"),
+        (["compare", "--quick", "--task-opt", "bogus=1"], "unknown charlm option"),
+        (["sweep", "--task", "nope"], "unknown task"),
+        (["sweep", "--grid", "muon"], "--grid expects"),
+    ],
+)
 def test_bad_task_or_option_exits_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
@@ -148,8 +160,24 @@ def test_unknown_flag_and_resume_without_run_exit_2(capsys, tmp_path, monkeypatc
 
 
 def test_cli_quick_run_prints_the_table(capsys, tmp_path):
-    rc = main(["compare", "--quick", "--task", "mnist", "--optimizers", "adamw,signum", "--steps", "6",
-               "--eval-every", "3", "--run-dir", str(tmp_path / "cli"), "--no-progress", "--no-report"])
+    rc = main(
+        [
+            "compare",
+            "--quick",
+            "--task",
+            "mnist",
+            "--optimizers",
+            "adamw,signum",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--run-dir",
+            str(tmp_path / "cli"),
+            "--no-progress",
+            "--no-report",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "final val" in out and "signum" in out and "target = adamw's final validation loss" in out
@@ -208,7 +236,8 @@ def test_user_task_from_the_command_line_and_as_an_object(tmp_path, monkeypatch,
         "    mse = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])\n"
         "    return Task(name='toy', make_model=lambda: nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2)),\n"
         "                batch=lambda seed, step: (X[(step * 16) % 128:][:16], y[(step * 16) % 128:][:16]),\n"
-        "                loss=mse, evaluate=lambda m: float(mse(m, (X, y))), steps=20, eval_every=5)\n")
+        "                loss=mse, evaluate=lambda m: float(mse(m, (X, y))), steps=20, eval_every=5)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     assert main(["compare", "--task", "user_tasks:make", "--optimizers", "adamw,muon", "--no-progress"]) == 0
@@ -217,8 +246,9 @@ def test_user_task_from_the_command_line_and_as_an_object(tmp_path, monkeypatch,
     assert len(list((tmp_path / "runs").glob("compare-toy-*/report.html"))) == 1
     import user_tasks
 
-    r = compare(user_tasks.make(), ["adamw", "signum"], run_dir=tmp_path / "obj", progress=False, log=None,
-                report=False)
+    r = compare(
+        user_tasks.make(), ["adamw", "signum"], run_dir=tmp_path / "obj", progress=False, log=None, report=False
+    )
     assert r.rows[0]["steps_done"] == 20 and all(math.isfinite(x["final_val"]) for x in r.rows)
 
 

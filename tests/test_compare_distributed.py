@@ -51,8 +51,21 @@ def runs(tmp_path_factory):
     one = compare("mnist", NAMES, run_dir=root / "one", **QUICK)
     with pytest.MonkeyPatch.context() as mp:  # bound the CLI's distributed job (default: days)
         mp.setattr("steepest.app.compare.data_parallel.JOB_TIMEOUT_S", TIMEOUT_S)
-        rc = main(["compare", "--task", "mnist", "--quick", "--nproc", "2", "--optimizers", ",".join(NAMES),
-                   "--run-dir", str(root / "two"), "--no-progress"])
+        rc = main(
+            [
+                "compare",
+                "--task",
+                "mnist",
+                "--quick",
+                "--nproc",
+                "2",
+                "--optimizers",
+                ",".join(NAMES),
+                "--run-dir",
+                str(root / "two"),
+                "--no-progress",
+            ]
+        )
     return root, one, rc
 
 
@@ -63,8 +76,9 @@ def test_two_processes_match_one_and_write_each_file_once(runs):
     assert (two_dir / "report.html").exists() and (two_dir / "table.txt").exists()
     assert json.loads((two_dir / "config.json").read_text())["config"]["nproc"] == 2
     # the same files as the 1-process run (plus its report): no rank wrote a file of its own
-    assert _files(two_dir) - {"report.html"} - {p for p in _files(two_dir) if p.startswith("figures/")} == \
-        _files(root / "one")
+    assert _files(two_dir) - {"report.html"} - {p for p in _files(two_dir) if p.startswith("figures/")} == _files(
+        root / "one"
+    )
     summary = json.loads((two_dir / "summary.json").read_text())
     for name in NAMES:
         recs = read_jsonl(two_dir / "metrics" / f"{name}.jsonl")
@@ -142,8 +156,9 @@ def _replicas(names: tuple[str, ...], steps: int) -> dict:
             if name == "adaptive" and t == steps - 1 and info.rank == 1:
                 assert t % opt.every == 0  # the last step is a deciding one
                 # rank 1 decides something else for every layer: the kernel must take rank 0's choice
-                opt.chooser._decide = lambda p, G, state, nm: state.__setitem__("geometry",
-                                                                               (state.get("geometry", 0) + 1) % 3)
+                opt.chooser._decide = lambda p, G, state, nm: state.__setitem__(
+                    "geometry", (state.get("geometry", 0) + 1) % 3
+                )
             opt.zero_grad(set_to_none=True)
             task.loss(ddp, batches(t)).backward()
             opt.step()
@@ -171,8 +186,21 @@ def test_replicas_stay_bit_identical():
 # ------------------------------------------------------------------------------------- no processes spawned
 def test_batch_not_divisible_exits_2_with_a_clear_message(tmp_path, capsys):
     run_dir = tmp_path / "r"
-    rc = main(["compare", "--task", "mnist", "--quick", "--nproc", "3", "--optimizers", "adamw",
-               "--run-dir", str(run_dir), "--no-progress"])
+    rc = main(
+        [
+            "compare",
+            "--task",
+            "mnist",
+            "--quick",
+            "--nproc",
+            "3",
+            "--optimizers",
+            "adamw",
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "batch of 32 examples does not split evenly over --nproc 3" in err and "batch_size" in err

@@ -24,8 +24,16 @@ from steepest.diagnostics import layer_oracle
 
 QUICK = dict(size="quick", progress=False, log=None)
 RUN = dict(steps=12, eval_every=6, monitor_every=3)
-ORACLE_KEYS = ("delta_spectral", "delta_frobenius", "delta_linf", "measured_winner", "measured_winner_sign",
-               "measured_tie", "measured_tie_sign", "oracle_at_edge")
+ORACLE_KEYS = (
+    "delta_spectral",
+    "delta_frobenius",
+    "delta_linf",
+    "measured_winner",
+    "measured_winner_sign",
+    "measured_tie",
+    "measured_tie_sign",
+    "oracle_at_edge",
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +82,9 @@ def test_step_zero_oracle_is_the_layer_oracle_on_the_held_out_batch(runs):
     model.train()
     task.loss(model, task.batch(0, 0)).backward()
     grads = {f"{layer}.weight": dict(model.named_parameters())[f"{layer}.weight"].grad.clone() for layer in diag}
-    res = layer_oracle(model, HeldOutLoss(task, model, 0, step=0), grads, geometries=ORACLE_GEOMETRIES,
-                       search=ORACLE_SEARCH)
+    res = layer_oracle(
+        model, HeldOutLoss(task, model, 0, step=0), grads, geometries=ORACLE_GEOMETRIES, search=ORACLE_SEARCH
+    )
     for layer, d in diag.items():
         for g in ("spectral", "frobenius", "linf"):
             # same weights, gradients and held-out batch, same float32 kernels on one thread: equal numbers
@@ -104,10 +113,20 @@ def test_training_is_bit_identical_with_the_oracle(runs):
 def test_conv_layers_bit_identical_and_measured(tmp_path):
     """mnist-cnn: conv kernels are probed as (out, in*kh*kw) matrices; training is unchanged by the oracle."""
     for tag, k in (("on", 4), ("off", 0)):
-        compare("mnist-cnn", ["adaptive"], steps=8, eval_every=4, monitor_every=4, oracle_every=k,
-                run_dir=tmp_path / tag, report=False, **QUICK)
-    assert _losses(read_jsonl(tmp_path / "on" / "metrics" / "adaptive.jsonl")) == \
-        _losses(read_jsonl(tmp_path / "off" / "metrics" / "adaptive.jsonl"))
+        compare(
+            "mnist-cnn",
+            ["adaptive"],
+            steps=8,
+            eval_every=4,
+            monitor_every=4,
+            oracle_every=k,
+            run_dir=tmp_path / tag,
+            report=False,
+            **QUICK,
+        )
+    assert _losses(read_jsonl(tmp_path / "on" / "metrics" / "adaptive.jsonl")) == _losses(
+        read_jsonl(tmp_path / "off" / "metrics" / "adaptive.jsonl")
+    )
     diag = read_jsonl(tmp_path / "on" / "diagnostics" / "adaptive.jsonl")
     assert {d["kind"] for d in diag} == {"Conv2d", "Linear"} and all("measured_winner" in d for d in diag)
     assert any(d["kind"] == "Conv2d" and d["delta_spectral"] > 0 for d in diag)
@@ -117,9 +136,11 @@ def test_report_agreement_matches_the_records(runs):
     recs = [d for d in read_jsonl(runs / "on" / "diagnostics" / "adaptive.jsonl") if "measured_winner" in d]
     rows = {r["field"]: r for r in agreement_rows(recs)}
     assert set(rows) == {"dd_winner", "choice", "spec_sign_winner"}
-    for field, measured, classes in (("dd_winner", "measured_winner", ("spectral", "frobenius")),
-                                     ("choice", "measured_winner", ("spectral", "frobenius")),
-                                     ("spec_sign_winner", "measured_winner_sign", ("spectral", "linf"))):
+    for field, measured, classes in (
+        ("dd_winner", "measured_winner", ("spectral", "frobenius")),
+        ("choice", "measured_winner", ("spectral", "frobenius")),
+        ("spec_sign_winner", "measured_winner_sign", ("spectral", "linf")),
+    ):
         cells = [d for d in recs if d[measured] in classes and d[field] in classes]
         n_spec = sum(d[measured] == "spectral" for d in cells)
         r = rows[field]
@@ -143,11 +164,11 @@ def test_resume_with_the_oracle_gives_the_same_records(tmp_path):
 
     with pytest.raises(KeyboardInterrupt, match="cut at step 7"):
         compare("charlm", ["adaptive"], run_dir=tmp_path / "cut", oracle_every=6, on_step=stop, **RUN, **QUICK)
-    compare("charlm", ["adaptive"], run_dir=tmp_path / "cut", oracle_every=6, resume=True, report=False,
-            **RUN, **QUICK)
+    compare("charlm", ["adaptive"], run_dir=tmp_path / "cut", oracle_every=6, resume=True, report=False, **RUN, **QUICK)
     compare("charlm", ["adaptive"], run_dir=tmp_path / "full", oracle_every=6, report=False, **RUN, **QUICK)
-    assert read_jsonl(tmp_path / "cut" / "diagnostics" / "adaptive.jsonl") == \
-        read_jsonl(tmp_path / "full" / "diagnostics" / "adaptive.jsonl")
+    assert read_jsonl(tmp_path / "cut" / "diagnostics" / "adaptive.jsonl") == read_jsonl(
+        tmp_path / "full" / "diagnostics" / "adaptive.jsonl"
+    )
     with pytest.raises(ConfigError, match="oracle_every"):  # another interval is another run
         compare("charlm", ["adaptive"], run_dir=tmp_path / "cut", oracle_every=12, resume=True, **RUN, **QUICK)
     # a run directory written before the option existed (no oracle_every in config.json) resumes with it off
@@ -159,19 +180,51 @@ def test_resume_with_the_oracle_gives_the_same_records(tmp_path):
     assert r.rows[0]["steps_done"] == 12
 
 
-@pytest.mark.parametrize("value, monitor_every, match", [
-    (-1, 3, "0 \\(off\\) or a positive integer"), (True, 3, "positive integer"), (2.0, 3, "positive integer"),
-    (5, 3, "multiple of monitor_every"), (6, 0, "the monitor is off")])
+@pytest.mark.parametrize(
+    "value, monitor_every, match",
+    [
+        (-1, 3, "0 \\(off\\) or a positive integer"),
+        (True, 3, "positive integer"),
+        (2.0, 3, "positive integer"),
+        (5, 3, "multiple of monitor_every"),
+        (6, 0, "the monitor is off"),
+    ],
+)
 def test_bad_oracle_every_is_a_clear_error(tmp_path, value, monitor_every, match):
     with pytest.raises(ConfigError, match=match):
-        compare("charlm", ["adaptive"], steps=6, eval_every=3, monitor_every=monitor_every, oracle_every=value,
-                run_dir=tmp_path / "x", **QUICK)
+        compare(
+            "charlm",
+            ["adaptive"],
+            steps=6,
+            eval_every=3,
+            monitor_every=monitor_every,
+            oracle_every=value,
+            run_dir=tmp_path / "x",
+            **QUICK,
+        )
     assert not (tmp_path / "x").exists()  # checked before anything is written
 
 
 def test_cli_bad_oracle_every(tmp_path, capsys):
-    rc = main(["compare", "--quick", "--optimizers", "adaptive", "--steps", "6", "--eval-every", "3",
-               "--monitor-every", "3", "--oracle-every", "4", "--out", str(tmp_path / "y"), "--no-progress"])
+    rc = main(
+        [
+            "compare",
+            "--quick",
+            "--optimizers",
+            "adaptive",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--monitor-every",
+            "3",
+            "--oracle-every",
+            "4",
+            "--out",
+            str(tmp_path / "y"),
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     assert "--oracle-every" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
@@ -181,8 +234,14 @@ def test_held_out_stream_is_another_stream_for_every_seed():
     from steepest.app.compare.runner import HeldOutLoss
 
     seen = []
-    task = type("T", (), {"batch": staticmethod(lambda seed, step: seen.append(seed) or seed),
-                          "loss": staticmethod(lambda model, b: torch.tensor(float(b)))})()
+    task = type(
+        "T",
+        (),
+        {
+            "batch": staticmethod(lambda seed, step: seen.append(seed) or seed),
+            "loss": staticmethod(lambda model, b: torch.tensor(float(b))),
+        },
+    )()
     for seed in (0, 1, 2**31 - 1, 2**31, 2**63 - 1):
         HeldOutLoss(task, torch.nn.Linear(1, 1), seed)()
         assert 0 <= seen[-1] <= 2**63 - 1 and seen[-1] != seed

@@ -43,9 +43,13 @@ def _same(a, b):
 
 def test_every_recipe_is_in_the_database():
     """Adding an optimizer class to steepest must add it to every generic test."""
-    classes = {obj for obj in vars(steepest).values()
-               if inspect.isclass(obj) and issubclass(obj, steepest.SteepestDescent)
-               and obj is not steepest.DistributedSteepest}
+    classes = {
+        obj
+        for obj in vars(steepest).values()
+        if inspect.isclass(obj)
+        and issubclass(obj, steepest.SteepestDescent)
+        and obj is not steepest.DistributedSteepest
+    }
     covered = set()
     for info in DB:
         opt = info.make(Net())
@@ -176,7 +180,7 @@ def test_deepcopy_and_pickle(info, how):
     _train(model, opt, 2)
     if how == "pickle" and getattr(getattr(opt, "chooser", None), "_capture", None):
         opt.remove_hooks()  # hooks are closures on the model: torch cannot pickle such a model at all
-    model2, opt2 = (copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt))))
+    model2, opt2 = copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
     assert type(opt2) is type(opt) and opt2.nonfinite == opt.nonfinite
     _train(model, opt, 2, start=2)
     _train(model2, opt2, 2, start=2)
@@ -187,8 +191,9 @@ def test_deepcopy_and_pickle(info, how):
     opt2.zero_grad()
     loss_fn(model2, 9).backward()
     model2.lin1.weight.grad[0, 0] = float("inf")
-    with pytest.raises(steepest.NonFiniteGradientError,
-                       match=r"non-finite gradient \(NaN or Inf\) in .*no parameter was changed"):
+    with pytest.raises(
+        steepest.NonFiniteGradientError, match=r"non-finite gradient \(NaN or Inf\) in .*no parameter was changed"
+    ):
         opt2.step()
     extra = torch.nn.Parameter(torch.randn(3, 5))
     opt2.add_param_group(dict(params=[extra]))
@@ -207,9 +212,20 @@ def test_add_param_group_after_construction_and_atomic_rejection(info):
         opt.add_param_group(dict(params=[torch.nn.Parameter(torch.randn(3, 3))], lr=float("inf")))
     assert len(opt.param_groups) == n  # rejected groups are not kept
     extra = torch.nn.Parameter(torch.randn(3, 5))
-    opt.add_param_group(dict(params=[extra, vector], names=["extra", "vector"], norm="linf", p=None, lr=0.1,
-                             step_size="fixed", scale_rule="none", momentum=0.0, nesterov=False,
-                             weight_decay=0.0))  # Muon's default decay is 0.1 (torch.optim.Muon's)
+    opt.add_param_group(
+        dict(
+            params=[extra, vector],
+            names=["extra", "vector"],
+            norm="linf",
+            p=None,
+            lr=0.1,
+            step_size="fixed",
+            scale_rule="none",
+            momentum=0.0,
+            nesterov=False,
+            weight_decay=0.0,
+        )
+    )  # Muon's default decay is 0.1 (torch.optim.Muon's)
     x0, v0 = extra.detach().clone(), vector.detach().clone()
     opt.zero_grad()
     loss_fn(model, 0).backward()

@@ -106,7 +106,7 @@ def test_monitor_never_changes_training_and_records(tmp_path):
     assert r["rows"] == 8 * 16 and r["shape"] == [3, 2, 3, 3]  # unfolded: N * H * W rows
     for key in LayerMonitor.FIELDS:
         assert key in r
-    assert r["dd_winner"] in ("spectral", "frobenius")                  # checked against references below
+    assert r["dd_winner"] in ("spectral", "frobenius")  # checked against references below
     assert r["update_fro"] > 0 and r["weight_fro"] > 0 and r["spec_sign_winner"] in ("spectral", "linf")
     lines = (tmp_path / "d.jsonl").read_text().splitlines()
     assert len(lines) == len(recs) and json.loads(lines[0])["layer"] == recs[0]["layer"]
@@ -133,7 +133,7 @@ class Offset(nn.Module):
         return self.fc(x.flatten(1)[:, :6] + 3.0)
 
 
-@pytest.mark.filterwarnings("ignore:LayerMonitor step .* 'frozen' \\(frozen")    # Net's frozen layer, by design
+@pytest.mark.filterwarnings("ignore:LayerMonitor step .* 'frozen' \\(frozen")  # Net's frozen layer, by design
 @pytest.mark.parametrize("method", ["fast", "exact"])
 def test_monitor_nr_st_and_winner_match_independent_reference(method):
     """nr(G) from the layer's own .grad and st(A) from its input captured by our own forward pre-hook
@@ -145,7 +145,8 @@ def test_monitor_nr_st_and_winner_match_independent_reference(method):
         seen = {}
         for name in names:
             getattr(model, name).register_forward_pre_hook(
-                lambda m, args, name=name, seen=seen: seen.__setitem__(name, args[0].detach()))
+                lambda m, args, name=name, seen=seen: seen.__setitem__(name, args[0].detach())
+            )
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
         sink = MemorySink()
         LayerMonitor(model, every=1, sinks=[sink], microbatches=0, method=method).attach(opt)
@@ -175,8 +176,8 @@ def test_monitor_nr_st_and_winner_match_independent_reference(method):
                 assert r["st_A"] == pytest.approx(st, rel=1e-4), (step, name)
                 assert r["grad_fro"] == pytest.approx(float(G.double().norm()), rel=1e-5)
                 assert r["nr_st_ratio"] == pytest.approx(nr / st, rel=2e-4)
-                assert 1.0 <= nr <= min(G.shape) and 1.0 <= st <= min(A.shape)   # both lie in [1, rank]
-                assert abs(nr - st) > 1e-3 * st                          # no near-tie: the winner is decided
+                assert 1.0 <= nr <= min(G.shape) and 1.0 <= st <= min(A.shape)  # both lie in [1, rank]
+                assert abs(nr - st) > 1e-3 * st  # no near-tie: the winner is decided
                 assert r["dd_winner"] == ("spectral" if nr >= st else "frobenius"), (step, name, nr, st)
                 winners[model_fn.__name__, r["dd_winner"]] = True
     # both branches of the rule are exercised (each model reaches both across its layers and steps)
@@ -212,7 +213,7 @@ def test_bad_input():
         LayerMonitor(nn.Linear(2, 2), microbatches=1)
     with pytest.raises(ValueError, match="method must be one of"):
         LayerMonitor(nn.Linear(2, 2), method="svd")
-    assert float(stable_rank(torch.ones(3, 3))) == pytest.approx(1.0)   # rank one: st = 1
+    assert float(stable_rank(torch.ones(3, 3))) == pytest.approx(1.0)  # rank one: st = 1
     assert float(nuclear_rank(torch.ones(3, 3))) == pytest.approx(1.0)
 
 
@@ -223,8 +224,9 @@ def test_tensorboard_sink_without_tensorboard(tmp_path, monkeypatch):
     sinks = sys.modules[TensorBoardSink.__module__]
     # not installed (on this machine, or simulated): a clear ImportError naming the extra, no sink in the defaults
     real_find = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: None if name == "tensorboard" else real_find(name, *a, **k))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a, **k: None if name == "tensorboard" else real_find(name, *a, **k)
+    )
     assert tensorboard_available() is False
     with pytest.raises(ImportError, match=r"needs the 'tensorboard' package: pip install 'steepest\[tensorboard\]'"):
         TensorBoardSink(tmp_path / "tb")
@@ -256,14 +258,33 @@ def test_tensorboard_sink_writes_scalars_through_summary_writer(tmp_path, monkey
     monkeypatch.setattr(sinks, "tensorboard_available", lambda: True)
     sink = TensorBoardSink(tmp_path / "tb")
     assert calls == [("init", str(tmp_path / "tb"))]
-    sink.write({"step": 7, "layer": "fc", "kind": "Linear", "shape": [3, 4], "nr_G": 2.5, "st_A": 1,
-                "nonfinite_grad": False, "nonfinite_activation": True, "c_1": None, "spec_sign_index": float("nan"),
-                "update_op": float("inf"), "dd_winner": "spectral"})
+    sink.write(
+        {
+            "step": 7,
+            "layer": "fc",
+            "kind": "Linear",
+            "shape": [3, 4],
+            "nr_G": 2.5,
+            "st_A": 1,
+            "nonfinite_grad": False,
+            "nonfinite_activation": True,
+            "c_1": None,
+            "spec_sign_index": float("nan"),
+            "update_op": float("inf"),
+            "dd_winner": "spectral",
+        }
+    )
     sink.close()
     # grouped by metric (<metric>/<layer>); numbers as floats, booleans as 0/1, the DD verdict as 1 (spectral);
     # other strings, lists, None and non-finite values skipped; step passed through (the fake has no add_text)
-    assert calls[1:] == [("nr_G/fc", 2.5, 7), ("st_A/fc", 1.0, 7), ("nonfinite_grad/fc", 0.0, 7),
-                         ("nonfinite_activation/fc", 1.0, 7), ("dd_winner/fc", 1.0, 7), ("close",)]
+    assert calls[1:] == [
+        ("nr_G/fc", 2.5, 7),
+        ("st_A/fc", 1.0, 7),
+        ("nonfinite_grad/fc", 0.0, 7),
+        ("nonfinite_activation/fc", 1.0, 7),
+        ("dd_winner/fc", 1.0, 7),
+        ("close",),
+    ]
     assert all(type(c[1]) is float for c in calls[1:-1])
     # default_sinks adds it under <dir>/tensorboard when the package is there
     calls.clear()
@@ -280,7 +301,9 @@ from steepest.geometry import dualize  # noqa: E402
 
 def test_gram_singular_values_match_float64_svd():
     X = torch.randn(3, 40, 25, generator=_gen(7), dtype=torch.float64)
-    L = torch.randn(30, 2, generator=_gen(8), dtype=torch.float64) @ torch.randn(2, 50, generator=_gen(9), dtype=torch.float64)
+    L = torch.randn(30, 2, generator=_gen(8), dtype=torch.float64) @ torch.randn(
+        2, 50, generator=_gen(9), dtype=torch.float64
+    )
     for M in (X, X.mT, L):
         ref = torch.linalg.svdvals(M)
         s = gram_singular_values(M)
@@ -304,8 +327,10 @@ def test_fast_spec_sign_parts_match_references():
     for g in a:
         assert a[g] == pytest.approx(b[g], rel=1e-9)  # same estimator, nuclear norms by Gram vs SVD (float64)
     A = torch.randn(64, 30, generator=_gen(11), dtype=torch.float64)
-    for G in (torch.randn(12, 30, generator=_gen(12), dtype=torch.float64),   # wide: V = G^T U S^-1
-              torch.randn(30, 12, generator=_gen(13), dtype=torch.float64)):  # tall: V from G^T G
+    for G in (
+        torch.randn(12, 30, generator=_gen(12), dtype=torch.float64),  # wide: V = G^T U S^-1
+        torch.randn(30, 12, generator=_gen(13), dtype=torch.float64),
+    ):  # tall: V from G^T G
         A_ = A if G.shape[1] == 30 else A[:, :12]
         ref = kfac_curvature(dualize(G, "spectral", dtype=torch.float64), A_)
         # both float64; the reference's SVD polar and our eigh route differ by rounding only
@@ -348,8 +373,19 @@ def test_fast_monitor_matches_exact_monitor(model_fn, shape):
         assert (f["step"], f["layer"]) == (e["step"], e["layer"])
         # Gram-eigenvalue paths vs float32 SVD: both ~1e-6 relative; the wide layer's block-Krylov ||A||_op
         # on activations with a dominant direction converges to ~1e-7 (gap s_2/s_1 < 0.2); 1e-4 covers both
-        for key in ("nr_G", "st_A", "grad_nuclear", "grad_fro", "weight_op", "update_op", "c_1", "c_star",
-                    "H_sign", "H_spec", "spec_sign_index"):
+        for key in (
+            "nr_G",
+            "st_A",
+            "grad_nuclear",
+            "grad_fro",
+            "weight_op",
+            "update_op",
+            "c_1",
+            "c_star",
+            "H_sign",
+            "H_spec",
+            "spec_sign_index",
+        ):
             if e[key] is None or math.isnan(e[key]):  # NaN: documented noise-dominated index
                 assert f[key] is None if e[key] is None else math.isnan(f[key]), key
             else:
@@ -361,8 +397,13 @@ def test_fast_monitor_matches_exact_monitor(model_fn, shape):
 
 def test_grouped_eigensolves_match_per_matrix_and_svd():
     from steepest.diagnostics._batched_metrics import gram, grouped_eigvalsh, singular_values
-    Xs = {"a": torch.randn(30, 12, generator=_gen(20)), "b": torch.randn(12, 40, generator=_gen(21)),
-          "c": torch.randn(50, 12, generator=_gen(22)), "d": torch.randn(7, 9, generator=_gen(23))}
+
+    Xs = {
+        "a": torch.randn(30, 12, generator=_gen(20)),
+        "b": torch.randn(12, 40, generator=_gen(21)),
+        "c": torch.randn(50, 12, generator=_gen(22)),
+        "d": torch.randn(7, 9, generator=_gen(23)),
+    }
     bad = Xs["c"].clone()
     bad[3, 4] = float("inf")
     mats = {k: gram(X, torch.float64) for k, X in Xs.items()}
@@ -382,8 +423,9 @@ def test_grouped_eigensolves_match_per_matrix_and_svd():
     lam, V = out["a"]
     assert torch.allclose(mats["a"] @ V, V * lam, atol=1e-10 * float(lam[-1]))  # eigenpairs, float64 rounding
     # float32 Gram: the top singular value keeps ~eps_32 relative accuracy (what the operator norms use)
-    assert float(singular_values(out["f32"][0])[0]) == pytest.approx(float(torch.linalg.svdvals(Xs["a"].double())[0]),
-                                                                     rel=1e-5)
+    assert float(singular_values(out["f32"][0])[0]) == pytest.approx(
+        float(torch.linalg.svdvals(Xs["a"].double())[0]), rel=1e-5
+    )
     # the polar curvature fed with these eigenvectors equals its own eigendecomposition (same float64 Gram)
     A = torch.randn(64, 12, generator=_gen(24), dtype=torch.float64)
     assert kfac_polar_curvature(Xs["a"], A, eig=out["a"]) == pytest.approx(kfac_polar_curvature(Xs["a"], A), rel=1e-12)

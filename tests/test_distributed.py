@@ -37,17 +37,25 @@ STEPS = 3
 def make_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     # 2 x 5 head: shards [1, 1, 0] on 3 ranks (an empty shard); 7 x 10: uneven [3, 3, 1].
-    return torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 7), torch.nn.Tanh(),
-                               torch.nn.Linear(7, 5, bias=False), torch.nn.Tanh(),
-                               torch.nn.Linear(5, 2, bias=False)).to(DT)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 10),
+        torch.nn.Tanh(),
+        torch.nn.Linear(10, 7),
+        torch.nn.Tanh(),
+        torch.nn.Linear(7, 5, bias=False),
+        torch.nn.Tanh(),
+        torch.nn.Linear(5, 2, bias=False),
+    ).to(DT)
 
 
 def make_groups(model: torch.nn.Module) -> list[dict]:
     """Spectral matrices (owner path), one sign-descent matrix (local entrywise path), AdamW vectors."""
     mats = [model[0].weight, model[2].weight, model[6].weight]
-    return [{"params": mats},
-            {"params": [model[4].weight], "norm": "linf", "lr": 1e-3, "nesterov": False},
-            {"params": [model[0].bias, model[2].bias], "algorithm": "adamw", "lr": 1e-2}]
+    return [
+        {"params": mats},
+        {"params": [model[4].weight], "norm": "linf", "lr": 1e-3, "nesterov": False},
+        {"params": [model[0].bias, model[2].bias], "algorithm": "adamw", "lr": 1e-2},
+    ]
 
 
 def make_opt(model, cls=steepest.Muon, **kw) -> steepest.SteepestDescent:
@@ -264,6 +272,7 @@ def worker(ckpt_dir: str, phase: str) -> dict:
     if phase == "save":
         ada = lambda m: distributed(make_opt(m, cls=steepest.Adaptive, every=1))  # noqa: E731
         from torch.nn.parallel import DistributedDataParallel as DDP
+
         m = make_model()
         _, _, opt, res["adaptive_ddp"] = _ddp_run(info, range(3), ddp=DDP(m), opt=ada(m))
         res["adaptive_ddp_choices"] = opt.geometries()
@@ -285,8 +294,9 @@ def worker(ckpt_dir: str, phase: str) -> dict:
         _, _, out_b = _fsdp_run(info, range(2, 4), model=model_b, opt=opt_b)
         res["fsdp_resumed_other_world"] = out_b
         res["fsdp_local_shapes"] = [tuple(p.to_local().shape) for p in model_b.parameters()]
-        res["fsdp_momentum_is_dtensor"] = all(type(v["momentum_buffer"]).__name__ == "DTensor"
-                                              for v in opt_b.state.values() if "momentum_buffer" in v)
+        res["fsdp_momentum_is_dtensor"] = all(
+            type(v["momentum_buffer"]).__name__ == "DTensor" for v in opt_b.state.values() if "momentum_buffer" in v
+        )
     return res
 
 
@@ -338,8 +348,10 @@ def test_ddp_matches_single_process_and_replicas_identical(runs):
         assert all(torch.equal(a, b) for a, b in zip(two[0]["ddp"][step], two[1]["ddp"][step]))
         assert max_diff(two[0]["ddp"][step], ref[step]) < TOL
     for step in range(2):
-        assert all(torch.equal(a, b) for a, b in zip(three[0]["ddp_resumed_other_world"][step],
-                                                     three[2]["ddp_resumed_other_world"][step]))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(three[0]["ddp_resumed_other_world"][step], three[2]["ddp_resumed_other_world"][step])
+        )
         assert max_diff(three[0]["ddp_resumed_other_world"][step], ref[2 + step]) < TOL
         assert max_diff(two[0]["ddp_resumed_same_world"][step], ref[2 + step]) < TOL
     assert all(r["ddp_resume_equal"] for r in two)  # same world, same data: same bits as never stopping
@@ -414,6 +426,7 @@ def test_distributed_wraps_adaptive_and_refuses_optimizers_with_their_own_step()
 
     with pytest.raises(TypeError, match="defines its own step"):
         steepest.distributed(OwnStep([W]))
+
 
 def test_distributed_optimizer_deepcopies_and_pickles_with_its_executor():
     import copy

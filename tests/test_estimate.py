@@ -34,8 +34,11 @@ CASES.append(((160, 160), "gauss"))
 
 @pytest.mark.parametrize("shape,kind", CASES)
 def test_estimates_match_exact(shape, kind):
-    A = {"spike": spike_plus_noise, "power": power_law,
-         "gauss": lambda m, n: torch.randn(m, n, generator=_gen(3), dtype=torch.float64)}[kind](*shape)
+    A = {
+        "spike": spike_plus_noise,
+        "power": power_law,
+        "gauss": lambda m, n: torch.randn(m, n, generator=_gen(3), dtype=torch.float64),
+    }[kind](*shape)
     s = torch.linalg.svdvals(A)
     op = spectral_norm_estimate(A, generator=_gen(1))
     nuc = nuclear_norm_estimate(A, generator=_gen(1))
@@ -76,7 +79,9 @@ def test_zero_and_exact_paths():
     A = torch.randn(20, 12, generator=_gen(2), dtype=torch.float64)
     assert torch.allclose(nuclear_norm_estimate(A, rank=10, oversample=2), torch.linalg.svdvals(A).sum(), rtol=1e-12)
     # exactly low rank: the tail is zero and Lanczos breaks down immediately, without NaN
-    L = torch.randn(50, 3, generator=_gen(4), dtype=torch.float64) @ torch.randn(3, 40, generator=_gen(5), dtype=torch.float64)
+    L = torch.randn(50, 3, generator=_gen(4), dtype=torch.float64) @ torch.randn(
+        3, 40, generator=_gen(5), dtype=torch.float64
+    )
     est = nuclear_norm_estimate(L, rank=4, oversample=2, generator=_gen(6))
     assert torch.allclose(est, torch.linalg.svdvals(L).sum(), rtol=1e-6)  # head captures all 3 directions
 
@@ -94,7 +99,10 @@ def test_fast_product_orientation_matches_plain_products():
     from steepest.linalg.estimate import _mul, _tmul
 
     X = torch.randn(2, 50, 30, generator=_gen(7), dtype=torch.float64)
-    Q, P = torch.randn(2, 30, 4, generator=_gen(8), dtype=torch.float64), torch.randn(2, 50, 4, generator=_gen(9), dtype=torch.float64)
+    Q, P = (
+        torch.randn(2, 30, 4, generator=_gen(8), dtype=torch.float64),
+        torch.randn(2, 50, 4, generator=_gen(9), dtype=torch.float64),
+    )
     # (Q^T X^T)^T is X Q with another summation order: float64 round-off ~1e-15 relative
     assert torch.allclose(_mul(X, Q), X @ Q, rtol=1e-12, atol=1e-12)
     assert torch.allclose(_tmul(X, P), X.mT @ P, rtol=1e-12, atol=1e-12)

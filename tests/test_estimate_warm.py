@@ -113,7 +113,11 @@ def test_warm_starts_track_a_slowly_changing_matrix():
 
 def test_grouped_top_eigen_pads_groups_keeps_nan_rows_and_solves_cold_keys_exactly():
     g = _gen(12)
-    Xs = {"a": torch.randn(50, 16, generator=g), "b": torch.randn(40, 9, generator=g), "c": torch.randn(30, 16, generator=g)}
+    Xs = {
+        "a": torch.randn(50, 16, generator=g),
+        "b": torch.randn(40, 9, generator=g),
+        "c": torch.randn(30, 16, generator=g),
+    }
     mats = {k: X.mT @ X for k, X in Xs.items()}
     bad = mats["c"].clone()
     bad[2, 2] = float("nan")

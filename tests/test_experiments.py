@@ -34,9 +34,17 @@ def quick_results(tmp_path_factory):
     """Each experiment's quick run, once per module (they are the expensive part of this file)."""
     torch.set_num_threads(1)
     out = {}
-    for name, mod in (("quadratic", quadratic), ("schatten", schatten), ("phase-retrieval", phase_retrieval),
-                      ("init-rank", init_rank), ("spec-sign", spec_sign), ("schatten-p32", schatten_p32),
-                      ("phase-checks", phase_checks), ("trained", trained), ("layerwise", layerwise)):
+    for name, mod in (
+        ("quadratic", quadratic),
+        ("schatten", schatten),
+        ("phase-retrieval", phase_retrieval),
+        ("init-rank", init_rank),
+        ("spec-sign", spec_sign),
+        ("schatten-p32", schatten_p32),
+        ("phase-checks", phase_checks),
+        ("trained", trained),
+        ("layerwise", layerwise),
+    ):
         res = mod.run(mod.quick(), tmp_path_factory.mktemp(name))
         out[name] = (res, mod.claims(res))
     return out
@@ -59,7 +67,7 @@ def test_every_claim_is_well_formed(quick_results):
             assert c.seed and c.statement and c.measured and c.note
             seeds = getattr(mod, "SEEDS", (mod.SEED,))
             if claimtext.kind(c) == "seed":
-                assert any(c.seed.startswith(sd + ", ") for sd in seeds), (name, c.seed)   # "seed 002, section 4.1"
+                assert any(c.seed.startswith(sd + ", ") for sd in seeds), (name, c.seed)  # "seed 002, section 4.1"
                 assert c.statement.startswith("\u201c") or c.statement.endswith("(paraphrase)"), c.statement
             else:
                 assert c.seed in [f"extension (project's own; {sd} context)" for sd in seeds], c.seed
@@ -92,14 +100,19 @@ QUICK_VERDICTS = {
 def test_quick_runs_give_todays_verdicts(quick_results):
     got = {name: [c.verdict for c in claims] for name, (_, claims) in quick_results.items()}
     timing = got["phase-checks"].pop()
-    assert timing in ("holds", "inconclusive", "fails")                 # wall clock on a shared machine
+    assert timing in ("holds", "inconclusive", "fails")  # wall clock on a shared machine
     got["phase-checks"].append(None)
     assert got == QUICK_VERDICTS, {n: [(c.statement, c.measured) for c in quick_results[n][1]] for n in got}
 
 
 def test_claimtext_kinds():
     c = claimtext.seed_claim("seed 9", "section 1", "x is y", "1", True, baseline="b", threshold="t")
-    assert (claimtext.kind(c), c.seed, c.statement, c.verdict) == ("seed", "seed 9, section 1", "\u201cx is y\u201d", "holds")
+    assert (claimtext.kind(c), c.seed, c.statement, c.verdict) == (
+        "seed",
+        "seed 9, section 1",
+        "\u201cx is y\u201d",
+        "holds",
+    )
     e = claimtext.extension_claim("seed 9", "ours", "2", None, baseline="b", threshold="t", why="w")
     assert claimtext.kind(e) == "extension" and e.verdict == "inconclusive" and e.note.endswith("; w")
 
@@ -124,10 +137,14 @@ def test_figures_audit_flags_unlabelled_lines(tmp_path):
     from steepest.app.report import figures as F
 
     fig, (ax,) = F.subplots(1, 1)
-    ax.plot([0, 1], [0, 1])                                             # no label, no axis labels
+    ax.plot([0, 1], [0, 1])  # no label, no axis labels
     problems = F.audit(fig)
-    assert problems == ["axes 0: no x label", "axes 0: no y label", "axes 0: 1 line(s) without a legend label",
-                        "axes 0: no legend"]
+    assert problems == [
+        "axes 0: no x label",
+        "axes 0: no y label",
+        "axes 0: 1 line(s) without a legend label",
+        "axes 0: no legend",
+    ]
     with pytest.raises(ValueError, match="not self-explaining"):
         F.save(fig, tmp_path / "bad.png", require_labels=True)
     assert not (tmp_path / "bad.png").exists()
@@ -162,7 +179,7 @@ def test_configs_validate_and_override():
         with pytest.raises(ConfigError, match="unknown config key"):
             apply_overrides(cfg, ["no_such_key=1"])
     with pytest.raises(ConfigError, match=r"stable_ranks must be non-empty values in \[1, d=96\]"):
-        apply_overrides(quadratic.Config(), ["stable_ranks=[0.5]"])   # stable rank below 1 is impossible
+        apply_overrides(quadratic.Config(), ["stable_ranks=[0.5]"])  # stable rank below 1 is impossible
     assert apply_overrides(schatten.Config(), ["ps=[2,inf]"]).ps == (2.0, math.inf)
 
 
@@ -176,7 +193,7 @@ def test_cells_are_reused_and_keyed_by_parameters(tmp_path):
     assert len(calls) == 2 and cells.hits == 1 and cells.misses == 2
     assert math.isnan(r2["x"]) and r2["y"][1] == math.inf and r1["y"] == [1.0, math.inf]
     cell = tmp_path / f"{base.cell_key('c', {'a': 1})}.json"
-    cell.write_text("{torn")   # damaged file: recomputed
+    cell.write_text("{torn")  # damaged file: recomputed
     base.Cells(tmp_path).get("c", {"a": 1}, f)
     assert len(calls) == 3
     # not UTF-8, a JSON list, a record of the wrong types: each recomputed and rewritten, never a traceback
@@ -195,14 +212,18 @@ def test_quadratic_numbers(quick_results):
         assert r["L_star_est"] == pytest.approx(r["L_star"], rel=1e-6)
         # the L_* search starts at a Gaussian Z, well below the sup (measured <= 0.51 L_*): it had to climb
         assert r["L_star_start"] < 0.6 * r["L_star"]
-        assert r["sr"] == pytest.approx(r["target_sr"], rel=1e-6)     # bisection on the spectrum is exact
+        assert r["sr"] == pytest.approx(r["target_sr"], rel=1e-6)  # bisection on the spectrum is exact
         for m in ("spectral", "gd"):
             assert r[m]["violations"] == 0
-            assert all(b <= a * (1 + 1e-12) for a, b in zip(r[m]["f"], r[m]["f"][1:]))   # monotone descent
+            assert all(b <= a * (1 + 1e-12) for a, b in zip(r[m]["f"], r[m]["f"][1:]))  # monotone descent
             # GD's measured decrease exceeds its worst-case bound by 1.27x-1.99x (quick): the bound is loose
             assert all(1.0 <= v < 2.0 + 1e-9 for v in r[m]["gd_actual_over_bound"][:-1])
     agree = quadratic.rule_agreement(res["cells"])
-    assert agree["n"] == 186 and agree["rate"] == pytest.approx(162 / 186) and agree["majority"] == pytest.approx(115 / 186)
+    assert (
+        agree["n"] == 186
+        and agree["rate"] == pytest.approx(162 / 186)
+        and agree["majority"] == pytest.approx(115 / 186)
+    )
     assert "at 0.871 of 186 iterates (majority-class rate 0.618)" in _claim(claims, "in singular directions").measured
 
 
@@ -222,7 +243,9 @@ def test_quadratic_measured_decreases_recomputed(quick_results):
         gd = f0 - float(quadratic.loss(A, B, X - G / r["L_F"]))
         # two float64 evaluations (difference of losses vs closed form): ~1e-13 f0 apart; 1e-9 relative is loose
         for m in ("spectral", "gd"):
-            assert r[m]["dec_spec"][0] == pytest.approx(spec, rel=1e-9) and r[m]["dec_gd"][0] == pytest.approx(gd, rel=1e-9)
+            assert r[m]["dec_spec"][0] == pytest.approx(spec, rel=1e-9) and r[m]["dec_gd"][0] == pytest.approx(
+                gd, rel=1e-9
+            )
         nr = float(S.sum()) ** 2 / float(S.square().sum())
         assert r["gd"]["nr"][0] == pytest.approx(nr, rel=1e-12)
 
@@ -263,7 +286,7 @@ def test_quadratic_guaranteed_decrease_recomputed_independently(quick_results):
             # the module ran the library optimizers (SpecGD/GD), we ran SVD by hand: float64 rounding apart
             # (measured 3e-16 f0), so 1e-10 f0 flags any different step
             assert r[method]["f"] == pytest.approx(f, abs=1e-10 * f[0])
-            assert f[-1] < f[0] * (0.7 if method == "gd" else 0.2)      # both make real progress in 30 steps
+            assert f[-1] < f[0] * (0.7 if method == "gd" else 0.2)  # both make real progress in 30 steps
     n_steps = 2 * cfg.steps * len(cfg.stable_ranks)
     assert _claim(claims, "guaranteed one-step").measured.startswith(f"0 violations in {n_steps} measured steps")
     low, high = res["cells"][0], res["cells"][-1]
@@ -281,22 +304,22 @@ def test_quadratic_claims_follow_the_numbers(quick_results):
     ok = copy.deepcopy(res)
     for r in ok["cells"]:
         for m in ("spectral", "gd"):
-            r[m]["predicted"] = ["spec" if w == "gd" else "gd" for w in r[m]["winners"]]   # always wrong
+            r[m]["predicted"] = ["spec" if w == "gd" else "gd" for w in r[m]["winners"]]  # always wrong
     assert _claim(quadratic.claims(ok), "in singular directions").verdict == "fails"
     ok = copy.deepcopy(res)
     ok["cells"][0]["gd"]["frac_spectral_decrease_larger"] = ok["cells"][-1]["gd"]["frac_spectral_decrease_larger"]
-    assert _claim(quadratic.claims(ok), "so more often").verdict == "fails"          # equal is not "more often"
+    assert _claim(quadratic.claims(ok), "so more often").verdict == "fails"  # equal is not "more often"
     ok["cells"] = ok["cells"][:1]
-    assert _claim(quadratic.claims(ok), "so more often").verdict == "inconclusive"   # one matrix: nothing to compare
+    assert _claim(quadratic.claims(ok), "so more often").verdict == "inconclusive"  # one matrix: nothing to compare
 
 
 def test_quadratic_sup_claims_judge_their_own_sup(quick_results):
     res, _ = quick_results["quadratic"]
     bad = copy.deepcopy(res)
-    bad["cells"][0]["L_star_est"] = 2 * bad["cells"][0]["L_star"]     # only L_*'s estimate is wrong
+    bad["cells"][0]["L_star_est"] = 2 * bad["cells"][0]["L_star"]  # only L_*'s estimate is wrong
     claims = quadratic.claims(bad)
     assert _claim(claims, "L_* = ").verdict == "fails"
-    assert _claim(claims, "L_F = ").verdict == "holds"                # L_F's numbers are untouched
+    assert _claim(claims, "L_F = ").verdict == "holds"  # L_F's numbers are untouched
     bad = copy.deepcopy(res)
     bad["cells"][1]["L_F_est"] = bad["cells"][1]["L_F"] * (1 + 2 * quadratic.SUP_RTOL)
     claims = quadratic.claims(bad)
@@ -310,7 +333,7 @@ def test_quadratic_one_step_decreases_match_losses():
     G = quadratic.grad(A, B, X)
     Ls, Lf = float(A.square().sum()), float(torch.linalg.matrix_norm(A, 2)) ** 2
     spec, gd = quadratic.one_step_decreases(A, G, Ls, Lf)
-    U, S, Vh = np.linalg.svd(G.numpy())                                 # numpy float64 reference
+    U, S, Vh = np.linalg.svd(G.numpy())  # numpy float64 reference
     Xs = X.numpy() - S.sum() / Ls * (U @ Vh)
     f = lambda Y: 0.5 * float(((A.numpy() @ Y - B.numpy()) ** 2).sum())  # noqa: E731
     # closed form vs difference of two losses: rounding ~1e-15 f; 1e-9 relative to the decrease is loose
@@ -326,7 +349,7 @@ def test_quadratic_spectral_step_matches_svd_reference():
     rec = quadratic.trajectory(A, B, X0, "spectral", L, 1)
     G = A.T @ (A @ X0 - B)
     U, s, Vh = torch.linalg.svd(G)
-    X1 = X0 - (s.sum() / L) * (U @ Vh)                                # seed 000, Proposition 4.1
+    X1 = X0 - (s.sum() / L) * (U @ Vh)  # seed 000, Proposition 4.1
     # both float64 from the same SVD up to ordering: agreement to ~1e-12 relative
     assert rec["f"][1] == pytest.approx(float(quadratic.loss(A, B, X1)), rel=1e-10)
 
@@ -344,7 +367,7 @@ def test_schatten_raw_variance_is_the_seeds_definition():
         # float64 SVD of the dualizer vs closed-form t: ~1e-15 absolute on values of size ~1
         assert got["var"] == pytest.approx(t.var(), rel=1e-8, abs=1e-14)
         assert got["cv2"] == pytest.approx((t / t.mean()).var(), rel=1e-8, abs=1e-14)
-    t2 = s / np.linalg.norm(s)                                            # p = 2: raw variance below 1/k
+    t2 = s / np.linalg.norm(s)  # p = 2: raw variance below 1/k
     assert schatten.spread(schatten.dualizer(G, 2.0))["var"] < 1 / 12 and t2.var() < 1 / 12
 
 
@@ -353,9 +376,9 @@ def test_schatten_numbers(quick_results):
     ps = res["ps"]
     for kind, K in res["kinds"].items():
         var = K["var"]
-        assert var[ps.index(math.inf)] < 1e-20                           # p = inf: all singular values equal
-        assert all(a > b for a, b in zip(var[2:], var[3:-1]))            # falls with p from p = 4 on ...
-        assert var[1] > var[0] * 0.9                                     # ... but not at first (p = 2 -> 3)
+        assert var[ps.index(math.inf)] < 1e-20  # p = inf: all singular values equal
+        assert all(a > b for a, b in zip(var[2:], var[3:-1]))  # falls with p from p = 4 on ...
+        assert var[1] > var[0] * 0.9  # ... but not at first (p = 2 -> 3)
         a = K["asym_fit"]
         # asymptotically quadratic: exponent over p >= 256 measured 1.99 with a +-0.05 interval
         assert -a["b"] == pytest.approx(2.0, abs=0.03) and -a["b_hi"] > 1.9 and -a["b_lo"] < 2.1
@@ -376,7 +399,7 @@ def test_schatten_numbers(quick_results):
     # p = 32: stable rank 0.959 (gaussian), 0.829 (low rank, quick) of spectral; at default size 0.78 (fails)
     assert g["stable_rank"][i32] / g["stable_rank"][iinf] == pytest.approx(0.959, abs=0.01)
     assert lo["stable_rank"][i32] / lo["stable_rank"][iinf] == pytest.approx(0.829, abs=0.01)
-    assert lo["ns_match_p"] > g["ns_match_p"]       # a spread-out spectrum needs a larger p to look like NS5
+    assert lo["ns_match_p"] > g["ns_match_p"]  # a spread-out spectrum needs a larger p to look like NS5
 
 
 def test_schatten_fit_and_claims_recomputed(quick_results):
@@ -398,7 +421,7 @@ def test_schatten_verdicts_flip_at_their_thresholds(quick_results):
     res, _ = quick_results["schatten"]
     bad = copy.deepcopy(res)
     a = bad["kinds"]["gaussian"]["asym_fit"]
-    a["b_lo"], a["b_hi"] = -2.11, -1.95                                   # interval leaves 2 +- 0.1
+    a["b_lo"], a["b_hi"] = -2.11, -1.95  # interval leaves 2 +- 0.1
     assert schatten.claims(bad)[0].verdict == "fails"
     a["b_lo"], a["b_hi"] = -2.09, -1.91
     assert schatten.claims(bad)[0].verdict == "holds"
@@ -408,10 +431,10 @@ def test_schatten_verdicts_flip_at_their_thresholds(quick_results):
     bad["kinds"]["low_stable_rank"]["ns_match_p"] = 16.5
     assert schatten.claims(bad)[3].verdict == "fails"
     i = res["ps"].index(32.0)
-    bad["kinds"]["gaussian"]["var"][i] = 0.011                          # above close_var = 0.01
+    bad["kinds"]["gaussian"]["var"][i] = 0.011  # above close_var = 0.01
     assert schatten.claims(bad)[2].verdict == "fails"
     bad = copy.deepcopy(res)
-    j = res["ps"].index(64.0) - 1                                       # interval (32, 64)
+    j = res["ps"].index(64.0) - 1  # interval (32, 64)
     bad["kinds"]["gaussian"]["local"][j] += 0.2
     assert schatten.claims(bad)[1].verdict == "fails"
 
@@ -422,7 +445,7 @@ def test_schatten_p32_numbers(quick_results):
     for cs in K.values():
         for c in cs:
             for v in c["by_p"].values():
-                assert v["measured"] == pytest.approx(v["identity"], rel=1e-9)   # exact identity, float64
+                assert v["measured"] == pytest.approx(v["identity"], rel=1e-9)  # exact identity, float64
             # first order exp(-2 spread/(p-1)) at p = 32: within 0.002 (measured 0.0015)
             assert abs(c["by_p"]["32"]["measured"] - c["by_p"]["32"]["first_order"]) < 0.003
     pl = [c["by_p"]["32"]["measured"] for c in K["power_law"]]
@@ -436,13 +459,13 @@ def test_schatten_p32_numbers(quick_results):
     assert max(g) - min(g) < 0.005 and min(g) > 0.95
     assert [c.verdict for c in claims] == ["fails", "holds", "holds", "holds"]
     bad = copy.deepcopy(res)
-    bad["kinds"]["gaussian"][0]["by_p"]["32"]["measured"] += 0.03        # Gaussian no longer flat
+    bad["kinds"]["gaussian"][0]["by_p"]["32"]["measured"] += 0.03  # Gaussian no longer flat
     assert schatten_p32.claims(bad)[3].verdict == "fails"
 
 
 def test_schatten_p32_spectrum_ratio_reference():
     s = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
-    p = 3.0                                                             # 2/(p-1) = 1
+    p = 3.0  # 2/(p-1) = 1
     assert schatten_p32.spectrum_ratio(s, p) == pytest.approx((1 + 0.5 + 0.25) / 3, rel=1e-15)
     assert schatten_p32.log_spread(s) == pytest.approx((0 + math.log(2) + math.log(4)) / 3, rel=1e-15)
 
@@ -464,7 +487,7 @@ def test_population_gradient_matches_autograd_and_samples():
     CQ = (W @ W.T - torch.outer(w, w)) @ Q
     (g_ref,) = torch.autograd.grad(2 * torch.trace(CQ @ CQ) + torch.trace(CQ) ** 2, W)
     g = phase_retrieval.population_grad(W.detach(), Q, w)
-    assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-12)           # two float64 evaluations of one formula
+    assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-12)  # two float64 evaluations of one formula
     mc = phase_retrieval.sample_grad(W.detach(), Q, w, 400_000, gen)
     # Monte Carlo mean of 4e5 samples: relative error ~ (heavy 8th-moment tails) / sqrt(4e5) ~ 0.01-0.03
     assert float((mc - g).norm() / g.norm()) < 0.08
@@ -478,9 +501,9 @@ def test_phase_retrieval_numbers(quick_results):
     assert s["gd_spike_over_signal"] == pytest.approx(2.18, abs=0.01)
     t1s, t1g = s["t1"]["specgd"], s["t1"]["gd"]
     assert s["dims"] == [24, 32, 48, 96, 192]
-    assert max(t1g) > 10 * max(t1s)                                    # GD's growth stage is far longer
-    assert all(b > a for a, b in zip(t1g, t1g[1:]))                    # and lengthens with d
-    assert 5.0 < min(t1s) and max(t1s) < 6.5                            # SpecGD: ~5.5 steps at every d
+    assert max(t1g) > 10 * max(t1s)  # GD's growth stage is far longer
+    assert all(b > a for a, b in zip(t1g, t1g[1:]))  # and lengthens with d
+    assert 5.0 < min(t1s) and max(t1s) < 6.5  # SpecGD: ~5.5 steps at every d
     assert s["diverged_cells"]["gd"] > s["diverged_cells"]["specgd"]
     assert [c.verdict for c in claims] == QUICK_VERDICTS["phase-retrieval"]
 
@@ -495,13 +518,15 @@ def test_phase_retrieval_law_comparison_recomputed(quick_results):
     for name, u, y in (("log", x, t1g), ("sqrt", np.sqrt(dims), t1g)):
         c = np.polyfit(u, y, 1)
         rse = math.sqrt(((y - np.polyval(c, u)) ** 2).sum() / (len(y) - 2))
-        assert law["fits"][name]["rse"] == pytest.approx(rse, rel=1e-9) and law["fits"][name]["b"] == pytest.approx(c[0], rel=1e-9)
+        assert law["fits"][name]["rse"] == pytest.approx(rse, rel=1e-9) and law["fits"][name]["b"] == pytest.approx(
+            c[0], rel=1e-9
+        )
     c = np.polyfit(x, np.log(t1g), 1)
     assert law["fits"]["power"]["b"] == pytest.approx(c[0], rel=1e-9)
     # today: a power law d^0.149 beats log d (rse 0.26 vs 1.36): each doubling of d adds *more* steps
     # (increments grow), which a log law forbids (it fixes them equal)
     assert law["winner"] == "power" and law["fits"]["power"]["b"] == pytest.approx(0.148, abs=0.005)
-    inc = np.diff(t1g[1:]) / np.diff(np.log2(dims[1:]))                   # steps per doubling from d = 32
+    inc = np.diff(t1g[1:]) / np.diff(np.log2(dims[1:]))  # steps per doubling from d = 32
     assert np.all(np.diff(inc) > 0)
     # ... but d spans only 8x there. Over d = 25 ... 1.6e6 (the exact reduction) log d wins clearly: our own
     # fits give rse 1.69 (log) vs 23.4 (power, exponent 0.10)
@@ -514,25 +539,29 @@ def test_phase_retrieval_law_comparison_recomputed(quick_results):
     assert rse_log == pytest.approx(1.69, abs=0.01) and rse_pow == pytest.approx(23.4, abs=0.1)
     assert _claim(claims, "logarithmic for GD").verdict == "holds"
     bad = copy.deepcopy(res)
-    for d in bad["t1_law"]:                                             # an exact power law d^0.15: the claim fails
+    for d in bad["t1_law"]:  # an exact power law d^0.15: the claim fails
         bad["t1_law"][d]["gd"] = 110.0 * float(d) ** 0.15
     assert _claim(phase_retrieval.claims(bad), "logarithmic for GD").verdict == "fails"
-    good = {m: sum(not c[m]["diverged"] and c[m]["align"] >= 0.9 for c in res["heat"].values()) for m in ("specgd", "gd")}
+    good = {
+        m: sum(not c[m]["diverged"] and c[m]["align"] >= 0.9 for c in res["heat"].values()) for m in ("specgd", "gd")
+    }
     assert (good["specgd"], good["gd"], len(res["heat"])) == (4, 3, 6)
-    for a, r in res["power"].items():                                   # power law: SpecGD ends aligned, better than GD
+    for a, r in res["power"].items():  # power law: SpecGD ends aligned, better than GD
         assert r["specgd"]["align"][-1] > 0.99 and r["specgd"]["align"][-1] > r["gd"]["align"][-1], a
 
 
 def test_phase_retrieval_verdicts_flip_at_their_thresholds(quick_results):
     res, _ = quick_results["phase-retrieval"]
     bad = copy.deepcopy(res)
-    for d in bad["t1"]:                                                 # SpecGD growing at GD's rate: fails
-        bad["t1"][d]["specgd"] = bad["t1"][d]["gd"] / 2  # slope 0.5x GD's (gd / 10 sat on the 0.1 bound: a rounding tie)
+    for d in bad["t1"]:  # SpecGD growing at GD's rate: fails
+        bad["t1"][d]["specgd"] = (
+            bad["t1"][d]["gd"] / 2
+        )  # slope 0.5x GD's (gd / 10 sat on the 0.1 bound: a rounding tie)
     assert _claim(phase_retrieval.claims(bad), "constant-time").verdict == "fails"
-    bad["t1"][next(iter(bad["t1"]))]["specgd"] = math.inf               # never left the growth stage
+    bad["t1"][next(iter(bad["t1"]))]["specgd"] = math.inf  # never left the growth stage
     assert _claim(phase_retrieval.claims(bad), "constant-time").verdict == "inconclusive"
     bad = copy.deepcopy(res)
-    for c in bad["heat"].values():                                      # equal good counts: inconclusive
+    for c in bad["heat"].values():  # equal good counts: inconclusive
         c["gd"] = copy.deepcopy(c["specgd"])
     assert _claim(phase_retrieval.claims(bad), "larger (lambda").verdict == "inconclusive"
 
@@ -545,7 +574,7 @@ def test_reduction_is_the_simulation():
     prob = phase_retrieval.spiked_problem(25, 10.0, torch.Generator().manual_seed(4))
     for m in ("specgd", "gd"):
         eta = phase_retrieval.eta_for(m, prob["Q"], 0.1, 0.25)
-        assert eta == pytest.approx(phase_retrieval.eta_of(m, 35.0, 11.0, 0.1, 0.25), rel=1e-14)   # eigvalsh rounding
+        assert eta == pytest.approx(phase_retrieval.eta_of(m, 35.0, 11.0, 0.1, 0.25), rel=1e-14)  # eigvalsh rounding
         full = phase_retrieval.simulate(prob, m, eta, 400, stop_at_t1=True)
         red = phase_reduced.reduced(25, 10.0, m, eta, 400, stop_at_t1=True)
         assert len(full["a"]) == len(red["a"])
@@ -561,11 +590,11 @@ def test_growth_end_interpolates():
 
 # ---------------------------------------------------------------------------------------- init rank
 def test_moment_limits():
-    assert init_rank.moment_limit("relu") == pytest.approx(math.pi, rel=1e-7)   # E[relu^2]/E[relu]^2 = pi
+    assert init_rank.moment_limit("relu") == pytest.approx(math.pi, rel=1e-7)  # E[relu^2]/E[relu]^2 = pi
     g = torch.randn(2_000_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * math.sqrt(2)
     s = torch.nn.functional.gelu(g)
     mc = float(s.square().mean() / s.mean() ** 2)
-    assert init_rank.moment_limit("gelu") == pytest.approx(mc, rel=0.01)         # MC error ~ 1e-3 at 2e6 samples
+    assert init_rank.moment_limit("gelu") == pytest.approx(mc, rel=0.01)  # MC error ~ 1e-3 at 2e6 samples
     assert math.isinf(init_rank.moment_limit("tanh")) and math.isinf(init_rank.moment_limit("swiglu"))
 
 
@@ -576,28 +605,28 @@ def test_init_rank_numbers(quick_results):
     for act in ("relu", "gelu"):
         for arch in init_rank.ARCHS:
             r = A[act][arch][-1] / A[act][arch][0]
-            assert 0.67 < r <= 1.5, (act, arch, r)                      # flat: measured 0.92-1.24
+            assert 0.67 < r <= 1.5, (act, arch, r)  # flat: measured 0.92-1.24
         rf = A[act]["random_features"]
         # st -> E[s^2]/E[s]^2 from below, monotone; within 5% at w = 256 (measured 1.6%, 2.9%)
         assert all(a < b for a, b in zip(rf, rf[1:])) and rf[-1] < A[act]["limit"]
         assert abs(rf[-1] - A[act]["limit"]) / A[act]["limit"] < 0.035
     for act in ("tanh", "swiglu"):
         for arch in init_rank.ARCHS:
-            assert A[act][arch][-1] / A[act][arch][0] >= 2.0, (act, arch)   # grows: x3.9 to x11.2 over 8x width
+            assert A[act][arch][-1] / A[act][arch][0] >= 2.0, (act, arch)  # grows: x3.9 to x11.2 over 8x width
     r = A["relu"]
     assert all(g > s for g, s in zip(r["rf_nr_grad"], r["random_features"]))
     assert all(g > s for g, s in zip(r["mlp_nr_grad"], r["mlp_st_input"]))
-    assert r["mlp_st_input"] == [layers[0] for layers in r["mlp_by_layer"]]   # layer 2's input is layer 1's output
+    assert r["mlp_st_input"] == [layers[0] for layers in r["mlp_by_layer"]]  # layer 2's input is layer 1's output
     seed = claims[0]
     assert seed.seed == "seed 001, abstract" and seed.verdict == "fails"
-    assert "refuted for swiglu, tanh" in seed.note                       # the report says so, with the growth
+    assert "refuted for swiglu, tanh" in seed.note  # the report says so, with the growth
 
 
 def test_init_rank_verdicts_flip_at_their_thresholds(quick_results):
     res, _ = quick_results["init-rank"]
     only = copy.deepcopy(res)
     only["acts"] = {a: v for a, v in only["acts"].items() if a in ("relu", "gelu")}
-    assert init_rank.claims(only)[0].verdict == "holds"                  # the seed claim fails only for tanh/SwiGLU
+    assert init_rank.claims(only)[0].verdict == "holds"  # the seed claim fails only for tanh/SwiGLU
     bad = copy.deepcopy(res)
     v = bad["acts"]["relu"]["mlp"]
     v[-1] = 1.5 * v[0]
@@ -610,9 +639,9 @@ def test_init_rank_verdicts_flip_at_their_thresholds(quick_results):
     assert init_rank.claims(bad)[2].verdict == "fails"
     bad = copy.deepcopy(res)
     rf = bad["acts"]["relu"]["random_features"]
-    rf[-1] = 0.94 * bad["acts"]["relu"]["limit"]                        # 6% below the limit: outside 5%
+    rf[-1] = 0.94 * bad["acts"]["relu"]["limit"]  # 6% below the limit: outside 5%
     assert init_rank.claims(bad)[3].verdict == "fails"
-    bad["acts"]["relu"]["rf_nr_grad"][0] = rf[0]                        # nr == st is not "exceeds"
+    bad["acts"]["relu"]["rf_nr_grad"][0] = rf[0]  # nr == st is not "exceeds"
     assert init_rank.claims(bad)[4].verdict == "fails"
 
 
@@ -624,7 +653,7 @@ def test_line_search_matches_closed_form():
     dirs = [spec_sign.direction(layer.minibatch_grad(8, gen), "spec") for _ in range(4)]
     got = spec_sign.measured_gain(layer, dirs, 241)["gain"]
     a = np.mean([float((layer.G * D).sum()) for D in dirs])
-    h = np.mean([float((D * D * layer.sigma_in).sum()) for D in dirs])            # <D, H D>, H[D] = D Sigma
+    h = np.mean([float((D * D * layer.sigma_in).sum()) for D in dirs])  # <D, H D>, H[D] = D Sigma
     # quadratic: best gain a^2/(2h); a 241-point grid over 5 decades misses the optimum by < 0.1%
     assert got == pytest.approx(a * a / (2 * h), rel=1e-3)
 
@@ -645,7 +674,7 @@ def test_spec_sign_numbers(quick_results):
     exact_equal = [r for r in rows if r["magnitudes"] == "equal" and math.isinf(r["batch"])]
     # exact equal-magnitude G: sign(G) = G / g is G's own direction, so SignSGD must win
     assert all(r["winner"] == "sign" for r in exact_equal)
-    for r in rows:                                                      # the winner is the gains' comparison
+    for r in rows:  # the winner is the gains' comparison
         gs, gp = r["gain_sign"], r["gain_spec"]
         want = "tie" if abs(gp - gs) <= spec_sign.TIE_RTOL * max(gp, gs) else ("spec" if gp > gs else "sign")
         assert r["winner"] == want, r
@@ -653,10 +682,12 @@ def test_spec_sign_numbers(quick_results):
     # deterministic limit: of the sparse (rho = 0.05) exact-gradient cells only the equal-magnitude one goes to sign
     exact = [r for r in rows if math.isinf(r["batch"]) and r["density"] <= st["sparse_density"]]
     assert sorted((r["magnitudes"], r["winner"]) for r in exact) == [("equal", "sign"), ("gaussian", "spec")]
-    assert _claim(claims, "favoring SignSGD deterministically)\u201d").verdict == "fails"   # 1 of 2 is not > 1/2
+    assert _claim(claims, "favoring SignSGD deterministically)\u201d").verdict == "fails"  # 1 of 2 is not > 1/2
     small = _claim(claims, "SpecGD may be preferable at small batch")
-    assert "isotropic Hessian: SpecGD wins 4 of 4" in small.measured and "diag(j^-1)): 2 of 4 at B <= 4" in small.measured
-    assert small.verdict == "fails"                                     # holds on the isotropic Hessian only
+    assert (
+        "isotropic Hessian: SpecGD wins 4 of 4" in small.measured and "diag(j^-1)): 2 of 4 at B <= 4" in small.measured
+    )
+    assert small.verdict == "fails"  # holds on the isotropic Hessian only
     iso_only = copy.deepcopy(res)
     for r in iso_only["aniso_rows"]:
         r["winner"] = "spec" if r["batch"] <= 4 else "sign"
@@ -668,7 +699,7 @@ def test_spec_sign_numbers(quick_results):
     decided = [r for r in rows if r["winner"] != "tie" and r["index_winner"] != "none"]
     n_agree = sum(r["winner"] == r["index_winner"] for r in decided)
     major = max(sum(r["winner"] == w for r in decided) for w in ("spec", "sign"))
-    assert (n_agree, major, len(decided)) == (30, 25, 30)               # the index beats always-"spec" (25/30)
+    assert (n_agree, major, len(decided)) == (30, 25, 30)  # the index beats always-"spec" (25/30)
     assert agree.measured.startswith("the index names the measured winner in 30/30 = 1 ") and agree.verdict == "holds"
     assert "majority-class rate 0.833" in agree.measured and "noise-dominated: 18/18" in agree.measured
 
@@ -679,10 +710,13 @@ def test_spec_sign_seed_math(quick_results):
     eq = m["equality"]
     # diag(3, 1): rank 2 with ||G||_nuc = ||G||_1 = 4, against the seed's "only for rank-1 diagonal matrices"
     assert eq["diag(3, 1)"] == {"nuc": pytest.approx(4.0, rel=1e-14), "l1": 4.0, "rank": 2}
-    assert eq["scaled 6x6 permutation"]["nuc"] == pytest.approx(21.0, rel=1e-13) and eq["scaled 6x6 permutation"]["rank"] == 6
+    assert (
+        eq["scaled 6x6 permutation"]["nuc"] == pytest.approx(21.0, rel=1e-13)
+        and eq["scaled 6x6 permutation"]["rank"] == 6
+    )
     c = _claim(claims, "equality only for rank-1")
     assert c.verdict == "fails" and "the seed is wrong here" in c.note
-    for t in m["tall"]:                      # n >> m: ||G||_nuc / ||G||_F ~ sqrt(m) (3.96, 3.99 of 4), not ~1
+    for t in m["tall"]:  # n >> m: ||G||_nuc / ||G||_F ~ sqrt(m) (3.96, 3.99 of 4), not ~1
         assert t["nuc_over_fro"] == pytest.approx(math.sqrt(t["m"]), rel=0.02)
     assert _claim(claims, "naturally low-rank").verdict == "fails"
     f = m["noise_fits"]
@@ -699,19 +733,19 @@ def test_spec_sign_agreement_verdict_uses_the_majority_rate(quick_results):
     bad = copy.deepcopy(res)
     decided = [r for r in bad["rows"] if r["winner"] != "tie" and r["index_winner"] != "none"]
     flip = {"spec": "sign", "sign": "spec"}
-    for r in decided:                                                   # the index says "spec" everywhere:
-        r["index_winner"] = "spec"                                      # it equals the majority rate, no more
+    for r in decided:  # the index says "spec" everywhere:
+        r["index_winner"] = "spec"  # it equals the majority rate, no more
     assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "fails"
-    for r in decided:                                                   # right everywhere: holds
+    for r in decided:  # right everywhere: holds
         r["index_winner"] = r["winner"]
     assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
     decided[0]["index_winner"] = flip[decided[0]["winner"]]
-    decided[1]["index_winner"] = flip[decided[1]["winner"]]             # 28/30 = 0.933 >= 0.833 + 0.05: holds
+    decided[1]["index_winner"] = flip[decided[1]["winner"]]  # 28/30 = 0.933 >= 0.833 + 0.05: holds
     assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
     for r in decided[:3]:
-        r["index_winner"] = flip[r["winner"]]                           # 27/30 = 0.9 >= 0.883: holds
+        r["index_winner"] = flip[r["winner"]]  # 27/30 = 0.9 >= 0.883: holds
     assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "holds"
-    decided[3]["index_winner"] = flip[decided[3]["winner"]]             # 26/30 = 0.867 < 0.883: fails
+    decided[3]["index_winner"] = flip[decided[3]["winner"]]  # 26/30 = 0.867 < 0.883: fails
     assert _claim(spec_sign.claims(bad), "If I(G, B) > 1").verdict == "fails"
     for r in bad["rows"]:
         r["index_winner"] = "none"
@@ -722,23 +756,27 @@ def test_spec_sign_agreement_verdict_uses_the_majority_rate(quick_results):
 def test_phase_checks_numbers(quick_results):
     res, claims = quick_results["phase-checks"]
     I = res["init"]
-    assert max(I["orthogonal"][m]["off_manifold_t1"] for m in ("specgd", "gd")) < 1e-12   # exact manifold
+    assert max(I["orthogonal"][m]["off_manifold_t1"] for m in ("specgd", "gd")) < 1e-12  # exact manifold
     # the Gaussian start theta Z / sqrt(d) is far off the manifold (0.726; the audit's 0.705 at d = 100) and below
     # the barrier (tr(CQ) < 0: a growth stage, as from theta U); the share falls by T1 (0.28, 0.20) and SpecGD's to
     # 0.013 by the end while GD's stays at 0.19 at this size
     G = I["gaussian"]
     assert G["specgd"]["off_manifold_0"] == pytest.approx(0.726, abs=0.001) and all(G[m]["trCQ0"] < 0 for m in G)
-    assert [round(G[m][k], 3) for k in ("off_manifold_t1", "off_manifold_end") for m in ("specgd", "gd")] == \
-        [0.278, 0.198, 0.013, 0.193]
+    assert [round(G[m][k], 3) for k in ("off_manifold_t1", "off_manifold_end") for m in ("specgd", "gd")] == [
+        0.278,
+        0.198,
+        0.013,
+        0.193,
+    ]
     # steps to alignment 0.9: SpecGD 28 / 30, GD 114 / 147 (orthogonal / Gaussian start)
     assert [I[n][m]["to_aligned"] for n in ("orthogonal", "gaussian") for m in ("specgd", "gd")] == [28, 114, 30, 147]
     N = res["noise"]
     assert N["0"]["specgd"]["final_align"] > 0.99 and N["30"]["specgd"]["final_align"] < N["30"]["gd"]["final_align"]
     T, pop = res["t1_online"], res["t1_population"]
-    assert all(T[b]["specgd"] > 5 * pop["specgd"] for b in T)            # online noise: growth stage 7-12x longer
-    assert all(abs(T[b]["gd"] / pop["gd"] - 1) < 0.06 for b in T)       # GD's T1 barely moves online (<= 5%)
+    assert all(T[b]["specgd"] > 5 * pop["specgd"] for b in T)  # online noise: growth stage 7-12x longer
+    assert all(abs(T[b]["gd"] / pop["gd"] - 1) < 0.06 for b in T)  # GD's T1 barely moves online (<= 5%)
     s = phase_checks.summary(res)
-    assert s["best_kappa"] == {16: 1.0, 32: 1.0}                          # 10x the theory's kappa still aligns
+    assert s["best_kappa"] == {16: 1.0, 32: 1.0}  # 10x the theory's kappa still aligns
     assert all(res["lr"][f"{d}|10"]["final_align"] < 0.9 for d in (16, 32))
     # the signal on coordinate 4 at every d (its variance fixed; on coordinate d/2 GD's steps were 45, 108, 203,
     # d^2.2, mostly the weaker signal): GD 45, 57, 65 (log d fits best over this 2x), SpecGD 3, 7, 6
@@ -746,30 +784,33 @@ def test_phase_checks_numbers(quick_results):
     assert gd == [45.0, 57.0, 65.0] and s["laws"]["gd"]["winner"] == "log"
     assert [res["power"][str(d)]["specgd"] for d in (8, 12, 16)] == [3.0, 7.0, 6.0]
     for c in res["cost"].values():
-        assert all(c[m]["sec_per_step"] > 0 for m in ("specgd", "gd")) and c["specgd"]["to_aligned"] < c["gd"]["to_aligned"]
+        assert (
+            all(c[m]["sec_per_step"] > 0 for m in ("specgd", "gd"))
+            and c["specgd"]["to_aligned"] < c["gd"]["to_aligned"]
+        )
 
 
 def test_phase_checks_verdicts_follow_the_numbers(quick_results):
     res, _ = quick_results["phase-checks"]
     bad = copy.deepcopy(res)
-    for b in bad["t1_online"]:                                          # excess ~ batch^-1/2 exactly: holds
+    for b in bad["t1_online"]:  # excess ~ batch^-1/2 exactly: holds
         bad["t1_online"][b]["specgd"] = bad["t1_population"]["specgd"] + 100 / math.sqrt(int(b))
     assert _claim(phase_checks.claims(bad), "open question 1").verdict == "holds"
-    for c in bad["cost"].values():                                      # equal wall clock: inside the noise band
+    for c in bad["cost"].values():  # equal wall clock: inside the noise band
         c["specgd"]["sec_per_step"] = c["gd"]["sec_per_step"] * c["gd"]["to_aligned"] / c["specgd"]["to_aligned"]
     assert _claim(phase_checks.claims(bad), "Measure wall-clock").verdict == "inconclusive"
     for c in bad["cost"].values():
-        c["specgd"]["sec_per_step"] *= 2                                # SpecGD twice as slow to alignment
+        c["specgd"]["sec_per_step"] *= 2  # SpecGD twice as slow to alignment
     assert _claim(phase_checks.claims(bad), "Measure wall-clock").verdict == "fails"
-    N = bad["noise"]                                                    # noise: ratio of times to alignment 0.9
-    assert _claim(phase_checks.claims(bad), "noise variance").verdict == "fails"   # sigma=30: only GD gets there
-    N["30"]["specgd"]["to_aligned"] = 170.0                             # SpecGD 170 vs GD 175: 1.03x sooner
+    N = bad["noise"]  # noise: ratio of times to alignment 0.9
+    assert _claim(phase_checks.claims(bad), "noise variance").verdict == "fails"  # sigma=30: only GD gets there
+    N["30"]["specgd"]["to_aligned"] = 170.0  # SpecGD 170 vs GD 175: 1.03x sooner
     assert _claim(phase_checks.claims(bad), "noise variance").verdict == "holds"
-    N["30"]["gd"]["to_aligned"] = math.nan                              # GD never: counts as SpecGD sooner
+    N["30"]["gd"]["to_aligned"] = math.nan  # GD never: counts as SpecGD sooner
     assert _claim(phase_checks.claims(bad), "noise variance").verdict == "holds"
-    N["3"]["gd"]["to_aligned"] = N["3"]["specgd"]["to_aligned"]         # a tie is not "sooner"
+    N["3"]["gd"]["to_aligned"] = N["3"]["specgd"]["to_aligned"]  # a tie is not "sooner"
     assert _claim(phase_checks.claims(bad), "noise variance").verdict == "fails"
-    bad["lr"]["32|1"]["final_align"] = 0.5                              # only kappa = 0.1 aligns at d = 32
+    bad["lr"]["32|1"]["final_align"] = 0.5  # only kappa = 0.1 aligns at d = 32
     assert _claim(phase_checks.claims(bad), "larger learning rate").verdict == "fails"
 
 
@@ -783,7 +824,7 @@ def test_gaussian_start_has_the_orthogonal_starts_scale():
     assert out["gaussian"]["gd"]["trCQ0"] < 0 and out["orthogonal"]["gd"]["trCQ0"] < 0
     # tr(CQ0) = tr(W0^T Q W0) - w^T Q w: equal in expectation for both starts; 0.1: one draw of a 64 x 64 Z
     assert out["gaussian"]["gd"]["trCQ0"] == pytest.approx(out["orthogonal"]["gd"]["trCQ0"], rel=0.1)
-    assert float(prob["W0"].norm()) ** 2 * 64 > 1 + out["gaussian"]["gd"]["trCQ0"]   # theta Z would give ~64x
+    assert float(prob["W0"].norm()) ** 2 * 64 > 1 + out["gaussian"]["gd"]["trCQ0"]  # theta Z would give ~64x
 
 
 def test_off_manifold_reference():
@@ -792,9 +833,9 @@ def test_off_manifold_reference():
     w, v = basis[:, 0], basis[:, 1]
     P = torch.eye(d, dtype=torch.float64) - torch.outer(w, w) - torch.outer(v, v)
     M = 2 * torch.outer(w, w) + 3 * torch.outer(v, v) + 0.5 * P
-    assert phase_checks.off_manifold(M, w, v) < 1e-14                   # on the manifold
+    assert phase_checks.off_manifold(M, w, v) < 1e-14  # on the manifold
     E = torch.outer(basis[:, 2], basis[:, 3])
-    E = E + E.T                                                         # orthogonal to all three basis matrices
+    E = E + E.T  # orthogonal to all three basis matrices
     assert phase_checks.off_manifold(M + E, w, v) == pytest.approx(float(E.norm() / (M + E).norm()), rel=1e-12)
 
 
@@ -806,7 +847,11 @@ def test_trained_numbers(quick_results):
     # 30 quick steps from loss ln(81) = 4.39: every variant learns (val 3.05-3.11)
     assert all(2.9 < b["val"] < 3.2 for b in best.values())
     # exact polar's updates are (nearly) orthogonal; NS5 spreads them; Schatten-4 keeps much of G's spectrum
-    assert best["svd"]["spread"] > 0.95 and 0.4 < best["muon_quintic"]["spread"] < 0.8 and best["schatten4"]["spread"] < 0.3
+    assert (
+        best["svd"]["spread"] > 0.95
+        and 0.4 < best["muon_quintic"]["spread"] < 0.8
+        and best["schatten4"]["spread"] < 0.3
+    )
     rec = res["runs"]["svd|0.02"]["records"]
     assert {r["step"] for r in rec} == {0, 10, 20} and len({r["layer"] for r in rec}) == 4
     for r in rec:
@@ -820,16 +865,16 @@ def test_trained_numbers(quick_results):
     low = copy.deepcopy(res)
     recs = low["runs"]["svd|0.02"]["records"]
     last = [r for r in recs if r["step"] == 20 and r["layer"] == "blocks.0.qkv"][0]
-    last["st_A"] = 0.1 * 32 * 1.05                                      # inside the +-10% band: decides nothing
+    last["st_A"] = 0.1 * 32 * 1.05  # inside the +-10% band: decides nothing
     assert trained.claims(low)[0].verdict == "inconclusive"
-    last["st_A"] = 0.1 * 32 * 1.2                                       # clearly above the limit
+    last["st_A"] = 0.1 * 32 * 1.2  # clearly above the limit
     assert trained.claims(low)[0].verdict == "fails"
     last["st_A"] = 2.0
     first = [r for r in recs if r["step"] == 0 and r["layer"] == "blocks.0.qkv"][0]
-    first["st_A"] = 1.0                                                 # doubled since init: not "remains"
+    first["st_A"] = 1.0  # doubled since init: not "remains"
     assert trained.claims(low)[0].verdict == "fails"
     bad = copy.deepcopy(res)
-    bad["best"]["muon_quintic"]["val"] = best["svd"]["val"] * 1.03          # 3% worse than exact: outside 2%
+    bad["best"]["muon_quintic"]["val"] = best["svd"]["val"] * 1.03  # 3% worse than exact: outside 2%
     assert trained.claims(bad)[1].verdict == "fails"
 
 
@@ -837,7 +882,9 @@ def test_trained_numbers(quick_results):
 @pytest.fixture(scope="module")
 def layerwise_tiny():
     torch.set_num_threads(1)
-    cfg = layerwise.Config(width=8, samples=16, sweeps=12, settings=tuple(layerwise.SETTINGS)[:2] + tuple(layerwise.SETTINGS)[3:])
+    cfg = layerwise.Config(
+        width=8, samples=16, sweeps=12, settings=tuple(layerwise.SETTINGS)[:2] + tuple(layerwise.SETTINGS)[3:]
+    )
     res = layerwise.run(cfg, None)
     return cfg, res
 
@@ -858,9 +905,9 @@ def test_layerwise_gradient_and_constants_are_exact():
         assert torch.allclose(t["G"], Wg[i].grad, rtol=1e-12, atol=1e-12)
         A = layerwise._chain(Ws, i + 1, 3, d)
         B = layerwise._chain(Ws, 0, i, d) @ X
-        H = torch.kron(A.T @ A, B @ B.T) / n                      # vec(A^T A Z B B^T) for row-major vec(Z)
+        H = torch.kron(A.T @ A, B @ B.T) / n  # vec(A^T A Z B B^T) for row-major vec(Z)
         assert t["LF"] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-10)
-        for _ in range(20):                                     # random Z on the op-norm sphere never beat L_*
+        for _ in range(20):  # random Z on the op-norm sphere never beat L_*
             Z = layerwise.polar_svd(torch.randn(d, d, generator=g, dtype=torch.float64), dtype=torch.float64)[0]
             HZ = A.T @ A @ Z @ B @ B.T / n
             assert float(torch.linalg.matrix_norm(HZ, "nuc")) <= t["Ls"] * (1 + 1e-12)
@@ -873,25 +920,25 @@ def test_layerwise_gradient_and_constants_are_exact():
 def test_layerwise_numbers_and_verdicts(layerwise_tiny):
     cfg, res = layerwise_tiny
     s = layerwise.summary(res)
-    assert s["violations"] == {"spectral": 0, "gd": 0}                  # a theorem up to rounding
+    assert s["violations"] == {"spectral": 0, "gd": 0}  # a theorem up to rounding
     assert s["worst_margin"]["spectral"] > -1e-12
-    for k in cfg.settings:                                              # both methods descend on block sweeps
+    for k in cfg.settings:  # both methods descend on block sweeps
         for m in layerwise.METHODS:
             L = res["runs"][f"{k}|{m}|block"]["loss"]
             assert all(b <= a * (1 + 1e-12) for a, b in zip(L, L[1:])) and L[-1] < 0.5 * L[0]
     claims = layerwise.claims(res)
     assert [c.verdict for c in claims][:2] == ["holds", "holds"]
-    bad = copy.deepcopy(res)                                            # one step short of its guarantee: fails
+    bad = copy.deepcopy(res)  # one step short of its guarantee: fails
     r = bad["runs"][f"{cfg.settings[0]}|spectral|block"]["steps"][3]
     r["dec"] = r["guarantee"] - 1e-6 * r["f"]
     assert layerwise.claims(bad)[0].verdict == "fails" and layerwise.claims(bad)[1].verdict == "holds"
-    for v in bad["runs"].values():                                      # the rule predicting every winner: holds
+    for v in bad["runs"].values():  # the rule predicting every winner: holds
         for r in v["steps"]:
             if "nr" in r:
                 r["ratio"] = r["nr"] / 2 if r["dec_spectral"] > r["dec_gd"] else r["nr"] * 2
     assert layerwise.summary(bad)["rule_agree"] == 1.0 and layerwise.summary(bad)["majority_agree"] < 1.0
     assert _claim(layerwise.claims(bad), "section 7's comparison").verdict == "holds"
-    for _k, v in layerwise.summary(res)["settings"].items():             # the trajectory verdict reads winner vs rule
+    for _k, v in layerwise.summary(res)["settings"].items():  # the trajectory verdict reads winner vs rule
         assert v["winner"] == min(v["final"], key=v["final"].get)
 
 
@@ -903,8 +950,8 @@ def test_embedding_claim_is_judged_against_hidden_layers(tmp_path):
 
     torch.set_num_threads(1)
     res = LO.run(tiny(), tmp_path)
-    res = {**res, "settings": {**res["settings"], "competitive_ratio": 0.0}}   # the threshold alone always passes
-    for scale, want in ((0.0, "holds"), (1e6, "fails")):                 # hidden layers far worse / far better for sign
+    res = {**res, "settings": {**res["settings"], "competitive_ratio": 0.0}}  # the threshold alone always passes
+    for scale, want in ((0.0, "holds"), (1e6, "fails")):  # hidden layers far worse / far better for sign
         bad = copy.deepcopy(res)
         for r in bad["rows"]:
             if r["role"] == "hidden":

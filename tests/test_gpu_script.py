@@ -37,15 +37,17 @@ def test_gpu_script_smoke_runs_every_section(bench, tmp_path):
     assert "tests/test_zoo.py" in s["zoo"]["command"] and s["zoo"]["env"] == {"STEEPEST_TEST_DEVICE": "cpu"}
     # accuracy in bf16 and float32 for every method, on every spectrum of benchmarks/polar.py
     acc = s["accuracy"]["worst_over_shapes"]
-    assert {(r["method"], r["dtype"]) for r in acc} == {(m, d) for m in gpu.accuracy_methods((5, 6))
-                                                          for d in ("bfloat16", "float32")}
+    assert {(r["method"], r["dtype"]) for r in acc} == {
+        (m, d) for m in gpu.accuracy_methods((5, 6)) for d in ("bfloat16", "float32")
+    }
     pe6 = next(r for r in acc if r["method"].startswith("polar_express 6") and r["dtype"] == "float32")
     # 6 steps of the l = 7e-4 table: scalar bound 7.9e-3 (floors here are >= 7.43e-4) plus float32 rounding.
     assert all(pe6[sp] <= 1e-2 for sp in s["accuracy"]["spectra"]), pe6
     # polar time: every method at every shape, with its fraction of the matmul rate
     pol = s["polar"]["rows"]
-    assert {(r["shape"], r["method"]) for r in pol} == {(f"{m}x{n}", k) for m, n in gpu.SMOKE["polar_shapes"]
-                                                          for k in gpu.polar_methods()}
+    assert {(r["shape"], r["method"]) for r in pol} == {
+        (f"{m}x{n}", k) for m, n in gpu.SMOKE["polar_shapes"] for k in gpu.polar_methods()
+    }
     assert all(r["median_ms"] > 0 and r["fraction_of_matmul"] > 0 for r in pol)
     # step: steepest default and torch.optim.Muon, paired ratio and errors (memory only on CUDA)
     rows = {r["optimizer"]: r for r in s["step"]["rows"]}
@@ -87,10 +89,26 @@ def test_dtype_sweep_tiny(bench, tmp_path):
 
 def test_polar_steps_tiny(bench, tmp_path):
     ps = bench("polar_steps")
-    res = ps.main(["--shapes", "12x40", "--spectra", "log_spaced", "--steps", "6,8", "--dtypes", "float32",
-                   "--out", str(tmp_path / "p.json")])
+    res = ps.main(
+        [
+            "--shapes",
+            "12x40",
+            "--spectra",
+            "log_spaced",
+            "--steps",
+            "6,8",
+            "--dtypes",
+            "float32",
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+    )
     worst = {r["method"]: r["log_spaced"] for r in res["worst_over_shapes"]}
-    assert set(worst) == {"newton_schulz 5", "polar_express 6 default (L7E4)", "polar_express 6 published L1E3",
-                          "polar_express 8 default (L1E3)"}
+    assert set(worst) == {
+        "newton_schulz 5",
+        "polar_express 6 default (L7E4)",
+        "polar_express 6 published L1E3",
+        "polar_express 8 default (L1E3)",
+    }
     # 6 steps: the chosen table within its scalar bound 7.9e-3 (+ float32 rounding); 8 steps converged.
     assert worst["polar_express 6 default (L7E4)"] <= 1e-2 and worst["polar_express 8 default (L1E3)"] < 1e-5

@@ -15,8 +15,10 @@ from steepest.diagnostics import JSONLSink
 
 
 def test_import_steepest_loads_no_trainer_framework():
-    code = ("import sys, steepest, steepest.integrations; bad = [m for m in ('transformers', 'lightning', "
-            "'pytorch_lightning') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, steepest, steepest.integrations; bad = [m for m in ('transformers', 'lightning', "
+        "'pytorch_lightning') if m in sys.modules]; assert not bad, bad"
+    )
     env = dict(os.environ, PYTHONPATH=str(Path(steepest.__file__).parents[1]))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -31,8 +33,9 @@ def _gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     return GPT2LMHeadModel(cfg)
 
 
@@ -54,12 +57,28 @@ def _hf_train(out, diag, resume=None, max_steps=6):
     from steepest.integrations import hf
 
     model = _gpt2()
-    args = TrainingArguments(output_dir=str(out), max_steps=max_steps, save_steps=3, per_device_train_batch_size=4,
-                             learning_rate=1e-3, lr_scheduler_type="linear", report_to=[], use_cpu=True, seed=0,
-                             logging_steps=100, save_only_model=False, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=_Tokens(),
-                      optimizer_cls_and_kwargs=hf.trainer_optimizer(steepest.Muon, lr=0.02, adamw_lr=1e-3),
-                      callbacks=[hf.MonitorCallback(every=2, sinks=[JSONLSink(diag)], microbatches=0)])
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=max_steps,
+        save_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        logging_steps=100,
+        save_only_model=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_Tokens(),
+        optimizer_cls_and_kwargs=hf.trainer_optimizer(steepest.Muon, lr=0.02, adamw_lr=1e-3),
+        callbacks=[hf.MonitorCallback(every=2, sinks=[JSONLSink(diag)], microbatches=0)],
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -71,14 +90,19 @@ def test_hf_trainer_one_liner_routes_trains_and_resumes_exactly(tmp_path):
     assert isinstance(opt, steepest.Muon)
     roles = {(g["role"], g.get("transposed", False)): g["names"] for g in opt.param_groups}
     # GPT-2: Conv1D weights are hidden matrices stepped as W^T; wte (tied to lm_head) is the embedding
-    assert roles[("hidden", True)] == [f"transformer.h.{i}.{m}.weight" for i in range(2)
-                                       for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    assert roles[("hidden", True)] == [
+        f"transformer.h.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    ]
     assert roles[("embedding", False)] == ["transformer.wte.weight", "transformer.wpe.weight"]
     assert all(n.endswith(("bias", "weight")) and (".ln_" in n or "bias" in n) for n in roles[("vector", False)])
     # monitor: every Conv1D (and the tied lm_head) recorded at steps 0, 2, 4
     recs = [json.loads(line) for line in (tmp_path / "full.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in recs}) == [0, 2, 4]
-    assert {r["layer"] for r in recs if r["kind"] == "Conv1D"} == set(n[: -len(".weight")] for n in roles[("hidden", True)])
+    assert {r["layer"] for r in recs if r["kind"] == "Conv1D"} == set(
+        n[: -len(".weight")] for n in roles[("hidden", True)]
+    )
 
     # an interrupted run: same files; resume from checkpoint-3 in a fresh Trainer
     cut = tmp_path / "cut"
@@ -116,10 +140,15 @@ def _trainer_groups(tmp_path, args_wd=None, **kwargs):
     from steepest.integrations import hf
 
     extra = {} if args_wd is None else dict(weight_decay=args_wd)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True, disable_tqdm=True,
-                             **extra)
-    trainer = Trainer(model=_gpt2(), args=args, train_dataset=_Tokens(),
-                      optimizer_cls_and_kwargs=hf.trainer_optimizer(steepest.Muon, lr=0.02, **kwargs))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True, disable_tqdm=True, **extra
+    )
+    trainer = Trainer(
+        model=_gpt2(),
+        args=args,
+        train_dataset=_Tokens(),
+        optimizer_cls_and_kwargs=hf.trainer_optimizer(steepest.Muon, lr=0.02, **kwargs),
+    )
     opt = trainer.create_optimizer()
     opt = opt.optimizer if hasattr(opt, "optimizer") else opt
     return {g["role"]: g["weight_decay"] for g in opt.param_groups}
@@ -136,11 +165,13 @@ def test_hf_training_arguments_weight_decay_reaches_the_decaying_groups(tmp_path
         # TrainingArguments' default (0.0) is Trainer's meaning of "no decay": it wins over Muon's own 0.1
         assert _trainer_groups(tmp_path) == {"hidden": 0.0, "embedding": 0.0, "vector": 0.0}
         # an explicit weight_decay= with TrainingArguments left at its default: no conflict, it applies
-        assert _trainer_groups(tmp_path, weight_decay=0.05) == {
-            "hidden": 0.05, "embedding": 0.05, "vector": 0.0}
+        assert _trainer_groups(tmp_path, weight_decay=0.05) == {"hidden": 0.05, "embedding": 0.05, "vector": 0.0}
     # both set and different: the explicit one wins, with a warning naming both
-    with pytest.warns(UserWarning, match=r"trainer_optimizer\(weight_decay=0.05\) wins over "
-                                         r"TrainingArguments\(weight_decay=0.1\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"trainer_optimizer\(weight_decay=0.05\) wins over "
+        r"TrainingArguments\(weight_decay=0.1\)",
+    ):
         got = _trainer_groups(tmp_path, args_wd=0.1, weight_decay=0.05)
     assert got == {"hidden": 0.05, "embedding": 0.05, "vector": 0.0}
 
@@ -164,8 +195,16 @@ def _llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -191,10 +230,20 @@ def _lightning_fit(root, diag, ckpt=None, max_steps=6):
     # (mid-epoch it restarts the epoch unless the dataloader is stateful)
     data = torch.utils.data.DataLoader(_Tokens().x[:12], batch_size=4, shuffle=False)
     module = Module()
-    trainer = L.Trainer(default_root_dir=str(root), max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                        callbacks=[LayerMonitorCallback(every=2, sinks=[JSONLSink(diag)], microbatches=2),
-                                   ModelCheckpoint(dirpath=str(root / "ck"), every_n_train_steps=3, save_top_k=-1)])
+    trainer = L.Trainer(
+        default_root_dir=str(root),
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        callbacks=[
+            LayerMonitorCallback(every=2, sinks=[JSONLSink(diag)], microbatches=2),
+            ModelCheckpoint(dirpath=str(root / "ck"), every_n_train_steps=3, save_top_k=-1),
+        ],
+    )
     trainer.fit(module, data, ckpt_path=ckpt)
     return module
 
@@ -245,8 +294,17 @@ def _tiny_fit(root, sinks, callback: bool, ckpt=None, max_steps=6):
     cbs = [ModelCheckpoint(dirpath=str(root / "ck"), every_n_train_steps=3, save_top_k=-1)]
     if callback:
         cbs.append(LayerMonitorCallback(every=2, sinks=sinks, microbatches=2))
-    trainer = L.Trainer(default_root_dir=str(root), max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, deterministic=True, callbacks=cbs)
+    trainer = L.Trainer(
+        default_root_dir=str(root),
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        callbacks=cbs,
+    )
     trainer.fit(Module(), data, ckpt_path=ckpt)
     return trainer
 

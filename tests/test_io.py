@@ -46,19 +46,19 @@ def test_atomic_writes_follow_the_umask_like_open(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
-    assert stat.S_IMODE((tmp_path / "m.jsonl").stat().st_mode) == mode   # the same as the JSONL files
+    assert stat.S_IMODE((tmp_path / "m.jsonl").stat().st_mode) == mode  # the same as the JSONL files
 
 
 def test_jsonl_counts_and_reports_damaged_lines(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1}\nnot json\n[1, 2]\n{"step": 4}\n{"step": 5, "lo')
     records, bad = _io.scan_jsonl(path)
-    assert records == [{"step": 1}, {"step": 4}] and bad == [2, 3]      # the torn last line is not counted
+    assert records == [{"step": 1}, {"step": 4}] and bad == [2, 3]  # the torn last line is not counted
     with pytest.warns(UserWarning, match=r"m.jsonl: 2 damaged line\(s\) \(not a JSON object: line 2, 3\)"):
         assert _io.read_jsonl(path) == records
     with pytest.raises(_io.JsonlDamaged, match="line 2, 3"):
         _io.read_jsonl(path, errors="raise")
-    path.write_text('{"step": 1}\n[3]')                                  # complete JSON, wrong shape, no newline
+    path.write_text('{"step": 1}\n[3]')  # complete JSON, wrong shape, no newline
     assert _io.scan_jsonl(path) == ([{"step": 1}], [2])
     with pytest.raises(ValueError, match="errors must be"):
         _io.read_jsonl(path, errors="skip")
@@ -77,8 +77,13 @@ def test_temp_files_match_the_pattern_that_cleanup_removes(tmp_path, monkeypatch
     for _ in range(20):
         _io.atomic_write_text(tmp_path / "config.json", "{}")
     assert all(_io.TEMP_PATTERN.match(n)["target"] == "config.json" for n in seen), seen
-    for foreign in (".draft.tmp", ".config.json.tmp", ".config.json.abc.tmp", "config.json.abcd1234.tmp",
-                    ".config.json.ABCD1234.tmp"):
+    for foreign in (
+        ".draft.tmp",
+        ".config.json.tmp",
+        ".config.json.abc.tmp",
+        "config.json.abcd1234.tmp",
+        ".config.json.ABCD1234.tmp",
+    ):
         assert _io.TEMP_PATTERN.match(foreign) is None, foreign
 
 
@@ -87,7 +92,7 @@ def test_read_bytes_limited_stops_at_the_limit(tmp_path):
     assert _io.read_bytes_limited(tmp_path / "a", 10) == b"x" * 10
     with pytest.raises(_io.FileTooLarge, match="a is larger than 9 bytes, the limit for this file"):
         _io.read_bytes_limited(tmp_path / "a", 9)
-    with pytest.raises(_io.FileTooLarge, match="/dev/zero is larger than 1 MiB"):   # endless: read stops at once
+    with pytest.raises(_io.FileTooLarge, match="/dev/zero is larger than 1 MiB"):  # endless: read stops at once
         _io.read_bytes_limited("/dev/zero", 2**20)
 
 
@@ -101,7 +106,7 @@ def test_write_errors_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left on device") as e:
         _io.atomic_write_text(tmp_path / "r.json", "{}")
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "r.json")
-    assert list(tmp_path.iterdir()) == []                                 # no temp file left behind
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
     with pytest.raises(OSError, match="No space left on device") as e:
         _io.append_jsonl(tmp_path / "m.jsonl", {"step": 1})
     assert e.value.filename == str(tmp_path / "m.jsonl")

@@ -21,15 +21,24 @@ SRC = Path(steepest.__file__).resolve().parent
 
 #: Floor of each module prefix (the longest matching prefix wins). A new top-level module needs a row.
 FLOORS = {
-    "steepest._io": 0, "steepest.linalg": 0,
-    "steepest.norms": 1, "steepest.geometry": 1,
+    "steepest._io": 0,
+    "steepest.linalg": 0,
+    "steepest.norms": 1,
+    "steepest.geometry": 1,
     "steepest.diagnostics": 2,
-    "steepest.optim": 3, "steepest.testing": 3, "steepest": 3,
+    "steepest.optim": 3,
+    "steepest.testing": 3,
+    "steepest": 3,
     "steepest.integrations": 3.5,
-    "steepest.app": 4.0, "steepest.app.runs": 4.0,
-    "steepest.app.report": 4.1, "steepest.app.tasks": 4.1, "steepest.app.launch": 4.1,
-    "steepest.app.compare": 4.2, "steepest.app.reproduce": 4.2,
-    "steepest.app.commands": 4.3, "steepest.app.cli": 4.4,
+    "steepest.app": 4.0,
+    "steepest.app.runs": 4.0,
+    "steepest.app.report": 4.1,
+    "steepest.app.tasks": 4.1,
+    "steepest.app.launch": 4.1,
+    "steepest.app.compare": 4.2,
+    "steepest.app.reproduce": 4.2,
+    "steepest.app.commands": 4.3,
+    "steepest.app.cli": 4.4,
 }
 
 #: ``steepest.compare`` is the application's main job re-exported on the package; steepest/__init__.py
@@ -42,8 +51,11 @@ LAZY_ALIAS = {("steepest", "steepest.app.compare")}
 KNOWN_UPWARD: set[tuple[str, str]] = set()  # none left: the kernel rewrite removed the last ones
 
 #: Modules that need an optional framework (skipped by the import checks when it is not installed).
-OPTIONAL_DEPS = {"steepest.integrations.hf": "transformers", "steepest.integrations.lightning": "lightning",
-                 "steepest.integrations.torchtitan": "torchtitan"}
+OPTIONAL_DEPS = {
+    "steepest.integrations.hf": "transformers",
+    "steepest.integrations.lightning": "lightning",
+    "steepest.integrations.torchtitan": "torchtitan",
+}
 
 #: Package attributes allowed to shadow a submodule of the same name: none (linalg.polar became
 #: linalg.polar_factor, so the function steepest.linalg.polar no longer hides a module).
@@ -132,13 +144,14 @@ def _cycles(edges) -> list[list[str]]:
 
 
 def test_import_steepest_loads_no_application_and_no_yaml(tmp_path):
-    code = ("import steepest, sys; bad = sorted(m for m in sys.modules if m == 'yaml' or m.startswith('yaml.') "
-            "or m == 'steepest.app' or m.startswith('steepest.app.')); print(bad); assert not bad, bad; "
-            "assert callable(steepest.compare); assert 'steepest.app.compare' in sys.modules")
+    code = (
+        "import steepest, sys; bad = sorted(m for m in sys.modules if m == 'yaml' or m.startswith('yaml.') "
+        "or m == 'steepest.app' or m.startswith('steepest.app.')); print(bad); assert not bad, bad; "
+        "assert callable(steepest.compare); assert 'steepest.app.compare' in sys.modules"
+    )
     env = {k: v for k, v in __import__("os").environ.items()}
     env["PYTHONPATH"] = str(SRC.parent) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

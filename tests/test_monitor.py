@@ -44,17 +44,22 @@ def test_step_with_closure_records_every_layer():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = LayerMonitor(model, every=2, sinks=[sink]).attach(opt)
     for x in _batches(4):
+
         def closure(x=x):
             opt.zero_grad()
             loss = model(x).square().mean()
             loss.backward()
             return loss
+
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no "skipped" warning
             opt.step(closure)
     assert [(r["step"], r["layer"]) for r in sink.records] == [(0, "a"), (0, "b"), (2, "a"), (2, "b")]
-    assert all(r["nr_G"] is not None and r["update_fro"] > 0 and r["spec_sign_index"] is not None
-               for r in sink.records if r["step"] == 0)
+    assert all(
+        r["nr_G"] is not None and r["update_fro"] > 0 and r["spec_sign_index"] is not None
+        for r in sink.records
+        if r["step"] == 0
+    )
     assert mon.skipped == {}
 
 
@@ -110,14 +115,14 @@ def test_depthwise_and_conv1d_are_reported_or_monitored_in_one_line():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c1 = nn.Conv1d(2, 4, 3, padding=1)            # monitored now (unfolded like a Conv2d)
+            self.c1 = nn.Conv1d(2, 4, 3, padding=1)  # monitored now (unfolded like a Conv2d)
             self.dw = nn.Conv2d(4, 4, 3, groups=4, padding=1)  # depthwise: skipped with the real reason
-            self.gr = nn.Conv2d(4, 4, 1, groups=2)             # grouped
-            self.c3 = nn.Conv3d(1, 1, 1)                        # not supported
+            self.gr = nn.Conv2d(4, 4, 1, groups=2)  # grouped
+            self.c3 = nn.Conv3d(1, 1, 1)  # not supported
             self.fc = nn.Linear(4, 2)
 
         def forward(self, x):
-            h = self.c1(x)                                      # (N, 4, L)
+            h = self.c1(x)  # (N, 4, L)
             h = self.gr(self.dw(h.unsqueeze(-1))).squeeze(-1)
             return self.fc(h.mean(-1)) + 0 * self.c3(h[:, :1, :, None, None]).sum()
 
@@ -210,8 +215,13 @@ def _run(steps, tmp, state=None, start=0, warm_start=False):
     if state is not None:
         model.load_state_dict(state["model"])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mon = LayerMonitor(model, every=2, sinks=[JSONLSink(tmp / "d.jsonl"), CSVSink(tmp / "d.csv")], microbatches=0,
-                       warm_start=warm_start)
+    mon = LayerMonitor(
+        model,
+        every=2,
+        sinks=[JSONLSink(tmp / "d.jsonl"), CSVSink(tmp / "d.csv")],
+        microbatches=0,
+        warm_start=warm_start,
+    )
     mon.attach(opt)
     if state is not None:
         mon.load_state_dict(state["monitor"])
@@ -319,8 +329,10 @@ def test_records_equal_the_frozen_records(config):
     Krylov start or step count, or a sketch seed, which all move the records by >= 1e-8."""
     frozen = json.loads(S.DATA.read_text())
     if frozen["environment"] != S.environment():  # other float32 kernels give other last bits
-        pytest.skip(f"records frozen under {frozen['environment']}, this is {S.environment()}: "
-                    "regenerate with `python tests/monitor_scenario.py` on the old code to compare here")
+        pytest.skip(
+            f"records frozen under {frozen['environment']}, this is {S.environment()}: "
+            "regenerate with `python tests/monitor_scenario.py` on the old code to compare here"
+        )
     want, got = frozen["configs"][config], S.records(config)
     assert got["fields"] == want["fields"] and got["step"] == want["step"]
     assert len(got["rows"]) == len(want["rows"])
@@ -416,6 +428,7 @@ def test_a_failing_rewind_or_metric_is_a_warning_and_the_step_stands(tmp_path, m
             if step == 1:
                 raise torch.linalg.LinAlgError("linalg.eigh: the algorithm failed to converge")
             return real(layers, step, spec)
+
         monkeypatch.setattr(mon.metrics, "solve", solve)
 
     ref, _ = _train_steps(3)
@@ -486,7 +499,9 @@ def test_layers_fed_the_same_activations_get_the_records_of_separate_inputs(warm
     out, calls = {}, {True: [], False: []}
     for share in (True, False):
         real_gram, real_top = M.gram, M.top_singular_pair
-        monkeypatch.setattr(M, "gram", lambda X, dtype, c=calls[share], g=real_gram: c.append(X.dtype == dtype) or g(X, dtype))
+        monkeypatch.setattr(
+            M, "gram", lambda X, dtype, c=calls[share], g=real_gram: c.append(X.dtype == dtype) or g(X, dtype)
+        )
         monkeypatch.setattr(M, "top_singular_pair", lambda *a, c=calls[share], t=real_top: c.append("krylov") or t(*a))
         torch.manual_seed(12)
         model, sink = _QKV(share), MemorySink()

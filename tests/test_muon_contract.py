@@ -51,7 +51,11 @@ def test_default_groups_match_torch():
     a, b = steepest.Muon([W]).param_groups[0], TORCH([W]).param_groups[0]
     assert (a["lr"], a["weight_decay"], a["momentum"], a["nesterov"]) == (1e-3, 0.1, 0.95, True)
     assert (a["lr"], a["weight_decay"], a["momentum"], a["nesterov"]) == (
-        b["lr"], b["weight_decay"], b["momentum"], b["nesterov"])
+        b["lr"],
+        b["weight_decay"],
+        b["momentum"],
+        b["nesterov"],
+    )
     assert a["ns_eps"] == b["eps"] and a["steps"] == b["ns_steps"] and tuple(a["coefficients"]) == b["ns_coefficients"]
 
 
@@ -209,11 +213,13 @@ def _train(make, kw, steps=5, dtype=torch.float32, closure=False):
     opt = make(ps, **kw)
     first = float(_loss(ps, x).detach())
     for _ in range(steps):
+
         def step_closure():
             opt.zero_grad()
             loss = _loss(ps, x)
             loss.backward()
             return loss
+
         if closure:
             opt.step(step_closure)
         else:
@@ -410,16 +416,32 @@ def _with_grad(t):
 ERROR_INPUTS = {
     "invalid param type": (lambda: _sample()[0], {}, TypeError, "construction"),
     "duplicate parameters in a group": (lambda: [_sample()[0]] * 2, {}, UserWarning, "construction"),
-    "duplicate parameters across groups": (lambda: [{"params": p} for p in [_sample()[0]] * 2], {}, ValueError,
-                                           "construction"),
-    "Tensor lr must be 1-element": (lambda: [_sample()[0]], dict(lr=torch.tensor([0.001, 0.001])), ValueError,
-                                    "construction"),
+    "duplicate parameters across groups": (
+        lambda: [{"params": p} for p in [_sample()[0]] * 2],
+        {},
+        ValueError,
+        "construction",
+    ),
+    "Tensor lr must be 1-element": (
+        lambda: [_sample()[0]],
+        dict(lr=torch.tensor([0.001, 0.001])),
+        ValueError,
+        "construction",
+    ),
     "params with/without names": (lambda: [("weight", _sample()[0]), _sample()[1]], {}, ValueError, "construction"),
-    "groups with/without names": (lambda: [{"params": [_sample()[0]], "lr": 1e-2},
-                                           {"params": [("weight", _sample()[1])]}], {}, ValueError, "construction"),
+    "groups with/without names": (
+        lambda: [{"params": [_sample()[0]], "lr": 1e-2}, {"params": [("weight", _sample()[1])]}],
+        {},
+        ValueError,
+        "construction",
+    ),
     "only support 2D parameters": (lambda: [_with_grad(torch.rand(2, 3, 4))], {}, ValueError, "construction"),
-    "unknown adjust_lr_fn": (lambda: [_with_grad(torch.rand(2, 3))], dict(adjust_lr_fn="arbitrary"), ValueError,
-                             "construction"),
+    "unknown adjust_lr_fn": (
+        lambda: [_with_grad(torch.rand(2, 3))],
+        dict(adjust_lr_fn="arbitrary"),
+        ValueError,
+        "construction",
+    ),
     "complex parameters": (lambda: [_with_grad(torch.rand(2, 3, dtype=torch.complex64))], {}, RuntimeError, "step"),
 }
 

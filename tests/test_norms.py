@@ -14,8 +14,18 @@ import steepest
 from steepest.linalg.schatten import schatten_norm
 from steepest.testing.reference import ref_dual_norm, ref_dualize, ref_matrix_norm
 
-GEOMETRIES = [("frobenius", None), ("spectral", None), ("linf", None), ("schatten", 1.0), ("schatten", 1.5),
-              ("schatten", 2.0), ("schatten", 3.0), ("schatten", 8.0), ("schatten", 32.0), ("schatten", math.inf)]
+GEOMETRIES = [
+    ("frobenius", None),
+    ("spectral", None),
+    ("linf", None),
+    ("schatten", 1.0),
+    ("schatten", 1.5),
+    ("schatten", 2.0),
+    ("schatten", 3.0),
+    ("schatten", 8.0),
+    ("schatten", 32.0),
+    ("schatten", math.inf),
+]
 SHAPES = [(7, 7), (9, 4), (4, 9), (1, 6), (6, 1), (3, 5, 4)]
 
 
@@ -69,8 +79,9 @@ def test_against_float64_reference(geometry, shape):
     # float64 everywhere: agreement to ~1e-12 of the largest entry.
     np.testing.assert_allclose(steepest.matrix_norm(G, norm, p).numpy(), ref_matrix_norm(G, norm, p), rtol=1e-10)
     np.testing.assert_allclose(steepest.dual_norm(G, norm, p).numpy(), ref_dual_norm(G, norm, p), rtol=1e-10)
-    torch.testing.assert_close(steepest.dualize(G, norm, p, dtype=torch.float64), ref_dualize(G, norm, p),
-                               atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        steepest.dualize(G, norm, p, dtype=torch.float64), ref_dualize(G, norm, p), atol=1e-10, rtol=0
+    )
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
@@ -95,8 +106,9 @@ def test_zero_maps_to_zero(geometry):
 def test_schatten_special_cases():
     G = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(steepest.dualize(G, "schatten", 2.0), G / G.norm())  # p = 2: G / ||G||_F
-    torch.testing.assert_close(steepest.dualize(G, "schatten", math.inf, dtype=torch.float64),
-                               steepest.polar(G, dtype=torch.float64))  # p = inf: polar factor
+    torch.testing.assert_close(
+        steepest.dualize(G, "schatten", math.inf, dtype=torch.float64), steepest.polar(G, dtype=torch.float64)
+    )  # p = inf: polar factor
     # p = 1: the top singular direction only (rank 1 for distinct singular values), nuclear norm 1.
     D1 = steepest.dualize(G, "schatten", 1.0)
     s = torch.linalg.svdvals(D1)

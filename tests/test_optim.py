@@ -104,8 +104,10 @@ def test_seed000_quadratic_guaranteed_decrease(decay):
         assert float(torch.linalg.svdvals(M @ Z).sum() / torch.linalg.svdvals(Z)[0]) <= L_star * (1 + 1e-12)
     assert float(torch.linalg.svdvals(M).sum()) == pytest.approx(L_star, rel=1e-12)
 
-    for geometry, lr, bound in [("spectral", 1 / L_star, lambda G: torch.linalg.svdvals(G).sum() ** 2 / (2 * L_star)),
-                                ("frobenius", 1 / L_F, lambda G: (G**2).sum() / (2 * L_F))]:
+    for geometry, lr, bound in [
+        ("spectral", 1 / L_star, lambda G: torch.linalg.svdvals(G).sum() ** 2 / (2 * L_star)),
+        ("frobenius", 1 / L_F, lambda G: (G**2).sum() / (2 * L_F)),
+    ]:
         X = torch.nn.Parameter(X0.clone())
         opt = steepest.SteepestDescent([X], lr=lr, norm=geometry, step_size="dual", dtype=torch.float64)
         for _ in range(15):
@@ -151,6 +153,7 @@ def test_lr_scheduler_closure_and_grad_untouched():
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     lrs = []
     for _ in range(3):
+
         def closure():
             opt.zero_grad()
             loss = (W**2).sum()
@@ -212,11 +215,10 @@ def _mlp_problem():
         p.requires_grad_(False)
     Y = teacher(X)
     torch.manual_seed(7)
-    model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
-                                torch.nn.Linear(32, 3))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3)
+    )
     return model, X, Y
-
-
 
 
 @pytest.mark.parametrize("name", [n for n, info in CLASS_DB.items() if "mlp" in info.inputs])

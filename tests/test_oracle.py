@@ -142,8 +142,9 @@ def test_transposed_view_steps_the_conv1d_layout():
 
     sp = O.layer_oracle(plain, lp, {"w": Gp}, geometries=GEOMS, step_sizes=muon_eta)["w"]
     seen_plain, seen = seen, {}
-    st = O.layer_oracle(tr, lt, {"w": Gt}, geometries=GEOMS, step_sizes=muon_eta,
-                        views={"w": {"transposed": True}})["w"]
+    st = O.layer_oracle(tr, lt, {"w": Gt}, geometries=GEOMS, step_sizes=muon_eta, views={"w": {"transposed": True}})[
+        "w"
+    ]
     assert seen_plain == seen == {"w": {(4, 6)}}
     for key in sp:
         assert st[key].eta_lr == sp[key].eta_lr == 0.05
@@ -173,9 +174,11 @@ def test_conv_kernels_use_the_flattened_matrix_view():
 
 
 def test_winners_spearman_and_bad_input():
-    res = {"a": {"spectral": {"decrease": 2.0}, "frobenius": {"decrease": 1.0}},
-           "b": {"spectral": {"decrease": 1.0}, "frobenius": {"decrease": 1.01}},
-           "c": {"spectral": {"decrease": 0.0}, "frobenius": {"decrease": 0.0}}}
+    res = {
+        "a": {"spectral": {"decrease": 2.0}, "frobenius": {"decrease": 1.0}},
+        "b": {"spectral": {"decrease": 1.0}, "frobenius": {"decrease": 1.01}},
+        "c": {"spectral": {"decrease": 0.0}, "frobenius": {"decrease": 0.0}},
+    }
     assert O.oracle_winners(res) == {"a": "spectral", "b": "frobenius", "c": "none"}
     assert O.oracle_winners(res, rtol=0.02)["b"] == "tie"
     assert O.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
@@ -209,8 +212,15 @@ from steepest.app.runs import ConfigError  # noqa: E402
 
 def tiny() -> LO.Config:
     """The quick experiment cut to two task subjects and three geometries (~3 s on one core)."""
-    return dataclasses.replace(LO.quick(), subjects=("charlm", "mnist-cnn"), checkpoints=(0, 20), batch_sizes=(4, 16),
-                               geometries=("spectral", "linf", "frobenius"), grid=7, golden=4)
+    return dataclasses.replace(
+        LO.quick(),
+        subjects=("charlm", "mnist-cnn"),
+        checkpoints=(0, 20),
+        batch_sizes=(4, 16),
+        geometries=("spectral", "linf", "frobenius"),
+        grid=7,
+        golden=4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +252,7 @@ def test_tiny_experiment_cells_scores_and_claims(tiny_run):
     for crit, other, pred_key, _ in LO.PAIRS:
         s = LO.score(res["rows"], crit, cfg.tie_rtol)
         n, agree, spec = _score_by_hand(res["rows"], other, pred_key, cfg.tie_rtol)
-        assert (s["n"], s["agree"]) == (n, agree) and n >= 30       # most of the 40 records are decided
+        assert (s["n"], s["agree"]) == (n, agree) and n >= 30  # most of the 40 records are decided
         assert s["always_spectral"] == pytest.approx(spec / n)
         assert s["majority"] == pytest.approx(max(spec, n - spec) / n) and s["majority"] >= 0.5
         assert 0.0 <= s["rate"] <= 1.0 and -1.0 <= s["spearman"] <= 1.0
@@ -306,9 +316,9 @@ def test_probe_cell_restores_the_model_bit_for_bit():
 
 def test_step_sizes_follow_the_compare_scaling():
     eta = LO.step_sizes(LO.Config())
-    assert eta("w", "spectral", (256, 64)) == pytest.approx(0.02 * 2.0)        # sqrt(max(1, m/n)) = 2
+    assert eta("w", "spectral", (256, 64)) == pytest.approx(0.02 * 2.0)  # sqrt(max(1, m/n)) = 2
     assert eta("w", "linf", (256, 64)) == 5e-4
-    assert eta("w", "frobenius", (256, 64)) == pytest.approx(0.0018 * 128.0)   # unit RMS: sqrt(m n)
+    assert eta("w", "frobenius", (256, 64)) == pytest.approx(0.0018 * 128.0)  # unit RMS: sqrt(m n)
     assert eta("w", "schatten-8", (64, 256)) == pytest.approx(0.04)
 
 
@@ -336,9 +346,10 @@ def test_quick_experiment_numbers(tmp_path):
     assert len(out.results["rows"]) == 4 * (7 + 3 + 10 + 16)
     dd = LO.score(out.results["rows"], "dd", 0.02)
     ss = LO.score(out.results["rows"], "ss", 0.02)
-    assert dd["undecided"] == 8            # tied tables (GPT-2 wte = lm_head, BERT word = decoder): no single A, 4 cells x 2
-    assert ss["n_ratio"] < ss["n"] / 2     # the index is finite and positive in a minority of records
+    assert dd["undecided"] == 8  # tied tables (GPT-2 wte = lm_head, BERT word = decoder): no single A, 4 cells x 2
+    assert ss["n_ratio"] < ss["n"] / 2  # the index is finite and positive in a minority of records
     # today's verdicts (1 thread, this machine): DD beats the majority class by >= 0.1 but its ratio ranks
     # poorly; the index neither beats the majority nor ranks; spectral does not win at B = 4; embeddings hold
-    assert [c.verdict for c in out.claims] == ["holds", "fails", "fails", "fails", "fails", "holds"], \
-        [(c.statement, c.measured) for c in out.claims]
+    assert [c.verdict for c in out.claims] == ["holds", "fails", "fails", "fails", "fails", "holds"], [
+        (c.statement, c.measured) for c in out.claims
+    ]

@@ -32,8 +32,21 @@ def test_wheel_ships_the_tuned_table(tmp_path):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels, target = tmp_path / "wheels", tmp_path / "site"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", str(wheels), str(project)])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(wheels),
+            str(project),
+        ]
+    )
     (wheel,) = wheels.glob("steepest-*.whl")
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)])
     assert (target / "steepest" / "app" / "tuned.json").is_file()

@@ -172,7 +172,7 @@ def test_generated_table_for_smaller_l_converges_on_wider_spectrum():
 
 
 # ---------------------------------------------------------------------------------------- svd fallback
-@pytest.mark.parametrize("fails", [1, 2])           # 1: the float64 transpose's SVD, 2: the Gram eigh path
+@pytest.mark.parametrize("fails", [1, 2])  # 1: the float64 transpose's SVD, 2: the Gram eigh path
 @pytest.mark.parametrize("shape", [(7, 4), (4, 7), (3, 6, 6)])
 def test_polar_svd_falls_back_when_lapack_does_not_converge(monkeypatch, fails, shape):
     """A LinAlgError from torch.linalg.svd (gesdd not converging) gives the same polar factor from the
@@ -180,7 +180,7 @@ def test_polar_svd_falls_back_when_lapack_does_not_converge(monkeypatch, fails, 
     from steepest.linalg.polar_factor import SVDFallbackWarning, polar_svd
 
     G = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    G[..., -1] = G[..., 0]                          # rank-deficient: the cut-off must still drop the null part
+    G[..., -1] = G[..., 0]  # rank-deficient: the cut-off must still drop the null part
     want_q, want_s = polar_svd(G, dtype=torch.float64)
     real_svd, calls = torch.linalg.svd, []
 
@@ -196,4 +196,4 @@ def test_polar_svd_falls_back_when_lapack_does_not_converge(monkeypatch, fails, 
     # 1e-7: the eigh path squares the spectrum, so the factor is accurate to about sqrt(eps64) ~ 1.5e-8
     # times the condition of the kept part (about 10 here); the SVD path agrees to rounding
     assert torch.allclose(q, want_q, atol=1e-7) and torch.allclose(s, want_s, atol=1e-7)
-    assert len(calls) == fails + (fails == 1)       # path 1 succeeds on its second call, path 2 never calls again
+    assert len(calls) == fails + (fails == 1)  # path 1 succeeds on its second call, path 2 never calls again

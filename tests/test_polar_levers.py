@@ -104,8 +104,10 @@ def test_gram_auto_rule_and_errors():
     sq, wide = torch.randn(64, 64, generator=g), torch.randn(64, 256, generator=g)
     # Square (slower in Gram form) and bf16 (twice the error) keep the standard form, bit for bit.
     assert torch.equal(steepest.polar(sq, "newton_schulz", 5), steepest.polar(sq, "newton_schulz", 5, gram=False))
-    assert torch.equal(steepest.polar(wide, "newton_schulz", 5, dtype=torch.bfloat16),
-                       steepest.polar(wide, "newton_schulz", 5, dtype=torch.bfloat16, gram=False))
+    assert torch.equal(
+        steepest.polar(wide, "newton_schulz", 5, dtype=torch.bfloat16),
+        steepest.polar(wide, "newton_schulz", 5, dtype=torch.bfloat16, gram=False),
+    )
     with pytest.raises(ValueError, match="newton_schulz"):
         steepest.polar(wide, "polar_express", gram=True)
     with pytest.raises(ValueError, match="frobenius"):
@@ -119,8 +121,9 @@ def _spectra() -> dict[str, torch.Tensor]:
     values: floor 7.52e-4, just above the worst benchmark case 7.43e-4), and benchmarks/polar.py's own
     log-spaced [1e-6, 1] at 256 (floor 8.93e-4)."""
     return {
-        "ones+log[1e-3,1] 96": torch.cat([torch.ones(7, dtype=torch.float64),
-                                           torch.logspace(0, math.log10(1.001e-3), 89, dtype=torch.float64)]),
+        "ones+log[1e-3,1] 96": torch.cat(
+            [torch.ones(7, dtype=torch.float64), torch.logspace(0, math.log10(1.001e-3), 89, dtype=torch.float64)]
+        ),
         "log[1e-6,1] 256": torch.logspace(0, -6, 256, dtype=torch.float64),
     }
 
@@ -157,8 +160,9 @@ def test_steps_get_the_best_table_against_float64_reference(spectrum, steps):
     G = G64.float()
     Q = steepest.polar(G, "polar_express", steps, dtype=torch.float32)  # no coefficients: the chosen table
     name = C.best_polar_express_table(steps)
-    assert torch.equal(Q, steepest.polar(G, "polar_express", steps, coefficients=C.POLAR_EXPRESS_TABLES[name],
-                                         dtype=torch.float32))
+    assert torch.equal(
+        Q, steepest.polar(G, "polar_express", steps, coefficients=C.POLAR_EXPRESS_TABLES[name], dtype=torch.float32)
+    )
     err = _max_s_minus_1(Q, G64)
     # The scalar bound on [floor, 1/1.01] holds for every singular value of interest; float32 adds rounding:
     # measured 2e-8..5e-8 once converged (2 * steps matmuls at unit roundoff 6e-8), so 1e-6 is ~20x that
@@ -169,8 +173,10 @@ def test_steps_get_the_best_table_against_float64_reference(spectrum, steps):
     # (every table is still > 0.88 from 1 there; they differ in the 5th digit) and on the gentler log 256
     # spectrum (floor 8.9e-4, nearer the published l = 1e-3) where the published table wins at 4-5 steps
     # (0.618 vs 0.663, 0.2164 vs 0.2155): the choice is made for the worst floor.
-    other = min(_max_s_minus_1(steepest.polar(G, "polar_express", steps, coefficients=t, dtype=torch.float32), G64)
-                for t in C.POLAR_EXPRESS_TABLES.values())
+    other = min(
+        _max_s_minus_1(steepest.polar(G, "polar_express", steps, coefficients=t, dtype=torch.float32), G64)
+        for t in C.POLAR_EXPRESS_TABLES.values()
+    )
     if steps >= 4 and (spectrum.startswith("ones") or steps >= 6):
         assert err <= other + 1e-6, (err, other)
     if steps == 6:  # issue 22 item 3: <= 1e-2 in 6 steps, where the published table truncated misses it

@@ -17,12 +17,15 @@ def _fresh_cache(monkeypatch):
     P.clear_cache()
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16),
-    ({"avx2", "amx_bf16", "amx_tile"}, torch.bfloat16),
-    ({"avx2", "fma", "avx512f"}, torch.float32),  # AVX512 without BF16: emulated bf16
-    ({"avx2", "fma"}, torch.float32),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16),
+        ({"avx2", "amx_bf16", "amx_tile"}, torch.bfloat16),
+        ({"avx2", "fma", "avx512f"}, torch.float32),  # AVX512 without BF16: emulated bf16
+        ({"avx2", "fma"}, torch.float32),
+    ],
+)
 def test_cpu_capability_check(monkeypatch, flags, expected):
     monkeypatch.setattr(P, "_cpu_flags", lambda: flags)
     assert P.auto_dtype("cpu") == expected
@@ -76,8 +79,12 @@ def test_muon_default_is_the_explicit_choice_bit_for_bit(monkeypatch, forced, ex
 def test_polar_accepts_auto(monkeypatch):
     monkeypatch.setenv("STEEPEST_BF16", "0")
     G = torch.randn(16, 8)
-    torch.testing.assert_close(steepest.polar(G, "newton_schulz", dtype="auto"),
-                               steepest.polar(G, "newton_schulz", dtype=torch.float32), rtol=0, atol=0)
+    torch.testing.assert_close(
+        steepest.polar(G, "newton_schulz", dtype="auto"),
+        steepest.polar(G, "newton_schulz", dtype=torch.float32),
+        rtol=0,
+        atol=0,
+    )
 
 
 # --------------------------------------------------------------------------- the dtype per matrix size
@@ -88,13 +95,16 @@ SIDES = (32, 64, 96, 128, 159, 160, 192, 256, 512, 1024, 2048, 4096)
 BF, F32 = torch.bfloat16, torch.float32
 
 
-@pytest.mark.parametrize("flags, kind, bf16_from", [
-    # Issue 22 (Intel Xeon, AMX): fp32 as fast or faster up to 128 x 128, bf16 3.5-6x faster from 256 x 256.
-    (AMX, "cpu-amx", 160),
-    # AMD EPYC (avx512_bf16, no AMX), benchmarks/dtype_sweep.py: bf16 0.99x fp32 at 96, 0.80x at 128.
-    (AVX512_BF16, "cpu-avx512_bf16", 128),
-    (NO_BF16, "cpu-no-bf16", None),
-])
+@pytest.mark.parametrize(
+    "flags, kind, bf16_from",
+    [
+        # Issue 22 (Intel Xeon, AMX): fp32 as fast or faster up to 128 x 128, bf16 3.5-6x faster from 256 x 256.
+        (AMX, "cpu-amx", 160),
+        # AMD EPYC (avx512_bf16, no AMX), benchmarks/dtype_sweep.py: bf16 0.99x fp32 at 96, 0.80x at 128.
+        (AVX512_BF16, "cpu-avx512_bf16", 128),
+        (NO_BF16, "cpu-no-bf16", None),
+    ],
+)
 def test_auto_dtype_per_size_on_each_cpu_kind(monkeypatch, flags, kind, bf16_from):
     monkeypatch.setattr(P, "_cpu_flags", lambda: flags)
     assert P.device_kind("cpu") == kind and P.BF16_MIN_SIDE[kind] == bf16_from

@@ -13,8 +13,9 @@ from steepest.app.report.html import Section, render_report
 
 def test_long_routing_lines_wrap_and_tables_scroll_in_their_own_box():
     line = "transformer.h.0.attn.c_attn.weight " * 20  # ~700 characters on one line
-    page = render_report("t", [Section("Routing", preformatted=line),
-                               Section("Table", tables=[(["a"] * 30, [[1.0] * 30])])])
+    page = render_report(
+        "t", [Section("Routing", preformatted=line), Section("Table", tables=[(["a"] * 30, [[1.0] * 30])])]
+    )
     css = re.search(r"<style>(.*?)</style>", page, re.S).group(1)
     pre = re.search(r"pre\{([^}]*)\}", css).group(1)
     assert "white-space:pre-wrap" in pre and "overflow-wrap:anywhere" in pre

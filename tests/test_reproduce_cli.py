@@ -23,7 +23,7 @@ def test_reproduce_writes_the_run_directory(tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["experiment"] == "schatten" and cfg["config"]["m"] == 24 and cfg["config"]["trials"] == 1
     env = json.loads((out / "environment.json").read_text())
-    assert env["threads"] == 1 and "torch" in env                       # --threads default is recorded
+    assert env["threads"] == 1 and "torch" in env  # --threads default is recorded
     claims = json.loads((out / "claims.json").read_text())
     assert len(claims) == 4
     for c in claims:
@@ -31,11 +31,13 @@ def test_reproduce_writes_the_run_directory(tmp_path, capsys):
         assert all(isinstance(v, str) and v for k, v in c.items() if k != "at_size")
         # each claim is the seed's (with its section) or labelled as the project's own extension
         assert c["seed"].startswith("seed 003, ") or c["seed"].startswith("extension (project's own; seed 003")
-        assert c["note"].startswith("baseline: ")                        # baseline and threshold written down
+        assert c["note"].startswith("baseline: ")  # baseline and threshold written down
     # today's verdicts at this size; a quick run shows them only where quick was shown to decide the claim
     assert [c["at_size"] or c["verdict"] for c in claims] == ["holds"] * 4
-    assert all(c["verdict"] in ("holds", base.UNDECIDED) and (c["verdict"] == base.UNDECIDED) == bool(c["at_size"])
-               for c in claims)
+    assert all(
+        c["verdict"] in ("holds", base.UNDECIDED) and (c["verdict"] == base.UNDECIDED) == bool(c["at_size"])
+        for c in claims
+    )
     # the numbers in claims.json are the ones in results.json, and plausible for this config
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["m"] == 24 and res["settings"]["n"] == 12 and res["ps"][-1] == "inf"
@@ -50,9 +52,9 @@ def test_reproduce_writes_the_run_directory(tmp_path, capsys):
         assert 2.0 < K["ns_match_p"] < 16.0
         assert f"matches p = {base.fmt(K['ns_match_p'])}" in claims[3]["measured"].split(kind + ":")[1].split(";")[0]
         start = ps.index(4.0)  # the raw variance can rise from p = 2 to 3; from p = 4 on it falls
-        assert all(a > b for a, b in zip(K["var"][start:], K["var"][start + 1:-1]))  # (p = inf last)
+        assert all(a > b for a, b in zip(K["var"][start:], K["var"][start + 1 : -1]))  # (p = inf last)
     html = (out / "report.html").read_text()
-    assert html.index("Claims: schatten") < html.index("<img")           # claims table on top
+    assert html.index("Claims: schatten") < html.index("<img")  # claims table on top
     assert (out / "schatten_vs_p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stdout = capsys.readouterr().out
     assert "(cells: 2 computed, 0 reused)" in stdout
@@ -66,24 +68,24 @@ def test_rerun_reuses_finished_cells(tmp_path, capsys):
     first = json.loads((out / "results.json").read_text())
     capsys.readouterr()
     cells = sorted((out / "cells").glob("*.json"))
-    assert [c.name.split("-")[1] for c in cells] == ["gaussian", "low_stable_rank"]   # one cell per kind x trial
+    assert [c.name.split("-")[1] for c in cells] == ["gaussian", "low_stable_rank"]  # one cell per kind x trial
     # atomic writes replace the file (new inode): same inode and mtime means the cell was never rewritten
     kept = {c.name: (c.stat().st_ino, c.stat().st_mtime_ns, c.read_bytes()) for c in cells[1:]}
-    cells[0].unlink()                                                    # an interrupted run lost one cell
+    cells[0].unlink()  # an interrupted run lost one cell
     assert main(["reproduce", "schatten", "--out", str(out), *TINY]) == 0
     assert "(cells: 1 computed, 1 reused)" in capsys.readouterr().out
-    assert cells[0].is_file()                                            # the lost cell was recomputed ...
-    for name, got in kept.items():                                       # ... the finished one never rewritten
+    assert cells[0].is_file()  # the lost cell was recomputed ...
+    for name, got in kept.items():  # ... the finished one never rewritten
         f = out / "cells" / name
         assert (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) == got
-    assert json.loads((out / "results.json").read_text()) == first       # same seeds: same numbers
+    assert json.loads((out / "results.json").read_text()) == first  # same seeds: same numbers
     before = {c.name: c.stat().st_mtime_ns for c in (out / "cells").glob("*.json")}
     assert main(["reproduce", "schatten", "--out", str(out), *TINY, "--set", "trials=2"]) == 0
-    assert "(cells: 2 computed, 2 reused)" in capsys.readouterr().out   # more trials: only the new cells run
+    assert "(cells: 2 computed, 2 reused)" in capsys.readouterr().out  # more trials: only the new cells run
     after = {c.name: c.stat().st_mtime_ns for c in (out / "cells").glob("*.json")}
     assert len(after) == 4 and {n: after[n] for n in before} == before  # two new files, the old two untouched
     cfg = json.loads((out / "config.json").read_text())["config"]
-    assert cfg["trials"] == 2                                            # config.json describes the latest run
+    assert cfg["trials"] == 2  # config.json describes the latest run
 
 
 def test_run_files_follow_the_umask(tmp_path):
@@ -96,14 +98,14 @@ def test_run_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "run").iterdir() if f.is_file()}
-    assert modes and all(m == 0o644 for m in modes.values()), modes   # what open(..., "w") gives under umask 022
+    assert modes and all(m == 0o644 for m in modes.values()), modes  # what open(..., "w") gives under umask 022
 
 
 def test_bad_set_key_is_a_usage_error(tmp_path, capsys):
     assert main(["reproduce", "schatten", "--out", str(tmp_path), "--set", "bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'bogus'" in err and "valid keys" in err and "trials" in err
-    assert list(tmp_path.iterdir()) == []                                # rejected before anything is written
+    assert list(tmp_path.iterdir()) == []  # rejected before anything is written
 
 
 def test_bad_set_value_and_form_are_usage_errors(tmp_path, capsys):
@@ -117,7 +119,7 @@ def test_bad_set_value_and_form_are_usage_errors(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
     assert main(["reproduce", "quadratic", "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []                                # no run directory from any of them
+    assert list(tmp_path.iterdir()) == []  # no run directory from any of them
 
 
 def test_bad_set_value_names_the_key(tmp_path, capsys):
@@ -134,13 +136,27 @@ def test_unknown_experiment_is_a_usage_error(capsys):
 def test_config_file_then_overrides(tmp_path):
     (tmp_path / "c.yaml").write_text("m: 20\nn: 10\ntrials: 1\nmatch_grid: 6\n")
     out = tmp_path / "run"
-    assert main(["reproduce", "schatten", "--quick", "--out", str(out), "--config", str(tmp_path / "c.yaml"),
-                 "--set", "n=8"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "schatten",
+                "--quick",
+                "--out",
+                str(out),
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--set",
+                "n=8",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert (cfg["m"], cfg["n"], cfg["match_grid"], cfg["trials"]) == (20, 8, 6, 1)
-    assert cfg["close_p"] == 32.0                                        # keys the file does not set keep quick()'s
+    assert cfg["close_p"] == 32.0  # keys the file does not set keep quick()'s
     res = json.loads((out / "results.json").read_text())
-    assert res["settings"]["n"] == 8 and len(res["kinds"]["gaussian"]["grid_p"]) == 6   # the run used them
+    assert res["settings"]["n"] == 8 and len(res["kinds"]["gaussian"]["grid_p"]) == 6  # the run used them
     (tmp_path / "c.toml").write_text("steps = 3\n")
     configs = build_configs(["quadratic"], True, [], str(tmp_path / "c.toml"))
     assert configs["quadratic"].steps == 3
@@ -150,7 +166,7 @@ def test_all_configs_route_prefixed_and_shared_keys():
     names = list(base.REGISTRY)
     cfgs = build_configs(names, True, ["quadratic.steps=7", "seed=11"], None)
     assert cfgs["quadratic"].steps == 7 and cfgs["phase-retrieval"].steps == phase_retrieval_quick_steps()
-    assert all(c.seed == 11 for c in cfgs.values())                      # unprefixed: every experiment with it
+    assert all(c.seed == 11 for c in cfgs.values())  # unprefixed: every experiment with it
     with pytest.raises(ConfigError, match="no experiment has it"):
         build_configs(names, True, ["bogus=1"], None)
     with pytest.raises(ConfigError, match="unknown config key"):
@@ -164,19 +180,33 @@ def phase_retrieval_quick_steps() -> int:
 
 
 def test_combined_report(tmp_path):
-    outcomes = [base.run_experiment(n, cfg, tmp_path / n) for n, cfg in
-                build_configs(["schatten", "quadratic"], True, ["schatten.m=16", "schatten.n=8", "schatten.trials=1",
-                                                                "schatten.match_grid=6", "quadratic.d=8",
-                                                                "quadratic.stable_ranks=[1.5,4]", "quadratic.steps=5",
-                                                                "quadratic.sup_restarts=1", "quadratic.sup_iters=20"],
-                              None).items()]
+    outcomes = [
+        base.run_experiment(n, cfg, tmp_path / n)
+        for n, cfg in build_configs(
+            ["schatten", "quadratic"],
+            True,
+            [
+                "schatten.m=16",
+                "schatten.n=8",
+                "schatten.trials=1",
+                "schatten.match_grid=6",
+                "quadratic.d=8",
+                "quadratic.stable_ranks=[1.5,4]",
+                "quadratic.steps=5",
+                "quadratic.sup_restarts=1",
+                "quadratic.sup_iters=20",
+            ],
+            None,
+        ).items()
+    ]
     path = base.write_combined_report(tmp_path / "report.html", outcomes)
     html = path.read_text()
     assert html.index("All claims") < html.index("schatten: ") < html.index("quadratic: ")
     assert html.count("<tr>") >= sum(len(o.claims) for o in outcomes) + 2
-    assert "schatten/schatten_vs_p.png" in html                          # figures relative to the report
-    for o in outcomes:                                                   # every claim's statement is in the table
+    assert "schatten/schatten_vs_p.png" in html  # figures relative to the report
+    for o in outcomes:  # every claim's statement is in the table
         import html as _html
+
         assert all(_html.escape(c.statement) in html for c in o.claims), o.name
     assert (tmp_path / "quadratic" / "quadratic_loss.png").is_file()
 
@@ -191,15 +221,16 @@ def test_reproduce_all_quick(tmp_path):
     from test_experiments import QUICK_VERDICTS
 
     want = dict(QUICK_VERDICTS, **{"layer-oracle": ["holds", "fails", "fails", "fails", "fails", "holds"]})
-    got = {n: [c["at_size"] or c["verdict"] for c in cs] for n, cs in claims.items()}   # the numbers' own verdicts
+    got = {n: [c["at_size"] or c["verdict"] for c in cs] for n, cs in claims.items()}  # the numbers' own verdicts
     # None: a timing-dependent verdict (phase-checks' wall-clock overhead) that is not pinned
-    assert {n: [v for v, w in zip(got[n], want[n]) if w is not None] for n in got} == \
-        {n: [w for w in ws if w is not None] for n, ws in want.items()}
+    assert {n: [v for v, w in zip(got[n], want[n]) if w is not None] for n in got} == {
+        n: [w for w in ws if w is not None] for n, ws in want.items()
+    }
     html = (out / "report.html").read_text()
     assert html.index("All claims") < min(html.index(f"{name}: ") for name in base.REGISTRY)
     for name in base.REGISTRY:
         per = json.loads((out / name / "claims.json").read_text())
-        assert per == claims[name]                                       # the combined file repeats each run's
+        assert per == claims[name]  # the combined file repeats each run's
         assert json.loads((out / name / "config.json").read_text())["experiment"] == name
         assert all(set(c) == {"seed", "statement", "measured", "verdict", "note", "at_size"} for c in per)
 
@@ -224,8 +255,12 @@ def test_all_with_a_raising_experiment_exits_1_and_shows_a_red_row(tmp_path, mon
     html = (out / "report.html").read_text()
     assert '<td class="error">experiment failed</td>' in html
     assert "RuntimeError: linalg.svd: The algorithm failed to converge" in html
-    assert html.index("All experiments: one row per claim") < html.index("Not checked, and why") < html.index("All claims")
-    assert json.loads((out / "failed.json").read_text()) == {"quadratic": "RuntimeError: linalg.svd: The algorithm failed to converge"}
+    assert (
+        html.index("All experiments: one row per claim") < html.index("Not checked, and why") < html.index("All claims")
+    )
+    assert json.loads((out / "failed.json").read_text()) == {
+        "quadratic": "RuntimeError: linalg.svd: The algorithm failed to converge"
+    }
     assert set(json.loads((out / "claims.json").read_text())) == {"schatten"}
     assert "failed: quadratic" in capsys.readouterr().err
 
@@ -256,19 +291,31 @@ def test_cells_record_the_svd_fallback(tmp_path):
 def test_quick_verdict_shown_only_where_quick_was_shown_to_decide(monkeypatch):
     from steepest.app.reproduce import verdicts
 
-    cs = [base.Claim("seed 9, s. 1", f"claim {i}", "1", v, "baseline: b; threshold (set in Config before the run): t")
-          for i, v in enumerate(["holds", "fails", "holds", "inconclusive"])]
-    monkeypatch.setattr(verdicts, "FROZEN", {"x": [("claim 0", "holds", "holds"), ("claim 1", "holds", "fails"),
-                                                   ("claim 2", "fails", "fails"), ("claim 3", "inconclusive", "inconclusive")]})
+    cs = [
+        base.Claim("seed 9, s. 1", f"claim {i}", "1", v, "baseline: b; threshold (set in Config before the run): t")
+        for i, v in enumerate(["holds", "fails", "holds", "inconclusive"])
+    ]
+    monkeypatch.setattr(
+        verdicts,
+        "FROZEN",
+        {
+            "x": [
+                ("claim 0", "holds", "holds"),
+                ("claim 1", "holds", "fails"),
+                ("claim 2", "fails", "fails"),
+                ("claim 3", "inconclusive", "inconclusive"),
+            ]
+        },
+    )
     quick = verdicts.judge_at_size("x", cs, "quick")
     # 0: quick decides and agrees; 1: quick disagrees with default; 2: this run disagrees with the record; 3: undecided
     assert [c.verdict for c in quick] == ["holds"] + [base.UNDECIDED] * 3
     assert [c.at_size for c in quick] == ["", "fails", "holds", "inconclusive"]
     assert verdicts.judge_at_size("x", cs, "default") == cs
     rows = verdicts.summary_rows("x", cs, "quick")
-    assert [r[3] for r in rows] == ["holds", "holds", "fails", "inconclusive"]      # the recorded default verdict
+    assert [r[3] for r in rows] == ["holds", "holds", "fails", "inconclusive"]  # the recorded default verdict
     assert [r[6] for r in rows] == ["yes", "no (quick: fails)", "yes", "yes"]
-    assert rows[0][4] == "b"                                                       # the baseline, from the note
+    assert rows[0][4] == "b"  # the baseline, from the note
     renamed = [dataclasses_replace(cs[0], statement="something else")]
     assert verdicts.quick_agrees("x", 0, renamed[0]) == "no record"
 
@@ -322,7 +369,7 @@ def test_default_verdicts_are_frozen(tmp_path):
     assert set(claims) == set(base.REGISTRY)
     for name, cs in claims.items():
         want = verdicts.FROZEN[name]
-        assert [c["statement"][:verdicts.KEY_CHARS] for c in cs] == [w[0] for w in want], name
+        assert [c["statement"][: verdicts.KEY_CHARS] for c in cs] == [w[0] for w in want], name
         got = [c["verdict"] for c in cs if not any(t in c["statement"] for t in TIMING)]
         assert got == [w[1] for w, c in zip(want, cs) if not any(t in c["statement"] for t in TIMING)], name
         results = json.loads((out / name / "results.json").read_text())
@@ -334,8 +381,12 @@ def test_grid_edges_flags_a_best_lr_on_the_edge():
     assert base.grid_edges("trained", res) == ["svd lr 0.04 on the edge of [0.01, 0.02, 0.04]"]
     res["best"]["svd"]["lr"] = 0.02
     assert base.grid_edges("trained", res) == []
-    res["settings"]["lrs"] = [0.02]                                      # a one-value grid (quick) is not a choice
+    res["settings"]["lrs"] = [0.02]  # a one-value grid (quick) is not a choice
     assert base.grid_edges("trained", res) == [] and base.grid_edges("quadratic", {}) == []
-    rows = [{"magnitudes": "gaussian", "density": 0.1, "batch": 4, "edge": True}, {"magnitudes": "equal", "density": 1.0,
-                                                                               "batch": 4, "edge": False}]
-    assert base.grid_edges("spec-sign", {"rows": rows}) == ["magnitudes=gaussian, density=0.1, B=4: best eta at the grid edge"]
+    rows = [
+        {"magnitudes": "gaussian", "density": 0.1, "batch": 4, "edge": True},
+        {"magnitudes": "equal", "density": 1.0, "batch": 4, "edge": False},
+    ]
+    assert base.grid_edges("spec-sign", {"rows": rows}) == [
+        "magnitudes=gaussian, density=0.1, B=4: best eta at the grid edge"
+    ]

@@ -15,8 +15,18 @@ class TinyGPT(nn.Module):
     def __init__(self, vocab=11, d=8, tie=False):
         super().__init__()
         self.wte = nn.Embedding(vocab, d)
-        self.blocks = nn.ModuleList([nn.ModuleDict(dict(ln=nn.LayerNorm(d), qkv=nn.Linear(d, 3 * d, bias=False),
-                                                        proj=nn.Linear(d, d), fc=nn.Linear(d, 4 * d)))])
+        self.blocks = nn.ModuleList(
+            [
+                nn.ModuleDict(
+                    dict(
+                        ln=nn.LayerNorm(d),
+                        qkv=nn.Linear(d, 3 * d, bias=False),
+                        proj=nn.Linear(d, d),
+                        fc=nn.Linear(d, 4 * d),
+                    )
+                )
+            ]
+        )
         self.heads_w = nn.Parameter(torch.randn(2, d, d))  # per-head 3-D parameter
         self.lm_head = nn.Linear(d, vocab, bias=False)
         if tie:
@@ -177,8 +187,13 @@ def test_conv1d_is_hidden_in_its_own_transposed_group():
 
 
 def test_input_conv_depthwise_and_grouped_conv_rules():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 3, groups=8),
-                          nn.Conv2d(16, 16, 3, groups=2), nn.Conv2d(16, 8, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.Conv2d(8, 8, 3, groups=8),
+        nn.Conv2d(8, 16, 3, groups=8),
+        nn.Conv2d(16, 16, 3, groups=2),
+        nn.Conv2d(16, 8, 1),
+    )
     groups = steepest.param_groups(model)
     r = _routes(groups)
     assert r["0.weight"][0] == "adamw" and "input layer" in r["0.weight"][2]
@@ -219,8 +234,14 @@ def test_groups_per_role_carry_no_hyperparameters_unless_given():
     for g in groups:
         assert not {"lr", "betas", "weight_decay"} & set(g), g["role"]
         assert len(g["names"]) == len(g["reasons"]) == len(g["params"])
-    groups = steepest.param_groups(TinyGPT(), embedding=dict(lr=1e-3), head=dict(lr=2e-3, weight_decay=0.1),
-                                   vector=dict(weight_decay=0.0), hidden=dict(lr=0.05), adamw_lr=5e-4)
+    groups = steepest.param_groups(
+        TinyGPT(),
+        embedding=dict(lr=1e-3),
+        head=dict(lr=2e-3, weight_decay=0.1),
+        vector=dict(weight_decay=0.0),
+        hidden=dict(lr=0.05),
+        adamw_lr=5e-4,
+    )
     by = {(g["role"], g["tensor_mode"] if g["role"] == "hidden" else None): g for g in groups}
     assert by["embedding", None]["lr"] == 1e-3 and by["head", None]["lr"] == 2e-3
     assert by["head", None]["weight_decay"] == 0.1 and by["vector", None]["lr"] == 5e-4

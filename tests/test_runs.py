@@ -48,12 +48,20 @@ def test_environment_names_versions():
 
 def test_report_renders_tables_and_relative_figures(tmp_path):
     (tmp_path / "fig.png").write_bytes(b"\x89PNG")
-    out = write_report(tmp_path / "report.html", "T", [
-        Section("Claims", text=["x < y"], tables=[(["claim", "verdict"], [["a", "holds"], ["b", "fails"]])],
-                figures=[str(tmp_path / "fig.png")]),
-    ])
+    out = write_report(
+        tmp_path / "report.html",
+        "T",
+        [
+            Section(
+                "Claims",
+                text=["x < y"],
+                tables=[(["claim", "verdict"], [["a", "holds"], ["b", "fails"]])],
+                figures=[str(tmp_path / "fig.png")],
+            ),
+        ],
+    )
     html = out.read_text()
-    assert "<td class=\"holds\">holds</td>" in html and "<td class=\"fails\">fails</td>" in html
+    assert '<td class="holds">holds</td>' in html and '<td class="fails">fails</td>' in html
     assert "src='fig.png'" in html and "x &lt; y" in html
 
 
@@ -66,14 +74,16 @@ def test_file_values_are_checked_against_the_field_types():
     """Values from a YAML/TOML file arrive typed; they are checked, not passed through (issue 13: steps: 5.5)."""
     ok = runs.apply_overrides(Cfg(), {"steps": 5.0, "lr": 1, "widths": [4, 8], "p": None, "quick": True})
     assert ok == Cfg(steps=5, lr=1.0, widths=(4, 8), p=None, quick=True) and type(ok.steps) is int
-    for data, message in [({"steps": 5.5}, "config key steps: expected int, got 5.5"),
-                          ({"steps": True}, "config key steps: expected int, got True"),
-                          ({"lr": "fast"}, "config key lr: expected float, got 'fast'"),
-                          ({"name": 3}, "config key name: expected str, got 3"),
-                          ({"quick": 1}, "config key quick: expected a boolean, got 1"),
-                          ({"widths": [4, 8.5]}, "config key widths: expected int, got 8.5"),
-                          ({"widths": 4}, "config key widths: expected a list, got 4"),
-                          ({"p": [1]}, "config key p: cannot use [1]")]:
+    for data, message in [
+        ({"steps": 5.5}, "config key steps: expected int, got 5.5"),
+        ({"steps": True}, "config key steps: expected int, got True"),
+        ({"lr": "fast"}, "config key lr: expected float, got 'fast'"),
+        ({"name": 3}, "config key name: expected str, got 3"),
+        ({"quick": 1}, "config key quick: expected a boolean, got 1"),
+        ({"widths": [4, 8.5]}, "config key widths: expected int, got 8.5"),
+        ({"widths": 4}, "config key widths: expected a list, got 4"),
+        ({"p": [1]}, "config key p: cannot use [1]"),
+    ]:
         with pytest.raises(runs.ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
             runs.apply_overrides(Cfg(), data)
     assert runs.apply_overrides(Pair(), {"band": [0.5, 3]}).band == (0.5, 3.0)
@@ -91,7 +101,7 @@ def test_one_yaml_loader_reads_plain_data_only(tmp_path):
 
     assert load_yaml("a: [1, 2.5, x]", "--set a") == {"a": [1, 2.5, "x"]}
     with pytest.raises(ConfigError, match=r"--set a: not valid YAML .*could not determine a constructor"):
-        load_yaml("!!python/object/apply:os.system ['true']", "--set a")      # no Python objects
+        load_yaml("!!python/object/apply:os.system ['true']", "--set a")  # no Python objects
     with pytest.raises(ConfigError, match=r"--set a: not valid YAML .*aliases \(\*name\) are not accepted"):
         load_yaml("a: &x [1]\nb: *x", "--set a")
     with pytest.raises(ConfigError, match=r"--task-opt n: not valid YAML"):

@@ -30,17 +30,20 @@ def _snapshot(opt):
 
 
 # ------------------------------------------------------------------ documented limits, at construction
-@pytest.mark.parametrize("kwargs,msg", [
-    (dict(lr=0.5, weight_decay=3.0), r"lr \* weight_decay must be <= 1"),
-    (dict(momentum=1.5), r"momentum must be in \[0.0, 1.0\), got 1.5"),
-    (dict(momentum=-0.1), "momentum must be in"),
-    (dict(momentum=0.9, nesterov="False"), "nesterov must be a bool, got 'False'"),
-    (dict(eps=0.0), r"eps must be in \(0.0, inf\), got 0.0"),
-    (dict(eps=math.nan), "eps must be a number"),
-    (dict(betas=0.9), r"betas must be a pair \(beta1, beta2\) in \[0, 1\), got 0.9"),
-    (dict(betas=(1.5, 0.9)), r"betas\[0\] must be in \[0.0, 1.0\), got 1.5"),
-    (dict(betas=(0.9, 1.0)), r"betas\[1\] must be in"),
-])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(lr=0.5, weight_decay=3.0), r"lr \* weight_decay must be <= 1"),
+        (dict(momentum=1.5), r"momentum must be in \[0.0, 1.0\), got 1.5"),
+        (dict(momentum=-0.1), "momentum must be in"),
+        (dict(momentum=0.9, nesterov="False"), "nesterov must be a bool, got 'False'"),
+        (dict(eps=0.0), r"eps must be in \(0.0, inf\), got 0.0"),
+        (dict(eps=math.nan), "eps must be a number"),
+        (dict(betas=0.9), r"betas must be a pair \(beta1, beta2\) in \[0, 1\), got 0.9"),
+        (dict(betas=(1.5, 0.9)), r"betas\[0\] must be in \[0.0, 1.0\), got 1.5"),
+        (dict(betas=(0.9, 1.0)), r"betas\[1\] must be in"),
+    ],
+)
 def test_documented_limits_are_refused_at_construction(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         steepest.SteepestDescent(_mats(), **kwargs)
@@ -49,11 +52,14 @@ def test_documented_limits_are_refused_at_construction(kwargs, msg):
 def test_messages_name_the_group_and_its_parameters():
     ps = _mats()
     with pytest.raises(ValueError, match=r"momentum must be in .* \(param_groups\[1\] \(b.weight\)\)"):
-        steepest.Muon([dict(params=ps[:1], names=["a.weight"]),
-                       dict(params=ps[1:], names=["b.weight"], momentum=1.0)])
+        steepest.Muon([dict(params=ps[:1], names=["a.weight"]), dict(params=ps[1:], names=["b.weight"], momentum=1.0)])
     with pytest.raises(ValueError, match=r"eps must be in .*param_groups\[1\] \(bias\)"):
-        steepest.Muon([dict(params=ps[:1]), dict(params=[torch.nn.Parameter(torch.zeros(3))], names=["bias"],
-                                                 algorithm="adamw", eps=0.0)])
+        steepest.Muon(
+            [
+                dict(params=ps[:1]),
+                dict(params=[torch.nn.Parameter(torch.zeros(3))], names=["bias"], algorithm="adamw", eps=0.0),
+            ]
+        )
 
 
 @pytest.mark.parametrize("mult", [math.nan, math.inf, 0.0, -1.0, True])
@@ -93,12 +99,15 @@ def test_an_edited_setting_takes_effect_at_the_next_step():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("key,bad,msg", [
-    ("momentum", 1.5, "momentum must be in"),
-    ("nesterov", "False", "nesterov must be a bool"),
-    ("step_size", "bogus", "step_size must be one of"),
-    ("weight_decay", 100.0, r"'lr'\] \* \['weight_decay'\] = 0.02 \* 100.0 > 1"),
-])
+@pytest.mark.parametrize(
+    "key,bad,msg",
+    [
+        ("momentum", 1.5, "momentum must be in"),
+        ("nesterov", "False", "nesterov must be a bool"),
+        ("step_size", "bogus", "step_size must be one of"),
+        ("weight_decay", 100.0, r"'lr'\] \* \['weight_decay'\] = 0.02 \* 100.0 > 1"),
+    ],
+)
 def test_an_edited_group_is_validated_before_any_parameter_changes(key, bad, msg):
     ps = _mats()
     opt = steepest.Muon(ps, lr=0.02)
@@ -110,8 +119,15 @@ def test_an_edited_group_is_validated_before_any_parameter_changes(key, bad, msg
     assert all(torch.equal(p, b) for p, b in zip(ps, before)) and not opt.state
 
 
-TORCH_KEY_CASES = [("fused", True), ("fused", None), ("foreach", True), ("foreach", False), ("differentiable", False),
-                   ("capturable", False), ("param_names", ["w0", "w1"])]
+TORCH_KEY_CASES = [
+    ("fused", True),
+    ("fused", None),
+    ("foreach", True),
+    ("foreach", False),
+    ("differentiable", False),
+    ("capturable", False),
+    ("param_names", ["w0", "w1"]),
+]
 
 
 def test_every_documented_torch_key_is_tested():
@@ -158,20 +174,29 @@ def test_loaded_nan_momentum_buffer_is_refused_naming_the_parameter():
     _check_refused(opt, sd, r"non-finite momentum_buffer \(NaN or Inf\) for w1 \(shape \(6, 4\)\); nothing was loaded")
 
 
-@pytest.mark.parametrize("key,bad,msg", [
-    ("momentum", 1.5, "momentum must be in"),
-    ("step_size", "bogus", "step_size must be one of"),
-    ("nesterov", "False", "nesterov must be a bool"),
-    ("lr", math.inf, "lr must be in"),
-])
+@pytest.mark.parametrize(
+    "key,bad,msg",
+    [
+        ("momentum", 1.5, "momentum must be in"),
+        ("step_size", "bogus", "step_size must be one of"),
+        ("nesterov", "False", "nesterov must be a bool"),
+        ("lr", math.inf, "lr must be in"),
+    ],
+)
 def test_loaded_group_settings_are_validated_like_the_constructor(key, bad, msg):
     opt, sd = _trained(), _trained(seed=1).state_dict()
     sd["param_groups"][0][key] = bad
     _check_refused(opt, sd, f"state_dict: {msg}.*param_groups\\[0\\].*nothing was loaded")
 
 
-@pytest.mark.parametrize("key,bad,msg", [
-    ("betas", (1.5, 0.9), r"betas\[0\] must be in"), ("eps", 0.0, "eps must be in"), ("betas", 0.9, "betas must be a pair")])
+@pytest.mark.parametrize(
+    "key,bad,msg",
+    [
+        ("betas", (1.5, 0.9), r"betas\[0\] must be in"),
+        ("eps", 0.0, "eps must be in"),
+        ("betas", 0.9, "betas must be a pair"),
+    ],
+)
 def test_loaded_adamw_settings_are_validated(key, bad, msg):
     opt, sd = _trained(), _trained(seed=1).state_dict()
     sd["param_groups"][1][key] = bad
@@ -186,13 +211,16 @@ def test_a_bad_second_group_loads_nothing_of_the_first():
     assert opt.param_groups[0]["lr"] != 0.123
 
 
-@pytest.mark.parametrize("mutate,msg", [
-    (lambda st: st[0].update(momentum_buffer=st[0]["momentum_buffer"].int()), "dtype torch.int32 for w0"),
-    (lambda st: st[0].update(momentum_buffer=torch.zeros(4, 6)), r"momentum_buffer of shape \(4, 6\) for w0"),
-    (lambda st: st[2].pop("exp_avg"), r"no 'exp_avg' for bias"),
-    (lambda st: st[2].update(step=-1), "step=-1 for bias"),
-    (lambda st: st[2].update(exp_avg_sq=torch.full((4,), math.inf)), "non-finite exp_avg_sq"),
-])
+@pytest.mark.parametrize(
+    "mutate,msg",
+    [
+        (lambda st: st[0].update(momentum_buffer=st[0]["momentum_buffer"].int()), "dtype torch.int32 for w0"),
+        (lambda st: st[0].update(momentum_buffer=torch.zeros(4, 6)), r"momentum_buffer of shape \(4, 6\) for w0"),
+        (lambda st: st[2].pop("exp_avg"), r"no 'exp_avg' for bias"),
+        (lambda st: st[2].update(step=-1), "step=-1 for bias"),
+        (lambda st: st[2].update(exp_avg_sq=torch.full((4,), math.inf)), "non-finite exp_avg_sq"),
+    ],
+)
 def test_loaded_state_tensors_are_checked(mutate, msg):
     opt, sd = _trained(), _trained(seed=1).state_dict()
     mutate(sd["state"])
@@ -222,9 +250,12 @@ def test_loaded_adaptive_state_outside_the_candidates_is_refused():
     full.step()
     assert full.geometries() == {"group0.0": "linf"}
     narrow = steepest.Adaptive(_mats(n=1), every=1, candidates=("spectral", "frobenius"))
-    _check_refused(narrow, full.state_dict(),
-                   r"w?.*saved on geometry 'linf', which is not among this optimizer's candidates "
-                   r"\('spectral', 'frobenius'\)")
+    _check_refused(
+        narrow,
+        full.state_dict(),
+        r"w?.*saved on geometry 'linf', which is not among this optimizer's candidates "
+        r"\('spectral', 'frobenius'\)",
+    )
 
 
 # ------------------------------------------------------------------ non-finite state at step time
@@ -238,11 +269,21 @@ def test_a_nan_state_set_by_hand_raises_before_any_parameter_changes(cls):
     before = [p.detach().clone() for p in ps]
     bufs = [opt.state[p]["momentum_buffer"].clone() for p in ps]
     _grads(ps, 1)
-    with pytest.raises(steepest.NonFiniteGradientError, match=r"optimizer state \(NaN or Inf\) in b \(shape "
-                                                              r"\(6, 4\)\): momentum_buffer"):
+    with pytest.raises(
+        steepest.NonFiniteGradientError,
+        match=r"optimizer state \(NaN or Inf\) in b \(shape "
+        r"\(6, 4\)\): momentum_buffer",
+    ):
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(ps, before))
-    assert all(torch.equal(opt.state[p]["momentum_buffer"], b, ) or p is ps[1] for p, b in zip(ps, bufs))
+    assert all(
+        torch.equal(
+            opt.state[p]["momentum_buffer"],
+            b,
+        )
+        or p is ps[1]
+        for p, b in zip(ps, bufs)
+    )
 
 
 def test_a_nan_state_is_skipped_and_counted_under_skip():
@@ -270,8 +311,9 @@ def test_a_chooser_on_muon_and_schatten_descent():
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # one spectral candidate at unit multiplier: Muon itself
     assert chosen.state_dict()["chooser"]["t"] == 3
     c = _mats()
-    opt = steepest.SchattenDescent(c, p=4.0, chooser=GeometryChooser(candidates=("linf", "frobenius"), every=1,
-                                                                       margin=0.0, patience=1))
+    opt = steepest.SchattenDescent(
+        c, p=4.0, chooser=GeometryChooser(candidates=("linf", "frobenius"), every=1, margin=0.0, patience=1)
+    )
     _grads(c, 0)
     opt.step()
     assert set(opt.chooser.geometries(opt).values()) <= {"linf", "frobenius"} and opt.chooser.history
@@ -301,11 +343,13 @@ def test_observe_gets_the_step_and_the_closure_loss():
     ps = _mats(n=1)
     opt = steepest.SignSGD(ps, chooser=Recorder())
     for s in range(3):
+
         def closure(s=s):
             opt.zero_grad()
             loss = (ps[0] ** 2).sum() * (s + 1)
             loss.backward()
             return loss
+
         opt.step(closure if s else None)
     assert [t for t, _ in seen] == [0, 1, 2] and seen[0][1] is None and seen[1][1] is not None
     opt2 = steepest.SignSGD(_mats(n=1), chooser=Recorder())
@@ -313,8 +357,9 @@ def test_observe_gets_the_step_and_the_closure_loss():
     assert opt2.chooser.t == 3
 
 
-@pytest.mark.parametrize("make", [steepest.Muon, steepest.SpecGD, steepest.SignSGD, steepest.SteepestDescent],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "make", [steepest.Muon, steepest.SpecGD, steepest.SignSGD, steepest.SteepestDescent], ids=lambda c: c.__name__
+)
 def test_maximize_is_refused_not_silently_minimized(make):
     """torch.optim's maximize=True would flip the step; steepest only descends, so maximize=True in the
     constructor, in a group or in an added group is an error that says to negate the loss."""

@@ -28,12 +28,26 @@ def _fake_python(tmp_path: pathlib.Path, version: str) -> pathlib.Path:
 
 
 def _check(python: pathlib.Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SETUP), "--check-torch", str(python)], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHON": "false"})  # PYTHON: never used by the check
+    return subprocess.run(
+        ["bash", str(SETUP), "--check-torch", str(python)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHON": "false"},
+    )  # PYTHON: never used by the check
 
 
-@pytest.mark.parametrize("version, ok", [("2.13.0", True), ("2.13.0+cu130", True), ("2.13.0+cpu", True),
-                                         ("2.14.0", False), ("2.13.1", False), ("2.13.0a0", False)])
+@pytest.mark.parametrize(
+    "version, ok",
+    [
+        ("2.13.0", True),
+        ("2.13.0+cu130", True),
+        ("2.13.0+cpu", True),
+        ("2.14.0", False),
+        ("2.13.1", False),
+        ("2.13.0a0", False),
+    ],
+)
 def test_torch_check_ignores_the_local_suffix_only(tmp_path, version, ok):
     r = _check(_fake_python(tmp_path, version))
     assert (r.returncode == 0) is ok, r.stderr
@@ -62,6 +76,10 @@ def test_pip_check_is_clean_in_the_environment_set_up():
     broken in the environment tools/setup.sh made (the interpreter running the tests)."""
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "pip", "check", "--disable-pip-version-check"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "check", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "No broken requirements found" in r.stdout, r.stdout + r.stderr

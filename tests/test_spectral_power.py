@@ -91,8 +91,13 @@ def test_rank_deficient_and_zero():
 
 
 @settings(max_examples=40, deadline=None)
-@given(m=st.integers(1, 9), n=st.integers(1, 9), a=st.floats(-0.5, 1.0), seed=st.integers(0, 10_000),
-       c=st.floats(1e-20, 1e20))
+@given(
+    m=st.integers(1, 9),
+    n=st.integers(1, 9),
+    a=st.floats(-0.5, 1.0),
+    seed=st.integers(0, 10_000),
+    c=st.floats(1e-20, 1e20),
+)
 def test_identities(m, n, a, seed, c):
     """D shares G's singular vectors (D^T G symmetric PSD), is scale-invariant and odd, and the
     Frobenius magnitude gives ||D||_F = sqrt(rank)."""

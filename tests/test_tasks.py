@@ -100,7 +100,7 @@ def _write_idx(path, array, compress):
 
     a = np.ascontiguousarray(array, dtype=np.uint8)
     raw = bytes([0, 0, 8, a.ndim]) + np.asarray(a.shape, dtype=">u4").tobytes() + a.tobytes()
-    with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
+    with gzip.open(path, "wb") if compress else open(path, "wb") as f:
         f.write(raw)
 
 
@@ -123,7 +123,7 @@ def fake_dpkg(monkeypatch):
     monkeypatch.setattr(mod, "subprocess", types.SimpleNamespace(run=run, SubprocessError=subprocess.SubprocessError))
     load_fashion.cache_clear()
     yield state
-    load_fashion.cache_clear()                                           # no fake data leaks into other tests
+    load_fashion.cache_clear()  # no fake data leaks into other tests
 
 
 def test_fashion_loads_idx_files_found_through_dpkg(tmp_path, fake_dpkg):
@@ -134,8 +134,12 @@ def test_fashion_loads_idx_files_found_through_dpkg(tmp_path, fake_dpkg):
     y_tr, y_te = rng.integers(0, 10, 12), rng.integers(0, 10, 5)
     d = tmp_path / "usr" / "share" / "fashion"
     d.mkdir(parents=True)
-    files = {"train-images-idx3-ubyte.gz": (x_tr, True), "train-labels-idx1-ubyte.gz": (y_tr, True),
-             "t10k-images-idx3-ubyte": (x_te, False), "t10k-labels-idx1-ubyte": (y_te, False)}  # gzip and plain
+    files = {
+        "train-images-idx3-ubyte.gz": (x_tr, True),
+        "train-labels-idx1-ubyte.gz": (y_tr, True),
+        "t10k-images-idx3-ubyte": (x_te, False),
+        "t10k-labels-idx1-ubyte": (y_te, False),
+    }  # gzip and plain
     for name, (a, gz) in files.items():
         _write_idx(d / name, a, gz)
     fake_dpkg["listing"] = [tmp_path / "usr", d / "README"] + [d / n for n in files]
@@ -146,7 +150,7 @@ def test_fashion_loads_idx_files_found_through_dpkg(tmp_path, fake_dpkg):
     assert torch.equal(a_tr, torch.from_numpy(x_tr.astype(np.float32) / 255.0).reshape(12, 1, 28, 28))
     assert torch.equal(a_va, torch.from_numpy(x_te.astype(np.float32) / 255.0).reshape(5, 1, 28, 28))
     assert b_tr.tolist() == y_tr.tolist() and b_va.tolist() == y_te.tolist() and b_tr.dtype == torch.int64
-    assert load_fashion() is load_fashion()                              # cached: dpkg asked once
+    assert load_fashion() is load_fashion()  # cached: dpkg asked once
     assert len(fake_dpkg["calls"]) == 1
     task = mnist_task(size="quick", dataset="fashion")
     assert (task.info["data"], task.info["train"], task.info["val"]) == ("fashion", 12, 5)
@@ -157,16 +161,19 @@ def test_fashion_loads_idx_files_found_through_dpkg(tmp_path, fake_dpkg):
 
 @pytest.mark.parametrize("listing", [None, [], "train-only"])
 def test_fashion_missing_files_name_apt_get(tmp_path, fake_dpkg, listing):
-    if listing == "train-only":                                          # package half there: test split missing
+    if listing == "train-only":  # package half there: test split missing
         for name, shape in (("train-images-idx3-ubyte", (2, 28, 28)), ("train-labels-idx1-ubyte", (2,))):
             _write_idx(tmp_path / name, torch.zeros(shape, dtype=torch.uint8).numpy(), False)
         listing = [tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"]
         missing = "t10k-images-idx3-ubyte"
-    else:                                                                # dpkg absent, or the package not installed
+    else:  # dpkg absent, or the package not installed
         missing = "train-images-idx3-ubyte"
     fake_dpkg["listing"] = listing
-    with pytest.raises(TaskError, match=rf"Fashion-MNIST file {missing}\* not found; install it with: "
-                                        r"sudo apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        TaskError,
+        match=rf"Fashion-MNIST file {missing}\* not found; install it with: "
+        r"sudo apt-get install dataset-fashion-mnist",
+    ):
         load_fashion()
 
 
@@ -177,7 +184,8 @@ def test_get_task_errors_and_user_module(tmp_path, monkeypatch):
         get_task("charlm", size="quick", bogus=1)
     with pytest.raises(TaskError, match="cannot import task module"):
         get_task("steepest_no_such_module:make")
-    (tmp_path / "my_tasks.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_tasks.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
         from steepest.app.tasks import Task
@@ -191,7 +199,8 @@ def test_get_task_errors_and_user_module(tmp_path, monkeypatch):
                         evaluate=lambda m: float(nn.functional.mse_loss(m(X), y)), steps=5, eval_every=5)
 
         not_a_factory = 3
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     task = get_task("my_tasks:make", width=4)
     assert isinstance(task, Task) and task.name == "toy"

@@ -18,7 +18,7 @@ from steepest.app.cli import main
 
 SRC = str(Path(steepest.__file__).resolve().parents[1])
 
-USER_TASK = '''
+USER_TASK = """
 import torch
 from torch import nn
 from steepest.app.tasks import Task
@@ -48,9 +48,9 @@ def make(size="default", **options):
 
 def make_unsized(**options):
     return make("default")
-'''
+"""
 
-USER_OPT = '''
+USER_OPT = """
 import steepest
 
 
@@ -59,7 +59,7 @@ def signum(model, lr, aux_lr, routing):
 
 
 signum.fallback_lr = 1e-3
-'''
+"""
 
 
 def _console(tmp_path, *args):
@@ -72,8 +72,14 @@ def _console(tmp_path, *args):
     script = bindir / "steepest"
     script.write_text("import sys\nfrom steepest.app.cli import main\nsys.exit(main())\n")
     env = dict(os.environ, PYTHONPATH=SRC)
-    return subprocess.run([sys.executable, str(script), *args], cwd=tmp_path / "work", env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=tmp_path / "work",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_version(capsys):
@@ -86,8 +92,21 @@ def test_version(capsys):
 
 def test_user_task_and_optimizer_from_the_current_folder_under_the_console_script(tmp_path):
     out = tmp_path / "run"
-    r = _console(tmp_path, "compare", "--task", "mytasks:make", "--quick", "--optimizers", "adamw,myopts:signum",
-                 "--out", str(out), "--no-report", "--no-progress", "--monitor-every", "0")
+    r = _console(
+        tmp_path,
+        "compare",
+        "--task",
+        "mytasks:make",
+        "--quick",
+        "--optimizers",
+        "adamw,myopts:signum",
+        "--out",
+        str(out),
+        "--no-report",
+        "--no-progress",
+        "--monitor-every",
+        "0",
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert [row["optimizer"] for row in summary["rows"]] == ["adamw", "myopts:signum"]
@@ -98,24 +117,55 @@ def test_user_task_and_optimizer_from_the_current_folder_under_the_console_scrip
 
 
 def test_quick_with_a_factory_without_size_says_so(tmp_path):
-    r = _console(tmp_path, "compare", "--task", "mytasks:make_unsized", "--quick", "--optimizers", "adamw",
-                 "--steps", "2", "--out", str(tmp_path / "run"), "--no-report", "--no-progress",
-                 "--monitor-every", "0")
+    r = _console(
+        tmp_path,
+        "compare",
+        "--task",
+        "mytasks:make_unsized",
+        "--quick",
+        "--optimizers",
+        "adamw",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-report",
+        "--no-progress",
+        "--monitor-every",
+        "0",
+    )
     assert r.returncode == 0, r.stderr + r.stdout
-    assert "--size quick (--quick) is not applied: the task factory mytasks:make_unsized has no `size` parameter" \
+    assert (
+        "--size quick (--quick) is not applied: the task factory mytasks:make_unsized has no `size` parameter"
         in r.stdout
+    )
 
 
 def test_unknown_module_names_the_current_folder(tmp_path):
-    r = _console(tmp_path, "compare", "--task", "nosuchmod:make", "--optimizers", "adamw", "--out",
-                 str(tmp_path / "run"))
+    r = _console(
+        tmp_path, "compare", "--task", "nosuchmod:make", "--optimizers", "adamw", "--out", str(tmp_path / "run")
+    )
     assert r.returncode == 2 and "nosuchmod" in r.stderr and "current folder" in r.stderr
 
 
 def _row(name, steps):
-    return dict(optimizer=name, lr=0.01, final_val=1.0, best_val=1.0, steps_to_target=steps, ratio_to_reference=1.0,
-                time_to_target_s=1.0, time_ratio_to_reference=1.0, wall_s=1.0, cpu_s=1.0, ms_per_step=1.0,
-                state_mb=0.1, peak_mb=10.0, diverged_at=None, peak_kind="RSS")
+    return dict(
+        optimizer=name,
+        lr=0.01,
+        final_val=1.0,
+        best_val=1.0,
+        steps_to_target=steps,
+        ratio_to_reference=1.0,
+        time_to_target_s=1.0,
+        time_ratio_to_reference=1.0,
+        wall_s=1.0,
+        cpu_s=1.0,
+        ms_per_step=1.0,
+        state_mb=0.1,
+        peak_mb=10.0,
+        diverged_at=None,
+        peak_kind="RSS",
+    )
 
 
 def test_table_says_when_it_cannot_rank():

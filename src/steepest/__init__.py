@@ -26,10 +26,29 @@ from steepest.optim import (
 
 __version__ = "0.1.0"
 
-__all__ = ["polar", "polar_express_coefficients", "dualize", "dual_norm", "matrix_norm", "NORMS", "SteepestDescent",
-           "Muon", "SpecGD", "SignSGD", "SchattenDescent", "GD", "param_groups", "describe",
-           "NonFiniteGradientError", "DistributedSteepest", "distributed", "Adaptive", "diagnostics", "LayerMonitor",
-           "__version__"]
+__all__ = [
+    "polar",
+    "polar_express_coefficients",
+    "dualize",
+    "dual_norm",
+    "matrix_norm",
+    "NORMS",
+    "SteepestDescent",
+    "Muon",
+    "SpecGD",
+    "SignSGD",
+    "SchattenDescent",
+    "GD",
+    "param_groups",
+    "describe",
+    "NonFiniteGradientError",
+    "DistributedSteepest",
+    "distributed",
+    "Adaptive",
+    "diagnostics",
+    "LayerMonitor",
+    "__version__",
+]
 
 # The main job, ``steepest.compare(task, optimizers=..., steps=...)``, lives in the application
 # (steepest.app.compare.compare). It is imported on first access so ``import steepest`` loads the library only.

@@ -72,8 +72,10 @@ class FileTooLarge(ValueError):
     def __init__(self, path: str | os.PathLike, limit: int) -> None:
         self.path, self.limit = Path(path), int(limit)
         shown = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
-        super().__init__(f"{path} is larger than {shown}, the limit for this file "
-                         "(is it the right file? /dev/zero and other endless files are refused)")
+        super().__init__(
+            f"{path} is larger than {shown}, the limit for this file "
+            "(is it the right file? /dev/zero and other endless files are refused)"
+        )
 
 
 def read_bytes_limited(path: str | os.PathLike, limit: int) -> bytes:
@@ -202,4 +204,16 @@ def read_jsonl(path: str | os.PathLike, errors: str = "warn") -> list[dict]:
     return records
 
 
-__all__ = ["FileTooLarge", "read_bytes_limited", "TEMP_PATTERN", "JsonlDamaged", "scan_jsonl", "current_umask", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl", "read_jsonl"]
+__all__ = [
+    "FileTooLarge",
+    "read_bytes_limited",
+    "TEMP_PATTERN",
+    "JsonlDamaged",
+    "scan_jsonl",
+    "current_umask",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "append_jsonl",
+    "read_jsonl",
+]

@@ -43,8 +43,7 @@ SCALE_RULES = ("none", "muon", "rms", "spectral")
 TENSOR_MODES = ("flatten", "batch")
 #: Settings of the spectral dualizer (the polar factor); they mean nothing to the other norms.
 POLAR_SETTINGS = ("method", "steps", "coefficients", "normalization", "ns_eps")
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64,
-               "float16": torch.float16}
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64, "float16": torch.float16}
 
 
 # ----------------------------------------------------------------------------------- names
@@ -91,8 +90,17 @@ def dtype_name(dtype) -> str | None:
     return d if d is None or d == "auto" else next(k for k, v in DTYPE_NAMES.items() if v == d)
 
 
-def check_settings(norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
-                   coefficients=None, normalization: str | None = None, dtype=None, ns_eps: float | None = None) -> None:
+def check_settings(
+    norm: str,
+    p: float | None = None,
+    *,
+    method: str | None = None,
+    steps: int | None = None,
+    coefficients=None,
+    normalization: str | None = None,
+    dtype=None,
+    ns_eps: float | None = None,
+) -> None:
     """Raise ValueError naming any dualizer setting that does not apply to ``norm``.
 
     The polar settings (method, steps, coefficients, normalization, ns_eps: the floor of the iteration's
@@ -101,23 +109,32 @@ def check_settings(norm: str, p: float | None = None, *, method: str | None = No
     dualizer is an exact SVD). ``dtype`` (the compute dtype) applies to every norm; sign is exact in any.
     """
     name, _ = resolve(norm, p)
-    given = {"method": method, "steps": steps, "coefficients": coefficients, "normalization": normalization,
-             "ns_eps": ns_eps}
+    given = {
+        "method": method,
+        "steps": steps,
+        "coefficients": coefficients,
+        "normalization": normalization,
+        "ns_eps": ns_eps,
+    }
     if method is not None and method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if normalization is not None and normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS} or None, got {normalization!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise ValueError(f"steps must be a non-negative int or None, got {steps!r}")
-    if ns_eps is not None and (isinstance(ns_eps, bool) or not isinstance(ns_eps, (int, float))
-                               or not math.isfinite(ns_eps) or ns_eps < 0):
+    if ns_eps is not None and (
+        isinstance(ns_eps, bool) or not isinstance(ns_eps, (int, float)) or not math.isfinite(ns_eps) or ns_eps < 0
+    ):
         raise ValueError(f"ns_eps (Newton-Schulz normalization eps) must be a finite number >= 0, got {ns_eps!r}")
     dtype_from_name(dtype)
     if name == "spectral":
-        if (method in (None, "svd")) and (steps is not None or coefficients is not None or normalization is not None
-                                          or ns_eps is not None):
-            raise ValueError("steps/coefficients/normalization/ns_eps need method='newton_schulz' or 'polar_express', "
-                             "not 'svd' (the exact polar factor has no iteration to configure)")
+        if (method in (None, "svd")) and (
+            steps is not None or coefficients is not None or normalization is not None or ns_eps is not None
+        ):
+            raise ValueError(
+                "steps/coefficients/normalization/ns_eps need method='newton_schulz' or 'polar_express', "
+                "not 'svd' (the exact polar factor has no iteration to configure)"
+            )
         return
     allowed = {"method": ("svd",)} if name == "schatten" else {}
     for key, value in given.items():
@@ -125,12 +142,15 @@ def check_settings(norm: str, p: float | None = None, *, method: str | None = No
             raise ValueError(
                 f"{key}={value!r} does not apply to norm={norm!r}: it configures the spectral dualizer (the "
                 f"polar factor). Remove it, or use norm='spectral'"
-                + (" (the Schatten-p dualizer is an exact SVD)" if name == "schatten" else "") + ".")
+                + (" (the Schatten-p dualizer is an exact SVD)" if name == "schatten" else "")
+                + "."
+            )
 
 
 # ----------------------------------------------------------------------------------- views
-def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool = False,
-                row_blocks: int = 1) -> torch.Tensor:
+def matrix_view(
+    t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool = False, row_blocks: int = 1
+) -> torch.Tensor:
     """View a parameter-shaped tensor as the matrix (or batch of matrices) its geometry acts on.
 
     Matrices are (fan_out, fan_in). 2-D tensors are returned as is, or as ``t.mT`` when ``transposed``
@@ -153,14 +173,17 @@ def matrix_view(t: torch.Tensor, tensor_mode: str = "flatten", transposed: bool 
     if row_blocks != 1:
         m = t.shape[-2]
         if row_blocks < 1 or m % row_blocks:
-            raise ValueError(f"row_blocks={row_blocks} must divide the {m} rows (output features) of the matrix view "
-                             f"of a tensor of shape {tuple(t.shape)}")
+            raise ValueError(
+                f"row_blocks={row_blocks} must divide the {m} rows (output features) of the matrix view "
+                f"of a tensor of shape {tuple(t.shape)}"
+            )
         t = t.reshape(*t.shape[:-2], row_blocks, m // row_blocks, t.shape[-1])
     return t
 
 
-def from_matrix(X: torch.Tensor, shape: torch.Size | tuple, transposed: bool = False,
-                row_blocks: int = 1) -> torch.Tensor:
+def from_matrix(
+    X: torch.Tensor, shape: torch.Size | tuple, transposed: bool = False, row_blocks: int = 1
+) -> torch.Tensor:
     """Undo :func:`matrix_view`: back to the parameter's ``shape``."""
     if row_blocks != 1 and X.ndim >= 3:
         X = X.reshape(*X.shape[:-3], X.shape[-3] * X.shape[-2], X.shape[-1])
@@ -169,8 +192,9 @@ def from_matrix(X: torch.Tensor, shape: torch.Size | tuple, transposed: bool = F
     return X.reshape(shape)
 
 
-def matrix_shape(shape: tuple[int, ...], tensor_mode: str = "flatten", transposed: bool = False,
-                 row_blocks: int = 1) -> tuple[int, ...]:
+def matrix_shape(
+    shape: tuple[int, ...], tensor_mode: str = "flatten", transposed: bool = False, row_blocks: int = 1
+) -> tuple[int, ...]:
     """Shape of :func:`matrix_view` for a tensor of ``shape`` (without building it)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) <= 1:
@@ -227,8 +251,9 @@ def rms_factor(shape: tuple[int, ...], norm: str, p: float | None = None) -> flo
     return math.sqrt(m * n) * k ** (1.0 / p - 0.5)
 
 
-def dualize_cost(shape: tuple[int, ...], norm: str = "spectral", tensor_mode: str = "flatten",
-                 p: float | None = None) -> float:
+def dualize_cost(
+    shape: tuple[int, ...], norm: str = "spectral", tensor_mode: str = "flatten", p: float | None = None
+) -> float:
     """Work of one dualization, up to a constant: b m n min(m, n) for a (b x) m x n matrix view.
 
     This is the flop count of an SVD or of Newton-Schulz on the smaller Gram matrix; entrywise norms
@@ -302,9 +327,18 @@ def dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Tenso
     return out.squeeze(0) if squeeze else out
 
 
-def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None,
-            steps: int | None = None, dtype: torch.dtype | str | None = None, coefficients: tuple | None = None,
-            normalization: str | None = None, ns_eps: float | None = None) -> torch.Tensor:
+def dualize(
+    G: torch.Tensor,
+    norm: str,
+    p: float | None = None,
+    *,
+    method: str | None = None,
+    steps: int | None = None,
+    dtype: torch.dtype | str | None = None,
+    coefficients: tuple | None = None,
+    normalization: str | None = None,
+    ns_eps: float | None = None,
+) -> torch.Tensor:
     """argmax_{||D|| <= 1} <G, D> under ``norm`` (see the module table); 0 for G = 0.
 
     ``method`` (default ``"svd"``), ``steps``, ``dtype``, ``coefficients``, ``normalization`` and ``ns_eps``
@@ -316,14 +350,33 @@ def dualize(G: torch.Tensor, norm: str, p: float | None = None, *, method: str |
         >>> dualize(G, "linf")
         tensor([[ 1., -1.]])
     """
-    return dualize_with_dual_norm(G, norm, p, method=method, steps=steps, dtype=dtype, coefficients=coefficients,
-                                  normalization=normalization, ns_eps=ns_eps, need_dual_norm=False)[0]
+    return dualize_with_dual_norm(
+        G,
+        norm,
+        p,
+        method=method,
+        steps=steps,
+        dtype=dtype,
+        coefficients=coefficients,
+        normalization=normalization,
+        ns_eps=ns_eps,
+        need_dual_norm=False,
+    )[0]
 
 
 def dualize_with_dual_norm(
-    G: torch.Tensor, norm: str, p: float | None = None, *, method: str | None = None, steps: int | None = None,
-    dtype: torch.dtype | str | None = None, coefficients: tuple | None = None, normalization: str | None = None,
-    need_dual_norm: bool = True, check: bool = True, ns_eps: float | None = None,
+    G: torch.Tensor,
+    norm: str,
+    p: float | None = None,
+    *,
+    method: str | None = None,
+    steps: int | None = None,
+    dtype: torch.dtype | str | None = None,
+    coefficients: tuple | None = None,
+    normalization: str | None = None,
+    need_dual_norm: bool = True,
+    check: bool = True,
+    ns_eps: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(dualize(G), dual_norm(G))`` sharing work: the SVD paths compute both from one SVD.
 
@@ -333,8 +386,16 @@ def dualize_with_dual_norm(
     """
     if check:
         norm, p = resolve(norm, p)
-        check_settings(norm, p, method=method, steps=steps, coefficients=coefficients,
-                       normalization=normalization, dtype=dtype, ns_eps=ns_eps)
+        check_settings(
+            norm,
+            p,
+            method=method,
+            steps=steps,
+            coefficients=coefficients,
+            normalization=normalization,
+            dtype=dtype,
+            ns_eps=ns_eps,
+        )
     name = norm
     squeeze = G.ndim == 1
     G = _as_matrix(G, name)
@@ -356,9 +417,15 @@ def dualize_with_dual_norm(
         D, s = polar_svd(G, dtype=iteration_dtype(G.dtype, dtype))
         dn = s.sum(dim=-1).to(wide) if need_dual_norm else None
     elif name == "spectral" and method is not None:  # (None was taken by the SVD branch above)
-        D = polar(G, method, steps, dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True, shape=G.shape),
-                  coefficients=coefficients, normalization=normalization,
-                  eps=1e-7 if ns_eps is None else float(ns_eps))  # 1e-7: polar's (torch.optim.Muon's) default
+        D = polar(
+            G,
+            method,
+            steps,
+            dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True, shape=G.shape),
+            coefficients=coefficients,
+            normalization=normalization,
+            eps=1e-7 if ns_eps is None else float(ns_eps),
+        )  # 1e-7: polar's (torch.optim.Muon's) default
         dn = _svdvals(G).sum(dim=-1).to(wide) if need_dual_norm else None
     else:
         assert p is not None  # resolve(): a Schatten norm always has p
@@ -366,14 +433,39 @@ def dualize_with_dual_norm(
         sdt = dtype_from_name(dtype)  # a dtype name ("float32") as well as a torch dtype
         D, s = schatten_dualize_and_singular_values(G, p, sdt if isinstance(sdt, torch.dtype) else torch.float64)
         if need_dual_norm:  # an empty matrix has no singular values and dual norm 0
-            dn = vector_pnorm(s, conjugate_exponent(p)).to(wide) if s.shape[-1] else G.new_zeros(G.shape[:-2], dtype=wide)
+            dn = (
+                vector_pnorm(s, conjugate_exponent(p)).to(wide)
+                if s.shape[-1]
+                else G.new_zeros(G.shape[:-2], dtype=wide)
+            )
     if squeeze:
         D = D.squeeze(0)
         dn = dn.squeeze(0) if dn is not None else None
     return D, dn
 
 
-__all__ = ["NORMS", "ENTRYWISE", "SCALE_RULES", "TENSOR_MODES", "POLAR_SETTINGS", "DTYPE_NAMES", "check_norm",
-           "resolve", "is_entrywise", "iteration_dtype", "dtype_from_name", "dtype_name", "check_settings",
-           "matrix_view", "from_matrix", "matrix_shape", "shape_scale", "rms_factor", "dualize_cost", "matrix_norm",
-           "dual_norm", "dualize", "dualize_with_dual_norm"]
+__all__ = [
+    "NORMS",
+    "ENTRYWISE",
+    "SCALE_RULES",
+    "TENSOR_MODES",
+    "POLAR_SETTINGS",
+    "DTYPE_NAMES",
+    "check_norm",
+    "resolve",
+    "is_entrywise",
+    "iteration_dtype",
+    "dtype_from_name",
+    "dtype_name",
+    "check_settings",
+    "matrix_view",
+    "from_matrix",
+    "matrix_shape",
+    "shape_scale",
+    "rms_factor",
+    "dualize_cost",
+    "matrix_norm",
+    "dual_norm",
+    "dualize",
+    "dualize_with_dual_norm",
+]

@@ -46,13 +46,28 @@ from steepest.app.runs import ConfigError
 
 #: The (module, name) pairs a DCP ``.metadata`` pickle may name (besides torch dtypes): what torch
 #: 2.x writes there. Anything else is refused before it is called.
-DCP_METADATA_TYPES = frozenset({
-    ("torch", "Size"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch.serialization", "_get_layout"),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    *(("torch.distributed.checkpoint.metadata", n) for n in (
-        "BytesStorageMetadata", "ChunkStorageMetadata", "Metadata", "MetadataIndex", "StorageMeta",
-        "TensorProperties", "TensorStorageMetadata", "_MEM_FORMAT_ENCODING")),
-})
+DCP_METADATA_TYPES = frozenset(
+    {
+        ("torch", "Size"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("torch.serialization", "_get_layout"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        *(
+            ("torch.distributed.checkpoint.metadata", n)
+            for n in (
+                "BytesStorageMetadata",
+                "ChunkStorageMetadata",
+                "Metadata",
+                "MetadataIndex",
+                "StorageMeta",
+                "TensorProperties",
+                "TensorStorageMetadata",
+                "_MEM_FORMAT_ENCODING",
+            )
+        ),
+    }
+)
 
 
 class CheckpointRefused(ConfigError):
@@ -64,18 +79,26 @@ def rng_state() -> dict:
     """The torch, numpy (MT19937) and Python RNG states as tensors, lists and numbers."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                      "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": [int(version), [int(x) for x in internal], gauss_next]}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": [int(version), [int(x) for x in internal], gauss_next],
+    }
 
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned (bit for bit)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
-                         float(n["gauss"])))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["gauss"]))
+    )
     version, internal, gauss_next = state["python"]
     random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
 
@@ -104,10 +127,12 @@ def read_checkpoint(path: str | os.PathLike, fix: str = "delete it or restore it
         raise CheckpointRefused(
             f"{path} is refused: loading it would need more than plain data (tensors, numbers, strings, "
             f"lists, dicts), so it may run code; steepest loads checkpoints as data only ({_why(e)}): "
-            f"{fix}") from None
+            f"{fix}"
+        ) from None
     except Exception as e:  # truncated zip, garbage
-        raise CheckpointRefused(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {str(e)[:200]}): "
-                                f"{fix}") from None
+        raise CheckpointRefused(
+            f"{path} is truncated or not a checkpoint ({type(e).__name__}: {str(e)[:200]}): {fix}"
+        ) from None
 
 
 def _why(e: Exception) -> str:
@@ -132,16 +157,18 @@ def _load_file(path: Path, model, optimizer) -> dict:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise CheckpointRefused(f"{path} does not fit this model or optimizer ({type(e).__name__}: "
-                                f"{str(e)[:300]}): {fix}") from None
+        raise CheckpointRefused(
+            f"{path} does not fit this model or optimizer ({type(e).__name__}: {str(e)[:300]}): {fix}"
+        ) from None
     return {k: v for k, v in payload.items() if k not in ("model", "optimizer")}
 
 
 # ------------------------------------------------------------------------------------ DCP directories
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if (module, name) in DCP_METADATA_TYPES or (module == "torch" and isinstance(getattr(torch, name, None),
-                                                                                     torch.dtype)):
+        if (module, name) in DCP_METADATA_TYPES or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
 
@@ -156,11 +183,13 @@ def _read_metadata(meta_path: Path):
         with open(meta_path, "rb") as f:
             return _MetadataUnpickler(f).load()
     except pickle.UnpicklingError as e:
-        raise CheckpointRefused(f"{meta_path} is refused: {e} (steepest loads checkpoints as data only): "
-                                f"{_DCP_FIX}") from None
+        raise CheckpointRefused(
+            f"{meta_path} is refused: {e} (steepest loads checkpoints as data only): {_DCP_FIX}"
+        ) from None
     except Exception as e:
-        raise CheckpointRefused(f"{meta_path} is truncated or not checkpoint metadata ({type(e).__name__}: "
-                                f"{str(e)[:200]}): {_DCP_FIX}") from None
+        raise CheckpointRefused(
+            f"{meta_path} is truncated or not checkpoint metadata ({type(e).__name__}: {str(e)[:200]}): {_DCP_FIX}"
+        ) from None
 
 
 def _safe_reader(path: Path):
@@ -208,8 +237,10 @@ def _safe_planner():
             try:
                 obj = torch.load(value, weights_only=True)
             except pickle.UnpicklingError as e:
-                raise CheckpointRefused(f"item {read_item.dest_index.fqn} of a checkpoint is refused: it needs more "
-                                        f"than plain data ({_why(e)})") from None
+                raise CheckpointRefused(
+                    f"item {read_item.dest_index.fqn} of a checkpoint is refused: it needs more "
+                    f"than plain data ({_why(e)})"
+                ) from None
             clean = io.BytesIO()  # what DCP unpickles next is our own pickle of plain data
             torch.save(obj, clean)
             clean.seek(0)
@@ -281,5 +312,12 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer) 
     return (_load_file if path.suffix == ".pt" else _load_dir)(path, model, optimizer)
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "rng_state", "set_rng_state",
-           "CheckpointRefused", "DCP_METADATA_TYPES"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "CheckpointRefused",
+    "DCP_METADATA_TYPES",
+]

@@ -136,8 +136,9 @@ def open_lock_file(path: str | os.PathLike) -> int:
         fd = os.open(path, flags, 0o666)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise ConfigError(f"{path} is a symbolic link, not steepest's lock file; steepest does not follow "
-                              f"it: {fix}") from None
+            raise ConfigError(
+                f"{path} is a symbolic link, not steepest's lock file; steepest does not follow it: {fix}"
+            ) from None
         raise ConfigError(f"{path} cannot be opened as steepest's lock file ({e.strerror}): {fix}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
@@ -157,8 +158,10 @@ def claim_lock_file(fd: int, path: str | os.PathLike) -> None:
         except (UnicodeDecodeError, ValueError):
             info = None
         if not (isinstance(info, dict) and set(info) <= {"pid", "since"} and isinstance(info.get("pid"), int)):
-            raise ConfigError(f"{path} is not steepest's lock file (it holds other data); steepest leaves it "
-                              "untouched: move it away or choose another --out")
+            raise ConfigError(
+                f"{path} is not steepest's lock file (it holds other data); steepest leaves it "
+                "untouched: move it away or choose another --out"
+            )
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
     os.fsync(fd)
@@ -200,7 +203,8 @@ class RunLock:
             raise RunLockedError(
                 f"{self.directory} is in use: another steepest process ({holder}) is writing this {self.what}. "
                 f"Wait for it to finish or stop it{' (kill ' + holder.split()[1] + ')' if holder.startswith('pid ') else ''}"
-                ", or choose another --out") from None
+                ", or choose another --out"
+            ) from None
         try:
             claim_lock_file(fd, path)
         except BaseException:
@@ -256,15 +260,19 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     try:
         return _check_output_dir(path, flag)
     except OSError as e:  # a name too long for the file system (ENAMETOOLONG), a loop of links (ELOOP), ...
-        raise ConfigError(f"{flag} {str(path)[:200]}{'...' if len(str(path)) > 200 else ''}: {e.strerror}; "
-                          f"choose another {flag}") from None
+        raise ConfigError(
+            f"{flag} {str(path)[:200]}{'...' if len(str(path)) > 200 else ''}: {e.strerror}; choose another {flag}"
+        ) from None
 
 
 def _check_output_dir(path: Path, flag: str) -> Path:
     long = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
     if long is not None:
-        raise OSError(errno.ENAMETOOLONG, f"{os.strerror(errno.ENAMETOOLONG)} (the name {long[:40]}... is "
-                                          f"{len(os.fsencode(long))} bytes, more than the 255 a file name may have)")
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f"{os.strerror(errno.ENAMETOOLONG)} (the name {long[:40]}... is "
+            f"{len(os.fsencode(long))} bytes, more than the 255 a file name may have)",
+        )
     probe = path
     while not probe.exists():
         if probe.is_symlink():
@@ -277,8 +285,9 @@ def _check_output_dir(path: Path, flag: str) -> Path:
         where = "is a file" if probe == path else f"lies under {probe}, which is a file"
         raise ConfigError(f"{flag} {path} {where}, not a directory; choose another {flag}")
     if not os.access(probe, os.W_OK | os.X_OK) or _read_only_fs(probe):
-        raise ConfigError(f"{flag} {path}: cannot write in {probe} (permission denied or read-only); "
-                          f"choose a writable {flag}")
+        raise ConfigError(
+            f"{flag} {path}: cannot write in {probe} (permission denied or read-only); choose a writable {flag}"
+        )
     return path
 
 
@@ -295,8 +304,20 @@ def _read_only_fs(folder: Path) -> bool:
 
 #: errno values of a file operation the environment refused: a full disk or quota, a read-only file
 #: system, a name too long, a permission, a path component of the wrong type.
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM,
-                         errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+DISK_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.ENAMETOOLONG,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EFBIG,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ELOOP,
+    }
+)
 
 
 def disk_error_text(e: OSError) -> str | None:
@@ -304,8 +325,10 @@ def disk_error_text(e: OSError) -> str | None:
     if e.errno not in DISK_ERRNOS:
         return None
     where = f" {e.filename}" if e.filename else ""
-    return (f"cannot write or read{where}: {e.strerror or os.strerror(e.errno)}. Work finished before it is saved: "
-            "fix the cause (free space, permissions, a shorter path) and rerun with --resume")
+    return (
+        f"cannot write or read{where}: {e.strerror or os.strerror(e.errno)}. Work finished before it is saved: "
+        "fix the cause (free space, permissions, a shorter path) and rerun with --resume"
+    )
 
 
 def read_json(path: str | os.PathLike, what: str, fix: str, check: Callable[[Any], str | None] | None = None) -> Any:
@@ -337,6 +360,7 @@ def read_json(path: str | os.PathLike, what: str, fix: str, check: Callable[[Any
 
 def mapping_of(keys: dict[str, type | tuple]) -> Callable[[Any], str | None]:
     """A :func:`read_json` ``check``: a JSON object holding ``keys`` with values of the given types."""
+
     def check(data: Any) -> str | None:
         if not isinstance(data, dict):
             return f"expected a JSON object, got {type(data).__name__}"
@@ -350,6 +374,21 @@ def mapping_of(keys: dict[str, type | tuple]) -> Callable[[Any], str | None]:
     return check
 
 
-__all__ = ["RunLock", "RunLockedError", "Terminated", "handle_sigterm", "remove_stale_temps", "is_run_directory",
-           "open_lock_file", "claim_lock_file", "RUN_SUBFOLDERS", "MAX_JSON_BYTES", "check_output_dir",
-           "read_json", "mapping_of", "LOCK_NAME", "DISK_ERRNOS", "disk_error_text"]
+__all__ = [
+    "RunLock",
+    "RunLockedError",
+    "Terminated",
+    "handle_sigterm",
+    "remove_stale_temps",
+    "is_run_directory",
+    "open_lock_file",
+    "claim_lock_file",
+    "RUN_SUBFOLDERS",
+    "MAX_JSON_BYTES",
+    "check_output_dir",
+    "read_json",
+    "mapping_of",
+    "LOCK_NAME",
+    "DISK_ERRNOS",
+    "disk_error_text",
+]

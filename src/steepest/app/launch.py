@@ -101,8 +101,7 @@ def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> DistI
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if name not in os.environ:
                 raise ValueError(f"environment variable {name} is not set; launch with torchrun or launch()")
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local_rank, dist.get_backend(), True)
 
 
@@ -122,8 +121,7 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, info: DistInfo, process_gro
     ``world_size > 1``; other optimizers (torch.optim.AdamW, ...) and user subclasses that replace
     ``step`` are returned unchanged: DDP's averaged gradients already keep their replicas in step,
     each rank computing every update itself."""
-    if (info.world_size == 1 or not isinstance(optimizer, SteepestDescent)
-            or defines_own_step(type(optimizer))):
+    if info.world_size == 1 or not isinstance(optimizer, SteepestDescent) or defines_own_step(type(optimizer)):
         return optimizer
     return distributed(optimizer, process_group=process_group)
 
@@ -137,7 +135,7 @@ def shard(batch: Any, rank: int, world_size: int) -> Any:
         if batch.ndim == 0:
             return batch
         per = batch.shape[0] // world_size
-        return batch[rank * per:(rank + 1) * per]
+        return batch[rank * per : (rank + 1) * per]
     if isinstance(batch, tuple):
         parts = [shard(b, rank, world_size) for b in batch]
         return type(batch)(*parts) if hasattr(batch, "_fields") else tuple(parts)  # namedtuples keep their type
@@ -153,8 +151,10 @@ def shard_batch(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
     the global batch divides evenly over the ranks."""
     n = batch.shape[0]
     if n % info.world_size:
-        raise ValueError(f"global batch of {n} does not split evenly over {info.world_size} ranks; "
-                         "choose a batch size divisible by the number of processes")
+        raise ValueError(
+            f"global batch of {n} does not split evenly over {info.world_size} ranks; "
+            "choose a batch size divisible by the number of processes"
+        )
     return shard(batch, info.rank, info.world_size)
 
 
@@ -197,14 +197,21 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="steepest-parent-watch", daemon=True).start()
 
 
-def _child(fn: Callable, rank: int, world: int, port: int, threads: int, out_dir: str, args: tuple,
-           parent: int | None = None) -> None:
+def _child(
+    fn: Callable, rank: int, world: int, port: int, threads: int, out_dir: str, args: tuple, parent: int | None = None
+) -> None:
     if parent is not None:
         _die_with_parent(parent)
     # SIGTERM (forwarded by the parent) unwinds like Ctrl-C, so every finally block runs
     signal.signal(signal.SIGTERM, raise_terminated)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -251,8 +258,9 @@ def _exit_text(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120.0, threads: int = 1,
-           grace_s: float = GRACE_S) -> list[Any]:
+def launch(
+    fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120.0, threads: int = 1, grace_s: float = GRACE_S
+) -> list[Any]:
     """Run ``fn(*args)`` in ``nproc`` spawned processes with torchrun's variables on 127.0.0.1 and
     return the list of their return values (rank order). ``fn`` must be importable (module level)
     and should call :func:`init_from_env`. Raises RuntimeError with the child's traceback if a rank
@@ -273,8 +281,10 @@ def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120
     port = free_port()
     main_thread = threading.current_thread() is threading.main_thread()
     with tempfile.TemporaryDirectory(prefix="steepest-launch-") as out_dir:
-        procs = [ctx.Process(target=_child, args=(fn, r, nproc, port, threads, out_dir, args, os.getpid()),
-                             daemon=True) for r in range(nproc)]
+        procs = [
+            ctx.Process(target=_child, args=(fn, r, nproc, port, threads, out_dir, args, os.getpid()), daemon=True)
+            for r in range(nproc)
+        ]
         old_term = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None
         first_dead: list[int] = []
         finished: set[int] = set()
@@ -319,10 +329,20 @@ def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120
         res = results[culprit]
         why = res["summary"] if res and "summary" in res else _exit_text(codes[culprit])
         detail = "\n".join(f"rank {r}:\n{res['error']}" for r, res in enumerate(results) if res and "error" in res)
-        others = [f"rank {r}: " + (f"failed ({results[r]['summary'][:200]})" if results[r] and "summary" in results[r]
-                                   else _exit_text(codes[r])) for r in range(nproc) if r != culprit]
-        raise RuntimeError(f"distributed run failed: rank {culprit} failed first ({why}); then "
-                           f"{', '.join(others)}" + (f"\n{detail}" if detail else ""))
+        others = [
+            f"rank {r}: "
+            + (
+                f"failed ({results[r]['summary'][:200]})"
+                if results[r] and "summary" in results[r]
+                else _exit_text(codes[r])
+            )
+            for r in range(nproc)
+            if r != culprit
+        ]
+        raise RuntimeError(
+            f"distributed run failed: rank {culprit} failed first ({why}); then "
+            f"{', '.join(others)}" + (f"\n{detail}" if detail else "")
+        )
     if alive:
         raise TimeoutError(f"ranks {alive} did not finish within {timeout_s:.0f} s (a hung collective?); killed")
     errors = [f"rank {r}:\n{res['error']}" for r, res in enumerate(results) if res and "error" in res]
@@ -330,7 +350,9 @@ def launch(fn: Callable, nproc: int, args: tuple = (), *, timeout_s: float = 120
         raise RuntimeError("distributed run failed\n" + "\n".join(errors))
     missing = [r for r, res in enumerate(results) if res is None]
     if missing:
-        raise RuntimeError(f"ranks {missing} exited without a result ({', '.join(_exit_text(codes[r]) for r in missing)})")
+        raise RuntimeError(
+            f"ranks {missing} exited without a result ({', '.join(_exit_text(codes[r]) for r in missing)})"
+        )
     return [res["ok"] for res in results]
 
 
@@ -344,5 +366,16 @@ def _result(out_dir: str, rank: int, default):
         return default
 
 
-__all__ = ["DistInfo", "init_from_env", "wrap_model", "wrap_optimizer", "shard", "shard_batch", "cleanup", "save_checkpoint",
-           "load_checkpoint", "free_port", "launch"]
+__all__ = [
+    "DistInfo",
+    "init_from_env",
+    "wrap_model",
+    "wrap_optimizer",
+    "shard",
+    "shard_batch",
+    "cleanup",
+    "save_checkpoint",
+    "load_checkpoint",
+    "free_port",
+    "launch",
+]

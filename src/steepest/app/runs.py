@@ -93,8 +93,9 @@ class _PlainLoader(yaml.SafeLoader):
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a configuration",
-                                              self.peek_event().start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted in a configuration", self.peek_event().start_mark
+            )
         return super().compose_node(parent, index)
 
 

@@ -43,11 +43,13 @@ def import_spec(spec: str, what: str = "object"):
         try:
             module = importlib.import_module(mod_name)
         except ImportError as e2:
-            raise SpecError(f"cannot import {what} module {mod_name!r} ({e2}); not in the current folder ({cwd}) "
-                            "nor on PYTHONPATH") from e2
+            raise SpecError(
+                f"cannot import {what} module {mod_name!r} ({e2}); not in the current folder ({cwd}) nor on PYTHONPATH"
+            ) from e2
         except SyntaxError as e2:
-            raise SpecError(f"{what} module {mod_name!r} has a syntax error at {e2.filename}:{e2.lineno}: "
-                            f"{e2.msg}") from e2
+            raise SpecError(
+                f"{what} module {mod_name!r} has a syntax error at {e2.filename}:{e2.lineno}: {e2.msg}"
+            ) from e2
         except Exception as e2:
             raise SpecError(f"importing {what} module {mod_name!r} raised {type(e2).__name__}: {e2}") from e2
     except ImportError as e:
@@ -65,9 +67,10 @@ def import_spec(spec: str, what: str = "object"):
 def takes_argument(fn, name: str) -> bool:
     """True when callable ``fn`` has a parameter called ``name`` (not just ``**kwargs``)."""
     try:
-        return name in inspect.signature(fn).parameters and \
-            inspect.signature(fn).parameters[name].kind not in (inspect.Parameter.VAR_KEYWORD,
-                                                                 inspect.Parameter.VAR_POSITIONAL)
+        return name in inspect.signature(fn).parameters and inspect.signature(fn).parameters[name].kind not in (
+            inspect.Parameter.VAR_KEYWORD,
+            inspect.Parameter.VAR_POSITIONAL,
+        )
     except (TypeError, ValueError):
         return False
 

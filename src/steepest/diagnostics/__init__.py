@@ -38,7 +38,27 @@ from steepest.diagnostics.oracle import LineSearch, layer_oracle, oracle_winners
 from steepest.diagnostics.probe import ActivationCapture, LayerMonitor
 from steepest.diagnostics.sinks import CSVSink, JSONLSink, MemorySink, TensorBoardSink, default_sinks
 
-__all__ = ["stable_rank", "nuclear_rank", "operator_norm", "nuclear_norm", "block_norms", "davis_drusvyatskiy",
-           "noise_scales", "spec_sign_index", "score_geometries", "layer_curvatures", "kfac_curvature",
-           "LayerMonitor", "ActivationCapture", "MemorySink", "JSONLSink", "CSVSink", "TensorBoardSink",
-           "default_sinks", "layer_oracle", "oracle_winners", "step_decreases", "LineSearch"]
+__all__ = [
+    "stable_rank",
+    "nuclear_rank",
+    "operator_norm",
+    "nuclear_norm",
+    "block_norms",
+    "davis_drusvyatskiy",
+    "noise_scales",
+    "spec_sign_index",
+    "score_geometries",
+    "layer_curvatures",
+    "kfac_curvature",
+    "LayerMonitor",
+    "ActivationCapture",
+    "MemorySink",
+    "JSONLSink",
+    "CSVSink",
+    "TensorBoardSink",
+    "default_sinks",
+    "layer_oracle",
+    "oracle_winners",
+    "step_decreases",
+    "LineSearch",
+]

@@ -114,8 +114,9 @@ def grouped_eigvalsh(mats: dict, vectors=()) -> dict:
     return out
 
 
-def grouped_top_eigen(mats: dict, warm: dict, generator: torch.Generator | None = None,
-                      iters: int = WARM_ITERS, block: int = WARM_BLOCK) -> dict:
+def grouped_top_eigen(
+    mats: dict, warm: dict, generator: torch.Generator | None = None, iters: int = WARM_ITERS, block: int = WARM_BLOCK
+) -> dict:
     """Largest eigenvalue and its unit vector of many symmetric PSD matrices, one call per (size, dtype).
 
     A key with a vector (n,) or starting columns (n, j) in ``warm`` (the previous record's vector, same n,
@@ -133,8 +134,9 @@ def grouped_top_eigen(mats: dict, warm: dict, generator: torch.Generator | None 
     # exact (eigh) without a usable warm start, and for small n, where the Krylov space would span a large
     # part of R^n (n <= 2 (iters + 1) block) and a small LAPACK solve costs about as much
     small = 2 * (iters + 1) * block
-    cold = {k: M for k, M in mats.items()
-            if warm.get(k) is None or warm[k].shape[0] != M.shape[-1] or M.shape[-1] <= small}
+    cold = {
+        k: M for k, M in mats.items() if warm.get(k) is None or warm[k].shape[0] != M.shape[-1] or M.shape[-1] <= small
+    }
     out = {k: (lam[-1], None if V is None else V[:, -1]) for k, (lam, V) in grouped_eigvalsh(cold, cold).items()}
     groups: dict = {}
     for key, M in mats.items():
@@ -174,8 +176,9 @@ class WarmStarts:
         self.enabled = bool(enabled)
         self.vectors: dict[tuple, torch.Tensor] = {}
 
-    def top_eigen(self, mats: dict, step: int, iters: int = WARM_ITERS, block: int = WARM_BLOCK,
-                  extra: dict | None = None) -> dict:
+    def top_eigen(
+        self, mats: dict, step: int, iters: int = WARM_ITERS, block: int = WARM_BLOCK, extra: dict | None = None
+    ) -> dict:
         """lambda_1 of each Gram matrix in ``mats`` (:func:`grouped_top_eigen`): from the kept vector (and the
         columns in ``extra``, e.g. A's column mean) where one is kept, else exact (eigh; first record, resume).
         Not ``enabled``: exact values only, or (``extra`` given) a cold Krylov from ``extra`` (ACT_COLD_ITERS)."""
@@ -187,8 +190,10 @@ class WarmStarts:
             return grouped_top_eigen(mats, warm, generator(step, device), iters=ACT_COLD_ITERS, block=block)
         warm = {k: v for k, v in self.vectors.items() if k in mats and v.shape[0] == mats[k].shape[-1]}
         if extra:  # more starting directions next to the kept vector
-            warm = {k: torch.stack([v, extra[k]], dim=-1) if extra.get(k) is not None and extra[k].shape == v.shape
-                    else v for k, v in warm.items()}
+            warm = {
+                k: torch.stack([v, extra[k]], dim=-1) if extra.get(k) is not None and extra[k].shape == v.shape else v
+                for k, v in warm.items()
+            }
         out = grouped_top_eigen(mats, warm, generator(step, device), iters=iters, block=block)
         for k, (_, v) in out.items():
             if v is None:
@@ -217,5 +222,14 @@ def singular_values(lam: torch.Tensor) -> torch.Tensor:
     return lam.flip(-1).clamp(min=0).sqrt()
 
 
-__all__ = ["gram", "grouped_eigvalsh", "grouped_top_eigen", "singular_values", "activation_matrix", "microbatch_grads",
-           "WarmStarts", "generator", "unit"]
+__all__ = [
+    "gram",
+    "grouped_eigvalsh",
+    "grouped_top_eigen",
+    "singular_values",
+    "activation_matrix",
+    "microbatch_grads",
+    "WarmStarts",
+    "generator",
+    "unit",
+]

@@ -104,8 +104,9 @@ class Fast(Estimate):
         warm = v0 if v0 is not None and v0.shape[-1] == A.shape[-1] else None
         mean = unit(A.sum(dim=0))
         it = ACT_COLD_ITERS if warm is None else ACT_ITERS
-        s, v = top_singular_pair(A, mean if warm is None else torch.stack([warm, mean], dim=-1), it, ACT_BLOCK,
-                                 generator(step, A.device))
+        s, v = top_singular_pair(
+            A, mean if warm is None else torch.stack([warm, mean], dim=-1), it, ACT_BLOCK, generator(step, A.device)
+        )
         op = float(s)
         if math.isfinite(op) and self.warm.enabled:
             self.warm.vectors[("A", name)] = v

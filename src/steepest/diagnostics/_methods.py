@@ -67,14 +67,14 @@ def finite(X: torch.Tensor) -> bool:
 class Layer:
     """One monitored layer at a recording step: its record so far and the inputs of its metrics."""
 
-    rec: dict            # step, layer, kind, shape, rows, nonfinite_grad set; the rest filled by the method
-    G: torch.Tensor      # the weight gradient as a matrix, float32
-    A: torch.Tensor      # incoming activations (rows, in), float32
-    calls: list          # captured (A, dY) per forward call: the microbatch gradients
+    rec: dict  # step, layer, kind, shape, rows, nonfinite_grad set; the rest filled by the method
+    G: torch.Tensor  # the weight gradient as a matrix, float32
+    A: torch.Tensor  # incoming activations (rows, in), float32
+    calls: list  # captured (A, dY) per forward call: the microbatch gradients
     gram_A: torch.Tensor | float | None = None  # fast: A's float32 Gram (<= GRAM_MAX_COLS columns) or ||A||_F^2
-    eig_G: tuple | None = None                  # fast: (eigenvalues, eigenvectors or None) of G's float64 Gram
-    top_A: tuple | None = None                  # fast: (lambda_1, trace) of A's float32 Gram
-    twin: Layer | None = None                   # fast: an earlier layer fed the same activations (q/k/v)
+    eig_G: tuple | None = None  # fast: (eigenvalues, eigenvectors or None) of G's float64 Gram
+    top_A: tuple | None = None  # fast: (lambda_1, trace) of A's float32 Gram
+    twin: Layer | None = None  # fast: an earlier layer fed the same activations (q/k/v)
 
 
 class Exact:
@@ -107,8 +107,10 @@ class Exact:
 
     def operator_norms(self, mats: dict, step: int) -> dict:
         """name -> [||W||_op, ||dW||_op] (None where not finite) from name -> (W, dW, W finite, dW finite)."""
-        return {n: [float(matrix_norm(X, "spectral")) if f else None for X, f in ((W, ok_w), (dW, ok_d))]
-                for n, (W, dW, ok_w, ok_d) in mats.items()}
+        return {
+            n: [float(matrix_norm(X, "spectral")) if f else None for X, f in ((W, ok_w), (dW, ok_d))]
+            for n, (W, dW, ok_w, ok_d) in mats.items()
+        }
 
     def gradient_fields(self, L: Layer, step: int, microbatches: int) -> None:
         """nr(G), the gradient norms, st(A), the DD winner and (``microbatches`` > 0) the Spec-Sign index."""
@@ -118,8 +120,12 @@ class Exact:
         if not bad_g:
             nuc_t, fro_t = self.grad_norms(L, step)
             nuc, fro = float(nuc_t), float(fro_t)
-            rec.update(nr_G=nuc * nuc / (fro * fro) if fro > 0 else 0.0, grad_fro=fro, grad_nuclear=nuc,
-                       grad_l1=float(G.abs().sum()))
+            rec.update(
+                nr_G=nuc * nuc / (fro * fro) if fro > 0 else 0.0,
+                grad_fro=fro,
+                grad_nuclear=nuc,
+                grad_l1=float(G.abs().sum()),
+            )
         if A.numel() and not bad_a:
             rec["st_A"] = self.stable_rank(L, step)
             if rec["nr_G"] is not None:
@@ -135,8 +141,16 @@ class Exact:
         c = C.noise_scales(grads, b, ("linf", "spectral"), method=self.noise_method)
         H = self.curvatures(L, A if A.shape[0] <= CURVATURE_ROWS else A[:: math.ceil(A.shape[0] / CURVATURE_ROWS)])
         r = C.spec_sign_index(G, c["spectral"], c["linf"], b * microbatches, H["linf"], H["spectral"], nuclear=nuc)
-        rec.update(c_1=c["linf"], c_star=c["spectral"], H_sign=H["linf"], H_spec=H["spectral"], spec_sign_index=r.index,
-                   spec_sign_winner=r.winner, spec_sign_regime=r.regime, microbatch_size=b)
+        rec.update(
+            c_1=c["linf"],
+            c_star=c["spectral"],
+            H_sign=H["linf"],
+            H_spec=H["spectral"],
+            spec_sign_index=r.index,
+            spec_sign_winner=r.winner,
+            spec_sign_regime=r.regime,
+            microbatch_size=b,
+        )
 
     def weight_fields(self, pending: dict[str, dict], mats: dict, step: int) -> None:
         """||W||_F, ||W||_op, ||dW||_F, ||dW||_op, max |dW| into each pending record (name -> (W, dW, ok, ok))."""
@@ -146,8 +160,11 @@ class Exact:
             if ok_w:
                 rec.update(weight_fro=float(matrix_norm(Wm, "frobenius")), weight_op=ops[name][0])
             if ok_d:
-                rec.update(update_fro=float(matrix_norm(dW, "frobenius")), update_op=ops[name][1],
-                           update_max=float(dW.abs().max()))
+                rec.update(
+                    update_fro=float(matrix_norm(dW, "frobenius")),
+                    update_op=ops[name][1],
+                    update_max=float(dW.abs().max()),
+                )
 
 
 class Estimate(Exact):
@@ -166,17 +183,25 @@ class Estimate(Exact):
         # float32 products (sums of squares: ~1e-6 relative); the polar curvature from G's Gram eigenvectors when
         # the batched solve kept them, else from its own eigensolve, without forming the polar factor
         vec = L.eig_G if L.eig_G is not None and L.eig_G[1] is not None else None
-        return {"linf": C.kfac_curvature(torch.sign(L.G), S, torch.float32),
-                "spectral": C.kfac_polar_curvature(L.G, S, torch.float32, eig=vec)}
+        return {
+            "linf": C.kfac_curvature(torch.sign(L.G), S, torch.float32),
+            "spectral": C.kfac_polar_curvature(L.G, S, torch.float32, eig=vec),
+        }
 
     def operator_norms(self, mats: dict, step: int) -> dict:
         # every layer's float32 Gram first, then batched eigensolves: top eigenvalue exact (~eps_32, Weyl) on
         # a record without a kept vector, else the warm-started Krylov (warm_start)
-        grams = {(q, n): gram(X, torch.float32) for n, (W, dW, ok_w, ok_d) in mats.items()
-                 for q, X, f in (("W", W, ok_w), ("dW", dW, ok_d)) if f}
+        grams = {
+            (q, n): gram(X, torch.float32)
+            for n, (W, dW, ok_w, ok_d) in mats.items()
+            for q, X, f in (("W", W, ok_w), ("dW", dW, ok_d))
+            if f
+        }
         eig = self.warm.top_eigen(grams, step)
-        return {n: [math.sqrt(max(float(eig[(q, n)][0]), 0.0)) if (q, n) in eig else None for q in ("W", "dW")]
-                for n in mats}
+        return {
+            n: [math.sqrt(max(float(eig[(q, n)][0]), 0.0)) if (q, n) in eig else None for q in ("W", "dW")]
+            for n in mats
+        }
 
 
 __all__ = ["Exact", "Estimate", "Layer", "finite", "GRAM_MAX_COLS", "CURVATURE_ROWS"]

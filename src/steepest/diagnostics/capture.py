@@ -40,7 +40,9 @@ def is_transposed_linear(module: nn.Module) -> bool:
     w = getattr(module, "weight", None)
     if not isinstance(w, torch.Tensor) or w.ndim != 2 or isinstance(module, (nn.Linear, _CONV)):
         return False
-    return type(module).__name__ == "Conv1D" or (isinstance(getattr(module, "nf", None), int) and w.shape[1] == module.nf)
+    return type(module).__name__ == "Conv1D" or (
+        isinstance(getattr(module, "nf", None), int) and w.shape[1] == module.nf
+    )
 
 
 def unsupported_reason(module: nn.Module) -> str | None:
@@ -48,11 +50,14 @@ def unsupported_reason(module: nn.Module) -> str | None:
     kind = type(module).__name__
     if isinstance(module, (nn.Conv2d, nn.Conv1d)) and module.groups != 1:
         if module.in_channels == module.groups:
-            return (f"depthwise {kind} (groups={module.groups}): each filter sees one input channel, so the "
-                    "weight is a stack of separate filters with no matrix across channels (param_groups routes "
-                    "it to AdamW)")
-        return (f"grouped {kind} (groups={module.groups}): a block-diagonal weight; per-group activations are "
-                "not monitored")
+            return (
+                f"depthwise {kind} (groups={module.groups}): each filter sees one input channel, so the "
+                "weight is a stack of separate filters with no matrix across channels (param_groups routes "
+                "it to AdamW)"
+            )
+        return (
+            f"grouped {kind} (groups={module.groups}): a block-diagonal weight; per-group activations are not monitored"
+        )
     if isinstance(module, _CONV) and not isinstance(module, (nn.Conv2d, nn.Conv1d)):
         return f"{kind} is not monitored (only Linear, GPT-2 Conv1D, Conv1d and Conv2d with groups=1)"
     return None
@@ -109,8 +114,9 @@ class ActivationCapture:
     has no supported layer.
     """
 
-    def __init__(self, model: nn.Module, when: Callable[[], bool], grads: bool = True,
-                 names: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, when: Callable[[], bool], grads: bool = True, names: Iterable[str] | None = None
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         while isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
@@ -129,8 +135,10 @@ class ActivationCapture:
                 self.layers[name] = m
                 self.transposed[name] = is_transposed_linear(m)
         if not self.layers:
-            raise ValueError(f"no supported layer (Linear, GPT-2 Conv1D, Conv1d or Conv2d with groups=1) found in "
-                             f"{type(model).__name__}; diagnostics need at least one such module")
+            raise ValueError(
+                f"no supported layer (Linear, GPT-2 Conv1D, Conv1d or Conv2d with groups=1) found in "
+                f"{type(model).__name__}; diagnostics need at least one such module"
+            )
         self.skipped: dict[str, str] = dict(self.unsupported)  # name -> why not recorded at the last record
         self._warned: dict[str, str] = {}
         self._step: int | None = None  # the last recording step
@@ -146,10 +154,13 @@ class ActivationCapture:
             entry = [inputs[0].detach(), None, _in_backward()]
             self.data.setdefault(name, []).append(entry)
             if self.grads and isinstance(output, torch.Tensor) and output.requires_grad:
+
                 def keep(grad, entry=entry):
                     entry[1] = grad.detach()
+
                 output.register_hook(keep)
             return None
+
         return torch.compiler.disable(hook)  # runs eagerly under torch.compile (a Python side effect)
 
     def weight(self, name: str) -> torch.Tensor:

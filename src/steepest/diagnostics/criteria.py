@@ -52,8 +52,9 @@ from steepest.linalg.estimate import spectral_norm_estimate
 GEOMETRIES = ("spectral", "linf", "frobenius")
 
 
-def davis_drusvyatskiy(G: torch.Tensor, A: torch.Tensor, method: str = "exact",
-                       generator: torch.Generator | None = None) -> dict:
+def davis_drusvyatskiy(
+    G: torch.Tensor, A: torch.Tensor, method: str = "exact", generator: torch.Generator | None = None
+) -> dict:
     """The Davis-Drusvyatskiy test: spectral when nr(G) >= st(A), else frobenius (Euclidean GD).
 
     Returns ``{"nr": nr(G), "st": st(A), "ratio": nr/st, "winner": ...}`` (floats). G = 0 gives
@@ -84,8 +85,9 @@ def _stack(grads) -> torch.Tensor:
     return torch.stack([torch.as_tensor(g) for g in grads])
 
 
-def noise_scales(grads, microbatch_size: int, geometries: Sequence[str] = GEOMETRIES,
-                 method: str = "exact") -> dict[str, float]:
+def noise_scales(
+    grads, microbatch_size: int, geometries: Sequence[str] = GEOMETRIES, method: str = "exact"
+) -> dict[str, float]:
     """c_g = sqrt(b) sqrt(K/(K-1)) mean_k ||G_k - mean_j G_j||_g from K >= 2 microbatch gradients.
 
     ``grads``: tensor (K, m, n) (or (K, *param_shape), flattened to matrices) or a list of K tensors,
@@ -100,8 +102,10 @@ def noise_scales(grads, microbatch_size: int, geometries: Sequence[str] = GEOMET
     """
     X = _stack(grads)
     if X.ndim < 2 or X.shape[0] < 2:
-        raise ValueError(f"noise scales need K >= 2 microbatch gradients (got shape {tuple(X.shape)}); "
-                         "split the batch into at least 2 equal, disjoint microbatches")
+        raise ValueError(
+            f"noise scales need K >= 2 microbatch gradients (got shape {tuple(X.shape)}); "
+            "split the batch into at least 2 equal, disjoint microbatches"
+        )
     if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, int) or microbatch_size < 1:
         raise ValueError(f"microbatch_size must be a positive int, got {microbatch_size!r}")
     if method not in ("exact", "gram"):
@@ -115,6 +119,7 @@ def noise_scales(grads, microbatch_size: int, geometries: Sequence[str] = GEOMET
         if g == "spectral" and method == "gram":
             return gram_singular_values(E).sum(dim=-1)
         return dual_norm(E, g)
+
     return {g: factor * float(norm(g).mean()) for g in geometries}
 
 
@@ -142,8 +147,14 @@ class GeometryScores:
     regime: str = "signal"
 
     def as_dict(self) -> dict:
-        return {"signal": dict(self.signal), "curvature": dict(self.curvature), "decrease": dict(self.decrease),
-                "snr": dict(self.snr), "winner": self.winner, "regime": self.regime}
+        return {
+            "signal": dict(self.signal),
+            "curvature": dict(self.curvature),
+            "decrease": dict(self.decrease),
+            "snr": dict(self.snr),
+            "winner": self.winner,
+            "regime": self.regime,
+        }
 
 
 def score_geometries(dual_norms: dict, noise: dict | None, batch_size: int | None, curvature: dict) -> GeometryScores:
@@ -234,11 +245,18 @@ def dd_scores(G: torch.Tensor, A: torch.Tensor) -> GeometryScores | None:
     else:
         gen = torch.Generator(device=A.device).manual_seed(0)
         op = float(spectral_norm_estimate(A, iters=DD_OP_ITERS, block=DD_OP_BLOCK, generator=gen))
-    return score_geometries(norms, None, None, {"spectral": fro ** 2 / N, "frobenius": op ** 2 / N})
+    return score_geometries(norms, None, None, {"spectral": fro**2 / N, "frobenius": op**2 / N})
 
 
-def spec_sign_index(G: torch.Tensor, c_star: float, c_1: float, batch_size: int | None,
-                    H_sign: float, H_spec: float, nuclear: float | None = None) -> SpecSignIndex:
+def spec_sign_index(
+    G: torch.Tensor,
+    c_star: float,
+    c_1: float,
+    batch_size: int | None,
+    H_sign: float,
+    H_spec: float,
+    nuclear: float | None = None,
+) -> SpecSignIndex:
     """I = ((||G||_nuc - 2c_*/sqrt(B)) / (||G||_1 - 2c_1/sqrt(B)))^2 * H_sign / H_spec; I > 1 -> spectral.
 
     ``batch_size=None`` means the deterministic limit (c terms dropped), where the rule compares
@@ -273,8 +291,9 @@ def spec_sign_index(G: torch.Tensor, c_star: float, c_1: float, batch_size: int 
 
 
 # ------------------------------------------------------------------------------------- curvature
-def directional_curvatures(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor,
-                           directions: Sequence[torch.Tensor]) -> list[float]:
+def directional_curvatures(
+    loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, directions: Sequence[torch.Tensor]
+) -> list[float]:
     """<D, H D> for each D, H the Hessian of ``loss_fn()`` restricted to ``param`` (double backward).
 
     ``loss_fn`` recomputes the loss with autograd enabled; other parameters are held fixed (the
@@ -295,8 +314,12 @@ def directional_curvatures(loss_fn: Callable[[], torch.Tensor], param: torch.Ten
     return out
 
 
-def layer_curvatures(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, G_hat: torch.Tensor,
-                     geometries: Sequence[str] = ("linf", "spectral")) -> dict[str, float]:
+def layer_curvatures(
+    loss_fn: Callable[[], torch.Tensor],
+    param: torch.Tensor,
+    G_hat: torch.Tensor,
+    geometries: Sequence[str] = ("linf", "spectral"),
+) -> dict[str, float]:
     """H_g = <D_g, H D_g> with D_g = dualize(G_hat, g), from exact layer-restricted HVPs.
 
     With the default geometries this returns seed 002's ``{"linf": H_sign, "spectral": H_spec}``.
@@ -332,8 +355,9 @@ def kfac_curvature(D: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.
     return float(((D @ (A.mT @ A)) * D).sum(dtype=torch.float64) / N)
 
 
-def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.float64,
-                         eig: tuple | None = None) -> float:
+def kfac_polar_curvature(
+    G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = torch.float64, eig: tuple | None = None
+) -> float:
     """H_spec = kfac_curvature(polar(G), A) = ||A V||_F^2 / N without forming polar(G).
 
     With G = U S V^T (compact: only s_i > max(m, n) eps_32 s_1 kept, as :func:`steepest.linalg.polar_factor.polar_svd`
@@ -364,6 +388,18 @@ def kfac_polar_curvature(G: torch.Tensor, A: torch.Tensor, dtype: torch.dtype = 
     return float((A.to(dtype) @ V.to(dtype)).square().sum(dtype=torch.float64) / N)
 
 
-__all__ = ["kfac_polar_curvature", "davis_drusvyatskiy", "dd_scores", "noise_scales", "predicted_decrease", "score_geometries", "GeometryScores",
-           "spec_sign_index", "SpecSignIndex", "directional_curvatures", "layer_curvatures", "kfac_curvature",
-           "GEOMETRIES"]
+__all__ = [
+    "kfac_polar_curvature",
+    "davis_drusvyatskiy",
+    "dd_scores",
+    "noise_scales",
+    "predicted_decrease",
+    "score_geometries",
+    "GeometryScores",
+    "spec_sign_index",
+    "SpecSignIndex",
+    "directional_curvatures",
+    "layer_curvatures",
+    "kfac_curvature",
+    "GEOMETRIES",
+]

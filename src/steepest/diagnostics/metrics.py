@@ -136,4 +136,12 @@ def block_norms(W: torch.Tensor, method: str = "exact", generator: torch.Generat
     }
 
 
-__all__ = ["gram_singular_values", "stable_rank", "nuclear_rank", "operator_norm", "nuclear_norm", "block_norms", "METHODS"]
+__all__ = [
+    "gram_singular_values",
+    "stable_rank",
+    "nuclear_rank",
+    "operator_norm",
+    "nuclear_norm",
+    "block_norms",
+    "METHODS",
+]

@@ -50,8 +50,12 @@ from steepest.geometry import dual_norm, dualize, from_matrix, matrix_view, reso
 
 #: (norm, p) pairs probed by default: spectral (Muon/SpecGD), sign (linf), Frobenius (normalised GD)
 #: and one Schatten exponent between Frobenius (p = 2) and spectral (p = inf).
-DEFAULT_GEOMETRIES: tuple[tuple[str, float | None], ...] = (("spectral", None), ("linf", None), ("frobenius", None),
-                                                             ("schatten", 4.0))
+DEFAULT_GEOMETRIES: tuple[tuple[str, float | None], ...] = (
+    ("spectral", None),
+    ("linf", None),
+    ("frobenius", None),
+    ("schatten", 4.0),
+)
 INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618..., the golden-section shrink factor
 
 
@@ -69,7 +73,7 @@ def parse_geometry(key: str) -> tuple[str, float | None]:
     """Inverse of :func:`geometry_key`: ``"schatten-4"`` -> ``("schatten", 4.0)``; ValueError otherwise."""
     if isinstance(key, str) and key.startswith("schatten-"):
         try:
-            p = float(key[len("schatten-"):])
+            p = float(key[len("schatten-") :])
         except ValueError:
             raise ValueError(f"bad Schatten geometry {key!r}: write it as 'schatten-<p>', e.g. 'schatten-4'") from None
         return resolve("schatten", p)
@@ -130,6 +134,7 @@ class LineSearch:
         ``at_edge`` is True when the best grid point is an end of the bracket (the minimiser may lie
         outside it). Non-finite losses count as +inf (a step that blows up never wins).
         """
+
         def f(log_eta: float) -> float:
             v = float(phi(math.exp(log_eta)))
             return v if math.isfinite(v) else math.inf
@@ -192,10 +197,17 @@ def _step_size(step_sizes: StepSizes, name: str, key: str, shape: tuple) -> floa
     return eta
 
 
-def layer_oracle(model: nn.Module, loss_fn: Callable[[], torch.Tensor], grads: Mapping[str, torch.Tensor], *,
-                 geometries: Sequence[tuple[str, float | None]] = DEFAULT_GEOMETRIES,
-                 views: Mapping[str, dict] | None = None, step_sizes: StepSizes = None,
-                 search: LineSearch | None = None, dtype: torch.dtype | None = torch.float64) -> dict[str, dict[str, Probe]]:
+def layer_oracle(
+    model: nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    grads: Mapping[str, torch.Tensor],
+    *,
+    geometries: Sequence[tuple[str, float | None]] = DEFAULT_GEOMETRIES,
+    views: Mapping[str, dict] | None = None,
+    step_sizes: StepSizes = None,
+    search: LineSearch | None = None,
+    dtype: torch.dtype | None = torch.float64,
+) -> dict[str, dict[str, Probe]]:
     """Measured Delta*_g per layer and geometry: ``{layer name: {geometry key: Probe}}``.
 
     ``model``: its parameters are looked up by name (``model.named_parameters()``); ``loss_fn()``
@@ -238,13 +250,24 @@ def layer_oracle(model: nn.Module, loss_fn: Callable[[], torch.Tensor], grads: M
                     Dm = dualize(X.to(dtype) if dtype is not None else X, norm, p, dtype=dtype)
                     align = float(dual_norm(X.double(), norm, p).sum())
                     D = from_matrix(Dm, W.shape, view["transposed"]).to(W.dtype)
-                    out[name][key] = _probe(W, saved, D, loss_fn, L0, align, search,
-                                            _step_size(step_sizes, name, key, tuple(X.shape)), model, buffers)
+                    out[name][key] = _probe(
+                        W,
+                        saved,
+                        D,
+                        loss_fn,
+                        L0,
+                        align,
+                        search,
+                        _step_size(step_sizes, name, key, tuple(X.shape)),
+                        model,
+                        buffers,
+                    )
     return out
 
 
-def step_decreases(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
-                   steps: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
+def step_decreases(
+    model: nn.Module, loss_fn: Callable[[], torch.Tensor], steps: Mapping[str, Mapping[str, torch.Tensor]]
+) -> dict[str, dict[str, float]]:
     """The held-out decrease of given steps, one layer at a time: ``{layer: {key: L(W) - L(W - S)}}``.
 
     ``steps``: layer (parameter) name -> {key: S}, S the parameter's full change with its sign flipped
@@ -271,8 +294,9 @@ def step_decreases(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
             with _restoring(W, model, buffers) as saved:
                 for key, S in cands.items():
                     if S.shape != W.shape:
-                        raise ValueError(f"step {key!r} for {name!r} has shape {tuple(S.shape)}, parameter "
-                                         f"{tuple(W.shape)}")
+                        raise ValueError(
+                            f"step {key!r} for {name!r} has shape {tuple(S.shape)}, parameter {tuple(W.shape)}"
+                        )
                     torch.sub(saved, S.to(W.dtype), out=W)
                     out[name][key] = L0 - float(loss_fn())
                     _restore_buffers(model, buffers)
@@ -329,12 +353,21 @@ def _probe(W, saved, D, loss_fn, L0, align, search: LineSearch, eta_lr, model, b
     W.copy_(saved)
     if not (dec > 0):
         eta, dec = 0.0, 0.0
-    return Probe(float(dec), float(eta), bool(edge), align, L0, search.evaluations + (eta_lr is not None),
-                 eta_lr, None if at_lr is None else float(at_lr))
+    return Probe(
+        float(dec),
+        float(eta),
+        bool(edge),
+        align,
+        L0,
+        search.evaluations + (eta_lr is not None),
+        eta_lr,
+        None if at_lr is None else float(at_lr),
+    )
 
 
-def oracle_winners(result: Mapping[str, Mapping[str, Probe]], among: Sequence[str] | None = None,
-                   rtol: float = 0.0) -> dict[str, str]:
+def oracle_winners(
+    result: Mapping[str, Mapping[str, Probe]], among: Sequence[str] | None = None, rtol: float = 0.0
+) -> dict[str, str]:
     """Per layer, the geometry with the largest measured Delta*: ``{layer: key}`` (``"tie"`` when the
     best two are within ``rtol`` relative, ``"none"`` when no geometry decreases the loss).
 
@@ -399,5 +432,14 @@ def _ranks(v: Sequence[float]) -> list[float]:
     return ranks
 
 
-__all__ = ["layer_oracle", "oracle_winners", "measured_winner", "LineSearch", "Probe", "geometry_key",
-           "parse_geometry", "spearman", "DEFAULT_GEOMETRIES"]
+__all__ = [
+    "layer_oracle",
+    "oracle_winners",
+    "measured_winner",
+    "LineSearch",
+    "Probe",
+    "geometry_key",
+    "parse_geometry",
+    "spearman",
+    "DEFAULT_GEOMETRIES",
+]

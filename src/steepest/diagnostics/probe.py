@@ -77,14 +77,49 @@ class LayerMonitor:
     recording step are skipped, listed in ``monitor.skipped`` and warned about once.
     """
 
-    FIELDS = ("step", "layer", "kind", "shape", "rows", "nonfinite_activation", "nonfinite_grad", "nr_G", "st_A",
-              "nr_st_ratio", "dd_winner", "grad_fro", "grad_nuclear", "grad_l1", "weight_fro", "weight_op",
-              "update_fro", "update_op", "update_max", "c_1", "c_star", "H_sign", "H_spec", "spec_sign_index",
-              "spec_sign_winner", "spec_sign_regime", "microbatch_size")
+    FIELDS = (
+        "step",
+        "layer",
+        "kind",
+        "shape",
+        "rows",
+        "nonfinite_activation",
+        "nonfinite_grad",
+        "nr_G",
+        "st_A",
+        "nr_st_ratio",
+        "dd_winner",
+        "grad_fro",
+        "grad_nuclear",
+        "grad_l1",
+        "weight_fro",
+        "weight_op",
+        "update_fro",
+        "update_op",
+        "update_max",
+        "c_1",
+        "c_star",
+        "H_sign",
+        "H_spec",
+        "spec_sign_index",
+        "spec_sign_winner",
+        "spec_sign_regime",
+        "microbatch_size",
+    )
 
-    def __init__(self, model: nn.Module, every: int = 10, sinks: Iterable = (), optimizer: torch.optim.Optimizer | None = None,
-                 microbatches: int = 4, method: str = "fast", max_rows: int | None = None,
-                 layers: Iterable[str] | None = None, spec_sign_every: int = 10, warm_start: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        every: int = 10,
+        sinks: Iterable = (),
+        optimizer: torch.optim.Optimizer | None = None,
+        microbatches: int = 4,
+        method: str = "fast",
+        max_rows: int | None = None,
+        layers: Iterable[str] | None = None,
+        spec_sign_every: int = 10,
+        warm_start: bool = False,
+    ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches == 1 or microbatches < 0:
@@ -92,8 +127,9 @@ class LayerMonitor:
         if method not in MONITOR_METHODS:
             raise ValueError(f"method must be one of {MONITOR_METHODS}, got {method!r}")
         if isinstance(spec_sign_every, bool) or not isinstance(spec_sign_every, int) or spec_sign_every < 1:
-            raise ValueError(f"spec_sign_every must be a positive int (records between Spec-Sign indices), "
-                             f"got {spec_sign_every!r}")
+            raise ValueError(
+                f"spec_sign_every must be a positive int (records between Spec-Sign indices), got {spec_sign_every!r}"
+            )
         if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
             raise ValueError(f"max_rows must be a positive int or None, got {max_rows!r}")
         self.every, self.microbatches, self.method, self.max_rows = every, microbatches, method, max_rows
@@ -133,8 +169,10 @@ class LayerMonitor:
             if self._optimizer() is optimizer:
                 return self
             if self._optimizer() is not None:
-                raise ValueError("this LayerMonitor is already attached to another optimizer: detach() it first, "
-                                 "or use one LayerMonitor per optimizer (each counts its optimizer's steps)")
+                raise ValueError(
+                    "this LayerMonitor is already attached to another optimizer: detach() it first, "
+                    "or use one LayerMonitor per optimizer (each counts its optimizer's steps)"
+                )
         self._optimizer = weakref.ref(optimizer)
         self._opt_handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
         return self
@@ -163,11 +201,14 @@ class LayerMonitor:
         """Resume: continue at ``state["step"]``, and drop from every sink with ``rewind(step)`` the records of
         steps >= it (written after the checkpoint by an interrupted run), so no step appears twice."""
         if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
-            raise ValueError(f"load_state_dict needs a LayerMonitor.state_dict() ({{'step': int >= 0, ...}}), "
-                             f"got {state!r}")
+            raise ValueError(
+                f"load_state_dict needs a LayerMonitor.state_dict() ({{'step': int >= 0, ...}}), got {state!r}"
+            )
         if state.get("every", self.every) != self.every:
-            warnings.warn(f"LayerMonitor resumed with every={self.every}, the checkpoint used every={state['every']}",
-                          stacklevel=2)
+            warnings.warn(
+                f"LayerMonitor resumed with every={self.every}, the checkpoint used every={state['every']}",
+                stacklevel=2,
+            )
         self.step = state["step"]
         self.metrics.warm.load_state_dict(state.get("warm") or {})
         self.out.rewind(self.step)
@@ -184,8 +225,11 @@ class LayerMonitor:
     def _failed(self, error: Exception) -> None:
         """A metric that raised: the step's records are dropped with a warning; the step itself stands."""
         self._pending, self._deferred = {}, False
-        warnings.warn(f"LayerMonitor step {self.step}: not recorded ({type(error).__name__}: {error}); training "
-                      "goes on", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"LayerMonitor step {self.step}: not recorded ({type(error).__name__}: {error}); training goes on",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     # -------------------------------------------------------------------------------- hooks
     @torch.no_grad()
@@ -210,8 +254,11 @@ class LayerMonitor:
         for name, m in self.capture.layers.items():
             weight = self.capture.weight(name)
             if weight.grad is None:
-                skipped[name] = ("frozen (requires_grad=False)" if not weight.requires_grad else
-                                 "no gradient at this step (not used in the forward/backward)")
+                skipped[name] = (
+                    "frozen (requires_grad=False)"
+                    if not weight.requires_grad
+                    else "no gradient at this step (not used in the forward/backward)"
+                )
                 self._before.pop(name, None)
                 continue
             G = matrix_view(weight.grad.detach(), transposed=self.capture.transposed[name]).float()
@@ -219,8 +266,14 @@ class LayerMonitor:
             A = activation_matrix(calls, self.max_rows).float()
             rec = dict.fromkeys(self.FIELDS)
             work[name] = Layer(rec, G, A, calls)
-            rec.update(step=self.step, layer=name, kind=type(m).__name__, shape=list(weight.shape),
-                       rows=int(A.shape[0]), nonfinite_grad=not finite(G))
+            rec.update(
+                step=self.step,
+                layer=name,
+                kind=type(m).__name__,
+                shape=list(weight.shape),
+                rows=int(A.shape[0]),
+                nonfinite_grad=not finite(G),
+            )
         self.capture.report_skips(skipped, self.step)
         self.metrics.inspect(work)
         due = bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
@@ -238,7 +291,10 @@ class LayerMonitor:
                 mats = {}
                 for name in self._pending:
                     W, tr = self.capture.weight(name).detach(), self.capture.transposed[name]
-                    Wm, dW = matrix_view(W, transposed=tr).float(), matrix_view(W - self._before[name], transposed=tr).float()
+                    Wm, dW = (
+                        matrix_view(W, transposed=tr).float(),
+                        matrix_view(W - self._before[name], transposed=tr).float(),
+                    )
                     mats[name] = (Wm, dW, finite(Wm), finite(dW))
                 self.metrics.weight_fields(self._pending, mats, self.step)
                 for rec in self._pending.values():

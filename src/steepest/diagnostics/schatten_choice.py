@@ -50,8 +50,9 @@ def schatten_k_norm(s: torch.Tensor, k: float) -> torch.Tensor:
     return (s / safe.unsqueeze(-1)).pow(k).sum(-1).pow(1.0 / k) * smax
 
 
-def exponent_scores(M: torch.Tensor, G: torch.Tensor, act_singular_values: torch.Tensor,
-                    exponents=EXPONENTS) -> torch.Tensor:
+def exponent_scores(
+    M: torch.Tensor, G: torch.Tensor, act_singular_values: torch.Tensor, exponents=EXPONENTS
+) -> torch.Tensor:
     """f(a) for each a in ``exponents`` (module docstring), in float64.
 
     Args:
@@ -63,7 +64,9 @@ def exponent_scores(M: torch.Tensor, G: torch.Tensor, act_singular_values: torch
     if M.shape != G.shape or M.ndim != 2:
         raise ValueError(f"M and G must be matrices of one shape, got {tuple(M.shape)} and {tuple(G.shape)}")
     if any(not 0.0 <= a <= 1.0 for a in exponents):
-        raise ValueError(f"exponents must lie in [0, 1] (the Schatten family from spectral to Frobenius), got {exponents}")
+        raise ValueError(
+            f"exponents must lie in [0, 1] (the Schatten family from spectral to Frobenius), got {exponents}"
+        )
     M64, G64 = M.double(), G.double()
     U, s, Vh = torch.linalg.svd(M64, full_matrices=False)
     smax = s[:1].clamp(min=torch.finfo(torch.float64).tiny)
@@ -82,8 +85,9 @@ def exponent_scores(M: torch.Tensor, G: torch.Tensor, act_singular_values: torch
     return torch.stack(out)
 
 
-def best_exponent(M: torch.Tensor, G: torch.Tensor, act_singular_values: torch.Tensor,
-                  exponents=EXPONENTS) -> tuple[float, torch.Tensor]:
+def best_exponent(
+    M: torch.Tensor, G: torch.Tensor, act_singular_values: torch.Tensor, exponents=EXPONENTS
+) -> tuple[float, torch.Tensor]:
     """(argmax_a f(a), f over ``exponents``); ties go to the smaller a (the more spectral step)."""
     f = exponent_scores(M, G, act_singular_values, exponents)
     return float(exponents[int(torch.argmax(f))]), f

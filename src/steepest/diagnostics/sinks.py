@@ -165,8 +165,10 @@ class Guarded:
                     raise TypeError(f"{type(sink).__name__} has no {method}() method")
                 fn(*args)
             except Exception as e:  # noqa: BLE001 (any sink error: disable the sink, never fail the step)
-                self.failed[id(sink)] = msg = (f"LayerMonitor: {method} to {target(sink)} failed ({type(e).__name__}: "
-                                               f"{e}); this sink is disabled, training and the other sinks go on")
+                self.failed[id(sink)] = msg = (
+                    f"LayerMonitor: {method} to {target(sink)} failed ({type(e).__name__}: "
+                    f"{e}); this sink is disabled, training and the other sinks go on"
+                )
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def write(self, record: dict) -> None:
@@ -191,8 +193,10 @@ def tensorboard_available() -> bool:
 
 
 #: Verdict fields and the scalar each verdict is written as (TensorBoard has no string scalars).
-VERDICTS = {"dd_winner": {"spectral": 1.0, "frobenius": 0.0, "none": -1.0},
-            "spec_sign_winner": {"spectral": 1.0, "linf": 0.0, "none": -1.0}}
+VERDICTS = {
+    "dd_winner": {"spectral": 1.0, "frobenius": 0.0, "none": -1.0},
+    "spec_sign_winner": {"spectral": 1.0, "linf": 0.0, "none": -1.0},
+}
 
 
 class TensorBoardSink:
@@ -243,4 +247,14 @@ def default_sinks(directory) -> list:
     return sinks
 
 
-__all__ = ["VERDICTS", "Guarded", "target", "MemorySink", "JSONLSink", "CSVSink", "TensorBoardSink", "tensorboard_available", "default_sinks"]
+__all__ = [
+    "VERDICTS",
+    "Guarded",
+    "target",
+    "MemorySink",
+    "JSONLSink",
+    "CSVSink",
+    "TensorBoardSink",
+    "tensorboard_available",
+    "default_sinks",
+]

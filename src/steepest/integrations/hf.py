@@ -51,11 +51,13 @@ class RoutedOptimizer:
         True
     """
 
-    def __init__(self, optimizer_cls: type, model: nn.Module | None = None, routing: dict | None = None,
-                 args=None) -> None:
+    def __init__(
+        self, optimizer_cls: type, model: nn.Module | None = None, routing: dict | None = None, args=None
+    ) -> None:
         if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-            raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer class (e.g. steepest.Muon), got "
-                            f"{optimizer_cls!r}")
+            raise TypeError(
+                f"optimizer_cls must be a torch.optim.Optimizer class (e.g. steepest.Muon), got {optimizer_cls!r}"
+            )
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.optimizer_cls, self.model, self.routing, self.args = optimizer_cls, model, dict(routing or {}), args
@@ -64,16 +66,21 @@ class RoutedOptimizer:
     def __call__(self, params=None, **kwargs):
         if params is None and not kwargs:
             return self
-        kwargs = _weight_decay(kwargs, self.args if self.args is not None else _calling_trainer_args(),
-                               trainer_groups=not isinstance(params, nn.Module))
+        kwargs = _weight_decay(
+            kwargs,
+            self.args if self.args is not None else _calling_trainer_args(),
+            trainer_groups=not isinstance(params, nn.Module),
+        )
         if isinstance(params, nn.Module):
             return self.optimizer_cls(param_groups(params, **self.routing), **kwargs)
         if self.model is None:
-            raise ValueError("Trainer passed its own parameter groups: give the model, "
-                             "trainer_optimizer(cls, model, ...), so they can be routed by structure")
+            raise ValueError(
+                "Trainer passed its own parameter groups: give the model, "
+                "trainer_optimizer(cls, model, ...), so they can be routed by structure"
+            )
         trainer_wd = {}
         for g in params:
-            for p in (g["params"] if isinstance(g, dict) else [g]):
+            for p in g["params"] if isinstance(g, dict) else [g]:
                 trainer_wd[id(p)] = g.get("weight_decay") if isinstance(g, dict) else None
         groups = []
         for g in param_groups(self.model, **self.routing):
@@ -113,19 +120,26 @@ def _weight_decay(kwargs: dict, args, trainer_groups: bool) -> dict:
     if args is None or not hasattr(args, "weight_decay"):
         return kwargs
     wd = float(args.weight_decay)
-    field_default = next((f.default for f in dataclasses.fields(args) if f.name == "weight_decay"), 0.0) \
-        if dataclasses.is_dataclass(args) else 0.0
+    field_default = (
+        next((f.default for f in dataclasses.fields(args) if f.name == "weight_decay"), 0.0)
+        if dataclasses.is_dataclass(args)
+        else 0.0
+    )
     if "weight_decay" in kwargs:
         if wd != field_default and wd != float(kwargs["weight_decay"]):
-            warnings.warn(f"trainer_optimizer(weight_decay={kwargs['weight_decay']}) wins over "
-                          f"TrainingArguments(weight_decay={wd}); drop one of them to silence this warning.",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"trainer_optimizer(weight_decay={kwargs['weight_decay']}) wins over "
+                f"TrainingArguments(weight_decay={wd}); drop one of them to silence this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
         return kwargs
     return kwargs if trainer_groups else dict(kwargs, weight_decay=wd)
 
 
-def trainer_optimizer(optimizer_cls: type, model: nn.Module | None = None, *, routing: dict | None = None,
-                      args=None, **kwargs) -> tuple[RoutedOptimizer, dict]:
+def trainer_optimizer(
+    optimizer_cls: type, model: nn.Module | None = None, *, routing: dict | None = None, args=None, **kwargs
+) -> tuple[RoutedOptimizer, dict]:
     """``optimizer_cls_and_kwargs`` for ``transformers.Trainer``: ``optimizer_cls`` over the model routed by
     structure. ``kwargs`` go to the optimizer (lr, weight_decay, adamw_lr, ...); ``routing`` to
     :func:`steepest.param_groups` (e.g. ``dict(embedding=dict(lr=1e-3))``). ``model`` is needed only by
@@ -168,8 +182,11 @@ class MonitorCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.monitor is None:
-            sinks = self.sinks if self.sinks is not None else \
-                default_sinks(self.directory or Path(args.output_dir) / "diagnostics")
+            sinks = (
+                self.sinks
+                if self.sinks is not None
+                else default_sinks(self.directory or Path(args.output_dir) / "diagnostics")
+            )
             self.monitor = LayerMonitor(model, every=self.every, sinks=sinks, **self.kwargs)
         self.monitor.attach(_unwrap(optimizer))
         self.monitor.load_state_dict({"step": int(state.global_step), "every": self.every})

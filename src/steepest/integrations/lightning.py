@@ -40,19 +40,28 @@ class LayerMonitorCallback(Callback):
         ...                     enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     """
 
-    def __init__(self, every: int = 10, sinks=None, directory=None, optimizer_index: int = 0,
-                 **monitor_kwargs) -> None:
-        self.every, self.sinks, self.directory, self.index, self.kwargs = every, sinks, directory, optimizer_index, \
-            monitor_kwargs
+    def __init__(self, every: int = 10, sinks=None, directory=None, optimizer_index: int = 0, **monitor_kwargs) -> None:
+        self.every, self.sinks, self.directory, self.index, self.kwargs = (
+            every,
+            sinks,
+            directory,
+            optimizer_index,
+            monitor_kwargs,
+        )
         self.monitor: LayerMonitor | None = None
         self._state: dict | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if len(trainer.optimizers) <= self.index:
-            raise ValueError(f"LayerMonitorCallback(optimizer_index={self.index}): the module configured "
-                             f"{len(trainer.optimizers)} optimizer(s)")
-        sinks = self.sinks if self.sinks is not None else \
-            default_sinks(self.directory or Path(trainer.default_root_dir) / "diagnostics")
+            raise ValueError(
+                f"LayerMonitorCallback(optimizer_index={self.index}): the module configured "
+                f"{len(trainer.optimizers)} optimizer(s)"
+            )
+        sinks = (
+            self.sinks
+            if self.sinks is not None
+            else default_sinks(self.directory or Path(trainer.default_root_dir) / "diagnostics")
+        )
         self.monitor = LayerMonitor(pl_module, every=self.every, sinks=sinks, **self.kwargs)
         self.monitor.attach(trainer.optimizers[self.index])
 

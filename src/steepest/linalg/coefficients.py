@@ -87,8 +87,13 @@ SCHATTEN8_FLOOR = 7.43e-4
 _TIE = 2.0**-24
 
 
-def worst_error(table: tuple[Triple, ...], steps: int, lo: float = SCHATTEN8_FLOOR,
-                safety: float = POLAR_EXPRESS_SAFETY, points: int = 4001) -> float:
+def worst_error(
+    table: tuple[Triple, ...],
+    steps: int,
+    lo: float = SCHATTEN8_FLOOR,
+    safety: float = POLAR_EXPRESS_SAFETY,
+    points: int = 4001,
+) -> float:
     """max |p_steps(x) - 1| over x in [lo, 1/safety] of ``table`` run for ``steps`` steps with ``safety``.
 
     This is the scalar bound on max |s_i(Q) - 1| for the singular values the normalization put in that
@@ -198,7 +203,9 @@ def _minimax_quintic(lo: float, hi: float, iters: int = 100) -> tuple[Triple, fl
 
 
 @functools.lru_cache(maxsize=64)
-def polar_express_coefficients(l: float = 1e-3, steps: int = 8, cushion: float = 0.02407327424182761) -> tuple[Triple, ...]:
+def polar_express_coefficients(
+    l: float = 1e-3, steps: int = 8, cushion: float = 0.02407327424182761
+) -> tuple[Triple, ...]:
     """Generate a Polar Express table: greedy minimax odd quintics on shrinking intervals.
 
     Formula (arXiv 2505.16932, Algorithm 1): start from [l_0, u_0] = [l, 1]; at step t take the odd

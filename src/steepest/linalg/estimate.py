@@ -181,14 +181,21 @@ def _start_block(shape, X: torch.Tensor, v0, generator) -> torch.Tensor:
     if v0 is not None:
         V = v0.unsqueeze(-1) if v0.ndim == len(shape) - 1 else v0
         if tuple(V.shape[:-1]) != tuple(shape[:-1]) or V.shape[-1] > shape[-1]:
-            raise ValueError(f"v0 must have shape {tuple(shape[:-1])} (batch..., n) or (batch..., n, j <= "
-                             f"block={shape[-1]}), got {tuple(v0.shape)}")
+            raise ValueError(
+                f"v0 must have shape {tuple(shape[:-1])} (batch..., n) or (batch..., n, j <= "
+                f"block={shape[-1]}), got {tuple(v0.shape)}"
+            )
         S[..., : V.shape[-1]] = V.to(S.dtype)
     return S
 
 
-def top_eigenpair(M: torch.Tensor, v0: torch.Tensor | None = None, iters: int = 3, block: int = 2,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def top_eigenpair(
+    M: torch.Tensor,
+    v0: torch.Tensor | None = None,
+    iters: int = 3,
+    block: int = 2,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Largest eigenvalue lambda_1 and a unit eigenvector of symmetric PSD M (..., n, n), warm-started.
 
     Block Krylov on [S, M S, ..., M^iters S] with S = [v0, ``block`` - 1 Gaussian columns] (all
@@ -225,8 +232,13 @@ def top_eigenpair(M: torch.Tensor, v0: torch.Tensor | None = None, iters: int = 
     return lam.to(X.dtype), v
 
 
-def top_singular_pair(A: torch.Tensor, v0: torch.Tensor | None = None, iters: int = 2, block: int = 2,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def top_singular_pair(
+    A: torch.Tensor,
+    v0: torch.Tensor | None = None,
+    iters: int = 2,
+    block: int = 2,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """s_1(A) and its right singular vector (..., n) for A (..., m, n), warm-started, without forming A^T A.
 
     :func:`top_eigenpair` on M = A^T A applied as A^T (A Q) (two thin products per step); s_1 =
@@ -248,8 +260,9 @@ def top_singular_pair(A: torch.Tensor, v0: torch.Tensor | None = None, iters: in
     return lam.sqrt().to(X.dtype), v
 
 
-def _slq_sqrt_trace(X: torch.Tensor, Q: torch.Tensor, H: torch.Tensor, probes: int, steps: int,
-                    generator) -> torch.Tensor:
+def _slq_sqrt_trace(
+    X: torch.Tensor, Q: torch.Tensor, H: torch.Tensor, probes: int, steps: int, generator
+) -> torch.Tensor:
     """tr((R^T R)^{1/2}), R = X - Q H (never formed), by stochastic Lanczos quadrature.
 
     Rademacher probes, full reorthogonalization. For each probe z (||z||^2 = n): Lanczos on
@@ -266,7 +279,8 @@ def _slq_sqrt_trace(X: torch.Tensor, Q: torch.Tensor, H: torch.Tensor, probes: i
     v = z / n**0.5
     # ||R||_F^2 = ||X||_F^2 - ||H||_F^2 (Q orthonormal), the scale of M for the breakdown test
     scale = (torch.linalg.matrix_norm(X, "fro") ** 2 - torch.linalg.matrix_norm(H, "fro") ** 2).clamp(
-        min=torch.finfo(X.dtype).tiny)
+        min=torch.finfo(X.dtype).tiny
+    )
     tiny = (scale * (n * torch.finfo(X.dtype).eps)).unsqueeze(-1)  # breakdown threshold, per matrix
     for j in range(k):
         V[..., j, :, :] = v
@@ -313,8 +327,13 @@ def nuclear_norm_estimate(
         >>> est = nuclear_norm_estimate(G, generator=torch.Generator().manual_seed(1))
     """
     _check_matrix(G, "G")
-    for name, value, lo in (("rank", rank, 1), ("oversample", oversample, 0), ("power_iters", power_iters, 0),
-                            ("probes", probes, 1), ("lanczos_steps", lanczos_steps, 1)):
+    for name, value, lo in (
+        ("rank", rank, 1),
+        ("oversample", oversample, 0),
+        ("power_iters", power_iters, 0),
+        ("probes", probes, 1),
+        ("lanczos_steps", lanczos_steps, 1),
+    ):
         _check_int(name, value, lo)
     X = _work(G)
     n = X.shape[-1]

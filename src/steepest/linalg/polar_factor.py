@@ -84,7 +84,9 @@ def _prescale_if_needed(G: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # (a multiply by exactly 1.0 leaves every entry unchanged).
     if G.device.type == "cpu" and not torch.compiler.is_compiling() and bool((ok | (amax == 0)).all()):
         return G  # factor 1 everywhere: skip the multiply (on CPU this check costs no device sync)
-    factor = torch.where(ok | (amax == 0), torch.ones_like(amax), 1.0 / torch.where(amax > 0, amax, torch.ones_like(amax)))
+    factor = torch.where(
+        ok | (amax == 0), torch.ones_like(amax), 1.0 / torch.where(amax > 0, amax, torch.ones_like(amax))
+    )
     return G * factor
 
 
@@ -108,8 +110,11 @@ def _normalized(G: torch.Tensor, dtype: torch.dtype, tall: bool, eps: float, saf
     if G.device.type == "cpu" and not torch.compiler.is_compiling() and dtype != torch.float16:
         X = (G.mT if tall else G).to(dtype)
         # One matrix: the full reduction torch.optim.Muon's X.norm() takes (0.6x the time of the dim= form).
-        fro = (torch.linalg.vector_norm(X).reshape(1, 1) if X.ndim == 2
-               else torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True))
+        fro = (
+            torch.linalg.vector_norm(X).reshape(1, 1)
+            if X.ndim == 2
+            else torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+        )
         if not bool(((fro >= _SAFE_FRO[0]) & (fro <= _SAFE_FRO[1])).all()):
             X = None
     if X is None:
@@ -265,8 +270,12 @@ def svd_or_fallback(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     try:
         return torch.linalg.svd(X, full_matrices=False)
     except torch.linalg.LinAlgError as err:
-        warnings.warn(f"torch.linalg.svd failed on a {tuple(X.shape)} {X.dtype} matrix ({err}); using the float64 "
-                      "fallback (see steepest.linalg.polar_factor.svd_or_fallback)", SVDFallbackWarning, stacklevel=3)
+        warnings.warn(
+            f"torch.linalg.svd failed on a {tuple(X.shape)} {X.dtype} matrix ({err}); using the float64 "
+            "fallback (see steepest.linalg.polar_factor.svd_or_fallback)",
+            SVDFallbackWarning,
+            stacklevel=3,
+        )
     X64 = X.to(torch.float64)
     try:
         V, s, Uh = torch.linalg.svd(X64.mT, full_matrices=False)
@@ -274,19 +283,25 @@ def svd_or_fallback(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     except torch.linalg.LinAlgError:
         pass
     wide = X64.shape[-2] < X64.shape[-1]
-    Y = X64.mT if wide else X64                      # tall: Y^T Y is the small side
+    Y = X64.mT if wide else X64  # tall: Y^T Y is the small side
     lam, V = torch.linalg.eigh(Y.mT @ Y)
-    lam, V = lam.flip(-1), V.flip(-1)                # descending, as svd returns
+    lam, V = lam.flip(-1), V.flip(-1)  # descending, as svd returns
     s = lam.clamp(min=0).sqrt()
     inv = torch.where(s > 0, 1.0 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
     U = (Y @ V) * inv.unsqueeze(-2)
-    if wide:                                         # X = Y^T = V S U^T
+    if wide:  # X = Y^T = V S U^T
         U, V = V, U
     return U.to(X.dtype), s.to(X.dtype), V.mT.to(X.dtype)
 
 
 def _iterate(
-    G: torch.Tensor, table: list, *, dtype: torch.dtype, normalization: str, safety: float, eps: float,
+    G: torch.Tensor,
+    table: list,
+    *,
+    dtype: torch.dtype,
+    normalization: str,
+    safety: float,
+    eps: float,
     gram: bool = False,
 ) -> torch.Tensor:
     """Run the odd-quintic iteration ``table`` on G in ``dtype``, with the Gram matrix on the small side.
@@ -314,8 +329,12 @@ def _iterate(
         # X, A, A^2 by the ratio costs no matmul.
         A = small_gram(X)
         AA = A @ A
-        s8 = torch.linalg.vector_norm(AA if AA.dtype == torch.float64 else AA.float(), dim=(-2, -1),
-                                      keepdim=True).sqrt().sqrt().to(dtype)
+        s8 = (
+            torch.linalg.vector_norm(AA if AA.dtype == torch.float64 else AA.float(), dim=(-2, -1), keepdim=True)
+            .sqrt()
+            .sqrt()
+            .to(dtype)
+        )
         r = torch.where(s8 > 0, 1.0 / (s8 * safety), torch.ones_like(s8))
         X, A, AA = X * r, A * (r * r), AA * (r**4)
     for k, (a, b, c) in enumerate(table):

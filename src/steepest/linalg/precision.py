@@ -113,8 +113,10 @@ def _kind(device: torch.device) -> tuple[str, str]:
                 return "cpu-amx", f"CPU with native bf16 matmul ({', '.join(native)})"
             if native:
                 return "cpu-avx512_bf16", f"CPU with native bf16 matmul ({', '.join(native)})"
-            return "cpu-no-bf16", (f"CPU without native bf16 matmul (no {' / '.join(BF16_CPU_FLAGS)}; "
-                                   f"torch CPU capability {torch.backends.cpu.get_cpu_capability()})")
+            return "cpu-no-bf16", (
+                f"CPU without native bf16 matmul (no {' / '.join(BF16_CPU_FLAGS)}; "
+                f"torch CPU capability {torch.backends.cpu.get_cpu_capability()})"
+            )
     speedup = _probe(device)
     if speedup >= PROBE_MIN_SPEEDUP:
         return "cpu-probe-bf16", f"micro-probe: bf16 matmul {speedup:.2f}x faster than float32"
@@ -160,9 +162,13 @@ def auto_report(devices=("cpu",)) -> dict[str, dict]:
     for d in devices:
         d = torch.device(d)
         kind = device_kind(d)
-        out[d.type] = {"dtype": _name(auto_dtype(d)), "reason": _CACHE[d.type][1], "kind": kind,
-                       "bf16_from_min_side": BF16_MIN_SIDE[kind],
-                       "by_size": {f"{n}x{n}": _name(auto_dtype(d, (n, n))) for n in REPORT_SIDES}}
+        out[d.type] = {
+            "dtype": _name(auto_dtype(d)),
+            "reason": _CACHE[d.type][1],
+            "kind": kind,
+            "bf16_from_min_side": BF16_MIN_SIDE[kind],
+            "by_size": {f"{n}x{n}": _name(auto_dtype(d, (n, n))) for n in REPORT_SIDES},
+        }
     return out
 
 
@@ -170,8 +176,13 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def iteration_dtype(input_dtype: torch.dtype, dtype=None, device=None, iterative: bool = False,
-                    shape: tuple[int, ...] | torch.Size | None = None) -> torch.dtype:
+def iteration_dtype(
+    input_dtype: torch.dtype,
+    dtype=None,
+    device=None,
+    iterative: bool = False,
+    shape: tuple[int, ...] | torch.Size | None = None,
+) -> torch.dtype:
     """The dtype a dualizer computes in, the one rule for every caller.
 
     * an explicit torch dtype wins;
@@ -196,4 +207,12 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-__all__ = ["auto_dtype", "auto_report", "device_kind", "iteration_dtype", "clear_cache", "BF16_CPU_FLAGS", "BF16_MIN_SIDE"]
+__all__ = [
+    "auto_dtype",
+    "auto_report",
+    "device_kind",
+    "iteration_dtype",
+    "clear_cache",
+    "BF16_CPU_FLAGS",
+    "BF16_MIN_SIDE",
+]

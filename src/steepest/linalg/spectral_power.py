@@ -58,8 +58,10 @@ def check_exponent(a, magnitude: str = "frobenius") -> None:
     if magnitude not in MAGNITUDES:
         raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}")
     if magnitude == "schatten" and not 0.0 <= a <= 1.0:
-        raise ValueError(f"magnitude='schatten' needs a in [0, 1] (Schatten p = 1 + 1/a >= 2), got a={a!r}; "
-                         "use magnitude='frobenius' or 'spectral' for other exponents")
+        raise ValueError(
+            f"magnitude='schatten' needs a in [0, 1] (Schatten p = 1 + 1/a >= 2), got a={a!r}; "
+            "use magnitude='frobenius' or 'spectral' for other exponents"
+        )
 
 
 def exponent_from_p(p: float) -> float:
@@ -95,8 +97,9 @@ def _weights(s: torch.Tensor, keep: torch.Tensor, a: float, magnitude: str) -> t
     return t / torch.where(den > 0, den, torch.ones_like(den))
 
 
-def spectral_power(G: torch.Tensor, a: float, *, magnitude: str = "frobenius", method: str = "gram",
-                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def spectral_power(
+    G: torch.Tensor, a: float, *, magnitude: str = "frobenius", method: str = "gram", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """D = U diag(t(s)) V^T with t proportional to s^a and the magnitude rule above; 0 for G = 0.
 
     Args:

@@ -8,6 +8,20 @@ from steepest.optim.routing import describe, param_groups
 from steepest.optim.sharded import DistributedSteepest, distributed
 from steepest.optim.steepest import SteepestDescent
 
-__all__ = ["SteepestDescent", "Muon", "SpecGD", "SignSGD", "SchattenDescent", "GD", "param_groups", "describe",
-           "NonFiniteGradientError", "DistributedSteepest", "distributed", "Adaptive", "choosers", "executors",
-           "settings"]
+__all__ = [
+    "SteepestDescent",
+    "Muon",
+    "SpecGD",
+    "SignSGD",
+    "SchattenDescent",
+    "GD",
+    "param_groups",
+    "describe",
+    "NonFiniteGradientError",
+    "DistributedSteepest",
+    "distributed",
+    "Adaptive",
+    "choosers",
+    "executors",
+    "settings",
+]

@@ -25,8 +25,19 @@ from steepest.optim.choosers import CRITERIA, GeometryChooser
 from steepest.optim.steepest import SteepestDescent
 
 #: The chooser's settings that Adaptive shows as its own attributes (read only).
-_SHOWN = ("candidates", "every", "criterion", "microbatches", "margin", "patience", "lr_multipliers", "rms_match",
-          "initial", "oracle_step", "history")
+_SHOWN = (
+    "candidates",
+    "every",
+    "criterion",
+    "microbatches",
+    "margin",
+    "patience",
+    "lr_multipliers",
+    "rms_match",
+    "initial",
+    "oracle_step",
+    "history",
+)
 
 
 class Adaptive(SteepestDescent):
@@ -47,16 +58,38 @@ class Adaptive(SteepestDescent):
         {'group0.0': 'spectral'}
     """
 
-    def __init__(self, params: ParamsT, lr: float = 0.02, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10,
-                 model: nn.Module | None = None, criterion: str = "spec_sign", microbatches: int = 4,
-                 margin: float = 0.1, patience: int = 2, lr_multipliers: dict | None = None,
-                 rms_match: bool | str = True, initial: str | None = None,
-                 oracle_loss: Callable[[], torch.Tensor] | None = None,
-                 oracle_step: str = "own", **kwargs) -> None:
-        chooser = GeometryChooser(candidates, every=every, model=model, criterion=criterion, microbatches=microbatches,
-                                  margin=margin, patience=patience, lr_multipliers=lr_multipliers,
-                                  rms_match=rms_match, initial=initial, oracle_loss=oracle_loss,
-                                  oracle_step=oracle_step)
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 0.02,
+        candidates: Iterable[str] = C.GEOMETRIES,
+        every: int = 10,
+        model: nn.Module | None = None,
+        criterion: str = "spec_sign",
+        microbatches: int = 4,
+        margin: float = 0.1,
+        patience: int = 2,
+        lr_multipliers: dict | None = None,
+        rms_match: bool | str = True,
+        initial: str | None = None,
+        oracle_loss: Callable[[], torch.Tensor] | None = None,
+        oracle_step: str = "own",
+        **kwargs,
+    ) -> None:
+        chooser = GeometryChooser(
+            candidates,
+            every=every,
+            model=model,
+            criterion=criterion,
+            microbatches=microbatches,
+            margin=margin,
+            patience=patience,
+            lr_multipliers=lr_multipliers,
+            rms_match=rms_match,
+            initial=initial,
+            oracle_loss=oracle_loss,
+            oracle_step=oracle_step,
+        )
         kwargs.setdefault("norm", chooser.initial)
         super().__init__(params, lr=lr, chooser=chooser, **kwargs)
 

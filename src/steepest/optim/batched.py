@@ -97,8 +97,10 @@ def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
     for i in idx:
         blocks[i].M = None  # the stack holds them now
     U = F.compute_update(stack, tensor_mode="batch", transposed=False, **settings)
-    return {i: geo.from_matrix(u.reshape(vs), ms, transposed, rb)
-            for i, (ms, vs, _), u in zip(idx, shapes, torch.split(U, [k for _, _, k in shapes]))}
+    return {
+        i: geo.from_matrix(u.reshape(vs), ms, transposed, rb)
+        for i, (ms, vs, _), u in zip(idx, shapes, torch.split(U, [k for _, _, k in shapes]))
+    }
 
 
 __all__ = ["dualize_batched", "buckets", "CPU_MAX_NUMEL"]

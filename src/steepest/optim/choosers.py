@@ -173,10 +173,21 @@ class GeometryChooser(Chooser):
 
     candidates: tuple[str, ...]  #: never None here: validated, non-empty
 
-    def __init__(self, candidates: Iterable[str] = C.GEOMETRIES, every: int = 10, model: nn.Module | None = None,
-                 criterion: str = "spec_sign", microbatches: int = 4, margin: float = 0.1, patience: int = 2,
-                 lr_multipliers: dict | None = None, rms_match: bool | str = True, initial: str | None = None,
-                 oracle_loss: Callable[[], torch.Tensor] | None = None, oracle_step: str = "own") -> None:
+    def __init__(
+        self,
+        candidates: Iterable[str] = C.GEOMETRIES,
+        every: int = 10,
+        model: nn.Module | None = None,
+        criterion: str = "spec_sign",
+        microbatches: int = 4,
+        margin: float = 0.1,
+        patience: int = 2,
+        lr_multipliers: dict | None = None,
+        rms_match: bool | str = True,
+        initial: str | None = None,
+        oracle_loss: Callable[[], torch.Tensor] | None = None,
+        oracle_step: str = "own",
+    ) -> None:
         super().__init__()
         candidates = tuple(candidates)
         if not candidates or any(g not in C.GEOMETRIES for g in candidates) or len(set(candidates)) != len(candidates):
@@ -184,13 +195,19 @@ class GeometryChooser(Chooser):
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
         if criterion == "dd" and (model is None or set(candidates) - {"spectral", "frobenius"}):
-            raise ValueError("criterion='dd' compares spectral with frobenius from activations: pass model= and "
-                             "candidates=('spectral', 'frobenius')")
+            raise ValueError(
+                "criterion='dd' compares spectral with frobenius from activations: pass model= and "
+                "candidates=('spectral', 'frobenius')"
+            )
         if criterion == "oracle" and (model is None or not callable(oracle_loss)):
-            raise ValueError("criterion='oracle' measures each layer's decrease on a held-out batch: pass model= and "
-                             "oracle_loss=a callable returning the held-out loss at the model's current weights")
+            raise ValueError(
+                "criterion='oracle' measures each layer's decrease on a held-out batch: pass model= and "
+                "oracle_loss=a callable returning the held-out loss at the model's current weights"
+            )
         if oracle_step not in ("own", "best"):
-            raise ValueError(f"oracle_step must be 'own' (the optimizer's step) or 'best' (line search), got {oracle_step!r}")
+            raise ValueError(
+                f"oracle_step must be 'own' (the optimizer's step) or 'best' (line search), got {oracle_step!r}"
+            )
         if oracle_loss is not None and criterion != "oracle":
             raise ValueError("oracle_loss is only used with criterion='oracle'")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -210,7 +227,9 @@ class GeometryChooser(Chooser):
         mult = {g: 1.0 for g in candidates}
         for g, v in (lr_multipliers or {}).items():
             if g not in candidates or isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
-                raise ValueError(f"lr_multipliers must map candidate geometries to finite numbers > 0, got {g!r}: {v!r}")
+                raise ValueError(
+                    f"lr_multipliers must map candidate geometries to finite numbers > 0, got {g!r}: {v!r}"
+                )
             mult[g] = float(v)
         self.candidates, self.every, self.criterion, self.microbatches = candidates, every, criterion, microbatches
         self.margin, self.patience, self.lr_multipliers, self.rms_match = float(margin), patience, mult, rms_match
@@ -223,8 +242,10 @@ class GeometryChooser(Chooser):
         self.oracle_loss: Callable[[], torch.Tensor] | None = oracle_loss if criterion == "oracle" else None
 
     def __repr__(self) -> str:
-        return (f"GeometryChooser(candidates={self.candidates!r}, criterion={self.criterion!r}, every={self.every}, "
-                f"initial={self.initial!r})")
+        return (
+            f"GeometryChooser(candidates={self.candidates!r}, criterion={self.criterion!r}, every={self.every}, "
+            f"initial={self.initial!r})"
+        )
 
     def attach(self, optimizer) -> None:
         """Hook ``model``'s layers that hold the optimizer's steepest matrices (activation criteria)."""
@@ -232,8 +253,9 @@ class GeometryChooser(Chooser):
         if model is None or self.criterion == "oracle" or len(self.candidates) == 1:  # nothing to hook
             return
         wanted = {id(p) for g in optimizer.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
-        mods = {n: m for n, m in model.named_modules() if getattr(m, "weight", None) is not None
-                and id(m.weight) in wanted}
+        mods = {
+            n: m for n, m in model.named_modules() if getattr(m, "weight", None) is not None and id(m.weight) in wanted
+        }
         try:
             self._capture = ActivationCapture(model, self._deciding, grads=self.criterion == "spec_sign", names=mods)
         except ValueError:
@@ -329,9 +351,18 @@ class GeometryChooser(Chooser):
         else:
             state["challenger"], state["streak"] = -1, 0
         state["geometry"] = C.GEOMETRIES.index(current)
-        self.history.append({"step": self.t, "param": name, "geometry": current,
-                             "winner": s.winner, "switched": switched, "regime": s.regime, "source": source,
-                             "decrease": {g: float(v) for g, v in s.decrease.items()}})
+        self.history.append(
+            {
+                "step": self.t,
+                "param": name,
+                "geometry": current,
+                "winner": s.winner,
+                "switched": switched,
+                "regime": s.regime,
+                "source": source,
+                "decrease": {g: float(v) for g, v in s.decrease.items()},
+            }
+        )
 
     def _measure(self, blocks: list) -> dict:
         """The oracle on every block: ``{id(param): {geometry: measured decrease}}`` (see ``oracle_step``)."""
@@ -378,9 +409,18 @@ class GeometryChooser(Chooser):
             if best > 0:
                 winner = next(g for g in self.candidates if decrease[g] >= best * (1 - self.TIE_RTOL))
         b.state["geometry"] = C.GEOMETRIES.index(winner)
-        self.history.append({"step": self.t, "param": name, "geometry": winner, "winner": winner,
-                             "switched": winner != current, "regime": "measured", "source": "oracle",
-                             "decrease": {g: float(v) for g, v in (decrease or {}).items()}})
+        self.history.append(
+            {
+                "step": self.t,
+                "param": name,
+                "geometry": winner,
+                "winner": winner,
+                "switched": winner != current,
+                "regime": "measured",
+                "source": "oracle",
+                "decrease": {g: float(v) for g, v in (decrease or {}).items()},
+            }
+        )
 
     # ------------------------------------------------------------------------------- stepping
     def choose(self, blocks: list, executor) -> None:
@@ -396,8 +436,9 @@ class GeometryChooser(Chooser):
                 else:
                     self._decide(b.param, _full(b.G), b.state, b.label)
                 b.state.pop("prev_grad", None)
-            codes = torch.tensor([int(b.state.get("geometry", C.GEOMETRIES.index(self.initial))) for b in blocks],
-                                 dtype=torch.int64)
+            codes = torch.tensor(
+                [int(b.state.get("geometry", C.GEOMETRIES.index(self.initial))) for b in blocks], dtype=torch.int64
+            )
             agreed = executor.agree(codes) if executor is not None else codes
             if not torch.equal(agreed, codes):
                 for b, code in zip(blocks, agreed.tolist()):
@@ -406,7 +447,7 @@ class GeometryChooser(Chooser):
                 for h in self.history[start:]:
                     h["geometry"] = chosen.get(h["param"], h["geometry"])
         # the gradient-only proxy needs the previous gradient at a decision; the oracle and one candidate don't
-        keep_prev = ((self.t + 1) % self.every == 0 and self.criterion != "oracle" and len(self.candidates) > 1)
+        keep_prev = (self.t + 1) % self.every == 0 and self.criterion != "oracle" and len(self.candidates) > 1
         for b in blocks:
             if keep_prev and id(b.param) not in self._module_of:
                 b.state["prev_grad"] = b.grad.detach().clone()
@@ -452,8 +493,10 @@ class GeometryChooser(Chooser):
                         raise ValueError(f"{who} has geometry code {code!r}, not an index into {C.GEOMETRIES}")
                     g = C.GEOMETRIES[int(code)]
                     if g not in self.candidates:
-                        raise ValueError(f"{who} was saved on geometry {g!r}, which is not among this optimizer's "
-                                         f"candidates {self.candidates}; add it to candidates to resume this state")
+                        raise ValueError(
+                            f"{who} was saved on geometry {g!r}, which is not among this optimizer's "
+                            f"candidates {self.candidates}; add it to candidates to resume this state"
+                        )
                 if "challenger" in st and not _whole(st["challenger"], -1, n - 1):
                     raise ValueError(f"{who} has challenger {st['challenger']!r}, expected -1 or an index < {n}")
                 if "streak" in st and not _whole(st["streak"], 0):

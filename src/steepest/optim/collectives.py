@@ -65,7 +65,8 @@ def check_mesh(ex, b) -> None:
         raise ValueError(
             f"{b.name} is a DTensor with placements {pl} on mesh {mesh.mesh.tolist()}: the sharded "
             f"path supports Shard(d) on a 1-D mesh over the optimizer's process group (ranks {ranks}). "
-            "Pass process_group=mesh.get_group(), or route the parameter to AdamW.")
+            "Pass process_group=mesh.get_group(), or route the parameter to AdamW."
+        )
 
 
 def compute(ex, b, M: torch.Tensor, dtype) -> tuple[torch.Tensor, bool]:
@@ -89,7 +90,7 @@ def replicated_updates(ex, blocks: list, items: list, rank: int, out: list, dtyp
         if o == rank:
             n = blocks[i].param.numel()
             U, ok = compute(ex, blocks[i], blocks[i].M, dtype)
-            send[off:off + n] = U.reshape(-1)
+            send[off : off + n] = U.reshape(-1)
             send[off + n] = 1.0 if ok else 0.0  # one flag per matrix: apply or skip
             off += n + 1
     recv = torch.empty(world * width, dtype=dtype)
@@ -99,7 +100,7 @@ def replicated_updates(ex, blocks: list, items: list, rank: int, out: list, dtyp
     offs = [r * width for r in range(world)]
     for i, o in items:
         p = blocks[i].param
-        out[i] = (recv[offs[o]:offs[o] + p.numel()].view(p.shape), bool(recv[offs[o] + p.numel()] != 0))
+        out[i] = (recv[offs[o] : offs[o] + p.numel()].view(p.shape), bool(recv[offs[o] + p.numel()] != 0))
         offs[o] += p.numel() + 1
 
 
@@ -119,8 +120,10 @@ def sharded_updates(ex, blocks: list, items: list, world: int, rank: int, out: l
         d = p.placements[0].dim
         sizes = shard_sizes(p.shape[d], world)
         if sizes[rank] != p.to_local().shape[d]:
-            raise ValueError(f"{blocks[i].name}: local shard has {p.to_local().shape[d]} rows on dim {d}, "
-                             f"expected torch.chunk's {sizes[rank]}; only even-chunk Shard layouts are supported")
+            raise ValueError(
+                f"{blocks[i].name}: local shard has {p.to_local().shape[d]} rows on dim {d}, "
+                f"expected torch.chunk's {sizes[rank]}; only even-chunk Shard layouts are supported"
+            )
         geom.append((d, sizes, p.numel() // max(p.shape[d], 1)))
     mine = [k for k, (_, o) in enumerate(items) if o == rank]
     # forward: my shard of every M to its owner
@@ -131,8 +134,13 @@ def sharded_updates(ex, blocks: list, items: list, world: int, rank: int, out: l
     out_splits = [sum(geom[k][1][s] * geom[k][2] for k in mine) for s in range(world)]
     recv = torch.empty(sum(out_splits), dtype=dtype)
     t0 = time.perf_counter()
-    dist.all_to_all_single(recv, torch.cat([x for s in send for x in s]) if any(in_splits) else
-                           torch.empty(0, dtype=dtype), out_splits, in_splits, group=ex.process_group)
+    dist.all_to_all_single(
+        recv,
+        torch.cat([x for s in send for x in s]) if any(in_splits) else torch.empty(0, dtype=dtype),
+        out_splits,
+        in_splits,
+        group=ex.process_group,
+    )
     comm(ex, t0, sum(in_splits) * dtype.itemsize, sum(out_splits) * dtype.itemsize)
     pieces = [list(c.split([geom[k][1][s] * geom[k][2] for k in mine])) for s, c in enumerate(recv.split(out_splits))]
     back: list[list[torch.Tensor]] = [[] for _ in range(world)]
@@ -140,7 +148,7 @@ def sharded_updates(ex, blocks: list, items: list, world: int, rank: int, out: l
     for n, k in enumerate(mine):
         b = blocks[items[k][0]]
         d, sizes, _row = geom[k]
-        shapes = [b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1:] for s in range(world)]
+        shapes = [b.param.shape[:d] + (sizes[s],) + b.param.shape[d + 1 :] for s in range(world)]
         full = torch.cat([pieces[s][n].view(shapes[s]) for s in range(world)], dim=d)
         U, ok = compute(ex, b, full.to(b.M.dtype), dtype)
         flags.append(1.0 if ok else 0.0)

@@ -157,8 +157,10 @@ class OwnerComputes(Executor):
 
     def __repr__(self) -> str:
         ranks = self._ranks if self._group is _UNBOUND else self._describe()
-        return (f"OwnerComputes(process_group={'world' if ranks is None else f'ranks {ranks}'}, "
-                f"partial_grads={self.partial_grads!r}, local={self.local!r})")
+        return (
+            f"OwnerComputes(process_group={'world' if ranks is None else f'ranks {ranks}'}, "
+            f"partial_grads={self.partial_grads!r}, local={self.local!r})"
+        )
 
     # ------------------------------------------------------------------ the process group
     def _describe(self) -> list[int] | None:
@@ -192,7 +194,8 @@ class OwnerComputes(Executor):
                 raise ValueError(
                     f"this optimizer's OwnerComputes executor was saved with a process group over ranks "
                     f"{self._ranks}, which this process cannot find (world: {world}); re-bind it with "
-                    "opt.executor.bind(group) (e.g. mesh.get_group()) before stepping")
+                    "opt.executor.bind(group) (e.g. mesh.get_group()) before stepping"
+                )
             self._group, self._ranks = None, None
         return self._group
 
@@ -226,13 +229,16 @@ class OwnerComputes(Executor):
         names = lambda idx: ", ".join(blocks[i].name for i in idx)  # noqa: E731
         invalid = flags[2].nonzero().flatten().tolist()
         if invalid:
-            raise ValueError(f"sparse or complex gradient for {names(invalid)} on some rank: steepest needs "
-                             "dense real gradients")
+            raise ValueError(
+                f"sparse or complex gradient for {names(invalid)} on some rank: steepest needs dense real gradients"
+            )
         bad = set(flags[1].nonzero().flatten().tolist())
         partial = [i for i in range(len(blocks)) if 0 < flags[0, i] < world and i not in bad]
         if partial and self.partial_grads == "raise":
-            raise ValueError(f"{names(partial)} have a gradient on some ranks only; synchronise gradients (DDP "
-                             "with find_unused_parameters=True) or pass partial_grads='average' or 'skip'")
+            raise ValueError(
+                f"{names(partial)} have a gradient on some ranks only; synchronise gradients (DDP "
+                "with find_unused_parameters=True) or pass partial_grads='average' or 'skip'"
+            )
         for i, b in enumerate(blocks):
             if flags[0, i] == 0 or (i in partial and self.partial_grads == "skip"):
                 b.grad = None
@@ -261,11 +267,13 @@ class OwnerComputes(Executor):
         a fingerprint per block (name, shape, dtype, settings, lr and weight decay; for replicated
         parameters also the sum of |W|, equal on replicas) on the first step and after the groups
         change. A difference raises ValueError on every rank, naming the first one, before any step."""
+
         def fingerprint(b) -> str:
             kw = {k: v for k, v in b.kwargs.items() if k != "check"}
             value = "" if _is_dtensor(b.param) else f" |W|_1={float(b.param.detach().double().abs().sum()):.9g}"
-            return (f"{b.label} shape {tuple(b.param.shape)} {b.param.dtype} lr={b.lr!r} wd={b.weight_decay!r} "
-                    f"{kw}{value}")
+            return (
+                f"{b.label} shape {tuple(b.param.shape)} {b.param.dtype} lr={b.lr!r} wd={b.weight_decay!r} {kw}{value}"
+            )
 
         mine = [fingerprint(b) for b in blocks]
         world, rank = self._world()
@@ -279,10 +287,12 @@ class OwnerComputes(Executor):
                 diff = f"rank 0 steps {len(everyone[0])} parameters, rank {r} steps {len(theirs)}"
             else:
                 diff = f"parameter {first}: rank 0 has {everyone[0][first]}; rank {r} has {theirs[first]}"
-            raise ValueError(f"the ranks do not step the same parameters in the same order ({diff}). Build the "
-                             "optimizer from the same model and param_groups, in the same order, on every rank "
-                             "(replicated parameters must also hold equal values, as DDP makes them); no "
-                             "parameter was changed")
+            raise ValueError(
+                f"the ranks do not step the same parameters in the same order ({diff}). Build the "
+                "optimizer from the same model and param_groups, in the same order, on every rank "
+                "(replicated parameters must also hold equal values, as DDP makes them); no "
+                "parameter was changed"
+            )
         self._agreed = True
 
     def agree(self, codes: torch.Tensor) -> torch.Tensor:
@@ -309,15 +319,29 @@ class OwnerComputes(Executor):
                 if _is_dtensor(b.param):
                     C.check_mesh(self, b)
                 owned.append(i)
-        owners = assign_owners([geo.dualize_cost(tuple(blocks[i].param.shape), blocks[i].norm,
-                                                 blocks[i].cfg.tensor_mode) for i in owned], world)
+        owners = assign_owners(
+            [geo.dualize_cost(tuple(blocks[i].param.shape), blocks[i].norm, blocks[i].cfg.tensor_mode) for i in owned],
+            world,
+        )
         self.last_owners = {blocks[i].name.split(" (shape")[0]: o for i, o in zip(owned, owners)}
-        self.step_stats = dict(local_s=time.perf_counter() - t0, compute_s=0.0, compute_cpu_s=0.0, comm_s=0.0,
-                               sent_bytes=0, received_bytes=0, owned=owners.count(rank), matrices=len(owned))
+        self.step_stats = dict(
+            local_s=time.perf_counter() - t0,
+            compute_s=0.0,
+            compute_cpu_s=0.0,
+            comm_s=0.0,
+            sent_bytes=0,
+            received_bytes=0,
+            owned=owners.count(rank),
+            matrices=len(owned),
+        )
         for dtype in sorted({blocks[i].param.dtype for i in owned}, key=str):
             items = [(i, o) for i, o in zip(owned, owners) if blocks[i].param.dtype == dtype]
-            C.replicated_updates(self, blocks, [x for x in items if not _is_dtensor(blocks[x[0]].param)], rank, out, dtype)
-            C.sharded_updates(self, blocks, [x for x in items if _is_dtensor(blocks[x[0]].param)], world, rank, out, dtype)
+            C.replicated_updates(
+                self, blocks, [x for x in items if not _is_dtensor(blocks[x[0]].param)], rank, out, dtype
+            )
+            C.sharded_updates(
+                self, blocks, [x for x in items if _is_dtensor(blocks[x[0]].param)], world, rank, out, dtype
+            )
         return out
 
 
@@ -326,8 +350,9 @@ def resolve(spec, params: list[torch.Tensor]) -> Executor:
     if isinstance(spec, Executor):
         return spec
     if spec not in NAMES:
-        raise ValueError(f"executor must be one of {NAMES} or an executor instance (steepest.optim.executors), "
-                         f"got {spec!r}")
+        raise ValueError(
+            f"executor must be one of {NAMES} or an executor instance (steepest.optim.executors), got {spec!r}"
+        )
     dtensors = [p for p in params if _is_dtensor(p)]
     if spec == "per_matrix":
         local: Executor = PerMatrix()
@@ -341,14 +366,26 @@ def resolve(spec, params: list[torch.Tensor]) -> Executor:
                 raise ValueError(
                     f"the parameters are DTensors on a {mesh.ndim}-D device mesh: steepest's distributed step "
                     "needs a 1-D mesh. Build the optimizer with executor=steepest.optim.executors.OwnerComputes("
-                    "process_group=...) for the mesh dimension that shards them, or see steepest.distributed.")
+                    "process_group=...) for the mesh dimension that shards them, or see steepest.distributed."
+                )
             group = mesh.get_group()
         return OwnerComputes(process_group=group, local=Batched() if spec == "distributed" else local)
     if dtensors:  # an explicit single-process executor cannot step sharded parameters
-        raise ValueError(f"executor={spec!r} steps each parameter in this process, but the parameters are DTensors "
-                         "(FSDP2): use executor='auto' or steepest.distributed(optimizer)")
+        raise ValueError(
+            f"executor={spec!r} steps each parameter in this process, but the parameters are DTensors "
+            "(FSDP2): use executor='auto' or steepest.distributed(optimizer)"
+        )
     return local
 
 
-__all__ = ["Executor", "PerMatrix", "Batched", "OwnerComputes", "resolve", "assign_owners", "shard_sizes", "NAMES",
-           "PARTIAL_GRADS"]
+__all__ = [
+    "Executor",
+    "PerMatrix",
+    "Batched",
+    "OwnerComputes",
+    "resolve",
+    "assign_owners",
+    "shard_sizes",
+    "NAMES",
+    "PARTIAL_GRADS",
+]

@@ -147,10 +147,15 @@ class Block:
 
     def key(self) -> tuple:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
-        shape = geo.matrix_shape(tuple(self.param.shape), self.cfg.tensor_mode, self.cfg.transposed,
-                                 self.cfg.row_blocks)
-        return (shape[-2:] if len(shape) >= 2 else shape, self.M_dtype, self.param.device,
-                self.cfg.batch_key(self.norm, self.p, folded=self.scale_folded))
+        shape = geo.matrix_shape(
+            tuple(self.param.shape), self.cfg.tensor_mode, self.cfg.transposed, self.cfg.row_blocks
+        )
+        return (
+            shape[-2:] if len(shape) >= 2 else shape,
+            self.M_dtype,
+            self.param.device,
+            self.cfg.batch_key(self.norm, self.p, folded=self.scale_folded),
+        )
 
 
 # --------------------------------------------------------------------------- stage 1: checks
@@ -212,8 +217,8 @@ def finite_blocks(blocks: list[Block], grads: list[torch.Tensor] | None = None) 
             owner.append(i)
             names.append(key)
     flags = finite_flags(tensors)
-    out = flags[:len(blocks)]
-    for i, key, ok in zip(owner, names, flags[len(blocks):]):
+    out = flags[: len(blocks)]
+    for i, key, ok in zip(owner, names, flags[len(blocks) :]):
         if not ok:
             out[i] = False
             blocks[i].bad_state = blocks[i].bad_state or key
@@ -239,18 +244,26 @@ def nonfinite_policy(blocks: list[Block], finite: list[bool], policy: str, count
         grads = [b.name for b in bad if not b.bad_state]
         states = [f"{b.name}: {b.bad_state}" for b in bad if b.bad_state]
         what = ([f"non-finite gradient (NaN or Inf) in {', '.join(grads)}"] if grads else []) + (
-            [f"non-finite optimizer state (NaN or Inf) in {', '.join(states)}"] if states else [])
+            [f"non-finite optimizer state (NaN or Inf) in {', '.join(states)}"] if states else []
+        )
         raise NonFiniteGradientError(
             f"{'; '.join(what)}; no parameter was changed. Lower the learning rate, clip gradients, reset or "
-            "reload the optimizer state, or pass nonfinite='skip' to skip such steps.")
+            "reload the optimizer state, or pass nonfinite='skip' to skip such steps."
+        )
     for b in bad:
         counter(b)
     return [b for b, ok in zip(blocks, finite) if ok]
 
 
 # --------------------------------------------------------------------------- stages 3-7
-def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov: bool,
-                     ok: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def direction_source(
+    grad: torch.Tensor,
+    state: dict,
+    momentum: float,
+    nesterov: bool,
+    ok: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Stage 3: update the momentum buffer in ``state`` and return the direction source M.
 
     With momentum mu > 0: B <- B + (1 - mu)(G - B) (EMA); M = B, or (1 - mu) G + mu B with Nesterov.
@@ -261,8 +274,9 @@ def direction_source(grad: torch.Tensor, state: dict, momentum: float, nesterov:
     return source_from_buffer(grad, update_momentum(grad, state, momentum, ok), momentum, nesterov, dtype)
 
 
-def update_momentum(grad: torch.Tensor, state: dict, momentum: float,
-                    ok: torch.Tensor | None = None) -> torch.Tensor | None:
+def update_momentum(
+    grad: torch.Tensor, state: dict, momentum: float, ok: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """The buffer update of :func:`direction_source`, in place; returns the buffer (None at momentum 0)."""
     if momentum == 0.0:
         return None
@@ -276,8 +290,9 @@ def update_momentum(grad: torch.Tensor, state: dict, momentum: float,
     return buf
 
 
-def source_from_buffer(grad: torch.Tensor, buf: torch.Tensor | None, momentum: float, nesterov: bool,
-                       dtype: torch.dtype | None = None) -> torch.Tensor:
+def source_from_buffer(
+    grad: torch.Tensor, buf: torch.Tensor | None, momentum: float, nesterov: bool, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """M from the updated buffer (:func:`direction_source`'s second half; reads, never writes)."""
     if buf is None:
         return grad if dtype is None else grad.to(dtype)
@@ -289,9 +304,18 @@ def source_from_buffer(grad: torch.Tensor, buf: torch.Tensor | None, momentum: f
     return M if dtype is None else M.to(dtype)
 
 
-def compute_update(M: torch.Tensor, *, norm: str, p: float | None = None, step_size: str = "fixed",
-                   scale_rule: str = "none", tensor_mode: str = "flatten", transposed: bool = False,
-                   row_blocks: int = 1, **dualizer) -> torch.Tensor:
+def compute_update(
+    M: torch.Tensor,
+    *,
+    norm: str,
+    p: float | None = None,
+    step_size: str = "fixed",
+    scale_rule: str = "none",
+    tensor_mode: str = "flatten",
+    transposed: bool = False,
+    row_blocks: int = 1,
+    **dualizer,
+) -> torch.Tensor:
     """Stages 4-5: ``scale * dualize(M)`` in M's shape (the expensive, owner-computed part).
 
     ``scale`` is ``shape_scale(matrix view shape, scale_rule)`` times, for ``step_size="dual"``, the
@@ -342,8 +366,14 @@ def with_ok(blocks: list[Block], updates: list[torch.Tensor]) -> list[tuple[torc
     return list(zip(updates, ok))
 
 
-def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float | torch.Tensor, weight_decay: float,
-                 lr_scale: float = 1.0, ok: torch.Tensor | None = None) -> None:
+def apply_update(
+    param: torch.Tensor,
+    update: torch.Tensor,
+    lr: float | torch.Tensor,
+    weight_decay: float,
+    lr_scale: float = 1.0,
+    ok: torch.Tensor | None = None,
+) -> None:
     """Stages 6-7: W <- (1 - lr wd) W - lr * lr_scale * update (decay with the unadjusted lr).
 
     ``lr`` may be a one-element tensor (torch.optim's tensor lr; eager steps only).
@@ -368,8 +398,16 @@ def apply_update(param: torch.Tensor, update: torch.Tensor, lr: float | torch.Te
         param.add_(update.to(param.dtype), alpha=-step)
 
 
-def adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: float | torch.Tensor, betas: tuple[float, float],
-               eps: float, weight_decay: float) -> None:
+def adamw_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict,
+    *,
+    lr: float | torch.Tensor,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> None:
     """AdamW (Loshchilov & Hutter 2019) for the parameters routed away from matrix geometry.
 
     m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2; W <- (1 - lr wd) W - lr m_hat / (sqrt(v_hat) + eps).
@@ -391,8 +429,9 @@ def adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, *, lr: floa
 
 
 # --------------------------------------------------------------------------- the kernel
-def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Callable[[Block], None],
-                  executor=None, chooser=None) -> None:
+def steepest_step(
+    blocks: list[Block], *, nonfinite: str = "raise", on_skip: Callable[[Block], None], executor=None, chooser=None
+) -> None:
     """One optimizer step over ``blocks`` (every block with a gradient), in the module's stage order.
 
     ``executor`` (:mod:`steepest.optim.executors`; None: one process, one matrix at a time) runs the
@@ -412,8 +451,10 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
         check_dense(blocks)
         blocks = [b for b in blocks if b.grad is not None]
         if any(b.adamw or b.cfg.step_size == "dual" for b in blocks):
-            raise NotImplementedError("a compiled step supports fixed-step steepest groups only (no AdamW-routed "
-                                      "or step_size='dual' groups); step those eagerly")
+            raise NotImplementedError(
+                "a compiled step supports fixed-step steepest groups only (no AdamW-routed "
+                "or step_size='dual' groups); step those eagerly"
+            )
         all_finite = finite_mask([b.G for b in blocks]).all() if blocks else None
     else:
         finite = executor.check(blocks) if executor is not None else local_check(blocks)
@@ -432,15 +473,17 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
         if buf is not None and not c.nesterov and dtype is None:
             b.M = buf  # M is the buffer itself: nothing to defer
         else:
-            b.defer_M(functools.partial(source_from_buffer, b.G, buf, c.momentum, c.nesterov, dtype),
-                      dtype or b.G.dtype)
+            b.defer_M(
+                functools.partial(source_from_buffer, b.G, buf, c.momentum, c.nesterov, dtype), dtype or b.G.dtype
+            )
     updates = (executor.dualize(steep) if executor is not None else dualize_each(steep)) if steep else []
     if isinstance(updates, list) and nonfinite == "raise":  # dual steps: every update is known before any is applied
         bad = [b.name for b, (_, ok) in zip(steep, updates) if not ok]
         if bad:
             raise NonFiniteGradientError(
                 f"the update of {', '.join(bad)} is not finite (a finite gradient whose dual-norm step overflowed); "
-                "no parameter was changed. Lower the learning rate, or pass nonfinite='skip' to skip such steps.")
+                "no parameter was changed. Lower the learning rate, or pass nonfinite='skip' to skip such steps."
+            )
     for b in blocks:  # after the check above, so a refused step changes nothing
         if b.adamw:
             c = b.cfg
@@ -455,6 +498,25 @@ def steepest_step(blocks: list[Block], *, nonfinite: str = "raise", on_skip: Cal
         apply_update(b.param, U, lr, b.weight_decay, b.lr_scale, all_finite)
 
 
-__all__ = ["Block", "NonFiniteGradientError", "steepest_step", "finite_mask", "finite_flags", "local_check", "check_dense",
-           "nonfinite_policy", "finite_blocks", "state_tensors", "direction_source", "update_momentum", "source_from_buffer",
-           "compute_update", "scale_update", "dualize_each", "with_ok", "apply_update", "adamw_step", "STEP_SIZES"]
+__all__ = [
+    "Block",
+    "NonFiniteGradientError",
+    "steepest_step",
+    "finite_mask",
+    "finite_flags",
+    "local_check",
+    "check_dense",
+    "nonfinite_policy",
+    "finite_blocks",
+    "state_tensors",
+    "direction_source",
+    "update_momentum",
+    "source_from_buffer",
+    "compute_update",
+    "scale_update",
+    "dualize_each",
+    "with_ok",
+    "apply_update",
+    "adamw_step",
+    "STEP_SIZES",
+]

@@ -70,16 +70,31 @@ class Muon(SteepestDescent):
 
     _nesterov_needs_momentum = False  # torch.optim.Muon accepts nesterov=True at momentum 0 (then M = G)
 
-    def __init__(self, params: ParamsT, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
-                 nesterov: bool = True, ns_coefficients: tuple[float, float, float] = MUON_QUINTIC, eps: float | _Unset = _UNSET, ns_steps: int = 5,
-                 adjust_lr_fn: str | None = None, *, dtype: torch.dtype | str | None = "auto",
-                 method: str = "newton_schulz", adamw_eps: float | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = MUON_QUINTIC,
+        eps: float | _Unset = _UNSET,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
+        *,
+        dtype: torch.dtype | str | None = "auto",
+        method: str = "newton_schulz",
+        adamw_eps: float | None = None,
+        **kwargs,
+    ) -> None:
         # torch.optim.Muon's checks first, with its error types and messages.
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if adjust_lr_fn not in _MUON_ADJUST:
-            raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported: use None, "
-                             "'original' or 'match_rms_adamw'")
+            raise ValueError(
+                f"Adjust learning rate function {adjust_lr_fn} is not supported: use None, "
+                "'original' or 'match_rms_adamw'"
+            )
         if "ns_eps" in kwargs:
             raise TypeError("steepest.Muon takes the Newton-Schulz eps as eps= (torch.optim.Muon's name)")
         self._legacy_eps = None if eps is _UNSET or adamw_eps is not None else eps
@@ -91,10 +106,22 @@ class Muon(SteepestDescent):
             steps, coefficients, ns_eps = None, None, None
         elif method == "polar_express" and ns_coefficients == MUON_QUINTIC:
             coefficients = None  # Polar Express uses its own published table
-        super().__init__(params, lr=lr, norm="spectral", momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay, method=method, steps=steps, coefficients=coefficients,
-                         ns_eps=ns_eps, dtype=dtype, eps=1e-8 if adamw_eps is None else adamw_eps,
-                         scale_rule=kwargs.pop("scale_rule", _MUON_ADJUST[adjust_lr_fn]), **kwargs)
+        super().__init__(
+            params,
+            lr=lr,
+            norm="spectral",
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            method=method,
+            steps=steps,
+            coefficients=coefficients,
+            ns_eps=ns_eps,
+            dtype=dtype,
+            eps=1e-8 if adamw_eps is None else adamw_eps,
+            scale_rule=kwargs.pop("scale_rule", _MUON_ADJUST[adjust_lr_fn]),
+            **kwargs,
+        )
 
     def add_param_group(self, param_group: dict) -> None:
         """:meth:`SteepestDescent.add_param_group`, reading a group's ``eps`` as torch.optim.Muon does (the
@@ -106,8 +133,10 @@ class Muon(SteepestDescent):
                 group["params"] = ps = list(ps)  # a generator is read once, here
             for p in [ps] if isinstance(ps, torch.Tensor) else ps or ():
                 if isinstance(p, torch.Tensor) and p.is_complex():
-                    raise ComplexParameterError(f"Muon does not support complex parameters (shape {tuple(p.shape)}, "
-                                                f"{p.dtype}): optimize the real and imaginary parts as real tensors")
+                    raise ComplexParameterError(
+                        f"Muon does not support complex parameters (shape {tuple(p.shape)}, "
+                        f"{p.dtype}): optimize the real and imaginary parts as real tensors"
+                    )
             if group.get("algorithm", "steepest") != "adamw" and "eps" in group:
                 group["ns_eps"] = group.pop("eps")
             legacy = getattr(self, "_legacy_eps", None)
@@ -115,7 +144,9 @@ class Muon(SteepestDescent):
                 warnings.warn(
                     f"steepest.Muon(eps={legacy}) now means torch.optim.Muon's Newton-Schulz eps; this AdamW group "
                     "still takes it as AdamW's eps for one release. Pass adamw_eps= for AdamW's eps.",
-                    DeprecationWarning, stacklevel=3)
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
                 group["eps"] = legacy
         super().add_param_group(group)
 

@@ -49,8 +49,10 @@ def _route_of(name, module, is_weight, param, *, st, overrides, module_types):
     for pattern, route in overrides.items():
         if fnmatch.fnmatch(name, pattern):
             if route == "matrix" and param.ndim < 2:
-                raise ValueError(f"override {pattern!r} sends {name} (shape {tuple(param.shape)}) to matrix "
-                                 "geometry, but it is not a matrix")
+                raise ValueError(
+                    f"override {pattern!r} sends {name} (shape {tuple(param.shape)}) to matrix "
+                    "geometry, but it is not a matrix"
+                )
             if route == "matrix":
                 return "hidden", f"override {pattern!r}", nd_mode, is_weight and S.is_transposed_linear(module)
             role = _structural(name, module, is_weight, param, st)[0]
@@ -83,19 +85,38 @@ def _structural(name, module, is_weight, param, st):
     if isinstance(module, S.CONV):
         kind = type(module).__name__
         if param.ndim >= 3 and shape[1] == 1 and module.groups > 1:
-            return "other", f"depthwise {kind} (groups={module.groups}): one input channel per filter, no matrix", \
-                "flatten", False
+            return (
+                "other",
+                f"depthwise {kind} (groups={module.groups}): one input channel per filter, no matrix",
+                "flatten",
+                False,
+            )
         if module.groups > 1:
-            return "hidden", (f"grouped {kind} (groups={module.groups}), flattened to (out, in/groups*k): "
-                              "group blocks stacked as rows"), "flatten", False
+            return (
+                "hidden",
+                (
+                    f"grouped {kind} (groups={module.groups}), flattened to (out, in/groups*k): "
+                    "group blocks stacked as rows"
+                ),
+                "flatten",
+                False,
+            )
         return "hidden", f"{kind} kernel, flattened to (out, in*k)", "flatten", False
     if param.ndim >= 3 and shape[0] == 1:
-        return "embedding", "embedding (leading dim 1: broadcast over the batch, e.g. a position/class token)", \
-            "flatten", False
+        return (
+            "embedding",
+            "embedding (leading dim 1: broadcast over the batch, e.g. a position/class token)",
+            "flatten",
+            False,
+        )
     if param.ndim == 2:
         return "hidden", "2-D parameter", "flatten", False
-    return "hidden", f"{param.ndim}-D tensor as a batch of matrices over the last two dims (fused experts / heads)", \
-        "batch", False
+    return (
+        "hidden",
+        f"{param.ndim}-D tensor as a batch of matrices over the last two dims (fused experts / heads)",
+        "batch",
+        False,
+    )
 
 
 def param_groups(
@@ -154,9 +175,11 @@ def param_groups(
     """
     if not isinstance(model, nn.Module):
         what = type(model).__name__
-        raise TypeError(f"param_groups(model) routes by the model's structure, so it takes the nn.Module itself; got "
-                        f"a {what}. Pass `model`, not `model.parameters()`; a plain list of tensors can go to the "
-                        "optimizer directly (steepest.Muon(params)).")
+        raise TypeError(
+            f"param_groups(model) routes by the model's structure, so it takes the nn.Module itself; got "
+            f"a {what}. Pass `model`, not `model.parameters()`; a plain list of tensors can go to the "
+            "optimizer directly (steepest.Muon(params))."
+        )
     if isinstance(head, (str, list, tuple)):
         head_modules, head = head, None
     if head is not None and not isinstance(head, dict):
@@ -185,8 +208,9 @@ def param_groups(
     st = dict(heads=head_names, inputs=inputs, tied=tied, module_name=module_name)
     blocks = S.attention_blocks(model, split_qkv, heads) if (split_qkv or heads) else {}
 
-    adamw_legacy: dict[str, object] = {k: v for k, v in (("lr", adamw_lr), ("weight_decay", adamw_weight_decay))
-                                       if v is not None}
+    adamw_legacy: dict[str, object] = {
+        k: v for k, v in (("lr", adamw_lr), ("weight_decay", adamw_weight_decay)) if v is not None
+    }
     if adamw_betas is not None:
         adamw_legacy["betas"] = tuple(adamw_betas)
     per_role = dict(hidden=dict(matrix_options or {}, **(hidden or {})))
@@ -200,8 +224,9 @@ def param_groups(
             continue
         seen.add(id(param))
         name, module, is_weight = owners.get(id(param), (full_name, model, False))
-        role, reason, mode, transposed = _route_of(name, module, is_weight, param, st=st,
-                                                   overrides=overrides, module_types=module_types)
+        role, reason, mode, transposed = _route_of(
+            name, module, is_weight, param, st=st, overrides=overrides, module_types=module_types
+        )
         rb = 1
         if role == "hidden" and id(param) in blocks:
             rb, why = blocks[id(param)]
@@ -209,8 +234,14 @@ def param_groups(
         key = (role, mode, transposed, rb)
         if key not in buckets:
             if role == "hidden":
-                buckets[key] = dict(per_role["hidden"], algorithm="steepest", role=role, tensor_mode=mode,
-                                    transposed=transposed, **({"row_blocks": rb} if rb != 1 else {}))
+                buckets[key] = dict(
+                    per_role["hidden"],
+                    algorithm="steepest",
+                    role=role,
+                    tensor_mode=mode,
+                    transposed=transposed,
+                    **({"row_blocks": rb} if rb != 1 else {}),
+                )
             else:
                 buckets[key] = dict(per_role[role], algorithm="adamw", role=role)
             buckets[key].update(params=[], names=[], reasons=[])
@@ -224,8 +255,11 @@ def _geometry(g: dict) -> str:
     if g.get("algorithm", "steepest") == "adamw":
         return "adamw"
     norm = g.get("norm")
-    text = "steepest (norm set by the optimizer)" if norm is None else (
-        f"schatten p={g.get('p')}" if norm == "schatten" else str(norm))
+    text = (
+        "steepest (norm set by the optimizer)"
+        if norm is None
+        else (f"schatten p={g.get('p')}" if norm == "schatten" else str(norm))
+    )
     if g.get("tensor_mode") == "batch":
         text += " [batch]"
     if g.get("transposed"):
@@ -253,14 +287,16 @@ def describe(groups: list[dict] | torch.optim.Optimizer, *, file: TextIO | None 
             rows.append((n, "x".join(map(str, p.shape)) or "scalar", role, geometry, r))
     header = ("parameter", "shape", "role", "geometry", "why")
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i]) for i in range(5)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    has_head = any(g.get("role") == "head" or any("tied to the output head" in r for r in g.get("reasons") or ())
-                   for g in groups)
+    has_head = any(
+        g.get("role") == "head" or any("tied to the output head" in r for r in g.get("reasons") or ()) for g in groups
+    )
     if any(g.get("role") for g in groups) and not has_head:
-        lines.append("no output head found (no tied/declared head, no Linear onto a vocabulary, width rule did "
-                     "not apply): pass head= or example_inputs= if the model has one")
+        lines.append(
+            "no output head found (no tied/declared head, no Linear onto a vocabulary, width rule did "
+            "not apply): pass head= or example_inputs= if the model has one"
+        )
     n_matrix = sum(1 for r in rows if r[3] != "adamw")
     lines.append(f"{len(rows)} parameters: {n_matrix} in matrix geometry, {len(rows) - n_matrix} on AdamW")
     text = "\n".join(lines)

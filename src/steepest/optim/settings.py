@@ -43,9 +43,26 @@ DUALIZER_KEYS = geo.POLAR_SETTINGS + ("dtype",)
 #: ``param_names``): accepted, kept in the group, ignored by the step.
 TORCH_KEYS = ("foreach", "fused", "differentiable", "capturable", "param_names")
 #: Every key a steepest group's settings read (besides lr and weight_decay, read at each step).
-STEEPEST_KEYS = ("algorithm", "norm", "p", "momentum", "nesterov", "step_size", "scale_rule", "method", "steps",
-                 "coefficients", "normalization", "ns_eps", "dtype", "tensor_mode", "transposed", "row_blocks", "betas",
-                 "eps")
+STEEPEST_KEYS = (
+    "algorithm",
+    "norm",
+    "p",
+    "momentum",
+    "nesterov",
+    "step_size",
+    "scale_rule",
+    "method",
+    "steps",
+    "coefficients",
+    "normalization",
+    "ns_eps",
+    "dtype",
+    "tensor_mode",
+    "transposed",
+    "row_blocks",
+    "betas",
+    "eps",
+)
 
 
 class SettingsError(ValueError):
@@ -61,13 +78,23 @@ def where(group: dict, index: int) -> str:
     return f"param_groups[{index}]"
 
 
-def _number(group: dict, index: int, name: str, value, lo: float, hi: float = math.inf, *,
-            hi_open: bool = False, lo_open: bool = False) -> float:
+def _number(
+    group: dict,
+    index: int,
+    name: str,
+    value,
+    lo: float,
+    hi: float = math.inf,
+    *,
+    hi_open: bool = False,
+    lo_open: bool = False,
+) -> float:
     """``value`` as a float in the range, or a SettingsError naming ``name`` and the group."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise SettingsError(f"{name} as a tensor must have one element, got shape {tuple(value.shape)} "
-                                f"({where(group, index)})")
+            raise SettingsError(
+                f"{name} as a tensor must have one element, got shape {tuple(value.shape)} ({where(group, index)})"
+            )
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise SettingsError(f"{name} must be a number, got {value!r} ({where(group, index)})")
@@ -80,8 +107,10 @@ def _number(group: dict, index: int, name: str, value, lo: float, hi: float = ma
 def check_maximize(maximize: object, context: str = "") -> None:
     """Refuse ``maximize`` other than False (torch.optim's flag): every steepest update descends."""
     if maximize is not False:
-        raise SettingsError(f"maximize={maximize!r} is not supported: steepest minimizes; to maximize f, minimize -f "
-                            f"(negate the loss){context}")
+        raise SettingsError(
+            f"maximize={maximize!r} is not supported: steepest minimizes; to maximize f, minimize -f "
+            f"(negate the loss){context}"
+        )
 
 
 def check_lr_wd(group: dict, index: int) -> tuple[float, float]:
@@ -90,11 +119,14 @@ def check_lr_wd(group: dict, index: int) -> tuple[float, float]:
     lr = float(lr) if isinstance(lr, torch.Tensor) else lr
     for key, v in (("lr", lr), ("weight_decay", wd)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise SettingsError(f"param_groups[{index}]['{key}'] must be a finite number >= 0, got {v!r}; "
-                                "no parameter was changed")
+            raise SettingsError(
+                f"param_groups[{index}]['{key}'] must be a finite number >= 0, got {v!r}; no parameter was changed"
+            )
     if lr * wd > 1.0:
-        raise SettingsError(f"param_groups[{index}]['lr'] * ['weight_decay'] = {lr} * {wd} > 1: the decay factor "
-                            "1 - lr * weight_decay would be negative; lower weight_decay. No parameter was changed")
+        raise SettingsError(
+            f"param_groups[{index}]['lr'] * ['weight_decay'] = {lr} * {wd} > 1: the decay factor "
+            "1 - lr * weight_decay would be negative; lower weight_decay. No parameter was changed"
+        )
     return lr, wd
 
 
@@ -140,12 +172,25 @@ class StepSettings:
         key = ("kw", norm, p, folded)
         out = self._cache.get(key)
         if out is None:
-            out = dict(norm=norm, p=p, step_size=self.step_size, scale_rule="none" if folded else self.scale_rule,
-                       tensor_mode=self.tensor_mode, transposed=self.transposed, row_blocks=self.row_blocks,
-                       dtype=self.dtype, check=False)
+            out = dict(
+                norm=norm,
+                p=p,
+                step_size=self.step_size,
+                scale_rule="none" if folded else self.scale_rule,
+                tensor_mode=self.tensor_mode,
+                transposed=self.transposed,
+                row_blocks=self.row_blocks,
+                dtype=self.dtype,
+                check=False,
+            )
             if norm == "spectral":
-                out.update(method=self.method, steps=self.steps, coefficients=self.coefficients,
-                           normalization=self.normalization, ns_eps=self.ns_eps)
+                out.update(
+                    method=self.method,
+                    steps=self.steps,
+                    coefficients=self.coefficients,
+                    normalization=self.normalization,
+                    ns_eps=self.ns_eps,
+                )
             self._cache[key] = out
         return out
 
@@ -183,8 +228,9 @@ def _check_dualizer(group: dict, index: int, keys: tuple, candidates: tuple | No
         raise SettingsError(f"{e} ({where(group, index)})") from None
 
 
-def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | None = None,
-          nesterov_needs_momentum: bool = True) -> StepSettings:
+def build(
+    group: dict, index: int, *, given: tuple = (), candidates: tuple | None = None, nesterov_needs_momentum: bool = True
+) -> StepSettings:
     """Validate ``group`` (a complete group: defaults filled in) and return its :class:`StepSettings`.
 
     ``given``: the keys the group sets itself (dualizer keys among them are checked against a
@@ -200,8 +246,10 @@ def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | Non
     lr = _number(group, index, "lr", group["lr"], 0.0, math.inf, hi_open=True)
     wd = _number(group, index, "weight_decay", group.get("weight_decay", 0.0), 0.0, math.inf, hi_open=True)
     if lr * wd > 1.0:
-        raise SettingsError(f"lr * weight_decay must be <= 1 (the decay factor 1 - lr * weight_decay would be "
-                            f"negative), got {lr} * {wd} ({where(group, index)})")
+        raise SettingsError(
+            f"lr * weight_decay must be <= 1 (the decay factor 1 - lr * weight_decay would be "
+            f"negative), got {lr} * {wd} ({where(group, index)})"
+        )
     for p in group["params"]:
         if p.is_complex():
             raise SettingsError(f"complex parameters are not supported (shape {tuple(p.shape)}, {p.dtype})")
@@ -224,8 +272,7 @@ def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | Non
         raise SettingsError(f"nesterov must be a bool, got {nesterov!r} ({where(group, index)})")
     if nesterov and momentum <= 0 and nesterov_needs_momentum:
         raise SettingsError(f"nesterov=True needs momentum > 0 ({where(group, index)})")
-    for key, allowed in (("step_size", STEP_SIZES), ("scale_rule", geo.SCALE_RULES),
-                         ("tensor_mode", geo.TENSOR_MODES)):
+    for key, allowed in (("step_size", STEP_SIZES), ("scale_rule", geo.SCALE_RULES), ("tensor_mode", geo.TENSOR_MODES)):
         if group[key] not in allowed:
             raise SettingsError(f"{key} must be one of {allowed}, got {group[key]!r} ({where(group, index)})")
     if not isinstance(group.get("transposed", False), bool):
@@ -235,8 +282,10 @@ def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | Non
         for q in group["params"]:
             rows = geo.matrix_shape(tuple(q.shape), group["tensor_mode"], bool(group.get("transposed", False)))
             if isinstance(rb, bool) or not isinstance(rb, int) or rb < 1 or q.ndim < 2 or rows[-2] % rb:
-                raise SettingsError(f"row_blocks={rb!r} must be an int that divides the {rows[-2]} rows of the matrix "
-                                    f"view of a parameter of shape {tuple(q.shape)} ({where(group, index)})")
+                raise SettingsError(
+                    f"row_blocks={rb!r} must be an int that divides the {rows[-2]} rows of the matrix "
+                    f"view of a parameter of shape {tuple(q.shape)} ({where(group, index)})"
+                )
     if not geo.is_entrywise(norm):
         names = group.get("names")
         for j, q in enumerate(group["params"]):
@@ -245,16 +294,29 @@ def build(group: dict, index: int, *, given: tuple = (), candidates: tuple | Non
                 raise SettingsError(
                     f"parameter {who} has shape {tuple(q.shape)}, but norm={group['norm']!r} needs a "
                     "matrix (>= 2-D). Route vectors (biases, norm gains) to AdamW with "
-                    "steepest.param_groups(model), or use an entrywise norm ('frobenius', 'linf') for them.")
+                    "steepest.param_groups(model), or use an entrywise norm ('frobenius', 'linf') for them."
+                )
     coefficients = group.get("coefficients")
     if isinstance(coefficients, list):
         coefficients = tuple(tuple(c) if isinstance(c, list) else c for c in coefficients)
     return StepSettings(
-        algorithm="steepest", norm=norm, p=p, momentum=momentum, nesterov=nesterov, step_size=group["step_size"],
-        scale_rule=group["scale_rule"], method=group.get("method"), steps=group.get("steps"),
-        coefficients=coefficients, normalization=group.get("normalization"),
-        dtype=geo.dtype_from_name(group.get("dtype")), tensor_mode=group["tensor_mode"],
-        transposed=bool(group.get("transposed", False)), ns_eps=group.get("ns_eps"), row_blocks=int(rb))
+        algorithm="steepest",
+        norm=norm,
+        p=p,
+        momentum=momentum,
+        nesterov=nesterov,
+        step_size=group["step_size"],
+        scale_rule=group["scale_rule"],
+        method=group.get("method"),
+        steps=group.get("steps"),
+        coefficients=coefficients,
+        normalization=group.get("normalization"),
+        dtype=geo.dtype_from_name(group.get("dtype")),
+        tensor_mode=group["tensor_mode"],
+        transposed=bool(group.get("transposed", False)),
+        ns_eps=group.get("ns_eps"),
+        row_blocks=int(rb),
+    )
 
 
 # --------------------------------------------------------------------------- loaded state
@@ -275,8 +337,9 @@ def _check_tensor(key: str, v, p: torch.Tensor, who: str) -> None:
     if not torch.is_tensor(v):
         raise _refuse(f"state_dict holds {key}={type(v).__name__} for {who}, expected a tensor")
     if tuple(v.shape) != tuple(p.shape):
-        raise _refuse(f"state_dict holds {key} of shape {tuple(v.shape)} for {who}: it was saved for a model with "
-                      "other shapes")
+        raise _refuse(
+            f"state_dict holds {key} of shape {tuple(v.shape)} for {who}: it was saved for a model with other shapes"
+        )
     if not v.is_floating_point():
         raise _refuse(f"state_dict holds {key} of dtype {v.dtype} for {who}, expected a floating dtype")
     local = v.to_local() if hasattr(v, "to_local") else v
@@ -297,29 +360,43 @@ def checked_state_dict(opt, state_dict) -> dict:
     loaded; returns a state_dict whose groups have every key (missing ones from ``opt.defaults``,
     today's defaults). The chooser, if any, checks its own state (``chooser.check_state``).
     """
-    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list) \
-            or not isinstance(state_dict.get("state"), dict):
-        raise _refuse("state_dict must be a dict with 'state' (a dict) and 'param_groups' (a list), as "
-                      "optimizer.state_dict() returns")
+    if (
+        not isinstance(state_dict, dict)
+        or not isinstance(state_dict.get("param_groups"), list)
+        or not isinstance(state_dict.get("state"), dict)
+    ):
+        raise _refuse(
+            "state_dict must be a dict with 'state' (a dict) and 'param_groups' (a list), as "
+            "optimizer.state_dict() returns"
+        )
     groups, state = state_dict["param_groups"], state_dict["state"]
     if len(groups) != len(opt.param_groups):
         raise _refuse(f"state_dict has {len(groups)} parameter groups, this optimizer has {len(opt.param_groups)}")
     filled_groups = []
     for gi, (saved, cur) in enumerate(zip(groups, opt.param_groups)):
         if not isinstance(saved, dict) or len(saved.get("params", ())) != len(cur["params"]):
-            raise _refuse(f"state_dict param_groups[{gi}] does not have this optimizer's {len(cur['params'])} "
-                          "parameters")
+            raise _refuse(
+                f"state_dict param_groups[{gi}] does not have this optimizer's {len(cur['params'])} parameters"
+            )
         for key in GEOMETRY_KEYS:
             if key in saved and key in cur and saved[key] != cur[key]:
                 raise _refuse(
                     f"state_dict param_groups[{gi}] has {key}={saved[key]!r} but this optimizer's has "
                     f"{key}={cur[key]!r}: it was saved by a different optimizer or routing. Build the same "
-                    "optimizer (recipe, norm, param_groups) that saved it")
-        filled = {**{k: cur.get(k, v) for k, v in opt.defaults.items() if k in GEOMETRY_KEYS},
-                  **{k: v for k, v in opt.defaults.items() if k not in GEOMETRY_KEYS}, **saved}
+                    "optimizer (recipe, norm, param_groups) that saved it"
+                )
+        filled = {
+            **{k: cur.get(k, v) for k, v in opt.defaults.items() if k in GEOMETRY_KEYS},
+            **{k: v for k, v in opt.defaults.items() if k not in GEOMETRY_KEYS},
+            **saved,
+        }
         try:
-            built = build(dict(filled, params=cur["params"]), gi, candidates=opt._candidates(),
-                          nesterov_needs_momentum=getattr(opt, "_nesterov_needs_momentum", True))
+            built = build(
+                dict(filled, params=cur["params"]),
+                gi,
+                candidates=opt._candidates(),
+                nesterov_needs_momentum=getattr(opt, "_nesterov_needs_momentum", True),
+            )
         except SettingsError as e:
             raise _refuse(f"state_dict: {e}") from None
         filled_groups.append(filled)
@@ -349,5 +426,18 @@ def checked_state_dict(opt, state_dict) -> dict:
     return dict(state_dict, param_groups=filled_groups)
 
 
-__all__ = ["StepSettings", "SettingsError", "build", "check_maximize", "snapshot", "check_lr_wd", "where", "checked_state_dict", "ALGORITHMS",
-           "STEP_SIZES", "DUALIZER_KEYS", "TORCH_KEYS", "STEEPEST_KEYS"]
+__all__ = [
+    "StepSettings",
+    "SettingsError",
+    "build",
+    "check_maximize",
+    "snapshot",
+    "check_lr_wd",
+    "where",
+    "checked_state_dict",
+    "ALGORITHMS",
+    "STEP_SIZES",
+    "DUALIZER_KEYS",
+    "TORCH_KEYS",
+    "STEEPEST_KEYS",
+]

@@ -37,8 +37,14 @@ class DistributedSteepest(SteepestDescent):
         'OwnerComputes'
     """
 
-    def __init__(self, params: ParamsT, *args: Any, process_group: dist.ProcessGroup | None = None,
-                 partial_grads: str = "average", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        *args: Any,
+        process_group: dist.ProcessGroup | None = None,
+        partial_grads: str = "average",
+        **kwargs: Any,
+    ) -> None:
         if "executor" in kwargs:
             raise TypeError("DistributedSteepest sets the executor itself (OwnerComputes over process_group)")
         kwargs["executor"] = OwnerComputes(process_group, partial_grads)
@@ -54,11 +60,16 @@ def _unwrap(fn):
 def defines_own_step(cls: type) -> bool:
     """True when a SteepestDescent subclass replaces SteepestDescent.step (its step may bypass the executor)."""
     base = _unwrap(vars(SteepestDescent)["step"])
-    return any("step" in vars(c) and _unwrap(vars(c)["step"]) is not base
-               for c in cls.__mro__ if isinstance(c, type) and issubclass(c, SteepestDescent))
+    return any(
+        "step" in vars(c) and _unwrap(vars(c)["step"]) is not base
+        for c in cls.__mro__
+        if isinstance(c, type) and issubclass(c, SteepestDescent)
+    )
 
 
-def distributed(optimizer: SteepestDescent, process_group: dist.ProcessGroup | None = None, partial_grads: str = "average") -> SteepestDescent:
+def distributed(
+    optimizer: SteepestDescent, process_group: dist.ProcessGroup | None = None, partial_grads: str = "average"
+) -> SteepestDescent:
     """Make ``optimizer`` (any :class:`SteepestDescent`: Muon, SpecGD, Adaptive, ...) step over a process
     group: sets ``optimizer.executor`` to :class:`OwnerComputes` (keeping its single-process executor
     for a one-rank world) and returns the same optimizer; an optimizer that already has one gets a new
@@ -72,14 +83,17 @@ def distributed(optimizer: SteepestDescent, process_group: dist.ProcessGroup | N
         True
     """
     if not isinstance(optimizer, SteepestDescent):
-        raise TypeError(f"distributed() needs a steepest optimizer (SteepestDescent, Muon, ...), "
-                        f"got {type(optimizer).__name__}")
+        raise TypeError(
+            f"distributed() needs a steepest optimizer (SteepestDescent, Muon, ...), got {type(optimizer).__name__}"
+        )
     base = type(optimizer)
     if defines_own_step(base):
         # A subclass that replaces step() bypasses the kernel and its executor.
-        raise TypeError(f"distributed() cannot make {base.__name__} distributed: it defines its own step(), which "
-                        "bypasses the step kernel and its executor. Pass executor= to the constructor and keep "
-                        "SteepestDescent.step, or override the executor's check/dualize instead of step().")
+        raise TypeError(
+            f"distributed() cannot make {base.__name__} distributed: it defines its own step(), which "
+            "bypasses the step kernel and its executor. Pass executor= to the constructor and keep "
+            "SteepestDescent.step, or override the executor's check/dualize instead of step()."
+        )
     local = optimizer.executor
     if isinstance(local, OwnerComputes):  # chosen by executor="auto" for DTensors, or distributed twice
         local = local.local
@@ -87,5 +101,12 @@ def distributed(optimizer: SteepestDescent, process_group: dist.ProcessGroup | N
     return optimizer
 
 
-__all__ = ["OwnerComputes", "DistributedSteepest", "distributed", "assign_owners", "shard_sizes", "PARTIAL_GRADS",
-           "defines_own_step"]
+__all__ = [
+    "OwnerComputes",
+    "DistributedSteepest",
+    "distributed",
+    "assign_owners",
+    "shard_sizes",
+    "PARTIAL_GRADS",
+    "defines_own_step",
+]

@@ -140,10 +140,25 @@ class SteepestDescent(torch.optim.Optimizer):
         if chooser is not None and not callable(getattr(chooser, "choose", None)):
             raise TypeError(f"chooser must be a chooser object (steepest.optim.choosers), got {type(chooser).__name__}")
         defaults = dict(
-            algorithm="steepest", lr=lr, norm=norm, p=p, momentum=momentum, nesterov=nesterov,
-            weight_decay=weight_decay, step_size=step_size, scale_rule=scale_rule, method=method,
-            steps=steps, dtype=geo.dtype_name(dtype), coefficients=coefficients, normalization=normalization,
-            ns_eps=ns_eps, tensor_mode=tensor_mode, transposed=False, betas=betas, eps=eps,
+            algorithm="steepest",
+            lr=lr,
+            norm=norm,
+            p=p,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            step_size=step_size,
+            scale_rule=scale_rule,
+            method=method,
+            steps=steps,
+            dtype=geo.dtype_name(dtype),
+            coefficients=coefficients,
+            normalization=normalization,
+            ns_eps=ns_eps,
+            tensor_mode=tensor_mode,
+            transposed=False,
+            betas=betas,
+            eps=eps,
         )
         # the AdamW defaults are checked here too (a steepest group carries but never reads them)
         S.build(dict(defaults, params=[], algorithm="adamw", lr=adamw_lr), 0)
@@ -213,8 +228,13 @@ class SteepestDescent(torch.optim.Optimizer):
                 return settings
         # given: the keys a new group sets itself; a re-validation (edited or loaded group) checks the
         # dualizer keys that apply to the group's norm only
-        settings = S.build(group, index, given=given or (), candidates=self._candidates(),
-                           nesterov_needs_momentum=self._nesterov_needs_momentum)
+        settings = S.build(
+            group,
+            index,
+            given=given or (),
+            candidates=self._candidates(),
+            nesterov_needs_momentum=self._nesterov_needs_momentum,
+        )
         entry = (group, S.snapshot(group), settings)
         if index < len(cache):
             cache[index] = entry
@@ -236,15 +256,22 @@ class SteepestDescent(torch.optim.Optimizer):
     @property
     def batch_matrices(self) -> bool | None:
         """Deprecated: the executor (None: ``Batched()``, True: ``Batched(cpu=True)``, False: ``PerMatrix()``)."""
-        warnings.warn("batch_matrices is deprecated: use opt.executor (steepest.optim.executors)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "batch_matrices is deprecated: use opt.executor (steepest.optim.executors)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         local = getattr(self._executor, "local", self._executor)
         return getattr(local, "cpu", False)
 
     @batch_matrices.setter
     def batch_matrices(self, value: bool | None) -> None:
-        warnings.warn("batch_matrices is deprecated: pass executor='per_matrix' or 'batched', or an executor "
-                      "instance (steepest.optim.executors)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "batch_matrices is deprecated: pass executor='per_matrix' or 'batched', or an executor "
+            "instance (steepest.optim.executors)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if value not in (None, True, False):
             raise ValueError(f"batch_matrices must be None, True or False, got {value!r}")
         local = E.PerMatrix() if value is False else E.Batched(cpu=value)
@@ -326,8 +353,13 @@ class SteepestDescent(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        F.steepest_step(self._blocks(), nonfinite=self.nonfinite, on_skip=self._count_skip,
-                        executor=self._executor, chooser=self.chooser)
+        F.steepest_step(
+            self._blocks(),
+            nonfinite=self.nonfinite,
+            on_skip=self._count_skip,
+            executor=self._executor,
+            chooser=self.chooser,
+        )
         if self.chooser is not None:
             self.chooser.observe(self.chooser.t, loss=loss)
         return loss

@@ -50,7 +50,9 @@ def is_transposed_linear(module: nn.Module) -> bool:
         return False
     if type(module).__name__ == "Conv1D" and not isinstance(module, CONV):
         return True
-    return isinstance(getattr(module, "nf", None), int) and w.shape[1] == module.nf and not isinstance(module, nn.Linear)
+    return (
+        isinstance(getattr(module, "nf", None), int) and w.shape[1] == module.nf and not isinstance(module, nn.Linear)
+    )
 
 
 def is_matrix_module(module: nn.Module) -> bool:
@@ -108,8 +110,11 @@ def _flat_tensors(obj) -> list[torch.Tensor]:
 def trace(model: nn.Module, example_inputs, matrix_names: dict[nn.Module, str]) -> tuple[dict, dict]:
     """Run one forward on ``example_inputs`` (a tensor, a tuple of positional args or a dict of kwargs)
     in eval mode and return ({head name: reason}, {input conv name: reason})."""
-    args, kwargs = ((), dict(example_inputs)) if isinstance(example_inputs, dict) else (
-        (tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)), {})
+    args, kwargs = (
+        ((), dict(example_inputs))
+        if isinstance(example_inputs, dict)
+        else ((tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)), {})
+    )
     raw = []
 
     def leaf(x):
@@ -120,10 +125,11 @@ def trace(model: nn.Module, example_inputs, matrix_names: dict[nn.Module, str]) 
 
     args = tuple(leaf(a) for a in args)
     kwargs = {k: leaf(v) for k, v in kwargs.items()}
-    out_node: dict = {}          # grad_fn of a matrix layer's output -> layer name
+    out_node: dict = {}  # grad_fn of a matrix layer's output -> layer name
     in_of: dict[str, torch.Tensor] = {}
     hooks = []
     for mod, name in matrix_names.items():
+
         def pre(m, a, name=name):
             if a and isinstance(a[0], torch.Tensor):
                 in_of.setdefault(name, a[0])
@@ -131,6 +137,7 @@ def trace(model: nn.Module, example_inputs, matrix_names: dict[nn.Module, str]) 
         def post(m, a, o, name=name):
             if isinstance(o, torch.Tensor) and o.grad_fn is not None:
                 out_node.setdefault(o.grad_fn, name)
+
         hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
     was = model.training
     model.eval()
@@ -180,16 +187,19 @@ def trace(model: nn.Module, example_inputs, matrix_names: dict[nn.Module, str]) 
     return heads, inputs
 
 
-def find_heads(model: nn.Module, matrix_names: dict[nn.Module, str], head: Iterable[str] | None,
-               traced: dict | None) -> dict[str, str]:
+def find_heads(
+    model: nn.Module, matrix_names: dict[nn.Module, str], head: Iterable[str] | None, traced: dict | None
+) -> dict[str, str]:
     """Module name -> reason for every output head (rules (a)-(e) and the fallback in the module doc)."""
     if head is not None:
         names = [head] if isinstance(head, str) else list(head)
         known = set(matrix_names.values())
         for n in names:
             if n not in known:
-                raise ValueError(f"head={n!r} is not a Linear/Conv1D/conv module of this model "
-                                 f"(matrix layers: {sorted(known)[:8]}...)")
+                raise ValueError(
+                    f"head={n!r} is not a Linear/Conv1D/conv module of this model "
+                    f"(matrix layers: {sorted(known)[:8]}...)"
+                )
         return {n: "output head (head= argument)" for n in names}
     heads: dict[str, str] = {}
     get = getattr(model, "get_output_embeddings", None)
@@ -209,8 +219,11 @@ def find_heads(model: nn.Module, matrix_names: dict[nn.Module, str], head: Itera
     if traced is not None:
         return dict(traced)
     vocab = _vocab_sizes(model)
-    onto_vocab = [(mod, name) for mod, name in matrix_names.items()
-                  if not isinstance(mod, CONV) and _out_in(mod)[0] in vocab and _out_in(mod)[0] != _out_in(mod)[1]]
+    onto_vocab = [
+        (mod, name)
+        for mod, name in matrix_names.items()
+        if not isinstance(mod, CONV) and _out_in(mod)[0] in vocab and _out_in(mod)[0] != _out_in(mod)[1]
+    ]
     if onto_vocab:
         mod, name = onto_vocab[-1]
         return {name: f"output head (last Linear onto the {_out_in(mod)[0]}-token vocabulary of the input embedding)"}
@@ -219,8 +232,10 @@ def find_heads(model: nn.Module, matrix_names: dict[nn.Module, str], head: Itera
         first, last = mods[0], mods[-1]
         width = first.in_channels if isinstance(first, CONV) else _out_in(first)[1]
         if not isinstance(last, CONV) and _out_in(last)[0] != width:
-            heads[matrix_names[last]] = (f"output head (last layer in module order; its {_out_in(last)[0]} outputs "
-                                         f"differ from the input width {width}: not a residual block)")
+            heads[matrix_names[last]] = (
+                f"output head (last layer in module order; its {_out_in(last)[0]} outputs "
+                f"differ from the input width {width}: not a residual block)"
+            )
     return heads
 
 
@@ -231,7 +246,9 @@ def find_input_convs(model: nn.Module, matrix_names: dict[nn.Module, str], trace
     if isinstance(first, CONV):
         k, s = tuple(first.kernel_size), tuple(first.stride)
         if first.in_channels <= 4:
-            return {matrix_names[first]: f"input layer (first conv, {first.in_channels} input channels: the raw signal)"}
+            return {
+                matrix_names[first]: f"input layer (first conv, {first.in_channels} input channels: the raw signal)"
+            }
         if k == s and max(k) > 1:
             return {matrix_names[first]: "input layer (first conv is a patch embedding: stride == kernel size)"}
     return {}
@@ -322,7 +339,9 @@ def _fused(out, weight, H, KV, hd, split_qkv, heads, kind) -> None:
         out[id(weight)] = (H + 2 * KV, f"fused q/k/v of {kind}: one block per head ({H}+{KV}+{KV} of {hd} rows)")
     elif split_qkv:
         if KV != H:
-            raise ValueError(f"split_qkv: {kind}'s fused projection has q, k, v of unequal sizes ({H}, {KV}, {KV} "
-                             "heads: grouped-query attention), which are not one batch of blocks; pass heads=True "
-                             "to split it per head instead")
+            raise ValueError(
+                f"split_qkv: {kind}'s fused projection has q, k, v of unequal sizes ({H}, {KV}, {KV} "
+                "heads: grouped-query attention), which are not one batch of blocks; pass heads=True "
+                "to split it per head instead"
+            )
         out[id(weight)] = (3, f"fused q/k/v of {kind}: q, k, v as 3 blocks")

@@ -106,8 +106,12 @@ def ref_dualize(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Ten
 def ref_shape_scale(shape, rule: str) -> float:
     """Shape rules on an (m, n) matrix view (the lecture notes' fan_out x fan_in)."""
     m, n = shape[-2], shape[-1]
-    return {"none": 1.0, "muon": math.sqrt(max(1, m / n)), "rms": 0.2 * math.sqrt(max(m, n)),
-            "spectral": math.sqrt(m / n)}[rule]
+    return {
+        "none": 1.0,
+        "muon": math.sqrt(max(1, m / n)),
+        "rms": 0.2 * math.sqrt(max(m, n)),
+        "spectral": math.sqrt(m / n),
+    }[rule]
 
 
 def ref_polar_iteration(M: np.ndarray, table: list, normalization: str, safety: float, eps: float = 1e-7) -> np.ndarray:
@@ -140,14 +144,41 @@ class RefSteepest:
     polar factor (spectral only); ``lr_scale`` multiplies the update but not the weight decay.
     """
 
-    def __init__(self, W: torch.Tensor, *, lr, norm, p=None, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 step_size="fixed", scale_rule="none", tensor_mode="flatten", table=None, normalization="frobenius",
-                 safety=1.0, lr_scale=1.0):
+    def __init__(
+        self,
+        W: torch.Tensor,
+        *,
+        lr,
+        norm,
+        p=None,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        step_size="fixed",
+        scale_rule="none",
+        tensor_mode="flatten",
+        table=None,
+        normalization="frobenius",
+        safety=1.0,
+        lr_scale=1.0,
+    ):
         self.W = _np(W).copy()
         self.buf = np.zeros_like(self.W)
-        self.kw = dict(lr=lr, norm=norm, p=p, momentum=momentum, nesterov=nesterov, wd=weight_decay,
-                       step_size=step_size, scale_rule=scale_rule, tensor_mode=tensor_mode, table=table,
-                       normalization=normalization, safety=safety, lr_scale=lr_scale)
+        self.kw = dict(
+            lr=lr,
+            norm=norm,
+            p=p,
+            momentum=momentum,
+            nesterov=nesterov,
+            wd=weight_decay,
+            step_size=step_size,
+            scale_rule=scale_rule,
+            tensor_mode=tensor_mode,
+            table=table,
+            normalization=normalization,
+            safety=safety,
+            lr_scale=lr_scale,
+        )
 
     def step(self, grad: torch.Tensor) -> np.ndarray:
         k = self.kw

@@ -53,36 +53,58 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="charlm", help="charlm (default), mnist, mnist-cnn, or package.module:factory")
     p.add_argument("--size", default="default", help="task size: default or quick")
     p.add_argument("--quick", action="store_true", help="same as --size quick (tiny model, few steps)")
-    p.add_argument("--optimizers", help="comma-separated names (default: adamw,torch-muon,muon,specgd,signum,"
-                                        "schatten,adaptive; also available: sgd)")
+    p.add_argument(
+        "--optimizers",
+        help="comma-separated names (default: adamw,torch-muon,muon,specgd,signum,"
+        "schatten,adaptive; also available: sgd)",
+    )
     p.add_argument("--steps", type=int, help="training steps (default: the task's)")
     p.add_argument("--seed", type=int, default=0, help="model init and data order (default 0)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default 1: reproducible, robust on shared CPUs)")
-    p.add_argument("--task-opt", action="append", metavar="KEY=VALUE",
-                   help="task option, e.g. --task-opt n_layer=4 (repeatable)")
+    p.add_argument(
+        "--task-opt", action="append", metavar="KEY=VALUE", help="task option, e.g. --task-opt n_layer=4 (repeatable)"
+    )
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("compare", help="train a task with each geometry side by side",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "compare",
+        help="train a task with each geometry side by side",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common(p)
     p.add_argument("--eval-every", type=int, help="validation interval in steps (default: the task's)")
     p.add_argument("--lr", action="append", metavar="NAME=LR", help="learning rate override (repeatable)")
-    p.add_argument("--out", "--run-dir", dest="out", metavar="DIR",
-                   help="output (run) directory (default runs/compare-<task>-<time>); --run-dir is an alias")
+    p.add_argument(
+        "--out",
+        "--run-dir",
+        dest="out",
+        metavar="DIR",
+        help="output (run) directory (default runs/compare-<task>-<time>); --run-dir is an alias",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest)")
     p.add_argument("--tune", action="store_true", help="run the cached lr sweep first and use its winners")
     p.add_argument("--monitor-every", type=int, help="per-layer diagnostics interval (0: off)")
-    p.add_argument("--oracle-every", type=int, default=0, metavar="K",
-                   help="every K steps (a multiple of --monitor-every; default 0: off) measure per layer which "
-                        "geometry (spectral, frobenius, linf) lowers a held-out batch's loss most, on the runs "
-                        "with per-layer choices (adaptive, adaptive-oracle, frobenius); the report scores the "
-                        "criteria and Adaptive's choices against it. Cost on charlm default: ~21 s CPU per oracle record (13 layers x 3 geometries x 17 held-out forwards); K=50 took the adaptive run from 49 to 179 s CPU (1 thread).")
+    p.add_argument(
+        "--oracle-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="every K steps (a multiple of --monitor-every; default 0: off) measure per layer which "
+        "geometry (spectral, frobenius, linf) lowers a held-out batch's loss most, on the runs "
+        "with per-layer choices (adaptive, adaptive-oracle, frobenius); the report scores the "
+        "criteria and Adaptive's choices against it. Cost on charlm default: ~21 s CPU per oracle record (13 layers x 3 geometries x 17 held-out forwards); K=50 took the adaptive run from 49 to 179 s CPU (1 thread).",
+    )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--nproc", type=int, default=1,
-                   help="data-parallel processes per run (DDP on gloo, 127.0.0.1; the batch size must divide by it; "
-                        "rank 0 writes the files; default 1)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes per run (DDP on gloo, 127.0.0.1; the batch size must divide by it; "
+        "rank 0 writes the files; default 1)",
+    )
     p.set_defaults(func=run)
 
 
@@ -96,13 +118,28 @@ def run(args) -> int:
         if args.out is not None:
             check_output_dir(args.out)  # before a --tune sweep or anything else touches the disk
         if args.tune:
-            tuned = sweep(args.task, size=size, optimizers=names, steps=args.steps, seed=args.seed,
-                          threads=args.threads)
+            tuned = sweep(
+                args.task, size=size, optimizers=names, steps=args.steps, seed=args.seed, threads=args.threads
+            )
             lrs = {**tuned, **lrs}
-        compare(args.task, names, args.steps, seed=args.seed, lrs=lrs, size=size, eval_every=args.eval_every,
-                run_dir=args.out, resume=args.resume, threads=args.threads, monitor_every=args.monitor_every,
-                progress=not args.no_progress, report=not args.no_report, task_options=task_options,
-                nproc=args.nproc, oracle_every=args.oracle_every)
+        compare(
+            args.task,
+            names,
+            args.steps,
+            seed=args.seed,
+            lrs=lrs,
+            size=size,
+            eval_every=args.eval_every,
+            run_dir=args.out,
+            resume=args.resume,
+            threads=args.threads,
+            monitor_every=args.monitor_every,
+            progress=not args.no_progress,
+            report=not args.no_report,
+            task_options=task_options,
+            nproc=args.nproc,
+            oracle_every=args.oracle_every,
+        )
     except (TaskError, ConfigError, ValueError) as e:
         print(f"steepest compare: error: {e}", file=sys.stderr)
         return 2

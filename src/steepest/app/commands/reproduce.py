@@ -34,20 +34,40 @@ from steepest.app.runs import MAX_THREADS, ConfigError, apply_overrides, atomic_
 def register(subparsers) -> None:
     names = " | ".join(base.REGISTRY)
     p = subparsers.add_parser(
-        "reproduce", help="reproduce a seed's claims with figures and verdicts",
+        "reproduce",
+        help="reproduce a seed's claims with figures and verdicts",
         description=f"Reproduce the seed results ({len(base.REGISTRY)} experiments): {', '.join(base.REGISTRY)}, or all.",
     )
     p.add_argument("name", metavar="NAME", help=f"{names} | all")
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes, a smoke test (each experiment well under a minute): numbers shown, verdicts only "
-                        "where the quick size was shown to decide them, else 'not decided at this size'")
-    p.add_argument("--out", "--run-dir", dest="out", default=None, metavar="DIR",
-                   help="output (run) directory (default runs/reproduce-NAME[-quick]); --run-dir is an alias")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (repeatable); with 'all' prefix it: quadratic.steps=50")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, a smoke test (each experiment well under a minute): numbers shown, verdicts only "
+        "where the quick size was shown to decide them, else 'not decided at this size'",
+    )
+    p.add_argument(
+        "--out",
+        "--run-dir",
+        dest="out",
+        default=None,
+        metavar="DIR",
+        help="output (run) directory (default runs/reproduce-NAME[-quick]); --run-dir is an alias",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable); with 'all' prefix it: quadratic.steps=50",
+    )
     p.add_argument("--config", default=None, help="YAML/TOML file with config fields")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: the experiments are many small matrix operations)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the experiments are many small matrix operations)",
+    )
     p.set_defaults(func=main)
 
 
@@ -88,7 +108,9 @@ def build_configs(names: list[str], quick: bool, overrides: list[str], config_fi
             if "." in key and key.split(".", 1)[0] not in base.REGISTRY:
                 raise ConfigError(f"unknown experiment prefix in {key!r}; choose one of {', '.join(base.REGISTRY)}")
             if "." not in key and key not in known:
-                raise ConfigError(f"unknown config key {key!r}: no experiment has it; valid keys: {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"unknown config key {key!r}: no experiment has it; valid keys: {', '.join(sorted(known))}"
+                )
     return configs
 
 
@@ -102,15 +124,23 @@ def _check_not_another_run(run_dir: Path, name: str | None) -> None:
     data = read_json(cfg, "the run's configuration", "choose another --out")
     mine = name is not None and isinstance(data, dict) and data.get("experiment") == name
     if not mine:
-        what = (f"the reproduction {data['experiment']!r}" if isinstance(data, dict) and "experiment" in data
-                else "another run (steepest compare?)" if isinstance(data, dict) and "config" in data else "a config.json")
-        raise ConfigError(f"--out {run_dir} holds {what}; reproducing there would overwrite its files: "
-                          "choose another --out")
+        what = (
+            f"the reproduction {data['experiment']!r}"
+            if isinstance(data, dict) and "experiment" in data
+            else "another run (steepest compare?)"
+            if isinstance(data, dict) and "config" in data
+            else "a config.json"
+        )
+        raise ConfigError(
+            f"--out {run_dir} holds {what}; reproducing there would overwrite its files: choose another --out"
+        )
 
 
 def _print_claims(outcome) -> None:
-    print(f"\n== {outcome.name}: {outcome.run_dir} "
-          f"(cells: {outcome.cells_computed} computed, {outcome.cells_reused} reused)")
+    print(
+        f"\n== {outcome.name}: {outcome.run_dir} "
+        f"(cells: {outcome.cells_computed} computed, {outcome.cells_reused} reused)"
+    )
     for c in outcome.claims:
         shown = f"{c.verdict} ({c.at_size} here)" if c.at_size else c.verdict
         print(f"  [{shown:>12}] {c.statement}\n                 measured: {c.measured}")
@@ -147,11 +177,15 @@ def _run_experiments(names: list[str], configs: dict, root: Path, args) -> tuple
 
 def main(args) -> int:
     if args.name != "all" and args.name not in base.REGISTRY:
-        print(f"steepest reproduce: unknown experiment {args.name!r}; choose one of "
-              f"{', '.join(base.REGISTRY)} or all", file=sys.stderr)
+        print(
+            f"steepest reproduce: unknown experiment {args.name!r}; choose one of {', '.join(base.REGISTRY)} or all",
+            file=sys.stderr,
+        )
         return 2
     if not 1 <= args.threads <= MAX_THREADS:
-        print(f"steepest reproduce: --threads must be >= 1 and at most {MAX_THREADS}, got {args.threads}", file=sys.stderr)
+        print(
+            f"steepest reproduce: --threads must be >= 1 and at most {MAX_THREADS}, got {args.threads}", file=sys.stderr
+        )
         return 2
     names = list(base.REGISTRY) if args.name == "all" else [args.name]
     try:
@@ -183,7 +217,9 @@ def main(args) -> int:
         report = None
         if root_lock is not None and (outcomes or failed):
             report = base.write_combined_report(root / "report.html", outcomes, failed)
-            atomic_write_json(root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes})
+            atomic_write_json(
+                root / "claims.json", {o.name: [dataclasses.asdict(c) for c in o.claims] for o in outcomes}
+            )
             if failed:
                 atomic_write_json(root / "failed.json", {f.name: f.error for f in failed})
         elif root_lock is None and outcomes:

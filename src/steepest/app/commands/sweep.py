@@ -38,8 +38,10 @@ def parse_grid(items, names) -> dict[str, list[float]]:
         if k not in OPTIMIZERS:
             raise ConfigError(f"--grid {item!r}: unknown optimizer {k!r}; choose from {', '.join(OPTIMIZERS)}")
         if k not in valid:
-            raise ConfigError(f"--grid {item!r}: {k} is not swept (optimizers: {', '.join(valid)}); "
-                              f"add it to --optimizers or drop the --grid")
+            raise ConfigError(
+                f"--grid {item!r}: {k} is not swept (optimizers: {', '.join(valid)}); "
+                f"add it to --optimizers or drop the --grid"
+            )
         try:
             lrs = [float(x) for x in v.split(",") if x.strip()]
         except ValueError as e:
@@ -73,25 +75,46 @@ def tuned_target(write_tuned, out: str) -> Path | None:
         return Path(write_tuned)
     if source_checkout():
         return Path(TUNED_PATH)
-    print(f"steepest sweep: steepest is an installed package: the winners go to {Path(out) / 'tuned.json'} "
-          "(the shipped table is left alone); use them with --lr NAME=LR", file=sys.stderr)
+    print(
+        f"steepest sweep: steepest is an installed package: the winners go to {Path(out) / 'tuned.json'} "
+        "(the shipped table is left alone); use them with --lr NAME=LR",
+        file=sys.stderr,
+    )
     return Path(out) / "tuned.json"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("sweep", help="tune learning rates for compare (cached, resumable)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "sweep",
+        help="tune learning rates for compare (cached, resumable)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common(p)
     p.add_argument("--grid", action="append", metavar="NAME=LR1,LR2,...", help="explicit grid for one optimizer")
-    p.add_argument("--out", default="runs", metavar="DIR",
-                   help="output directory, holding the result cache sweep-cache.json (default runs)")
+    p.add_argument(
+        "--out",
+        default="runs",
+        metavar="DIR",
+        help="output directory, holding the result cache sweep-cache.json (default runs)",
+    )
     p.add_argument("--cache", metavar="FILE", help="result cache file (default DIR/sweep-cache.json)")
-    p.add_argument("--max-extend", type=int, default=2,
-                   help="extra grid points (factor 2) allowed each way while the best lr is on the edge (default 2)")
-    p.add_argument("--write-tuned", nargs="?", const=True, default=None, metavar="FILE",
-                   help="merge the winners into a tuned table: FILE if given; else the shipped "
-                        "src/steepest/app/tuned.json in a source checkout, and DIR/tuned.json (--out) for an "
-                        "installed package (its site-packages copy is left alone)")
+    p.add_argument(
+        "--max-extend",
+        type=int,
+        default=2,
+        help="extra grid points (factor 2) allowed each way while the best lr is on the edge (default 2)",
+    )
+    p.add_argument(
+        "--write-tuned",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="FILE",
+        help="merge the winners into a tuned table: FILE if given; else the shipped "
+        "src/steepest/app/tuned.json in a source checkout, and DIR/tuned.json (--out) for an "
+        "installed package (its site-packages copy is left alone)",
+    )
     p.set_defaults(func=run)
 
 
@@ -112,11 +135,20 @@ def run(args) -> int:
         if args.task_opt:
             raise ConfigError("sweep tunes the task at a named --size; --task-opt is not supported here")
         target = tuned_target(args.write_tuned, args.out)
-        best = sweep(args.task, size=size, optimizers=names, steps=args.steps,
-                     seed=args.seed, cache=cache, grid=grid or None, threads=args.threads,
-                     max_extend=args.max_extend, write_tuned=target is not None,
-                     tuned_path=target if target is not None else TUNED_PATH,
-                     command="steepest " + shlex.join(sys.argv[1:]))
+        best = sweep(
+            args.task,
+            size=size,
+            optimizers=names,
+            steps=args.steps,
+            seed=args.seed,
+            cache=cache,
+            grid=grid or None,
+            threads=args.threads,
+            max_extend=args.max_extend,
+            write_tuned=target is not None,
+            tuned_path=target if target is not None else TUNED_PATH,
+            command="steepest " + shlex.join(sys.argv[1:]),
+        )
     except (TaskError, ConfigError, ValueError) as e:
         print(f"steepest sweep: error: {e}", file=sys.stderr)
         return 2

@@ -18,5 +18,14 @@ from steepest.app.compare.job import (
     summarize,
 )
 
-__all__ = ["compare", "CompareConfig", "CompareResult", "resolve_lrs", "load_tuned", "summarize", "format_table",
-           "steps_to_reach", "TABLE_COLUMNS"]
+__all__ = [
+    "compare",
+    "CompareConfig",
+    "CompareResult",
+    "resolve_lrs",
+    "load_tuned",
+    "summarize",
+    "format_table",
+    "steps_to_reach",
+    "TABLE_COLUMNS",
+]

@@ -85,8 +85,10 @@ def batch_size(batch: Any) -> int:
     dim 0. ConfigError for a batch without tensors or with different dim-0 sizes (it cannot be split)."""
     sizes = {t.shape[0] for t in _tensors(batch) if t.ndim >= 1}
     if len(sizes) != 1:
-        raise ConfigError("--nproc > 1 splits each batch on dim 0: the task's batch(seed, step) must return a tensor "
-                          f"or a tuple/list/dict of tensors with the same dim 0 (found dim-0 sizes {sorted(sizes)})")
+        raise ConfigError(
+            "--nproc > 1 splits each batch on dim 0: the task's batch(seed, step) must return a tensor "
+            f"or a tuple/list/dict of tensors with the same dim 0 (found dim-0 sizes {sorted(sizes)})"
+        )
     return sizes.pop()
 
 
@@ -98,9 +100,11 @@ def check_nproc(task, seed: int, nproc: int) -> None:
         return
     n = batch_size(task.batch(seed, 0))
     if n % nproc:
-        raise ConfigError(f"the {task.name} batch of {n} examples does not split evenly over --nproc {nproc}; "
-                          f"choose --nproc dividing {n} or set the batch size (e.g. --task-opt batch_size="
-                          f"{max(nproc, n - n % nproc)}) to a multiple of {nproc}")
+        raise ConfigError(
+            f"the {task.name} batch of {n} examples does not split evenly over --nproc {nproc}; "
+            f"choose --nproc dividing {n} or set the batch size (e.g. --task-opt batch_size="
+            f"{max(nproc, n - n % nproc)}) to a multiple of {nproc}"
+        )
 
 
 # ------------------------------------------------------------------------------------ inside one rank
@@ -131,6 +135,7 @@ class DataParallel:
     def evaluate_fn(self, evaluate: Callable[[torch.nn.Module], float]) -> Callable[[torch.nn.Module], float]:
         """Every rank evaluates its replica (no collective inside, DDP's forward is bypassed); rank 0's value
         is broadcast so every rank takes the same divergence decision."""
+
         def run(model: torch.nn.Module) -> float:
             val = torch.tensor([float(evaluate(getattr(model, "module", model)))], dtype=torch.float64)
             dist.broadcast(val, src=0)
@@ -150,16 +155,37 @@ def _rank_main(job: dict) -> dict | None:
         for name in job["names"]:
             lr, src = job["lr_table"][name]
             results[name] = run_optimizer(
-                name, task, job["cfg"], job["run_dir"], lr=lr, lr_source=src, aux_lr=job["lr_table"]["adamw"][0],
-                resume=job["resume"], progress=job["progress"] and info.is_main, on_step=job["on_step"], log=say,
-                dp=dp)
+                name,
+                task,
+                job["cfg"],
+                job["run_dir"],
+                lr=lr,
+                lr_source=src,
+                aux_lr=job["lr_table"]["adamw"][0],
+                resume=job["resume"],
+                progress=job["progress"] and info.is_main,
+                on_step=job["on_step"],
+                log=say,
+                dp=dp,
+            )
         return results if info.is_main else None
     finally:
         cleanup()
 
 
-def run_distributed(task_name: str, task_kwargs: dict, cfg, run_dir: Path, lr_table: dict, *, resume: bool,
-                    progress: bool, on_step: Callable | None, log: bool, timeout_s: float | None = None) -> dict:
+def run_distributed(
+    task_name: str,
+    task_kwargs: dict,
+    cfg,
+    run_dir: Path,
+    lr_table: dict,
+    *,
+    resume: bool,
+    progress: bool,
+    on_step: Callable | None,
+    log: bool,
+    timeout_s: float | None = None,
+) -> dict:
     """Run every optimizer of ``cfg`` on ``cfg.nproc`` ranks; return rank 0's ``{name: result}``.
 
     ``task_name``/``task_kwargs`` rebuild the task in each rank (``get_task(task_name, **task_kwargs)``).
@@ -175,12 +201,29 @@ def run_distributed(task_name: str, task_kwargs: dict, cfg, run_dir: Path, lr_ta
         except Exception as e:
             raise ConfigError(f"with nproc > 1, on_step must be picklable (a module-level function): {e}") from e
     timeout = JOB_TIMEOUT_S if timeout_s is None else float(timeout_s)
-    job = dict(task=task_name, task_kwargs=dict(task_kwargs), cfg=cfg, run_dir=Path(run_dir), lr_table=lr_table,
-               names=list(cfg.optimizers), resume=resume, progress=progress, on_step=on_step, log=log,
-               collective_timeout_s=min(COLLECTIVE_TIMEOUT_S, timeout))
+    job = dict(
+        task=task_name,
+        task_kwargs=dict(task_kwargs),
+        cfg=cfg,
+        run_dir=Path(run_dir),
+        lr_table=lr_table,
+        names=list(cfg.optimizers),
+        resume=resume,
+        progress=progress,
+        on_step=on_step,
+        log=log,
+        collective_timeout_s=min(COLLECTIVE_TIMEOUT_S, timeout),
+    )
     results = launch(_rank_main, cfg.nproc, (job,), timeout_s=timeout, threads=int(cfg.threads))
     return results[0]
 
 
-__all__ = ["DataParallel", "run_distributed", "check_nproc", "batch_size", "shard", "COLLECTIVE_TIMEOUT_S",
-           "JOB_TIMEOUT_S"]
+__all__ = [
+    "DataParallel",
+    "run_distributed",
+    "check_nproc",
+    "batch_size",
+    "shard",
+    "COLLECTIVE_TIMEOUT_S",
+    "JOB_TIMEOUT_S",
+]

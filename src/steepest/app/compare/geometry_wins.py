@@ -28,10 +28,20 @@ from steepest.app.report.html import Section
 
 #: (pairing label, measured field, tie field, the two geometries, [(predictor label, record field)]).
 PAIRINGS = (
-    ("spectral vs frobenius (seed 001)", "measured_winner", "measured_tie", ("spectral", "frobenius"),
-     (("Davis-Drusvyatskiy nr(G) >= st(A)", "dd_winner"), ("Adaptive's choice", "choice"))),
-    ("spectral vs linf (seed 002)", "measured_winner_sign", "measured_tie_sign", ("spectral", "linf"),
-     (("Spec-Sign index", "spec_sign_winner"),)),
+    (
+        "spectral vs frobenius (seed 001)",
+        "measured_winner",
+        "measured_tie",
+        ("spectral", "frobenius"),
+        (("Davis-Drusvyatskiy nr(G) >= st(A)", "dd_winner"), ("Adaptive's choice", "choice")),
+    ),
+    (
+        "spectral vs linf (seed 002)",
+        "measured_winner_sign",
+        "measured_tie_sign",
+        ("spectral", "linf"),
+        (("Spec-Sign index", "spec_sign_winner"),),
+    ),
 )
 
 
@@ -54,10 +64,20 @@ def agreement_rows(records: list[dict]) -> list[dict]:
             counts = {c: sum(r[measured] == c for r in cells) for c in classes}
             major = max(classes, key=lambda c: counts[c])  # ties in count go to the first (spectral)
             agree = sum(r[field] == r[measured] for r in cells)
-            rows.append(dict(pairing=pairing, predictor=label, field=field, cells=len(cells), agree=agree,
-                             agreement=agree / len(cells), always_spectral=counts["spectral"],
-                             majority=counts[major], majority_class=major,
-                             ties=sum(bool(r.get(tie)) for r in cells)))
+            rows.append(
+                dict(
+                    pairing=pairing,
+                    predictor=label,
+                    field=field,
+                    cells=len(cells),
+                    agree=agree,
+                    agreement=agree / len(cells),
+                    always_spectral=counts["spectral"],
+                    majority=counts[major],
+                    majority_class=major,
+                    ties=sum(bool(r.get(tie)) for r in cells),
+                )
+            )
     return rows
 
 
@@ -91,40 +111,64 @@ def geometry_wins_section(name: str, records: list[dict], fig_dir: Path) -> Sect
         return None
     layers = list(dict.fromkeys(r["layer"] for r in recs))
     steps = sorted({int(r["step"]) for r in recs})
-    panels = [("measured:\nspectral vs frobenius", _grid(recs, "measured_winner", layers, steps)),
-              ("Davis-Drusvyatskiy\nprediction", _grid(recs, "dd_winner", layers, steps))]
+    panels = [
+        ("measured:\nspectral vs frobenius", _grid(recs, "measured_winner", layers, steps)),
+        ("Davis-Drusvyatskiy\nprediction", _grid(recs, "dd_winner", layers, steps)),
+    ]
     if any(r.get("choice") for r in recs):
         panels.append(("Adaptive's\nchoice", _grid(recs, "choice", layers, steps)))
     panels.append(("measured:\nspectral vs linf", _grid(recs, "measured_winner_sign", layers, steps)))
     if any(r.get("spec_sign_winner") for r in recs):
         panels.append(("Spec-Sign\nprediction", _grid(recs, "spec_sign_winner", layers, steps)))
-    fig = winner_maps(panels, layers, steps, fig_dir / f"geometry_wins_{name}.png",
-                      title=f"{name}: which geometry wins each layer (measured on a held-out batch) vs predictions")
+    fig = winner_maps(
+        panels,
+        layers,
+        steps,
+        fig_dir / f"geometry_wins_{name}.png",
+        title=f"{name}: which geometry wins each layer (measured on a held-out batch) vs predictions",
+    )
     rows = agreement_rows(recs)
     header = ["pairing", "predictor", "cells", "agree", "agreement", "always spectral", "majority class", "ties"]
-    table = [[r["pairing"], r["predictor"], r["cells"], r["agree"], f"{r['agreement']:.2f}",
-              f"{r['always_spectral']}/{r['cells']} = {r['always_spectral'] / r['cells']:.2f}",
-              f"{r['majority_class']}: {r['majority']}/{r['cells']} = {r['majority'] / r['cells']:.2f}", r["ties"]]
-             for r in rows]
+    table = [
+        [
+            r["pairing"],
+            r["predictor"],
+            r["cells"],
+            r["agree"],
+            f"{r['agreement']:.2f}",
+            f"{r['always_spectral']}/{r['cells']} = {r['always_spectral'] / r['cells']:.2f}",
+            f"{r['majority_class']}: {r['majority']}/{r['cells']} = {r['majority'] / r['cells']:.2f}",
+            r["ties"],
+        ]
+        for r in rows
+    ]
     layer_header = ["layer"]
     for _, _, _, classes, predictors in PAIRINGS:
         layer_header.append(f"spectral wins ({classes[0]} vs {classes[1]})")
         layer_header += [f"{label} agrees" for label, _ in predictors]
-    text = [f"On every {steps[1] - steps[0] if len(steps) > 1 else '-'}-th step's records "
-            f"({len(steps)} record steps x {len(layers)} layers) the monitor stepped each layer alone along each "
-            "geometry's steepest-descent direction with a line-searched step size and measured the decrease of a "
-            "held-out batch's loss (Delta*_g; steepest.diagnostics.layer_oracle, weights restored). The measured "
-            "winner is the larger Delta*_g of the pair; each predictor is scored on the cells where it and the "
-            "measured winner are both one of the pair's geometries (Adaptive's choice is 'adamw' on layers it "
-            "routes to AdamW: not scored). A predictor helps only where it beats both baselines on its cells; "
-            "'ties' counts cells whose measured pair lies within the line search's tolerance "
-            "(LineSearch.decrease_rtol)."]
+    text = [
+        f"On every {steps[1] - steps[0] if len(steps) > 1 else '-'}-th step's records "
+        f"({len(steps)} record steps x {len(layers)} layers) the monitor stepped each layer alone along each "
+        "geometry's steepest-descent direction with a line-searched step size and measured the decrease of a "
+        "held-out batch's loss (Delta*_g; steepest.diagnostics.layer_oracle, weights restored). The measured "
+        "winner is the larger Delta*_g of the pair; each predictor is scored on the cells where it and the "
+        "measured winner are both one of the pair's geometries (Adaptive's choice is 'adamw' on layers it "
+        "routes to AdamW: not scored). A predictor helps only where it beats both baselines on its cells; "
+        "'ties' counts cells whose measured pair lies within the line search's tolerance "
+        "(LineSearch.decrease_rtol)."
+    ]
     none = sum(r.get("measured_winner") == "none" for r in recs)
     edge = sum(bool(r.get("oracle_at_edge")) for r in recs)
-    text.append(f"Of the {len(recs)} cells, {none} have no measured winner between spectral and frobenius (no step "
-                f"along either lowered the held-out loss: not scored) and {edge} have a geometry whose best step lay "
-                "at an end of the line search's bracket (oracle_at_edge: its Delta* may be underestimated).")
+    text.append(
+        f"Of the {len(recs)} cells, {none} have no measured winner between spectral and frobenius (no step "
+        f"along either lowered the held-out loss: not scored) and {edge} have a geometry whose best step lay "
+        "at an end of the line search's bracket (oracle_at_edge: its Delta* may be underestimated)."
+    )
     if not any(r["field"] == "spec_sign_winner" for r in rows):
         text.append("No Spec-Sign index on these records (it needs K microbatch gradients of the step).")
-    return Section(f"Which geometry wins each layer: {name}", text=text, figures=[str(fig)],
-                   tables=[(header, table), (layer_header, _per_layer(recs, layers))])
+    return Section(
+        f"Which geometry wins each layer: {name}",
+        text=text,
+        figures=[str(fig)],
+        tables=[(header, table), (layer_header, _per_layer(recs, layers))],
+    )

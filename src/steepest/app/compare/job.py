@@ -111,9 +111,13 @@ def load_tuned(path: str | Path | None = None) -> dict:
     path = Path(TUNED_PATH if path is None else path)
     if not path.exists():
         return {"tables": {}}
-    return read_json(path, "tuned learning-rate table",
-                     "restore it (git checkout src/steepest/app/tuned.json, or reinstall steepest) or delete it to "
-                     "use the untuned fallback learning rates", _tuned_check)
+    return read_json(
+        path,
+        "tuned learning-rate table",
+        "restore it (git checkout src/steepest/app/tuned.json, or reinstall steepest) or delete it to "
+        "use the untuned fallback learning rates",
+        _tuned_check,
+    )
 
 
 def _tuned_check(data) -> str | None:
@@ -143,8 +147,9 @@ def check_seed(seed) -> int:
     return seed
 
 
-def resolve_lrs(task_name: str, size: str, names, overrides: dict | None = None,
-                tuned: dict | None = None) -> dict[str, tuple[float, str]]:
+def resolve_lrs(
+    task_name: str, size: str, names, overrides: dict | None = None, tuned: dict | None = None
+) -> dict[str, tuple[float, str]]:
     """``{optimizer: (lr, source)}`` for ``names`` plus ``adamw`` (its lr trains the hybrids' AdamW part).
 
     Order of precedence: ``overrides`` ("given"), the tuned table for ``task/size``, then for
@@ -172,21 +177,41 @@ def resolve_lrs(task_name: str, size: str, names, overrides: dict | None = None,
         out[name] = (lr, src)
     fallback = [f"{n}={lr:.3g}" for n, (lr, src) in out.items() if src == "untuned default"]
     if shipped_missing and fallback:
-        warnings.warn(f"no tuned learning-rate table at {TUNED_PATH} (is steepest installed without its package "
-                      f"data?); using untuned fallback learning rates: {', '.join(fallback)}", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"no tuned learning-rate table at {TUNED_PATH} (is steepest installed without its package "
+            f"data?); using untuned fallback learning rates: {', '.join(fallback)}",
+            UserWarning,
+            stacklevel=2,
+        )
     return out
 
 
 # ---------------------------------------------------------------------------------------- entry point
-def compare(task: str | Task = "charlm", optimizers=None, steps: int | None = None, *, seed: int = 0,
-            lrs: dict | None = None, size: str = "default", eval_every: int | None = None,
-            run_dir: str | Path | None = None, resume: bool = False, threads: int | None = None,
-            warmup: float = 0.05, cooldown: float = 0.3, monitor_every: int | None = None,
-            monitored=MONITORED,
-            progress: bool = True, report: bool = True, task_options: dict | None = None,
-            on_step: Callable[[str, int, float], None] | None = None, log: Callable[[str], None] | None = print,
-            nproc: int = 1, dist_timeout_s: float | None = None, oracle_every: int = 0,
-            ) -> CompareResult:
+def compare(
+    task: str | Task = "charlm",
+    optimizers=None,
+    steps: int | None = None,
+    *,
+    seed: int = 0,
+    lrs: dict | None = None,
+    size: str = "default",
+    eval_every: int | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    threads: int | None = None,
+    warmup: float = 0.05,
+    cooldown: float = 0.3,
+    monitor_every: int | None = None,
+    monitored=MONITORED,
+    progress: bool = True,
+    report: bool = True,
+    task_options: dict | None = None,
+    on_step: Callable[[str, int, float], None] | None = None,
+    log: Callable[[str], None] | None = print,
+    nproc: int = 1,
+    dist_timeout_s: float | None = None,
+    oracle_every: int = 0,
+) -> CompareResult:
     """Train ``task`` with each optimizer in ``optimizers`` and return the comparison table.
 
     Args:
@@ -230,8 +255,10 @@ def compare(task: str | Task = "charlm", optimizers=None, steps: int | None = No
         task_name = str(task)
         builtin = takes_size(task_name)  # built-in tasks, and user factories with a `size` parameter
         if not builtin and size != "default" and log:
-            log(f"steepest compare: note: --size {size} (--quick) is not applied: the task factory {task_name} has "
-                "no `size` parameter (give it one, e.g. def make(size='default', **options), to receive it)")
+            log(
+                f"steepest compare: note: --size {size} (--quick) is not applied: the task factory {task_name} has "
+                "no `size` parameter (give it one, e.g. def make(size='default', **options), to receive it)"
+            )
         task_obj = get_task(task_name, **({"size": size} if builtin else {}), **task_options)
     check_task(task_obj, seed)
     steps = steps if steps is not None else task_obj.steps
@@ -248,26 +275,51 @@ def compare(task: str | Task = "charlm", optimizers=None, steps: int | None = No
     torch.set_num_threads(int(threads))
     monitor_every = eval_every if monitor_every is None else int(monitor_every)
     if monitor_every < 0:
-        raise ConfigError(f"monitor_every (--monitor-every) must be 0 (off) or a positive interval, got {monitor_every}")
+        raise ConfigError(
+            f"monitor_every (--monitor-every) must be 0 (off) or a positive interval, got {monitor_every}"
+        )
     check_oracle_every(oracle_every, monitor_every)
     lr_table = resolve_lrs(task_obj.name, size, names, lrs)
     check_nproc(task_obj, seed, nproc)
     if nproc > 1 and isinstance(task, Task):
-        raise ConfigError("nproc > 1 rebuilds the task in every process: give it by name (e.g. 'mnist' or "
-                          "'package.module:factory'), not as a Task object")
-    cfg = CompareConfig(task=task_name, size=size, optimizers=names, steps=steps, eval_every=eval_every, seed=seed,
-                        lrs={k: v[0] for k, v in lr_table.items()}, warmup=warmup, cooldown=cooldown,
-                        threads=threads, monitor_every=monitor_every,
-                        monitored=tuple(n for n in monitored if n in names), task_options=task_options,
-                        nproc=nproc, oracle_every=oracle_every)
+        raise ConfigError(
+            "nproc > 1 rebuilds the task in every process: give it by name (e.g. 'mnist' or "
+            "'package.module:factory'), not as a Task object"
+        )
+    cfg = CompareConfig(
+        task=task_name,
+        size=size,
+        optimizers=names,
+        steps=steps,
+        eval_every=eval_every,
+        seed=seed,
+        lrs={k: v[0] for k, v in lr_table.items()},
+        warmup=warmup,
+        cooldown=cooldown,
+        threads=threads,
+        monitor_every=monitor_every,
+        monitored=tuple(n for n in monitored if n in names),
+        task_options=task_options,
+        nproc=nproc,
+        oracle_every=oracle_every,
+    )
     if run_dir is None:
         run_dir = _default_run_dir(task_obj, resume)
     check_output_dir(run_dir)
     if resume and not (Path(run_dir) / "config.json").exists():
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
-    job = CompareJob(task_obj=task_obj, builtin=builtin if not isinstance(task, Task) else True,
-                     run_dir=Path(run_dir), resume=resume, lr_table=lr_table, progress=progress, on_step=on_step,
-                     log=log, report=report, dist_timeout_s=dist_timeout_s)
+    job = CompareJob(
+        task_obj=task_obj,
+        builtin=builtin if not isinstance(task, Task) else True,
+        run_dir=Path(run_dir),
+        resume=resume,
+        lr_table=lr_table,
+        progress=progress,
+        on_step=on_step,
+        log=log,
+        report=report,
+        dist_timeout_s=dist_timeout_s,
+    )
     # one writer per run directory (--nproc ranks write under this lock); leftover temp files are removed
     # only once the directory is known to be this run's (_prepare_run_dir), not when it is refused
     with RunLock(run_dir, clean=False):
@@ -296,27 +348,50 @@ def _compare_locked(cfg: CompareConfig, job: CompareJob) -> CompareResult:
     names = cfg.optimizers
     run_dir = _prepare_run_dir(cfg, job.task_obj, job.run_dir, job.resume)
     say = job.log or (lambda s: None)
-    say(f"steepest compare: task {job.task_obj.name} ({cfg.size}), {cfg.steps} steps, seed {cfg.seed}, "
-        f"run dir {run_dir}")
+    say(
+        f"steepest compare: task {job.task_obj.name} ({cfg.size}), {cfg.steps} steps, seed {cfg.seed}, "
+        f"run dir {run_dir}"
+    )
     left_out = [n for n in DEFAULT_OPTIMIZERS if n not in names and n in NEEDS_NATIVE_BF16]
     if left_out and set(names) == set(default_optimizers()):
-        say(f"steepest compare: {', '.join(left_out)} left out: it forces bf16 Newton-Schulz, which this CPU "
-            f"emulates (18-70x slower than float32); add it with --optimizers to run it anyway")
+        say(
+            f"steepest compare: {', '.join(left_out)} left out: it forces bf16 Newton-Schulz, which this CPU "
+            f"emulates (18-70x slower than float32); add it with --optimizers to run it anyway"
+        )
 
     results = {}
     lr_table = job.lr_table
     if cfg.nproc > 1:
         say(f"steepest compare: {cfg.nproc} data-parallel processes (gloo), global batch split evenly")
         options = {"size": cfg.size, **cfg.task_options} if job.builtin else cfg.task_options
-        results = run_distributed(cfg.task, options, cfg, run_dir, lr_table, resume=job.resume,
-                                  progress=job.progress, on_step=job.on_step, log=job.log is not None,
-                                  timeout_s=job.dist_timeout_s)
+        results = run_distributed(
+            cfg.task,
+            options,
+            cfg,
+            run_dir,
+            lr_table,
+            resume=job.resume,
+            progress=job.progress,
+            on_step=job.on_step,
+            log=job.log is not None,
+            timeout_s=job.dist_timeout_s,
+        )
     else:
         for name in names:
             lr, src = lr_table[name]
             results[name] = run_optimizer(
-                name, job.task_obj, cfg, run_dir, lr=lr, lr_source=src, aux_lr=lr_table["adamw"][0],
-                resume=job.resume, progress=job.progress, on_step=job.on_step, log=say)
+                name,
+                job.task_obj,
+                cfg,
+                run_dir,
+                lr=lr,
+                lr_source=src,
+                aux_lr=lr_table["adamw"][0],
+                resume=job.resume,
+                progress=job.progress,
+                on_step=job.on_step,
+                log=say,
+            )
     rows, target = summarize(results, names)
     reference = "adamw" if "adamw" in names else names[0]
     table = format_table(rows, target, reference)
@@ -331,8 +406,10 @@ def _compare_locked(cfg: CompareConfig, job: CompareJob) -> CompareResult:
 
 def _default_run_dir(task: Task, resume: bool) -> Path:
     if resume:
-        found = sorted((p for p in Path("runs").glob(f"compare-{task.name}-*") if p.is_dir() and not p.is_symlink()),
-                       key=lambda p: p.stat().st_mtime)
+        found = sorted(
+            (p for p in Path("runs").glob(f"compare-{task.name}-*") if p.is_dir() and not p.is_symlink()),
+            key=lambda p: p.stat().st_mtime,
+        )
         if not found:
             raise ConfigError(f"--resume found no earlier run under runs/compare-{task.name}-*; name it with --out")
         return found[-1]
@@ -359,24 +436,38 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
     if cfg_path.exists():
         if not resume:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        old = read_json(cfg_path, "the run's configuration",
-                        "restore it, or start a new --out (the run cannot be resumed without it)", _config_check)
+        old = read_json(
+            cfg_path,
+            "the run's configuration",
+            "restore it, or start a new --out (the run cannot be resumed without it)",
+            _config_check,
+        )
         old_cfg = old.get("config", old)
         # nproc may change on resume: checkpoints hold plain state dicts, and the data-parallel step equals
         # the one-process step up to float summation order (steepest.app.compare.data_parallel).
-        diff = [k for k in mine if k not in ("optimizers", "lrs", "monitored", "nproc") and old_cfg.get(k, _ADDED.get(k)) != mine[k]]
-        diff += [f"lrs[{n}]" for n in mine["lrs"] if n in old_cfg.get("lrs", {}) and old_cfg["lrs"][n] != mine["lrs"][n]]
+        diff = [
+            k
+            for k in mine
+            if k not in ("optimizers", "lrs", "monitored", "nproc") and old_cfg.get(k, _ADDED.get(k)) != mine[k]
+        ]
+        diff += [
+            f"lrs[{n}]" for n in mine["lrs"] if n in old_cfg.get("lrs", {}) and old_cfg["lrs"][n] != mine["lrs"][n]
+        ]
         if diff:
-            raise ConfigError(f"cannot resume {run_dir}: its config differs in {', '.join(diff)}; "
-                              "rerun with the same options or start a new --out")
+            raise ConfigError(
+                f"cannot resume {run_dir}: its config differs in {', '.join(diff)}; "
+                "rerun with the same options or start a new --out"
+            )
     elif resume:
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.json")
     remove_stale_temps(run_dir)  # under the lock, in a directory holding this run's config.json only
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     atomic_write_text(run_dir / "routing.txt", routing_table(task.make_model(), task.routing) + "\n")
-    atomic_write_json(cfg_path, {"config": mine, "task_info": task.info,
-                                 "optimizer_labels": {n: OPTIMIZERS[n].label for n in cfg.optimizers}})
+    atomic_write_json(
+        cfg_path,
+        {"config": mine, "task_info": task.info, "optimizer_labels": {n: OPTIMIZERS[n].label for n in cfg.optimizers}},
+    )
     atomic_write_json(run_dir / "environment.json", environment())
     return run_dir
 
@@ -405,15 +496,29 @@ def summarize(results: dict[str, dict], names) -> tuple[list[dict], float | None
         s = steps_to_reach(r["evals"], target)
         # training time to the target: steps to it x the run's mean training step time (evaluations excluded)
         t = s * r["ms_per_step"] / 1e3 if s is not None and r.get("ms_per_step") else None
-        rows.append(dict(
-            optimizer=name, label=r["label"], lr=r["lr"], lr_source=r["lr_source"], final_val=r["final_val"],
-            best_val=r["best_val"], steps_to_target=s,
-            ratio_to_reference=(s / ref_steps) if (s is not None and ref_steps) else None,
-            time_to_target_s=t, time_ratio_to_reference=(t / ref_time) if (t is not None and ref_time) else None,
-            wall_s=r["wall_s"], cpu_s=r.get("cpu_s"), ms_per_step=r["ms_per_step"], state_mb=r["state_mb"],
-            peak_mb=r["peak_mb"],
-            peak_kind=r["peak_kind"], steps_done=r["steps_done"], diverged_at=r["diverged_at"],
-            diverged_reason=r["diverged_reason"]))
+        rows.append(
+            dict(
+                optimizer=name,
+                label=r["label"],
+                lr=r["lr"],
+                lr_source=r["lr_source"],
+                final_val=r["final_val"],
+                best_val=r["best_val"],
+                steps_to_target=s,
+                ratio_to_reference=(s / ref_steps) if (s is not None and ref_steps) else None,
+                time_to_target_s=t,
+                time_ratio_to_reference=(t / ref_time) if (t is not None and ref_time) else None,
+                wall_s=r["wall_s"],
+                cpu_s=r.get("cpu_s"),
+                ms_per_step=r["ms_per_step"],
+                state_mb=r["state_mb"],
+                peak_mb=r["peak_mb"],
+                peak_kind=r["peak_kind"],
+                steps_done=r["steps_done"],
+                diverged_at=r["diverged_at"],
+                diverged_reason=r["diverged_reason"],
+            )
+        )
     return rows, target
 
 
@@ -425,8 +530,22 @@ def _fmt(v: Any, spec: str) -> str:
     return format(v, spec)
 
 
-TABLE_COLUMNS = ("optimizer", "lr", "final val", "best val", "steps to target", "x ref", "s to target", "x ref s",
-                 "wall s", "CPU s", "ms/step", "state MB", "peak MB", "status")
+TABLE_COLUMNS = (
+    "optimizer",
+    "lr",
+    "final val",
+    "best val",
+    "steps to target",
+    "x ref",
+    "s to target",
+    "x ref s",
+    "wall s",
+    "CPU s",
+    "ms/step",
+    "state MB",
+    "peak MB",
+    "status",
+)
 
 
 def format_table(rows: list[dict], target: float | None, reference: str) -> str:
@@ -434,31 +553,59 @@ def format_table(rows: list[dict], target: float | None, reference: str) -> str:
     body = []
     for r in rows:
         status = "ok" if r["diverged_at"] is None else f"diverged at step {r['diverged_at']}"
-        body.append((r["optimizer"], _fmt(r["lr"], ".3g"), _fmt(r["final_val"], ".4f"), _fmt(r["best_val"], ".4f"),
-                     _fmt(r["steps_to_target"], "d"), _fmt(r["ratio_to_reference"], ".2f"),
-                     _fmt(r.get("time_to_target_s"), ".1f"), _fmt(r.get("time_ratio_to_reference"), ".2f"),
-                     _fmt(r["wall_s"], ".1f"),
-                     _fmt(r["cpu_s"], ".1f"), _fmt(r["ms_per_step"], ".1f"), _fmt(r["state_mb"], ".2f"),
-                     _fmt(r["peak_mb"], ".0f"), status))
+        body.append(
+            (
+                r["optimizer"],
+                _fmt(r["lr"], ".3g"),
+                _fmt(r["final_val"], ".4f"),
+                _fmt(r["best_val"], ".4f"),
+                _fmt(r["steps_to_target"], "d"),
+                _fmt(r["ratio_to_reference"], ".2f"),
+                _fmt(r.get("time_to_target_s"), ".1f"),
+                _fmt(r.get("time_ratio_to_reference"), ".2f"),
+                _fmt(r["wall_s"], ".1f"),
+                _fmt(r["cpu_s"], ".1f"),
+                _fmt(r["ms_per_step"], ".1f"),
+                _fmt(r["state_mb"], ".2f"),
+                _fmt(r["peak_mb"], ".0f"),
+                status,
+            )
+        )
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(TABLE_COLUMNS)]
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(TABLE_COLUMNS, widths)))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in body]
-    ref_row = next((r for r in rows if r["optimizer"] == ("adamw" if any(x["optimizer"] == "adamw" for x in rows)
-                                                           else reference)), rows[0])
+    ref_row = next(
+        (r for r in rows if r["optimizer"] == ("adamw" if any(x["optimizer"] == "adamw" for x in rows) else reference)),
+        rows[0],
+    )
     hit = [r for r in rows if r["diverged_at"] is None and r["steps_to_target"] is not None]
     reached = {r["steps_to_target"] for r in hit}
     if len(hit) > 1 and len(reached) == 1:
         who = "every optimizer" if len(hit) == len(rows) else f"the {len(hit)} optimizers that reached it"
-        lines.append(f"cannot rank: {who} reached the target at the same evaluation (step {reached.pop()}), "
-                     "so steps to target do not tell them apart; train longer or evaluate more often "
-                     "(--steps, --eval-every; --quick is a smoke test)")
+        lines.append(
+            f"cannot rank: {who} reached the target at the same evaluation (step {reached.pop()}), "
+            "so steps to target do not tell them apart; train longer or evaluate more often "
+            "(--steps, --eval-every; --quick is a smoke test)"
+        )
     tgt = "none (reference diverged)" if target is None else f"{target:.4f}"
     peak = rows[0]["peak_kind"] if rows else ""
-    lines.append(f"target = {ref_row['optimizer']}'s final validation loss {tgt}; steps counted at evaluations. "
-                 f"s to target: steps to target x mean training step time. peak MB: {peak}. state MB: optimizer state tensors. CPU s: process CPU time (what idle cores would take).")
+    lines.append(
+        f"target = {ref_row['optimizer']}'s final validation loss {tgt}; steps counted at evaluations. "
+        f"s to target: steps to target x mean training step time. peak MB: {peak}. state MB: optimizer state tensors. CPU s: process CPU time (what idle cores would take)."
+    )
     return "\n".join(lines)
 
 
-__all__ = ["compare", "CompareConfig", "CompareJob", "CompareResult", "resolve_lrs", "load_tuned", "summarize", "format_table",
-           "steps_to_reach", "TABLE_COLUMNS"]
+__all__ = [
+    "compare",
+    "CompareConfig",
+    "CompareJob",
+    "CompareResult",
+    "resolve_lrs",
+    "load_tuned",
+    "summarize",
+    "format_table",
+    "steps_to_reach",
+    "TABLE_COLUMNS",
+]

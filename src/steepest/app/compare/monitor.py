@@ -62,9 +62,11 @@ def check_oracle_every(oracle_every, monitor_every: int) -> int:
     if isinstance(oracle_every, bool) or not isinstance(oracle_every, int) or oracle_every < 0:
         raise ConfigError(f"oracle_every (--oracle-every) must be 0 (off) or a positive integer, got {oracle_every!r}")
     if oracle_every and (monitor_every <= 0 or oracle_every % monitor_every):
-        raise ConfigError(f"oracle_every (--oracle-every) {oracle_every} must be a multiple of monitor_every "
-                          f"(--monitor-every) {monitor_every}: the oracle measures on the monitor's records"
-                          + (" (the monitor is off)" if monitor_every <= 0 else ""))
+        raise ConfigError(
+            f"oracle_every (--oracle-every) {oracle_every} must be a multiple of monitor_every "
+            f"(--monitor-every) {monitor_every}: the oracle measures on the monitor's records"
+            + (" (the monitor is off)" if monitor_every <= 0 else "")
+        )
     return oracle_every
 
 
@@ -108,8 +110,9 @@ class _Oracle:
             grads[name], views[name], layer_of[name] = G.detach(), {"transposed": cap.transposed[layer]}, layer
         rng = torch.get_rng_state()  # the held-out forwards must not move the global RNG (dropout)
         try:
-            res = layer_oracle(self.model, self.loss_fn, grads, geometries=ORACLE_GEOMETRIES, views=views,
-                               search=self.search)
+            res = layer_oracle(
+                self.model, self.loss_fn, grads, geometries=ORACLE_GEOMETRIES, views=views, search=self.search
+            )
         finally:
             torch.set_rng_state(rng)
         rtol = self.search.decrease_rtol()
@@ -155,13 +158,20 @@ def layer_choices(optimizer, model: torch.nn.Module):
 class CompareMonitor:
     """A LayerMonitor attached to ``optimizer`` whose step counter follows the training step."""
 
-    def __init__(self, model, optimizer, path: Path, every: int, start_step: int = 0, oracle_every: int = 0,
-                 held_out=None) -> None:
+    def __init__(
+        self, model, optimizer, path: Path, every: int, start_step: int = 0, oracle_every: int = 0, held_out=None
+    ) -> None:
         on = bool(oracle_every) and held_out is not None
         sink = _ChoiceSink(path, layer_choices(optimizer, model))
         # the Spec-Sign index on the oracle's records only: every (oracle_every // every)-th record
-        self.monitor = LayerMonitor(model, every=every, sinks=[sink], microbatches=ORACLE_MICROBATCHES if on else 0,
-                                    method="fast", spec_sign_every=oracle_every // every if on else 10)
+        self.monitor = LayerMonitor(
+            model,
+            every=every,
+            sinks=[sink],
+            microbatches=ORACLE_MICROBATCHES if on else 0,
+            method="fast",
+            spec_sign_every=oracle_every // every if on else 10,
+        )
         self.monitor.load_state_dict({"step": start_step, "every": every})  # resume: no step recorded twice
         self.monitor.attach(optimizer)
         self.oracle = None
@@ -183,12 +193,14 @@ class CompareMonitor:
 
 def monitorable(model: torch.nn.Module) -> bool:
     """Whether ``model`` has a layer the LayerMonitor records (nn.Linear, or nn.Conv2d with groups=1)."""
-    return any(isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1)
-               for m in model.modules())
+    return any(
+        isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1) for m in model.modules()
+    )
 
 
-def attach_monitor(model, optimizer, path: Path, every: int, start_step: int = 0,
-                   note=None, oracle_every: int = 0, held_out=None) -> CompareMonitor | None:
+def attach_monitor(
+    model, optimizer, path: Path, every: int, start_step: int = 0, note=None, oracle_every: int = 0, held_out=None
+) -> CompareMonitor | None:
     """Monitor ``model`` while ``optimizer`` trains it (None when ``optimizer`` is not one Optimizer).
 
     ``oracle_every`` > 0 with ``held_out`` (a callable: the held-out loss at the current weights) adds the

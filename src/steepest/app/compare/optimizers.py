@@ -83,8 +83,9 @@ def _adamw(params, lr):
 
 
 def _groups(model, aux_lr, routing, **matrix_options):
-    return steepest.param_groups(model, adamw_lr=aux_lr, adamw_betas=ADAMW_BETAS, matrix_options=matrix_options,
-                                 **routing)
+    return steepest.param_groups(
+        model, adamw_lr=aux_lr, adamw_betas=ADAMW_BETAS, matrix_options=matrix_options, **routing
+    )
 
 
 def _build_adamw(model, lr, aux_lr, routing):
@@ -102,8 +103,9 @@ def _build_muon(model, lr, aux_lr, routing):
 
 
 def _build_specgd(model, lr, aux_lr, routing):
-    return steepest.SpecGD(_groups(model, aux_lr, routing), lr=lr, momentum=0.95, nesterov=True,
-                           method="polar_express", scale_rule="muon")
+    return steepest.SpecGD(
+        _groups(model, aux_lr, routing), lr=lr, momentum=0.95, nesterov=True, method="polar_express", scale_rule="muon"
+    )
 
 
 def _build_signum(model, lr, aux_lr, routing):
@@ -111,8 +113,9 @@ def _build_signum(model, lr, aux_lr, routing):
 
 
 def _build_schatten(model, lr, aux_lr, routing):
-    return steepest.SchattenDescent(_groups(model, aux_lr, routing), lr=lr, p=SCHATTEN_P, momentum=0.95,
-                                    nesterov=True, scale_rule="muon")
+    return steepest.SchattenDescent(
+        _groups(model, aux_lr, routing), lr=lr, p=SCHATTEN_P, momentum=0.95, nesterov=True, scale_rule="muon"
+    )
 
 
 #: Adaptive's plumbing is SpecGD's (``_build_specgd``): a layer on spectral steps is stepped exactly as
@@ -141,33 +144,56 @@ def _build_adaptive(model, lr, aux_lr, routing):
     Adaptive = getattr(steepest, "Adaptive", None)
     if Adaptive is None:
         raise RuntimeError("steepest.Adaptive is not available in this build")
-    return Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="dd",
-                    candidates=("spectral", "frobenius"), method="polar_express",
-                    lr_multipliers=ADAPTIVE_LR_MULTIPLIERS, **ADAPTIVE_PLUMBING)
+    return Adaptive(
+        _groups(model, aux_lr, routing),
+        lr=lr,
+        model=model,
+        criterion="dd",
+        candidates=("spectral", "frobenius"),
+        method="polar_express",
+        lr_multipliers=ADAPTIVE_LR_MULTIPLIERS,
+        **ADAPTIVE_PLUMBING,
+    )
 
 
 def _build_adaptive_sign(model, lr, aux_lr, routing):
     """Seed 002's choice: spectral or sign per layer by the Spec-Sign index (noise scales from 4 microbatches,
     K-FAC curvature; the gradient-only proxy for layers without hooked activations, e.g. embeddings), every
     10 steps, SpecGD's plumbing (a sign step at a spectral step's RMS)."""
-    return steepest.Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="spec_sign",
-                             candidates=("spectral", "linf"), method="polar_express", **ADAPTIVE_PLUMBING)
+    return steepest.Adaptive(
+        _groups(model, aux_lr, routing),
+        lr=lr,
+        model=model,
+        criterion="spec_sign",
+        candidates=("spectral", "linf"),
+        method="polar_express",
+        **ADAPTIVE_PLUMBING,
+    )
 
 
 def _build_adaptive_oracle(model, lr, aux_lr, routing, held_out):
     """The upper bound for ``adaptive``: the same candidates and plumbing, but every 10 steps each layer takes
     the geometry whose step measurably lowers a held-out batch's loss most (the layer oracle, a line search
     per layer and candidate; :func:`steepest.diagnostics.layer_oracle`). ``held_out()``: that loss."""
-    return steepest.Adaptive(_groups(model, aux_lr, routing), lr=lr, model=model, criterion="oracle",
-                             oracle_loss=held_out, candidates=("spectral", "frobenius"), method="polar_express",
-                             lr_multipliers=ADAPTIVE_LR_MULTIPLIERS, **ADAPTIVE_PLUMBING)
+    return steepest.Adaptive(
+        _groups(model, aux_lr, routing),
+        lr=lr,
+        model=model,
+        criterion="oracle",
+        oracle_loss=held_out,
+        candidates=("spectral", "frobenius"),
+        method="polar_express",
+        lr_multipliers=ADAPTIVE_LR_MULTIPLIERS,
+        **ADAPTIVE_PLUMBING,
+    )
 
 
 def _build_frobenius(model, lr, aux_lr, routing):
     """Fixed Frobenius geometry (normalized momentum M / ||M||_F per layer) with Adaptive's plumbing: the
     RMS of a full-rank spectral step under Muon's rule, so ``lr`` means what it means for ``specgd``."""
-    return steepest.Adaptive(_groups(model, aux_lr, routing), lr=lr, candidates=("frobenius",),
-                             initial="frobenius", **ADAPTIVE_PLUMBING)
+    return steepest.Adaptive(
+        _groups(model, aux_lr, routing), lr=lr, candidates=("frobenius",), initial="frobenius", **ADAPTIVE_PLUMBING
+    )
 
 
 def _build_sgd(model, lr, aux_lr, routing):
@@ -193,21 +219,33 @@ class OptimizerSpec:
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "adamw": OptimizerSpec("AdamW (torch.optim.AdamW, betas 0.9/0.95)", _build_adamw, 3e-3, hybrid=False),
     "torch-muon": OptimizerSpec("torch.optim.Muon + AdamW (2-D matrices; NS5 in bf16)", _build_torch_muon, 0.02),
-    "muon": OptimizerSpec("steepest.Muon (NS5, dtype auto: bf16 where native, else float32; Nesterov 0.95)",
-                          _build_muon, 0.02),
+    "muon": OptimizerSpec(
+        "steepest.Muon (NS5, dtype auto: bf16 where native, else float32; Nesterov 0.95)", _build_muon, 0.02
+    ),
     "specgd": OptimizerSpec("SpecGD (Polar Express 8 steps, not exact SVD; Nesterov 0.95)", _build_specgd, 0.02),
     "signum": OptimizerSpec("Signum (steepest.SignSGD, momentum 0.9)", _build_signum, 1e-3),
     "schatten": OptimizerSpec(f"SchattenDescent p={SCHATTEN_P:g} (SVD; Nesterov 0.95)", _build_schatten, 0.02),
-    "adaptive": OptimizerSpec("steepest.Adaptive (spectral/frobenius per layer by nr(G) vs st(A) every 10 "
-                              "steps, Frobenius at 0.25x; otherwise SpecGD: Polar Express, Nesterov 0.95)",
-                              _build_adaptive, 0.02),
-    "adaptive-sign": OptimizerSpec("steepest.Adaptive (spectral/sign per layer by the Spec-Sign index every 10 "
-                                   "steps; otherwise SpecGD)", _build_adaptive_sign, 0.02),
-    "adaptive-oracle": OptimizerSpec("steepest.Adaptive, oracle choices (the measured best one-step geometry "
-                                     "per layer on a held-out batch every 10 steps): adaptive's upper bound",
-                                     _build_adaptive_oracle, 0.02, held_out=True),
-    "frobenius": OptimizerSpec("Frobenius steepest descent (M/||M||_F, spectral-step RMS; Nesterov 0.95)",
-                               _build_frobenius, 0.02),
+    "adaptive": OptimizerSpec(
+        "steepest.Adaptive (spectral/frobenius per layer by nr(G) vs st(A) every 10 "
+        "steps, Frobenius at 0.25x; otherwise SpecGD: Polar Express, Nesterov 0.95)",
+        _build_adaptive,
+        0.02,
+    ),
+    "adaptive-sign": OptimizerSpec(
+        "steepest.Adaptive (spectral/sign per layer by the Spec-Sign index every 10 steps; otherwise SpecGD)",
+        _build_adaptive_sign,
+        0.02,
+    ),
+    "adaptive-oracle": OptimizerSpec(
+        "steepest.Adaptive, oracle choices (the measured best one-step geometry "
+        "per layer on a held-out batch every 10 steps): adaptive's upper bound",
+        _build_adaptive_oracle,
+        0.02,
+        held_out=True,
+    ),
+    "frobenius": OptimizerSpec(
+        "Frobenius steepest descent (M/||M||_F, spectral-step RMS; Nesterov 0.95)", _build_frobenius, 0.02
+    ),
     "sgd": OptimizerSpec("SGD momentum 0.9 (torch.optim.SGD)", _build_sgd, 0.1, hybrid=False),
 }
 
@@ -230,7 +268,9 @@ def default_optimizers() -> tuple[str, ...]:
     """:data:`DEFAULT_OPTIMIZERS` that this installation can build, without :data:`NEEDS_NATIVE_BF16` on
     hardware without native bf16 matmul (name them with ``--optimizers`` to run them anyway)."""
     native = auto_dtype("cpu") == torch.bfloat16 or torch.cuda.is_available()
-    return tuple(n for n in DEFAULT_OPTIMIZERS if n in available_optimizers() and (native or n not in NEEDS_NATIVE_BF16))
+    return tuple(
+        n for n in DEFAULT_OPTIMIZERS if n in available_optimizers() and (native or n not in NEEDS_NATIVE_BF16)
+    )
 
 
 def user_optimizer(spec: str) -> OptimizerSpec:
@@ -272,15 +312,22 @@ def check_optimizers(names) -> tuple[str, ...]:
     valid = available_optimizers()
     bad = [n for n in names if n not in valid]
     if bad:
-        raise ValueError(f"unknown optimizer(s) {bad}; choose from {', '.join(valid)}, or name your own as "
-                         "package.module:factory")
+        raise ValueError(
+            f"unknown optimizer(s) {bad}; choose from {', '.join(valid)}, or name your own as package.module:factory"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"optimizer names repeat: {list(names)}")
     return names
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, aux_lr: float, routing: dict | None = None,
-                    held_out: Callable[[], torch.Tensor] | None = None):
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    lr: float,
+    aux_lr: float,
+    routing: dict | None = None,
+    held_out: Callable[[], torch.Tensor] | None = None,
+):
     """Build optimizer ``name`` for ``model`` with matrix learning rate ``lr`` and AdamW ``aux_lr``;
     ``held_out()`` (the loss on a held-out batch) is required by the specs with ``held_out=True``."""
     check_optimizers([name])

@@ -38,8 +38,9 @@ def run_key(name: str, cfg, lr: float, aux_lr: float) -> dict:
 
 def _restart_hint(path: Path) -> str:
     name = path.stem
-    return (f"delete it (and metrics/{name}.jsonl, diagnostics/{name}.jsonl) to restart {name} from scratch, "
-            "or restore it")
+    return (
+        f"delete it (and metrics/{name}.jsonl, diagnostics/{name}.jsonl) to restart {name} from scratch, or restore it"
+    )
 
 
 def write_checkpoint(path: Path, model, optimizer, state: LoopState, run: dict | None = None) -> None:
@@ -64,8 +65,10 @@ def resume_checkpoint(path: Path, model, optimizer, run: dict | None = None, ste
     saved = payload.get("run")
     if run is not None and saved is not None and saved != run:
         diff = sorted(k for k in set(run) | set(saved) if run.get(k) != saved.get(k))
-        raise ConfigError(f"{path} was written by a run with other settings ({', '.join(diff)}: "
-                          f"{ {k: saved.get(k) for k in diff} } there, { {k: run.get(k) for k in diff} } here): {fix}")
+        raise ConfigError(
+            f"{path} was written by a run with other settings ({', '.join(diff)}: "
+            f"{ {k: saved.get(k) for k in diff} } there, { {k: run.get(k) for k in diff} } here): {fix}"
+        )
     try:
         state = LoopState(**payload["loop"])
     except TypeError as e:
@@ -74,21 +77,24 @@ def resume_checkpoint(path: Path, model, optimizer, run: dict | None = None, ste
     if bad:
         raise ConfigError(f"{path} holds a damaged loop state ({bad}): {fix}")
     if not isinstance(state.step, int) or state.step < 0 or (steps is not None and state.step > steps):
-        raise ConfigError(f"{path} is at step {state.step}, beyond this run's {steps} steps (a checkpoint of a "
-                          f"longer run?): {fix}")
+        raise ConfigError(
+            f"{path} is at step {state.step}, beyond this run's {steps} steps (a checkpoint of a longer run?): {fix}"
+        )
     try:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-        raise ConfigError(f"{path} does not fit this run's model or optimizer ({type(e).__name__}: "
-                          f"{str(e)[:300]}): {fix}") from None
+        raise ConfigError(
+            f"{path} does not fit this run's model or optimizer ({type(e).__name__}: {str(e)[:300]}): {fix}"
+        ) from None
     return state
 
 
 def _loop_state_problem(state: LoopState) -> str | None:
     """What is wrong with a loaded loop state's types and values (None when it is fine): a string where a
     number belongs would otherwise fail mid-run, a NaN wall time would spoil the table."""
+
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
@@ -113,14 +119,17 @@ def check_entries(run_dir: Path, name: str) -> None:
     for folder in ("checkpoints", "metrics", "results", "diagnostics", "figures"):
         sub = run_dir / folder
         if (sub.exists() or sub.is_symlink()) and (sub.is_symlink() or not sub.is_dir()):
-            raise ConfigError(f"{sub} is not a directory (steepest keeps its {folder} there): move it away, "
-                              "or choose another --out")
+            raise ConfigError(
+                f"{sub} is not a directory (steepest keeps its {folder} there): move it away, or choose another --out"
+            )
         if folder == "figures":
             continue
         entry = sub / f"{name}{'.pt' if folder == 'checkpoints' else '.json' if folder == 'results' else '.jsonl'}"
         if (entry.exists() or entry.is_symlink()) and (entry.is_symlink() or not entry.is_file()):
-            raise ConfigError(f"{entry} is not a regular file (a directory or a link): move it away, or delete "
-                              "it to rerun this optimizer")
+            raise ConfigError(
+                f"{entry} is not a regular file (a directory or a link): move it away, or delete "
+                "it to rerun this optimizer"
+            )
 
 
 def _records(path: Path, fix: str, keys=("step", "kind")) -> list[dict]:
@@ -146,21 +155,33 @@ def expected_evals(step: int, steps: int, eval_every: int) -> list[int]:
     return done
 
 
-def _truncate_metrics(path: Path, step: int, diagnostics: bool = False, *, steps: int | None = None,
-                      eval_every: int | None = None, fix: str = "") -> None:
+def _truncate_metrics(
+    path: Path,
+    step: int,
+    diagnostics: bool = False,
+    *,
+    steps: int | None = None,
+    eval_every: int | None = None,
+    fix: str = "",
+) -> None:
     """Keep the records a checkpoint at ``step`` has already seen (train steps and diagnostics < step,
     evaluations <= step; at step 0 none, because the loop evaluates step 0 again). Damaged records, or
     evaluations missing before ``step``, raise ConfigError (resuming would silently lose them)."""
     records = _records(path, fix, keys=("step",) if diagnostics else ("step", "kind"))
-    keep = [r for r in records
-            if r["step"] < step or (not diagnostics and step > 0 and r["kind"] == "eval" and r["step"] == step)]
+    keep = [
+        r
+        for r in records
+        if r["step"] < step or (not diagnostics and step > 0 and r["kind"] == "eval" and r["step"] == step)
+    ]
     if not diagnostics and steps is not None and eval_every is not None and step > 0:
         have = [r["step"] for r in keep if r["kind"] == "eval"]
         want = expected_evals(step, steps, eval_every)
         if have != want:
             lost = sorted(set(want) - set(have))
-            raise ConfigError(f"{path} lacks the evaluation(s) at step(s) {lost or have} that its checkpoint "
-                              f"(step {step}) has seen; resuming would lose them: {fix}")
+            raise ConfigError(
+                f"{path} lacks the evaluation(s) at step(s) {lost or have} that its checkpoint "
+                f"(step {step}) has seen; resuming would lose them: {fix}"
+            )
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
@@ -183,8 +204,12 @@ def load_result(path: Path) -> dict:
 
     ConfigError naming the file when it is damaged or of the wrong shape."""
     path = Path(path)
-    r = read_json(path, f"the finished result of {path.stem}",
-                  f"delete it to rerun {path.stem} (its checkpoint resumes it), or restore it", _result_check)
+    r = read_json(
+        path,
+        f"the finished result of {path.stem}",
+        f"delete it to rerun {path.stem} (its checkpoint resumes it), or restore it",
+        _result_check,
+    )
     for key in ("final_val", "best_val"):
         r[key] = float(r[key])
     r["evals"] = [(int(s), float(v)) for s, v in r["evals"]]
@@ -218,9 +243,21 @@ class HeldOutLoss:
             return self.task.loss(self.model, self.task.batch((self.HELD_OUT_SEED - self.seed) % 2**63, self.step))
 
 
-def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: str, aux_lr: float,
-                  resume: bool, progress: bool = True, on_step: Callable | None = None,
-                  log: Callable[[str], None] = print, dp=None) -> dict:
+def run_optimizer(
+    name: str,
+    task,
+    cfg,
+    run_dir: Path,
+    *,
+    lr: float,
+    lr_source: str,
+    aux_lr: float,
+    resume: bool,
+    progress: bool = True,
+    on_step: Callable | None = None,
+    log: Callable[[str], None] = print,
+    dp=None,
+) -> dict:
     """Train ``task`` with optimizer ``name`` and return its result dict (also ``results/<name>.json``).
 
     ``dp``: a :class:`steepest.app.compare.data_parallel.DataParallel` when this process is one rank of a
@@ -261,13 +298,22 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
         train_model, optimizer = dp.wrap(model, optimizer)
         batch_fn, evaluate_fn, reduce_loss = dp.batch_fn(batch_fn), dp.evaluate_fn(evaluate_fn), dp.reduce_loss
     every = cfg.monitor_every if (name in cfg.monitored and main) else 0
-    monitor = attach_monitor(model, optimizer, diag, every, state.step, note=lambda t: log(f"{name}: {t}"),
-                             oracle_every=getattr(cfg, "oracle_every", 0), held_out=held_out)
+    monitor = attach_monitor(
+        model,
+        optimizer,
+        diag,
+        every,
+        state.step,
+        note=lambda t: log(f"{name}: {t}"),
+        oracle_every=getattr(cfg, "oracle_every", 0),
+        held_out=held_out,
+    )
 
     bar = None
     if progress and main:
-        bar = tqdm(total=cfg.steps, initial=state.step, desc=f"{name:>10}", leave=True, dynamic_ncols=True,
-                   disable=None)
+        bar = tqdm(
+            total=cfg.steps, initial=state.step, desc=f"{name:>10}", leave=True, dynamic_ncols=True, disable=None
+        )
 
     def step_cb(t: int, loss: float, factor: float) -> None:
         held_out.step = t + 1
@@ -289,10 +335,22 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
             write_checkpoint(ckpt, model, optimizer, st, run)
 
     try:
-        state = train_loop(train_model, optimizer, batch_fn, task.loss, evaluate_fn,
-                           steps=cfg.steps, eval_every=cfg.eval_every, state=state, base_lrs=base_lrs,
-                           warmup=cfg.warmup, cooldown=cfg.cooldown, on_step=step_cb, on_eval=eval_cb,
-                           reduce_loss=reduce_loss)
+        state = train_loop(
+            train_model,
+            optimizer,
+            batch_fn,
+            task.loss,
+            evaluate_fn,
+            steps=cfg.steps,
+            eval_every=cfg.eval_every,
+            state=state,
+            base_lrs=base_lrs,
+            warmup=cfg.warmup,
+            cooldown=cfg.cooldown,
+            on_step=step_cb,
+            on_eval=eval_cb,
+            reduce_loss=reduce_loss,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -305,12 +363,23 @@ def run_optimizer(name: str, task, cfg, run_dir: Path, *, lr: float, lr_source: 
     finite = [v for _, v in evals if math.isfinite(v)]
     train_steps = max(state.step, 1)
     result = dict(
-        optimizer=name, label=OPTIMIZERS[name].label, lr=lr, lr_source=lr_source, aux_lr=aux_lr,
-        evals=evals, final_val=evals[-1][1] if evals and state.diverged_at is None else float("nan"),
-        best_val=min(finite) if finite else float("nan"), steps_done=state.step,
-        diverged_at=state.diverged_at, diverged_reason=state.diverged_reason, wall_s=state.wall, cpu_s=state.cpu,
+        optimizer=name,
+        label=OPTIMIZERS[name].label,
+        lr=lr,
+        lr_source=lr_source,
+        aux_lr=aux_lr,
+        evals=evals,
+        final_val=evals[-1][1] if evals and state.diverged_at is None else float("nan"),
+        best_val=min(finite) if finite else float("nan"),
+        steps_done=state.step,
+        diverged_at=state.diverged_at,
+        diverged_reason=state.diverged_reason,
+        wall_s=state.wall,
+        cpu_s=state.cpu,
         ms_per_step=1000.0 * (state.wall - state.eval_wall) / train_steps,
-        state_mb=state_bytes(optimizer) / 2**20, peak_mb=peak_mb(), peak_kind=PEAK_KIND,
+        state_mb=state_bytes(optimizer) / 2**20,
+        peak_mb=peak_mb(),
+        peak_kind=PEAK_KIND,
     )
     atomic_write_json(result_path, result)
     status = "ok" if state.diverged_at is None else f"DIVERGED at step {state.diverged_at} ({state.diverged_reason})"

@@ -57,9 +57,12 @@ def _load_cache(path: Path) -> dict:
     """The sweep cache at ``path`` ({} when absent); ConfigError naming it when damaged."""
     if not path.exists():
         return {}
-    return read_json(path, "sweep result cache",
-                     "delete it to recompute the sweep from scratch (each point is rerun), or restore it",
-                     _cache_check)
+    return read_json(
+        path,
+        "sweep result cache",
+        "delete it to recompute the sweep from scratch (each point is rerun), or restore it",
+        _cache_check,
+    )
 
 
 @contextlib.contextmanager
@@ -88,10 +91,22 @@ def _score(entry: dict) -> float:
     return v if (entry.get("diverged_at") is None and math.isfinite(v)) else math.inf
 
 
-def sweep(task: str = "charlm", *, size: str = "default", optimizers=None, steps: int | None = None,
-          seed: int = 0, cache: str | Path = DEFAULT_CACHE, grid: dict | None = None, max_extend: int = 2,
-          threads: int | None = None, write_tuned: bool = False, tuned_path: str | Path = TUNED_PATH,
-          command: str | None = None, log: Callable[[str], None] | None = print) -> dict[str, float]:
+def sweep(
+    task: str = "charlm",
+    *,
+    size: str = "default",
+    optimizers=None,
+    steps: int | None = None,
+    seed: int = 0,
+    cache: str | Path = DEFAULT_CACHE,
+    grid: dict | None = None,
+    max_extend: int = 2,
+    threads: int | None = None,
+    write_tuned: bool = False,
+    tuned_path: str | Path = TUNED_PATH,
+    command: str | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, float]:
     """Tune each optimizer's learning rate on ``task``; return ``{optimizer: best lr}``.
 
     ``grid`` maps an optimizer to an explicit list of lrs (no extension then). See the module docstring
@@ -112,10 +127,27 @@ def sweep(task: str = "charlm", *, size: str = "default", optimizers=None, steps
         if key not in store:
             with tempfile.TemporaryDirectory(prefix="steepest-sweep-") as tmp:
                 lrs = {name: lr, "adamw": aux_lr if name != "adamw" else lr}
-                r = compare(task, [name], steps, seed=seed, lrs=lrs, size=size, run_dir=Path(tmp) / "run",
-                            threads=threads, monitor_every=0, progress=False, report=False, log=None).rows[0]
-            store[key] = {"final_val": r["final_val"], "best_val": r["best_val"], "diverged_at": r["diverged_at"],
-                          "wall_s": r["wall_s"], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                r = compare(
+                    task,
+                    [name],
+                    steps,
+                    seed=seed,
+                    lrs=lrs,
+                    size=size,
+                    run_dir=Path(tmp) / "run",
+                    threads=threads,
+                    monitor_every=0,
+                    progress=False,
+                    report=False,
+                    log=None,
+                ).rows[0]
+            store[key] = {
+                "final_val": r["final_val"],
+                "best_val": r["best_val"],
+                "diverged_at": r["diverged_at"],
+                "wall_s": r["wall_s"],
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
             with _cache_lock(cache):  # merge with entries another sweep process may have written
                 fresh = _load_cache(cache)
                 fresh.update(store)
@@ -156,11 +188,15 @@ def sweep(task: str = "charlm", *, size: str = "default", optimizers=None, steps
         entry = data.setdefault("sweeps", {}).setdefault(key, {})
         command = command or f"steepest sweep --task {task} --size {size} --write-tuned"
         entry.setdefault("commands", {}).update({n: command for n in best})
-        entry.update({
-            "command": command,
-            "criterion": "final validation loss after the full run (diverged = inf)",
-            "steps": steps, "seed": seed, "date": time.strftime("%Y-%m-%d"),
-        })
+        entry.update(
+            {
+                "command": command,
+                "criterion": "final validation loss after the full run (diverged = inf)",
+                "steps": steps,
+                "seed": seed,
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
         for n in best:  # keep every point ever tried for n (earlier sweeps may have used other grids)
             entry.setdefault("tried", {}).setdefault(n, {}).update(tried.get(n, {}))
         atomic_write_json(tuned_path, data)

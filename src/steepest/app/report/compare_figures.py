@@ -46,14 +46,28 @@ def loss_curves(evals: Mapping[str, Sequence[tuple[int, float, float]]], target:
     return save(fig, path)
 
 
-def layer_heatmap(values: Sequence[Sequence[float]], layers: Sequence[str], steps: Sequence[int], path, *,
-                  title: str, cbar_label: str = "") -> Path:
+def layer_heatmap(
+    values: Sequence[Sequence[float]],
+    layers: Sequence[str],
+    steps: Sequence[int],
+    path,
+    *,
+    title: str,
+    cbar_label: str = "",
+) -> Path:
     """A layers x steps heatmap (at most ~16 step columns are labelled)."""
     height = max(3.0, 0.32 * len(layers) + 1.5)
     fig, axes = subplots(1, 1, width=max(7.0, 0.45 * len(steps) + 4), height=height)
     ax = axes[0]
-    heatmap(ax, values, xticklabels=list(steps), yticklabels=list(layers), xlabel="step", title=title,
-            annotate=len(steps) * len(layers) <= 120)
+    heatmap(
+        ax,
+        values,
+        xticklabels=list(steps),
+        yticklabels=list(layers),
+        xlabel="step",
+        title=title,
+        annotate=len(steps) * len(layers) <= 120,
+    )
     if len(steps) > 16:
         keep = np.linspace(0, len(steps) - 1, 16).round().astype(int)
         ax.set_xticks(keep)
@@ -74,8 +88,15 @@ def _categories(grids) -> tuple[list[str], dict[str, int]]:
 
 def _categorical(ax, grid, index, layers, steps, title: str, ylabels: bool = True) -> None:
     arr = np.array([[index.get(c, np.nan) if c else np.nan for c in row] for row in grid], dtype=float)
-    ax.imshow(np.ma.masked_invalid(arr), origin="lower", aspect="auto", cmap=matplotlib.colormaps.get_cmap("tab10"),
-              vmin=0, vmax=9, interpolation="nearest")
+    ax.imshow(
+        np.ma.masked_invalid(arr),
+        origin="lower",
+        aspect="auto",
+        cmap=matplotlib.colormaps.get_cmap("tab10"),
+        vmin=0,
+        vmax=9,
+        interpolation="nearest",
+    )
     ax.set_yticks(range(len(layers)))
     ax.set_yticklabels(list(layers) if ylabels else [], fontsize=8)
     keep: Any = np.linspace(0, len(steps) - 1, min(len(steps), 16)).round().astype(int) if len(steps) else []
@@ -85,8 +106,9 @@ def _categorical(ax, grid, index, layers, steps, title: str, ylabels: bool = Tru
     ax.set_title(title, fontsize=9)
 
 
-def choice_map(choices: Sequence[Sequence[str]], layers: Sequence[str], steps: Sequence[int], path, *,
-               title: str) -> Path:
+def choice_map(
+    choices: Sequence[Sequence[str]], layers: Sequence[str], steps: Sequence[int], path, *, title: str
+) -> Path:
     """Categorical layers x steps map of the adaptive optimizer's geometry (legend names each colour)."""
     kinds, index = _categories([choices])
     height = max(3.0, 0.32 * len(layers) + 1.5)
@@ -95,13 +117,23 @@ def choice_map(choices: Sequence[Sequence[str]], layers: Sequence[str], steps: S
     _categorical(ax, choices, index, layers, steps, title)
     ax.set_title(title, fontsize=10)
     cmap = matplotlib.colormaps.get_cmap("tab10")
-    ax.legend(handles=[mpatches.Patch(color=cmap(index[k]), label=k) for k in kinds], fontsize=8,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(
+        handles=[mpatches.Patch(color=cmap(index[k]), label=k) for k in kinds],
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     return save(fig, path)
 
 
-def winner_maps(panels: Sequence[tuple[str, Sequence[Sequence[str]]]], layers: Sequence[str], steps: Sequence[int],
-                path, *, title: str) -> Path:
+def winner_maps(
+    panels: Sequence[tuple[str, Sequence[Sequence[str]]]],
+    layers: Sequence[str],
+    steps: Sequence[int],
+    path,
+    *,
+    title: str,
+) -> Path:
     """Categorical layers x steps maps side by side, ``panels = [(panel title, grid[layer][step])]``; a cell
     without a value (None) is blank. One legend for all panels (the same colour per geometry everywhere)."""
     if not panels:
@@ -113,7 +145,11 @@ def winner_maps(panels: Sequence[tuple[str, Sequence[Sequence[str]]]], layers: S
     for i, (ax, (name, grid)) in enumerate(zip(axes, panels)):  # subplots returns the axes as a flat array
         _categorical(ax, grid, index, layers, steps, name, ylabels=i == 0)
     cmap = matplotlib.colormaps.get_cmap("tab10")
-    axes[len(panels) - 1].legend(handles=[mpatches.Patch(color=cmap(index[k]), label=k) for k in kinds], fontsize=8,
-                loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[len(panels) - 1].legend(
+        handles=[mpatches.Patch(color=cmap(index[k]), label=k) for k in kinds],
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+    )
     fig.suptitle(title, fontsize=10)
     return save(fig, path)

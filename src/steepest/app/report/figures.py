@@ -83,8 +83,19 @@ def _finite(values) -> np.ndarray:
     return arr
 
 
-def lines(ax, x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlabel: str = "", ylabel: str = "",
-          title: str = "", logx: bool = False, logy: bool = False, markers: bool = False, styles: Mapping | None = None):
+def lines(
+    ax,
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    logx: bool = False,
+    logy: bool = False,
+    markers: bool = False,
+    styles: Mapping | None = None,
+):
     """One line per entry of ``series`` against ``x`` (non-finite values are left as gaps)."""
     for name, ys in series.items():
         kw = dict(styles.get(name, {})) if styles else {}
@@ -135,8 +146,17 @@ def vline(ax, x: float, label: str = "", **kw) -> None:
         ax.legend(fontsize=8)
 
 
-def scatter(ax, groups: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str, ylabel: str,
-            title: str = "", logx: bool = False, logy: bool = False, size: float = 12):
+def scatter(
+    ax,
+    groups: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    logy: bool = False,
+    size: float = 12,
+):
     """One labelled point set per entry of ``groups`` (name -> (xs, ys)); non-finite points dropped."""
     for name, (xs, ys) in groups.items():
         x, y = _finite(xs), _finite(ys)
@@ -161,9 +181,22 @@ def log_ticks(ax, values: Sequence[float], axis: str = "x", labels: Sequence[str
     target.set_minor_formatter(NullFormatter())
 
 
-def heatmap(ax, values: Sequence[Sequence[float]], *, xticklabels: Sequence, yticklabels: Sequence, xlabel: str = "",
-            ylabel: str = "", title: str = "", vmin: float | None = None, vmax: float | None = None,
-            marked: Sequence[Sequence[bool]] | None = None, mark_text: str = "x", annotate: bool = True, cmap: str = "viridis"):
+def heatmap(
+    ax,
+    values: Sequence[Sequence[float]],
+    *,
+    xticklabels: Sequence,
+    yticklabels: Sequence,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    marked: Sequence[Sequence[bool]] | None = None,
+    mark_text: str = "x",
+    annotate: bool = True,
+    cmap: str = "viridis",
+):
     """Heatmap of ``values[row][col]``; cells where ``marked`` is True (e.g. diverged) are hatched and
     labelled ``mark_text``; other cells show their value when ``annotate``."""
     arr = _finite([v for row in values for v in row]).reshape(len(values), -1)
@@ -179,7 +212,9 @@ def heatmap(ax, values: Sequence[Sequence[float]], *, xticklabels: Sequence, yti
     for i in range(arr.shape[0]):
         for j in range(arr.shape[1]):
             if marked is not None and marked[i][j]:
-                ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="red"))
+                ax.add_patch(
+                    matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="red")
+                )
                 ax.text(j, i, mark_text, ha="center", va="center", color="red", fontsize=8, fontweight="bold")
             elif annotate and math.isfinite(arr[i, j]):
                 ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", color="w", fontsize=7)

@@ -38,8 +38,13 @@ class Section:
 
 
 #: Cell text -> CSS class: verdicts are coloured, a failed experiment is red.
-_CLASSES = {"holds": "holds", "fails": "fails", "inconclusive": "inconclusive", "experiment failed": "error",
-            "not decided at this size": "undecided"}
+_CLASSES = {
+    "holds": "holds",
+    "fails": "fails",
+    "inconclusive": "inconclusive",
+    "experiment failed": "error",
+    "not decided at this size": "undecided",
+}
 
 
 def _cell(value) -> str:
@@ -63,11 +68,14 @@ def table_html(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def render_report(title: str, sections: Sequence[Section], *, base: str | os.PathLike | None = None,
-                  subtitle: str | None = None) -> str:
+def render_report(
+    title: str, sections: Sequence[Section], *, base: str | os.PathLike | None = None, subtitle: str | None = None
+) -> str:
     """Render a full HTML page. Figure paths are made relative to ``base`` when given."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
     if subtitle:
         parts.append(f"<p class='muted'>{html.escape(subtitle)}</p>")
     for s in sections:

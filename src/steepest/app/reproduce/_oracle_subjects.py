@@ -58,8 +58,14 @@ def _task_subject(name: str, size: str, overrides: dict) -> Subject:
         return tasks[B]
 
     base = task(int(overrides.get("batch_size", 16)))
-    return Subject(name, base.make_model, lambda seed, step, B: task(B).batch(seed, step), base.loss,
-                   dict(base.routing), dict(base.info))
+    return Subject(
+        name,
+        base.make_model,
+        lambda seed, step, B: task(B).batch(seed, step),
+        base.loss,
+        dict(base.routing),
+        dict(base.info),
+    )
 
 
 def _text_windows(context: int):
@@ -71,6 +77,7 @@ def _text_windows(context: int):
     def windows(seed: int, step: int, B: int) -> torch.Tensor:
         starts = np.random.default_rng([seed, step, 7]).integers(0, len(train) - context - 1, size=B)
         return train[torch.from_numpy(starts)[:, None] + offsets]
+
     return windows, len(vocab)
 
 
@@ -79,8 +86,18 @@ def _zoo_subject(name: str, width: int, layers: int, context: int) -> Subject:
 
     windows, V = _text_windows(context)
     if name == "gpt2":
-        gpt2_cfg = tf.GPT2Config(vocab_size=V, n_positions=context, n_embd=width, n_layer=layers, n_head=2,
-                                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+        gpt2_cfg = tf.GPT2Config(
+            vocab_size=V,
+            n_positions=context,
+            n_embd=width,
+            n_layer=layers,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
 
         def make():
             return tf.GPT2LMHeadModel(gpt2_cfg)
@@ -92,9 +109,17 @@ def _zoo_subject(name: str, width: int, layers: int, context: int) -> Subject:
         def loss(model, b):
             return model(input_ids=b[0], labels=b[0]).loss
     else:
-        bert_cfg = tf.BertConfig(vocab_size=V + 1, hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
-                                 intermediate_size=4 * width, max_position_embeddings=context, hidden_dropout_prob=0.0,
-                                 attention_probs_dropout_prob=0.0, pad_token_id=0)
+        bert_cfg = tf.BertConfig(
+            vocab_size=V + 1,
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=4 * width,
+            max_position_embeddings=context,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=0,
+        )
 
         def make():
             return tf.BertForMaskedLM(bert_cfg)
@@ -107,8 +132,15 @@ def _zoo_subject(name: str, width: int, layers: int, context: int) -> Subject:
 
         def loss(model, b):
             return model(input_ids=b[0], labels=b[1]).loss
-    return Subject(name, make, batch, loss, {}, dict(model=name, width=width, layers=layers, context=context,
-                                                      vocab=V, data="charlm Shakespeare text"))
+
+    return Subject(
+        name,
+        make,
+        batch,
+        loss,
+        {},
+        dict(model=name, width=width, layers=layers, context=context, vocab=V, data="charlm Shakespeare text"),
+    )
 
 
 MODEL_SIZES = ("quick", "large")
@@ -138,8 +170,11 @@ def matrix_layers(model: nn.Module, routing: dict) -> dict[str, dict]:
     for g in steepest.param_groups(model, **routing):
         for p, n in zip(g["params"], g["names"]):
             if p.ndim >= 2:
-                out[n] = {"role": g["role"], "transposed": bool(g.get("transposed") or False),
-                          "tensor_mode": g.get("tensor_mode") or "flatten"}
+                out[n] = {
+                    "role": g["role"],
+                    "transposed": bool(g.get("transposed") or False),
+                    "tensor_mode": g.get("tensor_mode") or "flatten",
+                }
     return out
 
 
@@ -170,8 +205,9 @@ def _rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     if type(m).__name__ == "Conv1D" and isinstance(m.weight, torch.Tensor):  # transformers' (in, out) linear
         return x.reshape(-1, m.weight.shape[0])
     if isinstance(m, nn.Conv2d) and m.groups == 1 and not isinstance(m.padding, str) and m.padding_mode == "zeros":
-        cols = F.unfold(x if x.ndim == 4 else x.unsqueeze(0), m.kernel_size, dilation=m.dilation, padding=m.padding,
-                        stride=m.stride)
+        cols = F.unfold(
+            x if x.ndim == 4 else x.unsqueeze(0), m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride
+        )
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     return None
 
@@ -197,6 +233,7 @@ def activation_stable_ranks(model: nn.Module, loss_fn: Callable[[], torch.Tensor
             if A is not None:
                 A = A[:: max(1, math.ceil(A.shape[0] / ST_ROWS))]
                 found[n] = float(stable_rank(A.double()))
+
         handles.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -238,15 +275,33 @@ def criterion_inputs(model: nn.Module, loss: Callable, batch, layers: dict[str, 
         rec = {"nr": nr, "st": st_n, "dd_ratio": None, "dd_winner": "none"}
         if st_n is not None and st_n > 0:
             rec.update(dd_ratio=nr / st_n, dd_winner=dd_winner(nr, st_n))
-        c = noise_scales([matrix_view(g, view["tensor_mode"], view["transposed"]) for g in grads[n]], b,
-                         geometries=("linf", "spectral"))
+        c = noise_scales(
+            [matrix_view(g, view["tensor_mode"], view["transposed"]) for g in grads[n]],
+            b,
+            geometries=("linf", "spectral"),
+        )
         with sdpa_kernel([SDPBackend.MATH]):
             H = layer_curvatures(lambda: loss(model, batch), params[n], G_hat[n])
         idx = spec_sign_index(X, c["spectral"], c["linf"], b * K, H_sign=H["linf"], H_spec=H["spectral"])
-        rec.update(c_1=c["linf"], c_star=c["spectral"], H_sign=H["linf"], H_spec=H["spectral"], ss_index=idx.index,
-                   ss_winner=idx.winner, ss_regime=idx.regime)
+        rec.update(
+            c_1=c["linf"],
+            c_star=c["spectral"],
+            H_sign=H["linf"],
+            H_spec=H["spectral"],
+            ss_index=idx.index,
+            ss_winner=idx.winner,
+            ss_regime=idx.regime,
+        )
         out[n] = rec
     return G_hat, out
 
 
-__all__ = ["SUBJECTS", "Subject", "make_subject", "matrix_layers", "criterion_inputs", "activation_stable_ranks", "split"]
+__all__ = [
+    "SUBJECTS",
+    "Subject",
+    "make_subject",
+    "matrix_layers",
+    "criterion_inputs",
+    "activation_stable_ranks",
+    "split",
+]

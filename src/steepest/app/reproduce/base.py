@@ -216,8 +216,9 @@ class Failure:
     error: str
 
 
-def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = True, threads: int | None = 1,
-                   size: str = "default") -> Outcome:
+def run_experiment(
+    name: str, cfg, run_dir: str | Path, *, write_report: bool = True, threads: int | None = 1, size: str = "default"
+) -> Outcome:
     """Run experiment ``name`` with config ``cfg`` into ``run_dir`` and write every result file.
 
     ``threads`` sets torch's intra-op threads for the run (restored afterwards; None leaves it alone).
@@ -246,8 +247,10 @@ def run_experiment(name: str, cfg, run_dir: str | Path, *, write_report: bool = 
 
 def _run_locked(name: str, mod, cfg, run_dir: Path, write_report: bool, size: str) -> Outcome:
 
-    atomic_write_json(run_dir / "config.json", {"experiment": name, "seed": mod.SEED, "source": mod.SOURCE,
-                                                "config": dataclasses.asdict(cfg)})
+    atomic_write_json(
+        run_dir / "config.json",
+        {"experiment": name, "seed": mod.SEED, "source": mod.SOURCE, "config": dataclasses.asdict(cfg)},
+    )
     atomic_write_json(run_dir / "environment.json", environment())
     cells = Cells(run_dir / "cells", version=getattr(mod, "VERSION", None))
     torch.manual_seed(getattr(cfg, "seed", 0))
@@ -262,13 +265,19 @@ def _run_locked(name: str, mod, cfg, run_dir: Path, write_report: bool, size: st
     figures = [Path(f) for f in mod.figures(results, run_dir)]
     outcome = Outcome(name, run_dir, results, claims, figures, cells.hits, cells.misses, size, dict(cells.fallbacks))
     if write_report:
-        write_html_report(run_dir / "report.html", f"steepest reproduce {name}: {mod.TITLE}", report_sections(outcome),
-               subtitle=_subtitle(mod, cfg))
+        write_html_report(
+            run_dir / "report.html",
+            f"steepest reproduce {name}: {mod.TITLE}",
+            report_sections(outcome),
+            subtitle=_subtitle(mod, cfg),
+        )
     return outcome
 
 
 def _subtitle(mod, cfg) -> str:
-    return f"{mod.SEED.capitalize()}: {mod.SOURCE}. Config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())
+    return f"{mod.SEED.capitalize()}: {mod.SOURCE}. Config: " + ", ".join(
+        f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()
+    )
 
 
 CLAIM_HEADER = ("experiment", "seed", "claim", "measured", "verdict", "how decided / why")
@@ -283,23 +292,38 @@ def report_sections(outcome: Outcome, *, with_claims: bool = True) -> list:
     mod = get(outcome.name)
     sections = []
     if with_claims:
-        sections.append(Section(title=f"Claims: {outcome.name}", tables=[(CLAIM_HEADER, claim_rows(outcome.name, outcome.claims))],
-                                text=[_tally(outcome.claims)]))
+        sections.append(
+            Section(
+                title=f"Claims: {outcome.name}",
+                tables=[(CLAIM_HEADER, claim_rows(outcome.name, outcome.claims))],
+                text=[_tally(outcome.claims)],
+            )
+        )
     tables = list(mod.tables(outcome.results)) if hasattr(mod, "tables") else []
     notes = list(mod.notes(outcome.results)) if hasattr(mod, "notes") else []
     notes.append(f"Sweep cells: {outcome.cells_computed} computed, {outcome.cells_reused} reused from an earlier run.")
     if outcome.svd_fallbacks:
-        notes.append("LAPACK's SVD did not converge in some steps; those steps used the float64 fallback "
-                     "(steepest.linalg.polar_factor.svd_or_fallback), per cell: "
-                     + ", ".join(f"{k}: {n}" for k, n in sorted(outcome.svd_fallbacks.items())))
+        notes.append(
+            "LAPACK's SVD did not converge in some steps; those steps used the float64 fallback "
+            "(steepest.linalg.polar_factor.svd_or_fallback), per cell: "
+            + ", ".join(f"{k}: {n}" for k, n in sorted(outcome.svd_fallbacks.items()))
+        )
     edges = grid_edges(outcome.name, outcome.results)
     if edges:
-        notes.append("Best learning rate on a grid edge (extend the grid before trusting the comparison): " + "; ".join(edges))
+        notes.append(
+            "Best learning rate on a grid edge (extend the grid before trusting the comparison): " + "; ".join(edges)
+        )
     if outcome.size == "quick":
-        notes.insert(0, "Quick size: a smoke test. A claim reads 'not decided at this size' unless its quick and "
-                        "default verdicts were shown to agree; the verdict its numbers give here is in claims.json's at_size.")
-    sections.append(Section(title=f"{outcome.name}: {mod.TITLE}", text=notes, tables=tables,
-                            figures=[str(f) for f in outcome.figures]))
+        notes.insert(
+            0,
+            "Quick size: a smoke test. A claim reads 'not decided at this size' unless its quick and "
+            "default verdicts were shown to agree; the verdict its numbers give here is in claims.json's at_size.",
+        )
+    sections.append(
+        Section(
+            title=f"{outcome.name}: {mod.TITLE}", text=notes, tables=tables, figures=[str(f) for f in outcome.figures]
+        )
+    )
     return sections
 
 
@@ -320,14 +344,21 @@ def write_combined_report(path: str | Path, outcomes: Sequence[Outcome], failure
     summary = [row for o in outcomes for row in verdicts.summary_rows(o.name, o.claims, o.size)]
     summary += [[f.name, f"the experiment raised: {f.error}", "-", EXPERIMENT_FAILED, "-", "-", "-"] for f in failures]
     all_claims = [c for o in outcomes for c in o.claims]
-    lead = [_tally(all_claims) + (f"; {len(failures)} experiment(s) failed: " + ", ".join(f.name for f in failures)
-                                  if failures else "")]
+    lead = [
+        _tally(all_claims)
+        + (f"; {len(failures)} experiment(s) failed: " + ", ".join(f.name for f in failures) if failures else "")
+    ]
     if size == "quick":
-        lead.append("Quick size: the verdict column is the recorded default run's (" + verdicts.RECORDED + "); this "
-                    "run's own numbers are in 'the number'.")
-    sections = [Section(title="All experiments: one row per claim", tables=[(verdicts.SUMMARY_HEADER, summary)], text=lead),
-                Section(title="Not checked, and why", tables=[(unchecked.HEADER, unchecked.rows())],
-                        text=[unchecked.counts_text()])]
+        lead.append(
+            "Quick size: the verdict column is the recorded default run's (" + verdicts.RECORDED + "); this "
+            "run's own numbers are in 'the number'."
+        )
+    sections = [
+        Section(title="All experiments: one row per claim", tables=[(verdicts.SUMMARY_HEADER, summary)], text=lead),
+        Section(
+            title="Not checked, and why", tables=[(unchecked.HEADER, unchecked.rows())], text=[unchecked.counts_text()]
+        ),
+    ]
     rows = [row for o in outcomes for row in claim_rows(o.name, o.claims)]
     rows += [[f.name, "-", "-", f.error, EXPERIMENT_FAILED, "see the traceback on stderr"] for f in failures]
     sections.append(Section(title="All claims", tables=[(CLAIM_HEADER, rows)], text=[_tally(all_claims)]))
@@ -342,8 +373,8 @@ def grid_edges(name: str, results: dict) -> list[str]:
     Experiments with grids define ``lr_grids(results) -> [(what, grid, chosen)]``, or ``lr_edges(results) ->
     [description]`` where the search flags its own edges (spec-sign's line search)."""
     mod = get(name)
-    out = list(mod.lr_edges(results)) if hasattr(mod, "lr_edges") else []   # experiments that flag edges themselves
-    for what, grid, chosen in (mod.lr_grids(results) if hasattr(mod, "lr_grids") else []):
+    out = list(mod.lr_edges(results)) if hasattr(mod, "lr_edges") else []  # experiments that flag edges themselves
+    for what, grid, chosen in mod.lr_grids(results) if hasattr(mod, "lr_grids") else []:
         g = sorted(float(x) for x in grid)
         if len(g) >= 3 and float(chosen) in (g[0], g[-1]):
             out.append(f"{what} {chosen:g} on the edge of {g}")

@@ -26,20 +26,41 @@ def _note(baseline: str, threshold: str, why: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def seed_claim(seed: str, section: str, quote: str, measured: str, condition: bool | None, *, baseline: str,
-               threshold: str, why: str = "", paraphrase: bool = False) -> Claim:
+def seed_claim(
+    seed: str,
+    section: str,
+    quote: str,
+    measured: str,
+    condition: bool | None,
+    *,
+    baseline: str,
+    threshold: str,
+    why: str = "",
+    paraphrase: bool = False,
+) -> Claim:
     """A claim in the seed's words: ``quote`` is the seed sentence (``paraphrase=True`` marks a close
     paraphrase, shown without quotation marks), ``section`` where it stands in the seed."""
     text = quote if paraphrase else f"\u201c{quote}\u201d"
-    return Claim(f"{seed}, {section}", text + (" (paraphrase)" if paraphrase else ""), measured, verdict(condition),
-                 _note(baseline, threshold, why))
+    return Claim(
+        f"{seed}, {section}",
+        text + (" (paraphrase)" if paraphrase else ""),
+        measured,
+        verdict(condition),
+        _note(baseline, threshold, why),
+    )
 
 
-def extension_claim(seed: str, statement: str, measured: str, condition: bool | None, *, baseline: str,
-                    threshold: str, why: str = "") -> Claim:
+def extension_claim(
+    seed: str, statement: str, measured: str, condition: bool | None, *, baseline: str, threshold: str, why: str = ""
+) -> Claim:
     """A statement of the project's own (not in the seed), labelled as an extension of ``seed``'s setting."""
-    return Claim(f"{EXTENSION} (project's own; {seed} context)", statement, measured, verdict(condition),
-                 _note(baseline, threshold, why))
+    return Claim(
+        f"{EXTENSION} (project's own; {seed} context)",
+        statement,
+        measured,
+        verdict(condition),
+        _note(baseline, threshold, why),
+    )
 
 
 def kind(claim: Claim) -> str:

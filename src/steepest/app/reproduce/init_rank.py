@@ -55,13 +55,13 @@ GAIN = {"relu": math.sqrt(2.0), "gelu": math.sqrt(2.0), "tanh": 1.0, "swiglu": 1
 @dataclasses.dataclass
 class Config:
     widths: tuple[int, ...] = (64, 128, 256, 512)
-    samples_per_width: int = 2       # n = samples_per_width * width rows in each activation matrix
-    depth: int = 8                   # MLP depth (st recorded at every layer)
+    samples_per_width: int = 2  # n = samples_per_width * width rows in each activation matrix
+    depth: int = 8  # MLP depth (st recorded at every layer)
     activations: tuple[str, ...] = ACTIVATIONS
-    trials: int = 2                  # independent initialisations averaged
-    flat_ratio: float = 1.5          # "independent of width": st(max width)/st(min width) at most this
-    growth_ratio: float = 2.0        # "grows": st(max width)/st(min width) at least this
-    limit_rtol: float = 0.05         # random features st vs E[s^2]/E[s]^2 at the largest width
+    trials: int = 2  # independent initialisations averaged
+    flat_ratio: float = 1.5  # "independent of width": st(max width)/st(min width) at most this
+    growth_ratio: float = 2.0  # "grows": st(max width)/st(min width) at least this
+    limit_rtol: float = 0.05  # random features st vs E[s^2]/E[s]^2 at the largest width
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -125,7 +125,7 @@ def random_features(act: str, width: int, n: int, gen: torch.Generator) -> dict:
 def mlp(act: str, width: int, n: int, depth: int, gen: torch.Generator) -> dict:
     X = torch.randn(n, width, generator=gen)
     h = X
-    params: list[torch.Tensor] = []             # every layer's weights, appended by layer()
+    params: list[torch.Tensor] = []  # every layer's weights, appended by layer()
     acts: list[torch.Tensor] = []
     for _ in range(depth):
         h = layer(h, act, width, gen, params)
@@ -135,9 +135,12 @@ def mlp(act: str, width: int, n: int, depth: int, gen: torch.Generator) -> dict:
     loss = _teacher_loss(h @ V.T, X, gen)
     per_layer = 2 if act == "swiglu" else 1
     grads = torch.autograd.grad(loss, params)
-    G2 = grads[per_layer]                       # gradient of layer 2's (first) weight: its input is acts[0]
-    return {"st_by_layer": [stable_rank(a.detach()) for a in acts], "nr_grad_layer2": nuclear_rank(G2),
-            "st_input_layer2": stable_rank(acts[0].detach())}
+    G2 = grads[per_layer]  # gradient of layer 2's (first) weight: its input is acts[0]
+    return {
+        "st_by_layer": [stable_rank(a.detach()) for a in acts],
+        "nr_grad_layer2": nuclear_rank(G2),
+        "st_input_layer2": stable_rank(acts[0].detach()),
+    }
 
 
 def transformer_block(act: str, width: int, n: int, gen: torch.Generator) -> dict:
@@ -169,8 +172,7 @@ def moment_limit(act: str) -> float:
     w[-1] *= 0.5
     w = w / w.sum()
     z = GAIN[act] * x
-    s = {"relu": np.maximum(z, 0), "gelu": 0.5 * z * (1 + _erf(z / math.sqrt(2))),
-         "tanh": np.tanh(z)}[act]
+    s = {"relu": np.maximum(z, 0), "gelu": 0.5 * z * (1 + _erf(z / math.sqrt(2))), "tanh": np.tanh(z)}[act]
     m1, m2 = float(w @ s), float(w @ s**2)
     return m2 / m1**2 if abs(m1) > 1e-12 else math.inf
 
@@ -185,8 +187,11 @@ def run_cell(cfg: Config, act: str, width: int, trial: int) -> dict:
     n = cfg.samples_per_width * width
     with torch.no_grad():
         tb = transformer_block(act, width, n, gen)
-    return {"random_features": random_features(act, width, n, gen), "mlp": mlp(act, width, n, cfg.depth, gen),
-            "transformer": tb}
+    return {
+        "random_features": random_features(act, width, n, gen),
+        "mlp": mlp(act, width, n, cfg.depth, gen),
+        "transformer": tb,
+    }
 
 
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
@@ -195,11 +200,15 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     jobs = [(a, w, t) for a in cfg.activations for w in cfg.widths for t in range(cfg.trials)]
     raw = {}
     for act, w, t in progress(jobs, "init-rank"):
-        raw[(act, w, t)] = cells.get(f"init-{act}-w{w}-t{t}", {**base, "act": act, "width": w, "trial": t},
-                                     lambda act=act, w=w, t=t: run_cell(cfg, act, w, t))
+        raw[(act, w, t)] = cells.get(
+            f"init-{act}-w{w}-t{t}",
+            {**base, "act": act, "width": w, "trial": t},
+            lambda act=act, w=w, t=t: run_cell(cfg, act, w, t),
+        )
     acts: dict[str, dict] = {}
     out = {"widths": list(cfg.widths), "depth": cfg.depth, "settings": dataclasses.asdict(cfg), "acts": acts}
     for act in cfg.activations:
+
         def mean(f, act=act):
             return [float(np.mean([f(raw[(act, w, t)]) for t in range(cfg.trials)])) for w in cfg.widths]
 
@@ -207,8 +216,13 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
             "random_features": mean(lambda r: r["random_features"]["st"]),
             "rf_nr_grad": mean(lambda r: r["random_features"]["nr_grad"]),
             "mlp": mean(lambda r: r["mlp"]["st_by_layer"][-1]),
-            "mlp_by_layer": [[float(np.mean([raw[(act, w, t)]["mlp"]["st_by_layer"][l] for t in range(cfg.trials)]))
-                              for l in range(cfg.depth)] for w in cfg.widths],
+            "mlp_by_layer": [
+                [
+                    float(np.mean([raw[(act, w, t)]["mlp"]["st_by_layer"][l] for t in range(cfg.trials)]))
+                    for l in range(cfg.depth)
+                ]
+                for w in cfg.widths
+            ],
             "mlp_nr_grad": mean(lambda r: r["mlp"]["nr_grad_layer2"]),
             "mlp_st_input": mean(lambda r: r["mlp"]["st_input_layer2"]),
             "transformer": mean(lambda r: r["transformer"]["st"]),
@@ -230,60 +244,107 @@ def claims(results: dict) -> list[Claim]:
     every = ratios(ACTIVATIONS)
     grown = {k: r for k, r in every.items() if r > st["flat_ratio"]}
     base_txt = f"the rival law st ~ width (a factor {w1 / w0:g} over w = {w0} -> {w1})"
-    out.append(seed_claim(SEED, "abstract", "we first prove that post-activation matrices have low stable rank at "
-                          "Gaussian initialization in random feature regression, feedforward networks, and transformer blocks",
-                          "; ".join(f"{a}/{arch}: st {fmt(A[a][arch][0])} -> {fmt(A[a][arch][-1])}" for (a, arch) in every),
-                          not grown if every else None, baseline=base_txt,
-                          threshold=f"low = O(1): st(w={w1})/st(w={w0}) <= {st['flat_ratio']} for every activation and "
-                          "architecture (MLP: last layer)",
-                          why="unqualified, the claim is refuted for " + (", ".join(sorted({a for a, _ in grown})) or "none")
-                          + " (growth x" + ", x".join(fmt(r) for r in grown.values()) + "); the seed's proofs need an "
-                          "activation with E[s(g)] != 0 (a mean direction carrying ||A||_op), which tanh and SwiGLU lack"
-                          if grown else "every activation stays O(1)"))
+    out.append(
+        seed_claim(
+            SEED,
+            "abstract",
+            "we first prove that post-activation matrices have low stable rank at "
+            "Gaussian initialization in random feature regression, feedforward networks, and transformer blocks",
+            "; ".join(f"{a}/{arch}: st {fmt(A[a][arch][0])} -> {fmt(A[a][arch][-1])}" for (a, arch) in every),
+            not grown if every else None,
+            baseline=base_txt,
+            threshold=f"low = O(1): st(w={w1})/st(w={w0}) <= {st['flat_ratio']} for every activation and "
+            "architecture (MLP: last layer)",
+            why="unqualified, the claim is refuted for "
+            + (", ".join(sorted({a for a, _ in grown})) or "none")
+            + " (growth x"
+            + ", x".join(fmt(r) for r in grown.values())
+            + "); the seed's proofs need an "
+            "activation with E[s(g)] != 0 (a mean direction carrying ||A||_op), which tanh and SwiGLU lack"
+            if grown
+            else "every activation stays O(1)",
+        )
+    )
     flat = ratios(RELU_FAMILY)
-    out.append(extension_claim(SEED, "for the ReLU family (ReLU, GELU) the stable rank is O(1), independent of width",
-                               "; ".join(f"{a}/{arch}: x{fmt(r)}" for (a, arch), r in flat.items()),
-                               all(r <= st["flat_ratio"] for r in flat.values()) if flat else None, baseline=base_txt,
-                               threshold=f"st(w={w1})/st(w={w0}) <= {st['flat_ratio']} in every architecture"))
+    out.append(
+        extension_claim(
+            SEED,
+            "for the ReLU family (ReLU, GELU) the stable rank is O(1), independent of width",
+            "; ".join(f"{a}/{arch}: x{fmt(r)}" for (a, arch), r in flat.items()),
+            all(r <= st["flat_ratio"] for r in flat.values()) if flat else None,
+            baseline=base_txt,
+            threshold=f"st(w={w1})/st(w={w0}) <= {st['flat_ratio']} in every architecture",
+        )
+    )
     grow = ratios(ZERO_MEAN_OR_GATED)
-    out.append(extension_claim(SEED, "zero-mean (tanh) and gated (SwiGLU) post-activations have stable rank growing with "
-                               "width (not in seed 001)",
-                               "; ".join(f"{a}/{arch}: x{fmt(r)}" for (a, arch), r in grow.items()),
-                               all(r >= st["growth_ratio"] for r in grow.values()) if grow else None,
-                               baseline="the seed's O(1) (a factor 1)",
-                               threshold=f"st(w={w1})/st(w={w0}) >= {st['growth_ratio']} in every architecture (MLP: last "
-                               f"of {results['depth']} layers)",
-                               why="below it: " + (", ".join(f"{a}/{arch} (x{fmt(r)})" for (a, arch), r in grow.items()
-                                                            if r < st["growth_ratio"]) or "none")
-                               + ("; the plain (no residual) deep SwiGLU stack collapses towards st = 1 layer by layer"
-                                  if grow.get(("swiglu", "mlp"), math.inf) < st["growth_ratio"] else "")))
+    out.append(
+        extension_claim(
+            SEED,
+            "zero-mean (tanh) and gated (SwiGLU) post-activations have stable rank growing with "
+            "width (not in seed 001)",
+            "; ".join(f"{a}/{arch}: x{fmt(r)}" for (a, arch), r in grow.items()),
+            all(r >= st["growth_ratio"] for r in grow.values()) if grow else None,
+            baseline="the seed's O(1) (a factor 1)",
+            threshold=f"st(w={w1})/st(w={w0}) >= {st['growth_ratio']} in every architecture (MLP: last "
+            f"of {results['depth']} layers)",
+            why="below it: "
+            + (
+                ", ".join(f"{a}/{arch} (x{fmt(r)})" for (a, arch), r in grow.items() if r < st["growth_ratio"])
+                or "none"
+            )
+            + (
+                "; the plain (no residual) deep SwiGLU stack collapses towards st = 1 layer by layer"
+                if grow.get(("swiglu", "mlp"), math.inf) < st["growth_ratio"]
+                else ""
+            ),
+        )
+    )
     lim = {a: (A[a]["random_features"], A[a]["limit"]) for a in RELU_FAMILY if a in A}
 
     def lim_ok(v, L):
         gaps = [abs(x - L) / L for x in v]
         return gaps[-1] <= st["limit_rtol"] and gaps[-1] < gaps[0]
 
-    out.append(extension_claim(SEED, "random-features st(A) tends to E[s(g)^2]/E[s(g)]^2 as width grows, for s with "
-                               "E[s(g)] != 0 (the project's derivation: the mean direction carries ||A||_op)",
-                               "; ".join(f"{a}: st {', '.join(fmt(x) for x in v)} vs limit {fmt(L)}" for a, (v, L) in lim.items()),
-                               all(lim_ok(v, L) for v, L in lim.values()) if lim else None,
-                               baseline="the gap at the smallest width",
-                               threshold=f"within {st['limit_rtol']:.0%} at the largest width and closer than at the smallest"))
+    out.append(
+        extension_claim(
+            SEED,
+            "random-features st(A) tends to E[s(g)^2]/E[s(g)]^2 as width grows, for s with "
+            "E[s(g)] != 0 (the project's derivation: the mean direction carries ||A||_op)",
+            "; ".join(f"{a}: st {', '.join(fmt(x) for x in v)} vs limit {fmt(L)}" for a, (v, L) in lim.items()),
+            all(lim_ok(v, L) for v, L in lim.values()) if lim else None,
+            baseline="the gap at the smallest width",
+            threshold=f"within {st['limit_rtol']:.0%} at the largest width and closer than at the smallest",
+        )
+    )
     if "relu" in A:
         r = A["relu"]
         ok = all(g > s for g, s in zip(r["rf_nr_grad"], r["random_features"])) and all(
-            g > s for g, s in zip(r["mlp_nr_grad"], r["mlp_st_input"]))
-        out.append(extension_claim(SEED, "at initialisation, with ReLU, the seed's condition nr(G) >= st(A) (\u201ccompares "
-                                   "... the squared nuclear-to-Frobenius ratio of the gradient to the stable rank of the "
-                                   "incoming activations\u201d, abstract) favours the spectral update",
-                                   f"random features: nr(grad) {', '.join(fmt(x) for x in r['rf_nr_grad'])} vs st(A) "
-                                   f"{', '.join(fmt(x) for x in r['random_features'])}; MLP layer 2: nr "
-                                   f"{', '.join(fmt(x) for x in r['mlp_nr_grad'])} vs st {', '.join(fmt(x) for x in r['mlp_st_input'])}",
-                                   ok, baseline="st(A) of the incoming activation",
-                                   threshold="nr(G) > st(A) at every width, for both models"))
+            g > s for g, s in zip(r["mlp_nr_grad"], r["mlp_st_input"])
+        )
+        out.append(
+            extension_claim(
+                SEED,
+                "at initialisation, with ReLU, the seed's condition nr(G) >= st(A) (\u201ccompares "
+                "... the squared nuclear-to-Frobenius ratio of the gradient to the stable rank of the "
+                "incoming activations\u201d, abstract) favours the spectral update",
+                f"random features: nr(grad) {', '.join(fmt(x) for x in r['rf_nr_grad'])} vs st(A) "
+                f"{', '.join(fmt(x) for x in r['random_features'])}; MLP layer 2: nr "
+                f"{', '.join(fmt(x) for x in r['mlp_nr_grad'])} vs st {', '.join(fmt(x) for x in r['mlp_st_input'])}",
+                ok,
+                baseline="st(A) of the incoming activation",
+                threshold="nr(G) > st(A) at every width, for both models",
+            )
+        )
     else:
-        out.append(Claim(SEED, "with ReLU the gradient's nuclear rank exceeds the incoming activation's stable rank",
-                         "relu not in activations", "inconclusive", "add relu to activations to measure it"))
+        out.append(
+            Claim(
+                SEED,
+                "with ReLU the gradient's nuclear rank exceeds the incoming activation's stable rank",
+                "relu not in activations",
+                "inconclusive",
+                "add relu to activations to measure it",
+            )
+        )
     return out
 
 
@@ -300,8 +361,10 @@ def tables(results: dict):
 
 def notes(results: dict) -> list[str]:
     st = results["settings"]
-    return [f"Rows of each activation matrix: n = {st['samples_per_width']} x width Gaussian inputs; averages over "
-            f"{st['trials']} initialisation(s). MLP row: the last of {st['depth']} layers."]
+    return [
+        f"Rows of each activation matrix: n = {st['samples_per_width']} x width Gaussian inputs; averages over "
+        f"{st['trials']} initialisation(s). MLP row: the last of {st['depth']} layers."
+    ]
 
 
 def figures(results: dict, out_dir) -> list:
@@ -311,14 +374,33 @@ def figures(results: dict, out_dir) -> list:
     A = results["acts"]
     fig, axes = F.subplots(1, 3, width=4.6)
     for ax, arch in zip(axes, ARCHS):
-        F.lines(ax, widths, {a: A[a][arch] for a in A}, xlabel="width", ylabel="stable rank of post-activation",
-                title=arch.replace("_", " "), logx=True, logy=True, markers=True)
-        ax.plot(widths, [w / widths[0] * min(A[a][arch][0] for a in A) for w in widths], ":", color="gray",
-                label="rival law st ~ width")
+        F.lines(
+            ax,
+            widths,
+            {a: A[a][arch] for a in A},
+            xlabel="width",
+            ylabel="stable rank of post-activation",
+            title=arch.replace("_", " "),
+            logx=True,
+            logy=True,
+            markers=True,
+        )
+        ax.plot(
+            widths,
+            [w / widths[0] * min(A[a][arch][0] for a in A) for w in widths],
+            ":",
+            color="gray",
+            label="rival law st ~ width",
+        )
         if arch == "random_features":
             for a in (a for a in A if math.isfinite(A[a]["limit"])):
-                ax.axhline(A[a]["limit"], linestyle="--", linewidth=1, color=f"C{list(A).index(a)}",
-                           label=f"limit E[s^2]/E[s]^2, {a} ({A[a]['limit']:.3g})")
+                ax.axhline(
+                    A[a]["limit"],
+                    linestyle="--",
+                    linewidth=1,
+                    color=f"C{list(A).index(a)}",
+                    label=f"limit E[s^2]/E[s]^2, {a} ({A[a]['limit']:.3g})",
+                )
         F.log_ticks(ax, widths, "x")
         F.tidy_log(ax)
         ax.legend(fontsize=7)
@@ -326,8 +408,16 @@ def figures(results: dict, out_dir) -> list:
     fig, axes = F.subplots(1, len(A), width=4.0)
     depth = list(range(1, results["depth"] + 1))
     for ax, (a, r) in zip(axes, A.items()):
-        F.lines(ax, depth, {f"w={w}": r["mlp_by_layer"][i] for i, w in enumerate(widths)}, xlabel="layer",
-                ylabel="stable rank", title=f"MLP, {a}", logy=True, markers=True)
+        F.lines(
+            ax,
+            depth,
+            {f"w={w}": r["mlp_by_layer"][i] for i, w in enumerate(widths)},
+            xlabel="layer",
+            ylabel="stable rank",
+            title=f"MLP, {a}",
+            logy=True,
+            markers=True,
+        )
         ax.set_xticks(depth)
         F.tidy_log(ax)
     p2 = F.save(fig, f"{out_dir}/init_rank_vs_depth.png", require_labels=True)

@@ -66,15 +66,15 @@ SETTINGS = {
 
 @dataclasses.dataclass
 class Config:
-    width: int = 64                  # d_in = hidden = d_out
+    width: int = 64  # d_in = hidden = d_out
     depth: int = 3
     samples: int = 256
     sweeps: int = 200
-    init_scale: float = 0.5          # W_i entries N(0, init_scale^2 / width)
+    init_scale: float = 0.5  # W_i entries N(0, init_scale^2 / width)
     settings: tuple[str, ...] = tuple(SETTINGS)
     # thresholds, fixed before the run
-    slack: float = 1e-9              # relative: decrease >= guarantee - slack * f (float64 rounding)
-    agree_min: float = 0.75          # the rule predicts the one-step winner in at least this share of block steps
+    slack: float = 1e-9  # relative: decrease >= guarantee - slack * f (float64 rounding)
+    agree_min: float = 0.75  # the rule predicts the one-step winner in at least this share of block steps
     seed: int = 8
 
     def __post_init__(self) -> None:
@@ -97,12 +97,14 @@ def problem(cfg: Config, setting: str) -> dict:
     U, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     Z = torch.randn(d, n, generator=gen, dtype=torch.float64)
     s = torch.arange(1, d + 1, dtype=torch.float64) ** (-decay)
-    X = U @ torch.diag(s * math.sqrt(d) / s.norm()) @ Z          # ||X||_F^2 ~ d n whatever the decay
+    X = U @ torch.diag(s * math.sqrt(d) / s.norm()) @ Z  # ||X||_F^2 ~ d n whatever the decay
     T = torch.randn(d, d, generator=gen, dtype=torch.float64) / math.sqrt(d)
     if rank:
         P, S, Qh = torch.linalg.svd(T)
         T = P[:, :rank] @ torch.diag(S[:rank]) @ Qh[:rank]
-    Ws = [cfg.init_scale * torch.randn(d, d, generator=gen, dtype=torch.float64) / math.sqrt(d) for _ in range(cfg.depth)]
+    Ws = [
+        cfg.init_scale * torch.randn(d, d, generator=gen, dtype=torch.float64) / math.sqrt(d) for _ in range(cfg.depth)
+    ]
     return {"X": X, "Y": T @ X, "W": Ws}
 
 
@@ -133,11 +135,19 @@ def layer_terms(Ws: list, i: int, X: torch.Tensor, Y: torch.Tensor) -> dict:
     G = A.T @ R @ B.T / n
     P, s = polar_svd(G, dtype=torch.float64)
     opA, opB = float(torch.linalg.matrix_norm(A, 2)), float(torch.linalg.matrix_norm(B, 2))
-    LF = opA ** 2 * opB ** 2 / n
-    ratio = min(sr(A), sr(B))                       # L_* / L_F (bound)
+    LF = opA**2 * opB**2 / n
+    ratio = min(sr(A), sr(B))  # L_* / L_F (bound)
     nuc, fro2 = float(s.sum()), float((G * G).sum())
-    return {"G": G, "polar": P, "nuc": nuc, "fro2": fro2, "LF": LF, "Ls": LF * ratio, "ratio": ratio,
-            "nr": nuc ** 2 / fro2 if fro2 > 0 else math.nan}
+    return {
+        "G": G,
+        "polar": P,
+        "nuc": nuc,
+        "fro2": fro2,
+        "LF": LF,
+        "Ls": LF * ratio,
+        "ratio": ratio,
+        "nr": nuc**2 / fro2 if fro2 > 0 else math.nan,
+    }
 
 
 def step_of(method: str, t: dict) -> torch.Tensor:
@@ -171,8 +181,18 @@ def trajectory(cfg: Config, setting: str, method: str, simultaneous: bool) -> di
                     trial[i] = Ws[i] - step_of(m, t)
                     dec[m] = f0 - loss(trial, X, Y)
                 Ws[i] = Ws[i] - step_of(method, t)
-                steps.append({"layer": i, "f": f0, "dec": dec[method], "guarantee": guarantee(method, t),
-                              "dec_spectral": dec["spectral"], "dec_gd": dec["gd"], "nr": t["nr"], "ratio": t["ratio"]})
+                steps.append(
+                    {
+                        "layer": i,
+                        "f": f0,
+                        "dec": dec[method],
+                        "guarantee": guarantee(method, t),
+                        "dec_spectral": dec["spectral"],
+                        "dec_gd": dec["gd"],
+                        "nr": t["nr"],
+                        "ratio": t["ratio"],
+                    }
+                )
             f1 = loss(Ws, X, Y)
         losses.append(f1)
         if not math.isfinite(f1):
@@ -188,8 +208,11 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
         for m in METHODS:
             for sim in (False, True):
                 name = f"{s}|{m}|{'simultaneous' if sim else 'block'}"
-                out["runs"][name] = cells.get(f"lw-{m}-{int(sim)}-{s}", {**key, "s": s, "m": m, "sim": sim},
-                                              lambda s=s, m=m, sim=sim: trajectory(cfg, s, m, sim))
+                out["runs"][name] = cells.get(
+                    f"lw-{m}-{int(sim)}-{s}",
+                    {**key, "s": s, "m": m, "sim": sim},
+                    lambda s=s, m=m, sim=sim: trajectory(cfg, s, m, sim),
+                )
     return out
 
 
@@ -224,22 +247,34 @@ def summary(results: dict) -> dict:
         rows = [r for m in METHODS for r in _block(results, s, m)["steps"]]
         share = sum(r["nr"] >= r["ratio"] for r in rows) / len(rows)
         final = {m: _block(results, s, m)["loss"][-1] for m in METHODS}
-        settings[s] = {"rule_spectral_share": share, "final": final,
-                       "median_nr": statistics.median(r["nr"] for r in rows),
-                       "median_ratio": statistics.median(r["ratio"] for r in rows),
-                       "winner": min(METHODS, key=lambda m: final[m] if math.isfinite(final[m]) else math.inf),
-                       "predicted": "spectral" if share >= 0.5 else "gd"}
+        settings[s] = {
+            "rule_spectral_share": share,
+            "final": final,
+            "median_nr": statistics.median(r["nr"] for r in rows),
+            "median_ratio": statistics.median(r["ratio"] for r in rows),
+            "winner": min(METHODS, key=lambda m: final[m] if math.isfinite(final[m]) else math.inf),
+            "predicted": "spectral" if share >= 0.5 else "gd",
+        }
     majority = sum(max(sum(w), len(w) - sum(w)) for w in per_layer.values())
     sim = {}
     for s in st["settings"]:
         for m in METHODS:
             steps = results["runs"][f"{s}|{m}|simultaneous"]["steps"]
-            sim[f"{s}|{m}"] = {"reach": sum(r["dec"] >= r["guarantee"] * (1 - slack) for r in steps) / max(len(steps), 1),
-                               "decrease": sum(r["dec"] > 0 for r in steps) / max(len(steps), 1),
-                               "final": results["runs"][f"{s}|{m}|simultaneous"]["loss"][-1]}
-    return {"violations": viol, "total": total, "worst_margin": worst,
-            "rule_agree": agree / rule_n if rule_n else math.nan, "majority_agree": majority / rule_n if rule_n else math.nan,
-            "rule_n": rule_n, "settings": settings, "simultaneous": sim}
+            sim[f"{s}|{m}"] = {
+                "reach": sum(r["dec"] >= r["guarantee"] * (1 - slack) for r in steps) / max(len(steps), 1),
+                "decrease": sum(r["dec"] > 0 for r in steps) / max(len(steps), 1),
+                "final": results["runs"][f"{s}|{m}|simultaneous"]["loss"][-1],
+            }
+    return {
+        "violations": viol,
+        "total": total,
+        "worst_margin": worst,
+        "rule_agree": agree / rule_n if rule_n else math.nan,
+        "majority_agree": majority / rule_n if rule_n else math.nan,
+        "rule_n": rule_n,
+        "settings": settings,
+        "simultaneous": sim,
+    }
 
 
 def claims(results: dict) -> list[Claim]:
@@ -247,59 +282,115 @@ def claims(results: dict) -> list[Claim]:
     s = summary(results)
     sec = "section 8"
     out = []
-    for m, quote in (("spectral", "A natural blockwise spectral descent update is W_i^{t+1} = W_i^t - "
-                                  "(||grad_{W_i} L||_* / L_{*,i}) polar(grad_{W_i} L), where L_{*,i} is a layerwise "
-                                  "spectral smoothness constant"),
-                     ("gd", "ordinary layerwise gradient descent: W_i^{t+1} = W_i^t - (1/L_{F,i}) grad_{W_i} L")):
+    for m, quote in (
+        (
+            "spectral",
+            "A natural blockwise spectral descent update is W_i^{t+1} = W_i^t - "
+            "(||grad_{W_i} L||_* / L_{*,i}) polar(grad_{W_i} L), where L_{*,i} is a layerwise "
+            "spectral smoothness constant",
+        ),
+        ("gd", "ordinary layerwise gradient descent: W_i^{t+1} = W_i^t - (1/L_{F,i}) grad_{W_i} L"),
+    ):
         g = "||G_i||_*^2/(2 L_{*,i})" if m == "spectral" else "||G_i||_F^2/(2 L_{F,i})"
-        out.append(seed_claim(SEED, sec, quote,
-                              f"{s['total'][m] - s['violations'][m]} of {s['total'][m]} block steps decrease f by at least "
-                              f"{g} (worst (decrease - guarantee)/f: {fmt(s['worst_margin'][m])}); depth {st['depth']}, "
-                              f"width {st['width']}, {len(st['settings'])} data/teacher settings",
-                              s["violations"][m] == 0 if s["total"][m] else None,
-                              baseline="the descent lemma's guarantee with the layer's own constant (section 3), "
-                              + ("L_* bounded by L_F min(sr(A), sr(B))" if m == "spectral" else "L_F exact"),
-                              threshold=f"every block step reaches its guarantee up to {st['slack']:g} x f (rounding)",
-                              why="as a claim that the per-layer constants make each layer's step a guaranteed descent "
-                              "step (the lemma is per block: checked on block-coordinate sweeps)", paraphrase=m == "gd"))
+        out.append(
+            seed_claim(
+                SEED,
+                sec,
+                quote,
+                f"{s['total'][m] - s['violations'][m]} of {s['total'][m]} block steps decrease f by at least "
+                f"{g} (worst (decrease - guarantee)/f: {fmt(s['worst_margin'][m])}); depth {st['depth']}, "
+                f"width {st['width']}, {len(st['settings'])} data/teacher settings",
+                s["violations"][m] == 0 if s["total"][m] else None,
+                baseline="the descent lemma's guarantee with the layer's own constant (section 3), "
+                + ("L_* bounded by L_F min(sr(A), sr(B))" if m == "spectral" else "L_F exact"),
+                threshold=f"every block step reaches its guarantee up to {st['slack']:g} x f (rounding)",
+                why="as a claim that the per-layer constants make each layer's step a guaranteed descent "
+                "step (the lemma is per block: checked on block-coordinate sweeps)",
+                paraphrase=m == "gd",
+            )
+        )
     sim = s["simultaneous"]
     reach = min(v["reach"] for v in sim.values())
-    out.append(extension_claim(SEED, "the seed's simultaneous form (every layer stepped from W_t) still decreases f by the "
-                               "sum of the per-layer guarantees (the lemma does not cover the cross-layer terms)",
-                               "; ".join(f"{k}: {fmt(v['reach'])} of steps reach it, {fmt(v['decrease'])} decrease f"
-                                         for k, v in sim.items()),
-                               reach >= 1.0,
-                               baseline="the block-coordinate sweeps, where the guarantee is a theorem",
-                               threshold="every simultaneous step reaches the summed guarantee"))
-    out.append(extension_claim(SEED, "section 7's comparison carried to layers: the spectral bound is the stronger one "
-                               "exactly when nr(G_i) >= L_{*,i}/L_{F,i}, and that predicts which layer step actually "
-                               "decreases f more", f"the rule agrees with the actual one-step winner in {fmt(s['rule_agree'])} "
-                               f"of {s['rule_n']} block steps; per-layer majority (best constant guess per layer and "
-                               f"setting) {fmt(s['majority_agree'])}",
-                               s["rule_agree"] >= st["agree_min"] and s["rule_agree"] > s["majority_agree"]
-                               if s["rule_n"] else None,
-                               baseline="the per-layer majority winner",
-                               threshold=f"agreement >= {st['agree_min']} and above the per-layer majority's",
-                               why="remark 7.1 warns the comparison is a one-step worst-case bound"))
+    out.append(
+        extension_claim(
+            SEED,
+            "the seed's simultaneous form (every layer stepped from W_t) still decreases f by the "
+            "sum of the per-layer guarantees (the lemma does not cover the cross-layer terms)",
+            "; ".join(
+                f"{k}: {fmt(v['reach'])} of steps reach it, {fmt(v['decrease'])} decrease f" for k, v in sim.items()
+            ),
+            reach >= 1.0,
+            baseline="the block-coordinate sweeps, where the guarantee is a theorem",
+            threshold="every simultaneous step reaches the summed guarantee",
+        )
+    )
+    out.append(
+        extension_claim(
+            SEED,
+            "section 7's comparison carried to layers: the spectral bound is the stronger one "
+            "exactly when nr(G_i) >= L_{*,i}/L_{F,i}, and that predicts which layer step actually "
+            "decreases f more",
+            f"the rule agrees with the actual one-step winner in {fmt(s['rule_agree'])} "
+            f"of {s['rule_n']} block steps; per-layer majority (best constant guess per layer and "
+            f"setting) {fmt(s['majority_agree'])}",
+            s["rule_agree"] >= st["agree_min"] and s["rule_agree"] > s["majority_agree"] if s["rule_n"] else None,
+            baseline="the per-layer majority winner",
+            threshold=f"agreement >= {st['agree_min']} and above the per-layer majority's",
+            why="remark 7.1 warns the comparison is a one-step worst-case bound",
+        )
+    )
     S = s["settings"]
     ok = all(v["predicted"] == v["winner"] for v in S.values())
-    out.append(extension_claim(SEED, "over whole runs, layerwise spectral descent wins where the gradients' nuclear rank "
-                               "exceeds L_*/L_F on most block steps, and layerwise GD wins elsewhere",
-                               "; ".join(f"{k}: nr >= L_*/L_F on {fmt(v['rule_spectral_share'])} of steps (median nr "
-                                         f"{fmt(v['median_nr'])} vs {fmt(v['median_ratio'])}), final f spectral "
-                                         f"{fmt(v['final']['spectral'])}, GD {fmt(v['final']['gd'])}" for k, v in S.items()),
-                               ok, baseline="the other method on the same network and data",
-                               threshold=f"the rule's majority prediction names the lower loss after {st['sweeps']} sweeps "
-                               "in every setting"))
+    out.append(
+        extension_claim(
+            SEED,
+            "over whole runs, layerwise spectral descent wins where the gradients' nuclear rank "
+            "exceeds L_*/L_F on most block steps, and layerwise GD wins elsewhere",
+            "; ".join(
+                f"{k}: nr >= L_*/L_F on {fmt(v['rule_spectral_share'])} of steps (median nr "
+                f"{fmt(v['median_nr'])} vs {fmt(v['median_ratio'])}), final f spectral "
+                f"{fmt(v['final']['spectral'])}, GD {fmt(v['final']['gd'])}"
+                for k, v in S.items()
+            ),
+            ok,
+            baseline="the other method on the same network and data",
+            threshold=f"the rule's majority prediction names the lower loss after {st['sweeps']} sweeps "
+            "in every setting",
+        )
+    )
     return out
 
 
 def tables(results: dict):
     s = summary(results)
-    rows = [[k, v["median_nr"], v["median_ratio"], v["rule_spectral_share"], v["final"]["spectral"], v["final"]["gd"],
-             v["predicted"], v["winner"]] for k, v in s["settings"].items()]
-    return [(("setting", "median nr(G_i)", "median L_*/L_F", "share nr >= L_*/L_F", "final f spectral", "final f GD",
-              "rule predicts", "lower loss"), rows)]
+    rows = [
+        [
+            k,
+            v["median_nr"],
+            v["median_ratio"],
+            v["rule_spectral_share"],
+            v["final"]["spectral"],
+            v["final"]["gd"],
+            v["predicted"],
+            v["winner"],
+        ]
+        for k, v in s["settings"].items()
+    ]
+    return [
+        (
+            (
+                "setting",
+                "median nr(G_i)",
+                "median L_*/L_F",
+                "share nr >= L_*/L_F",
+                "final f spectral",
+                "final f GD",
+                "rule predicts",
+                "lower loss",
+            ),
+            rows,
+        )
+    ]
 
 
 def figures(results: dict, out_dir) -> list:
@@ -308,14 +399,29 @@ def figures(results: dict, out_dir) -> list:
     st = results["settings"]
     fig, axes = F.subplots(1, 2, width=5.2)
     series = {f"{m}, {k}": _block(results, k, m)["loss"] for k in st["settings"] for m in METHODS}
-    F.lines(axes[0], range(st["sweeps"] + 1), series, xlabel="sweep (all layers once)", ylabel="f(W)",
-            title="block-coordinate layerwise steps", logy=True)
+    F.lines(
+        axes[0],
+        range(st["sweeps"] + 1),
+        series,
+        xlabel="sweep (all layers once)",
+        ylabel="f(W)",
+        title="block-coordinate layerwise steps",
+        logy=True,
+    )
     groups = {}
     for k in st["settings"]:
         rows = [r for m in METHODS for r in _block(results, k, m)["steps"] if r["dec_gd"] > 0 and r["dec_spectral"] > 0]
         groups[k] = ([r["nr"] / r["ratio"] for r in rows], [r["dec_spectral"] / r["dec_gd"] for r in rows])
-    F.scatter(axes[1], groups, xlabel="nr(G_i) / (L_*/L_F)", ylabel="decrease ratio spectral / GD",
-              title="one block step from the same point", logx=True, logy=True, size=6)
+    F.scatter(
+        axes[1],
+        groups,
+        xlabel="nr(G_i) / (L_*/L_F)",
+        ylabel="decrease ratio spectral / GD",
+        title="one block step from the same point",
+        logx=True,
+        logy=True,
+        size=6,
+    )
     F.vline(axes[1], 1.0, label="rule's threshold")
     F.hline(axes[1], 1.0, label="equal decrease")
     return [F.save(fig, f"{out_dir}/layerwise.png", require_labels=True)]

@@ -32,8 +32,8 @@ def reduced(d: int, lam: float, method: str, eta: float, steps: int, *, stop_at_
     if method not in ("specgd", "gd"):
         raise ValueError(f"method must be 'specgd' or 'gd', got {method!r}")
     theta2 = 1.0 / (math.log(d) * (d + lam))
-    r = [math.sqrt(theta2)] * 3                    # signed square roots (SpecGD) of a, b, c
-    coef = [theta2] * 3                            # a, b, c (GD)
+    r = [math.sqrt(theta2)] * 3  # signed square roots (SpecGD) of a, b, c
+    coef = [theta2] * 3  # a, b, c (GD)
     rec: dict[str, list[float]] = {"a": [], "b": [], "c": [], "trCQ": []}
     for _ in range(steps + 1):
         a, b, c = (x * x for x in r) if method == "specgd" else coef

@@ -54,11 +54,11 @@ SUP_RTOL = 1e-4
 
 @dataclasses.dataclass
 class Config:
-    d: int = 96                      # A, X, B are d x d (seed 000, section 7)
-    stable_ranks: tuple[float, ...] = (1.5, 4.0, 16.0, 48.0)   # target sr(A), each in [1, d]
+    d: int = 96  # A, X, B are d x d (seed 000, section 7)
+    stable_ranks: tuple[float, ...] = (1.5, 4.0, 16.0, 48.0)  # target sr(A), each in [1, d]
     steps: int = 100
-    sup_restarts: int = 6            # random starts of the numerical sup estimates
-    sup_iters: int = 100             # iterations per start
+    sup_restarts: int = 6  # random starts of the numerical sup estimates
+    sup_iters: int = 100  # iterations per start
     # thresholds, fixed before the run: the nr >= sr rule must predict the measured winner more often
     # than the majority-class baseline (always guess the more frequent winner) by at least this margin
     rule_margin: float = 0.05
@@ -211,9 +211,14 @@ def run_cell(cfg: Config, target_sr: float) -> dict:
             winners.append("spec" if ds > dg else "gd")
             predicted.append("spec" if rec["nr"][t] >= sr else "gd")
         out[method] = {
-            "f": f, "nr": rec["nr"], "min_rel_slack": min(slack),
+            "f": f,
+            "nr": rec["nr"],
+            "min_rel_slack": min(slack),
             "violations": sum(s < -DECREASE_RTOL for s in slack),
-            "dec_spec": rec["dec_spec"], "dec_gd": rec["dec_gd"], "winners": winners, "predicted": predicted,
+            "dec_spec": rec["dec_spec"],
+            "dec_gd": rec["dec_gd"],
+            "winners": winners,
+            "predicted": predicted,
             "gd_actual_over_bound": [a / max(b, 1e-300) for a, b in zip(rec["dec_gd"], gd_bound)],
             "frac_spectral_bound_larger": sum(s >= g for s, g in zip(spec_bound, gd_bound)) / len(spec_bound),
             "frac_spectral_decrease_larger": sum(w == "spec" for w in winners) / max(len(winners), 1),
@@ -224,8 +229,10 @@ def run_cell(cfg: Config, target_sr: float) -> dict:
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
     params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("stable_ranks", "rule_margin")}
-    rows = [cells.get(f"quadratic-sr{s}", {**params, "sr": s}, lambda s=s: run_cell(cfg, s))
-            for s in progress(cfg.stable_ranks, "quadratic")]
+    rows = [
+        cells.get(f"quadratic-sr{s}", {**params, "sr": s}, lambda s=s: run_cell(cfg, s))
+        for s in progress(cfg.stable_ranks, "quadratic")
+    ]
     return {"cells": rows, "steps": cfg.steps, "settings": dataclasses.asdict(cfg)}
 
 
@@ -239,8 +246,11 @@ def rule_agreement(rows: list) -> dict:
     n = len(win)
     if not n:
         return {"n": 0, "rate": float("nan"), "majority": float("nan")}
-    return {"n": n, "rate": sum(a == b for a, b in zip(win, pred)) / n,
-            "majority": max(win.count("spec"), win.count("gd")) / n}
+    return {
+        "n": n,
+        "rate": sum(a == b for a, b in zip(win, pred)) / n,
+        "majority": max(win.count("spec"), win.count("gd")) / n,
+    }
 
 
 def claims(results: dict) -> list[Claim]:
@@ -248,7 +258,7 @@ def claims(results: dict) -> list[Claim]:
     margin = results.get("settings", {}).get("rule_margin", 0.05)
     errF = max(abs(r["L_F_est"] - r["L_F"]) / r["L_F"] for r in rows)
     errS = max(abs(r["L_star_est"] - r["L_star"]) / r["L_star"] for r in rows)
-    overF = any(r["L_F_est"] > r["L_F"] * (1 + SUP_RTOL) for r in rows)       # each sup judged on its own
+    overF = any(r["L_F_est"] > r["L_F"] * (1 + SUP_RTOL) for r in rows)  # each sup judged on its own
     overS = any(r["L_star_est"] > r["L_star"] * (1 + SUP_RTOL) for r in rows)
     start = max(r.get("L_star_start", float("nan")) / r["L_star"] for r in rows)
     viol = sum(r[m]["violations"] for r in rows for m in ("spectral", "gd"))
@@ -260,51 +270,100 @@ def claims(results: dict) -> list[Claim]:
     gd_over = [v for r in rows for v in r["gd"]["gd_actual_over_bound"][:-1]]
     sup_base = "a numerical supremum (power iteration / alternating maximisation) that cannot exceed the true one"
     return [
-        seed_claim(SEED, "section 7", "L_F = ||M||_op = ||A||_op^2", f"max rel. error of numerical sup vs closed form "
-                   f"{fmt(errF)} over {len(rows)} matrices", errF <= SUP_RTOL and not overF, baseline=sup_base,
-                   threshold=f"within {SUP_RTOL:g} and never above the closed form"),
-        seed_claim(SEED, "section 7", "L_* = ||M||_* = ||A^T A||_* ... Therefore, L_* = ||A||_F^2",
-                   f"max rel. error {fmt(errS)}; the search started at <= {fmt(start)} x L_* (Gaussian Z, not a maximiser)",
-                   errS <= SUP_RTOL and not overS, baseline=sup_base,
-                   threshold=f"within {SUP_RTOL:g} and never above the closed form"),
-        seed_claim(SEED, "section 6", "the two methods give the following guaranteed one-step decreases: "
-                   "-||G||_*^2/(2L_*) (spectral), -||G||_F^2/(2L_F) (gradient descent)",
-                   f"{viol} violations in {n_steps} measured steps; smallest (actual - bound + rounding floor)/bound = "
-                   f"{fmt(min_slack)}; GD's actual decrease is {fmt(min(gd_over))}-{fmt(max(gd_over))} x its bound",
-                   viol == 0, baseline="the guaranteed decrease of each step",
-                   threshold=f"no step falls short by more than {DECREASE_RTOL:g} of its bound "
-                   f"(plus {ROUND_ATOL:g} f(X0) of float64 rounding)"),
-        seed_claim(SEED, "section 7", "spectral descent looks favorable when the gradient is sufficiently spread out "
-                   "in singular directions compared with the stable rank of the data matrix A",
-                   f"the rule 'nr(G_t) >= sr(A)' names the method with the larger *measured* one-step decrease at "
-                   f"{fmt(ag['rate'])} of {ag['n']} iterates (majority-class rate {fmt(ag['majority'])})",
-                   ag["rate"] >= ag["majority"] + margin if ag["n"] else None,
-                   baseline="always guessing the more frequent measured winner (majority-class rate)",
-                   threshold=f"agreement >= majority-class rate + {margin:g}",
-                   why="the bounds' comparison itself is an identity (nr >= sr <=> larger bound) and is not checked"),
-        seed_claim(SEED, "section 7", "spectral descent looks favorable when the gradient is sufficiently spread out "
-                   "... compared with the stable rank of the data matrix A (so more often for low sr(A))",
-                   f"fraction of GD-run iterates where the spectral step decreases f more: {fmt(fl)} at sr={fmt(low['sr'])}, "
-                   f"{fmt(fh)} at sr={fmt(high['sr'])}", fl > fh if len(rows) > 1 else None,
-                   baseline="the same fraction at the highest sr(A)", threshold="strictly larger at the lowest sr(A)",
-                   paraphrase=True),
+        seed_claim(
+            SEED,
+            "section 7",
+            "L_F = ||M||_op = ||A||_op^2",
+            f"max rel. error of numerical sup vs closed form {fmt(errF)} over {len(rows)} matrices",
+            errF <= SUP_RTOL and not overF,
+            baseline=sup_base,
+            threshold=f"within {SUP_RTOL:g} and never above the closed form",
+        ),
+        seed_claim(
+            SEED,
+            "section 7",
+            "L_* = ||M||_* = ||A^T A||_* ... Therefore, L_* = ||A||_F^2",
+            f"max rel. error {fmt(errS)}; the search started at <= {fmt(start)} x L_* (Gaussian Z, not a maximiser)",
+            errS <= SUP_RTOL and not overS,
+            baseline=sup_base,
+            threshold=f"within {SUP_RTOL:g} and never above the closed form",
+        ),
+        seed_claim(
+            SEED,
+            "section 6",
+            "the two methods give the following guaranteed one-step decreases: "
+            "-||G||_*^2/(2L_*) (spectral), -||G||_F^2/(2L_F) (gradient descent)",
+            f"{viol} violations in {n_steps} measured steps; smallest (actual - bound + rounding floor)/bound = "
+            f"{fmt(min_slack)}; GD's actual decrease is {fmt(min(gd_over))}-{fmt(max(gd_over))} x its bound",
+            viol == 0,
+            baseline="the guaranteed decrease of each step",
+            threshold=f"no step falls short by more than {DECREASE_RTOL:g} of its bound "
+            f"(plus {ROUND_ATOL:g} f(X0) of float64 rounding)",
+        ),
+        seed_claim(
+            SEED,
+            "section 7",
+            "spectral descent looks favorable when the gradient is sufficiently spread out "
+            "in singular directions compared with the stable rank of the data matrix A",
+            f"the rule 'nr(G_t) >= sr(A)' names the method with the larger *measured* one-step decrease at "
+            f"{fmt(ag['rate'])} of {ag['n']} iterates (majority-class rate {fmt(ag['majority'])})",
+            ag["rate"] >= ag["majority"] + margin if ag["n"] else None,
+            baseline="always guessing the more frequent measured winner (majority-class rate)",
+            threshold=f"agreement >= majority-class rate + {margin:g}",
+            why="the bounds' comparison itself is an identity (nr >= sr <=> larger bound) and is not checked",
+        ),
+        seed_claim(
+            SEED,
+            "section 7",
+            "spectral descent looks favorable when the gradient is sufficiently spread out "
+            "... compared with the stable rank of the data matrix A (so more often for low sr(A))",
+            f"fraction of GD-run iterates where the spectral step decreases f more: {fmt(fl)} at sr={fmt(low['sr'])}, "
+            f"{fmt(fh)} at sr={fmt(high['sr'])}",
+            fl > fh if len(rows) > 1 else None,
+            baseline="the same fraction at the highest sr(A)",
+            threshold="strictly larger at the lowest sr(A)",
+            paraphrase=True,
+        ),
     ]
 
 
 def tables(results: dict):
-    header = ("sr(A)", "L_F", "L_F est", "L_*", "L_* est", "f* ", "final f-f* spectral", "final f-f* GD",
-              "iterates spectral decrease larger (spectral run)", "(GD run)")
+    header = (
+        "sr(A)",
+        "L_F",
+        "L_F est",
+        "L_*",
+        "L_* est",
+        "f* ",
+        "final f-f* spectral",
+        "final f-f* GD",
+        "iterates spectral decrease larger (spectral run)",
+        "(GD run)",
+    )
     rows = []
     for r in results["cells"]:
-        rows.append([r["sr"], r["L_F"], r["L_F_est"], r["L_star"], r["L_star_est"], r["f_star"],
-                     r["spectral"]["f"][-1] - r["f_star"], r["gd"]["f"][-1] - r["f_star"],
-                     r["spectral"]["frac_spectral_decrease_larger"], r["gd"]["frac_spectral_decrease_larger"]])
+        rows.append(
+            [
+                r["sr"],
+                r["L_F"],
+                r["L_F_est"],
+                r["L_star"],
+                r["L_star_est"],
+                r["f_star"],
+                r["spectral"]["f"][-1] - r["f_star"],
+                r["gd"]["f"][-1] - r["f_star"],
+                r["spectral"]["frac_spectral_decrease_larger"],
+                r["gd"]["frac_spectral_decrease_larger"],
+            ]
+        )
     return [(header, rows)]
 
 
 def notes(results: dict) -> list[str]:
-    return ["Both methods start from the same X0 for each A; the one-step bounds are worst-case (seed 000, "
-            "Remark 7.1), so which method ends lower is reported, not claimed."]
+    return [
+        "Both methods start from the same X0 for each A; the one-step bounds are worst-case (seed 000, "
+        "Remark 7.1), so which method ends lower is reported, not claimed."
+    ]
 
 
 def figures(results: dict, out_dir) -> list:
@@ -314,15 +373,24 @@ def figures(results: dict, out_dir) -> list:
     fig, axes = F.subplots(1, len(rows), width=4.2)
     for ax, r in zip(axes, rows):
         steps = list(range(len(r["spectral"]["f"])))
-        gap = {"spectral (1/L_*)": [v - r["f_star"] for v in r["spectral"]["f"]],
-               "GD (1/L_F)": [v - r["f_star"] for v in r["gd"]["f"]]}
+        gap = {
+            "spectral (1/L_*)": [v - r["f_star"] for v in r["spectral"]["f"]],
+            "GD (1/L_F)": [v - r["f_star"] for v in r["gd"]["f"]],
+        }
         F.lines(ax, steps, gap, xlabel="step", ylabel="f - f*", title=f"sr(A) = {r['sr']:.3g}", logy=True)
     p1 = F.save(fig, f"{out_dir}/quadratic_loss.png", require_labels=True)
     fig, axes = F.subplots(1, len(rows), width=4.2)
     for ax, r in zip(axes, rows):
         steps = list(range(len(r["spectral"]["nr"])))
-        F.lines(ax, steps, {"nr(G_t) spectral run": r["spectral"]["nr"], "nr(G_t) GD run": r["gd"]["nr"]},
-                xlabel="step", ylabel="nuclear rank", title=f"sr(A) = {r['sr']:.3g}", logy=True)
+        F.lines(
+            ax,
+            steps,
+            {"nr(G_t) spectral run": r["spectral"]["nr"], "nr(G_t) GD run": r["gd"]["nr"]},
+            xlabel="step",
+            ylabel="nuclear rank",
+            title=f"sr(A) = {r['sr']:.3g}",
+            logy=True,
+        )
         F.hline(ax, r["sr"], label="sr(A)")
     p2 = F.save(fig, f"{out_dir}/quadratic_nr_vs_sr.png", require_labels=True)
     fig, axes = F.subplots(1, 1, width=5.5)
@@ -331,9 +399,17 @@ def figures(results: dict, out_dir) -> list:
         for m in ("spectral", "gd"):
             groups[f"sr(A)={r['sr']:.3g}, {m} run"] = (
                 [n / r["sr"] for n in r[m]["nr"]],
-                [a / b if b > 0 else float("nan") for a, b in zip(r[m]["dec_spec"], r[m]["dec_gd"])])
-    F.scatter(axes[0], groups, xlabel="nr(G_t) / sr(A)", ylabel="measured decrease: spectral / GD",
-              title="does nr >= sr predict the larger measured decrease?", logx=True, logy=True)
+                [a / b if b > 0 else float("nan") for a, b in zip(r[m]["dec_spec"], r[m]["dec_gd"])],
+            )
+    F.scatter(
+        axes[0],
+        groups,
+        xlabel="nr(G_t) / sr(A)",
+        ylabel="measured decrease: spectral / GD",
+        title="does nr >= sr predict the larger measured decrease?",
+        logx=True,
+        logy=True,
+    )
     F.hline(axes[0], 1.0, label="equal decreases")
     F.vline(axes[0], 1.0, label="nr(G_t) = sr(A) (the rule's boundary)")
     p3 = F.save(fig, f"{out_dir}/quadratic_measured_decrease.png", require_labels=True)

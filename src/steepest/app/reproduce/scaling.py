@@ -51,8 +51,14 @@ def linear_fit(u: np.ndarray, y: np.ndarray) -> dict:
     se_b = math.sqrt(max(cov[1, 1], 0.0))
     t = t975(n - 2)
     r2 = 1 - float(resid.var()) / float(y.var()) if y.var() > 0 else math.nan
-    return {"a": float(coef[0]), "b": float(coef[1]), "b_lo": float(coef[1] - t * se_b),
-            "b_hi": float(coef[1] + t * se_b), "rse": math.sqrt(s2), "r2": r2}
+    return {
+        "a": float(coef[0]),
+        "b": float(coef[1]),
+        "b_lo": float(coef[1] - t * se_b),
+        "b_hi": float(coef[1] + t * se_b),
+        "rse": math.sqrt(s2),
+        "r2": r2,
+    }
 
 
 def fit(law: str, x, y) -> dict:
@@ -83,5 +89,9 @@ def compare(x, y, laws=LAWS, margin: float = 0.2) -> dict:
     rb = fits[best]["rse"]
     rs = fits[second]["rse"] if second else math.inf
     decided = math.isfinite(rb) and (rs == math.inf or rb <= (1 - margin) * rs)
-    return {"fits": fits, "order": order, "winner": best if decided else "none",
-            "rse_ratio": rb / rs if rs and math.isfinite(rs) and rs > 0 else 0.0}
+    return {
+        "fits": fits,
+        "order": order,
+        "winner": best if decided else "none",
+        "rse_ratio": rb / rs if rs and math.isfinite(rs) and rs > 0 else 0.0,
+    }

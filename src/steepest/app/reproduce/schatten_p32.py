@@ -40,16 +40,16 @@ KINDS = ("gaussian", "power_law")
 
 @dataclasses.dataclass
 class Config:
-    ks: tuple[int, ...] = (32, 128, 512, 1024)   # k = min(m, n); matrices are 2k x k
+    ks: tuple[int, ...] = (32, 128, 512, 1024)  # k = min(m, n); matrices are 2k x k
     ps: tuple[float, ...] = (8, 16, 32, 64, 128)
-    decay: float = 1.0               # power-law spectrum s_i = i^-decay (seed 003's "low stable rank" kind)
+    decay: float = 1.0  # power-law spectrum s_i = i^-decay (seed 003's "low stable rank" kind)
     # thresholds, fixed before the run
-    identity_rtol: float = 1e-9      # exact identity vs the dualizer's measured stable rank (float64 SVD)
-    approx_tol: float = 0.03         # first-order exp(...) form within this (absolute) at p = close_p
+    identity_rtol: float = 1e-9  # exact identity vs the dualizer's measured stable rank (float64 SVD)
+    approx_tol: float = 0.03  # first-order exp(...) form within this (absolute) at p = close_p
     close_p: float = 32.0
-    target: float = 0.8              # "close": stable rank >= this fraction of the spectral one (as in schatten)
-    growth_min: float = 0.05         # power law: the p = close_p ratio falls by at least this over the k range
-    flat_max: float = 0.02           # gaussian: it moves by at most this
+    target: float = 0.8  # "close": stable rank >= this fraction of the spectral one (as in schatten)
+    growth_min: float = 0.05  # power law: the p = close_p ratio falls by at least this over the k range
+    flat_max: float = 0.02  # gaussian: it moves by at most this
     seed: int = 32
 
     def __post_init__(self) -> None:
@@ -91,8 +91,11 @@ def run_cell(cfg: Config, kind: str, k: int) -> dict:
         T = steepest.dualize(G, "schatten", float(p), dtype=torch.float64)
         t = torch.linalg.svdvals(T)
         measured = float(t.square().sum() / t.max() ** 2) / k
-        by_p[f"{float(p):g}"] = {"measured": measured, "identity": spectrum_ratio(s, float(p)),
-                                 "first_order": math.exp(-2 * spread / (float(p) - 1))}
+        by_p[f"{float(p):g}"] = {
+            "measured": measured,
+            "identity": spectrum_ratio(s, float(p)),
+            "first_order": math.exp(-2 * spread / (float(p) - 1)),
+        }
     return out
 
 
@@ -101,9 +104,13 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     jobs = [(kind, k) for kind in KINDS for k in cfg.ks]
     res: dict[str, list[dict]] = {kind: [] for kind in KINDS}
     for kind, k in progress(jobs, "schatten-p32"):
-        res[kind].append(cells.get(f"p32-{kind}-k{k}", {"seed": cfg.seed, "kind": kind, "k": k, "ps": cfg.ps,
-                                                        "decay": cfg.decay, "target": cfg.target},
-                                   lambda kind=kind, k=k: run_cell(cfg, kind, k)))
+        res[kind].append(
+            cells.get(
+                f"p32-{kind}-k{k}",
+                {"seed": cfg.seed, "kind": kind, "k": k, "ps": cfg.ps, "decay": cfg.decay, "target": cfg.target},
+                lambda kind=kind, k=k: run_cell(cfg, kind, k),
+            )
+        )
     return {"kinds": res, "settings": dataclasses.asdict(cfg)}
 
 
@@ -111,8 +118,12 @@ def claims(results: dict) -> list[Claim]:
     st = results["settings"]
     K = results["kinds"]
     cp = f"{float(st['close_p']):g}"
-    err_id = max(abs(c["by_p"][p]["measured"] - c["by_p"][p]["identity"]) / c["by_p"][p]["identity"]
-                 for rows in K.values() for c in rows for p in c["by_p"])
+    err_id = max(
+        abs(c["by_p"][p]["measured"] - c["by_p"][p]["identity"]) / c["by_p"][p]["identity"]
+        for rows in K.values()
+        for c in rows
+        for p in c["by_p"]
+    )
     err_fo = max(abs(c["by_p"][cp]["measured"] - c["by_p"][cp]["first_order"]) for rows in K.values() for c in rows)
     r32 = {kind: [c["by_p"][cp]["measured"] for c in rows] for kind, rows in K.items()}
     drop = r32["power_law"][0] - r32["power_law"][-1]
@@ -120,35 +131,59 @@ def claims(results: dict) -> list[Claim]:
     ks = [c["k"] for c in K["power_law"]]
     every = all(x >= st["target"] for xs in r32.values() for x in xs)
     return [
-        seed_claim(SEED, "What Does the Dualizer Actually Do?", f"at p = {cp}, the results are already very close to those "
-                   "of the Spectral norm (stable rank, at every size k)",
-                   "st(T_32)/st(UV^T): " + "; ".join(f"{kind}: {', '.join(fmt(x) for x in xs)}" for kind, xs in r32.items())
-                   + f" for k = {', '.join(map(str, ks))}", every,
-                   baseline="the spectral dualizer (ratio 1)", threshold=f"ratio >= {st['target']} at every k and kind",
-                   paraphrase=True),
-        extension_claim(SEED, "st(T_p)/st(U V^T) = mean_i (s_i/s_1)^(2/(p-1)) exactly (the dualizer's singular values "
-                        "are s_i^(q-1) up to scale)", f"max rel. deviation from the library's dualizer {fmt(err_id)}",
-                        err_id <= st["identity_rtol"], baseline="the measured stable rank of steepest.dualize's output",
-                        threshold=f"rel. deviation <= {st['identity_rtol']:g}"),
-        extension_claim(SEED, "the shortfall is linear in 1/(p-1): ratio ~ exp(-2 E[ln(s_1/s_i)]/(p-1))",
-                        f"max |measured - first order| at p = {cp}: {fmt(err_fo)}", err_fo <= st["approx_tol"],
-                        baseline="the seed's picture of quadratic convergence (shortfall ~ 1/(p-1)^2)",
-                        threshold=f"absolute error <= {st['approx_tol']} at every k and kind"),
-        extension_claim(SEED, f"for a power-law spectrum the p = {cp} shortfall grows with k (log-spread ~ ln k - 1), for "
-                        "Gaussian gradients it does not", f"power law: ratio falls by {fmt(drop)} over k = {ks[0]} -> {ks[-1]} "
-                        f"(log-spread {', '.join(fmt(c['log_spread']) for c in K['power_law'])}; p needed for "
-                        f"{st['target']}: {', '.join(fmt(c['p_needed']) for c in K['power_law'])}); Gaussian moves by "
-                        f"{fmt(move)} (log-spread {', '.join(fmt(c['log_spread']) for c in K['gaussian'])})",
-                        drop >= st["growth_min"] and move <= st["flat_max"],
-                        baseline="a k-independent ratio (the seed's fixed p = 32)",
-                        threshold=f"power-law drop >= {st['growth_min']} and Gaussian movement <= {st['flat_max']}"),
+        seed_claim(
+            SEED,
+            "What Does the Dualizer Actually Do?",
+            f"at p = {cp}, the results are already very close to those "
+            "of the Spectral norm (stable rank, at every size k)",
+            "st(T_32)/st(UV^T): "
+            + "; ".join(f"{kind}: {', '.join(fmt(x) for x in xs)}" for kind, xs in r32.items())
+            + f" for k = {', '.join(map(str, ks))}",
+            every,
+            baseline="the spectral dualizer (ratio 1)",
+            threshold=f"ratio >= {st['target']} at every k and kind",
+            paraphrase=True,
+        ),
+        extension_claim(
+            SEED,
+            "st(T_p)/st(U V^T) = mean_i (s_i/s_1)^(2/(p-1)) exactly (the dualizer's singular values "
+            "are s_i^(q-1) up to scale)",
+            f"max rel. deviation from the library's dualizer {fmt(err_id)}",
+            err_id <= st["identity_rtol"],
+            baseline="the measured stable rank of steepest.dualize's output",
+            threshold=f"rel. deviation <= {st['identity_rtol']:g}",
+        ),
+        extension_claim(
+            SEED,
+            "the shortfall is linear in 1/(p-1): ratio ~ exp(-2 E[ln(s_1/s_i)]/(p-1))",
+            f"max |measured - first order| at p = {cp}: {fmt(err_fo)}",
+            err_fo <= st["approx_tol"],
+            baseline="the seed's picture of quadratic convergence (shortfall ~ 1/(p-1)^2)",
+            threshold=f"absolute error <= {st['approx_tol']} at every k and kind",
+        ),
+        extension_claim(
+            SEED,
+            f"for a power-law spectrum the p = {cp} shortfall grows with k (log-spread ~ ln k - 1), for "
+            "Gaussian gradients it does not",
+            f"power law: ratio falls by {fmt(drop)} over k = {ks[0]} -> {ks[-1]} "
+            f"(log-spread {', '.join(fmt(c['log_spread']) for c in K['power_law'])}; p needed for "
+            f"{st['target']}: {', '.join(fmt(c['p_needed']) for c in K['power_law'])}); Gaussian moves by "
+            f"{fmt(move)} (log-spread {', '.join(fmt(c['log_spread']) for c in K['gaussian'])})",
+            drop >= st["growth_min"] and move <= st["flat_max"],
+            baseline="a k-independent ratio (the seed's fixed p = 32)",
+            threshold=f"power-law drop >= {st['growth_min']} and Gaussian movement <= {st['flat_max']}",
+        ),
     ]
 
 
 def tables(results: dict):
     header = ("kind", "k", "E ln(s_1/s_i)", "p needed for target", "p", "measured st ratio", "identity", "first order")
-    rows = [[kind, c["k"], c["log_spread"], c["p_needed"], p, v["measured"], v["identity"], v["first_order"]]
-            for kind, cs in results["kinds"].items() for c in cs for p, v in c["by_p"].items()]
+    rows = [
+        [kind, c["k"], c["log_spread"], c["p_needed"], p, v["measured"], v["identity"], v["first_order"]]
+        for kind, cs in results["kinds"].items()
+        for c in cs
+        for p, v in c["by_p"].items()
+    ]
     return [(header, rows)]
 
 
@@ -161,8 +196,13 @@ def figures(results: dict, out_dir) -> list:
         for j, c in enumerate(cs):
             ps = [float(p) for p in c["by_p"]]
             ax.plot(ps, [v["measured"] for v in c["by_p"].values()], "o-", color=f"C{j}", label=f"k={c['k']}: measured")
-            ax.plot(ps, [v["first_order"] for v in c["by_p"].values()], ":", color=f"C{j}",
-                    label=f"k={c['k']}: exp(-2 E ln(s1/si)/(p-1))")
+            ax.plot(
+                ps,
+                [v["first_order"] for v in c["by_p"].values()],
+                ":",
+                color=f"C{j}",
+                label=f"k={c['k']}: exp(-2 E ln(s1/si)/(p-1))",
+            )
         ax.axhline(st["target"], color="k", linestyle="--", linewidth=1, label=f"target {st['target']} of spectral")
         ax.axhline(1.0, color="k", linewidth=2, alpha=0.3, label="p = inf level (1)")
         ax.axvline(st["close_p"], color="gray", linestyle=":", linewidth=1, label=f"p = {st['close_p']:g} (seed)")

@@ -58,21 +58,21 @@ class Config:
     magnitudes: tuple[str, ...] = MAGNITUDES
     batch_sizes: tuple[float, ...] = (1, 4, 16, 64, 256, 1024, 4096, math.inf)
     label_noise: float = 1.0
-    input_decay: float = 0.0         # Sigma = diag(j^-input_decay); 0 = isotropic inputs
-    aniso_decay: float = 1.0         # claim 1 also on an anisotropic Hessian, Sigma = diag(j^-aniso_decay)
-    microbatches: int = 16           # K, for the index's noise scales and curvatures
-    draws: int = 32                  # R fresh minibatches for the measured gain
-    eta_grid: int = 61               # log grid over [1e-3, 1e2] x ||G||_F / ||D||_F
-    small_batch: float = 4           # claim 1: B <= this ...
-    sparse_density: float = 0.1      # ... and rho <= this ("fairly sparse")
-    large_batch: float = 1024        # extension claim: finite B >= this and rho <= sparse_density
-    agree_margin: float = 0.05       # the index must beat the majority-class rate by this much
+    input_decay: float = 0.0  # Sigma = diag(j^-input_decay); 0 = isotropic inputs
+    aniso_decay: float = 1.0  # claim 1 also on an anisotropic Hessian, Sigma = diag(j^-aniso_decay)
+    microbatches: int = 16  # K, for the index's noise scales and curvatures
+    draws: int = 32  # R fresh minibatches for the measured gain
+    eta_grid: int = 61  # log grid over [1e-3, 1e2] x ||G||_F / ||D||_F
+    small_batch: float = 4  # claim 1: B <= this ...
+    sparse_density: float = 0.1  # ... and rho <= this ("fairly sparse")
+    large_batch: float = 1024  # extension claim: finite B >= this and rho <= sparse_density
+    agree_margin: float = 0.05  # the index must beat the majority-class rate by this much
     # the seed's side statements checked on random matrices (section 4.1): N x N noise sizes for
     # c_1 ~ N^2, c_* ~ N^1.5, and (n, m) shapes with n >> m for "nuclear ~ Frobenius"
     noise_sizes: tuple[int, ...] = (16, 32, 64, 128)
-    exponent_tol: float = 0.1        # fitted exponent's 95% interval must lie within +-this of the seed's
+    exponent_tol: float = 0.1  # fitted exponent's 95% interval must lie within +-this of the seed's
     tall_shapes: tuple[tuple[int, int], ...] = ((256, 16), (1024, 16), (4096, 16))
-    approx_rtol: float = 0.5         # "nuclear ~ Frobenius": ||G||_* / ||G||_F within 1 +- this
+    approx_rtol: float = 0.5  # "nuclear ~ Frobenius": ||G||_* / ||G||_F within 1 +- this
     seed: int = 2
 
     def __post_init__(self) -> None:
@@ -90,8 +90,16 @@ class Config:
 
 
 def quick() -> Config:
-    return Config(n=24, m=24, densities=(0.05, 0.3, 1.0), batch_sizes=(1, 4, 64, 1024, math.inf), microbatches=8,
-                  draws=12, eta_grid=41, tall_shapes=((256, 16), (1024, 16)))
+    return Config(
+        n=24,
+        m=24,
+        densities=(0.05, 0.3, 1.0),
+        batch_sizes=(1, 4, 64, 1024, math.inf),
+        microbatches=8,
+        draws=12,
+        eta_grid=41,
+        tall_shapes=((256, 16), (1024, 16)),
+    )
 
 
 # ---------------------------------------------------------------------------------------- the layer
@@ -108,7 +116,7 @@ class Layer:
         if magnitudes == "equal":
             vals = torch.sign(vals)
         self.G = vals * mask
-        self.Delta = self.G / self.sigma_in           # W - W*, so that (W - W*) Sigma = G
+        self.Delta = self.G / self.sigma_in  # W - W*, so that (W - W*) Sigma = G
         self.noise = cfg.label_noise
         self.W = torch.zeros(n, m, dtype=torch.float64)
 
@@ -134,7 +142,9 @@ def direction(G_hat: torch.Tensor, method: str) -> torch.Tensor:
 def measured_gain(layer: Layer, dirs: list, grid: int) -> dict:
     """max over eta of mean_r [L(W) - L(W - eta D_r)] (population loss), and the best eta."""
     L0 = float(layer.loss(layer.W))
-    scale = float(steepest.matrix_norm(layer.G, "frobenius")) / max(float(np.mean([float(steepest.matrix_norm(D, "frobenius")) for D in dirs])), 1e-300)
+    scale = float(steepest.matrix_norm(layer.G, "frobenius")) / max(
+        float(np.mean([float(steepest.matrix_norm(D, "frobenius")) for D in dirs])), 1e-300
+    )
     etas = scale * np.geomspace(1e-3, 1e2, grid)
     gains = [float(np.mean([L0 - float(layer.loss(layer.W - eta * D)) for D in dirs])) for eta in etas]
     j = int(np.argmax(gains))
@@ -165,10 +175,21 @@ def run_cell(cfg: Config, magnitudes: str, density: float, B: float) -> dict:
         winner = "tie"
     else:
         winner = "spec" if gp > gs else "sign"
-    return {"index": idx.index, "index_winner": {"spectral": "spec", "linf": "sign"}.get(idx.winner, "none"),
-            "regime": idx.regime, "c_1": c["linf"], "c_star": c["spectral"], "H_sign": H_sign, "H_spec": H_spec,
-            "gain_sign": gs, "gain_spec": gp, "eta_sign": gains["sign"]["eta"], "eta_spec": gains["spec"]["eta"],
-            "edge": gains["sign"]["at_grid_edge"] or gains["spec"]["at_grid_edge"], "winner": winner}
+    return {
+        "index": idx.index,
+        "index_winner": {"spectral": "spec", "linf": "sign"}.get(idx.winner, "none"),
+        "regime": idx.regime,
+        "c_1": c["linf"],
+        "c_star": c["spectral"],
+        "H_sign": H_sign,
+        "H_spec": H_spec,
+        "gain_sign": gs,
+        "gain_spec": gp,
+        "eta_sign": gains["sign"]["eta"],
+        "eta_spec": gains["spec"]["eta"],
+        "edge": gains["sign"]["at_grid_edge"] or gains["spec"]["at_grid_edge"],
+        "winner": winner,
+    }
 
 
 def seed_math(cfg: Config) -> dict:
@@ -181,12 +202,22 @@ def seed_math(cfg: Config) -> dict:
       Gaussian matrices (c = sqrt(B) E||E|| with E of variance 1/B is exactly these norms), 4 draws each.
     """
     gen = torch.Generator().manual_seed(cfg.seed * 31 + 5)
-    perm = torch.eye(6, dtype=torch.float64)[torch.randperm(6, generator=gen)] * torch.arange(1.0, 7.0, dtype=torch.float64)
-    examples = {"diag(3, 1)": torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)),
-                "random 8x8 diagonal": torch.diag(torch.randn(8, generator=gen, dtype=torch.float64)),
-                "scaled 6x6 permutation": perm}
-    eq = {k: {"nuc": float(torch.linalg.svdvals(G).sum()), "l1": float(G.abs().sum()),
-              "rank": int(torch.linalg.matrix_rank(G))} for k, G in examples.items()}
+    perm = torch.eye(6, dtype=torch.float64)[torch.randperm(6, generator=gen)] * torch.arange(
+        1.0, 7.0, dtype=torch.float64
+    )
+    examples = {
+        "diag(3, 1)": torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)),
+        "random 8x8 diagonal": torch.diag(torch.randn(8, generator=gen, dtype=torch.float64)),
+        "scaled 6x6 permutation": perm,
+    }
+    eq = {
+        k: {
+            "nuc": float(torch.linalg.svdvals(G).sum()),
+            "l1": float(G.abs().sum()),
+            "rank": int(torch.linalg.matrix_rank(G)),
+        }
+        for k, G in examples.items()
+    }
     tall = []
     for n, m in cfg.tall_shapes:
         s = torch.linalg.svdvals(torch.randn(n, m, generator=gen, dtype=torch.float64))
@@ -194,33 +225,63 @@ def seed_math(cfg: Config) -> dict:
     noise = []
     for N in cfg.noise_sizes:
         Es = [torch.randn(N, N, generator=gen, dtype=torch.float64) for _ in range(4)]
-        noise.append({"N": N, "c_1": float(np.mean([float(E.abs().sum()) for E in Es])),
-                      "c_star": float(np.mean([float(torch.linalg.svdvals(E).sum()) for E in Es]))})
+        noise.append(
+            {
+                "N": N,
+                "c_1": float(np.mean([float(E.abs().sum()) for E in Es])),
+                "c_star": float(np.mean([float(torch.linalg.svdvals(E).sum()) for E in Es])),
+            }
+        )
     fits = {k: scaling.fit("power", [r["N"] for r in noise], [r[k] for r in noise]) for k in ("c_1", "c_star")}
     return {"equality": eq, "tall": tall, "noise": noise, "noise_fits": fits}
 
 
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
-    base = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in (
-        "densities", "magnitudes", "batch_sizes", "small_batch", "sparse_density", "large_batch", "agree_margin",
-        "noise_sizes", "exponent_tol", "tall_shapes", "approx_rtol", "aniso_decay")}
+    base = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k
+        not in (
+            "densities",
+            "magnitudes",
+            "batch_sizes",
+            "small_batch",
+            "sparse_density",
+            "large_batch",
+            "agree_margin",
+            "noise_sizes",
+            "exponent_tol",
+            "tall_shapes",
+            "approx_rtol",
+            "aniso_decay",
+        )
+    }
     jobs = [(k, r, B) for k in cfg.magnitudes for r in cfg.densities for B in cfg.batch_sizes]
     rows = []
     for k, r, B in progress(jobs, "spec-sign"):
-        res = cells.get(f"specsign-{k}-r{r:g}-B{B:g}", {**base, "mag": k, "rho": r, "B": B},
-                        lambda k=k, r=r, B=B: run_cell(cfg, k, r, B))
+        res = cells.get(
+            f"specsign-{k}-r{r:g}-B{B:g}",
+            {**base, "mag": k, "rho": r, "B": B},
+            lambda k=k, r=r, B=B: run_cell(cfg, k, r, B),
+        )
         rows.append({"magnitudes": k, "density": r, "batch": B, **res})
     # claim 1 beside the isotropic Hessian: the sparse cells at small B and B = inf with Sigma = diag(j^-aniso_decay)
     acfg = dataclasses.replace(cfg, input_decay=cfg.aniso_decay)
     ajobs = [(k, r, B) for k, r, B in jobs if r <= cfg.sparse_density and (B <= cfg.small_batch or math.isinf(B))]
     aniso = []
     for k, r, B in progress(ajobs, "spec-sign anisotropic"):
-        res = cells.get(f"specsign-aniso-{k}-r{r:g}-B{B:g}", {**base, "input_decay": cfg.aniso_decay, "mag": k, "rho": r,
-                                                             "B": B}, lambda k=k, r=r, B=B: run_cell(acfg, k, r, B))
+        res = cells.get(
+            f"specsign-aniso-{k}-r{r:g}-B{B:g}",
+            {**base, "input_decay": cfg.aniso_decay, "mag": k, "rho": r, "B": B},
+            lambda k=k, r=r, B=B: run_cell(acfg, k, r, B),
+        )
         aniso.append({"magnitudes": k, "density": r, "batch": B, **res})
-    math_res = cells.get("specsign-seed-math", {"seed": cfg.seed, "tall": cfg.tall_shapes, "N": cfg.noise_sizes,
-                                                "v": MATH_VERSION}, lambda: seed_math(cfg))
+    math_res = cells.get(
+        "specsign-seed-math",
+        {"seed": cfg.seed, "tall": cfg.tall_shapes, "N": cfg.noise_sizes, "v": MATH_VERSION},
+        lambda: seed_math(cfg),
+    )
     return {"rows": rows, "aniso_rows": aniso, "math": math_res, "settings": dataclasses.asdict(cfg)}
 
 
@@ -243,13 +304,20 @@ def claims(results: dict) -> list[Claim]:
     wl, nl = _share(large, "sign")
 
     def detail(sel, who):
-        return "; ".join(f"{k}: {sum(r['winner'] == who for r in sel if r['magnitudes'] == k)}/"
-                         f"{sum(1 for r in sel if r['magnitudes'] == k)}" for k in st["magnitudes"])
+        return "; ".join(
+            f"{k}: {sum(r['winner'] == who for r in sel if r['magnitudes'] == k)}/"
+            f"{sum(1 for r in sel if r['magnitudes'] == k)}"
+            for k in st["magnitudes"]
+        )
 
     decided = [r for r in rows if r["winner"] != "tie" and r["index_winner"] != "none"]
     agree = sum(r["winner"] == r["index_winner"] for r in decided)
     rate = agree / len(decided) if decided else float("nan")
-    major = max(sum(r["winner"] == w for r in decided) for w in ("spec", "sign")) / len(decided) if decided else float("nan")
+    major = (
+        max(sum(r["winner"] == w for r in decided) for w in ("spec", "sign")) / len(decided)
+        if decided
+        else float("nan")
+    )
     large_agree = sum(r["winner"] == r["index_winner"] for r in large if r in decided)
     by_regime: dict[str, tuple[int, int]] = {}  # regime -> (cells where index agrees, decided cells)
     for r in decided:
@@ -267,94 +335,172 @@ def claims(results: dict) -> list[Claim]:
     iso_ok = small_wins(ws, ns, we, ne) if ns else None
     an_ok = small_wins(wa, na, wai, nai) if na else None
     out = [
-        seed_claim(SEED, sec41 + " (2. noise-dominated regime)", "Even if the true gradient is sparse (favoring SignSGD "
-                   "deterministically), SpecGD may be preferable at small batch sizes",
-                   f"isotropic Hessian: SpecGD wins {ws} of {ns} decided sparse cells with B <= {st['small_batch']:g} "
-                   f"({detail(small, 'spec')}), baseline {we} of {ne} at B = inf; anisotropic Hessian (Sigma = "
-                   f"diag(j^-{st.get('aniso_decay', 1.0):g})): {wa} of {na} at B <= {st['small_batch']:g}, baseline {wai} "
-                   f"of {nai} at B = inf",
-                   None if iso_ok is None or an_ok is None else iso_ok and an_ok,
-                   baseline="SpecGD's share of the same sparse cells in the deterministic limit B = inf, on an isotropic "
-                   "and an anisotropic Hessian",
-                   threshold=f"on both Hessians: share > 1/2 and >= the B = inf share (density <= {st['sparse_density']}, "
-                   "ties excluded)"),
-        seed_claim(SEED, sec41 + " (1. deterministic limit B -> inf) and 2.", "the true gradient is sparse (favoring "
-                   "SignSGD deterministically)",
-                   f"with the exact gradient (B = inf) SignSGD wins {wx} of {nx} decided sparse cells ({detail(exact, 'sign')})",
-                   wx > nx / 2 if nx else None, baseline="SpecGD (the other method) in the same cells",
-                   threshold=f"SignSGD wins more than half of the B = inf cells with density <= {st['sparse_density']}",
-                   why="sign(G) is G's own direction only for equal magnitudes; for Gaussian magnitudes on an isotropic "
-                   "Hessian SpecGD's curvature advantage outweighs the signal ratio"),
-        extension_claim(SEED, "at large *finite* batch sizes, sparse gradients do not favour SignSGD (the sampling noise "
-                        "on G's zero entries makes sign(G_hat) a dense +-1 step), and the index predicts it",
-                        f"SignSGD wins {wl} of {nl} decided sparse cells with {st['large_batch']:g} <= B < inf; the index "
-                        f"names the winner in {large_agree} of them",
-                        (wl <= nl / 2 and large_agree == nl) if nl else None,
-                        baseline="the seed's deterministic-limit statement above (sparse favours sign)",
-                        threshold="SignSGD wins at most half of those cells and the index is right in every one"),
-        seed_claim(SEED, "section 4 (decision rule)", "If I(G, B) > 1, SpecGD is preferred. If I(G, B) < 1, SignSGD is "
-                   "preferred.", f"the index names the measured winner in {agree}/{len(decided)} = {fmt(rate)} of "
-                   f"decided cells; majority-class rate {fmt(major)}; by regime {regimes} (noise-dominated: I is undefined, "
-                   "the SNR rule of the abstract decides; partly-vacuous: one bound <= 0, I = 0 or inf)",
-                   rate >= major + st["agree_margin"] if decided else None,
-                   baseline="always guessing the more frequent measured winner (majority-class rate)",
-                   threshold=f"agreement >= majority-class rate + {st['agree_margin']:g} (ties, undecided index excluded)"),
+        seed_claim(
+            SEED,
+            sec41 + " (2. noise-dominated regime)",
+            "Even if the true gradient is sparse (favoring SignSGD "
+            "deterministically), SpecGD may be preferable at small batch sizes",
+            f"isotropic Hessian: SpecGD wins {ws} of {ns} decided sparse cells with B <= {st['small_batch']:g} "
+            f"({detail(small, 'spec')}), baseline {we} of {ne} at B = inf; anisotropic Hessian (Sigma = "
+            f"diag(j^-{st.get('aniso_decay', 1.0):g})): {wa} of {na} at B <= {st['small_batch']:g}, baseline {wai} "
+            f"of {nai} at B = inf",
+            None if iso_ok is None or an_ok is None else iso_ok and an_ok,
+            baseline="SpecGD's share of the same sparse cells in the deterministic limit B = inf, on an isotropic "
+            "and an anisotropic Hessian",
+            threshold=f"on both Hessians: share > 1/2 and >= the B = inf share (density <= {st['sparse_density']}, "
+            "ties excluded)",
+        ),
+        seed_claim(
+            SEED,
+            sec41 + " (1. deterministic limit B -> inf) and 2.",
+            "the true gradient is sparse (favoring SignSGD deterministically)",
+            f"with the exact gradient (B = inf) SignSGD wins {wx} of {nx} decided sparse cells ({detail(exact, 'sign')})",
+            wx > nx / 2 if nx else None,
+            baseline="SpecGD (the other method) in the same cells",
+            threshold=f"SignSGD wins more than half of the B = inf cells with density <= {st['sparse_density']}",
+            why="sign(G) is G's own direction only for equal magnitudes; for Gaussian magnitudes on an isotropic "
+            "Hessian SpecGD's curvature advantage outweighs the signal ratio",
+        ),
+        extension_claim(
+            SEED,
+            "at large *finite* batch sizes, sparse gradients do not favour SignSGD (the sampling noise "
+            "on G's zero entries makes sign(G_hat) a dense +-1 step), and the index predicts it",
+            f"SignSGD wins {wl} of {nl} decided sparse cells with {st['large_batch']:g} <= B < inf; the index "
+            f"names the winner in {large_agree} of them",
+            (wl <= nl / 2 and large_agree == nl) if nl else None,
+            baseline="the seed's deterministic-limit statement above (sparse favours sign)",
+            threshold="SignSGD wins at most half of those cells and the index is right in every one",
+        ),
+        seed_claim(
+            SEED,
+            "section 4 (decision rule)",
+            "If I(G, B) > 1, SpecGD is preferred. If I(G, B) < 1, SignSGD is preferred.",
+            f"the index names the measured winner in {agree}/{len(decided)} = {fmt(rate)} of "
+            f"decided cells; majority-class rate {fmt(major)}; by regime {regimes} (noise-dominated: I is undefined, "
+            "the SNR rule of the abstract decides; partly-vacuous: one bound <= 0, I = 0 or inf)",
+            rate >= major + st["agree_margin"] if decided else None,
+            baseline="always guessing the more frequent measured winner (majority-class rate)",
+            threshold=f"agreement >= majority-class rate + {st['agree_margin']:g} (ties, undecided index excluded)",
+        ),
     ]
     m = results.get("math")
     if m:
         eq = m["equality"]
         higher = {k: v for k, v in eq.items() if v["rank"] > 1}
         holds_eq = all(abs(v["nuc"] - v["l1"]) <= 1e-12 * v["l1"] for v in higher.values())
-        out.append(seed_claim(SEED, sec41 + " (1.)", "||G||_nuc <= ||G||_1 (with equality only for rank-1 diagonal matrices)",
-                              "; ".join(f"{k}: rank {v['rank']}, ||G||_nuc = {fmt(v['nuc'], 6)}, ||G||_1 = {fmt(v['l1'], 6)}"
-                                        for k, v in eq.items()), not holds_eq,
-                              baseline="the inequality's equality case on matrices of rank > 1",
-                              threshold="the seed holds if every rank > 1 example has ||G||_nuc < ||G||_1 (rel. 1e-12)",
-                              why="the seed is wrong here: equality holds for every diagonal matrix, indeed for any matrix "
-                              "with at most one non-zero per row and column (its singular values are |entries|)"))
+        out.append(
+            seed_claim(
+                SEED,
+                sec41 + " (1.)",
+                "||G||_nuc <= ||G||_1 (with equality only for rank-1 diagonal matrices)",
+                "; ".join(
+                    f"{k}: rank {v['rank']}, ||G||_nuc = {fmt(v['nuc'], 6)}, ||G||_1 = {fmt(v['l1'], 6)}"
+                    for k, v in eq.items()
+                ),
+                not holds_eq,
+                baseline="the inequality's equality case on matrices of rank > 1",
+                threshold="the seed holds if every rank > 1 example has ||G||_nuc < ||G||_1 (rel. 1e-12)",
+                why="the seed is wrong here: equality holds for every diagonal matrix, indeed for any matrix "
+                "with at most one non-zero per row and column (its singular values are |entries|)",
+            )
+        )
         tall = m["tall"]
         near = all(abs(t["nuc_over_fro"] - 1) <= st["approx_rtol"] for t in tall)
-        out.append(seed_claim(SEED, sec41 + " (3. layer shape factor)", "If n >> m (e.g., embedding layers), the matrix is "
-                              "naturally low-rank. Here, ||G||_nuc ~ ||G||_F",
-                              "Gaussian G: " + "; ".join(f"{t['n']}x{t['m']}: ||G||_nuc/||G||_F = {fmt(t['nuc_over_fro'])} "
-                                                        f"(sqrt(m) = {fmt(t['sqrt_m'])})" for t in tall), near,
-                              baseline="sqrt(m), the ratio for m equal singular values (the n >> m limit)",
-                              threshold=f"ratio within 1 +- {st['approx_rtol']}",
-                              why="the seed is off by about sqrt(m): an n x m matrix with n >> m has m near-equal singular "
-                              "values (Marchenko-Pastur with ratio m/n -> 0), so it is as far from low rank as m allows"))
+        out.append(
+            seed_claim(
+                SEED,
+                sec41 + " (3. layer shape factor)",
+                "If n >> m (e.g., embedding layers), the matrix is naturally low-rank. Here, ||G||_nuc ~ ||G||_F",
+                "Gaussian G: "
+                + "; ".join(
+                    f"{t['n']}x{t['m']}: ||G||_nuc/||G||_F = {fmt(t['nuc_over_fro'])} (sqrt(m) = {fmt(t['sqrt_m'])})"
+                    for t in tall
+                ),
+                near,
+                baseline="sqrt(m), the ratio for m equal singular values (the n >> m limit)",
+                threshold=f"ratio within 1 +- {st['approx_rtol']}",
+                why="the seed is off by about sqrt(m): an n x m matrix with n >> m has m near-equal singular "
+                "values (Marchenko-Pastur with ratio m/n -> 0), so it is as far from low rank as m allows",
+            )
+        )
         fits = m["noise_fits"]
         tol = st["exponent_tol"]
-        ok = all(want - tol <= fits[k]["b_lo"] and fits[k]["b_hi"] <= want + tol for k, want in (("c_1", 2.0), ("c_star", 1.5)))
-        out.append(seed_claim(SEED, sec41 + " (2.)", "for Gaussian noise, c_1 ~ N^2 while c_* ~ N^1.5",
-                              f"fitted exponents over N = {', '.join(str(r['N']) for r in m['noise'])}: c_1 "
-                              f"{fmt(fits['c_1']['b'])} [{fmt(fits['c_1']['b_lo'])}, {fmt(fits['c_1']['b_hi'])}], c_* "
-                              f"{fmt(fits['c_star']['b'])} [{fmt(fits['c_star']['b_lo'])}, {fmt(fits['c_star']['b_hi'])}]",
-                              ok, baseline="the rival law that both grow like N^2 (no spectral advantage)",
-                              threshold=f"each 95% interval inside the seed's exponent +- {tol}"))
+        ok = all(
+            want - tol <= fits[k]["b_lo"] and fits[k]["b_hi"] <= want + tol
+            for k, want in (("c_1", 2.0), ("c_star", 1.5))
+        )
+        out.append(
+            seed_claim(
+                SEED,
+                sec41 + " (2.)",
+                "for Gaussian noise, c_1 ~ N^2 while c_* ~ N^1.5",
+                f"fitted exponents over N = {', '.join(str(r['N']) for r in m['noise'])}: c_1 "
+                f"{fmt(fits['c_1']['b'])} [{fmt(fits['c_1']['b_lo'])}, {fmt(fits['c_1']['b_hi'])}], c_* "
+                f"{fmt(fits['c_star']['b'])} [{fmt(fits['c_star']['b_lo'])}, {fmt(fits['c_star']['b_hi'])}]",
+                ok,
+                baseline="the rival law that both grow like N^2 (no spectral advantage)",
+                threshold=f"each 95% interval inside the seed's exponent +- {tol}",
+            )
+        )
     return out
 
 
 def lr_edges(results: dict) -> list[str]:
     """Cells whose line-searched best eta (either method) sits on the search grid's edge, for the grid-edge check."""
-    return [f"magnitudes={r['magnitudes']}, density={r['density']}, B={r['batch']}: best eta at the grid edge"
-            for r in results["rows"] if r["edge"]]
+    return [
+        f"magnitudes={r['magnitudes']}, density={r['density']}, B={r['batch']}: best eta at the grid edge"
+        for r in results["rows"]
+        if r["edge"]
+    ]
 
 
 def tables(results: dict):
-    header = ("magnitudes", "density", "B", "index", "index says", "regime", "gain sign", "gain spec", "measured winner",
-              "c_1", "c_*", "H_sign", "H_spec", "best eta at grid edge")
-    rows = [[r["magnitudes"], r["density"], "inf" if math.isinf(r["batch"]) else int(r["batch"]), r["index"],
-             r["index_winner"], r["regime"], r["gain_sign"], r["gain_spec"], r["winner"], r["c_1"], r["c_star"],
-             r["H_sign"], r["H_spec"], r["edge"]] for r in results["rows"]]
+    header = (
+        "magnitudes",
+        "density",
+        "B",
+        "index",
+        "index says",
+        "regime",
+        "gain sign",
+        "gain spec",
+        "measured winner",
+        "c_1",
+        "c_*",
+        "H_sign",
+        "H_spec",
+        "best eta at grid edge",
+    )
+    rows = [
+        [
+            r["magnitudes"],
+            r["density"],
+            "inf" if math.isinf(r["batch"]) else int(r["batch"]),
+            r["index"],
+            r["index_winner"],
+            r["regime"],
+            r["gain_sign"],
+            r["gain_spec"],
+            r["winner"],
+            r["c_1"],
+            r["c_star"],
+            r["H_sign"],
+            r["H_spec"],
+            r["edge"],
+        ]
+        for r in results["rows"]
+    ]
     return [(header, rows)]
 
 
 def notes(results: dict) -> list[str]:
     st = results["settings"]
-    return [f"Layer {st['n']} x {st['m']}, label noise {st['label_noise']}, input decay {st['input_decay']}; index from "
-            f"K={st['microbatches']} microbatches of size B, measured gains from {st['draws']} fresh minibatches with a "
-            f"{st['eta_grid']}-point eta line search per method. Equal-magnitude gradients are the case where sign(G) "
-            "is exactly G's direction; Gaussian-magnitude ones are the usual notion of a sparse gradient."]
+    return [
+        f"Layer {st['n']} x {st['m']}, label noise {st['label_noise']}, input decay {st['input_decay']}; index from "
+        f"K={st['microbatches']} microbatches of size B, measured gains from {st['draws']} fresh minibatches with a "
+        f"{st['eta_grid']}-point eta line search per method. Equal-magnitude gradients are the case where sign(G) "
+        "is exactly G's direction; Gaussian-magnitude ones are the usual notion of a sparse gradient."
+    ]
 
 
 def figures(results: dict, out_dir) -> list:
@@ -363,7 +509,7 @@ def figures(results: dict, out_dir) -> list:
     st = results["settings"]
     rows = results["rows"]
     finite = sorted(b for b in st["batch_sizes"] if math.isfinite(b))
-    x_inf = (finite[-1] * 8) if finite else 1.0            # B = inf drawn apart, to the right of a gap
+    x_inf = (finite[-1] * 8) if finite else 1.0  # B = inf drawn apart, to the right of a gap
 
     def pos(y):
         return y if isinstance(y, float) and math.isfinite(y) and y > 0 else float("nan")
@@ -373,20 +519,36 @@ def figures(results: dict, out_dir) -> list:
         for j, rho in enumerate(st["densities"]):
             color = f"C{j}"
             sel = {r["batch"]: r for r in rows if r["magnitudes"] == k and r["density"] == rho}
-            meas = [pos(sel[b]["gain_spec"] / sel[b]["gain_sign"]) if sel[b]["gain_sign"] > 0 else float("nan")
-                    for b in finite]
+            meas = [
+                pos(sel[b]["gain_spec"] / sel[b]["gain_sign"]) if sel[b]["gain_sign"] > 0 else float("nan")
+                for b in finite
+            ]
             ax.plot(finite, meas, "-o", color=color, markersize=4, label=f"measured, rho={rho:g}")
-            ax.plot(finite, [pos(sel[b]["index"]) for b in finite], "--", color=color, linewidth=1,
-                    label=f"index I(G, B), rho={rho:g}")
+            ax.plot(
+                finite,
+                [pos(sel[b]["index"]) for b in finite],
+                "--",
+                color=color,
+                linewidth=1,
+                label=f"index I(G, B), rho={rho:g}",
+            )
             if math.inf in sel:
                 r = sel[math.inf]
-                ax.plot([x_inf], [pos(r["gain_spec"] / r["gain_sign"]) if r["gain_sign"] > 0 else float("nan")], "s",
-                        color=color, label=f"measured, B = inf, rho={rho:g}")
-                ax.plot([x_inf], [pos(r["index"])], "x", color=color, markersize=7, label=f"index, B = inf, rho={rho:g}")
+                ax.plot(
+                    [x_inf],
+                    [pos(r["gain_spec"] / r["gain_sign"]) if r["gain_sign"] > 0 else float("nan")],
+                    "s",
+                    color=color,
+                    label=f"measured, B = inf, rho={rho:g}",
+                )
+                ax.plot(
+                    [x_inf], [pos(r["index"])], "x", color=color, markersize=7, label=f"index, B = inf, rho={rho:g}"
+                )
         ax.axhline(1.0, color="k", linewidth=0.8, label="1 (the decision boundary)")
         if finite:
-            ax.axvline(math.sqrt(finite[-1] * x_inf), color="gray", linestyle=":", linewidth=1,
-                       label="gap: finite B | B = inf")
+            ax.axvline(
+                math.sqrt(finite[-1] * x_inf), color="gray", linestyle=":", linewidth=1, label="gap: finite B | B = inf"
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         F.log_ticks(ax, finite + [x_inf], "x", [f"{b:g}" for b in finite] + ["inf"])

@@ -39,9 +39,11 @@ from steepest.app.runs import ConfigError
 
 SEED = "seed 001"
 SEED_003 = "seed 003"
-SEEDS = (SEED, SEED_003)   # this experiment checks claims of two seeds
-SOURCE = ('D. Davis and D. Drusvyatskiy, "When do spectral gradient updates help in deep learning?"; '
-          'F. L. Cesista, "Steepest Descent Under Schatten-p Norms"')
+SEEDS = (SEED, SEED_003)  # this experiment checks claims of two seeds
+SOURCE = (
+    'D. Davis and D. Drusvyatskiy, "When do spectral gradient updates help in deep learning?"; '
+    'F. L. Cesista, "Steepest Descent Under Schatten-p Norms"'
+)
 TITLE = "trained charlm: activation stable rank, and exact vs approximate orthogonalization"
 VERSION = 1
 EXACT = "svd"
@@ -55,35 +57,46 @@ class Config:
     context: int = 64
     batch_size: int = 16
     steps: int = 150
-    aux_lr: float = 3e-3             # AdamW for embeddings, norms, head
-    lrs: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08, 0.16)   # extended until every best lr is interior
+    aux_lr: float = 3e-3  # AdamW for embeddings, norms, head
+    lrs: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08, 0.16)  # extended until every best lr is interior
     variants: tuple[str, ...] = ("svd", "polar_express", "muon_quintic", "schatten32", "schatten4")
     monitor_every: int = 25
     # thresholds, fixed before the run
-    low_frac: float = 0.1            # seed 001 "low": st(A) <= this x the activation's width at the last record
-    low_band: float = 0.1            # ... a layer within +-this (relative) of that limit decides nothing
-    grow_max: float = 1.5            # ... "remains": no layer's st(A) above this x its value at initialization
-    approx_gap: float = 0.02         # seed 003: an approximate dualizer within this (relative) of exact polar's loss
-    rank_corr: float = 0.7           # extension: Spearman(update spread, -loss) at least this
+    low_frac: float = 0.1  # seed 001 "low": st(A) <= this x the activation's width at the last record
+    low_band: float = 0.1  # ... a layer within +-this (relative) of that limit decides nothing
+    grow_max: float = 1.5  # ... "remains": no layer's st(A) above this x its value at initialization
+    approx_gap: float = 0.02  # seed 003: an approximate dualizer within this (relative) of exact polar's loss
+    rank_corr: float = 0.7  # extension: Spearman(update spread, -loss) at least this
     seed: int = 0
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in ("svd", "polar_express", "muon_quintic") and not _schatten_p(v)]
         if bad or EXACT not in self.variants:
-            raise ConfigError(f"variants must include 'svd' and be svd, polar_express, muon_quintic or schatten<p>; got {bad}")
+            raise ConfigError(
+                f"variants must include 'svd' and be svd, polar_express, muon_quintic or schatten<p>; got {bad}"
+            )
         if self.steps < 2 or self.monitor_every < 1 or not self.lrs or any(lr <= 0 for lr in self.lrs):
             raise ConfigError("steps >= 2, monitor_every >= 1 and positive lrs are required")
 
 
 def quick() -> Config:
-    return Config(n_layer=1, d_model=32, n_head=2, context=32, batch_size=8, steps=30, lrs=(0.02,),
-                  variants=("svd", "muon_quintic", "schatten4"), monitor_every=10)
+    return Config(
+        n_layer=1,
+        d_model=32,
+        n_head=2,
+        context=32,
+        batch_size=8,
+        steps=30,
+        lrs=(0.02,),
+        variants=("svd", "muon_quintic", "schatten4"),
+        monitor_every=10,
+    )
 
 
 def _schatten_p(name: str) -> float | None:
     if name.startswith("schatten"):
         try:
-            return float(name[len("schatten"):])
+            return float(name[len("schatten") :])
         except ValueError:
             return None
     return None
@@ -110,8 +123,15 @@ def train(cfg: Config, variant: str, lr: float) -> dict:
     from steepest.diagnostics import LayerMonitor
     from steepest.diagnostics.sinks import MemorySink
 
-    task = charlm_task("quick", n_layer=cfg.n_layer, d_model=cfg.d_model, n_head=cfg.n_head, context=cfg.context,
-                       batch_size=cfg.batch_size, steps=cfg.steps)
+    task = charlm_task(
+        "quick",
+        n_layer=cfg.n_layer,
+        d_model=cfg.d_model,
+        n_head=cfg.n_head,
+        context=cfg.context,
+        batch_size=cfg.batch_size,
+        steps=cfg.steps,
+    )
     torch.manual_seed(cfg.seed)
     model = task.make_model()
     opt = build(variant, model, lr, cfg.aux_lr, task.routing)
@@ -131,8 +151,10 @@ def train(cfg: Config, variant: str, lr: float) -> dict:
     model.eval()
     with torch.no_grad():
         val = task.evaluate(model) if len(losses) == cfg.steps else math.inf
-    recs = [{k: r.get(k) for k in ("step", "layer", "shape", "st_A", "nr_G", "update_fro", "update_op")}
-            for r in sink.records]
+    recs = [
+        {k: r.get(k) for k in ("step", "layer", "shape", "st_A", "nr_G", "update_fro", "update_op")}
+        for r in sink.records
+    ]
     return {"val": val if math.isfinite(val) else math.inf, "train": losses, "records": recs}
 
 
@@ -145,11 +167,16 @@ def update_spread(rec: dict) -> float:
 
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
-    base = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("n_layer", "d_model", "n_head", "context",
-                                                                       "batch_size", "steps", "aux_lr", "monitor_every", "seed")}
+    base = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k in ("n_layer", "d_model", "n_head", "context", "batch_size", "steps", "aux_lr", "monitor_every", "seed")
+    }
     runs = {}
     for v, lr in progress([(v, lr) for v in cfg.variants for lr in cfg.lrs], "trained"):
-        runs[f"{v}|{lr:g}"] = cells.get(f"trained-{v}-{lr:g}", {**base, "v": v, "lr": lr}, lambda v=v, lr=lr: train(cfg, v, lr))
+        runs[f"{v}|{lr:g}"] = cells.get(
+            f"trained-{v}-{lr:g}", {**base, "v": v, "lr": lr}, lambda v=v, lr=lr: train(cfg, v, lr)
+        )
     best = {}
     for v in cfg.variants:
         lr = min(cfg.lrs, key=lambda lr: runs[f"{v}|{lr:g}"]["val"])
@@ -187,7 +214,7 @@ def claims(results: dict) -> list[Claim]:
     init = {r["layer"]: r["st_A"] for r in at(first)}
     band = st["low_band"]
     limit = {l: st["low_frac"] * w for l, _, w in lows}
-    over = [l for l, s, _ in lows if s > limit[l] * (1 + band)]             # clearly above the limit
+    over = [l for l, s, _ in lows if s > limit[l] * (1 + band)]  # clearly above the limit
     near = [l for l, s, _ in lows if limit[l] * (1 - band) < s <= limit[l] * (1 + band)]
     grew = [l for l, s, _ in lows if l in init and s > st["grow_max"] * init[l]]
 
@@ -203,42 +230,64 @@ def claims(results: dict) -> list[Claim]:
     else:
         low_ok = None if near else True
     out = [
-        seed_claim(SEED, "Findings", "In trained models, activation stable rank remains low, favoring spectral methods",
-                   f"charlm trained {st['steps']} steps (exact polar, lr {best[EXACT]['lr']:g}): st(A)/width at step "
-                   f"{first} -> {last}: " + ", ".join(f"{l} {fmt(init.get(l, math.nan))} -> {fmt(s)}/{w}" for l, s, w in lows)
-                   + f"; share of layers with nr(G) >= st(A): {fmt(s1)} (at step {first}: {fmt(s0)})", low_ok,
-                   baseline="each layer's st(A) at initialization, and the activation's width (a full-rank activation)",
-                   threshold=f"holds if at the last record every hidden layer has st(A) <= {st['low_frac']} x width (outside "
-                   f"a +-{band:g} band around that limit), none grew above {st['grow_max']:g}x its value at init, and "
-                   f"nr(G) >= st(A) in more than half; fails if one is clearly above the limit, grew, or the share <= 1/2; "
-                   "else inconclusive (a layer inside the band decides nothing)"),
+        seed_claim(
+            SEED,
+            "Findings",
+            "In trained models, activation stable rank remains low, favoring spectral methods",
+            f"charlm trained {st['steps']} steps (exact polar, lr {best[EXACT]['lr']:g}): st(A)/width at step "
+            f"{first} -> {last}: "
+            + ", ".join(f"{l} {fmt(init.get(l, math.nan))} -> {fmt(s)}/{w}" for l, s, w in lows)
+            + f"; share of layers with nr(G) >= st(A): {fmt(s1)} (at step {first}: {fmt(s0)})",
+            low_ok,
+            baseline="each layer's st(A) at initialization, and the activation's width (a full-rank activation)",
+            threshold=f"holds if at the last record every hidden layer has st(A) <= {st['low_frac']} x width (outside "
+            f"a +-{band:g} band around that limit), none grew above {st['grow_max']:g}x its value at init, and "
+            f"nr(G) >= st(A) in more than half; fails if one is clearly above the limit, grew, or the share <= 1/2; "
+            "else inconclusive (a layer inside the band decides nothing)",
+        ),
     ]
     approx = [v for v in best if v != EXACT and not (_schatten_p(v) or math.inf) < 16]
     gaps = {v: best[v]["val"] / best[EXACT]["val"] - 1 for v in approx}
-    out.append(seed_claim(SEED_003, "What Does the Dualizer Actually Do?", "optimizers that merely approximately "
-                          "semi-orthogonalize the gradients like Sketching and Muon work so well in practice despite "
-                          "resulting in (relatively) high-variance of singular values post-dualization",
-                          "final val loss (best lr): " + ", ".join(f"{v} {fmt(b['val'], 4)} (lr {b['lr']:g})" for v, b in best.items())
-                          + "; gap to exact polar: " + ", ".join(f"{v} {fmt(g)}" for v, g in gaps.items()),
-                          all(g <= st["approx_gap"] for g in gaps.values()) if gaps else None,
-                          baseline="exact polar (svd) at its best lr",
-                          threshold=f"every approximate dualizer (Newton-Schulz, Polar Express, Schatten p >= 16) within "
-                          f"{st['approx_gap']:.0%} of exact polar's final validation loss"))
+    out.append(
+        seed_claim(
+            SEED_003,
+            "What Does the Dualizer Actually Do?",
+            "optimizers that merely approximately "
+            "semi-orthogonalize the gradients like Sketching and Muon work so well in practice despite "
+            "resulting in (relatively) high-variance of singular values post-dualization",
+            "final val loss (best lr): "
+            + ", ".join(f"{v} {fmt(b['val'], 4)} (lr {b['lr']:g})" for v, b in best.items())
+            + "; gap to exact polar: "
+            + ", ".join(f"{v} {fmt(g)}" for v, g in gaps.items()),
+            all(g <= st["approx_gap"] for g in gaps.values()) if gaps else None,
+            baseline="exact polar (svd) at its best lr",
+            threshold=f"every approximate dualizer (Newton-Schulz, Polar Express, Schatten p >= 16) within "
+            f"{st['approx_gap']:.0%} of exact polar's final validation loss",
+        )
+    )
     vs = list(best)
     rho = _spearman([best[v]["spread"] for v in vs], [-best[v]["val"] for v in vs])
-    out.append(extension_claim(SEED_003, "the update's singular-value spread predicts the loss: variants whose updates "
-                               "are closer to orthogonal (higher update stable rank / min shape) end lower",
-                               "update spread at the last record: " + ", ".join(f"{v} {fmt(best[v]['spread'])}" for v in vs)
-                               + f"; Spearman(spread, -loss) = {fmt(rho)} over {len(vs)} variants",
-                               rho >= st["rank_corr"] if math.isfinite(rho) else None,
-                               baseline="no association (rank correlation 0)",
-                               threshold=f"rank correlation >= {st['rank_corr']} (needs >= 3 variants)"))
+    out.append(
+        extension_claim(
+            SEED_003,
+            "the update's singular-value spread predicts the loss: variants whose updates "
+            "are closer to orthogonal (higher update stable rank / min shape) end lower",
+            "update spread at the last record: "
+            + ", ".join(f"{v} {fmt(best[v]['spread'])}" for v in vs)
+            + f"; Spearman(spread, -loss) = {fmt(rho)} over {len(vs)} variants",
+            rho >= st["rank_corr"] if math.isfinite(rho) else None,
+            baseline="no association (rank correlation 0)",
+            threshold=f"rank correlation >= {st['rank_corr']} (needs >= 3 variants)",
+        )
+    )
     return out
 
 
 def tables(results: dict):
-    rows = [[k.split("|")[0], float(k.split("|")[1]), r["val"], r["train"][-1] if r["train"] else math.nan]
-            for k, r in results["runs"].items()]
+    rows = [
+        [k.split("|")[0], float(k.split("|")[1]), r["val"], r["train"][-1] if r["train"] else math.nan]
+        for k, r in results["runs"].items()
+    ]
     return [(("variant", "lr", "final val loss", "final train loss"), rows)]
 
 
@@ -247,9 +296,14 @@ def figures(results: dict, out_dir) -> list:
 
     best = results["best"]
     fig, axes = F.subplots(1, 3, width=4.6)
-    F.lines(axes[0], range(results["settings"]["steps"]),
-            {f"{v} (lr {b['lr']:g})": results["runs"][f"{v}|{b['lr']:g}"]["train"] for v, b in best.items()},
-            xlabel="step", ylabel="train loss (nats)", title="charlm, each variant at its best lr")
+    F.lines(
+        axes[0],
+        range(results["settings"]["steps"]),
+        {f"{v} (lr {b['lr']:g})": results["runs"][f"{v}|{b['lr']:g}"]["train"] for v, b in best.items()},
+        xlabel="step",
+        ylabel="train loss (nats)",
+        title="charlm, each variant at its best lr",
+    )
     ex = results["runs"][f"{EXACT}|{best[EXACT]['lr']:g}"]["records"]
     layers = sorted({r["layer"] for r in ex})
     series = {}
@@ -257,10 +311,22 @@ def figures(results: dict, out_dir) -> list:
         rs = sorted((r for r in ex if r["layer"] == l and r["st_A"] is not None), key=lambda r: r["step"])
         series[f"st(A) {l}"] = ([r["step"] for r in rs], [r["st_A"] for r in rs])
         series[f"nr(G) {l}"] = ([r["step"] for r in rs], [r["nr_G"] for r in rs])
-    F.scatter(axes[1], series, xlabel="step", ylabel="stable rank / nuclear rank", title="exact-polar run: st(A), nr(G)",
-              logy=True, size=10)
+    F.scatter(
+        axes[1],
+        series,
+        xlabel="step",
+        ylabel="stable rank / nuclear rank",
+        title="exact-polar run: st(A), nr(G)",
+        logy=True,
+        size=10,
+    )
     axes[1].legend(fontsize=5, ncol=2)
-    F.scatter(axes[2], {v: ([b["spread"]], [b["val"]]) for v, b in best.items()},
-              xlabel="update stable rank / min(shape) (last record)", ylabel="final validation loss",
-              title="does the update's spread predict the loss?", size=30)
+    F.scatter(
+        axes[2],
+        {v: ([b["spread"]], [b["val"]]) for v, b in best.items()},
+        xlabel="update stable rank / min(shape) (last record)",
+        ylabel="final validation loss",
+        title="does the update's spread predict the loss?",
+        size=30,
+    )
     return [F.save(fig, f"{out_dir}/trained_charlm.png", require_labels=True)]

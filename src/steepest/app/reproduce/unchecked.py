@@ -25,36 +25,50 @@ HEADER = ("seed and section", "claim", "why not checked", "what would check it")
 
 #: (seed and section, claim, why not checked, what would check it), most important first.
 UNCHECKED: tuple[tuple[str, str, str, str], ...] = (
-    ("seed 002, section 4 (Discussion)",
-     "\u201cspectral methods often outperform sign methods in the early phase of training\u201d",
-     "needs real-network training stratified by phase; the project's oracle records (layer-oracle) point the other "
-     "way (spectral wins 0.38 of records at step 0, 0.72 at step 300) but are not judged as this claim",
-     "per-layer one-step decrease of spectral vs sign steps at init / early / late on charlm and GPT-2, per phase"),
-    ("seed 001 (thesis)",
-     "the nr(G) >= st(A) condition predicts the one-step training-loss decrease, per layer",
-     "layer-oracle pools batch sizes and scores held-out loss on 16-32 wide models; the issue's item 3 (stratified "
-     "by phase and batch, training-batch loss and exact full-batch gradient, >= 64 wide) is not built yet",
-     "issue 20 item 3"),
-    ("seed 002, section 3.1, eq. (3)-(4)",
-     "c_1 ~ ||sigma||_1 and c_* ~ tr((E[EE^T])^(1/2)) approximate the expected dual norms of the noise",
-     "no experiment compares the approximations with sampled sqrt(B) E||G_hat - G|| yet",
-     "sampled noise on real-network gradients vs both closed forms, over B"),
-    ("seed 002, Propositions 1-2, eq. (5)-(6)",
-     "E<G, sign(G_hat)> >= ||G||_1 - 2 c_1 / sqrt(B) and E<G, polar(G_hat)> >= ||G||_nuc - 2 c_* / sqrt(B)",
-     "the bounds are not evaluated against Monte-Carlo expectations",
-     "Monte-Carlo E<G, D(G_hat)> vs the bound over B, Gaussian and real-network noise"),
-    ("seed 004, stage 2",
-     "the second (alignment) stage lasts T2 = O(1/eta)",
-     "phase-retrieval measures T1 only",
-     "T2 over a grid of eta at fixed d, fitted against 1/eta and rivals"),
-    ("seed 004, open question 2",
-     "how SpecGD's largest stable learning rate scales in d (exponent of d)",
-     "phase-checks reports the largest aligned kappa per d, not an exponent with an interval",
-     "kappa_max(d) over d = 25 ... 1e4 with a fitted exponent"),
-    ("seed 004, 'quick check' on the spiked covariance",
-     "with the spike aligned with the signal the analysis favours GD",
-     "not run",
-     "phase-retrieval with v = w*: steps to alignment 0.9 of both methods"),
+    (
+        "seed 002, section 4 (Discussion)",
+        "\u201cspectral methods often outperform sign methods in the early phase of training\u201d",
+        "needs real-network training stratified by phase; the project's oracle records (layer-oracle) point the other "
+        "way (spectral wins 0.38 of records at step 0, 0.72 at step 300) but are not judged as this claim",
+        "per-layer one-step decrease of spectral vs sign steps at init / early / late on charlm and GPT-2, per phase",
+    ),
+    (
+        "seed 001 (thesis)",
+        "the nr(G) >= st(A) condition predicts the one-step training-loss decrease, per layer",
+        "layer-oracle pools batch sizes and scores held-out loss on 16-32 wide models; the issue's item 3 (stratified "
+        "by phase and batch, training-batch loss and exact full-batch gradient, >= 64 wide) is not built yet",
+        "issue 20 item 3",
+    ),
+    (
+        "seed 002, section 3.1, eq. (3)-(4)",
+        "c_1 ~ ||sigma||_1 and c_* ~ tr((E[EE^T])^(1/2)) approximate the expected dual norms of the noise",
+        "no experiment compares the approximations with sampled sqrt(B) E||G_hat - G|| yet",
+        "sampled noise on real-network gradients vs both closed forms, over B",
+    ),
+    (
+        "seed 002, Propositions 1-2, eq. (5)-(6)",
+        "E<G, sign(G_hat)> >= ||G||_1 - 2 c_1 / sqrt(B) and E<G, polar(G_hat)> >= ||G||_nuc - 2 c_* / sqrt(B)",
+        "the bounds are not evaluated against Monte-Carlo expectations",
+        "Monte-Carlo E<G, D(G_hat)> vs the bound over B, Gaussian and real-network noise",
+    ),
+    (
+        "seed 004, stage 2",
+        "the second (alignment) stage lasts T2 = O(1/eta)",
+        "phase-retrieval measures T1 only",
+        "T2 over a grid of eta at fixed d, fitted against 1/eta and rivals",
+    ),
+    (
+        "seed 004, open question 2",
+        "how SpecGD's largest stable learning rate scales in d (exponent of d)",
+        "phase-checks reports the largest aligned kappa per d, not an exponent with an interval",
+        "kappa_max(d) over d = 25 ... 1e4 with a fitted exponent",
+    ),
+    (
+        "seed 004, 'quick check' on the spiked covariance",
+        "with the spike aligned with the signal the analysis favours GD",
+        "not run",
+        "phase-retrieval with v = w*: steps to alignment 0.9 of both methods",
+    ),
 )
 
 
@@ -65,7 +79,9 @@ def rows() -> list[list[str]]:
 def counts_text() -> str:
     """One sentence with the counts (the audit's totals, minus what was checked since)."""
     still = AUDIT_UNCHECKED - len(CHECKED_SINCE_AUDIT)
-    return (f"The audit found {AUDIT_CLAIMS} checkable claims in the five seeds, {AUDIT_UNCHECKED} unchecked; since then "
-            f"{len(CHECKED_SINCE_AUDIT)} is checked ({'; '.join(CHECKED_SINCE_AUDIT)}), so {still} remain. The "
-            f"{len(UNCHECKED)} most important are listed here; the other {still - len(UNCHECKED)} of the audit's list are not "
-            "itemized yet (a gap of this table, not a sign that they hold).")
+    return (
+        f"The audit found {AUDIT_CLAIMS} checkable claims in the five seeds, {AUDIT_UNCHECKED} unchecked; since then "
+        f"{len(CHECKED_SINCE_AUDIT)} is checked ({'; '.join(CHECKED_SINCE_AUDIT)}), so {still} remain. The "
+        f"{len(UNCHECKED)} most important are listed here; the other {still - len(UNCHECKED)} of the audit's list are not "
+        "itemized yet (a gap of this table, not a sign that they hold)."
+    )

@@ -108,8 +108,10 @@ def task_factory(spec: str) -> Callable[..., Task]:
         return TASKS[spec]
     mod_name, _, attr = spec.partition(":")
     if not mod_name or not all(p.isidentifier() for p in mod_name.split(".")) or not attr.isidentifier():
-        raise TaskError(f"task {spec!r}: expected a built-in name ({', '.join(TASKS)}) or "
-                        "'package.module:factory' (e.g. mypkg.tasks:make_task)")
+        raise TaskError(
+            f"task {spec!r}: expected a built-in name ({', '.join(TASKS)}) or "
+            "'package.module:factory' (e.g. mypkg.tasks:make_task)"
+        )
     try:
         factory = import_spec(spec, "task")
     except SpecError as e:
@@ -164,8 +166,10 @@ def check_task(task: Task, seed: int = 0) -> None:
         if not isinstance(model, nn.Module):
             raise TaskError(f"{who}: make_model() returned {type(model).__name__}, expected a torch.nn.Module")
         if not any(p.requires_grad for p in model.parameters()):
-            raise TaskError(f"{who}: make_model() returned a {type(model).__name__} without trainable parameters; "
-                            "there is nothing to optimize")
+            raise TaskError(
+                f"{who}: make_model() returned a {type(model).__name__} without trainable parameters; "
+                "there is nothing to optimize"
+            )
         try:
             batch = task.batch(seed, 0)
             loss = task.loss(model, batch)

