@@ -197,3 +197,27 @@ def test_polar_svd_falls_back_when_lapack_does_not_converge(monkeypatch, fails, 
     # times the condition of the kept part (about 10 here); the SVD path agrees to rounding
     assert torch.allclose(q, want_q, atol=1e-7) and torch.allclose(s, want_s, atol=1e-7)
     assert len(calls) == fails + (fails == 1)  # path 1 succeeds on its second call, path 2 never calls again
+
+
+@pytest.mark.parametrize("which", ["schatten", "spectral_power"])
+def test_schatten_and_knob_svds_take_the_fallback_too(monkeypatch, which):
+    """The Schatten-p dualizer and the knob's SVD path use the same fallback as polar_svd (one LinAlgError)."""
+    from steepest.linalg.polar_factor import SVDFallbackWarning
+    from steepest.linalg.schatten import schatten_dualize
+    from steepest.linalg.spectral_power import spectral_power
+
+    G = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    run = (lambda: schatten_dualize(G, 4.0)) if which == "schatten" else (lambda: spectral_power(G, 0.5, method="svd"))
+    want = run()
+    real_svd, calls = torch.linalg.svd, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real_svd(*a, **k)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    with pytest.warns(SVDFallbackWarning, match="float64 fallback"):
+        got = run()
+    assert torch.allclose(got, want, atol=1e-12)  # float64 SVD of the transpose: the same factors to rounding

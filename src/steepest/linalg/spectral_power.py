@@ -45,7 +45,7 @@ import math
 
 import torch
 
-from steepest.linalg.polar_factor import _check_matrix, prescale_with_scale
+from steepest.linalg.polar_factor import _check_matrix, prescale_with_scale, svd_or_fallback
 
 METHODS = ("svd", "gram")
 MAGNITUDES = ("frobenius", "spectral", "schatten")
@@ -73,7 +73,7 @@ def exponent_from_p(p: float) -> float:
 
 def _spectrum_svd(X: torch.Tensor):
     """(left factor applied later, s, kept) from an SVD of the wide X: returns U, s, Vh and the cut mask."""
-    U, s, Vh = torch.linalg.svd(X, full_matrices=False)
+    U, s, Vh = svd_or_fallback(X)  # a LinAlgError (gesdd not converging) takes the stable float64 path
     tol = max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s[..., :1]
     return U, s, Vh, s > tol
 
