@@ -247,7 +247,8 @@ def rms_factor(shape: tuple[int, ...], norm: str, p: float | None = None) -> flo
         return math.sqrt(max(m, n))
     if name == "frobenius":
         return math.sqrt(m * n)
-    assert p is not None  # resolve(): a Schatten norm always has p
+    if p is None:  # resolve() gives a Schatten norm its p; a direct caller may not
+        raise ValueError("norm='schatten' needs p (the Schatten exponent)")
     return math.sqrt(m * n) * k ** (1.0 / p - 0.5)
 
 
@@ -302,7 +303,8 @@ def matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> torch.Ten
     elif name == "spectral":
         out = _svdvals(X)[..., 0].to(X.dtype)
     else:
-        assert p is not None  # resolve(): a Schatten norm always has p
+        if p is None:  # resolve() gives a Schatten norm its p; a direct caller may not
+            raise ValueError("norm='schatten' needs p (the Schatten exponent)")
         out = vector_pnorm(_svdvals(X), p).to(X.dtype)
     return out.squeeze(0) if squeeze else out
 
@@ -322,7 +324,8 @@ def dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Tenso
     elif name == "spectral":
         out = _svdvals(G).sum(dim=-1).to(G.dtype)
     else:
-        assert p is not None  # resolve(): a Schatten norm always has p
+        if p is None:  # resolve() gives a Schatten norm its p; a direct caller may not
+            raise ValueError("norm='schatten' needs p (the Schatten exponent)")
         out = vector_pnorm(_svdvals(G), conjugate_exponent(p)).to(G.dtype)
     return out.squeeze(0) if squeeze else out
 
@@ -428,7 +431,8 @@ def dualize_with_dual_norm(
         )  # 1e-7: polar's (torch.optim.Muon's) default
         dn = _svdvals(G).sum(dim=-1).to(wide) if need_dual_norm else None
     else:
-        assert p is not None  # resolve(): a Schatten norm always has p
+        if p is None:  # resolve() gives a Schatten norm its p; a direct caller may not
+            raise ValueError("norm='schatten' needs p (the Schatten exponent)")
         # float64 SVD unless asked otherwise: the power s^(q-1) amplifies rounding for q near 1 and large q.
         sdt = dtype_from_name(dtype)  # a dtype name ("float32") as well as a torch dtype
         D, s = schatten_dualize_and_singular_values(G, p, sdt if isinstance(sdt, torch.dtype) else torch.float64)

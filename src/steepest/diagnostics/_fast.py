@@ -84,14 +84,18 @@ class Fast(Estimate):
                 L.top_A = (float(eig[("A", name)][0]), float(gram_A.diagonal().double().sum()))
 
     def grad_norms(self, L: Layer, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        assert L.eig_G is not None  # solve() set it: the monitor asks only layers with a finite gradient
+        if L.eig_G is None:  # solve() sets it: the monitor asks only layers with a finite gradient
+            raise RuntimeError(f"LayerMonitor: no gradient eigenvalues for {L.rec.get('layer')} (solve() did not run)")
         sv = singular_values(L.eig_G[0])  # float64 Gram eigenvalues: exact up to ~1e-8 (metrics.gram_singular_values)
         return sv.sum(), sv.square().sum().sqrt()
 
     def stable_rank(self, L: Layer, step: int) -> float:
         A = L.A
         if A.shape[-1] <= GRAM_MAX_COLS:
-            assert L.top_A is not None  # solve() set it for every finite A this narrow
+            if L.top_A is None:  # solve() sets it for every finite A this narrow
+                raise RuntimeError(
+                    f"LayerMonitor: no activation eigenpair for {L.rec.get('layer')} (solve() did not run)"
+                )
             lam1, tr = L.top_A
             return tr / lam1 if lam1 > 0 else 0.0
         fro2 = L.gram_A if isinstance(L.gram_A, float) else float(A.double().square().sum())

@@ -36,18 +36,16 @@ from __future__ import annotations
 
 import torch
 
+from steepest.linalg.polar_factor import rank_tolerance
+from steepest.linalg.schatten import vector_pnorm
+
 #: The default grid of knob values: a = 0 (spectral/Muon) to a = 1 (Frobenius/GD) in steps of 0.1. The
 #: paper searches p in [1.02, 10] (a in [0.1, 0.98]) and adds Muon as its limit; the grid holds both ends.
 EXPONENTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
-def schatten_k_norm(s: torch.Tensor, k: float) -> torch.Tensor:
-    """||s||_k of singular values s (last dim), overflow-safe; k = inf is the max."""
-    smax = s.amax(dim=-1)
-    if k == float("inf"):
-        return smax
-    safe = torch.where(smax > 0, smax, torch.ones_like(smax))
-    return (s / safe.unsqueeze(-1)).pow(k).sum(-1).pow(1.0 / k) * smax
+#: ||s||_k of singular values s (last dim), overflow-safe; k = inf is the max: the library's one l_p norm.
+schatten_k_norm = vector_pnorm
 
 
 def exponent_scores(
@@ -70,7 +68,7 @@ def exponent_scores(
     M64, G64 = M.double(), G.double()
     U, s, Vh = torch.linalg.svd(M64, full_matrices=False)
     smax = s[:1].clamp(min=torch.finfo(torch.float64).tiny)
-    keep = s > max(M.shape) * torch.finfo(torch.float64).eps * smax
+    keep = s > rank_tolerance(M64, smax)
     r = torch.where(keep, s / smax, torch.zeros_like(s))  # scale-free: f is 0-homogeneous in M
     C = ((U.mT @ G64) * Vh).sum(-1)  # C_i = u_i^T G v_i
     sa = act_singular_values.double()

@@ -222,6 +222,12 @@ def polar(
     return _iterate(G, table, dtype=dtype, normalization=normalization, safety=safety, eps=eps)
 
 
+def rank_tolerance(X: torch.Tensor, s_max: torch.Tensor) -> torch.Tensor:
+    """The one rank cut-off of the SVD paths: singular values at or below ``max(m, n) * eps(X.dtype) * s_max``
+    count as zero (the pseudo-inverse convention; numpy's ``matrix_rank`` default)."""
+    return max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s_max
+
+
 def polar_svd(G: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact polar factor and the singular values, from one SVD: ``(U V^T, s)``.
 
@@ -235,7 +241,7 @@ def polar_svd(G: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torc
     X, amax = prescale_with_scale(G)
     X = X.to(dtype if dtype != torch.bfloat16 and dtype != torch.float16 else torch.float32)
     U, s, Vh = svd_or_fallback(X)
-    tol = max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s[..., :1]
+    tol = rank_tolerance(X, s[..., :1])
     keep = (s > tol).to(X.dtype)
     Q = (U * keep.unsqueeze(-2)) @ Vh
     amax = amax.to(s.dtype)
@@ -360,8 +366,7 @@ def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2) -> torch.Tenso
     Q: torch.Tensor | None = None
     last = len(table) - 1
     for k, (a, b, c) in enumerate(table):
-        if k and k % restart == 0:
-            assert Q is not None  # set by step 0
+        if k and k % restart == 0 and Q is not None:  # (Q is set from step 0 on)
             X, Q = Q @ X, None
             R = X @ X.mT
         P = _addmm(R, R, R, beta=b, alpha=c)  # b R + c R^2
@@ -369,7 +374,8 @@ def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2) -> torch.Tenso
         Q = P if Q is None else P @ Q
         if k < last and (k + 1) % restart != 0:
             R = P @ (R @ P)
-    assert Q is not None, "the coefficient table is empty"
+    if Q is None:
+        raise ValueError("the coefficient table is empty: give at least one (a, b, c) step")
     return Q @ X
 
 

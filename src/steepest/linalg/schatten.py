@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from steepest.linalg.polar_factor import _check_matrix, polar_svd, prescale_with_scale, svd_or_fallback
+from steepest.linalg.polar_factor import _check_matrix, polar_svd, prescale_with_scale, rank_tolerance, svd_or_fallback
 
 #: Relative gap under which two singular values count as equal when finding the multiplicity of the
 #: top singular value for p = 1. Float32 SVD resolves singular values to ~1e-6 relative; 1e-4 keeps
@@ -85,7 +85,7 @@ def schatten_dualize_and_singular_values(
     X = X.to(dtype)
     U, s, Vh = svd_or_fallback(X)  # a LinAlgError (gesdd not converging) takes the stable float64 path
     smax = s[..., :1]
-    tol = max(X.shape[-2:]) * torch.finfo(dtype).eps * smax
+    tol = rank_tolerance(X, smax)
     if p == 1:
         top = (s >= smax * (1 - TOP_MULTIPLICITY_RTOL)) & (s > tol)
         k = top.sum(dim=-1, keepdim=True).clamp(min=1)

@@ -45,7 +45,8 @@ import math
 
 import torch
 
-from steepest.linalg.polar_factor import _check_matrix, prescale_with_scale, svd_or_fallback
+from steepest.linalg.polar_factor import _check_matrix, prescale_with_scale, rank_tolerance, svd_or_fallback
+from steepest.linalg.schatten import vector_pnorm
 
 METHODS = ("svd", "gram")
 MAGNITUDES = ("frobenius", "spectral", "schatten")
@@ -74,7 +75,7 @@ def exponent_from_p(p: float) -> float:
 def _spectrum_svd(X: torch.Tensor):
     """(left factor applied later, s, kept) from an SVD of the wide X: returns U, s, Vh and the cut mask."""
     U, s, Vh = svd_or_fallback(X)  # a LinAlgError (gesdd not converging) takes the stable float64 path
-    tol = max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s[..., :1]
+    tol = rank_tolerance(X, s[..., :1])
     return U, s, Vh, s > tol
 
 
@@ -93,7 +94,7 @@ def _weights(s: torch.Tensor, keep: torch.Tensor, a: float, magnitude: str) -> t
     elif magnitude == "spectral":
         den = t.amax(dim=-1, keepdim=True)
     else:  # schatten: ||t||_p = 1 with p = 1 + 1/a (a = 0: p = inf, the max)
-        den = t.amax(dim=-1, keepdim=True) if a == 0 else t.pow(1.0 + 1.0 / a).sum(-1, keepdim=True).pow(a / (1.0 + a))
+        den = vector_pnorm(t, math.inf if a == 0 else 1.0 + 1.0 / a).unsqueeze(-1)
     return t / torch.where(den > 0, den, torch.ones_like(den))
 
 

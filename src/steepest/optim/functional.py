@@ -329,7 +329,8 @@ def compute_update(
         raise ValueError(f"norm {norm!r} needs a matrix, got shape {tuple(M.shape)}")
     D, dn = geo.dualize_with_dual_norm(X, norm, p, need_dual_norm=step_size == "dual", **dualizer)
     if step_size == "dual":
-        assert dn is not None  # need_dual_norm=True always returns it
+        if dn is None:  # need_dual_norm=True always returns it
+            raise RuntimeError(f"dualize_with_dual_norm returned no dual norm for norm={norm!r}")
         # in float32 at least: dn * D of a float16 parameter overflows long before lr * dn * D does
         work = D.dtype if D.dtype.itemsize >= 4 else torch.float32
         dn = dn.to(work)
