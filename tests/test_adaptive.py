@@ -515,6 +515,27 @@ def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
     assert C.dd_scores(G, A) is None  # a non-finite activation: no DD verdict (the caller falls back)
 
 
+def test_dd_scores_many_equals_dd_scores_layer_by_layer_bit_for_bit():
+    """Adaptive's decisions solve every layer's Gram matrices in one batched call per size
+    (criteria.dd_scores_many); a batched LAPACK call runs the same routine per matrix, so every layer's
+    decreases equal the one-layer dd_scores bit for bit (narrow A: exact Gram; wide A: the seeded Krylov;
+    a non-finite A: None), whatever the mix of sizes in the batch."""
+    from steepest.diagnostics import criteria as C
+
+    g = torch.Generator().manual_seed(5)
+    pairs = {
+        "a": (torch.randn(24, 16, generator=g), torch.randn(64, 16, generator=g)),
+        "b": (torch.randn(16, 24, generator=g), torch.randn(64, 16, generator=g)),  # same Gram sizes as "a"
+        "c": (torch.randn(8, 300, generator=g), torch.randn(400, 300, generator=g)),  # d > DD_GRAM_MAX: Krylov
+        "d": (torch.randn(8, 12, generator=g), torch.full((5, 12), float("nan"))),
+    }
+    many = C.dd_scores_many(pairs)
+    assert many["d"] is None and C.dd_scores(*pairs["d"]) is None
+    for k in "abc":
+        one = C.dd_scores(*pairs[k])
+        assert many[k].decrease == one.decrease and many[k].winner == one.winner, k
+
+
 def test_single_non_spectral_candidate_needs_no_initial():
     W = torch.nn.Parameter(torch.randn(6, 4))
     opt = steepest.Adaptive([W], candidates=("frobenius",), lr=0.01)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from steepest.diagnostics._batched_metrics import gram
+from steepest.diagnostics._batched_metrics import gram, grouped_eigvalsh
 from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
 from steepest.geometry import dual_norm, dualize, matrix_view
 from steepest.linalg.estimate import spectral_norm_estimate
@@ -227,25 +227,54 @@ def dd_scores(G: torch.Tensor, A: torch.Tensor) -> GeometryScores | None:
     value to ~1e-8 s_1, so a low-rank G keeps its nuclear norm; a float32 Gram would add ~3e-4 s_1 per
     zero singular value); ||A||_F a float32 vectorized sum of squares (~1e-6 relative);
     ||A||_op as :data:`DD_GRAM_MAX` says. The float64 SVD reference is :func:`davis_drusvyatskiy`.
+    Many layers at once: :func:`dd_scores_many` (the same numbers).
 
     Example:
         >>> s = dd_scores(torch.eye(4), torch.randn(64, 4))      # nr(I) = 4 >= st(A): spectral
         >>> s.winner
         'spectral'
     """
-    N, A = A.shape[0], A.float()
-    fro = float(torch.linalg.vector_norm(A))
-    if not math.isfinite(fro):
-        return None
-    Gm = matrix_view(G).float()
-    nuc = float(torch.linalg.eigvalsh(gram(Gm, torch.float64)).clamp(min=0).sqrt().sum())
-    norms = {"spectral": nuc, "frobenius": float(torch.linalg.vector_norm(Gm, dtype=torch.float64))}
-    if min(A.shape) <= DD_GRAM_MAX:
-        op = float(torch.linalg.eigvalsh(gram(A, torch.float32).double())[-1].clamp(min=0).sqrt())
-    else:
-        gen = torch.Generator(device=A.device).manual_seed(0)
-        op = float(spectral_norm_estimate(A, iters=DD_OP_ITERS, block=DD_OP_BLOCK, generator=gen))
-    return score_geometries(norms, None, None, {"spectral": fro**2 / N, "frobenius": op**2 / N})
+    return dd_scores_many({0: (G, A)})[0]
+
+
+def dd_scores_many(pairs: dict) -> dict:
+    """:func:`dd_scores` of many layers, ``key -> (G, A)`` to ``key -> GeometryScores | None``, with every G's
+    float64 Gram and every narrow A's Gram (d <= :data:`DD_GRAM_MAX`) eigen-solved in one batched call per
+    (size, dtype) (:func:`~steepest.diagnostics._batched_metrics.grouped_eigvalsh`: the same LAPACK routine
+    per matrix, so each result is bit for bit the one-layer value). Adaptive's decisions use it: one
+    call instead of two per layer.
+
+    Example:
+        >>> out = dd_scores_many({"a": (torch.eye(4), torch.randn(64, 4)), "b": (torch.eye(3), torch.randn(8, 3))})
+        >>> out["a"].winner
+        'spectral'
+    """
+    grams: dict = {}
+    parts: dict = {}
+    for key, (G, A) in pairs.items():
+        N, A = A.shape[0], A.float()
+        fro = float(torch.linalg.vector_norm(A))
+        if not math.isfinite(fro):
+            continue
+        Gm = matrix_view(G).float()
+        grams[("G", key)] = gram(Gm, torch.float64)
+        op = None
+        if min(A.shape) <= DD_GRAM_MAX:
+            grams[("A", key)] = gram(A, torch.float32).double()
+        else:
+            gen = torch.Generator(device=A.device).manual_seed(0)
+            op = float(spectral_norm_estimate(A, iters=DD_OP_ITERS, block=DD_OP_BLOCK, generator=gen))
+        parts[key] = (N, fro, float(torch.linalg.vector_norm(Gm, dtype=torch.float64)), op)
+    eig = grouped_eigvalsh(grams)
+    out: dict = dict.fromkeys(pairs)
+    for key, (N, fro, fro_G, op) in parts.items():
+        nuc = float(eig[("G", key)][0].clamp(min=0).sqrt().sum())
+        if op is None:
+            op = float(eig[("A", key)][0][-1].clamp(min=0).sqrt())
+        out[key] = score_geometries(
+            {"spectral": nuc, "frobenius": fro_G}, None, None, {"spectral": fro**2 / N, "frobenius": op**2 / N}
+        )
+    return out
 
 
 def spec_sign_index(
@@ -392,6 +421,7 @@ __all__ = [
     "kfac_polar_curvature",
     "davis_drusvyatskiy",
     "dd_scores",
+    "dd_scores_many",
     "noise_scales",
     "predicted_decrease",
     "score_geometries",

@@ -238,6 +238,7 @@ class GeometryChooser(Chooser):
         self.model = model
         self._capture: ActivationCapture | None = None
         self._module_of: dict[int, str] = {}
+        self._dd: dict[int, C.GeometryScores | None] = {}  # a decision's DD scores, id(param) -> scores
         self.oracle_model: nn.Module | None = model if criterion == "oracle" else None
         self.oracle_loss: Callable[[], torch.Tensor] | None = oracle_loss if criterion == "oracle" else None
 
@@ -273,12 +274,17 @@ class GeometryChooser(Chooser):
         return self.t % self.every == 0
 
     # ------------------------------------------------------------------------------- decisions
-    def _scores(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> tuple[C.GeometryScores, str]:
+    def _activations(self, p: torch.Tensor) -> tuple[list, torch.Tensor | None]:
+        """The captured calls of ``p``'s layer at this decision and their rows A (None: not hooked)."""
         name = self._module_of.get(id(p))
         calls: list = self._capture.rows(name) if (self._capture is not None and name is not None) else []
-        A = activation_matrix(calls) if calls else None
+        return calls, activation_matrix(calls) if calls else None
+
+    def _scores(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> tuple[C.GeometryScores, str]:
+        calls, A = self._activations(p)
         if self.criterion == "dd" and A is not None and A.numel():
-            scores = C.dd_scores(G, A)
+            # every layer's scores were solved together in choose() (the same numbers as dd_scores alone)
+            scores = self._dd[id(p)] if id(p) in self._dd else C.dd_scores(G, A)
             if scores is not None:
                 return scores, "dd"
         Gm = geo.matrix_view(G).double()
@@ -430,12 +436,19 @@ class GeometryChooser(Chooser):
         if self._deciding():
             start = len(self.history)
             measured = self._measure(blocks) if self.criterion == "oracle" else {}
+            grads: dict = {}
+            if self.criterion == "dd" and len(self.candidates) > 1:  # one batched eigensolve per size for all
+                grads = {id(b.param): _full(b.G) for b in blocks}
+                acts = {id(b.param): self._activations(b.param)[1] for b in blocks}
+                self._dd = C.dd_scores_many({k: (grads[k], A) for k, A in acts.items() if A is not None and A.numel()})
             for b in blocks:
                 if self.criterion == "oracle":
                     self._decide_measured(b, measured.get(id(b.param)), b.label)
                 else:
-                    self._decide(b.param, _full(b.G), b.state, b.label)
+                    G = grads[id(b.param)] if id(b.param) in grads else _full(b.G)
+                    self._decide(b.param, G, b.state, b.label)
                 b.state.pop("prev_grad", None)
+            self._dd = {}
             codes = torch.tensor(
                 [int(b.state.get("geometry", C.GEOMETRIES.index(self.initial))) for b in blocks], dtype=torch.int64
             )
