@@ -195,6 +195,27 @@ def test_a_layer_missing_a_gradient_once_is_recorded_later():
     assert mon.skipped == {}
 
 
+def test_output_gradients_are_kept_only_on_records_with_the_spec_sign_index():
+    """dY (the microbatch gradients' input) is held only on records whose Spec-Sign index is due (every
+    spec_sign_every-th record; none with microbatches=0); A on every record; nothing between records."""
+    torch.manual_seed(6)
+    # every=2, spec_sign_every=2: steps 0, 2, 4 recorded, the index on steps 0 and 4 (None: nothing captured)
+    for microbatches, due in ((4, {0: True, 1: None, 2: False, 3: None, 4: True}), (0, {0: False, 1: None, 2: False})):
+        model = MLP()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon = LayerMonitor(model, every=2, microbatches=microbatches, spec_sign_every=2).attach(opt)
+        held = {}
+        for t, x in enumerate(_batches(max(due) + 1)):
+            opt.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            calls = [c for cs in mon.capture.data.values() for c in cs]
+            held[t] = None if not calls else all(c[1] is not None for c in calls)
+            assert not calls or all(c[0] is not None for c in calls)
+            opt.step()
+        mon.detach()
+        assert held == due, microbatches
+
+
 def test_attaching_twice_does_not_double_count_and_a_second_optimizer_is_refused():
     model, sink = MLP(), MemorySink()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -108,14 +108,19 @@ class ActivationCapture:
     """Forward hooks that keep (input, output-gradient) references of the monitorable layers.
 
     ``when()`` is asked at every forward; only then (and only in training mode with autograd on)
-    are references kept. ``layers`` maps names to modules; ``unsupported`` maps the names of layers
+    are references kept. ``grads`` (a bool, or a callable asked at those forwards): whether the output
+    gradients are kept too (the LayerMonitor asks for them only on records with the Spec-Sign index). ``layers`` maps names to modules; ``unsupported`` maps the names of layers
     with a weight matrix that cannot be monitored to the reason. A ``torch.compile``-d model is
     unwrapped (its ``_orig_mod``), so the names are the plain model's. Raises ValueError when the model
     has no supported layer.
     """
 
     def __init__(
-        self, model: nn.Module, when: Callable[[], bool], grads: bool = True, names: Iterable[str] | None = None
+        self,
+        model: nn.Module,
+        when: Callable[[], bool],
+        grads: bool | Callable[[], bool] = True,
+        names: Iterable[str] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -153,7 +158,8 @@ class ActivationCapture:
                 return None
             entry = [inputs[0].detach(), None, _in_backward()]
             self.data.setdefault(name, []).append(entry)
-            if self.grads and isinstance(output, torch.Tensor) and output.requires_grad:
+            keep_grad = self.grads() if callable(self.grads) else self.grads
+            if keep_grad and isinstance(output, torch.Tensor) and output.requires_grad:
 
                 def keep(grad, entry=entry):
                     entry[1] = grad.detach()

@@ -1,8 +1,8 @@
 """LayerMonitor: per-layer geometry diagnostics during training, attached to any optimizer.
 
 Three concerns, three places: :mod:`~steepest.diagnostics.capture` hooks the layers and keeps their inputs A
-and output gradients dY (on recording steps only, references only); :mod:`~steepest.diagnostics._methods`
-and :mod:`~steepest.diagnostics._fast` compute a record's numbers, one object per ``method``
+and output gradients dY (on recording steps only, dY only on those with the Spec-Sign index; references
+only); :mod:`~steepest.diagnostics._methods` and :mod:`~steepest.diagnostics._fast` compute a record's numbers, one object per ``method``
 (:data:`METHODS`); :mod:`~steepest.diagnostics.sinks` writes them. This module wires them to the
 optimizer's step hooks and keeps the step count and the resume state.
 
@@ -137,7 +137,7 @@ class LayerMonitor:
         self.metrics = METHODS[method](WarmStarts(self.warm_start))
         self.out = Guarded(list(sinks))  # a failing sink warns once and is disabled, never fails a step
         self.step = 0
-        self.capture = ActivationCapture(model, self.recording, grads=microbatches > 0, names=layers)
+        self.capture = ActivationCapture(model, self.recording, grads=self.spec_sign_due, names=layers)
         self._opt_handles: list = []
         self._optimizer: weakref.ref[torch.optim.Optimizer] | None = None
         self._deferred = False
@@ -159,6 +159,11 @@ class LayerMonitor:
     def recording(self) -> bool:
         """True during the step whose forward/backward will be recorded."""
         return self.step % self.every == 0
+
+    def spec_sign_due(self) -> bool:
+        """True during a recording step whose record has the Spec-Sign index (the output gradients dY are
+        kept only then: they are read by nothing else)."""
+        return bool(self.microbatches) and self.recording() and (self.step // self.every) % self.spec_sign_every == 0
 
     def attach(self, optimizer: torch.optim.Optimizer) -> LayerMonitor:
         """Hook ``optimizer``'s steps (once: attaching it again is a no-op; a second optimizer is an error,
@@ -276,7 +281,7 @@ class LayerMonitor:
             )
         self.capture.report_skips(skipped, self.step)
         self.metrics.inspect(work)
-        due = bool(self.microbatches) and (self.step // self.every) % self.spec_sign_every == 0
+        due = self.spec_sign_due()
         self.metrics.solve(work, self.step, due)
         for name, layer in work.items():
             self.metrics.gradient_fields(layer, self.step, self.microbatches if due else 0)
