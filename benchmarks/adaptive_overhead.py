@@ -10,8 +10,9 @@ alternating each round, timed with ``time.thread_time`` (one torch thread). Repo
 * A/B: the median over rounds of the per-round CPU ratio adaptive / specgd - 1, and the ratio of totals. Once
   Adaptive has chosen Frobenius for a layer its step is cheaper there (no Polar Express), so the A/B then
   understates the decisions' cost; the choices are reported;
-* in-decision: the CPU time inside the decisions (``GeometryChooser._decide`` for every layer, the
-  activation hooks and their ``clear``) divided by the rest of Adaptive's training step.
+* in-decision: the CPU time inside the decisions (every layer's DD scores, solved together by
+  ``criteria.dd_scores_many``, ``GeometryChooser._decide`` for every layer, the activation hooks and their
+  ``clear``) divided by the rest of Adaptive's training step.
 
 Goal (issue 22): <= 2%.
 
@@ -40,6 +41,7 @@ from steepest.app.compare.optimizers import build_optimizer  # noqa: E402
 from steepest.app.runs import atomic_write_json, environment  # noqa: E402
 from steepest.app.tasks import get_task  # noqa: E402
 from steepest.diagnostics import capture as capture_mod  # noqa: E402
+from steepest.diagnostics import criteria  # noqa: E402
 from steepest.optim.choosers import GeometryChooser  # noqa: E402
 
 EVERY = 10  # compare's adaptive decides every 10 steps
@@ -109,12 +111,15 @@ def main(argv=None) -> int:
     lrs = resolve_lrs("charlm", "default", ["adaptive"])
     timer = Timer()
     originals = (GeometryChooser._decide, capture_mod.ActivationCapture._hook, capture_mod.ActivationCapture.clear)
+    many = getattr(criteria, "dd_scores_many", None)  # the batched scores (absent in code before it)
     cpu: dict[str, list[float]] = {"specgd": [], "adaptive": []}
     decisions: list[float] = []
     try:
         GeometryChooser._decide = timer.wrap(originals[0])
         capture_mod.ActivationCapture._hook = lambda self, n: timer.wrap(originals[1](self, n))
         capture_mod.ActivationCapture.clear = timer.wrap(originals[2])
+        if many is not None:
+            criteria.dd_scores_many = timer.wrap(many)
         # specgd at Adaptive's lr: Adaptive's plumbing without the choice
         arms = {k: Arm(task, k, lrs["adaptive"][0], lrs["adamw"][0]) for k in cpu}
         for r in range(args.rounds + 1):  # round 0: warm-up, not counted
@@ -129,6 +134,8 @@ def main(argv=None) -> int:
                         decisions.append(timer.total - d0)
     finally:
         GeometryChooser._decide, capture_mod.ActivationCapture._hook, capture_mod.ActivationCapture.clear = originals
+        if many is not None:
+            criteria.dd_scores_many = many
     ratios = sorted(a / b for a, b in zip(cpu["adaptive"], cpu["specgd"]))
     q = len(ratios) // 4
     a_tot, s_tot, d_tot = sum(cpu["adaptive"]), sum(cpu["specgd"]), sum(decisions)
