@@ -281,10 +281,14 @@ class GeometryChooser(Chooser):
         return calls, activation_matrix(calls) if calls else None
 
     def _scores(self, p: torch.Tensor, G: torch.Tensor, state: dict) -> tuple[C.GeometryScores, str]:
+        # DD: every layer's scores were solved together in choose() (the same numbers as dd_scores alone);
+        # None there (a non-finite A) falls through to the fallbacks below, as dd_scores' None does
+        solved = self._dd.get(id(p))
+        if solved is not None:
+            return solved, "dd"
         calls, A = self._activations(p)
-        if self.criterion == "dd" and A is not None and A.numel():
-            # every layer's scores were solved together in choose() (the same numbers as dd_scores alone)
-            scores = self._dd[id(p)] if id(p) in self._dd else C.dd_scores(G, A)
+        if self.criterion == "dd" and id(p) not in self._dd and A is not None and A.numel():
+            scores = C.dd_scores(G, A)
             if scores is not None:
                 return scores, "dd"
         Gm = geo.matrix_view(G).double()
