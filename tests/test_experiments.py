@@ -990,6 +990,8 @@ def test_strata_run_measures_every_layer_per_phase_and_batch(strata_run):
     assert len(strata_run.claims) == 4 and [c.seed[:8] for c in strata_run.claims] == ["seed 001"] * 3 + ["seed 002"]
     assert all(c.note.startswith("baseline: ") for c in strata_run.claims)
     assert (strata_run.run_dir / "oracle_strata.png").stat().st_size > 10_000
+    tabs = base.get("oracle-strata").tables(res)
+    assert len(tabs) == 3 and len(tabs[0][1]) == len(tabs[1][1]) == 6 and len(tabs[2][1]) == len(res["rows"])
 
 
 def test_strata_decrease_is_the_training_batchs_own_loss():
@@ -1076,6 +1078,8 @@ def test_strata_scores_against_both_baselines_by_hand():
     gap = b8["agreement"] - b8["better_baseline"]
     for margin, want in ((gap - 1e-9, "holds"), (gap + 1e-9, "fails")):
         assert [s["verdict"] for s in OS.strata(_sresults(rows, agree_margin=margin))][0] == want
+    # a role filter: no embedding rows here, so nothing is decided
+    assert all(s["n"] == 0 and s["verdict"] == "inconclusive" for s in OS.strata(_sresults(rows), ("embedding",)))
     # fewer decided layers than min_layers: inconclusive
     assert OS.strata(_sresults(rows, min_layers=13))[0]["verdict"] == "inconclusive"
     # every stratum of a phase fails -> the phase fails; every one holds -> holds
