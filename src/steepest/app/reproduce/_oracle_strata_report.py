@@ -119,8 +119,8 @@ def figures(results: dict, out_dir) -> list:
     if allv:
         lo, hi = min(allv) / 1.5, max(allv) * 1.5
         ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="y = x")
-    ax.axhline(1.0, color="gray", linewidth=0.5)
-    ax.axvline(1.0, color="gray", linewidth=0.5)
+    ax.axhline(1.0, color="gray", linewidth=0.5, label="measured tie (ratio 1)")
+    ax.axvline(1.0, color="gray", linestyle=":", linewidth=0.8, label="DD threshold nr = st")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("predicted ratio nr(G)/st(A)")
@@ -139,4 +139,4 @@ def figures(results: dict, out_dir) -> list:
     bx.set_ylabel("rate over decided layers")
     bx.set_title("per stratum", fontsize=10)
     bx.legend(fontsize=7)
-    return [F.save(fig, f"{out_dir}/oracle_strata.png")]
+    return [F.save(fig, f"{out_dir}/oracle_strata.png", require_labels=True)]
