@@ -957,3 +957,183 @@ def test_embedding_claim_is_judged_against_hidden_layers(tmp_path):
             if r["role"] == "hidden":
                 r["oracle"]["linf"]["decrease"] = scale * r["oracle"]["spectral"]["decrease"]
         assert LO.claims(bad)[5].verdict == want, LO.claims(bad)[5].measured
+
+
+# ---------------------------------------------------------------------------------------- oracle-strata
+def _strata_tiny():
+    """charlm's quick model only, a 10-step run (phases at steps 0, 1, 10), B = 4 and a 8-window full subset."""
+    from steepest.app.reproduce import oracle_strata as OS
+
+    return OS.Config(
+        subjects=("charlm",), model_size="quick", train_steps=10, batch_sizes=(4,), full_subset=8, grid=6, golden=4
+    )
+
+
+@pytest.fixture(scope="module")
+def strata_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    return base.run_experiment("oracle-strata", _strata_tiny(), tmp_path_factory.mktemp("os"))
+
+
+def test_strata_run_measures_every_layer_per_phase_and_batch(strata_run):
+    res = strata_run.results
+    # 3 phases x 2 batch strata (B = 4, full) cells; charlm quick has 7 matrix layers
+    assert strata_run.cells_computed == 6 and len(res["rows"]) == 6 * 7
+    assert res["settings"]["checkpoints"] == [0, 1, 10]
+    assert {(r["phase"], r["batch"]) for r in res["rows"]} == {
+        (p, b) for p in ("init", "early", "late") for b in (4, "full")
+    }
+    for r in res["rows"]:
+        assert set(r["oracle"]) == {"spectral", "frobenius", "linf"}
+        assert all(p["decrease"] >= 0 for p in r["oracle"].values())
+        assert r["dd_ratio"] == pytest.approx(r["nr"] / r["st"])  # charlm: every layer has its own input
+    assert len(strata_run.claims) == 4 and [c.seed[:8] for c in strata_run.claims] == ["seed 001"] * 3 + ["seed 002"]
+    assert all(c.note.startswith("baseline: ") for c in strata_run.claims)
+    assert (strata_run.run_dir / "oracle_strata.png").stat().st_size > 10_000
+    tabs = base.get("oracle-strata").tables(res)
+    assert len(tabs) == 3 and len(tabs[0][1]) == len(tabs[1][1]) == 6 and len(tabs[2][1]) == len(res["rows"])
+
+
+def test_strata_decrease_is_the_training_batchs_own_loss():
+    """Recomputed by hand: the gradient of batch b's own mean loss, one layer stepped along -polar(G) at the
+    recorded eta, the drop of the same batch's loss equals the record's Delta*_spectral (and the frobenius
+    step along -G/||G||_F likewise)."""
+    from steepest.app.reproduce import _oracle_subjects as S
+    from steepest.app.reproduce import oracle_strata as OS
+
+    torch.set_num_threads(1)
+    cfg = _strata_tiny()
+    subj = S.make_subject("charlm", "quick")
+    torch.manual_seed(0)
+    model = subj.make_model()
+    layers = S.matrix_layers(model, subj.routing)
+    batch = subj.batch(5, 0, 4)
+    recs = {r["layer"]: r for r in OS.probe_cell(cfg, subj, model, layers, batch)}
+    W = model.blocks[0].fc.weight
+    model.zero_grad()
+    subj.loss(model, batch).backward()
+    G = W.grad.detach().double()
+    model.zero_grad(set_to_none=True)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    rec = recs["blocks.0.fc.weight"]
+    for key, D in (("spectral", U @ Vh), ("frobenius", G / G.norm())):
+        p = rec["oracle"][key]
+        with torch.no_grad():
+            L0 = float(subj.loss(model, batch))
+            W0 = W.detach().clone()
+            W.sub_((p["eta"] * D).float())
+            dec = L0 - float(subj.loss(model, batch))
+            W.copy_(W0)
+        # float32 losses of ~4.4 (ulp 5e-7) and a step rounded once more here than in the oracle
+        assert dec == pytest.approx(p["decrease"], rel=1e-3, abs=1e-5)
+    # nr(G) = ||G||_*^2 / ||G||_F^2: the seed's squared nuclear-to-Frobenius ratio
+    s = torch.linalg.svdvals(G)
+    assert rec["nr"] == pytest.approx(float(s.sum() ** 2 / (s**2).sum()), rel=1e-9)  # float64 both ways
+
+
+def _srow(phase, batch, pred, spec, frob, linf=1.0, ratio=1.0, layer="w"):
+    return {
+        "subject": "s",
+        "phase": phase,
+        "batch": batch,
+        "layer": layer,
+        "role": "hidden",
+        "nr": ratio,
+        "st": 1.0,
+        "dd_ratio": ratio,
+        "dd_winner": pred,
+        "oracle": {
+            k: {"decrease": v, "eta": 1.0, "at_edge": False, "far": None}
+            for k, v in (("spectral", spec), ("frobenius", frob), ("linf", linf))
+        },
+    }
+
+
+def _sresults(rows, **settings):
+    from steepest.app.reproduce import oracle_strata as OS
+
+    st = {**dataclasses.asdict(OS.Config(batch_sizes=(8,))), "checkpoints": [0, 30, 300], **settings}
+    return {"rows": rows, "settings": st}
+
+
+def test_strata_scores_against_both_baselines_by_hand():
+    from steepest.app.reproduce import oracle_strata as OS
+
+    # init, B=8: 10 frobenius wins, 2 spectral wins, 1 tie (within 2 %); DD right on 11 of 12
+    rows = [_srow("init", 8, "frobenius", 1.0, 2.0) for _ in range(9)] + [_srow("init", 8, "spectral", 1.0, 2.0)]
+    rows += [_srow("init", 8, "spectral", 2.0, 1.0) for _ in range(2)] + [_srow("init", 8, "spectral", 1.0, 1.01)]
+    # init, full: 12 spectral wins; DD says frobenius on all: agreement 0
+    rows += [_srow("init", "full", "frobenius", 2.0, 1.0) for _ in range(12)]
+    (b8, full) = [s for s in OS.strata(_sresults(rows)) if s["phase"] == "init"]
+    assert (b8["n"], b8["ties"]) == (12, 1)
+    assert b8["agreement"] == pytest.approx(11 / 12) and b8["always_spectral"] == pytest.approx(2 / 12)
+    # the phase's majority (pooled over both strata: 14 spectral, 10 frobenius) is spectral
+    assert b8["majority_class"] == "spectral" and b8["phase_majority"] == pytest.approx(2 / 12)
+    assert b8["verdict"] == "holds"  # 0.917 >= 0.167 + 0.1
+    assert full["agreement"] == 0.0 and full["better_baseline"] == 1.0 and full["verdict"] == "fails"
+    init_claim = OS.claims(_sresults(rows))[0]
+    assert init_claim.verdict == "inconclusive"  # mixed strata
+    assert "B=8: agreement 0.917" in init_claim.measured and "full: agreement 0" in init_claim.measured
+    # the margin is the threshold: at agreement - better + eps the stratum fails
+    gap = b8["agreement"] - b8["better_baseline"]
+    for margin, want in ((gap - 1e-9, "holds"), (gap + 1e-9, "fails")):
+        assert [s["verdict"] for s in OS.strata(_sresults(rows, agree_margin=margin))][0] == want
+    # a role filter: no embedding rows here, so nothing is decided
+    assert all(s["n"] == 0 and s["verdict"] == "inconclusive" for s in OS.strata(_sresults(rows), ("embedding",)))
+    # fewer decided layers than min_layers: inconclusive
+    assert OS.strata(_sresults(rows, min_layers=13))[0]["verdict"] == "inconclusive"
+    # every stratum of a phase fails -> the phase fails; every one holds -> holds
+    fail = [r for r in rows if r["batch"] == "full"] + [
+        _srow("init", 8, "frobenius", 2.0, 1.0, layer=str(i)) for i in range(12)
+    ]
+    assert OS.claims(_sresults(fail))[0].verdict == "fails"
+    good = [
+        _srow("init", b, "spectral" if i % 3 else "frobenius", *((2.0, 1.0) if i % 3 else (1.0, 2.0)))
+        for b in (8, "full")
+        for i in range(12)
+    ]
+    assert OS.claims(_sresults(good))[0].verdict == "holds"
+    assert OS.claims(_sresults(good))[1].verdict == "inconclusive"  # no early-phase records
+
+
+def test_strata_early_phase_claim_against_the_late_share():
+    from steepest.app.reproduce import oracle_strata as OS
+
+    def rows(early_spec, late_spec):  # 20 records per phase: spectral beats sign on the first k
+        return [
+            _srow(p, 8, "spectral", 1.0, 1.0, linf=0.5 if i < k else 2.0)
+            for p, k in (("early", early_spec), ("late", late_spec))
+            for i in range(20)
+        ]
+
+    assert OS.claims(_sresults(rows(16, 12)))[3].verdict == "holds"  # 0.8 > 0.5 and >= 0.6 + 0.1
+    assert OS.claims(_sresults(rows(16, 15)))[3].verdict == "fails"  # 0.8 < 0.75 + 0.1
+    assert OS.claims(_sresults(rows(9, 0)))[3].verdict == "fails"  # 0.45: not "often"
+    assert OS.claims(_sresults(rows(16, 12), min_layers=21))[3].verdict == "inconclusive"
+    assert "early: spectral beats sign on 16/20 = 0.8" in OS.claims(_sresults(rows(16, 12)))[3].measured
+
+
+def test_strata_plateau_check_and_edges():
+    from steepest.app.reproduce import oracle_strata as OS
+
+    r = _srow("late", 8, "spectral", 1.0, 2.0)
+    r["oracle"]["spectral"].update(at_edge=True, far=1.004)  # flat beyond the top: the plateau value
+    r["oracle"]["frobenius"].update(at_edge=True, far=2.5)  # still falling at far x top: a real edge
+    res = _sresults([r])
+    assert OS.plateau(r["oracle"]["spectral"], 0.005) and not OS.plateau(r["oracle"]["frobenius"], 0.005)
+    assert OS.lr_edges(res) == ["s late B=8 w frobenius: best step at the bracket's edge"]
+    assert base.grid_edges("oracle-strata", res) == OS.lr_edges(res)
+
+
+def test_strata_config_rejects_bad_values():
+    from steepest.app.reproduce import oracle_strata as OS
+
+    with pytest.raises(ConfigError, match="phase_fractions"):
+        OS.Config(phase_fractions=(0.0, 0.5))
+    with pytest.raises(ConfigError, match="too short"):
+        OS.Config(train_steps=4, phase_fractions=(0.0, 0.1, 1.0))
+    with pytest.raises(ConfigError, match="subjects"):
+        OS.Config(subjects=("cifar",))
+    with pytest.raises(ConfigError, match="plateau_rtol"):
+        OS.Config(plateau_rtol=0.05)
+    assert OS.Config().checkpoints() == (0, 30, 300) and OS.quick().checkpoints() == (0, 6, 60)

@@ -220,7 +220,13 @@ def test_reproduce_all_quick(tmp_path):
     # today's quick verdicts (the numbers behind them are checked in test_experiments.py)
     from test_experiments import QUICK_VERDICTS
 
-    want = dict(QUICK_VERDICTS, **{"layer-oracle": ["holds", "fails", "fails", "fails", "fails", "holds"]})
+    want = dict(
+        QUICK_VERDICTS,
+        **{
+            "layer-oracle": ["holds", "fails", "fails", "fails", "fails", "holds"],
+            "oracle-strata": ["fails", "inconclusive", "fails", "fails"],  # per phase (init, early, late), then sign
+        },
+    )
     got = {n: [c["at_size"] or c["verdict"] for c in cs] for n, cs in claims.items()}  # the numbers' own verdicts
     # None: a timing-dependent verdict (phase-checks' wall-clock overhead) that is not pinned
     assert {n: [v for v, w in zip(got[n], want[n]) if w is not None] for n in got} == {

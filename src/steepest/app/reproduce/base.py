@@ -60,6 +60,7 @@ REGISTRY = {
     "trained": "steepest.app.reproduce.trained",
     "layer-oracle": "steepest.app.reproduce.layer_oracle",
     "layerwise": "steepest.app.reproduce.layerwise",
+    "oracle-strata": "steepest.app.reproduce.oracle_strata",
 }
 
 VERDICTS = ("holds", "fails", "inconclusive")

@@ -6,7 +6,7 @@ this list when an experiment checks it, and :data:`CHECKED_SINCE_AUDIT` names th
 
 Example:
     >>> rows()[0][0]
-    'seed 002, section 4 (Discussion)'
+    'seed 002, section 3.1, eq. (3)-(4)'
 """
 
 from __future__ import annotations
@@ -19,26 +19,16 @@ AUDIT_UNCHECKED = 23
 CHECKED_SINCE_AUDIT = (
     "seed 000, section 8: layerwise spectral descent with step ||G_i||_* / L_{*,i} against layerwise GD with "
     "1 / L_{F,i} [layerwise]",
+    "seed 002, section 4: spectral methods often outperform sign methods in the early phase of training "
+    "[oracle-strata]",
+    "seed 001 (thesis): nr(G) >= st(A) predicts the one-step training-loss decrease, per phase and batch size "
+    "[oracle-strata]",
 )
 
 HEADER = ("seed and section", "claim", "why not checked", "what would check it")
 
 #: (seed and section, claim, why not checked, what would check it), most important first.
 UNCHECKED: tuple[tuple[str, str, str, str], ...] = (
-    (
-        "seed 002, section 4 (Discussion)",
-        "\u201cspectral methods often outperform sign methods in the early phase of training\u201d",
-        "needs real-network training stratified by phase; the project's oracle records (layer-oracle) point the other "
-        "way (spectral wins 0.38 of records at step 0, 0.72 at step 300) but are not judged as this claim",
-        "per-layer one-step decrease of spectral vs sign steps at init / early / late on charlm and GPT-2, per phase",
-    ),
-    (
-        "seed 001 (thesis)",
-        "the nr(G) >= st(A) condition predicts the one-step training-loss decrease, per layer",
-        "layer-oracle pools batch sizes and scores held-out loss on 16-32 wide models; the issue's item 3 (stratified "
-        "by phase and batch, training-batch loss and exact full-batch gradient, >= 64 wide) is not built yet",
-        "issue 20 item 3",
-    ),
     (
         "seed 002, section 3.1, eq. (3)-(4)",
         "c_1 ~ ||sigma||_1 and c_* ~ tr((E[EE^T])^(1/2)) approximate the expected dual norms of the noise",

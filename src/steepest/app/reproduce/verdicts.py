@@ -117,6 +117,13 @@ FROZEN: dict[str, list[tuple[str, str, str]]] = {
         ("section 7's comparison carried to layers: the spectral bound", "holds", "holds"),
         ("over whole runs, layerwise spectral descent wins where the g", "fails", "fails"),
     ],
+    # steepest reproduce oracle-strata [--quick], commit 9de1812 (same cells as today's code), 2026-12-07
+    "oracle-strata": [
+        ("“We propose a simple layerwise condition that predicts when ", "fails", "fails"),  # init
+        ("“We propose a simple layerwise condition that predicts when ", "fails", "inconclusive"),  # early
+        ("“We propose a simple layerwise condition that predicts when ", "fails", "fails"),  # late
+        ("“spectral methods often outperform sign methods in the early", "fails", "fails"),
+    ],
 }
 
 
