@@ -17,6 +17,7 @@ from steepest.app.reproduce import (
     claimtext,
     init_rank,
     layerwise,
+    noise_scales,
     phase_checks,
     phase_retrieval,
     quadratic,
@@ -44,6 +45,7 @@ def quick_results(tmp_path_factory):
         ("phase-checks", phase_checks),
         ("trained", trained),
         ("layerwise", layerwise),
+        ("noise-scales", noise_scales),
     ):
         res = mod.run(mod.quick(), tmp_path_factory.mktemp(name))
         out[name] = (res, mod.claims(res))
@@ -97,6 +99,9 @@ QUICK_VERDICTS = {
     # the guarantees hold; simultaneous steps overshoot; the rule beats the per-layer majority (0.875 vs 0.854);
     # spectral wins the isotropic full-rank setting where the rule predicts GD (43% of steps favour spectral)
     "layerwise": ["holds", "holds", "fails", "holds", "fails"],
+    # c_1 is sqrt(2/pi) = 0.80 of ||sigma||_1 (Gaussian, and ~0.8 on charlm); c_* of charlm noise 0.4 of its closed
+    # form; both closed forms are upper bounds; Propositions 1-2 hold (they follow from the triangle inequality)
+    "noise-scales": ["fails", "fails", "holds", "holds", "holds"],
 }
 
 
@@ -1036,3 +1041,41 @@ def test_unchecked_counts_are_consistent():
     assert all(len(r) == len(unchecked.HEADER) and all(r) for r in unchecked.rows())
     assert "so 19 remain: all 19 are listed here" in unchecked.counts_text()
     assert len({r[1] for r in unchecked.UNCHECKED}) == 19  # no claim listed twice
+
+
+# ---------------------------------------------------------------------------------------- noise-scales (seed 002 s. 3)
+def test_noise_scales_numbers(quick_results):
+    res, claims = quick_results["noise-scales"]
+    subs = res["subjects"]
+    assert set(subs) == {"gaussian_iid", "gaussian_rows", "charlm_blocks.0.fc"}
+    for s in ("gaussian_iid", "gaussian_rows"):
+        for v in subs[s]["by_B"].values():
+            # Gaussian: c_1 = sqrt(2/pi) ||sigma||_1 exactly; 60 draws of 24 x 64 |e| sums: SE ~0.3%, so 2% is ~6 SE
+            assert v["c1"][0] / subs[s]["sigma_l1"] == pytest.approx(math.sqrt(2 / math.pi), rel=0.02)
+            # ... and c_* below its closed form (24 x 64 isotropic: ~0.95; rows i^-1: ~0.96)
+            assert 0.9 < v["cs"][0] / subs[s]["tr_sqrt"] < 1.0
+    real = subs["charlm_blocks.0.fc"]
+    assert real["shape"] == [128, 32]
+    assert all(0.3 < v["cs"][0] / real["tr_sqrt"] < 0.5 for v in real["by_B"].values())  # measured 0.40-0.43
+    assert [c.verdict for c in claims] == QUICK_VERDICTS["noise-scales"]
+    bad = copy.deepcopy(res)
+    for S in bad["subjects"].values():  # the closed forms matching the constants: eqs. (3)-(4) hold
+        for v in S["by_B"].values():
+            v["c1"][0], v["cs"][0] = S["sigma_l1"], S["tr_sqrt"]
+    assert [c.verdict for c in noise_scales.claims(bad)][:3] == ["holds", "holds", "holds"]
+    bad = copy.deepcopy(res)
+    v = bad["subjects"]["gaussian_iid"]["by_B"]["64"]
+    v["sign"][0] = bad["subjects"]["gaussian_iid"]["G_l1"]  # noiseless alignment ||G||_1: far above the bound
+    v["spec"][0] = -1e9  # far below Proposition 2's bound
+    assert [c.verdict for c in noise_scales.claims(bad)][3:] == ["holds", "fails"]
+
+
+def test_noise_scales_closed_forms_reference():
+    """||sigma||_1 and tr((E[xi xi^T])^(1/2)) from per-sample noise against numpy (float64)."""
+    X = torch.randn(50, 6, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = noise_scales.approximations(X)
+    xi = X.numpy() - X.numpy().mean(axis=0)
+    C = np.einsum("kij,klj->il", xi, xi) / 50
+    # eigvalsh vs numpy's eigvalsh of the same symmetric matrix: rounding only
+    assert got["sigma_l1"] == pytest.approx(np.sqrt((xi**2).mean(axis=0)).sum(), rel=1e-12)
+    assert got["tr_sqrt"] == pytest.approx(np.sqrt(np.clip(np.linalg.eigvalsh(C), 0, None)).sum(), rel=1e-10)

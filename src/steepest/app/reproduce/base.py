@@ -55,6 +55,7 @@ REGISTRY = {
     "schatten": "steepest.app.reproduce.schatten",
     "phase-retrieval": "steepest.app.reproduce.phase_retrieval",
     "spec-sign": "steepest.app.reproduce.spec_sign",
+    "noise-scales": "steepest.app.reproduce.noise_scales",
     "schatten-p32": "steepest.app.reproduce.schatten_p32",
     "phase-checks": "steepest.app.reproduce.phase_checks",
     "trained": "steepest.app.reproduce.trained",
