@@ -191,7 +191,7 @@ def per_sample_gradients(cfg: Config) -> dict[str, torch.Tensor]:
         opt.zero_grad(set_to_none=True)
         task.loss(model, (x[i : i + 1], y[i : i + 1])).backward()
         for n in cfg.real_layers:
-            out[n].append(mods[n].weight.grad.detach().double().clone())  # type: ignore[union-attr]
+            out[n].append(mods[n].weight.grad.detach().double().clone())
     return {n: torch.stack(gs) for n, gs in out.items()}
 
 
