@@ -19,7 +19,9 @@ from steepest.app.reproduce import (
     layerwise,
     noise_scales,
     phase_checks,
+    phase_reduced,
     phase_retrieval,
+    phase_t2,
     quadratic,
     scaling,
     schatten,
@@ -46,6 +48,7 @@ def quick_results(tmp_path_factory):
         ("trained", trained),
         ("layerwise", layerwise),
         ("noise-scales", noise_scales),
+        ("phase-t2", phase_t2),
     ):
         res = mod.run(mod.quick(), tmp_path_factory.mktemp(name))
         out[name] = (res, mod.claims(res))
@@ -102,6 +105,8 @@ QUICK_VERDICTS = {
     # c_1 is sqrt(2/pi) = 0.80 of ||sigma||_1 (Gaussian, and ~0.8 on charlm); c_* of charlm noise 0.4 of its closed
     # form; both closed forms are upper bounds; Propositions 1-2 hold (they follow from the triangle inequality)
     "noise-scales": ["fails", "fails", "holds", "holds", "holds"],
+    # SpecGD's T2 ~ (1/eta)^1.01-1.03 at d = 1e3, 1e4; but T2 eta grows with d (0.21 -> 0.34)
+    "phase-t2": ["holds", "fails"],
 }
 
 
@@ -1079,3 +1084,37 @@ def test_noise_scales_closed_forms_reference():
     # eigvalsh vs numpy's eigvalsh of the same symmetric matrix: rounding only
     assert got["sigma_l1"] == pytest.approx(np.sqrt((xi**2).mean(axis=0)).sum(), rel=1e-12)
     assert got["tr_sqrt"] == pytest.approx(np.sqrt(np.clip(np.linalg.eigvalsh(C), 0, None)).sum(), rel=1e-10)
+
+
+# ---------------------------------------------------------------------------------------- phase-t2 (seed 004 stage 2)
+def test_phase_t2_numbers(quick_results):
+    res, claims = quick_results["phase-t2"]
+    fits = phase_t2.t2_fits(res)
+    for d, f in fits.items():
+        assert f is not None and f["winner"] == "power", d
+        # T2 ~ 1/eta: exponents 1.03 (d = 1e3) and 1.01 (d = 1e4) with intervals inside 1 +- 0.1
+        assert f["fits"]["power"]["b"] == pytest.approx(1.0, abs=0.05)
+        for r in res["dims"][d]["specgd"]:
+            # the end of growth comes first, then alignment; T2 eta ~ 0.2-0.35 (SpecGD moves each root by eta)
+            assert 0 < r["t1"] < r["t_align"] and 0.15 < (r["t_align"] - r["t1"]) * r["eta"] < 0.4
+    assert [c.verdict for c in claims] == QUICK_VERDICTS["phase-t2"]
+    bad = copy.deepcopy(res)
+    for r in bad["dims"]["1000"]["specgd"]:  # T2 ~ 1/eta^2 at one d: the claim fails
+        r["t_align"] = r["t1"] + int(1e-3 / r["eta"] ** 2)
+    assert phase_t2.claims(bad)[0].verdict == "fails"
+    bad["dims"]["1000"]["specgd"][0]["t_align"] = None  # a run that never aligned: not decided
+    assert phase_t2.claims(bad)[0].verdict == "inconclusive"
+
+
+def test_phase_t2_stops_at_the_alignment_target():
+    """reduced(stop_at_alignment=x) stops at the first step whose alignment a/||M||_F reaches x, and the
+    alignment formula is the Frobenius one on the manifold (w*, v, P of rank d - 2)."""
+    d, lam, eta = 100, 10.0, 2**-5 / math.sqrt(110)
+    full = phase_reduced.reduced(d, lam, "specgd", eta, 3000)
+    al = [phase_t2.alignment(a, b, c, d) for a, b, c in zip(full["a"], full["b"], full["c"])]
+    first = next(i for i, x in enumerate(al) if x >= 0.9)
+    cut = phase_reduced.reduced(d, lam, "specgd", eta, 3000, stop_at_alignment=0.9)
+    assert len(cut["a"]) == first + 1 and cut["a"] == full["a"][: first + 1]
+    a, b, c = 2.0, 0.5, 0.1
+    M = np.diag([a, b] + [c] * (d - 2))
+    assert phase_t2.alignment(a, b, c, d) == pytest.approx(a / np.linalg.norm(M), rel=1e-12)

@@ -54,6 +54,7 @@ REGISTRY = {
     "init-rank": "steepest.app.reproduce.init_rank",
     "schatten": "steepest.app.reproduce.schatten",
     "phase-retrieval": "steepest.app.reproduce.phase_retrieval",
+    "phase-t2": "steepest.app.reproduce.phase_t2",
     "spec-sign": "steepest.app.reproduce.spec_sign",
     "noise-scales": "steepest.app.reproduce.noise_scales",
     "schatten-p32": "steepest.app.reproduce.schatten_p32",
