@@ -27,6 +27,7 @@ CHECKED_SINCE_AUDIT = (
     "seed 002, Propositions 1-2, eqs. (5)-(6): the signal-alignment lower bounds [noise-scales]",
     "seed 003, 'On the relative size and stable rank of gradients': the raw gradients have very low stable rank "
     "[schatten]",
+    "seed 004, stage 2: the alignment stage lasts T2 = O(1/eta) [phase-t2]",
 )
 
 HEADER = ("seed and section", "claim", "why not checked", "what would check it")
@@ -46,12 +47,6 @@ UNCHECKED: tuple[tuple[str, str, str, str], ...] = (
         "layer-oracle pools batch sizes and scores held-out loss on 16-32 wide models; the issue's item 3 (stratified "
         "by phase and batch, training-batch loss and exact full-batch gradient, >= 64 wide) is not built yet",
         "issue 20 item 3",
-    ),
-    (
-        "seed 004, stage 2",
-        "the second (alignment) stage lasts T2 = O(1/eta)",
-        "phase-retrieval measures T1 only",
-        "T2 over a grid of eta at fixed d, fitted against 1/eta and rivals",
     ),
     (
         "seed 004, open question 2",
