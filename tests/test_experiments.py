@@ -18,6 +18,7 @@ from steepest.app.reproduce import (
     init_rank,
     layerwise,
     noise_scales,
+    phase_aligned,
     phase_checks,
     phase_reduced,
     phase_retrieval,
@@ -49,6 +50,7 @@ def quick_results(tmp_path_factory):
         ("layerwise", layerwise),
         ("noise-scales", noise_scales),
         ("phase-t2", phase_t2),
+        ("phase-aligned", phase_aligned),
     ):
         res = mod.run(mod.quick(), tmp_path_factory.mktemp(name))
         out[name] = (res, mod.claims(res))
@@ -107,6 +109,8 @@ QUICK_VERDICTS = {
     "noise-scales": ["fails", "fails", "holds", "holds", "holds"],
     # SpecGD's T2 ~ (1/eta)^1.01-1.03 at d = 1e3, 1e4; but T2 eta grows with d (0.21 -> 0.34)
     "phase-t2": ["holds", "fails"],
+    # spike aligned with the signal: GD recovers it in 4 steps at its best lr, SpecGD in 10
+    "phase-aligned": ["holds"],
 }
 
 
@@ -1040,12 +1044,12 @@ def test_unchecked_counts_are_consistent():
     experiment that exists; the sentence in the report says so."""
     from steepest.app.reproduce import unchecked
 
-    assert len(unchecked.UNCHECKED) == unchecked.AUDIT_UNCHECKED - len(unchecked.CHECKED_SINCE_AUDIT) == 18
+    assert len(unchecked.UNCHECKED) == unchecked.AUDIT_UNCHECKED - len(unchecked.CHECKED_SINCE_AUDIT) == 17
     for entry in unchecked.CHECKED_SINCE_AUDIT:
         assert entry.endswith("]") and entry.rsplit("[", 1)[1][:-1] in base.REGISTRY, entry
     assert all(len(r) == len(unchecked.HEADER) and all(r) for r in unchecked.rows())
-    assert "so 18 remain: all 18 are listed here" in unchecked.counts_text()
-    assert len({r[1] for r in unchecked.UNCHECKED}) == 18  # no claim listed twice
+    assert "so 17 remain: all 17 are listed here" in unchecked.counts_text()
+    assert len({r[1] for r in unchecked.UNCHECKED}) == 17  # no claim listed twice
 
 
 # ---------------------------------------------------------------------------------------- noise-scales (seed 002 s. 3)
@@ -1118,3 +1122,30 @@ def test_phase_t2_stops_at_the_alignment_target():
     a, b, c = 2.0, 0.5, 0.1
     M = np.diag([a, b] + [c] * (d - 2))
     assert phase_t2.alignment(a, b, c, d) == pytest.approx(a / np.linalg.norm(M), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- phase-aligned (seed 004)
+def test_phase_aligned_numbers(quick_results):
+    res, claims = quick_results["phase-aligned"]
+    al, orth = res["spikes"]["aligned"]["16"], res["spikes"]["orthogonal"]["16"]
+    # aligned spike: GD 4 steps (s = 1/8), SpecGD 10 (kappa = 1/2); orthogonal (the seed's case): SpecGD 8, GD 112
+    assert (phase_aligned.best(al["gd"])["steps"], phase_aligned.best(al["specgd"])["steps"]) == (4, 10)
+    assert (phase_aligned.best(orth["specgd"])["steps"], phase_aligned.best(orth["gd"])["steps"]) == (8, 112)
+    assert al["gd"][-1]["steps"] is None  # GD at s = 1/2 aligns but its loss blows up: not recovered
+    assert [c.verdict for c in claims] == QUICK_VERDICTS["phase-aligned"]
+    bad = copy.deepcopy(res)
+    bad["spikes"]["aligned"]["16"]["gd"][1]["steps"] = 10  # GD's best no faster than SpecGD's: not favoured
+    assert phase_aligned.claims(bad)[0].verdict == "fails"
+    for r in bad["spikes"]["aligned"]["16"]["gd"]:
+        r["steps"] = None  # GD never recovers the signal: not decided
+    assert phase_aligned.claims(bad)[0].verdict == "inconclusive"
+
+
+def test_phase_aligned_problem_and_stopping_rule():
+    d = 8
+    p = phase_aligned.problem(d, 10.0, "aligned", torch.Generator().manual_seed(0))
+    assert torch.allclose(p["Q"] @ p["w"], 11.0 * p["w"], atol=1e-12)  # w* is the spike (eigenvalue 1 + lambda)
+    q = phase_aligned.problem(d, 10.0, "orthogonal", torch.Generator().manual_seed(0))
+    assert abs(float(q["v"] @ q["w"])) < 1e-12
+    rec = {"align": [0.1, 0.95, 0.95, 0.97], "loss": [1.0, 2.0, 0.04, 0.01]}
+    assert phase_aligned.steps_to(rec, 0.9, 0.05) == 2  # aligned at step 1, recovered (loss <= 5%) at step 2

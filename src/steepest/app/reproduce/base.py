@@ -55,6 +55,7 @@ REGISTRY = {
     "schatten": "steepest.app.reproduce.schatten",
     "phase-retrieval": "steepest.app.reproduce.phase_retrieval",
     "phase-t2": "steepest.app.reproduce.phase_t2",
+    "phase-aligned": "steepest.app.reproduce.phase_aligned",
     "spec-sign": "steepest.app.reproduce.spec_sign",
     "noise-scales": "steepest.app.reproduce.noise_scales",
     "schatten-p32": "steepest.app.reproduce.schatten_p32",

@@ -28,6 +28,7 @@ CHECKED_SINCE_AUDIT = (
     "seed 003, 'On the relative size and stable rank of gradients': the raw gradients have very low stable rank "
     "[schatten]",
     "seed 004, stage 2: the alignment stage lasts T2 = O(1/eta) [phase-t2]",
+    "seed 004, quick check: with the spike aligned with the signal the analysis favours GD [phase-aligned]",
 )
 
 HEADER = ("seed and section", "claim", "why not checked", "what would check it")
@@ -152,12 +153,6 @@ UNCHECKED: tuple[tuple[str, str, str, str], ...] = (
         "layerwise spectral template",
         "vague (no quantity named); no experiment transfers a schedule",
         "a GD-tuned lr schedule reused by layerwise spectral descent, against its own tuned schedule",
-    ),
-    (
-        "seed 004, 'quick check' on the spiked covariance",
-        "with the spike aligned with the signal the analysis favours GD",
-        "not run",
-        "phase-retrieval with v = w*: steps to alignment 0.9 of both methods",
     ),
 )
 
