@@ -46,8 +46,8 @@ SPIKES = ("aligned", "orthogonal")
 class Config:
     dims: tuple[int, ...] = (16, 32)
     lam: float = 10.0
-    kappas: tuple[float, ...] = (2**-4, 2**-3, 2**-2, 2**-1, 1.0)  # SpecGD eta = kappa / sqrt(d + lam)
-    gd_scales: tuple[float, ...] = (2**-4, 2**-3, 2**-2, 2**-1, 1.0, 2.0, 4.0)  # GD eta = s / (16 (1 + lam))
+    kappas: tuple[float, ...] = (2**-4, 2**-3, 2**-2, 2**-1, 1.0, 2.0)  # SpecGD eta = kappa / sqrt(d + lam)
+    gd_scales: tuple[float, ...] = (2**-4, 2**-3, 2**-2, 2**-1, 1.0, 2.0, 4.0, 8.0, 16.0)  # GD eta = s / (16 (1 + lam))
     steps: int = 1500
     target: float = 0.9
     loss_frac: float = 0.05  # ... reached together with loss <= this x the initial loss (the signal recovered)

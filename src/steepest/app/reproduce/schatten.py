@@ -382,9 +382,8 @@ def claims(results: dict) -> list[Claim]:
         out.append(
             extension_claim(
                 SEED,
-                f"the same closeness at p = {cp} on synthetic gradients (Gaussian and power-law spectrum, "
-                f"{st['m']} x {st['n']})",
-                "mean [min-max over seeds]: " + close_text(tab),
+                f"the same closeness at p = {cp} on synthetic gradients (Gaussian and power-law spectrum)",
+                f"{st['m']} x {st['n']}, mean [min-max over seeds]: " + close_text(tab),
                 close_verdict(tab),
                 baseline="the spectral dualizer; plain GD's (p = 2) numbers beside",
                 threshold=thr,
