@@ -1,6 +1,7 @@
-"""Why seed 003's "at p = 32 the results are already very close to those of the Spectral norm" fails
-for the stable rank of low-stable-rank gradients, and by how much at each size (an explanation with
-data, the project's own).
+"""Why "at p = 32 the results are already very close to those of the Spectral norm" (seed 003) is a
+statement about a size: the stable-rank shortfall of the Schatten-p dualizer on low-stable-rank gradients,
+and how it grows with k (an explanation with data, the project's own; the seed's sentence itself is judged
+on its regime, real-network gradients, in experiment schatten).
 
 Source: F. L. Cesista, "Steepest Descent Under Schatten-p Norms" (blog post, 2025).
 

@@ -14,6 +14,9 @@ variant's dualizer (Nesterov 0.95, Muon's shape scale), everything else by AdamW
 * ``schatten<p>``: the Schatten-p dualizer (:class:`steepest.SchattenDescent`).
 
 Each variant's learning rate is the best of ``lrs`` by final validation loss (a small sweep: "tuned").
+Seed 003's comparison repeats every (variant, lr) for each of ``approx_seeds`` and takes each variant at
+the lr best on average; Schatten p < 16 variants are its control (a dualizer far from orthogonal must
+fall outside the threshold, else the threshold decides nothing).
 Recorded every ``monitor_every`` steps per hidden layer: st(A) of its input activation, nr(G), and
 the update's stable rank ||dW||_F^2/||dW||_op^2 divided by min(shape) (1 for an exactly orthogonal
 update: the update's singular-value spread).
