@@ -49,6 +49,13 @@ class Config:
     exponent_tol: float = 0.1  # T2 ~ (1/eta)^b with the 95% interval of b inside 1 +- this ...
     margin: float = 0.2  # ... and the power law beats the rival laws by this (relative residual error)
     d_spread: float = 0.2  # extension: T2 eta at the same kappa varies by at most this (relative) over d
+    # open question 2: SpecGD's largest eta that still aligns, per d (bisection in kappa), its exponent in d + lam
+    oq2_dims: tuple[int, ...] = (25, 100, 1000, 10000, 100000)
+    oq2_iters: int = 30  # bisection steps on ln kappa in [oq2_lo, oq2_hi]
+    oq2_lo: float = 0.01
+    oq2_hi: float = 1000.0
+    oq2_horizon: float = 20.0  # run 20/eta + 50 steps; "aligns": alignment >= target over the last 20 steps
+    oq2_tol: float = 0.1  # exponent's 95% interval inside -1/2 +- this: the (d + lam)^(-1/2) scaling is not beaten
 
     def __post_init__(self) -> None:
         if not self.dims or min(self.dims) < 3 or len(self.kappas) < 3 or not self.gd_scales:
@@ -58,7 +65,13 @@ class Config:
 
 
 def quick() -> Config:
-    return Config(dims=(1000, 10000), kappas=(2**-7, 2**-6, 2**-5, 2**-4, 2**-3), gd_scales=(2**-4, 1.0))
+    return Config(
+        dims=(1000, 10000),
+        kappas=(2**-7, 2**-6, 2**-5, 2**-4, 2**-3),
+        gd_scales=(2**-4, 1.0),
+        oq2_dims=(25, 100, 1000, 10000),
+        oq2_iters=20,
+    )
 
 
 def alignment(a: float, b: float, c: float, d: int) -> float:
@@ -73,6 +86,24 @@ def times(d: int, lam: float, method: str, eta: float, target: float, max_steps:
     last = len(r["a"]) - 1
     hit = alignment(r["a"][-1], r["b"][-1], r["c"][-1], d) >= target
     return {"eta": eta, "t1": t1, "t_align": last if hit else None}
+
+
+def aligns(d: int, lam: float, kappa: float, target: float, horizon: float) -> bool:
+    """SpecGD at eta = kappa / sqrt(d + lam) holds alignment >= target over the last 20 of 20/eta + 50 steps."""
+    eta = kappa / math.sqrt(d + lam)
+    r = reduced(d, lam, "specgd", eta, int(horizon / eta) + 50)
+    return min(alignment(a, b, c, d) for a, b, c in zip(r["a"][-20:], r["b"][-20:], r["c"][-20:])) >= target
+
+
+def largest_kappa(cfg: Config, d: int) -> float | None:
+    """Bisection on ln kappa for the largest kappa that still aligns (None if oq2_lo does not)."""
+    lo, hi = cfg.oq2_lo, cfg.oq2_hi
+    if not aligns(d, cfg.lam, lo, cfg.target, cfg.oq2_horizon):
+        return None
+    for _ in range(cfg.oq2_iters):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if aligns(d, cfg.lam, mid, cfg.target, cfg.oq2_horizon) else (lo, mid)
+    return lo
 
 
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
@@ -93,7 +124,9 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
             return {"specgd": spec, "gd": gd}
 
         out[str(d)] = cells.get(f"t2-d{d}", {**key, "kappas": cfg.kappas, "gd_scales": cfg.gd_scales}, cell)
-    return {"dims": out, "settings": dataclasses.asdict(cfg)}
+    oq2 = {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("oq2_") or k in ("lam", "target")}
+    kmax = cells.get("t2-oq2", oq2, lambda: {str(d): largest_kappa(cfg, d) for d in cfg.oq2_dims})
+    return {"dims": out, "oq2": kmax, "settings": dataclasses.asdict(cfg)}
 
 
 def t2_fits(results: dict) -> dict:
@@ -176,6 +209,31 @@ def claims(results: dict) -> list[Claim]:
             all(s <= st["d_spread"] for _, s in spreads) if len(spreads) == len(st["kappas"]) else None,
             baseline="T2 eta growing with d (like GD's T1 ~ log d)",
             threshold=f"max/min - 1 <= {st['d_spread']} at every kappa",
+        )
+    )
+    kmax = {int(d): k for d, k in results["oq2"].items() if k is not None}
+    lam = st["lam"]
+    f = (
+        scaling.fit("power", [d + lam for d in kmax], [k / math.sqrt(d + lam) for d, k in kmax.items()])
+        if len(kmax) >= 3
+        else None
+    )
+    tol2 = st["oq2_tol"]
+    out.append(
+        extension_claim(
+            SEED,
+            "open question 2 (\u201cCan the learning rate upper bound for SpecGD be improved beyond eta = "
+            "O((d+lambda)^(-1/2))?\u201d) in the exact population reduction: SpecGD's largest aligning eta scales "
+            "as (d + lambda)^(-1/2), the largest kappa growing only slowly with d",
+            "largest aligning kappa "
+            + ", ".join(f"{fmt(k)} (d = {d})" for d, k in kmax.items())
+            + (f"; eta_max ~ (d+lambda)^b, b = {fmt(f['b'])} [{fmt(f['b_lo'])}, {fmt(f['b_hi'])}]" if f else ""),
+            (-0.5 - tol2 <= f["b_lo"] and f["b_hi"] <= -0.5 + tol2) if f and math.isfinite(f["b_lo"]) else None,
+            baseline="the seed's bound exponent -1/2; a rival exponent above -0.4 (a larger-than-O(d^-1/2) rate)",
+            threshold=f"95% interval of b inside -1/2 +- {tol2} over d = " + ", ".join(str(d) for d in st["oq2_dims"]),
+            why="'aligning': alignment >= the target over the last 20 of 20/eta + 50 steps, orthogonal start; an "
+            "interval that excludes -1/2 itself means kappa_max grows slowly with d (a log d or small power, not "
+            "resolved over this range): a constant-to-slowly-growing gain, not a better power of d",
         )
     )
     return out

@@ -29,6 +29,7 @@ CHECKED_SINCE_AUDIT = (
     "[schatten]",
     "seed 004, stage 2: the alignment stage lasts T2 = O(1/eta) [phase-t2]",
     "seed 004, quick check: with the spike aligned with the signal the analysis favours GD [phase-aligned]",
+    "seed 004, open question 2: the exponent in d of SpecGD's largest stable learning rate [phase-t2]",
 )
 
 HEADER = ("seed and section", "claim", "why not checked", "what would check it")
@@ -48,12 +49,6 @@ UNCHECKED: tuple[tuple[str, str, str, str], ...] = (
         "layer-oracle pools batch sizes and scores held-out loss on 16-32 wide models; the issue's item 3 (stratified "
         "by phase and batch, training-batch loss and exact full-batch gradient, >= 64 wide) is not built yet",
         "issue 20 item 3",
-    ),
-    (
-        "seed 004, open question 2",
-        "how SpecGD's largest stable learning rate scales in d (exponent of d)",
-        "phase-checks reports the largest aligned kappa per d, not an exponent with an interval",
-        "kappa_max(d) over d = 25 ... 1e4 with a fitted exponent",
     ),
     (
         "seed 003, 'Faster feature learning', 1 (Weight Erasure)",

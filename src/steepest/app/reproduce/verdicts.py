@@ -105,6 +105,7 @@ FROZEN: dict[str, list[tuple[str, str, str]]] = {
     "phase-t2": [
         ("“Monitor alignment; expect T1 = O(1) transitions and T2 = O(", "holds", "holds"),
         ("SpecGD's T2 x eta does not depend on d (the alignment stage ", "fails", "fails"),
+        ("open question 2 (“Can the learning rate upper bound for Spec", "holds", "fails"),  # quick: d <= 1e4
     ],
     "phase-checks": [
         ("“Test SpecGD with non-orthogonal initializations (e.g., rand", "holds", "fails"),
