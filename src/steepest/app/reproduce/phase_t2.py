@@ -207,7 +207,7 @@ def claims(results: dict) -> list[Claim]:
             + ": "
             + ", ".join(f"kappa {fmt(k)}: {fmt(s)}" for k, s in spreads),
             all(s <= st["d_spread"] for _, s in spreads) if len(spreads) == len(st["kappas"]) else None,
-            baseline="T2 eta growing with d (like GD's T1 ~ log d)",
+            baseline="T2 eta changing with d (it falls: T2 at a fixed kappa grows more slowly than sqrt(d + lambda))",
             threshold=f"max/min - 1 <= {st['d_spread']} at every kappa",
         )
     )
