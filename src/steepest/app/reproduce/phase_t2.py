@@ -56,6 +56,7 @@ class Config:
     oq2_hi: float = 1000.0
     oq2_horizon: float = 20.0  # run 20/eta + 50 steps; "aligns": alignment >= target over the last 20 steps
     oq2_tol: float = 0.1  # exponent's 95% interval inside -1/2 +- this: the (d + lam)^(-1/2) scaling is not beaten
+    seed: int = 0  # no randomness here (the reduction is exact); present so a shared `--set seed=N` applies to all
 
     def __post_init__(self) -> None:
         if not self.dims or min(self.dims) < 3 or len(self.kappas) < 3 or not self.gd_scales:
