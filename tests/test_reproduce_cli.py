@@ -11,8 +11,20 @@ from steepest.app.commands.reproduce import build_configs
 from steepest.app.reproduce import base
 from steepest.app.runs import ConfigError
 
-#: The smallest schatten run that still exercises every part (cells, claims, figures, report).
-TINY = ["--quick", "--set", "m=24", "--set", "n=12", "--set", "trials=1", "--set", "match_grid=8"]
+#: The smallest schatten run that still exercises every part (cells, claims, figures, report); no charlm gradients.
+TINY = [
+    "--quick",
+    "--set",
+    "m=24",
+    "--set",
+    "n=12",
+    "--set",
+    "trials=1",
+    "--set",
+    "match_grid=8",
+    "--set",
+    "real_seeds=[]",
+]
 
 
 def test_reproduce_writes_the_run_directory(tmp_path, capsys):

@@ -27,8 +27,12 @@ def _sign(x: float) -> float:
     return (x > 0) - (x < 0)
 
 
-def reduced(d: int, lam: float, method: str, eta: float, steps: int, *, stop_at_t1: bool = False) -> dict:
-    """Coefficients a, b, c and tr(CQ) per step from the seed's start theta^2 = 1 / (log(d) (d + lambda))."""
+def reduced(
+    d: int, lam: float, method: str, eta: float, steps: int, *, stop_at_t1: bool = False, stop_at_alignment: float = 2.0
+) -> dict:
+    """Coefficients a, b, c and tr(CQ) per step from the seed's start theta^2 = 1 / (log(d) (d + lambda)); the
+    run stops after the step whose alignment a / ||M||_F = a / sqrt(a^2 + b^2 + (d - 2) c^2) reaches
+    ``stop_at_alignment`` (never, at the default 2)."""
     if method not in ("specgd", "gd"):
         raise ValueError(f"method must be 'specgd' or 'gd', got {method!r}")
     theta2 = 1.0 / (math.log(d) * (d + lam))
@@ -42,6 +46,8 @@ def reduced(d: int, lam: float, method: str, eta: float, steps: int, *, stop_at_
             rec[key].append(x)
         rec["trCQ"].append(tau)
         if not math.isfinite(tau) or (stop_at_t1 and tau >= 0):
+            break
+        if stop_at_alignment <= 1 and a >= stop_at_alignment * math.sqrt(a * a + b * b + (d - 2) * c * c):
             break
         k = (8 * (a - 1) + 4 * tau, 8 * (1 + lam) ** 2 * b + 4 * (1 + lam) * tau, 8 * c + 4 * tau)
         if method == "specgd":

@@ -1,6 +1,7 @@
-"""Why seed 003's "at p = 32 the results are already very close to those of the Spectral norm" fails
-for the stable rank of low-stable-rank gradients, and by how much at each size (an explanation with
-data, the project's own).
+"""Why "at p = 32 the results are already very close to those of the Spectral norm" (seed 003) is a
+statement about a size: the stable-rank shortfall of the Schatten-p dualizer on low-stable-rank gradients,
+and how it grows with k (an explanation with data, the project's own; the seed's sentence itself is judged
+on its regime, real-network gradients, in experiment schatten).
 
 Source: F. L. Cesista, "Steepest Descent Under Schatten-p Norms" (blog post, 2025).
 
@@ -28,7 +29,7 @@ import torch
 
 import steepest
 from steepest.app.reproduce.base import Cells, Claim, fmt, progress
-from steepest.app.reproduce.claimtext import extension_claim, seed_claim
+from steepest.app.reproduce.claimtext import extension_claim
 from steepest.app.runs import ConfigError
 
 SEED = "seed 003"
@@ -129,20 +130,18 @@ def claims(results: dict) -> list[Claim]:
     drop = r32["power_law"][0] - r32["power_law"][-1]
     move = max(r32["gaussian"]) - min(r32["gaussian"])
     ks = [c["k"] for c in K["power_law"]]
-    every = all(x >= st["target"] for xs in r32.values() for x in xs)
     return [
-        seed_claim(
+        extension_claim(
             SEED,
-            "What Does the Dualizer Actually Do?",
-            f"at p = {cp}, the results are already very close to those "
-            "of the Spectral norm (stable rank, at every size k)",
+            f"whether p = {cp} is \u201cvery close to the Spectral norm\u201d in stable rank depends on the size k: "
+            f"for a power-law spectrum the ratio meets {st['target']} at the smallest k and not at the largest, so no "
+            "fixed p is close at every k (the seed's own sentence, on its regime, is judged in experiment schatten)",
             "st(T_32)/st(UV^T): "
             + "; ".join(f"{kind}: {', '.join(fmt(x) for x in xs)}" for kind, xs in r32.items())
             + f" for k = {', '.join(map(str, ks))}",
-            every,
-            baseline="the spectral dualizer (ratio 1)",
-            threshold=f"ratio >= {st['target']} at every k and kind",
-            paraphrase=True,
+            r32["power_law"][0] >= st["target"] > r32["power_law"][-1],
+            baseline="a k-independent ratio (a fixed p close at every size); the spectral dualizer (ratio 1)",
+            threshold=f"power law: ratio >= {st['target']} at the smallest k and < {st['target']} at the largest",
         ),
         extension_claim(
             SEED,
