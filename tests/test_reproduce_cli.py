@@ -283,6 +283,26 @@ def test_all_with_a_raising_experiment_exits_1_and_shows_a_red_row(tmp_path, mon
     assert "failed: quadratic" in capsys.readouterr().err
 
 
+def test_all_jobs_2_gives_the_same_claims_in_registry_order(tmp_path, monkeypatch, capsys):
+    """``reproduce all --jobs 2`` runs the experiments in two spawned processes: the same claims, numbers and
+    verdicts as one at a time, combined in the registry's order whatever order they finish in; --jobs 0 is
+    refused."""
+    monkeypatch.setattr(base, "REGISTRY", {k: base.REGISTRY[k] for k in ("schatten", "quadratic")})
+    tiny = ["--quick", "--set", "schatten.m=24", "--set", "schatten.n=12", "--set", "schatten.trials=1"]
+    tiny += ["--set", "schatten.match_grid=8", "--set", "schatten.real_seeds=[]"]
+    got = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert main(["reproduce", "all", "--out", str(out), "--jobs", jobs, *tiny]) == 0
+        got[jobs] = json.loads((out / "claims.json").read_text())
+        html = (out / "report.html").read_text()
+        assert html.index("schatten: ") < html.index("quadratic: ")
+    assert list(got["2"]) == ["schatten", "quadratic"] and got["2"] == got["1"]
+    capsys.readouterr()
+    assert main(["reproduce", "all", "--out", str(tmp_path / "bad"), "--jobs", "0", *tiny]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
 def test_cells_record_the_svd_fallback(tmp_path):
     """A cell whose computation fell back from LAPACK's SVD says so in its file, in a rerun that reuses it,
     and other warnings pass through."""
@@ -382,7 +402,7 @@ def test_default_verdicts_are_frozen(tmp_path):
     from steepest.app.reproduce import verdicts
 
     out = tmp_path / "all"
-    assert main(["reproduce", "all", "--out", str(out)]) == 0
+    assert main(["reproduce", "all", "--out", str(out), "--jobs", "2"]) == 0  # two cores: CI's time budget
     claims = json.loads((out / "claims.json").read_text())
     assert set(claims) == set(base.REGISTRY)
     for name, cs in claims.items():

@@ -1,4 +1,4 @@
-"""``steepest reproduce NAME [--quick] [--out DIR] [--set key=value ...] [--config FILE]``.
+"""``steepest reproduce NAME [--quick] [--out DIR] [--set key=value ...] [--config FILE] [--jobs N]``.
 
 Runs one seed reproduction (or ``all``) into a run directory: config.json, environment.json,
 results.json, claims.json, PNG figures and report.html with the claims table on top. Rerunning into
@@ -11,7 +11,9 @@ shown to decide the claim (:mod:`steepest.app.reproduce.verdicts`), else ``not d
 
 With ``all``, ``--set`` keys may be prefixed by an experiment (``--set quadratic.steps=50``); an
 unprefixed key is applied to every experiment that has it. ``--config`` takes a YAML/TOML mapping
-(for ``all``, a mapping of experiment name to mapping).
+(for ``all``, a mapping of experiment name to mapping). ``all --jobs N`` runs N experiments at a time in
+separate processes (each with ``--threads`` threads); the results and verdicts are those of ``--jobs 1``,
+since every experiment seeds its own generators and writes only its own folder.
 
 Example::
 
@@ -22,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import sys
 import traceback
 from pathlib import Path
@@ -67,6 +70,14 @@ def register(subparsers) -> None:
         type=int,
         default=1,
         help="torch intra-op threads (default 1: the experiments are many small matrix operations)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with 'all': run N experiments at a time, each in its own process (default 1; use the number of "
+        "cores divided by --threads). Same results as one at a time",
     )
     p.set_defaults(func=main)
 
@@ -146,32 +157,69 @@ def _print_claims(outcome) -> None:
         print(f"  [{shown:>12}] {c.statement}\n                 measured: {c.measured}")
 
 
+def _run_one(task: tuple) -> tuple[str, str, object]:
+    """Run one experiment: ``(name, kind, payload)`` with kind ``ok`` (payload the Outcome), ``config``
+    (bad configuration: exit 2), ``disk`` (a full or read-only disk: exit 2) or ``failed`` (the traceback).
+    Module level, so that ``--jobs`` worker processes can run it."""
+    name, cfg, run_dir, threads, size = task
+    try:
+        return name, "ok", base.run_experiment(name, cfg, run_dir, threads=threads, size=size)
+    except ConfigError as e:
+        return name, "config", str(e)
+    except OSError as e:
+        text = disk_error_text(e)
+        if text is not None:
+            return name, "disk", text
+        return name, "failed", traceback.format_exc()
+    except Exception:  # one broken experiment must not hide the others' results
+        return name, "failed", traceback.format_exc()
+
+
+def _quiet_worker() -> None:
+    base.QUIET_PROGRESS = True
+
+
+def _results(tasks: list, jobs: int):
+    """Yield :func:`_run_one`'s answers, one process at a time or ``jobs`` worker processes (spawned: no
+    state forked from this process). Leaving early (an error, Ctrl-C) terminates the workers: none is
+    left running."""
+    if jobs == 1 or len(tasks) == 1:
+        for task in tasks:
+            yield _run_one(task)
+        return
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_quiet_worker)
+    try:
+        yield from pool.imap_unordered(_run_one, tasks)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
 def _run_experiments(names: list[str], configs: dict, root: Path, args) -> tuple[int | None, list, list]:
-    """Run each experiment into its folder: ``(exit code to return at once or None, outcomes, failures)``."""
-    outcomes: list = []
-    failed: list[base.Failure] = []
+    """Run each experiment into its folder: ``(exit code to return at once or None, outcomes, failures)``,
+    outcomes and failures in the registry's order whatever order they finish in."""
     size = "quick" if args.quick else "default"
-    for name in names:
-        run_dir = root / name if args.name == "all" else root
-        try:
-            outcome = base.run_experiment(name, configs[name], run_dir, threads=args.threads, size=size)
-        except ConfigError as e:
-            print(f"steepest reproduce {name}: bad configuration: {e}", file=sys.stderr)
-            return 2, outcomes, failed
-        except OSError as e:
-            text = disk_error_text(e)
-            if text is None:
-                traceback.print_exc()
-                failed.append(base.Failure(name, f"{type(e).__name__}: {e}"))
-                continue
-            print(f"steepest reproduce {name}: error: {text}", file=sys.stderr)
-            return 2, outcomes, failed
-        except Exception as e:  # one broken experiment must not hide the others' results
-            traceback.print_exc()
-            failed.append(base.Failure(name, f"{type(e).__name__}: {e}"))
-            continue
-        outcomes.append(outcome)
-        _print_claims(outcome)
+    tasks = [(n, configs[n], root / n if args.name == "all" else root, args.threads, size) for n in names]
+    done: dict[str, tuple[str, object]] = {}
+    results = _results(tasks, args.jobs)
+    try:
+        for name, kind, payload in results:
+            if kind in ("config", "disk"):
+                what = "bad configuration: " if kind == "config" else "error: "
+                print(f"steepest reproduce {name}: {what}{payload}", file=sys.stderr)
+                return 2, [], []
+            if kind == "failed":
+                print(payload, file=sys.stderr, end="")
+            else:
+                _print_claims(payload)
+            done[name] = (kind, payload)
+    finally:
+        results.close()  # terminates the workers when leaving early
+    outcomes = [done[n][1] for n in names if n in done and done[n][0] == "ok"]
+    failed = [
+        base.Failure(n, str(done[n][1]).strip().splitlines()[-1]) for n in names if done.get(n, ("",))[0] == "failed"
+    ]
     return None, outcomes, failed
 
 
@@ -186,6 +234,9 @@ def main(args) -> int:
         print(
             f"steepest reproduce: --threads must be >= 1 and at most {MAX_THREADS}, got {args.threads}", file=sys.stderr
         )
+        return 2
+    if args.jobs < 1:
+        print(f"steepest reproduce: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
     names = list(base.REGISTRY) if args.name == "all" else [args.name]
     try:

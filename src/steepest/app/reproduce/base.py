@@ -191,9 +191,13 @@ def _revive(obj: Any) -> Any:
     return obj
 
 
+#: Set in ``reproduce all --jobs N``'s worker processes: several bars on one terminal would interleave.
+QUIET_PROGRESS = False
+
+
 def progress(iterable, desc: str, total: int | None = None):
-    """A tqdm bar on a terminal, the bare iterable otherwise (tests, pipes)."""
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=not sys.stderr.isatty())
+    """A tqdm bar on a terminal, the bare iterable otherwise (tests, pipes, parallel workers)."""
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=QUIET_PROGRESS or not sys.stderr.isatty())
 
 
 # ---------------------------------------------------------------------------------------- running
