@@ -116,7 +116,7 @@ def _bucket_direct(blocks: list[F.Block], idx: list[int], settings: dict, mode: 
     transpose, no row blocks): each block writes its M straight into its slice of the stack
     (:meth:`~steepest.optim.functional.Block.write_M`), so no block has an M tensor of its own."""
     first = blocks[idx[0]]
-    m, n = geo.matrix_shape(tuple(first.param.shape), mode)[-2:]
+    m, n = first.view_shape[-2:]
     stack = torch.empty((len(idx), m, n), dtype=first.M_dtype, device=first.param.device)
     for k, i in enumerate(idx):
         blocks[i].write_M(stack[k].view(blocks[i].param.shape))

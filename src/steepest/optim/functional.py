@@ -69,6 +69,7 @@ class Block:
     scale_folded: bool = False
     _M: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     _source: Callable[[], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
+    _view_shape: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.norm is None:
@@ -140,9 +141,17 @@ class Block:
         c = self.cfg
         if self.norm != "spectral" or c.step_size != "fixed" or c.method in (None, "svd"):
             return None
-        shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
+        shape = self.view_shape
         dt = iteration_dtype(self.G.dtype, c.dtype, self.G.device, iterative=True, shape=shape)
         return dt if dt.itemsize < self.G.dtype.itemsize else None
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        """The shape of the parameter's matrix view (:func:`steepest.geometry.matrix_shape`), once per block."""
+        if self._view_shape is None:
+            c = self.cfg
+            self._view_shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
+        return self._view_shape
 
     def fold_scale(self) -> None:
         """Move a fixed step's shape scale from D into ``lr_scale``: W <- W - (lr * scale) D, torch.optim.Muon's
@@ -152,15 +161,13 @@ class Block:
         c = self.cfg
         if self.scale_folded or c.step_size != "fixed" or c.scale_rule == "none":
             return
-        shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
+        shape = self.view_shape
         self.lr_scale = self.lr_scale * geo.shape_scale(shape, c.scale_rule)
         self.scale_folded = True
 
     def key(self) -> tuple:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
-        shape = geo.matrix_shape(
-            tuple(self.param.shape), self.cfg.tensor_mode, self.cfg.transposed, self.cfg.row_blocks
-        )
+        shape = self.view_shape
         return (
             shape[-2:] if len(shape) >= 2 else shape,
             self.M_dtype,
