@@ -3,7 +3,8 @@
 Per size: a ``steepest.Muon`` step over ``--matrices`` matrices of that shape (default 2, the issue's
 "step of two matrices"), built three times on copies of the same parameters and gradients, with
 ``dtype=torch.float32``, ``dtype=torch.bfloat16`` and the default ``dtype="auto"``. The three are timed
-in interleaved rounds (rotated order, ``benchmarks/_util.time_interleaved``): CPU time by
+in interleaved rounds (a fresh random order each round, :func:`time_shuffled`: a rotation made whichever
+optimizer follows bf16 5-15% slower on small sizes): CPU time by
 ``time.thread_time()`` under one torch thread on CPU, wall time between synchronizations on CUDA; a
 fourth, identical fp32 optimizer ("fp32 control") measures the run's noise. Reported
 per size: fp32 and bf16 median ms, auto's choice (``steepest.linalg.precision.auto_dtype(device, shape)``),
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import statistics
 import sys
 
@@ -35,7 +37,7 @@ import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
 import steepest
-from _util import clone_params, machine, table, time_interleaved
+from _util import clone_params, machine, table, time_once
 from steepest._io import atomic_write_json
 from steepest.linalg import precision
 
@@ -88,7 +90,7 @@ def sweep_size(shape, count: int, rounds: int, device: str, warmup: int = 1) -> 
     opts = {name: steepest.Muon(clone_params(base), lr=0.02, dtype=dt) for name, dt in DTYPES.items()}
     fns = {name: opt.step for name, opt in opts.items()}
     cpu: dict[str, list[float]] = {}
-    wall = time_interleaved(fns, rounds, warmup=warmup, device=device, cpu_times=cpu)
+    wall = time_shuffled(fns, rounds, warmup=warmup, device=device, cpu_times=cpu)
     times = wall if torch.device(device).type == "cuda" else cpu  # CPU time is the cost on a shared CPU box
     per_round = [a / min(f, b) for a, f, b in zip(times["auto"], times["fp32"], times["bf16"])]
     choice = precision.auto_dtype(device, shape)
@@ -107,6 +109,31 @@ def sweep_size(shape, count: int, rounds: int, device: str, warmup: int = 1) -> 
         "within_goal": statistics.median(per_round) <= GOAL,
         "raw_s": {k: v for k, v in times.items()},
     }
+
+
+def time_shuffled(
+    fns: dict, rounds: int, warmup: int = 1, device="cpu", cpu_times: dict | None = None, seed: int = 0
+) -> dict[str, list[float]]:
+    """:func:`_util.time_interleaved` with a fresh random order every round (seeded) instead of a rotation.
+
+    A rotation keeps the cyclic order, so each optimizer always runs right after the same one; on small
+    sizes the step right after the bf16 one is 5-15% slower (EPYC, 1 thread: auto/fp32 1.15x at 32 when
+    auto follows bf16, 0.94x when it precedes it, and the fp32 control then takes the excess). That was
+    the whole "auto 1.085x at 32, 1.061x at 48" of issue 22. Shuffled, every optimizer follows every other
+    about equally often."""
+    rng = random.Random(seed)
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in rng.sample(names, len(names)):
+            w, c = time_once(fns[name], device)
+            wall[name].append(w)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(c)
+    return wall
 
 
 def suggested_threshold(rows: list[dict]) -> int | None:
