@@ -3,8 +3,9 @@
 Per size: a ``steepest.Muon`` step over ``--matrices`` matrices of that shape (default 2, the issue's
 "step of two matrices"), built three times on copies of the same parameters and gradients, with
 ``dtype=torch.float32``, ``dtype=torch.bfloat16`` and the default ``dtype="auto"``. The three are timed
-in interleaved rounds (a fresh random order each round, :func:`time_shuffled`: a rotation made whichever
-optimizer follows bf16 5-15% slower on small sizes): CPU time by
+in interleaved rounds (a fresh random order each round and an untimed step before each timed one,
+:func:`time_shuffled`: a small fp32 step right after a bf16 step is slower, which a rotation charged to
+auto alone): CPU time by
 ``time.thread_time()`` under one torch thread on CPU, wall time between synchronizations on CUDA; a
 fourth, identical fp32 optimizer ("fp32 control") measures the run's noise. Reported
 per size: fp32 and bf16 median ms, auto's choice (``steepest.linalg.precision.auto_dtype(device, shape)``),
@@ -114,13 +115,16 @@ def sweep_size(shape, count: int, rounds: int, device: str, warmup: int = 1) -> 
 def time_shuffled(
     fns: dict, rounds: int, warmup: int = 1, device="cpu", cpu_times: dict | None = None, seed: int = 0
 ) -> dict[str, list[float]]:
-    """:func:`_util.time_interleaved` with a fresh random order every round (seeded) instead of a rotation.
+    """:func:`_util.time_interleaved` with a fresh random order every round (seeded) instead of a rotation,
+    and one untimed step of the same optimizer right before each timed one.
 
-    A rotation keeps the cyclic order, so each optimizer always runs right after the same one; on small
-    sizes the step right after the bf16 one is 5-15% slower (EPYC, 1 thread: auto/fp32 1.15x at 32 when
-    auto follows bf16, 0.94x when it precedes it, and the fp32 control then takes the excess). That was
-    the whole "auto 1.085x at 32, 1.061x at 48" of issue 22. Shuffled, every optimizer follows every other
-    about equally often."""
+    At small sizes a float32 step right after a bf16 step is much slower than one after a float32 step
+    (EPYC, 1 thread, 2 matrices of 32x32: 1040-1110 us against 690-900 us, whichever fp32 optimizer it
+    is). A rotation keeps the cyclic order, so one optimizer (auto, in this sweep's order) always ran
+    right after bf16: auto/fp32 1.15x at 32 in that order, 0.94x with auto before bf16 (the fp32 control
+    then took the excess). That was the "auto 1.085x at 32, 1.061x at 48" of issue 22: with a shuffled
+    order and 400 rounds auto/fp32 is 0.98-1.02x (control 0.97-1.005x). The untimed step removes the
+    carry-over itself, so every timed step follows a step of its own optimizer."""
     rng = random.Random(seed)
     names = list(fns)
     for _ in range(warmup):
@@ -129,6 +133,7 @@ def time_shuffled(
     wall: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(rounds):
         for name in rng.sample(names, len(names)):
+            fns[name]()  # untimed: the timed step follows a step of its own optimizer
             w, c = time_once(fns[name], device)
             wall[name].append(w)
             if cpu_times is not None:
