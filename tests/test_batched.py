@@ -392,3 +392,56 @@ def test_batch_matrices_is_a_deprecated_alias_that_sets_the_executor(value, expe
     assert repr(opt.executor) == expected
     with pytest.warns(DeprecationWarning, match="batch_matrices is deprecated"):
         assert opt.batch_matrices is value
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_direct_stack_equals_the_concatenated_views(monkeypatch, dtype, nesterov):
+    """Blocks whose matrix view is a reshape write M straight into the stack (``_bucket_direct``); the
+    generic path (``_bucket_views``: each M, then torch.cat) gives the same bits, conv kernels and bf16
+    iteration included, over two steps (the second reads the momentum buffer)."""
+    g = torch.Generator().manual_seed(5)
+    shapes = [(6, 2, 3, 3)] * 3 + [(6, 18)] * 2 + [(5, 9)] * 2
+    base = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(2)]
+    out = {}
+    for path in ("direct", "views"):
+        if path == "views":
+            monkeypatch.setattr(
+                B,
+                "_bucket_direct",
+                lambda blocks, idx, settings, mode: B._bucket_views(blocks, idx, settings, mode, False, 1),
+            )
+        ps = [torch.nn.Parameter(t.clone()) for t in base]
+        opt = steepest.Muon(ps, lr=0.1, nesterov=nesterov, dtype=dtype, executor=Batched(cpu=True))
+        for gs in grads:
+            for p, gr in zip(ps, gs):
+                p.grad = gr.clone()
+            opt.step()
+        out[path] = [p.detach().clone() for p in ps]
+    for a, b in zip(out["direct"], out["views"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_source_written_into_out_is_the_cast_source(nesterov, momentum):
+    """``source_from_buffer(..., out=)`` (a bf16 or float32 slice) holds what ``.to(dtype)`` of M holds."""
+    g = torch.Generator().manual_seed(1)
+    G, buf = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)
+    for dtype in (torch.bfloat16, torch.float32):
+        want = F.source_from_buffer(G, buf if momentum else None, momentum, nesterov, dtype)
+        out = torch.empty(2, 7, 5, dtype=dtype)[1]
+        got = F.source_from_buffer(G, buf if momentum else None, momentum, nesterov, dtype, out=out)
+        assert got.data_ptr() == out.data_ptr() and torch.equal(out, want)
+
+
+def test_narrow_update_is_added_as_its_float32_copy_would_be():
+    """apply_update adds a bf16 update to a float32 parameter without the float32 copy: same bits."""
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(9, 4, generator=g)
+    U = torch.randn(9, 4, generator=g).to(torch.bfloat16)
+    got, want = W.clone(), W.clone()
+    F.apply_update(got, U, 0.03, 0.1, 0.7)
+    want.mul_(1 - 0.03 * 0.1).add_(U.to(torch.float32), alpha=-0.03 * 0.7)
+    assert torch.equal(got, want)

@@ -89,6 +89,14 @@ def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
     """{block index: update} for one bucket, from one batched compute_update."""
     settings = dict(blocks[idx[0]].kwargs)
     mode, transposed, rb = settings.pop("tensor_mode"), settings.pop("transposed"), settings.pop("row_blocks")
+    if not transposed and rb == 1 and all(blocks[i].param.ndim == 2 or mode != "batch" for i in idx):
+        return _bucket_direct(blocks, idx, settings, mode)
+    return _bucket_views(blocks, idx, settings, mode, transposed, rb)
+
+
+def _bucket_views(blocks: list[F.Block], idx: list[int], settings: dict, mode: str, transposed: bool, rb: int) -> dict:
+    """:func:`_bucket` for any matrix view (transposed, row blocks, 3-D batches): the views of every M,
+    concatenated into the stack."""
     views = [geo.matrix_view(blocks[i].M, mode, transposed, rb) for i in idx]
     m, n = views[0].shape[-2:]
     stack = torch.cat([v.reshape(-1, m, n) for v in views])
@@ -101,6 +109,19 @@ def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
         i: geo.from_matrix(u.reshape(vs), ms, transposed, rb)
         for i, (ms, vs, _), u in zip(idx, shapes, torch.split(U, [k for _, _, k in shapes]))
     }
+
+
+def _bucket_direct(blocks: list[F.Block], idx: list[int], settings: dict, mode: str) -> dict:
+    """:func:`_bucket` where every block is one (m, n) matrix view that is a reshape of the parameter (no
+    transpose, no row blocks): each block writes its M straight into its slice of the stack
+    (:meth:`~steepest.optim.functional.Block.write_M`), so no block has an M tensor of its own."""
+    first = blocks[idx[0]]
+    m, n = first.view_shape[-2:]
+    stack = torch.empty((len(idx), m, n), dtype=first.M_dtype, device=first.param.device)
+    for k, i in enumerate(idx):
+        blocks[i].write_M(stack[k].view(blocks[i].param.shape))
+    U = F.compute_update(stack, tensor_mode="batch", transposed=False, **settings)
+    return {i: U[k].view(blocks[i].param.shape) for k, i in enumerate(idx)}
 
 
 __all__ = ["dualize_batched", "buckets", "CPU_MAX_NUMEL"]

@@ -69,6 +69,7 @@ class Block:
     scale_folded: bool = False
     _M: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     _source: Callable[[], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
+    _view_shape: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.norm is None:
@@ -98,6 +99,17 @@ class Block:
     def defer_M(self, source: Callable[[], torch.Tensor], dtype: torch.dtype) -> None:
         """Set M to ``source()``, computed when first read; ``dtype`` is the dtype it will have."""
         self._M, self._source, self._M_dtype = None, source, dtype
+
+    def write_M(self, out: torch.Tensor) -> None:
+        """Write M into ``out`` (M's shape and dtype, e.g. a slice of a batched stack) and release it. A
+        deferred M from :func:`source_from_buffer` is computed straight into ``out`` (no M tensor of its own:
+        one allocation and one pass less per block, :func:`steepest.optim.batched.dualize_batched`)."""
+        src = self._source
+        if self._M is None and isinstance(src, functools.partial) and src.func is source_from_buffer:
+            src(out=out)
+        else:
+            out.copy_(self.M)
+        self.M = None
 
     @property
     def M_dtype(self) -> torch.dtype:
@@ -129,9 +141,17 @@ class Block:
         c = self.cfg
         if self.norm != "spectral" or c.step_size != "fixed" or c.method in (None, "svd"):
             return None
-        shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
+        shape = self.view_shape
         dt = iteration_dtype(self.G.dtype, c.dtype, self.G.device, iterative=True, shape=shape)
         return dt if dt.itemsize < self.G.dtype.itemsize else None
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        """The shape of the parameter's matrix view (:func:`steepest.geometry.matrix_shape`), once per block."""
+        if self._view_shape is None:
+            c = self.cfg
+            self._view_shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
+        return self._view_shape
 
     def fold_scale(self) -> None:
         """Move a fixed step's shape scale from D into ``lr_scale``: W <- W - (lr * scale) D, torch.optim.Muon's
@@ -141,15 +161,13 @@ class Block:
         c = self.cfg
         if self.scale_folded or c.step_size != "fixed" or c.scale_rule == "none":
             return
-        shape = geo.matrix_shape(tuple(self.param.shape), c.tensor_mode, c.transposed, c.row_blocks)
+        shape = self.view_shape
         self.lr_scale = self.lr_scale * geo.shape_scale(shape, c.scale_rule)
         self.scale_folded = True
 
     def key(self) -> tuple:
         """Blocks with equal keys can share one batched dualization (same view shape and settings)."""
-        shape = geo.matrix_shape(
-            tuple(self.param.shape), self.cfg.tensor_mode, self.cfg.transposed, self.cfg.row_blocks
-        )
+        shape = self.view_shape
         return (
             shape[-2:] if len(shape) >= 2 else shape,
             self.M_dtype,
@@ -291,9 +309,21 @@ def update_momentum(
 
 
 def source_from_buffer(
-    grad: torch.Tensor, buf: torch.Tensor | None, momentum: float, nesterov: bool, dtype: torch.dtype | None = None
+    grad: torch.Tensor,
+    buf: torch.Tensor | None,
+    momentum: float,
+    nesterov: bool,
+    dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """M from the updated buffer (:func:`direction_source`'s second half; reads, never writes)."""
+    """M from the updated buffer (:func:`direction_source`'s second half; reads grad and buf, never writes
+    them). ``out``: write M there instead (cast to ``out``'s dtype as ``.to`` rounds) and return it."""
+    if out is not None:
+        if buf is not None and nesterov:
+            if out.dtype == grad.dtype:
+                return torch.lerp(grad, buf, momentum, out=out)
+            return out.copy_(grad.lerp(buf, momentum))  # (see the lerp note below)
+        return out.copy_(grad if buf is None else buf)
     if buf is None:
         return grad if dtype is None else grad.to(dtype)
     if not nesterov:
@@ -396,7 +426,10 @@ def apply_update(
         # one rounding into the parameter's dtype, so a large dual norm times a small lr stays finite
         param.add_((update * -step).to(param.dtype))
     else:
-        param.add_(update.to(param.dtype), alpha=-step)
+        # a narrower update (bf16 D for a float32 parameter) is read as it is: add_ computes in the parameter's
+        # dtype, the value .to(param.dtype) would give, without the float32 copy of D (one pass and one
+        # parameter-sized allocation less per matrix)
+        param.add_(update, alpha=-step)
 
 
 def adamw_step(
