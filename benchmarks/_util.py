@@ -8,6 +8,7 @@ ratios are taken per round (paired) and then the median, which cancels slow drif
 from __future__ import annotations
 
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,35 @@ def time_interleaved(
             if cpu_times is not None:
                 cpu_times.setdefault(name, []).append(cpu)
     return times
+
+
+def time_shuffled(
+    fns: dict, rounds: int, warmup: int = 1, device="cpu", cpu_times: dict | None = None, seed: int = 0
+) -> dict[str, list[float]]:
+    """:func:`time_interleaved` with a fresh random order every round (seeded) instead of a rotation,
+    and one untimed step of the same optimizer right before each timed one.
+
+    At small sizes a float32 step right after a bf16 step is much slower than one after a float32 step
+    (EPYC, 1 thread, 2 matrices of 32x32: 1040-1110 us against 690-900 us, whichever fp32 optimizer it
+    is). A rotation keeps the cyclic order, so one optimizer (auto, in this sweep's order) always ran
+    right after bf16: auto/fp32 1.15x at 32 in that order, 0.94x with auto before bf16 (the fp32 control
+    then took the excess). That was the "auto 1.085x at 32, 1.061x at 48" of issue 22: with a shuffled
+    order and 400 rounds auto/fp32 is 0.98-1.02x (control 0.97-1.005x). The untimed step removes the
+    carry-over itself, so every timed step follows a step of its own optimizer."""
+    rng = random.Random(seed)
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in rng.sample(names, len(names)):
+            fns[name]()  # untimed: the timed step follows a step of its own optimizer
+            w, c = time_once(fns[name], device)
+            wall[name].append(w)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(c)
+    return wall
 
 
 def summarize(ts: list[float]) -> dict:

@@ -4,7 +4,7 @@ Per size: a ``steepest.Muon`` step over ``--matrices`` matrices of that shape (d
 "step of two matrices"), built three times on copies of the same parameters and gradients, with
 ``dtype=torch.float32``, ``dtype=torch.bfloat16`` and the default ``dtype="auto"``. The three are timed
 in interleaved rounds (a fresh random order each round and an untimed step before each timed one,
-:func:`time_shuffled`: a small fp32 step right after a bf16 step is slower, which a rotation charged to
+:func:`_util.time_shuffled`: a small fp32 step right after a bf16 step is slower, which a rotation charged to
 auto alone): CPU time by
 ``time.thread_time()`` under one torch thread on CPU, wall time between synchronizations on CUDA; a
 fourth, identical fp32 optimizer ("fp32 control") measures the run's noise. Reported
@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import statistics
 import sys
 
 import torch
 
-import _util  # noqa: F401  (puts src/ on sys.path)
+import _util  # also puts src/ on sys.path
 import steepest
-from _util import clone_params, machine, table, time_once
+from _util import clone_params, machine, table
 from steepest._io import atomic_write_json
 from steepest.linalg import precision
 
@@ -91,7 +90,7 @@ def sweep_size(shape, count: int, rounds: int, device: str, warmup: int = 1) -> 
     opts = {name: steepest.Muon(clone_params(base), lr=0.02, dtype=dt) for name, dt in DTYPES.items()}
     fns = {name: opt.step for name, opt in opts.items()}
     cpu: dict[str, list[float]] = {}
-    wall = time_shuffled(fns, rounds, warmup=warmup, device=device, cpu_times=cpu)
+    wall = _util.time_shuffled(fns, rounds, warmup=warmup, device=device, cpu_times=cpu)
     times = wall if torch.device(device).type == "cuda" else cpu  # CPU time is the cost on a shared CPU box
     per_round = [a / min(f, b) for a, f, b in zip(times["auto"], times["fp32"], times["bf16"])]
     choice = precision.auto_dtype(device, shape)
@@ -110,35 +109,6 @@ def sweep_size(shape, count: int, rounds: int, device: str, warmup: int = 1) -> 
         "within_goal": statistics.median(per_round) <= GOAL,
         "raw_s": {k: v for k, v in times.items()},
     }
-
-
-def time_shuffled(
-    fns: dict, rounds: int, warmup: int = 1, device="cpu", cpu_times: dict | None = None, seed: int = 0
-) -> dict[str, list[float]]:
-    """:func:`_util.time_interleaved` with a fresh random order every round (seeded) instead of a rotation,
-    and one untimed step of the same optimizer right before each timed one.
-
-    At small sizes a float32 step right after a bf16 step is much slower than one after a float32 step
-    (EPYC, 1 thread, 2 matrices of 32x32: 1040-1110 us against 690-900 us, whichever fp32 optimizer it
-    is). A rotation keeps the cyclic order, so one optimizer (auto, in this sweep's order) always ran
-    right after bf16: auto/fp32 1.15x at 32 in that order, 0.94x with auto before bf16 (the fp32 control
-    then took the excess). That was the "auto 1.085x at 32, 1.061x at 48" of issue 22: with a shuffled
-    order and 400 rounds auto/fp32 is 0.98-1.02x (control 0.97-1.005x). The untimed step removes the
-    carry-over itself, so every timed step follows a step of its own optimizer."""
-    rng = random.Random(seed)
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    wall: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(rounds):
-        for name in rng.sample(names, len(names)):
-            fns[name]()  # untimed: the timed step follows a step of its own optimizer
-            w, c = time_once(fns[name], device)
-            wall[name].append(w)
-            if cpu_times is not None:
-                cpu_times.setdefault(name, []).append(c)
-    return wall
 
 
 def suggested_threshold(rows: list[dict]) -> int | None:

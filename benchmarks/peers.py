@@ -4,7 +4,8 @@ Peers (the ``bench`` extra of pyproject.toml; skipped with a note when not insta
 torch.optim.Muon, heavyball.Muon, pytorch_optimizer.Muon (Newton-Schulz "original" coefficients, its
 "polar_express" table, and its ``gram_newton_schulz`` method) and muon-optimizer's SingleDeviceMuon.
 Every optimizer owns a copy of the same parameters with the same fixed gradients; they are timed in
-interleaved rounds (rotated order, ``benchmarks/_util.time_interleaved``), CPU time by
+interleaved rounds (a fresh random order per round and an untimed step of the same optimizer before each timed
+one, ``benchmarks/_util.time_shuffled``: a rotation's fixed neighbour biased small steps by 5-15%), CPU time by
 ``time.thread_time()`` under one torch thread.
 
 Equal update size: learning rates mean different update sizes across these libraries, so each
@@ -49,7 +50,7 @@ import torch
 
 import _util  # noqa: F401  (puts src/ on sys.path)
 import steepest
-from _util import clone_params, machine, paired_ratio, summarize, table, time_interleaved
+from _util import clone_params, machine, paired_ratio, summarize, table, time_shuffled
 from steepest._io import atomic_write_json
 
 LR = 0.02
@@ -243,7 +244,7 @@ def run_set(set_name: str, rounds: int, threads: int, memory: bool, max_step_s: 
             continue
         fns[name] = step
     cpu_times: dict[str, list[float]] = {}
-    times = time_interleaved(fns, rounds, warmup=1, cpu_times=cpu_times)
+    times = time_shuffled(fns, rounds, warmup=1, cpu_times=cpu_times)
     load = list(os.getloadavg())
     key = "torch.optim.Muon"
     for name, i in info.items():
