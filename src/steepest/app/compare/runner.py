@@ -277,7 +277,7 @@ def run_optimizer(
     torch.manual_seed(cfg.seed)
     model = task.make_model()
     held_out = HeldOutLoss(task, model, cfg.seed)
-    optimizer = build_optimizer(name, model, lr, aux_lr, task.routing, held_out=held_out)
+    optimizer = build_optimizer(name, model, lr, aux_lr, task.routing, held_out=held_out, steps=cfg.steps)
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     state = LoopState()
     run = run_key(name, cfg, lr, aux_lr)
