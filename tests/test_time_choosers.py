@@ -53,11 +53,11 @@ def test_dynmuon_end_points():
         (lambda: Schedule(0.1, 0.0, total=10, warmup=10), "warmup"),
         (lambda: Schedule(float("inf")), "start must be a finite knob"),
         (lambda: Schedule(0.1, total=0), "total must be an int >= 1"),
-        (lambda: ScheduleChooser(0.25), "schedules must be"),
+        (lambda: ScheduleChooser(0.25), "schedules must be"),  # type: ignore[arg-type]  # the error under test
         (lambda: PhaseSwitch(), "needs model="),
         (lambda: PhaseSwitch(statistic="srank", band=(2.0, 1.0)), "band must be"),
         (lambda: SchattenChoice(nn.Linear(3, 2), every=100, measure_every=30), "must divide"),
-        (lambda: SchattenChoice(None), "needs model="),
+        (lambda: SchattenChoice(None), "needs model="),  # type: ignore[arg-type]  # the error under test
         (lambda: SchattenChoice(nn.Linear(3, 2), exponents=(0.0, 1.5)), "exponents must be"),
         (lambda: SchattenChoice(nn.Linear(3, 2), pinned=(1e-3, 0.02, 1.0)), "beta1"),
     ],
