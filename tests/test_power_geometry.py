@@ -165,3 +165,18 @@ def test_state_dict_round_trip_and_other_power_refused():
     other = SteepestDescent([torch.nn.Parameter(torch.zeros(7, 5))], norm="power", power=0.2)
     with pytest.raises(ValueError, match="power=-0.1"):
         other.load_state_dict(sd)
+
+
+def test_groups_mix_power_with_other_norms():
+    """A group with its own norm does not inherit another norm's exponent from the constructor."""
+    W, V = torch.nn.Parameter(_grad(seed=1)), torch.nn.Parameter(_grad(seed=2))
+    opt = steepest.SchattenDescent([{"params": [W], "norm": "power", "power": 0.5}, {"params": [V]}], lr=0.1, p=4.0)
+    assert (opt.param_groups[0]["p"], opt.param_groups[1]["p"]) == (None, 4.0)
+    opt = SteepestDescent([{"params": [W], "norm": "spectral"}, {"params": [V]}], norm="power", power=0.5)
+    assert (opt.param_groups[0]["power"], opt.param_groups[1]["power"]) == (None, 0.5)
+    G = _grad(seed=3)
+    W.grad, V.grad = G.clone(), G.clone()
+    W0, V0 = W.detach().clone(), V.detach().clone()
+    opt.step()
+    assert torch.allclose(W0 - W.detach(), 0.02 * geo.dualize(G, "spectral"), rtol=0, atol=1e-13)  # float64 SVDs
+    assert torch.allclose(V0 - V.detach(), 0.02 * geo.dualize(G, "power", 0.5), rtol=0, atol=1e-13)

@@ -216,6 +216,10 @@ class SteepestDescent(torch.optim.Optimizer):
             group["weight_decay"] = 0.0
         if "dtype" in group:
             group["dtype"] = geo.dtype_name(group["dtype"])
+        if "norm" in group:  # a group with its own norm does not inherit another norm's exponent (p, power)
+            for key, owner in (("p", "schatten"), ("power", "power")):
+                if group["norm"] != owner and key not in group:
+                    group[key] = None
         n = len(self.param_groups)
         super().add_param_group(group)
         try:
