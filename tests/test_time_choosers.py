@@ -245,3 +245,24 @@ def test_check_state_refuses_bad_knob():
     sd["chooser"] = {"t": 1, "layers": {"0.weight": {"a": float("nan")}}, "history": []}
     with pytest.raises(ValueError, match="finite number"):
         opt.load_state_dict(sd)
+
+
+def test_knob_history_file_and_report_section(tmp_path):
+    """The compare run writes knobs/<name>.json from the chooser's history; the report draws one section."""
+    from steepest.app.compare.knobs import knob_grid, knob_records, knob_sections, write_knobs
+
+    model = _mlp()
+    opt = steepest.Muon(steepest.param_groups(model), lr=0.05, chooser=dynmuon(21))
+    for _ in range(21):
+        opt.zero_grad()
+        model(torch.randn(8, 6)).square().mean().backward()
+        opt.step()
+    recs = knob_records(opt)
+    assert recs is not None
+    layers, steps, grid = knob_grid(recs)
+    assert steps == [0, 10, 20] and layers == ["0.weight", "2.weight"]  # record_every=10
+    assert grid == [[0.25, 0.0, -0.25]] * 2
+    assert write_knobs(tmp_path, "knob-schedule", opt) is not None
+    assert write_knobs(tmp_path, "muon", steepest.Muon(steepest.param_groups(model))) is None  # no time chooser
+    (section,) = knob_sections(tmp_path, ["knob-schedule", "muon"])
+    assert "0.weight -0.25" in section.text[0] and (tmp_path / "figures" / "knobs_knob-schedule.png").exists()

@@ -172,9 +172,10 @@ class TimeChooser(Chooser):
         blocks = [b for b in blocks if b.param.ndim >= 2]
         for b in blocks:
             self.layers.setdefault(b.label, {"a": self.initial})
-        if self._deciding():
+        deciding = self._deciding()
+        if deciding:
             self._decide(blocks, executor)
-        record = self.t % self.record_every == 0
+        record = deciding and self.t % self.record_every == 0  # history: decision steps only, so it stays small
         for b in blocks:
             a = self.layers[b.label]["a"]
             b.norm, b.p = ("spectral", None) if a == 0 else ("power", a)
