@@ -17,7 +17,8 @@ AdamW-routed groups keep AdamW. Three choosers:
   ``(low, high)`` and stayed beyond it for ``patience`` consecutive decisions (hysteresis). Statistics:
   ``"nr_st"`` (default, needs ``model=``): nr(G) / st(A), Davis-Drusvyatskiy's ratio (seed 001: spectral
   wins iff nr(G) >= st(A)); ``"srank"``: the gradient's stable rank ||G||_F^2 / ||G||_op^2 over min(m, n)
-  (no model); any other name is read from the per-layer ``stats`` a monitor passes to ``observe``.
+  (no model); any other name is read from the per-layer ``stats`` a monitor passes to ``observe``
+  (``{parameter name: {metric: value}}``; a layer without the metric keeps its phase).
 * :class:`SchattenChoice`: arXiv 2605.19781's per-layer choice, every ``every`` (100) steps:
   a* = argmax f(a) of :mod:`steepest.diagnostics.schatten_choice` from the Nesterov momentum's
   singular values, the gradient's projections C_i = u_i^T G v_i and the incoming activations' singular
@@ -49,7 +50,7 @@ from torch import nn
 
 from steepest import geometry as geo
 from steepest.diagnostics.capture import ActivationCapture
-from steepest.diagnostics.metrics import stable_rank
+from steepest.diagnostics.metrics import gram_singular_values, stable_rank
 from steepest.diagnostics.schatten_choice import EXPONENTS, scores_from_spectrum
 from steepest.linalg.polar_factor import rank_tolerance
 from steepest.linalg.spectral_power import check_exponent
@@ -362,14 +363,16 @@ class PhaseSwitch(_Hooked):
             v = self._stats.get(b.label, {}).get(self.statistic)
             return None if v is None else float(v)
         G = _matrix(b, _full(b.G))
+        G = G.reshape(-1, G.shape[-1])  # a batched view (tensor_mode="batch") as one matrix
         if self.statistic == "srank":
-            return float(stable_rank(G)) / min(G.shape[-2:])
+            return float(stable_rank(G, "gram")) / min(G.shape)
         A = self._activations(b)
         if A is None or not A.numel() or not bool(torch.isfinite(A).all()):
             return None
-        s = torch.linalg.svdvals(G.reshape(-1, G.shape[-1]))
+        # both from small Gram matrices (float64 eigh; singular values to ~1.5e-8 s_1, metrics.gram_singular_values)
+        s = gram_singular_values(G)
         nr = float(s.sum() ** 2 / s.square().sum().clamp(min=1e-300))  # nuclear rank ||G||_*^2 / ||G||_F^2
-        return nr / float(stable_rank(A.double()))
+        return nr / float(stable_rank(A, "gram"))
 
     def _decide(self, blocks: list, executor) -> None:
         lo, hi = self.band
@@ -464,7 +467,7 @@ class SchattenChoice(_Hooked):
                 continue  # batched tensor views: the criterion is per matrix; keep the knob
             U, s, Vh = torch.linalg.svd(M, full_matrices=False)
             C = ((U.mT @ Gm) * Vh).sum(-1)
-            sA = torch.linalg.svdvals(A.double())
+            sA = gram_singular_values(A)  # from the small Gram matrix A^T A: no SVD of the N x n rows
             L = self.layers[b.label]
             for key, new in (("C", C), ("sA", sA)):
                 old = L.get(key)
