@@ -331,7 +331,8 @@ CLASS_DB: dict[str, ClassInfo] = {
         error_inputs=_COMMON_ERRORS
         + (
             ErrorInput(
-                dict(norm="bogus"), "norm must be one of ('frobenius', 'spectral', 'linf', 'schatten', 'power'), got 'bogus'"
+                dict(norm="bogus"),
+                "norm must be one of ('frobenius', 'spectral', 'linf', 'schatten', 'power'), got 'bogus'",
             ),
             ErrorInput(dict(norm="schatten"), "Schatten exponent p must be a number in [1, inf], got None"),
             ErrorInput(
