@@ -171,7 +171,7 @@ def test_schatten_choice_synthetic_cases(case):
     G = model.weight.grad.clone()
     assert torch.allclose(G, B, atol=1e-9)  # pinv of a cond-100 X: ~1e-13
     opt.step()
-    a = c.layers["weight"]["a"] if "weight" in c.layers else next(iter(c.layers.values()))["a"]
+    a = c.layers["group0.0"]["a"]  # model.parameters(): no names, the label is group0.0
     expect, f = best_exponent(G, G, torch.linalg.svdvals(X))
     assert a == expect == (0.0 if case == "spectral" else 1.0), f
 
@@ -266,3 +266,39 @@ def test_knob_history_file_and_report_section(tmp_path):
     assert write_knobs(tmp_path, "muon", steepest.Muon(steepest.param_groups(model))) is None  # no time chooser
     (section,) = knob_sections(tmp_path, ["knob-schedule", "muon"])
     assert "0.weight -0.25" in section.text[0] and (tmp_path / "figures" / "knobs_knob-schedule.png").exists()
+
+
+def test_knob_held_at_zero_is_the_recipe_bit_for_bit():
+    """A layer at a = 0 takes the group's own spectral step: SpecGD (Polar Express) with a constant-0
+    schedule equals SpecGD without a chooser, bit for bit, so the knob entries differ from specgd by the knob."""
+
+    def run(chooser):
+        model = _mlp()
+        opt = steepest.SpecGD(
+            steepest.param_groups(model), lr=0.02, momentum=0.95, nesterov=True, method="polar_express", chooser=chooser
+        )
+        for s in range(3):
+            opt.zero_grad()
+            model(torch.randn(16, 6, generator=torch.Generator().manual_seed(s))).square().mean().backward()
+            opt.step()
+        return list(model.parameters())
+
+    zero = ScheduleChooser(Schedule(0.0, total=3, shape="constant"))
+    for p, q in zip(run(None), run(zero)):
+        assert torch.equal(p, q)
+
+
+def test_phase_switch_statistic_is_dd_ratio():
+    """statistic='nr_st' is nr(G)/st(A) of the layer's gradient and inputs (float64 SVD reference)."""
+    torch.manual_seed(3)
+    model = nn.Linear(10, 6, bias=False).double()
+    c = PhaseSwitch(model=model, every=1)
+    opt = SteepestDescent(model.parameters(), lr=0.01, chooser=c)
+    X = torch.randn(64, 10, dtype=torch.float64) * torch.linspace(0.1, 3.0, 10, dtype=torch.float64)
+    model(X).square().sum().backward()
+    G = model.weight.grad.clone()
+    opt.step()
+    sG, sA = torch.linalg.svdvals(G), torch.linalg.svdvals(X)
+    ref = float(sG.sum() ** 2 / sG.square().sum()) / float(sA.square().sum() / sA[0] ** 2)
+    # Gram-eigh singular values: ~1.5e-8 s_1 absolute in the smallest ones (metrics.gram_singular_values)
+    assert c.layers["group0.0"]["stat"] == pytest.approx(ref, rel=1e-7)
