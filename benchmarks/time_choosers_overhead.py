@@ -96,7 +96,7 @@ def run(task, name: str, steps: int) -> dict:
         step_cpu_ms=1e3 * total / steps,
         decision_cpu_ms=1e3 * timer.total / steps,
         overhead=timer.total / max(total - timer.total, 1e-12),
-        final_loss=float(loss),
+        final_loss=float(loss.detach()),
         knobs=knobs,
     )
 

@@ -302,3 +302,19 @@ def test_phase_switch_statistic_is_dd_ratio():
     ref = float(sG.sum() ** 2 / sG.square().sum()) / float(sA.square().sum() / sA[0] ** 2)
     # Gram-eigh singular values: ~1.5e-8 s_1 absolute in the smallest ones (metrics.gram_singular_values)
     assert c.layers["group0.0"]["stat"] == pytest.approx(ref, rel=1e-7)
+
+
+def test_compare_entries_build():
+    """The compare entries: knob-schedule needs the run's steps (a clear error without them); the measured
+    choosers step at ||D||_op = 1 (power_magnitude='spectral'); power holds a = 1/7."""
+    from steepest.app.compare.optimizers import build_optimizer
+
+    model = _mlp()
+    with pytest.raises(ValueError, match="pass steps="):
+        build_optimizer("knob-schedule", model, 0.02, 1e-3)
+    assert build_optimizer("knob-schedule", model, 0.02, 1e-3, steps=50).chooser.schedule.total == 50
+    for name in ("schatten-choice", "phase-switch"):
+        opt = build_optimizer(name, model, 0.02, 1e-3)
+        assert {g.get("power_magnitude") for g in opt.param_groups if g["algorithm"] == "steepest"} == {"spectral"}
+    opt = build_optimizer("power", model, 0.02, 1e-3)
+    assert {g.get("power") for g in opt.param_groups if g["algorithm"] == "steepest"} == {1.0 / 7.0}
