@@ -49,10 +49,11 @@ import torch
 from torch import nn
 
 from steepest import geometry as geo
+from steepest.diagnostics import criteria
+from steepest.diagnostics._batched_metrics import gram
 from steepest.diagnostics.capture import ActivationCapture
-from steepest.diagnostics.metrics import gram_singular_values, stable_rank
+from steepest.diagnostics.metrics import stable_rank
 from steepest.diagnostics.schatten_choice import EXPONENTS, scores_from_spectrum
-from steepest.linalg.polar_factor import rank_tolerance
 from steepest.linalg.spectral_power import check_exponent
 from steepest.optim.choosers import Chooser, _full
 from steepest.optim.functional import direction_source
@@ -308,6 +309,23 @@ class _Hooked(TimeChooser):
         super().observe(step, loss, stats)
 
 
+def _spectrum(M: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s, C, cut-off): M's singular values (descending) and C_i = u_i^T G v_i from the float64 eigh of M's
+    small Gram matrix (two m n k products and a k x k eigh, k = min(m, n), instead of an m x n SVD):
+    with M M^T = U diag(s^2) U^T, v_i = M^T u_i / s_i, so C_i = u_i^T G M^T u_i / s_i (tall M: the same with
+    M^T M's eigenvectors v_i). Values at or below sqrt(max(m, n) eps) s_1 (the Gram's resolution) get C = 0."""
+    wide = M.shape[-2] <= M.shape[-1]
+    X, Y = (M, G) if wide else (M.mT, G.mT)  # X wide: X X^T is the small Gram; Y the gradient in X's layout
+    lam, Q = torch.linalg.eigh(X @ X.mT)
+    lam, Q = lam.flip(-1).clamp(min=0), Q.flip(-1)
+    s = lam.sqrt()
+    tol = math.sqrt(max(M.shape) * torch.finfo(torch.float64).eps) * s[:1]
+    keep = s > tol
+    proj = ((Q.mT @ (Y @ X.mT)) * Q.mT).sum(-1)  # q_i^T Y X^T q_i
+    C = torch.where(keep, proj / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+    return s, C, tol
+
+
 def _matrix(b, M: torch.Tensor) -> torch.Tensor:
     return geo.matrix_view(M, b.cfg.tensor_mode, b.cfg.transposed).double()
 
@@ -367,12 +385,15 @@ class PhaseSwitch(_Hooked):
         if self.statistic == "srank":
             return float(stable_rank(G, "gram")) / min(G.shape)
         A = self._activations(b)
-        if A is None or not A.numel() or not bool(torch.isfinite(A).all()):
+        if A is None or not A.numel():
             return None
-        # both from small Gram matrices (float64 eigh; singular values to ~1.5e-8 s_1, metrics.gram_singular_values)
-        s = gram_singular_values(G)
-        nr = float(s.sum() ** 2 / s.square().sum().clamp(min=1e-300))  # nuclear rank ||G||_*^2 / ||G||_F^2
-        return nr / float(stable_rank(A, "gram"))
+        # Adaptive's cheap Davis-Drusvyatskiy scores (criteria.dd_scores: float64 Gram eigh of G, float32 Gram
+        # or block Krylov for ||A||_op); their ratio Delta_spectral / Delta_frobenius is nr(G) / st(A)
+        scores = criteria.dd_scores(G, A)
+        if scores is None:  # a non-finite activation
+            return None
+        ratio = scores.decrease["spectral"] / scores.decrease["frobenius"] if scores.decrease["frobenius"] else 0.0
+        return ratio if math.isfinite(ratio) else None
 
     def _decide(self, blocks: list, executor) -> None:
         lo, hi = self.band
@@ -465,15 +486,16 @@ class SchattenChoice(_Hooked):
             Gm = _matrix(b, G)
             if M.ndim != 2:
                 continue  # batched tensor views: the criterion is per matrix; keep the knob
-            U, s, Vh = torch.linalg.svd(M, full_matrices=False)
-            C = ((U.mT @ Gm) * Vh).sum(-1)
-            sA = gram_singular_values(A)  # from the small Gram matrix A^T A: no SVD of the N x n rows
+            s, Cp, tol = _spectrum(M, Gm)
+            # the activation spectrum from A^T A in float32 (N d^2 flops; as dd_scores): the Schatten-k norms,
+            # k >= 2, weigh s^k, so the float32 Gram's ~1e-3 s_1 floor on the small values does not matter
+            sA = torch.linalg.eigvalsh(gram(A, torch.float32).double()).flip(-1).clamp(min=0).sqrt()
             L = self.layers[b.label]
-            for key, new in (("C", C), ("sA", sA)):
+            for key, new in (("C", Cp), ("sA", sA)):
                 old = L.get(key)
                 L[key] = new if old is None or old.shape != new.shape else old.lerp(new, 1.0 - self.beta)
             if deciding:
-                f = scores_from_spectrum(s, L["C"], L["sA"], self.exponents, rank_tolerance(M, s[:1]))
+                f = scores_from_spectrum(s, L["C"], L["sA"], self.exponents, tol)
                 L["a"] = _grid(self.exponents[int(torch.argmax(f))])  # ties: the first (smaller a)
         if deciding:
             agreed = self._agree(blocks, executor, [self.layers[b.label]["a"] for b in blocks])
