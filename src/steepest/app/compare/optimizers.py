@@ -213,7 +213,7 @@ POWER_A = 1.0 / 7.0
 
 def _build_power(model, lr, aux_lr, routing):
     return steepest.SteepestDescent(
-        _groups(model, aux_lr, routing), lr=lr, norm="power", power=POWER_A, **dict(KNOB_PLUMBING, method="svd")
+        _groups(model, aux_lr, routing), lr=lr, norm="power", power=POWER_A, **dict(KNOB_PLUMBING, method=None)
     )
 
 
@@ -299,7 +299,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     ),
     "sgd": OptimizerSpec("SGD momentum 0.9 (torch.optim.SGD)", _build_sgd, 0.1, hybrid=False),
     "power": OptimizerSpec(
-        "Power geometry a = 1/7 (Schatten-8 direction at a spectral step's RMS; SVD; Nesterov 0.95)", _build_power, 0.02
+        "Power geometry a = 1/7 (Schatten-8 direction at a spectral step's RMS; float64 Gram eigh; Nesterov 0.95)",
+        _build_power,
+        0.02,
     ),
     "knob-schedule": OptimizerSpec(
         "DynMuon-style knob a: 0.25 -> -0.25 linear over the run (power geometry; otherwise SpecGD)",
