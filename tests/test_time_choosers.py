@@ -104,6 +104,12 @@ def test_roles_get_their_own_schedule():
     model(torch.randn(16, 4)).square().mean().backward()
     opt.step()
     assert set(opt.chooser.knobs(opt).values()) == {-0.2}  # every steepest group has that role here
+    opt2 = copy.deepcopy(opt)  # roles are kept by parameter label, so a copy keeps its schedules
+    for g in opt2.param_groups:
+        for p in g["params"]:
+            p.grad = torch.ones_like(p)
+    opt2.step()
+    assert set(opt2.chooser.knobs(opt2).values()) == {-0.2} and opt2.chooser.t == 2
 
 
 # ----------------------------------------------------------------------------------- phase switch

@@ -149,7 +149,7 @@ class TimeChooser(Chooser):
         self.record_every = _int("record_every", record_every, 1)
         self.layers: dict[str, dict] = {}
         self.history: list[dict] = []
-        self._roles: dict[int, str] = {}
+        self._roles: dict[str, str] = {}
 
     def attach(self, optimizer) -> None:
         for g in optimizer.param_groups:
@@ -158,8 +158,10 @@ class TimeChooser(Chooser):
                     f"{type(self).__name__} steps in the power geometry, which has no dual norm: the steepest "
                     "groups need step_size='fixed'"
                 )
-            for p in g["params"]:
-                self._roles[id(p)] = str(g.get("role", ""))
+        for gi, g in enumerate(optimizer.param_groups):
+            names = g.get("names")
+            for j in range(len(g["params"])):  # by the blocks' label, not id(param): a copied optimizer keeps it
+                self._roles[names[j] if names and j < len(names) else f"group{gi}.{j}"] = str(g.get("role", ""))
 
     def _deciding(self) -> bool:
         return True
@@ -256,7 +258,7 @@ class ScheduleChooser(TimeChooser):
 
     def _decide(self, blocks: list, executor) -> None:
         for b in blocks:  # a pure function of the step: every rank computes the same value
-            self.layers[b.label]["a"] = _grid(self.roles.get(self._roles.get(id(b.param), ""), self.schedule)(self.t))
+            self.layers[b.label]["a"] = _grid(self.roles.get(self._roles.get(b.label, ""), self.schedule)(self.t))
 
     def __repr__(self) -> str:
         return f"ScheduleChooser({self.schedule!r}, roles={self.roles!r})"
