@@ -36,6 +36,7 @@ from steepest.app.compare.optimizers import build_optimizer  # noqa: E402
 from steepest.app.runs import atomic_write_json, environment  # noqa: E402
 from steepest.app.tasks import get_task  # noqa: E402
 from steepest.diagnostics import capture as capture_mod  # noqa: E402
+from steepest.optim import measured_choosers as mc  # noqa: E402
 from steepest.optim import time_choosers as tc  # noqa: E402
 
 NAMES = ("specgd", "power", "knob-schedule", "schatten-choice", "phase-switch")
@@ -67,7 +68,7 @@ def run(task, name: str, steps: int) -> dict:
     model = task.make_model()
     lrs = resolve_lrs("charlm", "default", [name, "adamw"])
     timer = Timer()
-    deciders = [cls for cls in (tc.ScheduleChooser, tc.PhaseSwitch, tc.SchattenChoice)]
+    deciders = [tc.ScheduleChooser, mc.PhaseSwitch, mc.SchattenChoice]
     originals = [c._decide for c in deciders] + [
         capture_mod.ActivationCapture._hook,
         capture_mod.ActivationCapture.clear,

@@ -17,8 +17,9 @@ from torch import nn
 
 import steepest
 from steepest.diagnostics.schatten_choice import best_exponent
+from steepest.optim.measured_choosers import PhaseSwitch, SchattenChoice
 from steepest.optim.steepest import SteepestDescent
-from steepest.optim.time_choosers import PhaseSwitch, SchattenChoice, Schedule, ScheduleChooser, dynmuon
+from steepest.optim.time_choosers import Schedule, ScheduleChooser, dynmuon
 
 
 def _ref_power(M: np.ndarray, a: float) -> np.ndarray:
@@ -329,7 +330,7 @@ def test_compare_entries_build():
 @pytest.mark.parametrize("shape", [(5, 9), (9, 5)])
 def test_spectrum_from_gram_matches_svd(shape):
     """SchattenChoice's s and C_i = u_i^T G v_i from M's Gram eigh equal the float64 SVD's."""
-    from steepest.optim.time_choosers import _spectrum
+    from steepest.optim.measured_choosers import _spectrum
 
     g = torch.Generator().manual_seed(4)
     M, G = (torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(2))

@@ -234,7 +234,7 @@ CHOOSER_MAGNITUDE = "spectral"
 
 def _build_schatten_choice(model, lr, aux_lr, routing):
     """arXiv 2605.19781's per-layer exponent every 100 steps (EMAs every 10), at :data:`CHOOSER_MAGNITUDE`."""
-    from steepest.optim.time_choosers import SchattenChoice
+    from steepest.optim.measured_choosers import SchattenChoice
 
     chooser = SchattenChoice(model, every=100, measure_every=10)
     return steepest.SpecGD(
@@ -245,7 +245,7 @@ def _build_schatten_choice(model, lr, aux_lr, routing):
 def _build_phase_switch(model, lr, aux_lr, routing):
     """A measured phase switch: each layer starts on the Frobenius direction (a = 1, at ||D||_op = 1) and moves to spectral (a = 0) once nr(G)/st(A) stays above 1.25 for 3 decisions (every 10 steps);
     back below 0.8 likewise."""
-    from steepest.optim.time_choosers import PhaseSwitch
+    from steepest.optim.measured_choosers import PhaseSwitch
 
     chooser = PhaseSwitch(statistic="nr_st", model=model, every=10, patience=3)
     return steepest.SpecGD(
