@@ -5,9 +5,9 @@ Every chooser here steps each matrix of the optimizer's steepest groups in the `
 it) at the polar factor's magnitude ||D||_F = sqrt(rank), so the group's ``lr``/``scale_rule`` keep their
 meaning at every a; a layer at exactly a = 0 takes the group's own spectral step (Muon's Newton-Schulz in
 ``steepest.Muon``: the same step up to that iteration's accuracy, at its cost).
-:class:`~steepest.optim.measured_choosers.PhaseSwitch` and :class:`~steepest.optim.measured_choosers.SchattenChoice` live in :mod:`steepest.optim.measured_choosers` (module
-size; they build on :class:`TimeChooser`). They plug into any recipe through ``chooser=`` (``steepest.Muon(..., chooser=ScheduleChooser(...))``);
-AdamW-routed groups keep AdamW. Three choosers:
+The two measured ones (PhaseSwitch, SchattenChoice) live in :mod:`steepest.optim.measured_choosers`
+(module size; they build on :class:`TimeChooser`). They plug into any recipe through ``chooser=``
+(``steepest.Muon(..., chooser=ScheduleChooser(...))``); AdamW-routed groups keep AdamW. Three choosers:
 
 * :class:`ScheduleChooser`: a as a function of the step (warm-up, then a linear / cosine / step shape
   from ``start`` to ``end``), optionally one schedule per group role. DynMuon (arXiv 2605.17109)
