@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from steepest.app.reproduce.oracle_strata import (
+from steepest.app.reproduce._oracle_strata_scoring import (
     FULL,
     GEOMETRIES,
     PHASES,
