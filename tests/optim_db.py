@@ -162,6 +162,18 @@ for _norm, _p in (("frobenius", None), ("spectral", None), ("linf", None), ("sch
                     dict(norm=_norm, p=_p, step_size=_step, tensor_mode=_mode, momentum=0.5),
                 )
             )
+# the knob (norm="power"; the reference takes its exponent a as p), fixed steps only: it has no dual norm.
+# Its default path is a float64 Gram eigh, whose error in the small directions' weights is ~eps cond(M)^2,
+# multiplied by s^(a-1): at a = -0.25 on the 4 x 4 batch that is 3.7e-9 relative (measured), so 1e-8.
+for _a, _mode, _tol in ((0.25, "flatten", None), (-0.25, "batch", 1e-8)):
+    DB.append(
+        OptimInfo(
+            f"SteepestDescent-power{_a:+g}-{_mode}",
+            _sd(norm="power", power=_a, tensor_mode=_mode, momentum=0.5, nesterov=True),
+            dict(norm="power", p=_a, tensor_mode=_mode, momentum=0.5, nesterov=True),
+            float64_tol=_tol,
+        )
+    )
 DB += [
     OptimInfo("Adaptive-proxy", _adaptive(), dict(adaptive=True)),
     OptimInfo("Adaptive-spec_sign", _adaptive(with_model=True), dict(adaptive=True)),
@@ -319,7 +331,8 @@ CLASS_DB: dict[str, ClassInfo] = {
         error_inputs=_COMMON_ERRORS
         + (
             ErrorInput(
-                dict(norm="bogus"), "norm must be one of ('frobenius', 'spectral', 'linf', 'schatten'), got 'bogus'"
+                dict(norm="bogus"),
+                "norm must be one of ('frobenius', 'spectral', 'linf', 'schatten', 'power'), got 'bogus'",
             ),
             ErrorInput(dict(norm="schatten"), "Schatten exponent p must be a number in [1, inf], got None"),
             ErrorInput(

@@ -11,7 +11,17 @@ frobenius     ||X||_F                 ||G||_F                     G / ||G||_F
 spectral      s_max(X)                ||G||_* = sum s_i           polar(G) = U V^T
 linf          max_ij |X_ij|           ||G||_1 = sum |G_ij|        sign(G)
 schatten (p)  ||s(X)||_p              ||s(G)||_q, 1/p + 1/q = 1   U diag(s^(q-1)) V^T / ||s||_q^(q-1)
+power (a)     (none: a direction)     (none)                      U diag(s^a) V^T, ||.||_F = sqrt(rank)
 ============  ======================  ==========================  ==================================
+
+``power`` is the continuous knob (:mod:`steepest.linalg.spectral_power`): a = 1 the Frobenius direction,
+a = 0 the spectral one (exactly the polar factor U V^T), 0 < a < 1 the Schatten-(1 + 1/a) direction, a < 0
+past spectral (DynMuon's late phase, arXiv 2605.17109). It is a *direction with a magnitude rule*, not a
+unit ball: the magnitude is pinned to ||D||_F = sqrt(rank), the polar factor's, so for every a the step has
+a Muon step's RMS and one lr transfers across the knob (the derivation is in :mod:`steepest.linalg.spectral_power`). For a < 0 no Schatten norm has this direction (p = 1 + 1/a < 1 is no norm), so
+:func:`matrix_norm`, :func:`dual_norm` and ``step_size="dual"`` refuse ``"power"`` (for 0 <= a <= 1 use
+``"schatten"`` with p = 1 + 1/a to get them). The group key is ``power=a`` (the registry's functions take
+a in the place of p: ``dualize(G, "power", 0.5)``).
 
 Schatten p = inf *is* the spectral geometry (:func:`resolve` is the one place that says so), so it
 accepts the spectral dualizer's settings (method, steps, ...).
@@ -36,8 +46,11 @@ import torch
 from steepest.linalg.polar_factor import METHODS, NORMALIZATIONS, _check_matrix, polar, polar_svd, prescale_with_scale
 from steepest.linalg.precision import iteration_dtype
 from steepest.linalg.schatten import check_p, conjugate_exponent, schatten_dualize_and_singular_values, vector_pnorm
+from steepest.linalg.spectral_power import check_exponent, spectral_power
 
-NORMS = ("frobenius", "spectral", "linf", "schatten")
+NORMS = ("frobenius", "spectral", "linf", "schatten", "power")
+#: Geometries that are a direction with a magnitude rule, not the unit ball of a norm (no dual norm).
+DIRECTIONS = ("power",)
 ENTRYWISE = ("frobenius", "linf")
 SCALE_RULES = ("none", "muon", "rms", "spectral")
 TENSOR_MODES = ("flatten", "batch")
@@ -48,11 +61,16 @@ DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": 
 
 # ----------------------------------------------------------------------------------- names
 def check_norm(norm: str, p: float | None = None) -> None:
-    """Raise ValueError for an unknown norm or a missing/invalid Schatten exponent."""
+    """Raise ValueError for an unknown norm or a missing/invalid Schatten exponent (or power's exponent a,
+    passed as ``p`` here)."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if norm == "schatten":
         check_p(p)
+    elif norm == "power":
+        if p is None:
+            raise ValueError("norm='power' needs its exponent a (power=a: 1 Frobenius, 0 spectral, < 0 past it)")
+        check_exponent(p)
     elif p is not None:
         raise ValueError(f"p is only used with norm='schatten', got p={p!r} with norm={norm!r}")
 
@@ -136,13 +154,14 @@ def check_settings(
                 "not 'svd' (the exact polar factor has no iteration to configure)"
             )
         return
-    allowed = {"method": ("svd",)} if name == "schatten" else {}
+    allowed = {"method": ("svd",)} if name in ("schatten", "power") else {}
     for key, value in given.items():
         if value is not None and value not in allowed.get(key, ()):
             raise ValueError(
                 f"{key}={value!r} does not apply to norm={norm!r}: it configures the spectral dualizer (the "
                 f"polar factor). Remove it, or use norm='spectral'"
                 + (" (the Schatten-p dualizer is an exact SVD)" if name == "schatten" else "")
+                + (" (power's direction is an eigh of the Gram matrix, or method='svd')" if name == "power" else "")
                 + "."
             )
 
@@ -236,14 +255,14 @@ def rms_factor(shape: tuple[int, ...], norm: str, p: float | None = None) -> flo
 
     linf: sign has RMS 1; spectral: ||U V^T||_F = sqrt(k), k = min(m, n), so sqrt(mn / k) =
     sqrt(max(m, n)); frobenius: sqrt(mn); Schatten-p: equal singular values k^(-1/p) give
-    sqrt(mn) k^(1/p - 1/2) (p = 2 frobenius, p = inf spectral).
+    sqrt(mn) k^(1/p - 1/2) (p = 2 frobenius, p = inf spectral); power (any a): spectral's, its magnitude rule.
     """
     name, p = resolve(norm, p)
     m, n = _mn(shape)
     if m * n == 0 or name == "linf":
         return 1.0
     k = min(m, n)
-    if name == "spectral":
+    if name in ("spectral", "power"):  # power's magnitude is the polar factor's: ||D||_F = sqrt(k) at full rank
         return math.sqrt(max(m, n))
     if name == "frobenius":
         return math.sqrt(m * n)
@@ -268,6 +287,30 @@ def dualize_cost(
 
 
 # ----------------------------------------------------------------------------------- math
+def _refuse_direction(name: str, p: float | None, what: str) -> None:
+    """``power`` is a direction with a magnitude rule, not a norm's unit ball: it has no (dual) norm."""
+    if name in DIRECTIONS:
+        hint = (
+            f"for 0 <= a <= 1 its direction is the Schatten-p one with p = 1 + 1/a: use norm='schatten', p={_p_of(p)}"
+            if p is not None and 0.0 <= p <= 1.0
+            else "for a < 0 no Schatten norm has this direction (p = 1 + 1/a < 1 is not a norm), so there is none"
+        )
+        raise ValueError(
+            f"{what} needs a norm, and norm='power' (a={p!r}) is a direction with a magnitude rule; {hint}"
+        )
+
+
+def _p_of(a: float | None) -> float:
+    return math.inf if not a else 1.0 + 1.0 / a
+
+
+def power_dtype(dtype) -> torch.dtype:
+    """The compute dtype of power's direction: float64 by default (s^(a-1) amplifies rounding in the small
+    directions); float32 when a lower precision is asked for (the eigh/SVD have no bf16 kernels)."""
+    d = dtype_from_name(dtype)
+    return torch.float64 if d in (None, torch.float64) else torch.float32
+
+
 def _as_matrix(X: torch.Tensor, norm: str) -> torch.Tensor:
     if is_entrywise(norm) and X.ndim == 1:
         return X.unsqueeze(0)
@@ -294,6 +337,7 @@ def _fro(X: torch.Tensor) -> torch.Tensor:
 def matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> torch.Tensor:
     """||X|| under ``norm`` (see the module table). Example: ``matrix_norm(torch.eye(3), "spectral")`` is 1."""
     name, p = resolve(norm, p)
+    _refuse_direction(name, p, "matrix_norm")
     squeeze = X.ndim == 1
     X = _as_matrix(X, name)
     if name == "frobenius":
@@ -315,6 +359,7 @@ def dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Tenso
     Example: ``dual_norm(torch.eye(3), "spectral")`` is 3 (the nuclear norm).
     """
     name, p = resolve(norm, p)
+    _refuse_direction(name, p, "dual_norm")
     squeeze = G.ndim == 1
     G = _as_matrix(G, name)
     if name == "frobenius":
@@ -430,6 +475,12 @@ def dualize_with_dual_norm(
             eps=1e-7 if ns_eps is None else float(ns_eps),
         )  # 1e-7: polar's (torch.optim.Muon's) default
         dn = _svdvals(G).sum(dim=-1).to(wide) if need_dual_norm else None
+    elif name == "power":
+        if need_dual_norm:
+            _refuse_direction(name, p, "step_size='dual'")
+        if p is None:  # check_norm gives power its exponent; a direct caller may not
+            raise ValueError("norm='power' needs its exponent a")
+        D = spectral_power(G, p, method="svd" if method == "svd" else "gram", dtype=power_dtype(dtype))
     else:
         if p is None:  # resolve() gives a Schatten norm its p; a direct caller may not
             raise ValueError("norm='schatten' needs p (the Schatten exponent)")
@@ -450,7 +501,9 @@ def dualize_with_dual_norm(
 
 __all__ = [
     "NORMS",
+    "DIRECTIONS",
     "ENTRYWISE",
+    "power_dtype",
     "SCALE_RULES",
     "TENSOR_MODES",
     "POLAR_SETTINGS",

@@ -61,16 +61,28 @@ def exponent_scores(
     """
     if M.shape != G.shape or M.ndim != 2:
         raise ValueError(f"M and G must be matrices of one shape, got {tuple(M.shape)} and {tuple(G.shape)}")
+    M64, G64 = M.double(), G.double()
+    U, s, Vh = torch.linalg.svd(M64, full_matrices=False)
+    C = ((U.mT @ G64) * Vh).sum(-1)  # C_i = u_i^T G v_i
+    return scores_from_spectrum(s, C, act_singular_values, exponents, rank_tolerance(M64, s[:1]))
+
+
+def scores_from_spectrum(
+    s: torch.Tensor, C: torch.Tensor, act_singular_values: torch.Tensor, exponents=EXPONENTS, tol=None
+) -> torch.Tensor:
+    """f(a) from the direction source's singular values ``s`` (descending), the gradient's projections
+    ``C`` (C_i = u_i^T G v_i, same length) and the activations' singular values: the one place the
+    formula is written (:func:`exponent_scores` computes s and C from M and G; a chooser may smooth C
+    and the activation spectrum by EMAs first, as the paper does). ``tol``: singular values of M at or
+    below it are dropped (default: none but exact zeros)."""
     if any(not 0.0 <= a <= 1.0 for a in exponents):
         raise ValueError(
             f"exponents must lie in [0, 1] (the Schatten family from spectral to Frobenius), got {exponents}"
         )
-    M64, G64 = M.double(), G.double()
-    U, s, Vh = torch.linalg.svd(M64, full_matrices=False)
+    s, C = s.double(), C.double()
     smax = s[:1].clamp(min=torch.finfo(torch.float64).tiny)
-    keep = s > rank_tolerance(M64, smax)
+    keep = s > (0.0 if tol is None else tol)
     r = torch.where(keep, s / smax, torch.zeros_like(s))  # scale-free: f is 0-homogeneous in M
-    C = ((U.mT @ G64) * Vh).sum(-1)  # C_i = u_i^T G v_i
     sa = act_singular_values.double()
     out = []
     for a in exponents:
@@ -91,4 +103,4 @@ def best_exponent(
     return float(exponents[int(torch.argmax(f))]), f
 
 
-__all__ = ["exponent_scores", "best_exponent", "schatten_k_norm", "EXPONENTS"]
+__all__ = ["exponent_scores", "scores_from_spectrum", "best_exponent", "schatten_k_norm", "EXPONENTS"]

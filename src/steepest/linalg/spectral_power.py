@@ -25,6 +25,22 @@ learning rate transfer across the knob is a modelling choice. Three are offered:
 * ``"schatten"``: ||D||_{S_p} = 1 with p = 1 + 1/a (0 <= a <= 1): exactly the Schatten-p dualizer
   :func:`steepest.linalg.schatten_dualize` (a = 0 the polar factor, a = 1 G / ||G||_F).
 
+The optimizer geometry ``norm="power"`` (:mod:`steepest.geometry`, group key ``power=a``) uses the
+``"frobenius"`` rule. Why that rule makes one lr transfer across the knob (the derivation): a step
+dW = -lr D on a layer y = W x whose inputs have second moment E[x x^T] = sigma^2 I changes the outputs by
+E||dW x||^2 = lr^2 sigma^2 ||D||_F^2, whatever D's singular directions are. A learning rate keeps its
+meaning across a iff the same lr gives the same output change at every a, i.e. iff ||D_a||_F does not
+depend on a; pinning it to sqrt(r), the polar factor's Frobenius norm, makes a = 0 exactly SpecGD/Muon
+(same lr, same ``scale_rule``), so a tuned Muon lr is the knob's lr at every a. What a then changes is
+only how the budget is spread: the first-order decrease lr <G, D_a> = lr sqrt(r) sum_i c_i s_i^a /
+||s^a||_2 (c_i = u_i^T G v_i) is largest at a = 1 (Cauchy-Schwarz, for M = G), while small a spreads the
+step evenly over the directions (robust to curvature concentrated in the top ones). arXiv 2605.19781
+pins ||dW||_F = sqrt(min(m, n)) kappa^a (their p is 1/a) with kappa = lr_adam rho_adam sqrt(max(m, n)) /
+lr_muon, a log-linear interpolation of the step's RMS from Muon's (a = 0) to Adam's (a = 1): it is this
+rule times kappa^a (equal at a = 0 for a full-rank M), i.e. this rule is theirs with kappa = 1. Theirs
+keeps two tuned lrs meaningful (Muon's and Adam's); this one keeps one. The pinned factor kappa^a is
+offered by :class:`steepest.optim.time_choosers.SchattenChoice` (``kappa=``).
+
 Why the two rules differ, in one line: for a direction with singular values t_i, ||D||_F^2 = sum t_i^2
 while ||D||_op = max t_i; they agree (up to sqrt(r)) only for flat spectra (a = 0). The lr that
 transfers is an empirical question; benchmarks/train.py measures it.

@@ -47,6 +47,7 @@ STEEPEST_KEYS = (
     "algorithm",
     "norm",
     "p",
+    "power",
     "momentum",
     "nesterov",
     "step_size",
@@ -134,7 +135,8 @@ def check_lr_wd(group: dict, index: int) -> tuple[float, float]:
 class StepSettings:
     """Everything a step reads from one parameter group, except ``lr`` and ``weight_decay``.
 
-    ``norm``/``p`` are canonical (:func:`steepest.geometry.resolve`: Schatten p = inf is spectral) and
+    ``norm``/``p`` are canonical (:func:`steepest.geometry.resolve`: Schatten p = inf is spectral; for
+    ``norm="power"``, ``p`` holds the group's ``power`` exponent a, the registry's convention) and
     ``dtype`` is the torch dtype (or None / "auto"). :meth:`update_kwargs` and :meth:`batch_key` are
     computed once per geometry and cached (a chooser may step a block in another geometry).
     """
@@ -183,6 +185,8 @@ class StepSettings:
                 dtype=self.dtype,
                 check=False,
             )
+            if norm == "power":  # method="svd" picks the SVD reference path; the rest configure the polar factor
+                out.update(method="svd" if self.method == "svd" else None)
             if norm == "spectral":
                 out.update(
                     method=self.method,
@@ -210,6 +214,22 @@ def snapshot(group: dict) -> tuple:
     return (len(group["params"]),) + tuple(group.get(k) for k in STEEPEST_KEYS)
 
 
+def norm_param(group: dict) -> tuple:
+    """The group's ``(norm, parameter)`` for the geometry registry: Schatten's ``p``, or ``power``'s
+    exponent a (the group key ``power``; the registry takes it in the place of p). ValueError when a
+    norm's parameter is given to another norm."""
+    norm, p, power = group.get("norm"), group.get("p"), group.get("power")
+    if norm == "power":
+        if p is not None:
+            raise ValueError(f"norm='power' takes its exponent as power=a, not p (got p={p!r})")
+        return norm, power
+    if power is not None:
+        raise ValueError(
+            f"power is only used with norm='power' (the knob U diag(s^a) V^T), got power={power!r} with norm={norm!r}"
+        )
+    return norm, p
+
+
 def _check_dualizer(group: dict, index: int, keys: tuple, candidates: tuple | None) -> None:
     """Dualizer settings must apply: with ``candidates`` (a chooser's geometries) to the spectral
     candidate if there is one (they configure only it); else to the group's norm, every key for a
@@ -221,9 +241,10 @@ def _check_dualizer(group: dict, index: int, keys: tuple, candidates: tuple | No
             else:
                 geo.dtype_from_name(group["dtype"])
             return
-        spectral = geo.resolve(group["norm"], group.get("p"))[0] == "spectral"
+        norm, param = norm_param(group)
+        spectral = geo.resolve(norm, param)[0] == "spectral"
         use = [k for k in DUALIZER_KEYS if spectral or k in keys]
-        geo.check_settings(group["norm"], group.get("p"), **{k: group.get(k) for k in use})
+        geo.check_settings(norm, param, **{k: group.get(k) for k in use})
     except ValueError as e:
         raise SettingsError(f"{e} ({where(group, index)})") from None
 
@@ -262,9 +283,15 @@ def build(
         eps = _number(group, index, "eps", group.get("eps"), 0.0, math.inf, hi_open=True, lo_open=True)
         return StepSettings(algorithm="adamw", norm=None, betas=(b1, b2), eps=eps)
     try:
-        norm, p = geo.resolve(group["norm"], group.get("p"))
+        norm, p = geo.resolve(*norm_param(group))
     except ValueError as e:
         raise SettingsError(f"{e} ({where(group, index)})") from None
+    if norm in geo.DIRECTIONS and group["step_size"] == "dual":
+        raise SettingsError(
+            f"step_size='dual' needs a dual norm, and norm='power' is a direction with a magnitude rule "
+            f"(||D||_F = sqrt(rank)); use step_size='fixed', or norm='schatten' with p = 1 + 1/a for "
+            f"0 <= a <= 1 ({where(group, index)})"
+        )
     _check_dualizer(group, index, tuple(k for k in DUALIZER_KEYS if k in given), candidates)
     momentum = _number(group, index, "momentum", group["momentum"], 0.0, 1.0, hi_open=True)
     nesterov = group["nesterov"]
@@ -322,7 +349,7 @@ def build(
 # --------------------------------------------------------------------------- loaded state
 #: Group settings that define what a step is: a state_dict saved with other values would silently
 #: change the optimizer (a SignSGD taking spectral steps), so loading one is an error.
-GEOMETRY_KEYS = ("algorithm", "norm", "p", "tensor_mode", "transposed", "row_blocks")
+GEOMETRY_KEYS = ("algorithm", "norm", "p", "power", "tensor_mode", "transposed", "row_blocks")
 #: Per-parameter state tensors that have the parameter's shape.
 SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_grad")
 #: Per-parameter state that must come together (AdamW's moments with their step count).
@@ -439,5 +466,6 @@ __all__ = [
     "STEP_SIZES",
     "DUALIZER_KEYS",
     "TORCH_KEYS",
+    "norm_param",
     "STEEPEST_KEYS",
 ]

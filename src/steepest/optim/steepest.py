@@ -51,8 +51,14 @@ class SteepestDescent(torch.optim.Optimizer):
     Args:
         params: parameters or parameter groups (dicts; any argument below can be set per group).
         lr: learning rate (finite, >= 0).
-        norm: ``"spectral"``, ``"frobenius"``, ``"linf"`` or ``"schatten"`` (needs ``p``).
+        norm: ``"spectral"``, ``"frobenius"``, ``"linf"``, ``"schatten"`` (needs ``p``) or ``"power"``
+            (needs ``power``).
         p: Schatten exponent in [1, inf] (only with ``norm="schatten"``; p = inf is spectral).
+        power: the knob's exponent a (only with ``norm="power"``): the step is U diag(s^a) V^T of M with
+            ||D||_F = sqrt(rank) (a Muon step's RMS, so one lr transfers across a); a = 1 the Frobenius
+            direction, a = 0 exactly the polar factor (SpecGD), 0 < a < 1 Schatten p = 1 + 1/a, a < 0 past
+            spectral (no norm's steepest direction: ``step_size="dual"`` is refused).
+            :mod:`steepest.linalg.spectral_power` derives the rule.
         momentum: EMA momentum in [0, 1). nesterov: Nesterov variant (needs momentum > 0).
         weight_decay: decoupled weight decay (finite, >= 0), applied as W *= 1 - lr * weight_decay.
         step_size: ``"fixed"`` or ``"dual"`` (see above).
@@ -114,6 +120,7 @@ class SteepestDescent(torch.optim.Optimizer):
         lr: float = 0.02,
         norm: str = "spectral",
         p: float | None = None,
+        power: float | None = None,
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
@@ -144,6 +151,7 @@ class SteepestDescent(torch.optim.Optimizer):
             lr=lr,
             norm=norm,
             p=p,
+            power=power,
             momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay,
@@ -183,8 +191,9 @@ class SteepestDescent(torch.optim.Optimizer):
         """The constructor's own settings must fit its norm (or, with a chooser, at least one candidate)."""
         candidates = self._candidates()
         if candidates is None:
-            geo.check_norm(defaults["norm"], defaults["p"])
-            geo.check_settings(defaults["norm"], defaults["p"], **{k: defaults[k] for k in S.DUALIZER_KEYS})
+            norm, param = S.norm_param(defaults)
+            geo.check_norm(norm, param)
+            geo.check_settings(norm, param, **{k: defaults[k] for k in S.DUALIZER_KEYS})
             return
         err = ValueError("the chooser has no candidate geometries")
         for g in candidates:
@@ -207,6 +216,10 @@ class SteepestDescent(torch.optim.Optimizer):
             group["weight_decay"] = 0.0
         if "dtype" in group:
             group["dtype"] = geo.dtype_name(group["dtype"])
+        if "norm" in group:  # a group with its own norm does not inherit another norm's exponent (p, power)
+            for key, owner in (("p", "schatten"), ("power", "power")):
+                if group["norm"] != owner and key not in group:
+                    group[key] = None
         n = len(self.param_groups)
         super().add_param_group(group)
         try:

@@ -71,7 +71,8 @@ def ref_dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> np.ndar
 
 
 def ref_dualize(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Tensor:
-    """Dualizers from their definitions (seed 003, Proposition 2), one matrix at a time."""
+    """Dualizers from their definitions (seed 003, Proposition 2), one matrix at a time; ``"power"`` (p holds
+    the knob a) is the spectral-power direction at the polar factor's Frobenius norm."""
     A = _np(G)
     squeeze = A.ndim == 1
     if squeeze:
@@ -88,6 +89,10 @@ def ref_dualize(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Ten
         else:
             U, s, Vh = np.linalg.svd(M, full_matrices=False)
             keep = s > 1e-12 * s[0]
+            if norm == "power":  # the knob a = p: U diag(s^a) V^T at ||.||_F = sqrt(rank) (spectral_power)
+                t = np.where(keep, np.where(keep, s / s[0], 1.0) ** p, 0.0)
+                out[idx] = (U * (t * math.sqrt(keep.sum()) / np.linalg.norm(t))) @ Vh
+                continue
             if norm == "spectral":
                 p = math.inf
             assert p is not None, "a Schatten norm needs p"

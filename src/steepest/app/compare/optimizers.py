@@ -203,6 +203,45 @@ def _build_sgd(model, lr, aux_lr, routing):
 #: Schatten exponent of the ``schatten`` entry: between Frobenius (p=2) and spectral (p=inf).
 SCHATTEN_P = 8.0
 
+#: The plumbing of the knob entries: SpecGD's (momentum, Nesterov, Muon's scale rule, Polar Express for the
+#: layers at a = 0), so a knob held at 0 is ``specgd`` and the entries differ from it by the knob alone.
+KNOB_PLUMBING = dict(momentum=0.95, nesterov=True, scale_rule="muon", method="polar_express")
+#: The ``power`` entry's fixed knob: a = 1/7 is the Schatten-8 direction (the ``schatten`` entry's) at the
+#: power geometry's RMS-matched magnitude, so ``power`` vs ``schatten`` isolates the magnitude rule.
+POWER_A = 1.0 / 7.0
+
+
+def _build_power(model, lr, aux_lr, routing):
+    return steepest.SteepestDescent(
+        _groups(model, aux_lr, routing), lr=lr, norm="power", power=POWER_A, **dict(KNOB_PLUMBING, method="svd")
+    )
+
+
+def _build_knob_schedule(model, lr, aux_lr, routing, total_steps):
+    """DynMuon-style (arXiv 2605.17109): every hidden matrix's knob a from 0.25 to -0.25, linearly over the run
+    (the linear shape is assumed; steepest.optim.time_choosers.dynmuon)."""
+    from steepest.optim.time_choosers import dynmuon
+
+    return steepest.SpecGD(_groups(model, aux_lr, routing), lr=lr, chooser=dynmuon(total_steps), **KNOB_PLUMBING)
+
+
+def _build_schatten_choice(model, lr, aux_lr, routing):
+    """arXiv 2605.19781's per-layer exponent every 100 steps (EMAs every 10), RMS-matched magnitude."""
+    from steepest.optim.time_choosers import SchattenChoice
+
+    chooser = SchattenChoice(model, every=100, measure_every=10)
+    return steepest.SpecGD(_groups(model, aux_lr, routing), lr=lr, chooser=chooser, **KNOB_PLUMBING)
+
+
+def _build_phase_switch(model, lr, aux_lr, routing):
+    """A measured phase switch: each layer starts on the Frobenius direction (a = 1, at a spectral step's RMS)
+    and moves to spectral (a = 0) once nr(G)/st(A) stays above 1.25 for 3 decisions (every 10 steps);
+    back below 0.8 likewise."""
+    from steepest.optim.time_choosers import PhaseSwitch
+
+    chooser = PhaseSwitch(statistic="nr_st", model=model, every=10, patience=3)
+    return steepest.SpecGD(_groups(model, aux_lr, routing), lr=lr, chooser=chooser, **KNOB_PLUMBING)
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
@@ -214,6 +253,8 @@ class OptimizerSpec:
     hybrid: bool = True
     #: the builder takes a fifth argument, ``held_out()``: the loss on a held-out training batch (runner.py)
     held_out: bool = False
+    #: the builder takes a last argument, the run's number of steps (a schedule over the run)
+    total_steps: bool = False
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -247,6 +288,25 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         "Frobenius steepest descent (M/||M||_F, spectral-step RMS; Nesterov 0.95)", _build_frobenius, 0.02
     ),
     "sgd": OptimizerSpec("SGD momentum 0.9 (torch.optim.SGD)", _build_sgd, 0.1, hybrid=False),
+    "power": OptimizerSpec(
+        "Power geometry a = 1/7 (Schatten-8 direction at a spectral step's RMS; SVD; Nesterov 0.95)", _build_power, 0.02
+    ),
+    "knob-schedule": OptimizerSpec(
+        "DynMuon-style knob a: 0.25 -> -0.25 linear over the run (power geometry; otherwise SpecGD)",
+        _build_knob_schedule,
+        0.02,
+        total_steps=True,
+    ),
+    "schatten-choice": OptimizerSpec(
+        "arXiv 2605.19781 per-layer a = 1/p every 100 steps (EMAs every 10; otherwise SpecGD)",
+        _build_schatten_choice,
+        0.02,
+    ),
+    "phase-switch": OptimizerSpec(
+        "Phase switch per layer: a = 1 -> 0 when nr(G)/st(A) > 1.25 for 3 decisions of 10 steps (otherwise SpecGD)",
+        _build_phase_switch,
+        0.02,
+    ),
 }
 
 #: What ``steepest compare`` runs when no ``--optimizers`` are given (``sgd`` is available on request).
@@ -327,11 +387,17 @@ def build_optimizer(
     aux_lr: float,
     routing: dict | None = None,
     held_out: Callable[[], torch.Tensor] | None = None,
+    steps: int | None = None,
 ):
     """Build optimizer ``name`` for ``model`` with matrix learning rate ``lr`` and AdamW ``aux_lr``;
-    ``held_out()`` (the loss on a held-out batch) is required by the specs with ``held_out=True``."""
+    ``held_out()`` (the loss on a held-out batch) is required by the specs with ``held_out=True``, ``steps``
+    (the run's length) by those with ``total_steps=True``."""
     check_optimizers([name])
     spec = OPTIMIZERS[name]
+    if spec.total_steps:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"optimizer {name!r} schedules over the run: pass steps=the run's number of steps")
+        return spec.build(model, float(lr), float(aux_lr), dict(routing or {}), steps)
     if not spec.held_out:
         return spec.build(model, float(lr), float(aux_lr), dict(routing or {}))
     if not callable(held_out):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from steepest.app.compare.knobs import knob_sections
 from steepest.app.guard import mapping_of, read_json
 from steepest.app.report.html import Section, write_report
 from steepest.app.runs import read_jsonl
@@ -187,6 +188,7 @@ def write_compare_report(run_dir: str | Path) -> Path:
         ),
     ]
     sections += _diagnostics_sections(run_dir, names)
+    sections += knob_sections(run_dir, names)  # the time choosers' knob per layer over time
     routing = run_dir / "routing.txt"
     if routing.exists():
         sections.append(

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from steepest._io import FileTooLarge, scan_jsonl
 from steepest.app.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from steepest.app.compare.knobs import write_knobs
 from steepest.app.compare.loop import LoopState, train_loop
 from steepest.app.compare.monitor import attach_monitor
 from steepest.app.compare.optimizers import OPTIMIZERS, build_optimizer, state_bytes
@@ -277,7 +278,7 @@ def run_optimizer(
     torch.manual_seed(cfg.seed)
     model = task.make_model()
     held_out = HeldOutLoss(task, model, cfg.seed)
-    optimizer = build_optimizer(name, model, lr, aux_lr, task.routing, held_out=held_out)
+    optimizer = build_optimizer(name, model, lr, aux_lr, task.routing, held_out=held_out, steps=cfg.steps)
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     state = LoopState()
     run = run_key(name, cfg, lr, aux_lr)
@@ -382,6 +383,7 @@ def run_optimizer(
         peak_kind=PEAK_KIND,
     )
     atomic_write_json(result_path, result)
+    write_knobs(run_dir, name, optimizer)  # a time chooser's knob per layer over the run (report section)
     status = "ok" if state.diverged_at is None else f"DIVERGED at step {state.diverged_at} ({state.diverged_reason})"
     log(f"{name}: final val {result['final_val']:.4f}, best {result['best_val']:.4f}, {state.wall:.1f}s, {status}")
     return result
