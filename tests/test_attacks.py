@@ -992,7 +992,7 @@ def test_every_compare_optimizer_checkpoints_as_data_and_resumes_exactly(tmp_pat
             torch.manual_seed(0)
             model = task.make_model()
             held = HeldOutLoss(task, model, 0)
-            opt = build_optimizer(name, model, 0.01, 1e-3, task.routing, held_out=held)
+            opt = build_optimizer(name, model, 0.01, 1e-3, task.routing, held_out=held, steps=4)
             states.append((model, opt))
         (m0, o0), (m1, o1) = states
         for t in range(2):

@@ -180,3 +180,25 @@ def test_groups_mix_power_with_other_norms():
     opt.step()
     assert torch.allclose(W0 - W.detach(), 0.02 * geo.dualize(G, "spectral"), rtol=0, atol=1e-13)  # float64 SVDs
     assert torch.allclose(V0 - V.detach(), 0.02 * geo.dualize(G, "power", 0.5), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("a", [1.0, 0.25, -0.25])
+def test_power_magnitude_spectral(a):
+    """power_magnitude='spectral': the same direction at ||D||_op = 1 (float64 SVD reference)."""
+    G = _grad()
+    W = torch.nn.Parameter(torch.zeros(7, 5, dtype=torch.float64))
+    W.grad = G.clone()
+    SteepestDescent([W], lr=1.0, norm="power", power=a, power_magnitude="spectral").step()
+    ref = _ref_direction(G.numpy(), a)
+    ref = ref / np.linalg.norm(ref, 2)
+    assert np.abs(-W.detach().numpy() - ref).max() < TOL * np.abs(ref).max()
+
+
+def test_power_magnitude_errors():
+    W = torch.nn.Parameter(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="only applies to norm='power'"):
+        SteepestDescent([W], norm="spectral", power_magnitude="spectral")
+    with pytest.raises(ValueError, match="magnitude must be one of"):
+        SteepestDescent([W], norm="power", power=0.5, power_magnitude="rms")
+    with pytest.raises(ValueError, match="needs a in \\[0, 1\\]"):
+        SteepestDescent([W], norm="power", power=-0.5, power_magnitude="schatten")

@@ -17,8 +17,9 @@ from torch import nn
 
 import steepest
 from steepest.diagnostics.schatten_choice import best_exponent
+from steepest.optim.measured_choosers import PhaseSwitch, SchattenChoice
 from steepest.optim.steepest import SteepestDescent
-from steepest.optim.time_choosers import PhaseSwitch, SchattenChoice, Schedule, ScheduleChooser, dynmuon
+from steepest.optim.time_choosers import Schedule, ScheduleChooser, dynmuon
 
 
 def _ref_power(M: np.ndarray, a: float) -> np.ndarray:
@@ -104,6 +105,12 @@ def test_roles_get_their_own_schedule():
     model(torch.randn(16, 4)).square().mean().backward()
     opt.step()
     assert set(opt.chooser.knobs(opt).values()) == {-0.2}  # every steepest group has that role here
+    opt2 = copy.deepcopy(opt)  # roles are kept by parameter label, so a copy keeps its schedules
+    for g in opt2.param_groups:
+        for p in g["params"]:
+            p.grad = torch.ones_like(p)
+    opt2.step()
+    assert set(opt2.chooser.knobs(opt2).values()) == {-0.2} and opt2.chooser.t == 2
 
 
 # ----------------------------------------------------------------------------------- phase switch
@@ -300,5 +307,35 @@ def test_phase_switch_statistic_is_dd_ratio():
     opt.step()
     sG, sA = torch.linalg.svdvals(G), torch.linalg.svdvals(X)
     ref = float(sG.sum() ** 2 / sG.square().sum()) / float(sA.square().sum() / sA[0] ** 2)
-    # Gram-eigh singular values: ~1.5e-8 s_1 absolute in the smallest ones (metrics.gram_singular_values)
-    assert c.layers["group0.0"]["stat"] == pytest.approx(ref, rel=1e-7)
+    # criteria.dd_scores: ||A||_F and the Gram of A in float32 (~1e-6 relative), G's Gram eigh in float64
+    assert c.layers["group0.0"]["stat"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_compare_entries_build():
+    """The compare entries: knob-schedule needs the run's steps (a clear error without them); the measured
+    choosers step at ||D||_op = 1 (power_magnitude='spectral'); power holds a = 1/7."""
+    from steepest.app.compare.optimizers import build_optimizer
+
+    model = _mlp()
+    with pytest.raises(ValueError, match="pass steps="):
+        build_optimizer("knob-schedule", model, 0.02, 1e-3)
+    assert build_optimizer("knob-schedule", model, 0.02, 1e-3, steps=50).chooser.schedule.total == 50
+    for name in ("schatten-choice", "phase-switch"):
+        opt = build_optimizer(name, model, 0.02, 1e-3)
+        assert {g.get("power_magnitude") for g in opt.param_groups if g["algorithm"] == "steepest"} == {"spectral"}
+    opt = build_optimizer("power", model, 0.02, 1e-3)
+    assert {g.get("power") for g in opt.param_groups if g["algorithm"] == "steepest"} == {1.0 / 7.0}
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5)])
+def test_spectrum_from_gram_matches_svd(shape):
+    """SchattenChoice's s and C_i = u_i^T G v_i from M's Gram eigh equal the float64 SVD's."""
+    from steepest.optim.measured_choosers import _spectrum
+
+    g = torch.Generator().manual_seed(4)
+    M, G = (torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(2))
+    s, C, _ = _spectrum(M, G)
+    U, s_ref, Vh = torch.linalg.svd(M, full_matrices=False)
+    C_ref = ((U.mT @ G) * Vh).sum(-1)
+    # Gram eigh: eigenvalues to ~eps s_1^2, so s_i and C_i to ~eps cond(M)^2 relative (cond < 30 here)
+    assert torch.allclose(s, s_ref, rtol=1e-10, atol=0) and torch.allclose(C, C_ref, rtol=1e-9, atol=1e-12)

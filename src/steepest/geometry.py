@@ -304,6 +304,16 @@ def _p_of(a: float | None) -> float:
     return math.inf if not a else 1.0 + 1.0 / a
 
 
+def check_magnitude(norm: str, p: float | None, magnitude: str | None) -> None:
+    """``magnitude`` (power's magnitude rule, :data:`steepest.linalg.spectral_power.MAGNITUDES`) applies to
+    ``norm="power"`` only; None is its default, ``"frobenius"``."""
+    if magnitude is None:
+        return
+    if norm != "power":
+        raise ValueError(f"magnitude={magnitude!r} (power_magnitude) only applies to norm='power', not {norm!r}")
+    check_exponent(0.0 if p is None else p, magnitude)
+
+
 def power_dtype(dtype) -> torch.dtype:
     """The compute dtype of power's direction: float64 by default (s^(a-1) amplifies rounding in the small
     directions); float32 when a lower precision is asked for (the eigh/SVD have no bf16 kernels)."""
@@ -386,11 +396,13 @@ def dualize(
     coefficients: tuple | None = None,
     normalization: str | None = None,
     ns_eps: float | None = None,
+    magnitude: str | None = None,
 ) -> torch.Tensor:
     """argmax_{||D|| <= 1} <G, D> under ``norm`` (see the module table); 0 for G = 0.
 
     ``method`` (default ``"svd"``), ``steps``, ``dtype``, ``coefficients``, ``normalization`` and ``ns_eps``
     (polar's ``eps``; None: 1e-7) select how the spectral dualizer (the polar factor) is computed; see :func:`steepest.polar`.
+    ``magnitude`` is power's magnitude rule (``"frobenius"`` default, ``"spectral"``, ``"schatten"``).
     Schatten-p dualizers are exact (SVD). ``dtype=None`` computes in G's dtype promoted to at least
     float32. Example:
 
@@ -408,6 +420,7 @@ def dualize(
         coefficients=coefficients,
         normalization=normalization,
         ns_eps=ns_eps,
+        magnitude=magnitude,
         need_dual_norm=False,
     )[0]
 
@@ -425,6 +438,7 @@ def dualize_with_dual_norm(
     need_dual_norm: bool = True,
     check: bool = True,
     ns_eps: float | None = None,
+    magnitude: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(dualize(G), dual_norm(G))`` sharing work: the SVD paths compute both from one SVD.
 
@@ -444,6 +458,7 @@ def dualize_with_dual_norm(
             dtype=dtype,
             ns_eps=ns_eps,
         )
+        check_magnitude(norm, p, magnitude)
     name = norm
     squeeze = G.ndim == 1
     G = _as_matrix(G, name)
@@ -480,7 +495,13 @@ def dualize_with_dual_norm(
             _refuse_direction(name, p, "step_size='dual'")
         if p is None:  # check_norm gives power its exponent; a direct caller may not
             raise ValueError("norm='power' needs its exponent a")
-        D = spectral_power(G, p, method="svd" if method == "svd" else "gram", dtype=power_dtype(dtype))
+        D = spectral_power(
+            G,
+            p,
+            magnitude=magnitude or "frobenius",
+            method="svd" if method == "svd" else "gram",
+            dtype=power_dtype(dtype),
+        )
     else:
         if p is None:  # resolve() gives a Schatten norm its p; a direct caller may not
             raise ValueError("norm='schatten' needs p (the Schatten exponent)")
@@ -504,6 +525,7 @@ __all__ = [
     "DIRECTIONS",
     "ENTRYWISE",
     "power_dtype",
+    "check_magnitude",
     "SCALE_RULES",
     "TENSOR_MODES",
     "POLAR_SETTINGS",

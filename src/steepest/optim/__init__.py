@@ -1,6 +1,6 @@
 """torch.optim optimizers for steepest descent under matrix norms, and whole-model routing."""
 
-from steepest.optim import choosers, executors, settings, time_choosers
+from steepest.optim import choosers, executors, measured_choosers, settings, time_choosers
 from steepest.optim.adaptive import Adaptive
 from steepest.optim.functional import NonFiniteGradientError
 from steepest.optim.recipes import GD, Muon, SchattenDescent, SignSGD, SpecGD
@@ -23,6 +23,7 @@ __all__ = [
     "Adaptive",
     "choosers",
     "time_choosers",
+    "measured_choosers",
     "executors",
     "settings",
 ]

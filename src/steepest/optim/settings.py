@@ -48,6 +48,7 @@ STEEPEST_KEYS = (
     "norm",
     "p",
     "power",
+    "power_magnitude",
     "momentum",
     "nesterov",
     "step_size",
@@ -157,6 +158,7 @@ class StepSettings:
     transposed: bool = False
     ns_eps: float | None = None  #: the polar iteration's normalization floor (torch.optim.Muon's eps); None: 1e-7
     row_blocks: int = 1  #: blocks of rows of the matrix view dualized separately (split_qkv=/heads=)
+    power_magnitude: str | None = None  #: the power geometry's magnitude rule (None: "frobenius")
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     _cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, hash=False)
@@ -186,7 +188,7 @@ class StepSettings:
                 check=False,
             )
             if norm == "power":  # method="svd" picks the SVD reference path; the rest configure the polar factor
-                out.update(method="svd" if self.method == "svd" else None)
+                out.update(method="svd" if self.method == "svd" else None, magnitude=self.power_magnitude)
             if norm == "spectral":
                 out.update(
                     method=self.method,
@@ -286,6 +288,16 @@ def build(
         norm, p = geo.resolve(*norm_param(group))
     except ValueError as e:
         raise SettingsError(f"{e} ({where(group, index)})") from None
+    pm = group.get("power_magnitude")
+    if pm is not None and norm != "power" and "power" not in (candidates or ()):
+        raise SettingsError(
+            f"power_magnitude={pm!r} only applies to norm='power' (or a chooser that steps in it), not "
+            f"norm={group['norm']!r} ({where(group, index)})"
+        )
+    try:
+        geo.check_magnitude("power", p if norm == "power" else 0.0, pm)
+    except ValueError as e:
+        raise SettingsError(f"{e} ({where(group, index)})") from None
     if norm in geo.DIRECTIONS and group["step_size"] == "dual":
         raise SettingsError(
             f"step_size='dual' needs a dual norm, and norm='power' is a direction with a magnitude rule "
@@ -343,6 +355,7 @@ def build(
         transposed=bool(group.get("transposed", False)),
         ns_eps=group.get("ns_eps"),
         row_blocks=int(rb),
+        power_magnitude=pm,
     )
 
 

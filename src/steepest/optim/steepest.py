@@ -58,7 +58,9 @@ class SteepestDescent(torch.optim.Optimizer):
             ||D||_F = sqrt(rank) (a Muon step's RMS, so one lr transfers across a); a = 1 the Frobenius
             direction, a = 0 exactly the polar factor (SpecGD), 0 < a < 1 Schatten p = 1 + 1/a, a < 0 past
             spectral (no norm's steepest direction: ``step_size="dual"`` is refused).
-            :mod:`steepest.linalg.spectral_power` derives the rule.
+            :mod:`steepest.linalg.spectral_power` derives the rule. ``power_magnitude``: that rule
+            (``"frobenius"``, the default) or ``"spectral"`` (||D||_op = 1: a = 0 is still SpecGD, a low-rank
+            direction gets a smaller step) or ``"schatten"`` (the Schatten-(1 + 1/a) dualizer, 0 <= a <= 1).
         momentum: EMA momentum in [0, 1). nesterov: Nesterov variant (needs momentum > 0).
         weight_decay: decoupled weight decay (finite, >= 0), applied as W *= 1 - lr * weight_decay.
         step_size: ``"fixed"`` or ``"dual"`` (see above).
@@ -121,6 +123,7 @@ class SteepestDescent(torch.optim.Optimizer):
         norm: str = "spectral",
         p: float | None = None,
         power: float | None = None,
+        power_magnitude: str | None = None,
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
@@ -152,6 +155,7 @@ class SteepestDescent(torch.optim.Optimizer):
             norm=norm,
             p=p,
             power=power,
+            power_magnitude=power_magnitude,
             momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay,

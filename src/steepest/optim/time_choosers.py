@@ -5,8 +5,9 @@ Every chooser here steps each matrix of the optimizer's steepest groups in the `
 it) at the polar factor's magnitude ||D||_F = sqrt(rank), so the group's ``lr``/``scale_rule`` keep their
 meaning at every a; a layer at exactly a = 0 takes the group's own spectral step (Muon's Newton-Schulz in
 ``steepest.Muon``: the same step up to that iteration's accuracy, at its cost).
-They plug into any recipe through ``chooser=`` (``steepest.Muon(..., chooser=ScheduleChooser(...))``);
-AdamW-routed groups keep AdamW. Three choosers:
+The two measured ones (PhaseSwitch, SchattenChoice) live in :mod:`steepest.optim.measured_choosers`
+(module size; they build on :class:`TimeChooser`). They plug into any recipe through ``chooser=``
+(``steepest.Muon(..., chooser=ScheduleChooser(...))``); AdamW-routed groups keep AdamW. Three choosers:
 
 * :class:`ScheduleChooser`: a as a function of the step (warm-up, then a linear / cosine / step shape
   from ``start`` to ``end``), optionally one schedule per group role. DynMuon (arXiv 2605.17109)
@@ -43,19 +44,11 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
-from torch import nn
 
-from steepest import geometry as geo
-from steepest.diagnostics.capture import ActivationCapture
-from steepest.diagnostics.metrics import gram_singular_values, stable_rank
-from steepest.diagnostics.schatten_choice import EXPONENTS, scores_from_spectrum
-from steepest.linalg.polar_factor import rank_tolerance
 from steepest.linalg.spectral_power import check_exponent
-from steepest.optim.choosers import Chooser, _full
-from steepest.optim.functional import direction_source
+from steepest.optim.choosers import Chooser
 
 SHAPES = ("constant", "linear", "cosine", "step")
 #: Knob values are rounded to this grid: the step caches its settings per (geometry, a), so a continuous
@@ -148,7 +141,7 @@ class TimeChooser(Chooser):
         self.record_every = _int("record_every", record_every, 1)
         self.layers: dict[str, dict] = {}
         self.history: list[dict] = []
-        self._roles: dict[int, str] = {}
+        self._roles: dict[str, str] = {}
 
     def attach(self, optimizer) -> None:
         for g in optimizer.param_groups:
@@ -157,8 +150,10 @@ class TimeChooser(Chooser):
                     f"{type(self).__name__} steps in the power geometry, which has no dual norm: the steepest "
                     "groups need step_size='fixed'"
                 )
-            for p in g["params"]:
-                self._roles[id(p)] = str(g.get("role", ""))
+        for gi, g in enumerate(optimizer.param_groups):
+            names = g.get("names")
+            for j in range(len(g["params"])):  # by the blocks' label, not id(param): a copied optimizer keeps it
+                self._roles[names[j] if names and j < len(names) else f"group{gi}.{j}"] = str(g.get("role", ""))
 
     def _deciding(self) -> bool:
         return True
@@ -255,7 +250,7 @@ class ScheduleChooser(TimeChooser):
 
     def _decide(self, blocks: list, executor) -> None:
         for b in blocks:  # a pure function of the step: every rank computes the same value
-            self.layers[b.label]["a"] = _grid(self.roles.get(self._roles.get(id(b.param), ""), self.schedule)(self.t))
+            self.layers[b.label]["a"] = _grid(self.roles.get(self._roles.get(b.label, ""), self.schedule)(self.t))
 
     def __repr__(self) -> str:
         return f"ScheduleChooser({self.schedule!r}, roles={self.roles!r})"
@@ -267,229 +262,4 @@ def dynmuon(total_steps: int, start: float = 0.25, end: float = -0.25, shape: st
     return ScheduleChooser(Schedule(start, end, total=total_steps, shape=shape))
 
 
-class _Hooked(TimeChooser):
-    """A chooser that reads each layer's incoming activations from ``model`` on measurement steps."""
-
-    def __init__(self, model: nn.Module | None, initial: float, record_every: int) -> None:
-        super().__init__(initial=initial, record_every=record_every)
-        self.model = model
-        self._capture: ActivationCapture | None = None
-        self._module_of: dict[int, str] = {}
-
-    def _measuring(self) -> bool:
-        return self._deciding()
-
-    def attach(self, optimizer) -> None:
-        super().attach(optimizer)
-        model, self.model = self.model, None  # the hooks hold what is needed; copies drop them
-        if model is None:
-            return
-        wanted = {id(p) for g in optimizer.param_groups if g["algorithm"] == "steepest" for p in g["params"]}
-        mods = {
-            n for n, m in model.named_modules() if getattr(m, "weight", None) is not None and id(m.weight) in wanted
-        }
-        self._capture = ActivationCapture(model, self._measuring, grads=False, names=mods)
-        self._module_of = {id(m.weight): n for n, m in self._capture.layers.items()}
-
-    def __getstate__(self) -> dict:
-        return dict(self.__dict__, _capture=None, _module_of={})
-
-    def _activations(self, b) -> torch.Tensor | None:
-        """The layer's input rows (N, fan_in) captured at this step's forward, or None."""
-        name = self._module_of.get(id(b.param))
-        if self._capture is None or name is None:
-            return None
-        rows = [A.reshape(-1, A.shape[-1]) for A, _ in self._capture.rows(name)]
-        return torch.cat(rows) if rows else None
-
-    def observe(self, step: int, loss=None, stats: dict | None = None) -> None:
-        if self._capture is not None:
-            self._capture.clear()
-        super().observe(step, loss, stats)
-
-
-def _matrix(b, M: torch.Tensor) -> torch.Tensor:
-    return geo.matrix_view(M, b.cfg.tensor_mode, b.cfg.transposed).double()
-
-
-class PhaseSwitch(_Hooked):
-    """A measured phase switch with hysteresis (module docstring).
-
-    Args:
-        statistic: ``"nr_st"`` (needs ``model``), ``"srank"``, or a per-layer metric name passed to ``observe``.
-        band: ``(low, high)``: above ``high`` is the "above" phase (knob ``above``), below ``low`` the
-            "below" phase (knob ``below``). Default (0.8, 1.25) around DD's threshold nr(G)/st(A) = 1.
-        above, below: the knob values of the two phases (default 0.0 spectral above, 1.0 Frobenius below).
-        initial_phase: ``"below"`` (default: Frobenius wins at initialization in the project's evidence) or ``"above"``.
-        every: decide every this many steps. patience: consecutive decisions beyond the band to switch.
-        model: the nn.Module whose layers' inputs give st(A) (``"nr_st"``).
-
-    Example:
-        >>> c = PhaseSwitch(statistic="srank", band=(0.05, 0.1), every=10, patience=3)
-    """
-
-    def __init__(
-        self,
-        statistic: str = "nr_st",
-        band: tuple[float, float] = (0.8, 1.25),
-        above: float = 0.0,
-        below: float = 1.0,
-        initial_phase: str = "below",
-        every: int = 10,
-        patience: int = 3,
-        model: nn.Module | None = None,
-        record_every: int = 1,
-    ) -> None:
-        if not isinstance(statistic, str) or not statistic:
-            raise ValueError(f"statistic must be 'nr_st', 'srank' or a metric name, got {statistic!r}")
-        if statistic == "nr_st" and model is None:
-            raise ValueError("statistic='nr_st' needs model= (st(A) comes from the layers' inputs); or use 'srank'")
-        lo, hi = band
-        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 <= lo <= hi < math.inf):
-            raise ValueError(f"band must be (low, high) with 0 <= low <= high < inf, got {band!r}")
-        if initial_phase not in ("above", "below"):
-            raise ValueError(f"initial_phase must be 'above' or 'below', got {initial_phase!r}")
-        self.knob = {"above": _grid(_knob("above", above)), "below": _grid(_knob("below", below))}
-        super().__init__(model, initial=self.knob[initial_phase], record_every=record_every)
-        self.statistic, self.band, self.initial_phase = statistic, (float(lo), float(hi)), initial_phase
-        self.every, self.patience = _int("every", every, 1), _int("patience", patience, 1)
-        self._stats: dict = {}
-
-    def _deciding(self) -> bool:
-        return self.t % self.every == 0
-
-    def _value(self, b) -> float | None:
-        if self.statistic not in ("nr_st", "srank"):
-            v = self._stats.get(b.label, {}).get(self.statistic)
-            return None if v is None else float(v)
-        G = _matrix(b, _full(b.G))
-        G = G.reshape(-1, G.shape[-1])  # a batched view (tensor_mode="batch") as one matrix
-        if self.statistic == "srank":
-            return float(stable_rank(G, "gram")) / min(G.shape)
-        A = self._activations(b)
-        if A is None or not A.numel() or not bool(torch.isfinite(A).all()):
-            return None
-        # both from small Gram matrices (float64 eigh; singular values to ~1.5e-8 s_1, metrics.gram_singular_values)
-        s = gram_singular_values(G)
-        nr = float(s.sum() ** 2 / s.square().sum().clamp(min=1e-300))  # nuclear rank ||G||_*^2 / ||G||_F^2
-        return nr / float(stable_rank(A, "gram"))
-
-    def _decide(self, blocks: list, executor) -> None:
-        lo, hi = self.band
-        for b in blocks:
-            L = self.layers[b.label]
-            L.setdefault("phase", self.initial_phase)
-            v = self._value(b)
-            other = "above" if L["phase"] == "below" else "below"
-            beyond = v is not None and (v > hi if other == "above" else v < lo)
-            L["streak"] = L.get("streak", 0) + 1 if beyond else 0
-            if L["streak"] >= self.patience:
-                L["phase"], L["streak"] = other, 0
-            L["a"], L["stat"] = self.knob[L["phase"]], v
-        agreed = self._agree(blocks, executor, [self.layers[b.label]["a"] for b in blocks])
-        for b, a in zip(blocks, agreed):
-            L = self.layers[b.label]
-            if a != L["a"]:  # another rank decided: take its phase
-                L["a"], L["phase"] = a, "above" if a == self.knob["above"] else "below"
-
-    def observe(self, step: int, loss=None, stats: dict | None = None) -> None:
-        if stats is not None:
-            self._stats = {k: dict(v) for k, v in stats.items()}
-        super().observe(step, loss, stats)
-
-    def __repr__(self) -> str:
-        return f"PhaseSwitch(statistic={self.statistic!r}, band={self.band}, knobs={self.knob}, every={self.every})"
-
-
-class SchattenChoice(_Hooked):
-    """arXiv 2605.19781's per-layer exponent (module docstring), in the knob's units a = 1/p.
-
-    Args:
-        model: the nn.Module whose layers' inputs give the activation singular values (required: the
-            criterion's curvature is ||A||_{S_k}).
-        every: decide every this many steps (paper: 100). measure_every: update the EMAs every this many
-            steps (a divisor of ``every``). beta: the EMAs' decay (0: the decision step's values only).
-        exponents: the grid of knob values in [0, 1] (default 0, 0.1, ..., 1: Muon to SGD's direction).
-        initial: the knob before the first decision (steps 0..every-1 use the step-0 decision anyway).
-        pinned: ``(lr_adam, lr_muon, beta1)``: the paper's pinned magnitude (kappa^a per layer); None:
-            the power geometry's RMS-matched magnitude (kappa = 1).
-
-    Example:
-        >>> model = torch.nn.Linear(8, 4)
-        >>> c = SchattenChoice(model, every=100)
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        every: int = 100,
-        measure_every: int = 10,
-        beta: float = 0.9,
-        exponents: Iterable[float] = EXPONENTS,
-        initial: float = 0.0,
-        pinned: tuple[float, float, float] | None = None,
-        record_every: int = 1,
-    ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ValueError("SchattenChoice needs model= (the activation spectrum enters the criterion)")
-        self.every, self.measure_every = _int("every", every, 1), _int("measure_every", measure_every, 1)
-        if every % measure_every:
-            raise ValueError(f"measure_every ({measure_every}) must divide every ({every})")
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-        self.exponents = tuple(float(a) for a in exponents)
-        if not self.exponents or any(not 0.0 <= a <= 1.0 for a in self.exponents):
-            raise ValueError(f"exponents must be knob values in [0, 1], got {self.exponents}")
-        if pinned is not None:
-            if len(pinned) != 3 or not all(isinstance(x, (int, float)) and x > 0 for x in pinned[:2]):
-                raise ValueError(f"pinned must be (lr_adam > 0, lr_muon > 0, beta1 in [0, 1)), got {pinned!r}")
-            if not 0.0 <= pinned[2] < 1.0:
-                raise ValueError(f"pinned's beta1 must be in [0, 1), got {pinned[2]!r}")
-        super().__init__(model, initial=initial, record_every=record_every)
-        self.beta, self.pinned = float(beta), pinned
-
-    def _deciding(self) -> bool:
-        return self.t % self.measure_every == 0
-
-    def _decide(self, blocks: list, executor) -> None:
-        """Measure (EMAs of C and the activation spectrum); on ``every`` steps, take the argmax of f(a)."""
-        deciding = self.t % self.every == 0
-        for b in blocks:
-            A = self._activations(b)
-            if A is None or not A.numel() or not bool(torch.isfinite(A).all()):
-                continue  # no activations for this layer (not hooked, or frozen input): keep its knob
-            c = b.cfg
-            trial = {k: v.clone() for k, v in b.state.items() if k == "momentum_buffer"}  # state untouched
-            G = _full(b.G)
-            M = _matrix(b, direction_source(G, trial, c.momentum, c.nesterov))
-            Gm = _matrix(b, G)
-            if M.ndim != 2:
-                continue  # batched tensor views: the criterion is per matrix; keep the knob
-            U, s, Vh = torch.linalg.svd(M, full_matrices=False)
-            C = ((U.mT @ Gm) * Vh).sum(-1)
-            sA = gram_singular_values(A)  # from the small Gram matrix A^T A: no SVD of the N x n rows
-            L = self.layers[b.label]
-            for key, new in (("C", C), ("sA", sA)):
-                old = L.get(key)
-                L[key] = new if old is None or old.shape != new.shape else old.lerp(new, 1.0 - self.beta)
-            if deciding:
-                f = scores_from_spectrum(s, L["C"], L["sA"], self.exponents, rank_tolerance(M, s[:1]))
-                L["a"] = _grid(self.exponents[int(torch.argmax(f))])  # ties: the first (smaller a)
-        if deciding:
-            agreed = self._agree(blocks, executor, [self.layers[b.label]["a"] for b in blocks])
-            for b, a in zip(blocks, agreed):
-                self.layers[b.label]["a"] = a
-
-    def _lr_scale(self, b, a: float) -> float:
-        if self.pinned is None:
-            return 1.0
-        lr_adam, lr_muon, b1 = self.pinned
-        m, n = geo.matrix_shape(tuple(b.param.shape), b.cfg.tensor_mode, b.cfg.transposed)[-2:]
-        kappa = lr_adam * math.sqrt((1.0 - b1) / (1.0 + b1)) * math.sqrt(max(m, n)) / lr_muon
-        return kappa**a
-
-    def __repr__(self) -> str:
-        return f"SchattenChoice(every={self.every}, measure_every={self.measure_every}, beta={self.beta})"
-
-
-__all__ = ["Schedule", "ScheduleChooser", "PhaseSwitch", "SchattenChoice", "TimeChooser", "dynmuon", "SHAPES"]
+__all__ = ["Schedule", "ScheduleChooser", "TimeChooser", "dynmuon", "SHAPES", "RESOLUTION"]
