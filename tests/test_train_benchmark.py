@@ -86,3 +86,48 @@ def test_quick_run_records_the_oracle_bound(train, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "adaptive-oracle" in text and "goal: adaptive steps <= 0.9x the best fixed geometry's (specgd)" in text
     assert not out.exists()  # --quick writes no JSON
+
+
+def test_issue_21_verdicts_headroom_per_horizon_and_choosers(train):
+    """Headroom per H = 1 - oracle steps / best fixed steps (10% threshold); a chooser is judged on steps
+    (<= 0.9x the best fixed), CPU to the target (<= the best fixed's) and overhead (CPU per run vs SpecGD's)."""
+    one = {
+        "adamw": _row("adamw", 100, 100.0, 2.0, 10.0),
+        "specgd": _row("specgd", 50, 50.0, 1.8, 12.0),
+        "schatten": _row("schatten", 60, 60.0, 1.9, 12.0),
+        "knob-schedule": _row("knob-schedule", 40, 44.0, 1.7, 12.2),
+        "schedule-oracle-h1": _row("schedule-oracle-h1", 60, 55.0, 1.9, 12.0),
+        "schedule-oracle-h25": _row("schedule-oracle-h25", 40, 40.0, 1.6, 12.0),
+    }
+    agg = train.aggregate({0: one}, steps=100, eval_every=10)
+    v = {g["goal"]: g for g in train.verdicts_21(agg)}
+    h1 = v["schedule-oracle-h1 headroom 1 - oracle/best fixed (specgd) >= 10%"]
+    assert h1["value"] == pytest.approx(1 - 55 / 50) and h1["verdict"].startswith("fails: under 10%")
+    h25 = v["schedule-oracle-h25 headroom 1 - oracle/best fixed (specgd) >= 10%"]
+    assert h25["value"] == pytest.approx(0.2) and h25["verdict"] == "holds"
+    assert list(v).index(h1["goal"]) < list(v).index(h25["goal"])  # ordered by H
+    steps = v["knob-schedule steps <= 0.9x specgd's"]
+    assert steps["value"] == pytest.approx(44 / 50) and steps["verdict"] == "holds"
+    cpu = v["knob-schedule CPU s to target <= specgd's"]  # 12.2 * 40 / 100 vs 12 * 50 / 100
+    assert cpu["value"] == pytest.approx(4.88 / 6.0) and cpu["verdict"] == "holds"
+    over = v["knob-schedule decision overhead (CPU s per run / SpecGD's - 1) <= 3%"]
+    assert over["value"] == pytest.approx(12.2 / 12 - 1) and over["verdict"] == "holds"
+
+
+def test_quick_run_with_the_schedule_oracle(train, tmp_path, capsys):
+    """The oracle entries run from train.py beside compare's entries, land in the table with their search cost,
+    and a second run keeps the finished oracle result (the same numbers, nothing retrained)."""
+    args = ["--quick", "--seeds", "0", "--optimizers", "adamw,specgd,schedule-oracle-h5", "--run-dir", str(tmp_path)]
+    args += ["--oracle-candidates", "specgd,frobenius"]
+    assert train.main(args) == 0
+    first = capsys.readouterr().out
+    row = next(line for line in first.splitlines() if line.startswith("schedule-oracle-h5"))
+    assert "goal: schedule-oracle-h5 headroom 1 - oracle/best fixed (specgd)" in first
+    saved = (tmp_path / "seed0" / "results" / "schedule-oracle-h5.json").read_text()
+    assert '"winners"' in saved and '"cpu_total_s"' in saved
+    metrics = (tmp_path / "seed0" / "metrics" / "schedule-oracle-h5.jsonl").read_text().splitlines()
+    assert sum('"kind": "choice"' in x for x in metrics) == 6  # quick charlm: 30 steps / H = 5
+    assert train.main(args) == 0
+    again = capsys.readouterr().out
+    assert next(line for line in again.splitlines() if line.startswith("schedule-oracle-h5")) == row
+    assert (tmp_path / "seed0" / "results" / "schedule-oracle-h5.json").read_text() == saved
