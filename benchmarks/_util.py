@@ -118,6 +118,27 @@ def time_shuffled(
     return wall
 
 
+class Timer:
+    """Accumulates thread CPU seconds of wrapped callables (re-entrant calls are counted once)."""
+
+    def __init__(self) -> None:
+        self.total, self.depth = 0.0, 0
+
+    def wrap(self, fn):
+        def wrapper(*args, **kwargs):
+            if self.depth:
+                return fn(*args, **kwargs)
+            self.depth += 1
+            c = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.total += time.thread_time() - c
+                self.depth -= 1
+
+        return wrapper
+
+
 def summarize(ts: list[float]) -> dict:
     """Median, minimum and count of a list of seconds, in milliseconds."""
     return {"median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts), "n": len(ts)}

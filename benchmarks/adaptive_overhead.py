@@ -47,25 +47,7 @@ from steepest.optim.choosers import GeometryChooser  # noqa: E402
 EVERY = 10  # compare's adaptive decides every 10 steps
 
 
-class Timer:
-    """Accumulates thread CPU seconds of wrapped callables (re-entrant calls are counted once)."""
-
-    def __init__(self) -> None:
-        self.total, self.depth = 0.0, 0
-
-    def wrap(self, fn):
-        def wrapper(*args, **kwargs):
-            if self.depth:
-                return fn(*args, **kwargs)
-            self.depth += 1
-            c = time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.total += time.thread_time() - c
-                self.depth -= 1
-
-        return wrapper
+from _util import Timer  # noqa: E402
 
 
 class Arm:
