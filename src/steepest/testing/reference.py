@@ -44,7 +44,8 @@ def ref_matrix_norm(X: torch.Tensor, norm: str, p: float | None = None) -> np.nd
     s = np.linalg.svd(A, compute_uv=False)
     if norm == "spectral":
         p = math.inf
-    assert p is not None, "a Schatten norm needs p"
+    if p is None:
+        raise ValueError("a Schatten norm needs p")
     if math.isinf(p):
         return s.max(axis=-1)
     return (s**p).sum(axis=-1) ** (1.0 / p)
@@ -61,7 +62,8 @@ def ref_dual_norm(G: torch.Tensor, norm: str, p: float | None = None) -> np.ndar
     s = np.linalg.svd(A, compute_uv=False)
     if norm == "spectral":
         p = math.inf
-    assert p is not None, "a Schatten norm needs p"
+    if p is None:
+        raise ValueError("a Schatten norm needs p")
     if math.isinf(p):
         return s.sum(axis=-1)
     if p == 1:
@@ -95,7 +97,8 @@ def ref_dualize(G: torch.Tensor, norm: str, p: float | None = None) -> torch.Ten
                 continue
             if norm == "spectral":
                 p = math.inf
-            assert p is not None, "a Schatten norm needs p"
+            if p is None:
+                raise ValueError("a Schatten norm needs p")
             if math.isinf(p):
                 t = keep.astype(float)
             elif p == 1:

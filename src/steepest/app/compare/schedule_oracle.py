@@ -255,7 +255,8 @@ def schedule_oracle(
                 best = branch
             else:
                 _chooser_restore(opt, snap)
-        assert best is not None  # at least one candidate (check_candidates)
+        if best is None:  # check_candidates refuses an empty list, so this is a broken invariant
+            raise RuntimeError(f"schedule oracle: no candidate branch was kept for steps {start}-{end}")
         record = dict(start=start, end=end, winner=best["name"], scores=scores)
         choices.append(record)
         if on_segment is not None:
