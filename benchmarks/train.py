@@ -324,7 +324,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--quick", action="store_true", help="tiny model and few steps (smoke test)")
     ap.add_argument("--run-dir", default=None, help="run directory (default runs/bench-train-<task>[-quick])")
-    ap.add_argument("--resume", action="store_true", help="keep finished runs of an interrupted benchmark")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished runs of an interrupted benchmark (the default whenever a seed's run directory holds a "
+        "run; a fresh directory starts a new one)",
+    )
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -381,7 +386,7 @@ def main(argv=None) -> int:
             eval_every=eval_every,
             run_dir=run_dir,
             task_options=task_options,
-            resume=args.resume or run_dir.exists(),
+            resume=(run_dir / "config.json").exists(),  # a run there is continued; a fresh directory starts
             threads=args.threads,
             monitor_every=0,
             report=False,
@@ -399,7 +404,7 @@ def main(argv=None) -> int:
                 seed=seed,
                 aux_lr=table["adamw"][0],
                 eval_every=eval_every,
-                resume=args.resume or run_dir.exists(),
+                resume=(run_dir / "config.json").exists(),  # a run there is continued; a fresh directory starts
             )
             row["steps_to_target"] = steps_to_reach([tuple(e) for e in row["evals"]], res.target)
             res.rows.append(row)
