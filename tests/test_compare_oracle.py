@@ -246,3 +246,45 @@ def test_held_out_stream_is_another_stream_for_every_seed():
         HeldOutLoss(task, torch.nn.Linear(1, 1), seed)()
         assert 0 <= seen[-1] <= 2**63 - 1 and seen[-1] != seed
     assert seen[0] == 2**31 - 1  # seed 0's stream, as the recorded benchmarks used it
+
+
+def test_time_choosers_get_the_measured_winner_beside_their_knob(tmp_path):
+    """The knob entries (time choosers) report per-layer choices too: their records carry the knob a the
+    chooser used at the record's step, its geometry of the measured pair (a > 0.5: frobenius), and on the
+    oracle steps the measured winner; the report draws the knob's map beside the measured one and scores it."""
+    from steepest.app.compare.monitor import knob_geometry
+    from steepest.optim.time_choosers import RESOLUTION, dynmuon
+
+    names = ["knob-schedule", "phase-switch"]
+    compare("charlm", names, run_dir=tmp_path, oracle_every=6, **RUN, **QUICK)
+    layers = ["blocks.0.qkv", "blocks.0.proj", "blocks.0.fc", "blocks.0.fc_proj"]
+    for name in names:
+        diag = read_jsonl(tmp_path / "diagnostics" / f"{name}.jsonl")
+        knobs = json.loads((tmp_path / "knobs" / f"{name}.json").read_text())["records"]
+        for d in diag:
+            if d["layer"] == "lm_head":  # AdamW-routed: no knob, not scored
+                assert d["knob"] is None and d["choice"] == "adamw"
+                continue
+            assert d["layer"] in layers
+            # where the chooser logged this layer's knob at the record's step (its history keeps decision steps
+            # only: every 10th for the schedule), the record has that value exactly
+            logged = [k["knob"] for k in knobs if k["layer"] == d["layer"] + ".weight" and k["step"] == d["step"]]
+            assert logged == [] or d["knob"] == logged[0]
+            if name == "knob-schedule":  # the schedule's value at the step, on the chooser's knob grid
+                assert d["knob"] == pytest.approx(dynmuon(RUN["steps"]).schedule(d["step"]), abs=RESOLUTION / 2)
+            assert d["choice"] == knob_geometry(d["knob"])
+        assert any(k["step"] == 0 for k in knobs)  # step 0's knobs were logged, so the check above ran
+        oracle = [d for d in diag if d["step"] in (0, 6)]
+        assert len(oracle) == 10 and all(d["measured_winner"] in ("spectral", "frobenius", "none") for d in oracle)
+        rows = {r["field"]: r for r in agreement_rows([d for d in diag if "measured_winner" in d])}
+        assert rows["choice"]["cells"] == sum(d["measured_winner"] != "none" for d in oracle if d["layer"] != "lm_head")
+    # knob-schedule: a from 0.25 down (spectral side); phase-switch: a = 1 (frobenius) until it switches
+    ks = read_jsonl(tmp_path / "diagnostics" / "knob-schedule.jsonl")
+    assert {d["choice"] for d in ks if d["layer"] != "lm_head"} == {"spectral"}
+    assert ks[0]["knob"] == pytest.approx(0.25)
+    ps = read_jsonl(tmp_path / "diagnostics" / "phase-switch.jsonl")
+    assert {d["choice"] for d in ps if d["layer"] != "lm_head" and d["step"] == 0} == {"frobenius"}
+    html = (tmp_path / "report.html").read_text()
+    for name in names:
+        assert f"Which geometry wins each layer: {name}" in html and f"geometry_wins_{name}.png" in html
+        assert f"Knob per layer over time: {name}" in html

@@ -93,8 +93,8 @@ def register(subparsers) -> None:
         metavar="K",
         help="every K steps (a multiple of --monitor-every; default 0: off) measure per layer which "
         "geometry (spectral, frobenius, linf) lowers a held-out batch's loss most, on the runs "
-        "with per-layer choices (adaptive, adaptive-oracle, frobenius); the report scores the "
-        "criteria and Adaptive's choices against it. Cost on charlm default: ~21 s CPU per oracle record (13 layers x 3 geometries x 17 held-out forwards); K=50 took the adaptive run from 49 to 179 s CPU (1 thread).",
+        "with per-layer choices (adaptive, adaptive-oracle, frobenius, and the time choosers knob-schedule, "
+        "schatten-choice, phase-switch); the report scores the criteria and the optimizer's choices against it. Cost on charlm default: ~21 s CPU per oracle record (13 layers x 3 geometries x 17 held-out forwards); K=50 took the adaptive run from 49 to 179 s CPU (1 thread).",
     )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

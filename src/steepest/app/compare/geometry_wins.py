@@ -5,7 +5,8 @@ Input: a run's ``diagnostics/<optimizer>.jsonl`` records with the oracle fields 
 held-out decrease Delta*_g, seed 001's pairing), ``measured_winner_sign`` (spectral vs linf, seed 002's),
 ``measured_tie*`` (the pair within the line search's tolerance); the predictions ``dd_winner`` (the
 Davis-Drusvyatskiy test nr(G) >= st(A), seed 001) and ``spec_sign_winner`` (seed 002's index), and
-``choice`` (the geometry steepest.Adaptive used for the layer at that step).
+``choice`` (the geometry steepest.Adaptive used for the layer at that step; for a time chooser the geometry of
+the pair its knob a is nearer, :func:`steepest.app.compare.monitor.knob_geometry`).
 
 Agreement of a predictor with the measured winner of its pairing, over the cells (layer, record step)
 where both are one of the pairing's two geometries: agree / cells. Baselines on the same cells: "always
@@ -33,7 +34,7 @@ PAIRINGS = (
         "measured_winner",
         "measured_tie",
         ("spectral", "frobenius"),
-        (("Davis-Drusvyatskiy nr(G) >= st(A)", "dd_winner"), ("Adaptive's choice", "choice")),
+        (("Davis-Drusvyatskiy nr(G) >= st(A)", "dd_winner"), ("the optimizer's choice", "choice")),
     ),
     (
         "spectral vs linf (seed 002)",
@@ -116,7 +117,8 @@ def geometry_wins_section(name: str, records: list[dict], fig_dir: Path) -> Sect
         ("Davis-Drusvyatskiy\nprediction", _grid(recs, "dd_winner", layers, steps)),
     ]
     if any(r.get("choice") for r in recs):
-        panels.append(("Adaptive's\nchoice", _grid(recs, "choice", layers, steps)))
+        label = "knob a\n(> 0.5: frobenius)" if any(r.get("knob") is not None for r in recs) else "Adaptive's\nchoice"
+        panels.append((label, _grid(recs, "choice", layers, steps)))
     panels.append(("measured:\nspectral vs linf", _grid(recs, "measured_winner_sign", layers, steps)))
     if any(r.get("spec_sign_winner") for r in recs):
         panels.append(("Spec-Sign\nprediction", _grid(recs, "spec_sign_winner", layers, steps)))
@@ -152,8 +154,9 @@ def geometry_wins_section(name: str, records: list[dict], fig_dir: Path) -> Sect
         "geometry's steepest-descent direction with a line-searched step size and measured the decrease of a "
         "held-out batch's loss (Delta*_g; steepest.diagnostics.layer_oracle, weights restored). The measured "
         "winner is the larger Delta*_g of the pair; each predictor is scored on the cells where it and the "
-        "measured winner are both one of the pair's geometries (Adaptive's choice is 'adamw' on layers it "
-        "routes to AdamW: not scored). A predictor helps only where it beats both baselines on its cells; "
+        "measured winner are both one of the pair's geometries (the optimizer's choice is 'adamw' on layers it "
+        "routes to AdamW: not scored; a time chooser's knob a counts as the geometry it is nearer: frobenius for "
+        "a > 0.5, else spectral). A predictor helps only where it beats both baselines on its cells; "
         "'ties' counts cells whose measured pair lies within the line search's tolerance "
         "(LineSearch.decrease_rtol)."
     ]

@@ -64,8 +64,10 @@ TUNED_PATH = Path(__file__).resolve().parents[1] / "tuned.json"
 #: shared with other work; pass ``threads=`` / ``--threads`` to use more.
 DEFAULT_THREADS = 1
 
-#: Optimizers whose runs get a per-layer LayerMonitor by default (the baseline, Muon and the adaptive one).
-MONITORED = ("adamw", "muon", "adaptive")
+#: Optimizers whose runs get a per-layer LayerMonitor by default (the baseline, Muon, the adaptive one, and the
+#: time choosers, whose knob per layer the report draws beside the measured winner with ``--oracle-every``; they
+#: run only when asked for by name, so the default comparison's cost is unchanged).
+MONITORED = ("adamw", "muon", "adaptive", "knob-schedule", "schatten-choice", "phase-switch")
 
 
 @dataclasses.dataclass

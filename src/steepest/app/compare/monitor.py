@@ -15,7 +15,8 @@ are not monitored: the monitor's before/after-step hooks need a single step.
 
 The measured winner (``oracle_every=K``, ``--oracle-every K``; opt-in, default 0 = off): on the records
 of every K-th step of the monitored runs whose optimizer reports per-layer choices (``geometries()``:
-``adaptive``, ``adaptive-oracle``, ``frobenius``), the monitor also measures, before the optimizer step and
+``adaptive``, ``adaptive-oracle``, ``frobenius``; or a time chooser's knob a per layer, ``chooser.knobs()``:
+``knob-schedule``, ``schatten-choice``, ``phase-switch``), the monitor also measures, before the optimizer step and
 with that step's gradients, each recorded layer's Delta*_g for g in spectral, frobenius, linf
 (:func:`steepest.diagnostics.layer_oracle` on the held-out batch of the step,
 :class:`steepest.app.compare.runner.HeldOutLoss`, line search :data:`ORACLE_SEARCH`), and adds
@@ -120,12 +121,13 @@ class _Oracle:
 
 
 class _ChoiceSink(JSONLSink):
-    """JSONL sink that adds the adaptive optimizer's per-layer choice to each record (and rewinds like
-    JSONLSink on resume, so records an interrupted run wrote after its checkpoint are dropped)."""
+    """JSONL sink that adds the optimizer's per-layer choice to each record (``choice``; for a time chooser
+    also its knob a, ``knob``) and rewinds like JSONLSink on resume, so records an interrupted run wrote
+    after its checkpoint are dropped."""
 
-    def __init__(self, path: Path, choices, oracle: _Oracle | None = None) -> None:
+    def __init__(self, path: Path, choices, oracle: _Oracle | None = None, knobs=None) -> None:
         super().__init__(path)
-        self.choices, self.oracle = choices, oracle
+        self.choices, self.oracle, self.knobs = choices, oracle, knobs
 
     def write(self, record: dict) -> None:
         rec = dict(record)
@@ -133,26 +135,54 @@ class _ChoiceSink(JSONLSink):
             rec.update(self.oracle.fields[rec["layer"]])
         if self.choices is not None:
             rec["choice"] = self.choices().get(rec["layer"], "adamw")  # not a matrix group: AdamW-routed
+        if self.knobs is not None:
+            rec["knob"] = self.knobs().get(rec["layer"])  # None: AdamW-routed (no knob)
         append_jsonl(self.path, rec)
+
+
+#: A time chooser's knob a as one of the measured pair's geometries: ``frobenius`` when a > KNOB_SPLIT (nearer
+#: the Frobenius direction, a = 1, than the spectral one, a = 0), else ``spectral`` (a <= 0 included: at or past
+#: spectral). The measured winner is binary (spectral vs frobenius), so the midpoint is the only neutral split.
+KNOB_SPLIT = 0.5
+
+
+def knob_geometry(a: float) -> str:
+    """The geometry of the measured pair (spectral vs frobenius) that a knob value a is nearer.
+
+    >>> [knob_geometry(a) for a in (1.0, 0.6, 0.5, 0.25, 0.0, -0.25)]
+    ['frobenius', 'frobenius', 'spectral', 'spectral', 'spectral', 'spectral']
+    """
+    return "frobenius" if a > KNOB_SPLIT else "spectral"
+
+
+def _by_layer(named: dict) -> dict:
+    """``{"<layer>.weight": v}`` -> ``{"<layer>": v}`` (other parameter names unchanged)."""
+    return {(n[: -len(".weight")] if n.endswith(".weight") else n): v for n, v in named.items()}
+
+
+def layer_knobs(optimizer):
+    """A function returning ``{layer name: knob a}`` for an optimizer with a time chooser (``chooser.knobs``:
+    the knob-schedule, schatten-choice and phase-switch entries); None for other optimizers."""
+    chooser = getattr(optimizer, "chooser", None)
+    if chooser is None or not callable(getattr(chooser, "knobs", None)):
+        return None
+    return lambda: {layer: float(a) for layer, a in _by_layer(chooser.knobs(optimizer)).items()}
 
 
 def layer_choices(optimizer, model: torch.nn.Module):
     """A function returning ``{layer name: geometry}`` for an optimizer that reports per-parameter choices.
 
     Uses ``optimizer.geometries()`` (``{parameter name: geometry}``, as :class:`steepest.Adaptive`
-    provides) and maps ``"<layer>.weight"`` to ``"<layer>"``; returns None for optimizers without it.
+    provides), or for a time chooser its knob a per layer as the nearer geometry of the measured pair
+    (:func:`knob_geometry`), and maps ``"<layer>.weight"`` to ``"<layer>"``; returns None for optimizers with
+    neither.
     """
-    if not callable(getattr(optimizer, "geometries", None)):
+    if callable(getattr(optimizer, "geometries", None)):
+        return lambda: _by_layer(optimizer.geometries())
+    knobs = layer_knobs(optimizer)
+    if knobs is None:
         return None
-
-    def get() -> dict:
-        out = {}
-        for name, geometry in optimizer.geometries().items():
-            layer = name[: -len(".weight")] if name.endswith(".weight") else name
-            out[layer] = geometry
-        return out
-
-    return get
+    return lambda: {layer: knob_geometry(a) for layer, a in knobs().items()}
 
 
 class CompareMonitor:
@@ -162,7 +192,7 @@ class CompareMonitor:
         self, model, optimizer, path: Path, every: int, start_step: int = 0, oracle_every: int = 0, held_out=None
     ) -> None:
         on = bool(oracle_every) and held_out is not None
-        sink = _ChoiceSink(path, layer_choices(optimizer, model))
+        sink = _ChoiceSink(path, layer_choices(optimizer, model), knobs=layer_knobs(optimizer))
         # the Spec-Sign index on the oracle's records only: every (oracle_every // every)-th record
         self.monitor = LayerMonitor(
             model,
@@ -204,8 +234,9 @@ def attach_monitor(
     """Monitor ``model`` while ``optimizer`` trains it (None when ``optimizer`` is not one Optimizer).
 
     ``oracle_every`` > 0 with ``held_out`` (a callable: the held-out loss at the current weights) adds the
-    measured winner to every ``oracle_every``-th step's records when ``optimizer`` has ``geometries()``
-    (see the module docstring); other optimizers are monitored without it.
+    measured winner to every ``oracle_every``-th step's records when ``optimizer`` has per-layer choices
+    (``geometries()``, or a time chooser's ``knobs()``; see the module docstring); other optimizers are
+    monitored without it.
 
     A model without a monitorable layer (:func:`monitorable`) is not monitored: ``note(text)`` says so
     and the run goes on (the diagnostics are an extra, never a reason to fail a run).
@@ -216,6 +247,6 @@ def attach_monitor(
         if note is not None:
             note(f"no nn.Linear or nn.Conv2d layer in {type(model).__name__}: per-layer diagnostics skipped")
         return None
-    if not callable(getattr(optimizer, "geometries", None)):
+    if layer_choices(optimizer, model) is None:
         oracle_every = 0
     return CompareMonitor(model, optimizer, path, every, start_step, oracle_every, held_out)
