@@ -38,7 +38,7 @@ sharply: for isotropic curvature along M's directions (B flat) g always prefers 
 while f follows nr(G) against the activations' Schatten norms (benchmarks/schatten_choice_cases.py).
 Deliberate differences from that code: knob values on a grid (default 0, 0.1, ..., 1, ties to the smaller
 a) instead of a bounded scalar search over p in [1.02, 10] (a in [0.1, 0.98]): the grid holds both ends
-exactly and is a global, not a local, maximum; their p near 10 steps Muon (p > 0.99 pmax), our a = 0 is Muon
+exactly and is a global, not a local, maximum; their p near 10 steps Muon (p >= pmax / 1.01), our a = 0 is Muon
 and scored at p = inf. Singular values of M at or below the rank cut-off count as zero here (0^a = 0),
 where their float32 SVD keeps them (s^(1/p) of a rounding-level s is not small for large p).
 

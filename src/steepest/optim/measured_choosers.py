@@ -236,8 +236,9 @@ class SchattenChoice(_Hooked):
       ||dW||_F = sqrt(min(m, n)) at every p, the kappa pin switched off). ``pinned=`` applies their
       kappa^(1/p) pin, which their code applies only together with a diagonal second-moment
       preconditioner that steepest does not have: that combination is ours, not a setting they run.
-    * Activations: rows (N, fan_in) of the layer's input (convs unfolded), as their Gram path; their
-      raw-activation path flattens a (B, T, d) input to (B, T d), a different matrix.
+    * Activations: rows (N, fan_in) of the layer's input (convs unfolded), as their Gram path and their
+      tightness path; their exact_momentum raw-activation path flattens a Linear's (B, T, d) input to
+      (B, T d), a different matrix (the same for 2-D inputs, as in their synthetic cases).
     * The knob grid and rank cut-off: :mod:`steepest.diagnostics.schatten_choice`'s docstring.
 
     Example:
