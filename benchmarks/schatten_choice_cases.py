@@ -18,6 +18,8 @@ ships these synthetic cases; each is rebuilt here from its description with stee
    here, so the comparison is against its title (Muon is limited here) and the abstract ("beats or
    remains competitive with the best of Muon and AdamW", read as SMuon <= both), not numbers.
    SMuon-tight (``criterion="tight"``) is reported beside it; the script does not run that criterion.
+5. ``p_root`` (experiments/maximal_p.py): the step U S^(1/p) V^T itself, p in {2, ..., 50}, on its two
+   input distributions, against the SVD (its figure's baseline; its approximations are not ours).
 
 Usage::
 
@@ -209,6 +211,51 @@ def case_regimes(scale: int = 1, draws: int = 5) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------------------- case 5
+def test_matrix(size: int, conditioned: bool, g: torch.Generator) -> torch.Tensor:
+    """maximal_p.py's inputs: Gaussian, or U diag(s) V^T with s log-spaced from 10 down to 10 / kappa,
+    kappa log-uniform in [10, 1000]."""
+    if not conditioned:
+        return torch.randn(size, size, generator=g, dtype=F64)
+    U, _ = torch.linalg.qr(torch.randn(size, size, generator=g, dtype=F64))
+    V, _ = torch.linalg.qr(torch.randn(size, size, generator=g, dtype=F64))
+    kappa = 10 ** (1 + 2 * torch.rand(1, generator=g, dtype=F64).item())
+    return (U * torch.logspace(1.0, 1.0 - math.log10(kappa), size, dtype=F64)) @ V.mT
+
+
+def case_p_root(size: int = 512, trials: int = 3, seed: int = 0) -> list[dict]:
+    """experiments/maximal_p.py: U S^(1/p) V^T at p in {2, 4, 10, 15, 30, 50} against the SVD, relative
+    Frobenius error (directions: both scaled to unit Frobenius norm; the knob fixes its own magnitude).
+    Theirs are iterative approximations plotted against an iteration budget; ours is one Gram eigh, so this
+    checks accuracy (float64 and float32 compute), not their iteration counts."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for conditioned in (False, True):
+        errs: dict[float, dict[str, float]] = {}
+        for _ in range(trials):
+            X = test_matrix(size, conditioned, g)
+            U, s, Vh = torch.linalg.svd(X)
+            for p in (2.0, 4.0, 10.0, 15.0, 30.0, 50.0):
+                ref = (U * s.pow(1 / p)) @ Vh
+                ref = ref / ref.norm()
+                for name, dt in (("f64", F64), ("f32", torch.float32)):
+                    D = spectral_power(X, 1 / p, dtype=dt)
+                    e = (D / D.norm() - ref).norm().item()
+                    errs.setdefault(p, {})[name] = max(errs.get(p, {}).get(name, 0.0), e)
+        dist = "log-uniform cond [10, 1e3]" if conditioned else "Gaussian"
+        rows.append(
+            dict(
+                case=f"p_root {dist} {size}x{size}",
+                claim="U S^(1/p) V^T vs SVD",
+                err_f64=max(v["f64"] for v in errs.values()),
+                err_f32=max(v["f32"] for v in errs.values()),
+                errs={str(p): v for p, v in errs.items()},
+                agree=max(v["f64"] for v in errs.values()) < 1e-10,
+            )
+        )
+    return rows
+
+
 # ------------------------------------------------------------------------------------------- case 4
 class DeepLinear(nn.Module):
     def __init__(self, d: int, depth: int) -> None:
@@ -254,8 +301,16 @@ def train_deep_linear(
         crit = "tight" if opt_name == "SMuon-tight" else "holder"
         smuon = opt_name.startswith("SMuon")
         chooser = SchattenChoice(model, every=100, measure_every=100, beta=0.9, criterion=crit) if smuon else None
+        # dtype=None: the knob's step in float64 (steepest.Muon's "auto" would compute it in float32, whose Gram
+        # eigh loses the small directions of square matrices: case p_root's err_f32), Newton-Schulz in float32
         opt = steepest.Muon(
-            model.parameters(), lr=lr, weight_decay=0.0, momentum=0.95, method="polar_express", chooser=chooser
+            model.parameters(),
+            lr=lr,
+            weight_decay=0.0,
+            momentum=0.95,
+            method="polar_express",
+            chooser=chooser,
+            dtype=None,
         )
     losses = []
     for _ in range(steps):
@@ -314,6 +369,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = [case_formula(), case_gradient_only()]
     rows += case_regimes(scale=4 if args.quick else 1)
+    rows += case_p_root(size=128 if args.quick else 512)
     if args.quick:
         rows += case_deep_linear(depths=(1, 2), d=32, n=256, steps=301)
     else:
@@ -327,6 +383,8 @@ def main() -> None:
         ("p_star", "p*", "{:.3g}"),
         ("p_tight", "p* tight", "{:.3g}"),
         ("p_holder", "p* Hoelder", "{:.3g}"),
+        ("err_f64", "max err f64", "{:.1e}"),
+        ("err_f32", "max err f32", "{:.1e}"),
         ("Adam_best", "Adam best (lr)", "{:.2e}"),
         ("Muon_best", "Muon best", "{:.2e}"),
         ("SMuon_best", "SMuon best", "{:.2e}"),
