@@ -27,7 +27,7 @@ from steepest.diagnostics import criteria
 from steepest.diagnostics._batched_metrics import gram
 from steepest.diagnostics.capture import ActivationCapture
 from steepest.diagnostics.metrics import stable_rank
-from steepest.diagnostics.schatten_choice import EXPONENTS, scores_from_spectrum
+from steepest.diagnostics.schatten_choice import EXPONENTS, scores_from_spectrum, tight_scores_from_spectrum
 from steepest.optim.choosers import _full
 from steepest.optim.functional import direction_source
 from steepest.optim.time_choosers import TimeChooser, _grid, _int, _knob
@@ -75,10 +75,20 @@ class _Hooked(TimeChooser):
 
 
 def _spectrum(M: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s, C, cut-off) of :func:`_spectrum_v` (its docstring)."""
+    s, C, tol, _ = _spectrum_v(M, G, right=False)
+    return s, C, tol
+
+
+def _spectrum_v(
+    M: torch.Tensor, G: torch.Tensor, right: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(s, C, cut-off): M's singular values (descending) and C_i = u_i^T G v_i from the float64 eigh of M's
     small Gram matrix (two m n k products and a k x k eigh, k = min(m, n), instead of an m x n SVD):
     with M M^T = U diag(s^2) U^T, v_i = M^T u_i / s_i, so C_i = u_i^T G M^T u_i / s_i (tall M: the same with
-    M^T M's eigenvectors v_i). Values at or below sqrt(max(m, n) eps) s_1 (the Gram's resolution) get C = 0."""
+    M^T M's eigenvectors v_i). Values at or below sqrt(max(m, n) eps) s_1 (the Gram's resolution) get C = 0.
+    ``right``: also return V (n, k), M's right singular vectors as columns (zero for the dropped values;
+    one more m n k product), else None."""
     wide = M.shape[-2] <= M.shape[-1]
     X, Y = (M, G) if wide else (M.mT, G.mT)  # X wide: X X^T is the small Gram; Y the gradient in X's layout
     lam, Q = torch.linalg.eigh(X @ X.mT)
@@ -88,7 +98,13 @@ def _spectrum(M: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     keep = s > tol
     proj = ((Q.mT @ (Y @ X.mT)) * Q.mT).sum(-1)  # q_i^T Y X^T q_i
     C = torch.where(keep, proj / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
-    return s, C, tol
+    if not right:
+        return s, C, tol, None
+    if wide:  # v_i = M^T u_i / s_i
+        V = torch.where(keep, (X.mT @ Q) / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+    else:
+        V = torch.where(keep, Q, torch.zeros_like(Q))
+    return s, C, tol, V
 
 
 def _matrix(b, M: torch.Tensor) -> torch.Tensor:
@@ -199,6 +215,31 @@ class SchattenChoice(_Hooked):
         initial: the knob before the first decision (steps 0..every-1 use the step-0 decision anyway).
         pinned: ``(lr_adam, lr_muon, beta1)``: the paper's pinned magnitude (kappa^a per layer); None:
             the power geometry's RMS-matched magnitude (kappa = 1).
+        criterion: ``"holder"`` (default: f of :mod:`steepest.diagnostics.schatten_choice`, the paper's
+            ``exact_momentum``, its optimizer's default) or ``"tight"`` (g, its ``exact_tightness``: EMAs of
+            C and B_i = ||A v_i||^2 instead of the activation spectrum).
+
+    Checked against the paper's code (deel-ai-papers/schatten-muon at 749ba8d; benchmarks/
+    schatten_choice_cases.py): the same source M (the Nesterov combination of the updated momentum and G),
+    the same EMA'd quantities (C and the activation spectrum; M's spectrum instantaneous; an EMA restarts
+    when its length changes), the decision applied in the step that measures it, the first decision at step
+    0 (their initial p = pmax steps Muon, as ``initial=0.0`` here). Deliberate differences:
+
+    * EMA cadence: the paper updates its EMAs on decision steps only, with decay 0.95 (its optimizer's
+      default), 0.99 (its nanogpt and ViT configs; interval 100 and 10) or 0.9 (its deep linear script).
+      At 0.99 every 100 steps the step-0 measurement still weighs 0.99^19 = 83% at its 2000-step nanogpt
+      run's last decision. Here the EMAs see ``every / measure_every`` (10) measurements per decision at
+      decay 0.9, so a decision reflects about its own window; ``measure_every=every, beta=0.99`` is theirs.
+    * Momentum: steepest's buffer is the plain EMA; theirs is bias-corrected by 1 / (1 - beta^t), which
+      changes M's mix of old and new gradients in the first ~1 / (1 - beta) steps only.
+    * Magnitude: ``pinned=None`` (||D||_F = sqrt(rank) at every a) is their default (``moment_type="none"``:
+      ||dW||_F = sqrt(min(m, n)) at every p, the kappa pin switched off). ``pinned=`` applies their
+      kappa^(1/p) pin, which their code applies only together with a diagonal second-moment
+      preconditioner that steepest does not have: that combination is ours, not a setting they run.
+    * Activations: rows (N, fan_in) of the layer's input (convs unfolded), as their Gram path and their
+      tightness path; their exact_momentum raw-activation path flattens a Linear's (B, T, d) input to
+      (B, T d), a different matrix (the same for 2-D inputs, as in their synthetic cases).
+    * The knob grid and rank cut-off: :mod:`steepest.diagnostics.schatten_choice`'s docstring.
 
     Example:
         >>> model = torch.nn.Linear(8, 4)
@@ -215,7 +256,10 @@ class SchattenChoice(_Hooked):
         initial: float = 0.0,
         pinned: tuple[float, float, float] | None = None,
         record_every: int = 1,
+        criterion: str = "holder",
     ) -> None:
+        if criterion not in ("holder", "tight"):
+            raise ValueError(f"criterion must be 'holder' (the paper's exact_momentum) or 'tight', got {criterion!r}")
         if not isinstance(model, nn.Module):
             raise ValueError("SchattenChoice needs model= (the activation spectrum enters the criterion)")
         self.every, self.measure_every = _int("every", every, 1), _int("measure_every", measure_every, 1)
@@ -232,7 +276,7 @@ class SchattenChoice(_Hooked):
             if not 0.0 <= pinned[2] < 1.0:
                 raise ValueError(f"pinned's beta1 must be in [0, 1), got {pinned[2]!r}")
         super().__init__(model, initial=initial, record_every=record_every)
-        self.beta, self.pinned = float(beta), pinned
+        self.beta, self.pinned, self.criterion = float(beta), pinned, criterion
 
     def _deciding(self) -> bool:
         return self.t % self.measure_every == 0
@@ -251,16 +295,25 @@ class SchattenChoice(_Hooked):
             Gm = _matrix(b, G)
             if M.ndim != 2:
                 continue  # batched tensor views: the criterion is per matrix; keep the knob
-            s, Cp, tol = _spectrum(M, Gm)
-            # the activation spectrum from A^T A in float32 (N d^2 flops; as dd_scores): the Schatten-k norms,
-            # k >= 2, weigh s^k, so the float32 Gram's ~1e-3 s_1 floor on the small values does not matter
-            sA = torch.linalg.eigvalsh(gram(A, torch.float32).double()).flip(-1).clamp(min=0).sqrt()
+            tight = self.criterion == "tight"
+            s, Cp, tol, V = _spectrum_v(M, Gm, right=tight)
+            if V is not None:
+                if V.shape[0] != A.shape[-1]:
+                    continue  # the activations' columns are not the matrix view's: keep the knob
+                curv = (A.float() @ V.float()).double().pow(2).sum(0)  # B_i = ||A v_i||^2
+            else:
+                # the activation spectrum from A^T A in float32 (N d^2 flops; as dd_scores): the Schatten-k
+                # norms, k >= 2, weigh s^k, so the float32 Gram's ~1e-3 s_1 floor on small values does not matter
+                curv = torch.linalg.eigvalsh(gram(A, torch.float32).double()).flip(-1).clamp(min=0).sqrt()
             L = self.layers[b.label]
-            for key, new in (("C", Cp), ("sA", sA)):
+            for key, new in (("C", Cp), ("B" if tight else "sA", curv)):
                 old = L.get(key)
                 L[key] = new if old is None or old.shape != new.shape else old.lerp(new, 1.0 - self.beta)
             if deciding:
-                f = scores_from_spectrum(s, L["C"], L["sA"], self.exponents, tol)
+                if tight:
+                    f = tight_scores_from_spectrum(s, L["C"], L["B"], self.exponents, tol)
+                else:
+                    f = scores_from_spectrum(s, L["C"], L["sA"], self.exponents, tol)
                 L["a"] = _grid(self.exponents[int(torch.argmax(f))])  # ties: the first (smaller a)
         if deciding:
             agreed = self._agree(blocks, executor, [self.layers[b.label]["a"] for b in blocks])
@@ -276,7 +329,10 @@ class SchattenChoice(_Hooked):
         return kappa**a
 
     def __repr__(self) -> str:
-        return f"SchattenChoice(every={self.every}, measure_every={self.measure_every}, beta={self.beta})"
+        return (
+            f"SchattenChoice(every={self.every}, measure_every={self.measure_every}, beta={self.beta}, "
+            f"criterion={self.criterion!r})"
+        )
 
 
 __all__ = ["PhaseSwitch", "SchattenChoice"]
