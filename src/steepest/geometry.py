@@ -316,9 +316,17 @@ def check_magnitude(norm: str, p: float | None, magnitude: str | None) -> None:
 
 def power_dtype(dtype) -> torch.dtype:
     """The compute dtype of power's direction: float64 by default (s^(a-1) amplifies rounding in the small
-    directions); float32 when a lower precision is asked for (the eigh/SVD have no bf16 kernels)."""
+    directions); float32 when a lower precision is asked for explicitly (the eigh/SVD have no bf16 kernels).
+    ``"auto"`` (``steepest.Muon``'s default, which picks the Newton-Schulz dtype) is the default here too:
+    float32 Gram eigenvalues lose a square matrix's small directions (0.15 relative error of the step at
+    a = 1/50 on 512 x 512 inputs, 3.7e-2 at a = 0.1 on 256 x 256; benchmarks/schatten_choice_cases.py), so a
+    Muon run under a knob chooser would not step along U s^a V^T.
+
+    >>> power_dtype("auto"), power_dtype(None), power_dtype(torch.bfloat16)
+    (torch.float64, torch.float64, torch.float32)
+    """
     d = dtype_from_name(dtype)
-    return torch.float64 if d in (None, torch.float64) else torch.float32
+    return torch.float64 if d in (None, "auto", torch.float64) else torch.float32
 
 
 def _as_matrix(X: torch.Tensor, norm: str) -> torch.Tensor:
