@@ -21,7 +21,9 @@ reference of benchmarks/step.py). Errors are aggregated as the root-mean-square 
 
 Peak memory: in a fresh subprocess per (optimizer, set), the peak resident set size over three steps
 (VmHWM, reset first through ``/proc/self/clear_refs``) minus the RSS before them, i.e. the optimizer's
-state plus its largest transient, above the parameters and gradients (Linux only).
+state plus its largest transient, above the parameters and gradients (Linux only); and the live-tensor
+peak of a fourth step (:func:`live_peak_mib`: torch.profiler's memory timeline, byte-exact run to run,
+where repeats of the RSS number differ by 5-12 MiB).
 
 Parameter sets: ``gpt`` (benchmarks/step.py's 4 blocks of 384x1152, 384x384, 1536x384, 384x1536),
 ``charlm`` (the hidden matrices of the charlm default model: 3 blocks of 384x128, 128x128, 512x128,
@@ -173,13 +175,14 @@ def errors(updates, refs) -> dict[str, float]:
     return {"err_vs_exact_polar": rms(e_exact), "err_vs_fp64_ns5": rms(e_ns5)}
 
 
-def peak_memory(name: str, set_name: str, threads: int) -> float | None:
-    """Peak RSS rise (MiB) over 3 steps, in a fresh process (see the module docstring)."""
+def peak_memory(name: str, set_name: str, threads: int) -> dict | None:
+    """``{"peak_rise_mib": peak RSS rise over 3 steps, "live_peak_mib": peak live-tensor rise of a later step}``
+    from a fresh process (see the module docstring and :func:`live_peak_mib`)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--mem-worker", name, "--sets", set_name, "--threads", str(threads)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     try:
-        return json.loads(res.stdout.strip().splitlines()[-1])["peak_rise_mib"]
+        return json.loads(res.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError, KeyError):
         print(f"memory worker failed for {name}/{set_name}: {res.stderr[-500:]}", file=sys.stderr)
         return None
@@ -193,7 +196,27 @@ def _mem_worker(name: str, set_name: str) -> None:
     _reset_peak_rss()
     for _ in range(3):
         step()
-    print(json.dumps({"peak_rise_mib": (_status_kib("VmHWM") - base) / 1024}))
+    rss = (_status_kib("VmHWM") - base) / 1024
+    print(json.dumps({"peak_rise_mib": rss, "live_peak_mib": live_peak_mib(step)}))
+
+
+def live_peak_mib(step) -> float:
+    """The peak rise of live CPU tensor bytes during one call of ``step`` (a later step: the state exists),
+    from torch.profiler's memory timeline (every allocation and free of the step, in order).
+
+    Unlike the peak RSS rise this does not depend on what glibc keeps mapped or returns between steps
+    (repeats of one RSS measurement differ by 5-12 MiB on the GPT-like set; this is the same to the byte):
+    it is what the optimizer itself holds at once (its temporaries and stacks beyond the parameters,
+    gradients and state)."""
+    import numpy as np
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline  # private: the API the profiler's plots use
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    total = np.asarray(sizes, dtype=np.float64).sum(axis=1) if len(sizes) else np.zeros(1)
+    return float(total.max() - total[0]) / 2**20
 
 
 def _status_kib(field: str) -> int:
@@ -255,7 +278,9 @@ def run_set(set_name: str, rounds: int, threads: int, memory: bool, max_step_s: 
             row["cpu_min_ms"] = 1e3 * min(cpu_times[name])
             row["cpu_ratio_vs_torch_muon"] = paired_ratio(cpu_times[name], cpu_times[key])
         if memory:
-            row["peak_mem_rise_mib"] = peak_memory(name, set_name, threads)
+            mem = peak_memory(name, set_name, threads) or {}
+            row["peak_mem_rise_mib"] = mem.get("peak_rise_mib")
+            row["live_peak_mib"] = mem.get("live_peak_mib")
         rows.append(row)
     shapes = SETS[set_name]
     return {
@@ -306,6 +331,7 @@ def main(argv=None) -> dict:
         ("err_vs_exact_polar", "err vs exact U V^T", "{:.3f}"),
         ("err_vs_fp64_ns5", "err vs fp64 NS5", "{:.2e}"),
         ("peak_mem_rise_mib", "peak RSS rise MiB", "{:.1f}"),
+        ("live_peak_mib", "live-tensor peak MiB", "{:.2f}"),
     ]
     for s in args.sets.split(","):
         res = run_set(s, args.rounds, args.threads, not args.no_memory, args.max_step_s)
