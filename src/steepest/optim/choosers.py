@@ -93,7 +93,7 @@ from steepest.diagnostics import criteria as C
 from steepest.diagnostics.oracle import layer_oracle, step_decreases
 from steepest.diagnostics.probe import ActivationCapture, activation_matrix, microbatch_grads
 from steepest.geometry import dual_norm, dualize
-from steepest.optim.functional import compute_update, direction_source
+from steepest.optim.functional import compute_update, direction_source, steepest_params
 
 CRITERIA = ("spec_sign", "dd", "oracle")
 
@@ -525,15 +525,7 @@ class GeometryChooser(Chooser):
 
     def geometries(self, optimizer) -> dict[str, str]:
         """Current geometry per matrix parameter name of ``optimizer``'s steepest groups."""
-        out = {}
-        for gi, g in enumerate(optimizer.param_groups):
-            if g["algorithm"] != "steepest":
-                continue
-            names = g.get("names")
-            for j, p in enumerate(g["params"]):
-                name = names[j] if names and j < len(names) else f"group{gi}.{j}"
-                out[name] = _geometry(optimizer.state[p]) or self.initial
-        return out
+        return {name: _geometry(optimizer.state[p]) or self.initial for name, p in steepest_params(optimizer)}
 
     def remove_hooks(self) -> None:
         """Remove the activation hooks placed on ``model`` (the chooser then uses the gradient-only proxy)."""

@@ -44,6 +44,27 @@ class NonFiniteGradientError(FloatingPointError):
     """Raised by ``step()`` when a gradient holds NaN or Inf (nothing has been changed)."""
 
 
+def param_label(group: dict, gi: int, j: int) -> str:
+    """The label of parameter ``j`` of param group ``gi`` (a :class:`Block`'s ``label``, and the key choosers
+    keep their per-parameter state under): the group's ``names[j]`` when given, else ``"group{gi}.{j}"``.
+
+    >>> param_label({"params": [0, 1], "names": ["w"]}, 2, 0), param_label({"params": [0, 1], "names": ["w"]}, 2, 1)
+    ('w', 'group2.1')
+    """
+    names = group.get("names")
+    return names[j] if names and j < len(names) else f"group{gi}.{j}"
+
+
+def steepest_params(optimizer) -> list[tuple[str, torch.Tensor]]:
+    """``[(label, parameter)]`` of ``optimizer``'s steepest (not AdamW-routed) groups, in group order."""
+    return [
+        (param_label(g, gi, j), p)
+        for gi, g in enumerate(optimizer.param_groups)
+        if g["algorithm"] == "steepest"
+        for j, p in enumerate(g["params"])
+    ]
+
+
 @dataclasses.dataclass(eq=False)
 class Block:
     """One parameter's step: what the kernel reads and writes (``store[param]`` is its state).
@@ -534,6 +555,8 @@ def steepest_step(
 
 __all__ = [
     "Block",
+    "param_label",
+    "steepest_params",
     "NonFiniteGradientError",
     "steepest_step",
     "finite_mask",

@@ -352,10 +352,9 @@ class SteepestDescent(torch.optim.Optimizer):
             cfg = self._settings_of(gi)
             lr, wd = S.check_lr_wd(group, gi)
             step_lr = group["lr"] if isinstance(group["lr"], torch.Tensor) else lr  # a tensor lr as torch applies it
-            names = group.get("names")
             for j, p in enumerate(group["params"]):
                 if every or p.grad is not None:
-                    label = names[j] if names and j < len(names) else f"group{gi}.{j}"
+                    label = F.param_label(group, gi, j)
                     out.append(F.Block(p, p.grad, self.state, cfg, self._name(gi, j), step_lr, wd, label))
         return out
 

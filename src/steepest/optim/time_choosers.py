@@ -49,6 +49,7 @@ import torch
 
 from steepest.linalg.spectral_power import check_exponent
 from steepest.optim.choosers import Chooser
+from steepest.optim.functional import param_label, steepest_params
 
 SHAPES = ("constant", "linear", "cosine", "step")
 #: Knob values are rounded to this grid: the step caches its settings per (geometry, a), so a continuous
@@ -151,9 +152,8 @@ class TimeChooser(Chooser):
                     "groups need step_size='fixed'"
                 )
         for gi, g in enumerate(optimizer.param_groups):
-            names = g.get("names")
             for j in range(len(g["params"])):  # by the blocks' label, not id(param): a copied optimizer keeps it
-                self._roles[names[j] if names and j < len(names) else f"group{gi}.{j}"] = str(g.get("role", ""))
+                self._roles[param_label(g, gi, j)] = str(g.get("role", ""))
 
     def _deciding(self) -> bool:
         return True
@@ -187,16 +187,11 @@ class TimeChooser(Chooser):
 
     def knobs(self, optimizer) -> dict[str, float]:
         """The current knob per matrix parameter label of ``optimizer``'s steepest groups."""
-        out = {}
-        for gi, g in enumerate(optimizer.param_groups):
-            if g["algorithm"] != "steepest":
-                continue
-            names = g.get("names")
-            for j, p in enumerate(g["params"]):
-                if p.ndim >= 2:
-                    label = names[j] if names and j < len(names) else f"group{gi}.{j}"
-                    out[label] = self.layers.get(label, {}).get("a", self.initial)
-        return out
+        return {
+            label: self.layers.get(label, {}).get("a", self.initial)
+            for label, p in steepest_params(optimizer)
+            if p.ndim >= 2
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
