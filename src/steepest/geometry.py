@@ -447,12 +447,15 @@ def dualize_with_dual_norm(
     check: bool = True,
     ns_eps: float | None = None,
     magnitude: str | None = None,
+    overwrite_input: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(dualize(G), dual_norm(G))`` sharing work: the SVD paths compute both from one SVD.
 
     The dual norm has shape ``G.shape[:-2]`` (a scalar tensor for a single matrix); it is None when
     ``need_dual_norm`` is False. ``check=False``: the caller has validated the settings and passes a
     canonical ``(norm, p)`` and a torch dtype (the optimizers' step: validated once per group).
+    ``overwrite_input``: ``G`` is the caller's temporary, which the Newton-Schulz / Polar Express paths may
+    overwrite (:func:`steepest.linalg.polar`; not when the dual norm is asked for, which reads G after).
     """
     if check:
         norm, p = resolve(norm, p)
@@ -496,6 +499,7 @@ def dualize_with_dual_norm(
             coefficients=coefficients,
             normalization=normalization,
             eps=1e-7 if ns_eps is None else float(ns_eps),
+            overwrite_input=overwrite_input and not need_dual_norm,
         )  # 1e-7: polar's (torch.optim.Muon's) default
         dn = _svdvals(G).sum(dim=-1).to(wide) if need_dual_norm else None
     elif name == "power":

@@ -96,7 +96,9 @@ def _prescale_if_needed(G: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 _SAFE_FRO = (1e-12, 1e18)
 
 
-def _normalized(G: torch.Tensor, dtype: torch.dtype, tall: bool, eps: float, safety: float = 1.0) -> torch.Tensor:
+def _normalized(
+    G: torch.Tensor, dtype: torch.dtype, tall: bool, eps: float, safety: float = 1.0, overwrite: bool = False
+) -> torch.Tensor:
     """G (oriented wide when ``tall``) in ``dtype``, divided by max(safety * ||G||_F, eps), as torch.optim.Muon
     does (the norm taken in the iteration dtype).
 
@@ -104,9 +106,9 @@ def _normalized(G: torch.Tensor, dtype: torch.dtype, tall: bool, eps: float, saf
     cast made a copy) and check the norm afterwards, so the common case has no max|G| pass; only a norm
     outside :data:`_SAFE_FRO` (entries near float32's range limits, or a zero matrix) redoes it after
     :func:`_prescale_if_needed`, which accelerators and compiled graphs always take (no
-    data-dependent branch)."""
+    data-dependent branch). ``overwrite``: G is the caller's temporary, divided in place when no cast copies it."""
     X = None
-    copied = dtype != G.dtype  # .to(dtype) makes a copy, which may be divided in place
+    copied = dtype != G.dtype or overwrite  # .to(dtype) makes a copy, which may be divided in place
     if G.device.type == "cpu" and not torch.compiler.is_compiling() and dtype != torch.float16:
         X = (G.mT if tall else G).to(dtype)
         # One matrix: the full reduction torch.optim.Muon's X.norm() takes (0.6x the time of the dim= form).
@@ -123,7 +125,7 @@ def _normalized(G: torch.Tensor, dtype: torch.dtype, tall: bool, eps: float, saf
         X = (P.mT if tall else P).to(dtype)
         fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
     d = (fro * safety).clamp(min=eps) if safety != 1.0 else fro.clamp(min=eps)
-    return X.div_(d) if copied else X / d  # G itself is never modified
+    return X.div_(d) if copied else X / d  # G itself is never modified (unless overwrite)
 
 
 def polar(
@@ -136,6 +138,7 @@ def polar(
     normalization: str | None = None,
     eps: float = 1e-7,
     gram: bool | None = None,
+    overwrite_input: bool = False,
 ) -> torch.Tensor:
     """Polar factor U V^T of ``G`` (shape ``(..., m, n)``), by ``method``.
 
@@ -169,6 +172,9 @@ def polar(
             steps and an aspect ratio max(m, n) / min(m, n) >= 2 (0.66-0.78x the time of the standard
             form at the same error vs float64 on the GPT-like shapes; in bf16 it doubles the error, on
             square matrices it is slower: benchmarks/RESULTS.md). True/False force it.
+        overwrite_input: the iterative methods may overwrite ``G`` (as SciPy's ``overwrite_a``): a caller
+            that passes a temporary of its own saves one copy of it, the largest buffer of the iteration
+            but its own workspace (the batched optimizer step's stack). Default False: ``G`` is left as it is.
 
     Formula: X_0 = G / max(c * norm(G), eps), X_{k+1} = a_k X_k + b_k (X_k X_k^T) X_k + c_k (X_k X_k^T)^2 X_k
     (c = 1.01 for Polar Express). Source: seed 000 (definition), KellerJordan/Muon (quintic),
@@ -209,7 +215,16 @@ def polar(
         if gram:
             if normalization != "frobenius":
                 raise ValueError("gram=True needs normalization='frobenius'")
-            return _iterate(G, table, dtype=dtype, normalization=normalization, safety=1.0, eps=eps, gram=True)
+            return _iterate(
+                G,
+                table,
+                dtype=dtype,
+                normalization=normalization,
+                safety=1.0,
+                eps=eps,
+                gram=True,
+                overwrite=overwrite_input,
+            )
         safety = 1.0
     else:
         if gram:
@@ -219,7 +234,9 @@ def polar(
         table = C.schedule(coefficients, steps)
         table = C.with_safety(table)
         safety = C.POLAR_EXPRESS_SAFETY
-    return _iterate(G, table, dtype=dtype, normalization=normalization, safety=safety, eps=eps)
+    return _iterate(
+        G, table, dtype=dtype, normalization=normalization, safety=safety, eps=eps, overwrite=overwrite_input
+    )
 
 
 def rank_tolerance(X: torch.Tensor, s_max: torch.Tensor) -> torch.Tensor:
@@ -309,6 +326,7 @@ def _iterate(
     safety: float,
     eps: float,
     gram: bool = False,
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """Run the odd-quintic iteration ``table`` on G in ``dtype``, with the Gram matrix on the small side.
 
@@ -316,13 +334,14 @@ def _iterate(
     layout as X <- a X + X (b A + c A^2) with A = X^T X, which is the same iteration on X^T (A and its
     polynomials are symmetric) without a transposed copy: the update comes back in the parameter's
     layout, so the elementwise passes after it (scale, the parameter update) read contiguous memory.
+    ``overwrite``: G may be overwritten (:func:`polar`'s ``overwrite_input``).
     """
     tall = G.shape[-2] > G.shape[-1]
     if gram:  # the Gram form works on the wide orientation
-        X = _normalized(G, dtype, tall, eps)
+        X = _normalized(G, dtype, tall, eps, overwrite=overwrite)
         X = _iterate_gram(X, table) if table else X
         return (X.mT if tall else X).to(G.dtype)
-    X = _normalized(G, dtype, False, eps, safety)
+    X = _normalized(G, dtype, False, eps, safety, overwrite)
     if not table:
         return X.to(G.dtype)
 

@@ -60,29 +60,62 @@ def buckets(blocks: list[F.Block], cpu: bool = False) -> list[list[int]]:
     return [idx for idx in table.values() if len(idx) >= 2]
 
 
-def dualize_batched(blocks: list[F.Block], cpu: bool = False):
+def dualize_batched(blocks: list[F.Block], cpu: bool = False, batch: bool = True):
     """A dualizer for the step kernel: one :func:`compute_update` per bucket, the rest one by one.
 
     With only fixed-step blocks (no finiteness check needed) it is lazy: the updates come in block
     order, each computed when the kernel asks for it, so the kernel applies one (or one bucket's) update
     before the next exists and the step holds one update at a time, not all of them (the GPT-like set
     of benchmarks/peers.py: 19 MiB less peak memory). Steps with ``step_size="dual"`` blocks return a
-    list (their finiteness is checked with one synchronisation for all).
+    list (their finiteness is checked with one synchronisation for all). ``batch=False``: no buckets (every
+    block dualized alone, lazily: :class:`~steepest.optim.executors.PerMatrix`).
+    """
+    groups = buckets(blocks, cpu) if batch else []
+    if any(b.cfg.step_size == "dual" for b in blocks):
+        return F.with_ok(blocks, [u for u, _ in _updates(blocks, groups)])
+    return _updates(blocks, groups)
+
+
+def bucket_order(blocks: list[F.Block], cpu: bool = False) -> list[F.Block]:
+    """``blocks`` with each bucket's members moved next to its first member (the rest keep their order).
+
+    The kernel applies the updates in this order, so a bucket's stacked update is freed as soon as its
+    members are applied, before the next matrix's update is computed: the step then holds one bucket's
+    (or one matrix's) update at a time, not a bucket's stack across every matrix between its members.
+    The order of application does not change any parameter's value (each is updated from its own
+    update only).
     """
     groups = buckets(blocks, cpu)
-    if any(b.cfg.step_size == "dual" for b in blocks):
-        return F.with_ok(blocks, list(_updates(blocks, groups)))
-    return ((u, True) for u in _updates(blocks, groups))
+    if not groups:
+        return blocks
+    first = {idx[0]: idx for idx in groups}
+    members = {i for idx in groups for i in idx}
+    order: list[int] = []
+    for i in range(len(blocks)):
+        if i in first:
+            order.extend(first[i])
+        elif i not in members:
+            order.append(i)
+    return [blocks[i] for i in order]
 
 
 def _updates(blocks: list[F.Block], groups: list[list[int]]):
-    """Every block's update, in block order; a bucket is computed when its first block is reached."""
+    """``(update, True)`` for every block, in block order; a bucket is computed when its first block is
+    reached. Nothing here keeps a yielded update referenced while the next one is computed (no loop
+    variable holds it), so the kernel's release of an applied update frees it."""
     first = {idx[0]: idx for idx in groups}
     ready: dict = {}
     for i, b in enumerate(blocks):
         if i in first:
             ready.update(_bucket(blocks, first[i]))
-        yield ready.pop(i) if i in ready else F.compute_update(b.M, **b.kwargs)
+        yield (ready.pop(i) if i in ready else _one(b)), True
+
+
+def _one(b: F.Block):
+    """One block's update; a fresh M of the step's own (:attr:`~steepest.optim.functional.Block.M_owned`)
+    is normalized in place by the polar iteration."""
+    M = b.M
+    return F.compute_update(M, overwrite_input=b.M_owned, **b.kwargs)
 
 
 def _bucket(blocks: list[F.Block], idx: list[int]) -> dict:
@@ -104,7 +137,7 @@ def _bucket_views(blocks: list[F.Block], idx: list[int], settings: dict, mode: s
     del views
     for i in idx:
         blocks[i].M = None  # the stack holds them now
-    U = F.compute_update(stack, tensor_mode="batch", transposed=False, **settings)
+    U = F.compute_update(stack, tensor_mode="batch", transposed=False, overwrite_input=True, **settings)
     return {
         i: geo.from_matrix(u.reshape(vs), ms, transposed, rb)
         for i, (ms, vs, _), u in zip(idx, shapes, torch.split(U, [k for _, _, k in shapes]))
@@ -120,8 +153,9 @@ def _bucket_direct(blocks: list[F.Block], idx: list[int], settings: dict, mode: 
     stack = torch.empty((len(idx), m, n), dtype=first.M_dtype, device=first.param.device)
     for k, i in enumerate(idx):
         blocks[i].write_M(stack[k].view(blocks[i].param.shape))
-    U = F.compute_update(stack, tensor_mode="batch", transposed=False, **settings)
+    # the stack is ours: the polar iteration normalizes it in place (one stack-sized buffer less at the peak)
+    U = F.compute_update(stack, tensor_mode="batch", transposed=False, overwrite_input=True, **settings)
     return {i: U[k].view(blocks[i].param.shape) for k, i in enumerate(idx)}
 
 
-__all__ = ["dualize_batched", "buckets", "CPU_MAX_NUMEL"]
+__all__ = ["dualize_batched", "bucket_order", "buckets", "CPU_MAX_NUMEL"]

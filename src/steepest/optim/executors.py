@@ -85,6 +85,12 @@ class Executor:
         """``(U, ok)`` per block, in order: U = scale * dualize(M), ok False where U overflowed."""
         return F.dualize_each(blocks)
 
+    def order(self, blocks: list[F.Block]) -> list[F.Block]:
+        """The order the kernel dualizes and applies the steepest blocks in (default: as given). Any order
+        gives the same parameters; an executor may group the blocks it computes together, so their
+        shared buffers are freed early (:class:`Batched`)."""
+        return blocks
+
     def agree(self, codes: torch.Tensor) -> torch.Tensor:
         """The decisions every rank takes (one process: these)."""
         return codes
@@ -97,7 +103,11 @@ class Executor:
 
 
 class PerMatrix(Executor):
-    """One dualization per parameter, in this process."""
+    """One dualization per parameter, in this process; fixed steps lazily (each update is applied and
+    freed before the next is computed: the smallest peak memory, one matrix's workspace)."""
+
+    def dualize(self, blocks: list[F.Block]):
+        return batched.dualize_batched(blocks, batch=False)
 
 
 class Batched(Executor):
@@ -115,6 +125,10 @@ class Batched(Executor):
 
     def dualize(self, blocks: list[F.Block]):
         return batched.dualize_batched(blocks, cpu=self.cpu is True)
+
+    def order(self, blocks: list[F.Block]) -> list[F.Block]:
+        """Each bucket's members next to each other (:func:`steepest.optim.batched.bucket_order`)."""
+        return batched.bucket_order(blocks, cpu=self.cpu is True)
 
     def __repr__(self) -> str:
         return "Batched()" if self.cpu is None else f"Batched(cpu={self.cpu!r})"

@@ -91,6 +91,7 @@ class Block:
     _M: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     _source: Callable[[], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
     _view_shape: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
+    _M_owned: bool = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.norm is None:
@@ -101,14 +102,25 @@ class Block:
         """The direction source (stage 3). The kernel may set it lazily (:meth:`defer_M`): it is then
         computed on first read, so a dualizer that takes the blocks one by one holds one M at a time."""
         if self._M is None and self._source is not None:
-            self._M, self._source = self._source(), None
+            src = self._source
+            self._M, self._source = src(), None
+            # a Nesterov combination or a cast is a fresh tensor; the gradient or the buffer itself is not
+            args = getattr(src, "args", ())
+            self._M_owned = not any(_same_storage(self._M, a) for a in args if isinstance(a, torch.Tensor))
         if self._M is None:
             raise RuntimeError(f"{self.name}: M read before stage 3 set it (or after it was released)")
         return self._M
 
     @M.setter
     def M(self, value: torch.Tensor | None) -> None:
-        self._M, self._source = value, None
+        self._M, self._source, self._M_owned = value, None, False
+
+    @property
+    def M_owned(self) -> bool:
+        """True when M is a temporary of the step's own (computed from a deferred source into a fresh
+        tensor, not the gradient or the momentum buffer): the dualizer may overwrite it
+        (``overwrite_input``, one matrix-sized buffer less at the step's peak)."""
+        return self._M is not None and self._M_owned
 
     @property
     def G(self) -> torch.Tensor:
@@ -195,6 +207,17 @@ class Block:
             self.param.device,
             self.cfg.batch_key(self.norm, self.p, folded=self.scale_folded),
         )
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Do two tensors share memory (a view, or the same tensor)? True (shared, so never overwritten) where
+    it cannot be told cheaply: tensor subclasses such as DTensor (no storage of their own) and compiled
+    graphs (no data pointers)."""
+    if a is b or type(a) is not torch.Tensor or type(b) not in (torch.Tensor, torch.nn.Parameter):
+        return True
+    if torch.compiler.is_compiling():
+        return True
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 # --------------------------------------------------------------------------- stage 1: checks
@@ -531,6 +554,8 @@ def steepest_step(
             b.defer_M(
                 functools.partial(source_from_buffer, b.G, buf, c.momentum, c.nesterov, dtype), dtype or b.G.dtype
             )
+    if executor is not None and steep:
+        steep = executor.order(steep)
     updates = (executor.dualize(steep) if executor is not None else dualize_each(steep)) if steep else []
     if isinstance(updates, list) and nonfinite == "raise":  # dual steps: every update is known before any is applied
         bad = [b.name for b, (_, ok) in zip(steep, updates) if not ok]
@@ -543,7 +568,11 @@ def steepest_step(
         if b.adamw:
             c = b.cfg
             adamw_step(b.param, b.G, b.state, lr=b.lr, betas=c.betas, eps=c.eps, weight_decay=b.weight_decay)
-    for b, (U, ok) in zip(steep, updates):
+    # next() and del, not zip: zip's reused result tuple would keep the previous update alive while a lazy
+    # dualizer computes the next one (one update more at the step's peak)
+    pending = iter(updates)
+    for b in steep:
+        U, ok = next(pending)
         b.M = None
         if not ok:
             on_skip(b)
@@ -551,6 +580,7 @@ def steepest_step(
         # a tensor lr (torch.optim's) is applied as a tensor on eager steps, as torch.optim.Muon does
         lr = b.lr if all_finite is None or not isinstance(b.lr, torch.Tensor) else float(b.lr)
         apply_update(b.param, U, lr, b.weight_decay, b.lr_scale, all_finite)
+        del U
 
 
 __all__ = [
