@@ -97,6 +97,10 @@ def builders() -> dict:
             lambda ps, lr: _batched(steepest.Muon(ps, lr=lr, weight_decay=0.0, dtype=torch.bfloat16)),
             "explicit bf16, executor=Batched(cpu=True)",
         ),
+        "steepest.Muon per-matrix": (
+            lambda ps, lr: steepest.Muon(ps, lr=lr, weight_decay=0.0, executor="per_matrix"),
+            "dtype='auto', executor='per_matrix' (no batching: the smallest peak memory)",
+        ),
         "torch.optim.Muon": (lambda ps, lr: torch.optim.Muon(ps, lr=lr, weight_decay=0.0), "NS5 bf16 (forced)"),
     }
     if _has("heavyball"):

@@ -66,7 +66,9 @@ def dualize_batched(blocks: list[F.Block], cpu: bool = False, batch: bool = True
     With only fixed-step blocks (no finiteness check needed) it is lazy: the updates come in block
     order, each computed when the kernel asks for it, so the kernel applies one (or one bucket's) update
     before the next exists and the step holds one update at a time, not all of them (the GPT-like set
-    of benchmarks/peers.py: 19 MiB less peak memory). Steps with ``step_size="dual"`` blocks return a
+    of benchmarks/peers.py: 19 MiB less peak memory). With :func:`bucket_order` (the kernel's order under
+    :class:`~steepest.optim.executors.Batched`) a bucket's members are applied one after the other, so its
+    stack is freed before the next matrix is computed. Steps with ``step_size="dual"`` blocks return a
     list (their finiteness is checked with one synchronisation for all). ``batch=False``: no buckets (every
     block dualized alone, lazily: :class:`~steepest.optim.executors.PerMatrix`).
     """
