@@ -27,6 +27,9 @@ Issue 21, written here before its runs (the side-by-side table; thresholds fixed
   H steps on the training stream, scores each branch by the **validation loss at the branch end**, keeps the
   best and repeats. Its steps and CPU time to the target are those of the kept path; ``oracle CPU`` is the
   whole search (all branches and scoring evaluations), and its decision overhead = oracle CPU / path CPU - 1;
+* ``schedule-oracle-h<H>-a<A>``: the same with annealed scoring (each branch scored after A more steps with its
+  lr decayed linearly to 0; the kept path continues from the branch end), the "upper bound that is one" for a
+  run long enough that a constant-lr branch end misleads the choice (the longer task's H = 100 oracle);
 * headroom per H = 1 - oracle steps / best fixed steps (best fixed: the smallest mean interpolated steps among
   ``FIXED``); under 10% the note says so with the numbers: the task leaves little room for choosing the
   geometry over time, at that horizon;
@@ -83,8 +86,10 @@ TABLE_21 = (
     "adamw,muon,specgd,schatten,frobenius,power,adaptive,knob-schedule,schatten-choice,phase-switch,"
     "schedule-oracle-h1,schedule-oracle-h25,schedule-oracle-h100"
 )
-#: ``schedule-oracle-h<H>``: the schedule oracle at horizon H (run by this script, not by compare).
-ORACLE = re.compile(r"schedule-oracle-h([1-9][0-9]*)$")
+#: ``schedule-oracle-h<H>``: the schedule oracle at horizon H (run by this script, not by compare);
+#: ``schedule-oracle-h<H>-a<A>``: with annealed scoring over A steps (each branch scored after its lr decays
+#: linearly to 0 over A more steps; :func:`steepest.app.compare.schedule_oracle.schedule_oracle`'s ``anneal``).
+ORACLE = re.compile(r"schedule-oracle-h([1-9][0-9]*)(?:-a([1-9][0-9]*))?$")
 ORACLE_CANDIDATES = "specgd,schatten,frobenius"
 DEFAULT = ("adamw", "muon", "specgd", "signum", "schatten", "frobenius", "adaptive", "adaptive-oracle")
 
@@ -149,16 +154,21 @@ def run_oracle(
     compare's keys (``steps_to_target`` is filled in by the caller) plus ``cpu_total_s`` and ``overhead``."""
     m = ORACLE.match(name)
     if m is None:
-        raise ValueError(f"{name!r} is not a schedule oracle entry (schedule-oracle-h<H>, e.g. schedule-oracle-h25)")
+        raise ValueError(
+            f"{name!r} is not a schedule oracle entry (schedule-oracle-h<H>[-a<A>], e.g. schedule-oracle-h25 or "
+            "schedule-oracle-h100-a100)"
+        )
     result_path = run_dir / "results" / f"{name}.json"
     if resume and result_path.exists():
         done = json.loads(result_path.read_text())
         if done.get("candidates") == [dataclasses.asdict(c) for c in candidates]:
             return done
     task = get_task(task_name, size=size, **task_options)
-    horizon = int(m.group(1))
+    horizon, anneal = int(m.group(1)), int(m.group(2) or 0)
     t0 = time.perf_counter()
-    r = schedule_oracle(task, candidates, horizon=horizon, aux_lr=aux_lr, seed=seed, eval_every=eval_every)
+    r = schedule_oracle(
+        task, candidates, horizon=horizon, aux_lr=aux_lr, seed=seed, eval_every=eval_every, anneal=anneal
+    )
     # cumulative kept-path CPU at each evaluation (the path's share of each segment, spread over its evals)
     lines = []
     for step, val in r.evals:
@@ -172,8 +182,10 @@ def run_oracle(
     metrics.write_text("".join(json.dumps(x) + "\n" for x in lines))
     row = dict(
         optimizer=name,
-        label=f"schedule oracle, H = {horizon}, candidates {', '.join(f'{c.key} lr {c.lr:g}' for c in candidates)}",
+        label=f"schedule oracle, H = {horizon}{f', annealed over {anneal}' if anneal else ''}, candidates "
+        f"{', '.join(f'{c.key} lr {c.lr:g}' for c in candidates)}",
         horizon=horizon,
+        anneal=anneal,
         candidates=[dataclasses.asdict(c) for c in candidates],
         lr=None,
         final_val=r.final_val,
@@ -290,7 +302,7 @@ def verdicts_21(agg: dict[str, dict]) -> list[dict]:
         return out
     best = min(fixed, key=lambda n: (agg[n]["steps_interp"]["mean"], agg[n]["final_val"]["mean"]))
     b = agg[best]["steps_interp"]["mean"]
-    for n in sorted((n for n in agg if ORACLE.match(n)), key=lambda n: int(ORACLE.match(n).group(1))):
+    for n in sorted((n for n in agg if ORACLE.match(n)), key=lambda n: [int(g or 0) for g in ORACLE.match(n).groups()]):
         h = 1 - agg[n]["steps_interp"]["mean"] / b
         out.append(
             dict(

@@ -164,3 +164,54 @@ def test_the_kept_path_carries_the_momentum_across_a_switch():
             evals.append((t + 1, evaluate(model, task.evaluate)))
     assert r.evals == evals
     assert same_weights(r.model, model)
+
+
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_annealed_scoring_leaves_the_kept_path_alone(horizon):
+    """anneal=A changes only the scores: the annealing steps are undone bit for bit (weights, momentum, AdamW
+    moments, chooser, RNG), so a one-candidate oracle with annealing is the plain run exactly."""
+    task = toy_task()
+    model, evals = plain_run(task, "specgd", 0.02)
+    r = schedule_oracle(task, [Candidate("specgd", 0.02)], horizon=horizon, aux_lr=AUX_LR, anneal=3)
+    assert r.evals == evals
+    assert same_weights(r.model, model)
+
+
+def test_annealed_score_is_the_loss_after_a_linear_cooldown():
+    """The score of a branch that does not end the run is the validation loss after A more steps (the next
+    batches) at lr_factor(end) * (1 - i / A), computed here by hand from the plain run; the last segment is
+    scored at its end."""
+    task = toy_task()
+    H, A = 4, 3
+    r = schedule_oracle(task, [Candidate("frobenius", 0.01)], horizon=H, aux_lr=AUX_LR, anneal=A)
+    for seg in r.choices:
+        torch.manual_seed(0)
+        model = task.make_model()
+        opt = build_optimizer("frobenius", model, 0.01, AUX_LR, task.routing)
+        bases = [float(g["lr"]) for g in opt.param_groups]
+        end, extra = seg["end"], (A if seg["end"] < STEPS else 0)
+        for t in range(end + extra):
+            f = lr_factor(t, STEPS) if t < end else lr_factor(end, STEPS) * (1 - (t - end) / A)
+            for g, b in zip(opt.param_groups, bases):
+                g["lr"] = b * f
+            loss = task.loss(model, task.batch(0, t))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if t + 1 < end and (t + 1) % EVAL_EVERY == 0:
+                evaluate(model, task.evaluate)  # the plain run's evaluations (RNG-free: dropout off in eval)
+        assert seg["scores"]["frobenius"] == evaluate(model, task.evaluate), seg
+
+
+def test_annealed_scores_differ_from_branch_end_scores_and_bad_anneal_is_refused():
+    """Two SpecGD lrs on the toy task: with A > 0 the scores are the cooled-down losses, not the branch-end
+    ones, and every one is finite; a negative A is refused with the argument's name."""
+    task = toy_task()
+    cands = [Candidate("specgd", 0.3, label="big"), Candidate("specgd", 0.02, label="small")]
+    plain = schedule_oracle(task, cands, horizon=4, aux_lr=AUX_LR)
+    cooled = schedule_oracle(task, cands, horizon=4, aux_lr=AUX_LR, anneal=4)
+    first_plain, first_cooled = plain.choices[0]["scores"], cooled.choices[0]["scores"]
+    assert first_plain != first_cooled
+    assert all(math.isfinite(v) for c in cooled.choices for v in c["scores"].values())
+    with pytest.raises(ValueError, match="anneal"):
+        schedule_oracle(task, cands, horizon=4, aux_lr=AUX_LR, anneal=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -131,3 +132,27 @@ def test_quick_run_with_the_schedule_oracle(train, tmp_path, capsys):
     again = capsys.readouterr().out
     assert next(line for line in again.splitlines() if line.startswith("schedule-oracle-h5")) == row
     assert (tmp_path / "seed0" / "results" / "schedule-oracle-h5.json").read_text() == saved
+
+
+def test_quick_run_with_the_annealed_oracle(train, tmp_path, capsys):
+    """``schedule-oracle-h<H>-a<A>`` runs the oracle with annealed scoring: its saved result names A, its
+    segment scores are the annealed ones (they differ from the plain H entry's on the same run), and an
+    anneal of 0 steps is not an entry name (refused as an unknown optimizer)."""
+    names = "adamw,specgd,schedule-oracle-h10,schedule-oracle-h10-a5"
+    args = ["--quick", "--seeds", "0", "--optimizers", names, "--run-dir", str(tmp_path)]
+    args += ["--oracle-candidates", "specgd,frobenius"]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "goal: schedule-oracle-h10-a5 headroom" in out
+    saved = json.loads((tmp_path / "seed0" / "results" / "schedule-oracle-h10-a5.json").read_text())
+    assert saved["anneal"] == 5 and saved["horizon"] == 10
+
+    def scores(name):
+        lines = (tmp_path / "seed0" / "metrics" / f"{name}.jsonl").read_text().splitlines()
+        return [json.loads(x)["scores"] for x in lines if '"kind": "choice"' in x]
+
+    plain, cooled = scores("schedule-oracle-h10"), scores("schedule-oracle-h10-a5")
+    assert len(plain) == len(cooled) == 3  # quick charlm: 30 steps / H = 10
+    assert plain[0] != cooled[0]  # the first segment (steps 0-10) is scored after annealing
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        train.main(["--quick", "--optimizers", "adamw,schedule-oracle-h10-a0", "--run-dir", str(tmp_path / "x")])

@@ -19,12 +19,22 @@ with knowledge of the future H steps: for H = 1 the greedy one-step choice (shor
 the whole run the best fixed geometry. Reporting H in {1, 25, 100} shows the bias. The scoring uses the
 validation set, so the oracle is a bound for analysis, not an optimizer.
 
+**Annealed scoring** (``anneal=A``): at a constant lr a branch's validation loss at its end includes the
+noise floor of its step size, so a small, quiet step (Frobenius at its small tuned lr) can score better than
+a large one (spectral) that ends far lower once the lr decays: the short-horizon bias that kept the H = 100
+oracle on Frobenius for 1100 of the longer task's 1500 steps. With ``anneal=A`` each branch is scored after
+A more steps (the training stream's next batches) with its lr decayed linearly from the schedule's value at
+the branch end to 0, i.e. by what the branch would reach if training cooled down there; the kept path then
+continues from the branch end itself (the annealing steps are thrown away). The last segment, which ends
+the run (its own cooldown), is scored as it is.
+
 Candidates are ``steepest compare`` entries (:data:`steepest.app.compare.optimizers.OPTIMIZERS`) with a
 steepest optimizer whose per-parameter state has the same layout (e.g. ``specgd``, ``schatten``,
 ``frobenius``: a momentum buffer per matrix, AdamW moments for the rest), each built once at its own lr;
 chooser bookkeeping in a candidate's state (its geometry code) stays that candidate's own.
 
-Cost: every segment trains all K candidates, so K x steps training steps plus K evaluations per segment
+Cost: every segment trains all K candidates, so K x steps training steps (plus K x A per segment with
+``anneal``) plus K evaluations per segment
 (``OracleResult.cpu_total_s``); the kept path alone costs ``cpu_path_s`` (its training steps and the
 evaluations a plain run makes every ``eval_every`` steps), which is what steps and CPU time to a target
 are measured on.
@@ -186,6 +196,7 @@ def schedule_oracle(
     eval_every: int | None = None,
     warmup: float = 0.05,
     cooldown: float = 0.3,
+    anneal: int = 0,
     on_segment: Callable[[dict], None] | None = None,
 ) -> OracleResult:
     """Run the schedule oracle (module docstring) on ``task`` and return the kept path.
@@ -198,6 +209,8 @@ def schedule_oracle(
         seed: model initialization (``torch.manual_seed(seed)`` before ``task.make_model()``) and data.
         steps, eval_every: as in ``steepest compare`` (default: the task's).
         warmup, cooldown: the trapezoid schedule's fractions, applied at the global step.
+        anneal: A >= 0; with A > 0 every branch but the last segment's is scored after A further steps with
+            its lr decayed linearly to 0 (module docstring, "Annealed scoring"); 0 scores at the branch end.
         on_segment: called with each segment's choice record as it is made (progress, logging).
     """
     cands = check_candidates(candidates)
@@ -207,6 +220,8 @@ def schedule_oracle(
         raise ValueError(f"horizon must be a whole number of steps >= 1, got {horizon!r}")
     if steps < 1 or eval_every < 1:
         raise ValueError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")
+    if isinstance(anneal, bool) or not isinstance(anneal, int) or anneal < 0:
+        raise ValueError(f"anneal must be a whole number of steps >= 0 (0: score at the branch end), got {anneal!r}")
     wall0, cpu0 = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
     model = task.make_model()
@@ -240,6 +255,8 @@ def schedule_oracle(
             _load_trajectory_state(opt, carried)
             snap = _chooser_snapshot(opt)
             branch = _branch(model, opt, bases, task, seed, start, end, steps, eval_every, warmup, cooldown)
+            if anneal and end < steps and math.isfinite(branch["score"]):
+                branch["score"] = _annealed_score(model, opt, bases, task, seed, end, steps, anneal, warmup, cooldown)
             scores[c.key] = branch["score"]
             if best is None or branch["score"] < best["score"]:
                 if best is not None:
@@ -282,6 +299,36 @@ def schedule_oracle(
         diverged_at=diverged_at,
         model=model,
     )
+
+
+def _annealed_score(model, opt, base_lrs, task, seed, end, steps, anneal, warmup, cooldown) -> float:
+    """The validation loss after ``anneal`` steps from the branch end with the lr decayed linearly to 0 (step
+    ``end + i`` at ``lr_factor(end) * (1 - i / anneal)`` of each group's lr), on the training stream's batches
+    ``end ..``; everything the kept path continues from (weights, optimizer state, chooser, RNG) is put
+    back afterwards. +inf when the annealing diverges."""
+    weights, state, snap, rng = _clone(model.state_dict()), _trajectory_state(opt), _chooser_snapshot(opt), rng_state()
+    f0 = lr_factor(end, steps, warmup, cooldown)
+    score = math.inf
+    try:
+        for i in range(anneal):
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * f0 * (1.0 - i / anneal)
+            loss = task.loss(model, task.batch(seed, end + i))
+            if not math.isfinite(float(loss.detach())):
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            score = evaluate(model, task.evaluate)
+    except NonFiniteGradientError:
+        pass
+    model.load_state_dict(weights)
+    _load_trajectory_state(opt, state)
+    _chooser_restore(opt, snap)
+    set_rng_state(rng)
+    opt.zero_grad(set_to_none=True)
+    return score if math.isfinite(score) else math.inf
 
 
 def _branch(model, opt, base_lrs, task, seed, start, end, steps, eval_every, warmup, cooldown) -> dict:
