@@ -375,6 +375,12 @@ def main(argv=None) -> int:
     )
     if "adamw" not in names:
         ap.error("the target is AdamW's final loss: include adamw in --optimizers")
+    typos = [n for n in names if n.startswith("schedule-oracle") and not ORACLE.match(n)]
+    if typos:
+        ap.error(
+            f"{', '.join(typos)}: a schedule oracle entry is schedule-oracle-h<H> or schedule-oracle-h<H>-a<A> "
+            "(H, A >= 1 steps), e.g. schedule-oracle-h25 or schedule-oracle-h100-a100"
+        )
     tag = "".join(f"-{k}-{v}" for k, v in task_options.items())
     base = Path(args.run_dir or f"runs/bench-train-{args.task}{tag}{'-quick' if args.quick else ''}")
     lrs = dict(given)

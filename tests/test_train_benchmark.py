@@ -137,7 +137,7 @@ def test_quick_run_with_the_schedule_oracle(train, tmp_path, capsys):
 def test_quick_run_with_the_annealed_oracle(train, tmp_path, capsys):
     """``schedule-oracle-h<H>-a<A>`` runs the oracle with annealed scoring: its saved result names A, its
     segment scores are the annealed ones (they differ from the plain H entry's on the same run), and an
-    anneal of 0 steps is not an entry name (refused as an unknown optimizer)."""
+    anneal of 0 steps is refused with the entry's form."""
     names = "adamw,specgd,schedule-oracle-h10,schedule-oracle-h10-a5"
     args = ["--quick", "--seeds", "0", "--optimizers", names, "--run-dir", str(tmp_path)]
     args += ["--oracle-candidates", "specgd,frobenius"]
@@ -154,5 +154,6 @@ def test_quick_run_with_the_annealed_oracle(train, tmp_path, capsys):
     plain, cooled = scores("schedule-oracle-h10"), scores("schedule-oracle-h10-a5")
     assert len(plain) == len(cooled) == 3  # quick charlm: 30 steps / H = 10
     assert plain[0] != cooled[0]  # the first segment (steps 0-10) is scored after annealing
-    with pytest.raises(ValueError, match="unknown optimizer"):
+    with pytest.raises(SystemExit):
         train.main(["--quick", "--optimizers", "adamw,schedule-oracle-h10-a0", "--run-dir", str(tmp_path / "x")])
+    assert "schedule-oracle-h<H>-a<A>" in capsys.readouterr().err
