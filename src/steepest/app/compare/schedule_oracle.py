@@ -301,6 +301,23 @@ def schedule_oracle(
     )
 
 
+def _step(model, opt, base_lrs, factor, task, seed, t) -> bool:
+    """One training step at ``factor`` x each group's base lr on batch ``t`` (train_loop's operations, in its
+    order); False when the loss or a gradient is not finite (nothing stepped then)."""
+    for g, base in zip(opt.param_groups, base_lrs):
+        g["lr"] = base * factor
+    loss = task.loss(model, task.batch(seed, t))
+    if not math.isfinite(float(loss.detach())):
+        return False
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    try:
+        opt.step()
+    except NonFiniteGradientError:
+        return False
+    return True
+
+
 def _annealed_score(model, opt, base_lrs, task, seed, end, steps, anneal, warmup, cooldown) -> float:
     """The validation loss after ``anneal`` steps from the branch end with the lr decayed linearly to 0 (step
     ``end + i`` at ``lr_factor(end) * (1 - i / anneal)`` of each group's lr), on the training stream's batches
@@ -309,20 +326,8 @@ def _annealed_score(model, opt, base_lrs, task, seed, end, steps, anneal, warmup
     weights, state, snap, rng = _clone(model.state_dict()), _trajectory_state(opt), _chooser_snapshot(opt), rng_state()
     f0 = lr_factor(end, steps, warmup, cooldown)
     score = math.inf
-    try:
-        for i in range(anneal):
-            for g, base in zip(opt.param_groups, base_lrs):
-                g["lr"] = base * f0 * (1.0 - i / anneal)
-            loss = task.loss(model, task.batch(seed, end + i))
-            if not math.isfinite(float(loss.detach())):
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        else:
-            score = evaluate(model, task.evaluate)
-    except NonFiniteGradientError:
-        pass
+    if all(_step(model, opt, base_lrs, f0 * (1.0 - i / anneal), task, seed, end + i) for i in range(anneal)):
+        score = evaluate(model, task.evaluate)
     model.load_state_dict(weights)
     _load_trajectory_state(opt, state)
     _chooser_restore(opt, snap)
@@ -340,17 +345,7 @@ def _branch(model, opt, base_lrs, task, seed, start, end, steps, eval_every, war
     cpu = 0.0
     for t in range(start, end):
         c0 = time.process_time()
-        factor = lr_factor(t, steps, warmup, cooldown)
-        for g, base in zip(opt.param_groups, base_lrs):
-            g["lr"] = base * factor
-        loss = task.loss(model, task.batch(seed, t))
-        if not math.isfinite(float(loss.detach())):
-            return dict(score=math.inf, evals=evals, cpu=cpu)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        try:
-            opt.step()
-        except NonFiniteGradientError:
+        if not _step(model, opt, base_lrs, lr_factor(t, steps, warmup, cooldown), task, seed, t):
             return dict(score=math.inf, evals=evals, cpu=cpu)
         cpu += time.process_time() - c0
         done = t + 1
