@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import steepest.app.compare.job as job
+import steepest.app.compare.lrs as job
 from steepest.app.compare import resolve_lrs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -182,7 +182,7 @@ def test_table_says_when_it_cannot_rank():
 
 def test_write_tuned_goes_to_a_user_path_for_an_installed_package(tmp_path, monkeypatch):
     from steepest.app.commands import sweep as cmd
-    from steepest.app.compare import job
+    from steepest.app.compare import lrs as job
 
     assert cmd.source_checkout()  # these tests run from the repository's src/
     assert cmd.tuned_target(True, str(tmp_path)) == Path(job.TUNED_PATH)

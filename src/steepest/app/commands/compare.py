@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steepest.app.compare.job import check_seed, compare
+from steepest.app.compare.job import compare
+from steepest.app.compare.lrs import check_seed
 from steepest.app.compare.sweep import sweep
 from steepest.app.guard import check_output_dir, disk_error_text
 from steepest.app.runs import ConfigError, load_yaml

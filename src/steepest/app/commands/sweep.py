@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from steepest.app.commands.compare import add_common, split_names
-from steepest.app.compare.job import MAX_LR, check_seed
+from steepest.app.compare.lrs import MAX_LR, check_seed
 from steepest.app.compare.optimizers import OPTIMIZERS, default_optimizers
 from steepest.app.compare.sweep import TUNED_PATH, sweep
 from steepest.app.guard import check_output_dir, disk_error_text
@@ -58,7 +58,7 @@ def parse_grid(items, names) -> dict[str, list[float]]:
 def source_checkout() -> bool:
     """True when steepest runs from its repository (src/steepest/app/tuned.json beside pyproject.toml), not
     from an installed wheel."""
-    from steepest.app.compare.job import TUNED_PATH
+    from steepest.app.compare.lrs import TUNED_PATH
 
     root = Path(TUNED_PATH).resolve().parents[3]
     return Path(TUNED_PATH).resolve().parents[2].name == "src" and (root / "pyproject.toml").exists()
@@ -67,7 +67,7 @@ def source_checkout() -> bool:
 def tuned_target(write_tuned, out: str) -> Path | None:
     """Where ``--write-tuned`` writes: None (not asked), the given FILE, the shipped table in a source
     checkout, or ``<out>/tuned.json`` for an installed package."""
-    from steepest.app.compare.job import TUNED_PATH
+    from steepest.app.compare.lrs import TUNED_PATH
 
     if not write_tuned:
         return None

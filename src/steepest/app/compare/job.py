@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from steepest.app.compare.data_parallel import check_nproc, run_distributed
+from steepest.app.compare.lrs import check_seed, load_tuned, resolve_lrs
 from steepest.app.compare.monitor import check_oracle_every
 from steepest.app.compare.optimizers import (
     DEFAULT_OPTIMIZERS,
@@ -52,12 +50,10 @@ from steepest.app.compare.optimizers import (
 )
 from steepest.app.compare.report import write_compare_report
 from steepest.app.compare.runner import run_optimizer
+from steepest.app.compare.table import TABLE_COLUMNS, format_table, steps_to_reach, summarize
 from steepest.app.guard import RunLock, check_output_dir, read_json, remove_stale_temps
 from steepest.app.runs import MAX_THREADS, ConfigError, atomic_write_json, atomic_write_text, environment
 from steepest.app.tasks import Task, TaskError, check_task, get_task, takes_size
-
-#: The shipped table of tuned learning rates (package data of ``steepest.app``).
-TUNED_PATH = Path(__file__).resolve().parents[1] / "tuned.json"
 
 #: Default torch thread count. One thread keeps CPU results bit-for-bit reproducible across machines
 #: (``--resume`` relies on it) and avoids the 5-10x slowdown of OpenMP spin-waiting when the cores are
@@ -102,90 +98,6 @@ class CompareResult:
 
     def row(self, name: str) -> dict:
         return next(r for r in self.rows if r["optimizer"] == name)
-
-
-# ---------------------------------------------------------------------------------------- learning rates
-def load_tuned(path: str | Path | None = None) -> dict:
-    """The shipped tuned learning rates: ``{"tables": {"<task>/<size>": {optimizer: lr}}, ...}``.
-
-    ``path`` defaults to :data:`TUNED_PATH`; a missing file gives empty tables (see :func:`resolve_lrs`).
-    """
-    path = Path(TUNED_PATH if path is None else path)
-    if not path.exists():
-        return {"tables": {}}
-    return read_json(
-        path,
-        "tuned learning-rate table",
-        "restore it (git checkout src/steepest/app/tuned.json, or reinstall steepest) or delete it to "
-        "use the untuned fallback learning rates",
-        _tuned_check,
-    )
-
-
-def _tuned_check(data) -> str | None:
-    if not isinstance(data, dict) or not isinstance(data.get("tables", {}), dict):
-        return "expected an object with a 'tables' object"
-    for key, table in data.get("tables", {}).items():
-        if not isinstance(table, dict):
-            return f"tables[{key!r}] is {type(table).__name__}, expected an object of optimizer: lr"
-        for name, lr in table.items():
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-                return f"tables[{key!r}][{name!r}] = {lr!r} is not a positive learning rate"
-    return None
-
-
-#: Largest learning rate accepted (generous: a divergence test uses 1e6; far above it a step overflows
-#: float32, whose largest value is 3.4e38, and the weights would turn Inf).
-MAX_LR = 1e8
-#: Seeds are 0 <= seed <= MAX_SEED (torch.manual_seed takes 64-bit seeds; numpy's rng non-negative ones).
-MAX_SEED = 2**63 - 1
-
-
-def check_seed(seed) -> int:
-    """ConfigError unless ``seed`` is an int in [0, :data:`MAX_SEED`]."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        shown = f"{seed!r}" if len(repr(seed)) < 40 else f"a {len(str(seed))}-digit number"
-        raise ConfigError(f"seed must be an integer from 0 to 2**63-1, got {shown}")
-    return seed
-
-
-def resolve_lrs(
-    task_name: str, size: str, names, overrides: dict | None = None, tuned: dict | None = None
-) -> dict[str, tuple[float, str]]:
-    """``{optimizer: (lr, source)}`` for ``names`` plus ``adamw`` (its lr trains the hybrids' AdamW part).
-
-    Order of precedence: ``overrides`` ("given"), the tuned table for ``task/size``, then for
-    ``task/default`` ("tuned"), then the optimizer's fallback ("untuned default"). When ``tuned`` is not
-    given and the shipped table (:data:`TUNED_PATH`) is missing, a ``UserWarning`` names the fallback
-    learning rates used instead (an install without its package data would otherwise train untuned).
-    """
-    shipped_missing = tuned is None and not Path(TUNED_PATH).exists()
-    tables = (tuned if tuned is not None else load_tuned()).get("tables", {})
-    table = tables.get(f"{task_name}/{size}") or tables.get(f"{task_name}/default") or {}
-    overrides = dict(overrides or {})
-    bad = set(overrides) - set(OPTIMIZERS)
-    if bad:
-        raise ConfigError(f"lrs names unknown optimizer(s) {sorted(bad)}; choose from {', '.join(OPTIMIZERS)}")
-    out = {}
-    for name in dict.fromkeys([*names, "adamw"]):
-        if name in overrides:
-            lr, src = float(overrides[name]), "given"
-        elif name in table:
-            lr, src = float(table[name]), "tuned"
-        else:
-            lr, src = OPTIMIZERS[name].fallback_lr, "untuned default"
-        if not (0 < lr <= MAX_LR):
-            raise ConfigError(f"learning rate for {name} must be a positive number up to {MAX_LR:g}, got {lr}")
-        out[name] = (lr, src)
-    fallback = [f"{n}={lr:.3g}" for n, (lr, src) in out.items() if src == "untuned default"]
-    if shipped_missing and fallback:
-        warnings.warn(
-            f"no tuned learning-rate table at {TUNED_PATH} (is steepest installed without its package "
-            f"data?); using untuned fallback learning rates: {', '.join(fallback)}",
-            UserWarning,
-            stacklevel=2,
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------------- entry point
@@ -472,131 +384,6 @@ def _prepare_run_dir(cfg: CompareConfig, task: Task, run_dir, resume: bool) -> P
     )
     atomic_write_json(run_dir / "environment.json", environment())
     return run_dir
-
-
-# ---------------------------------------------------------------------------------------- the table
-def steps_to_reach(evals: list[tuple[int, float]], target: float | None) -> int | None:
-    """First evaluated step whose validation loss is <= ``target`` (None if never)."""
-    if target is None:
-        return None
-    return next((s for s, v in evals if math.isfinite(v) and v <= target), None)
-
-
-def summarize(results: dict[str, dict], names) -> tuple[list[dict], float | None]:
-    """Table rows from per-optimizer results; the target is the reference optimizer's final val loss.
-
-    The reference is ``adamw`` when it ran and did not diverge, else the first optimizer.
-    """
-    ref = "adamw" if "adamw" in results else names[0]
-    r0 = results[ref]
-    target = r0["final_val"] if r0["diverged_at"] is None else None
-    ref_steps = steps_to_reach(r0["evals"], target)
-    ref_time = ref_steps * r0["ms_per_step"] / 1e3 if ref_steps is not None and r0.get("ms_per_step") else None
-    rows = []
-    for name in names:
-        r = results[name]
-        s = steps_to_reach(r["evals"], target)
-        # training time to the target: steps to it x the run's mean training step time (evaluations excluded)
-        t = s * r["ms_per_step"] / 1e3 if s is not None and r.get("ms_per_step") else None
-        rows.append(
-            dict(
-                optimizer=name,
-                label=r["label"],
-                lr=r["lr"],
-                lr_source=r["lr_source"],
-                final_val=r["final_val"],
-                best_val=r["best_val"],
-                steps_to_target=s,
-                ratio_to_reference=(s / ref_steps) if (s is not None and ref_steps) else None,
-                time_to_target_s=t,
-                time_ratio_to_reference=(t / ref_time) if (t is not None and ref_time) else None,
-                wall_s=r["wall_s"],
-                cpu_s=r.get("cpu_s"),
-                ms_per_step=r["ms_per_step"],
-                state_mb=r["state_mb"],
-                peak_mb=r["peak_mb"],
-                peak_kind=r["peak_kind"],
-                steps_done=r["steps_done"],
-                diverged_at=r["diverged_at"],
-                diverged_reason=r["diverged_reason"],
-            )
-        )
-    return rows, target
-
-
-def _fmt(v: Any, spec: str) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return format(v, spec)
-
-
-TABLE_COLUMNS = (
-    "optimizer",
-    "lr",
-    "final val",
-    "best val",
-    "steps to target",
-    "x ref",
-    "s to target",
-    "x ref s",
-    "wall s",
-    "CPU s",
-    "ms/step",
-    "state MB",
-    "peak MB",
-    "status",
-)
-
-
-def format_table(rows: list[dict], target: float | None, reference: str) -> str:
-    """The plain-text table printed at the end of ``steepest compare`` (columns: :data:`TABLE_COLUMNS`)."""
-    body = []
-    for r in rows:
-        status = "ok" if r["diverged_at"] is None else f"diverged at step {r['diverged_at']}"
-        body.append(
-            (
-                r["optimizer"],
-                _fmt(r["lr"], ".3g"),
-                _fmt(r["final_val"], ".4f"),
-                _fmt(r["best_val"], ".4f"),
-                _fmt(r["steps_to_target"], "d"),
-                _fmt(r["ratio_to_reference"], ".2f"),
-                _fmt(r.get("time_to_target_s"), ".1f"),
-                _fmt(r.get("time_ratio_to_reference"), ".2f"),
-                _fmt(r["wall_s"], ".1f"),
-                _fmt(r["cpu_s"], ".1f"),
-                _fmt(r["ms_per_step"], ".1f"),
-                _fmt(r["state_mb"], ".2f"),
-                _fmt(r["peak_mb"], ".0f"),
-                status,
-            )
-        )
-    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(TABLE_COLUMNS)]
-    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(TABLE_COLUMNS, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in body]
-    ref_row = next(
-        (r for r in rows if r["optimizer"] == ("adamw" if any(x["optimizer"] == "adamw" for x in rows) else reference)),
-        rows[0],
-    )
-    hit = [r for r in rows if r["diverged_at"] is None and r["steps_to_target"] is not None]
-    reached = {r["steps_to_target"] for r in hit}
-    if len(hit) > 1 and len(reached) == 1:
-        who = "every optimizer" if len(hit) == len(rows) else f"the {len(hit)} optimizers that reached it"
-        lines.append(
-            f"cannot rank: {who} reached the target at the same evaluation (step {reached.pop()}), "
-            "so steps to target do not tell them apart; train longer or evaluate more often "
-            "(--steps, --eval-every; --quick is a smoke test)"
-        )
-    tgt = "none (reference diverged)" if target is None else f"{target:.4f}"
-    peak = rows[0]["peak_kind"] if rows else ""
-    lines.append(
-        f"target = {ref_row['optimizer']}'s final validation loss {tgt}; steps counted at evaluations. "
-        f"s to target: steps to target x mean training step time. peak MB: {peak}. state MB: optimizer state tensors. CPU s: process CPU time (what idle cores would take)."
-    )
-    return "\n".join(lines)
 
 
 __all__ = [

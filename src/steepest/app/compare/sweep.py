@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from steepest._io import TEMP_PATTERN
-from steepest.app.compare.job import TUNED_PATH, compare, load_tuned, resolve_lrs
+from steepest.app.compare.job import compare
+from steepest.app.compare.lrs import TUNED_PATH, load_tuned, resolve_lrs
 from steepest.app.compare.optimizers import OPTIMIZERS, check_optimizers, default_optimizers
 from steepest.app.guard import open_lock_file, read_json
 from steepest.app.runs import atomic_write_json
