@@ -21,6 +21,7 @@ from steepest.optim import executors as E
 from steepest.optim import functional as F
 from steepest.optim import settings as S
 from steepest.optim.functional import NonFiniteGradientError
+from steepest.optim.loaded_state import checked_state_dict
 
 NONFINITE = ("raise", "skip")
 #: Roles from steepest.param_groups whose default weight decay is 0 (norm gains and biases).
@@ -312,7 +313,7 @@ class SteepestDescent(torch.optim.Optimizer):
         every state tensor must have its parameter's shape, a floating dtype and finite values; the
         chooser checks its own state. On any error nothing is loaded.
         """
-        state_dict = S.checked_state_dict(self, state_dict)
+        state_dict = checked_state_dict(self, state_dict)
         extra = state_dict.pop("chooser", None)
         legacy = state_dict.pop("adaptive", None)  # Adaptive's state_dict before choosers existed
         extra = legacy if extra is None else extra
