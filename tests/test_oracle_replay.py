@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # oracle_replay imports benchmarks/train.py as `train`
-    try:
-        yield _load("train"), _load("oracle_replay")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def mods(load_benchmark):
+    return load_benchmark("train"), load_benchmark("oracle_replay")
 
 
 def test_a_one_candidate_oracle_is_replayed_bit_for_bit(mods, tmp_path, capsys):

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def train():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def train(load_benchmark):
+    return load_benchmark("train")
 
 
 def test_interpolated_steps(train):

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def tc():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # train_combine imports benchmarks/train.py as `train`
-    try:
-        spec = importlib.util.spec_from_file_location("bench_train_combine", ROOT / "benchmarks" / "train_combine.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def tc(load_benchmark):
+    return load_benchmark("train_combine")
 
 
 def _row(name, interp, final=2.0, cpu=50.0):

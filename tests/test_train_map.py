@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def tm():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # train_map imports benchmarks/train.py as `train`
-    try:
-        spec = importlib.util.spec_from_file_location("bench_train_map", ROOT / "benchmarks" / "train_map.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def tm(load_benchmark):
+    return load_benchmark("train_map")
 
 
 def _row(name, interp, final=2.0):
