@@ -110,20 +110,13 @@ def task_map(rows: dict, steps: int, eval_every: int) -> dict:
     return dict(
         best_fixed=best,
         best_fixed_steps=mean_steps(best),
-        best_fixed_std=_std([_steps(rows[s][best], miss) for s in seeds]),
+        best_fixed_std=train._stats([_steps(rows[s][best], miss) for s in seeds])["std"],  # train.py's spread
         fixed={n: mean_steps(n) for n in fixed},
         seeds=seeds,
         steps=steps,
         eval_every=eval_every,
         entries=entries,
     )
-
-
-def _std(v: list[float]) -> float:
-    if len(v) < 2:
-        return 0.0
-    m = sum(v) / len(v)
-    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
 
 
 def verdicts(maps: dict[str, dict]) -> list[dict]:
