@@ -366,6 +366,7 @@ def section_dtype(device: torch.device, cfg: dict) -> dict:
         "rows": rows,
         "met": all(r["within_goal"] for r in rows),
         "measured_bf16_from_min_side": dtype_sweep.suggested_threshold(rows),
+        "fitted_rule": dtype_sweep.fit_rule(rows),
     }
 
 

@@ -87,6 +87,25 @@ def test_dtype_sweep_tiny(bench, tmp_path):
         sweep.parse_sizes("64xq")
 
 
+def test_dtype_sweep_fits_the_cost_model_it_was_given(bench):
+    """fit_rule recovers c and W from rows timed by an exact cost model t_bf16 - t_fp32 = o + k1 m n - k2 m^2 n
+    (the AMX fit: o = 0.208 ms, k1 = 5.33e-6, k2 = 1.49e-7 per matrix -> c = 36, W = 1.4e6), and names the
+    shapes the rule gets wrong (none here)."""
+    sweep = bench("dtype_sweep")
+    o, k1, k2 = 0.208, 5.33e-6, 1.49e-7
+    rows = []
+    for m, n in ((32, 32), (64, 64), (96, 96), (128, 128), (160, 160), (64, 2048), (96, 768), (128, 512), (48, 1536)):
+        fp32 = 0.1 + 3e-7 * m * m * n  # any fp32 time: only the difference is modelled
+        bf16 = fp32 + o + k1 * m * n - k2 * m * m * n
+        rows.append(
+            {"shape": f"{m}x{n}", "matrices": 2, "fp32_ms": 2 * fp32, "bf16_ms": 2 * bf16, "bf16_over_fp32": bf16 / fp32}
+        )
+    fit = sweep.fit_rule(rows)
+    assert fit["cast_side"] == round(k1 / k2) == 36  # exact data: exact up to rounding
+    assert fit["fixed_work"] == round(o / k2, -5) == 1_400_000 and fit["misclassified"] == []
+    assert sweep.fit_rule(rows[:2]) is None  # two shapes cannot fix three coefficients
+
+
 def test_polar_steps_tiny(bench, tmp_path):
     ps = bench("polar_steps")
     res = ps.main(

@@ -116,8 +116,8 @@ def test_batched_bf16_steps_equal_torch_too():
 
 def test_default_arguments_give_torchs_trajectory():
     """No argument but the parameters: the same run as torch.optim.Muon(params), on a small model's loss.
-    ``dtype="auto"`` is bf16 where the hardware has native bf16 matmul and the matrix's smaller side reaches
-    the device's measured threshold (``precision.BF16_MIN_SIDE``; smaller matrices iterate in float32,
+    ``dtype="auto"`` is bf16 where the hardware has native bf16 matmul and the matrix is large enough by
+    the device's measured rule (``precision.BF16_RULE``; smaller matrices iterate in float32,
     faster there and more accurate: the README's "Differences from torch.optim.Muon"). The layers here are
     large enough that on such hardware no extra at all is needed."""
     from steepest.linalg.precision import auto_dtype

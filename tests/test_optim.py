@@ -53,7 +53,7 @@ def test_muon_matches_torch_muon(adjust, nesterov):
     ours = [torch.nn.Parameter(w.clone()) for w in W0]
     theirs = [torch.nn.Parameter(w.clone()) for w in W0]
     # dtype=torch.bfloat16: torch.optim.Muon's forced choice, the same settings (the default "auto" takes
-    # float32 for matrices this small, where bf16 is slower: steepest.linalg.precision.BF16_MIN_SIDE).
+    # float32 for matrices this small, where bf16 is slower: steepest.linalg.precision.BF16_RULE).
     a = steepest.Muon(ours, lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust, dtype=torch.bfloat16)
     b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust)
     for _ in range(8):

@@ -98,8 +98,9 @@ BF, F32 = torch.bfloat16, torch.float32
 @pytest.mark.parametrize(
     "flags, kind, bf16_from",
     [
-        # Issue 22 (Intel Xeon, AMX): fp32 as fast or faster up to 128 x 128, bf16 3.5-6x faster from 256 x 256.
-        (AMX, "cpu-amx", 160),
+        # Intel Xeon with AMX, benchmarks/dtype_sweep.py on 33 shapes (idle box): bf16 / fp32 1.08x at 112,
+        # 0.98x at 128; thin matrices win earlier (96 x 768 0.85x, 64 x 2048 0.68x): the cost-model rule.
+        (AMX, "cpu-amx", 126),
         # AMD EPYC (avx512_bf16, no AMX), benchmarks/dtype_sweep.py: bf16 0.99x fp32 at 96, 0.80x at 128.
         (AVX512_BF16, "cpu-avx512_bf16", 128),
         (NO_BF16, "cpu-no-bf16", None),
@@ -107,19 +108,26 @@ BF, F32 = torch.bfloat16, torch.float32
 )
 def test_auto_dtype_per_size_on_each_cpu_kind(monkeypatch, flags, kind, bf16_from):
     monkeypatch.setattr(P, "_cpu_flags", lambda: flags)
-    assert P.device_kind("cpu") == kind and P.BF16_MIN_SIDE[kind] == bf16_from
+    assert P.device_kind("cpu") == kind
+    rule = P.BF16_RULE[kind]
+    assert (rule.min_square_side() if rule is not None else None) == bf16_from
     expected = {n: (BF if bf16_from is not None and n >= bf16_from else F32) for n in SIDES}
     assert {n: P.auto_dtype("cpu", (n, n)) for n in SIDES} == expected
-    # The spelled-out table, so a changed threshold is a visible decision.
-    first_bf16 = {"cpu-amx": 160, "cpu-avx512_bf16": 128, "cpu-no-bf16": None}[kind]
+    # The spelled-out table, so a changed rule is a visible decision.
+    first_bf16 = {"cpu-amx": 128, "cpu-avx512_bf16": 128, "cpu-no-bf16": None}[kind]
     assert [n for n in SIDES if expected[n] == BF] == ([n for n in SIDES if n >= first_bf16] if first_bf16 else [])
-    # The Gram side decides: 96 x 512 is small, 256 x 1024 is not (128 x 512, charlm's, sits at the threshold);
-    # batches by their matrices.
+    # Orientation does not matter; batches go by their matrices; 256 x 1024 is bf16 wherever bf16 is native.
     native = bf16_from is not None
-    assert P.auto_dtype("cpu", (96, 512)) == F32 and P.auto_dtype("cpu", (512, 96)) == F32
+    for shape in ((96, 512), (128, 512), (64, 2048), (48, 1536)):
+        assert P.auto_dtype("cpu", shape) == P.auto_dtype("cpu", shape[::-1])
     assert P.auto_dtype("cpu", (128, 512)) == P.auto_dtype("cpu", (128, 128))
     assert P.auto_dtype("cpu", (256, 1024)) == (BF if native else F32)
     assert P.auto_dtype("cpu", (8, 64, 64)) == F32 and P.auto_dtype("cpu", (3, 384, 1152)) == (BF if native else F32)
+    # Thin matrices: on AMX the measured winners (bf16 at 96 x 768: 0.85x, 64 x 2048: 0.68x; float32 at
+    # 96 x 192: bf16 1.12x, 64 x 512: 1.23x, 48 x 1536: 1.07x); a side threshold (EPYC) keeps float32.
+    thin = {(96, 768): BF, (64, 2048): BF, (96, 192): F32, (64, 512): F32, (48, 1536): F32, (32, 4096): F32}
+    for shape, want in thin.items():
+        assert P.auto_dtype("cpu", shape) == (want if kind == "cpu-amx" else F32), shape
     # Device-level answer (no shape): does this CPU run bf16 at all (compare's NEEDS_NATIVE_BF16 reads it).
     assert P.auto_dtype("cpu") == (BF if native else F32)
     # Deterministic: the same shape gives the same dtype after the cache is cleared (no timing involved).
@@ -127,6 +135,19 @@ def test_auto_dtype_per_size_on_each_cpu_kind(monkeypatch, flags, kind, bf16_fro
     assert {n: P.auto_dtype("cpu", (n, n)) for n in SIDES} == expected
     with pytest.raises(ValueError, match="matrix shape"):
         P.auto_dtype("cpu", (64,))
+
+
+def test_bf16_rule_is_the_cost_model_it_states():
+    """bf16 iff m n (m - c) >= W (m the smaller side): the boundary is inclusive, W = 0 is a side threshold,
+    and c = 1, W = 0 (CUDA, forced) takes every shape."""
+    r = P.Bf16Rule(36, 1_400_000)
+    assert r.bf16((128, 128)) and 128 * 128 * 92 >= 1_400_000
+    assert not r.bf16((112, 112)) and 112 * 112 * 76 < 1_400_000
+    exact = P.Bf16Rule(10, 20 * 30 * 10)  # m = 20, n = 30: 20 * 30 * (20 - 10) = W exactly
+    assert exact.bf16((20, 30)) and exact.bf16((30, 20)) and not exact.bf16((20, 29))
+    side = P.Bf16Rule(128, 0)
+    assert side.bf16((128, 10**6)) and not side.bf16((127, 10**6)) and side.min_square_side() == 128
+    assert all(P.Bf16Rule(1, 0).bf16((n, k)) for n in (1, 7, 64) for k in (1, 9, 4096))
 
 
 def test_steepest_bf16_0_simulates_a_cpu_without_bf16_at_every_size(monkeypatch):
@@ -154,8 +175,10 @@ def test_auto_dtype_on_cuda_mocked(monkeypatch):
 def test_auto_report_records_the_rule(monkeypatch):
     monkeypatch.setattr(P, "_cpu_flags", lambda: AMX)
     rep = P.auto_report()["cpu"]
-    assert rep["kind"] == "cpu-amx" and rep["bf16_from_min_side"] == 160 and rep["dtype"] == "bfloat16"
-    assert rep["by_size"]["128x128"] == "float32" and rep["by_size"]["256x256"] == "bfloat16"
+    assert rep["kind"] == "cpu-amx" and rep["bf16_from_min_side"] == 126 and rep["dtype"] == "bfloat16"
+    assert rep["bf16_rule"] == {"cast_side": 36, "fixed_work": 1_400_000}
+    assert rep["by_size"]["64x64"] == "float32" and rep["by_size"]["128x128"] == "bfloat16"
+    assert rep["by_size"]["64x2048"] == "bfloat16" and rep["by_size"]["256x256"] == "bfloat16"
     import json
 
     json.dumps(rep)  # it goes into environment.json

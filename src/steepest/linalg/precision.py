@@ -4,19 +4,23 @@ bf16 Newton-Schulz is only fast where bf16 matmul runs natively: on CUDA GPUs wi
 on CPUs with AVX512-BF16 or AMX. Elsewhere (e.g. AVX2-only CPUs) torch emulates it and a bf16
 matmul measured 18x (n = 64) to 70x (n = 1024) slower than float32 (AMD EPYC, AVX2, torch 2.13),
 which made Muon's step 25x slower than with float32. Where it is native, bf16 still loses on small
-matrices: the casts and the bf16 kernels' fixed costs are O(m n) against the iteration's O(m^2 n) work
-(Intel Xeon with AMX: float32 as fast or faster up to 128 x 128, bf16 3.5-6x faster from 256 x 256). So
+matrices: the casts and the bf16 kernels' fixed costs are O(m n) and O(1) against the iteration's O(m^2 n)
+work (Intel Xeon with AMX: float32 faster up to 112 x 112, bf16 3.2x faster at 256 x 256). So
 ``"auto"`` decides per device *kind* and per matrix size:
 
 * the kind, once per device type (cached): ``cuda`` when ``torch.cuda.is_bf16_supported()``;
   ``cpu-amx`` / ``cpu-avx512_bf16`` from the CPU flags (``/proc/cpuinfo``); on a CPU whose flags cannot
   be read (not Linux x86) a one-off micro-probe (a 256 x 256 matmul in both dtypes, bf16 if it is at
   least 1.25x faster); ``cpu-no-bf16`` otherwise;
-* the dtype, per matrix: bf16 when the kind has native bf16 and ``min(m, n)`` reaches the kind's
-  measured threshold :data:`BF16_MIN_SIDE` (a fixed table: the same shape gets the same dtype on every
-  run), float32 otherwise.
+* the dtype, per matrix: bf16 when the kind has native bf16 and the matrix passes the kind's measured
+  rule :data:`BF16_RULE` (a fixed table: the same shape gets the same dtype on every run), float32
+  otherwise. The rule is a cost model, not a size cut: bf16 saves ~m^2 n of iteration work (m = the
+  smaller side, n = the larger) but pays O(m n) casts and a fixed cost per call, so it wins iff
+  m n (m - c) >= W for the kind's cast side c and fixed work W. A long thin matrix can therefore win with
+  a small side that loses as a square (Intel Xeon with AMX: 96 x 768 bf16 0.84x float32's time, 96 x 96
+  1.40x).
 
-:func:`auto_report` gives the kind, its reason, the threshold and the choice per size class for a run's
+:func:`auto_report` gives the kind, its reason, the rule and the choice per size class for a run's
 environment record. ``STEEPEST_BF16=1`` / ``=0`` forces bf16 / float32 at every size (to simulate the
 other kind of CPU, or to pin a cluster's behaviour).
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -69,36 +74,68 @@ def _probe(device: torch.device) -> float:
     return times[torch.float32] / max(times[torch.bfloat16], 1e-12)
 
 
-#: Smallest matrix side min(m, n) (the Gram side, where the iteration's m^2 n work meets its m n casts) from
-#: which ``dtype="auto"`` picks bf16, per device kind; None: never. Deterministic, from paired measurements
-#: of a Muon step of two matrices per size (benchmarks/dtype_sweep.py prints the crossover for its machine):
+class Bf16Rule(NamedTuple):
+    """bf16 iff ``m * n * (m - cast_side) >= fixed_work`` for a matrix with smaller side m and larger side n.
+
+    From the step-time model t_bf16 - t_fp32 = o + k1 m n - k2 m^2 n (a fixed cost o per call, casts and
+    bf16 set-up k1 per entry, the iteration's work saved k2 per m^2 n): ``cast_side`` = k1 / k2 and
+    ``fixed_work`` = o / k2. ``fixed_work=0`` is a pure side threshold (bf16 iff m >= cast_side).
+
+    >>> Bf16Rule(128, 0).bf16((128, 512)), Bf16Rule(128, 0).bf16((96, 4096))
+    (True, False)
+    """
+
+    cast_side: int
+    fixed_work: int
+
+    def bf16(self, shape) -> bool:
+        m, n = sorted(int(s) for s in tuple(shape)[-2:])
+        return m >= 1 and m * n * (m - self.cast_side) >= self.fixed_work
+
+    def min_square_side(self) -> int:
+        """The smallest n whose n x n matrix gets bf16 (what ``auto_report`` records as ``bf16_from_min_side``)."""
+        n = max(self.cast_side, 1)
+        while not self.bf16((n, n)):
+            n += 1
+        return n
+
+
+#: The measured bf16 rule per device kind (:class:`Bf16Rule`; None: never bf16). Deterministic, fitted to
+#: paired measurements of a Muon step of two matrices per shape (``benchmarks/dtype_sweep.py`` fits and prints
+#: the rule for its machine):
 #:
-#: * ``cpu-amx`` (Intel Xeon, ``amx_bf16``, issue 22): float32 as fast or faster up to 128 x 128 (64 x 64:
-#:   0.63 ms fp32 vs 1.16 ms bf16), bf16 3.5-6x faster from 256 x 256 up; the threshold sits between them
-#:   (sizes 129-255 not yet measured on that CPU: the sweep there settles it).
+#: * ``cpu-amx`` (Intel Xeon, ``amx_bf16``; torch 2.13, 1 thread, idle 2-core box, 2026-12-07; 33 shapes from
+#:   32 x 32 to 256 x 1024): c = 36, W = 1.4e6 classifies every measured shape within 5% of the faster dtype.
+#:   bf16 / fp32 time: 2.36x at 32, 1.89x at 64, 1.36x at 96, 1.08x at 112, 0.98x at 128, 0.67x at 160;
+#:   64 x 512 1.23x, 64 x 1024 1.01x, 64 x 2048 0.68x; 96 x 192 1.12x, 96 x 288 1.01x, 96 x 768 0.85x;
+#:   128 x 384 0.73x, 128 x 512 0.64x (charlm's shapes: the earlier side threshold 160 ran them in float32,
+#:   1.75x slower than bf16 in the peers' charlm set).
 #: * ``cpu-avx512_bf16`` (AMD EPYC, ``avx512_bf16`` without AMX; torch 2.13, 1 thread, a loaded 2-core box,
-#:   so indicative): bf16 / fp32 step time 2.5x at 32, 1.45x at 64, 0.99x at 96, 0.80x at 128, 0.70x at 160,
-#:   0.53x at 256, 0.50x at 384, 0.72x at 128 x 512 (``dtype_sweep.py --sizes 32,...,384,128x512 --rounds 9``).
+#:   so indicative; squares and 128 x 512 only, so a side threshold): bf16 / fp32 step time 2.5x at 32, 1.45x
+#:   at 64, 0.99x at 96, 0.80x at 128, 0.70x at 160, 0.53x at 256, 0.50x at 384, 0.72x at 128 x 512
+#:   (``dtype_sweep.py --sizes 32,...,384,128x512 --rounds 9``).
 #: * ``cuda``: bf16 at every size (tensor cores; a tiny step is launch-bound in either dtype). Not yet
 #:   measured (no GPU lent so far): benchmarks/gpu.py's ``dtype`` section measures it.
 #: * a CPU whose flags cannot be read and whose 256 x 256 micro-probe favours bf16 takes the
-#:   ``cpu-avx512_bf16`` threshold.
-BF16_MIN_SIDE: dict[str, int | None] = {
-    "cpu-amx": 160,
-    "cpu-avx512_bf16": 128,
-    "cpu-probe-bf16": 128,
+#:   ``cpu-avx512_bf16`` rule.
+BF16_RULE: dict[str, Bf16Rule | None] = {
+    "cpu-amx": Bf16Rule(36, 1_400_000),
+    "cpu-avx512_bf16": Bf16Rule(128, 0),
+    "cpu-probe-bf16": Bf16Rule(128, 0),
     "cpu-no-bf16": None,
-    "cuda": 1,
+    "cuda": Bf16Rule(1, 0),
     "cuda-no-bf16": None,
-    "forced-bf16": 1,
+    "forced-bf16": Bf16Rule(1, 0),
     "forced-float32": None,
 }
 #: Sizes listed per device in :func:`auto_report` (the choice per size class, for environment.json).
 REPORT_SIDES = (32, 64, 128, 160, 256, 512, 1024, 4096)
+#: Rectangular shapes listed too (thin matrices, where the rule differs from a side threshold).
+REPORT_SHAPES = ((64, 2048), (96, 768), (128, 512))
 
 
 def _kind(device: torch.device) -> tuple[str, str]:
-    """(device kind, why): the key of :data:`BF16_MIN_SIDE` for ``device``."""
+    """(device kind, why): the key of :data:`BF16_RULE` for ``device``."""
     forced = os.environ.get("STEEPEST_BF16")
     if forced in ("0", "1"):
         return ("forced-bf16" if forced == "1" else "forced-float32"), f"forced by STEEPEST_BF16={forced}"
@@ -124,7 +161,7 @@ def _kind(device: torch.device) -> tuple[str, str]:
 
 
 def device_kind(device: torch.device | str) -> str:
-    """The device kind of :data:`BF16_MIN_SIDE` for ``device`` (decided once per device type, cached)."""
+    """The device kind of :data:`BF16_RULE` for ``device`` (decided once per device type, cached)."""
     dev_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     hit = _CACHE.get(dev_type)  # the hot path: one dict lookup per dualization
     if hit is None:
@@ -135,8 +172,8 @@ def device_kind(device: torch.device | str) -> str:
 def auto_dtype(device: torch.device | str, shape: tuple[int, ...] | torch.Size | None = None) -> torch.dtype:
     """The iteration dtype ``dtype="auto"`` resolves to for a matrix (or batch) of ``shape`` on ``device``.
 
-    bf16 where the device kind has native bf16 matmul and ``min(shape[-2:])`` reaches the kind's
-    :data:`BF16_MIN_SIDE`, float32 otherwise. ``shape=None`` answers whether the device runs bf16 at all
+    bf16 where the device kind has native bf16 matmul and ``shape[-2:]`` passes the kind's
+    :data:`BF16_RULE`, float32 otherwise. ``shape=None`` answers whether the device runs bf16 at all
     (for callers that do not know the matrix). Same inputs, same answer, on every run.
 
     >>> import os; os.environ["STEEPEST_BF16"] = "1"; clear_cache()
@@ -146,28 +183,32 @@ def auto_dtype(device: torch.device | str, shape: tuple[int, ...] | torch.Size |
     """
     if shape is not None and len(shape) < 2:
         raise ValueError(f"shape must be a matrix shape (..., m, n), got {tuple(shape)}")
-    threshold = BF16_MIN_SIDE[device_kind(device)]
-    if threshold is None:
+    rule = BF16_RULE[device_kind(device)]
+    if rule is None:
         return torch.float32
     if shape is None:
         return torch.bfloat16
-    return torch.bfloat16 if min(shape[-2:]) >= threshold else torch.float32
+    return torch.bfloat16 if rule.bf16(shape) else torch.float32
 
 
 def auto_report(devices=("cpu",)) -> dict[str, dict]:
-    """``{device type: {"dtype", "reason", "kind", "bf16_from_min_side", "by_size"}}`` for a run's
-    environment record: the device-level answer (bf16 anywhere?), why, the threshold, and the choice for
-    square matrices of each side in :data:`REPORT_SIDES`."""
+    """``{device type: {"dtype", "reason", "kind", "bf16_rule", "bf16_from_min_side", "by_size"}}`` for a run's
+    environment record: the device-level answer (bf16 anywhere?), why, the rule (:class:`Bf16Rule`: cast side,
+    fixed work; None: never), the smallest square side that gets bf16, and the choice for square matrices of
+    each side in :data:`REPORT_SIDES` and for :data:`REPORT_SHAPES`."""
     out = {}
     for d in devices:
         d = torch.device(d)
         kind = device_kind(d)
+        rule = BF16_RULE[kind]
+        shapes = [(n, n) for n in REPORT_SIDES] + list(REPORT_SHAPES)
         out[d.type] = {
             "dtype": _name(auto_dtype(d)),
             "reason": _CACHE[d.type][1],
             "kind": kind,
-            "bf16_from_min_side": BF16_MIN_SIDE[kind],
-            "by_size": {f"{n}x{n}": _name(auto_dtype(d, (n, n))) for n in REPORT_SIDES},
+            "bf16_rule": None if rule is None else rule._asdict(),
+            "bf16_from_min_side": None if rule is None else rule.min_square_side(),
+            "by_size": {f"{m}x{n}": _name(auto_dtype(d, (m, n))) for m, n in shapes},
         }
     return out
 
@@ -214,5 +255,6 @@ __all__ = [
     "iteration_dtype",
     "clear_cache",
     "BF16_CPU_FLAGS",
-    "BF16_MIN_SIDE",
+    "BF16_RULE",
+    "Bf16Rule",
 ]
