@@ -130,23 +130,26 @@ def suggested_threshold(rows: list[dict]) -> int | None:
 
 def fit_rule(rows: list[dict]) -> dict | None:
     """The ``precision.Bf16Rule`` the rows support: least squares of the per-matrix time difference
-    t_bf16 - t_fp32 = o + k1 m n - k2 m^2 n (m the smaller side, n the larger) over the rows, so bf16 wins iff
+    t_bf16 - t_fp32 = o + k1 m n - k2 m^2 n (m the smaller side, n the larger), relative to each row's fp32
+    time, over the rows, so bf16 wins iff
     m n (m - k1 / k2) >= o / k2. Returns ``{"cast_side", "fixed_work", "misclassified"}`` (the shapes whose
     measured faster dtype the fitted rule gets wrong, with their bf16 / fp32 ratio: within 5% is harmless),
     or None with fewer than 3 distinct shapes or no work saved (k2 <= 0)."""
     if len({r["shape"] for r in rows}) < 3:
         return None
     X, y = [], []
-    for r in rows:
+    for r in rows:  # each row weighted by 1 / its fp32 time: relative errors, so the large sizes (whose
+        # differences are 100x larger in ms and far from the crossover) do not decide the fit near it
         m, n = sorted(int(v) for v in r["shape"].split("x"))
-        X.append([1.0, float(m * n), float(m * m * n)])
-        y.append((r["bf16_ms"] - r["fp32_ms"]) / r["matrices"])
+        w = r["matrices"] / r["fp32_ms"]
+        X.append([w, w * m * n, w * m * m * n])
+        y.append(w * (r["bf16_ms"] - r["fp32_ms"]) / r["matrices"])
     coef = torch.linalg.lstsq(torch.tensor(X, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)[:, None])
     o, k1, k2 = (float(c) for c in coef.solution[:, 0])
     k2 = -k2
     if k2 <= 0:
         return None
-    rule = precision.Bf16Rule(round(k1 / k2), max(0, round(o / k2, -5)))
+    rule = precision.Bf16Rule(round(k1 / k2), int(max(0, round(o / k2, -5))))
     wrong = [
         {"shape": r["shape"], "bf16_over_fp32": r["bf16_over_fp32"]}
         for r in rows

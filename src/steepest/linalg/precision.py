@@ -104,8 +104,10 @@ class Bf16Rule(NamedTuple):
 #: paired measurements of a Muon step of two matrices per shape (``benchmarks/dtype_sweep.py`` fits and prints
 #: the rule for its machine):
 #:
-#: * ``cpu-amx`` (Intel Xeon, ``amx_bf16``; torch 2.13, 1 thread, idle 2-core box, 2026-12-07; 33 shapes from
-#:   32 x 32 to 256 x 1024): c = 36, W = 1.4e6 classifies every measured shape within 5% of the faster dtype.
+#: * ``cpu-amx`` (Intel Xeon, ``amx_bf16``; torch 2.13, 1 thread, idle 2-core box, 2026-12-07; three sweeps,
+#:   62 rows from 32 x 32 to 1024 x 1024 and thin shapes to 64 x 2048; ``dtype_sweep.fit_rule`` gave c = 35-47,
+#:   W = 1.3-1.6e6): c = 36, W = 1.4e6 puts every measured shape on the faster dtype or within 6% of it (the
+#:   near-ties 80 x 640, 64 x 1024, 96 x 288 flip between runs).
 #:   bf16 / fp32 time: 2.36x at 32, 1.89x at 64, 1.36x at 96, 1.08x at 112, 0.98x at 128, 0.67x at 160;
 #:   64 x 512 1.23x, 64 x 1024 1.01x, 64 x 2048 0.68x; 96 x 192 1.12x, 96 x 288 1.01x, 96 x 768 0.85x;
 #:   128 x 384 0.73x, 128 x 512 0.64x (charlm's shapes: the earlier side threshold 160 ran them in float32,
