@@ -1,11 +1,15 @@
 """Frozen LayerMonitor records: one small fixed-seed training, monitored with every ``method`` and warm start.
 
-tests/test_monitor.py::test_records_equal_the_frozen_records compares today's records with the ones in
-``tests/data/monitor_records.json``, written once (before the monitor was split by concern) by running
+tests/test_monitor.py::test_records_equal_the_frozen_records compares today's records with the ones frozen for
+this machine's float kernels (:mod:`kernel_env`: torch build, instruction set, CPU vendor, AMX) in
+``tests/data/monitor_records_<kernel key>.json``, written by running
 
     PYTHONPATH=src python tests/monitor_scenario.py
 
-Regenerate only for an intended change of the records, and say so in the commit message.
+The AMD EPYC file (the CI machine's) was written before the monitor was split by concern (and regenerated for
+the intended changes its commits name); the Intel Xeon (AMX) file on 2026-12-07 from the monitor code that
+passed against the EPYC file on the CI machine (unchanged since ``0c65757``). Regenerate only for an intended
+change of the records, and say so in the commit message; a machine without a file skips.
 
 The model exercises every path of the monitor: a wide ``nn.Linear`` (300 inputs > GRAM_MAX_COLS, 256 rows:
 block-Krylov ||A||_op with ||A||_F from one norm), a skinny wide one (280 inputs, 16 rows: < 2**16 entries),
@@ -18,7 +22,6 @@ record. One thread: the float32 products are then reduced in one fixed order.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import warnings
 from pathlib import Path
@@ -26,7 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DATA = Path(__file__).parent / "data" / "monitor_records.json"
+sys.path.insert(0, str(Path(__file__).parent))
+from kernel_env import kernel_environment, kernel_key  # noqa: E402
+
+DATA_DIR = Path(__file__).parent / "data"
 STEPS = 4
 
 #: name -> LayerMonitor keyword arguments (besides every=1, spec_sign_every=2); "closure" steps with a closure
@@ -124,16 +130,23 @@ def fingerprint(v: torch.Tensor) -> list:
 
 
 def environment() -> dict:
-    """What the float32 kernels depend on: the torch build and the CPU instruction set it dispatches to."""
-    return {
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "machine": platform.machine(),
-    }
+    """What the float32 kernels depend on (:func:`kernel_env.kernel_environment`)."""
+    return kernel_environment()
+
+
+def data_file(env: dict | None = None) -> Path:
+    """The frozen records' file for ``env`` (default: this machine)."""
+    return DATA_DIR / f"monitor_records_{kernel_key(env)}.json"
+
+
+def frozen_environments() -> list[dict]:
+    """The environments that have frozen records."""
+    return [json.loads(f.read_text())["environment"] for f in sorted(DATA_DIR.glob("monitor_records_*.json"))]
 
 
 def main() -> None:
     out = {"environment": environment(), "configs": {c: records(c) for c in CONFIGS}}
+    DATA = data_file(out["environment"])
     DATA.parent.mkdir(exist_ok=True)
     # one line per record (readable diffs); json writes floats by repr, which reads back exactly; NaN as NaN
     lines = ["{", f' "environment": {json.dumps(out["environment"])},', ' "configs": {']

@@ -3,7 +3,11 @@
 Each case trains the optim_db ``Net`` (float64, seed 0) for 7 steps with ``every=2`` (decisions at
 steps 0, 2, 4, 6) and compares the SHA-256 of every weight's bytes and the decision history with
 values recorded from the code before ``Adaptive`` became a chooser preset. A hash, not a tolerance:
-the preset must take exactly the same steps. (float64 on CPU; recorded on the project's CI machine.)
+the preset must take exactly the same steps. float64 on CPU: the hashes hold for one kind of machine
+(:mod:`kernel_env`; MKL's float64 kernels reduce differently on an Intel Xeon with AMX and an AMD EPYC), so
+they are kept per kind: the CI machine's (AMD EPYC) from the code before the refactor, the Intel Xeon's
+(AMX) from 2026-12-07's code, which matched the EPYC hashes on the CI machine. The decisions are compared on
+every machine (equal on both kinds); the hashes only where they were recorded.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pytest
 import torch
 
 import steepest
+from kernel_env import kernel_key
 from optim_db import HeldOut, Net, loss_fn
 
 CASES = {
@@ -190,7 +195,61 @@ FROZEN: dict = {
 }
 
 
+#: kernel_env.kernel_key() -> case -> weight hashes (FROZEN holds the CI machine's, with the decisions).
+DIGESTS: dict = {
+    "2.13.0+cpu-AVX512-x86_64-AuthenticAMD": {case: digests for case, (digests, _) in FROZEN.items()},
+    "2.13.0+cpu-AVX512-x86_64-GenuineIntel-amx": {
+        "dd": {
+            "lin1.bias": "a5c7d52559695a3e",
+            "lin1.weight": "7aab6213f42ba361",
+            "lin2.bias": "02055b55db404686",
+            "lin2.weight": "3efffd8d59b73294",
+            "mix": "165a701ebcdc6882",
+        },
+        "dual-multipliers": {
+            "lin1.bias": "8edd285f285086c0",
+            "lin1.weight": "8162a07b11f8e2ef",
+            "lin2.bias": "4b8e07704338cc7e",
+            "lin2.weight": "b75c6a74ca92f9f9",
+            "mix": "61eaf86d30dc49a7",
+        },
+        "oracle": {
+            "lin1.bias": "cd6c9cbd5b4fb22b",
+            "lin1.weight": "ba4dd117a9e65d40",
+            "lin2.bias": "4511b330a07b2606",
+            "lin2.weight": "c0c07498fd8e9899",
+            "mix": "e73f9c3e4dbb664d",
+        },
+        "proxy": {
+            "lin1.bias": "a5c7d52559695a3e",
+            "lin1.weight": "00bdd7905ed23fb4",
+            "lin2.bias": "02055b55db404686",
+            "lin2.weight": "3efffd8d59b73294",
+            "mix": "165a701ebcdc6882",
+        },
+        "proxy-entrywise": {
+            "lin1.bias": "dc1dd1c329773d1f",
+            "lin1.weight": "3e623c14a6ae3245",
+            "lin2.bias": "8c8fef6b681db8a5",
+            "lin2.weight": "482b2a0dd963b9fe",
+            "mix": "754e64b9cafbea1e",
+        },
+        "spec_sign": {
+            "lin1.bias": "a5c7d52559695a3e",
+            "lin1.weight": "00bdd7905ed23fb4",
+            "lin2.bias": "02055b55db404686",
+            "lin2.weight": "3efffd8d59b73294",
+            "mix": "165a701ebcdc6882",
+        },
+    },
+}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_adaptive_trajectory_is_frozen(case):
     digests, history = trajectory(case)
-    assert (digests, history) == FROZEN[case]
+    assert history == FROZEN[case][1]  # the decisions: machine-independent (ties go to the first candidate)
+    frozen = DIGESTS.get(kernel_key())
+    if frozen is None:
+        pytest.skip(f"weight hashes frozen for {sorted(DIGESTS)} only; this machine is {kernel_key()}")
+    assert digests == frozen[case]

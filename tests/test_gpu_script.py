@@ -98,7 +98,13 @@ def test_dtype_sweep_fits_the_cost_model_it_was_given(bench):
         fp32 = 0.1 + 3e-7 * m * m * n  # any fp32 time: only the difference is modelled
         bf16 = fp32 + o + k1 * m * n - k2 * m * m * n
         rows.append(
-            {"shape": f"{m}x{n}", "matrices": 2, "fp32_ms": 2 * fp32, "bf16_ms": 2 * bf16, "bf16_over_fp32": bf16 / fp32}
+            {
+                "shape": f"{m}x{n}",
+                "matrices": 2,
+                "fp32_ms": 2 * fp32,
+                "bf16_ms": 2 * bf16,
+                "bf16_over_fp32": bf16 / fp32,
+            }
         )
     fit = sweep.fit_rule(rows)
     assert fit["cast_side"] == round(k1 / k2) == 36  # exact data: exact up to rounding
