@@ -12,7 +12,7 @@ import torch
 import steepest
 from steepest.optim import batched as B
 from steepest.optim import functional as F
-from steepest.optim.executors import Batched, PerMatrix
+from steepest.optim.executors import Batched, Executor, OwnerComputes, PerMatrix
 
 #: The charlm default model's hidden matrices (benchmarks/peers.py's "charlm" set), and a GPT-like block.
 CHARLM = [(384, 128), (128, 128), (512, 128), (128, 512)] * 3
@@ -138,6 +138,37 @@ def test_only_the_steps_own_direction_source_is_overwritten():
         assert torch.equal(g, grads[0])  # the gradient is never written
         if buf is not None:  # the buffer is the EMA, not the normalized iterate
             torch.testing.assert_close(buf, buf0.lerp(grads[0], 1 - momentum), rtol=0, atol=0)
+
+
+def test_buffers_wait_for_the_read_of_M_only_under_executors_that_read_every_M():
+    """The kernel defers a block's momentum update to the read of its M (``momentum_source``: the buffer still in
+    cache when M reads it back) only under an executor that declares it reads every block's M
+    (``defers_momentum``: PerMatrix, Batched). One that does not (owner-computes reads only its own matrices'
+    M) still gets every buffer updated before it dualizes; were the flag ignored, a block whose M is never read
+    here would keep its old buffer, which the second case shows."""
+    assert PerMatrix.defers_momentum and Batched.defers_momentum
+    assert not Executor.defers_momentum and not OwnerComputes.defers_momentum
+
+    class FirstOnly(Executor):
+        """Reads block 0's M only (the others' updates are zeros, as a non-owner's before its broadcast)."""
+
+        def dualize(self, blocks):
+            return [
+                (F.compute_update(b.M, **b.kwargs) if i == 0 else torch.zeros_like(b.param), True)
+                for i, b in enumerate(blocks)
+            ]
+
+    for declares, second_updated in ((False, True), (True, False)):
+        ps, grads = _params([(24, 16), (24, 16)])
+        ex = FirstOnly()
+        ex.defers_momentum = declares
+        opt = steepest.Muon(ps, lr=0.02, executor=ex)
+        _step(opt, ps, grads)
+        first, second = (opt.state[p].get("momentum_buffer") for p in ps)
+        torch.testing.assert_close(first, 0.05 * grads[0], rtol=0, atol=0)  # EMA from zero: (1 - 0.95) g
+        assert (second is not None) == second_updated, declares
+        if second is not None:
+            torch.testing.assert_close(second, 0.05 * grads[1], rtol=0, atol=0)
 
 
 def _live_peak_mib(step) -> float:

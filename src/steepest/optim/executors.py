@@ -76,6 +76,10 @@ class Executor:
     #: True when the optimizer must list every parameter, with or without a gradient, in the same order
     #: on every rank.
     all_blocks = False
+    #: True when :meth:`dualize` reads every block's M in this process, so the kernel may defer each momentum
+    #: buffer's update to that read (:func:`~steepest.optim.functional.momentum_source`: the buffer still in
+    #: cache when M reads it). False here: a subclass that skips blocks (owner-computes) must not lose updates.
+    defers_momentum = False
 
     def check(self, blocks: list[F.Block]) -> list[bool]:
         """Per block: is its gradient (and state) finite? (:func:`~steepest.optim.functional.local_check`)"""
@@ -106,6 +110,8 @@ class PerMatrix(Executor):
     """One dualization per parameter, in this process; fixed steps lazily (each update is applied and
     freed before the next is computed: the smallest peak memory, one matrix's workspace)."""
 
+    defers_momentum = True
+
     def dualize(self, blocks: list[F.Block]):
         return batched.dualize_batched(blocks, batch=False)
 
@@ -117,6 +123,8 @@ class Batched(Executor):
     :data:`steepest.optim.batched.CPU_MAX_NUMEL` entries (larger ones measured no faster); True batches
     on every device.
     """
+
+    defers_momentum = True
 
     def __init__(self, cpu: bool | None = None) -> None:
         if cpu not in (None, True):

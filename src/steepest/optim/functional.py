@@ -35,7 +35,14 @@ from collections.abc import Callable
 import torch
 
 from steepest import geometry as geo
-from steepest.optim.block import Block, param_label, source_from_buffer, steepest_params
+from steepest.optim.block import (
+    Block,
+    momentum_source,
+    param_label,
+    source_from_buffer,
+    steepest_params,
+    update_momentum,
+)
 from steepest.optim.settings import STEP_SIZES
 
 
@@ -157,22 +164,6 @@ def direction_source(
     in the parameter's dtype). It is :func:`update_momentum` followed by :func:`source_from_buffer`.
     """
     return source_from_buffer(grad, update_momentum(grad, state, momentum, ok), momentum, nesterov, dtype)
-
-
-def update_momentum(
-    grad: torch.Tensor, state: dict, momentum: float, ok: torch.Tensor | None = None
-) -> torch.Tensor | None:
-    """The buffer update of :func:`direction_source`, in place; returns the buffer (None at momentum 0)."""
-    if momentum == 0.0:
-        return None
-    buf = state.get("momentum_buffer")
-    if buf is None:
-        buf = state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-    if ok is None:
-        buf.lerp_(grad, 1.0 - momentum)
-    else:  # compiled step: the buffer keeps its value when the step's gradients are not all finite
-        buf.copy_(torch.where(ok, buf.lerp(grad, 1.0 - momentum), buf))
-    return buf
 
 
 def compute_update(
@@ -337,14 +328,21 @@ def steepest_step(
     steep = [b for b in blocks if not b.adamw]
     if chooser is not None and steep:
         chooser.choose(steep, executor)
+    # A local executor reads every block's M in this process: the buffer update can wait for it (in cache)
+    defer = all_finite is None and (executor is None or getattr(executor, "defers_momentum", False))
     for b in steep:
-        # The buffer now; M (a fresh tensor with Nesterov or a cast) when the dualizer reads it, so a
-        # dualizer that goes block by block (batched.dualize_batched, lazy) holds one M at a time.
+        # M (a fresh tensor with Nesterov or a cast) when the dualizer reads it, so a dualizer that goes
+        # block by block (batched.dualize_batched, lazy) holds one M at a time; the buffer then too, or now.
         c = b.cfg
-        buf = update_momentum(b.G, b.state, c.momentum, all_finite)
         dtype = b.source_dtype()
         if dtype is not None:
             b.fold_scale()
+        if defer and c.momentum != 0.0 and (c.nesterov or dtype is not None):
+            b.defer_M(
+                functools.partial(momentum_source, b.G, b.state, c.momentum, c.nesterov, dtype), dtype or b.G.dtype
+            )
+            continue
+        buf = update_momentum(b.G, b.state, c.momentum, all_finite)
         if buf is not None and not c.nesterov and dtype is None:
             b.M = buf  # M is the buffer itself: nothing to defer
         else:
@@ -395,6 +393,7 @@ __all__ = [
     "state_tensors",
     "direction_source",
     "update_momentum",
+    "momentum_source",
     "source_from_buffer",
     "compute_update",
     "scale_update",
