@@ -141,7 +141,7 @@ def test_only_the_steps_own_direction_source_is_overwritten():
 
 
 def test_buffers_wait_for_the_read_of_M_only_under_executors_that_read_every_M():
-    """The kernel defers a block's momentum update to the read of its M (``momentum_source``: the buffer still in
+    """The kernel defers a block's momentum update to the read of its M (``direction_source``: the buffer still in
     cache when M reads it back) only under an executor that declares it reads every block's M
     (``defers_momentum``: PerMatrix, Batched). One that does not (owner-computes reads only its own matrices'
     M) still gets every buffer updated before it dualizes; were the flag ignored, a block whose M is never read

@@ -2,7 +2,7 @@
 direction source), and the parameter-label rule every chooser and the monitor key their per-parameter
 records by (:func:`param_label`, :func:`steepest_params`), and stage 3's second half,
 :func:`source_from_buffer` (M from the updated momentum buffer, which a block computes lazily), with the buffer
-update before it (:func:`update_momentum`; :func:`momentum_source`, both deferred to M's read). The kernel that steps blocks is
+update before it (:func:`update_momentum`). The kernel that steps blocks is
 :mod:`steepest.optim.functional` (which re-exports these names)."""
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Block:
         """Write M into ``out`` (M's shape and dtype, e.g. a slice of a batched stack) and release it. A
         deferred M from :func:`source_from_buffer` is computed straight into ``out`` (no M tensor of its own:
         one allocation and one pass less per block, :func:`steepest.optim.batched.dualize_batched`; also
-        :func:`steepest.optim.functional.momentum_source`, any source function marked ``writes_out``)."""
+        :func:`steepest.optim.functional.direction_source`, any source function marked ``writes_out``)."""
         src = self._source
         if self._M is None and isinstance(src, functools.partial) and getattr(src.func, "writes_out", False):
             src(out=out)
@@ -227,31 +227,11 @@ def source_from_buffer(
 source_from_buffer.writes_out = True  # type: ignore[attr-defined]  # (Block.write_M: it takes out=)
 
 
-def momentum_source(
-    grad: torch.Tensor,
-    state: dict,
-    momentum: float,
-    nesterov: bool,
-    dtype: torch.dtype | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`~steepest.optim.functional.direction_source` as a deferred M (:meth:`Block.defer_M`): the buffer update runs when the
-    dualizer reads M, right before M reads the buffer back, so the gradient and the buffer are still in cache
-    (a kernel that updates every buffer first reads them back cold: on 16 GPT-like matrices, 7.1 M parameters,
-    the Nesterov ``lerp`` took 11.2 ms per step against torch.optim.Muon's 7.9, which interleaves them the
-    same way). ``out``: as :func:`source_from_buffer`. The kernel uses it with a local executor only (every
-    block's M is read, so every buffer is updated, in this process) and where M is a fresh tensor."""
-    return source_from_buffer(grad, update_momentum(grad, state, momentum), momentum, nesterov, dtype, out=out)
-
-
-momentum_source.writes_out = True  # type: ignore[attr-defined]  # (Block.write_M: it takes out=)
-
-
 def update_momentum(
     grad: torch.Tensor, state: dict, momentum: float, ok: torch.Tensor | None = None
 ) -> torch.Tensor | None:
-    """The buffer update of :func:`~steepest.optim.functional.direction_source`, in place; returns the buffer
-    (None at momentum 0)."""
+    """The buffer update of :func:`~steepest.optim.functional.direction_source` (which the kernel may defer to
+    the read of M), in place; returns the buffer (None at momentum 0)."""
     if momentum == 0.0:
         return None
     buf = state.get("momentum_buffer")
@@ -264,4 +244,4 @@ def update_momentum(
     return buf
 
 
-__all__ = ["Block", "momentum_source", "param_label", "source_from_buffer", "steepest_params", "update_momentum"]
+__all__ = ["Block", "param_label", "source_from_buffer", "steepest_params", "update_momentum"]

@@ -77,7 +77,7 @@ class Executor:
     #: on every rank.
     all_blocks = False
     #: True when :meth:`dualize` reads every block's M in this process, so the kernel may defer each momentum
-    #: buffer's update to that read (:func:`~steepest.optim.functional.momentum_source`: the buffer still in
+    #: buffer's update to that read (:func:`~steepest.optim.functional.direction_source`: the buffer still in
     #: cache when M reads it). False here: a subclass that skips blocks (owner-computes) must not lose updates.
     defers_momentum = False
 
