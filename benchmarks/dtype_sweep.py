@@ -140,7 +140,7 @@ def fit_rule(rows: list[dict]) -> dict | None:
     X, y = [], []
     for r in rows:  # each row weighted by 1 / its fp32 time: relative errors, so the large sizes (whose
         # differences are 100x larger in ms and far from the crossover) do not decide the fit near it
-        m, n = sorted(int(v) for v in r["shape"].split("x"))
+        m, n = sorted(parse_sizes(r["shape"])[0])
         w = r["matrices"] / r["fp32_ms"]
         X.append([w, w * m * n, w * m * m * n])
         y.append(w * (r["bf16_ms"] - r["fp32_ms"]) / r["matrices"])
@@ -153,7 +153,7 @@ def fit_rule(rows: list[dict]) -> dict | None:
     wrong = [
         {"shape": r["shape"], "bf16_over_fp32": r["bf16_over_fp32"]}
         for r in rows
-        if rule.bf16(tuple(int(v) for v in r["shape"].split("x"))) != (r["bf16_ms"] < r["fp32_ms"])
+        if rule.bf16(parse_sizes(r["shape"])[0]) != (r["bf16_ms"] < r["fp32_ms"])
     ]
     return {"cast_side": rule.cast_side, "fixed_work": rule.fixed_work, "misclassified": wrong}
 

@@ -17,35 +17,27 @@ import platform
 
 import torch
 
+from steepest.linalg.precision import _cpu_flags
 
-def _cpuinfo() -> tuple[str | None, set[str]]:
-    vendor, flags = None, set()
+
+def _vendor() -> str | None:
+    """/proc/cpuinfo's ``vendor_id`` (None off Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "vendor_id" and vendor is None:
-                    vendor = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-                if vendor is not None and flags:
-                    break
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), None)
     except OSError:
-        pass
-    return vendor, flags
+        return None
 
 
 def kernel_environment() -> dict:
     """What the float kernels depend on: the torch build, the instruction set torch dispatches to, the CPU
     architecture, vendor (``vendor_id``: GenuineIntel, AuthenticAMD; None off Linux) and AMX."""
-    vendor, flags = _cpuinfo()
     return {
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": platform.machine(),
-        "cpu_vendor": vendor,
-        "amx": "amx_bf16" in flags,
+        "cpu_vendor": _vendor(),
+        "amx": "amx_bf16" in (_cpu_flags() or ()),  # the flags dtype="auto" reads
     }
 
 

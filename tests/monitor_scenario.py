@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from kernel_env import kernel_environment, kernel_key  # noqa: E402
+from kernel_env import kernel_environment, kernel_key  # tests/ is on sys.path (pytest's rootdir, or the script's)
 
 DATA_DIR = Path(__file__).parent / "data"
 STEPS = 4
