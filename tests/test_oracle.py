@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from steepest.diagnostics import oracle as O
@@ -284,7 +286,11 @@ def test_claim_verdicts_flip_at_their_thresholds(tiny_run):
         assert LO.claims(r)[1].verdict == want
     med = float(LO.claims(res)[5].measured.split("= ")[1].split(" ")[0])
     for thr, want in ((med * 0.99, "holds"), (med * 1.01, "fails")):  # the measured text has 3 digits
-        r = {**res, "settings": {**res["settings"], "competitive_ratio": thr}}
+        r = {**res, "settings": {**res["settings"], "competitive_ratio": thr, "above_alpha": 1.0}}  # no rank test
+        assert LO.claims(r)[5].verdict == want
+    p = float(LO.claims(res)[5].measured.split("rank-sum p = ")[1].split(" ")[0])
+    for alpha, want in ((p * 1.01, "holds"), (p * 0.99, "fails")):  # the rank test alone decides (3 digits)
+        r = {**res, "settings": {**res["settings"], "competitive_ratio": 0.0, "above_alpha": alpha}}
         assert LO.claims(r)[5].verdict == want
 
 
@@ -353,3 +359,43 @@ def test_quick_experiment_numbers(tmp_path):
     assert [c.verdict for c in out.claims] == ["holds", "fails", "fails", "fails", "fails", "holds"], [
         (c.statement, c.measured) for c in out.claims
     ]
+
+
+def _rank_sum_reference(x, y):
+    """Slow float64 reference: U counted pair by pair (ties count a half), the tie-corrected variance."""
+    u = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in x for b in y)
+    n1, n2 = len(x), len(y)
+    n = n1 + n2
+    vals = list(x) + list(y)
+    ties = sum(vals.count(v) ** 3 - vals.count(v) for v in set(vals))
+    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(var)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def test_rank_sum_greater_known_values():
+    # one sample entirely above: U = 25, mean 12.5, var 25 * 11 / 12, z = 12 / sqrt(22.9167) = 2.5067
+    assert O.rank_sum_greater([5, 6, 7, 8, 9], [0, 1, 2, 3, 4]) == pytest.approx(0.0060929, rel=1e-4)
+    # the reverse: z = -13 / 4.787, p close to 1
+    assert O.rank_sum_greater([0, 1, 2, 3, 4], [5, 6, 7, 8, 9]) == pytest.approx(0.996689, rel=1e-5)
+    assert math.isnan(O.rank_sum_greater([], [1.0])) and math.isnan(O.rank_sum_greater([2.0, 2.0], [2.0]))
+    scipy_stats = pytest.importorskip("scipy.stats")  # a peer's implementation, where installed
+    x, y = [1, 1, 2, 3, 3, 7], [1, 2, 2, 2, 0, 5, 4]
+    want = scipy_stats.mannwhitneyu(x, y, alternative="greater", method="asymptotic", use_continuity=True).pvalue
+    assert O.rank_sum_greater(x, y) == pytest.approx(want, rel=1e-12)  # same formula, float64 rounding
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(-5, 5), min_size=1, max_size=12),
+    st.lists(st.integers(-5, 5), min_size=1, max_size=12),
+)
+def test_rank_sum_greater_matches_reference_and_is_rank_invariant(x, y):
+    if len(set(x + y)) < 2:  # every value tied: no variance, NaN
+        assert math.isnan(O.rank_sum_greater(x, y))
+        return
+    got = O.rank_sum_greater(x, y)
+    # two float64 evaluations of the same closed form (rank sum vs pair count): rounding only
+    assert got == pytest.approx(_rank_sum_reference(x, y), rel=1e-9, abs=1e-15)
+    # a strictly increasing map keeps every rank and tie: the p-value is unchanged (to rounding)
+    assert O.rank_sum_greater([math.exp(v) for v in x], [math.exp(v) for v in y]) == pytest.approx(got, rel=1e-9)

@@ -107,9 +107,31 @@ def dualizer(G: torch.Tensor, p: float) -> torch.Tensor:
     return steepest.dualize(G, "schatten", p, dtype=torch.float64)  # p = inf is the exact polar factor
 
 
-def measure(G: torch.Tensor, W: torch.Tensor, *, ps, eta: float, ns_steps: int, match_grid: int) -> dict:
+def resolved_spectrum(sv: torch.Tensor, ps, floor: float) -> dict:
+    """The raw variance of the dualizer's t_i = (s_i/||s||_q)^(q-1) and mu = mean ln(s_i/||s||_q), per finite
+    p > 1, over the singular values above ``floor`` x the largest (``rank`` of them; ``sv`` descending).
+
+    A LayerNorm-fed layer's gradient has a structural null direction: float64 puts its singular value at ~1e-16
+    of the largest, float32 at ~1e-8, a rounding that differs from one CPU to another. ln s of that value moves
+    mu, and its t_i = (1e-8)^(1/(p-1)) is 0.55 at p = 32 where the exact dualizer has 0: neither is the gradient's.
+    """
+    keep = sv[sv > floor * sv[0]].double()
+    var, mu = {}, {}
+    for p in ps:
+        if math.isfinite(p) and p > 1:
+            q = 1 + 1 / (float(p) - 1)
+            nq = torch.linalg.vector_norm(keep, ord=q)
+            var[str(float(p))] = float(((keep / nq) ** (q - 1)).var(unbiased=False))
+            mu[str(float(p))] = float(torch.log(keep).mean() - torch.log(nq))
+    return {"rank": int(keep.numel()), "var": var, "mu": mu}
+
+
+def measure(
+    G: torch.Tensor, W: torch.Tensor, *, ps, eta: float, ns_steps: int, match_grid: int, resolve_floor: float
+) -> dict:
     """Every quantity of one gradient ``G`` (weight ``W``): per p, Muon's Newton-Schulz output, the
-    scale-free spread over the match grid, and the spectrum's statistics."""
+    scale-free spread over the match grid, and the spectrum's statistics (also over its resolved part,
+    :func:`resolved_spectrum`)."""
     per_p = {str(p): spread(dualizer(G, float(p)), W, eta) for p in ps}
     ns = steepest.polar(G.float(), method="newton_schulz", steps=ns_steps)
     grid = np.geomspace(1.1, 1024.0, match_grid)
@@ -129,4 +151,5 @@ def measure(G: torch.Tensor, W: torch.Tensor, *, ps, eta: float, ns_steps: int, 
         "k": min(G.shape),
         "var_log_s": float(torch.log(sv).var(unbiased=False)),
         "mu": mu,
+        "resolved": resolved_spectrum(sv, ps, resolve_floor),
     }

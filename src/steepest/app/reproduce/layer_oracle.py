@@ -38,7 +38,14 @@ import torch
 from steepest.app.reproduce import _oracle_subjects as S
 from steepest.app.reproduce.base import Cells, Claim, fmt, progress, verdict
 from steepest.app.runs import ConfigError
-from steepest.diagnostics.oracle import LineSearch, layer_oracle, measured_winner, parse_geometry, spearman
+from steepest.diagnostics.oracle import (
+    LineSearch,
+    layer_oracle,
+    measured_winner,
+    parse_geometry,
+    rank_sum_greater,
+    spearman,
+)
 from steepest.geometry import rms_factor, shape_scale
 
 SEED = "seeds 001, 002"
@@ -76,7 +83,8 @@ class Config:
     agree_margin: float = 0.1  # agreement >= majority-class rate + this
     min_spearman: float = 0.5  # rank correlation of predicted vs measured ratio
     small_batch_share: float = 0.5  # spectral beats sign in > this share at the smallest B
-    competitive_ratio: float = 0.8  # embeddings: median Delta*_sign / Delta*_spec >= this
+    competitive_ratio: float = 0.8  # embeddings: median Delta*_sign / Delta*_spec >= this ...
+    above_alpha: float = 0.05  # ... and above the hidden layers' by a one-sided rank-sum test at this level
     seed: int = 0
     model_size: str = "quick"  # subjects' size: "quick" or "large" (for a GPU)
 
@@ -354,17 +362,22 @@ def claims(results: dict) -> list[Claim]:
     emb, hid = sign_over_spec("embedding"), sign_over_spec("hidden")
     med = statistics.median(emb) if emb else float("nan")
     med_h = statistics.median(hid) if hid else float("nan")
+    # above the hidden layers by a rank test, not by the medians' order: the two medians were 1.01 vs 0.994 on
+    # one CPU and 0.989 vs 0.994 on another (the same runs up to floating point), an order that decides nothing
+    p_above, alpha = rank_sum_greater(emb, hid), st.get("above_alpha", Config.above_alpha)  # older runs lack it
     out.append(
         Claim(
             "seed 002",
             'Section 5: "... why sign methods remain competitive for embedding layers (where '
             'coordinate sparsity is high)"',
             f"median Delta*_sign / Delta*_spec on embedding layers = {fmt(med)} "
-            f"over {len(emb)} records; on hidden layers (baseline) {fmt(med_h)} over {len(hid)}",
-            verdict(None if not emb or not hid else med >= st["competitive_ratio"] and med > med_h),
+            f"over {len(emb)} records; on hidden layers (baseline) {fmt(med_h)} over {len(hid)}; "
+            f"one-sided rank-sum p = {fmt(p_above)} that the embeddings' ratios exceed the hidden layers'",
+            verdict(None if not emb or not hid else med >= st["competitive_ratio"] and p_above < alpha),
             f"baseline: hidden layers of the same runs; threshold (set in Config before the run): holds if the "
-            f"embeddings' median is >= {st['competitive_ratio']} and above the hidden layers' (the claim explains "
-            "sign's standing by the embeddings' sparsity, so it must be better there than on hidden layers); "
+            f"embeddings' median is >= {st['competitive_ratio']} and their ratios exceed the hidden layers' "
+            f"(one-sided Mann-Whitney p < {alpha}; the claim explains sign's standing by the "
+            "embeddings' sparsity, so it must be better there than on hidden layers); "
             "embedding = the routing role: token and position tables, and the input layer such as mnist-cnn's "
             "first conv",
         )

@@ -22,7 +22,9 @@ Definition 6 relative size ||dW||/||W|| of the update dW = eta T for the Frobeni
 (its ratio to the spectral dualizer's is ||T_p||/||U V^T||: eta and W cancel).
 
 Claims and thresholds (fixed before the run): Proposition 5 (exponent over p >= 256 within 2 +- 0.1);
-the re-derived local exponent (within 0.1 from p = 32 on); "the raw gradients have very low stable rank"
+the re-derived local exponent (within 0.1 from p = 32 on, for every seed, over the singular values above 1e-6
+of the largest: a LayerNorm-fed layer's structural null direction is float32 rounding, and ln s of it moved mu
+by a CPU-dependent amount); "the raw gradients have very low stable rank"
 (st(G) <= 0.1 min(shape) on every charlm seed and phase); "at p = 32, the results are already very close
 to those of the Spectral norm": for every seed, cv2 <= 0.01 and stable rank, both relative sizes >= 0.8 of
 the spectral dualizer's -- a quantity that plain GD (p = 2) also passes decides nothing for that subject
@@ -52,7 +54,7 @@ from steepest.app.runs import ConfigError
 SEED = "seed 003"
 SOURCE = 'F. L. Cesista, "Steepest Descent Under Schatten-p Norms" (blog post, 2025)'
 TITLE = "Schatten-p dualizers on synthetic and real (charlm) gradients: spread vs p, GD beside, and Muon"
-VERSION = 3
+VERSION = 4
 KINDS = ("gaussian", "low_stable_rank")  # synthetic kinds; the real ones are REAL_KINDS
 REAL_KINDS = ("charlm_init", "charlm_trained")
 
@@ -78,7 +80,9 @@ class Config:
     asym_min_p: float = 256.0  # "converges quadratically": exponent fitted over p >= this ...
     exponent_tol: float = 0.1  # ... with its 95% interval inside 2 +- this (rival law: exponent 1)
     local_tol: float = 0.1  # re-derived local exponent 2 + 2 eps mu within this of the measured one ...
-    local_min_p: float = 32.0  # ... on every interval from this p on (first order in eps = 1/(p-1))
+    local_min_p: float = 32.0  # ... on every interval from this p on (first order in eps = 1/(p-1)) ...
+    resolve_floor: float = 1e-6  # ... over the singular values above this x the largest (8 x float32's eps:
+    # below it a charlm gradient's value is rounding; _schatten_subjects.resolved_spectrum)
     close_p: float = 32.0
     close_cv2: float = 0.01  # "close to spectral": variance/mean^2 of the singular values at most this ...
     close_ratio: float = 0.8  # ... and stable rank, relative sizes at least this fraction of the spectral ones
@@ -121,7 +125,13 @@ def local_exponents(ps: list, var: list) -> list:
 
 
 def _meas(cfg: Config) -> dict:
-    return {"ps": cfg.ps, "eta": cfg.eta, "ns_steps": cfg.ns_steps, "match_grid": cfg.match_grid}
+    return {
+        "ps": cfg.ps,
+        "eta": cfg.eta,
+        "ns_steps": cfg.ns_steps,
+        "match_grid": cfg.match_grid,
+        "resolve_floor": cfg.resolve_floor,
+    }
 
 
 def run_cell(cfg: Config, kind: str, trial: int) -> dict:
@@ -186,11 +196,33 @@ def _mean_per_p(rows: list[dict], ps: tuple, key: str) -> list[float]:
     return [float(np.mean([r["per_p"][str(p)][key] for r in rows])) for p in ps]
 
 
+def _local(rows: list[dict], ps: tuple) -> dict:
+    """Over each gradient's resolved singular values (``resolved_spectrum``): the measured local exponent of the
+    mean raw variance on each interval of finite p > 1, the predicted one 2 + 2 eps mu at the interval's
+    geometric-mean p (module docstring), mu per finite p > 1, and the singular values left out per gradient."""
+    finite = [float(p) for p in ps if math.isfinite(p) and p > 1]
+    fin_var = [float(np.mean([r["resolved"]["var"][str(p)] for r in rows])) for p in finite]
+    mu = [float(np.mean([r["resolved"]["mu"][str(p)] for r in rows])) for p in finite]
+    pred = [
+        2.0 + 2.0 * (mu[i] + mu[i + 1]) / 2 / math.sqrt((finite[i] - 1) * (finite[i + 1] - 1))
+        for i in range(len(finite) - 1)
+    ]
+    return {
+        "local": local_exponents(finite, fin_var),
+        "local_pred": pred,
+        "mu": mu,
+        "unresolved": [r["k"] - r["resolved"]["rank"] for r in rows],
+    }
+
+
 def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
     cells = cells or Cells(None if out_dir is None else f"{out_dir}/cells")
     params = dataclasses.asdict(cfg)
     # a cell depends on what it computes, not on the sweep size or the claim thresholds
-    cell_params = {k: params[k] for k in ("m", "n", "ps", "lowrank_decay", "ns_steps", "match_grid", "seed", "eta")}
+    cell_params = {
+        k: params[k]
+        for k in ("m", "n", "ps", "lowrank_decay", "ns_steps", "match_grid", "seed", "eta", "resolve_floor")
+    }
     real_params = {k: v for k, v in params.items() if k.startswith("real_") and k != "real_seeds"}
     finite = [float(p) for p in cfg.ps if math.isfinite(p)]
     ps = [float(p) for p in cfg.ps]
@@ -218,13 +250,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
         agg = {key: _mean_per_p(rows, cfg.ps, key) for key in QUANTITIES}
         ns = {key: float(np.mean([r["ns"][key] for r in rows])) for key in QUANTITIES}
         grid_var = np.mean([r["grid_var"] for r in rows], axis=0).tolist()
-        mu = [float(np.mean([r["mu"][str(p)] for r in rows])) for p in finite if p > 1]
         fin_var = [agg["var"][ps.index(p)] for p in finite]
-        # predicted local exponent on each interval, at its geometric-mean p: 2 + 2 eps mu (module docstring)
-        pred = [
-            2.0 + 2.0 * (mu[i] + mu[i + 1]) / 2 / math.sqrt((finite[i] - 1) * (finite[i + 1] - 1))
-            for i in range(len(finite) - 1)
-        ]
         asym = [(p, v) for p, v in zip(finite, fin_var) if p >= cfg.asym_min_p]
         groups = sorted({r["group"] for r in rows})
         kinds[kind] = {
@@ -235,6 +261,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
                 str(g): {
                     **{key: _mean_per_p([r for r in rows if r["group"] == g], cfg.ps, key) for key in QUANTITIES},
                     "st_frac_G": float(np.mean([r["stable_rank_G"] / r["k"] for r in rows if r["group"] == g])),
+                    **_local([r for r in rows if r["group"] == g], cfg.ps),
                 }
                 for g in groups
             },
@@ -245,9 +272,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
             "asym_fit": scaling.fit("power", [p - 1 for p, _ in asym], [v for _, v in asym])
             if len(asym) >= 3
             else None,
-            "local": local_exponents(finite, fin_var),
-            "local_pred": pred,
-            "mu": mu,
+            **_local(rows, cfg.ps),
             "var_log_s": float(np.mean([r["var_log_s"] for r in rows])),
             "stable_rank_G": float(np.mean([r["stable_rank_G"] for r in rows])),
             "k": float(np.mean([r["k"] for r in rows])),
@@ -261,6 +286,7 @@ def run(cfg: Config, out_dir=None, cells: Cells | None = None) -> dict:
             "exponent_tol",
             "local_tol",
             "local_min_p",
+            "resolve_floor",
             "close_p",
             "close_cv2",
             "close_ratio",
@@ -305,14 +331,20 @@ def claims(results: dict) -> list[Claim]:
             why="the rate is asymptotic: over the seed's plotted range the slope is ~1.6, as re-derived below",
         )
     ]
-    fin = [p for p in ps if math.isfinite(p)]
-    errs = {
-        k: max(
-            (abs(a - b) for a, b, p in zip(K[k]["local"], K[k]["local_pred"], fin) if p >= st["local_min_p"]),
-            default=math.nan,
-        )
-        for k in K
-    }
+    fin = [p for p in ps if math.isfinite(p) and p > 1]
+
+    def local_err(d: dict) -> float:
+        pairs = zip(d["local"], d["local_pred"], fin)
+        return max((abs(a - b) for a, b, p in pairs if p >= st["local_min_p"]), default=math.nan)
+
+    # decided per seed (a seed: one synthetic gradient, or one charlm run's hidden layers): the error of the mean
+    # over seeds sat at the threshold (0.0997 on one CPU, above 0.1 on another), inside the seeds' own spread
+    errs = {k: [local_err(g) for g in K[k]["groups"].values() if "local" in g] or [local_err(K[k])] for k in K}
+    # per kind: True (every seed within), False (every seed outside) or None (its seeds on both sides)
+    side = [sides.pop() if len(sides := {e <= st["local_tol"] for e in es}) == 1 else None for es in errs.values()]
+    ok = None
+    if all(math.isfinite(e) for es in errs.values() for e in es):
+        ok = False if False in side else True if all(side) else None
     reach = {k: next((fin[i] for i, x in enumerate(K[k]["local"]) if x >= 1.9), math.nan) for k in K}
     out.append(
         extension_claim(
@@ -325,10 +357,16 @@ def claims(results: dict) -> list[Claim]:
                 f"{', '.join(fmt(x, 2) for x in K[k]['local_pred'])}"
                 for k in K
             ),
-            all(e <= st["local_tol"] for e in errs.values()) if all(math.isfinite(e) for e in errs.values()) else None,
+            ok,
             baseline="the seed's constant exponent 2",
-            threshold=f"|measured - predicted| <= {st['local_tol']} on every interval starting at p >= "
-            f"{fmt(st['local_min_p'])} (largest: " + ", ".join(f"{k} {fmt(e, 2)}" for k, e in errs.items()) + ")",
+            threshold=f"per seed, |measured - predicted| <= {st['local_tol']} on every interval starting at p >= "
+            f"{fmt(st['local_min_p'])}, over the singular values above {st.get('resolve_floor', 0)} x the largest; "
+            "holds if every seed of every kind is within, fails if every seed of some kind is outside, inconclusive "
+            "where a kind's seeds fall on both sides (largest error per seed: "
+            + "; ".join(f"{k} {', '.join(fmt(e, 3) for e in es)}" for k, es in errs.items())
+            + "; singular values below the floor, left out: "
+            + ", ".join(f"{k} {sum(K[k].get('unresolved', []))} of {round(K[k]['k'] * K[k]['n_gradients'])}" for k in K)
+            + ", a LayerNorm-fed layer's structural null direction, which float32 rounds to ~1e-8 of the largest)",
             why="so the exponent reaches 1.9 only once p - 1 >= 20 |mu| (measured from p = "
             + ", ".join(f"{k} {fmt(v)}" for k, v in reach.items())
             + "; |mu| at p = 32: "
