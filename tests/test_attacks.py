@@ -481,6 +481,26 @@ def test_launch_names_the_killed_rank_not_the_survivor():
     assert "then rank 0: failed (" in str(e.value)  # the survivor's error is kept as detail, after the culprit
 
 
+def _returns_then_aborts_at_exit() -> int:
+    import atexit
+
+    from steepest.app.launch import init_from_env
+
+    info = init_from_env(backend="gloo", timeout_s=30)
+    if info.rank == 0:  # as gloo's teardown did once on a clean clone: SIGABRT after the work is done
+        atexit.register(os.abort)
+    return 10 + info.rank
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(240)  # a hang guard: spawning two ranks takes 5-15 s on 2 shared cores
+def test_launch_keeps_the_results_of_a_rank_that_crashes_after_returning():
+    from steepest.app.launch import launch
+
+    with pytest.warns(RuntimeWarning, match=r"rank 0 \(killed by SIGABRT\) returned its result, then exited"):
+        assert launch(_returns_then_aborts_at_exit, 2, timeout_s=120) == [10, 11]
+
+
 # ------------------------------------------------------------------------------------ slow: whole processes
 def _children(pid: int) -> list[int]:
     try:

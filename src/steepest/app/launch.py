@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,9 +221,12 @@ def _child(
         result = {"error": traceback.format_exc(), "summary": f"{type(e).__name__}: {e}"}
         if isinstance(e, ConfigError):
             result["usage"] = str(e)
+    # the result is on disk before the process group is torn down: gloo's teardown can abort a rank whose peer
+    # left first ("terminate called without an active exception", SIGABRT), after the work is done
+    try:
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         cleanup()
-    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 #: Seconds the ranks get to finish after a signal is forwarded (or after one of them failed) before they
@@ -264,7 +268,9 @@ def launch(
     """Run ``fn(*args)`` in ``nproc`` spawned processes with torchrun's variables on 127.0.0.1 and
     return the list of their return values (rank order). ``fn`` must be importable (module level)
     and should call :func:`init_from_env`. Raises RuntimeError with the child's traceback if a rank
-    fails and TimeoutError (after killing every rank) if they do not finish within ``timeout_s``.
+    fails and TimeoutError (after killing every rank) if they do not finish within ``timeout_s``. A rank
+    that returned its result and then crashed while tearing down (gloo can abort a rank whose peer left
+    first) keeps its result, with a RuntimeWarning that names it.
 
     Robustness: no rank outlives this process (each rank dies with its parent: PR_SET_PDEATHSIG
     on Linux and a watchdog thread); SIGINT/SIGTERM received here (KeyboardInterrupt in the main
@@ -305,7 +311,7 @@ def launch(
                         continue
                     finished.add(r)
                     res = _result(out_dir, r, None)
-                    if p.exitcode != 0 or res is None or "error" in res:
+                    if (p.exitcode != 0 and not (res and "ok" in res)) or res is None or "error" in res:
                         newly.append((res is not None and "error" in res, r))  # a killed rank before its victims
                 first_dead += [r for _, r in sorted(newly)]
                 if first_dead and stop_at is None:
@@ -352,6 +358,14 @@ def launch(
     if missing:
         raise RuntimeError(
             f"ranks {missing} exited without a result ({', '.join(_exit_text(codes[r]) for r in missing)})"
+        )
+    late = [f"rank {r} ({_exit_text(c)})" for r, c in enumerate(codes) if c != 0]
+    if late:  # every rank returned: the results stand, the crash after them is reported
+        warnings.warn(
+            f"{', '.join(late)} returned its result, then exited abnormally while tearing down (the process "
+            "group or the interpreter); the results are kept",
+            RuntimeWarning,
+            stacklevel=2,
         )
     return [res["ok"] for res in results]
 
