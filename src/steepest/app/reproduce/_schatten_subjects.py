@@ -137,11 +137,6 @@ def measure(
     grid = np.geomspace(1.1, 1024.0, match_grid)
     grid_var = [spread(dualizer(G, float(p)), W, eta)["cv2"] for p in grid]
     sv = torch.linalg.svdvals(G)
-    mu = {
-        str(float(p)): float(torch.log(sv).mean() - torch.log(torch.linalg.vector_norm(sv, ord=1 + 1 / (p - 1))))
-        for p in ps
-        if math.isfinite(p) and p > 1
-    }
     return {
         "per_p": per_p,
         "ns": spread(ns, W, eta),
@@ -150,6 +145,5 @@ def measure(
         "stable_rank_G": float(stable_rank(G)),
         "k": min(G.shape),
         "var_log_s": float(torch.log(sv).var(unbiased=False)),
-        "mu": mu,
-        "resolved": resolved_spectrum(sv, ps, resolve_floor),
+        "resolved": resolved_spectrum(sv, ps, resolve_floor),  # mu and the raw variance the re-derivation reads
     }
