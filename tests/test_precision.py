@@ -179,6 +179,10 @@ def test_auto_report_records_the_rule(monkeypatch):
     assert rep["bf16_rule"] == {"cast_side": 36, "fixed_work": 1_400_000}
     assert rep["by_size"]["64x64"] == "float32" and rep["by_size"]["128x128"] == "bfloat16"
     assert rep["by_size"]["64x2048"] == "bfloat16" and rep["by_size"]["256x256"] == "bfloat16"
+    assert rep["gram_rule"] is None  # the mixed Gram form is not measured on AMX: never
+    P.clear_cache()
+    monkeypatch.setattr(P, "_cpu_flags", lambda: AVX512_BF16)
+    assert P.auto_report()["cpu"]["gram_rule"] == {"min_side": 128, "min_aspect": 6.0}
     import json
 
     json.dumps(rep)  # it goes into environment.json

@@ -495,7 +495,8 @@ def dualize_with_dual_norm(
             G,
             method,
             steps,
-            dtype=iteration_dtype(G.dtype, dtype, G.device, iterative=True, shape=G.shape),
+            # "auto" resolved by polar itself, which may then pick the mixed-precision Gram form
+            dtype="auto" if isinstance(dtype, str) and dtype == "auto" else iteration_dtype(G.dtype, dtype),
             coefficients=coefficients,
             normalization=normalization,
             eps=1e-7 if ns_eps is None else float(ns_eps),

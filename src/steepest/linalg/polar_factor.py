@@ -24,13 +24,19 @@ import warnings
 import torch
 
 from steepest.linalg import coefficients as C
-from steepest.linalg.precision import iteration_dtype
+from steepest.linalg.precision import auto_gram, iteration_dtype
 
 METHODS = ("svd", "newton_schulz", "polar_express")
 DTYPES = (torch.float32, torch.bfloat16, torch.float64, torch.float16)
 NORMALIZATIONS = ("frobenius", "schatten8")
 
 DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 8}
+#: Steps between restarts of the mixed-precision Gram form (bf16 m x n products, float32 m x m side): 3 gives
+#: 4 m x n products for Muon's 5 steps (the standard form: 10) at a lower error than the standard bf16 form
+#: on Gaussian and on log-spaced spectra down to 1e-5 (0.6-0.9x its error vs float64 NS5); never restarting
+#: (one R, one final product) is cheaper still but lost every singular value under ~1e-2 (error vs float64
+#: NS5 above 1 on log-spaced spectra): benchmarks/HISTORY.md, "The mixed-precision Gram form".
+GRAM_MIXED_RESTART = 3
 
 
 def _check_matrix(G: torch.Tensor, name: str = "G") -> None:
@@ -189,6 +195,7 @@ def polar(
     _check_matrix(G)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    auto = isinstance(dtype, str) and dtype == "auto"
     if not isinstance(dtype, torch.dtype):
         dtype = iteration_dtype(G.dtype, dtype, G.device, iterative=method != "svd", shape=G.shape)
     if dtype not in DTYPES:
@@ -211,7 +218,11 @@ def polar(
         table = C.schedule(coefficients if coefficients is not None else C.MUON_QUINTIC, steps)
         small, large = sorted(G.shape[-2:])
         if gram is None:
-            gram = normalization == "frobenius" and dtype == torch.float32 and steps >= 3 and large >= 2 * small
+            gram = normalization == "frobenius" and steps >= 3
+            if dtype == torch.float32:
+                gram = gram and large >= 2 * small
+            else:  # bf16: the mixed form, only where "auto" chose it (an explicit bf16 is torch.optim.Muon's code)
+                gram = gram and auto and dtype == torch.bfloat16 and auto_gram(G.device, G.shape)
         if gram:
             if normalization != "frobenius":
                 raise ValueError("gram=True needs normalization='frobenius'")
@@ -339,7 +350,10 @@ def _iterate(
     tall = G.shape[-2] > G.shape[-1]
     if gram:  # the Gram form works on the wide orientation
         X = _normalized(G, dtype, tall, eps, overwrite=overwrite)
-        X = _iterate_gram(X, table) if table else X
+        if dtype in (torch.bfloat16, torch.float16):  # the mixed form: the m x m side in float32
+            X = _iterate_gram(X, table, restart=GRAM_MIXED_RESTART, small=torch.float32) if table else X
+        else:
+            X = _iterate_gram(X, table) if table else X
         return (X.mT if tall else X).to(G.dtype)
     X = _normalized(G, dtype, False, eps, safety, overwrite)
     if not table:
@@ -405,7 +419,7 @@ def _iterate_buffered(
     return X
 
 
-def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2) -> torch.Tensor:
+def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2, small: torch.dtype | None = None) -> torch.Tensor:
     """The odd-quintic iteration on a wide, normalized X in Gram form, restarted after ``restart`` steps.
 
     Every iterate is X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so the steps run on m x m
@@ -413,14 +427,28 @@ def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2) -> torch.Tenso
     X <- Q X at the end. Restarting (X <- Q X, R <- X X^T) after ``restart`` steps bounds the rounding
     accumulated in Q. Per step 8 m^3 flops against 4 m^2 n + 2 m^3 for the standard form, so it pays
     for n >= 2 m. Source: Dao-AILab, "Gram Newton-Schulz" (restart after two iterations).
+
+    ``small``: the dtype of the m x m side (R, P, Q) when it differs from X's: the mixed form
+    (:data:`GRAM_BF16_RESTART`) keeps X and the m x n products (X X^T, Q X) in bf16 and runs the m x m
+    polynomial in float32, so R's small eigenvalues (the squares of X's small singular values) are not
+    rounded to bf16's 8 bits at every step. X's dtype comes back.
     """
-    R = X @ X.mT
+    cast = small is not None and small != X.dtype
+
+    def gram_of(X):
+        R = X @ X.mT
+        return R.to(small) if cast else R
+
+    def times_x(Q, X):
+        return (Q.to(X.dtype) if cast else Q) @ X
+
+    R = gram_of(X)
     Q: torch.Tensor | None = None
     last = len(table) - 1
     for k, (a, b, c) in enumerate(table):
         if k and k % restart == 0 and Q is not None:  # (Q is set from step 0 on)
-            X, Q = Q @ X, None
-            R = X @ X.mT
+            X, Q = times_x(Q, X), None
+            R = gram_of(X)
         P = _addmm(R, R, R, beta=b, alpha=c)  # b R + c R^2
         P.diagonal(dim1=-2, dim2=-1).add_(a)  # + a I
         Q = P if Q is None else P @ Q
@@ -428,7 +456,7 @@ def _iterate_gram(X: torch.Tensor, table: list, restart: int = 2) -> torch.Tenso
             R = P @ (R @ P)
     if Q is None:
         raise ValueError("the coefficient table is empty: give at least one (a, b, c) step")
-    return Q @ X
+    return times_x(Q, X)
 
 
 def _addmm(inp: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, *, beta: float, alpha: float) -> torch.Tensor:

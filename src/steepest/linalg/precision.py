@@ -130,6 +130,53 @@ BF16_RULE: dict[str, Bf16Rule | None] = {
     "forced-bf16": Bf16Rule(1, 0),
     "forced-float32": None,
 }
+
+
+class GramRule(NamedTuple):
+    """The mixed-precision Gram form (bf16 m x n products, float32 m x m side) iff the smaller side m >= ``min_side``
+    and the aspect n / m >= ``min_aspect``.
+
+    From the flop count of Muon's 5 steps: the standard bf16 form costs 20 m^2 n + 10 m^3 bf16 flops, the mixed
+    Gram form restarted after 3 steps 8 m^2 n bf16 and 28 m^3 float32 flops, so with float32 f times slower
+    per flop than bf16 it pays for n / m > (28 f - 10) / 12: aspect ~3.8 where f = 2 (AMD EPYC), ~8.5 where
+    f = 4; the measured rule sits above the model's break-even by the per-call costs it leaves out.
+
+    >>> GramRule(128, 6.0).mixed((256, 2304)), GramRule(128, 6.0).mixed((384, 1536))
+    (True, False)
+    """
+
+    min_side: int
+    min_aspect: float
+
+    def mixed(self, shape) -> bool:
+        m, n = sorted(int(s) for s in tuple(shape)[-2:])
+        return m >= self.min_side and n >= self.min_aspect * m
+
+
+#: The measured mixed-Gram rule per device kind (:class:`GramRule`; None: the standard form always). Only for
+#: the matrices ``dtype="auto"`` runs in bf16 (an explicit ``dtype=torch.bfloat16`` keeps torch.optim.Muon's
+#: arithmetic), with Newton-Schulz, Frobenius normalization and >= 3 steps:
+#:
+#: * ``cpu-avx512_bf16`` (AMD EPYC, ``avx512_bf16`` without AMX; torch 2.13, 1 thread, idle 2-core box,
+#:   2026-12-07, ``benchmarks/gram_sweep.py``, 35 shapes, sides 128-512, aspects 2-16, stacks of 2): mixed /
+#:   standard time 1.35-1.56x at aspect 2, 1.01-1.08x at 4 (0.97 / 0.96 / 0.94 at 128 x 576, 384 x 1728,
+#:   512 x 2304), **0.81-0.88x at 6, 0.68-0.78x at 9, 0.55-0.64x at 16**; the error vs float64 NS5 0.95-1.12x
+#:   the standard form's on Gaussian inputs (7e-3 to 1.4e-2 both) and 0.80-0.96x on log-spaced and rank-4
+#:   spectra. Aspect >= 6 wins >= 12% at every side measured.
+#: * ``cpu-amx``, ``cuda``: not measured (no such machine in the session that added it; with AMX float32 is
+#:   ~4x slower per flop than bf16, where the model's break-even is aspect ~8.5), so never.
+GRAM_RULE: dict[str, GramRule | None] = {
+    "cpu-avx512_bf16": GramRule(128, 6.0),
+}
+
+
+def auto_gram(device: torch.device | str, shape) -> bool:
+    """Whether ``dtype="auto"`` runs a bf16 Newton-Schulz of ``shape`` in the mixed-precision Gram form on
+    ``device`` (:data:`GRAM_RULE`; ``STEEPEST_BF16`` forced kinds: never)."""
+    rule = GRAM_RULE.get(device_kind(device))
+    return rule is not None and rule.mixed(shape)
+
+
 #: Sizes listed per device in :func:`auto_report` (the choice per size class, for environment.json).
 REPORT_SIDES = (32, 64, 128, 160, 256, 512, 1024, 4096)
 #: Rectangular shapes listed too (thin matrices, where the rule differs from a side threshold).
@@ -194,16 +241,18 @@ def auto_dtype(device: torch.device | str, shape: tuple[int, ...] | torch.Size |
 
 
 def auto_report(devices=("cpu",)) -> dict[str, dict]:
-    """``{device type: {"dtype", "reason", "kind", "bf16_rule", "bf16_from_min_side", "by_size"}}`` for a run's
-    environment record: the device-level answer (bf16 anywhere?), why, the rule (:class:`Bf16Rule`: cast side,
-    fixed work; None: never), the smallest square side that gets bf16, and the choice for square matrices of
-    each side in :data:`REPORT_SIDES` and for :data:`REPORT_SHAPES`."""
+    """``{device type: {"dtype", "reason", "kind", "bf16_rule", "bf16_from_min_side", "by_size", "gram_rule"}}`` for
+    a run's environment record: the device-level answer (bf16 anywhere?), why, the rule (:class:`Bf16Rule`: cast
+    side, fixed work; None: never), the smallest square side that gets bf16, the choice for square matrices of
+    each side in :data:`REPORT_SIDES` and for :data:`REPORT_SHAPES`, and the mixed-Gram rule
+    (:data:`GRAM_RULE`)."""
     out = {}
     for d in devices:
         d = torch.device(d)
         kind = device_kind(d)
         rule = BF16_RULE[kind]
         shapes = [(n, n) for n in REPORT_SIDES] + list(REPORT_SHAPES)
+        gram = GRAM_RULE.get(kind)
         out[d.type] = {
             "dtype": _name(auto_dtype(d)),
             "reason": _CACHE[d.type][1],
@@ -211,6 +260,8 @@ def auto_report(devices=("cpu",)) -> dict[str, dict]:
             "bf16_rule": None if rule is None else rule._asdict(),
             "bf16_from_min_side": None if rule is None else rule.min_square_side(),
             "by_size": {f"{m}x{n}": _name(auto_dtype(d, (m, n))) for m, n in shapes},
+            # Newton-Schulz in bf16 runs in the mixed-precision Gram form from this side and aspect (None: never)
+            "gram_rule": None if gram is None else gram._asdict(),
         }
     return out
 
@@ -259,4 +310,7 @@ __all__ = [
     "BF16_CPU_FLAGS",
     "BF16_RULE",
     "Bf16Rule",
+    "GRAM_RULE",
+    "GramRule",
+    "auto_gram",
 ]
