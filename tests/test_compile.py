@@ -45,3 +45,31 @@ def test_compiled_step_fullgraph_matches_eager_and_masks_nonfinite():
     for p, b0, m0 in zip(comp_ps, before, bufs):
         assert torch.equal(p.detach(), b0)  # whole step masked: nothing moved, no NaN in
         assert torch.equal(comp.state[p]["momentum_buffer"], m0)
+
+
+_FRESH_PROCESS = """
+import torch, steepest
+g = torch.Generator().manual_seed(0)
+W = torch.nn.Parameter(torch.randn(128, 1024, generator=g))
+E = torch.nn.Parameter(W.detach().clone())
+opt, ref = steepest.Muon([W], lr=0.02), steepest.Muon([E], lr=0.02)  # dtype="auto", the default
+W.grad = torch.randn(128, 1024, generator=g)
+E.grad = W.grad.clone()
+torch.compile(opt.step, fullgraph=True)()  # the first step of the process is the compiled one
+ref.step()
+print(float((W.detach() - E.detach()).norm() / E.detach().norm()))
+"""
+
+
+@pytest.mark.slow
+def test_compiled_default_step_works_as_the_first_step_of_a_process():
+    """dtype="auto" decides the device kind once, from /proc/cpuinfo (or a timed probe): a graph cannot hold
+    that, so the optimizer decides it when its groups are added; before, a process whose first step was a
+    fullgraph-compiled one failed ("Unsupported: ... open"). Its update equals the eager one's to 1e-4 (bf16
+    or float32 iterations fused differently by Inductor; measured 4e-6)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-4

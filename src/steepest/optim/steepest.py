@@ -17,6 +17,7 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from steepest import geometry as geo
+from steepest.linalg.precision import device_kind
 from steepest.optim import executors as E
 from steepest.optim import functional as F
 from steepest.optim import settings as S
@@ -233,6 +234,11 @@ class SteepestDescent(torch.optim.Optimizer):
             del self.param_groups[n:]  # atomic: a rejected group is not kept
             del self._settings[n:]
             raise
+        if self.param_groups[n].get("dtype") == "auto":
+            # decide the device kinds now, eagerly: the first decision reads /proc/cpuinfo (or times a probe),
+            # which a torch.compile(opt.step, fullgraph=True) graph cannot contain
+            for device in {p.device.type for p in self.param_groups[n]["params"]}:
+                device_kind(device)
         if getattr(self, "executor", None) is not None:
             self.executor.groups_changed()
 
