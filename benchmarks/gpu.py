@@ -232,8 +232,7 @@ def polar_methods() -> dict:
     bf = torch.bfloat16
     return {
         "newton_schulz 5": lambda G: steepest.polar(G, "newton_schulz", 5, dtype=bf, gram=False),
-        # in bf16 the mixed Gram form (bf16 m x n products, float32 m x m side): its time here against
-        # "newton_schulz 5" is what a "cuda" entry of precision.GRAM_RULE would be fitted to
+        # in bf16 the mixed Gram form (bf16 m x n products, float32 m x m side, restarted after 3 steps)
         "gram_newton_schulz 5": lambda G: steepest.polar(G, "newton_schulz", 5, dtype=bf, gram=True),
         "polar_express 8": lambda G: steepest.polar(G, "polar_express", 8, dtype=bf),
         "polar_express 6": lambda G: steepest.polar(G, "polar_express", 6, dtype=bf),

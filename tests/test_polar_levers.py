@@ -3,9 +3,10 @@
 * ``POLAR_EXPRESS_L7E4``: a Polar Express table for the interval the Schatten-8 normalization reaches,
   so 6 steps (not 8) meet max |s - 1| <= 1e-2 on singular values down to 1e-3 s_max.
 * Gram Newton-Schulz (``polar(..., gram=None)`` picks it for float32 rectangular inputs): the same
-  iteration on the m x m Gram matrix with a restart after two steps; in bf16 the mixed form (bf16 m x n
-  products, float32 m x m side, restart after three), which ``dtype="auto"`` picks for wide matrices where
-  ``precision.GRAM_RULE`` says it is faster.
+  iteration on the m x m Gram matrix with a restart after two steps; in bf16 (``gram=True``) the mixed form (bf16
+  m x n products, float32 m x m side, restart after three).
+* The eigh form (``form="eigh"``): the iteration on the eigenvalues of the small-side Gram matrix, which
+  ``dtype="auto"`` picks (in float32) for wide matrices where ``precision.EIGH_RULE`` says it is faster.
 """
 
 from __future__ import annotations
@@ -175,17 +176,91 @@ def test_gram_form_is_the_standard_iteration_for_any_restart(m, aspect, restart,
     assert float((got - want).norm() / want.norm()) < 1e-10
 
 
-def test_auto_picks_the_mixed_gram_form_only_where_the_kind_measured_it(monkeypatch):
-    """``dtype="auto"`` on an AVX512-BF16 CPU without AMX runs wide bf16 matrices (aspect >= 6) in the mixed form and
-    everything else as before; an explicit bf16, other kinds and the forced kinds keep the standard form."""
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(1, 20),
+    n=st.integers(1, 60),
+    batch=st.sampled_from([(), (3,)]),
+    method=st.sampled_from(["newton_schulz", "polar_express"]),
+    steps=st.integers(0, 8),
+    normalization=st.sampled_from(["frobenius", "schatten8"]),
+    rank=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_eigh_form_is_the_iteration(m, n, batch, method, steps, normalization, rank, seed):
+    """The eigh form evaluates the same polynomial of G: in float64 it equals the standard iteration to round-off
+    (1e-9: ~1e-16 per operation, amplified by at most the polynomials' growth, ~3.4445 per step), for either method,
+    either normalization, wide, tall, square, batched and rank-deficient inputs (rank 0: the zero matrix)."""
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(*batch, m, n, generator=g, dtype=torch.float64)
+    if rank < min(m, n):  # a rank-r G: its null directions must stay null
+        G = torch.randn(*batch, m, rank, generator=g, dtype=torch.float64) @ torch.randn(
+            *batch, rank, n, generator=g, dtype=torch.float64
+        )
+    kw = dict(dtype=torch.float64, normalization=normalization)
+    got = steepest.polar(G, method, steps, form="eigh", **kw)
+    want = steepest.polar(G, method, steps, form="standard", **kw)
+    assert got.shape == G.shape and got.dtype == G.dtype
+    assert float((got - want).norm()) <= 1e-9 * max(1.0, float(want.norm()))
+
+
+@pytest.mark.parametrize("shape", [(128, 512), (512, 128), (2, 96, 640)])
+@pytest.mark.parametrize("kind", ["gaussian", "log5", "spike+noise"])
+def test_eigh_form_float32_is_far_more_accurate_than_the_bf16_iteration(shape, kind):
+    """Against the float64 NS5 reference (benchmarks/form_sweep.py: 1e-6 to 3e-3 where the bf16 form has 1e-2 to
+    0.35): <= 5e-3 absolute (float32 eigenvalues carry an absolute error ~6e-8 of the largest, which NS5's ~490x
+    gain near 0 lifts in the directions below ~2e-4) and <= 0.2x the bf16 standard form's error."""
+    G = _spectrum_input(shape, kind, seed=6)
+    ref = _ns5_ref(G)
+    got = steepest.polar(G, "newton_schulz", 5, dtype=torch.float32, form="eigh")
+    bf16 = steepest.polar(G, "newton_schulz", 5, dtype=torch.bfloat16, gram=False)
+    err = float((got.double() - ref).norm() / ref.norm())
+    err_bf16 = float((bf16.double() - ref).norm() / ref.norm())
+    assert err <= 5e-3 and err <= 0.2 * err_bf16, (err, err_bf16)
+
+
+def test_eigh_form_falls_back_to_the_standard_iteration_where_eigh_fails(monkeypatch):
+    """A LAPACK eigh that does not converge (or a non-finite G) gives the standard iteration's result, bit for bit."""
+    G = torch.randn(64, 256, generator=torch.Generator().manual_seed(7))
+    want = steepest.polar(G, "newton_schulz", 5, dtype=torch.float32, form="standard")
+
+    def fails(*a, **k):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge (test)")
+
+    monkeypatch.setattr(torch.linalg, "eigh", fails)
+    assert torch.equal(steepest.polar(G, "newton_schulz", 5, dtype=torch.float32, form="eigh"), want)
+    monkeypatch.undo()
+    bad = G.clone()
+    bad[3, 5] = float("nan")
+    assert torch.isnan(steepest.polar(bad, "newton_schulz", 5, form="eigh")).all()  # NaN in, NaN out, no raise
+
+
+def test_form_argument_errors():
+    G = torch.randn(16, 64)
+    with pytest.raises(ValueError, match="form must be one of"):
+        steepest.polar(G, "newton_schulz", 5, form="fast")
+    with pytest.raises(ValueError, match="contradicts"):
+        steepest.polar(G, "newton_schulz", 5, form="eigh", gram=True)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        steepest.polar(G, "newton_schulz", 5, form="eigh", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="iterative methods"):
+        steepest.polar(G, "svd", form="eigh")
+    assert torch.equal(
+        steepest.polar(G, "newton_schulz", 5, form="gram"), steepest.polar(G, "newton_schulz", 5, gram=True)
+    )
+
+
+def test_auto_picks_the_eigh_form_only_where_the_kind_measured_it(monkeypatch):
+    """``dtype="auto"`` on an AVX512-BF16 CPU without AMX runs the matrices of ``EIGH_RULE`` in the float32 eigh form
+    and everything else as before; an explicit dtype, other kinds and the forced kinds keep their iteration."""
     from steepest.linalg import precision as P
 
     monkeypatch.delenv("STEEPEST_BF16", raising=False)
     g = torch.Generator().manual_seed(5)
-    wide, tall, mid = (
+    wide, tall, sq = (
         torch.randn(128, 1024, generator=g),
         torch.randn(1024, 128, generator=g),
-        torch.randn(128, 512, generator=g),
+        torch.randn(128, 128, generator=g),
     )
 
     def ns(G, **kw):
@@ -193,25 +268,24 @@ def test_auto_picks_the_mixed_gram_form_only_where_the_kind_measured_it(monkeypa
 
     monkeypatch.setattr(P, "_CACHE", {"cpu": ("cpu-avx512_bf16", "test")})
     for G in (wide, tall):
-        assert torch.equal(ns(G, dtype="auto"), ns(G, dtype=torch.bfloat16, gram=True))
-        assert not torch.equal(ns(G, dtype="auto"), ns(G, dtype=torch.bfloat16, gram=False))
+        assert P.auto_dtype("cpu", G.shape) == torch.float32  # the eigh form runs in float32
+        assert torch.equal(ns(G, dtype="auto"), ns(G, dtype=torch.float32, form="eigh"))
         assert torch.equal(ns(G, dtype=torch.bfloat16), ns(G, dtype=torch.bfloat16, gram=False))  # explicit bf16
-    assert torch.equal(ns(mid, dtype="auto"), ns(mid, dtype=torch.bfloat16, gram=False))  # aspect 4: standard
-    for kind in ("cpu-amx", "forced-bf16", "cuda"):
+        assert torch.equal(ns(G, dtype=torch.float32), ns(G, dtype=torch.float32, gram=True))  # explicit float32
+    assert torch.equal(ns(sq, dtype="auto"), ns(sq, dtype=torch.bfloat16, gram=False))  # square: the bf16 iteration
+    for kind in ("cpu-amx", "forced-bf16", "forced-float32", "cuda"):
         monkeypatch.setattr(P, "_CACHE", {"cpu": (kind, "test")})
-        assert torch.equal(ns(wide, dtype="auto"), ns(wide, dtype=torch.bfloat16, gram=False)), kind
-    # through the optimizer: the default Muon's update on a wide matrix is the mixed form's
+        assert not torch.equal(ns(wide, dtype="auto"), ns(wide, dtype=torch.float32, form="eigh")), kind
+    # through the optimizer: the default Muon's update of a wide matrix is the eigh form's, from float32 momentum
+    # (not cast to bf16 first: its error vs float64 NS5 is then float32's, < 1e-4, where bf16 momentum gives ~1e-2)
     monkeypatch.setattr(P, "_CACHE", {"cpu": ("cpu-avx512_bf16", "test")})
-    out = {}
-    for dtype in ("auto", torch.bfloat16):
-        W = torch.nn.Parameter(torch.zeros(128, 1024))
-        opt = steepest.Muon([W], lr=1.0, momentum=0.0, weight_decay=0.0, dtype=dtype)
-        W.grad = wide.clone()
-        opt.step()
-        out[dtype] = W.detach().clone()
-    scale = max(1.0, 128 / 1024) ** 0.5  # torch.optim.Muon's "original" shape scale (1 for a wide matrix)
-    torch.testing.assert_close(out["auto"], -scale * ns(wide, dtype=torch.bfloat16, gram=True), rtol=0, atol=0)
-    assert not torch.equal(out["auto"], out[torch.bfloat16])
+    W = torch.nn.Parameter(torch.zeros(128, 1024))
+    opt = steepest.Muon([W], lr=1.0, momentum=0.0, weight_decay=0.0)
+    W.grad = wide.clone()
+    opt.step()
+    torch.testing.assert_close(W.detach(), -ns(wide, dtype=torch.float32, form="eigh"), rtol=0, atol=0)
+    ref = _ns5_ref(wide)
+    assert float((-W.detach().double() - ref).norm() / ref.norm()) < 1e-4
 
 
 # --------------------------------------------------------------------------- the best table per step count

@@ -121,8 +121,14 @@ def test_auto_dtype_per_size_on_each_cpu_kind(monkeypatch, flags, kind, bf16_fro
     for shape in ((96, 512), (128, 512), (64, 2048), (48, 1536)):
         assert P.auto_dtype("cpu", shape) == P.auto_dtype("cpu", shape[::-1])
     assert P.auto_dtype("cpu", (128, 512)) == P.auto_dtype("cpu", (128, 128))
-    assert P.auto_dtype("cpu", (256, 1024)) == (BF if native else F32)
-    assert P.auto_dtype("cpu", (8, 64, 64)) == F32 and P.auto_dtype("cpu", (3, 384, 1152)) == (BF if native else F32)
+    # wide matrices from 128 x 1024 on: on the EPYC the float32 eigh form (precision.EIGH_RULE), else bf16 where native
+    eigh = kind == "cpu-avx512_bf16"
+    assert P.auto_dtype("cpu", (256, 1024)) == (BF if native and not eigh else F32)
+    assert P.auto_dtype("cpu", (8, 64, 64)) == F32
+    assert P.auto_dtype("cpu", (3, 384, 1152)) == (BF if native and not eigh else F32)
+    assert [P.auto_eigh("cpu", s) for s in ((128, 1024), (1152, 384), (384, 384), (128, 768), (96, 4096))] == (
+        [True, True, False, False, False] if eigh else [False] * 5
+    )
     # Thin matrices: on AMX the measured winners (bf16 at 96 x 768: 0.85x, 64 x 2048: 0.68x; float32 at
     # 96 x 192: bf16 1.12x, 64 x 512: 1.23x, 48 x 1536: 1.07x); a side threshold (EPYC) keeps float32.
     thin = {(96, 768): BF, (64, 2048): BF, (96, 192): F32, (64, 512): F32, (48, 1536): F32, (32, 4096): F32}
@@ -179,10 +185,12 @@ def test_auto_report_records_the_rule(monkeypatch):
     assert rep["bf16_rule"] == {"cast_side": 36, "fixed_work": 1_400_000}
     assert rep["by_size"]["64x64"] == "float32" and rep["by_size"]["128x128"] == "bfloat16"
     assert rep["by_size"]["64x2048"] == "bfloat16" and rep["by_size"]["256x256"] == "bfloat16"
-    assert rep["gram_rule"] is None  # the mixed Gram form is not measured on AMX: never
+    assert rep["eigh_rule"] is None  # the eigh form is not measured on AMX: never
     P.clear_cache()
     monkeypatch.setattr(P, "_cpu_flags", lambda: AVX512_BF16)
-    assert P.auto_report()["cpu"]["gram_rule"] == {"min_side": 128, "min_aspect": 6.0}
+    epyc = P.auto_report()["cpu"]
+    assert epyc["eigh_rule"] == {"min_side": 128, "min_aspect": 3.0, "min_large": 1024}
+    assert epyc["by_size"]["1024x1024"] == "bfloat16" and epyc["by_size"]["128x512"] == "bfloat16"
     import json
 
     json.dumps(rep)  # it goes into environment.json

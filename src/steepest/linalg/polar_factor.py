@@ -24,18 +24,24 @@ import warnings
 import torch
 
 from steepest.linalg import coefficients as C
-from steepest.linalg.precision import auto_gram, iteration_dtype
+from steepest.linalg.precision import auto_eigh, iteration_dtype
 
 METHODS = ("svd", "newton_schulz", "polar_express")
 DTYPES = (torch.float32, torch.bfloat16, torch.float64, torch.float16)
 NORMALIZATIONS = ("frobenius", "schatten8")
 
 DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 8}
+FORMS = ("standard", "gram", "eigh")
+#: Columns per product of the eigh form's last step X <- Q X, done in place block by block (one m x 256
+#: temporary instead of a second m x n buffer).
+EIGH_COLUMN_BLOCK = 256
 #: Steps between restarts of the mixed-precision Gram form (bf16 m x n products, float32 m x m side): 3 gives
 #: 4 m x n products for Muon's 5 steps (the standard form: 10) at a lower error than the standard bf16 form
 #: on Gaussian and on log-spaced spectra down to 1e-5 (0.6-0.9x its error vs float64 NS5); never restarting
 #: (one R, one final product) is cheaper still but lost every singular value under ~1e-2 (error vs float64
-#: NS5 above 1 on log-spaced spectra): benchmarks/HISTORY.md, "The mixed-precision Gram form".
+#: NS5 above 1 on log-spaced spectra): benchmarks/HISTORY.md, "The eigh form of the polar iteration". (On the
+#: AMD EPYC it is 0.68-0.88x the standard bf16 form's time from aspect 6, where the float32 eigh form is faster
+#: still at 100x less error, so ``dtype="auto"`` takes that one.)
 GRAM_MIXED_RESTART = 3
 
 
@@ -145,6 +151,7 @@ def polar(
     eps: float = 1e-7,
     gram: bool | None = None,
     overwrite_input: bool = False,
+    form: str | None = None,
 ) -> torch.Tensor:
     """Polar factor U V^T of ``G`` (shape ``(..., m, n)``), by ``method``.
 
@@ -176,8 +183,17 @@ def polar(
             Gram matrix, restarted after two steps). None (default): only where it measured faster at
             equal accuracy, i.e. ``method="newton_schulz"``, Frobenius normalization, float32, at least 3
             steps and an aspect ratio max(m, n) / min(m, n) >= 2 (0.66-0.78x the time of the standard
-            form at the same error vs float64 on the GPT-like shapes; in bf16 it doubles the error, on
-            square matrices it is slower: benchmarks/RESULTS.md). True/False force it.
+            form at the same error vs float64 on the GPT-like shapes; on square matrices it is slower:
+            benchmarks/RESULTS.md). True/False force it. In bf16, ``gram=True`` runs the mixed form (bf16 m x n
+            products, float32 m x m side, restarted after :data:`GRAM_MIXED_RESTART` steps: 0.95-1.12x the standard
+            bf16 form's error on Gaussian inputs, 0.80-0.96x on decaying spectra; never chosen by default).
+        form: how the polynomial methods evaluate their iteration (the same polynomial of G in exact arithmetic):
+            ``"standard"`` (X <- a X + (b A + c A^2) X, torch.optim.Muon's arithmetic), ``"gram"`` (as
+            ``gram=True``) or ``"eigh"`` (:func:`_polynomial_by_eigh`: one eigendecomposition of the small-side
+            Gram matrix, the iteration on its eigenvalues, two m x n products; float32 or float64 only).
+            None (default): ``gram``'s rule, and under ``dtype="auto"`` the eigh form where the device kind measured
+            it faster (:data:`steepest.linalg.precision.EIGH_RULE`: on an AVX512-BF16 CPU without AMX, float32
+            eigh on wide matrices beats the bf16 iteration at 100-10000x less error).
         overwrite_input: the iterative methods may overwrite ``G`` (as SciPy's ``overwrite_a``): a caller
             that passes a temporary of its own saves one copy of it, the largest buffer of the iteration
             but its own workspace (the batched optimizer step's stack). Default False: ``G`` is left as it is.
@@ -201,6 +217,8 @@ def polar(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
     if method == "svd":
+        if form is not None or gram:
+            raise ValueError("form and gram apply only to the iterative methods, not 'svd'")
         if steps is not None or coefficients is not None:
             raise ValueError("steps and coefficients apply only to the iterative methods, not 'svd'")
         return polar_svd(G, dtype=dtype)[0]
@@ -214,15 +232,26 @@ def polar(
         normalization = "frobenius" if method == "newton_schulz" else "schatten8"
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if form is not None:
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS} or None, got {form!r}")
+        if gram is not None and gram != (form == "gram"):
+            raise ValueError(f"gram={gram!r} contradicts form={form!r}: give one of them")
+        gram = form == "gram"
+    elif auto and gram is None and auto_eigh(G.device, G.shape) and not torch.compiler.is_compiling():
+        form = "eigh"  # (a compiled graph keeps the matmul-only forms: no LAPACK call, no fallback branch)
+    if form == "eigh":
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"form='eigh' runs in float32 or float64, got dtype={dtype}")
+        tab, safety = _table(method, steps, coefficients)
+        return _polynomial_by_eigh(
+            G, tab, dtype=dtype, normalization=normalization, safety=safety, eps=eps, overwrite=overwrite_input
+        )
     if method == "newton_schulz":
         table = C.schedule(coefficients if coefficients is not None else C.MUON_QUINTIC, steps)
         small, large = sorted(G.shape[-2:])
-        if gram is None:
-            gram = normalization == "frobenius" and steps >= 3
-            if dtype == torch.float32:
-                gram = gram and large >= 2 * small
-            else:  # bf16: the mixed form, only where "auto" chose it (an explicit bf16 is torch.optim.Muon's code)
-                gram = gram and auto and dtype == torch.bfloat16 and auto_gram(G.device, G.shape)
+        if gram is None:  # float32 only: in bf16 an explicit dtype keeps torch.optim.Muon's arithmetic
+            gram = normalization == "frobenius" and steps >= 3 and dtype == torch.float32 and large >= 2 * small
         if gram:
             if normalization != "frobenius":
                 raise ValueError("gram=True needs normalization='frobenius'")
@@ -240,11 +269,7 @@ def polar(
     else:
         if gram:
             raise ValueError("gram=True applies to method='newton_schulz' only")
-        if coefficients is None:
-            coefficients = C.POLAR_EXPRESS_TABLES[C.best_polar_express_table(steps)]
-        table = C.schedule(coefficients, steps)
-        table = C.with_safety(table)
-        safety = C.POLAR_EXPRESS_SAFETY
+        table, safety = _table(method, steps, coefficients)
     return _iterate(
         G, table, dtype=dtype, normalization=normalization, safety=safety, eps=eps, overwrite=overwrite_input
     )
@@ -328,6 +353,70 @@ def svd_or_fallback(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return U.to(X.dtype), s.to(X.dtype), V.mT.to(X.dtype)
 
 
+def _table(method: str, steps: int, coefficients) -> tuple[list, float]:
+    """The (a, b, c) schedule of a polynomial method and its normalization's safety factor."""
+    if method == "newton_schulz":
+        return C.schedule(coefficients if coefficients is not None else C.MUON_QUINTIC, steps), 1.0
+    if coefficients is None:
+        coefficients = C.POLAR_EXPRESS_TABLES[C.best_polar_express_table(steps)]
+    return C.with_safety(C.schedule(coefficients, steps)), C.POLAR_EXPRESS_SAFETY
+
+
+def _polynomial_by_eigh(
+    G: torch.Tensor,
+    table: list,
+    *,
+    dtype: torch.dtype,
+    normalization: str,
+    safety: float,
+    eps: float,
+    overwrite: bool = False,
+) -> torch.Tensor:
+    """The odd-polynomial iteration ``table`` applied to G through one eigendecomposition (``form="eigh"``).
+
+    Every iterate is a function of G's singular values: for X = U diag(s) W^T (G oriented wide, divided by
+    max(safety ||G||_F, eps) as the standard form does) the iteration's input is X / c (c = 1 for the Frobenius
+    normalization, safety ||s||_8 for the Schatten-8 one) and its output U diag(p(s / c)) W^T with p the composed
+    polynomial, i.e. Q X for the m x m
+    matrix Q = U diag(q) U^T, q_i = p(s_i / c) / s_i = prod_k f_k(x_k^2) / c (x_0 = s_i / c, x_{k+1} = x_k f_k(x_k^2),
+    f_k(y) = a_k + b_k y + c_k y^2; at s_i = 0 the same product, the limit). R = X X^T = U diag(s^2) U^T gives
+    U and s (G = 0: s = 0 and Q X = 0): one m^2 n product, one m x m ``eigh``, the scalar iteration in float64,
+    Q, and one m^2 n product,
+    all in ``dtype`` (float32: an error of 1e-6 to 3e-3 against the float64 iteration where the bf16 form has
+    1e-2 to 0.35, benchmarks/form_sweep.py). Where ``eigh`` raises (LAPACK not converging; a non-finite G), the
+    standard iteration runs instead.
+    """
+    tall = G.shape[-2] > G.shape[-1]
+    # G / max(safety ||G||_F, eps), as the standard form (prescaled where G's entries are extreme)
+    X = _normalized(G, dtype, tall, eps, safety, overwrite)  # (G's own buffer, divided in place, if overwrite)
+    if not table:  # no step: the normalized input, as the standard form returns it
+        return (X.mT if tall else X).to(G.dtype)
+    try:
+        lam, U = torch.linalg.eigh(X @ X.mT)
+    except torch.linalg.LinAlgError:
+        X = _steps(X, table, normalization=normalization, safety=safety, tall=False)
+        return (X.mT if tall else X).to(G.dtype)
+    s = lam.double().clamp(min=0).sqrt()
+    if normalization == "frobenius":  # X is the standard iteration's input already (divided by safety too)
+        c = torch.ones_like(s[..., :1])
+    else:  # schatten8: the standard form rescales X by 1 / (safety ||s||_8), which is scale-free (and skips G = 0)
+        s8 = s.pow(8).sum(-1, keepdim=True).pow(0.125)
+        c = torch.where(s8 > 0, safety * s8, torch.ones_like(s8))
+    x, q = s / c, torch.ones_like(s)
+    for a, b, cc in table:
+        y = x * x
+        f = a + y * (b + cc * y)
+        x, q = x * f, q * f
+    q = q / c
+    Q = (U * q.to(dtype).unsqueeze(-2)) @ U.mT
+    # X <- Q X in place, a block of columns at a time: X is this function's own normalized copy, so the result
+    # needs no second m x n buffer (peak memory as the bf16 forms' two half-size buffers: tests/test_step_memory.py)
+    for j in range(0, X.shape[-1], EIGH_COLUMN_BLOCK):
+        Xj = X[..., j : j + EIGH_COLUMN_BLOCK]
+        Xj.copy_(Q @ Xj)
+    return (X.mT if tall else X).to(G.dtype)
+
+
 def _iterate(
     G: torch.Tensor,
     table: list,
@@ -356,8 +445,15 @@ def _iterate(
             X = _iterate_gram(X, table) if table else X
         return (X.mT if tall else X).to(G.dtype)
     X = _normalized(G, dtype, False, eps, safety, overwrite)
+    return _steps(X, table, normalization=normalization, safety=safety, tall=tall).to(G.dtype)
+
+
+def _steps(X: torch.Tensor, table: list, *, normalization: str, safety: float, tall: bool) -> torch.Tensor:
+    """The standard iteration of :func:`_iterate` on X, already divided by max(safety ||G||_F, eps) (in the tall
+    layout when ``tall``), in X's dtype; X may be overwritten."""
+    dtype = X.dtype
     if not table:
-        return X.to(G.dtype)
+        return X
 
     def small_gram(X):
         return X.mT @ X if tall else X @ X.mT
@@ -377,7 +473,7 @@ def _iterate(
         r = torch.where(s8 > 0, 1.0 / (s8 * safety), torch.ones_like(s8))
         X, A, AA = X * r, A * (r * r), AA * (r**4)
     if X.ndim in (2, 3) and not torch.compiler.is_compiling():
-        return _iterate_buffered(X, table, tall, A if AA is not None else None, AA).to(G.dtype)
+        return _iterate_buffered(X, table, tall, A if AA is not None else None, AA)
     for k, (a, b, c) in enumerate(table):
         if AA is not None and k == 0:
             B = b * A + c * AA
@@ -385,7 +481,7 @@ def _iterate(
             A = small_gram(X)
             B = _addmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
         X = _addmm(X, X, B, beta=a, alpha=1.0) if tall else _addmm(X, B, X, beta=a, alpha=1.0)  # a X + B X
-    return X.to(G.dtype)
+    return X
 
 
 def _iterate_buffered(

@@ -132,49 +132,53 @@ BF16_RULE: dict[str, Bf16Rule | None] = {
 }
 
 
-class GramRule(NamedTuple):
-    """The mixed-precision Gram form (bf16 m x n products, float32 m x m side) iff the smaller side m >= ``min_side``
-    and the aspect n / m >= ``min_aspect``.
+class EighRule(NamedTuple):
+    """The eigh form in float32 (``polar(..., form="eigh")``) iff the smaller side m >= ``min_side``, the aspect
+    n / m >= ``min_aspect`` and the larger side n >= ``min_large``.
 
-    From the flop count of Muon's 5 steps: the standard bf16 form costs 20 m^2 n + 10 m^3 bf16 flops, the mixed
-    Gram form restarted after 3 steps 8 m^2 n bf16 and 28 m^3 float32 flops, so with float32 f times slower
-    per flop than bf16 it pays for n / m > (28 f - 10) / 12: aspect ~3.8 where f = 2 (AMD EPYC), ~8.5 where
-    f = 4; the measured rule sits above the model's break-even by the per-call costs it leaves out.
+    The standard bf16 form of Muon's 5 steps costs 20 m^2 n + 10 m^3 bf16 flops; the eigh form 4 m^2 n float32
+    flops, one m x m float32 ``eigh`` (~9 m^3 flops at LAPACK's lower rate, plus a fixed cost that dominates small
+    m) and a 2 m^3 product. With float32 about 2x slower per flop than bf16 (AMD EPYC) it wins from aspect ~3 on
+    large matrices, later on small ones; with AMX (float32 ~4-8x slower than bf16) or on a GPU (slow small
+    ``eigh``) it would not.
 
-    >>> GramRule(128, 6.0).mixed((256, 2304)), GramRule(128, 6.0).mixed((384, 1536))
-    (True, False)
+    >>> r = EighRule(128, 3.0, 1024)
+    >>> r.eigh((384, 1152)), r.eigh((384, 384)), r.eigh((128, 512)), r.eigh((128, 1152))
+    (True, False, False, True)
     """
 
     min_side: int
     min_aspect: float
+    min_large: int
 
-    def mixed(self, shape) -> bool:
+    def eigh(self, shape) -> bool:
         m, n = sorted(int(s) for s in tuple(shape)[-2:])
-        return m >= self.min_side and n >= self.min_aspect * m
+        return m >= self.min_side and n >= self.min_aspect * m and n >= self.min_large
 
 
-#: The measured mixed-Gram rule per device kind (:class:`GramRule`; None: the standard form always). Only for
-#: the matrices ``dtype="auto"`` runs in bf16 (an explicit ``dtype=torch.bfloat16`` keeps torch.optim.Muon's
-#: arithmetic), with Newton-Schulz, Frobenius normalization and >= 3 steps:
+#: The measured eigh-form rule per device kind (:class:`EighRule`; None: never). Applies to ``dtype="auto"`` only
+#: (an explicit dtype keeps its iteration: ``dtype=torch.bfloat16`` is torch.optim.Muon's arithmetic), eager only
+#: (a compiled graph keeps the matmul-only forms); the matrices it covers run in float32 (:func:`auto_dtype`).
 #:
 #: * ``cpu-avx512_bf16`` (AMD EPYC, ``avx512_bf16`` without AMX; torch 2.13, 1 thread, idle 2-core box,
-#:   2026-12-07, ``benchmarks/gram_sweep.py``, 35 shapes, sides 128-512, aspects 2-16, stacks of 2): mixed /
-#:   standard time 1.35-1.56x at aspect 2, 1.01-1.08x at 4 (0.97 / 0.96 / 0.94 at 128 x 576, 384 x 1728,
-#:   512 x 2304), **0.81-0.88x at 6, 0.68-0.78x at 9, 0.55-0.64x at 16**; the error vs float64 NS5 0.95-1.12x
-#:   the standard form's on Gaussian inputs (7e-3 to 1.4e-2 both) and 0.80-0.96x on log-spaced and rank-4
-#:   spectra. Aspect >= 6 wins >= 12% at every side measured.
-#: * ``cpu-amx``, ``cuda``: not measured (no such machine in the session that added it; with AMX float32 is
-#:   ~4x slower per flop than bf16, where the model's break-even is aspect ~8.5), so never.
-GRAM_RULE: dict[str, GramRule | None] = {
-    "cpu-avx512_bf16": GramRule(128, 6.0),
+#:   2026-12-07, ``benchmarks/form_sweep.py``: 49 shapes, sides 64-512, aspects 1-16, stacks of 2): eigh / the
+#:   faster of bf16 and float32 is <= 0.95x from aspect 9 at side 64, 6 at 96 and 128, 4 at 192 and 256, 3 at 384
+#:   and 512; 1.41-1.74x on squares. The rule (m >= 128, aspect >= 3, n >= 1024) takes only winners: 0.55-0.92x
+#:   (128 x 1152 0.77x, 256 x 1024 0.92x, 384 x 1152 0.83x, 384 x 1536 0.74x, 256 x 4096 0.63x), and leaves
+#:   128 x 768 (0.85x) and 192 x 768 (0.91x) to the bf16 iteration; 128 x 512 (charlm's) is 1.05x, so bf16 stays.
+#:   Error vs float64 NS5 (worst of Gaussian, log-spaced to 1e-3 and 1e-5, rank-4 + noise): 1.4e-3 to 2.8e-3,
+#:   where the bf16 iteration has 0.20-0.40 (float32's standard or Gram form: 1e-5 to 1.6e-4, at 1.4-2x bf16's time).
+#: * ``cpu-amx``, ``cpu-no-bf16``, ``cuda``: not measured (no such machine in the session that added it), so never.
+EIGH_RULE: dict[str, EighRule | None] = {
+    "cpu-avx512_bf16": EighRule(128, 3.0, 1024),
 }
 
 
-def auto_gram(device: torch.device | str, shape) -> bool:
-    """Whether ``dtype="auto"`` runs a bf16 Newton-Schulz of ``shape`` in the mixed-precision Gram form on
-    ``device`` (:data:`GRAM_RULE`; ``STEEPEST_BF16`` forced kinds: never)."""
-    rule = GRAM_RULE.get(device_kind(device))
-    return rule is not None and rule.mixed(shape)
+def auto_eigh(device: torch.device | str, shape) -> bool:
+    """Whether ``dtype="auto"`` evaluates a polynomial polar iteration of ``shape`` in the float32 eigh form on
+    ``device`` (:data:`EIGH_RULE`; ``STEEPEST_BF16``'s forced kinds: never)."""
+    rule = EIGH_RULE.get(device_kind(device))
+    return rule is not None and rule.eigh(shape)
 
 
 #: Sizes listed per device in :func:`auto_report` (the choice per size class, for environment.json).
@@ -222,7 +226,8 @@ def auto_dtype(device: torch.device | str, shape: tuple[int, ...] | torch.Size |
     """The iteration dtype ``dtype="auto"`` resolves to for a matrix (or batch) of ``shape`` on ``device``.
 
     bf16 where the device kind has native bf16 matmul and ``shape[-2:]`` passes the kind's
-    :data:`BF16_RULE`, float32 otherwise. ``shape=None`` answers whether the device runs bf16 at all
+    :data:`BF16_RULE`, float32 otherwise, and float32 where the kind's :data:`EIGH_RULE` sends the shape to the
+    float32 eigh form. ``shape=None`` answers whether the device runs bf16 at all
     (for callers that do not know the matrix). Same inputs, same answer, on every run.
 
     >>> import os; os.environ["STEEPEST_BF16"] = "1"; clear_cache()
@@ -237,22 +242,24 @@ def auto_dtype(device: torch.device | str, shape: tuple[int, ...] | torch.Size |
         return torch.float32
     if shape is None:
         return torch.bfloat16
+    if auto_eigh(device, shape):  # the eigh form runs in float32
+        return torch.float32
     return torch.bfloat16 if rule.bf16(shape) else torch.float32
 
 
 def auto_report(devices=("cpu",)) -> dict[str, dict]:
-    """``{device type: {"dtype", "reason", "kind", "bf16_rule", "bf16_from_min_side", "by_size", "gram_rule"}}`` for
+    """``{device type: {"dtype", "reason", "kind", "bf16_rule", "bf16_from_min_side", "by_size", "eigh_rule"}}`` for
     a run's environment record: the device-level answer (bf16 anywhere?), why, the rule (:class:`Bf16Rule`: cast
     side, fixed work; None: never), the smallest square side that gets bf16, the choice for square matrices of
-    each side in :data:`REPORT_SIDES` and for :data:`REPORT_SHAPES`, and the mixed-Gram rule
-    (:data:`GRAM_RULE`)."""
+    each side in :data:`REPORT_SIDES` and for :data:`REPORT_SHAPES`, and the eigh-form rule
+    (:data:`EIGH_RULE`)."""
     out = {}
     for d in devices:
         d = torch.device(d)
         kind = device_kind(d)
         rule = BF16_RULE[kind]
         shapes = [(n, n) for n in REPORT_SIDES] + list(REPORT_SHAPES)
-        gram = GRAM_RULE.get(kind)
+        eigh = EIGH_RULE.get(kind)
         out[d.type] = {
             "dtype": _name(auto_dtype(d)),
             "reason": _CACHE[d.type][1],
@@ -260,8 +267,8 @@ def auto_report(devices=("cpu",)) -> dict[str, dict]:
             "bf16_rule": None if rule is None else rule._asdict(),
             "bf16_from_min_side": None if rule is None else rule.min_square_side(),
             "by_size": {f"{m}x{n}": _name(auto_dtype(d, (m, n))) for m, n in shapes},
-            # Newton-Schulz in bf16 runs in the mixed-precision Gram form from this side and aspect (None: never)
-            "gram_rule": None if gram is None else gram._asdict(),
+            # the polynomial polar methods run in the float32 eigh form from this side and aspect (None: never)
+            "eigh_rule": None if eigh is None else eigh._asdict(),
         }
     return out
 
@@ -310,7 +317,7 @@ __all__ = [
     "BF16_CPU_FLAGS",
     "BF16_RULE",
     "Bf16Rule",
-    "GRAM_RULE",
-    "GramRule",
-    "auto_gram",
+    "EIGH_RULE",
+    "EighRule",
+    "auto_eigh",
 ]
