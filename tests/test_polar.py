@@ -230,7 +230,7 @@ def test_buffered_iteration_is_the_plain_loop_bit_for_bit(shape, dtype, schatten
     """The eager loop with out= buffers (``_iterate_buffered``) runs the same kernels in the same order as
     the functional loop (fresh tensors per step, written out here): equal up to the GEMM's own rounding."""
     from steepest.linalg.coefficients import MUON_QUINTIC, schedule
-    from steepest.linalg.polar_factor import _addmm, _iterate_buffered
+    from steepest.linalg.polar_forms import _addmm, _iterate_buffered
 
     X0 = torch.randn(*shape, generator=torch.Generator().manual_seed(3)).to(dtype)
     X0 = X0 / torch.linalg.vector_norm(X0, dim=(-2, -1), keepdim=True)

@@ -165,7 +165,7 @@ def test_gram_form_is_the_standard_iteration_for_any_restart(m, aspect, restart,
     """The identity behind every Gram form: X_k = Q_k X_0 with Q_k a polynomial in X_0 X_0^T, so in float64 the Gram
     iteration (any restart period, the m x m side in float64 too) equals the standard iteration to round-off
     (1e-10: ~steps x 1e-16 per operation, amplified by at most the quintic's growth 3.4445^steps)."""
-    from steepest.linalg.polar_factor import _iterate_gram
+    from steepest.linalg.polar_forms import _iterate_gram
 
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(m, m * aspect, generator=g, dtype=torch.float64)
