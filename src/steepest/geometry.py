@@ -495,7 +495,7 @@ def dualize_with_dual_norm(
             G,
             method,
             steps,
-            # "auto" resolved by polar itself, which may then pick the mixed-precision Gram form
+            # "auto" resolved by polar itself, which may then pick the eigh form (precision.EIGH_RULE)
             dtype="auto" if isinstance(dtype, str) and dtype == "auto" else iteration_dtype(G.dtype, dtype),
             coefficients=coefficients,
             normalization=normalization,

@@ -96,21 +96,22 @@ def polar(
             so it costs no extra matmul and shrinks the spectrum by at most rank^(1/8). Defaults:
             frobenius for Newton-Schulz (as Muon), schatten8 for Polar Express.
         eps: floor of the normalizing norm (Muon's 1e-7), so zero inputs stay zero.
-        gram: run Newton-Schulz in Gram form (:func:`~steepest.linalg.polar_forms._iterate_gram`: the iteration on the small m x m
-            Gram matrix, restarted after two steps). None (default): only where it measured faster at
-            equal accuracy, i.e. ``method="newton_schulz"``, Frobenius normalization, float32, at least 3
-            steps and an aspect ratio max(m, n) / min(m, n) >= 2 (0.66-0.78x the time of the standard
+        gram: run Newton-Schulz in Gram form (:func:`~steepest.linalg.polar_forms._iterate_gram`: the
+            iteration on the small m x m Gram matrix, restarted after two steps). None (default): only where it
+            measured faster at equal accuracy, i.e. ``method="newton_schulz"``, Frobenius normalization, float32,
+            at least 3 steps and an aspect ratio max(m, n) / min(m, n) >= 2 (0.66-0.78x the time of the standard
             form at the same error vs float64 on the GPT-like shapes; on square matrices it is slower:
             benchmarks/RESULTS.md). True/False force it. In bf16, ``gram=True`` runs the mixed form (bf16 m x n
-            products, float32 m x m side, restarted after ``polar_forms.GRAM_MIXED_RESTART`` steps: 0.95-1.12x the standard
-            bf16 form's error on Gaussian inputs, 0.80-0.96x on decaying spectra; never chosen by default).
+            products, float32 m x m side, restarted every ``polar_forms.GRAM_MIXED_RESTART`` steps: 0.95-1.12x
+            the standard bf16 form's error on Gaussian inputs, 0.80-0.96x on decaying spectra; never the default).
         form: how the polynomial methods evaluate their iteration (the same polynomial of G in exact arithmetic):
             ``"standard"`` (X <- a X + (b A + c A^2) X, torch.optim.Muon's arithmetic), ``"gram"`` (as
-            ``gram=True``) or ``"eigh"`` (:func:`~steepest.linalg.polar_forms._polynomial_by_eigh`: one eigendecomposition of the small-side
-            Gram matrix, the iteration on its eigenvalues, two m x n products; float32 or float64 only).
-            None (default): ``gram``'s rule, and under ``dtype="auto"`` the eigh form where the device kind measured
-            it faster (:data:`steepest.linalg.precision.EIGH_RULE`: on an AVX512-BF16 CPU without AMX, float32
-            eigh on wide matrices beats the bf16 iteration at 100-10000x less error).
+            ``gram=True``) or ``"eigh"`` (:func:`~steepest.linalg.polar_forms._polynomial_by_eigh`: one
+            eigendecomposition of the small-side Gram matrix, the iteration on its eigenvalues, two m x n
+            products; float32 or float64 only). None (default): ``gram``'s rule, and under ``dtype="auto"`` the
+            eigh form where the device kind measured it faster (:data:`steepest.linalg.precision.EIGH_RULE`: on
+            an AVX512-BF16 CPU without AMX, float32 eigh on wide matrices beats the bf16 iteration at 1/100 to
+            1/10000 of its error against the float64 iteration).
         overwrite_input: the iterative methods may overwrite ``G`` (as SciPy's ``overwrite_a``): a caller
             that passes a temporary of its own saves one copy of it, the largest buffer of the iteration
             but its own workspace (the batched optimizer step's stack). Default False: ``G`` is left as it is.

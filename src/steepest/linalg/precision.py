@@ -167,7 +167,7 @@ class EighRule(NamedTuple):
 #:   (128 x 1152 0.77x, 256 x 1024 0.92x, 384 x 1152 0.83x, 384 x 1536 0.74x, 256 x 4096 0.63x), and leaves
 #:   128 x 768 (0.85x) and 192 x 768 (0.91x) to the bf16 iteration; 128 x 512 (charlm's) is 1.05x, so bf16 stays.
 #:   Error vs float64 NS5 (worst of Gaussian, log-spaced to 1e-3 and 1e-5, rank-4 + noise): 1.4e-3 to 2.8e-3,
-#:   where the bf16 iteration has 0.20-0.40 (float32's standard or Gram form: 1e-5 to 1.6e-4, at 1.4-2x bf16's time).
+#:   where the bf16 iteration has 0.20-0.42 (float32's standard or Gram form: 9e-6 to 1.6e-4, at 1.4-2x bf16's time).
 #: * ``cpu-amx``, ``cpu-no-bf16``, ``cuda``: not measured (no such machine in the session that added it), so never.
 EIGH_RULE: dict[str, EighRule | None] = {
     "cpu-avx512_bf16": EighRule(128, 3.0, 1024),
