@@ -23,8 +23,8 @@ from steepest.linalg import coefficients as C
 #: temporary instead of a second m x n buffer).
 EIGH_COLUMN_BLOCK = 256
 #: Steps between restarts of the mixed-precision Gram form (bf16 m x n products, float32 m x m side): 3 gives
-#: 4 m x n products for Muon's 5 steps (the standard form: 10) at a lower error than the standard bf16 form
-#: on Gaussian and on log-spaced spectra down to 1e-5 (0.6-0.9x its error vs float64 NS5); never restarting
+#: 4 m x n products for Muon's 5 steps (the standard form: 10) at the standard bf16 form's error vs float64 NS5
+#: (0.95-1.12x on Gaussian inputs, 0.80-0.96x on log-spaced spectra down to 1e-5 and rank-4 + noise); never restarting
 #: (one R, one final product) is cheaper still but lost every singular value under ~1e-2 (error vs float64
 #: NS5 above 1 on log-spaced spectra): benchmarks/HISTORY.md, "The eigh form of the polar iteration". (On the
 #: AMD EPYC it is 0.68-0.88x the standard bf16 form's time from aspect 6, where the float32 eigh form is faster
