@@ -251,8 +251,9 @@ def test_form_argument_errors():
 
 
 def test_auto_picks_the_eigh_form_only_where_the_kind_measured_it(monkeypatch):
-    """``dtype="auto"`` on an AVX512-BF16 CPU without AMX runs the matrices of ``EIGH_RULE`` in the float32 eigh form
-    and everything else as before; an explicit dtype, other kinds and the forced kinds keep their iteration."""
+    """``dtype="auto"`` runs the matrices of its kind's ``EIGH_RULE`` in the float32 eigh form (an AVX512-BF16 CPU
+    without AMX: wide ones from 128 x 1024; a CPU without bf16: from aspect 2) and everything else as before; an
+    explicit dtype, AMX, CUDA and forced bf16 keep their iteration."""
     from steepest.linalg import precision as P
 
     monkeypatch.delenv("STEEPEST_BF16", raising=False)
@@ -273,9 +274,16 @@ def test_auto_picks_the_eigh_form_only_where_the_kind_measured_it(monkeypatch):
         assert torch.equal(ns(G, dtype=torch.bfloat16), ns(G, dtype=torch.bfloat16, gram=False))  # explicit bf16
         assert torch.equal(ns(G, dtype=torch.float32), ns(G, dtype=torch.float32, gram=True))  # explicit float32
     assert torch.equal(ns(sq, dtype="auto"), ns(sq, dtype=torch.bfloat16, gram=False))  # square: the bf16 iteration
-    for kind in ("cpu-amx", "forced-bf16", "forced-float32", "cuda"):
+    for kind in ("cpu-amx", "forced-bf16", "cuda"):
         monkeypatch.setattr(P, "_CACHE", {"cpu": (kind, "test")})
         assert not torch.equal(ns(wide, dtype="auto"), ns(wide, dtype=torch.float32, form="eigh")), kind
+    # without native bf16 (and its simulation) the alternative is the float32 iteration: the eigh form from
+    # aspect 2 on (128 x 256 up), the float32 iteration on squares
+    for kind in ("cpu-no-bf16", "forced-float32"):
+        monkeypatch.setattr(P, "_CACHE", {"cpu": (kind, "test")})
+        mid = torch.randn(128, 256, generator=g)
+        assert torch.equal(ns(mid, dtype="auto"), ns(mid, dtype=torch.float32, form="eigh")), kind
+        assert torch.equal(ns(sq, dtype="auto"), ns(sq, dtype=torch.float32)), kind
     # through the optimizer: the default Muon's update of a wide matrix is the eigh form's, from float32 momentum
     # (not cast to bf16 first: its error vs float64 NS5 is then float32's, < 1e-4, where bf16 momentum gives ~1e-2)
     monkeypatch.setattr(P, "_CACHE", {"cpu": ("cpu-avx512_bf16", "test")})

@@ -126,9 +126,13 @@ def test_auto_dtype_per_size_on_each_cpu_kind(monkeypatch, flags, kind, bf16_fro
     assert P.auto_dtype("cpu", (256, 1024)) == (BF if native and not eigh else F32)
     assert P.auto_dtype("cpu", (8, 64, 64)) == F32
     assert P.auto_dtype("cpu", (3, 384, 1152)) == (BF if native and not eigh else F32)
-    assert [P.auto_eigh("cpu", s) for s in ((128, 1024), (1152, 384), (384, 384), (128, 768), (96, 4096))] == (
-        [True, True, False, False, False] if eigh else [False] * 5
-    )
+    shapes = ((128, 1024), (1152, 384), (384, 384), (128, 768), (96, 4096), (128, 256), (64, 2048))
+    want = {
+        "cpu-avx512_bf16": [True, True, False, False, False, False, False],
+        "cpu-no-bf16": [True, True, False, True, False, True, False],  # against the float32 iteration: from aspect 2
+        "cpu-amx": [False] * 7,
+    }[kind]
+    assert [P.auto_eigh("cpu", s) for s in shapes] == want
     # Thin matrices: on AMX the measured winners (bf16 at 96 x 768: 0.85x, 64 x 2048: 0.68x; float32 at
     # 96 x 192: bf16 1.12x, 64 x 512: 1.23x, 48 x 1536: 1.07x); a side threshold (EPYC) keeps float32.
     thin = {(96, 768): BF, (64, 2048): BF, (96, 192): F32, (64, 512): F32, (48, 1536): F32, (32, 4096): F32}

@@ -168,15 +168,23 @@ class EighRule(NamedTuple):
 #:   128 x 768 (0.85x) and 192 x 768 (0.91x) to the bf16 iteration; 128 x 512 (charlm's) is 1.05x, so bf16 stays.
 #:   Error vs float64 NS5 (worst of Gaussian, log-spaced to 1e-3 and 1e-5, rank-4 + noise): 1.4e-3 to 2.8e-3,
 #:   where the bf16 iteration has 0.20-0.42 (float32's standard or Gram form: 9e-6 to 1.6e-4, at 1.4-2x bf16's time).
-#: * ``cpu-amx``, ``cpu-no-bf16``, ``cuda``: not measured (no such machine in the session that added it), so never.
+#: * ``cpu-no-bf16`` and ``forced-float32`` (its simulation, ``STEEPEST_BF16=0``): there the alternative is the
+#:   float32 iteration (bf16 is emulated); fitted from the same sweep's float32 column (so in the simulation on the
+#:   EPYC, not on an AVX2 CPU, where float32 GEMMs are half as fast and the eigh form should gain more): eigh /
+#:   float32 0.89x at 128 x 256, 0.71x at 128 x 512, 0.74x at 192 x 384, 0.39-0.63x from side 256 at aspect >= 2;
+#:   squares 0.69-1.28x and side 64-96 up to 1.41x are left out. The trade: error 1.4e-3 to 2.8e-3 against the
+#:   float32 iteration's 1e-5 (the bf16 iteration, torch.optim.Muon's, has 0.20-0.42), at 0.39-0.89x its time.
+#: * ``cpu-amx``, ``cuda``: not measured (no such machine in the session that added it), so never.
 EIGH_RULE: dict[str, EighRule | None] = {
     "cpu-avx512_bf16": EighRule(128, 3.0, 1024),
+    "cpu-no-bf16": EighRule(128, 2.0, 256),
+    "forced-float32": EighRule(128, 2.0, 256),
 }
 
 
 def auto_eigh(device: torch.device | str, shape) -> bool:
     """Whether ``dtype="auto"`` evaluates a polynomial polar iteration of ``shape`` in the float32 eigh form on
-    ``device`` (:data:`EIGH_RULE`; ``STEEPEST_BF16``'s forced kinds: never)."""
+    ``device`` (:data:`EIGH_RULE`)."""
     rule = EIGH_RULE.get(device_kind(device))
     return rule is not None and rule.eigh(shape)
 
