@@ -132,17 +132,18 @@ def _polynomial_by_eigh(
 ) -> torch.Tensor:
     """The odd-polynomial iteration ``table`` applied to G through one eigendecomposition (``form="eigh"``).
 
-    Every iterate is a function of G's singular values: for X = U diag(s) W^T (G oriented wide, divided by
+    Every iterate is a function of G's singular values. For X = U diag(s) W^T (G oriented wide, divided by
     max(safety ||G||_F, eps) as the standard form does) the iteration's input is X / c (c = 1 for the Frobenius
-    normalization, safety ||s||_8 for the Schatten-8 one) and its output U diag(p(s / c)) W^T with p the composed
-    polynomial, i.e. Q X for the m x m
-    matrix Q = U diag(q) U^T, q_i = p(s_i / c) / s_i = prod_k f_k(x_k^2) / c (x_0 = s_i / c, x_{k+1} = x_k f_k(x_k^2),
-    f_k(y) = a_k + b_k y + c_k y^2; at s_i = 0 the same product, the limit). R = X X^T = U diag(s^2) U^T gives
-    U and s (G = 0: s = 0 and Q X = 0): one m^2 n product, one m x m ``eigh``, the scalar iteration in float64,
-    Q, and one m^2 n product,
-    all in ``dtype`` (float32: an error of 1e-6 to 3e-3 against the float64 iteration where the bf16 form has
-    1e-2 to 0.35, benchmarks/form_sweep.py). Where ``eigh`` raises (LAPACK not converging; a non-finite G), the
-    standard iteration runs instead.
+    normalization, safety ||s||_8 for the Schatten-8 one) and its output is U diag(p(s / c)) W^T, p the composed
+    polynomial, i.e. Q X for the m x m matrix Q = U diag(q) U^T with q_i = p(s_i / c) / s_i = prod_k f_k(x_k^2) / c
+    (x_0 = s_i / c, x_{k+1} = x_k f_k(x_k^2), f_k(y) = a_k + b_k y + c_k y^2; at s_i = 0 the same product, the
+    limit; G = 0 gives s = 0 and Q X = 0). R = X X^T = U diag(s^2) U^T gives U and s: one m^2 n product, one m x m
+    ``eigh``, the scalar iteration in float64, Q, and one m^2 n product, all in ``dtype``. In float32 the error
+    against the float64 iteration is 1e-6 (Gaussian inputs) to 2.8e-3 (a rank-4 signal over 1e-3 noise: float32
+    eigenvalues carry ~6e-8 of the largest, which the iteration's ~490x gain near 0 lifts), where the bf16
+    standard form has 1e-2 to 0.42 (benchmarks/form_sweep.py). Where ``eigh`` raises (LAPACK not converging; a
+    non-finite G) the standard iteration runs on the same normalized X. ``overwrite``: G is the caller's
+    temporary and holds the result (:func:`_normalized`).
     """
     tall = G.shape[-2] > G.shape[-1]
     # G / max(safety ||G||_F, eps), as the standard form (prescaled where G's entries are extreme)
@@ -167,8 +168,9 @@ def _polynomial_by_eigh(
         x, q = x * f, q * f
     q = q / c
     Q = (U * q.to(dtype).unsqueeze(-2)) @ U.mT
-    # X <- Q X in place, a block of columns at a time: X is this function's own normalized copy, so the result
-    # needs no second m x n buffer (peak memory as the bf16 forms' two half-size buffers: tests/test_step_memory.py)
+    # X <- Q X in place, a block of columns at a time: X is a normalized copy of G (or, with overwrite, G's own
+    # buffer), so the result needs no second m x n buffer (peak memory below torch.optim.Muon's bf16 buffers:
+    # tests/test_step_memory.py)
     for j in range(0, X.shape[-1], EIGH_COLUMN_BLOCK):
         Xj = X[..., j : j + EIGH_COLUMN_BLOCK]
         Xj.copy_(Q @ Xj)
