@@ -23,7 +23,6 @@ import warnings
 
 import torch
 
-from steepest.linalg import coefficients as C
 from steepest.linalg.polar_forms import (  # noqa: F401  (prescale: re-exported, imported from here before the split)
     _iterate,
     _polynomial_by_eigh,
@@ -159,38 +158,30 @@ def polar(
         gram = form == "gram"
     elif auto and gram is None and auto_eigh(G.device, G.shape) and not torch.compiler.is_compiling():
         form = "eigh"  # (a compiled graph keeps the matmul-only forms: no LAPACK call, no fallback branch)
+    if gram and method != "newton_schulz":
+        raise ValueError("gram=True applies to method='newton_schulz' only")
+    table, safety = _table(method, steps, coefficients)
     if form == "eigh":
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"form='eigh' runs in float32 or float64, got dtype={dtype}")
-        tab, safety = _table(method, steps, coefficients)
         return _polynomial_by_eigh(
-            G, tab, dtype=dtype, normalization=normalization, safety=safety, eps=eps, overwrite=overwrite_input
+            G, table, dtype=dtype, normalization=normalization, safety=safety, eps=eps, overwrite=overwrite_input
         )
     if method == "newton_schulz":
-        table = C.schedule(coefficients if coefficients is not None else C.MUON_QUINTIC, steps)
         small, large = sorted(G.shape[-2:])
         if gram is None:  # float32 only: in bf16 an explicit dtype keeps torch.optim.Muon's arithmetic
             gram = normalization == "frobenius" and steps >= 3 and dtype == torch.float32 and large >= 2 * small
-        if gram:
-            if normalization != "frobenius":
-                raise ValueError("gram=True needs normalization='frobenius'")
-            return _iterate(
-                G,
-                table,
-                dtype=dtype,
-                normalization=normalization,
-                safety=1.0,
-                eps=eps,
-                gram=True,
-                overwrite=overwrite_input,
-            )
-        safety = 1.0
-    else:
-        if gram:
-            raise ValueError("gram=True applies to method='newton_schulz' only")
-        table, safety = _table(method, steps, coefficients)
+        if gram and normalization != "frobenius":
+            raise ValueError("gram=True needs normalization='frobenius'")
     return _iterate(
-        G, table, dtype=dtype, normalization=normalization, safety=safety, eps=eps, overwrite=overwrite_input
+        G,
+        table,
+        dtype=dtype,
+        normalization=normalization,
+        safety=safety,
+        eps=eps,
+        gram=bool(gram),
+        overwrite=overwrite_input,
     )
 
 
