@@ -476,11 +476,21 @@ def test_step_decreases_restores_weights_and_buffers_bit_for_bit():
         step_decreases(model, loss, {"nope": {}})
 
 
+@pytest.mark.parametrize("products", ["float32", "bf16"])
 @pytest.mark.parametrize("d", [96, 320])
-def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
+def test_fast_dd_scores_agree_with_the_float64_svd_reference(d, products, monkeypatch):
     """The Davis-Drusvyatskiy decreases from the cheap norms (Gram eigenvalues, block Krylov above
-    DD_GRAM_MAX) against exact float64 SVD norms on a layer-like A (N x d, decaying spectrum)."""
+    DD_GRAM_MAX) against exact float64 SVD norms on a layer-like A (N x d, decaying spectrum), with ||A||_op's
+    products in float32 (no native bf16, float64 inputs) and in bf16 (native bf16: criteria.dd_product_dtype),
+    forced here so both paths run on every machine."""
     from steepest.diagnostics import criteria as C
+
+    low = None if products == "float32" else torch.bfloat16
+    monkeypatch.setattr(C, "dd_product_dtype", lambda A: low)
+    # ||A||_op's error on Delta_F = ||G||_F^2 / (2 ||A||_op^2 / N): float32 ~1e-6; bf16 rounds A and each product
+    # to 2^-9 relative, measured <= 2.8e-4 on Delta_F (the errors average over N d terms); 2e-3 = 2^-9 bounds
+    # even rounding errors that all point one way (entries within one bf16 step)
+    rel = 1e-5 if low is None else 2e-3
 
     g = torch.Generator().manual_seed(d)
     A = (torch.randn(1024, d, generator=g) * torch.logspace(0, -1.5, d)) @ torch.linalg.qr(
@@ -503,16 +513,36 @@ def test_fast_dd_scores_agree_with_the_float64_svd_reference(d):
     nuc2 = 2 * C.dd_scores(u @ v, A).decrease["spectral"] * (float(A.double().norm()) ** 2 / 1024)  # Delta = s^2/(2L)
     # 1e-5: the decrease also carries the float32 ||A||_F (~1e-6); a float32 Gram of G would be ~1e-2 off
     assert math.sqrt(nuc2) == pytest.approx(float(torch.linalg.svdvals((u @ v).double()).sum()), rel=1e-5)
+    low_side = 1e-6 if low is None else rel  # float32: a Ritz value never above ||A||_op; bf16: up to rounding
     if d <= C.DD_GRAM_MAX:
-        assert fast["frobenius"] == pytest.approx(exact["frobenius"], rel=1e-5)
+        assert fast["frobenius"] == pytest.approx(exact["frobenius"], rel=rel)
     else:  # the block Krylov ||A||_op is never above the exact value and within 2.5%: Delta_F 0..5.1% high
-        assert exact["frobenius"] * (1 - 1e-6) <= fast["frobenius"] <= exact["frobenius"] * 1.051
+        assert exact["frobenius"] * (1 - low_side) <= fast["frobenius"] <= exact["frobenius"] * 1.051
         A_off = A + 3.0 * torch.randn(d, generator=g)  # activations with a shared offset: the mean start
         s_fast = C.dd_scores(G, A_off).decrease["frobenius"]
         s_exact = float(G.double().norm()) ** 2 / (2 * float(torch.linalg.svdvals(A_off.double())[0]) ** 2 / 1024)
-        assert s_exact * (1 - 1e-6) <= s_fast <= s_exact * 1.051
+        assert s_exact * (1 - low_side) <= s_fast <= s_exact * 1.051
     A[3, 4] = float("nan")
     assert C.dd_scores(G, A) is None  # a non-finite activation: no DD verdict (the caller falls back)
+
+
+def test_dd_product_dtype_follows_the_device_and_keeps_float64(monkeypatch):
+    """bf16 products for ||A||_op only where bf16 matmul is native (STEEPEST_BF16 simulates both kinds) and
+    never for a float64 A (a float64 model keeps its decisions' float32 products: Adaptive's frozen float64
+    trajectories are unchanged)."""
+    from steepest.diagnostics import criteria as C
+    from steepest.linalg import precision
+
+    try:
+        for forced, want in (("1", torch.bfloat16), ("0", None)):
+            monkeypatch.setenv("STEEPEST_BF16", forced)
+            precision.clear_cache()
+            assert C.dd_product_dtype(torch.zeros(4, 4)) is want
+            assert C.dd_product_dtype(torch.zeros(4, 4, dtype=torch.bfloat16)) is want
+            assert C.dd_product_dtype(torch.zeros(4, 4, dtype=torch.float64)) is None
+    finally:
+        monkeypatch.delenv("STEEPEST_BF16")
+        precision.clear_cache()
 
 
 def test_dd_scores_many_equals_dd_scores_layer_by_layer_bit_for_bit():

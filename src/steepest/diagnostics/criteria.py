@@ -48,6 +48,7 @@ from steepest.diagnostics._batched_metrics import gram, grouped_eigvalsh
 from steepest.diagnostics.metrics import gram_singular_values, nuclear_rank, stable_rank
 from steepest.geometry import dual_norm, dualize, matrix_view
 from steepest.linalg.estimate import spectral_norm_estimate
+from steepest.linalg.precision import auto_dtype
 
 GEOMETRIES = ("spectral", "linf", "frobenius")
 
@@ -208,13 +209,29 @@ class SpecSignIndex:
         return dict(self.__dict__)
 
 
-#: :func:`dd_scores`' ||A||_op for A (N x d): exact from the float32 Gram A^T A (eigenvalues in float64,
-#: ~1e-7 relative) when d <= DD_GRAM_MAX; above it (the Gram costs N d^2), block Krylov with DD_OP_ITERS
-#: iterations of a DD_OP_BLOCK-column Gaussian block from a fixed seed (deterministic): never above the exact
-#: value and within 2.5% of it on every matrix of benchmarks/estimate.py, so Delta_F is at most ~5% high,
-#: inside Adaptive's 10% switching margin. (Warm or mean-started blocks of 2-3 columns were 20-40% cheaper
-#: but 1.3-4.3% low on a gap-free decaying spectrum; not worth it.) Cost: benchmarks/adaptive_overhead.py.
+#: :func:`dd_scores`' ||A||_op for A (N x d): the top eigenvalue of the Gram A^T A when d <= DD_GRAM_MAX;
+#: above it (the Gram costs N d^2), block Krylov with DD_OP_ITERS iterations of a DD_OP_BLOCK-column
+#: Gaussian block from a fixed seed (deterministic): within 2.5% of the exact value on every matrix of
+#: benchmarks/estimate.py, so Delta_F is at most ~5% high, inside Adaptive's 10% switching margin. (Warm or
+#: mean-started blocks of 2-3 columns were 20-40% cheaper but 1.3-4.3% low on a gap-free decaying spectrum;
+#: not worth it.) Precision (:func:`dd_product_dtype`): a float64 A, or a device without native bf16
+#: matmul: the Gram in float32 with its eigenvalues in float64 (~1e-7 relative) and a float32 Krylov (never
+#: above the exact value); a float32/bf16 A where bf16 matmul is native (``dtype="auto"``'s answer): the
+#: Gram's and the Krylov's products in bf16 (A rounded to 2^-9 relative; the bf16 Gram's top eigenvalue in
+#: float32), measured within 1.4e-4 of the exact ||A||_op on layer activations and decaying spectra
+#: (tests/test_adaptive.py), the Krylov within 3.1e-4 of its float32 value: 2^-9 bounds the rounding's
+#: effect on Delta_F even where it is correlated (entries within one bf16 step), 50x inside the margin.
+#: A charlm decision cost 40.5 ms with float32 products, 27 ms with bf16 (benchmarks/adaptive_overhead.py).
 DD_GRAM_MAX, DD_OP_ITERS, DD_OP_BLOCK = 256, 4, 4
+
+
+def dd_product_dtype(A: torch.Tensor) -> torch.dtype | None:
+    """bf16 for the products of :func:`dd_scores`' ||A||_op when A is not float64 and its device runs bf16
+    matmul natively (:func:`steepest.linalg.precision.auto_dtype`; ``STEEPEST_BF16=0`` forces float32);
+    ``None`` (A's float dtype) otherwise."""
+    if A.dtype == torch.float64:
+        return None
+    return torch.bfloat16 if auto_dtype(A.device) == torch.bfloat16 else None
 
 
 def dd_scores(G: torch.Tensor, A: torch.Tensor) -> GeometryScores | None:
@@ -252,6 +269,7 @@ def dd_scores_many(pairs: dict) -> dict:
     grams: dict = {}
     parts: dict = {}
     for key, (G, A) in pairs.items():
+        low = dd_product_dtype(A)  # (of A's own dtype: a float64 A keeps the float32 products)
         N, A = A.shape[0], A.float()
         fro = float(torch.linalg.vector_norm(A))
         if not math.isfinite(fro):
@@ -259,11 +277,13 @@ def dd_scores_many(pairs: dict) -> dict:
         Gm = matrix_view(G).float()
         grams[("G", key)] = gram(Gm, torch.float64)
         op = None
-        if min(A.shape) <= DD_GRAM_MAX:
-            grams[("A", key)] = gram(A, torch.float32).double()
+        if min(A.shape) <= DD_GRAM_MAX:  # (float64 eigenvalues of the float32 Gram; float32 ones of the bf16 Gram)
+            grams[("A", key)] = gram(A, torch.float32).double() if low is None else gram(A, low).float()
         else:
             gen = torch.Generator(device=A.device).manual_seed(0)
-            op = float(spectral_norm_estimate(A, iters=DD_OP_ITERS, block=DD_OP_BLOCK, generator=gen))
+            op = float(
+                spectral_norm_estimate(A, iters=DD_OP_ITERS, block=DD_OP_BLOCK, generator=gen, product_dtype=low)
+            )
         parts[key] = (N, fro, float(torch.linalg.vector_norm(Gm, dtype=torch.float64)), op)
     eig = grouped_eigvalsh(grams)
     out: dict = dict.fromkeys(pairs)
