@@ -947,7 +947,7 @@ def test_trained_numbers(quick_results):
         if r["update_op"]:
             # the recorded spread is ||dW||_F^2/||dW||_op^2/min(shape), in (0, 1]
             assert 0 < trained.update_spread(r) <= 1 + 1e-6
-    assert trained._spearman([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)
+    assert trained.spearman([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)  # the shared diagnostics.ranks one
     assert [c.verdict for c in claims] == QUICK_VERDICTS["trained"]
     # stable rank against its value at init: every layer fell (8 -> 2.13 etc.), all far below 0.1 x width
     assert trained.claims(res)[0].verdict == "holds"

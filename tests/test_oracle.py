@@ -186,6 +186,7 @@ def test_winners_spearman_and_bad_input():
     assert O.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
     assert O.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # ties: average ranks
     assert math.isnan(O.spearman([1, 2], [2, 1]))
+    assert math.isnan(O.spearman([1, float("nan"), 3], [1, 2, 3]))  # a NaN has no rank (a missing spread)
     assert O.parse_geometry("schatten-4") == ("schatten", 4.0)
     assert O.parse_geometry("schatten-inf") == ("spectral", None)
     with pytest.raises(ValueError, match="unknown geometry"):

@@ -32,13 +32,13 @@ import dataclasses
 import math
 import statistics
 
-import numpy as np
 import torch
 
 import steepest
 from steepest.app.reproduce.base import Cells, Claim, fmt, progress
 from steepest.app.reproduce.claimtext import extension_claim, seed_claim
 from steepest.app.runs import ConfigError
+from steepest.diagnostics.ranks import spearman
 
 SEED = "seed 001"
 SEED_003 = "seed 003"
@@ -213,13 +213,6 @@ def lr_grids(results: dict) -> list[tuple[str, list, float]]:
     ]
 
 
-def _spearman(x: list, y: list) -> float:
-    if len(x) < 3:
-        return math.nan
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def claims(results: dict) -> list[Claim]:
     st = results["settings"]
     best = results["best"]
@@ -299,7 +292,7 @@ def claims(results: dict) -> list[Claim]:
         )
     )
     vs = list(best)
-    rho = _spearman([best[v]["spread"] for v in vs], [-best[v]["val"] for v in vs])
+    rho = spearman([best[v]["spread"] for v in vs], [-best[v]["val"] for v in vs])
     out.append(
         extension_claim(
             SEED_003,
