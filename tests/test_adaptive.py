@@ -488,8 +488,8 @@ def test_fast_dd_scores_agree_with_the_float64_svd_reference(d, products, monkey
     low = None if products == "float32" else torch.bfloat16
     monkeypatch.setattr(C, "dd_product_dtype", lambda A: low)
     # ||A||_op's error on Delta_F = ||G||_F^2 / (2 ||A||_op^2 / N): float32 ~1e-6; bf16 rounds A and each product
-    # to 2^-9 relative, measured <= 2.8e-4 on Delta_F (the errors average over N d terms); 2e-3 = 2^-9 bounds
-    # even rounding errors that all point one way (entries within one bf16 step)
+    # to 2^-9 relative, measured <= 2.8e-4 on Delta_F (the errors average over N d terms); 2e-3 = 2^-9, one
+    # entry's worst rounding, is 7x the measured error and 50x below a wrong Gram (half the rows: 2x)
     rel = 1e-5 if low is None else 2e-3
 
     g = torch.Generator().manual_seed(d)

@@ -35,7 +35,10 @@ and the layer steps with the winner, subject to hysteresis. Where the numbers co
   batch (exact per-chunk gradients from the hooked activations and output gradients) and the K-FAC
   input-factor curvature H_g = ||A D_g^T||_F^2 / N; ``criterion="dd"``: the Davis-Drusvyatskiy test,
   Delta_spec = ||G||_*^2 / ||A||_F^2 vs Delta_F = ||G||_F^2 / ||A||_op^2 (worst-case L_g of seed 000;
-  spectral wins iff nr(G) >= st(A)); candidates must then be spectral and frobenius;
+  spectral wins iff nr(G) >= st(A); ||G||_* from G's float64 Gram, ||A||_op's products in bf16 where bf16
+  matmul is native and A is not float64 (measured within 3.1e-4 of the float32 products' value):
+  :data:`~steepest.diagnostics.criteria.DD_GRAM_MAX`);
+  candidates must then be spectral and frobenius;
   ``criterion="oracle"`` (the measured bound, for analysis): on a held-out batch (``oracle_loss=``, a
   callable returning the held-out loss) each layer takes the candidate that measurably lowers it most,
   without hysteresis. ``oracle_step="own"`` (default) measures the very step this optimizer would take in
