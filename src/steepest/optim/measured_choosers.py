@@ -168,8 +168,9 @@ class PhaseSwitch(_Hooked):
         A = self._activations(b)
         if A is None or not A.numel():
             return None
-        # Adaptive's cheap Davis-Drusvyatskiy scores (criteria.dd_scores: float64 Gram eigh of G, float32 Gram
-        # or block Krylov for ||A||_op); their ratio Delta_spectral / Delta_frobenius is nr(G) / st(A)
+        # Adaptive's cheap Davis-Drusvyatskiy scores (criteria.dd_scores: float64 Gram eigh of G; a Gram or block
+        # Krylov for ||A||_op, in bf16 where native: criteria.DD_GRAM_MAX); their ratio Delta_spectral /
+        # Delta_frobenius is nr(G) / st(A)
         scores = criteria.dd_scores(G, A)
         if scores is None:  # a non-finite activation
             return None
