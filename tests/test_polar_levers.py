@@ -278,12 +278,16 @@ def test_auto_picks_the_eigh_form_only_where_the_kind_measured_it(monkeypatch):
         monkeypatch.setattr(P, "_CACHE", {"cpu": (kind, "test")})
         assert not torch.equal(ns(wide, dtype="auto"), ns(wide, dtype=torch.float32, form="eigh")), kind
     # without native bf16 (and its simulation) the alternative is the float32 iteration: the eigh form from
-    # aspect 2 on (128 x 256 up), the float32 iteration on squares
+    # aspect 2 on (128 x 256 up) and on squares from side 256, the float32 iteration on smaller squares
+    big = torch.randn(256, 256, generator=g)
     for kind in ("cpu-no-bf16", "forced-float32"):
         monkeypatch.setattr(P, "_CACHE", {"cpu": (kind, "test")})
         mid = torch.randn(128, 256, generator=g)
         assert torch.equal(ns(mid, dtype="auto"), ns(mid, dtype=torch.float32, form="eigh")), kind
+        assert torch.equal(ns(big, dtype="auto"), ns(big, dtype=torch.float32, form="eigh")), kind
         assert torch.equal(ns(sq, dtype="auto"), ns(sq, dtype=torch.float32)), kind
+    monkeypatch.setattr(P, "_CACHE", {"cpu": ("cpu-avx512_bf16", "test")})  # with native bf16 squares stay bf16
+    assert torch.equal(ns(big, dtype="auto"), ns(big, dtype=torch.bfloat16, gram=False))
     # through the optimizer: the default Muon's update of a wide matrix is the eigh form's, from float32 momentum
     # (not cast to bf16 first: its error vs float64 NS5 is then float32's, < 1e-4, where bf16 momentum gives ~1e-2)
     monkeypatch.setattr(P, "_CACHE", {"cpu": ("cpu-avx512_bf16", "test")})

@@ -129,7 +129,8 @@ def test_auto_dtype_per_size_on_each_cpu_kind(monkeypatch, flags, kind, bf16_fro
     shapes = ((128, 1024), (1152, 384), (384, 384), (128, 768), (96, 4096), (128, 256), (64, 2048))
     want = {
         "cpu-avx512_bf16": [True, True, False, False, False, False, False],
-        "cpu-no-bf16": [True, True, False, True, False, True, False],  # against the float32 iteration: from aspect 2
+        # against the float32 iteration: from aspect 2, and squares from side 256 (384 x 384: 0.69x)
+        "cpu-no-bf16": [True, True, True, True, False, True, False],
         "cpu-amx": [False] * 7,
     }[kind]
     assert [P.auto_eigh("cpu", s) for s in shapes] == want
@@ -193,7 +194,7 @@ def test_auto_report_records_the_rule(monkeypatch):
     P.clear_cache()
     monkeypatch.setattr(P, "_cpu_flags", lambda: AVX512_BF16)
     epyc = P.auto_report()["cpu"]
-    assert epyc["eigh_rule"] == {"min_side": 128, "min_aspect": 3.0, "min_large": 1024}
+    assert epyc["eigh_rule"] == {"min_side": 128, "min_aspect": 3.0, "min_large": 1024, "any_aspect_from": None}
     assert epyc["by_size"]["1024x1024"] == "bfloat16" and epyc["by_size"]["128x512"] == "bfloat16"
     import json
 

@@ -134,7 +134,8 @@ BF16_RULE: dict[str, Bf16Rule | None] = {
 
 class EighRule(NamedTuple):
     """The eigh form in float32 (``polar(..., form="eigh")``) iff the smaller side m >= ``min_side``, the aspect
-    n / m >= ``min_aspect`` and the larger side n >= ``min_large``.
+    n / m >= ``min_aspect`` and the larger side n >= ``min_large``; or, at any aspect (squares included), iff
+    m >= ``any_aspect_from`` (None: never).
 
     The standard bf16 form of Muon's 5 steps costs 20 m^2 n + 10 m^3 bf16 flops; the eigh form 4 m^2 n float32
     flops, one m x m float32 ``eigh`` (~9 m^3 flops at LAPACK's lower rate, plus a fixed cost that dominates small
@@ -145,14 +146,19 @@ class EighRule(NamedTuple):
     >>> r = EighRule(128, 3.0, 1024)
     >>> r.eigh((384, 1152)), r.eigh((384, 384)), r.eigh((128, 512)), r.eigh((128, 1152))
     (True, False, False, True)
+    >>> EighRule(128, 2.0, 256, 256).eigh((384, 384)), EighRule(128, 2.0, 256, 256).eigh((192, 192))
+    (True, False)
     """
 
     min_side: int
     min_aspect: float
     min_large: int
+    any_aspect_from: int | None = None
 
     def eigh(self, shape) -> bool:
         m, n = sorted(int(s) for s in tuple(shape)[-2:])
+        if self.any_aspect_from is not None and m >= self.any_aspect_from:
+            return True
         return m >= self.min_side and n >= self.min_aspect * m and n >= self.min_large
 
 
@@ -172,13 +178,17 @@ class EighRule(NamedTuple):
 #:   float32 iteration (bf16 is emulated); fitted from the same sweep's float32 column (so in the simulation on the
 #:   EPYC, not on an AVX2 CPU, where float32 GEMMs are half as fast and the eigh form should gain more): eigh /
 #:   float32 0.89x at 128 x 256, 0.71x at 128 x 512, 0.74x at 192 x 384, 0.39-0.63x from side 256 at aspect >= 2;
-#:   squares 0.69-1.28x and side 64-96 up to 1.41x are left out. The trade: error 1.4e-3 to 2.8e-3 against the
-#:   float32 iteration's 1e-5 (the bf16 iteration, torch.optim.Muon's, has 0.20-0.42), at 0.39-0.89x its time.
+#:   squares from side 256 (added 2026-12-08 with ``any_aspect_from``): 0.87x at 256, 0.69x at 384 and 512 in the
+#:   sweep, and single matrices timed alone (``polar(G, "newton_schulz", dtype=torch.float32, form=...)``, same
+#:   box) 0.89x at 256, 0.71x at 384, 0.58x at 768, 0.63x at 1024, 0.53x at 2048 (768 x 1152: 0.54x); squares
+#:   below 256 (192: 0.97x, 128: 1.28x) and sides 64-96 (up to 1.41x) are left out. The trade: error 1.4e-3 to
+#:   2.8e-3 against the float32 iteration's 1e-5 (the bf16 iteration, torch.optim.Muon's, has 0.20-0.42), at
+#:   0.39-0.89x its time.
 #: * ``cpu-amx``, ``cuda``: not measured (no such machine in the session that added it), so never.
 EIGH_RULE: dict[str, EighRule | None] = {
     "cpu-avx512_bf16": EighRule(128, 3.0, 1024),
-    "cpu-no-bf16": EighRule(128, 2.0, 256),
-    "forced-float32": EighRule(128, 2.0, 256),
+    "cpu-no-bf16": EighRule(128, 2.0, 256, 256),
+    "forced-float32": EighRule(128, 2.0, 256, 256),
 }
 
 
