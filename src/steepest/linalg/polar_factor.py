@@ -111,7 +111,7 @@ def polar(
             eigh form where the device kind measured it faster (:data:`steepest.linalg.precision.EIGH_RULE`: on
             an AVX512-BF16 CPU without AMX, float32 eigh on wide matrices beats the bf16 iteration at 1/100 to
             1/10000 of its error against the float64 iteration; without native bf16 it beats the float32
-            iteration from aspect 2, at ~100x its error, still 1/100 of the bf16 iteration's).
+            iteration from aspect 2 and on squares from side 256, at ~100x its error, still 1/100 of the bf16 iteration's).
         overwrite_input: the iterative methods may overwrite ``G`` (as SciPy's ``overwrite_a``): a caller
             that passes a temporary of its own saves one copy of it, the largest buffer of the iteration
             but its own workspace (the batched optimizer step's stack). Default False: ``G`` is left as it is.
