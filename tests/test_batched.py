@@ -446,3 +446,39 @@ def test_narrow_update_is_added_as_its_float32_copy_would_be():
     F.apply_update(got, U, 0.03, 0.1, 0.7)
     want.mul_(1 - 0.03 * 0.1).add_(U.to(torch.float32), alpha=-0.03 * 0.7)
     assert torch.equal(got, want)
+
+
+def test_large_eigh_form_matrices_are_dualized_one_by_one_on_cpu(monkeypatch):
+    """On CPU the default leaves out of its buckets the matrices from CPU_EIGH_MIN_NUMEL entries whose update runs
+    in the float32 eigh form (its eigh is one LAPACK call per matrix anyway; a stack only holds more memory):
+    without native bf16 the 384 x 384 squares, with avx512_bf16 the 128 x 1152 wide ones; smaller eigh-form
+    matrices, the bf16 iteration's and AMX's keep theirs. The updates equal the one-by-one executor's."""
+    from steepest.linalg import precision as P
+
+    sizes = [(384, 384)] * 2 + [(128, 512)] * 2 + [(128, 128)] * 2 + [(128, 1152)] * 2
+    want = {
+        "forced-float32": {(128, 512), (128, 128)},
+        "cpu-no-bf16": {(128, 512), (128, 128)},
+        "cpu-avx512_bf16": {(384, 384), (128, 512), (128, 128)},
+        "cpu-amx": {(384, 384), (128, 512), (128, 128), (128, 1152)},
+    }
+    g = torch.Generator().manual_seed(4)
+    for kind, bucketed in want.items():
+        monkeypatch.setattr(P, "_CACHE", {"cpu": (kind, "test")})
+        ps = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in sizes]
+        opt = steepest.Muon(ps, lr=0.02)
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g)
+        found = _bucket_shapes(opt)
+        assert {s[0] for s in found} == bucketed and all(len(s) == 2 for s in found), kind
+    # the eigh-form matrices left out step exactly as with executor="per_matrix"
+    monkeypatch.setattr(P, "_CACHE", {"cpu": ("forced-float32", "test")})
+    ps = [torch.nn.Parameter(torch.randn(384, 384, generator=g)) for _ in range(2)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    a, b = steepest.Muon(ps, lr=0.02), steepest.Muon(qs, lr=0.02, executor="per_matrix")
+    for p, q in zip(ps, qs):
+        p.grad = torch.randn(p.shape, generator=g)
+        q.grad = p.grad.clone()
+    a.step()
+    b.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))

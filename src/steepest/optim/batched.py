@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 
 from steepest import geometry as geo
+from steepest.linalg.precision import auto_eigh
 from steepest.optim import functional as F
 
 #: Largest matrix (entries of its matrix view) that the default batches on CPU. Measured ratio
@@ -42,20 +43,43 @@ from steepest.optim import functional as F
 #: threshold"): 0.26-0.71 up to 384x128, 0.60-0.86 at 128x512, 0.75-0.96 at 256x1152 (295k entries),
 #: 0.87-1.01 at 384x384, 1.00-1.10 at 256x2304, 1.05-1.07 at 384x1152, 1.14-1.22 at 1536x384.
 CPU_MAX_NUMEL = 300_000
+#: On CPU, matrices from this many entries whose update runs in the float32 eigh form (``dtype="auto"`` and
+#: :data:`steepest.linalg.precision.EIGH_RULE`) are dualized one by one: the ``eigh`` is one LAPACK call per
+#: matrix either way, so a stack saves only the fixed cost of two products per matrix, and holds the bucket's
+#: float32 stack and eigenvectors at once. The GPT-like set without native bf16 (``STEEPEST_BF16=0``, its four
+#: 384 x 384 matrices in the eigh form): batched 0.831x torch.optim.Muon at a 9.06 MiB live peak, one by one
+#: 0.841x at 4.52 MiB (torch: 5.16; benchmarks/peers.py). Smaller eigh-form matrices (charlm's 128 x 384 and
+#: 128 x 512) keep their buckets: there the fixed costs are a larger share.
+CPU_EIGH_MIN_NUMEL = 100_000
+
+
+def _eigh_form(b: F.Block) -> bool:
+    """Does this block's polar factor run in the float32 eigh form (``dtype="auto"``, an iterative method, a
+    shape in the device kind's :data:`~steepest.linalg.precision.EIGH_RULE`; the decision ``polar`` makes)?"""
+    c = b.cfg
+    return (
+        isinstance(c.dtype, str)
+        and c.dtype == "auto"
+        and c.method in ("newton_schulz", "polar_express")
+        and auto_eigh(b.param.device, b.view_shape)
+    )
 
 
 def buckets(blocks: list[F.Block], cpu: bool = False) -> list[list[int]]:
     """Indices of blocks whose updates one batched call can compute (>= 2 per bucket).
 
     Spectral blocks only; on CPU every matrix when ``cpu``, else those with at most
-    :data:`CPU_MAX_NUMEL` entries (accelerator blocks are always batched).
+    :data:`CPU_MAX_NUMEL` entries and not eigh-form ones from :data:`CPU_EIGH_MIN_NUMEL` entries
+    (accelerator blocks are always batched).
     """
     table: dict = {}
     for i, b in enumerate(blocks):
         if b.norm != "spectral" or b.param.ndim < 2:
             continue
-        if b.param.device.type == "cpu" and not cpu and b.param.numel() > CPU_MAX_NUMEL:
-            continue
+        if b.param.device.type == "cpu" and not cpu:
+            n = b.param.numel()
+            if n > CPU_MAX_NUMEL or (n >= CPU_EIGH_MIN_NUMEL and _eigh_form(b)):
+                continue
         table.setdefault(b.key(), []).append(i)
     return [idx for idx in table.values() if len(idx) >= 2]
 
@@ -160,4 +184,4 @@ def _bucket_direct(blocks: list[F.Block], idx: list[int], settings: dict, mode: 
     return {i: U[k].view(blocks[i].param.shape) for k, i in enumerate(idx)}
 
 
-__all__ = ["dualize_batched", "bucket_order", "buckets", "CPU_MAX_NUMEL"]
+__all__ = ["dualize_batched", "bucket_order", "buckets", "CPU_MAX_NUMEL", "CPU_EIGH_MIN_NUMEL"]
