@@ -16,7 +16,8 @@ least two matrices; everything else is dualized one by one.
 
 When it runs: the :class:`~steepest.optim.executors.Batched` executor (the default,
 ``executor="auto"``) with ``cpu=None`` batches every bucket on accelerators (one kernel launch per bucket instead of per matrix) and, on CPU, buckets of matrices
-with at most :data:`CPU_MAX_NUMEL` entries. On CPU a small bf16 GEMM costs a fixed ~30 us per call
+with at most :data:`CPU_MAX_NUMEL` entries (less those from :data:`CPU_EIGH_MIN_NUMEL` entries that run in the
+float32 eigh form). On CPU a small bf16 GEMM costs a fixed ~30 us per call
 (32x288 times its transpose: 36 us for 0.6 MFLOP; the oneDNN set-up) on top of its flops, so stacking 2-4 small matrices into one
 ``baddbmm`` roughly halves their time, while at 384x1152 and above the batched kernels measured no
 faster (1.0-1.2x the per-matrix loop; 1 thread, Xeon with AMX, torch 2.13, benchmarks/RESULTS.md).
