@@ -61,7 +61,7 @@ def _eigh_form(b: F.Block) -> bool:
     return (
         isinstance(c.dtype, str)
         and c.dtype == "auto"
-        and c.method in ("newton_schulz", "polar_express")
+        and c.method not in (None, "svd")  # the iterative methods (as Block.source_dtype tells them)
         and auto_eigh(b.param.device, b.view_shape)
     )
 
